@@ -1,0 +1,165 @@
+//! The byte format of one encrypted value, and AES-256-GCM sealing/opening of it.
+//!
+//! ```text
+//! [version: 1 byte = 1][term: u32 big-endian][nonce: 12 bytes][ciphertext || tag (16 bytes)]
+//! ```
+//!
+//! The term names the keyring key that encrypted the value, so values written before a
+//! rotation still decrypt afterwards. Nonces are 96 random bits from AWS-LC's RNG; with random
+//! nonces NIST SP 800-38D bounds one key to 2^32 encryptions, which is why the barrier counts
+//! encryptions (see `Barrier::key_status`) so operators can rotate long before that.
+//!
+//! The associated data is supplied by the caller (the storage path for barrier values), so a
+//! ciphertext copied to another path fails authentication instead of decrypting.
+//!
+//! Every length is checked before any slicing: a short or garbled value is an error, never a
+//! panic.
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use zeroize::{Zeroize, Zeroizing};
+
+/// Format version written in the first byte of every value.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+/// AES-256 key length in bytes.
+pub(crate) const KEY_LEN: usize = 32;
+/// GCM tag length in bytes.
+pub(crate) const TAG_LEN: usize = 16;
+const TERM_LEN: usize = 4;
+/// Bytes before the ciphertext: version, term, nonce.
+pub(crate) const HEADER_LEN: usize = 1 + TERM_LEN + NONCE_LEN;
+
+/// An AES-256-GCM key bound to the keyring term it belongs to.
+///
+/// The expanded key lives inside AWS-LC, whose `OPENSSL_free` cleanses memory on drop.
+pub(crate) struct TermCipher {
+    term: u32,
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for TermCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TermCipher")
+            .field("term", &self.term)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A parsed, not yet authenticated, stored value.
+pub(crate) struct Envelope<'a> {
+    pub(crate) term: u32,
+    nonce: [u8; NONCE_LEN],
+    sealed: &'a [u8],
+}
+
+/// Split a stored value into its parts, checking every length first.
+pub(crate) fn parse(stored: &[u8]) -> Result<Envelope<'_>, &'static str> {
+    let (version, rest) = stored.split_first().ok_or("value is empty")?;
+    if *version != FORMAT_VERSION {
+        return Err("unsupported format version");
+    }
+    let (term, rest) = rest
+        .split_first_chunk::<TERM_LEN>()
+        .ok_or("value is shorter than its header")?;
+    let (nonce, sealed) = rest
+        .split_first_chunk::<NONCE_LEN>()
+        .ok_or("value is shorter than its header")?;
+    if sealed.len() < TAG_LEN {
+        return Err("value is shorter than its authentication tag");
+    }
+    Ok(Envelope {
+        term: u32::from_be_bytes(*term),
+        nonce: *nonce,
+        sealed,
+    })
+}
+
+impl TermCipher {
+    /// `None` when `key` is not exactly [`KEY_LEN`] bytes.
+    pub(crate) fn new(term: u32, key: &[u8]) -> Option<Self> {
+        if key.len() != KEY_LEN {
+            return None;
+        }
+        let unbound = UnboundKey::new(&AES_256_GCM, key).ok()?;
+        Some(TermCipher {
+            term,
+            key: LessSafeKey::new(unbound),
+        })
+    }
+
+    pub(crate) fn term(&self) -> u32 {
+        self.term
+    }
+
+    /// Encrypt `plaintext` into the stored format. Fails only if the RNG or AWS-LC fails.
+    pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, &'static str> {
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| "generating a random nonce")?;
+        // Exact capacity: the buffer never reallocates, so no stray plaintext copy is left.
+        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&self.term.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let body = out
+            .get_mut(HEADER_LEN..)
+            .ok_or("building the value header")?;
+        match self.key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            body,
+        ) {
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                Ok(out)
+            }
+            Err(_) => {
+                out.zeroize();
+                Err("encrypting a value")
+            }
+        }
+    }
+
+    /// Authenticate and decrypt a parsed value. The caller has checked `envelope.term`.
+    pub(crate) fn open(&self, aad: &[u8], envelope: &Envelope<'_>) -> Option<Zeroizing<Vec<u8>>> {
+        let mut buf = Zeroizing::new(envelope.sealed.to_vec());
+        let plaintext_len = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(envelope.nonce),
+                Aad::from(aad),
+                buf.as_mut_slice(),
+            )
+            .ok()?
+            .len();
+        buf.truncate(plaintext_len);
+        Some(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_rejects_every_short_prefix() {
+        let cipher = TermCipher::new(7, &[9u8; KEY_LEN]).expect("key");
+        let stored = cipher.seal(b"aad", b"").expect("seal");
+        assert_eq!(stored.len(), HEADER_LEN + TAG_LEN);
+        for len in 0..stored.len() {
+            assert!(
+                parse(&stored[..len]).is_err(),
+                "prefix of {len} bytes parsed"
+            );
+        }
+        let envelope = parse(&stored).expect("parse");
+        assert_eq!(envelope.term, 7);
+        assert_eq!(cipher.open(b"aad", &envelope).expect("open").len(), 0);
+    }
+
+    #[test]
+    fn wrong_key_length_is_refused() {
+        assert!(TermCipher::new(1, &[0u8; 31]).is_none());
+        assert!(TermCipher::new(1, &[0u8; 33]).is_none());
+    }
+}

@@ -1,0 +1,357 @@
+//! The security barrier: AES-256-GCM encryption of every value with a keyring of numbered
+//! terms.
+//!
+//! Everything below the barrier (the physical backend, the WAL, replication) sees only
+//! ciphertext. Design choices:
+//!
+//! - **Format.** Each value is `[version 1][term u32 BE][nonce 12][ciphertext || tag]` (see
+//!   `envelope`), with the storage path as associated data so a value moved to another path
+//!   fails to decrypt. Keys (paths) are not encrypted: LIST and ordered scans must work on
+//!   the untrusted store, as in Vault.
+//! - **Keyring under the root key.** Data is encrypted with keyring terms; only the keyring is
+//!   encrypted with the root key (see `keyring`). Rotation adds a term without re-encrypting
+//!   data, and the root key is never persisted.
+//! - **Sealed = no keys in memory.** The unsealed state (root-key cipher + keyring) lives in an
+//!   `Arc` behind a std `RwLock` that is held only long enough to clone the `Arc`, never across
+//!   an `.await`. `seal()` drops it; key bytes are in `Zeroizing` and AWS-LC cleanses its
+//!   expanded keys when freed. An operation already in flight finishes with its snapshot.
+//! - **Keyring changes are serialized** by an async mutex (initialize, unseal, rotate), and the
+//!   new keyring is persisted before it replaces the in-memory one, so a failed write changes
+//!   nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bunker_storage::{Backend, Op};
+use zeroize::Zeroizing;
+
+mod envelope;
+mod error;
+mod keyring;
+#[cfg(test)]
+mod tests;
+
+pub use error::BarrierError;
+
+use envelope::{TermCipher, KEY_LEN};
+use keyring::{Keyring, ROOT_TERM};
+
+pub type Result<T> = std::result::Result<T, BarrierError>;
+
+/// Physical key of the encrypted keyring (written by the barrier only).
+pub const KEYRING_PATH: &str = "core/keyring";
+
+/// Length in bytes of the root key (AES-256).
+pub const ROOT_KEY_LEN: usize = KEY_LEN;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyStatus {
+    pub term: u32,
+    pub install_time_unix: u64,
+    pub encryptions: u64,
+}
+
+/// Keys held while unsealed.
+struct Unsealed {
+    /// Encrypts the keyring record; kept so `rotate` can persist without the operator.
+    root: Arc<TermCipher>,
+    keyring: Keyring,
+}
+
+pub struct Barrier {
+    backend: Arc<dyn Backend>,
+    state: RwLock<Option<Arc<Unsealed>>>,
+    /// Serializes every change of the keyring, in storage and in memory.
+    keyring_change: tokio::sync::Mutex<()>,
+    /// Encryptions since the last unseal.
+    encryptions: AtomicU64,
+}
+
+impl std::fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let active_term = self.snapshot().map(|s| s.keyring.active().term());
+        f.debug_struct("Barrier")
+            .field("sealed", &active_term.is_none())
+            .field("active_term", &active_term)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn root_cipher(root_key: &[u8]) -> Result<TermCipher> {
+    TermCipher::new(ROOT_TERM, root_key).ok_or(BarrierError::InvalidRootKey)
+}
+
+fn refuse_reserved(key: &str) -> Result<()> {
+    if key == KEYRING_PATH {
+        return Err(BarrierError::ReservedPath(key.to_owned()));
+    }
+    Ok(())
+}
+
+impl Barrier {
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Barrier {
+            backend,
+            state: RwLock::new(None),
+            keyring_change: tokio::sync::Mutex::new(()),
+            encryptions: AtomicU64::new(0),
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// 32 random bytes from AWS-LC's RNG.
+    ///
+    /// AWS-LC treats an RNG failure as fatal and aborts inside `RAND_bytes`; should a failure
+    /// ever be reported instead, this aborts too rather than hand out a weak key. Use
+    /// [`Barrier::try_generate_root_key`] to get the error instead.
+    pub fn generate_root_key() -> Zeroizing<Vec<u8>> {
+        match Self::try_generate_root_key() {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::error!(error = %e, "system RNG failed; aborting");
+                std::process::abort()
+            }
+        }
+    }
+
+    /// 32 random bytes from AWS-LC's RNG, or `Internal` if the RNG fails.
+    pub fn try_generate_root_key() -> Result<Zeroizing<Vec<u8>>> {
+        let mut key = Zeroizing::new(vec![0u8; ROOT_KEY_LEN]);
+        aws_lc_rs::rand::fill(key.as_mut_slice())
+            .map_err(|_| BarrierError::Internal("generating a root key".into()))?;
+        Ok(key)
+    }
+
+    /// Whether a keyring has been written.
+    pub async fn initialized(&self) -> Result<bool> {
+        Ok(self.backend.get(KEYRING_PATH).await?.is_some())
+    }
+
+    /// Create keyring term 1 and persist it under `root_key` (32 bytes). Leaves the barrier
+    /// sealed.
+    pub async fn initialize(&self, root_key: &[u8]) -> Result<()> {
+        self.initialize_with(root_key, Vec::new()).await
+    }
+
+    /// Like [`Barrier::initialize`], committing `extra` plaintext physical ops in the same
+    /// atomic batch as the keyring (the seal uses this for its configuration, so a crash
+    /// cannot leave one without the other).
+    pub async fn initialize_with(&self, root_key: &[u8], extra: Vec<Op>) -> Result<()> {
+        for op in &extra {
+            refuse_reserved(op.key())?;
+        }
+        let root = root_cipher(root_key)?;
+        let _change = self.keyring_change.lock().await;
+        if self.initialized().await? {
+            return Err(BarrierError::AlreadyInitialized);
+        }
+        let keyring = Keyring::initial(now_unix())?;
+        let mut ops = extra;
+        ops.push(Op::Put {
+            key: KEYRING_PATH.to_owned(),
+            value: keyring.seal_with_root(&root)?,
+        });
+        self.backend.batch(ops).await?;
+        tracing::info!("barrier initialized with key term 1");
+        Ok(())
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.snapshot().is_none()
+    }
+
+    /// Load the keyring with `root_key`. A no-op when already unsealed (as in Vault).
+    pub async fn unseal(&self, root_key: &[u8]) -> Result<()> {
+        let root = root_cipher(root_key)?;
+        let _change = self.keyring_change.lock().await;
+        if !self.is_sealed() {
+            return Ok(());
+        }
+        let keyring = self.load_keyring(&root).await?;
+        let active_term = keyring.active().term();
+        self.encryptions.store(0, Ordering::Relaxed);
+        self.replace_state(Some(Arc::new(Unsealed {
+            root: Arc::new(root),
+            keyring,
+        })));
+        tracing::info!(active_term, "barrier unsealed");
+        Ok(())
+    }
+
+    /// Check that `root_key` decrypts the stored keyring, sealed or not, changing nothing.
+    pub async fn verify_root_key(&self, root_key: &[u8]) -> Result<()> {
+        let root = root_cipher(root_key)?;
+        self.load_keyring(&root).await.map(|_| ())
+    }
+
+    /// Drop every key from memory.
+    pub fn seal(&self) {
+        if self.replace_state(None).is_some() {
+            tracing::info!("barrier sealed");
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        refuse_reserved(key)?;
+        let state = self.unsealed()?;
+        let Some(stored) = self.backend.get(key).await? else {
+            return Ok(None);
+        };
+        let mut plaintext = state.keyring.decrypt(key, &stored)?;
+        Ok(Some(std::mem::take(&mut *plaintext)))
+    }
+
+    pub async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        refuse_reserved(key)?;
+        let state = self.unsealed()?;
+        let sealed = self.encrypt_with(&state, key, value)?;
+        Ok(self.backend.put(key, sealed).await?)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        refuse_reserved(key)?;
+        self.unsealed()?;
+        Ok(self.backend.delete(key).await?)
+    }
+
+    /// Backend LIST pass-through (keys are not encrypted).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.unsealed()?;
+        Ok(self.backend.list(prefix).await?)
+    }
+
+    /// Encrypt every put (associated data = its key) and commit all ops in one atomic backend
+    /// batch.
+    pub async fn batch(&self, ops: Vec<Op>) -> Result<()> {
+        for op in &ops {
+            refuse_reserved(op.key())?;
+        }
+        let state = self.unsealed()?;
+        let mut sealed_ops = Vec::with_capacity(ops.len());
+        for op in ops {
+            sealed_ops.push(match op {
+                Op::Put { key, value } => {
+                    let value = self.encrypt_with(&state, &key, &Zeroizing::new(value))?;
+                    Op::Put { key, value }
+                }
+                delete @ Op::Delete { .. } => delete,
+            });
+        }
+        Ok(self.backend.batch(sealed_ops).await?)
+    }
+
+    /// Add term N+1 with a fresh random key, persist the keyring, and make it active.
+    pub async fn rotate(&self) -> Result<KeyStatus> {
+        let _change = self.keyring_change.lock().await;
+        let state = self.unsealed()?;
+        let keyring = state.keyring.rotated(now_unix())?;
+        let record = keyring.seal_with_root(&state.root)?;
+        self.backend.put(KEYRING_PATH, record).await?;
+        let active = keyring.active();
+        let status = KeyStatus {
+            term: active.term(),
+            install_time_unix: active.install_time_unix,
+            encryptions: self.encryptions.load(Ordering::Relaxed),
+        };
+        let next = Arc::new(Unsealed {
+            root: Arc::clone(&state.root),
+            keyring,
+        });
+        {
+            let mut current = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            // Sealed meanwhile: the new term is persisted and loads at the next unseal.
+            if current.is_some() {
+                *current = Some(next);
+            }
+        }
+        tracing::info!(term = status.term, "barrier key rotated");
+        Ok(status)
+    }
+
+    pub fn key_status(&self) -> Result<KeyStatus> {
+        let state = self.unsealed()?;
+        let active = state.keyring.active();
+        Ok(KeyStatus {
+            term: active.term(),
+            install_time_unix: active.install_time_unix,
+            encryptions: self.encryptions.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Encrypt a standalone blob (e.g. a batch token) in the barrier format.
+    pub fn encrypt(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let state = self.unsealed()?;
+        self.encrypt_with(&state, aad, plaintext)
+    }
+
+    /// Decrypt a blob made by [`Barrier::encrypt`] with the same `aad`.
+    pub fn decrypt(&self, aad: &str, ciphertext: &[u8]) -> Result<Vec<u8>> {
+        let state = self.unsealed()?;
+        let mut plaintext = state.keyring.decrypt(aad, ciphertext)?;
+        Ok(std::mem::take(&mut *plaintext))
+    }
+
+    /// Re-read the keyring from storage with the in-memory root key, e.g. after a replicated
+    /// rotation wrote a new keyring record underneath this node.
+    pub async fn reload_keyring(&self) -> Result<()> {
+        let _change = self.keyring_change.lock().await;
+        let state = self.unsealed()?;
+        let keyring = self.load_keyring(&state.root).await?;
+        let next = Arc::new(Unsealed {
+            root: Arc::clone(&state.root),
+            keyring,
+        });
+        let mut current = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if current.is_some() {
+            *current = Some(next);
+        }
+        Ok(())
+    }
+
+    fn encrypt_with(&self, state: &Unsealed, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let sealed = state
+            .keyring
+            .active()
+            .cipher()
+            .seal(aad.as_bytes(), plaintext)
+            .map_err(|what| BarrierError::Internal(format!("{what} at {aad:?}")))?;
+        self.encryptions.fetch_add(1, Ordering::Relaxed);
+        Ok(sealed)
+    }
+
+    async fn load_keyring(&self, root: &TermCipher) -> Result<Keyring> {
+        let stored = self
+            .backend
+            .get(KEYRING_PATH)
+            .await?
+            .ok_or(BarrierError::NotInitialized)?;
+        Keyring::open_with_root(root, &stored)
+    }
+
+    fn snapshot(&self) -> Option<Arc<Unsealed>> {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn unsealed(&self) -> Result<Arc<Unsealed>> {
+        self.snapshot().ok_or(BarrierError::Sealed)
+    }
+
+    fn replace_state(&self, next: Option<Arc<Unsealed>>) -> Option<Arc<Unsealed>> {
+        let mut current = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *current, next)
+    }
+}

@@ -1,0 +1,264 @@
+//! The server's HCL configuration file, in Vault's shape:
+//!
+//! ```hcl
+//! storage "embedded" { path = "/var/lib/bunker" }   # or: storage "inmem" {}
+//! listener "tcp" {
+//!   address         = "127.0.0.1:8200"
+//!   cluster_address = "127.0.0.1:8201"
+//!   tls_disable     = true            # or tls_cert_file / tls_key_file
+//! }
+//! api_addr     = "http://127.0.0.1:8200"
+//! cluster_addr = "https://127.0.0.1:8201"
+//! log_level    = "info"
+//! ```
+//!
+//! The file is walked as an HCL body rather than deserialised, so unknown keys can be
+//! reported by name and Vault-only settings (`ui`, `disable_mlock`) accepted and ignored.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hcl::{Body, Expression};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StorageConfig {
+    Inmem,
+    Embedded { path: PathBuf },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerConfig {
+    pub address: String,
+    pub cluster_address: String,
+    pub tls_disable: bool,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub max_request_size: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    pub storage: StorageConfig,
+    pub listener: ListenerConfig,
+    pub api_addr: String,
+    pub cluster_addr: String,
+    pub cluster_name: String,
+    pub log_level: Option<String>,
+}
+
+fn expr_string(key: &str, e: &Expression) -> Result<String> {
+    match e {
+        Expression::String(s) => Ok(s.clone()),
+        Expression::Number(n) => Ok(n.to_string()),
+        Expression::Bool(b) => Ok(b.to_string()),
+        _ => bail!("{key} must be a string"),
+    }
+}
+
+fn expr_bool(key: &str, e: &Expression) -> Result<bool> {
+    match e {
+        Expression::Bool(b) => Ok(*b),
+        Expression::String(s) => match s.as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" | "" => Ok(false),
+            _ => bail!("{key} must be a boolean"),
+        },
+        Expression::Number(n) => Ok(n.as_u64().unwrap_or(0) != 0),
+        _ => bail!("{key} must be a boolean"),
+    }
+}
+
+fn parse_listener(body: &Body) -> Result<ListenerConfig> {
+    let mut l = ListenerConfig {
+        address: "127.0.0.1:8200".into(),
+        cluster_address: String::new(),
+        tls_disable: false,
+        tls_cert_file: None,
+        tls_key_file: None,
+        max_request_size: bunker_http::DEFAULT_MAX_REQUEST_BYTES,
+    };
+    for attr in body.attributes() {
+        let key = attr.key();
+        let e = attr.expr();
+        match key {
+            "address" => l.address = expr_string(key, e)?,
+            "cluster_address" => l.cluster_address = expr_string(key, e)?,
+            "tls_disable" => l.tls_disable = expr_bool(key, e)?,
+            "tls_cert_file" => l.tls_cert_file = Some(expr_string(key, e)?.into()),
+            "tls_key_file" => l.tls_key_file = Some(expr_string(key, e)?.into()),
+            "max_request_size" => {
+                let n: i64 = expr_string(key, e)?
+                    .parse()
+                    .map_err(|_| anyhow!("max_request_size must be an integer"))?;
+                // Vault: 0 means the default, negative disables the limit (we cap at 1 GiB).
+                l.max_request_size = match n {
+                    0 => bunker_http::DEFAULT_MAX_REQUEST_BYTES,
+                    n if n < 0 => 1 << 30,
+                    n => usize::try_from(n).unwrap_or(1 << 30),
+                };
+            }
+            "tls_min_version" | "proxy_protocol_behavior" | "telemetry" => {}
+            other => bail!("unknown listener setting {other:?}"),
+        }
+    }
+    if !l.tls_disable && (l.tls_cert_file.is_none() || l.tls_key_file.is_none()) {
+        bail!("listener: tls_cert_file and tls_key_file are required unless tls_disable = true");
+    }
+    Ok(l)
+}
+
+pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
+    let body = hcl::parse(text).context("parsing configuration")?;
+    let mut storage = None;
+    let mut listener = None;
+    let mut cfg = ServerConfig {
+        storage: StorageConfig::Inmem,
+        listener: parse_listener(
+            &hcl::Body::builder()
+                .add_attribute(("tls_disable", true))
+                .build(),
+        )?,
+        api_addr: String::new(),
+        cluster_addr: String::new(),
+        cluster_name: String::new(),
+        log_level: None,
+    };
+    for block in body.blocks() {
+        let label = block
+            .labels()
+            .first()
+            .map(|l| l.as_str().to_owned())
+            .unwrap_or_default();
+        match block.identifier() {
+            "storage" | "backend" => {
+                if storage.is_some() {
+                    bail!("only one storage block is allowed");
+                }
+                storage = Some(match label.as_str() {
+                    "inmem" => StorageConfig::Inmem,
+                    "embedded" | "raft" | "file" => {
+                        let path = block
+                            .body()
+                            .attributes()
+                            .find(|a| a.key() == "path")
+                            .map(|a| expr_string("path", a.expr()))
+                            .transpose()?
+                            .ok_or_else(|| anyhow!("storage {label:?}: path is required"))?;
+                        let path = PathBuf::from(path);
+                        StorageConfig::Embedded {
+                            path: if path.is_absolute() {
+                                path
+                            } else {
+                                base_dir.join(path)
+                            },
+                        }
+                    }
+                    other => {
+                        bail!("unknown storage type {other:?} (use \"embedded\" or \"inmem\")")
+                    }
+                });
+            }
+            "listener" => {
+                if label != "tcp" {
+                    bail!("unknown listener type {label:?}");
+                }
+                if listener.is_some() {
+                    bail!("only one listener is supported");
+                }
+                listener = Some(parse_listener(block.body())?);
+            }
+            "telemetry" | "seal" | "service_registration" => {
+                if block.identifier() == "seal" {
+                    bail!("only the Shamir seal is supported; remove the seal block");
+                }
+            }
+            other => bail!("unknown configuration block {other:?}"),
+        }
+    }
+    for attr in body.attributes() {
+        let key = attr.key();
+        let e = attr.expr();
+        match key {
+            "api_addr" => cfg.api_addr = expr_string(key, e)?,
+            "cluster_addr" => cfg.cluster_addr = expr_string(key, e)?,
+            "cluster_name" => cfg.cluster_name = expr_string(key, e)?,
+            "log_level" => cfg.log_level = Some(expr_string(key, e)?),
+            "ui" | "disable_mlock" | "log_format" | "pid_file" | "default_lease_ttl"
+            | "max_lease_ttl" | "disable_cache" => {}
+            other => bail!("unknown configuration setting {other:?}"),
+        }
+    }
+    cfg.storage = storage.ok_or_else(|| anyhow!("a storage block is required"))?;
+    cfg.listener = listener.ok_or_else(|| anyhow!("a listener \"tcp\" block is required"))?;
+    if cfg.api_addr.is_empty() {
+        let scheme = if cfg.listener.tls_disable {
+            "http"
+        } else {
+            "https"
+        };
+        cfg.api_addr = format!("{scheme}://{}", cfg.listener.address);
+    }
+    if cfg.cluster_addr.is_empty() && !cfg.listener.cluster_address.is_empty() {
+        cfg.cluster_addr = format!("https://{}", cfg.listener.cluster_address);
+    }
+    Ok(cfg)
+}
+
+pub fn load(path: &Path) -> Result<ServerConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base).with_context(|| format!("in config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_vault_shape() {
+        let cfg = parse(
+            r#"
+            storage "embedded" { path = "data" }
+            listener "tcp" {
+              address = "127.0.0.1:8300"
+              cluster_address = "127.0.0.1:8301"
+              tls_disable = true
+            }
+            api_addr = "http://127.0.0.1:8300"
+            log_level = "debug"
+            ui = true
+            "#,
+            Path::new("/tmp/x"),
+        )
+        .expect("parses");
+        assert_eq!(
+            cfg.storage,
+            StorageConfig::Embedded {
+                path: "/tmp/x/data".into()
+            }
+        );
+        assert_eq!(cfg.listener.address, "127.0.0.1:8300");
+        assert!(cfg.listener.tls_disable);
+        assert_eq!(cfg.cluster_addr, "https://127.0.0.1:8301");
+        assert_eq!(cfg.log_level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        let base = Path::new("/");
+        assert!(parse("listener \"tcp\" { tls_disable = true }", base).is_err());
+        assert!(parse(
+            "storage \"s3\" {}\nlistener \"tcp\" { tls_disable = true }",
+            base
+        )
+        .is_err());
+        assert!(parse("storage \"inmem\" {}\nlistener \"tcp\" {}", base).is_err());
+        assert!(parse(
+            "storage \"inmem\" {}\nlistener \"tcp\" { tls_disable = true }\nbogus = 1",
+            base
+        )
+        .is_err());
+        assert!(parse("storage {", base).is_err());
+    }
+}

@@ -1,0 +1,241 @@
+//! `bunker server`: wires storage, core, engines and the HTTP listener, handles dev mode,
+//! signals and the periodic token tidy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use bunker_cli::ServerArgs;
+use bunker_core::{Core, CoreConfig, MountEntry};
+use bunker_storage::{Backend, EmbeddedBackend, InmemBackend};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+
+use crate::config::{self, ListenerConfig, ServerConfig, StorageConfig};
+
+/// How often expired tokens are revoked in the background.
+const TIDY_INTERVAL: Duration = Duration::from_secs(60);
+
+pub fn run(args: ServerArgs) -> Result<()> {
+    let cfg = if args.dev {
+        dev_config(&args)
+    } else {
+        match &args.config {
+            Some(path) => config::load(path)?,
+            None => bail!("a configuration file must be given with -config, or use -dev"),
+        }
+    };
+    let level = args
+        .log_level
+        .clone()
+        .or_else(|| cfg.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    init_tracing(&level, args.log_format.as_deref() == Some("json"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(cfg, args))
+}
+
+fn dev_config(args: &ServerArgs) -> ServerConfig {
+    ServerConfig {
+        storage: StorageConfig::Inmem,
+        listener: ListenerConfig {
+            address: args.dev_listen_address.clone(),
+            cluster_address: String::new(),
+            tls_disable: true,
+            tls_cert_file: None,
+            tls_key_file: None,
+            max_request_size: bunker_http::DEFAULT_MAX_REQUEST_BYTES,
+        },
+        api_addr: format!("http://{}", args.dev_listen_address),
+        cluster_addr: String::new(),
+        cluster_name: String::new(),
+        log_level: None,
+    }
+}
+
+fn init_tracing(level: &str, json: bool) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .context("invalid log level")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    result.map_err(|e| anyhow::anyhow!("initialising logging: {e}"))
+}
+
+/// Build a core with every built-in engine registered.
+pub fn build_core(backend: Arc<dyn Backend>, config: CoreConfig) -> Arc<Core> {
+    let core = Core::new(backend, config);
+    core.register_backend("kv", Arc::new(bunker_engines::kv_factory()));
+    core.register_backend("generic", Arc::new(bunker_engines::kv_factory()));
+    core.register_backend("cubbyhole", Arc::new(bunker_engines::cubbyhole_factory()));
+    core
+}
+
+fn load_tls(listener: &ListenerConfig) -> Result<Option<bunker_http::ListenerTls>> {
+    if listener.tls_disable {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&listener.tls_cert_file, &listener.tls_key_file) else {
+        bail!("tls_cert_file and tls_key_file are required");
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing certificates in {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading private key {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("loading the TLS certificate and key")?;
+    Ok(Some(Arc::new(config)))
+}
+
+async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
+    let (backend, storage_type): (Arc<dyn Backend>, &str) = match &cfg.storage {
+        StorageConfig::Inmem => (Arc::new(InmemBackend::new()), "inmem"),
+        StorageConfig::Embedded { path } => (
+            Arc::new(
+                EmbeddedBackend::open(path)
+                    .with_context(|| format!("opening storage at {}", path.display()))?,
+            ),
+            "embedded",
+        ),
+    };
+    let core = build_core(
+        backend,
+        CoreConfig {
+            cluster_name: cfg.cluster_name.clone(),
+            api_addr: cfg.api_addr.clone(),
+            cluster_addr: cfg.cluster_addr.clone(),
+            storage_type: storage_type.into(),
+        },
+    );
+    let tls = load_tls(&cfg.listener)?;
+    let listener = TcpListener::bind(&cfg.listener.address)
+        .await
+        .with_context(|| format!("binding the API listener to {}", cfg.listener.address))?;
+    let local = listener.local_addr()?;
+    let api_addr = if cfg.api_addr.is_empty() || args.dev {
+        format!("{}://{local}", if tls.is_some() { "https" } else { "http" })
+    } else {
+        cfg.api_addr.clone()
+    };
+
+    if args.dev {
+        setup_dev(&core, &args, &api_addr).await?;
+    } else {
+        println!("==> Bunker server configuration:\n");
+        println!("             Api Address: {api_addr}");
+        println!("                 Storage: {storage_type}");
+        println!(
+            "                Listener: tcp (addr: \"{local}\", tls: \"{}\")",
+            if tls.is_some() { "enabled" } else { "disabled" }
+        );
+        println!(
+            "                 Version: Bunker v{}\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        println!("==> Bunker server started! Log data will stream in below:\n");
+    }
+
+    let tidy_core = core.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TIDY_INTERVAL);
+        loop {
+            tick.tick().await;
+            if let Err(e) = tidy_core.tidy_tokens().await {
+                tracing::warn!(error = %e, "token tidy failed");
+            }
+        }
+    });
+
+    tracing::info!(address = %local, "API listener started");
+    let app = bunker_http::router(core.clone(), cfg.listener.max_request_size);
+    bunker_http::serve(listener, tls, app, shutdown_signal())
+        .await
+        .context("serving the API")?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn setup_dev(core: &Arc<Core>, args: &ServerArgs, api_addr: &str) -> Result<()> {
+    let init = core
+        .initialize(1, 1, args.dev_root_token_id.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("initialising dev server: {e}"))?;
+    let key = init
+        .keys
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("initialisation returned no key"))?;
+    core.submit_unseal_key(key)
+        .await
+        .map_err(|e| anyhow::anyhow!("unsealing dev server: {e}"))?;
+    let mut options = serde_json::Map::new();
+    options.insert("version".into(), serde_json::json!("2"));
+    core.mount(MountEntry::new(
+        "secret/",
+        "kv",
+        "key/value secret storage",
+        options,
+    ))
+    .await
+    .map_err(|e| anyhow::anyhow!("mounting secret/: {e}"))?;
+    let unseal_b64 = base64::engine::general_purpose::STANDARD.encode(&key[..]);
+    println!("==> Bunker server configuration:\n");
+    println!("             Api Address: {api_addr}");
+    println!("                 Storage: inmem");
+    println!(
+        "                 Version: Bunker v{}\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("WARNING! dev mode is enabled! In this mode, Bunker runs entirely in-memory");
+    println!("and starts unsealed with a single unseal key. The root token is already");
+    println!("authenticated to the CLI, so you can immediately begin using Bunker.\n");
+    println!("You may need to set the following environment variables:\n");
+    println!("    $ export VAULT_ADDR='{api_addr}'\n");
+    println!("The unseal key and root token are displayed below in case you want to");
+    println!("seal/unseal the Vault or re-authenticate.\n");
+    println!("Unseal Key: {unseal_b64}");
+    println!("Root Token: {}\n", init.root_token);
+    println!("Development mode should NOT be used in production installations!\n");
+    println!("==> Bunker server started! Log data will stream in below:\n");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

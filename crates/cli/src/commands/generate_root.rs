@@ -1,0 +1,396 @@
+//! `bunker operator generate-root`: build a new root token from a quorum of unseal keys.
+//!
+//! The finished token comes back XORed with a one-time password (OTP) and base64 encoded;
+//! `-decode` recovers it, through the server's `sys/decode-token` or locally.
+
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use base64::Engine;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
+use rand::distributions::Alphanumeric;
+use rand::rngs::OsRng;
+use rand::Rng;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use super::{success, CmdResult, Ctx};
+use crate::client::{ApiRequest, Client, Verb};
+use crate::error::{CliError, Doing, EXIT_OK};
+use crate::input::{read_first_line, secret_arg};
+use crate::output::{self, cell, Format};
+
+/// Length of generated OTPs: the length of a root token.
+pub(crate) const OTP_LENGTH: usize = 28;
+
+const ATTEMPT_PATH: &str = "sys/generate-root/attempt";
+
+/// `bunker operator generate-root [flags] [KEY]`
+#[derive(Args, Debug)]
+pub(crate) struct GenerateRootArgs {
+    /// Start a root token generation (prints the nonce and, if generated, the OTP).
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    init: bool,
+    /// Print the status of the current attempt.
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    status: bool,
+    /// Cancel the current attempt.
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    cancel: bool,
+    /// Print a random OTP suitable for `-init -otp=...`.
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    generate_otp: bool,
+    /// Decode this encoded token (`-` reads it from stdin); needs `-otp`.
+    #[arg(long, value_name = "ENCODED")]
+    decode: Option<String>,
+    /// The one-time password, for `-init` or `-decode`.
+    #[arg(long)]
+    otp: Option<String>,
+    /// The nonce of the attempt; fetched from the server when omitted.
+    #[arg(long)]
+    nonce: Option<String>,
+    /// An unseal key share; read from stdin when absent or `-`.
+    key: Option<String>,
+}
+
+/// What the flags ask for.
+#[derive(Debug, PartialEq, Eq)]
+enum Mode {
+    GenerateOtp,
+    Decode,
+    Init,
+    Status,
+    Cancel,
+    Provide,
+}
+
+fn mode(args: &GenerateRootArgs) -> Result<Mode, CliError> {
+    let chosen: Vec<Mode> = [
+        (args.generate_otp, Mode::GenerateOtp),
+        (args.decode.is_some(), Mode::Decode),
+        (args.init, Mode::Init),
+        (args.status, Mode::Status),
+        (args.cancel, Mode::Cancel),
+    ]
+    .into_iter()
+    .filter_map(|(set, mode)| set.then_some(mode))
+    .collect();
+    let mut chosen = chosen.into_iter();
+    match (chosen.next(), chosen.next()) {
+        (None, _) => Ok(Mode::Provide),
+        (Some(mode), None) => Ok(mode),
+        (Some(_), Some(_)) => Err(CliError::Usage(
+            "Only one of -init, -status, -cancel, -decode or -generate-otp may be given".into(),
+        )),
+    }
+}
+
+pub(crate) fn run(ctx: &Ctx, args: GenerateRootArgs) -> CmdResult {
+    match mode(&args)? {
+        Mode::GenerateOtp => {
+            output::emit(&generate_otp())?;
+            Ok(EXIT_OK)
+        }
+        Mode::Decode => decode(ctx, &args),
+        Mode::Init => init(ctx, &args),
+        Mode::Status => {
+            let status = fetch(&ctx.client()?)?;
+            print_status(ctx, &status)
+        }
+        Mode::Cancel => {
+            ctx.client()?
+                .send(ApiRequest::new(Verb::Delete, ATTEMPT_PATH))
+                .doing("canceling root token generation")?;
+            success(ctx, "Success! Root token generation canceled (if it was started)")
+        }
+        Mode::Provide => provide(ctx, &args),
+    }
+}
+
+fn fetch(client: &Client) -> Result<Value, CliError> {
+    Ok(client
+        .send(ApiRequest::new(Verb::Get, ATTEMPT_PATH))
+        .doing("getting root generation status")?
+        .body
+        .unwrap_or(Value::Null))
+}
+
+fn init(ctx: &Ctx, args: &GenerateRootArgs) -> CmdResult {
+    let body = match &args.otp {
+        Some(otp) => json!({"otp": otp}),
+        None => json!({}),
+    };
+    let status = ctx
+        .client()?
+        .send(ApiRequest::new(Verb::Put, ATTEMPT_PATH).json(&body))
+        .doing("initializing root generation")?
+        .body
+        .unwrap_or(Value::Null);
+    let generated_otp = status
+        .get("otp")
+        .and_then(Value::as_str)
+        .is_some_and(|otp| !otp.is_empty());
+    if generated_otp && ctx.format() == Format::Table {
+        output::emit(
+            "A One-Time-Password has been generated for you and is shown in the OTP field.\n\
+             You will need this value to decode the resulting root token, so keep it safe.",
+        )?;
+    }
+    print_status(ctx, &status)
+}
+
+fn provide(ctx: &Ctx, args: &GenerateRootArgs) -> CmdResult {
+    let client = ctx.client()?;
+    let nonce = match &args.nonce {
+        Some(nonce) => nonce.clone(),
+        None => fetch(&client)?
+            .get("nonce")
+            .and_then(Value::as_str)
+            .filter(|nonce| !nonce.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                CliError::Usage(
+                    "No root generation in progress; start one with -init".to_string(),
+                )
+            })?,
+    };
+    let key = secret_arg(args.key.as_deref(), "Unseal Key (will be hidden): ")?;
+    let body = json!({"key": key.as_str(), "nonce": nonce});
+    let status = client
+        .send(ApiRequest::new(Verb::Put, "sys/generate-root/update").json(&body))
+        .doing("providing unseal key for root generation")?
+        .body
+        .unwrap_or(Value::Null);
+    print_status(ctx, &status)
+}
+
+fn print_status(ctx: &Ctx, status: &Value) -> CmdResult {
+    match ctx.format() {
+        Format::Json => output::emit(&output::pretty_json(status))?,
+        Format::Table => output::emit(&output::key_value_table(&status_rows(status)))?,
+    }
+    Ok(EXIT_OK)
+}
+
+/// Rows for a generate-root status: Nonce, Started, Progress, Complete, and when present
+/// Encoded Token, OTP, OTP Length and PGP Fingerprint.
+fn status_rows(status: &Value) -> Vec<(String, String)> {
+    let text = |key: &str| status.get(key).map(cell).unwrap_or_else(|| "n/a".into());
+    let present = |key: &str| {
+        status
+            .get(key)
+            .filter(|v| !v.is_null() && v.as_str() != Some(""))
+            .map(cell)
+    };
+    let mut rows = vec![
+        ("Nonce".to_string(), text("nonce")),
+        ("Started".to_string(), text("started")),
+        (
+            "Progress".to_string(),
+            format!("{}/{}", text("progress"), text("required")),
+        ),
+        ("Complete".to_string(), text("complete")),
+    ];
+    let encoded = present("encoded_token").or_else(|| present("encoded_root_token"));
+    if let Some(encoded) = encoded {
+        rows.push(("Encoded Token".to_string(), encoded));
+    }
+    if let Some(otp) = present("otp") {
+        rows.push(("OTP".to_string(), otp));
+    }
+    if let Some(length) = present("otp_length") {
+        rows.push(("OTP Length".to_string(), length));
+    }
+    if let Some(fingerprint) = present("pgp_fingerprint") {
+        rows.push(("PGP Fingerprint".to_string(), fingerprint));
+    }
+    rows
+}
+
+fn decode(ctx: &Ctx, args: &GenerateRootArgs) -> CmdResult {
+    let otp = args
+        .otp
+        .as_deref()
+        .ok_or_else(|| CliError::Usage("-decode requires the -otp used at -init".into()))?;
+    let encoded = match args.decode.as_deref() {
+        Some("-") | None => read_first_line(std::io::stdin().lock())?,
+        Some(encoded) => Zeroizing::new(encoded.to_string()),
+    };
+    let token = match decode_on_server(ctx, &encoded, otp) {
+        Ok(token) => token,
+        // Older servers lack sys/decode-token; the algorithm is simple enough to run here.
+        Err(server_error) => decode_token(&encoded, otp).map_err(|local_error| {
+            CliError::Invalid(format!(
+                "Error decoding root token: {local_error} (server: {server_error})"
+            ))
+        })?,
+    };
+    output::emit(&token)?;
+    Ok(EXIT_OK)
+}
+
+fn decode_on_server(ctx: &Ctx, encoded: &str, otp: &str) -> Result<Zeroizing<String>, CliError> {
+    let body = json!({"encoded_token": encoded, "otp": otp});
+    let response = ctx
+        .client()?
+        .send(
+            ApiRequest::new(Verb::Post, "sys/decode-token")
+                .json(&body)
+                .without_wrapping(),
+        )
+        .doing("decoding root token")?
+        .body
+        .unwrap_or(Value::Null);
+    response
+        .get("data")
+        .and_then(|data| data.get("token"))
+        .and_then(Value::as_str)
+        .map(|token| Zeroizing::new(token.to_string()))
+        .ok_or_else(|| CliError::Invalid("the server returned no token".into()))
+}
+
+/// Decodes a generated root token: base64 (padding optional) XOR the OTP's bytes.
+pub(crate) fn decode_token(encoded: &str, otp: &str) -> Result<Zeroizing<String>, String> {
+    let trimmed = encoded.trim().trim_end_matches('=');
+    let bytes = Zeroizing::new(
+        STANDARD_NO_PAD
+            .decode(trimmed)
+            .or_else(|_| STANDARD.decode(encoded.trim()))
+            .map_err(|e| format!("the encoded token is not valid base64: {e}"))?,
+    );
+    if bytes.len() != otp.len() {
+        return Err(format!(
+            "the encoded token is {} bytes but the OTP is {} characters; check the -otp value",
+            bytes.len(),
+            otp.len()
+        ));
+    }
+    let decoded: Vec<u8> = bytes
+        .iter()
+        .zip(otp.as_bytes())
+        .map(|(a, b)| a ^ b)
+        .collect();
+    String::from_utf8(decoded)
+        .map(Zeroizing::new)
+        .map_err(|_| "the decoded token is not text; check the -otp value".to_string())
+}
+
+/// A random alphanumeric OTP of [`OTP_LENGTH`] characters from the OS RNG.
+pub(crate) fn generate_otp() -> String {
+    OsRng
+        .sample_iter(&Alphanumeric)
+        .take(OTP_LENGTH)
+        .map(char::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(token: &str, otp: &str) -> String {
+        let xored: Vec<u8> = token
+            .bytes()
+            .zip(otp.bytes())
+            .map(|(a, b)| a ^ b)
+            .collect();
+        STANDARD_NO_PAD.encode(xored)
+    }
+
+    #[test]
+    fn decodes_with_and_without_padding() -> Result<(), String> {
+        let otp = "abcdefghijklmnopqrstuvwxyz12";
+        let token = "hvs.0123456789abcdefghijklmn";
+        let unpadded = encode(token, otp);
+        assert_eq!(decode_token(&unpadded, otp)?.as_str(), token);
+        let short_otp = "abcdefghijklmnopqrstuvwxyz";
+        let short_token = "hvs.0123456789abcdefghijkl";
+        let encoded = encode(short_token, short_otp);
+        let padded = format!("{encoded}{}", "=".repeat((4 - encoded.len() % 4) % 4));
+        assert!(padded.ends_with('='));
+        assert_eq!(decode_token(&padded, short_otp)?.as_str(), short_token);
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_otp_length_or_garbage_is_rejected() {
+        let otp = "abcdefghijklmnopqrstuvwxyz12";
+        let encoded = encode("hvs.0123456789abcdefghijklmn", otp);
+        assert!(decode_token(&encoded, "short").is_err());
+        assert!(decode_token("***", otp).is_err());
+    }
+
+    #[test]
+    fn generated_otps_are_alphanumeric_and_distinct() {
+        let first = generate_otp();
+        assert_eq!(first.len(), OTP_LENGTH);
+        assert!(first.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(first, generate_otp());
+    }
+
+    #[test]
+    fn status_rows_show_progress_and_encoded_token() {
+        let status = json!({
+            "nonce": "n-1", "started": true, "progress": 3, "required": 3,
+            "complete": true, "encoded_token": "ENC", "otp": "", "otp_length": 28
+        });
+        let rows = status_rows(&status);
+        assert!(rows.contains(&("Progress".to_string(), "3/3".to_string())));
+        assert!(rows.contains(&("Encoded Token".to_string(), "ENC".to_string())));
+        assert!(rows.contains(&("OTP Length".to_string(), "28".to_string())));
+        assert!(!rows.iter().any(|(k, _)| k == "OTP"));
+    }
+
+    fn args(flags: &[&str]) -> Result<GenerateRootArgs, clap::Error> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            inner: GenerateRootArgs,
+        }
+        let mut argv = vec!["generate-root"];
+        argv.extend_from_slice(flags);
+        Ok(Wrapper::try_parse_from(argv)?.inner)
+    }
+
+    #[test]
+    fn flags_select_one_mode() -> Result<(), clap::Error> {
+        assert_eq!(mode(&args(&[])?).ok(), Some(Mode::Provide));
+        assert_eq!(mode(&args(&["--init"])?).ok(), Some(Mode::Init));
+        assert_eq!(mode(&args(&["--decode=x", "--otp=y"])?).ok(), Some(Mode::Decode));
+        assert_eq!(mode(&args(&["--generate-otp"])?).ok(), Some(Mode::GenerateOtp));
+        assert!(mode(&args(&["--init", "--cancel"])?).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! `bunker login [TOKEN]`: check a token with `auth/token/lookup-self` and store it in the
+//! token helper (`~/.vault-token`, mode 0600).
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
+use serde_json::{json, Value};
+
+use super::{CmdResult, Ctx};
+use crate::client::{ApiRequest, Verb};
+use crate::error::{CliError, Doing, EXIT_OK};
+use crate::input::secret_arg;
+use crate::output::{self, auth_rows, Format};
+use crate::token_helper;
+
+#[derive(Args, Debug)]
+pub(crate) struct LoginArgs {
+    /// Auth method; only `token` is supported.
+    #[arg(long, default_value = "token")]
+    method: String,
+    /// Do not store the token in the token helper.
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    no_store: bool,
+    /// Print only this field (e.g. `-field=token_policies`).
+    #[arg(long)]
+    field: Option<String>,
+    /// The token; read from stdin when absent or `-`.
+    token: Option<String>,
+}
+
+pub(crate) fn run(ctx: &Ctx, args: LoginArgs) -> CmdResult {
+    if args.method != "token" {
+        return Err(CliError::Usage(format!(
+            "Unsupported auth method {:?}: only -method=token is available",
+            args.method
+        )));
+    }
+    let token = secret_arg(args.token.as_deref(), "Token (will be hidden): ")?;
+    let lookup = ctx
+        .client()?
+        .send(
+            ApiRequest::new(Verb::Get, "auth/token/lookup-self")
+                .with_token(&token)
+                .without_wrapping(),
+        )
+        .doing("authenticating")?
+        .body
+        .unwrap_or(Value::Null);
+    if !args.no_store {
+        let path = token_helper::token_path().ok_or_else(|| {
+            CliError::Invalid("Error storing token: HOME is not set".into())
+        })?;
+        token_helper::store_token(&path, &token)?;
+    }
+    if token_helper::env_token().is_some() {
+        output::emit_err(
+            "WARNING! The VAULT_TOKEN environment variable is set! It takes precedence over \
+             the token just stored; unset VAULT_TOKEN or update its value if that is unwanted.\n",
+        );
+    }
+    let auth = auth_from_lookup(&token, &lookup);
+    if let Some(field) = &args.field {
+        output::print_field(&auth_rows(&auth), field)?;
+        return Ok(EXIT_OK);
+    }
+    match ctx.format() {
+        Format::Json => {
+            let mut shown = lookup.clone();
+            if let Some(object) = shown.as_object_mut() {
+                object.insert("auth".into(), auth);
+            }
+            output::emit(&output::pretty_json(&shown))?;
+        }
+        Format::Table => {
+            let intro = if args.no_store {
+                "Success! You are now authenticated. The token was NOT stored; set \
+                 VAULT_TOKEN to use it\nin later commands."
+            } else {
+                "Success! You are now authenticated. The token information displayed below\n\
+                 is already stored in the token helper. You do NOT need to run \"bunker login\"\n\
+                 again. Future requests will automatically use this token."
+            };
+            output::emit(&format!("{intro}\n\n{}", output::key_value_table(&auth_rows(&auth))))?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// An `auth` block like the one login methods return, built from a lookup-self response.
+fn auth_from_lookup(token: &str, lookup: &Value) -> Value {
+    let data = lookup.get("data").cloned().unwrap_or(Value::Null);
+    let get = |key: &str| data.get(key).cloned().unwrap_or(Value::Null);
+    let policies = get("policies");
+    let identity = data
+        .get("identity_policies")
+        .cloned()
+        .unwrap_or_else(|| json!([]));
+    let mut all: Vec<Value> = policies.as_array().cloned().unwrap_or_default();
+    for policy in identity.as_array().into_iter().flatten() {
+        if !all.contains(policy) {
+            all.push(policy.clone());
+        }
+    }
+    json!({
+        "client_token": token,
+        "accessor": get("accessor"),
+        "lease_duration": data.get("ttl").and_then(Value::as_u64).unwrap_or(0),
+        "renewable": data.get("renewable").and_then(Value::as_bool).unwrap_or(false),
+        "token_policies": policies,
+        "identity_policies": identity,
+        "policies": all,
+        "metadata": get("meta"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_becomes_auth_rows() {
+        let lookup = json!({"data": {
+            "accessor": "acc1", "ttl": 3600, "renewable": true,
+            "policies": ["default", "dev"], "identity_policies": ["ops"],
+            "meta": {"user": "ann"}
+        }});
+        let auth = auth_from_lookup("hvs.tok", &lookup);
+        let rows = auth_rows(&auth);
+        let get = |key: &str| {
+            rows.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("token"), Some("hvs.tok"));
+        assert_eq!(get("token_accessor"), Some("acc1"));
+        assert_eq!(get("token_duration"), Some("1h"));
+        assert_eq!(get("token_renewable"), Some("true"));
+        assert_eq!(get("token_policies"), Some(r#"["default","dev"]"#));
+        assert_eq!(get("policies"), Some(r#"["default","dev","ops"]"#));
+        assert_eq!(get("token_meta_user"), Some("ann"));
+    }
+
+    #[test]
+    fn root_token_lookup_has_infinite_duration() {
+        let lookup = json!({"data": {"accessor": "a", "ttl": 0, "policies": ["root"]}});
+        let rows = auth_rows(&auth_from_lookup("root", &lookup));
+        assert!(rows.contains(&("token_duration".to_string(), "∞".to_string())));
+    }
+}

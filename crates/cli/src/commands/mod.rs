@@ -1,0 +1,110 @@
+//! One module per command group. Each command returns its exit code or a [`CliError`].
+
+use serde_json::Value;
+
+use crate::client::{Client, ClientConfig};
+use crate::error::CliError;
+use crate::output::{self, Format};
+use crate::token_helper;
+use crate::GlobalArgs;
+
+pub(crate) mod audit;
+pub(crate) mod generate_root;
+pub(crate) mod generic;
+pub(crate) mod kv;
+mod kv_path;
+pub(crate) mod login;
+pub(crate) mod operator;
+pub(crate) mod policy;
+pub(crate) mod secrets;
+pub(crate) mod status;
+pub(crate) mod token;
+
+/// What a command returns: its exit code, or the error to report.
+pub(crate) type CmdResult = Result<u8, CliError>;
+
+/// Shared state of one invocation: the global flags.
+pub(crate) struct Ctx {
+    global: GlobalArgs,
+}
+
+impl Ctx {
+    pub(crate) fn new(global: GlobalArgs) -> Self {
+        Ctx { global }
+    }
+
+    /// The output format chosen with `-format` / `VAULT_FORMAT`.
+    pub(crate) fn format(&self) -> Format {
+        self.global.format
+    }
+
+    /// A client for the configured address, with `VAULT_TOKEN` or the stored token.
+    pub(crate) fn client(&self) -> Result<Client, CliError> {
+        let config = ClientConfig {
+            address: self.global.address.clone(),
+            token: token_helper::current_token(),
+            ca_cert: self.global.ca_cert.clone(),
+            skip_verify: self.global.tls_skip_verify,
+            wrap_ttl: self.global.wrap_ttl.clone(),
+        };
+        Client::new(config).map_err(CliError::ClientSetup)
+    }
+}
+
+/// Prints "Success! ..." style messages; only in table format, as `vault` does.
+pub(crate) fn success(ctx: &Ctx, message: &str) -> CmdResult {
+    if ctx.format() == Format::Table {
+        output::emit(message)?;
+    }
+    Ok(0)
+}
+
+/// The `keys` of a list response, as strings.
+pub(crate) fn list_keys(response: &Value) -> Option<Vec<String>> {
+    let keys = response.get("data")?.get("keys")?.as_array()?;
+    Some(keys.iter().map(output::raw).collect())
+}
+
+/// Prints a list response: a `Keys` column, or the keys as a JSON array.
+pub(crate) fn print_list(ctx: &Ctx, response: Option<&Value>, path: &str) -> CmdResult {
+    let keys = response
+        .and_then(list_keys)
+        .ok_or_else(|| CliError::not_found(path))?;
+    if let Some(response) = response {
+        if ctx.format() == Format::Table {
+            output::print_warnings(response);
+        }
+    }
+    match ctx.format() {
+        Format::Json => output::emit(&output::pretty_json(&Value::from(keys)))?,
+        Format::Table => {
+            let rows: Vec<Vec<String>> = keys.into_iter().map(|k| vec![k]).collect();
+            output::emit(&output::columns(&["Keys"], &rows))?;
+        }
+    }
+    Ok(0)
+}
+
+/// `mount/` with exactly one trailing slash, for messages.
+pub(crate) fn with_slash(path: &str) -> String {
+    format!("{}/", path.trim_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn list_keys_are_extracted() {
+        let response = json!({"data": {"keys": ["a", "b/"]}});
+        assert_eq!(list_keys(&response), Some(vec!["a".to_string(), "b/".to_string()]));
+        assert_eq!(list_keys(&json!({"data": {}})), None);
+    }
+
+    #[test]
+    fn mount_paths_get_one_slash() {
+        assert_eq!(with_slash("secret"), "secret/");
+        assert_eq!(with_slash("/secret//"), "secret/");
+    }
+}

@@ -1,0 +1,359 @@
+//! `bunker secrets ...`: enable, disable, tune and list secrets engines (`sys/mounts`).
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Subcommand};
+use serde_json::{json, Map, Value};
+
+use super::{success, with_slash, CmdResult, Ctx};
+use crate::client::{ApiRequest, Verb};
+use crate::error::{CliError, Doing, EXIT_OK};
+use crate::input::{duration_flag, parse_options};
+use crate::output::{self, cell, Format};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SecretsCommand {
+    /// Enable a secrets engine (`kv-v2` means kv with version 2).
+    Enable(EnableArgs),
+    /// Disable the secrets engine at a path.
+    Disable(PathArgs),
+    /// List enabled secrets engines.
+    List(ListArgs),
+    /// Change a secrets engine's settings.
+    Tune(TuneArgs),
+}
+
+/// Settings shared by enable and tune.
+#[derive(Args, Debug, Default)]
+pub(crate) struct MountConfigArgs {
+    /// Human-friendly description.
+    #[arg(long)]
+    description: Option<String>,
+    /// Default lease TTL for this engine.
+    #[arg(long, value_parser = duration_flag)]
+    default_lease_ttl: Option<String>,
+    /// Maximum lease TTL for this engine.
+    #[arg(long, value_parser = duration_flag)]
+    max_lease_ttl: Option<String>,
+    /// Engine version (e.g. 2 for KV v2).
+    #[arg(long)]
+    version: Option<u32>,
+    /// Engine options as `k=v`; repeatable.
+    #[arg(long)]
+    options: Vec<String>,
+}
+
+#[derive(Args, Debug, Default)]
+pub(crate) struct EnableArgs {
+    /// Mount path (defaults to the engine type).
+    #[arg(long)]
+    path: Option<String>,
+    /// Do not replicate this mount to performance secondaries.
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    local: bool,
+    #[command(flatten)]
+    config: MountConfigArgs,
+    /// Engine type, e.g. `kv`, `kv-v2`.
+    engine_type: String,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PathArgs {
+    /// Mount path.
+    path: String,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ListArgs {
+    /// Show TTLs, options, replication and UUIDs too.
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    detailed: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TuneArgs {
+    #[command(flatten)]
+    config: MountConfigArgs,
+    /// Mount path.
+    path: String,
+}
+
+pub(crate) fn run(ctx: &Ctx, command: SecretsCommand) -> CmdResult {
+    match command {
+        SecretsCommand::Enable(args) => enable(ctx, &args),
+        SecretsCommand::Disable(args) => disable(ctx, &args),
+        SecretsCommand::List(args) => list(ctx, &args),
+        SecretsCommand::Tune(args) => tune(ctx, &args),
+    }
+}
+
+/// `config` (TTLs) and `options` (version, k=v) objects from the shared flags.
+fn config_and_options(args: &MountConfigArgs) -> Result<(Map<String, Value>, Map<String, Value>), CliError> {
+    let mut config = Map::new();
+    if let Some(ttl) = &args.default_lease_ttl {
+        config.insert("default_lease_ttl".into(), json!(ttl));
+    }
+    if let Some(ttl) = &args.max_lease_ttl {
+        config.insert("max_lease_ttl".into(), json!(ttl));
+    }
+    let mut options = parse_options(&args.options)?;
+    if let Some(version) = args.version {
+        options.insert("version".into(), json!(version.to_string()));
+    }
+    Ok((config, options))
+}
+
+/// The mount path and request body for `secrets enable`.
+fn enable_request(args: &EnableArgs) -> Result<(String, Value), CliError> {
+    let engine_type = args.engine_type.trim();
+    if engine_type.is_empty() {
+        return Err(CliError::Usage("An engine type is required".into()));
+    }
+    let path = args.path.as_deref().unwrap_or(engine_type).trim_matches('/');
+    if path.is_empty() {
+        return Err(CliError::Usage("The mount path cannot be empty".into()));
+    }
+    let (config, mut options) = config_and_options(&args.config)?;
+    let mount_type = match engine_type {
+        "kv-v2" => {
+            options.insert("version".into(), json!("2"));
+            "kv"
+        }
+        other => other,
+    };
+    let mut body = json!({ "type": mount_type, "config": config, "options": options });
+    if let Some(object) = body.as_object_mut() {
+        if let Some(description) = &args.config.description {
+            object.insert("description".into(), json!(description));
+        }
+        if args.local {
+            object.insert("local".into(), json!(true));
+        }
+    }
+    Ok((path.to_string(), body))
+}
+
+fn enable(ctx: &Ctx, args: &EnableArgs) -> CmdResult {
+    let (path, body) = enable_request(args)?;
+    ctx.client()?
+        .send(ApiRequest::new(Verb::Post, format!("sys/mounts/{path}")).json(&body))
+        .doing(format!("enabling {}", args.engine_type))?;
+    success(
+        ctx,
+        &format!(
+            "Success! Enabled the {} secrets engine at: {}",
+            args.engine_type,
+            with_slash(&path)
+        ),
+    )
+}
+
+fn disable(ctx: &Ctx, args: &PathArgs) -> CmdResult {
+    let path = args.path.trim_matches('/');
+    ctx.client()?
+        .send(ApiRequest::new(Verb::Delete, format!("sys/mounts/{path}")))
+        .doing(format!("disabling secrets engine at {}", with_slash(path)))?;
+    success(
+        ctx,
+        &format!(
+            "Success! Disabled the secrets engine (if it existed) at: {}",
+            with_slash(path)
+        ),
+    )
+}
+
+fn tune(ctx: &Ctx, args: &TuneArgs) -> CmdResult {
+    let path = args.path.trim_matches('/');
+    let (mut body, options) = config_and_options(&args.config)?;
+    if !options.is_empty() {
+        body.insert("options".into(), Value::Object(options));
+    }
+    if let Some(description) = &args.config.description {
+        body.insert("description".into(), json!(description));
+    }
+    ctx.client()?
+        .send(ApiRequest::new(Verb::Post, format!("sys/mounts/{path}/tune")).json(&Value::Object(body)))
+        .doing(format!("tuning secrets engine {}", with_slash(path)))?;
+    success(
+        ctx,
+        &format!("Success! Tuned the secrets engine at: {}", with_slash(path)),
+    )
+}
+
+fn list(ctx: &Ctx, args: &ListArgs) -> CmdResult {
+    let response = ctx
+        .client()?
+        .send(ApiRequest::new(Verb::Get, "sys/mounts"))
+        .doing("listing secrets engines")?
+        .body
+        .unwrap_or(Value::Null);
+    match ctx.format() {
+        Format::Json => output::emit(&output::pretty_json(&response))?,
+        Format::Table => {
+            let mounts = mount_map(&response);
+            let (headers, rows) = mount_rows(&mounts, args.detailed);
+            output::emit(&output::columns(&headers, &rows))?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Path → mount entries from a `sys/mounts` (or `sys/audit`) response: `data` when present,
+/// else the top-level entries that look like mounts.
+pub(crate) fn mount_map(response: &Value) -> Map<String, Value> {
+    let source = response
+        .get("data")
+        .and_then(Value::as_object)
+        .or_else(|| response.as_object());
+    source
+        .map(|map| {
+            map.iter()
+                .filter(|(_, v)| v.get("type").is_some())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ttl_text(config: Option<&Value>, key: &str) -> String {
+    match config.and_then(|c| c.get(key)).and_then(Value::as_u64) {
+        None | Some(0) => "system".into(),
+        Some(secs) => output::human_duration(secs),
+    }
+}
+
+/// Headers and rows for `secrets list`, sorted by path.
+fn mount_rows(mounts: &Map<String, Value>, detailed: bool) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let field = |mount: &Value, key: &str| mount.get(key).map(output::raw).unwrap_or_default();
+    let mut rows: Vec<Vec<String>> = mounts
+        .iter()
+        .map(|(path, mount)| {
+            let mut row = vec![path.clone(), field(mount, "type"), field(mount, "accessor")];
+            if detailed {
+                let config = mount.get("config");
+                let local = mount.get("local").and_then(Value::as_bool).unwrap_or(false);
+                row.extend([
+                    ttl_text(config, "default_lease_ttl"),
+                    ttl_text(config, "max_lease_ttl"),
+                    if local { "local" } else { "replicated" }.to_string(),
+                    mount.get("seal_wrap").map(cell).unwrap_or_else(|| "false".into()),
+                    mount.get("options").map(cell).unwrap_or_else(|| "<nil>".into()),
+                    field(mount, "description"),
+                    field(mount, "uuid"),
+                ]);
+            } else {
+                row.push(field(mount, "description"));
+            }
+            row
+        })
+        .collect();
+    rows.sort();
+    let headers = if detailed {
+        vec![
+            "Path",
+            "Plugin",
+            "Accessor",
+            "Default TTL",
+            "Max TTL",
+            "Replication",
+            "Seal Wrap",
+            "Options",
+            "Description",
+            "UUID",
+        ]
+    } else {
+        vec!["Path", "Type", "Accessor", "Description"]
+    };
+    (headers, rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enable_args(engine_type: &str) -> EnableArgs {
+        EnableArgs {
+            engine_type: engine_type.into(),
+            ..EnableArgs::default()
+        }
+    }
+
+    #[test]
+    fn kv_v2_alias_sets_the_version() -> Result<(), CliError> {
+        let (path, body) = enable_request(&enable_args("kv-v2"))?;
+        assert_eq!(path, "kv-v2");
+        assert_eq!(
+            body,
+            json!({"type": "kv", "config": {}, "options": {"version": "2"}})
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn enable_body_has_path_version_and_ttls() -> Result<(), CliError> {
+        let args = EnableArgs {
+            path: Some("/team/".into()),
+            local: true,
+            config: MountConfigArgs {
+                description: Some("team secrets".into()),
+                default_lease_ttl: Some("1h".into()),
+                max_lease_ttl: Some("24h".into()),
+                version: Some(2),
+                options: vec!["x=y".into()],
+            },
+            engine_type: "kv".into(),
+        };
+        let (path, body) = enable_request(&args)?;
+        assert_eq!(path, "team");
+        assert_eq!(
+            body,
+            json!({
+                "type": "kv", "description": "team secrets", "local": true,
+                "config": {"default_lease_ttl": "1h", "max_lease_ttl": "24h"},
+                "options": {"version": "2", "x": "y"}
+            })
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn mounts_come_from_data_or_top_level() {
+        let with_data = json!({"request_id": "r", "data": {"secret/": {"type": "kv"}}});
+        assert_eq!(mount_map(&with_data).len(), 1);
+        let top = json!({"sys/": {"type": "system"}, "request_id": "r"});
+        assert_eq!(mount_map(&top).keys().collect::<Vec<_>>(), vec!["sys/"]);
+    }
+
+    #[test]
+    fn mount_rows_sorted_with_ttls() {
+        let mounts = mount_map(&json!({"data": {
+            "sys/": {"type": "system", "accessor": "system_1", "description": "system"},
+            "secret/": {"type": "kv", "accessor": "kv_1", "description": "",
+                        "config": {"default_lease_ttl": 0, "max_lease_ttl": 3600},
+                        "options": {"version": "2"}, "local": false}
+        }}));
+        let (headers, rows) = mount_rows(&mounts, false);
+        assert_eq!(headers, vec!["Path", "Type", "Accessor", "Description"]);
+        assert_eq!(rows.first().and_then(|r| r.first()).map(String::as_str), Some("secret/"));
+        let (_, detailed) = mount_rows(&mounts, true);
+        let secret = detailed.first().cloned().unwrap_or_default();
+        assert_eq!(secret.get(3).map(String::as_str), Some("system"));
+        assert_eq!(secret.get(4).map(String::as_str), Some("1h"));
+        assert_eq!(secret.get(5).map(String::as_str), Some("replicated"));
+    }
+}

@@ -1,0 +1,193 @@
+//! Audit: every authenticated request and its response are written, one JSON line each, to
+//! every enabled device before the client sees a result. Sensitive strings are replaced by
+//! `hmac-sha256:<hex>` with a per-device salt, so entries can be matched (`sys/audit-hash`)
+//! without revealing secrets. If any device fails to write, the request is refused.
+
+mod device;
+mod hashing;
+
+use std::sync::{Arc, RwLock};
+
+use bunker_barrier::Barrier;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::logical::{LogicalError, Request, Response, Result};
+use crate::request_handling::Caller;
+use crate::time_util::now_rfc3339;
+pub use device::FileDevice;
+pub use hashing::hash_value;
+
+const AUDIT_TABLE_PATH: &str = "core/audit";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub options: Map<String, Value>,
+    #[serde(default)]
+    pub local: bool,
+    /// HMAC key (hex); lives only behind the barrier.
+    pub salt: String,
+}
+
+impl AuditEntry {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "type": self.kind,
+            "description": self.description,
+            "options": self.options,
+            "path": self.path,
+            "local": self.local,
+        })
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct AuditTable {
+    entries: Vec<AuditEntry>,
+}
+
+pub struct AuditBroker {
+    barrier: Arc<Barrier>,
+    devices: RwLock<Vec<Arc<FileDevice>>>,
+}
+
+impl AuditBroker {
+    pub fn new(barrier: Arc<Barrier>) -> Self {
+        AuditBroker {
+            barrier,
+            devices: RwLock::new(Vec::new()),
+        }
+    }
+
+    async fn table(&self) -> Result<AuditTable> {
+        match self.barrier.get(AUDIT_TABLE_PATH).await? {
+            None => Ok(AuditTable::default()),
+            Some(b) => Ok(serde_json::from_slice(&b)?),
+        }
+    }
+
+    /// Open every device in the stored table (after unseal).
+    pub async fn load(&self) -> Result<()> {
+        let table = self.table().await?;
+        let mut devices = Vec::new();
+        for entry in table.entries {
+            match FileDevice::open(entry.clone()) {
+                Ok(d) => devices.push(Arc::new(d)),
+                Err(e) => {
+                    tracing::error!(path = %entry.path, error = %e, "cannot open audit device");
+                    return Err(e);
+                }
+            }
+        }
+        if let Ok(mut d) = self.devices.write() {
+            *d = devices;
+        }
+        Ok(())
+    }
+
+    pub fn unload(&self) {
+        if let Ok(mut d) = self.devices.write() {
+            d.clear();
+        }
+    }
+
+    pub fn entries(&self) -> Vec<AuditEntry> {
+        self.devices
+            .read()
+            .map(|d| d.iter().map(|dev| dev.entry().clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub async fn enable(&self, mut entry: AuditEntry) -> Result<()> {
+        let mut table = self.table().await?;
+        if table.entries.iter().any(|e| e.path == entry.path) {
+            return Err(LogicalError::InvalidRequest(format!(
+                "path already in use: {}",
+                entry.path
+            )));
+        }
+        entry.salt = crate::token::random_base62(32);
+        // Opening first proves the device works before it is recorded.
+        let device = FileDevice::open(entry.clone())?;
+        device.write_line(&json!({"time": now_rfc3339(), "type": "test"}))?;
+        table.entries.push(entry);
+        self.barrier
+            .put(AUDIT_TABLE_PATH, &serde_json::to_vec(&table)?)
+            .await?;
+        if let Ok(mut d) = self.devices.write() {
+            d.push(Arc::new(device));
+        }
+        Ok(())
+    }
+
+    pub async fn disable(&self, path: &str) -> Result<()> {
+        let mut table = self.table().await?;
+        table.entries.retain(|e| e.path != path);
+        self.barrier
+            .put(AUDIT_TABLE_PATH, &serde_json::to_vec(&table)?)
+            .await?;
+        if let Ok(mut d) = self.devices.write() {
+            d.retain(|dev| dev.entry().path != path);
+        }
+        Ok(())
+    }
+
+    pub fn hash_for(&self, path: &str, input: &str) -> Option<String> {
+        self.devices.read().ok().and_then(|d| {
+            d.iter()
+                .find(|dev| dev.entry().path == path)
+                .map(|dev| dev.hash_str(input))
+        })
+    }
+
+    fn devices(&self) -> Vec<Arc<FileDevice>> {
+        self.devices.read().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    pub(crate) async fn log_request(&self, req: &Request, caller: Option<&Caller>) -> Result<()> {
+        for dev in self.devices() {
+            let record = json!({
+                "time": now_rfc3339(),
+                "type": "request",
+                "auth": dev.auth_json(caller),
+                "request": dev.request_json(req, caller),
+            });
+            dev.write_line(&record)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn log_response(
+        &self,
+        req: &Request,
+        caller: Option<&Caller>,
+        result: &Result<Response>,
+    ) -> Result<()> {
+        for dev in self.devices() {
+            let mut record = json!({
+                "time": now_rfc3339(),
+                "type": "response",
+                "auth": dev.auth_json(caller),
+                "request": dev.request_json(req, caller),
+            });
+            if let Value::Object(m) = &mut record {
+                match result {
+                    Ok(resp) => {
+                        m.insert("response".into(), dev.response_json(resp));
+                    }
+                    Err(e) => {
+                        m.insert("error".into(), json!(e.to_string()));
+                    }
+                }
+            }
+            dev.write_line(&record)?;
+        }
+        Ok(())
+    }
+}

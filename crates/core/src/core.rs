@@ -1,0 +1,361 @@
+//! The `Core` ties the layers together: barrier and seal below, mounts, tokens and policies
+//! above. It owns the post-unseal setup (mount table, audit devices) and the pre-seal teardown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bunker_barrier::Barrier;
+use bunker_seal::Seal;
+use bunker_storage::{Backend, StorageMetrics};
+use serde::{Deserialize, Serialize};
+use serde_json::Map;
+use zeroize::Zeroizing;
+
+use crate::audit::AuditBroker;
+use crate::logical::{BackendFactory, LogicalError, Result, StorageView};
+use crate::mounts::{MountEntry, Mounted, Router, StoredMountTable, MOUNT_TABLE_PATH};
+use crate::policy_store::PolicyStore;
+use crate::sys::RootGeneration;
+use crate::token::{TokenEntry, TokenStore, TokenType};
+
+const CLUSTER_INFO_PATH: &str = "core/cluster-info";
+
+/// Settings the server passes to the core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub cluster_name: String,
+    pub api_addr: String,
+    pub cluster_addr: String,
+    /// Storage type shown in seal-status (`inmem`, `embedded`).
+    pub storage_type: String,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            cluster_name: String::new(),
+            api_addr: "http://127.0.0.1:8200".into(),
+            cluster_addr: String::new(),
+            storage_type: "inmem".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ClusterInfo {
+    pub cluster_id: String,
+    pub cluster_name: String,
+}
+
+/// What `sys/init` hands back.
+pub struct InitResult {
+    pub keys: Vec<Zeroizing<Vec<u8>>>,
+    pub root_token: String,
+}
+
+pub struct Core {
+    pub(crate) config: CoreConfig,
+    pub(crate) barrier: Arc<Barrier>,
+    pub(crate) seal: Seal,
+    pub(crate) policies: PolicyStore,
+    pub(crate) tokens: TokenStore,
+    pub(crate) audit: AuditBroker,
+    pub(crate) router: RwLock<Router>,
+    pub(crate) factories: RwLock<HashMap<String, Arc<dyn BackendFactory>>>,
+    pub(crate) root_generation: Mutex<Option<RootGeneration>>,
+    /// Serialises changes to the mount and audit tables.
+    pub(crate) table_lock: tokio::sync::Mutex<()>,
+    /// Makes read-then-revoke of a wrapping token atomic (single use).
+    pub(crate) wrapping_lock: tokio::sync::Mutex<()>,
+    pub(crate) cluster: RwLock<ClusterInfo>,
+}
+
+impl Core {
+    pub fn new(backend: Arc<dyn Backend>, config: CoreConfig) -> Arc<Core> {
+        let barrier = Arc::new(Barrier::new(backend));
+        Arc::new(Core {
+            config,
+            seal: Seal::new(barrier.clone()),
+            policies: PolicyStore::new(barrier.clone()),
+            tokens: TokenStore::new(barrier.clone()),
+            audit: AuditBroker::new(barrier.clone()),
+            router: RwLock::new(Router::default()),
+            factories: RwLock::new(HashMap::new()),
+            root_generation: Mutex::new(None),
+            table_lock: tokio::sync::Mutex::new(()),
+            wrapping_lock: tokio::sync::Mutex::new(()),
+            cluster: RwLock::new(ClusterInfo::default()),
+            barrier,
+        })
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Register the factory for a mount type (`kv`, `cubbyhole`, ...).
+    pub fn register_backend(&self, kind: &str, factory: Arc<dyn BackendFactory>) {
+        if let Ok(mut f) = self.factories.write() {
+            f.insert(kind.to_owned(), factory);
+        }
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.barrier.is_sealed()
+    }
+
+    pub async fn is_initialized(&self) -> Result<bool> {
+        Ok(self.seal.config().await.map_err(seal_err)?.is_some())
+    }
+
+    pub fn storage_metrics(&self) -> StorageMetrics {
+        self.barrier.backend().metrics()
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.cluster
+            .read()
+            .map(|c| c.cluster_id.clone())
+            .unwrap_or_default()
+    }
+
+    /// Initialise: generate the root key and its shares, write the initial tables and the root
+    /// token, and leave the core sealed (as Vault does).
+    pub async fn initialize(
+        &self,
+        shares: u8,
+        threshold: u8,
+        root_token_id: Option<String>,
+    ) -> Result<InitResult> {
+        let out = self
+            .seal
+            .initialize(shares, threshold)
+            .await
+            .map_err(seal_err)?;
+        for key in out.keys.iter().take(usize::from(threshold)) {
+            self.seal.submit_unseal_key(key).await.map_err(seal_err)?;
+        }
+        if self.is_sealed() {
+            return Err(LogicalError::Internal(
+                "initialization produced keys that do not unseal".into(),
+            ));
+        }
+        let cluster = ClusterInfo {
+            cluster_id: uuid::Uuid::new_v4().to_string(),
+            cluster_name: if self.config.cluster_name.is_empty() {
+                format!("bunker-cluster-{}", &crate::token::random_base62(8))
+            } else {
+                self.config.cluster_name.clone()
+            },
+        };
+        self.barrier
+            .put(CLUSTER_INFO_PATH, &serde_json::to_vec(&cluster)?)
+            .await?;
+        let table = StoredMountTable {
+            entries: vec![MountEntry::new(
+                "cubbyhole/",
+                "cubbyhole",
+                "per-token private secret storage",
+                Map::new(),
+            )],
+        };
+        self.barrier
+            .put(MOUNT_TABLE_PATH, &serde_json::to_vec(&table)?)
+            .await?;
+        self.policies.setup_defaults().await?;
+        let root = TokenEntry {
+            policies: vec!["root".into()],
+            display_name: "root".into(),
+            path: "auth/token/root".into(),
+            orphan: true,
+            token_type: TokenType::Service,
+            ..Default::default()
+        };
+        let (root_token, _) = self.tokens.create(root, root_token_id).await?;
+        self.post_unseal().await?;
+        self.seal_core();
+        Ok(InitResult {
+            keys: out.keys,
+            root_token,
+        })
+    }
+
+    /// Submit one unseal key share; runs the post-unseal setup when the barrier opens.
+    pub async fn submit_unseal_key(&self, key: &[u8]) -> Result<bunker_seal::SealStatus> {
+        let was_sealed = self.is_sealed();
+        let status = self.seal.submit_unseal_key(key).await.map_err(seal_err)?;
+        if was_sealed && !status.sealed {
+            if let Err(e) = self.post_unseal().await {
+                self.seal_core();
+                return Err(e);
+            }
+            tracing::info!("vault is unsealed");
+        }
+        Ok(status)
+    }
+
+    /// Load everything that lives behind the barrier: cluster info, mounts, audit devices.
+    pub(crate) async fn post_unseal(&self) -> Result<()> {
+        self.policies.clear_cache();
+        if let Some(bytes) = self.barrier.get(CLUSTER_INFO_PATH).await? {
+            let info: ClusterInfo = serde_json::from_slice(&bytes)?;
+            if let Ok(mut c) = self.cluster.write() {
+                *c = info;
+            }
+        }
+        self.load_mounts().await?;
+        self.audit.load().await?;
+        Ok(())
+    }
+
+    /// Seal: drop keys, caches and live tables.
+    pub fn seal_core(&self) {
+        if let Ok(mut r) = self.router.write() {
+            r.clear();
+        }
+        self.policies.clear_cache();
+        self.audit.unload();
+        if let Ok(mut g) = self.root_generation.lock() {
+            *g = None;
+        }
+        self.seal.seal();
+    }
+
+    async fn load_mounts(&self) -> Result<()> {
+        let table: StoredMountTable = match self.barrier.get(MOUNT_TABLE_PATH).await? {
+            Some(bytes) => serde_json::from_slice(&bytes)?,
+            None => StoredMountTable::default(),
+        };
+        let mut router = Router::default();
+        for entry in table.entries {
+            let mounted = self.instantiate(entry)?;
+            router.insert(mounted);
+        }
+        if let Ok(mut r) = self.router.write() {
+            *r = router;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn instantiate(&self, entry: MountEntry) -> Result<Mounted> {
+        let factory = self
+            .factories
+            .read()
+            .ok()
+            .and_then(|f| f.get(&entry.kind).cloned())
+            .ok_or_else(|| {
+                LogicalError::InvalidRequest(format!(
+                    "plugin not found in the catalog: {}",
+                    entry.kind
+                ))
+            })?;
+        let backend = factory.create(&entry.options)?;
+        let view = StorageView::new(self.barrier.clone(), entry.storage_prefix());
+        Ok(Mounted {
+            entry,
+            backend,
+            view,
+        })
+    }
+
+    /// Persist the current router's entries as the mount table.
+    pub(crate) async fn persist_mounts(&self) -> Result<()> {
+        let entries: Vec<MountEntry> = self
+            .router
+            .read()
+            .map(|r| r.entries().cloned().collect())
+            .unwrap_or_default();
+        let table = StoredMountTable { entries };
+        self.barrier
+            .put(MOUNT_TABLE_PATH, &serde_json::to_vec(&table)?)
+            .await?;
+        Ok(())
+    }
+
+    /// Mount an engine (used by `sys/mounts` and by dev mode for `secret/`).
+    pub async fn mount(&self, entry: MountEntry) -> Result<()> {
+        let _guard = self.table_lock.lock().await;
+        let exists = self
+            .router
+            .read()
+            .map(|r| {
+                r.entries()
+                    .any(|e| e.path.starts_with(&entry.path) || entry.path.starts_with(&e.path))
+            })
+            .unwrap_or(false);
+        if exists {
+            return Err(LogicalError::InvalidRequest(format!(
+                "path is already in use at {}",
+                entry.path
+            )));
+        }
+        let mounted = self.instantiate(entry)?;
+        mounted
+            .backend
+            .initialize(&mounted.view, &mounted.entry.options)
+            .await?;
+        if let Ok(mut r) = self.router.write() {
+            r.insert(mounted);
+        }
+        self.persist_mounts().await
+    }
+
+    /// Unmount an engine and delete its data.
+    pub async fn unmount(&self, path: &str) -> Result<()> {
+        let _guard = self.table_lock.lock().await;
+        let removed = self.router.write().ok().and_then(|mut r| r.remove(path));
+        let Some(mounted) = removed else {
+            return Ok(());
+        };
+        self.persist_mounts().await?;
+        mounted.view.delete_prefix("").await?;
+        Ok(())
+    }
+
+    pub(crate) fn cubbyhole_view(&self) -> Option<StorageView> {
+        self.router
+            .read()
+            .ok()
+            .and_then(|r| r.first_of_kind("cubbyhole").map(|m| m.view.clone()))
+    }
+
+    /// Revoke tokens' cubbyholes after the token store revoked them.
+    pub(crate) async fn destroy_cubbyholes(&self, hashes: &[String]) -> Result<()> {
+        if let Some(view) = self.cubbyhole_view() {
+            for h in hashes {
+                view.delete_prefix(&format!("{h}/")).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn revoke_token_tree(&self, hash: &str) -> Result<()> {
+        let revoked = self.tokens.revoke_tree(hash).await?;
+        self.destroy_cubbyholes(&revoked).await
+    }
+
+    /// Background tidy of expired tokens (the server calls this periodically).
+    pub async fn tidy_tokens(&self) -> Result<usize> {
+        if self.is_sealed() {
+            return Ok(0);
+        }
+        let revoked = self.tokens.tidy().await?;
+        self.destroy_cubbyholes(&revoked).await?;
+        Ok(revoked.len())
+    }
+}
+
+pub(crate) fn seal_err(e: bunker_seal::SealError) -> LogicalError {
+    use bunker_seal::SealError as S;
+    match e {
+        S::AlreadyInitialized => {
+            LogicalError::InvalidRequest("Vault is already initialized".into())
+        }
+        S::NotInitialized => LogicalError::InvalidRequest("Vault is not initialized".into()),
+        S::InvalidConfig(m) | S::BadInput(m) => LogicalError::InvalidRequest(m),
+        S::InvalidKey(m) => LogicalError::InvalidRequest(m),
+        S::Barrier(b) => b.into(),
+        S::Storage(s) => s.into(),
+        other => LogicalError::Internal(other.to_string()),
+    }
+}

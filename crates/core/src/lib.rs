@@ -1,0 +1,19 @@
+//! Bunker's core: the logical router, system backend, token store, policy store, response
+//! wrapping and audit. The core never sees HTTP: the HTTP layer hands it a [`logical::Request`]
+//! and turns the [`logical::Response`] or [`logical::LogicalError`] into Vault's envelope.
+
+pub mod audit;
+mod core;
+pub mod logical;
+mod mounts;
+mod policy_store;
+mod request_handling;
+pub use request_handling::Caller;
+mod sys;
+mod time_util;
+pub mod token;
+mod wrapping;
+
+pub use crate::core::{Core, CoreConfig};
+pub use mounts::MountEntry;
+pub use time_util::{format_duration_secs, parse_duration_secs};

@@ -1,0 +1,75 @@
+//! The logical layer's plain types: requests, responses, errors and the backend trait.
+//! Nothing here knows about HTTP; the HTTP layer translates to and from these types.
+
+mod error;
+pub mod fields;
+mod request;
+mod response;
+mod storage_view;
+
+pub use error::LogicalError;
+pub use request::{Operation, Request};
+pub use response::{Auth, RawResponse, Response, WrapInfo};
+pub use storage_view::StorageView;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+pub type Result<T> = std::result::Result<T, LogicalError>;
+
+/// JSON object used for request and response data.
+pub type Data = Map<String, Value>;
+
+/// What a mounted backend receives: the operation, the path relative to its mount, the request
+/// data, and a storage view confined to the mount.
+pub struct BackendRequest<'a> {
+    pub operation: Operation,
+    /// Path relative to the mount point (no leading slash), e.g. `data/foo` on a KV v2 mount.
+    pub path: String,
+    pub data: &'a Data,
+    pub storage: &'a StorageView,
+    /// The mount point including its trailing slash, e.g. `secret/`.
+    pub mount_point: &'a str,
+    /// Opaque per-token namespace id used by cubbyhole (empty when unauthenticated).
+    pub token_namespace: &'a str,
+    /// Mount options (e.g. `version` for kv).
+    pub mount_options: &'a Map<String, Value>,
+}
+
+/// A secrets engine mounted at a path.
+#[async_trait]
+pub trait LogicalBackend: Send + Sync {
+    /// Handle one request. `Ok(None)` is not allowed to mean "unhandled": unknown paths are
+    /// `LogicalError::UnsupportedPath`.
+    async fn handle(&self, req: BackendRequest<'_>) -> Result<Response>;
+
+    /// For a write, whether the target already exists (decides `create` vs `update` for ACL).
+    /// `None` when the backend does not distinguish (treated as `update`).
+    async fn exists(&self, _req: &BackendRequest<'_>) -> Result<Option<bool>> {
+        Ok(None)
+    }
+
+    /// Called once when the mount is created, before its first request.
+    async fn initialize(
+        &self,
+        _storage: &StorageView,
+        _options: &Map<String, Value>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Builds a backend for a mount type (`kv`, `cubbyhole`, ...). Registered on the core by the
+/// binary, like Vault's builtin registry.
+pub trait BackendFactory: Send + Sync {
+    fn create(&self, options: &Map<String, Value>) -> Result<std::sync::Arc<dyn LogicalBackend>>;
+}
+
+impl<F> BackendFactory for F
+where
+    F: Fn(&Map<String, Value>) -> Result<std::sync::Arc<dyn LogicalBackend>> + Send + Sync,
+{
+    fn create(&self, options: &Map<String, Value>) -> Result<std::sync::Arc<dyn LogicalBackend>> {
+        self(options)
+    }
+}

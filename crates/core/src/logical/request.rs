@@ -1,0 +1,64 @@
+use std::time::Duration;
+
+use super::Data;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Read,
+    Create,
+    Update,
+    Delete,
+    List,
+    Patch,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::Create => "create",
+            Operation::Update => "update",
+            Operation::Delete => "delete",
+            Operation::List => "list",
+            Operation::Patch => "patch",
+        }
+    }
+}
+
+/// A client request as the core sees it (the HTTP layer builds it).
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub id: String,
+    pub operation: Operation,
+    /// Full path after `/v1/`, without a leading slash, e.g. `secret/data/foo`.
+    pub path: String,
+    pub data: Data,
+    pub client_token: Option<String>,
+    /// `X-Vault-Wrap-TTL`: wrap the response in a single-use token with this TTL.
+    pub wrap_ttl: Option<Duration>,
+    pub remote_addr: Option<String>,
+}
+
+impl Request {
+    pub fn new(operation: Operation, path: impl Into<String>) -> Self {
+        Request {
+            id: uuid::Uuid::new_v4().to_string(),
+            operation,
+            path: path.into(),
+            data: Data::new(),
+            client_token: None,
+            wrap_ttl: None,
+            remote_addr: None,
+        }
+    }
+
+    pub fn with_data(mut self, data: Data) -> Self {
+        self.data = data;
+        self
+    }
+
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.client_token = Some(token.into());
+        self
+    }
+}

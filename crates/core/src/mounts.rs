@@ -1,0 +1,158 @@
+//! The mount table: which secrets engine serves which path prefix.
+//!
+//! The table is one JSON document in the barrier at `core/mounts`, rewritten whole on every
+//! change (mount changes are rare; one key keeps them atomic). Each mount's data lives under
+//! `logical/<uuid>/`, so renaming or disabling a mount never collides with another.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::logical::{LogicalBackend, StorageView};
+
+pub const MOUNT_TABLE_PATH: &str = "core/mounts";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MountConfig {
+    #[serde(default)]
+    pub default_lease_ttl: u64,
+    #[serde(default)]
+    pub max_lease_ttl: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MountEntry {
+    /// Mount point with a trailing slash, e.g. `secret/`.
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub description: String,
+    pub uuid: String,
+    pub accessor: String,
+    #[serde(default)]
+    pub config: MountConfig,
+    #[serde(default)]
+    pub options: Map<String, Value>,
+    #[serde(default)]
+    pub local: bool,
+    #[serde(default)]
+    pub seal_wrap: bool,
+}
+
+impl MountEntry {
+    pub fn new(path: &str, kind: &str, description: &str, options: Map<String, Value>) -> Self {
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let short = uuid.split('-').next().unwrap_or_default().to_owned();
+        MountEntry {
+            path: path.to_owned(),
+            kind: kind.to_owned(),
+            description: description.to_owned(),
+            accessor: format!("{kind}_{short}"),
+            uuid,
+            config: MountConfig::default(),
+            options,
+            local: false,
+            seal_wrap: false,
+        }
+    }
+
+    pub fn storage_prefix(&self) -> String {
+        format!("logical/{}/", self.uuid)
+    }
+
+    /// The JSON shape of `sys/mounts` entries.
+    pub fn to_json(&self) -> Value {
+        let options = if self.options.is_empty() {
+            Value::Null
+        } else {
+            Value::Object(self.options.clone())
+        };
+        serde_json::json!({
+            "type": self.kind,
+            "description": self.description,
+            "accessor": self.accessor,
+            "uuid": self.uuid,
+            "config": {
+                "default_lease_ttl": self.config.default_lease_ttl,
+                "max_lease_ttl": self.config.max_lease_ttl,
+                "force_no_cache": false,
+            },
+            "options": options,
+            "local": self.local,
+            "seal_wrap": self.seal_wrap,
+            "external_entropy_access": false,
+            "plugin_version": "",
+            "running_plugin_version": format!("v{}+builtin.bunker", env!("CARGO_PKG_VERSION")),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StoredMountTable {
+    pub entries: Vec<MountEntry>,
+}
+
+/// A mounted engine, ready to serve.
+#[derive(Clone)]
+pub struct Mounted {
+    pub entry: MountEntry,
+    pub backend: Arc<dyn LogicalBackend>,
+    pub view: StorageView,
+}
+
+/// The live routing table (longest prefix wins).
+#[derive(Clone, Default)]
+pub struct Router {
+    by_path: BTreeMap<String, Mounted>,
+}
+
+impl Router {
+    pub fn insert(&mut self, mounted: Mounted) {
+        self.by_path.insert(mounted.entry.path.clone(), mounted);
+    }
+
+    pub fn remove(&mut self, path: &str) -> Option<Mounted> {
+        self.by_path.remove(path)
+    }
+
+    /// The mount serving `path`, and the path relative to it.
+    pub fn route(&self, path: &str) -> Option<(&Mounted, String)> {
+        // Longest matching prefix. Also match the mount point itself without its slash.
+        self.by_path
+            .iter()
+            .rev()
+            .filter(|(mount, _)| {
+                path.starts_with(mount.as_str()) || format!("{path}/") == mount.as_str()
+            })
+            .max_by_key(|(mount, _)| mount.len())
+            .map(|(mount, m)| (m, path.get(mount.len()..).unwrap_or("").to_owned()))
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &MountEntry> {
+        self.by_path.values().map(|m| &m.entry)
+    }
+
+    pub fn first_of_kind(&self, kind: &str) -> Option<&Mounted> {
+        self.by_path.values().find(|m| m.entry.kind == kind)
+    }
+
+    pub fn clear(&mut self) {
+        self.by_path.clear();
+    }
+}
+
+/// Normalise a user-supplied mount path: no leading slash, exactly one trailing slash.
+pub fn normalize_mount_path(path: &str) -> String {
+    let trimmed = path.trim_matches('/');
+    format!("{trimmed}/")
+}
+
+/// Paths that cannot be mounted over.
+pub fn is_reserved_mount(path: &str) -> bool {
+    ["sys/", "auth/", "cubbyhole/", "identity/"]
+        .iter()
+        .any(|r| path == *r || path.starts_with(r))
+}

@@ -1,0 +1,163 @@
+//! ACL policy storage. Policies live in the barrier at `sys/policy/<name>`; parsed policies are
+//! cached and the cache is dropped on every write and on seal.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bunker_barrier::Barrier;
+use bunker_policy::{Acl, Policy};
+use serde::{Deserialize, Serialize};
+
+use crate::logical::{LogicalError, Result};
+
+const POLICY_PREFIX: &str = "sys/policy/";
+pub const ROOT_POLICY: &str = "root";
+pub const DEFAULT_POLICY: &str = "default";
+pub const RESPONSE_WRAPPING_POLICY: &str = "response-wrapping";
+
+#[derive(Serialize, Deserialize)]
+struct StoredPolicy {
+    name: String,
+    policy: String,
+}
+
+pub struct PolicyStore {
+    barrier: Arc<Barrier>,
+    cache: RwLock<HashMap<String, Policy>>,
+}
+
+/// Vault accepts policy names of letters, digits and `-_.@`; names are case-insensitive.
+pub fn normalize_policy_name(name: &str) -> Result<String> {
+    let name = name.trim().to_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@+".contains(c));
+    if valid {
+        Ok(name)
+    } else {
+        Err(LogicalError::InvalidRequest(format!(
+            "invalid policy name {name:?}"
+        )))
+    }
+}
+
+impl PolicyStore {
+    pub fn new(barrier: Arc<Barrier>) -> Self {
+        PolicyStore {
+            barrier,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn clear_cache(&self) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.clear();
+        }
+    }
+
+    /// Create the `default` policy if it does not exist (done at init).
+    pub async fn setup_defaults(&self) -> Result<()> {
+        if self.get_raw(DEFAULT_POLICY).await?.is_none() {
+            self.put(DEFAULT_POLICY, bunker_policy::DEFAULT_POLICY)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn get_raw(&self, name: &str) -> Result<Option<String>> {
+        if name == RESPONSE_WRAPPING_POLICY {
+            return Ok(Some(bunker_policy::RESPONSE_WRAPPING_POLICY.to_owned()));
+        }
+        let stored: Option<StoredPolicy> =
+            match self.barrier.get(&format!("{POLICY_PREFIX}{name}")).await? {
+                None => None,
+                Some(bytes) => Some(serde_json::from_slice(&bytes)?),
+            };
+        Ok(stored.map(|p| p.policy))
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<Policy>> {
+        if let Some(p) = self.cache.read().ok().and_then(|c| c.get(name).cloned()) {
+            return Ok(Some(p));
+        }
+        let Some(raw) = self.get_raw(name).await? else {
+            return Ok(None);
+        };
+        let policy = Policy::parse(name, &raw)
+            .map_err(|e| LogicalError::Internal(format!("stored policy {name:?}: {e}")))?;
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(name.to_owned(), policy.clone());
+        }
+        Ok(Some(policy))
+    }
+
+    pub async fn put(&self, name: &str, raw: &str) -> Result<()> {
+        let name = normalize_policy_name(name)?;
+        if name == ROOT_POLICY || name == RESPONSE_WRAPPING_POLICY {
+            return Err(LogicalError::InvalidRequest(format!(
+                "cannot update {name} policy"
+            )));
+        }
+        Policy::parse(&name, raw).map_err(|e| LogicalError::InvalidRequest(e.to_string()))?;
+        let stored = StoredPolicy {
+            name: name.clone(),
+            policy: raw.to_owned(),
+        };
+        self.barrier
+            .put(
+                &format!("{POLICY_PREFIX}{name}"),
+                &serde_json::to_vec(&stored)?,
+            )
+            .await?;
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(&name);
+        }
+        Ok(())
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let name = normalize_policy_name(name)?;
+        if name == ROOT_POLICY || name == DEFAULT_POLICY || name == RESPONSE_WRAPPING_POLICY {
+            return Err(LogicalError::InvalidRequest(format!(
+                "cannot delete {name} policy"
+            )));
+        }
+        self.barrier
+            .delete(&format!("{POLICY_PREFIX}{name}"))
+            .await?;
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(&name);
+        }
+        Ok(())
+    }
+
+    pub async fn list(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .barrier
+            .list(POLICY_PREFIX)
+            .await?
+            .into_iter()
+            .filter(|n| !n.ends_with('/'))
+            .collect();
+        names.push(ROOT_POLICY.to_owned());
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// The ACL for a set of policy names; unknown names are skipped, as Vault does.
+    pub async fn acl(&self, names: &[String]) -> Result<Acl> {
+        if names.iter().any(|n| n == ROOT_POLICY) {
+            return Ok(Acl::root());
+        }
+        let mut policies = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(p) = self.get(name).await? {
+                policies.push(p);
+            }
+        }
+        Ok(Acl::new(&policies))
+    }
+}

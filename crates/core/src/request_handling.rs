@@ -1,0 +1,228 @@
+//! The request pipeline: sealed-state paths, authentication, routing, ACL, audit, token use
+//! counting and response wrapping — in that order, as Vault's `HandleRequest`.
+
+use bunker_policy::{Acl, Capability};
+
+use crate::core::Core;
+use crate::logical::{BackendRequest, LogicalError, Operation, Request, Response, Result};
+use crate::token::TokenEntry;
+
+/// Who is calling, once authenticated.
+pub struct Caller {
+    pub token: String,
+    pub entry: TokenEntry,
+    pub acl: Acl,
+}
+
+impl Caller {
+    pub fn has(&self, path: &str, cap: Capability) -> bool {
+        self.acl.allows(path, cap)
+    }
+
+    pub fn is_sudo(&self, path: &str) -> bool {
+        self.acl.allows(path, Capability::Sudo)
+    }
+}
+
+/// System paths that need `sudo` as well as the operation's capability (Vault's root paths).
+const SUDO_PATHS: &[&str] = &[
+    "sys/audit",
+    "sys/audit/",
+    "sys/rotate",
+    "sys/seal",
+    "sys/raw/",
+    "sys/step-down",
+    "auth/token/accessors",
+    "auth/token/revoke-orphan",
+    "sys/replication/dr/primary/secondary-token",
+    "sys/replication/reindex",
+];
+
+fn needs_sudo(path: &str) -> bool {
+    SUDO_PATHS.iter().any(|p| {
+        if p.ends_with('/') {
+            path.starts_with(p)
+        } else {
+            path == *p || path.starts_with(&format!("{p}/"))
+        }
+    })
+}
+
+fn capability_for(op: Operation) -> Capability {
+    match op {
+        Operation::Read => Capability::Read,
+        Operation::Create => Capability::Create,
+        Operation::Update => Capability::Update,
+        Operation::Delete => Capability::Delete,
+        Operation::List => Capability::List,
+        Operation::Patch => Capability::Patch,
+    }
+}
+
+/// Reject paths that could escape a mount or confuse routing.
+fn normalize_path(path: &str) -> Result<String> {
+    let p = path.trim_start_matches('/');
+    if p.len() > 4096 {
+        return Err(LogicalError::InvalidRequest("path too long".into()));
+    }
+    if p.split('/').any(|seg| seg == ".." || seg == ".") || p.contains('\0') {
+        return Err(LogicalError::InvalidRequest(format!(
+            "invalid path {path:?}"
+        )));
+    }
+    Ok(p.to_owned())
+}
+
+impl Core {
+    /// Handle one client request end to end.
+    pub async fn handle(&self, mut req: Request) -> Result<Response> {
+        req.path = normalize_path(&req.path)?;
+        if let Some(resp) = self.handle_unsealed_not_required(&req).await? {
+            return Ok(resp);
+        }
+        if self.is_sealed() {
+            return Err(LogicalError::Sealed);
+        }
+        if let Some(resp) = self.handle_unauthenticated(&req).await? {
+            return Ok(resp);
+        }
+        let mut caller = self.authenticate(&req).await?;
+        let result = self.handle_authenticated(&mut req, &mut caller).await;
+        self.audit
+            .log_response(&req, Some(&caller), &result)
+            .await?;
+        result
+    }
+
+    /// Resolve the client token to an entry and its ACL.
+    pub(crate) async fn authenticate(&self, req: &Request) -> Result<Caller> {
+        let token = req
+            .client_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or(LogicalError::PermissionDenied)?;
+        let entry = self
+            .tokens
+            .lookup(&token)
+            .await?
+            .ok_or(LogicalError::PermissionDenied)?;
+        let acl = self.policies.acl(&entry.policies).await?;
+        Ok(Caller { token, entry, acl })
+    }
+
+    async fn handle_authenticated(
+        &self,
+        req: &mut Request,
+        caller: &mut Caller,
+    ) -> Result<Response> {
+        let route = self.resolve_route(req).await?;
+        // A wrapping token presented to unwrap itself is its own authorisation.
+        let self_unwrap = req.path == "sys/wrapping/unwrap" && !req.data.contains_key("token");
+        if !self_unwrap {
+            let cap = capability_for(req.operation);
+            if !caller.has(&req.path, cap) {
+                return Err(LogicalError::PermissionDenied);
+            }
+            if needs_sudo(&req.path) && !caller.is_sudo(&req.path) {
+                return Err(LogicalError::PermissionDenied);
+            }
+        }
+        self.audit.log_request(req, Some(caller)).await?;
+        let last_use = self.tokens.use_token(&mut caller.entry).await?;
+        let result = self.dispatch(req, caller, route).await;
+        if last_use {
+            self.revoke_token_tree(&caller.entry.id_hash).await?;
+        }
+        let mut resp = result?;
+        if let Some(ttl) = req.wrap_ttl {
+            if resp.raw.is_none() && (resp.data.is_some() || resp.auth.is_some()) {
+                resp = self.wrap_response(resp, ttl, &req.path).await?;
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Decide where the request goes; for writes to mounts, settle create vs update.
+    async fn resolve_route(&self, req: &mut Request) -> Result<Route> {
+        if req.path == "sys" || req.path.starts_with("sys/") {
+            return Ok(Route::System);
+        }
+        if req.path == "auth/token" || req.path.starts_with("auth/token/") {
+            return Ok(Route::Token);
+        }
+        let mounted = self
+            .router
+            .read()
+            .ok()
+            .and_then(|r| r.route(&req.path).map(|(m, rel)| (m.clone(), rel)));
+        let Some((mounted, rel)) = mounted else {
+            return Err(LogicalError::UnsupportedPath(req.path.clone()));
+        };
+        if matches!(req.operation, Operation::Create | Operation::Update) {
+            let breq = BackendRequest {
+                operation: req.operation,
+                path: rel.clone(),
+                data: &req.data,
+                storage: &mounted.view,
+                mount_point: &mounted.entry.path,
+                token_namespace: "",
+                mount_options: &mounted.entry.options,
+            };
+            req.operation = match mounted.backend.exists(&breq).await? {
+                Some(false) => Operation::Create,
+                _ => Operation::Update,
+            };
+        }
+        Ok(Route::Mount(Box::new(mounted), rel))
+    }
+
+    async fn dispatch(&self, req: &Request, caller: &Caller, route: Route) -> Result<Response> {
+        match route {
+            Route::System => self.handle_sys(req, caller).await,
+            Route::Token => self.handle_token(req, caller).await,
+            Route::Mount(mounted, rel) => {
+                let namespace = caller.entry.cubbyhole_namespace().to_owned();
+                let breq = BackendRequest {
+                    operation: req.operation,
+                    path: rel,
+                    data: &req.data,
+                    storage: &mounted.view,
+                    mount_point: &mounted.entry.path,
+                    token_namespace: &namespace,
+                    mount_options: &mounted.entry.options,
+                };
+                mounted.backend.handle(breq).await
+            }
+        }
+    }
+}
+
+enum Route {
+    System,
+    Token,
+    Mount(Box<crate::mounts::Mounted>, String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sudo_paths() {
+        assert!(needs_sudo("sys/audit"));
+        assert!(needs_sudo("sys/audit/file"));
+        assert!(needs_sudo("sys/rotate"));
+        assert!(!needs_sudo("sys/audit-hash/file"));
+        assert!(!needs_sudo("sys/mounts"));
+    }
+
+    #[test]
+    fn path_normalization() {
+        assert_eq!(
+            normalize_path("/secret/data/a").ok().as_deref(),
+            Some("secret/data/a")
+        );
+        assert!(normalize_path("secret/../sys").is_err());
+        assert!(normalize_path("secret/./x").is_err());
+    }
+}

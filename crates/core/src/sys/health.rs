@@ -1,0 +1,51 @@
+//! `sys/health`: Vault's status codes and query parameters, for load balancers and monitors.
+
+use serde_json::json;
+
+use crate::core::Core;
+use crate::logical::fields::{get_bool, get_u64};
+use crate::logical::{LogicalError, Request, Response, Result};
+use crate::time_util::now_unix;
+
+impl Core {
+    pub(crate) async fn sys_health(&self, req: &Request) -> Result<Response> {
+        let code = |name: &str, default: u16| -> Result<u16> {
+            match get_u64(&req.data, name)? {
+                None => Ok(default),
+                Some(c) if (100..=599).contains(&c) => Ok(c as u16),
+                Some(_) => Err(LogicalError::InvalidRequest(format!(
+                    "{name} must be a valid HTTP status code"
+                ))),
+            }
+        };
+        let initialized = self.is_initialized().await?;
+        let sealed = self.is_sealed();
+        let status = if !initialized {
+            code("uninitcode", 501)?
+        } else if sealed {
+            code("sealedcode", 503)?
+        } else {
+            code("activecode", 200)?
+        };
+        // standbyok / perfstandbyok only matter for standbys, which a single node never is.
+        let _ = get_bool(&req.data, "standbyok")?;
+        let _ = get_bool(&req.data, "perfstandbyok")?;
+        let info = self.cluster.read().map(|c| c.clone()).unwrap_or_default();
+        let body = json!({
+            "initialized": initialized,
+            "sealed": sealed,
+            "standby": false,
+            "performance_standby": false,
+            "replication_performance_mode": "disabled",
+            "replication_dr_mode": "disabled",
+            "server_time_utc": now_unix(),
+            "version": super::seal::VERSION,
+            "enterprise": false,
+            "cluster_name": if sealed { String::new() } else { info.cluster_name },
+            "cluster_id": if sealed { String::new() } else { info.cluster_id },
+            "echo_duration_ms": 0,
+            "clock_skew_ms": 0,
+        });
+        Ok(Response::raw(status, body))
+    }
+}

@@ -1,0 +1,117 @@
+//! The system backend (`sys/`): seal lifecycle, health, mounts, policies, capabilities,
+//! wrapping and audit configuration. Routing is a plain match on the path; each group of
+//! endpoints lives in its own file.
+
+mod audit;
+mod health;
+mod mounts;
+mod policies;
+mod root_generation;
+mod seal;
+
+pub(crate) use root_generation::RootGeneration;
+
+use crate::core::Core;
+use crate::logical::{LogicalError, Operation, Request, Response, Result};
+use crate::request_handling::Caller;
+
+impl Core {
+    /// Endpoints that answer whether or not the core is sealed.
+    pub(crate) async fn handle_unsealed_not_required(
+        &self,
+        req: &Request,
+    ) -> Result<Option<Response>> {
+        let op = req.operation;
+        let resp = match req.path.as_str() {
+            "sys/init" => self.sys_init(req).await?,
+            "sys/seal-status" => self.sys_seal_status().await?,
+            "sys/unseal" => self.sys_unseal(req).await?,
+            "sys/health" => self.sys_health(req).await?,
+            "sys/leader" => self.sys_leader(op)?,
+            "sys/generate-root/attempt" => self.sys_generate_root_attempt(req).await?,
+            "sys/generate-root/update" => self.sys_generate_root_update(req).await?,
+            "sys/decode-token" => self.sys_decode_token(req)?,
+            _ => return Ok(None),
+        };
+        Ok(Some(resp))
+    }
+
+    /// Endpoints that need the barrier open but no token.
+    pub(crate) async fn handle_unauthenticated(&self, req: &Request) -> Result<Option<Response>> {
+        match req.path.as_str() {
+            "sys/wrapping/lookup"
+                if req.client_token.is_none() || req.data.contains_key("token") =>
+            {
+                self.sys_wrapping_lookup(req).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub(crate) async fn handle_sys(&self, req: &Request, caller: &Caller) -> Result<Response> {
+        let path = req.path.strip_prefix("sys/").unwrap_or("");
+        let op = req.operation;
+        let (head, rest) = path.split_once('/').unwrap_or((path, ""));
+        match head {
+            "seal" => self.sys_seal(op).await,
+            "rotate" => self.sys_rotate(op).await,
+            "key-status" => self.sys_key_status(op),
+            "mounts" => self.sys_mounts(req, rest).await,
+            "remount" => Err(LogicalError::InvalidRequest(
+                "remounting is not supported".into(),
+            )),
+            "auth" => self.sys_auth(req, rest),
+            "internal" => self.sys_internal(req, rest, caller).await,
+            "policy" => self.sys_policies(req, rest, true).await,
+            "policies" => match rest.split_once('/') {
+                Some(("acl", name)) => self.sys_policies(req, name, false).await,
+                None if rest == "acl" => self.sys_policies(req, "", false).await,
+                _ => Err(LogicalError::UnsupportedPath(req.path.clone())),
+            },
+            "capabilities-self" => self.sys_capabilities(req, caller, true).await,
+            "capabilities" => self.sys_capabilities(req, caller, false).await,
+            "capabilities-accessor" => self.sys_capabilities_accessor(req).await,
+            "wrapping" => self.sys_wrapping(req, rest, caller).await,
+            "audit" => self.sys_audit(req, rest).await,
+            "audit-hash" => self.sys_audit_hash(req, rest).await,
+            "replication" => self.sys_replication_disabled(req, rest),
+            "host-info" | "config" | "metrics" | "step-down" | "raw" => {
+                Err(LogicalError::UnsupportedPath(req.path.clone()))
+            }
+            _ => Err(LogicalError::UnsupportedPath(req.path.clone())),
+        }
+    }
+
+    /// Replication status on a cluster where replication is not enabled.
+    fn sys_replication_disabled(&self, req: &Request, rest: &str) -> Result<Response> {
+        if req.operation != Operation::Read {
+            return Err(LogicalError::UnsupportedPath(req.path.clone()));
+        }
+        let disabled = serde_json::json!({"mode": "disabled"});
+        match rest {
+            "status" => {
+                let mut data = crate::logical::Data::new();
+                data.insert("dr".into(), disabled.clone());
+                data.insert("performance".into(), disabled);
+                Ok(Response::data(data))
+            }
+            "dr/status" | "performance/status" => {
+                let mut resp = Response::from_serialize(&disabled)?;
+                resp.data_at_top_level = true;
+                Ok(resp)
+            }
+            _ => Err(LogicalError::UnsupportedPath(req.path.clone())),
+        }
+    }
+}
+
+/// Require one of the given operations.
+pub(crate) fn expect_op(op: Operation, allowed: &[Operation]) -> Result<()> {
+    if allowed.contains(&op) {
+        Ok(())
+    } else {
+        Err(LogicalError::UnsupportedOperation)
+    }
+}
+
+pub(crate) const WRITE: &[Operation] = &[Operation::Create, Operation::Update];

@@ -1,0 +1,351 @@
+//! The token store: service tokens (persisted, revocable, renewable), batch tokens (encrypted
+//! blobs, never persisted), accessors, parent/child links and token roles.
+//!
+//! A service token is stored under the SHA-256 of its id, never the id itself, so lookups never
+//! compare secret strings and a storage dump does not reveal usable tokens. Batch tokens are the
+//! entry encrypted by the barrier (AAD `token/batch`), as Vault does, so creating one is free.
+
+mod entry;
+mod handlers;
+mod roles;
+
+pub use entry::{TokenEntry, TokenType};
+pub use roles::TokenRole;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bunker_barrier::Barrier;
+use bunker_storage::Op;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::logical::{LogicalError, Result};
+use crate::time_util::now_unix;
+
+const ID_PREFIX: &str = "sys/token/id/";
+const ACCESSOR_PREFIX: &str = "sys/token/accessor/";
+const PARENT_PREFIX: &str = "sys/token/parent/";
+const BATCH_AAD: &str = "token/batch";
+pub const SERVICE_TOKEN_PREFIX: &str = "hvs.";
+pub const BATCH_TOKEN_PREFIX: &str = "hvb.";
+/// Vault's system default and maximum lease TTL (32 days).
+pub const SYSTEM_MAX_TTL_SECS: u64 = 768 * 3600;
+/// Upper bound of children revoked in one tree walk, so a hostile tree cannot loop forever.
+const MAX_REVOKE: usize = 1_000_000;
+
+pub fn random_base62(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rngs::OsRng;
+    (0..len)
+        .map(|_| {
+            let i = rng.gen_range(0..ALPHABET.len());
+            ALPHABET.get(i).copied().map(char::from).unwrap_or('A')
+        })
+        .collect()
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub struct TokenStore {
+    barrier: Arc<Barrier>,
+}
+
+impl TokenStore {
+    pub fn new(barrier: Arc<Barrier>) -> Self {
+        TokenStore { barrier }
+    }
+
+    /// Persist a new token. `id` is the caller-chosen id (root only) or None for a random one.
+    /// Returns the token string and the stored entry.
+    pub async fn create(
+        &self,
+        mut entry: TokenEntry,
+        id: Option<String>,
+    ) -> Result<(String, TokenEntry)> {
+        entry.creation_time = now_unix();
+        entry.last_renewal_time = 0;
+        entry.expire_time = if entry.ttl == 0 {
+            0
+        } else {
+            entry.creation_time.saturating_add(entry.ttl)
+        };
+        entry.creation_ttl = entry.ttl;
+        if entry.token_type == TokenType::Batch {
+            entry.accessor = String::new();
+            let blob = serde_json::to_vec(&entry)?;
+            let sealed = self.barrier.encrypt(BATCH_AAD, &blob)?;
+            let token = format!(
+                "{BATCH_TOKEN_PREFIX}{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed)
+            );
+            entry.id_hash = hash_token(&token);
+            return Ok((token, entry));
+        }
+        let token = match id {
+            Some(id) => {
+                if id.is_empty() || id.len() > 512 || id.contains('/') {
+                    return Err(LogicalError::InvalidRequest("invalid token id".into()));
+                }
+                id
+            }
+            None => format!("{SERVICE_TOKEN_PREFIX}{}", random_base62(24)),
+        };
+        entry.id_hash = hash_token(&token);
+        if self.get_by_hash(&entry.id_hash).await?.is_some() {
+            return Err(LogicalError::InvalidRequest(
+                "cannot create a token with a duplicate ID".into(),
+            ));
+        }
+        entry.accessor = random_base62(24);
+        let mut ops = vec![
+            Op::Put {
+                key: format!("{ID_PREFIX}{}", entry.id_hash),
+                value: serde_json::to_vec(&entry)?,
+            },
+            Op::Put {
+                key: format!("{ACCESSOR_PREFIX}{}", entry.accessor),
+                value: entry.id_hash.as_bytes().to_vec(),
+            },
+        ];
+        if !entry.parent_hash.is_empty() {
+            ops.push(Op::Put {
+                key: format!("{PARENT_PREFIX}{}/{}", entry.parent_hash, entry.id_hash),
+                value: Vec::new(),
+            });
+        }
+        self.barrier.batch(ops).await?;
+        Ok((token, entry))
+    }
+
+    async fn get_by_hash(&self, hash: &str) -> Result<Option<TokenEntry>> {
+        match self.barrier.get(&format!("{ID_PREFIX}{hash}")).await? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        }
+    }
+
+    fn decode_batch(&self, token: &str) -> Option<TokenEntry> {
+        let blob = token.strip_prefix(BATCH_TOKEN_PREFIX)?;
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(blob)
+            .ok()?;
+        let plain = self.barrier.decrypt(BATCH_AAD, &sealed).ok()?;
+        let mut entry: TokenEntry = serde_json::from_slice(&plain).ok()?;
+        entry.id_hash = hash_token(token);
+        Some(entry)
+    }
+
+    /// Resolve a token to its live entry. Expired tokens are revoked and reported as absent.
+    pub async fn lookup(&self, token: &str) -> Result<Option<TokenEntry>> {
+        if token.is_empty() || token.len() > 16 * 1024 {
+            return Ok(None);
+        }
+        let entry = if token.starts_with(BATCH_TOKEN_PREFIX) {
+            match self.decode_batch(token) {
+                None => return Ok(None),
+                Some(e) => {
+                    // A non-orphan batch token dies with its parent.
+                    if !e.parent_hash.is_empty()
+                        && self.get_by_hash(&e.parent_hash).await?.is_none()
+                    {
+                        return Ok(None);
+                    }
+                    e
+                }
+            }
+        } else {
+            match self.get_by_hash(&hash_token(token)).await? {
+                None => return Ok(None),
+                Some(e) => e,
+            }
+        };
+        if entry.is_expired(now_unix()) {
+            if entry.token_type == TokenType::Service {
+                self.revoke_tree(&entry.id_hash).await?;
+            }
+            return Ok(None);
+        }
+        Ok(Some(entry))
+    }
+
+    pub async fn lookup_accessor(&self, accessor: &str) -> Result<Option<TokenEntry>> {
+        if accessor.is_empty() || accessor.contains('/') {
+            return Ok(None);
+        }
+        let Some(hash) = self
+            .barrier
+            .get(&format!("{ACCESSOR_PREFIX}{accessor}"))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let hash = String::from_utf8(hash)
+            .map_err(|_| LogicalError::Internal("corrupt accessor index".into()))?;
+        match self.get_by_hash(&hash).await? {
+            Some(e) if e.is_expired(now_unix()) => {
+                self.revoke_tree(&e.id_hash).await?;
+                Ok(None)
+            }
+            other => Ok(other),
+        }
+    }
+
+    pub async fn save(&self, entry: &TokenEntry) -> Result<()> {
+        if entry.token_type == TokenType::Batch {
+            return Ok(());
+        }
+        self.barrier
+            .put(
+                &format!("{ID_PREFIX}{}", entry.id_hash),
+                &serde_json::to_vec(entry)?,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Count one use of a use-limited token. Returns true when that was its last use (the
+    /// caller revokes it after the request completes).
+    pub async fn use_token(&self, entry: &mut TokenEntry) -> Result<bool> {
+        if entry.num_uses == 0 || entry.token_type == TokenType::Batch {
+            return Ok(false);
+        }
+        entry.num_uses -= 1;
+        if entry.num_uses == 0 {
+            return Ok(true);
+        }
+        self.save(entry).await?;
+        Ok(false)
+    }
+
+    /// Revoke a token and every descendant. Returns the hashes revoked (for cubbyhole cleanup).
+    pub async fn revoke_tree(&self, hash: &str) -> Result<Vec<String>> {
+        let mut revoked = Vec::new();
+        let mut stack = vec![hash.to_owned()];
+        while let Some(h) = stack.pop() {
+            if revoked.len() >= MAX_REVOKE {
+                return Err(LogicalError::Internal(
+                    "token tree too large to revoke".into(),
+                ));
+            }
+            for child in self.barrier.list(&format!("{PARENT_PREFIX}{h}/")).await? {
+                stack.push(child.trim_end_matches('/').to_owned());
+            }
+            self.revoke_one(&h).await?;
+            revoked.push(h);
+        }
+        Ok(revoked)
+    }
+
+    /// Revoke only this token; its children become orphans.
+    pub async fn revoke_orphan(&self, hash: &str) -> Result<Vec<String>> {
+        for child in self
+            .barrier
+            .list(&format!("{PARENT_PREFIX}{hash}/"))
+            .await?
+        {
+            if let Some(mut entry) = self.get_by_hash(child.trim_end_matches('/')).await? {
+                entry.parent_hash.clear();
+                entry.orphan = true;
+                self.save(&entry).await?;
+            }
+        }
+        self.revoke_one(hash).await?;
+        Ok(vec![hash.to_owned()])
+    }
+
+    async fn revoke_one(&self, hash: &str) -> Result<()> {
+        let mut ops = vec![Op::Delete {
+            key: format!("{ID_PREFIX}{hash}"),
+        }];
+        if let Some(entry) = self.get_by_hash(hash).await? {
+            ops.push(Op::Delete {
+                key: format!("{ACCESSOR_PREFIX}{}", entry.accessor),
+            });
+            if !entry.parent_hash.is_empty() {
+                ops.push(Op::Delete {
+                    key: format!("{PARENT_PREFIX}{}/{hash}", entry.parent_hash),
+                });
+            }
+        }
+        for child in self
+            .barrier
+            .list(&format!("{PARENT_PREFIX}{hash}/"))
+            .await?
+        {
+            ops.push(Op::Delete {
+                key: format!("{PARENT_PREFIX}{hash}/{child}"),
+            });
+        }
+        self.barrier.batch(ops).await?;
+        Ok(())
+    }
+
+    /// Renew a token: extend its TTL by `increment` (or its original TTL), within its limits.
+    pub async fn renew(&self, entry: &mut TokenEntry, increment: u64) -> Result<u64> {
+        if entry.token_type == TokenType::Batch {
+            return Err(LogicalError::InvalidRequest(
+                "batch tokens cannot be renewed".into(),
+            ));
+        }
+        if !entry.renewable {
+            return Err(LogicalError::InvalidRequest(
+                "lease is not renewable".into(),
+            ));
+        }
+        if entry.expire_time == 0 {
+            return Ok(0);
+        }
+        let now = now_unix();
+        let mut ttl = if entry.period > 0 {
+            entry.period
+        } else if increment > 0 {
+            increment
+        } else {
+            entry.creation_ttl
+        };
+        let max_end = if entry.explicit_max_ttl > 0 {
+            entry.creation_time.saturating_add(entry.explicit_max_ttl)
+        } else if entry.period > 0 {
+            u64::MAX
+        } else {
+            entry.creation_time.saturating_add(SYSTEM_MAX_TTL_SECS)
+        };
+        ttl = ttl.min(max_end.saturating_sub(now));
+        entry.expire_time = now.saturating_add(ttl);
+        entry.ttl = ttl;
+        entry.last_renewal_time = now;
+        self.save(entry).await?;
+        Ok(ttl)
+    }
+
+    /// All accessors (sudo-only listing).
+    pub async fn accessors(&self) -> Result<Vec<String>> {
+        Ok(self.barrier.list(ACCESSOR_PREFIX).await?)
+    }
+
+    /// Revoke every expired service token; returns the hashes revoked.
+    pub async fn tidy(&self) -> Result<Vec<String>> {
+        let now = now_unix();
+        let mut revoked = Vec::new();
+        for hash in self.barrier.list(ID_PREFIX).await? {
+            if let Some(entry) = self.get_by_hash(&hash).await? {
+                if entry.is_expired(now) {
+                    revoked.extend(self.revoke_tree(&hash).await?);
+                }
+            }
+        }
+        // Drop parent links whose child no longer exists.
+        for parent in self.barrier.list(PARENT_PREFIX).await? {
+            let dir = format!("{PARENT_PREFIX}{parent}");
+            for child in self.barrier.list(&dir).await? {
+                if self.get_by_hash(&child).await?.is_none() {
+                    self.barrier.delete(&format!("{dir}{child}")).await?;
+                }
+            }
+        }
+        Ok(revoked)
+    }
+}

@@ -1,0 +1,30 @@
+//! Secrets engines mounted by the router: kv (v1 and v2) and cubbyhole.
+//!
+//! Layout:
+//! - [`kv::v1`]: unversioned KV, [`kv::v2`]: versioned KV with Vault's full v2 API,
+//!   [`cubbyhole`]: per-token private KV. [`kv_factory`] and [`cubbyhole_factory`] build them
+//!   for mounts.
+//! - `flat`: the unversioned store shared by KV v1 and cubbyhole.
+//! - `store`: the seam between engine logic and the core's `StorageView`, so engines are unit
+//!   tested over an in-memory store (including injected storage failures).
+//! - `params`: lenient, Vault-style request field decoding and path checks.
+//! - [`duration`]: Vault/Go duration parsing and printing, public for reuse by the core.
+//!
+//! Engines return `LogicalError` for everything a client caused and never panic on input.
+
+#![cfg_attr(
+    not(test),
+    warn(clippy::expect_used, clippy::indexing_slicing, clippy::panic)
+)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod cubbyhole;
+pub mod duration;
+mod flat;
+pub mod kv;
+mod params;
+mod store;
+
+pub use cubbyhole::{cubbyhole_factory, destroy_cubbyhole, Cubbyhole};
+pub use duration::{format_duration, parse_duration_secs, parse_duration_value};
+pub use kv::{kv_factory, KvV1, KvV2};

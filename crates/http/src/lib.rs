@@ -1,0 +1,232 @@
+//! The HTTP layer: translates HTTP requests into core [`Request`]s and core results into
+//! Vault's JSON envelope and status codes. Nothing else lives here; status codes are decided
+//! only in [`status`].
+
+mod envelope;
+mod serve;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::Router;
+use bunker_core::logical::{Data, LogicalError, Operation, Request};
+use bunker_core::Core;
+use serde_json::Value;
+
+pub use serve::{serve, ListenerTls};
+
+/// Vault's default `max_request_size`.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Clone)]
+struct AppState {
+    core: Arc<Core>,
+    max_request_bytes: usize,
+}
+
+/// Build the API router over a core.
+pub fn router(core: Arc<Core>, max_request_bytes: usize) -> Router {
+    Router::new().fallback(handle).with_state(AppState {
+        core,
+        max_request_bytes,
+    })
+}
+
+fn operation_for(method: &Method, query: &Data) -> Option<Operation> {
+    let list = query
+        .get("list")
+        .and_then(Value::as_str)
+        .is_some_and(|v| v == "true" || v == "1");
+    match method.as_str() {
+        "GET" | "HEAD" if list => Some(Operation::List),
+        "GET" | "HEAD" => Some(Operation::Read),
+        "POST" | "PUT" => Some(Operation::Update),
+        "DELETE" => Some(Operation::Delete),
+        "PATCH" => Some(Operation::Patch),
+        "LIST" => Some(Operation::List),
+        _ => None,
+    }
+}
+
+fn parse_query(uri: &Uri) -> Data {
+    let mut data = Data::new();
+    if let Some(q) = uri.query() {
+        for (k, v) in url_pairs(q) {
+            data.insert(k, Value::String(v));
+        }
+    }
+    data
+}
+
+/// Decode `a=b&c=d` with percent-decoding and `+` as space.
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes.get(i) {
+            Some(b'+') => out.push(b' '),
+            Some(b'%') => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            Some(b) => out.push(*b),
+            None => break,
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn client_token(headers: &HeaderMap) -> Option<String> {
+    if let Some(t) = headers.get("x-vault-token").and_then(|v| v.to_str().ok()) {
+        return Some(t.trim().to_owned());
+    }
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned())
+}
+
+fn wrap_ttl(headers: &HeaderMap) -> Result<Option<Duration>, LogicalError> {
+    let Some(raw) = headers.get("x-vault-wrap-ttl") else {
+        return Ok(None);
+    };
+    let raw = raw
+        .to_str()
+        .map_err(|_| LogicalError::InvalidRequest("invalid X-Vault-Wrap-TTL header".into()))?;
+    let secs = bunker_core::parse_duration_secs(&Value::String(raw.to_owned()))?;
+    if secs == 0 {
+        return Err(LogicalError::InvalidRequest(
+            "wrap TTL must be greater than zero".into(),
+        ));
+    }
+    Ok(Some(Duration::from_secs(secs)))
+}
+
+fn parse_body(bytes: &Bytes) -> Result<Data, LogicalError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Data::new());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Null) => Ok(Data::new()),
+        Ok(_) => Err(LogicalError::InvalidRequest(
+            "failed to parse JSON input: request body must be a JSON object".into(),
+        )),
+        Err(e) => Err(LogicalError::InvalidRequest(format!(
+            "failed to parse JSON input: {e}"
+        ))),
+    }
+}
+
+async fn handle(State(state): State<AppState>, request: axum::extract::Request) -> HttpResponse {
+    let (parts, body) = request.into_parts();
+    let connect = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
+    let Some(path) = uri.path().strip_prefix("/v1/") else {
+        return status::error_response(StatusCode::NOT_FOUND, vec![]);
+    };
+    let query = parse_query(&uri);
+    let Some(operation) = operation_for(&method, &query) else {
+        return status::error_response(StatusCode::METHOD_NOT_ALLOWED, vec![]);
+    };
+    let bytes = match axum::body::to_bytes(body, state.max_request_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return status::error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                vec!["http: request body too large".into()],
+            )
+        }
+    };
+    let mut data = match parse_body(&bytes) {
+        Ok(d) => d,
+        Err(e) => return status::from_error(&e),
+    };
+    if matches!(operation, Operation::Read | Operation::List) {
+        for (k, v) in query {
+            if k != "list" {
+                data.entry(k).or_insert(v);
+            }
+        }
+    }
+    let wrap_ttl = match wrap_ttl(&headers) {
+        Ok(w) => w,
+        Err(e) => return status::from_error(&e),
+    };
+    let mut req = Request::new(operation, path);
+    req.data = data;
+    req.client_token = client_token(&headers);
+    req.wrap_ttl = wrap_ttl;
+    req.remote_addr = connect.map(|c| c.0.ip().to_string());
+    let request_id = req.id.clone();
+    let span = tracing::debug_span!("request", id = %request_id, op = operation.as_str(), path = %req.path);
+    let result = tracing::Instrument::instrument(state.core.handle(req), span).await;
+    let resp = envelope::to_http(&request_id, operation, result);
+    if method == Method::HEAD {
+        let (parts, _) = resp.into_parts();
+        return HttpResponse::from_parts(parts, Body::empty());
+    }
+    resp.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decoding() {
+        let pairs = url_pairs("a=b%20c&list=true&x=%zz&y=1+2");
+        assert_eq!(pairs[0], ("a".into(), "b c".into()));
+        assert_eq!(pairs[2], ("x".into(), "%zz".into()));
+        assert_eq!(pairs[3], ("y".into(), "1 2".into()));
+    }
+
+    #[test]
+    fn body_parsing() {
+        assert!(parse_body(&Bytes::from_static(b"")).is_ok());
+        assert!(parse_body(&Bytes::from_static(b"{\"a\":1}")).is_ok());
+        assert!(parse_body(&Bytes::from_static(b"[1]")).is_err());
+        assert!(parse_body(&Bytes::from_static(b"{bad")).is_err());
+    }
+
+    #[test]
+    fn methods() {
+        let q = Data::new();
+        assert_eq!(operation_for(&Method::GET, &q), Some(Operation::Read));
+        assert_eq!(
+            operation_for(&Method::from_bytes(b"LIST").unwrap_or(Method::GET), &q),
+            Some(Operation::List)
+        );
+        assert_eq!(operation_for(&Method::OPTIONS, &q), None);
+    }
+}

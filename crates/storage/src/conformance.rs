@@ -1,0 +1,340 @@
+//! The conformance suite every [`Backend`] must pass.
+//!
+//! Call [`exercise_backend`] from a test with a fresh backend (other crates enable this
+//! crate's `testing` feature). It uses only keys under [`ROOT`], requires that none exist when
+//! it starts, and deletes all it wrote when it passes. It panics on the first violation, naming
+//! the behaviour that broke.
+
+use crate::limits::{MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::{Backend, Op, Result, StorageError};
+
+/// Every key the suite touches starts with this.
+pub const ROOT: &str = "conformance/";
+
+/// Runs every check against `backend`.
+pub async fn exercise_backend(backend: &dyn Backend) {
+    let leftovers = ok(
+        backend.scan(ROOT, None, 1).await,
+        "scanning the suite's root",
+    );
+    assert!(
+        leftovers.is_empty(),
+        "keys under {ROOT:?} exist before the suite runs"
+    );
+
+    crud(backend).await;
+    binary_values(backend).await;
+    invalid_input(backend).await;
+    batches(backend).await;
+    list(backend).await;
+    scan(backend).await;
+
+    clear_root(backend).await;
+}
+
+async fn crud(b: &dyn Backend) {
+    let key = "conformance/crud/key";
+    assert_eq!(
+        ok(b.get(key).await, "get missing"),
+        None,
+        "a missing key reads as None"
+    );
+
+    ok(b.put(key, b"one".to_vec()).await, "put");
+    assert_eq!(
+        ok(b.get(key).await, "get"),
+        Some(b"one".to_vec()),
+        "put then get"
+    );
+
+    ok(b.put(key, b"two".to_vec()).await, "overwrite");
+    assert_eq!(
+        ok(b.get(key).await, "get"),
+        Some(b"two".to_vec()),
+        "overwrite wins"
+    );
+
+    ok(b.delete(key).await, "delete");
+    assert_eq!(
+        ok(b.get(key).await, "get"),
+        None,
+        "a deleted key reads as None"
+    );
+    ok(b.delete(key).await, "deleting a missing key is Ok");
+
+    let unicode = "conformance/crud/ключ/値";
+    ok(b.put(unicode, b"u".to_vec()).await, "put unicode key");
+    assert_eq!(
+        ok(b.get(unicode).await, "get"),
+        Some(b"u".to_vec()),
+        "unicode key"
+    );
+    ok(b.delete(unicode).await, "delete unicode key");
+}
+
+async fn binary_values(b: &dyn Backend) {
+    let every_byte: Vec<u8> = (0..=255u8).rev().collect();
+    ok(
+        b.put("conformance/bin/all", every_byte.clone()).await,
+        "put binary",
+    );
+    assert_eq!(
+        ok(b.get("conformance/bin/all").await, "get binary"),
+        Some(every_byte),
+        "every byte value round-trips"
+    );
+
+    ok(
+        b.put("conformance/bin/empty", Vec::new()).await,
+        "put empty value",
+    );
+    assert_eq!(
+        ok(b.get("conformance/bin/empty").await, "get empty value"),
+        Some(Vec::new()),
+        "an empty value is present, not missing"
+    );
+}
+
+async fn invalid_input(b: &dyn Backend) {
+    let too_long = format!("{ROOT}{}", "k".repeat(MAX_KEY_BYTES));
+    let longest = format!("{ROOT}{}", "k".repeat(MAX_KEY_BYTES - ROOT.len()));
+
+    assert_invalid_key(b.put("", b"v".to_vec()).await, "put of an empty key");
+    assert_invalid_key(b.get("").await, "get of an empty key");
+    assert_invalid_key(b.delete("").await, "delete of an empty key");
+    assert_invalid_key(
+        b.put(&too_long, b"v".to_vec()).await,
+        "put of a 4097+ byte key",
+    );
+    assert_invalid_key(b.get(&too_long).await, "get of a 4097+ byte key");
+
+    ok(
+        b.put(&longest, b"v".to_vec()).await,
+        "put of a 4096-byte key",
+    );
+    assert_eq!(
+        ok(b.get(&longest).await, "get"),
+        Some(b"v".to_vec()),
+        "4096-byte key"
+    );
+    ok(b.delete(&longest).await, "delete of a 4096-byte key");
+
+    let huge = b
+        .put("conformance/huge", vec![0; MAX_VALUE_BYTES + 1])
+        .await;
+    assert!(
+        matches!(huge, Err(StorageError::ValueTooLarge { .. })),
+        "a value over 64 MiB must be rejected, got {huge:?}"
+    );
+    assert_eq!(
+        ok(b.get("conformance/huge").await, "get"),
+        None,
+        "rejected put left a value"
+    );
+}
+
+async fn batches(b: &dyn Backend) {
+    ok(b.batch(Vec::new()).await, "an empty batch is Ok");
+
+    ok(
+        b.batch(vec![
+            put("conformance/batch/x", b"1"),
+            put("conformance/batch/y", b"1"),
+            put("conformance/batch/y", b"2"),
+            Op::Delete {
+                key: "conformance/batch/x".into(),
+            },
+        ])
+        .await,
+        "a valid batch",
+    );
+    assert_eq!(
+        ok(b.get("conformance/batch/x").await, "get"),
+        None,
+        "ops apply in order"
+    );
+    assert_eq!(
+        ok(b.get("conformance/batch/y").await, "get"),
+        Some(b"2".to_vec()),
+        "the later put in a batch wins"
+    );
+
+    let rejected = b
+        .batch(vec![
+            put("conformance/batch/a", b"1"),
+            Op::Delete {
+                key: "conformance/batch/y".into(),
+            },
+            put("", b"bad"),
+        ])
+        .await;
+    assert_invalid_key(rejected, "a batch with an empty key");
+    assert_eq!(
+        ok(b.get("conformance/batch/a").await, "get"),
+        None,
+        "a rejected batch applies nothing"
+    );
+    assert_eq!(
+        ok(b.get("conformance/batch/y").await, "get"),
+        Some(b"2".to_vec()),
+        "a rejected batch deletes nothing"
+    );
+
+    let oversized: Vec<Op> = (0..=MAX_BATCH_OPS)
+        .map(|i| put(&format!("conformance/batch/many/{i}"), b""))
+        .collect();
+    let result = b.batch(oversized).await;
+    assert!(
+        matches!(result, Err(StorageError::BatchTooLarge { .. })),
+        "a batch over 10000 ops must be rejected, got {result:?}"
+    );
+    assert!(
+        ok(b.list("conformance/batch/many/").await, "list").is_empty(),
+        "an oversized batch applies nothing"
+    );
+}
+
+async fn list(b: &dyn Backend) {
+    for key in [
+        "conformance/list/a",
+        "conformance/list/b-x",
+        "conformance/list/b/c",
+        "conformance/list/b/d/e",
+        "conformance/list/b/d/f",
+        "conformance/list/c",
+        "conformance/list/ca/x",
+        "conformance/lisz",
+    ] {
+        ok(b.put(key, key.as_bytes().to_vec()).await, "put for list");
+    }
+    let cases: [(&str, &[&str]); 7] = [
+        ("conformance/list/", &["a", "b-x", "b/", "c", "ca/"]),
+        ("conformance/list/b/", &["c", "d/"]),
+        ("conformance/list/b/d/", &["e", "f"]),
+        ("conformance/", &["batch/", "bin/", "list/", "lisz"]),
+        // A prefix need not end in '/': children are what follows it.
+        ("conformance/list/c", &["a/"]),
+        ("conformance/list/b", &["-x", "/"]),
+        ("conformance/list/nothing/", &[]),
+    ];
+    for (prefix, expected) in cases {
+        assert_eq!(
+            ok(b.list(prefix).await, "list"),
+            expected,
+            "list({prefix:?})"
+        );
+    }
+}
+
+async fn scan(b: &dyn Backend) {
+    let keys: Vec<String> = (0..10)
+        .map(|i| format!("conformance/scan/k{i:02}"))
+        .collect();
+    for key in &keys {
+        ok(b.put(key, key.as_bytes().to_vec()).await, "put for scan");
+    }
+    ok(b.put("conformance/scam", b"before".to_vec()).await, "put");
+    ok(b.put("conformance/scan0", b"after".to_vec()).await, "put");
+    let prefix = "conformance/scan/";
+
+    let all = ok(b.scan(prefix, None, 100).await, "scan");
+    let expected: Vec<(String, Vec<u8>)> = keys
+        .iter()
+        .map(|key| (key.clone(), key.as_bytes().to_vec()))
+        .collect();
+    assert_eq!(all, expected, "scan returns the prefix's entries in order");
+
+    assert_eq!(
+        scanned_keys(b, prefix, Some("conformance/scan/k06"), 100).await,
+        &keys[7..],
+        "scan after a present key starts strictly after it"
+    );
+    assert_eq!(
+        scanned_keys(b, prefix, Some("conformance/scan/k06x"), 100).await,
+        &keys[7..],
+        "scan after an absent key starts at the next key"
+    );
+    assert_eq!(
+        scanned_keys(b, prefix, None, 3).await,
+        &keys[..3],
+        "scan stops at limit"
+    );
+    assert_eq!(
+        scanned_keys(b, prefix, Some("a"), 2).await,
+        &keys[..2],
+        "an `after` before the prefix scans from the prefix"
+    );
+    assert!(
+        scanned_keys(b, prefix, Some("conformance/scan/k09"), 10)
+            .await
+            .is_empty(),
+        "scan after the last key is empty"
+    );
+    assert!(
+        scanned_keys(b, prefix, None, 0).await.is_empty(),
+        "scan with limit 0 is empty"
+    );
+
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = scanned_keys(b, prefix, after.as_deref(), 4).await;
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        paged.extend(page);
+        after = Some(last);
+    }
+    assert_eq!(paged, keys, "paging with `after` visits every key once");
+}
+
+async fn scanned_keys(
+    b: &dyn Backend,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Vec<String> {
+    ok(b.scan(prefix, after, limit).await, "scan")
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
+}
+
+async fn clear_root(b: &dyn Backend) {
+    loop {
+        let page = ok(b.scan(ROOT, None, 1000).await, "scanning for cleanup");
+        if page.is_empty() {
+            break;
+        }
+        let deletes = page
+            .into_iter()
+            .map(|(key, _)| Op::Delete { key })
+            .collect();
+        ok(b.batch(deletes).await, "deleting the suite's keys");
+    }
+    assert!(
+        ok(b.list(ROOT).await, "list").is_empty(),
+        "deleted keys are gone from list"
+    );
+}
+
+fn put(key: &str, value: &[u8]) -> Op {
+    Op::Put {
+        key: key.to_owned(),
+        value: value.to_vec(),
+    }
+}
+
+fn ok<T>(result: Result<T>, what: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => panic!("{what} failed: {error}"),
+    }
+}
+
+fn assert_invalid_key<T: std::fmt::Debug>(result: Result<T>, what: &str) {
+    assert!(
+        matches!(result, Err(StorageError::InvalidKey { .. })),
+        "{what} must fail with InvalidKey, got {result:?}"
+    );
+}

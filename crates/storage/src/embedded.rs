@@ -1,0 +1,260 @@
+//! The durable default backend: one redb file, `<dir>/bunker.redb`, holding one table of
+//! `&str -> &[u8]`.
+//!
+//! Reads open a redb read transaction directly in the async fn: they are MVCC snapshots that
+//! never wait for the writer, and a B-tree lookup is fast enough not to need a blocking pool.
+//!
+//! Writes go through a single writer thread that group-commits (see `writer.rs`): `batch()`
+//! queues its ops on a bounded channel and waits for the reply, which arrives only after the
+//! transaction holding them has committed with [`Durability::Immediate`] (fsync). So an
+//! acknowledged batch survives a crash, and concurrent batches share fsyncs.
+//!
+//! Dropping the backend closes the channel; the writer finishes what is queued, exits, and is
+//! joined before the database is closed.
+
+mod writer;
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition, WriteTransaction,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::limits::{batch_bytes, validate_batch, validate_key};
+use crate::listing::{list_children, scan_prefix};
+use crate::{Backend, Op, Result, StorageError, StorageMetrics};
+use writer::{Counters, GroupStore, WriteRequest};
+
+/// File name of the database inside the data directory.
+pub(crate) const DATABASE_FILE: &str = "bunker.redb";
+
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+
+/// Durable ordered key-value store on redb with group commit.
+pub struct EmbeddedBackend {
+    db: Arc<Database>,
+    path: PathBuf,
+    /// `None` only while dropping.
+    queue: Option<mpsc::Sender<WriteRequest>>,
+    /// `None` only while dropping.
+    writer: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+}
+
+impl EmbeddedBackend {
+    /// Opens (creating if missing) `dir` and the database file in it, and starts the writer
+    /// thread.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
+            context: format!("creating data directory {}", dir.display()),
+            source,
+        })?;
+        let path = dir.join(DATABASE_FILE);
+        let db = Database::create(&path)
+            .map_err(|e| engine_error(format!("opening database {}", path.display()), e))?;
+        create_table(&db)?;
+        sync_dir(dir)?;
+
+        let db = Arc::new(db);
+        let counters = Arc::new(Counters::default());
+        let (queue, requests) = mpsc::channel(writer::QUEUE_CAPACITY);
+        let store = RedbStore { db: db.clone() };
+        let thread_counters = counters.clone();
+        let writer = std::thread::Builder::new()
+            .name("bunker-storage-writer".into())
+            .spawn(move || writer::run(store, requests, &thread_counters))
+            .map_err(|source| StorageError::Io {
+                context: "starting the storage writer thread".into(),
+                source,
+            })?;
+        Ok(Self {
+            db,
+            path,
+            queue: Some(queue),
+            writer: Some(writer),
+            counters,
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn entries(&self) -> Result<ReadOnlyTable<&'static str, &'static [u8]>> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(engine("starting read transaction"))?;
+        txn.open_table(ENTRIES)
+            .map_err(engine("opening entries table for reading"))
+    }
+}
+
+impl Drop for EmbeddedBackend {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!(path = %self.path.display(), "storage writer thread panicked");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for EmbeddedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBackend")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Backend for EmbeddedBackend {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        validate_key(key)?;
+        let value = self
+            .entries()?
+            .get(key)
+            .map_err(|e| engine_error(format!("reading key {key:?}"), e))?;
+        Ok(value.map(|guard| guard.value().to_vec()))
+    }
+
+    /// If the returned future is dropped after the batch was queued, the batch is still
+    /// committed; only the acknowledgement is lost.
+    async fn batch(&self, ops: Vec<Op>) -> Result<()> {
+        validate_batch(&ops)?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let queue = self.queue.as_ref().ok_or(StorageError::Closed)?;
+        let (reply, committed) = oneshot::channel();
+        let bytes = batch_bytes(&ops);
+        queue
+            .send(WriteRequest { ops, bytes, reply })
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        committed.await.map_err(|_| StorageError::Closed)?
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let entries = self.entries()?;
+        list_children(prefix, |start| {
+            let range = entries
+                .range::<&str>((Bound::Included(start), Bound::Unbounded))
+                .map_err(|e| engine_error(format!("listing {prefix:?}"), e))?;
+            Ok(range.map(|entry| {
+                entry
+                    .map(|(key, _)| key.value().to_owned())
+                    .map_err(|e| engine_error(format!("listing {prefix:?}"), e))
+            }))
+        })
+    }
+
+    async fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let entries = self.entries()?;
+        scan_prefix(prefix, after, limit, |start| {
+            let range = entries
+                .range::<&str>((start, Bound::Unbounded))
+                .map_err(|e| engine_error(format!("scanning {prefix:?}"), e))?;
+            Ok(range.map(|entry| {
+                entry
+                    .map(|(key, value)| (key.value().to_owned(), value.value().to_vec()))
+                    .map_err(|e| engine_error(format!("scanning {prefix:?}"), e))
+            }))
+        })
+    }
+
+    fn metrics(&self) -> StorageMetrics {
+        self.counters.snapshot()
+    }
+}
+
+/// The writer's side of the database.
+struct RedbStore {
+    db: Arc<Database>,
+}
+
+impl GroupStore for RedbStore {
+    fn commit(&self, batches: &[&[Op]]) -> Result<()> {
+        let txn = begin_durable_write(&self.db)?;
+        {
+            let mut table = txn
+                .open_table(ENTRIES)
+                .map_err(engine("opening entries table for writing"))?;
+            for op in batches.iter().flat_map(|batch| batch.iter()) {
+                match op {
+                    Op::Put { key, value } => table
+                        .insert(key.as_str(), value.as_slice())
+                        .map(drop)
+                        .map_err(|e| engine_error(format!("writing key {key:?}"), e))?,
+                    Op::Delete { key } => table
+                        .remove(key.as_str())
+                        .map(drop)
+                        .map_err(|e| engine_error(format!("deleting key {key:?}"), e))?,
+                }
+            }
+        }
+        txn.commit().map_err(engine("committing write transaction"))
+    }
+}
+
+fn begin_durable_write(db: &Database) -> Result<WriteTransaction> {
+    let mut txn = db
+        .begin_write()
+        .map_err(engine("starting write transaction"))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(engine("setting commit durability"))?;
+    Ok(txn)
+}
+
+/// Makes sure the entries table exists, so readers can always open it.
+fn create_table(db: &Database) -> Result<()> {
+    let txn = begin_durable_write(db)?;
+    txn.open_table(ENTRIES)
+        .map(drop)
+        .map_err(engine("creating entries table"))?;
+    txn.commit().map_err(engine("committing entries table"))
+}
+
+/// Fsyncs the directory so a newly created database file's name survives a crash.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|source| StorageError::Io {
+            context: format!("syncing data directory {}", dir.display()),
+            source,
+        })
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// Maps a redb error to [`StorageError::Engine`], saying what was being done.
+fn engine<E: std::fmt::Display>(context: &'static str) -> impl FnOnce(E) -> StorageError {
+    move |error| engine_error(context.to_owned(), error)
+}
+
+fn engine_error(context: String, error: impl std::fmt::Display) -> StorageError {
+    StorageError::Engine {
+        context,
+        message: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

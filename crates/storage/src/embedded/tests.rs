@@ -1,0 +1,201 @@
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use super::*;
+
+fn open(dir: &Path) -> EmbeddedBackend {
+    EmbeddedBackend::open(dir).expect("opening embedded backend")
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("creating temp dir")
+}
+
+#[tokio::test]
+async fn embedded_passes_conformance() {
+    let dir = temp_dir();
+    let backend = open(dir.path());
+    crate::conformance::exercise_backend(&backend).await;
+}
+
+#[tokio::test]
+async fn writes_survive_reopen() {
+    let dir = temp_dir();
+    let data_dir = dir.path().join("not/yet/created");
+    {
+        let backend = open(&data_dir);
+        backend.put("sys/a", b"1".to_vec()).await.expect("put");
+        backend
+            .batch(vec![
+                Op::Put {
+                    key: "sys/b/c".into(),
+                    value: b"2".to_vec(),
+                },
+                Op::Put {
+                    key: "sys/gone".into(),
+                    value: b"3".to_vec(),
+                },
+            ])
+            .await
+            .expect("batch");
+        backend.delete("sys/gone").await.expect("delete");
+    }
+    assert!(data_dir.join(DATABASE_FILE).is_file());
+
+    // Reopening fails while the file is still open, so this also shows drop closed it.
+    let backend = open(&data_dir);
+    assert_eq!(
+        backend.get("sys/a").await.expect("get"),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(
+        backend.get("sys/b/c").await.expect("get"),
+        Some(b"2".to_vec())
+    );
+    assert_eq!(backend.get("sys/gone").await.expect("get"), None);
+    assert_eq!(backend.list("sys/").await.expect("list"), ["a", "b/"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batches_share_fsyncs() {
+    const TASKS: u8 = 64;
+    const WRITES_PER_TASK: u8 = 20;
+    let dir = temp_dir();
+    let backend = Arc::new(open(dir.path()));
+
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                for write in 0..WRITES_PER_TASK {
+                    backend
+                        .put(&format!("group/{task:02}/{write:02}"), vec![task, write])
+                        .await
+                        .expect("concurrent put");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+
+    for task in 0..TASKS {
+        for write in 0..WRITES_PER_TASK {
+            let key = format!("group/{task:02}/{write:02}");
+            assert_eq!(
+                backend.get(&key).await.expect("get"),
+                Some(vec![task, write]),
+                "{key}"
+            );
+        }
+    }
+    let total = u64::from(TASKS) * u64::from(WRITES_PER_TASK);
+    let metrics = backend.metrics();
+    assert_eq!(metrics.batches, total);
+    assert_eq!(metrics.ops, total);
+    assert!(
+        metrics.fsyncs < metrics.batches,
+        "concurrent batches must share commits: {metrics:?}"
+    );
+}
+
+/// Environment variable that makes [`crash_writer_child`] write into the given directory.
+const CRASH_DIR_ENV: &str = "BUNKER_STORAGE_CRASH_DIR";
+/// Full test name of the child, for re-executing this test binary.
+const CRASH_CHILD_TEST: &str = "embedded::tests::crash_writer_child";
+/// Marker the child prints before the index of each acknowledged write.
+const ACK_MARKER: &str = "BUNKER_STORAGE_ACK";
+/// Acknowledged writes the parent waits for before killing the child.
+const ACKS_BEFORE_KILL: u64 = 200;
+/// The child stops by itself after this many writes if it is never killed.
+const CHILD_MAX_WRITES: u64 = 100_000;
+
+fn crash_key(index: u64) -> String {
+    format!("crash/{index:08}")
+}
+
+fn crash_value(index: u64) -> Vec<u8> {
+    index.to_le_bytes().to_vec()
+}
+
+/// The index in a line `... ACK_MARKER <index> ...`, if any.
+fn parse_ack(line: &str) -> Option<u64> {
+    let mut words = line.split_whitespace();
+    words.find(|word| *word == ACK_MARKER)?;
+    words.next()?.parse().ok()
+}
+
+/// Run only as a child of `acknowledged_writes_survive_kill_9`: writes keys one batch at a
+/// time and prints each index once its batch is acknowledged.
+#[tokio::test]
+#[ignore = "child process of acknowledged_writes_survive_kill_9"]
+async fn crash_writer_child() {
+    let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
+        return;
+    };
+    let backend = open(Path::new(&dir));
+    let mut stdout = std::io::stdout();
+    for index in 0..CHILD_MAX_WRITES {
+        backend
+            .put(&crash_key(index), crash_value(index))
+            .await
+            .expect("child put");
+        writeln!(stdout, "{ACK_MARKER} {index}").expect("parent stopped reading");
+        stdout.flush().expect("flushing ack");
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    let dir = temp_dir();
+    let exe = std::env::current_exe().expect("locating test binary");
+    let mut child = Command::new(exe)
+        .args([CRASH_CHILD_TEST, "--exact", "--ignored", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env(CRASH_DIR_ENV, dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawning crash child");
+    let stdout = child.stdout.take().expect("child stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+
+    let mut acked = 0u64;
+    while acked < ACKS_BEFORE_KILL {
+        let Some(line) = lines.next() else {
+            break;
+        };
+        if let Some(index) = parse_ack(&line.expect("reading child stdout")) {
+            assert_eq!(index, acked, "child acknowledges writes in order");
+            acked += 1;
+        }
+    }
+    child.kill().expect("sending SIGKILL to child");
+    child.wait().expect("reaping child");
+    assert!(
+        acked >= ACKS_BEFORE_KILL,
+        "child exited after only {acked} acknowledged writes"
+    );
+    // Acks the child printed before it died are still in the pipe, and count too.
+    for line in lines.map_while(std::io::Result::ok) {
+        if let Some(index) = parse_ack(&line) {
+            acked = acked.max(index + 1);
+        }
+    }
+
+    let backend = open(dir.path());
+    for index in 0..acked {
+        assert_eq!(
+            backend
+                .get(&crash_key(index))
+                .await
+                .expect("get after crash"),
+            Some(crash_value(index)),
+            "acknowledged write {index} of {acked} lost"
+        );
+    }
+}

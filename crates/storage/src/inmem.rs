@@ -1,0 +1,113 @@
+//! In-memory backend for dev mode and tests: a `BTreeMap` behind a `RwLock`.
+//!
+//! Nothing is durable. The lock is only ever held inside synchronous code, never across an
+//! `.await`, and a batch is validated before the write lock is taken, so it applies whole or
+//! not at all.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use async_trait::async_trait;
+
+use crate::limits::{validate_batch, validate_key};
+use crate::listing::{list_children, scan_prefix};
+use crate::{Backend, Op, Result, StorageMetrics};
+
+/// A volatile, ordered key-value store.
+#[derive(Debug, Default)]
+pub struct InmemBackend {
+    entries: RwLock<BTreeMap<String, Vec<u8>>>,
+    batches: AtomicU64,
+    ops: AtomicU64,
+}
+
+impl InmemBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // No code path panics while holding the lock, so a poisoned map is still consistent.
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Vec<u8>>> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Vec<u8>>> {
+        self.entries.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Backend for InmemBackend {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        validate_key(key)?;
+        Ok(self.read().get(key).cloned())
+    }
+
+    async fn batch(&self, ops: Vec<Op>) -> Result<()> {
+        validate_batch(&ops)?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let op_count = ops.len() as u64;
+        {
+            let mut entries = self.write();
+            for op in ops {
+                match op {
+                    Op::Put { key, value } => {
+                        entries.insert(key, value);
+                    }
+                    Op::Delete { key } => {
+                        entries.remove(&key);
+                    }
+                }
+            }
+        }
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.ops.fetch_add(op_count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let entries = self.read();
+        list_children(prefix, |start| {
+            Ok(entries
+                .range::<str, _>((Bound::Included(start), Bound::Unbounded))
+                .map(|(key, _)| Ok(key)))
+        })
+    }
+
+    async fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let entries = self.read();
+        scan_prefix(prefix, after, limit, |start| {
+            Ok(entries
+                .range::<str, _>((start, Bound::Unbounded))
+                .map(|(key, value)| Ok((key.clone(), value.clone()))))
+        })
+    }
+
+    fn metrics(&self) -> StorageMetrics {
+        StorageMetrics {
+            fsyncs: 0,
+            batches: self.batches.load(Ordering::Relaxed),
+            ops: self.ops.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn inmem_passes_conformance() {
+        let backend = InmemBackend::new();
+        crate::conformance::exercise_backend(&backend).await;
+    }
+}
