@@ -205,8 +205,6 @@ impl ApiRequest {
 /// The decoded answer to an [`ApiRequest`].
 #[derive(Debug)]
 pub struct ApiResponse {
-    /// HTTP status code.
-    pub status: u16,
     /// The JSON body; `None` for an empty body (204) or an empty 404.
     pub body: Option<Value>,
 }
@@ -250,11 +248,6 @@ impl Client {
         })
     }
 
-    /// Whether a token is configured (from `VAULT_TOKEN` or the token helper).
-    pub fn has_token(&self) -> bool {
-        self.token.is_some()
-    }
-
     /// Sends the request. Error statuses become [`ClientError::Api`], except a 404 on a
     /// request marked [`ApiRequest::not_found_ok`], which returns `body: None` unless the
     /// body carries data or warnings (KV v2 answers 404 with metadata for deleted versions).
@@ -277,17 +270,24 @@ impl Client {
                 .header(CONTENT_TYPE, request.content_type)
                 .body(body);
         }
-        let response = builder.send().map_err(|e| transport(error_chain(&e)))?;
+        let response = builder.send().map_err(|e| transport(cause_chain(&e)))?;
         let status = response.status().as_u16();
         let text = read_limited(response).map_err(transport)?;
-        self.decode(request.verb, url.clone(), status, &text, request.not_found_ok)
+        decode(
+            request.verb,
+            url.clone(),
+            status,
+            &text,
+            request.not_found_ok,
+        )
     }
 
     fn headers(&self, request: &ApiRequest) -> Result<HeaderMap, HeaderError> {
         let mut headers = HeaderMap::new();
         headers.insert("X-Vault-Request", HeaderValue::from_static("true"));
         if let Some(token) = request.token.as_ref().or(self.token.as_ref()) {
-            let mut value = HeaderValue::from_str(token.as_str()).map_err(|_| HeaderError::Token)?;
+            let mut value =
+                HeaderValue::from_str(token.as_str()).map_err(|_| HeaderError::Token)?;
             value.set_sensitive(true);
             headers.insert("X-Vault-Token", value);
         }
@@ -297,49 +297,46 @@ impl Client {
         }
         Ok(headers)
     }
+}
 
-    fn decode(
-        &self,
-        verb: Verb,
-        url: String,
-        status: u16,
-        text: &str,
-        not_found_ok: bool,
-    ) -> Result<ApiResponse, ClientError> {
-        let parsed: Option<Value> = if text.trim().is_empty() {
-            None
-        } else {
-            serde_json::from_str(text).ok()
-        };
-        if status == 404 && not_found_ok {
-            let body = parsed.filter(has_data_or_warnings);
-            return Ok(ApiResponse { status, body });
-        }
-        if status >= 400 {
-            let errors = parsed
-                .as_ref()
-                .map(api_errors)
-                .filter(|errors| !errors.is_empty())
-                .unwrap_or_else(|| raw_message(text));
-            return Err(ClientError::Api {
-                method: verb.to_string(),
-                url,
-                status,
-                errors,
-            });
-        }
-        if parsed.is_none() && !text.trim().is_empty() {
-            return Err(ClientError::InvalidResponse {
-                method: verb.to_string(),
-                url,
-                reason: "body is not JSON".into(),
-            });
-        }
-        Ok(ApiResponse {
-            status,
-            body: parsed,
-        })
+/// Turns a status and body into a response or an error (see [`Client::send`]).
+fn decode(
+    verb: Verb,
+    url: String,
+    status: u16,
+    text: &str,
+    not_found_ok: bool,
+) -> Result<ApiResponse, ClientError> {
+    let parsed: Option<Value> = if text.trim().is_empty() {
+        None
+    } else {
+        serde_json::from_str(text).ok()
+    };
+    if status == 404 && not_found_ok {
+        let body = parsed.filter(has_data_or_warnings);
+        return Ok(ApiResponse { body });
     }
+    if status >= 400 {
+        let errors = parsed
+            .as_ref()
+            .map(api_errors)
+            .filter(|errors| !errors.is_empty())
+            .unwrap_or_else(|| raw_message(text));
+        return Err(ClientError::Api {
+            method: verb.to_string(),
+            url,
+            status,
+            errors,
+        });
+    }
+    if parsed.is_none() && !text.trim().is_empty() {
+        return Err(ClientError::InvalidResponse {
+            method: verb.to_string(),
+            url,
+            reason: "body is not JSON".into(),
+        });
+    }
+    Ok(ApiResponse { body: parsed })
 }
 
 /// Which header value could not be encoded.
@@ -412,6 +409,15 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     message
 }
 
+/// The causes of a transport error, without reqwest's own "error sending request for url
+/// (...)" wrapper, which repeats the URL already shown.
+fn cause_chain(err: &reqwest::Error) -> String {
+    match std::error::Error::source(err) {
+        Some(cause) => error_chain(cause),
+        None => err.to_string(),
+    }
+}
+
 /// `address` + `/v1/` + the percent-encoded path + query string.
 pub fn api_url(address: &str, path: &str, query: &[(String, String)]) -> String {
     let mut url = format!(
@@ -428,14 +434,30 @@ pub fn api_url(address: &str, path: &str, query: &[(String, String)]) -> String 
     url
 }
 
-/// Percent-encodes everything except RFC 3986 unreserved characters (and `/` in paths).
-fn encode(text: &str, keep_slash: bool) -> String {
+/// Percent-encodes what cannot appear literally. Paths keep every RFC 3986 `pchar` and `/`
+/// (so `users/ann@example.com` or `app:db` reach the server unchanged); query parts keep only
+/// unreserved characters.
+fn encode(text: &str, is_path: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
-        let keep = byte.is_ascii_alphanumeric()
-            || matches!(byte, b'-' | b'.' | b'_' | b'~')
-            || (keep_slash && byte == b'/');
-        if keep {
+        let unreserved = byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~');
+        let path_safe = matches!(
+            byte,
+            b'/' | b':'
+                | b'@'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        );
+        if unreserved || (is_path && path_safe) {
             out.push(char::from(byte));
         } else {
             out.push_str(&format!("%{byte:02X}"));
@@ -457,8 +479,17 @@ mod tests {
         );
         let query = vec![("version".to_string(), "3".to_string())];
         assert_eq!(
-            api_url("https://h:1", "secret/data/a b?", &query),
-            "https://h:1/v1/secret/data/a%20b%3F?version=3"
+            api_url("https://h:1", "secret/data/a b?#%", &query),
+            "https://h:1/v1/secret/data/a%20b%3F%23%25?version=3"
+        );
+        assert_eq!(
+            api_url("http://h", "secret/data/ann@example.com:x+y", &[]),
+            "http://h/v1/secret/data/ann@example.com:x+y"
+        );
+        let query = vec![("k".to_string(), "a&b=c".to_string())];
+        assert_eq!(
+            api_url("http://h", "p", &query),
+            "http://h/v1/p?k=a%26b%3Dc"
         );
     }
 
@@ -473,8 +504,31 @@ mod tests {
     fn not_found_with_data_is_kept() {
         assert!(has_data_or_warnings(&json!({"data": {"metadata": {}}})));
         assert!(!has_data_or_warnings(&json!({"errors": []})));
-        assert!(!has_data_or_warnings(&json!({"data": null, "warnings": []})));
+        assert!(!has_data_or_warnings(
+            &json!({"data": null, "warnings": []})
+        ));
         assert!(has_data_or_warnings(&json!({"warnings": ["w"]})));
+    }
+
+    #[test]
+    fn statuses_decode_like_vault() {
+        let url = "http://h/v1/x".to_string();
+        let ok = decode(Verb::Get, url.clone(), 200, r#"{"data": {"a": 1}}"#, false);
+        assert!(matches!(ok, Ok(ApiResponse { body: Some(_) })));
+        let empty = decode(Verb::Put, url.clone(), 204, "", false);
+        assert!(matches!(empty, Ok(ApiResponse { body: None })));
+        let missing = decode(Verb::Get, url.clone(), 404, r#"{"errors": []}"#, true);
+        assert!(matches!(missing, Ok(ApiResponse { body: None })));
+        let denied = decode(Verb::Get, url.clone(), 403, r#"{"errors": ["no"]}"#, true);
+        assert!(
+            matches!(denied, Err(ClientError::Api { status: 403, ref errors, .. }) if errors == &["no"])
+        );
+        let raw = decode(Verb::Get, url.clone(), 502, "bad gateway", false);
+        assert!(
+            matches!(raw, Err(ClientError::Api { ref errors, .. }) if errors == &["bad gateway"])
+        );
+        let garbage = decode(Verb::Get, url, 200, "<html>", false);
+        assert!(matches!(garbage, Err(ClientError::InvalidResponse { .. })));
     }
 
     #[test]
@@ -488,6 +542,9 @@ mod tests {
 
     #[test]
     fn list_is_sent_as_its_own_method() {
-        assert_eq!(Verb::List.method().map(|m| m.to_string()).ok(), Some("LIST".into()));
+        assert_eq!(
+            Verb::List.method().map(|m| m.to_string()).ok(),
+            Some("LIST".into())
+        );
     }
 }

@@ -132,7 +132,9 @@ fn merge_json_object(
     source: &str,
 ) -> Result<(), CliError> {
     let parsed: Value = serde_json::from_str(text).map_err(|e| {
-        CliError::Invalid(format!("Failed to parse K=V data: invalid JSON in {source}: {e}"))
+        CliError::Invalid(format!(
+            "Failed to parse K=V data: invalid JSON in {source}: {e}"
+        ))
     })?;
     let Value::Object(object) = parsed else {
         return Err(CliError::Invalid(format!(
@@ -166,7 +168,9 @@ pub fn parse_options(args: &[String]) -> Result<Map<String, Value>, CliError> {
             .split_once('=')
             .filter(|(key, _)| !key.is_empty())
             .ok_or_else(|| {
-                CliError::Usage(format!("Invalid option \"{arg}\": format must be key=value"))
+                CliError::Usage(format!(
+                    "Invalid option \"{arg}\": format must be key=value"
+                ))
             })?;
         options.insert(key.to_string(), Value::String(value.to_string()));
     }

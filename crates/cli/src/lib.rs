@@ -17,11 +17,13 @@ mod commands;
 mod error;
 mod input;
 mod output;
+mod settings;
 mod token_helper;
 
 use commands::{audit, generic, kv, login, operator, policy, secrets, status, token, Ctx};
 use error::{CliError, EXIT_LOCAL, EXIT_OK};
 use output::{emit, emit_err, Format};
+use settings::Settings;
 
 /// The address used when neither `-address` nor `VAULT_ADDR` is given (as `vault` does).
 pub const DEFAULT_ADDRESS: &str = "https://127.0.0.1:8200";
@@ -47,7 +49,11 @@ pub struct ServerArgs {
     #[arg(long, env = "VAULT_DEV_ROOT_TOKEN_ID", hide_env_values = true)]
     pub dev_root_token_id: Option<String>,
     /// Address the dev server listens on.
-    #[arg(long, env = "VAULT_DEV_LISTEN_ADDRESS", default_value = "127.0.0.1:8200")]
+    #[arg(
+        long,
+        env = "VAULT_DEV_LISTEN_ADDRESS",
+        default_value = "127.0.0.1:8200"
+    )]
     pub dev_listen_address: String,
     /// Log level (trace, debug, info, warn, error).
     #[arg(long, env = "VAULT_LOG_LEVEL")]
@@ -55,6 +61,20 @@ pub struct ServerArgs {
     /// Log format (standard or json).
     #[arg(long, env = "VAULT_LOG_FORMAT")]
     pub log_format: Option<String>,
+}
+
+impl ServerArgs {
+    /// Treats empty `VAULT_DEV_*` / `VAULT_LOG_*` variables as unset.
+    fn without_empty_env(mut self) -> Self {
+        let keep = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+        self.dev_root_token_id = keep(self.dev_root_token_id);
+        self.log_level = keep(self.log_level);
+        self.log_format = keep(self.log_format);
+        if self.dev_listen_address.trim().is_empty() {
+            self.dev_listen_address = ServerArgs::default().dev_listen_address;
+        }
+        self
+    }
 }
 
 impl Default for ServerArgs {
@@ -70,40 +90,32 @@ impl Default for ServerArgs {
     }
 }
 
-/// Flags accepted by every command.
-#[derive(Args, Debug, Clone)]
+/// Flags accepted by every command. Each falls back to its environment variable (an empty
+/// variable counts as unset, as with `vault`); see [`settings::Settings::resolve`].
+#[derive(Args, Debug, Clone, Default)]
 pub(crate) struct GlobalArgs {
-    /// Address of the server.
-    #[arg(long, global = true, env = "VAULT_ADDR", default_value = DEFAULT_ADDRESS)]
-    pub address: String,
-    /// Output format.
-    #[arg(
-        long,
-        global = true,
-        env = "VAULT_FORMAT",
-        value_enum,
-        ignore_case = true,
-        default_value = "table"
-    )]
-    pub format: Format,
-    /// PEM file of the CA certificate(s) used to verify the server.
-    #[arg(long, global = true, env = "VAULT_CACERT", value_name = "PATH")]
+    /// Address of the server [env: VAULT_ADDR] [default: https://127.0.0.1:8200].
+    #[arg(long, global = true)]
+    pub address: Option<String>,
+    /// Output format [env: VAULT_FORMAT] [default: table].
+    #[arg(long, global = true, value_enum, ignore_case = true)]
+    pub format: Option<Format>,
+    /// PEM file of the CA certificate(s) used to verify the server [env: VAULT_CACERT].
+    #[arg(long, global = true, value_name = "PATH")]
     pub ca_cert: Option<PathBuf>,
-    /// Do not verify the server's TLS certificate (insecure).
+    /// Do not verify the server's TLS certificate (insecure) [env: VAULT_SKIP_VERIFY].
     #[arg(
         long,
         global = true,
-        env = "VAULT_SKIP_VERIFY",
         action = ArgAction::Set,
         num_args = 0..=1,
         require_equals = true,
-        default_value = "false",
         default_missing_value = "true",
         value_parser = BoolishValueParser::new()
     )]
-    pub tls_skip_verify: bool,
-    /// Ask the server to response-wrap the answer with this TTL.
-    #[arg(long, global = true, env = "VAULT_WRAP_TTL", value_parser = input::duration_flag)]
+    pub tls_skip_verify: Option<bool>,
+    /// Ask the server to response-wrap the answer with this TTL [env: VAULT_WRAP_TTL].
+    #[arg(long, global = true, value_parser = input::duration_flag)]
     pub wrap_ttl: Option<String>,
 }
 
@@ -161,16 +173,17 @@ enum Command {
 
 /// Parses argv (including argv\[0\]) and runs the command. `server` is called for
 /// `bunker server ...`.
-pub fn run(
-    args: Vec<OsString>,
-    server: impl FnOnce(ServerArgs) -> anyhow::Result<()>,
-) -> ExitCode {
+pub fn run(args: Vec<OsString>, server: impl FnOnce(ServerArgs) -> anyhow::Result<()>) -> ExitCode {
     let cli = match Cli::try_parse_from(normalize_args(args)) {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
             // Help and version requests are not errors; bad usage is a local error (1).
-            let code = if err.use_stderr() { EXIT_LOCAL } else { EXIT_OK };
+            let code = if err.use_stderr() {
+                EXIT_LOCAL
+            } else {
+                EXIT_OK
+            };
             return ExitCode::from(code);
         }
     };
@@ -178,17 +191,23 @@ pub fn run(
 }
 
 fn dispatch(cli: Cli, server: impl FnOnce(ServerArgs) -> anyhow::Result<()>) -> u8 {
-    let ctx = Ctx::new(cli.global);
-    let result = match cli.command {
-        Command::Server(args) => {
-            return match server(args) {
-                Ok(()) => EXIT_OK,
-                Err(err) => {
-                    emit_err(&format!("Error: {err:#}"));
-                    EXIT_LOCAL
-                }
+    if let Command::Server(args) = cli.command {
+        return match server(args.without_empty_env()) {
+            Ok(()) => EXIT_OK,
+            Err(err) => {
+                emit_err(&format!("Error: {err:#}"));
+                EXIT_LOCAL
             }
-        }
+        };
+    }
+    let settings = match Settings::resolve(cli.global, settings::process_env) {
+        Ok(settings) => settings,
+        Err(err) => return report(&err),
+    };
+    let ctx = Ctx::new(settings);
+    let result = match cli.command {
+        // Handled above, before the client settings are resolved.
+        Command::Server(_) => Ok(EXIT_OK),
         Command::Status => return status::run(&ctx),
         Command::Operator(cmd) => operator::run(&ctx, cmd),
         Command::Read(args) => generic::read(&ctx, args),
@@ -286,7 +305,15 @@ mod tests {
     #[test]
     fn other_arguments_are_untouched() {
         let args = os(&[
-            "-bunker", "-h", "-", "--already", "-5", "-1h", "a=-b", "-x=1", "secret/foo",
+            "-bunker",
+            "-h",
+            "-",
+            "--already",
+            "-5",
+            "-1h",
+            "a=-b",
+            "-x=1",
+            "secret/foo",
         ]);
         assert_eq!(normalize_args(args.clone()), args);
     }
@@ -341,8 +368,8 @@ mod tests {
             "-wrap-ttl=5m",
             "secret/foo",
         ])?;
-        assert_eq!(cli.global.format, Format::Json);
-        assert_eq!(cli.global.address, "http://127.0.0.1:8200");
+        assert_eq!(cli.global.format, Some(Format::Json));
+        assert_eq!(cli.global.address.as_deref(), Some("http://127.0.0.1:8200"));
         assert_eq!(cli.global.wrap_ttl.as_deref(), Some("5m"));
         Ok(())
     }
@@ -373,9 +400,23 @@ mod tests {
             &["kv", "destroy", "-versions=1", "secret/foo"],
             &["kv", "list", "secret/"],
             &["kv", "metadata", "get", "secret/foo"],
-            &["kv", "metadata", "put", "-max-versions=3", "-cas-required", "secret/foo"],
+            &[
+                "kv",
+                "metadata",
+                "put",
+                "-max-versions=3",
+                "-cas-required",
+                "secret/foo",
+            ],
             &["kv", "metadata", "delete", "secret/foo"],
-            &["token", "create", "-policy=a", "-policy=b", "-ttl=1h", "-renewable=true"],
+            &[
+                "token",
+                "create",
+                "-policy=a",
+                "-policy=b",
+                "-ttl=1h",
+                "-renewable=true",
+            ],
             &["token", "lookup", "-accessor", "acc"],
             &["token", "renew", "-increment=30m"],
             &["token", "revoke", "-self"],

@@ -88,11 +88,19 @@ pub fn key_value_table(rows: &[(String, String)]) -> String {
     columns(&["Key", "Value"], &rows)
 }
 
-/// A `== Title ==` banner widened with `=` to roughly match `body`'s width, then `body`.
+/// A `== Title ==` banner, then `body`. The banner grows with the width of the body's first
+/// column (the keys), so sections with long keys get wider banners, as in `vault kv get`.
 pub fn section(title: &str, body: &str) -> String {
-    let body_width = body.lines().map(|l| l.chars().count()).max().unwrap_or(0);
-    let pad = (body_width.saturating_sub(title.chars().count() + 2) / 2).max(2);
-    let bar = "=".repeat(pad);
+    let header = body.lines().next().unwrap_or("");
+    let key_width = header
+        .rfind(' ')
+        .map(|i| (i + 1).saturating_sub(COLUMN_GAP.len()))
+        .unwrap_or(header.chars().count());
+    let target_width = key_width + 9;
+    let pad = target_width
+        .saturating_sub(title.chars().count() + 2)
+        .div_ceil(2);
+    let bar = "=".repeat(pad.max(2));
     format!("{bar} {title} {bar}\n{body}")
 }
 
@@ -147,7 +155,10 @@ pub fn auth_rows(auth: &Value) -> Vec<(String, String)> {
     let list = |key: &str| cell(auth.get(key).unwrap_or(&Value::Array(Vec::new())));
     let mut rows = vec![
         ("token".into(), str_field(auth, "client_token").to_string()),
-        ("token_accessor".into(), str_field(auth, "accessor").to_string()),
+        (
+            "token_accessor".into(),
+            str_field(auth, "accessor").to_string(),
+        ),
         ("token_duration".into(), duration),
         (
             "token_renewable".into(),
@@ -194,8 +205,14 @@ pub fn secret_rows(response: &Value) -> Vec<(String, String)> {
 
 fn wrap_rows(wrap: &Value) -> Vec<(String, String)> {
     let mut rows = vec![
-        ("wrapping_token:".into(), str_field(wrap, "token").to_string()),
-        ("wrapping_accessor:".into(), str_field(wrap, "accessor").to_string()),
+        (
+            "wrapping_token:".into(),
+            str_field(wrap, "token").to_string(),
+        ),
+        (
+            "wrapping_accessor:".into(),
+            str_field(wrap, "accessor").to_string(),
+        ),
         (
             "wrapping_token_ttl:".into(),
             human_duration(u64_field(wrap, "ttl")),
@@ -303,7 +320,10 @@ pub fn emit_raw(text: &str) -> Result<(), CliError> {
 
 fn write_stdout(text: &str) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.map_err(|e| CliError::io("writing to stdout", e)),
     }
@@ -396,7 +416,10 @@ mod tests {
             "metadata": {"user": "ann"}
         });
         let rows = auth_rows(&auth);
-        assert_eq!(rows.first(), Some(&("token".to_string(), "hvs.abc".to_string())));
+        assert_eq!(
+            rows.first(),
+            Some(&("token".to_string(), "hvs.abc".to_string()))
+        );
         assert!(rows.contains(&("token_duration".to_string(), "∞".to_string())));
         assert!(rows.contains(&("token_policies".to_string(), r#"["root"]"#.to_string())));
         assert!(rows.contains(&("identity_policies".to_string(), "[]".to_string())));
@@ -405,9 +428,14 @@ mod tests {
 
     #[test]
     fn section_banner_wraps_title() {
-        let text = section("Data", "Key    Value\n---    -----\nfoo    bar\n");
-        assert!(text.starts_with("=== Data ===\nKey "));
-        assert!(text.ends_with("foo    bar\n"));
+        let body = key_value_table(&[("passcode".into(), "x".into())]);
+        assert_eq!(
+            section("Data", &body),
+            format!("====== Data ======\n{body}")
+        );
+        let body = key_value_table(&[("custom_metadata".into(), "x".into())]);
+        assert!(section("Metadata", &body).starts_with("======= Metadata =======\nKey "));
+        assert_eq!(section("Secret Path", ""), "== Secret Path ==\n");
     }
 
     #[test]

@@ -90,13 +90,20 @@ mod tests {
         assert!(read_token(&path).is_none());
         store_token(&path, "hvs.first")?;
         store_token(&path, "hvs.second")?;
-        assert_eq!(read_token(&path).as_deref().map(String::as_str), Some("hvs.second"));
+        assert_eq!(
+            read_token(&path).as_deref().map(String::as_str),
+            Some("hvs.second")
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
         }
-        assert_eq!(fs::read_dir(dir.path())?.count(), 1, "no temporary file left");
+        assert_eq!(
+            fs::read_dir(dir.path())?.count(),
+            1,
+            "no temporary file left"
+        );
         Ok(())
     }
 

@@ -68,6 +68,7 @@ pub struct Core {
     /// Makes read-then-revoke of a wrapping token atomic (single use).
     pub(crate) wrapping_lock: tokio::sync::Mutex<()>,
     pub(crate) cluster: RwLock<ClusterInfo>,
+    pub(crate) replication: RwLock<Option<Arc<dyn crate::replication_hook::ReplicationHandler>>>,
 }
 
 impl Core {
@@ -85,6 +86,7 @@ impl Core {
             table_lock: tokio::sync::Mutex::new(()),
             wrapping_lock: tokio::sync::Mutex::new(()),
             cluster: RwLock::new(ClusterInfo::default()),
+            replication: RwLock::new(None),
             barrier,
         })
     }

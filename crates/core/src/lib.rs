@@ -7,6 +7,7 @@ mod core;
 pub mod logical;
 mod mounts;
 mod policy_store;
+mod replication_hook;
 mod request_handling;
 pub use request_handling::Caller;
 mod sys;
@@ -16,4 +17,5 @@ mod wrapping;
 
 pub use crate::core::{Core, CoreConfig};
 pub use mounts::MountEntry;
+pub use replication_hook::{DrMode, ReplicationHandler};
 pub use time_util::{format_duration_secs, parse_duration_secs};

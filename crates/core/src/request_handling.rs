@@ -5,6 +5,7 @@ use bunker_policy::{Acl, Capability};
 
 use crate::core::Core;
 use crate::logical::{BackendRequest, LogicalError, Operation, Request, Response, Result};
+use crate::replication_hook::{is_unauthenticated_replication_path, DrMode};
 use crate::token::TokenEntry;
 
 /// Who is calling, once authenticated.
@@ -77,8 +78,21 @@ impl Core {
     /// Handle one client request end to end.
     pub async fn handle(&self, mut req: Request) -> Result<Response> {
         req.path = normalize_path(&req.path)?;
+        let mode = self.dr_mode();
+        if mode == DrMode::Secondary && req.path.starts_with("sys/generate-root") {
+            return Err(LogicalError::DrSecondary);
+        }
         if let Some(resp) = self.handle_unsealed_not_required(&req).await? {
             return Ok(resp);
+        }
+        if req.path.starts_with("sys/replication/") {
+            if let Some(handler) = self.replication_handler() {
+                if mode == DrMode::Secondary || is_unauthenticated_replication_path(&req.path) {
+                    return handler.handle(self, &req, None).await;
+                }
+            }
+        } else if mode == DrMode::Secondary {
+            return Err(LogicalError::DrSecondary);
         }
         if self.is_sealed() {
             return Err(LogicalError::Sealed);
@@ -115,7 +129,8 @@ impl Core {
         req: &mut Request,
         caller: &mut Caller,
     ) -> Result<Response> {
-        let route = self.resolve_route(req).await?;
+        let namespace = caller.entry.cubbyhole_namespace().to_owned();
+        let route = self.resolve_route(req, &namespace).await?;
         // A wrapping token presented to unwrap itself is its own authorisation.
         let self_unwrap = req.path == "sys/wrapping/unwrap" && !req.data.contains_key("token");
         if !self_unwrap {
@@ -143,7 +158,7 @@ impl Core {
     }
 
     /// Decide where the request goes; for writes to mounts, settle create vs update.
-    async fn resolve_route(&self, req: &mut Request) -> Result<Route> {
+    async fn resolve_route(&self, req: &mut Request, namespace: &str) -> Result<Route> {
         if req.path == "sys" || req.path.starts_with("sys/") {
             return Ok(Route::System);
         }
@@ -165,7 +180,7 @@ impl Core {
                 data: &req.data,
                 storage: &mounted.view,
                 mount_point: &mounted.entry.path,
-                token_namespace: "",
+                token_namespace: namespace,
                 mount_options: &mounted.entry.options,
             };
             req.operation = match mounted.backend.exists(&breq).await? {

@@ -124,7 +124,13 @@ mod tests {
         }
     }
 
-    async fn run(store: &MemStore, ns: &str, op: Operation, path: &str, body: Value) -> Result<Response> {
+    async fn run(
+        store: &MemStore,
+        ns: &str,
+        op: Operation,
+        path: &str,
+        body: Value,
+    ) -> Result<Response> {
         let data = obj(body);
         let call = Call {
             operation: op,
@@ -140,69 +146,175 @@ mod tests {
     #[tokio::test]
     async fn namespaces_are_isolated() {
         let store = MemStore::new();
-        run(&store, "tokA", Operation::Create, "secret", json!({"v": "a"})).await.unwrap();
-        run(&store, "tokB", Operation::Create, "secret", json!({"v": "b"})).await.unwrap();
-        run(&store, "tokA", Operation::Create, "dir/only-a", json!({"v": 1})).await.unwrap();
+        run(
+            &store,
+            "tokA",
+            Operation::Create,
+            "secret",
+            json!({"v": "a"}),
+        )
+        .await
+        .unwrap();
+        run(
+            &store,
+            "tokB",
+            Operation::Create,
+            "secret",
+            json!({"v": "b"}),
+        )
+        .await
+        .unwrap();
+        run(
+            &store,
+            "tokA",
+            Operation::Create,
+            "dir/only-a",
+            json!({"v": 1}),
+        )
+        .await
+        .unwrap();
 
-        let read_a = run(&store, "tokA", Operation::Read, "secret", json!({})).await.unwrap();
+        let read_a = run(&store, "tokA", Operation::Read, "secret", json!({}))
+            .await
+            .unwrap();
         assert_eq!(read_a.data.unwrap().get("v"), Some(&json!("a")));
-        let read_b = run(&store, "tokB", Operation::Read, "secret", json!({})).await.unwrap();
+        let read_b = run(&store, "tokB", Operation::Read, "secret", json!({}))
+            .await
+            .unwrap();
         assert_eq!(read_b.data.unwrap().get("v"), Some(&json!("b")));
 
-        assert!(matches!(run(&store, "tokB", Operation::Read, "dir/only-a", json!({})).await, Err(LogicalError::NotFound(_))));
-        let list_b = run(&store, "tokB", Operation::List, "", json!({})).await.unwrap();
+        assert!(matches!(
+            run(&store, "tokB", Operation::Read, "dir/only-a", json!({})).await,
+            Err(LogicalError::NotFound(_))
+        ));
+        let list_b = run(&store, "tokB", Operation::List, "", json!({}))
+            .await
+            .unwrap();
         assert_eq!(list_b.data.unwrap().get("keys"), Some(&json!(["secret"])));
-        let list_a = run(&store, "tokA", Operation::List, "", json!({})).await.unwrap();
-        assert_eq!(list_a.data.unwrap().get("keys"), Some(&json!(["dir/", "secret"])));
-        assert!(matches!(run(&store, "tokC", Operation::List, "", json!({})).await, Err(LogicalError::NotFound(_))));
+        let list_a = run(&store, "tokA", Operation::List, "", json!({}))
+            .await
+            .unwrap();
+        assert_eq!(
+            list_a.data.unwrap().get("keys"),
+            Some(&json!(["dir/", "secret"]))
+        );
+        assert!(matches!(
+            run(&store, "tokC", Operation::List, "", json!({})).await,
+            Err(LogicalError::NotFound(_))
+        ));
 
         // Deleting in one namespace leaves the other alone.
-        run(&store, "tokB", Operation::Delete, "secret", json!({})).await.unwrap();
-        assert!(run(&store, "tokA", Operation::Read, "secret", json!({})).await.is_ok());
+        run(&store, "tokB", Operation::Delete, "secret", json!({}))
+            .await
+            .unwrap();
+        assert!(run(&store, "tokA", Operation::Read, "secret", json!({}))
+            .await
+            .is_ok());
     }
 
     #[tokio::test]
     async fn escaping_the_namespace_is_refused() {
         let store = MemStore::new();
-        run(&store, "tokA", Operation::Create, "secret", json!({"v": "a"})).await.unwrap();
+        run(
+            &store,
+            "tokA",
+            Operation::Create,
+            "secret",
+            json!({"v": "a"}),
+        )
+        .await
+        .unwrap();
         for path in ["../tokA/secret", "x/../../tokA/secret", "/tokA/secret"] {
-            assert!(matches!(run(&store, "tokB", Operation::Read, path, json!({})).await, Err(LogicalError::InvalidRequest(_))), "{path}");
+            assert!(
+                matches!(
+                    run(&store, "tokB", Operation::Read, path, json!({})).await,
+                    Err(LogicalError::InvalidRequest(_))
+                ),
+                "{path}"
+            );
         }
-        assert!(matches!(run(&store, "tok/A", Operation::Read, "secret", json!({})).await, Err(LogicalError::Internal(_))));
+        assert!(matches!(
+            run(&store, "tok/A", Operation::Read, "secret", json!({})).await,
+            Err(LogicalError::Internal(_))
+        ));
     }
 
     #[tokio::test]
     async fn no_token_is_permission_denied() {
         let store = MemStore::new();
-        for op in [Operation::Read, Operation::Create, Operation::Delete, Operation::List] {
-            assert!(matches!(run(&store, "", op, "x", json!({"a": 1})).await, Err(LogicalError::PermissionDenied)));
+        for op in [
+            Operation::Read,
+            Operation::Create,
+            Operation::Delete,
+            Operation::List,
+        ] {
+            assert!(matches!(
+                run(&store, "", op, "x", json!({"a": 1})).await,
+                Err(LogicalError::PermissionDenied)
+            ));
         }
         let data = Data::new();
-        let call = Call { operation: Operation::Create, path: "x", data: &data, store: &store, mount_point: "cubbyhole/", token_namespace: "" };
-        assert!(matches!(Cubbyhole::new().exists_call(&call).await, Err(LogicalError::PermissionDenied)));
+        let call = Call {
+            operation: Operation::Create,
+            path: "x",
+            data: &data,
+            store: &store,
+            mount_point: "cubbyhole/",
+            token_namespace: "",
+        };
+        assert!(matches!(
+            Cubbyhole::new().exists_call(&call).await,
+            Err(LogicalError::PermissionDenied)
+        ));
     }
 
     #[tokio::test]
     async fn empty_write_is_rejected_and_no_ttl_lease() {
         let store = MemStore::new();
-        assert!(matches!(run(&store, "t", Operation::Create, "x", json!({})).await, Err(LogicalError::InvalidRequest(_))));
-        run(&store, "t", Operation::Create, "x", json!({"ttl": "1h"})).await.unwrap();
-        assert_eq!(run(&store, "t", Operation::Read, "x", json!({})).await.unwrap().lease_duration, 0);
-        assert!(matches!(run(&store, "t", Operation::Patch, "x", json!({"a": 1})).await, Err(LogicalError::UnsupportedOperation)));
+        assert!(matches!(
+            run(&store, "t", Operation::Create, "x", json!({})).await,
+            Err(LogicalError::InvalidRequest(_))
+        ));
+        run(&store, "t", Operation::Create, "x", json!({"ttl": "1h"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            run(&store, "t", Operation::Read, "x", json!({}))
+                .await
+                .unwrap()
+                .lease_duration,
+            0
+        );
+        assert!(matches!(
+            run(&store, "t", Operation::Patch, "x", json!({"a": 1})).await,
+            Err(LogicalError::UnsupportedOperation)
+        ));
     }
 
     #[tokio::test]
     async fn destroy_wipes_only_that_namespace() {
         let store = MemStore::new();
         for path in ["a", "b/c", "b/d/e"] {
-            run(&store, "gone", Operation::Create, path, json!({"v": 1})).await.unwrap();
+            run(&store, "gone", Operation::Create, path, json!({"v": 1}))
+                .await
+                .unwrap();
         }
-        run(&store, "kept", Operation::Create, "a", json!({"v": 1})).await.unwrap();
-        run(&store, "gone2", Operation::Create, "a", json!({"v": 1})).await.unwrap();
+        run(&store, "kept", Operation::Create, "a", json!({"v": 1}))
+            .await
+            .unwrap();
+        run(&store, "gone2", Operation::Create, "a", json!({"v": 1}))
+            .await
+            .unwrap();
         destroy_namespace(&store, "gone").await.unwrap();
-        assert_eq!(store.keys(), vec!["gone2/a".to_string(), "kept/a".to_string()]);
+        assert_eq!(
+            store.keys(),
+            vec!["gone2/a".to_string(), "kept/a".to_string()]
+        );
         destroy_namespace(&store, "never-used").await.unwrap();
-        assert!(matches!(destroy_namespace(&store, "").await, Err(LogicalError::PermissionDenied)));
+        assert!(matches!(
+            destroy_namespace(&store, "").await,
+            Err(LogicalError::PermissionDenied)
+        ));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!   tested over an in-memory store (including injected storage failures).
 //! - `params`: lenient, Vault-style request field decoding and path checks.
 //! - [`duration`]: Vault/Go duration parsing and printing, public for reuse by the core.
+//! - `view_tests` (tests only): the engines end to end over a real barrier-backed `StorageView`.
 //!
 //! Engines return `LogicalError` for everything a client caused and never panic on input.
 
@@ -28,3 +29,6 @@ mod store;
 pub use cubbyhole::{cubbyhole_factory, destroy_cubbyhole, Cubbyhole};
 pub use duration::{format_duration, parse_duration_secs, parse_duration_value};
 pub use kv::{kv_factory, KvV1, KvV2};
+
+#[cfg(test)]
+mod view_tests;

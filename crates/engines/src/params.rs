@@ -73,9 +73,7 @@ pub(crate) fn bool_field(data: &Data, name: &str) -> Result<Option<bool>> {
 /// A duration in seconds (number, digits, or Go duration string).
 pub(crate) fn duration_field(data: &Data, name: &str) -> Result<Option<u64>> {
     field(data, name)
-        .map(|v| {
-            parse_duration_value(v).map_err(|_| bad_field(name, "a duration such as \"30m\""))
-        })
+        .map(|v| parse_duration_value(v).map_err(|_| bad_field(name, "a duration such as \"30m\"")))
         .transpose()
 }
 
@@ -171,7 +169,11 @@ fn validate_segments(path: &str) -> Result<()> {
             "path is longer than {MAX_PATH_BYTES} bytes"
         )));
     }
-    if path.is_empty() || path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+    if path.is_empty()
+        || path
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
         return Err(LogicalError::InvalidRequest(format!(
             "invalid path {path:?}: empty, '.' and '..' segments are not allowed"
         )));
@@ -193,7 +195,9 @@ mod tests {
 
     #[test]
     fn integers_from_numbers_and_strings() {
-        let d = data(json!({"a": 3, "b": "7", "c": "", "d": -1, "e": "x", "f": 2.0, "g": 2.5, "h": null}));
+        let d = data(
+            json!({"a": 3, "b": "7", "c": "", "d": -1, "e": "x", "f": 2.0, "g": 2.5, "h": null}),
+        );
         assert_eq!(u64_field(&d, "a").unwrap(), Some(3));
         assert_eq!(u64_field(&d, "b").unwrap(), Some(7));
         assert_eq!(u64_field(&d, "c").unwrap(), Some(0));
@@ -217,11 +221,30 @@ mod tests {
 
     #[test]
     fn versions_shapes() {
-        assert_eq!(versions_field(&data(json!({"versions": [3, "1", 3]}))).unwrap(), vec![1, 3]);
-        assert_eq!(versions_field(&data(json!({"versions": "2, 4"}))).unwrap(), vec![2, 4]);
-        assert_eq!(versions_field(&data(json!({"versions": 5}))).unwrap(), vec![5]);
-        for bad in [json!({}), json!({"versions": []}), json!({"versions": ""}), json!({"versions": "a"}), json!({"versions": {}}), json!({"versions": [-1]})] {
-            assert!(matches!(versions_field(&data(bad)), Err(LogicalError::InvalidRequest(_))));
+        assert_eq!(
+            versions_field(&data(json!({"versions": [3, "1", 3]}))).unwrap(),
+            vec![1, 3]
+        );
+        assert_eq!(
+            versions_field(&data(json!({"versions": "2, 4"}))).unwrap(),
+            vec![2, 4]
+        );
+        assert_eq!(
+            versions_field(&data(json!({"versions": 5}))).unwrap(),
+            vec![5]
+        );
+        for bad in [
+            json!({}),
+            json!({"versions": []}),
+            json!({"versions": ""}),
+            json!({"versions": "a"}),
+            json!({"versions": {}}),
+            json!({"versions": [-1]}),
+        ] {
+            assert!(matches!(
+                versions_field(&data(bad)),
+                Err(LogicalError::InvalidRequest(_))
+            ));
         }
         let many: Vec<u64> = (0..=MAX_VERSIONS_PER_REQUEST as u64).collect();
         assert!(versions_field(&data(json!({"versions": many}))).is_err());
@@ -232,8 +255,13 @@ mod tests {
         for ok in ["a", "a/b", "a/b.c", "x..y"] {
             assert!(validate_key_path(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a/", "/a", "a//b", "../a", "a/../b", "a/..", ".", "a/./b"] {
-            assert!(matches!(validate_key_path(bad), Err(LogicalError::InvalidRequest(_))), "{bad}");
+        for bad in [
+            "", "a/", "/a", "a//b", "../a", "a/../b", "a/..", ".", "a/./b",
+        ] {
+            assert!(
+                matches!(validate_key_path(bad), Err(LogicalError::InvalidRequest(_))),
+                "{bad}"
+            );
         }
         assert!(validate_key_path(&"a".repeat(MAX_PATH_BYTES + 1)).is_err());
     }

@@ -43,7 +43,10 @@ impl Store for StorageView {
 }
 
 /// Read and decode a JSON record; `None` when the key is absent.
-pub(crate) async fn get_json<T: DeserializeOwned>(store: &dyn Store, key: &str) -> Result<Option<T>> {
+pub(crate) async fn get_json<T: DeserializeOwned>(
+    store: &dyn Store,
+    key: &str,
+) -> Result<Option<T>> {
     match store.get(key).await? {
         None => Ok(None),
         Some(bytes) => serde_json::from_slice(&bytes)

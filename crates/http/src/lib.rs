@@ -76,12 +76,21 @@ fn url_pairs(q: &str) -> Vec<(String, String)> {
 }
 
 fn percent_decode(s: &str) -> String {
+    decode(s, true)
+}
+
+/// Decode a URL path: `%XX` escapes, but `+` stays a plus sign.
+fn path_decode(s: &str) -> String {
+    decode(s, false)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes.get(i) {
-            Some(b'+') => out.push(b' '),
+            Some(b'+') if plus_is_space => out.push(b' '),
             Some(b'%') => {
                 let hex = bytes
                     .get(i + 1..i + 3)
@@ -183,7 +192,7 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
         Ok(w) => w,
         Err(e) => return status::from_error(&e),
     };
-    let mut req = Request::new(operation, path);
+    let mut req = Request::new(operation, path_decode(path));
     req.data = data;
     req.client_token = client_token(&headers);
     req.wrap_ttl = wrap_ttl;
@@ -209,6 +218,7 @@ mod tests {
         assert_eq!(pairs[0], ("a".into(), "b c".into()));
         assert_eq!(pairs[2], ("x".into(), "%zz".into()));
         assert_eq!(pairs[3], ("y".into(), "1 2".into()));
+        assert_eq!(path_decode("secret/data/a%20b+c"), "secret/data/a b+c");
     }
 
     #[test]

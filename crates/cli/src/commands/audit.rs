@@ -78,7 +78,11 @@ pub(crate) fn run(ctx: &Ctx, command: AuditCommand) -> CmdResult {
 /// The device path and request body for `audit enable`.
 fn enable_request(args: &EnableArgs) -> Result<(String, Value), CliError> {
     let device_type = args.device_type.trim();
-    let path = args.path.as_deref().unwrap_or(device_type).trim_matches('/');
+    let path = args
+        .path
+        .as_deref()
+        .unwrap_or(device_type)
+        .trim_matches('/');
     if device_type.is_empty() || path.is_empty() {
         return Err(CliError::Usage("An audit device type is required".into()));
     }
@@ -145,16 +149,31 @@ fn list(ctx: &Ctx, args: &ListArgs) -> CmdResult {
     Ok(EXIT_OK)
 }
 
-fn device_rows(devices: &Map<String, Value>, detailed: bool) -> (Vec<&'static str>, Vec<Vec<String>>) {
+fn device_rows(
+    devices: &Map<String, Value>,
+    detailed: bool,
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let field = |device: &Value, key: &str| device.get(key).map(output::raw).unwrap_or_default();
     let mut rows: Vec<Vec<String>> = devices
         .iter()
         .map(|(path, device)| {
-            let mut row = vec![path.clone(), field(device, "type"), field(device, "description")];
+            let mut row = vec![
+                path.clone(),
+                field(device, "type"),
+                field(device, "description"),
+            ];
             if detailed {
-                let local = device.get("local").and_then(Value::as_bool).unwrap_or(false);
+                let local = device
+                    .get("local")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 row.push(if local { "local" } else { "replicated" }.to_string());
-                row.push(device.get("options").map(cell).unwrap_or_else(|| "<nil>".into()));
+                row.push(
+                    device
+                        .get("options")
+                        .map(cell)
+                        .unwrap_or_else(|| "<nil>".into()),
+                );
             }
             row
         })

@@ -132,7 +132,10 @@ pub(crate) fn run(ctx: &Ctx, args: GenerateRootArgs) -> CmdResult {
             ctx.client()?
                 .send(ApiRequest::new(Verb::Delete, ATTEMPT_PATH))
                 .doing("canceling root token generation")?;
-            success(ctx, "Success! Root token generation canceled (if it was started)")
+            success(
+                ctx,
+                "Success! Root token generation canceled (if it was started)",
+            )
         }
         Mode::Provide => provide(ctx, &args),
     }
@@ -180,9 +183,7 @@ fn provide(ctx: &Ctx, args: &GenerateRootArgs) -> CmdResult {
             .filter(|nonce| !nonce.is_empty())
             .map(str::to_string)
             .ok_or_else(|| {
-                CliError::Usage(
-                    "No root generation in progress; start one with -init".to_string(),
-                )
+                CliError::Usage("No root generation in progress; start one with -init".to_string())
             })?,
     };
     let key = secret_arg(args.key.as_deref(), "Unseal Key (will be hidden): ")?;
@@ -249,10 +250,11 @@ fn decode(ctx: &Ctx, args: &GenerateRootArgs) -> CmdResult {
     };
     let token = match decode_on_server(ctx, &encoded, otp) {
         Ok(token) => token,
-        // Older servers lack sys/decode-token; the algorithm is simple enough to run here.
+        // Servers without sys/decode-token: the algorithm is simple enough to run here.
         Err(server_error) => decode_token(&encoded, otp).map_err(|local_error| {
             CliError::Invalid(format!(
-                "Error decoding root token: {local_error} (server: {server_error})"
+                "Error decoding root token: {local_error}\n\n\
+                 The server could not decode it either: {server_error}"
             ))
         })?,
     };
@@ -260,16 +262,17 @@ fn decode(ctx: &Ctx, args: &GenerateRootArgs) -> CmdResult {
     Ok(EXIT_OK)
 }
 
-fn decode_on_server(ctx: &Ctx, encoded: &str, otp: &str) -> Result<Zeroizing<String>, CliError> {
+/// Asks the server to decode; the error is only shown if local decoding fails too.
+fn decode_on_server(ctx: &Ctx, encoded: &str, otp: &str) -> Result<Zeroizing<String>, String> {
     let body = json!({"encoded_token": encoded, "otp": otp});
+    let request = ApiRequest::new(Verb::Post, "sys/decode-token")
+        .json(&body)
+        .without_wrapping();
     let response = ctx
-        .client()?
-        .send(
-            ApiRequest::new(Verb::Post, "sys/decode-token")
-                .json(&body)
-                .without_wrapping(),
-        )
-        .doing("decoding root token")?
+        .client()
+        .map_err(|e| e.to_string())?
+        .send(request)
+        .map_err(|e| e.to_string())?
         .body
         .unwrap_or(Value::Null);
     response
@@ -277,7 +280,7 @@ fn decode_on_server(ctx: &Ctx, encoded: &str, otp: &str) -> Result<Zeroizing<Str
         .and_then(|data| data.get("token"))
         .and_then(Value::as_str)
         .map(|token| Zeroizing::new(token.to_string()))
-        .ok_or_else(|| CliError::Invalid("the server returned no token".into()))
+        .ok_or_else(|| "the server returned no token".to_string())
 }
 
 /// Decodes a generated root token: base64 (padding optional) XOR the OTP's bytes.
@@ -320,11 +323,7 @@ mod tests {
     use super::*;
 
     fn encode(token: &str, otp: &str) -> String {
-        let xored: Vec<u8> = token
-            .bytes()
-            .zip(otp.bytes())
-            .map(|(a, b)| a ^ b)
-            .collect();
+        let xored: Vec<u8> = token.bytes().zip(otp.bytes()).map(|(a, b)| a ^ b).collect();
         STANDARD_NO_PAD.encode(xored)
     }
 
@@ -388,8 +387,14 @@ mod tests {
     fn flags_select_one_mode() -> Result<(), clap::Error> {
         assert_eq!(mode(&args(&[])?).ok(), Some(Mode::Provide));
         assert_eq!(mode(&args(&["--init"])?).ok(), Some(Mode::Init));
-        assert_eq!(mode(&args(&["--decode=x", "--otp=y"])?).ok(), Some(Mode::Decode));
-        assert_eq!(mode(&args(&["--generate-otp"])?).ok(), Some(Mode::GenerateOtp));
+        assert_eq!(
+            mode(&args(&["--decode=x", "--otp=y"])?).ok(),
+            Some(Mode::Decode)
+        );
+        assert_eq!(
+            mode(&args(&["--generate-otp"])?).ok(),
+            Some(Mode::GenerateOtp)
+        );
         assert!(mode(&args(&["--init", "--cancel"])?).is_err());
         Ok(())
     }

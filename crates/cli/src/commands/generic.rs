@@ -53,7 +53,9 @@ pub(crate) fn read(ctx: &Ctx, args: ReadArgs) -> CmdResult {
     let response = client
         .send(ApiRequest::new(Verb::Get, &args.path).not_found_ok())
         .doing(format!("reading {}", args.path))?;
-    let body = response.body.ok_or_else(|| CliError::not_found(&args.path))?;
+    let body = response
+        .body
+        .ok_or_else(|| CliError::not_found(&args.path))?;
     output::print_response(ctx.format(), &body, args.field.as_deref())?;
     Ok(0)
 }

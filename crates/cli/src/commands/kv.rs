@@ -134,9 +134,7 @@ pub(crate) fn run(ctx: &Ctx, command: KvCommand) -> CmdResult {
         KvCommand::List(args) => list(ctx, &client, args),
         KvCommand::Metadata(MetadataCommand::Get(args)) => metadata_get(ctx, &client, args),
         KvCommand::Metadata(MetadataCommand::Put(args)) => metadata_put(ctx, &client, args),
-        KvCommand::Metadata(MetadataCommand::Delete(args)) => {
-            metadata_delete(ctx, &client, args)
-        }
+        KvCommand::Metadata(MetadataCommand::Delete(args)) => metadata_delete(ctx, &client, args),
     }
 }
 
@@ -177,7 +175,11 @@ fn get(ctx: &Ctx, client: &Client, args: GetArgs) -> CmdResult {
 /// The secret's key/values: `data.data` on v2, `data` on v1.
 fn secret_data(response: &Value, version: u8) -> Option<&Map<String, Value>> {
     let data = response.get("data")?;
-    let data = if version == 2 { data.get("data")? } else { data };
+    let data = if version == 2 {
+        data.get("data")?
+    } else {
+        data
+    };
     data.as_object()
 }
 
@@ -185,7 +187,10 @@ fn secret_data(response: &Value, version: u8) -> Option<&Map<String, Value>> {
 fn v2_secret_text(api_path: &str, response: &Value) -> String {
     let mut text = format!("{}{api_path}\n", section("Secret Path", ""));
     let data = response.get("data");
-    if let Some(metadata) = data.and_then(|d| d.get("metadata")).and_then(Value::as_object) {
+    if let Some(metadata) = data
+        .and_then(|d| d.get("metadata"))
+        .and_then(Value::as_object)
+    {
         text.push('\n');
         text.push_str(&section("Metadata", &key_value_table(&data_rows(metadata))));
     }
@@ -270,7 +275,10 @@ fn delete(ctx: &Ctx, client: &Client, args: VersionsArgs) -> CmdResult {
         (ApiRequest::new(Verb::Post, &path).json(&body), path)
     };
     client.send(request).doing(format!("deleting {shown}"))?;
-    success(ctx, &format!("Success! Data deleted (if it existed) at: {shown}"))
+    success(
+        ctx,
+        &format!("Success! Data deleted (if it existed) at: {shown}"),
+    )
 }
 
 /// `undelete` (POST) and `destroy` (PUT) of explicit versions.
@@ -283,7 +291,11 @@ fn versions_op(ctx: &Ctx, client: &Client, args: VersionsArgs, op: &str) -> CmdR
     let target = resolve(client, &args.target)?;
     target.require_v2(&format!("kv {op}"))?;
     let path = target.api_path(op);
-    let verb = if op == "destroy" { Verb::Put } else { Verb::Post };
+    let verb = if op == "destroy" {
+        Verb::Put
+    } else {
+        Verb::Post
+    };
     let body = json!({ "versions": args.versions });
     client
         .send(ApiRequest::new(verb, &path).json(&body))
@@ -383,7 +395,10 @@ fn metadata_delete(ctx: &Ctx, client: &Client, args: PathArgs) -> CmdResult {
     client
         .send(ApiRequest::new(Verb::Delete, &path))
         .doing(format!("deleting {path}"))?;
-    success(ctx, &format!("Success! Data deleted (if it existed) at: {path}"))
+    success(
+        ctx,
+        &format!("Success! Data deleted (if it existed) at: {path}"),
+    )
 }
 
 #[cfg(test)]
@@ -394,7 +409,10 @@ mod tests {
     fn write_body_wraps_data_and_cas() {
         let mut data = Map::new();
         data.insert("a".into(), json!("b"));
-        assert_eq!(v2_write_body(data.clone(), None), json!({"data": {"a": "b"}}));
+        assert_eq!(
+            v2_write_body(data.clone(), None),
+            json!({"data": {"a": "b"}})
+        );
         assert_eq!(
             v2_write_body(data, Some(0)),
             json!({"data": {"a": "b"}, "options": {"cas": 0}})
@@ -404,9 +422,15 @@ mod tests {
     #[test]
     fn secret_data_depends_on_version() {
         let v2 = json!({"data": {"data": {"k": "v"}, "metadata": {"version": 1}}});
-        assert_eq!(secret_data(&v2, 2).and_then(|d| d.get("k")), Some(&json!("v")));
+        assert_eq!(
+            secret_data(&v2, 2).and_then(|d| d.get("k")),
+            Some(&json!("v"))
+        );
         let v1 = json!({"data": {"k": "v1"}});
-        assert_eq!(secret_data(&v1, 1).and_then(|d| d.get("k")), Some(&json!("v1")));
+        assert_eq!(
+            secret_data(&v1, 1).and_then(|d| d.get("k")),
+            Some(&json!("v1"))
+        );
         let deleted = json!({"data": {"data": null, "metadata": {}}});
         assert!(secret_data(&deleted, 2).is_none());
     }
@@ -422,10 +446,12 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.first().copied(), Some("== Secret Path =="));
         assert_eq!(lines.get(1).copied(), Some("secret/data/creds"));
-        assert!(text.contains("= Metadata =\nKey "));
+        assert!(lines.iter().any(|l| l.trim_matches('=') == " Metadata "));
         assert!(text.contains("custom_metadata    <nil>"));
         assert!(text.contains("deletion_time      n/a"));
-        assert!(text.contains("= Data =\nKey "));
+        let data_banner = lines.iter().position(|l| l.trim_matches('=') == " Data ");
+        let data_header = data_banner.and_then(|i| lines.get(i + 1)).copied();
+        assert_eq!(data_header, Some("Key         Value"));
         assert!(text.ends_with("password    hunter2\n"));
     }
 

@@ -133,13 +133,22 @@ mod tests {
 
     #[test]
     fn v2_inserts_the_operation_after_the_mount() {
-        assert_eq!(kv_api_path("secret/", "secret/foo", 2, "data"), "secret/data/foo");
+        assert_eq!(
+            kv_api_path("secret/", "secret/foo", 2, "data"),
+            "secret/data/foo"
+        );
         assert_eq!(
             kv_api_path("secret/", "secret/a/b", 2, "metadata"),
             "secret/metadata/a/b"
         );
-        assert_eq!(kv_api_path("secret/", "secret/", 2, "metadata"), "secret/metadata/");
-        assert_eq!(kv_api_path("secret/", "secret", 2, "metadata"), "secret/metadata/");
+        assert_eq!(
+            kv_api_path("secret/", "secret/", 2, "metadata"),
+            "secret/metadata/"
+        );
+        assert_eq!(
+            kv_api_path("secret/", "secret", 2, "metadata"),
+            "secret/metadata/"
+        );
         assert_eq!(
             kv_api_path("team/kv/", "team/kv/app/db", 2, "destroy"),
             "team/kv/destroy/app/db"
@@ -180,7 +189,10 @@ mod tests {
         };
         assert_eq!(target.api_path("undelete"), "secret/undelete/foo");
         assert!(target.require_v2("patch").is_ok());
-        let v1 = KvTarget { version: 1, ..target };
+        let v1 = KvTarget {
+            version: 1,
+            ..target
+        };
         assert!(v1.require_v2("patch").is_err());
     }
 }

@@ -54,9 +54,8 @@ pub(crate) fn run(ctx: &Ctx, args: LoginArgs) -> CmdResult {
         .body
         .unwrap_or(Value::Null);
     if !args.no_store {
-        let path = token_helper::token_path().ok_or_else(|| {
-            CliError::Invalid("Error storing token: HOME is not set".into())
-        })?;
+        let path = token_helper::token_path()
+            .ok_or_else(|| CliError::Invalid("Error storing token: HOME is not set".into()))?;
         token_helper::store_token(&path, &token)?;
     }
     if token_helper::env_token().is_some() {
@@ -87,7 +86,10 @@ pub(crate) fn run(ctx: &Ctx, args: LoginArgs) -> CmdResult {
                  is already stored in the token helper. You do NOT need to run \"bunker login\"\n\
                  again. Future requests will automatically use this token."
             };
-            output::emit(&format!("{intro}\n\n{}", output::key_value_table(&auth_rows(&auth))))?;
+            output::emit(&format!(
+                "{intro}\n\n{}",
+                output::key_value_table(&auth_rows(&auth))
+            ))?;
         }
     }
     Ok(EXIT_OK)
@@ -133,11 +135,7 @@ mod tests {
         }});
         let auth = auth_from_lookup("hvs.tok", &lookup);
         let rows = auth_rows(&auth);
-        let get = |key: &str| {
-            rows.iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         assert_eq!(get("token"), Some("hvs.tok"));
         assert_eq!(get("token_accessor"), Some("acc1"));
         assert_eq!(get("token_duration"), Some("1h"));

@@ -5,8 +5,8 @@ use serde_json::Value;
 use crate::client::{Client, ClientConfig};
 use crate::error::CliError;
 use crate::output::{self, Format};
+use crate::settings::Settings;
 use crate::token_helper;
-use crate::GlobalArgs;
 
 pub(crate) mod audit;
 pub(crate) mod generate_root;
@@ -23,29 +23,29 @@ pub(crate) mod token;
 /// What a command returns: its exit code, or the error to report.
 pub(crate) type CmdResult = Result<u8, CliError>;
 
-/// Shared state of one invocation: the global flags.
+/// Shared state of one invocation: the resolved global settings.
 pub(crate) struct Ctx {
-    global: GlobalArgs,
+    settings: Settings,
 }
 
 impl Ctx {
-    pub(crate) fn new(global: GlobalArgs) -> Self {
-        Ctx { global }
+    pub(crate) fn new(settings: Settings) -> Self {
+        Ctx { settings }
     }
 
     /// The output format chosen with `-format` / `VAULT_FORMAT`.
     pub(crate) fn format(&self) -> Format {
-        self.global.format
+        self.settings.format
     }
 
     /// A client for the configured address, with `VAULT_TOKEN` or the stored token.
     pub(crate) fn client(&self) -> Result<Client, CliError> {
         let config = ClientConfig {
-            address: self.global.address.clone(),
+            address: self.settings.address.clone(),
             token: token_helper::current_token(),
-            ca_cert: self.global.ca_cert.clone(),
-            skip_verify: self.global.tls_skip_verify,
-            wrap_ttl: self.global.wrap_ttl.clone(),
+            ca_cert: self.settings.ca_cert.clone(),
+            skip_verify: self.settings.skip_verify,
+            wrap_ttl: self.settings.wrap_ttl.clone(),
         };
         Client::new(config).map_err(CliError::ClientSetup)
     }
@@ -98,7 +98,10 @@ mod tests {
     #[test]
     fn list_keys_are_extracted() {
         let response = json!({"data": {"keys": ["a", "b/"]}});
-        assert_eq!(list_keys(&response), Some(vec!["a".to_string(), "b/".to_string()]));
+        assert_eq!(
+            list_keys(&response),
+            Some(vec!["a".to_string(), "b/".to_string()])
+        );
         assert_eq!(list_keys(&json!({"data": {}})), None);
     }
 

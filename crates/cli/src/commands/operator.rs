@@ -138,7 +138,10 @@ fn init_text(response: &Value, shares: u32, threshold: u32) -> String {
     for (i, key) in keys.iter().enumerate() {
         text.push_str(&format!("Unseal Key {}: {}\n", i + 1, output::raw(key)));
     }
-    let root_token = response.get("root_token").map(output::raw).unwrap_or_default();
+    let root_token = response
+        .get("root_token")
+        .map(output::raw)
+        .unwrap_or_default();
     text.push_str(&format!("\nInitial Root Token: {root_token}\n\n"));
     text.push_str(&format!(
         "Bunker initialized with {shares} key shares and a key threshold of {threshold}. \
@@ -236,7 +239,9 @@ mod tests {
             "keys": ["aa", "bb"], "keys_base64": ["qg==", "uw=="], "root_token": "hvs.root"
         });
         let text = init_text(&response, 2, 2);
-        assert!(text.starts_with("Unseal Key 1: qg==\nUnseal Key 2: uw==\n\nInitial Root Token: hvs.root\n"));
+        assert!(text.starts_with(
+            "Unseal Key 1: qg==\nUnseal Key 2: uw==\n\nInitial Root Token: hvs.root\n"
+        ));
         assert!(text.contains("2 key shares and a key threshold of 2"));
     }
 
@@ -246,7 +251,10 @@ mod tests {
         let nested = json!({"data": top.clone()});
         let expected = vec![
             ("Key Term".to_string(), "3".to_string()),
-            ("Install Time".to_string(), "2024-01-01T00:00:00Z".to_string()),
+            (
+                "Install Time".to_string(),
+                "2024-01-01T00:00:00Z".to_string(),
+            ),
             ("Encryption Count".to_string(), "7".to_string()),
         ];
         assert_eq!(key_status_rows(&top), expected);

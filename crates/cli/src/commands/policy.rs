@@ -114,7 +114,10 @@ mod tests {
 
     #[test]
     fn policy_names_are_checked() {
-        assert_eq!(policy_path("dev").ok().as_deref(), Some("sys/policies/acl/dev"));
+        assert_eq!(
+            policy_path("dev").ok().as_deref(),
+            Some("sys/policies/acl/dev")
+        );
         assert!(policy_path("").is_err());
         assert!(policy_path("a/b").is_err());
     }
@@ -122,7 +125,10 @@ mod tests {
     #[test]
     fn rules_text_is_found() {
         let rules = "path \"secret/*\" { capabilities = [\"read\"] }";
-        assert_eq!(policy_text(&json!({"data": {"name": "p", "policy": rules}})), rules);
+        assert_eq!(
+            policy_text(&json!({"data": {"name": "p", "policy": rules}})),
+            rules
+        );
         assert_eq!(policy_text(&json!({"rules": rules})), rules);
     }
 }

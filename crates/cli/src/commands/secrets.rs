@@ -102,8 +102,13 @@ pub(crate) fn run(ctx: &Ctx, command: SecretsCommand) -> CmdResult {
     }
 }
 
-/// `config` (TTLs) and `options` (version, k=v) objects from the shared flags.
-fn config_and_options(args: &MountConfigArgs) -> Result<(Map<String, Value>, Map<String, Value>), CliError> {
+/// The `config` (TTLs) and `options` (version, k=v) objects of a mount request.
+struct MountSettings {
+    config: Map<String, Value>,
+    options: Map<String, Value>,
+}
+
+fn mount_settings(args: &MountConfigArgs) -> Result<MountSettings, CliError> {
     let mut config = Map::new();
     if let Some(ttl) = &args.default_lease_ttl {
         config.insert("default_lease_ttl".into(), json!(ttl));
@@ -115,7 +120,7 @@ fn config_and_options(args: &MountConfigArgs) -> Result<(Map<String, Value>, Map
     if let Some(version) = args.version {
         options.insert("version".into(), json!(version.to_string()));
     }
-    Ok((config, options))
+    Ok(MountSettings { config, options })
 }
 
 /// The mount path and request body for `secrets enable`.
@@ -124,11 +129,18 @@ fn enable_request(args: &EnableArgs) -> Result<(String, Value), CliError> {
     if engine_type.is_empty() {
         return Err(CliError::Usage("An engine type is required".into()));
     }
-    let path = args.path.as_deref().unwrap_or(engine_type).trim_matches('/');
+    let path = args
+        .path
+        .as_deref()
+        .unwrap_or(engine_type)
+        .trim_matches('/');
     if path.is_empty() {
         return Err(CliError::Usage("The mount path cannot be empty".into()));
     }
-    let (config, mut options) = config_and_options(&args.config)?;
+    let MountSettings {
+        config,
+        mut options,
+    } = mount_settings(&args.config)?;
     let mount_type = match engine_type {
         "kv-v2" => {
             options.insert("version".into(), json!("2"));
@@ -179,7 +191,10 @@ fn disable(ctx: &Ctx, args: &PathArgs) -> CmdResult {
 
 fn tune(ctx: &Ctx, args: &TuneArgs) -> CmdResult {
     let path = args.path.trim_matches('/');
-    let (mut body, options) = config_and_options(&args.config)?;
+    let MountSettings {
+        config: mut body,
+        options,
+    } = mount_settings(&args.config)?;
     if !options.is_empty() {
         body.insert("options".into(), Value::Object(options));
     }
@@ -187,7 +202,10 @@ fn tune(ctx: &Ctx, args: &TuneArgs) -> CmdResult {
         body.insert("description".into(), json!(description));
     }
     ctx.client()?
-        .send(ApiRequest::new(Verb::Post, format!("sys/mounts/{path}/tune")).json(&Value::Object(body)))
+        .send(
+            ApiRequest::new(Verb::Post, format!("sys/mounts/{path}/tune"))
+                .json(&Value::Object(body)),
+        )
         .doing(format!("tuning secrets engine {}", with_slash(path)))?;
     success(
         ctx,
@@ -238,7 +256,10 @@ fn ttl_text(config: Option<&Value>, key: &str) -> String {
 }
 
 /// Headers and rows for `secrets list`, sorted by path.
-fn mount_rows(mounts: &Map<String, Value>, detailed: bool) -> (Vec<&'static str>, Vec<Vec<String>>) {
+fn mount_rows(
+    mounts: &Map<String, Value>,
+    detailed: bool,
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let field = |mount: &Value, key: &str| mount.get(key).map(output::raw).unwrap_or_default();
     let mut rows: Vec<Vec<String>> = mounts
         .iter()
@@ -251,8 +272,14 @@ fn mount_rows(mounts: &Map<String, Value>, detailed: bool) -> (Vec<&'static str>
                     ttl_text(config, "default_lease_ttl"),
                     ttl_text(config, "max_lease_ttl"),
                     if local { "local" } else { "replicated" }.to_string(),
-                    mount.get("seal_wrap").map(cell).unwrap_or_else(|| "false".into()),
-                    mount.get("options").map(cell).unwrap_or_else(|| "<nil>".into()),
+                    mount
+                        .get("seal_wrap")
+                        .map(cell)
+                        .unwrap_or_else(|| "false".into()),
+                    mount
+                        .get("options")
+                        .map(cell)
+                        .unwrap_or_else(|| "<nil>".into()),
                     field(mount, "description"),
                     field(mount, "uuid"),
                 ]);
@@ -349,7 +376,10 @@ mod tests {
         }}));
         let (headers, rows) = mount_rows(&mounts, false);
         assert_eq!(headers, vec!["Path", "Type", "Accessor", "Description"]);
-        assert_eq!(rows.first().and_then(|r| r.first()).map(String::as_str), Some("secret/"));
+        assert_eq!(
+            rows.first().and_then(|r| r.first()).map(String::as_str),
+            Some("secret/")
+        );
         let (_, detailed) = mount_rows(&mounts, true);
         let secret = detailed.first().cloned().unwrap_or_default();
         assert_eq!(secret.get(3).map(String::as_str), Some("system"));

@@ -95,7 +95,10 @@ fn leader_rows(client: &Client) -> Vec<(String, String)> {
         .unwrap_or(false);
     let mut rows = vec![("HA Enabled".to_string(), ha_enabled.to_string())];
     if ha_enabled {
-        let is_self = leader.get("is_self").and_then(Value::as_bool).unwrap_or(false);
+        let is_self = leader
+            .get("is_self")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let mode = if is_self { "active" } else { "standby" };
         rows.push(("HA Mode".to_string(), mode.to_string()));
         if let Some(address) = leader.get("leader_address") {

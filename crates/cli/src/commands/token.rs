@@ -325,8 +325,9 @@ fn capabilities(ctx: &Ctx, args: &CapabilitiesArgs) -> CmdResult {
     let request = match token {
         Some(token) => ApiRequest::new(Verb::Post, "sys/capabilities")
             .json(&json!({ "token": token, "paths": [path] })),
-        None => ApiRequest::new(Verb::Post, "sys/capabilities-self")
-            .json(&json!({ "paths": [path] })),
+        None => {
+            ApiRequest::new(Verb::Post, "sys/capabilities-self").json(&json!({ "paths": [path] }))
+        }
     };
     let response = ctx
         .client()?
@@ -428,7 +429,10 @@ mod tests {
             revoke_self: true,
             ..RevokeArgs::default()
         };
-        assert_eq!(revoke_request(&self_args)?, ("auth/token/revoke-self".into(), None));
+        assert_eq!(
+            revoke_request(&self_args)?,
+            ("auth/token/revoke-self".into(), None)
+        );
         Ok(())
     }
 
@@ -453,7 +457,10 @@ mod tests {
     #[test]
     fn capabilities_are_found_and_sorted() {
         let by_path = json!({"data": {"secret/foo": ["update", "read"]}});
-        assert_eq!(capability_list(&by_path, "secret/foo"), vec!["read", "update"]);
+        assert_eq!(
+            capability_list(&by_path, "secret/foo"),
+            vec!["read", "update"]
+        );
         let generic = json!({"capabilities": ["deny"]});
         assert_eq!(capability_list(&generic, "x"), vec!["deny"]);
     }

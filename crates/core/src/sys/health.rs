@@ -20,7 +20,10 @@ impl Core {
         };
         let initialized = self.is_initialized().await?;
         let sealed = self.is_sealed();
-        let status = if !initialized {
+        let dr_mode = self.dr_mode();
+        let status = if dr_mode == crate::DrMode::Secondary {
+            code("drsecondarycode", 472)?
+        } else if !initialized {
             code("uninitcode", 501)?
         } else if sealed {
             code("sealedcode", 503)?
@@ -37,7 +40,7 @@ impl Core {
             "standby": false,
             "performance_standby": false,
             "replication_performance_mode": "disabled",
-            "replication_dr_mode": "disabled",
+            "replication_dr_mode": dr_mode.as_str(),
             "server_time_utc": now_unix(),
             "version": super::seal::VERSION,
             "enterprise": false,

@@ -74,7 +74,10 @@ impl Core {
             "wrapping" => self.sys_wrapping(req, rest, caller).await,
             "audit" => self.sys_audit(req, rest).await,
             "audit-hash" => self.sys_audit_hash(req, rest).await,
-            "replication" => self.sys_replication_disabled(req, rest),
+            "replication" => match self.replication_handler() {
+                Some(handler) => handler.handle(self, req, Some(caller)).await,
+                None => self.sys_replication_disabled(req, rest),
+            },
             "host-info" | "config" | "metrics" | "step-down" | "raw" => {
                 Err(LogicalError::UnsupportedPath(req.path.clone()))
             }

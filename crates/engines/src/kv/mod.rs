@@ -67,13 +67,36 @@ mod tests {
     #[test]
     fn version_option() {
         assert_eq!(kv_version(&opts(json!({}))).unwrap(), KvVersion::V1);
-        assert_eq!(kv_version(&opts(json!({"version": "1"}))).unwrap(), KvVersion::V1);
-        assert_eq!(kv_version(&opts(json!({"version": 1}))).unwrap(), KvVersion::V1);
-        assert_eq!(kv_version(&opts(json!({"version": ""}))).unwrap(), KvVersion::V1);
-        assert_eq!(kv_version(&opts(json!({"version": "2"}))).unwrap(), KvVersion::V2);
-        assert_eq!(kv_version(&opts(json!({"version": 2}))).unwrap(), KvVersion::V2);
-        for bad in [json!({"version": "3"}), json!({"version": 2.5}), json!({"version": true}), json!({"version": [2]})] {
-            assert!(matches!(kv_version(&opts(bad)), Err(LogicalError::InvalidRequest(_))));
+        assert_eq!(
+            kv_version(&opts(json!({"version": "1"}))).unwrap(),
+            KvVersion::V1
+        );
+        assert_eq!(
+            kv_version(&opts(json!({"version": 1}))).unwrap(),
+            KvVersion::V1
+        );
+        assert_eq!(
+            kv_version(&opts(json!({"version": ""}))).unwrap(),
+            KvVersion::V1
+        );
+        assert_eq!(
+            kv_version(&opts(json!({"version": "2"}))).unwrap(),
+            KvVersion::V2
+        );
+        assert_eq!(
+            kv_version(&opts(json!({"version": 2}))).unwrap(),
+            KvVersion::V2
+        );
+        for bad in [
+            json!({"version": "3"}),
+            json!({"version": 2.5}),
+            json!({"version": true}),
+            json!({"version": [2]}),
+        ] {
+            assert!(matches!(
+                kv_version(&opts(bad)),
+                Err(LogicalError::InvalidRequest(_))
+            ));
         }
     }
 

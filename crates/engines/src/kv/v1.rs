@@ -88,20 +88,36 @@ mod tests {
     #[tokio::test]
     async fn write_read_delete_round_trip() {
         let store = MemStore::new();
-        let written = run(&store, Operation::Create, "app/db", json!({"user": "u", "n": 3, "nested": {"a": [1, 2]}}))
+        let written = run(
+            &store,
+            Operation::Create,
+            "app/db",
+            json!({"user": "u", "n": 3, "nested": {"a": [1, 2]}}),
+        )
+        .await
+        .unwrap();
+        assert!(written.is_empty(), "a write answers 204");
+        let read = run(&store, Operation::Read, "app/db", json!({}))
             .await
             .unwrap();
-        assert!(written.is_empty(), "a write answers 204");
-        let read = run(&store, Operation::Read, "app/db", json!({})).await.unwrap();
-        assert_eq!(Value::Object(read.data.unwrap()), json!({"user": "u", "n": 3, "nested": {"a": [1, 2]}}));
+        assert_eq!(
+            Value::Object(read.data.unwrap()),
+            json!({"user": "u", "n": 3, "nested": {"a": [1, 2]}})
+        );
         assert_eq!(read.lease_duration, 0);
 
         // Overwrite replaces the whole object.
-        run(&store, Operation::Update, "app/db", json!({"only": "this"})).await.unwrap();
-        let read = run(&store, Operation::Read, "app/db", json!({})).await.unwrap();
+        run(&store, Operation::Update, "app/db", json!({"only": "this"}))
+            .await
+            .unwrap();
+        let read = run(&store, Operation::Read, "app/db", json!({}))
+            .await
+            .unwrap();
         assert_eq!(Value::Object(read.data.unwrap()), json!({"only": "this"}));
 
-        run(&store, Operation::Delete, "app/db", json!({})).await.unwrap();
+        run(&store, Operation::Delete, "app/db", json!({}))
+            .await
+            .unwrap();
         let missing = run(&store, Operation::Read, "app/db", json!({})).await;
         assert!(matches!(missing, Err(LogicalError::NotFound(ref m)) if m.is_empty()));
     }
@@ -109,54 +125,120 @@ mod tests {
     #[tokio::test]
     async fn missing_read_is_empty_not_found_and_delete_is_idempotent() {
         let store = MemStore::new();
-        assert!(matches!(run(&store, Operation::Read, "nope", json!({})).await, Err(LogicalError::NotFound(m)) if m.is_empty()));
-        assert!(run(&store, Operation::Delete, "nope", json!({})).await.unwrap().is_empty());
+        assert!(
+            matches!(run(&store, Operation::Read, "nope", json!({})).await, Err(LogicalError::NotFound(m)) if m.is_empty())
+        );
+        assert!(run(&store, Operation::Delete, "nope", json!({}))
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]
     async fn empty_write_is_allowed() {
         let store = MemStore::new();
-        run(&store, Operation::Create, "empty", json!({})).await.unwrap();
-        let read = run(&store, Operation::Read, "empty", json!({})).await.unwrap();
+        run(&store, Operation::Create, "empty", json!({}))
+            .await
+            .unwrap();
+        let read = run(&store, Operation::Read, "empty", json!({}))
+            .await
+            .unwrap();
         assert_eq!(read.data.unwrap().len(), 0);
     }
 
     #[tokio::test]
     async fn ttl_becomes_lease_duration() {
         let store = MemStore::new();
-        for (ttl, want) in [(json!("1h"), 3600u64), (json!("30m"), 1800), (json!("90s"), 90), (json!(45), 45), (json!("120"), 120)] {
-            run(&store, Operation::Create, "t", json!({"ttl": ttl, "v": 1})).await.unwrap();
+        for (ttl, want) in [
+            (json!("1h"), 3600u64),
+            (json!("30m"), 1800),
+            (json!("90s"), 90),
+            (json!(45), 45),
+            (json!("120"), 120),
+        ] {
+            run(&store, Operation::Create, "t", json!({"ttl": ttl, "v": 1}))
+                .await
+                .unwrap();
             let read = run(&store, Operation::Read, "t", json!({})).await.unwrap();
             assert_eq!(read.lease_duration, want);
-            assert_eq!(read.data.unwrap().get("ttl"), Some(&ttl), "ttl stays in the data");
+            assert_eq!(
+                read.data.unwrap().get("ttl"),
+                Some(&ttl),
+                "ttl stays in the data"
+            );
         }
-        run(&store, Operation::Create, "t", json!({"ttl": "soon"})).await.unwrap();
-        assert_eq!(run(&store, Operation::Read, "t", json!({})).await.unwrap().lease_duration, 0);
-        run(&store, Operation::Create, "t", json!({"lease": "2m"})).await.unwrap();
-        assert_eq!(run(&store, Operation::Read, "t", json!({})).await.unwrap().lease_duration, 120);
+        run(&store, Operation::Create, "t", json!({"ttl": "soon"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            run(&store, Operation::Read, "t", json!({}))
+                .await
+                .unwrap()
+                .lease_duration,
+            0
+        );
+        run(&store, Operation::Create, "t", json!({"lease": "2m"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            run(&store, Operation::Read, "t", json!({}))
+                .await
+                .unwrap()
+                .lease_duration,
+            120
+        );
     }
 
     #[tokio::test]
     async fn list_shows_keys_and_folders() {
         let store = MemStore::new();
         for path in ["a", "b/c", "b/d/e", "b/x"] {
-            run(&store, Operation::Create, path, json!({"k": "v"})).await.unwrap();
+            run(&store, Operation::Create, path, json!({"k": "v"}))
+                .await
+                .unwrap();
         }
         let keys = |r: Response| r.data.unwrap().get("keys").cloned().unwrap();
-        assert_eq!(keys(run(&store, Operation::List, "", json!({})).await.unwrap()), json!(["a", "b/"]));
-        assert_eq!(keys(run(&store, Operation::List, "b/", json!({})).await.unwrap()), json!(["c", "d/", "x"]));
-        assert_eq!(keys(run(&store, Operation::List, "b", json!({})).await.unwrap()), json!(["c", "d/", "x"]));
-        assert!(matches!(run(&store, Operation::List, "zzz/", json!({})).await, Err(LogicalError::NotFound(_))));
+        assert_eq!(
+            keys(run(&store, Operation::List, "", json!({})).await.unwrap()),
+            json!(["a", "b/"])
+        );
+        assert_eq!(
+            keys(run(&store, Operation::List, "b/", json!({})).await.unwrap()),
+            json!(["c", "d/", "x"])
+        );
+        assert_eq!(
+            keys(run(&store, Operation::List, "b", json!({})).await.unwrap()),
+            json!(["c", "d/", "x"])
+        );
+        assert!(matches!(
+            run(&store, Operation::List, "zzz/", json!({})).await,
+            Err(LogicalError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
     async fn bad_paths_and_operations() {
         let store = MemStore::new();
         for path in ["", "a/", "../x", "a/../b", "a//b"] {
-            assert!(matches!(run(&store, Operation::Create, path, json!({"a": 1})).await, Err(LogicalError::InvalidRequest(_))), "{path:?}");
-            assert!(matches!(run(&store, Operation::Read, path, json!({})).await, Err(LogicalError::InvalidRequest(_))), "{path:?}");
+            assert!(
+                matches!(
+                    run(&store, Operation::Create, path, json!({"a": 1})).await,
+                    Err(LogicalError::InvalidRequest(_))
+                ),
+                "{path:?}"
+            );
+            assert!(
+                matches!(
+                    run(&store, Operation::Read, path, json!({})).await,
+                    Err(LogicalError::InvalidRequest(_))
+                ),
+                "{path:?}"
+            );
         }
-        assert!(matches!(run(&store, Operation::Patch, "a", json!({"a": 1})).await, Err(LogicalError::UnsupportedOperation)));
+        assert!(matches!(
+            run(&store, Operation::Patch, "a", json!({"a": 1})).await,
+            Err(LogicalError::UnsupportedOperation)
+        ));
         assert!(store.keys().is_empty(), "nothing was written");
     }
 
@@ -164,7 +246,9 @@ mod tests {
     async fn exists_tracks_the_key() {
         let store = MemStore::new();
         assert_eq!(exists(&store, "k").await, Some(false));
-        run(&store, Operation::Create, "k", json!({"a": 1})).await.unwrap();
+        run(&store, Operation::Create, "k", json!({"a": 1}))
+            .await
+            .unwrap();
         assert_eq!(exists(&store, "k").await, Some(true));
         assert_eq!(exists(&store, "").await, None);
     }
@@ -173,6 +257,9 @@ mod tests {
     async fn storage_failure_is_an_error_not_a_panic() {
         let store = MemStore::new();
         store.fail_writes(true);
-        assert!(matches!(run(&store, Operation::Create, "k", json!({"a": 1})).await, Err(LogicalError::Internal(_))));
+        assert!(matches!(
+            run(&store, Operation::Create, "k", json!({"a": 1})).await,
+            Err(LogicalError::Internal(_))
+        ));
     }
 }

@@ -29,12 +29,22 @@ pub(super) enum Lookup {
     /// No such key or version: a plain 404.
     Missing,
     /// The version exists but is deleted or destroyed: 404 that still shows its metadata.
-    Unreadable { metadata: Data },
-    Found { data: Data, metadata: Data },
+    Unreadable {
+        metadata: Data,
+    },
+    Found {
+        data: Data,
+        metadata: Data,
+    },
 }
 
 /// Find `requested` (0 = latest) of the key at `path`.
-pub(super) async fn lookup(kv: &KvV2, call: &Call<'_>, path: &str, requested: u64) -> Result<Lookup> {
+pub(super) async fn lookup(
+    kv: &KvV2,
+    call: &Call<'_>,
+    path: &str,
+    requested: u64,
+) -> Result<Lookup> {
     let Some(meta) = load_metadata(call.store, path).await? else {
         return Ok(Lookup::Missing);
     };
@@ -178,10 +188,9 @@ async fn commit_version(
 ) -> Result<Response> {
     let now = kv.now_ns();
     let mut meta = meta.unwrap_or_else(|| KeyMetadata::new(now));
-    let version = meta
-        .current_version
-        .checked_add(1)
-        .ok_or_else(|| LogicalError::Internal(format!("version counter of {path:?} is exhausted")))?;
+    let version = meta.current_version.checked_add(1).ok_or_else(|| {
+        LogicalError::Internal(format!("version counter of {path:?} is exhausted"))
+    })?;
     let version_meta = VersionMeta {
         created_ns: now,
         deletion_ns: effective_delete_after_secs(config, &meta).map(|secs| add_secs(now, secs)),
@@ -194,14 +203,21 @@ async fn commit_version(
     let dropped = trim_versions(&mut meta, max_versions);
 
     let mut ops = Vec::with_capacity(dropped.len().saturating_add(2));
-    ops.push(put_op(version_key(path, version), &VersionRecord::new(data))?);
+    ops.push(put_op(
+        version_key(path, version),
+        &VersionRecord::new(data),
+    )?);
     ops.extend(dropped.into_iter().map(|old| Op::Delete {
         key: version_key(path, old),
     }));
     ops.push(put_op(metadata_key(path), &meta)?);
     call.store.batch(ops).await?;
 
-    Ok(Response::data(version_metadata(&meta, version, &version_meta)?))
+    Ok(Response::data(version_metadata(
+        &meta,
+        version,
+        &version_meta,
+    )?))
 }
 
 /// `DELETE data/<path>`: soft-delete the latest version. Deleting what is missing or already

@@ -6,7 +6,9 @@ use bunker_core::logical::{Data, LogicalError, Operation, Response, Result};
 use bunker_storage::Op;
 use serde_json::Value;
 
-use super::model::{key_metadata, load_metadata, metadata_key, version_key, KeyMetadata, METADATA_PREFIX};
+use super::model::{
+    key_metadata, load_metadata, metadata_key, version_key, KeyMetadata, METADATA_PREFIX,
+};
 use super::KvV2;
 use crate::params::{bool_field, duration_field, field, list_prefix, u64_field, validate_key_path};
 use crate::store::{put_op, Call};
@@ -30,7 +32,10 @@ pub(super) async fn handle(kv: &KvV2, call: &Call<'_>, path: &str) -> Result<Res
 /// 404, as in Vault.
 pub(super) async fn list(call: &Call<'_>, path: &str) -> Result<Response> {
     let folder = list_prefix(path)?;
-    let keys = call.store.list(&format!("{METADATA_PREFIX}{folder}")).await?;
+    let keys = call
+        .store
+        .list(&format!("{METADATA_PREFIX}{folder}"))
+        .await?;
     if keys.is_empty() {
         return Err(LogicalError::NotFound(String::new()));
     }
@@ -102,7 +107,11 @@ impl MetadataUpdate {
                     "at most {MAX_CUSTOM_METADATA_KEYS} keys are allowed"
                 )));
             }
-            meta.custom_metadata = if merged.is_empty() { None } else { Some(merged) };
+            meta.custom_metadata = if merged.is_empty() {
+                None
+            } else {
+                Some(merged)
+            };
         }
         Ok(())
     }
@@ -153,7 +162,10 @@ fn custom_metadata_error(reason: String) -> LogicalError {
 
 /// Check a `custom_metadata` object against Vault's limits. Numbers and booleans are taken as
 /// their text; `null` values are only meaningful (as removals) in a patch.
-fn parse_custom_metadata(value: &Value, mode: WriteMode) -> Result<BTreeMap<String, Option<String>>> {
+fn parse_custom_metadata(
+    value: &Value,
+    mode: WriteMode,
+) -> Result<BTreeMap<String, Option<String>>> {
     let Value::Object(map) = value else {
         return Err(custom_metadata_error("must be a JSON object".into()));
     };

@@ -217,10 +217,13 @@ pub(crate) fn effective_max_versions(config: &MountConfig, meta: &KeyMetadata) -
 
 /// The shorter of the key's and the mount's `delete_version_after`, ignoring unset (0) ones.
 pub(crate) fn effective_delete_after_secs(config: &MountConfig, meta: &KeyMetadata) -> Option<u64> {
-    [meta.delete_version_after_secs, config.delete_version_after_secs]
-        .into_iter()
-        .filter(|&s| s > 0)
-        .min()
+    [
+        meta.delete_version_after_secs,
+        config.delete_version_after_secs,
+    ]
+    .into_iter()
+    .filter(|&s| s > 0)
+    .min()
 }
 
 pub(crate) fn cas_required(config: &MountConfig, meta: Option<&KeyMetadata>) -> bool {
@@ -271,7 +274,10 @@ fn custom_metadata_value(meta: &KeyMetadata) -> Value {
 /// data read and the body of a data write.
 pub(crate) fn version_metadata(meta: &KeyMetadata, version: u64, vm: &VersionMeta) -> Result<Data> {
     let mut out = Data::new();
-    out.insert("created_time".into(), Value::String(format_time(vm.created_ns)?));
+    out.insert(
+        "created_time".into(),
+        Value::String(format_time(vm.created_ns)?),
+    );
     out.insert("custom_metadata".into(), custom_metadata_value(meta));
     out.insert("deletion_time".into(), Value::String(deletion_time(vm)?));
     out.insert("destroyed".into(), Value::Bool(vm.destroyed));
@@ -284,14 +290,20 @@ pub(crate) fn key_metadata(meta: &KeyMetadata) -> Result<Data> {
     let mut versions = Data::new();
     for (number, vm) in &meta.versions {
         let mut entry = Data::new();
-        entry.insert("created_time".into(), Value::String(format_time(vm.created_ns)?));
+        entry.insert(
+            "created_time".into(),
+            Value::String(format_time(vm.created_ns)?),
+        );
         entry.insert("deletion_time".into(), Value::String(deletion_time(vm)?));
         entry.insert("destroyed".into(), Value::Bool(vm.destroyed));
         versions.insert(number.to_string(), Value::Object(entry));
     }
     let mut out = Data::new();
     out.insert("cas_required".into(), Value::Bool(meta.cas_required));
-    out.insert("created_time".into(), Value::String(format_time(meta.created_ns)?));
+    out.insert(
+        "created_time".into(),
+        Value::String(format_time(meta.created_ns)?),
+    );
     out.insert("current_version".into(), Value::from(meta.current_version));
     out.insert("custom_metadata".into(), custom_metadata_value(meta));
     out.insert(
@@ -300,7 +312,10 @@ pub(crate) fn key_metadata(meta: &KeyMetadata) -> Result<Data> {
     );
     out.insert("max_versions".into(), Value::from(meta.max_versions));
     out.insert("oldest_version".into(), Value::from(meta.oldest_version));
-    out.insert("updated_time".into(), Value::String(format_time(meta.updated_ns)?));
+    out.insert(
+        "updated_time".into(),
+        Value::String(format_time(meta.updated_ns)?),
+    );
     out.insert("versions".into(), Value::Object(versions));
     Ok(out)
 }
@@ -354,13 +369,23 @@ mod tests {
     fn trimming_keeps_newest() {
         let mut meta = KeyMetadata::new(0);
         for v in 1..=5 {
-            meta.versions.insert(v, VersionMeta { created_ns: 0, deletion_ns: None, destroyed: false });
+            meta.versions.insert(
+                v,
+                VersionMeta {
+                    created_ns: 0,
+                    deletion_ns: None,
+                    destroyed: false,
+                },
+            );
         }
         assert!(trim_versions(&mut meta, 5).is_empty());
         assert_eq!(meta.oldest_version, 0);
         assert_eq!(trim_versions(&mut meta, 3), vec![1, 2]);
         assert_eq!(meta.oldest_version, 3);
-        assert_eq!(meta.versions.keys().copied().collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            meta.versions.keys().copied().collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         // max 0 is never "keep nothing".
         assert_eq!(trim_versions(&mut meta, 0), vec![3, 4]);
         assert_eq!(meta.versions.len(), 1);
@@ -376,6 +401,9 @@ mod tests {
     #[test]
     fn newer_formats_are_refused() {
         assert!(check_format(RECORD_FORMAT, "x").is_ok());
-        assert!(matches!(check_format(RECORD_FORMAT + 1, "x"), Err(LogicalError::Internal(_))));
+        assert!(matches!(
+            check_format(RECORD_FORMAT + 1, "x"),
+            Err(LogicalError::Internal(_))
+        ));
     }
 }

@@ -34,7 +34,11 @@ pub(super) fn obj(v: Value) -> Data {
 
 /// The data of a normal response, as a JSON value.
 pub(super) fn body(response: Response) -> Value {
-    assert!(response.raw.is_none(), "unexpected raw response {:?}", response.raw);
+    assert!(
+        response.raw.is_none(),
+        "unexpected raw response {:?}",
+        response.raw
+    );
     Value::Object(response.data.expect("response has data"))
 }
 
@@ -92,16 +96,33 @@ impl Harness {
 
     /// Write a new version of `key`; returns the write response body.
     pub async fn put(&self, key: &str, data: Value) -> Value {
-        body(self.ok(Operation::Create, &format!("data/{key}"), json!({ "data": data })).await)
+        body(
+            self.ok(
+                Operation::Create,
+                &format!("data/{key}"),
+                json!({ "data": data }),
+            )
+            .await,
+        )
     }
 
     /// Read a version (0 = latest) of `key` that must be readable.
     pub async fn get(&self, key: &str, version: u64) -> Value {
-        body(self.ok(Operation::Read, &format!("data/{key}"), json!({ "version": version })).await)
+        body(
+            self.ok(
+                Operation::Read,
+                &format!("data/{key}"),
+                json!({ "version": version }),
+            )
+            .await,
+        )
     }
 
     pub async fn metadata(&self, key: &str) -> Value {
-        body(self.ok(Operation::Read, &format!("metadata/{key}"), json!({})).await)
+        body(
+            self.ok(Operation::Read, &format!("metadata/{key}"), json!({}))
+                .await,
+        )
     }
 
     pub async fn list(&self, path: &str) -> Result<Value> {

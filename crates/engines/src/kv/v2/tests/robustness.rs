@@ -20,7 +20,10 @@ async fn unknown_paths_are_unsupported_path() {
     for path in ["", "foo", "foo/bar", "config/x", "datax/k", "Data/k"] {
         for op in ALL_OPERATIONS {
             let result = h.req(op, path, json!({})).await;
-            assert!(matches!(result, Err(LogicalError::UnsupportedPath(_))), "{op:?} {path:?}: {result:?}");
+            assert!(
+                matches!(result, Err(LogicalError::UnsupportedPath(_))),
+                "{op:?} {path:?}: {result:?}"
+            );
         }
     }
     match h.req(Operation::Read, "foo", json!({})).await {
@@ -44,7 +47,10 @@ async fn wrong_operations_are_unsupported_operation() {
     ];
     for (op, path) in cases {
         let result = h.req(op, path, json!({"versions": [1], "data": {}})).await;
-        assert!(matches!(result, Err(LogicalError::UnsupportedOperation)), "{op:?} {path}: {result:?}");
+        assert!(
+            matches!(result, Err(LogicalError::UnsupportedOperation)),
+            "{op:?} {path}: {result:?}"
+        );
     }
 }
 
@@ -53,16 +59,24 @@ async fn bad_secret_paths_are_invalid_requests() {
     let h = Harness::new();
     for key in ["", "k/", "../k", "a/../k", "a//b", "/k", ".", "a/."] {
         for endpoint in ["data", "metadata", "subkeys"] {
-            for op in [Operation::Read, Operation::Create, Operation::Delete, Operation::Patch] {
+            for op in [
+                Operation::Read,
+                Operation::Create,
+                Operation::Delete,
+                Operation::Patch,
+            ] {
                 let path = format!("{endpoint}/{key}");
                 let result = h.req(op, &path, json!({"data": {"a": 1}})).await;
                 let fine = matches!(result, Err(LogicalError::InvalidRequest(_)))
-                    || (endpoint == "subkeys" && matches!(result, Err(LogicalError::UnsupportedOperation)));
+                    || (endpoint == "subkeys"
+                        && matches!(result, Err(LogicalError::UnsupportedOperation)));
                 assert!(fine, "{op:?} {path:?}: {result:?}");
             }
         }
     }
-    let bare = h.req(Operation::Create, "data", json!({"data": {"a": 1}})).await;
+    let bare = h
+        .req(Operation::Create, "data", json!({"data": {"a": 1}}))
+        .await;
     assert_eq!(invalid_request_message(bare), "missing secret path");
     assert!(h.store.keys().is_empty());
 }
@@ -75,9 +89,18 @@ async fn exists_reports_key_metadata() {
     h.put("k", json!({"a": 1})).await;
     assert_eq!(h.exists("data/k").await, Some(true));
     assert_eq!(h.exists("metadata/k").await, Some(true));
-    h.ok(Operation::Create, "metadata/only-meta", json!({})).await;
+    h.ok(Operation::Create, "metadata/only-meta", json!({}))
+        .await;
     assert_eq!(h.exists("data/only-meta").await, Some(true));
-    for other in ["config", "delete/k", "destroy/k", "data/", "data/../k", "nope/k", ""] {
+    for other in [
+        "config",
+        "delete/k",
+        "destroy/k",
+        "data/",
+        "data/../k",
+        "nope/k",
+        "",
+    ] {
         assert_eq!(h.exists(other).await, None, "{other}");
     }
 }
@@ -104,13 +127,27 @@ async fn odd_bodies_never_panic() {
         json!({"max_versions": 1e30, "cas_required": {}, "delete_version_after": [], "custom_metadata": 5}),
         json!({"custom_metadata": {"a": [1]}}),
     ];
-    let paths = ["config", "data/k", "data/new", "metadata/k", "delete/k", "undelete/k", "destroy/k", "subkeys/k", "metadata/", "data/"];
+    let paths = [
+        "config",
+        "data/k",
+        "data/new",
+        "metadata/k",
+        "delete/k",
+        "undelete/k",
+        "destroy/k",
+        "subkeys/k",
+        "metadata/",
+        "data/",
+    ];
     for path in paths {
         for op in ALL_OPERATIONS {
             for body in &bodies {
                 // Any outcome but a panic is acceptable; internal errors would be a bug.
                 let result = h.req(op, path, body.clone()).await;
-                assert!(!matches!(result, Err(LogicalError::Internal(_))), "{op:?} {path} {body}: {result:?}");
+                assert!(
+                    !matches!(result, Err(LogicalError::Internal(_))),
+                    "{op:?} {path} {body}: {result:?}"
+                );
             }
         }
     }
@@ -120,9 +157,16 @@ async fn odd_bodies_never_panic() {
 async fn huge_version_numbers_are_just_missing() {
     let h = Harness::new();
     h.put("k", json!({"a": 1})).await;
-    let big = h.req(Operation::Read, "data/k", json!({"version": u64::MAX})).await;
+    let big = h
+        .req(Operation::Read, "data/k", json!({"version": u64::MAX}))
+        .await;
     assert!(is_empty_not_found(&big));
-    h.ok(Operation::Update, "destroy/k", json!({"versions": [u64::MAX]})).await;
+    h.ok(
+        Operation::Update,
+        "destroy/k",
+        json!({"versions": [u64::MAX]}),
+    )
+    .await;
     assert_eq!(h.get("k", 0).await["data"], json!({"a": 1}));
     let _: Value = h.metadata("k").await;
 }

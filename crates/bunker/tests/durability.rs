@@ -1,0 +1,135 @@
+//! Crash durability: every KV write the server acknowledged must survive `kill -9`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, REQUEST_TIMEOUT};
+use serde_json::{json, Value};
+
+const WRITERS: usize = 16;
+/// Acknowledged writes to collect before the kill.
+const ACKS_BEFORE_KILL: usize = 500;
+/// Upper bound on writes per thread, so the loop is bounded even if the kill never comes.
+const MAX_WRITES_PER_WRITER: usize = 5_000;
+/// Give up if the server is too slow to reach the target.
+const WRITE_PHASE_DEADLINE: Duration = Duration::from_secs(180);
+
+#[test]
+fn acknowledged_kv_writes_survive_kill_9() {
+    let mut s = TestServer::initialized();
+    s.mount_kv2();
+    let root = s.root_token.clone();
+
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for w in 0..WRITERS {
+        let url_base = s.url("secret/data/durable");
+        let client = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .unwrap();
+        let (acked_count, stop, acked, root) =
+            (acked_count.clone(), stop.clone(), acked.clone(), root.clone());
+        handles.push(std::thread::spawn(move || {
+            let mut other_statuses = 0usize;
+            for n in 0..MAX_WRITES_PER_WRITER {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("w{w}-{n}");
+                let value = format!("value-{w}-{n}-{}", "x".repeat(n % 64));
+                let r = client
+                    .put(format!("{url_base}/{key}"))
+                    .header("X-Vault-Token", &root)
+                    .json(&json!({"data": {"v": value}}))
+                    .send();
+                match r {
+                    Ok(resp) if resp.status().as_u16() == 200 => {
+                        // Read the whole body: the write counts as acknowledged only once the
+                        // client has the full response.
+                        if resp.text().is_ok() {
+                            acked.lock().unwrap().push((key, value));
+                            acked_count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(resp) => {
+                        other_statuses += 1;
+                        if !stop.load(Ordering::Relaxed) {
+                            eprintln!("writer {w}: unexpected status {} before kill", resp.status());
+                        }
+                    }
+                    // Connection errors are expected once the server is killed.
+                    Err(_) => {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                }
+            }
+            other_statuses
+        }));
+    }
+
+    let deadline = Instant::now() + WRITE_PHASE_DEADLINE;
+    while acked_count.load(Ordering::Relaxed) < ACKS_BEFORE_KILL {
+        assert!(
+            Instant::now() < deadline,
+            "only {} writes acknowledged in {WRITE_PHASE_DEADLINE:?}",
+            acked_count.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Writers are still running: the kill lands with requests in flight.
+    s.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let mut unexpected = 0;
+    for h in handles {
+        unexpected += h.join().expect("writer thread");
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(acked.len() >= ACKS_BEFORE_KILL);
+    assert_eq!(unexpected, 0, "writers saw non-200 statuses before the kill");
+    eprintln!("{} writes acknowledged before kill -9", acked.len());
+
+    s.restart();
+    let (st, b) = s.get("sys/seal-status", None);
+    assert_eq!(st, 200);
+    assert_eq!(b["sealed"], json!(true), "restart must come back sealed: {b}");
+    s.unseal();
+
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    for (key, value) in &acked {
+        let (st, data) = s.kv_get(&format!("durable/{key}"));
+        if st != 200 {
+            missing.push(format!("{key} (status {st})"));
+        } else if data != json!({"v": value}) {
+            wrong.push(format!("{key}: {data}"));
+        }
+    }
+    assert!(
+        missing.is_empty() && wrong.is_empty(),
+        "{} of {} acknowledged writes lost, {} wrong; first lost: {:?}; first wrong: {:?}",
+        missing.len(),
+        acked.len(),
+        wrong.len(),
+        missing.iter().take(10).collect::<Vec<_>>(),
+        wrong.iter().take(10).collect::<Vec<_>>()
+    );
+
+    // The server still takes writes after recovery, and reads them back.
+    s.kv_put("durable/after-restart", json!({"v": "ok"}));
+    assert_eq!(s.kv_get("durable/after-restart"), (200, json!({"v": "ok"})));
+    let first = &acked[0].0;
+    let (st, meta) = s.get(&format!("secret/metadata/durable/{first}"), s.root());
+    assert_eq!(st, 200, "{meta}");
+    assert_eq!(meta["data"]["current_version"], Value::from(1));
+}

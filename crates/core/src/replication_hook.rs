@@ -1,0 +1,135 @@
+//! The seam between the core and DR replication. Replication lives in its own crate beside the
+//! barrier; the core only knows this trait: which DR mode the cluster is in, and who answers
+//! `sys/replication/*`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bunker_policy::Capability;
+
+use crate::core::Core;
+use crate::logical::{LogicalError, Request, Response, Result};
+use crate::request_handling::Caller;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrMode {
+    Disabled,
+    Primary,
+    Secondary,
+}
+
+impl DrMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrMode::Disabled => "disabled",
+            DrMode::Primary => "primary",
+            DrMode::Secondary => "secondary",
+        }
+    }
+}
+
+#[async_trait]
+pub trait ReplicationHandler: Send + Sync {
+    fn dr_mode(&self) -> DrMode;
+
+    /// Answer a `sys/replication/*` request. `caller` is `None` when the request was not
+    /// authenticated by a token (status reads, and every DR-secondary endpoint, which
+    /// authorise with key shares or a DR operation token instead).
+    async fn handle(&self, core: &Core, req: &Request, caller: Option<&Caller>)
+        -> Result<Response>;
+}
+
+/// Replication paths answered without a client token: status, and on a DR secondary everything.
+pub(crate) fn is_unauthenticated_replication_path(path: &str) -> bool {
+    matches!(
+        path,
+        "sys/replication/status"
+            | "sys/replication/dr/status"
+            | "sys/replication/performance/status"
+    )
+}
+
+impl Core {
+    pub fn set_replication(&self, handler: Arc<dyn ReplicationHandler>) {
+        if let Ok(mut r) = self.replication.write() {
+            *r = Some(handler);
+        }
+    }
+
+    pub(crate) fn replication_handler(&self) -> Option<Arc<dyn ReplicationHandler>> {
+        self.replication.read().ok().and_then(|r| r.clone())
+    }
+
+    pub fn dr_mode(&self) -> DrMode {
+        self.replication_handler()
+            .map(|h| h.dr_mode())
+            .unwrap_or(DrMode::Disabled)
+    }
+
+    /// Unseal directly with a reconstructed root key (DR promotion) and load the tables.
+    pub async fn unseal_with_root_key(&self, root_key: &[u8]) -> Result<()> {
+        if self.is_sealed() {
+            self.barrier.unseal(root_key).await?;
+        }
+        self.reload_tables().await
+    }
+
+    /// Reload everything cached from storage (after replication changed it underneath).
+    pub async fn reload_tables(&self) -> Result<()> {
+        if self.is_sealed() {
+            return Ok(());
+        }
+        self.barrier.reload_keyring().await?;
+        self.post_unseal().await
+    }
+
+    pub async fn verify_root_key(&self, root_key: &[u8]) -> Result<()> {
+        self.barrier.verify_root_key(root_key).await.map_err(|_| {
+            LogicalError::InvalidRequest("the key shares do not reconstruct the root key".into())
+        })
+    }
+
+    pub fn barrier(&self) -> &Arc<bunker_barrier::Barrier> {
+        &self.barrier
+    }
+
+    /// Unseal threshold of the stored seal configuration (0 when uninitialised).
+    pub async fn seal_threshold(&self) -> Result<u8> {
+        Ok(self
+            .seal
+            .config()
+            .await
+            .map_err(crate::core::seal_err)?
+            .map(|c| c.secret_threshold)
+            .unwrap_or(0))
+    }
+
+    /// Whether `token` is valid here and its policies grant `cap` on `path`.
+    pub async fn token_allows(&self, token: &str, path: &str, cap: Capability) -> Result<bool> {
+        if self.is_sealed() {
+            return Ok(false);
+        }
+        let Some(entry) = self.tokens.lookup(token).await? else {
+            return Ok(false);
+        };
+        let acl = self.policies.acl(&entry.policies).await?;
+        Ok(acl.allows(path, cap))
+    }
+
+    /// Wipe every key of the physical storage (DR secondary activation).
+    pub async fn wipe_storage(&self) -> Result<()> {
+        self.seal_core();
+        let backend = self.barrier.backend().clone();
+        loop {
+            let page = backend.scan("", None, 1000).await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            let ops = page
+                .into_iter()
+                .map(|(key, _)| bunker_storage::Op::Delete { key })
+                .collect();
+            backend.batch(ops).await?;
+        }
+    }
+}
