@@ -69,6 +69,7 @@ pub struct Core {
     pub(crate) wrapping_lock: tokio::sync::Mutex<()>,
     pub(crate) cluster: RwLock<ClusterInfo>,
     pub(crate) replication: RwLock<Option<Arc<dyn crate::replication_hook::ReplicationHandler>>>,
+    pub(crate) requests_total: std::sync::atomic::AtomicU64,
 }
 
 impl Core {
@@ -87,6 +88,7 @@ impl Core {
             wrapping_lock: tokio::sync::Mutex::new(()),
             cluster: RwLock::new(ClusterInfo::default()),
             replication: RwLock::new(None),
+            requests_total: std::sync::atomic::AtomicU64::new(0),
             barrier,
         })
     }

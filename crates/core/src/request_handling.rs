@@ -78,6 +78,8 @@ impl Core {
     /// Handle one client request end to end.
     pub async fn handle(&self, mut req: Request) -> Result<Response> {
         req.path = normalize_path(&req.path)?;
+        self.requests_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mode = self.dr_mode();
         if mode == DrMode::Secondary && req.path.starts_with("sys/generate-root") {
             return Err(LogicalError::DrSecondary);

@@ -19,6 +19,14 @@ pub fn to_http(
     };
     if let Some(raw) = resp.raw {
         let code = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::OK);
+        if let (Some(content_type), Value::String(text)) = (raw.content_type, &raw.body) {
+            return (
+                code,
+                [(axum::http::header::CONTENT_TYPE, content_type)],
+                text.clone(),
+            )
+                .into_response();
+        }
         return (code, Json(raw.body)).into_response();
     }
     let empty_list = operation == Operation::List

@@ -37,6 +37,8 @@ pub struct WrapInfo {
 pub struct RawResponse {
     pub status: u16,
     pub body: Value,
+    /// When set, `body` is a JSON string sent verbatim with this content type.
+    pub content_type: Option<&'static str>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -78,7 +80,11 @@ impl Response {
 
     pub fn raw(status: u16, body: Value) -> Self {
         Response {
-            raw: Some(RawResponse { status, body }),
+            raw: Some(RawResponse {
+                status,
+                body,
+                content_type: None,
+            }),
             ..Default::default()
         }
     }

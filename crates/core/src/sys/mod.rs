@@ -4,6 +4,7 @@
 
 mod audit;
 mod health;
+mod metrics;
 mod mounts;
 mod policies;
 mod root_generation;
@@ -78,7 +79,8 @@ impl Core {
                 Some(handler) => handler.handle(self, req, Some(caller)).await,
                 None => self.sys_replication_disabled(req, rest),
             },
-            "host-info" | "config" | "metrics" | "step-down" | "raw" => {
+            "metrics" => self.sys_metrics(req),
+            "host-info" | "config" | "step-down" | "raw" => {
                 Err(LogicalError::UnsupportedPath(req.path.clone()))
             }
             _ => Err(LogicalError::UnsupportedPath(req.path.clone())),
