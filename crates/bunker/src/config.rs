@@ -44,7 +44,12 @@ pub struct ServerConfig {
     pub cluster_addr: String,
     pub cluster_name: String,
     pub log_level: Option<String>,
+    /// WAL entries a DR primary keeps for secondaries to resume from.
+    pub wal_retention: u64,
 }
+
+/// Default WAL retention: enough for minutes of heavy writes; older gaps resync by Merkle diff.
+pub const DEFAULT_WAL_RETENTION: u64 = 100_000;
 
 fn expr_string(key: &str, e: &Expression) -> Result<String> {
     match e {
@@ -122,6 +127,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
         cluster_addr: String::new(),
         cluster_name: String::new(),
         log_level: None,
+        wal_retention: DEFAULT_WAL_RETENTION,
     };
     for block in body.blocks() {
         let label = block
@@ -166,6 +172,21 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                     bail!("only one listener is supported");
                 }
                 listener = Some(parse_listener(block.body())?);
+            }
+            "replication" => {
+                for attr in block.body().attributes() {
+                    match attr.key() {
+                        "wal_retention" => {
+                            cfg.wal_retention = expr_string("wal_retention", attr.expr())?
+                                .parse()
+                                .map_err(|_| anyhow!("wal_retention must be a positive integer"))?;
+                            if cfg.wal_retention == 0 {
+                                bail!("wal_retention must be a positive integer");
+                            }
+                        }
+                        other => bail!("unknown replication setting {other:?}"),
+                    }
+                }
             }
             "telemetry" | "seal" | "service_registration" => {
                 if block.identifier() == "seal" {
@@ -228,6 +249,7 @@ mod tests {
             api_addr = "http://127.0.0.1:8300"
             log_level = "debug"
             ui = true
+            replication { wal_retention = 50 }
             "#,
             Path::new("/tmp/x"),
         )
@@ -242,6 +264,7 @@ mod tests {
         assert!(cfg.listener.tls_disable);
         assert_eq!(cfg.cluster_addr, "https://127.0.0.1:8301");
         assert_eq!(cfg.log_level.as_deref(), Some("debug"));
+        assert_eq!(cfg.wal_retention, 50);
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn dev_config(args: &ServerArgs) -> ServerConfig {
         cluster_addr: String::new(),
         cluster_name: String::new(),
         log_level: None,
+        wal_retention: config::DEFAULT_WAL_RETENTION,
     }
 }
 
@@ -118,7 +119,7 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
         ),
     };
     let core = build_core(
-        backend,
+        backend.clone(),
         CoreConfig {
             cluster_name: cfg.cluster_name.clone(),
             api_addr: cfg.api_addr.clone(),
@@ -126,6 +127,19 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
             storage_type: storage_type.into(),
         },
     );
+    let dr = bunker_replication::DrManager::start(
+        &core,
+        backend,
+        bunker_replication::DrConfig {
+            cluster_listen_addr: Some(cfg.listener.cluster_address.clone())
+                .filter(|a| !a.is_empty()),
+            cluster_addr: cfg.cluster_addr.clone(),
+            api_addr: cfg.api_addr.clone(),
+            wal_retention: cfg.wal_retention,
+        },
+    )
+    .await
+    .context("starting DR replication")?;
     let tls = load_tls(&cfg.listener)?;
     let listener = TcpListener::bind(&cfg.listener.address)
         .await
@@ -170,6 +184,7 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
     bunker_http::serve(listener, tls, app, shutdown_signal())
         .await
         .context("serving the API")?;
+    drop(dr);
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -9,6 +9,9 @@
 //! transaction holding them has committed with [`Durability::Immediate`] (fsync). So an
 //! acknowledged batch survives a crash, and concurrent batches share fsyncs.
 //!
+//! A [`crate::CommitHook`] installed with `set_commit_hook` runs on the writer thread, in commit
+//! order (see `writer.rs`).
+//!
 //! Dropping the backend closes the channel; the writer finishes what is queued, exits, and is
 //! joined before the database is closed.
 
@@ -25,9 +28,10 @@ use redb::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::hook::HookSlot;
 use crate::limits::{batch_bytes, validate_batch, validate_key};
 use crate::listing::{list_children, scan_prefix};
-use crate::{Backend, Op, Result, StorageError, StorageMetrics};
+use crate::{Backend, CommitHook, Op, Result, StorageError, StorageMetrics};
 use writer::{Counters, GroupStore, WriteRequest};
 
 /// File name of the database inside the data directory.
@@ -44,6 +48,8 @@ pub struct EmbeddedBackend {
     /// `None` only while dropping.
     writer: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
+    /// Shared with the writer thread, which reads it once per group commit.
+    hook: Arc<HookSlot>,
 }
 
 impl EmbeddedBackend {
@@ -65,9 +71,11 @@ impl EmbeddedBackend {
         let (queue, requests) = mpsc::channel(writer::QUEUE_CAPACITY);
         let store = RedbStore { db: db.clone() };
         let thread_counters = counters.clone();
+        let hook = Arc::new(HookSlot::default());
+        let thread_hook = hook.clone();
         let writer = std::thread::Builder::new()
             .name("bunker-storage-writer".into())
-            .spawn(move || writer::run(store, requests, &thread_counters))
+            .spawn(move || writer::run(store, requests, &thread_counters, &thread_hook))
             .map_err(|source| StorageError::Io {
                 context: "starting the storage writer thread".into(),
                 source,
@@ -78,6 +86,7 @@ impl EmbeddedBackend {
             queue: Some(queue),
             writer: Some(writer),
             counters,
+            hook,
         })
     }
 
@@ -178,6 +187,10 @@ impl Backend for EmbeddedBackend {
 
     fn metrics(&self) -> StorageMetrics {
         self.counters.snapshot()
+    }
+
+    fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
+        self.hook.set(hook);
     }
 }
 

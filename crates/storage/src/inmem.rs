@@ -1,19 +1,23 @@
 //! In-memory backend for dev mode and tests: a `BTreeMap` behind a `RwLock`.
 //!
 //! Nothing is durable. The lock is only ever held inside synchronous code, never across an
-//! `.await`, and a batch is validated before the write lock is taken, so it applies whole or
-//! not at all.
+//! `.await`, and a batch is validated before it is applied, so it applies whole or not at all.
+//!
+//! The write lock is what orders commits here, so a [`crate::CommitHook`] runs under it: its
+//! extra ops are computed, validated and applied with the batch, and `after_commit` follows
+//! before the lock is released.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
+use crate::hook::{checked_extra_ops, HookSlot};
 use crate::limits::{validate_batch, validate_key};
 use crate::listing::{list_children, scan_prefix};
-use crate::{Backend, Op, Result, StorageMetrics};
+use crate::{Backend, CommitHook, Op, Result, StorageMetrics};
 
 /// A volatile, ordered key-value store.
 #[derive(Debug, Default)]
@@ -21,6 +25,7 @@ pub struct InmemBackend {
     entries: RwLock<BTreeMap<String, Vec<u8>>>,
     batches: AtomicU64,
     ops: AtomicU64,
+    hook: HookSlot,
 }
 
 impl InmemBackend {
@@ -50,20 +55,28 @@ impl Backend for InmemBackend {
         if ops.is_empty() {
             return Ok(());
         }
-        let op_count = ops.len() as u64;
-        {
-            let mut entries = self.write();
-            for op in ops {
-                match op {
-                    Op::Put { key, value } => {
-                        entries.insert(key, value);
-                    }
-                    Op::Delete { key } => {
-                        entries.remove(&key);
-                    }
+        let mut entries = self.write();
+        let hook = self.hook.get();
+        let extra = match &hook {
+            Some(hook) => checked_extra_ops(hook.as_ref(), &ops)?,
+            None => Vec::new(),
+        };
+        let op_count = (ops.len() + extra.len()) as u64;
+        let notify = !extra.is_empty();
+        for op in ops.into_iter().chain(extra) {
+            match op {
+                Op::Put { key, value } => {
+                    entries.insert(key, value);
+                }
+                Op::Delete { key } => {
+                    entries.remove(&key);
                 }
             }
         }
+        if let (Some(hook), true) = (&hook, notify) {
+            hook.after_commit();
+        }
+        drop(entries);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.ops.fetch_add(op_count, Ordering::Relaxed);
         Ok(())
@@ -98,6 +111,10 @@ impl Backend for InmemBackend {
             batches: self.batches.load(Ordering::Relaxed),
             ops: self.ops.load(Ordering::Relaxed),
         }
+    }
+
+    fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
+        self.hook.set(hook);
     }
 }
 

@@ -11,25 +11,34 @@
 //! Every backend enforces the same input limits (see [`limits`]) and passes the same
 //! [`conformance`] suite (built for this crate's tests, and for other crates with the `testing`
 //! feature).
+//!
+//! A backend can carry one [`CommitHook`], which adds ops to each batch at the point where
+//! commit order is decided; replication uses it to write its log in commit order.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 mod embedded;
 mod error;
+mod hook;
 mod inmem;
 pub mod limits;
 mod listing;
 
 pub use embedded::EmbeddedBackend;
 pub use error::StorageError;
+pub use hook::CommitHook;
 pub use inmem::InmemBackend;
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
-/// One operation of an atomic batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One operation of an atomic batch. Serializable so a log of batches can be shipped
+/// elsewhere (replication's WAL).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Put { key: String, value: Vec<u8> },
     Delete { key: String },
@@ -96,4 +105,9 @@ pub trait Backend: Send + Sync + 'static {
     fn metrics(&self) -> StorageMetrics {
         StorageMetrics::default()
     }
+
+    /// Installs (`Some`) or removes (`None`) the hook called for every committed batch,
+    /// replacing any hook installed before. Batches already being committed may still see the
+    /// previous hook. Backends that cannot call a hook keep this default, which ignores it.
+    fn set_commit_hook(&self, _hook: Option<Arc<dyn CommitHook>>) {}
 }

@@ -14,12 +14,19 @@
 //! Each batch stays atomic: the group transaction contains all of them or none. If the group
 //! transaction fails, each batch is retried in its own transaction, so one bad batch fails only
 //! its own caller.
+//!
+//! The writer is also where commit order is decided, so it is where the [`CommitHook`] runs:
+//! as each batch joins the transaction the hook's extra ops for it are added right after it,
+//! and once the transaction is durable the hook hears `after_commit`. A retried batch asks the
+//! hook again, so what the hook numbers always follows commit order (possibly with gaps for
+//! attempts that failed). The byte bound counts callers' bytes only; extra ops come on top.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Op, Result, StorageMetrics};
+use crate::hook::{checked_extra_ops, HookSlot};
+use crate::{CommitHook, Op, Result, StorageMetrics};
 
 /// Most batches committed in one transaction.
 pub(super) const MAX_GROUP_BATCHES: usize = 1024;
@@ -51,11 +58,12 @@ pub(super) struct Counters {
 }
 
 impl Counters {
-    fn record_commit(&self, batches: &[&[Op]]) {
-        let ops: usize = batches.iter().map(|batch| batch.len()).sum();
+    /// Counts one durable commit of `group`, extra ops included.
+    fn record_commit(&self, group: &[Prepared]) {
+        let ops: usize = group.iter().map(Prepared::op_count).sum();
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.batches
-            .fetch_add(batches.len() as u64, Ordering::Relaxed);
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
         self.ops.fetch_add(ops as u64, Ordering::Relaxed);
     }
 
@@ -68,11 +76,13 @@ impl Counters {
     }
 }
 
-/// Runs until every sender of `queue` is dropped and the queue is empty.
+/// Runs until every sender of `queue` is dropped and the queue is empty. Each group is
+/// committed with the hook installed in `hook` when the group starts.
 pub(super) fn run(
     store: impl GroupStore,
     mut queue: mpsc::Receiver<WriteRequest>,
     counters: &Counters,
+    hook: &HookSlot,
 ) {
     let mut carried = None;
     loop {
@@ -85,7 +95,8 @@ pub(super) fn run(
         };
         let (group, next) = drain_group(first, &mut queue);
         carried = next;
-        commit_group(&store, group, counters);
+        let hook = hook.get();
+        commit_group(&store, group, counters, hook.as_deref());
     }
 }
 
@@ -111,23 +122,83 @@ fn drain_group(
     (group, None)
 }
 
-fn commit_group(store: &impl GroupStore, group: Vec<WriteRequest>, counters: &Counters) {
-    let batches: Vec<&[Op]> = group.iter().map(|request| request.ops.as_slice()).collect();
-    let group_result = store.commit(&batches);
-    if group_result.is_ok() {
-        counters.record_commit(&batches);
+/// A request with the extra ops its hook gave it for this commit attempt.
+struct Prepared {
+    request: WriteRequest,
+    extra: Vec<Op>,
+}
+
+impl Prepared {
+    fn op_count(&self) -> usize {
+        self.request.ops.len() + self.extra.len()
     }
-    drop(batches);
-    match group_result {
+}
+
+/// Asks the hook for `request`'s extra ops. A request whose extra ops break the batch limits is
+/// answered with that error here and left out of the commit.
+fn prepare(request: WriteRequest, hook: Option<&dyn CommitHook>) -> Option<Prepared> {
+    let Some(hook) = hook else {
+        return Some(Prepared {
+            request,
+            extra: Vec::new(),
+        });
+    };
+    match checked_extra_ops(hook, &request.ops) {
+        Ok(extra) => Some(Prepared { request, extra }),
+        Err(error) => {
+            let _ = request.reply.send(Err(error));
+            None
+        }
+    }
+}
+
+/// Commits `group` in one durable transaction, each batch followed by its extra ops, then
+/// tells the hook if any batch had extra ops.
+fn commit_prepared(
+    store: &impl GroupStore,
+    group: &[Prepared],
+    counters: &Counters,
+    hook: Option<&dyn CommitHook>,
+) -> Result<()> {
+    let batches: Vec<&[Op]> = group
+        .iter()
+        .flat_map(|prepared| [prepared.request.ops.as_slice(), prepared.extra.as_slice()])
+        .filter(|ops| !ops.is_empty())
+        .collect();
+    store.commit(&batches)?;
+    counters.record_commit(group);
+    if let Some(hook) = hook {
+        if group.iter().any(|prepared| !prepared.extra.is_empty()) {
+            hook.after_commit();
+        }
+    }
+    Ok(())
+}
+
+fn commit_group(
+    store: &impl GroupStore,
+    group: Vec<WriteRequest>,
+    counters: &Counters,
+    hook: Option<&dyn CommitHook>,
+) {
+    // In queue order, so the hook sees batches in the order they are committed.
+    let group: Vec<Prepared> = group
+        .into_iter()
+        .filter_map(|request| prepare(request, hook))
+        .collect();
+    if group.is_empty() {
+        return;
+    }
+    match commit_prepared(store, &group, counters, hook) {
         Ok(()) => {
-            for request in group {
+            for prepared in group {
                 // The caller may have stopped waiting; its batch is committed regardless.
-                let _ = request.reply.send(Ok(()));
+                let _ = prepared.request.reply.send(Ok(()));
             }
         }
         Err(error) if group.len() == 1 => {
-            if let Some(request) = group.into_iter().next() {
-                let _ = request.reply.send(Err(error));
+            if let Some(prepared) = group.into_iter().next() {
+                let _ = prepared.request.reply.send(Err(error));
             }
         }
         Err(error) => {
@@ -136,13 +207,15 @@ fn commit_group(store: &impl GroupStore, group: Vec<WriteRequest>, counters: &Co
                 %error,
                 "group commit failed; committing its batches one by one"
             );
-            for request in group {
-                let single = [request.ops.as_slice()];
-                let result = store.commit(&single);
-                if result.is_ok() {
-                    counters.record_commit(&single);
-                }
-                let _ = request.reply.send(result);
+            for prepared in group {
+                // The failed attempt's extra ops are dropped; the retry asks the hook again.
+                let Some(retry) = prepare(prepared.request, hook) else {
+                    continue;
+                };
+                let single = [retry];
+                let result = commit_prepared(store, &single, counters, hook);
+                let [retry] = single;
+                let _ = retry.request.reply.send(result);
             }
         }
     }
@@ -150,7 +223,7 @@ fn commit_group(store: &impl GroupStore, group: Vec<WriteRequest>, counters: &Co
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::StorageError;
@@ -193,14 +266,55 @@ mod tests {
 
     /// Queues `requests` before the writer starts, so they are all waiting when it drains.
     fn run_queued(store: &RecordingStore, requests: Vec<WriteRequest>) -> Counters {
+        run_queued_hooked(store, requests, &HookSlot::default())
+    }
+
+    fn run_queued_hooked(
+        store: &RecordingStore,
+        requests: Vec<WriteRequest>,
+        hook: &HookSlot,
+    ) -> Counters {
         let (sender, queue) = mpsc::channel(requests.len().max(1));
         for request in requests {
             assert!(sender.try_send(request).is_ok(), "queue has room");
         }
         drop(sender);
         let counters = Counters::default();
-        run(store, queue, &counters);
+        run(store, queue, &counters, hook);
         counters
+    }
+
+    /// Numbers every batch it sees with a `hook/<n>` key and counts `after_commit` calls.
+    #[derive(Default)]
+    struct NumberingHook {
+        calls: AtomicU64,
+        after_commits: AtomicU64,
+    }
+
+    impl CommitHook for NumberingHook {
+        fn extra_ops(&self, ops: &[Op]) -> Vec<Op> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if ops.iter().any(|op| op.key() == "unhooked") {
+                return Vec::new();
+            }
+            if ops.iter().any(|op| op.key() == "bad-extra") {
+                return vec![Op::Delete { key: String::new() }];
+            }
+            vec![Op::Put {
+                key: format!("hook/{n}"),
+                value: Vec::new(),
+            }]
+        }
+
+        fn after_commit(&self) {
+            self.after_commits.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn hooked(hook: &Arc<NumberingHook>) -> HookSlot {
+        let slot = HookSlot::default();
+        slot.set(Some(hook.clone()));
+        slot
     }
 
     #[test]
@@ -281,5 +395,73 @@ mod tests {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let group_sizes: Vec<usize> = commits.iter().map(Vec::len).collect();
         assert_eq!(group_sizes, [MAX_GROUP_BATCHES, 5]);
+    }
+
+    #[test]
+    fn the_hook_adds_ops_after_each_batch_of_the_group() {
+        let store = RecordingStore::default();
+        let hook = Arc::new(NumberingHook::default());
+        let (requests, replies): (Vec<_>, Vec<_>) = ["a", "unhooked", "c"]
+            .into_iter()
+            .map(|key| request(key, 1))
+            .unzip();
+        let counters = run_queued_hooked(&store, requests, &hooked(&hook));
+        for mut reply in replies {
+            assert!(matches!(reply.try_recv(), Ok(Ok(()))));
+        }
+        let commits = store
+            .commits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert_eq!(
+            *commits,
+            vec![vec!["a", "hook/1", "unhooked", "c", "hook/3"]]
+        );
+        assert_eq!(hook.after_commits.load(Ordering::SeqCst), 1);
+        assert_eq!(counters.snapshot().ops, 5, "extra ops are counted");
+    }
+
+    #[test]
+    fn a_retried_batch_asks_the_hook_again_in_order() {
+        let store = RecordingStore::default();
+        let hook = Arc::new(NumberingHook::default());
+        let (requests, replies): (Vec<_>, Vec<_>) = ["a", "poison", "c"]
+            .into_iter()
+            .map(|key| request(key, 1))
+            .unzip();
+        run_queued_hooked(&store, requests, &hooked(&hook));
+        let results: Vec<bool> = replies
+            .into_iter()
+            .map(|mut reply| matches!(reply.try_recv(), Ok(Ok(()))))
+            .collect();
+        assert_eq!(results, [true, false, true]);
+        let commits = store
+            .commits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // 1..=3 went to the failed group transaction; the retries got 4, 5 (failed) and 6.
+        assert_eq!(*commits, vec![vec!["a", "hook/4"], vec!["c", "hook/6"]]);
+        assert_eq!(hook.after_commits.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn invalid_extra_ops_reject_only_their_batch() {
+        let store = RecordingStore::default();
+        let hook = Arc::new(NumberingHook::default());
+        let (requests, replies): (Vec<_>, Vec<_>) = ["a", "bad-extra", "c"]
+            .into_iter()
+            .map(|key| request(key, 1))
+            .unzip();
+        run_queued_hooked(&store, requests, &hooked(&hook));
+        let results: Vec<bool> = replies
+            .into_iter()
+            .map(|mut reply| matches!(reply.try_recv(), Ok(Ok(()))))
+            .collect();
+        assert_eq!(results, [true, false, true]);
+        let commits = store
+            .commits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert_eq!(*commits, vec![vec!["a", "hook/1", "c", "hook/3"]]);
     }
 }

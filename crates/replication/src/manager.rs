@@ -1,0 +1,382 @@
+//! The DR manager: owns the replication state, answers `sys/replication/*`, and starts and
+//! stops the primary listener sessions and the secondary stream as the mode changes.
+
+mod ceremony;
+mod endpoints;
+mod status_json;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bunker_core::logical::{Request, Response, Result as LResult};
+use bunker_core::{Caller, Core, DrMode, ReplicationHandler};
+use bunker_storage::Backend;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::messages::now_ms;
+use crate::state::{Mode, ReplState};
+use crate::status::{PeerStatus, SecondaryStatus, SyncState};
+use crate::wal::Wal;
+use crate::ReplError;
+
+/// How often old WAL entries beyond the retention are deleted.
+const TRUNCATE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Settings from the server configuration.
+#[derive(Clone, Debug)]
+pub struct DrConfig {
+    /// Address the cluster port listens on (`listener.cluster_address`); none disables DR.
+    pub cluster_listen_addr: Option<String>,
+    /// Cluster address advertised to secondaries (`cluster_addr`).
+    pub cluster_addr: String,
+    /// This cluster's API address (`api_addr`), put in activation tokens.
+    pub api_addr: String,
+    /// WAL entries kept for secondaries to resume from.
+    pub wal_retention: u64,
+}
+
+pub struct DrManager {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub config: DrConfig,
+    pub backend: Arc<dyn Backend>,
+    pub wal: Arc<Wal>,
+    pub core: Weak<Core>,
+    state: tokio::sync::Mutex<ReplState>,
+    mode: AtomicU8,
+    server_tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
+    peers: Mutex<BTreeMap<String, PeerStatus>>,
+    sessions: Mutex<HashMap<String, watch::Sender<bool>>>,
+    follower: Mutex<Option<watch::Sender<bool>>>,
+    sec_status: Mutex<SecondaryStatus>,
+    pub(crate) ceremonies: ceremony::Ceremonies,
+}
+
+fn mode_to_u8(m: Mode) -> u8 {
+    match m {
+        Mode::Disabled => 0,
+        Mode::Primary => 1,
+        Mode::Secondary => 2,
+    }
+}
+
+impl DrManager {
+    /// Open the WAL on `backend`, restore the saved mode, and start the cluster listener and
+    /// the secondary stream as the state says. Registers itself on the core.
+    pub async fn start(
+        core: &Arc<Core>,
+        backend: Arc<dyn Backend>,
+        config: DrConfig,
+    ) -> Result<Arc<DrManager>, ReplError> {
+        let wal = Wal::open(backend.clone()).await?;
+        let state = ReplState::load(backend.as_ref()).await?;
+        let inner = Arc::new(Inner {
+            config,
+            backend,
+            wal,
+            core: Arc::downgrade(core),
+            mode: AtomicU8::new(mode_to_u8(state.mode)),
+            state: tokio::sync::Mutex::new(state.clone()),
+            server_tls: RwLock::new(None),
+            peers: Mutex::new(BTreeMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            follower: Mutex::new(None),
+            sec_status: Mutex::new(SecondaryStatus::default()),
+            ceremonies: ceremony::Ceremonies::default(),
+        });
+        if let Some(addr) = inner.config.cluster_listen_addr.clone() {
+            let listener = TcpListener::bind(&addr).await.map_err(|e| {
+                ReplError::Internal(format!("binding the cluster listener to {addr}: {e}"))
+            })?;
+            tracing::info!(address = %addr, "cluster listener started");
+            tokio::spawn(crate::primary::run_listener(inner.clone(), listener));
+        }
+        match state.mode {
+            Mode::Primary => {
+                inner.wal.promote();
+                inner.install_tls_for(&state)?;
+            }
+            Mode::Secondary if state.secondary.is_some() => inner.start_follower(),
+            _ => {}
+        }
+        let truncator = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TRUNCATE_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(inner) = truncator.upgrade() else {
+                    return;
+                };
+                if let Err(e) = inner.wal.truncate(inner.config.wal_retention).await {
+                    tracing::warn!(error = %e, "WAL truncation failed");
+                }
+            }
+        });
+        let manager = Arc::new(DrManager { inner });
+        core.set_replication(manager.clone());
+        Ok(manager)
+    }
+
+    pub fn wal(&self) -> &Arc<Wal> {
+        &self.inner.wal
+    }
+}
+
+#[async_trait]
+impl ReplicationHandler for DrManager {
+    fn dr_mode(&self) -> DrMode {
+        match self.inner.mode.load(Ordering::Acquire) {
+            1 => DrMode::Primary,
+            2 => DrMode::Secondary,
+            _ => DrMode::Disabled,
+        }
+    }
+
+    async fn handle(
+        &self,
+        core: &Core,
+        req: &Request,
+        caller: Option<&Caller>,
+    ) -> LResult<Response> {
+        endpoints::handle(&self.inner, core, req, caller).await
+    }
+}
+
+impl Inner {
+    pub fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::Acquire) {
+            1 => Mode::Primary,
+            2 => Mode::Secondary,
+            _ => Mode::Disabled,
+        }
+    }
+
+    pub async fn state_snapshot(&self) -> ReplState {
+        self.state.lock().await.clone()
+    }
+
+    /// Persist a new state and make it live (mode flag, TLS, tasks).
+    pub(crate) async fn commit_state(&self, state: ReplState) -> Result<(), ReplError> {
+        state.save(self.backend.as_ref()).await?;
+        let mut guard = self.state.lock().await;
+        *guard = state;
+        self.mode.store(mode_to_u8(guard.mode), Ordering::Release);
+        Ok(())
+    }
+
+    pub fn server_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        if self.mode() != Mode::Primary {
+            return None;
+        }
+        self.server_tls.read().ok().and_then(|t| t.clone())
+    }
+
+    pub(crate) fn install_tls_for(&self, state: &ReplState) -> Result<(), ReplError> {
+        let config = match &state.primary {
+            Some(p) => Some(crate::tls::server_config(&p.ca_cert_pem, &p.server)?),
+            None => None,
+        };
+        if let Ok(mut t) = self.server_tls.write() {
+            *t = config;
+        }
+        Ok(())
+    }
+
+    pub fn register_session(&self, id: &str, status: PeerStatus) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        if let Ok(mut s) = self.sessions.lock() {
+            if let Some(old) = s.insert(id.to_owned(), tx) {
+                let _ = old.send(true);
+            }
+        }
+        if let Ok(mut p) = self.peers.lock() {
+            p.insert(id.to_owned(), status);
+        }
+        rx
+    }
+
+    /// Close one secondary's live connection (revocation) or all of them (`None`).
+    pub(crate) fn close_sessions(&self, id: Option<&str>) {
+        if let Ok(mut s) = self.sessions.lock() {
+            match id {
+                Some(id) => {
+                    if let Some(tx) = s.remove(id) {
+                        let _ = tx.send(true);
+                    }
+                }
+                None => {
+                    for (_, tx) in s.drain() {
+                        let _ = tx.send(true);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn forget_peer(&self, id: Option<&str>) {
+        if let Ok(mut p) = self.peers.lock() {
+            match id {
+                Some(id) => {
+                    p.remove(id);
+                }
+                None => p.clear(),
+            }
+        }
+    }
+
+    pub fn mark_peer_disconnected(&self, id: &str) {
+        if let Ok(mut p) = self.peers.lock() {
+            if let Some(peer) = p.get_mut(id) {
+                peer.connected = false;
+            }
+        }
+    }
+
+    pub fn peer_ack(&self, id: &str, applied: u64, time_ms: u64) {
+        if let Ok(mut p) = self.peers.lock() {
+            if let Some(peer) = p.get_mut(id) {
+                let now = now_ms();
+                peer.acked_wal = applied;
+                peer.last_heartbeat_ms = now;
+                peer.clock_skew_ms =
+                    i64::try_from(time_ms).unwrap_or(0) - i64::try_from(now).unwrap_or(0);
+            }
+        }
+    }
+
+    pub(crate) fn peers(&self) -> Vec<PeerStatus> {
+        self.peers
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    // --- secondary side ---
+
+    pub(crate) fn start_follower(self: &Arc<Self>) {
+        self.stop_follower();
+        let (tx, rx) = watch::channel(false);
+        if let Ok(mut f) = self.follower.lock() {
+            *f = Some(tx);
+        }
+        if let Ok(mut s) = self.sec_status.lock() {
+            *s = SecondaryStatus {
+                last_start_ms: now_ms(),
+                counters: s.counters,
+                ..Default::default()
+            };
+        }
+        tokio::spawn(crate::secondary::run(self.clone(), rx));
+    }
+
+    pub(crate) fn stop_follower(&self) {
+        if let Ok(mut f) = self.follower.lock() {
+            if let Some(tx) = f.take() {
+                let _ = tx.send(true);
+            }
+        }
+        self.set_sync_state(SyncState::Idle, "shutdown");
+    }
+
+    pub fn sec_status(&self) -> SecondaryStatus {
+        self.sec_status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    fn with_status(&self, f: impl FnOnce(&mut SecondaryStatus)) {
+        if let Ok(mut s) = self.sec_status.lock() {
+            f(&mut s);
+        }
+    }
+
+    pub fn set_sync_state(&self, state: SyncState, connection: &'static str) {
+        self.with_status(|s| {
+            s.state = state;
+            s.connection_state = connection;
+            if connection != "ready" {
+                s.primary.connected = false;
+            }
+        });
+    }
+
+    pub fn record_error(&self, e: &str) {
+        self.with_status(|s| s.last_error = e.to_owned());
+    }
+
+    pub fn connected_to_primary(&self, addr: &str, last_wal: u64) {
+        self.with_status(|s| {
+            s.primary.cluster_address = addr.to_owned();
+            s.primary.connected = true;
+            s.primary.last_heartbeat_ms = now_ms();
+            s.primary_last_wal = last_wal;
+            s.last_error.clear();
+        });
+    }
+
+    pub fn primary_heartbeat(&self, last_wal: u64, time_ms: u64) {
+        self.with_status(|s| {
+            let now = now_ms();
+            s.primary.last_heartbeat_ms = now;
+            s.primary.clock_skew_ms =
+                i64::try_from(time_ms).unwrap_or(0) - i64::try_from(now).unwrap_or(0);
+            s.primary_last_wal = last_wal;
+        });
+    }
+
+    pub fn record_applied(&self, entries: u64, bytes: u64, last_wal: u64, newest_ms: u64) {
+        self.with_status(|s| {
+            s.counters.wal_entries_streamed += entries;
+            s.counters.wal_bytes_streamed += bytes;
+            s.primary_last_wal = s.primary_last_wal.max(last_wal);
+            s.primary.last_heartbeat_ms = now_ms();
+            if newest_ms > 0 {
+                s.last_apply_lag_ms = now_ms().saturating_sub(newest_ms);
+            }
+        });
+    }
+
+    pub fn record_merkle_sync(&self, buckets: u64, keys: u64, deleted: u64, bytes: u64) {
+        self.with_status(|s| {
+            let c = &mut s.counters;
+            c.merkle_syncs += 1;
+            c.last_merkle_buckets_differing = buckets;
+            c.last_merkle_keys_fetched = keys;
+            c.last_merkle_keys_deleted = deleted;
+            c.last_merkle_bytes_fetched = bytes;
+            c.merkle_keys_fetched += keys;
+            c.merkle_keys_deleted += deleted;
+            c.merkle_bytes_fetched += bytes;
+        });
+    }
+
+    pub async fn adopt_generation(&self, generation: u64) -> Result<(), ReplError> {
+        let mut state = self.state_snapshot().await;
+        state.generation = generation;
+        self.commit_state(state).await
+    }
+
+    pub async fn mark_synced(&self, generation: u64) -> Result<(), ReplError> {
+        let mut state = self.state_snapshot().await;
+        state.synced_generation = Some(generation);
+        self.commit_state(state).await
+    }
+
+    /// After the primary rotated its barrier key, an unsealed secondary reloads its keyring.
+    pub async fn reload_core_keyring(&self) {
+        if let Some(core) = self.core.upgrade() {
+            if !core.is_sealed() {
+                if let Err(e) = core.barrier().reload_keyring().await {
+                    tracing::warn!(error = %e, "reloading the replicated keyring failed");
+                }
+            }
+        }
+    }
+}

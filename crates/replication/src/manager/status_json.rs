@@ -1,0 +1,101 @@
+//! The body of `sys/replication/dr/status` for each mode.
+
+use serde_json::{json, Value};
+
+use super::Inner;
+use crate::messages::now_ms;
+use crate::state::Mode;
+
+impl Inner {
+    pub(crate) async fn status_json(&self) -> Value {
+        let state = self.state_snapshot().await;
+        let merkle_root = match crate::merkle::compute(self.backend.as_ref()).await {
+            Ok(tree) => tree.root_hex(),
+            Err(e) => {
+                tracing::warn!(error = %e, "computing the Merkle root for status failed");
+                String::new()
+            }
+        };
+        let last_wal = self.wal.last_index();
+        match state.mode {
+            Mode::Disabled => json!({"mode": "disabled"}),
+            Mode::Primary => {
+                let primary = state.primary.as_ref();
+                let known: Vec<String> = primary
+                    .map(|p| {
+                        p.secondaries
+                            .values()
+                            .filter(|s| !s.revoked)
+                            .map(|s| s.id.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let secondaries: Vec<Value> = self
+                    .peers()
+                    .iter()
+                    .map(|p| p.to_json(true, last_wal))
+                    .collect();
+                json!({
+                    "mode": "primary",
+                    "cluster_id": state.cluster_id,
+                    "generation": state.generation,
+                    "state": "running",
+                    "known_secondaries": known,
+                    "secondaries": secondaries,
+                    "last_wal": last_wal,
+                    "last_dr_wal": last_wal,
+                    "last_reindex_epoch": "0",
+                    "last_corruption_check_epoch": "-62135596800",
+                    "merkle_root": merkle_root,
+                    "corrupted_merkle_tree": false,
+                    "primary_cluster_addr": primary.map(|p| p.primary_cluster_addr.clone()).unwrap_or_default(),
+                    "ssct_generation_counter": 0,
+                })
+            }
+            Mode::Secondary => {
+                let s = self.sec_status();
+                let secondary = state.secondary.as_ref();
+                let lag_entries = s.primary_last_wal.saturating_sub(last_wal);
+                let lag_ms = if lag_entries == 0 {
+                    0
+                } else {
+                    s.last_apply_lag_ms.max(
+                        now_ms()
+                            .saturating_sub(s.primary.last_heartbeat_ms)
+                            .min(s.last_apply_lag_ms),
+                    )
+                };
+                let primaries: Vec<Value> =
+                    if secondary.is_some() && s.primary.last_heartbeat_ms > 0 {
+                        vec![s.primary.to_json(false, 0)]
+                    } else {
+                        vec![]
+                    };
+                let addr = secondary
+                    .map(|x| x.primary_cluster_addr.clone())
+                    .unwrap_or_default();
+                json!({
+                    "mode": "secondary",
+                    "cluster_id": state.cluster_id,
+                    "generation": state.generation,
+                    "secondary_id": secondary.map(|x| x.secondary_id.clone()).unwrap_or_default(),
+                    "primary_cluster_addr": addr,
+                    "known_primary_cluster_addrs": if addr.is_empty() { vec![] } else { vec![addr.clone()] },
+                    "last_remote_wal": last_wal,
+                    "last_primary_wal": s.primary_last_wal,
+                    "lag_wal_entries": lag_entries,
+                    "lag_ms": lag_ms,
+                    "merkle_root": merkle_root,
+                    "state": if secondary.is_none() { "idle" } else { s.state.as_str() },
+                    "connection_state": if secondary.is_none() { "shutdown" } else if s.connection_state.is_empty() { "connecting" } else { s.connection_state },
+                    "last_start": if s.last_start_ms == 0 { String::new() } else { s.last_start_ms.to_string() },
+                    "last_error": s.last_error,
+                    "corrupted_merkle_tree": false,
+                    "last_reindex_epoch": "0",
+                    "primaries": primaries,
+                    "sync": s.counters.to_json(),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use bunker_storage::limits::MAX_KEY_BYTES;
+use bunker_storage::{Backend, InmemBackend, Op};
+
+use super::*;
+use crate::wal::Wal;
+
+fn put(key: &str, value: &[u8]) -> Op {
+    Op::Put {
+        key: key.to_owned(),
+        value: value.to_vec(),
+    }
+}
+
+/// The tree computed the obvious way, from all pairs in memory.
+fn reference_tree(pairs: &BTreeMap<String, Vec<u8>>) -> MerkleTree {
+    let mut leaves: Vec<Vec<[u8; 32]>> = vec![Vec::new(); BUCKETS];
+    let mut keys = 0;
+    for (key, value) in pairs.iter().filter(|(key, _)| !is_local(key)) {
+        leaves[bucket_of(key) as usize].push(leaf_hash(key, value));
+        keys += 1;
+    }
+    let buckets: Vec<[u8; 32]> = leaves
+        .iter()
+        .map(|leaves| {
+            if leaves.is_empty() {
+                [0; 32]
+            } else {
+                let mut hasher = Sha256::new();
+                for leaf in leaves {
+                    hasher.update(leaf);
+                }
+                hasher.finalize().into()
+            }
+        })
+        .collect();
+    let mut root = Sha256::new();
+    for bucket in &buckets {
+        root.update(bucket);
+    }
+    MerkleTree {
+        buckets,
+        root: root.finalize().into(),
+        keys,
+    }
+}
+
+/// Replicated keys, including ones that sort right around the local range.
+fn replicated_pairs(count: usize) -> BTreeMap<String, Vec<u8>> {
+    let mut pairs: BTreeMap<String, Vec<u8>> = (0..count)
+        .map(|i| (format!("logical/{i:05}"), i.to_be_bytes().to_vec()))
+        .collect();
+    for key in [
+        "repl",
+        "repl.",
+        "repl0",
+        "repl0/x",
+        "replica/a",
+        "rep/l",
+        "zzz",
+    ] {
+        pairs.insert(key.to_owned(), key.as_bytes().to_vec());
+    }
+    pairs
+}
+
+async fn backend_with(pairs: &BTreeMap<String, Vec<u8>>) -> Arc<InmemBackend> {
+    let backend = Arc::new(InmemBackend::new());
+    let ops: Vec<Op> = pairs.iter().map(|(key, value)| put(key, value)).collect();
+    for chunk in ops.chunks(1000) {
+        backend.batch(chunk.to_vec()).await.expect("loading");
+    }
+    backend
+}
+
+async fn tree(backend: &dyn Backend) -> MerkleTree {
+    compute(backend).await.expect("computing tree")
+}
+
+#[test]
+fn bucket_is_the_first_12_bits_of_the_key_hash() {
+    // sha256("") = e3b0c442...
+    assert_eq!(bucket_of(""), 0xe3b);
+    assert!((0..10_000).all(|i| (bucket_of(&format!("k{i}")) as usize) < BUCKETS));
+}
+
+#[test]
+fn leaf_hashes_are_length_prefixed() {
+    let expected: [u8; 32] = Sha256::new()
+        .chain_update(3u32.to_be_bytes())
+        .chain_update(b"abc")
+        .chain_update(Sha256::digest(b"v"))
+        .finalize()
+        .into();
+    assert_eq!(leaf_hash("abc", b"v"), expected);
+    assert_ne!(leaf_hash("ab", b"cv"), leaf_hash("abc", b"v"));
+}
+
+#[test]
+fn the_local_bound_covers_the_longest_local_keys() {
+    let bound = past_local_keys();
+    let longest = format!(
+        "{LOCAL_PREFIX}{}",
+        char::MAX
+            .to_string()
+            .repeat((MAX_KEY_BYTES - LOCAL_PREFIX.len()) / 4)
+    );
+    assert!(longest.len() <= MAX_KEY_BYTES);
+    assert!(longest.as_str() < bound.as_str());
+    assert!("repl/\u{10FFFF}zzz" < bound.as_str());
+    assert!(bound.as_str() < "repl0");
+}
+
+#[tokio::test]
+async fn empty_keyspace() {
+    let backend = InmemBackend::new();
+    let tree = tree(&backend).await;
+    assert_eq!(tree.keys, 0);
+    assert!(tree.buckets.iter().all(|bucket| *bucket == [0; 32]));
+    assert_eq!(tree, reference_tree(&BTreeMap::new()));
+    assert!(tree.is_consistent());
+    assert_eq!(tree.root_hex().len(), 64);
+}
+
+#[tokio::test]
+async fn compute_matches_the_reference_across_pages() {
+    let pairs = replicated_pairs(3000);
+    let backend = backend_with(&pairs).await;
+    backend
+        .put("repl/state", b"local".to_vec())
+        .await
+        .expect("put");
+    let tree = tree(backend.as_ref()).await;
+    assert_eq!(tree, reference_tree(&pairs));
+    assert_eq!(tree.keys, pairs.len() as u64);
+    assert!(tree.is_consistent());
+}
+
+#[tokio::test]
+async fn local_data_does_not_change_the_tree() {
+    let pairs = replicated_pairs(1500);
+    let plain = backend_with(&pairs).await;
+
+    let busy = backend_with(&pairs).await;
+    // A WAL with many entries and other local state, around and between the replicated keys.
+    let wal = Wal::open(busy.clone()).await.expect("opening WAL");
+    wal.set_recording(true);
+    for i in 0..1500u32 {
+        busy.put(
+            &format!("logical/{i:05}"),
+            (i as usize).to_be_bytes().to_vec(),
+        )
+        .await
+        .expect("rewriting the same value");
+    }
+    let edge = format!(
+        "{LOCAL_PREFIX}{}",
+        char::MAX
+            .to_string()
+            .repeat((MAX_KEY_BYTES - LOCAL_PREFIX.len()) / 4)
+    );
+    busy.batch(vec![put("repl/dr/state", b"x"), put(&edge, b"edge")])
+        .await
+        .expect("local keys");
+    assert!(wal.last_index() >= 1500);
+
+    let plain_tree = tree(plain.as_ref()).await;
+    let counting = CountingScans {
+        inner: busy.clone(),
+        local_entries: AtomicUsize::new(0),
+    };
+    let busy_tree = tree(&counting).await;
+    assert!(
+        counting.local_entries.load(Ordering::SeqCst) <= SCAN_PAGE,
+        "the local range is skipped with a seek, not read through"
+    );
+    assert_eq!(busy_tree, plain_tree);
+    assert!(busy_tree.diff(&plain_tree).is_empty());
+}
+
+#[tokio::test]
+async fn diff_finds_exactly_the_changed_buckets() {
+    let pairs = replicated_pairs(500);
+    let a = backend_with(&pairs).await;
+    let b = backend_with(&pairs).await;
+    let changed = ["logical/00007", "logical/00123"];
+    b.put(changed[0], b"changed".to_vec()).await.expect("put");
+    b.delete(changed[1]).await.expect("delete");
+    b.put("logical/new", b"added".to_vec()).await.expect("put");
+    b.put("repl/ignored", b"local".to_vec()).await.expect("put");
+
+    let expected: BTreeSet<u32> = [changed[0], changed[1], "logical/new"]
+        .into_iter()
+        .map(bucket_of)
+        .collect();
+    let (tree_a, tree_b) = (tree(a.as_ref()).await, tree(b.as_ref()).await);
+    assert_ne!(tree_a.root, tree_b.root);
+    assert_eq!(
+        tree_a.diff(&tree_b),
+        expected.iter().copied().collect::<Vec<_>>()
+    );
+    assert_eq!(tree_b.diff(&tree_a), tree_a.diff(&tree_b));
+
+    let mut truncated = tree_b.clone();
+    truncated.buckets.truncate(BUCKETS - 2);
+    assert!(!truncated.is_consistent());
+    let tail = tree_a.diff(&truncated);
+    assert!(tail.ends_with(&[BUCKETS as u32 - 2, BUCKETS as u32 - 1]));
+}
+
+#[tokio::test]
+async fn bucket_listing_lists_the_buckets_keys_in_order() {
+    let pairs = replicated_pairs(2500);
+    let backend = backend_with(&pairs).await;
+    backend.put("repl/local", b"x".to_vec()).await.expect("put");
+    let wanted: BTreeSet<u32> = ["logical/00001", "repl0", "logical/02000"]
+        .into_iter()
+        .map(bucket_of)
+        .chain([bucket_of("repl/local")])
+        .collect();
+    let listing = bucket_listing(backend.as_ref(), &wanted)
+        .await
+        .expect("listing");
+    let expected: Vec<(String, [u8; 32])> = pairs
+        .iter()
+        .filter(|(key, _)| wanted.contains(&bucket_of(key)))
+        .map(|(key, value)| (key.clone(), leaf_hash(key, value)))
+        .collect();
+    assert_eq!(listing, expected);
+    assert!(listing.iter().any(|(key, _)| key == "repl0"));
+    assert!(listing.iter().all(|(key, _)| !is_local(key)));
+    assert!(bucket_listing(backend.as_ref(), &BTreeSet::new())
+        .await
+        .expect("listing nothing")
+        .is_empty());
+}
+
+/// Counts the local entries handed out by `scan`.
+struct CountingScans {
+    inner: Arc<InmemBackend>,
+    local_entries: AtomicUsize,
+}
+
+#[async_trait]
+impl Backend for CountingScans {
+    async fn get(&self, key: &str) -> bunker_storage::Result<Option<Vec<u8>>> {
+        self.inner.get(key).await
+    }
+
+    async fn batch(&self, ops: Vec<Op>) -> bunker_storage::Result<()> {
+        self.inner.batch(ops).await
+    }
+
+    async fn list(&self, prefix: &str) -> bunker_storage::Result<Vec<String>> {
+        self.inner.list(prefix).await
+    }
+
+    async fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> bunker_storage::Result<Vec<(String, Vec<u8>)>> {
+        let page = self.inner.scan(prefix, after, limit).await?;
+        let local = page.iter().filter(|(key, _)| is_local(key)).count();
+        self.local_entries.fetch_add(local, Ordering::SeqCst);
+        Ok(page)
+    }
+}

@@ -1,0 +1,94 @@
+//! The DR stream protocol: what a secondary and its primary say to each other, as postcard
+//! frames (see [`crate::frame`]) over the mutually authenticated cluster connection.
+//!
+//! ```text
+//! S -> P  Hello { cluster, id, generation, position }
+//! P -> S  Welcome { generation, last_wal, resume }      or Refused { reason }
+//! resume:     S -> P StreamFrom { after }               then P -> S Wal* / Heartbeat*, S -> P Ack*
+//! otherwise:  S -> P MerkleRequest; P -> S Tree { wal_index, tree }            (merkle-diff)
+//!             S -> P BucketRequest; P -> S BucketListing                       (merkle-diff)
+//!             S -> P KeysRequest*;  P -> S Values*                             (merkle-sync)
+//!             S -> P StreamFrom { after: wal_index } ...                       (stream-wals)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::merkle::MerkleTree;
+use crate::wal::WalEntry;
+
+/// Where a secondary stands in the primary's history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Generation of the replication set the position belongs to.
+    pub generation: u64,
+    /// Last WAL index applied (after a completed sync).
+    pub wal_index: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToPrimary {
+    Hello {
+        cluster_id: String,
+        secondary_id: String,
+        /// Highest generation this secondary has followed (it refuses older primaries).
+        generation: u64,
+        /// `None` until a first full sync completed.
+        position: Option<Position>,
+        api_addr: String,
+        cluster_addr: String,
+    },
+    MerkleRequest,
+    BucketRequest {
+        buckets: Vec<u32>,
+    },
+    KeysRequest {
+        keys: Vec<String>,
+    },
+    StreamFrom {
+        after: u64,
+    },
+    /// Progress report and heartbeat.
+    Ack {
+        applied: u64,
+        time_ms: u64,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToSecondary {
+    Welcome {
+        generation: u64,
+        last_wal: u64,
+        /// The secondary may resume streaming from its position.
+        resume: bool,
+    },
+    Refused {
+        reason: String,
+    },
+    Tree {
+        wal_index: u64,
+        tree: MerkleTree,
+    },
+    BucketListing {
+        entries: Vec<(String, [u8; 32])>,
+    },
+    /// Current values; `None` means the key no longer exists on the primary.
+    Values {
+        entries: Vec<(String, Option<Vec<u8>>)>,
+    },
+    Wal {
+        entries: Vec<WalEntry>,
+        last_wal: u64,
+    },
+    Heartbeat {
+        last_wal: u64,
+        time_ms: u64,
+    },
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,128 @@
+//! Live connection status and sync counters, and their JSON shape in `sys/replication/dr/status`.
+
+use serde_json::{json, Value};
+
+use crate::messages::now_ms;
+
+fn rfc3339_ms(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// What a primary knows about one connected (or once connected) secondary.
+#[derive(Clone, Debug, Default)]
+pub struct PeerStatus {
+    pub node_id: String,
+    pub api_address: String,
+    pub cluster_address: String,
+    pub connected: bool,
+    pub last_heartbeat_ms: u64,
+    pub acked_wal: u64,
+    pub clock_skew_ms: i64,
+}
+
+impl PeerStatus {
+    pub fn to_json(&self, with_node_id: bool, last_wal: u64) -> Value {
+        let since = if self.last_heartbeat_ms == 0 {
+            0
+        } else {
+            now_ms().saturating_sub(self.last_heartbeat_ms)
+        };
+        let mut v = json!({
+            "api_address": self.api_address,
+            "cluster_address": self.cluster_address,
+            "connection_status": if self.connected { "connected" } else { "disconnected" },
+            "last_heartbeat": if self.last_heartbeat_ms == 0 { String::new() } else { rfc3339_ms(self.last_heartbeat_ms) },
+            "last_heartbeat_duration_ms": since.to_string(),
+            "clock_skew_ms": self.clock_skew_ms.to_string(),
+            "replication_primary_canary_age_ms": "0",
+        });
+        if let Value::Object(m) = &mut v {
+            if with_node_id {
+                m.insert("node_id".into(), json!(self.node_id));
+                m.insert("last_acked_wal".into(), json!(self.acked_wal));
+                m.insert(
+                    "lag_wal_entries".into(),
+                    json!(last_wal.saturating_sub(self.acked_wal)),
+                );
+            }
+        }
+        v
+    }
+}
+
+/// Secondary-side state of the stream (`state` in status).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncState {
+    #[default]
+    Idle,
+    Connecting,
+    MerkleDiff,
+    MerkleSync,
+    StreamWals,
+}
+
+impl SyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Idle => "idle",
+            SyncState::Connecting => "connecting",
+            SyncState::MerkleDiff => "merkle-diff",
+            SyncState::MerkleSync => "merkle-sync",
+            SyncState::StreamWals => "stream-wals",
+        }
+    }
+}
+
+/// Counters of what syncing cost, for operators (`sync` in status).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncCounters {
+    pub merkle_syncs: u64,
+    pub merkle_keys_fetched: u64,
+    pub merkle_keys_deleted: u64,
+    pub merkle_bytes_fetched: u64,
+    pub last_merkle_keys_fetched: u64,
+    pub last_merkle_keys_deleted: u64,
+    pub last_merkle_bytes_fetched: u64,
+    pub last_merkle_buckets_differing: u64,
+    pub wal_entries_streamed: u64,
+    pub wal_bytes_streamed: u64,
+}
+
+impl SyncCounters {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "merkle_syncs": self.merkle_syncs,
+            "last_merkle_sync": {
+                "buckets_differing": self.last_merkle_buckets_differing,
+                "keys_fetched": self.last_merkle_keys_fetched,
+                "keys_deleted": self.last_merkle_keys_deleted,
+                "bytes_fetched": self.last_merkle_bytes_fetched,
+            },
+            "merkle_keys_fetched_total": self.merkle_keys_fetched,
+            "merkle_bytes_fetched_total": self.merkle_bytes_fetched,
+            "wal_entries_streamed": self.wal_entries_streamed,
+            "wal_bytes_streamed": self.wal_bytes_streamed,
+        })
+    }
+}
+
+/// Everything a secondary reports about its stream.
+#[derive(Clone, Debug, Default)]
+pub struct SecondaryStatus {
+    pub state: SyncState,
+    pub connection_state: &'static str,
+    pub primary: PeerStatus,
+    pub primary_last_wal: u64,
+    /// How late (ms after the primary committed it) the last entry was applied.
+    pub last_apply_lag_ms: u64,
+    pub last_error: String,
+    pub last_start_ms: u64,
+    pub counters: SyncCounters,
+}

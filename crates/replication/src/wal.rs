@@ -1,0 +1,386 @@
+//! The write-ahead log: every committed batch of replicated keys, numbered in commit order.
+//!
+//! Design:
+//! - **Stored in the backend it describes.** Each entry lives at `repl/wal/{index:020}` and is
+//!   written by a [`bunker_storage::CommitHook`] in the same transaction as its batch, together
+//!   with [`WAL_LAST_KEY`]. A crash can never leave data without its entry or an entry without
+//!   its data, and no second file needs its own fsync discipline.
+//! - **Commit order, not call order.** The hook runs where the backend decides commit order, so
+//!   applying entries in index order on a secondary reproduces the primary's state exactly.
+//!   Indices may have gaps (a failed commit attempt), never reorderings.
+//! - **Ciphertext only.** Values are barrier ciphertext; the WAL never decrypts them.
+//! - **Local keys stay local.** Keys under [`LOCAL_PREFIX`] (the WAL itself, replication state)
+//!   are never recorded, so truncating the WAL or saving replication progress does not grow it.
+//! - **Secondaries keep the same log.** Applied entries are stored under their primary index,
+//!   so a promoted secondary can serve followers from the same history and numbering.
+//!
+//! Limits: while recording, a batch's replicated ops must fit in one record (at most
+//! `MAX_VALUE_BYTES` encoded) and the batch plus its two WAL ops in `MAX_BATCH_OPS`; a batch
+//! that does not is rejected by the backend. Deleting pages reads values too, because
+//! `Backend::scan` has no key-only form; pages are kept small for that reason.
+//!
+//! Open one [`Wal`] per backend, once: it installs its recorder as the backend's only hook, and
+//! the hook stays installed for the life of the backend.
+
+mod record;
+mod recorder;
+
+use std::sync::Arc;
+
+use bunker_storage::{Backend, Op, StorageError};
+use thiserror::Error;
+use tokio::sync::{watch, Mutex};
+
+pub use record::{decode_entry, encode_entry, entry_key, WalEntry, ENTRY_VERSION};
+
+use record::{decode_index, decode_stored, encode_index, parse_entry_key};
+use recorder::Recorder;
+
+/// Keys under this prefix belong to this cluster only and are never replicated.
+pub const LOCAL_PREFIX: &str = "repl/";
+/// Entries live at `repl/wal/{index:020}`.
+pub const WAL_PREFIX: &str = "repl/wal/";
+/// u64 BE of the last index, written in the same batch as each entry.
+pub const WAL_LAST_KEY: &str = "repl/wal-last";
+/// Present (u64 BE target index) while a [`Wal::reset_to`] is deleting the old history; a reset
+/// interrupted by a crash is finished by [`Wal::open`].
+pub const WAL_RESET_KEY: &str = "repl/wal-reset";
+
+/// Entries read per scan in [`Wal::read_after`].
+const READ_PAGE: usize = 16;
+/// Entries deleted per batch when truncating or resetting.
+const DELETE_PAGE: usize = 64;
+
+/// Whether `key` is local to this cluster (never replicated).
+pub fn is_local(key: &str) -> bool {
+    key.starts_with(LOCAL_PREFIX)
+}
+
+#[derive(Debug, Error)]
+pub enum WalError {
+    /// The backend failed; fatal for the operation, the WAL itself is unchanged or consistent.
+    #[error("WAL storage failed while {context}: {source}")]
+    Storage {
+        context: String,
+        #[source]
+        source: StorageError,
+    },
+    /// A stored record (named by its key, or "WAL entry" when decoded without one) is damaged.
+    #[error("corrupt WAL record {record}: {reason}")]
+    Corrupt { record: String, reason: String },
+    /// An entry received from the primary is unacceptable; nothing of it was applied.
+    #[error("replicated WAL entry {index} rejected: {reason}")]
+    InvalidEntry { index: u64, reason: String },
+    /// A secondary-only operation was called while this node records its own WAL.
+    #[error("cannot {action} while this node records its own WAL (it is a primary)")]
+    Recording { action: &'static str },
+}
+
+type Result<T> = std::result::Result<T, WalError>;
+
+fn storage(context: impl Into<String>) -> impl FnOnce(StorageError) -> WalError {
+    let context = context.into();
+    move |source| WalError::Storage { context, source }
+}
+
+/// The write-ahead log of one backend.
+pub struct Wal {
+    backend: Arc<dyn Backend>,
+    recorder: Arc<Recorder>,
+    /// Serializes the operations that write the WAL themselves (apply, reset, truncate).
+    maintenance: Mutex<()>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("last_index", &self.last_index())
+            .field("recording", &self.recorder.is_recording())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wal {
+    /// Install the recorder hook on `backend` and recover the last index from WAL_LAST_KEY.
+    /// Recording starts off. A reset interrupted by a crash is finished first.
+    pub async fn open(backend: Arc<dyn Backend>) -> Result<Arc<Wal>> {
+        if let Some(target) = read_index(backend.as_ref(), WAL_RESET_KEY).await? {
+            tracing::warn!(wal_index = target, "finishing an interrupted WAL reset");
+            finish_reset(backend.as_ref(), target).await?;
+        }
+        let last_index = read_index(backend.as_ref(), WAL_LAST_KEY)
+            .await?
+            .unwrap_or(0);
+        let recorder = Arc::new(Recorder::new(last_index));
+        backend.set_commit_hook(Some(recorder.clone()));
+        tracing::info!(wal_index = last_index, "WAL opened");
+        Ok(Arc::new(Wal {
+            backend,
+            recorder,
+            maintenance: Mutex::new(()),
+        }))
+    }
+
+    /// Primary records; secondary/disabled doesn't.
+    pub fn set_recording(&self, on: bool) {
+        self.recorder.set_recording(on);
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.recorder.is_recording()
+    }
+
+    /// Continue numbering from the current last index (after promotion) — recording on.
+    pub fn promote(&self) {
+        self.recorder.assign_at_least(self.last_index());
+        self.recorder.set_recording(true);
+    }
+
+    /// Last committed index (0 = none).
+    pub fn last_index(&self) -> u64 {
+        self.recorder.committed()
+    }
+
+    /// Bumped after each commit with new entries (and after applies and resets).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.recorder.subscribe()
+    }
+
+    /// Entries with index > `after`, in order: at most `limit`, and at most `max_bytes` of
+    /// encoded records, except that the first entry is returned whatever its size, so one large
+    /// entry cannot stall a follower. Indices may have gaps; use [`Wal::oldest_index`] to tell
+    /// whether `after` is still covered.
+    pub async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<WalEntry>> {
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        let mut cursor = entry_key(after);
+        while entries.len() < limit {
+            let page = (limit - entries.len()).min(READ_PAGE);
+            let rows = self
+                .backend
+                .scan(WAL_PREFIX, Some(&cursor), page)
+                .await
+                .map_err(storage(format!("reading WAL entries after {cursor}")))?;
+            let full = rows.len() == page;
+            for (key, value) in rows {
+                let grown = bytes.saturating_add(value.len());
+                if !entries.is_empty() && grown > max_bytes {
+                    return Ok(entries);
+                }
+                entries.push(decode_stored(&key, &value)?);
+                bytes = grown;
+                cursor = key;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Index of the oldest stored entry, if any.
+    pub async fn oldest_index(&self) -> Result<Option<u64>> {
+        let first = self
+            .backend
+            .scan(WAL_PREFIX, None, 1)
+            .await
+            .map_err(storage("reading the oldest WAL entry"))?;
+        first
+            .first()
+            .map(|(key, _)| parse_entry_key(key))
+            .transpose()
+    }
+
+    /// Delete entries older than (last_index - keep) in bounded batches, keeping the newest
+    /// `keep` indices. Returns the number of entries deleted.
+    pub async fn truncate(&self, keep: u64) -> Result<u64> {
+        let _maintenance = self.maintenance.lock().await;
+        let cutoff = self.last_index().saturating_sub(keep);
+        let deleted = delete_entries_through(self.backend.as_ref(), cutoff).await?;
+        if deleted > 0 {
+            tracing::debug!(wal_index = cutoff, deleted, "WAL truncated");
+        }
+        Ok(deleted)
+    }
+
+    /// Secondary side: apply entries IN ORDER, each atomically: its ops + its own record at
+    /// repl/wal/{index} + WAL_LAST_KEY (so a promoted secondary can serve the same history).
+    /// Entries with index <= last_index() are skipped (idempotent resume). Returns the encoded
+    /// bytes of the entries applied.
+    ///
+    /// Entries must have strictly increasing indices and no local keys; the first offending
+    /// entry fails with [`WalError::InvalidEntry`], after the entries before it were applied.
+    pub async fn apply_replicated(&self, entries: &[WalEntry]) -> Result<usize> {
+        let _maintenance = self.maintenance.lock().await;
+        if self.recorder.is_recording() {
+            return Err(WalError::Recording {
+                action: "apply replicated WAL entries",
+            });
+        }
+        let mut applied_bytes = 0usize;
+        let mut previous: Option<u64> = None;
+        for entry in entries {
+            check_replicated(entry, previous)?;
+            previous = Some(entry.index);
+            if entry.index <= self.last_index() {
+                continue;
+            }
+            applied_bytes = applied_bytes.saturating_add(self.apply_one(entry).await?);
+        }
+        Ok(applied_bytes)
+    }
+
+    /// Applies one entry with its record; returns the record's size.
+    async fn apply_one(&self, entry: &WalEntry) -> Result<usize> {
+        let record = encode_entry(entry);
+        let record_bytes = record.len();
+        let mut ops = Vec::with_capacity(entry.ops.len() + 2);
+        ops.extend(entry.ops.iter().cloned());
+        ops.push(Op::Put {
+            key: entry_key(entry.index),
+            value: record,
+        });
+        ops.push(Op::Put {
+            key: WAL_LAST_KEY.to_owned(),
+            value: encode_index(entry.index),
+        });
+        let context = format!("applying replicated WAL entry {}", entry.index);
+        self.commit_wal_batch(ops, entry.index, context).await?;
+        Ok(record_bytes)
+    }
+
+    /// After a Merkle sync to primary position `index`: set last index (WAL_LAST_KEY) without
+    /// entries, and delete any local WAL entries (they belong to an old history).
+    ///
+    /// Crash-safe: the target is first saved at [`WAL_RESET_KEY`], and [`Wal::open`] finishes a
+    /// reset that was interrupted.
+    pub async fn reset_to(&self, index: u64) -> Result<()> {
+        let _maintenance = self.maintenance.lock().await;
+        if self.recorder.is_recording() {
+            return Err(WalError::Recording {
+                action: "reset the WAL",
+            });
+        }
+        self.backend
+            .put(WAL_RESET_KEY, encode_index(index))
+            .await
+            .map_err(storage(format!("starting WAL reset to {index}")))?;
+        if let Err(error) = finish_reset(self.backend.as_ref(), index).await {
+            self.resync_assigned().await;
+            return Err(error);
+        }
+        self.recorder.publish(index);
+        tracing::info!(wal_index = index, "WAL reset");
+        Ok(())
+    }
+
+    /// Commits a batch that writes [`WAL_LAST_KEY`] = `index` itself, then publishes `index`.
+    async fn commit_wal_batch(&self, ops: Vec<Op>, index: u64, context: String) -> Result<()> {
+        if let Err(source) = self.backend.batch(ops).await {
+            self.resync_assigned().await;
+            return Err(WalError::Storage { context, source });
+        }
+        self.recorder.publish(index);
+        Ok(())
+    }
+
+    /// After a failed WAL write, whose index the recorder may have adopted without it being
+    /// committed: never hand out an index at or below the one in storage.
+    async fn resync_assigned(&self) {
+        match read_index(self.backend.as_ref(), WAL_LAST_KEY).await {
+            Ok(stored) => self.recorder.assign_at_least(stored.unwrap_or(0)),
+            Err(error) => tracing::error!(%error, "re-reading the WAL's last index"),
+        }
+    }
+}
+
+/// Checks an entry received from the primary before any of it is applied.
+fn check_replicated(entry: &WalEntry, previous: Option<u64>) -> Result<()> {
+    let invalid = |reason: String| WalError::InvalidEntry {
+        index: entry.index,
+        reason,
+    };
+    if entry.index == 0 {
+        return Err(invalid("index 0 is never assigned".into()));
+    }
+    if let Some(previous) = previous {
+        if entry.index <= previous {
+            return Err(invalid(format!("out of order after entry {previous}")));
+        }
+    }
+    if let Some(op) = entry.ops.iter().find(|op| is_local(op.key())) {
+        return Err(invalid(format!(
+            "writes the cluster-local key {:?}",
+            op.key()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads an index stored at `key`.
+async fn read_index(backend: &dyn Backend, key: &str) -> Result<Option<u64>> {
+    let value = backend
+        .get(key)
+        .await
+        .map_err(storage(format!("reading {key}")))?;
+    value.map(|bytes| decode_index(key, &bytes)).transpose()
+}
+
+/// Deletes every entry, then sets the last index to `index` and clears the reset marker in one
+/// batch. Idempotent, so it can be rerun after a crash.
+async fn finish_reset(backend: &dyn Backend, index: u64) -> Result<()> {
+    delete_entries_through(backend, u64::MAX).await?;
+    backend
+        .batch(vec![
+            Op::Put {
+                key: WAL_LAST_KEY.to_owned(),
+                value: encode_index(index),
+            },
+            Op::Delete {
+                key: WAL_RESET_KEY.to_owned(),
+            },
+        ])
+        .await
+        .map_err(storage(format!("setting the WAL's last index to {index}")))
+}
+
+/// Deletes entries with index <= `cutoff`, oldest first, [`DELETE_PAGE`] per batch. Returns
+/// how many were deleted.
+async fn delete_entries_through(backend: &dyn Backend, cutoff: u64) -> Result<u64> {
+    let mut deleted = 0u64;
+    loop {
+        let rows = backend
+            .scan(WAL_PREFIX, None, DELETE_PAGE)
+            .await
+            .map_err(storage("scanning WAL entries to delete"))?;
+        let page_full = rows.len() == DELETE_PAGE;
+        let mut deletes = Vec::with_capacity(rows.len());
+        for (key, _) in rows {
+            if parse_entry_key(&key)? > cutoff {
+                break;
+            }
+            deletes.push(Op::Delete { key });
+        }
+        let reached_cutoff = deletes.len() < DELETE_PAGE;
+        if deletes.is_empty() {
+            return Ok(deleted);
+        }
+        let count = deletes.len() as u64;
+        backend
+            .batch(deletes)
+            .await
+            .map_err(storage(format!("deleting WAL entries through {cutoff}")))?;
+        deleted += count;
+        if reached_cutoff || !page_full {
+            return Ok(deleted);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

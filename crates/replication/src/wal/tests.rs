@@ -1,0 +1,544 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use bunker_storage::{Backend, EmbeddedBackend, InmemBackend, Op, StorageError};
+
+use super::*;
+
+fn put(key: &str, value: &[u8]) -> Op {
+    Op::Put {
+        key: key.to_owned(),
+        value: value.to_vec(),
+    }
+}
+
+fn entry(index: u64, ops: Vec<Op>) -> WalEntry {
+    WalEntry {
+        index,
+        time_ms: 1_700_000_000_000 + index,
+        ops,
+    }
+}
+
+fn inmem() -> Arc<InmemBackend> {
+    Arc::new(InmemBackend::new())
+}
+
+async fn open(backend: &Arc<impl Backend>) -> Arc<Wal> {
+    let backend: Arc<dyn Backend> = backend.clone();
+    Wal::open(backend).await.expect("opening WAL")
+}
+
+async fn recording(backend: &Arc<impl Backend>) -> Arc<Wal> {
+    let wal = open(backend).await;
+    wal.set_recording(true);
+    wal
+}
+
+async fn all_entries(wal: &Wal) -> Vec<WalEntry> {
+    wal.read_after(0, usize::MAX, usize::MAX)
+        .await
+        .expect("reading WAL")
+}
+
+fn indices(entries: &[WalEntry]) -> Vec<u64> {
+    entries.iter().map(|e| e.index).collect()
+}
+
+/// Every non-local key and value, in order.
+async fn replicated_state(backend: &dyn Backend) -> Vec<(String, Vec<u8>)> {
+    let all = backend.scan("", None, usize::MAX).await.expect("scanning");
+    all.into_iter().filter(|(key, _)| !is_local(key)).collect()
+}
+
+// ---- record format ----
+
+#[test]
+fn entries_round_trip() {
+    let original = entry(
+        42,
+        vec![
+            put("sys/a", &[0, 255, 7]),
+            Op::Delete {
+                key: "logical/x/ключ".into(),
+            },
+            put("sys/empty", b""),
+        ],
+    );
+    let bytes = encode_entry(&original);
+    assert_eq!(bytes.first(), Some(&ENTRY_VERSION));
+    assert_eq!(decode_entry(&bytes).expect("decoding"), original);
+    let empty = entry(1, Vec::new());
+    assert_eq!(
+        decode_entry(&encode_entry(&empty)).expect("decoding"),
+        empty
+    );
+}
+
+#[test]
+fn every_truncation_is_rejected() {
+    let bytes = encode_entry(&entry(7, vec![put("sys/a", b"value")]));
+    for len in 0..bytes.len() {
+        let result = decode_entry(&bytes[..len]);
+        assert!(
+            matches!(result, Err(WalError::Corrupt { .. })),
+            "a record cut to {len} of {} bytes must be corrupt, got {result:?}",
+            bytes.len()
+        );
+    }
+}
+
+#[test]
+fn damaged_records_are_rejected() {
+    let bytes = encode_entry(&entry(7, vec![put("sys/a", b"value")]));
+    let reason = |bytes: &[u8]| match decode_entry(bytes) {
+        Err(WalError::Corrupt { reason, .. }) => reason,
+        other => panic!("expected a corrupt record, got {other:?}"),
+    };
+
+    let mut flipped = bytes.clone();
+    if let Some(last) = flipped.last_mut() {
+        *last ^= 0x01;
+    }
+    assert!(reason(&flipped).contains("checksum"), "payload bit flip");
+
+    let mut wrong_version = bytes.clone();
+    wrong_version[0] = 2;
+    assert!(
+        reason(&wrong_version).contains("version"),
+        "unknown version"
+    );
+
+    // Extra bytes with a matching checksum: the payload must hold exactly one entry.
+    let mut payload = bytes[5..].to_vec();
+    payload.push(0);
+    let mut trailing = vec![ENTRY_VERSION];
+    trailing.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+    trailing.extend_from_slice(&payload);
+    assert!(reason(&trailing).contains("trailing"), "trailing bytes");
+
+    // Garbage with a valid header must fail cleanly, not panic or allocate wildly.
+    let garbage = [0xffu8; 64];
+    let mut forged = vec![ENTRY_VERSION];
+    forged.extend_from_slice(&crc32fast::hash(&garbage).to_be_bytes());
+    forged.extend_from_slice(&garbage);
+    assert!(reason(&forged).contains("undecodable"), "garbage payload");
+}
+
+#[test]
+fn entry_keys_sort_by_index() {
+    assert_eq!(entry_key(12), "repl/wal/00000000000000000012");
+    assert!(entry_key(9) < entry_key(10));
+    assert!(entry_key(u64::MAX).len() == WAL_PREFIX.len() + 20);
+    assert!(is_local(&entry_key(1)) && is_local(WAL_LAST_KEY) && is_local(WAL_RESET_KEY));
+    assert!(!is_local("repl") && !is_local("replx/a") && !is_local("sys/repl/"));
+}
+
+// ---- recorder ----
+
+#[tokio::test]
+async fn numbering_continues_across_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let open_embedded =
+        |path: &Path| Arc::new(EmbeddedBackend::open(path).expect("opening embedded backend"));
+    {
+        let backend = open_embedded(dir.path());
+        let wal = recording(&backend).await;
+        for i in 0..3u8 {
+            backend
+                .put(&format!("sys/{i}"), vec![i])
+                .await
+                .expect("put");
+        }
+        assert_eq!(wal.last_index(), 3);
+    }
+    let backend = open_embedded(dir.path());
+    let wal = recording(&backend).await;
+    assert_eq!(wal.last_index(), 3, "recovered from {WAL_LAST_KEY}");
+    backend.put("sys/after", b"x".to_vec()).await.expect("put");
+    assert_eq!(wal.last_index(), 4);
+    let entries = all_entries(&wal).await;
+    assert_eq!(indices(&entries), [1, 2, 3, 4]);
+    assert_eq!(entries[3].ops, [put("sys/after", b"x")]);
+    assert_eq!(entries[0].ops, [put("sys/0", &[0])]);
+}
+
+#[tokio::test]
+async fn only_replicated_ops_are_recorded() {
+    let backend = inmem();
+    let wal = recording(&backend).await;
+
+    backend
+        .batch(vec![put("repl/state", b"s"), put("repl/other", b"o")])
+        .await
+        .expect("local batch");
+    assert_eq!(wal.last_index(), 0, "a local-only batch creates no entry");
+
+    backend
+        .batch(vec![
+            put("repl/state", b"t"),
+            put("sys/a", b"1"),
+            Op::Delete {
+                key: "sys/b".into(),
+            },
+        ])
+        .await
+        .expect("mixed batch");
+    let entries = all_entries(&wal).await;
+    assert_eq!(indices(&entries), [1]);
+    assert_eq!(
+        entries[0].ops,
+        [
+            put("sys/a", b"1"),
+            Op::Delete {
+                key: "sys/b".into()
+            }
+        ]
+    );
+
+    wal.set_recording(false);
+    backend.put("sys/c", b"3".to_vec()).await.expect("put");
+    assert_eq!(wal.last_index(), 1, "nothing is recorded while off");
+    assert_eq!(all_entries(&wal).await.len(), 1);
+}
+
+#[tokio::test]
+async fn subscribers_see_each_commit() {
+    let backend = inmem();
+    let wal = recording(&backend).await;
+    let mut updates = wal.subscribe();
+    backend.put("sys/a", b"1".to_vec()).await.expect("put");
+    assert!(updates.has_changed().expect("sender alive"));
+    assert_eq!(*updates.borrow_and_update(), 1);
+    backend.put("repl/local", b"1".to_vec()).await.expect("put");
+    assert!(!updates.has_changed().expect("sender alive"));
+}
+
+#[tokio::test]
+async fn too_large_batches_are_rejected_without_using_an_index() {
+    let backend = inmem();
+    let wal = recording(&backend).await;
+    let full: Vec<Op> = (0..bunker_storage::limits::MAX_BATCH_OPS)
+        .map(|i| put(&format!("sys/{i}"), b""))
+        .collect();
+    let result = backend.batch(full).await;
+    assert!(
+        matches!(result, Err(StorageError::BatchTooLarge { .. })),
+        "got {result:?}"
+    );
+    assert!(replicated_state(backend.as_ref()).await.is_empty());
+    backend.put("sys/a", b"1".to_vec()).await.expect("put");
+    assert_eq!(indices(&all_entries(&wal).await), [1]);
+}
+
+/// Concurrent writers on the group-committing backend; replaying the WAL on a fresh backend
+/// must give exactly the primary's replicated state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replaying_the_wal_reproduces_the_primary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let primary = Arc::new(EmbeddedBackend::open(dir.path()).expect("open"));
+    let wal = recording(&primary).await;
+    let tasks: Vec<_> = (0..32u8)
+        .map(|task| {
+            let primary = primary.clone();
+            tokio::spawn(async move {
+                for write in 0..10u8 {
+                    primary
+                        .batch(vec![
+                            put("sys/shared", &[task, write]),
+                            put(&format!("sys/{task}/{write}"), &[write]),
+                            put(&format!("repl/progress/{task}"), &[write]),
+                        ])
+                        .await
+                        .expect("batch");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let entries = all_entries(&wal).await;
+    assert_eq!(indices(&entries), (1..=320).collect::<Vec<u64>>());
+
+    let secondary = inmem();
+    let replica = open(&secondary).await;
+    replica.apply_replicated(&entries).await.expect("applying");
+    assert_eq!(replica.last_index(), 320);
+    assert_eq!(
+        replicated_state(secondary.as_ref()).await,
+        replicated_state(primary.as_ref()).await
+    );
+    assert_eq!(all_entries(&replica).await, entries, "same history");
+}
+
+// ---- reading and truncation ----
+
+async fn wal_with_entries(count: u8, value_len: usize) -> (Arc<InmemBackend>, Arc<Wal>) {
+    let backend = inmem();
+    let wal = recording(&backend).await;
+    for i in 0..count {
+        backend
+            .put(&format!("sys/{i:03}"), vec![i; value_len])
+            .await
+            .expect("put");
+    }
+    (backend, wal)
+}
+
+#[tokio::test]
+async fn read_after_pages_by_limit_and_bytes() {
+    let (_backend, wal) = wal_with_entries(40, 100).await;
+    let read = |after, limit, max_bytes| {
+        let wal = wal.clone();
+        async move {
+            indices(
+                &wal.read_after(after, limit, max_bytes)
+                    .await
+                    .expect("reading"),
+            )
+        }
+    };
+    assert_eq!(read(0, 3, usize::MAX).await, [1, 2, 3]);
+    assert_eq!(read(10, 2, usize::MAX).await, [11, 12]);
+    assert_eq!(
+        read(0, 100, usize::MAX).await,
+        (1..=40).collect::<Vec<u64>>(),
+        "reads across scan pages"
+    );
+    assert!(read(40, 10, usize::MAX).await.is_empty());
+    assert!(read(0, 0, usize::MAX).await.is_empty());
+
+    let record_bytes = encode_entry(&all_entries(&wal).await[0]).len();
+    assert_eq!(read(0, 100, record_bytes * 3).await, [1, 2, 3]);
+    assert_eq!(read(0, 100, record_bytes * 3 - 1).await, [1, 2]);
+    assert_eq!(
+        read(5, 100, 1).await,
+        [6],
+        "the first entry is returned even when larger than max_bytes"
+    );
+}
+
+#[tokio::test]
+async fn read_after_reports_corruption() {
+    let (backend, wal) = wal_with_entries(3, 10).await;
+    backend
+        .put(&entry_key(2), b"not a record".to_vec())
+        .await
+        .expect("damaging entry 2");
+    let result = wal.read_after(0, 10, usize::MAX).await;
+    assert!(
+        matches!(&result, Err(WalError::Corrupt { record, .. }) if *record == entry_key(2)),
+        "got {result:?}"
+    );
+
+    let moved = encode_entry(&entry(9, Vec::new()));
+    backend.put(&entry_key(2), moved).await.expect("put");
+    let result = wal.read_after(1, 10, usize::MAX).await;
+    assert!(
+        matches!(&result, Err(WalError::Corrupt { reason, .. }) if reason.contains("key of entry 2")),
+        "an entry under another index's key is corrupt, got {result:?}"
+    );
+}
+
+#[tokio::test]
+async fn truncate_keeps_the_newest_entries() {
+    let (_backend, wal) = wal_with_entries(150, 1).await;
+    assert_eq!(wal.oldest_index().await.expect("oldest"), Some(1));
+    assert_eq!(wal.truncate(200).await.expect("truncate"), 0);
+    assert_eq!(wal.truncate(20).await.expect("truncate"), 130);
+    assert_eq!(wal.oldest_index().await.expect("oldest"), Some(131));
+    assert_eq!(
+        indices(&all_entries(&wal).await),
+        (131..=150).collect::<Vec<u64>>()
+    );
+    assert_eq!(wal.truncate(20).await.expect("truncate"), 0, "idempotent");
+    assert_eq!(wal.last_index(), 150, "truncation is not recorded");
+    assert_eq!(wal.truncate(0).await.expect("truncate"), 20);
+    assert_eq!(wal.oldest_index().await.expect("oldest"), None);
+    assert_eq!(
+        wal.last_index(),
+        150,
+        "the last index survives an empty WAL"
+    );
+}
+
+// ---- secondary side ----
+
+fn sample_entries() -> Vec<WalEntry> {
+    vec![
+        entry(3, vec![put("sys/a", b"1"), put("sys/b", b"2")]),
+        entry(
+            5,
+            vec![Op::Delete {
+                key: "sys/a".into(),
+            }],
+        ),
+        entry(6, vec![put("sys/c", b"3")]),
+    ]
+}
+
+#[tokio::test]
+async fn apply_replicated_is_idempotent() {
+    let backend = inmem();
+    let wal = open(&backend).await;
+    let entries = sample_entries();
+    let bytes = wal.apply_replicated(&entries).await.expect("applying");
+    let expected: usize = entries.iter().map(|e| encode_entry(e).len()).sum();
+    assert_eq!(bytes, expected);
+    assert_eq!(wal.last_index(), 6);
+    let state = replicated_state(backend.as_ref()).await;
+    assert_eq!(
+        state,
+        [
+            ("sys/b".to_owned(), b"2".to_vec()),
+            ("sys/c".to_owned(), b"3".to_vec())
+        ]
+    );
+    assert_eq!(
+        all_entries(&wal).await,
+        entries,
+        "records stored as received"
+    );
+
+    assert_eq!(wal.apply_replicated(&entries).await.expect("again"), 0);
+    let overlapping = [entries[2].clone(), entry(8, vec![put("sys/d", b"4")])];
+    let bytes = wal.apply_replicated(&overlapping).await.expect("resume");
+    assert_eq!(bytes, encode_entry(&overlapping[1]).len());
+    assert_eq!(wal.last_index(), 8);
+    assert_eq!(
+        replicated_state(backend.as_ref()).await.len(),
+        3,
+        "entry 6 was not applied twice"
+    );
+
+    let reopened = open(&backend).await;
+    assert_eq!(reopened.last_index(), 8);
+}
+
+#[tokio::test]
+async fn a_failing_entry_applies_nothing_of_itself() {
+    let backend = inmem();
+    let wal = open(&backend).await;
+    let entries = [
+        entry(1, vec![put("sys/a", b"1")]),
+        entry(2, vec![put("sys/b", b"2"), put("", b"invalid key")]),
+        entry(3, vec![put("sys/c", b"3")]),
+    ];
+    let result = wal.apply_replicated(&entries).await;
+    assert!(
+        matches!(result, Err(WalError::Storage { .. })),
+        "got {result:?}"
+    );
+    assert_eq!(wal.last_index(), 1);
+    assert_eq!(backend.get("sys/b").await.expect("get"), None);
+    assert_eq!(backend.get(&entry_key(2)).await.expect("get"), None);
+    assert_eq!(backend.get("sys/c").await.expect("get"), None);
+    assert_eq!(indices(&all_entries(&wal).await), [1]);
+}
+
+#[tokio::test]
+async fn invalid_replicated_entries_are_rejected() {
+    let backend = inmem();
+    let wal = open(&backend).await;
+    let local = [entry(1, vec![put(WAL_LAST_KEY, &99u64.to_be_bytes())])];
+    assert!(matches!(
+        wal.apply_replicated(&local).await,
+        Err(WalError::InvalidEntry { index: 1, .. })
+    ));
+    let unordered = [entry(4, Vec::new()), entry(4, Vec::new())];
+    assert!(matches!(
+        wal.apply_replicated(&unordered).await,
+        Err(WalError::InvalidEntry { index: 4, .. })
+    ));
+    assert_eq!(
+        wal.last_index(),
+        4,
+        "entries before the bad one are applied"
+    );
+    assert!(matches!(
+        wal.apply_replicated(&[entry(0, Vec::new())]).await,
+        Err(WalError::InvalidEntry { index: 0, .. })
+    ));
+
+    wal.set_recording(true);
+    assert!(matches!(
+        wal.apply_replicated(&sample_entries()).await,
+        Err(WalError::Recording { .. })
+    ));
+    assert!(matches!(
+        wal.reset_to(1).await,
+        Err(WalError::Recording { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_promoted_secondary_continues_the_primary_numbering() {
+    let backend = inmem();
+    let wal = open(&backend).await;
+    wal.apply_replicated(&sample_entries())
+        .await
+        .expect("applying");
+    wal.promote();
+    assert!(wal.is_recording());
+    backend.put("sys/new", b"n".to_vec()).await.expect("put");
+    assert_eq!(
+        indices(&all_entries(&wal).await),
+        [3, 5, 6, 7],
+        "serves the primary's history and continues it"
+    );
+}
+
+#[tokio::test]
+async fn reset_to_replaces_the_history() {
+    let (backend, wal) = wal_with_entries(100, 1).await;
+    wal.set_recording(false);
+    wal.reset_to(40).await.expect("reset");
+    assert_eq!(wal.last_index(), 40);
+    assert_eq!(wal.oldest_index().await.expect("oldest"), None);
+    assert_eq!(backend.get(WAL_RESET_KEY).await.expect("get"), None);
+
+    let next = entry(41, vec![put("sys/next", b"x")]);
+    wal.apply_replicated(&[entry(40, Vec::new()), next.clone()])
+        .await
+        .expect("applying after reset");
+    assert_eq!(all_entries(&wal).await, [next]);
+
+    wal.promote();
+    backend.put("sys/own", b"o".to_vec()).await.expect("put");
+    assert_eq!(indices(&all_entries(&wal).await), [41, 42]);
+    assert_eq!(open(&backend).await.last_index(), 42);
+}
+
+#[tokio::test]
+async fn open_finishes_an_interrupted_reset() {
+    let (backend, wal) = wal_with_entries(10, 1).await;
+    wal.set_recording(false);
+    drop(wal);
+    // What a crash in the middle of `reset_to(4)` leaves behind.
+    backend
+        .batch(vec![
+            put(WAL_RESET_KEY, &4u64.to_be_bytes()),
+            Op::Delete { key: entry_key(1) },
+        ])
+        .await
+        .expect("simulating a half-done reset");
+    let wal = open(&backend).await;
+    assert_eq!(wal.last_index(), 4);
+    assert_eq!(wal.oldest_index().await.expect("oldest"), None);
+    assert_eq!(backend.get(WAL_RESET_KEY).await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn a_corrupt_last_index_fails_open() {
+    let backend = inmem();
+    backend
+        .put(WAL_LAST_KEY, b"short".to_vec())
+        .await
+        .expect("put");
+    let dyn_backend: Arc<dyn Backend> = backend;
+    assert!(matches!(
+        Wal::open(dyn_backend).await,
+        Err(WalError::Corrupt { .. })
+    ));
+}

@@ -1,0 +1,81 @@
+//! Commit hooks: let a layer beside the barrier add ops to every batch, in commit order.
+//!
+//! Replication needs a write-ahead log whose order is exactly the order in which batches become
+//! visible, and whose records are committed atomically with the data they describe. Numbering
+//! batches in `batch()` would not give that: two callers can number their batches 1 and 2 and
+//! then be committed as 2, 1. So the backend itself asks the hook for extra ops at the single
+//! point where commit order is decided (the group-commit writer thread, or the in-memory write
+//! lock), and commits them in the same transaction.
+//!
+//! Extra ops go through the same limits as a caller's ops: the batch together with its extra
+//! ops must be a valid batch (see [`crate::limits`]), otherwise the caller's batch is rejected
+//! whole. A hook that wants to veto a batch can therefore return an invalid op.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::limits::{validate_batch, MAX_BATCH_OPS};
+use crate::{Op, Result, StorageError};
+
+/// Called by a backend for every batch it commits, in commit order.
+///
+/// Both methods run on the backend's write path (the writer thread, or under the in-memory
+/// backend's write lock): they must be quick and must never call back into the backend.
+pub trait CommitHook: Send + Sync + 'static {
+    /// Extra ops to commit atomically with `ops` (e.g. a WAL record). Called in commit order,
+    /// exactly once per committed batch attempt, on the writer side.
+    ///
+    /// A batch attempt can still fail after this was called (a failed transaction, or extra ops
+    /// that break the batch limits); the hook is then called again for the batch's retry, if
+    /// any. So the values a hook hands out may have gaps, but never go back in commit order.
+    fn extra_ops(&self, ops: &[Op]) -> Vec<Op>;
+
+    /// Called after a commit containing batches that got extra ops is durable.
+    fn after_commit(&self);
+}
+
+/// The installed hook of a backend, shared with its writer.
+#[derive(Default)]
+pub(crate) struct HookSlot(RwLock<Option<Arc<dyn CommitHook>>>);
+
+impl HookSlot {
+    /// The hook installed now. Callers keep the returned `Arc` for a whole commit, so a commit
+    /// sees one hook from `extra_ops` to `after_commit` even if it is replaced meanwhile.
+    pub(crate) fn get(&self) -> Option<Arc<dyn CommitHook>> {
+        // Nothing panics while holding this lock, so a poisoned slot is still consistent.
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set(&self, hook: Option<Arc<dyn CommitHook>>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = hook;
+    }
+}
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let installed = self.get().is_some();
+        f.debug_struct("HookSlot")
+            .field("installed", &installed)
+            .finish()
+    }
+}
+
+/// Asks `hook` for the extra ops of `ops` and checks them like a caller's batch: each key and
+/// value within limits, and `ops` plus the extra ops at most [`MAX_BATCH_OPS`].
+pub(crate) fn checked_extra_ops(hook: &dyn CommitHook, ops: &[Op]) -> Result<Vec<Op>> {
+    let extra = hook.extra_ops(ops);
+    validate_batch(&extra)?;
+    let total = ops.len().saturating_add(extra.len());
+    if total > MAX_BATCH_OPS {
+        return Err(StorageError::BatchTooLarge {
+            ops: total,
+            limit: MAX_BATCH_OPS,
+        });
+    }
+    Ok(extra)
+}
+
+#[cfg(test)]
+mod tests;
