@@ -96,7 +96,7 @@ pub struct SyncCounters {
 }
 
 impl SyncCounters {
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(self) -> Value {
         json!({
             "merkle_syncs": self.merkle_syncs,
             "last_merkle_sync": {
