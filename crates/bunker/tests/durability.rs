@@ -36,8 +36,12 @@ fn acknowledged_kv_writes_survive_kill_9() {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .unwrap();
-        let (acked_count, stop, acked, root) =
-            (acked_count.clone(), stop.clone(), acked.clone(), root.clone());
+        let (acked_count, stop, acked, root) = (
+            acked_count.clone(),
+            stop.clone(),
+            acked.clone(),
+            root.clone(),
+        );
         handles.push(std::thread::spawn(move || {
             let mut other_statuses = 0usize;
             for n in 0..MAX_WRITES_PER_WRITER {
@@ -63,7 +67,10 @@ fn acknowledged_kv_writes_survive_kill_9() {
                     Ok(resp) => {
                         other_statuses += 1;
                         if !stop.load(Ordering::Relaxed) {
-                            eprintln!("writer {w}: unexpected status {} before kill", resp.status());
+                            eprintln!(
+                                "writer {w}: unexpected status {} before kill",
+                                resp.status()
+                            );
                         }
                     }
                     // Connection errors are expected once the server is killed.
@@ -96,13 +103,20 @@ fn acknowledged_kv_writes_survive_kill_9() {
     }
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert!(acked.len() >= ACKS_BEFORE_KILL);
-    assert_eq!(unexpected, 0, "writers saw non-200 statuses before the kill");
+    assert_eq!(
+        unexpected, 0,
+        "writers saw non-200 statuses before the kill"
+    );
     eprintln!("{} writes acknowledged before kill -9", acked.len());
 
     s.restart();
     let (st, b) = s.get("sys/seal-status", None);
     assert_eq!(st, 200);
-    assert_eq!(b["sealed"], json!(true), "restart must come back sealed: {b}");
+    assert_eq!(
+        b["sealed"],
+        json!(true),
+        "restart must come back sealed: {b}"
+    );
     s.unseal();
 
     let mut missing = Vec::new();

@@ -91,7 +91,10 @@ fn init_unseal_progress_seal_and_restart() {
     assert_eq!(b["progress"], json!(1));
     assert_eq!(b["sealed"], json!(true));
     let nonce = b["nonce"].as_str().unwrap_or_default().to_owned();
-    assert!(!nonce.is_empty(), "unseal in progress should report a nonce: {b}");
+    assert!(
+        !nonce.is_empty(),
+        "unseal in progress should report a nonce: {b}"
+    );
     let (st, b) = unseal_key(&s, &keys[0]);
     assert_eq!(st, 200, "duplicate key: {b}");
     assert_eq!(b["progress"], json!(1), "duplicate key must not count: {b}");
@@ -144,7 +147,11 @@ fn init_unseal_progress_seal_and_restart() {
     let (st, b) = s.get("secret/data/life/one", Some(&root));
     assert_eq!(st, 503);
     assert_eq!(b, json!({"errors": ["Vault is sealed"]}));
-    let (st, b) = s.put("secret/data/life/two", Some(&root), json!({"data": {"v": "x"}}));
+    let (st, b) = s.put(
+        "secret/data/life/two",
+        Some(&root),
+        json!({"data": {"v": "x"}}),
+    );
     assert_eq!(st, 503);
     assert_eq!(b, json!({"errors": ["Vault is sealed"]}));
     let (st, _) = s.get("sys/health", None);
@@ -245,7 +252,11 @@ fn generate_root_with_otp() {
     let (st, b) = s.get("secret/data/gen/root", Some(&new_root));
     assert_eq!(st, 200, "{b}");
     assert_eq!(b["data"]["data"], json!({"v": "kept"}));
-    let (st, b) = s.put("sys/policies/acl/made-by-new-root", Some(&new_root), json!({"policy": "path \"x/*\" { capabilities = [\"read\"] }"}));
+    let (st, b) = s.put(
+        "sys/policies/acl/made-by-new-root",
+        Some(&new_root),
+        json!({"policy": "path \"x/*\" { capabilities = [\"read\"] }"}),
+    );
     assert!(st == 200 || st == 204, "{st} {b}");
 
     // The ceremony is over.
@@ -288,7 +299,11 @@ fn rotate_bumps_term_and_old_data_survives_restart() {
     s.restart();
     s.unseal();
     let (_, b) = s.get("sys/key-status", Some(&root));
-    assert_eq!(b["data"]["term"].as_u64(), Some(term2), "term persisted: {b}");
+    assert_eq!(
+        b["data"]["term"].as_u64(),
+        Some(term2),
+        "term persisted: {b}"
+    );
     assert_eq!(s.kv_get("rot/before"), (200, json!({"v": "old-term"})));
     assert_eq!(s.kv_get("rot/after"), (200, json!({"v": "new-term"})));
 }

@@ -102,7 +102,15 @@ impl Core {
         if let Some(resp) = self.handle_unauthenticated(&req).await? {
             return Ok(resp);
         }
-        let mut caller = self.authenticate(&req).await?;
+        let mut caller = match self.authenticate(&req).await {
+            Ok(c) => c,
+            Err(e) => {
+                let result = Err(e);
+                self.audit.log_request(&req, None).await?;
+                self.audit.log_response(&req, None, &result).await?;
+                return result;
+            }
+        };
         let result = self.handle_authenticated(&mut req, &mut caller).await;
         self.audit
             .log_response(&req, Some(&caller), &result)
@@ -133,6 +141,7 @@ impl Core {
     ) -> Result<Response> {
         let namespace = caller.entry.cubbyhole_namespace().to_owned();
         let route = self.resolve_route(req, &namespace).await?;
+        self.audit.log_request(req, Some(caller)).await?;
         // A wrapping token presented to unwrap itself is its own authorisation.
         let self_unwrap = req.path == "sys/wrapping/unwrap" && !req.data.contains_key("token");
         if !self_unwrap {
@@ -144,7 +153,6 @@ impl Core {
                 return Err(LogicalError::PermissionDenied);
             }
         }
-        self.audit.log_request(req, Some(caller)).await?;
         let last_use = self.tokens.use_token(&mut caller.entry).await?;
         let result = self.dispatch(req, caller, route).await;
         if last_use {

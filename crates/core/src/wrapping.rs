@@ -132,6 +132,22 @@ impl Core {
         Ok(self.take_wrapped(token).await?.data)
     }
 
+    /// `sys/wrapping/unwrap` with the wrapping token as the client token.
+    pub(crate) async fn sys_wrapping_self_unwrap(&self, req: &Request) -> Result<Response> {
+        expect_op(req.operation, &[Operation::Create, Operation::Update])?;
+        let token = req.client_token.clone().unwrap_or_default();
+        let wrapped = self.take_wrapped(&token).await?;
+        Ok(Response {
+            data: wrapped.data,
+            auth: wrapped.auth,
+            warnings: wrapped.warnings,
+            lease_duration: wrapped.lease_duration,
+            lease_id: wrapped.lease_id,
+            renewable: wrapped.renewable,
+            ..Default::default()
+        })
+    }
+
     pub(crate) async fn sys_wrapping_lookup(&self, req: &Request) -> Result<Response> {
         expect_op(
             req.operation,

@@ -46,9 +46,9 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
             match crate::tls::accept(stream, config, HANDSHAKE_TIMEOUT).await {
                 Ok((tls, peer_cn)) => {
                     let span = tracing::info_span!("dr_session", peer = %peer_cn);
-                    let _g = span.enter();
-                    drop(_g);
-                    if let Err(e) = run_session(&inner, tls, &peer_cn).await {
+                    let session =
+                        tracing::Instrument::instrument(run_session(&inner, tls, &peer_cn), span);
+                    if let Err(e) = session.await {
                         tracing::info!(peer = %peer_cn, error = %e, "secondary session ended");
                     }
                     inner.mark_peer_disconnected(&peer_cn);

@@ -9,7 +9,7 @@ use bunker_storage::Op;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use crate::frame::{read_frame, write_frame};
+use crate::frame::{read_frame, write_frame, FrameReader};
 use crate::manager::Inner;
 use crate::merkle;
 use crate::messages::{now_ms, Position, ToPrimary, ToSecondary};
@@ -211,15 +211,18 @@ where
     Ok(())
 }
 
-async fn stream<R, W>(inner: &Arc<Inner>, mut rd: R, mut wr: W) -> Result<(), ReplError>
+async fn stream<R, W>(inner: &Arc<Inner>, rd: R, mut wr: W) -> Result<(), ReplError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    // The ack timer can win the select while a frame is half read: FrameReader keeps the
+    // partial frame, so nothing is lost when the read future is dropped.
+    let mut rd = FrameReader::new(rd);
     let mut ack = tokio::time::interval(ACK_INTERVAL);
     loop {
         tokio::select! {
-            frame = tokio::time::timeout(PRIMARY_SILENCE_TIMEOUT, read_frame::<_, ToSecondary>(&mut rd)) => {
+            frame = tokio::time::timeout(PRIMARY_SILENCE_TIMEOUT, rd.read_frame::<ToSecondary>()) => {
                 let (msg, bytes) = frame.map_err(|_| ReplError::Refused("primary went silent".into()))??;
                 match msg {
                     ToSecondary::Wal { entries, last_wal } => {

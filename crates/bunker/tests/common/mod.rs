@@ -236,7 +236,10 @@ impl TestServer {
             }
             if Instant::now() > deadline {
                 self.dump_logs();
-                panic!("bunker server not listening on {} after {READY_DEADLINE:?}", self.addr());
+                panic!(
+                    "bunker server not listening on {} after {READY_DEADLINE:?}",
+                    self.addr()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -273,7 +276,11 @@ impl TestServer {
             assert_eq!(status, 200, "unseal failed: {body}");
             last = body;
         }
-        assert_eq!(last["sealed"], json!(false), "still sealed after keys: {last}");
+        assert_eq!(
+            last["sealed"],
+            json!(false),
+            "still sealed after keys: {last}"
+        );
     }
 
     /// Unseal with the recorded keys (first `threshold`).
@@ -416,7 +423,11 @@ impl TestServer {
 
     /// Write a KV v2 secret at `secret/data/<name>` with the root token; asserts 200.
     pub fn kv_put(&self, name: &str, data: Value) -> Value {
-        let (s, b) = self.put(&format!("secret/data/{name}"), self.root(), json!({ "data": data }));
+        let (s, b) = self.put(
+            &format!("secret/data/{name}"),
+            self.root(),
+            json!({ "data": data }),
+        );
         assert_eq!(s, 200, "kv put {name}: {b}");
         b
     }
@@ -475,7 +486,9 @@ pub fn raw_http(port: u16, request_head: &str, body: &[u8]) -> (u16, Value) {
     stream
         .set_read_timeout(Some(REQUEST_TIMEOUT))
         .expect("read timeout");
-    stream.write_all(request_head.as_bytes()).expect("write head");
+    stream
+        .write_all(request_head.as_bytes())
+        .expect("write head");
     stream.write_all(body).expect("write body");
     let mut buf = Vec::new();
     let _ = stream.read_to_end(&mut buf);
@@ -488,7 +501,9 @@ pub fn raw_http(port: u16, request_head: &str, body: &[u8]) -> (u16, Value) {
     let body_text = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     // Bodies may be chunked; find the JSON object inside.
     let json = match (body_text.find('{'), body_text.rfind('}')) {
-        (Some(a), Some(b)) if b > a => serde_json::from_str(&body_text[a..=b]).unwrap_or(Value::Null),
+        (Some(a), Some(b)) if b > a => {
+            serde_json::from_str(&body_text[a..=b]).unwrap_or(Value::Null)
+        }
         _ => Value::Null,
     };
     (status, json)

@@ -25,9 +25,15 @@ impl Core {
         let op = req.operation;
         let resp = match req.path.as_str() {
             "sys/init" => self.sys_init(req).await?,
-            "sys/seal-status" => self.sys_seal_status().await?,
+            "sys/seal-status" => {
+                expect_op(op, &[Operation::Read])?;
+                self.sys_seal_status().await?
+            }
             "sys/unseal" => self.sys_unseal(req).await?,
-            "sys/health" => self.sys_health(req).await?,
+            "sys/health" => {
+                expect_op(op, &[Operation::Read])?;
+                self.sys_health(req).await?
+            }
             "sys/leader" => self.sys_leader(op)?,
             "sys/generate-root/attempt" => self.sys_generate_root_attempt(req).await?,
             "sys/generate-root/update" => self.sys_generate_root_update(req).await?,
@@ -40,10 +46,15 @@ impl Core {
     /// Endpoints that need the barrier open but no token.
     pub(crate) async fn handle_unauthenticated(&self, req: &Request) -> Result<Option<Response>> {
         match req.path.as_str() {
-            "sys/wrapping/lookup"
-                if req.client_token.is_none() || req.data.contains_key("token") =>
+            // Looking a wrapping token up never uses it, whether it comes in the body or as
+            // the client token.
+            "sys/wrapping/lookup" => self.sys_wrapping_lookup(req).await.map(Some),
+            // A wrapping token presented as the client token unwraps itself: it is checked
+            // before normal authentication, so a spent one gets Vault's 400, not a 403.
+            "sys/wrapping/unwrap"
+                if !req.data.contains_key("token") && req.client_token.is_some() =>
             {
-                self.sys_wrapping_lookup(req).await.map(Some)
+                self.sys_wrapping_self_unwrap(req).await.map(Some)
             }
             _ => Ok(None),
         }

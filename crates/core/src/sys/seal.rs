@@ -106,6 +106,9 @@ impl Core {
             ));
         }
         if get_bool(&req.data, "reset")?.unwrap_or(false) {
+            if !self.is_sealed() {
+                return Err(LogicalError::InvalidRequest("vault is unsealed".into()));
+            }
             self.seal.reset_unseal();
             return self.sys_seal_status().await;
         }
