@@ -12,6 +12,7 @@ pub mod manager;
 pub mod merkle;
 pub mod messages;
 mod primary;
+pub mod sealed_activation;
 mod secondary;
 pub mod state;
 mod status;

@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     follower: Mutex<Option<watch::Sender<bool>>>,
     sec_status: Mutex<SecondaryStatus>,
     pub(crate) ceremonies: ceremony::Ceremonies,
+    /// Private half of `generate-public-key`, consumed by `secondary/enable`.
+    pub(crate) activation_key: Mutex<Option<aws_lc_rs::agreement::PrivateKey>>,
 }
 
 fn mode_to_u8(m: Mode) -> u8 {
@@ -89,6 +91,7 @@ impl DrManager {
             follower: Mutex::new(None),
             sec_status: Mutex::new(SecondaryStatus::default()),
             ceremonies: ceremony::Ceremonies::default(),
+            activation_key: Mutex::new(None),
         });
         if let Some(addr) = inner.config.cluster_listen_addr.clone() {
             let listener = TcpListener::bind(&addr).await.map_err(|e| {

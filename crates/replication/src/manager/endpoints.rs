@@ -87,9 +87,21 @@ pub(crate) async fn handle(
             }
             secondary_enable(inner, core, req).await
         }
-        "dr/secondary/generate-public-key" => Err(bad(
-            "secondary public keys are not supported yet; activate through the primary's API",
-        )),
+        "dr/secondary/generate-public-key" => {
+            write_op(op)?;
+            if mode != Mode::Disabled {
+                return Err(bad(
+                    "generate-public-key is for a cluster about to become a DR secondary",
+                ));
+            }
+            let (private, public) = crate::sealed_activation::generate_keypair()?;
+            if let Ok(mut k) = inner.activation_key.lock() {
+                *k = Some(private);
+            }
+            let mut data = Data::new();
+            data.insert("secondary_public_key".into(), json!(public));
+            Ok(Response::data(data))
+        }
         p if p.starts_with("dr/secondary/") && mode != Mode::Secondary => {
             Err(bad("this cluster is not a DR secondary"))
         }
@@ -267,9 +279,8 @@ async fn secondary_token(inner: &Arc<Inner>, core: &Core, req: &Request) -> Resu
             "id must be letters, digits, '-', '_' or '.' (at most 128)",
         ));
     }
-    if get_str(&req.data, "secondary_public_key")?.is_some_and(|s| !s.is_empty()) {
-        return Err(bad("secondary_public_key is not supported yet"));
-    }
+    let secondary_public_key =
+        get_str(&req.data, "secondary_public_key")?.filter(|s| !s.is_empty());
     let ttl = get_duration(&req.data, "ttl")?
         .filter(|t| *t > 0)
         .unwrap_or(DEFAULT_TOKEN_TTL_SECS);
@@ -300,6 +311,15 @@ async fn secondary_token(inner: &Arc<Inner>, core: &Core, req: &Request) -> Resu
             issued_unix: crate::messages::now_ms() / 1000,
         },
     );
+    if let Some(public_key) = secondary_public_key {
+        let expires = crate::messages::now_ms() / 1000 + ttl;
+        let token = crate::sealed_activation::seal(&bundle, &public_key, expires)?;
+        inner.commit_state(state).await?;
+        let mut data = Data::new();
+        data.insert("token".into(), json!(token));
+        tracing::info!(secondary = %id, ttl, "DR secondary activation token issued (encrypted to its key)");
+        return Ok(Response::data(data));
+    }
     let mut data = Data::new();
     data.insert(
         "bundle".into(),
@@ -339,11 +359,25 @@ async fn revoke_secondary(inner: &Arc<Inner>, req: &Request) -> Result<Response>
     Ok(Response::empty())
 }
 
-/// Unwrap an activation token through the primary's API.
-async fn fetch_bundle(req: &Request) -> Result<Bundle> {
+/// Get the bundle of an activation token: decrypt it locally when it was encrypted to our
+/// `generate-public-key` key, otherwise unwrap it through the primary's API.
+async fn fetch_bundle(inner: &Inner, req: &Request) -> Result<Bundle> {
     let token = get_str(&req.data, "token")?
         .filter(|s| !s.is_empty())
         .ok_or_else(|| bad("missing required parameter \"token\""))?;
+    if token.starts_with(crate::sealed_activation::PREFIX) {
+        let mut guard = inner
+            .activation_key
+            .lock()
+            .map_err(|_| LogicalError::Internal("activation key state poisoned".into()))?;
+        let private = guard.as_ref().ok_or_else(|| {
+            bad("no secondary public key was generated on this cluster (or it was used)")
+        })?;
+        let bundle =
+            crate::sealed_activation::open(&token, private, crate::messages::now_ms() / 1000)?;
+        *guard = None;
+        return Ok(bundle);
+    }
     let activation = ActivationToken::decode(&token)?;
     let addr = get_str(&req.data, "primary_api_addr")?
         .filter(|s| !s.is_empty())
@@ -406,7 +440,7 @@ async fn fetch_bundle(req: &Request) -> Result<Bundle> {
 }
 
 async fn secondary_enable(inner: &Arc<Inner>, core: &Core, req: &Request) -> Result<Response> {
-    let bundle = fetch_bundle(req).await?;
+    let bundle = fetch_bundle(inner, req).await?;
     tracing::warn!(secondary = %bundle.secondary_id, "enabling DR secondary: wiping all local data");
     inner.stop_follower();
     core.wipe_storage().await?;
@@ -433,7 +467,7 @@ async fn secondary_enable(inner: &Arc<Inner>, core: &Core, req: &Request) -> Res
 }
 
 async fn update_primary(inner: &Arc<Inner>, req: &Request) -> Result<Response> {
-    let bundle = fetch_bundle(req).await?;
+    let bundle = fetch_bundle(inner, req).await?;
     let mut state = inner.state_snapshot().await;
     if bundle.cluster_id != state.cluster_id {
         return Err(bad(
