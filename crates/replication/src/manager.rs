@@ -322,6 +322,7 @@ impl Inner {
             s.primary_last_wal = last_wal;
             s.last_error.clear();
         });
+        self.note_position();
     }
 
     pub fn primary_heartbeat(&self, last_wal: u64, time_ms: u64) {
@@ -332,6 +333,12 @@ impl Inner {
                 i64::try_from(time_ms).unwrap_or(0) - i64::try_from(now).unwrap_or(0);
             s.primary_last_wal = last_wal;
         });
+        self.note_position();
+    }
+
+    fn note_position(&self) {
+        let applied = self.wal.last_index();
+        self.with_status(|s| s.note_position(applied));
     }
 
     pub fn record_applied(&self, entries: u64, bytes: u64, last_wal: u64, newest_ms: u64) {
@@ -344,6 +351,7 @@ impl Inner {
                 s.last_apply_lag_ms = now_ms().saturating_sub(newest_ms);
             }
         });
+        self.note_position();
     }
 
     pub fn record_merkle_sync(&self, buckets: u64, keys: u64, deleted: u64, bytes: u64) {

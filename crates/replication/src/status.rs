@@ -113,6 +113,33 @@ impl SyncCounters {
     }
 }
 
+impl SecondaryStatus {
+    /// Track since when we are behind the primary, given our applied WAL index.
+    pub fn note_position(&mut self, applied: u64) {
+        if self.primary_last_wal > applied {
+            if self.behind_since_ms == 0 {
+                self.behind_since_ms = now_ms();
+            }
+        } else {
+            self.behind_since_ms = 0;
+        }
+    }
+
+    /// Replication lag in ms: 0 when caught up; otherwise how long we have been behind, and
+    /// at least how late the last entry was applied.
+    pub fn lag_ms(&self, applied: u64) -> u64 {
+        if self.primary_last_wal <= applied {
+            return 0;
+        }
+        let behind = if self.behind_since_ms == 0 {
+            0
+        } else {
+            now_ms().saturating_sub(self.behind_since_ms)
+        };
+        behind.max(self.last_apply_lag_ms)
+    }
+}
+
 /// Everything a secondary reports about its stream.
 #[derive(Clone, Debug, Default)]
 pub struct SecondaryStatus {
@@ -122,6 +149,8 @@ pub struct SecondaryStatus {
     pub primary_last_wal: u64,
     /// How late (ms after the primary committed it) the last entry was applied.
     pub last_apply_lag_ms: u64,
+    /// When this secondary was first seen behind the primary (0 = caught up).
+    pub behind_since_ms: u64,
     pub last_error: String,
     pub last_start_ms: u64,
     pub counters: SyncCounters,

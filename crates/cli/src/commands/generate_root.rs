@@ -1,4 +1,7 @@
-//! `bunker operator generate-root`: build a new root token from a quorum of unseal keys.
+//! Key-share token ceremonies: `bunker operator generate-root` builds a new root token from a
+//! quorum of unseal keys, and `bunker operator replication secondary generate-operation-token`
+//! (or `generate-root -dr-token`) builds a DR operation token on a DR secondary the same way.
+//! The two differ only in their endpoints and wording, described by a [`Ceremony`].
 //!
 //! The finished token comes back XORed with a one-time password (OTP) and base64 encoded;
 //! `-decode` recovers it, through the server's `sys/decode-token` or locally.
@@ -22,12 +25,53 @@ use crate::output::{self, cell, Format};
 /// Length of generated OTPs: the length of a root token.
 pub(crate) const OTP_LENGTH: usize = 28;
 
-const ATTEMPT_PATH: &str = "sys/generate-root/attempt";
+/// One key-share ceremony: where it runs and what its token is called in messages.
+#[derive(Debug)]
+pub(crate) struct Ceremony {
+    /// Start (PUT), read (GET) and cancel (DELETE) an attempt.
+    attempt_path: &'static str,
+    /// Provide one key share.
+    update_path: &'static str,
+    /// The token being built, for messages: "root token".
+    token_name: &'static str,
+}
 
-/// `bunker operator generate-root [flags] [KEY]`
+/// `sys/generate-root`: a new root token.
+pub(crate) const ROOT_TOKEN: Ceremony = Ceremony {
+    attempt_path: "sys/generate-root/attempt",
+    update_path: "sys/generate-root/update",
+    token_name: "root token",
+};
+
+/// A DR operation token, generated on a DR secondary with the primary's key shares.
+pub(crate) const DR_OPERATION_TOKEN: Ceremony = Ceremony {
+    attempt_path: "sys/replication/dr/secondary/generate-operation-token/attempt",
+    update_path: "sys/replication/dr/secondary/generate-operation-token/update",
+    token_name: "DR operation token",
+};
+
+/// `bunker operator generate-root [-dr-token] [flags] [KEY]`
 #[derive(Args, Debug)]
 pub(crate) struct GenerateRootArgs {
-    /// Start a root token generation (prints the nonce and, if generated, the OTP).
+    /// Generate a DR operation token on a DR secondary instead of a root token.
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    dr_token: bool,
+    #[command(flatten)]
+    ceremony: CeremonyArgs,
+}
+
+/// The flags of a token ceremony, shared by `generate-root` and `generate-operation-token`.
+#[derive(Args, Debug)]
+pub(crate) struct CeremonyArgs {
+    /// Start a token generation (prints the nonce and, if generated, the OTP).
     #[arg(
         long,
         action = ArgAction::Set,
@@ -95,7 +139,7 @@ enum Mode {
     Provide,
 }
 
-fn mode(args: &GenerateRootArgs) -> Result<Mode, CliError> {
+fn mode(args: &CeremonyArgs) -> Result<Mode, CliError> {
     let chosen: Vec<Mode> = [
         (args.generate_otp, Mode::GenerateOtp),
         (args.decode.is_some(), Mode::Decode),
@@ -116,48 +160,71 @@ fn mode(args: &GenerateRootArgs) -> Result<Mode, CliError> {
     }
 }
 
+/// Runs `bunker operator generate-root`.
 pub(crate) fn run(ctx: &Ctx, args: GenerateRootArgs) -> CmdResult {
-    match mode(&args)? {
+    let ceremony = if args.dr_token {
+        &DR_OPERATION_TOKEN
+    } else {
+        &ROOT_TOKEN
+    };
+    run_ceremony(ctx, &args.ceremony, ceremony)
+}
+
+/// Runs one step of `ceremony` as the flags ask.
+pub(crate) fn run_ceremony(ctx: &Ctx, args: &CeremonyArgs, ceremony: &Ceremony) -> CmdResult {
+    match mode(args)? {
         Mode::GenerateOtp => {
             output::emit(&generate_otp())?;
             Ok(EXIT_OK)
         }
-        Mode::Decode => decode(ctx, &args),
-        Mode::Init => init(ctx, &args),
+        Mode::Decode => decode(ctx, args, ceremony),
+        Mode::Init => init(ctx, args, ceremony),
         Mode::Status => {
-            let status = fetch(&ctx.client()?)?;
+            let status = fetch(&ctx.client()?, ceremony)?;
             print_status(ctx, &status)
         }
         Mode::Cancel => {
             ctx.client()?
-                .send(ApiRequest::new(Verb::Delete, ATTEMPT_PATH))
-                .doing("canceling root token generation")?;
+                .send(ApiRequest::new(Verb::Delete, ceremony.attempt_path))
+                .doing(format!("canceling {} generation", ceremony.token_name))?;
             success(
                 ctx,
-                "Success! Root token generation canceled (if it was started)",
+                &format!(
+                    "Success! {} generation canceled (if it was started)",
+                    capitalized(ceremony.token_name)
+                ),
             )
         }
-        Mode::Provide => provide(ctx, &args),
+        Mode::Provide => provide(ctx, args, ceremony),
     }
 }
 
-fn fetch(client: &Client) -> Result<Value, CliError> {
+/// `text` with its first letter in upper case.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+fn fetch(client: &Client, ceremony: &Ceremony) -> Result<Value, CliError> {
     Ok(client
-        .send(ApiRequest::new(Verb::Get, ATTEMPT_PATH))
-        .doing("getting root generation status")?
+        .send(ApiRequest::new(Verb::Get, ceremony.attempt_path))
+        .doing(format!("getting {} generation status", ceremony.token_name))?
         .body
         .unwrap_or(Value::Null))
 }
 
-fn init(ctx: &Ctx, args: &GenerateRootArgs) -> CmdResult {
+fn init(ctx: &Ctx, args: &CeremonyArgs, ceremony: &Ceremony) -> CmdResult {
     let body = match &args.otp {
         Some(otp) => json!({"otp": otp}),
         None => json!({}),
     };
     let status = ctx
         .client()?
-        .send(ApiRequest::new(Verb::Put, ATTEMPT_PATH).json(&body))
-        .doing("initializing root generation")?
+        .send(ApiRequest::new(Verb::Put, ceremony.attempt_path).json(&body))
+        .doing(format!("initializing {} generation", ceremony.token_name))?
         .body
         .unwrap_or(Value::Null);
     let generated_otp = status
@@ -165,32 +232,39 @@ fn init(ctx: &Ctx, args: &GenerateRootArgs) -> CmdResult {
         .and_then(Value::as_str)
         .is_some_and(|otp| !otp.is_empty());
     if generated_otp && ctx.format() == Format::Table {
-        output::emit(
+        output::emit(&format!(
             "A One-Time-Password has been generated for you and is shown in the OTP field.\n\
-             You will need this value to decode the resulting root token, so keep it safe.",
-        )?;
+             You will need this value to decode the resulting {}, so keep it safe.",
+            ceremony.token_name
+        ))?;
     }
     print_status(ctx, &status)
 }
 
-fn provide(ctx: &Ctx, args: &GenerateRootArgs) -> CmdResult {
+fn provide(ctx: &Ctx, args: &CeremonyArgs, ceremony: &Ceremony) -> CmdResult {
     let client = ctx.client()?;
     let nonce = match &args.nonce {
         Some(nonce) => nonce.clone(),
-        None => fetch(&client)?
+        None => fetch(&client, ceremony)?
             .get("nonce")
             .and_then(Value::as_str)
             .filter(|nonce| !nonce.is_empty())
             .map(str::to_string)
             .ok_or_else(|| {
-                CliError::Usage("No root generation in progress; start one with -init".to_string())
+                CliError::Usage(format!(
+                    "No {} generation in progress; start one with -init",
+                    ceremony.token_name
+                ))
             })?,
     };
     let key = secret_arg(args.key.as_deref(), "Unseal Key (will be hidden): ")?;
     let body = json!({"key": key.as_str(), "nonce": nonce});
     let status = client
-        .send(ApiRequest::new(Verb::Put, "sys/generate-root/update").json(&body))
-        .doing("providing unseal key for root generation")?
+        .send(ApiRequest::new(Verb::Put, ceremony.update_path).json(&body))
+        .doing(format!(
+            "providing unseal key for {} generation",
+            ceremony.token_name
+        ))?
         .body
         .unwrap_or(Value::Null);
     print_status(ctx, &status)
@@ -239,7 +313,7 @@ fn status_rows(status: &Value) -> Vec<(String, String)> {
     rows
 }
 
-fn decode(ctx: &Ctx, args: &GenerateRootArgs) -> CmdResult {
+fn decode(ctx: &Ctx, args: &CeremonyArgs, ceremony: &Ceremony) -> CmdResult {
     let otp = args
         .otp
         .as_deref()
@@ -253,8 +327,9 @@ fn decode(ctx: &Ctx, args: &GenerateRootArgs) -> CmdResult {
         // Servers without sys/decode-token: the algorithm is simple enough to run here.
         Err(server_error) => decode_token(&encoded, otp).map_err(|local_error| {
             CliError::Invalid(format!(
-                "Error decoding root token: {local_error}\n\n\
-                 The server could not decode it either: {server_error}"
+                "Error decoding {}: {local_error}\n\n\
+                 The server could not decode it either: {server_error}",
+                ceremony.token_name
             ))
         })?,
     };
@@ -383,19 +458,42 @@ mod tests {
         Ok(Wrapper::try_parse_from(argv)?.inner)
     }
 
+    fn mode_of(flags: &[&str]) -> Result<Option<Mode>, clap::Error> {
+        Ok(mode(&args(flags)?.ceremony).ok())
+    }
+
     #[test]
     fn flags_select_one_mode() -> Result<(), clap::Error> {
-        assert_eq!(mode(&args(&[])?).ok(), Some(Mode::Provide));
-        assert_eq!(mode(&args(&["--init"])?).ok(), Some(Mode::Init));
-        assert_eq!(
-            mode(&args(&["--decode=x", "--otp=y"])?).ok(),
-            Some(Mode::Decode)
-        );
-        assert_eq!(
-            mode(&args(&["--generate-otp"])?).ok(),
-            Some(Mode::GenerateOtp)
-        );
-        assert!(mode(&args(&["--init", "--cancel"])?).is_err());
+        assert_eq!(mode_of(&[])?, Some(Mode::Provide));
+        assert_eq!(mode_of(&["--init"])?, Some(Mode::Init));
+        assert_eq!(mode_of(&["--decode=x", "--otp=y"])?, Some(Mode::Decode));
+        assert_eq!(mode_of(&["--generate-otp"])?, Some(Mode::GenerateOtp));
+        assert_eq!(mode_of(&["--init", "--cancel"])?, None);
         Ok(())
+    }
+
+    #[test]
+    fn dr_token_flag_is_separate_from_the_ceremony_flags() -> Result<(), clap::Error> {
+        let plain = args(&["--init"])?;
+        assert!(!plain.dr_token);
+        let dr = args(&["--dr-token", "--status"])?;
+        assert!(dr.dr_token);
+        assert_eq!(mode(&dr.ceremony).ok(), Some(Mode::Status));
+        assert!(args(&["--dr-token=false"]).is_ok_and(|a| !a.dr_token));
+        Ok(())
+    }
+
+    #[test]
+    fn ceremonies_use_their_own_endpoints() {
+        assert_eq!(ROOT_TOKEN.attempt_path, "sys/generate-root/attempt");
+        assert_eq!(
+            DR_OPERATION_TOKEN.update_path,
+            "sys/replication/dr/secondary/generate-operation-token/update"
+        );
+        assert_eq!(
+            capitalized(DR_OPERATION_TOKEN.token_name),
+            "DR operation token"
+        );
+        assert_eq!(capitalized(ROOT_TOKEN.token_name), "Root token");
     }
 }

@@ -1,10 +1,11 @@
-//! `bunker operator ...`: init, unseal, seal, rotate, key-status, generate-root.
+//! `bunker operator ...`: init, unseal, seal, rotate, key-status, generate-root, replication.
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::generate_root::{self, GenerateRootArgs};
+use super::replication::{self, ReplicationCommand};
 use super::status::seal_status_rows;
 use super::{success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Client, Verb};
@@ -24,8 +25,12 @@ pub(crate) enum OperatorCommand {
     Rotate,
     /// Show the current encryption key term.
     KeyStatus,
-    /// Generate a new root token from a quorum of unseal key shares.
+    /// Generate a new root token (or, with -dr-token, a DR operation token) from a quorum of
+    /// unseal key shares.
     GenerateRoot(GenerateRootArgs),
+    /// DR replication: status, and managing this cluster as a primary or a secondary.
+    #[command(subcommand)]
+    Replication(ReplicationCommand),
 }
 
 /// `bunker operator init`
@@ -76,6 +81,7 @@ pub(crate) fn run(ctx: &Ctx, command: OperatorCommand) -> CmdResult {
         OperatorCommand::Rotate => rotate(ctx),
         OperatorCommand::KeyStatus => key_status(ctx),
         OperatorCommand::GenerateRoot(args) => generate_root::run(ctx, args),
+        OperatorCommand::Replication(command) => replication::run(ctx, command),
     }
 }
 

@@ -3,7 +3,6 @@
 use serde_json::{json, Value};
 
 use super::Inner;
-use crate::messages::now_ms;
 use crate::state::Mode;
 
 impl Inner {
@@ -56,15 +55,7 @@ impl Inner {
                 let s = self.sec_status();
                 let secondary = state.secondary.as_ref();
                 let lag_entries = s.primary_last_wal.saturating_sub(last_wal);
-                let lag_ms = if lag_entries == 0 {
-                    0
-                } else {
-                    s.last_apply_lag_ms.max(
-                        now_ms()
-                            .saturating_sub(s.primary.last_heartbeat_ms)
-                            .min(s.last_apply_lag_ms),
-                    )
-                };
+                let lag_ms = s.lag_ms(last_wal);
                 let primaries: Vec<Value> =
                     if secondary.is_some() && s.primary.last_heartbeat_ms > 0 {
                         vec![s.primary.to_json(false, 0)]
