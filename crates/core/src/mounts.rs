@@ -59,6 +59,14 @@ impl MountEntry {
         }
     }
 
+    pub fn default_lease_ttl_secs(&self) -> u64 {
+        if self.config.default_lease_ttl > 0 {
+            self.config.default_lease_ttl
+        } else {
+            crate::token::SYSTEM_MAX_TTL_SECS
+        }
+    }
+
     pub fn storage_prefix(&self) -> String {
         format!("logical/{}/", self.uuid)
     }

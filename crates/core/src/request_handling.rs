@@ -78,6 +78,10 @@ impl Core {
     /// Handle one client request end to end.
     pub async fn handle(&self, mut req: Request) -> Result<Response> {
         req.path = normalize_path(&req.path)?;
+        // Vault checks and routes every LIST on the folder form of the path.
+        if req.operation == Operation::List && !req.path.ends_with('/') {
+            req.path.push('/');
+        }
         self.requests_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mode = self.dr_mode();
@@ -146,7 +150,11 @@ impl Core {
         let self_unwrap = req.path == "sys/wrapping/unwrap" && !req.data.contains_key("token");
         if !self_unwrap {
             let cap = capability_for(req.operation);
-            if !caller.has(&req.path, cap) {
+            // A LIST is also allowed by a rule on the path without its trailing slash.
+            let allowed = caller.has(&req.path, cap)
+                || (req.operation == Operation::List
+                    && caller.has(req.path.trim_end_matches('/'), cap));
+            if !allowed {
                 return Err(LogicalError::PermissionDenied);
             }
             if needs_sudo(&req.path) && !caller.is_sudo(&req.path) {
@@ -192,6 +200,7 @@ impl Core {
                 mount_point: &mounted.entry.path,
                 token_namespace: namespace,
                 mount_options: &mounted.entry.options,
+                default_lease_ttl_secs: mounted.entry.default_lease_ttl_secs(),
             };
             req.operation = match mounted.backend.exists(&breq).await? {
                 Some(false) => Operation::Create,
@@ -215,6 +224,7 @@ impl Core {
                     mount_point: &mounted.entry.path,
                     token_namespace: &namespace,
                     mount_options: &mounted.entry.options,
+                    default_lease_ttl_secs: mounted.entry.default_lease_ttl_secs(),
                 };
                 mounted.backend.handle(breq).await
             }

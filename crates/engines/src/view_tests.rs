@@ -68,6 +68,7 @@ impl Mount {
             mount_point: self.point,
             token_namespace: ns,
             mount_options: &self.options,
+            default_lease_ttl_secs: 0,
         }
     }
 

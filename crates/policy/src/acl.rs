@@ -97,6 +97,29 @@ impl Acl {
         capability_names(&self.capabilities(path))
     }
 
+    /// True if any rule grants something on `prefix` or below it (Vault's test for showing a
+    /// mount in `sys/internal/ui/mounts`).
+    pub fn has_access_under(&self, prefix: &str) -> bool {
+        if self.root {
+            return true;
+        }
+        let prefix = prefix.trim_start_matches('/');
+        let grants = |caps: &CapabilitySet| !caps.is_deny() && caps.iter().next().is_some();
+        let exact = self
+            .exact
+            .iter()
+            .any(|(path, caps)| path.starts_with(prefix) && grants(caps));
+        exact
+            || self.wildcard.iter().any(|(pattern, caps)| {
+                let text = pattern.as_str();
+                let literal = text.split(['*', '+']).next().unwrap_or("");
+                grants(caps)
+                    && (text.starts_with(prefix)
+                        || pattern.matches(prefix)
+                        || prefix.starts_with(literal))
+            })
+    }
+
     fn governing_rule(&self, path: &str) -> Option<CapabilitySet> {
         let path = path.trim_start_matches('/');
         if let Some(caps) = self.exact.get(path) {
@@ -106,5 +129,27 @@ impl Acl {
             .iter()
             .find(|(pattern, _)| pattern.matches(path))
             .map(|(_, caps)| *caps)
+    }
+}
+
+#[cfg(test)]
+mod access_under_tests {
+    use crate::{Acl, Policy};
+
+    #[test]
+    fn access_under_a_mount() {
+        let p = Policy::parse(
+            "p",
+            r#"path "secret/data/hello" { capabilities = ["read"] }
+               path "kv/+/x" { capabilities = ["read"] }
+               path "other/*" { capabilities = ["deny"] }"#,
+        )
+        .expect("parses");
+        let acl = Acl::new(&[p]);
+        assert!(acl.has_access_under("secret/"));
+        assert!(acl.has_access_under("kv/"));
+        assert!(!acl.has_access_under("other/"));
+        assert!(!acl.has_access_under("cubbyhole/"));
+        assert!(Acl::root().has_access_under("anything/"));
     }
 }

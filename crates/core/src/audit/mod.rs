@@ -115,7 +115,19 @@ impl AuditBroker {
         entry.salt = crate::token::random_base62(32);
         // Opening first proves the device works before it is recorded.
         let device = FileDevice::open(entry.clone())?;
-        device.write_line(&json!({"time": now_rfc3339(), "type": "test"}))?;
+        // Like Vault, prove the device with an ordinary request entry.
+        device.write_line(&json!({
+            "time": now_rfc3339(),
+            "type": "request",
+            "auth": {},
+            "request": {
+                "id": uuid::Uuid::new_v4().to_string(),
+                "operation": "update",
+                "path": "sys/audit/test",
+                "namespace": {"id": "root"},
+                "data": null,
+            },
+        }))?;
         table.entries.push(entry);
         self.barrier
             .put(AUDIT_TABLE_PATH, &serde_json::to_vec(&table)?)

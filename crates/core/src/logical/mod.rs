@@ -34,6 +34,8 @@ pub struct BackendRequest<'a> {
     pub token_namespace: &'a str,
     /// Mount options (e.g. `version` for kv).
     pub mount_options: &'a Map<String, Value>,
+    /// The mount's default lease TTL (the system default when the mount sets none).
+    pub default_lease_ttl_secs: u64,
 }
 
 /// A secrets engine mounted at a path.

@@ -268,10 +268,7 @@ impl Core {
             )));
         };
         // Only reveal a mount to callers with some access below it.
-        if !caller.acl.is_root()
-            && caller.acl.capabilities(path).is_empty()
-            && caller.acl.capabilities(&entry.path).is_empty()
-        {
+        if !caller.acl.has_access_under(&entry.path) {
             return Err(LogicalError::PermissionDenied);
         }
         let mut data = match entry.to_json() {

@@ -5,7 +5,7 @@
 //! LIST of an empty folder likewise. A stored `ttl` field is reported as the lease duration.
 
 use async_trait::async_trait;
-use bunker_core::logical::{BackendRequest, LogicalBackend, Response, Result};
+use bunker_core::logical::{BackendRequest, LogicalBackend, Operation, Response, Result};
 
 use crate::flat::{self, FlatRules};
 use crate::store::Call;
@@ -36,7 +36,13 @@ impl KvV1 {
 #[async_trait]
 impl LogicalBackend for KvV1 {
     async fn handle(&self, req: BackendRequest<'_>) -> Result<Response> {
-        self.handle_call(&Call::from_request(&req)).await
+        let mut resp = self.handle_call(&Call::from_request(&req)).await?;
+        // Without a stored `ttl`, Vault reports the mount's default lease as the refresh
+        // interval of a kv v1 read.
+        if req.operation == Operation::Read && resp.data.is_some() && resp.lease_duration == 0 {
+            resp.lease_duration = req.default_lease_ttl_secs;
+        }
+        Ok(resp)
     }
 
     async fn exists(&self, req: &BackendRequest<'_>) -> Result<Option<bool>> {
