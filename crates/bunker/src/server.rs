@@ -212,6 +212,9 @@ async fn setup_dev(core: &Arc<Core>, args: &ServerArgs, api_addr: &str) -> Resul
     .await
     .map_err(|e| anyhow::anyhow!("mounting secret/: {e}"))?;
     let unseal_b64 = base64::engine::general_purpose::STANDARD.encode(&key[..]);
+    if let Err(e) = save_token_helper(&init.root_token) {
+        tracing::warn!(error = %e, "could not save the root token to ~/.vault-token");
+    }
     println!("==> Bunker server configuration:\n");
     println!("             Api Address: {api_addr}");
     println!("                 Storage: inmem");
@@ -230,6 +233,28 @@ async fn setup_dev(core: &Arc<Core>, args: &ServerArgs, api_addr: &str) -> Resul
     println!("Root Token: {}\n", init.root_token);
     println!("Development mode should NOT be used in production installations!\n");
     println!("==> Bunker server started! Log data will stream in below:\n");
+    Ok(())
+}
+
+/// Dev mode authenticates the CLI as Vault does: the root token goes to `~/.vault-token`.
+fn save_token_helper(token: &str) -> Result<()> {
+    use std::io::Write;
+    let Some(home) = std::env::var_os("HOME") else {
+        return Ok(());
+    };
+    let path = std::path::Path::new(&home).join(".vault-token");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).write(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
     Ok(())
 }
 
