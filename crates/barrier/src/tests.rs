@@ -1,80 +1,33 @@
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use bunker_storage::{Backend, Op, StorageError};
+use bunker_storage::{Backend, InmemBackend, Op};
 
 use crate::envelope::{HEADER_LEN, TAG_LEN};
 use crate::{Barrier, BarrierError, KEYRING_PATH};
 
-/// A tiny in-memory backend, private to these tests.
-#[derive(Default)]
-struct MemBackend {
-    data: Mutex<BTreeMap<String, Vec<u8>>>,
-}
-
-impl MemBackend {
-    fn raw(&self, key: &str) -> Option<Vec<u8>> {
-        self.data.lock().unwrap().get(key).cloned()
-    }
-    fn set_raw(&self, key: &str, value: Vec<u8>) {
-        self.data.lock().unwrap().insert(key.to_owned(), value);
-    }
+/// Raw (ciphertext) access to the backend under the barrier.
+#[async_trait]
+trait RawAccess {
+    async fn raw(&self, key: &str) -> Option<Vec<u8>>;
+    async fn set_raw(&self, key: &str, value: Vec<u8>);
 }
 
 #[async_trait]
-impl Backend for MemBackend {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.raw(key))
+impl RawAccess for InmemBackend {
+    async fn raw(&self, key: &str) -> Option<Vec<u8>> {
+        self.get(key).await.unwrap()
     }
-    async fn batch(&self, ops: Vec<Op>) -> Result<(), StorageError> {
-        let mut data = self.data.lock().unwrap();
-        for op in ops {
-            match op {
-                Op::Put { key, value } => {
-                    data.insert(key, value);
-                }
-                Op::Delete { key } => {
-                    data.remove(&key);
-                }
-            }
-        }
-        Ok(())
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let data = self.data.lock().unwrap();
-        let mut out: Vec<String> = data
-            .keys()
-            .filter_map(|k| k.strip_prefix(prefix))
-            .map(|rest| match rest.find('/') {
-                Some(i) => rest[..=i].to_owned(),
-                None => rest.to_owned(),
-            })
-            .collect();
-        out.dedup();
-        Ok(out)
-    }
-    async fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
-        let data = self.data.lock().unwrap();
-        Ok(data
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+    async fn set_raw(&self, key: &str, value: Vec<u8>) {
+        self.put(key, value).await.unwrap()
     }
 }
 
 /// An initialized and unsealed barrier, its root key and its raw backend.
-async fn unsealed() -> (Barrier, Vec<u8>, Arc<MemBackend>) {
-    let backend = Arc::new(MemBackend::default());
+async fn unsealed() -> (Barrier, Vec<u8>, Arc<InmemBackend>) {
+    let backend = Arc::new(InmemBackend::new());
     let barrier = Barrier::new(backend.clone());
     let root = Barrier::generate_root_key();
     barrier.initialize(&root).await.unwrap();
@@ -105,7 +58,7 @@ async fn round_trip_and_ciphertext_at_rest() {
     );
     assert_eq!(barrier.get("secret/missing").await.unwrap(), None);
 
-    let raw = backend.raw("secret/a").unwrap();
+    let raw = backend.raw("secret/a").await.unwrap();
     assert_eq!(raw.len(), HEADER_LEN + b"hunter2".len() + TAG_LEN);
     assert!(!raw.windows(7).any(|w| w == b"hunter2"));
 
@@ -121,10 +74,10 @@ async fn values_are_bound_to_their_path() {
     let (barrier, _, backend) = unsealed().await;
     barrier.put("secret/a", b"value a").await.unwrap();
     barrier.put("secret/b", b"value b").await.unwrap();
-    let a = backend.raw("secret/a").unwrap();
-    let b = backend.raw("secret/b").unwrap();
-    backend.set_raw("secret/a", b);
-    backend.set_raw("secret/b", a);
+    let a = backend.raw("secret/a").await.unwrap();
+    let b = backend.raw("secret/b").await.unwrap();
+    backend.set_raw("secret/a", b).await;
+    backend.set_raw("secret/b", a).await;
     assert_corrupt(barrier.get("secret/a").await);
     assert_corrupt(barrier.get("secret/b").await);
 
@@ -137,25 +90,25 @@ async fn values_are_bound_to_their_path() {
 async fn short_or_garbled_values_are_corrupt_not_panics() {
     let (barrier, _, backend) = unsealed().await;
     barrier.put("k", b"some value").await.unwrap();
-    let good = backend.raw("k").unwrap();
+    let good = backend.raw("k").await.unwrap();
 
     for len in 0..good.len() {
-        backend.set_raw("k", good[..len].to_vec());
+        backend.set_raw("k", good[..len].to_vec()).await;
         assert_corrupt(barrier.get("k").await);
     }
     for i in 0..good.len() {
         let mut flipped = good.clone();
         flipped[i] ^= 0x01;
-        backend.set_raw("k", flipped);
+        backend.set_raw("k", flipped).await;
         assert_corrupt(barrier.get("k").await);
     }
-    backend.set_raw("k", vec![0xAB; 200]);
+    backend.set_raw("k", vec![0xAB; 200]).await;
     assert_corrupt(barrier.get("k").await);
 
     // A well-formed envelope naming a term that does not exist.
     let mut unknown_term = good.clone();
     unknown_term[1..5].copy_from_slice(&99u32.to_be_bytes());
-    backend.set_raw("k", unknown_term);
+    backend.set_raw("k", unknown_term).await;
     assert_corrupt(barrier.get("k").await);
 
     for len in 0..good.len() {
@@ -202,7 +155,7 @@ async fn sealed_barrier_refuses_everything() {
 
 #[tokio::test]
 async fn wrong_root_key_is_refused() {
-    let barrier = Barrier::new(Arc::new(MemBackend::default()));
+    let barrier = Barrier::new(Arc::new(InmemBackend::new()));
     let root = Barrier::generate_root_key();
     assert!(matches!(
         barrier.unseal(&root).await,
@@ -241,14 +194,14 @@ async fn rotation_keeps_old_values_and_writes_with_new_term() {
     let before = barrier.key_status().unwrap();
     assert_eq!(before.term, 1);
     barrier.put("old", b"written under term 1").await.unwrap();
-    assert_eq!(term_of(&backend.raw("old").unwrap()), 1);
+    assert_eq!(term_of(&backend.raw("old").await.unwrap()), 1);
 
     let status = barrier.rotate().await.unwrap();
     assert_eq!(status.term, 2);
     assert_eq!(barrier.key_status().unwrap().term, 2);
     barrier.put("new", b"written under term 2").await.unwrap();
-    assert_eq!(term_of(&backend.raw("new").unwrap()), 2);
-    assert_eq!(term_of(&backend.raw("old").unwrap()), 1);
+    assert_eq!(term_of(&backend.raw("new").await.unwrap()), 2);
+    assert_eq!(term_of(&backend.raw("old").await.unwrap()), 1);
     assert_eq!(
         barrier.get("old").await.unwrap().as_deref(),
         Some(&b"written under term 1"[..])
@@ -267,13 +220,13 @@ async fn rotation_keeps_old_values_and_writes_with_new_term() {
         Some(&b"written under term 2"[..])
     );
     // The keyring record itself is sealed with the root key (term 0).
-    assert_eq!(term_of(&backend.raw(KEYRING_PATH).unwrap()), 0);
+    assert_eq!(term_of(&backend.raw(KEYRING_PATH).await.unwrap()), 0);
 }
 
 #[tokio::test]
 async fn keyring_path_is_reserved() {
     let (barrier, _, backend) = unsealed().await;
-    let keyring_before = backend.raw(KEYRING_PATH).unwrap();
+    let keyring_before = backend.raw(KEYRING_PATH).await.unwrap();
     let reserved = |r: crate::Result<()>| matches!(r, Err(BarrierError::ReservedPath(_)));
     assert!(reserved(barrier.put(KEYRING_PATH, b"x").await));
     assert!(reserved(barrier.delete(KEYRING_PATH).await));
@@ -294,8 +247,12 @@ async fn keyring_path_is_reserved() {
         barrier.get(KEYRING_PATH).await,
         Err(BarrierError::ReservedPath(_))
     ));
-    assert_eq!(backend.raw(KEYRING_PATH).unwrap(), keyring_before);
-    assert_eq!(backend.raw("fine"), None, "a refused batch writes nothing");
+    assert_eq!(backend.raw(KEYRING_PATH).await.unwrap(), keyring_before);
+    assert_eq!(
+        backend.raw("fine").await,
+        None,
+        "a refused batch writes nothing"
+    );
 }
 
 #[tokio::test]
@@ -327,7 +284,7 @@ async fn batch_encrypts_each_put_and_list_passes_through() {
         Some(&b"beta"[..])
     );
     assert_eq!(barrier.get("dir/gone").await.unwrap(), None);
-    assert_ne!(backend.raw("dir/a").unwrap(), b"alpha");
+    assert_ne!(backend.raw("dir/a").await.unwrap(), b"alpha");
     assert_eq!(barrier.list("dir/").await.unwrap(), vec!["a", "sub/"]);
 }
 

@@ -1,70 +1,15 @@
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use bunker_barrier::Barrier;
-use bunker_storage::{Backend, Op, StorageError};
 
 use crate::{Seal, SealConfig, SealError, SealStatus, SEAL_CONFIG_PATH};
 
-/// A tiny in-memory backend, private to these tests.
-#[derive(Default)]
-struct MemBackend {
-    data: Mutex<BTreeMap<String, Vec<u8>>>,
-}
-
-#[async_trait]
-impl Backend for MemBackend {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.data.lock().unwrap().get(key).cloned())
-    }
-    async fn batch(&self, ops: Vec<Op>) -> Result<(), StorageError> {
-        let mut data = self.data.lock().unwrap();
-        for op in ops {
-            match op {
-                Op::Put { key, value } => {
-                    data.insert(key, value);
-                }
-                Op::Delete { key } => {
-                    data.remove(&key);
-                }
-            }
-        }
-        Ok(())
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let data = self.data.lock().unwrap();
-        let mut out: Vec<String> = data
-            .keys()
-            .filter_map(|k| k.strip_prefix(prefix))
-            .map(|rest| match rest.find('/') {
-                Some(i) => rest[..=i].to_owned(),
-                None => rest.to_owned(),
-            })
-            .collect();
-        out.dedup();
-        Ok(out)
-    }
-    async fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
-        let data = self.data.lock().unwrap();
-        Ok(data
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
-    }
-}
-
 fn new_seal() -> Seal {
-    Seal::new(Arc::new(Barrier::new(Arc::new(MemBackend::default()))))
+    Seal::new(Arc::new(Barrier::new(Arc::new(
+        bunker_storage::InmemBackend::new(),
+    ))))
 }
 
 fn assert_invalid_key<T: std::fmt::Debug>(result: crate::Result<T>) {
