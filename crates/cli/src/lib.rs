@@ -20,7 +20,7 @@ mod output;
 mod settings;
 mod token_helper;
 
-use commands::{audit, generic, kv, login, operator, policy, secrets, status, token, Ctx};
+use commands::{audit, generic, kv, login, operator, policy, secrets, status, token, unwrap, Ctx};
 use error::{CliError, EXIT_LOCAL, EXIT_OK};
 use output::{emit, emit_err, Format};
 use settings::Settings;
@@ -167,6 +167,8 @@ enum Command {
     Audit(audit::AuditCommand),
     /// Authenticate with a token and store it for later commands.
     Login(login::LoginArgs),
+    /// Return the response a wrapping token stands for (the current token when none is given).
+    Unwrap(unwrap::UnwrapArgs),
     /// Print the client version.
     Version,
 }
@@ -220,6 +222,7 @@ fn dispatch(cli: Cli, server: impl FnOnce(ServerArgs) -> anyhow::Result<()>) -> 
         Command::Secrets(cmd) => secrets::run(&ctx, cmd),
         Command::Audit(cmd) => audit::run(&ctx, cmd),
         Command::Login(args) => login::run(&ctx, args),
+        Command::Unwrap(args) => unwrap::run(&ctx, args),
         Command::Version => emit(&format!("Bunker v{}", env!("CARGO_PKG_VERSION"))).map(|()| 0),
     };
     match result {
@@ -529,6 +532,9 @@ mod tests {
             &["audit", "list"],
             &["login", "-"],
             &["login"],
+            &["unwrap"],
+            &["unwrap", "-field=foo", "-format=json", "hvs.wrapping"],
+            &["kv", "get", "-wrap-ttl=2m", "secret/hello"],
             &["version"],
         ];
         for command in commands {

@@ -197,10 +197,16 @@ pub fn secret_rows(response: &Value) -> Vec<(String, String)> {
     if let Some(data) = response.get("data").and_then(Value::as_object) {
         rows.extend(data_rows(data));
     }
-    if let Some(wrap) = response.get("wrap_info").filter(|w| w.is_object()) {
+    if let Some(wrap) = wrap_info(response) {
         rows.extend(wrap_rows(wrap));
     }
     rows
+}
+
+/// The `wrap_info` of a response the server wrapped (`X-Vault-Wrap-TTL`); `None` when it is
+/// absent or `null`.
+pub fn wrap_info(response: &Value) -> Option<&Value> {
+    response.get("wrap_info").filter(|w| w.is_object())
 }
 
 fn wrap_rows(wrap: &Value) -> Vec<(String, String)> {
@@ -246,25 +252,99 @@ pub fn warnings(response: &Value) -> Option<String> {
     Some(out)
 }
 
-/// Prints a response: one raw field, pretty JSON, or a table (warnings go to stderr).
+/// What [`print_response`] writes to stdout (kept apart from the writing for tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rendered {
+    /// Nothing: a table with no rows (an empty response).
+    Nothing,
+    /// A table or JSON document, printed with a final newline.
+    Text(String),
+    /// A `-field` value, printed raw (see [`emit_raw`]).
+    Field(String),
+}
+
+/// How [`print_response`] shows a response: the value of `field`, pretty JSON of the whole
+/// response, or the Key/Value table of [`secret_rows`] (which for a wrapped response holds the
+/// wrap info).
+pub fn render_response(
+    format: Format,
+    response: &Value,
+    field: Option<&str>,
+) -> Result<Rendered, CliError> {
+    if let Some(name) = field {
+        return field_value(&secret_rows_raw(response), name).map(Rendered::Field);
+    }
+    Ok(match format {
+        Format::Json => Rendered::Text(pretty_json(response)),
+        Format::Table => {
+            let rows = secret_rows(response);
+            if rows.is_empty() {
+                Rendered::Nothing
+            } else {
+                Rendered::Text(key_value_table(&rows))
+            }
+        }
+    })
+}
+
+/// How a wrapped response is shown; `None` when the server did not wrap it. See
+/// [`print_if_wrapped`].
+pub fn render_wrapped(
+    format: Format,
+    response: &Value,
+    field: Option<&str>,
+) -> Result<Option<Rendered>, CliError> {
+    if wrap_info(response).is_none() {
+        return Ok(None);
+    }
+    render_response(format, response, field).map(Some)
+}
+
+/// The one place wrapped responses are handled. Every command that renders a response with
+/// its own layout calls this first; [`print_response`] does the same through
+/// [`secret_rows`]. When the server wrapped the response (`-wrap-ttl`, `VAULT_WRAP_TTL`) the
+/// secret itself is not in it, so, as with Vault's CLI, this prints the wrap info table
+/// (`wrapping_token:` ...), the whole response (`-format=json`) or one of its fields
+/// (`-field=wrapping_token`) and returns `true`: the command must print nothing else. For an
+/// unwrapped response it prints nothing and returns `false`.
+pub fn print_if_wrapped(
+    format: Format,
+    response: &Value,
+    field: Option<&str>,
+) -> Result<bool, CliError> {
+    match render_wrapped(format, response, field)? {
+        Some(rendered) => {
+            write_rendered(format, response, field, &rendered)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Prints a response: one raw field, pretty JSON, or a table (warnings go to stderr). A
+/// wrapped response shows its wrap info.
 pub fn print_response(
     format: Format,
     response: &Value,
     field: Option<&str>,
 ) -> Result<(), CliError> {
-    if let Some(name) = field {
-        return print_field(&secret_rows_raw(response), name);
+    let rendered = render_response(format, response, field)?;
+    write_rendered(format, response, field, &rendered)
+}
+
+fn write_rendered(
+    format: Format,
+    response: &Value,
+    field: Option<&str>,
+    rendered: &Rendered,
+) -> Result<(), CliError> {
+    if field.is_none() && format == Format::Table {
+        print_warnings(response);
     }
-    match format {
-        Format::Json => emit(&pretty_json(response)),
-        Format::Table => {
-            print_warnings(response);
-            let rows = secret_rows(response);
-            if rows.is_empty() {
-                return Ok(());
-            }
-            emit(&key_value_table(&rows))
-        }
+    match rendered {
+        Rendered::Nothing => Ok(()),
+        Rendered::Text(text) => emit(text),
+        Rendered::Field(value) => emit_raw(value),
     }
 }
 
@@ -281,14 +361,17 @@ fn secret_rows_raw(response: &Value) -> Vec<(String, String)> {
     rows
 }
 
-/// Prints the value of `name` from `rows` with no decoration.
-pub fn print_field(rows: &[(String, String)], name: &str) -> Result<(), CliError> {
-    let value = rows
-        .iter()
+/// The value of `name` in `rows`; a trailing `:` on a key is ignored (`wrapping_token:`).
+pub fn field_value(rows: &[(String, String)], name: &str) -> Result<String, CliError> {
+    rows.iter()
         .find(|(key, _)| key.trim_end_matches(':') == name)
         .map(|(_, value)| value.clone())
-        .ok_or_else(|| CliError::Invalid(format!("Field \"{name}\" not present in secret")))?;
-    emit_raw(&value)
+        .ok_or_else(|| CliError::Invalid(format!("Field \"{name}\" not present in secret")))
+}
+
+/// Prints the value of `name` from `rows` with no decoration.
+pub fn print_field(rows: &[(String, String)], name: &str) -> Result<(), CliError> {
+    emit_raw(&field_value(rows, name)?)
 }
 
 /// Prints warnings from a response to stderr.
@@ -436,6 +519,108 @@ mod tests {
         let body = key_value_table(&[("custom_metadata".into(), "x".into())]);
         assert!(section("Metadata", &body).starts_with("======= Metadata =======\nKey "));
         assert_eq!(section("Secret Path", ""), "== Secret Path ==\n");
+    }
+
+    fn wrapped_kv_read() -> Value {
+        json!({
+            "request_id": "r1", "lease_id": "", "renewable": false, "lease_duration": 0,
+            "data": null, "auth": null, "warnings": null, "mount_type": "",
+            "wrap_info": {
+                "token": "hvs.wrap", "accessor": "wacc", "ttl": 120,
+                "creation_time": "2026-01-02T03:04:05Z",
+                "creation_path": "secret/data/hello"
+            }
+        })
+    }
+
+    #[test]
+    fn wrapped_responses_show_the_wrap_info_table() -> Result<(), CliError> {
+        let rendered = render_wrapped(Format::Table, &wrapped_kv_read(), None)?;
+        assert_eq!(
+            rendered,
+            Some(Rendered::Text(
+                "Key                              Value\n\
+                 ---                              -----\n\
+                 wrapping_token:                  hvs.wrap\n\
+                 wrapping_accessor:               wacc\n\
+                 wrapping_token_ttl:              2m\n\
+                 wrapping_token_creation_time:    2026-01-02T03:04:05Z\n\
+                 wrapping_token_creation_path:    secret/data/hello\n"
+                    .to_string()
+            ))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn wrapped_responses_print_whole_in_json_and_by_field() -> Result<(), CliError> {
+        let response = wrapped_kv_read();
+        let Some(Rendered::Text(json)) = render_wrapped(Format::Json, &response, None)? else {
+            panic!("no JSON text");
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(&json).ok(),
+            Some(response.clone())
+        );
+        for format in [Format::Table, Format::Json] {
+            assert_eq!(
+                render_wrapped(format, &response, Some("wrapping_token"))?,
+                Some(Rendered::Field("hvs.wrap".into()))
+            );
+            assert_eq!(
+                render_wrapped(format, &response, Some("wrapping_token_creation_path"))?,
+                Some(Rendered::Field("secret/data/hello".into()))
+            );
+        }
+        // The secret is not in a wrapped response: its keys are not fields.
+        assert!(render_wrapped(Format::Table, &response, Some("foo")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn wrapped_token_create_shows_the_wrapped_accessor() -> Result<(), CliError> {
+        let mut response = wrapped_kv_read();
+        if let Some(wrap) = response.get_mut("wrap_info").and_then(Value::as_object_mut) {
+            wrap.insert("creation_path".into(), json!("auth/token/create"));
+            wrap.insert("wrapped_accessor".into(), json!("tacc"));
+        }
+        let Some(Rendered::Text(table)) = render_wrapped(Format::Table, &response, None)? else {
+            panic!("no table");
+        };
+        assert!(table.contains("wrapping_token_creation_path:    auth/token/create\n"));
+        assert!(
+            table.ends_with("wrapped_accessor:                tacc\n"),
+            "{table}"
+        );
+        assert!(!table.contains("token_policies"), "{table}");
+        Ok(())
+    }
+
+    #[test]
+    fn unwrapped_responses_are_left_to_the_command() -> Result<(), CliError> {
+        let plain = json!({"data": {"foo": "bar"}, "wrap_info": null});
+        assert_eq!(render_wrapped(Format::Table, &plain, None)?, None);
+        assert_eq!(render_wrapped(Format::Json, &plain, Some("foo"))?, None);
+        assert_eq!(
+            render_wrapped(Format::Table, &json!({"data": {}}), None)?,
+            None
+        );
+        assert_eq!(render_wrapped(Format::Table, &Value::Null, None)?, None);
+        assert_eq!(
+            render_response(Format::Table, &plain, Some("foo"))?,
+            Rendered::Field("bar".into())
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn empty_responses_render_nothing_in_tables() -> Result<(), CliError> {
+        assert_eq!(
+            render_response(Format::Table, &Value::Null, None)?,
+            Rendered::Nothing
+        );
+        assert!(render_response(Format::Table, &Value::Null, Some("ttl")).is_err());
+        Ok(())
     }
 
     #[test]

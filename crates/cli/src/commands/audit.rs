@@ -135,6 +135,9 @@ fn list(ctx: &Ctx, args: &ListArgs) -> CmdResult {
         .doing("listing audit devices")?
         .body
         .unwrap_or(Value::Null);
+    if output::print_if_wrapped(ctx.format(), &response, None)? {
+        return Ok(EXIT_OK);
+    }
     if ctx.format() == Format::Json {
         output::emit(&output::pretty_json(&response))?;
         return Ok(EXIT_OK);

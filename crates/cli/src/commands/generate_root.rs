@@ -16,7 +16,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::{success, CmdResult, Ctx};
+use super::{expect_body, success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Client, Verb};
 use crate::error::{CliError, Doing, EXIT_OK};
 use crate::input::{read_first_line, secret_arg};
@@ -209,11 +209,12 @@ fn capitalized(text: &str) -> String {
 }
 
 fn fetch(client: &Client, ceremony: &Ceremony) -> Result<Value, CliError> {
-    Ok(client
+    let doing = format!("getting {} generation status", ceremony.token_name);
+    let body = client
         .send(ApiRequest::new(Verb::Get, ceremony.attempt_path))
-        .doing(format!("getting {} generation status", ceremony.token_name))?
-        .body
-        .unwrap_or(Value::Null))
+        .doing(doing.clone())?
+        .body;
+    expect_body(body, &doing)
 }
 
 fn init(ctx: &Ctx, args: &CeremonyArgs, ceremony: &Ceremony) -> CmdResult {
@@ -221,12 +222,16 @@ fn init(ctx: &Ctx, args: &CeremonyArgs, ceremony: &Ceremony) -> CmdResult {
         Some(otp) => json!({"otp": otp}),
         None => json!({}),
     };
+    let doing = format!("initializing {} generation", ceremony.token_name);
     let status = ctx
         .client()?
         .send(ApiRequest::new(Verb::Put, ceremony.attempt_path).json(&body))
-        .doing(format!("initializing {} generation", ceremony.token_name))?
-        .body
-        .unwrap_or(Value::Null);
+        .doing(doing.clone())?
+        .body;
+    let status = expect_body(status, &doing)?;
+    if output::print_if_wrapped(ctx.format(), &status, None)? {
+        return Ok(EXIT_OK);
+    }
     let generated_otp = status
         .get("otp")
         .and_then(Value::as_str)
@@ -259,18 +264,22 @@ fn provide(ctx: &Ctx, args: &CeremonyArgs, ceremony: &Ceremony) -> CmdResult {
     };
     let key = secret_arg(args.key.as_deref(), "Unseal Key (will be hidden): ")?;
     let body = json!({"key": key.as_str(), "nonce": nonce});
+    let doing = format!(
+        "providing unseal key for {} generation",
+        ceremony.token_name
+    );
     let status = client
         .send(ApiRequest::new(Verb::Put, ceremony.update_path).json(&body))
-        .doing(format!(
-            "providing unseal key for {} generation",
-            ceremony.token_name
-        ))?
-        .body
-        .unwrap_or(Value::Null);
+        .doing(doing.clone())?
+        .body;
+    let status = expect_body(status, &doing)?;
     print_status(ctx, &status)
 }
 
 fn print_status(ctx: &Ctx, status: &Value) -> CmdResult {
+    if output::print_if_wrapped(ctx.format(), status, None)? {
+        return Ok(EXIT_OK);
+    }
     match ctx.format() {
         Format::Json => output::emit(&output::pretty_json(status))?,
         Format::Table => output::emit(&output::key_value_table(&status_rows(status)))?,

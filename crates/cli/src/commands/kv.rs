@@ -155,6 +155,9 @@ fn get(ctx: &Ctx, client: &Client, args: GetArgs) -> CmdResult {
         .doing(format!("reading {api_path}"))?
         .body
         .ok_or_else(|| CliError::not_found(&api_path))?;
+    if output::print_if_wrapped(ctx.format(), &response, args.field.as_deref())? {
+        return Ok(EXIT_OK);
+    }
     let data = secret_data(&response, target.version);
     if let Some(field) = &args.field {
         let value = data
@@ -224,9 +227,15 @@ fn put(ctx: &Ctx, client: &Client, args: PutArgs, patch: bool) -> CmdResult {
             target.require_v2("-cas")?;
         }
         let path = &target.full_path;
-        client
+        let response = client
             .send(ApiRequest::new(Verb::Put, path).json(&Value::Object(data)))
-            .doing(format!("writing data to {path}"))?;
+            .doing(format!("writing data to {path}"))?
+            .body;
+        if let Some(response) = &response {
+            if output::print_if_wrapped(ctx.format(), response, args.field.as_deref())? {
+                return Ok(EXIT_OK);
+            }
+        }
         return success(ctx, &format!("Success! Data written to: {path}"));
     }
     let api_path = target.api_path("data");
@@ -243,6 +252,9 @@ fn put(ctx: &Ctx, client: &Client, args: PutArgs, patch: bool) -> CmdResult {
     let Some(response) = response else {
         return success(ctx, &format!("Success! Data written to: {api_path}"));
     };
+    if output::print_if_wrapped(ctx.format(), &response, args.field.as_deref())? {
+        return Ok(EXIT_OK);
+    }
     if args.field.is_some() || ctx.format() == Format::Json {
         output::print_response(ctx.format(), &response, args.field.as_deref())?;
         return Ok(EXIT_OK);
@@ -321,6 +333,9 @@ fn metadata_get(ctx: &Ctx, client: &Client, args: PathArgs) -> CmdResult {
         .doing(format!("reading {path}"))?
         .body
         .ok_or_else(|| CliError::not_found(&path))?;
+    if output::print_if_wrapped(ctx.format(), &response, None)? {
+        return Ok(EXIT_OK);
+    }
     if ctx.format() == Format::Json {
         output::emit(&output::pretty_json(&response))?;
         return Ok(EXIT_OK);

@@ -20,6 +20,7 @@ pub(crate) mod replication;
 pub(crate) mod secrets;
 pub(crate) mod status;
 pub(crate) mod token;
+pub(crate) mod unwrap;
 
 /// What a command returns: its exit code, or the error to report.
 pub(crate) type CmdResult = Result<u8, CliError>;
@@ -66,8 +67,20 @@ pub(crate) fn list_keys(response: &Value) -> Option<Vec<String>> {
     Some(keys.iter().map(output::raw).collect())
 }
 
-/// Prints a list response: a `Keys` column, or the keys as a JSON array.
+/// The body of a response the command needs in order to print anything. An empty answer
+/// (204) is reported as a remote error (exit 2) rather than shown as an empty table or `null`.
+pub(crate) fn expect_body(body: Option<Value>, doing: &str) -> Result<Value, CliError> {
+    body.ok_or_else(|| CliError::Missing(format!("Error {doing}: the server returned no data")))
+}
+
+/// Prints a list response: a `Keys` column, or the keys as a JSON array. A wrapped response
+/// shows its wrap info instead.
 pub(crate) fn print_list(ctx: &Ctx, response: Option<&Value>, path: &str) -> CmdResult {
+    if let Some(response) = response {
+        if output::print_if_wrapped(ctx.format(), response, None)? {
+            return Ok(0);
+        }
+    }
     let keys = response
         .and_then(list_keys)
         .ok_or_else(|| CliError::not_found(path))?;
@@ -104,6 +117,20 @@ mod tests {
             Some(vec!["a".to_string(), "b/".to_string()])
         );
         assert_eq!(list_keys(&json!({"data": {}})), None);
+    }
+
+    #[test]
+    fn empty_answers_are_remote_errors() {
+        let err = expect_body(None, "looking up token");
+        assert!(
+            matches!(&err, Err(e) if e.exit_code() == crate::error::EXIT_REMOTE
+                && e.to_string() == "Error looking up token: the server returned no data"),
+            "{err:?}"
+        );
+        assert_eq!(
+            expect_body(Some(json!({"a": 1})), "x").ok(),
+            Some(json!({"a": 1}))
+        );
     }
 
     #[test]

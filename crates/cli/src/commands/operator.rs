@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::generate_root::{self, GenerateRootArgs};
 use super::replication::{self, ReplicationCommand};
 use super::status::seal_status_rows;
-use super::{success, CmdResult, Ctx};
+use super::{expect_body, success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Client, Verb};
 use crate::error::{CliError, Doing, EXIT_OK, EXIT_REMOTE};
 use crate::input::secret_arg;
@@ -103,8 +103,11 @@ fn init(ctx: &Ctx, args: InitArgs) -> CmdResult {
     let response = client
         .send(ApiRequest::new(Verb::Put, "sys/init").json(&body))
         .doing("initializing")?
-        .body
-        .unwrap_or(Value::Null);
+        .body;
+    let response = expect_body(response, "initializing")?;
+    if output::print_if_wrapped(ctx.format(), &response, None)? {
+        return Ok(EXIT_OK);
+    }
     match ctx.format() {
         Format::Json => output::emit(&output::pretty_json(&response))?,
         Format::Table => output::emit(&init_text(&response, args.key_shares, args.key_threshold))?,
@@ -116,8 +119,8 @@ fn init_status(ctx: &Ctx, client: &Client) -> CmdResult {
     let response = client
         .send(ApiRequest::new(Verb::Get, "sys/init"))
         .doing("checking init status")?
-        .body
-        .unwrap_or(Value::Null);
+        .body;
+    let response = expect_body(response, "checking init status")?;
     let initialized = response
         .get("initialized")
         .and_then(Value::as_bool)
@@ -169,8 +172,11 @@ fn unseal(ctx: &Ctx, args: UnsealArgs) -> CmdResult {
     let response = client
         .send(ApiRequest::new(Verb::Put, "sys/unseal").json(&body))
         .doing("unsealing")?
-        .body
-        .unwrap_or(Value::Null);
+        .body;
+    let response = expect_body(response, "unsealing")?;
+    if output::print_if_wrapped(ctx.format(), &response, None)? {
+        return Ok(EXIT_OK);
+    }
     match ctx.format() {
         Format::Json => output::emit(&output::pretty_json(&response))?,
         Format::Table => output::emit(&output::key_value_table(&seal_status_rows(&response)))?,
@@ -191,6 +197,9 @@ fn rotate(ctx: &Ctx) -> CmdResult {
         .send(ApiRequest::new(Verb::Put, "sys/rotate"))
         .doing("rotating key")?;
     let status = fetch_key_status(&client)?;
+    if output::print_if_wrapped(ctx.format(), &status, None)? {
+        return Ok(EXIT_OK);
+    }
     match ctx.format() {
         Format::Json => output::emit(&output::pretty_json(&status))?,
         Format::Table => output::emit(&format!(
@@ -203,6 +212,9 @@ fn rotate(ctx: &Ctx) -> CmdResult {
 
 fn key_status(ctx: &Ctx) -> CmdResult {
     let status = fetch_key_status(&ctx.client()?)?;
+    if output::print_if_wrapped(ctx.format(), &status, None)? {
+        return Ok(EXIT_OK);
+    }
     match ctx.format() {
         Format::Json => output::emit(&output::pretty_json(&status))?,
         Format::Table => output::emit(&output::key_value_table(&key_status_rows(&status)))?,
@@ -211,11 +223,11 @@ fn key_status(ctx: &Ctx) -> CmdResult {
 }
 
 fn fetch_key_status(client: &Client) -> Result<Value, CliError> {
-    Ok(client
+    let body = client
         .send(ApiRequest::new(Verb::Get, "sys/key-status"))
         .doing("reading key status")?
-        .body
-        .unwrap_or(Value::Null))
+        .body;
+    expect_body(body, "reading key status")
 }
 
 /// Rows for a `sys/key-status` response (fields may sit under `data` or at the top).

@@ -69,6 +69,9 @@ fn read(ctx: &Ctx, args: NameArgs) -> CmdResult {
         .doing(format!("reading policy {}", args.name))?
         .body
         .ok_or_else(|| CliError::Missing(format!("No policy named: {}", args.name)))?;
+    if output::print_if_wrapped(ctx.format(), &response, None)? {
+        return Ok(EXIT_OK);
+    }
     match ctx.format() {
         Format::Json => output::emit(&output::pretty_json(&response))?,
         Format::Table => output::emit(&policy_text(&response))?,
@@ -91,6 +94,11 @@ fn list(ctx: &Ctx) -> CmdResult {
         .send(ApiRequest::new(Verb::List, "sys/policies/acl").not_found_ok())
         .doing("listing policies")?
         .body;
+    if let Some(response) = &response {
+        if output::print_if_wrapped(ctx.format(), response, None)? {
+            return Ok(EXIT_OK);
+        }
+    }
     let names = response.as_ref().and_then(list_keys).unwrap_or_default();
     match ctx.format() {
         Format::Json => output::emit(&output::pretty_json(&json!(names)))?,

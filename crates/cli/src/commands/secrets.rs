@@ -220,6 +220,9 @@ fn list(ctx: &Ctx, args: &ListArgs) -> CmdResult {
         .doing("listing secrets engines")?
         .body
         .unwrap_or(Value::Null);
+    if output::print_if_wrapped(ctx.format(), &response, None)? {
+        return Ok(EXIT_OK);
+    }
     match ctx.format() {
         Format::Json => output::emit(&output::pretty_json(&response))?,
         Format::Table => {

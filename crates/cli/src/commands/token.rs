@@ -4,7 +4,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use super::{success, CmdResult, Ctx};
+use super::{expect_body, success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Verb};
 use crate::error::{CliError, Doing, EXIT_OK};
 use crate::input::{duration_flag, parse_options};
@@ -221,8 +221,8 @@ fn create(ctx: &Ctx, args: &CreateArgs) -> CmdResult {
         .client()?
         .send(ApiRequest::new(Verb::Post, &path).json(&body))
         .doing("creating token")?
-        .body
-        .unwrap_or(Value::Null);
+        .body;
+    let response = expect_body(response, "creating token")?;
     output::print_response(ctx.format(), &response, args.field.as_deref())?;
     Ok(EXIT_OK)
 }
@@ -241,12 +241,8 @@ fn lookup(ctx: &Ctx, args: &LookupArgs) -> CmdResult {
         }
         (None, false) => ApiRequest::new(Verb::Get, "auth/token/lookup-self"),
     };
-    let response = ctx
-        .client()?
-        .send(request)
-        .doing("looking up token")?
-        .body
-        .unwrap_or(Value::Null);
+    let response = ctx.client()?.send(request).doing("looking up token")?.body;
+    let response = expect_body(response, "looking up token")?;
     output::print_response(ctx.format(), &response, args.field.as_deref())?;
     Ok(EXIT_OK)
 }
@@ -267,8 +263,8 @@ fn renew(ctx: &Ctx, args: &RenewArgs) -> CmdResult {
         .client()?
         .send(ApiRequest::new(Verb::Put, path).json(&Value::Object(body)))
         .doing("renewing token")?
-        .body
-        .unwrap_or(Value::Null);
+        .body;
+    let response = expect_body(response, "renewing token")?;
     output::print_response(ctx.format(), &response, args.field.as_deref())?;
     Ok(EXIT_OK)
 }
@@ -333,8 +329,11 @@ fn capabilities(ctx: &Ctx, args: &CapabilitiesArgs) -> CmdResult {
         .client()?
         .send(request)
         .doing("listing capabilities")?
-        .body
-        .unwrap_or(Value::Null);
+        .body;
+    let response = expect_body(response, "listing capabilities")?;
+    if output::print_if_wrapped(ctx.format(), &response, None)? {
+        return Ok(EXIT_OK);
+    }
     if ctx.format() == Format::Json {
         output::emit(&output::pretty_json(&response))?;
     } else {
