@@ -22,6 +22,9 @@ const PRIMARY_SILENCE_TIMEOUT: Duration = Duration::from_secs(10);
 const ACK_INTERVAL: Duration = Duration::from_secs(1);
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// The primary computes a Merkle tree or a bucket listing by scanning its store; allow for
+/// that, but no longer: a primary that stops answering mid-sync must not hang the secondary.
+const SYNC_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const FETCH_CHUNK: usize = 1000;
 const DELETE_CHUNK: usize = 1000;
 
@@ -65,7 +68,9 @@ async fn follow_once(inner: &Arc<Inner>) -> Result<(), ReplError> {
         .trim_start_matches("https://")
         .trim_start_matches("tcp://")
         .to_owned();
-    let tls = crate::tls::connect(&addr, config, CONNECT_TIMEOUT).await?;
+    let tls = crate::tls::connect(&addr, config, CONNECT_TIMEOUT)
+        .await
+        .map_err(explain_tls_failure)?;
     let (mut rd, mut wr) = tokio::io::split(tls);
     let position = snapshot.synced_generation.map(|g| Position {
         generation: g,
@@ -118,6 +123,36 @@ async fn follow_once(inner: &Arc<Inner>) -> Result<(), ReplError> {
     stream(inner, rd, wr).await
 }
 
+/// A primary that no longer trusts our certificate (or that we no longer trust) was
+/// re-enabled or replaced: say what the operator must do, not only what TLS saw.
+fn explain_tls_failure(e: crate::tls::TlsError) -> ReplError {
+    let text = e.to_string();
+    if text.contains("UnknownIssuer")
+        || text.contains("UnknownCA")
+        || text.contains("BadCertificate")
+    {
+        return ReplError::Refused(format!(
+            "{text}: the primary's replication CA does not match this secondary's; it was disabled \
+             and re-enabled (another replication set) or replaced. Get a new activation token \
+             (secondary-token) and run update-primary, or disable and enable this secondary"
+        ));
+    }
+    ReplError::from(e)
+}
+
+/// One reply of the primary during reconciliation, within [`SYNC_REPLY_TIMEOUT`].
+async fn sync_reply<R: AsyncRead + Unpin>(rd: &mut R) -> Result<(ToSecondary, usize), ReplError> {
+    tokio::time::timeout(SYNC_REPLY_TIMEOUT, read_frame::<_, ToSecondary>(rd))
+        .await
+        .map_err(|_| {
+            ReplError::Refused(format!(
+                "the primary did not answer within {}s during reconciliation",
+                SYNC_REPLY_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(ReplError::from)
+}
+
 async fn merkle_sync<R, W>(inner: &Arc<Inner>, rd: &mut R, wr: &mut W) -> Result<(), ReplError>
 where
     R: AsyncRead + Unpin,
@@ -125,7 +160,7 @@ where
 {
     inner.set_sync_state(SyncState::MerkleDiff, "ready");
     write_frame(wr, &ToPrimary::MerkleRequest).await?;
-    let (wal_index, theirs) = match read_frame::<_, ToSecondary>(rd).await?.0 {
+    let (wal_index, theirs) = match sync_reply(rd).await?.0 {
         ToSecondary::Tree { wal_index, tree } => (wal_index, tree),
         ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
         _ => return Err(ReplError::Refused("expected a Merkle tree".into())),
@@ -143,7 +178,7 @@ where
             },
         )
         .await?;
-        let listing = match read_frame::<_, ToSecondary>(rd).await?.0 {
+        let listing = match sync_reply(rd).await?.0 {
             ToSecondary::BucketListing { entries } => entries,
             ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
             _ => return Err(ReplError::Refused("expected a bucket listing".into())),
@@ -181,7 +216,7 @@ where
                 },
             )
             .await?;
-            let (msg, bytes) = read_frame::<_, ToSecondary>(rd).await?;
+            let (msg, bytes) = sync_reply(rd).await?;
             let ToSecondary::Values { entries } = msg else {
                 return Err(ReplError::Refused("expected values".into()));
             };
