@@ -25,8 +25,9 @@ impl Operation {
     }
 }
 
-/// A client request as the core sees it (the HTTP layer builds it).
-#[derive(Clone, Debug)]
+/// A client request as the core sees it (the HTTP layer builds it). Its `Debug` shows neither
+/// the token nor the data, so a stray `{:?}` cannot log a secret.
+#[derive(Clone)]
 pub struct Request {
     pub id: String,
     pub operation: Operation,
@@ -37,6 +38,19 @@ pub struct Request {
     /// `X-Vault-Wrap-TTL`: wrap the response in a single-use token with this TTL.
     pub wrap_ttl: Option<Duration>,
     pub remote_addr: Option<String>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("id", &self.id)
+            .field("operation", &self.operation)
+            .field("path", &self.path)
+            .field("data_keys", &self.data.keys().collect::<Vec<_>>())
+            .field("has_token", &self.client_token.is_some())
+            .field("wrap_ttl", &self.wrap_ttl)
+            .finish()
+    }
 }
 
 impl Request {
