@@ -21,7 +21,7 @@ async fn write(kv: &KvV2, call: &Call<'_>) -> Result<Response> {
     let cas_required = bool_field(call.data, "cas_required")?;
     let delete_after = duration_field(call.data, "delete_version_after")?;
 
-    let _guard = kv.write_lock.lock().await;
+    let _guard = kv.config_lock.lock().await;
     let mut config = load_config(call.store).await?;
     if let Some(n) = max_versions {
         config.max_versions = n;

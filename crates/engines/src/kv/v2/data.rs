@@ -142,7 +142,7 @@ async fn write(kv: &KvV2, call: &Call<'_>, path: &str) -> Result<Response> {
     let data = request_data(call)?;
     let cas = requested_cas(call)?;
 
-    let _guard = kv.write_lock.lock().await;
+    let _guard = kv.lock_key(path).await;
     let config = load_config(call.store).await?;
     let meta = load_metadata(call.store, path).await?;
     check_cas(&config, meta.as_ref(), cas)?;
@@ -154,7 +154,7 @@ async fn patch(kv: &KvV2, call: &Call<'_>, path: &str) -> Result<Response> {
     let patch = request_data(call)?;
     let cas = requested_cas(call)?;
 
-    let _guard = kv.write_lock.lock().await;
+    let _guard = kv.lock_key(path).await;
     let config = load_config(call.store).await?;
     let Some(meta) = load_metadata(call.store, path).await? else {
         return Err(not_found());
@@ -224,7 +224,7 @@ async fn commit_version(
 /// deleted succeeds and changes nothing.
 async fn delete_latest(kv: &KvV2, call: &Call<'_>, path: &str) -> Result<Response> {
     validate_key_path(path)?;
-    let _guard = kv.write_lock.lock().await;
+    let _guard = kv.lock_key(path).await;
     let Some(mut meta) = load_metadata(call.store, path).await? else {
         return Ok(Response::empty());
     };

@@ -121,7 +121,7 @@ async fn write(kv: &KvV2, call: &Call<'_>, path: &str, mode: WriteMode) -> Resul
     validate_key_path(path)?;
     let update = MetadataUpdate::parse(call.data, mode)?;
 
-    let _guard = kv.write_lock.lock().await;
+    let _guard = kv.lock_key(path).await;
     let existing = load_metadata(call.store, path).await?;
     let mut meta = match (existing, mode) {
         (Some(meta), _) => meta,
@@ -138,7 +138,7 @@ async fn write(kv: &KvV2, call: &Call<'_>, path: &str, mode: WriteMode) -> Resul
 /// Remove the key's metadata and every version's data in one batch.
 async fn delete(kv: &KvV2, call: &Call<'_>, path: &str) -> Result<Response> {
     validate_key_path(path)?;
-    let _guard = kv.write_lock.lock().await;
+    let _guard = kv.lock_key(path).await;
     let Some(meta) = load_metadata(call.store, path).await? else {
         return Ok(Response::empty());
     };

@@ -20,9 +20,12 @@
 //! Consistency: every change that touches version data and metadata together (a new version,
 //! trimming past `max_versions`, destroy, metadata delete) is one atomic storage batch, so a
 //! crash can never leave metadata naming data that is gone or data no metadata knows about.
-//! Every mutation is a read-modify-write of the key's metadata, so mutations on one mount are
-//! serialized by a per-mount async mutex: two concurrent writes to the same key always produce
-//! two versions instead of both claiming the same number. The lock is held across storage
+//! Every mutation is a read-modify-write of the key's metadata, so mutations of one secret are
+//! serialized by an async mutex (one of 256 stripes chosen by the secret's path hash): two
+//! concurrent writes to the same key always produce two versions instead of both claiming the
+//! same number, while writes to different secrets proceed together and share the storage
+//! layer's group commits (one mount-wide lock made every write wait for the previous write's
+//! fsync). The lock is held across storage
 //! awaits (hence tokio's mutex) and only in this process; it assumes one backend instance per
 //! mount and one active node, as the router and HA design provide. Reads take no lock: a read
 //! racing a trim may find a version's data already gone, and answers 404 as it would a moment
@@ -47,10 +50,17 @@ use crate::store::Call;
 use model::{load_metadata, system_clock, Clock};
 use versions::VersionAction;
 
+/// Lock stripes per mount: writes to different secrets proceed in parallel (and so share
+/// group commits), writes to the same secret are serialised.
+const LOCK_STRIPES: usize = 256;
+
 /// The KV v2 engine for one mount.
 pub struct KvV2 {
-    /// Serializes every mutation on this mount (see the module docs).
-    write_lock: Mutex<()>,
+    /// Serialises the read-modify-write of one secret (see the module docs). Striped by the
+    /// hash of the secret's path: a global lock would serialise every write behind an fsync.
+    key_locks: Vec<Mutex<()>>,
+    /// Serialises writes of the mount's `config`.
+    config_lock: Mutex<()>,
     clock: Clock,
 }
 
@@ -73,8 +83,21 @@ impl KvV2 {
 
     pub(crate) fn with_clock(clock: Clock) -> Self {
         KvV2 {
-            write_lock: Mutex::new(()),
+            key_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            config_lock: Mutex::new(()),
             clock,
+        }
+    }
+
+    /// The lock of one secret's stripe.
+    pub(crate) async fn lock_key(&self, path: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut hasher);
+        let stripe = (hasher.finish() as usize) % LOCK_STRIPES;
+        match self.key_locks.get(stripe) {
+            Some(lock) => lock.lock().await,
+            None => self.config_lock.lock().await,
         }
     }
 

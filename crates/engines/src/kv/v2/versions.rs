@@ -33,7 +33,7 @@ pub(super) async fn handle(
     validate_key_path(path)?;
     let versions = versions_field(call.data)?;
 
-    let _guard = kv.write_lock.lock().await;
+    let _guard = kv.lock_key(path).await;
     let Some(mut meta) = load_metadata(call.store, path).await? else {
         return Ok(Response::empty());
     };
