@@ -18,7 +18,7 @@ const MAX_REQUEST_SIZE: usize = 1024;
 fn small_limit_server() -> TestServer {
     TestServer::with_config(ServerOptions {
         listener_extra: format!("  max_request_size = {MAX_REQUEST_SIZE}"),
-        tls: None,
+        ..Default::default()
     })
 }
 

@@ -1,4 +1,6 @@
-//! DR replication end to end: two (or three) real `bunker` processes on loopback.
+//! DR replication end to end: activation, convergence and revocation, with two (or more) real
+//! `bunker` processes on loopback. Failover, failback and fault tests are in `dr_failover.rs`;
+//! the helpers both use are in `common/dr.rs`.
 //!
 //! Every wait polls `sys/replication/dr/status` against a deadline; nothing sleeps.
 
@@ -8,111 +10,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_port, poll_until, ServerOptions, TestServer};
-use serde_json::{json, Value};
-
-const CONVERGE: Duration = Duration::from_secs(60);
-const DR_SECONDARY_ERROR: &str = "path disabled in replication DR secondary mode";
-
-/// A config-file server with a cluster port, initialised 5/3 and unsealed.
-fn dr_server() -> TestServer {
-    let cluster_port = free_port();
-    let mut s = TestServer::with_config(ServerOptions {
-        listener_extra: format!("  cluster_address = \"127.0.0.1:{cluster_port}\""),
-        ..Default::default()
-    });
-    s.init_unseal(5, 3);
-    s
-}
-
-fn dr_status(s: &TestServer) -> Value {
-    let (code, body) = s.get("sys/replication/dr/status", None);
-    assert_eq!(code, 200, "dr status: {body}");
-    body["data"].clone()
-}
-
-fn enable_primary(p: &TestServer) {
-    let (code, body) = p.post("sys/replication/dr/primary/enable", p.root(), json!({}));
-    assert_eq!(code, 204, "primary enable: {body}");
-}
-
-fn activation_token(p: &TestServer, id: &str) -> String {
-    let (code, body) = p.post(
-        "sys/replication/dr/primary/secondary-token",
-        p.root(),
-        json!({ "id": id, "ttl": "10m" }),
-    );
-    assert_eq!(code, 200, "secondary-token: {body}");
-    assert!(
-        body["data"].is_null(),
-        "token must only be in wrap_info: {body}"
-    );
-    body["wrap_info"]["token"]
-        .as_str()
-        .expect("wrap_info.token")
-        .to_owned()
-}
-
-fn enable_secondary(s: &TestServer, token: &str) {
-    let (code, body) = s.post(
-        "sys/replication/dr/secondary/enable",
-        s.root(),
-        json!({ "token": token }),
-    );
-    assert_eq!(code, 204, "secondary enable: {body}");
-}
-
-/// Wait until `s` streams from `p` with the same WAL index and Merkle root.
-fn wait_converged(p: &TestServer, s: &TestServer) {
-    let mut last = (Value::Null, Value::Null);
-    let ok = poll_until(CONVERGE, || {
-        let ps = dr_status(p);
-        let ss = dr_status(s);
-        let done = ss["state"] == "stream-wals"
-            && ss["last_remote_wal"] == ps["last_wal"]
-            && ss["merkle_root"] == ps["merkle_root"];
-        last = (ps, ss);
-        done
-    });
-    assert!(
-        ok,
-        "secondary did not converge:\nprimary {}\nsecondary {}",
-        last.0, last.1
-    );
-}
-
-/// The response-wrapping token inside an activation token (`bdr1.` + base64url JSON).
-fn inner_wrapping_token(activation: &str) -> String {
-    use base64::Engine as _;
-    let body = activation
-        .strip_prefix("bdr1.")
-        .expect("activation token prefix");
-    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(body)
-        .expect("base64url");
-    let v: Value = serde_json::from_slice(&json).expect("json");
-    v["token"].as_str().expect("token").to_owned()
-}
-
-fn promote_with_keys(s: &TestServer, keys: &[String]) -> Value {
-    let mut last = Value::Null;
-    for k in keys.iter().take(3) {
-        let (code, body) = s.post(
-            "sys/replication/dr/secondary/promote",
-            None,
-            json!({ "key": k }),
-        );
-        assert_eq!(code, 200, "promote: {body}");
-        last = body;
-    }
-    last
-}
-
-fn assert_dr_refused(s: &TestServer, path: &str, token: Option<&str>) {
-    let (code, body) = s.get(path, token);
-    assert_eq!(code, 400, "{path} on a DR secondary: {body}");
-    assert_eq!(common::errors(&body), vec![DR_SECONDARY_ERROR.to_owned()]);
-}
+use common::dr::{
+    activation_token, assert_dr_refused, dr_server, dr_status, enable_primary, enable_secondary,
+    inner_wrapping_token, promote_with_keys, wait_converged,
+};
+use common::{errors, poll_until, TestServer};
+use serde_json::json;
 
 #[test]
 fn secondary_converges_refuses_clients_and_promotes_with_primary_keys() {
@@ -256,4 +159,102 @@ fn activation_tokens_are_single_use_sudo_only_and_revocation_disconnects() {
             .is_some_and(|e| e.contains("revoked"))
     });
     assert!(refused, "reconnect not refused: {}", dr_status(&s));
+}
+
+/// An API address nothing listens on: a secondary that tried to unwrap through it would fail.
+const DEAD_API_ADDR: &str = "http://127.0.0.1:1";
+
+/// `generate-public-key` on a server about to become a secondary; returns its public key.
+fn generate_public_key(s: &TestServer) -> String {
+    let (code, body) = s.post(
+        "sys/replication/dr/secondary/generate-public-key",
+        s.root(),
+        json!({}),
+    );
+    assert_eq!(code, 200, "generate-public-key: {body}");
+    body["data"]["secondary_public_key"]
+        .as_str()
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| panic!("no secondary_public_key: {body}"))
+        .to_owned()
+}
+
+/// An activation token for `id` encrypted to `public_key`: returned directly, not wrapped.
+fn encrypted_activation_token(p: &TestServer, id: &str, public_key: &str) -> String {
+    let (code, body) = p.post(
+        "sys/replication/dr/primary/secondary-token",
+        p.root(),
+        json!({ "id": id, "secondary_public_key": public_key }),
+    );
+    assert_eq!(code, 200, "secondary-token with a public key: {body}");
+    assert!(
+        body["wrap_info"].is_null(),
+        "an encrypted token is not wrapped: {body}"
+    );
+    let token = body["data"]["token"]
+        .as_str()
+        .expect("data.token")
+        .to_owned();
+    assert!(
+        token.starts_with("bdr1e."),
+        "encrypted token prefix: {token}"
+    );
+    token
+}
+
+/// Enable `s` as a secondary with `token`, pointing it at a dead primary API address.
+fn enable_without_api(s: &TestServer, token: &str) -> (u16, serde_json::Value) {
+    s.post(
+        "sys/replication/dr/secondary/enable",
+        s.root(),
+        json!({ "token": token, "primary_api_addr": DEAD_API_ADDR }),
+    )
+}
+
+#[test]
+fn activation_by_secondary_public_key_without_the_primary_api() {
+    let p = dr_server();
+    p.mount_kv2();
+    p.kv_put("before", json!({ "n": "0" }));
+    enable_primary(&p);
+
+    // S hands its public key to P's operator and gets back a token only S can open; S enables
+    // without ever reaching P's API.
+    let s = dr_server();
+    let token = encrypted_activation_token(&p, "site-b", &generate_public_key(&s));
+    let (code, body) = enable_without_api(&s, &token);
+    assert_eq!(
+        code, 204,
+        "secondary enable with an encrypted token: {body}"
+    );
+    p.kv_put("after", json!({ "n": "1" }));
+    wait_converged(&p, &s);
+    let st = dr_status(&s);
+    assert_eq!(st["mode"], "secondary", "{st}");
+    assert_eq!(st["secondary_id"], "site-b", "{st}");
+    assert_eq!(st["cluster_id"], dr_status(&p)["cluster_id"], "{st}");
+
+    // The same token again on S, now a secondary: refused, and S keeps following P.
+    let (code, body) = enable_without_api(&s, &token);
+    assert_eq!(code, 400, "reusing an encrypted activation token: {body}");
+    p.kv_put("after-reuse", json!({ "n": "2" }));
+    wait_converged(&p, &s);
+    assert_eq!(dr_status(&s)["secondary_id"], "site-b");
+
+    // A token encrypted to T's key is useless to U, which generated its own key; U is untouched.
+    let t = dr_server();
+    let token_for_t = encrypted_activation_token(&p, "site-t", &generate_public_key(&t));
+    let u = dr_server();
+    generate_public_key(&u);
+    let (code, body) = enable_without_api(&u, &token_for_t);
+    assert_eq!(code, 400, "a token encrypted to another key: {body}");
+    assert!(
+        errors(&body)
+            .iter()
+            .any(|e| e.contains("not encrypted to this secondary's public key")),
+        "{body}"
+    );
+    assert_eq!(dr_status(&u)["mode"], "disabled", "{}", dr_status(&u));
+    let (code, body) = u.get("sys/mounts", u.root());
+    assert_eq!(code, 200, "U still serves its own data: {body}");
 }

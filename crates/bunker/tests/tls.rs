@@ -31,8 +31,8 @@ fn make_cert(dir: &Path, name: &str) -> TlsFiles {
 fn tls_server(certs: &tempfile::TempDir) -> TestServer {
     let tls = make_cert(certs.path(), "server");
     TestServer::with_config(ServerOptions {
-        listener_extra: String::new(),
         tls: Some(tls),
+        ..Default::default()
     })
 }
 

@@ -18,6 +18,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+pub mod dr;
+
 /// How long a server may take to start listening.
 pub const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// Per-request timeout of the test client.
@@ -40,20 +42,15 @@ pub struct TlsFiles {
     pub cert_pem: String,
 }
 
-/// How a server is started.
+/// How a server is started. Build with `..Default::default()` so new fields need no edits
+/// elsewhere.
+#[derive(Default)]
 pub struct ServerOptions {
     /// Extra lines inside the `listener "tcp" { ... }` block.
     pub listener_extra: String,
+    /// Extra top-level HCL lines appended to the generated config file.
+    pub config_extra: String,
     pub tls: Option<TlsFiles>,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        ServerOptions {
-            listener_extra: String::new(),
-            tls: None,
-        }
-    }
 }
 
 enum Mode {
@@ -127,9 +124,11 @@ impl TestServer {
             "storage \"embedded\" {{\n  path = \"{data}\"\n}}\n\
              listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n{listener_tls}\n{extra}\n}}\n\
              api_addr = \"{scheme}://127.0.0.1:{port}\"\n\
-             log_level = \"debug\"\n",
+             log_level = \"debug\"\n\
+             {config_extra}\n",
             data = data.display(),
             extra = opts.listener_extra,
+            config_extra = opts.config_extra,
         );
         let config_path = dir.path().join("bunker.hcl");
         std::fs::write(&config_path, config).expect("write config");
