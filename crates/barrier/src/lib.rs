@@ -56,6 +56,8 @@ pub struct KeyStatus {
 struct Unsealed {
     /// Encrypts the keyring record; kept so `rotate` can persist without the operator.
     root: Arc<TermCipher>,
+    /// The root key itself, for handing to a DR secondary inside its activation bundle.
+    root_key: Arc<Zeroizing<Vec<u8>>>,
     keyring: Keyring,
 }
 
@@ -183,6 +185,7 @@ impl Barrier {
         self.encryptions.store(0, Ordering::Relaxed);
         self.replace_state(Some(Arc::new(Unsealed {
             root: Arc::new(root),
+            root_key: Arc::new(Zeroizing::new(root_key.to_vec())),
             keyring,
         })));
         tracing::info!(active_term, "barrier unsealed");
@@ -266,6 +269,7 @@ impl Barrier {
         };
         let next = Arc::new(Unsealed {
             root: Arc::clone(&state.root),
+            root_key: Arc::clone(&state.root_key),
             keyring,
         });
         {
@@ -277,6 +281,13 @@ impl Barrier {
         }
         tracing::info!(term = status.term, "barrier key rotated");
         Ok(status)
+    }
+
+    /// A copy of the root key while unsealed (DR activation bundles carry it so a secondary
+    /// can stay unsealed on the primary's keyring). `Sealed` otherwise.
+    pub fn root_key(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let state = self.unsealed()?;
+        Ok(Zeroizing::new(state.root_key.to_vec()))
     }
 
     pub fn key_status(&self) -> Result<KeyStatus> {
@@ -310,6 +321,7 @@ impl Barrier {
         let keyring = self.load_keyring(&state.root).await?;
         let next = Arc::new(Unsealed {
             root: Arc::clone(&state.root),
+            root_key: Arc::clone(&state.root_key),
             keyring,
         });
         let mut current = self.state.write().unwrap_or_else(PoisonError::into_inner);

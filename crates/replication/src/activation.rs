@@ -40,8 +40,8 @@ impl ActivationToken {
     }
 }
 
-/// What the wrapped activation token carries.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// What the wrapped activation token carries. `Debug` never shows key material.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Bundle {
     pub cluster_id: String,
     pub secondary_id: String,
@@ -50,6 +50,35 @@ pub struct Bundle {
     pub primary_api_addr: String,
     pub ca_cert_pem: String,
     pub client: CertPair,
+    /// The primary's root key (base64), so the secondary opens the replicated keyring and
+    /// stays unsealed after activation, as a Vault DR secondary does. After a restart it is
+    /// unsealed with the primary's key shares.
+    #[serde(default, with = "crate::tls::zeroizing_string")]
+    pub root_key_b64: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("cluster_id", &self.cluster_id)
+            .field("secondary_id", &self.secondary_id)
+            .field("generation", &self.generation)
+            .field("primary_cluster_addr", &self.primary_cluster_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bundle {
+    pub fn root_key(&self) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        use base64::Engine as _;
+        if self.root_key_b64.is_empty() {
+            return None;
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(self.root_key_b64.as_bytes())
+            .ok()
+            .map(zeroize::Zeroizing::new)
+    }
 }
 
 #[cfg(test)]

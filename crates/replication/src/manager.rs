@@ -56,6 +56,14 @@ pub(crate) struct Inner {
     follower: Mutex<Option<watch::Sender<bool>>>,
     sec_status: Mutex<SecondaryStatus>,
     pub(crate) ceremonies: ceremony::Ceremonies,
+    /// The last Merkle tree computed, with the WAL index and epoch it is valid for.
+    merkle_cache: tokio::sync::Mutex<Option<(u64, u64, crate::merkle::MerkleTree)>>,
+    /// Bumped by every change of the replicated keyspace that bypasses the WAL (Merkle sync,
+    /// wipe, mode changes), so a cached tree is never served stale.
+    merkle_epoch: std::sync::atomic::AtomicU64,
+    /// The primary's root key from the activation bundle, used once the first sync brought
+    /// the primary's keyring, then dropped (the barrier keeps what it needs).
+    replicated_root_key: Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
     /// Private half of `generate-public-key`, consumed by `secondary/enable`.
     pub(crate) activation_key: Mutex<Option<aws_lc_rs::agreement::PrivateKey>>,
 }
@@ -92,6 +100,9 @@ impl DrManager {
             sec_status: Mutex::new(SecondaryStatus::default()),
             ceremonies: ceremony::Ceremonies::default(),
             activation_key: Mutex::new(None),
+            replicated_root_key: Mutex::new(None),
+            merkle_cache: tokio::sync::Mutex::new(None),
+            merkle_epoch: std::sync::atomic::AtomicU64::new(0),
         });
         if let Some(addr) = inner.config.cluster_listen_addr.clone() {
             let listener = TcpListener::bind(&addr).await.map_err(|e| {
@@ -160,6 +171,33 @@ impl Inner {
         }
     }
 
+    /// Note a change of the replicated keyspace that the WAL index does not show.
+    pub fn invalidate_merkle(&self) {
+        self.merkle_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The Merkle tree of the replicated keyspace. Recomputing costs a full scan, so the last
+    /// tree is reused while neither the WAL index nor the epoch moved: every replicated write
+    /// moves one of them (recorded or applied WAL entries; Merkle sync, wipe and mode changes
+    /// bump the epoch). On a cluster with replication disabled nothing is cached.
+    pub async fn merkle_tree(&self) -> Result<crate::merkle::MerkleTree, ReplError> {
+        let mut cache = self.merkle_cache.lock().await;
+        let epoch = self.merkle_epoch.load(Ordering::Acquire);
+        let index = self.wal.last_index();
+        if self.mode() != Mode::Disabled {
+            if let Some((i, e, tree)) = cache.as_ref() {
+                if *i == index && *e == epoch {
+                    return Ok(tree.clone());
+                }
+            }
+        }
+        let tree = crate::merkle::compute(self.backend.as_ref()).await?;
+        // A write that landed during the scan moved the index: cache under the index read
+        // before the scan, so the next call recomputes.
+        *cache = Some((index, epoch, tree.clone()));
+        Ok(tree)
+    }
+
     pub async fn state_snapshot(&self) -> ReplState {
         self.state.lock().await.clone()
     }
@@ -167,6 +205,7 @@ impl Inner {
     /// Persist a new state and make it live (mode flag, TLS, tasks).
     pub(crate) async fn commit_state(&self, state: ReplState) -> Result<(), ReplError> {
         state.save(self.backend.as_ref()).await?;
+        self.invalidate_merkle();
         let mut guard = self.state.lock().await;
         *guard = state;
         self.mode.store(mode_to_u8(guard.mode), Ordering::Release);
@@ -377,7 +416,35 @@ impl Inner {
     pub async fn mark_synced(&self, generation: u64) -> Result<(), ReplError> {
         let mut state = self.state_snapshot().await;
         state.synced_generation = Some(generation);
-        self.commit_state(state).await
+        self.commit_state(state).await?;
+        self.unseal_with_replicated_key().await;
+        Ok(())
+    }
+
+    pub(crate) fn remember_root_key(&self, key: Option<zeroize::Zeroizing<Vec<u8>>>) {
+        if let Ok(mut k) = self.replicated_root_key.lock() {
+            *k = key;
+        }
+    }
+
+    /// After the first sync the primary's keyring is here: open it with the root key from the
+    /// activation bundle, so the secondary is unsealed like a Vault DR secondary.
+    async fn unseal_with_replicated_key(&self) {
+        let key = self
+            .replicated_root_key
+            .lock()
+            .ok()
+            .and_then(|mut k| k.take());
+        let (Some(key), Some(core)) = (key, self.core.upgrade()) else {
+            return;
+        };
+        if !core.is_sealed() {
+            return;
+        }
+        match core.unseal_with_root_key(&key).await {
+            Ok(()) => tracing::info!("DR secondary unsealed with the primary's keyring"),
+            Err(e) => tracing::warn!(error = %e, "could not open the replicated keyring"),
+        }
     }
 
     /// After the primary rotated its barrier key, an unsealed secondary reloads its keyring.

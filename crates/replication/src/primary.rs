@@ -162,7 +162,7 @@ where
         match msg {
             ToPrimary::MerkleRequest => {
                 let wal_index = inner.wal.last_index();
-                let tree = merkle::compute(inner.backend.as_ref()).await?;
+                let tree = inner.merkle_tree().await?;
                 write_frame(&mut wr, &ToSecondary::Tree { wal_index, tree }).await?;
             }
             ToPrimary::BucketRequest { buckets } => {

@@ -167,6 +167,7 @@ mod tests {
                 cert_pem: "cert".into(),
                 key_pem: zeroize::Zeroizing::new("key".into()),
             },
+            root_key_b64: zeroize::Zeroizing::new(String::new()),
         }
     }
 

@@ -165,7 +165,7 @@ where
         ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
         _ => return Err(ReplError::Refused("expected a Merkle tree".into())),
     };
-    let ours = merkle::compute(inner.backend.as_ref()).await?;
+    let ours = inner.merkle_tree().await?;
     let buckets = ours.diff(&theirs);
     let mut fetched_keys = 0u64;
     let mut fetched_bytes = 0u64;
@@ -234,6 +234,7 @@ where
         }
     }
     inner.wal.reset_to(wal_index).await?;
+    inner.invalidate_merkle();
     inner.record_merkle_sync(buckets.len() as u64, fetched_keys, deleted, fetched_bytes);
     tracing::info!(
         buckets = buckets.len(),

@@ -21,12 +21,13 @@ impl Core {
         let initialized = self.is_initialized().await?;
         let sealed = self.is_sealed();
         let dr_mode = self.dr_mode();
-        let status = if dr_mode == crate::DrMode::Secondary {
-            code("drsecondarycode", 472)?
-        } else if !initialized {
+        // Vault's order: not initialised, sealed, then DR secondary.
+        let status = if !initialized {
             code("uninitcode", 501)?
         } else if sealed {
             code("sealedcode", 503)?
+        } else if dr_mode == crate::DrMode::Secondary {
+            code("drsecondarycode", 472)?
         } else {
             code("activecode", 200)?
         };

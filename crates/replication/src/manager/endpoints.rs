@@ -151,9 +151,8 @@ pub(crate) async fn handle(
             if mode == Mode::Secondary {
                 authorize_op_token(inner, core, req).await?;
             }
-            let tree = crate::merkle::compute(inner.backend.as_ref())
-                .await
-                .map_err(ReplError::from)?;
+            inner.invalidate_merkle();
+            let tree = inner.merkle_tree().await?;
             let mut data = Data::new();
             data.insert("merkle_root".into(), json!(tree.root_hex()));
             data.insert("keys".into(), json!(tree.keys));
@@ -302,6 +301,10 @@ async fn secondary_token(inner: &Arc<Inner>, core: &Core, req: &Request) -> Resu
         primary_api_addr: inner.config.api_addr.clone(),
         ca_cert_pem: primary.ca_cert_pem.clone(),
         client,
+        root_key_b64: zeroize::Zeroizing::new({
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&*core.barrier().root_key()?)
+        }),
     };
     primary.secondaries.insert(
         id.clone(),
@@ -441,9 +444,11 @@ async fn fetch_bundle(inner: &Inner, req: &Request) -> Result<Bundle> {
 
 async fn secondary_enable(inner: &Arc<Inner>, core: &Core, req: &Request) -> Result<Response> {
     let bundle = fetch_bundle(inner, req).await?;
+    let root_key = bundle.root_key();
     tracing::warn!(secondary = %bundle.secondary_id, "enabling DR secondary: wiping all local data");
     inner.stop_follower();
     core.wipe_storage().await?;
+    inner.invalidate_merkle();
     inner.wal.reset_to(0).await.map_err(ReplError::from)?;
     let state = ReplState {
         mode: Mode::Secondary,
@@ -462,6 +467,7 @@ async fn secondary_enable(inner: &Arc<Inner>, core: &Core, req: &Request) -> Res
     };
     inner.wal.set_recording(false);
     inner.commit_state(state).await?;
+    inner.remember_root_key(root_key);
     inner.start_follower();
     Ok(Response::empty())
 }

@@ -8,7 +8,10 @@ use crate::state::Mode;
 impl Inner {
     pub(crate) async fn status_json(&self) -> Value {
         let state = self.state_snapshot().await;
-        let merkle_root = match crate::merkle::compute(self.backend.as_ref()).await {
+        if state.mode == Mode::Disabled {
+            return json!({"mode": "disabled"});
+        }
+        let merkle_root = match self.merkle_tree().await {
             Ok(tree) => tree.root_hex(),
             Err(e) => {
                 tracing::warn!(error = %e, "computing the Merkle root for status failed");
