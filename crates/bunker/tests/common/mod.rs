@@ -297,6 +297,29 @@ impl TestServer {
         }
     }
 
+    /// Send SIGTERM and wait (up to `timeout`) for the process to exit; returns its status,
+    /// or `None` if it is still running at the deadline (it is then killed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(exit)) = child.try_wait() {
+                return Some(exit);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Start again on the same data directory and port, and wait until listening.
     pub fn restart(&mut self) {
         self.kill9();
