@@ -57,7 +57,7 @@ pub(crate) struct Inner {
     sec_status: Mutex<SecondaryStatus>,
     pub(crate) ceremonies: ceremony::Ceremonies,
     /// The last Merkle tree computed, with the WAL index and epoch it is valid for.
-    merkle_cache: tokio::sync::Mutex<Option<(u64, u64, crate::merkle::MerkleTree)>>,
+    merkle_cache: tokio::sync::Mutex<Option<CachedTree>>,
     /// Bumped by every change of the replicated keyspace that bypasses the WAL (Merkle sync,
     /// wipe, mode changes), so a cached tree is never served stale.
     merkle_epoch: std::sync::atomic::AtomicU64,
@@ -67,6 +67,18 @@ pub(crate) struct Inner {
     /// Private half of `generate-public-key`, consumed by `secondary/enable`.
     pub(crate) activation_key: Mutex<Option<aws_lc_rs::agreement::PrivateKey>>,
 }
+
+/// A computed Merkle tree and what it is valid for.
+pub(crate) struct CachedTree {
+    wal_index: u64,
+    epoch: u64,
+    computed: std::time::Instant,
+    tree: crate::merkle::MerkleTree,
+}
+
+/// Status reads under a steady write load reuse a tree at most this old, so monitoring never
+/// costs more than one full scan a second. Reconciliation always uses an exact tree.
+const STATUS_TREE_MAX_AGE: Duration = Duration::from_secs(1);
 
 fn mode_to_u8(m: Mode) -> u8 {
     match m {
@@ -181,20 +193,37 @@ impl Inner {
     /// moves one of them (recorded or applied WAL entries; Merkle sync, wipe and mode changes
     /// bump the epoch). On a cluster with replication disabled nothing is cached.
     pub async fn merkle_tree(&self) -> Result<crate::merkle::MerkleTree, ReplError> {
+        self.cached_tree(Duration::ZERO).await
+    }
+
+    /// For status: like [`Inner::merkle_tree`], but a tree up to [`STATUS_TREE_MAX_AGE`] old
+    /// is good enough while writes keep moving the WAL index.
+    pub async fn merkle_tree_for_status(&self) -> Result<crate::merkle::MerkleTree, ReplError> {
+        self.cached_tree(STATUS_TREE_MAX_AGE).await
+    }
+
+    async fn cached_tree(&self, max_age: Duration) -> Result<crate::merkle::MerkleTree, ReplError> {
         let mut cache = self.merkle_cache.lock().await;
         let epoch = self.merkle_epoch.load(Ordering::Acquire);
         let index = self.wal.last_index();
         if self.mode() != Mode::Disabled {
-            if let Some((i, e, tree)) = cache.as_ref() {
-                if *i == index && *e == epoch {
-                    return Ok(tree.clone());
+            if let Some(c) = cache.as_ref() {
+                let exact = c.wal_index == index && c.epoch == epoch;
+                let fresh_enough = c.epoch == epoch && c.computed.elapsed() < max_age;
+                if exact || fresh_enough {
+                    return Ok(c.tree.clone());
                 }
             }
         }
         let tree = crate::merkle::compute(self.backend.as_ref()).await?;
         // A write that landed during the scan moved the index: cache under the index read
-        // before the scan, so the next call recomputes.
-        *cache = Some((index, epoch, tree.clone()));
+        // before the scan, so the next exact request recomputes.
+        *cache = Some(CachedTree {
+            wal_index: index,
+            epoch,
+            computed: std::time::Instant::now(),
+            tree: tree.clone(),
+        });
         Ok(tree)
     }
 

@@ -11,7 +11,7 @@ impl Inner {
         if state.mode == Mode::Disabled {
             return json!({"mode": "disabled"});
         }
-        let merkle_root = match self.merkle_tree().await {
+        let merkle_root = match self.merkle_tree_for_status().await {
             Ok(tree) => tree.root_hex(),
             Err(e) => {
                 tracing::warn!(error = %e, "computing the Merkle root for status failed");
