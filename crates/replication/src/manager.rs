@@ -73,12 +73,16 @@ pub(crate) struct CachedTree {
     wal_index: u64,
     epoch: u64,
     computed: std::time::Instant,
+    /// How long the scan took.
+    cost: Duration,
     tree: crate::merkle::MerkleTree,
 }
 
-/// Status reads under a steady write load reuse a tree at most this old, so monitoring never
-/// costs more than one full scan a second. Reconciliation always uses an exact tree.
-const STATUS_TREE_MAX_AGE: Duration = Duration::from_secs(1);
+/// Status reads under a steady write load may reuse a tree while its age is under ten times
+/// what computing it cost (capped here), so monitoring spends at most ~10% of a core on scans.
+/// Small stores (milliseconds per scan) therefore always see an exact root. Reconciliation
+/// always uses an exact tree.
+const STATUS_TREE_MAX_AGE: Duration = Duration::from_secs(5);
 
 fn mode_to_u8(m: Mode) -> u8 {
     match m {
@@ -196,8 +200,8 @@ impl Inner {
         self.cached_tree(Duration::ZERO).await
     }
 
-    /// For status: like [`Inner::merkle_tree`], but a tree up to [`STATUS_TREE_MAX_AGE`] old
-    /// is good enough while writes keep moving the WAL index.
+    /// For status: like [`Inner::merkle_tree`], but while writes keep moving the WAL index a
+    /// recent tree is reused if scans are expensive (see [`STATUS_TREE_MAX_AGE`]).
     pub async fn merkle_tree_for_status(&self) -> Result<crate::merkle::MerkleTree, ReplError> {
         self.cached_tree(STATUS_TREE_MAX_AGE).await
     }
@@ -209,12 +213,14 @@ impl Inner {
         if self.mode() != Mode::Disabled {
             if let Some(c) = cache.as_ref() {
                 let exact = c.wal_index == index && c.epoch == epoch;
-                let fresh_enough = c.epoch == epoch && c.computed.elapsed() < max_age;
+                let allowed = max_age.min(c.cost * 10);
+                let fresh_enough = c.epoch == epoch && c.computed.elapsed() < allowed;
                 if exact || fresh_enough {
                     return Ok(c.tree.clone());
                 }
             }
         }
+        let started = std::time::Instant::now();
         let tree = crate::merkle::compute(self.backend.as_ref()).await?;
         // A write that landed during the scan moved the index: cache under the index read
         // before the scan, so the next exact request recomputes.
@@ -222,6 +228,7 @@ impl Inner {
             wal_index: index,
             epoch,
             computed: std::time::Instant::now(),
+            cost: started.elapsed(),
             tree: tree.clone(),
         });
         Ok(tree)
