@@ -417,7 +417,7 @@ async fn apply_replicated_is_idempotent() {
 }
 
 #[tokio::test]
-async fn a_failing_entry_applies_nothing_of_itself() {
+async fn a_failing_group_applies_nothing() {
     let backend = inmem();
     let wal = open(&backend).await;
     let entries = [
@@ -430,11 +430,13 @@ async fn a_failing_entry_applies_nothing_of_itself() {
         matches!(result, Err(WalError::Storage { .. })),
         "got {result:?}"
     );
-    assert_eq!(wal.last_index(), 1);
+    // The entries of one call share an atomic batch: none of them is applied.
+    assert_eq!(wal.last_index(), 0);
+    assert_eq!(backend.get("sys/a").await.expect("get"), None);
     assert_eq!(backend.get("sys/b").await.expect("get"), None);
     assert_eq!(backend.get(&entry_key(2)).await.expect("get"), None);
     assert_eq!(backend.get("sys/c").await.expect("get"), None);
-    assert_eq!(indices(&all_entries(&wal).await), [1]);
+    assert!(indices(&all_entries(&wal).await).is_empty());
 }
 
 #[tokio::test]
@@ -453,8 +455,8 @@ async fn invalid_replicated_entries_are_rejected() {
     ));
     assert_eq!(
         wal.last_index(),
-        4,
-        "entries before the bad one are applied"
+        0,
+        "a call with an invalid entry applies nothing"
     );
     assert!(matches!(
         wal.apply_replicated(&[entry(0, Vec::new())]).await,
