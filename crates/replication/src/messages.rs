@@ -9,6 +9,7 @@
 //!             S -> P BucketRequest; P -> S BucketListing                       (merkle-diff)
 //!             S -> P KeysRequest*;  P -> S Values*                             (merkle-sync)
 //!             S -> P StreamFrom { after: wal_index } ...                       (stream-wals)
+//! empty S:    S -> P SnapshotRequest; P -> S Values* SnapshotDone { wal_index } (merkle-sync)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,8 @@ pub enum ToPrimary {
         applied: u64,
         time_ms: u64,
     },
+    /// An empty secondary asks for every replicated key at once (initial sync).
+    SnapshotRequest,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -83,6 +86,11 @@ pub enum ToSecondary {
     Heartbeat {
         last_wal: u64,
         time_ms: u64,
+    },
+    /// End of a snapshot; stream from `wal_index` next.
+    SnapshotDone {
+        wal_index: u64,
+        keys: u64,
     },
 }
 

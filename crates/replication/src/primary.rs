@@ -181,12 +181,58 @@ where
                 }
                 write_frame(&mut wr, &ToSecondary::Values { entries }).await?;
             }
+            ToPrimary::SnapshotRequest => send_snapshot(inner, &mut wr).await?,
             ToPrimary::Ack { applied, time_ms } => inner.peer_ack(&secondary_id, applied, time_ms),
             ToPrimary::StreamFrom { after } => break after,
             ToPrimary::Hello { .. } => return refuse(&mut wr, "unexpected hello").await,
         }
     };
     stream_wal(inner, &secondary_id, after, rd, wr, cancel).await
+}
+
+/// Keys per snapshot frame.
+const SNAPSHOT_PAGE: usize = 1000;
+/// Just past every local key (`repl/...`) in key order.
+const AFTER_LOCAL_KEYS: &str = "repl/\u{10FFFF}";
+
+/// Send every replicated key and value to an empty secondary, page by page, then the WAL index
+/// taken before the scan: writes made during the scan are replayed from it, so the result
+/// converges even though the scan is not a snapshot.
+async fn send_snapshot<W: AsyncWrite + Unpin>(
+    inner: &Arc<Inner>,
+    wr: &mut W,
+) -> Result<(), ReplError> {
+    let wal_index = inner.wal.last_index();
+    let mut after: Option<String> = None;
+    let mut keys = 0u64;
+    loop {
+        let page = inner
+            .backend
+            .scan("", after.as_deref(), SNAPSHOT_PAGE)
+            .await?;
+        let Some((last, _)) = page.last() else { break };
+        let next_after = if crate::wal::is_local(last) {
+            AFTER_LOCAL_KEYS.to_owned()
+        } else {
+            last.clone()
+        };
+        let entries: Vec<(String, Option<Vec<u8>>)> = page
+            .into_iter()
+            .filter(|(k, _)| !crate::wal::is_local(k))
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        keys += entries.len() as u64;
+        if !entries.is_empty() {
+            write_frame(wr, &ToSecondary::Values { entries }).await?;
+        }
+        if after.as_deref() == Some(next_after.as_str()) {
+            break;
+        }
+        after = Some(next_after);
+    }
+    write_frame(wr, &ToSecondary::SnapshotDone { wal_index, keys }).await?;
+    tracing::info!(keys, wal_index, "snapshot sent to secondary");
+    Ok(())
 }
 
 async fn stream_wal<R, W>(

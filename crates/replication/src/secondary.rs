@@ -159,13 +159,16 @@ where
     W: AsyncWrite + Unpin,
 {
     inner.set_sync_state(SyncState::MerkleDiff, "ready");
+    let ours = inner.merkle_tree().await?;
+    if ours.keys == 0 {
+        return snapshot_sync(inner, rd, wr).await;
+    }
     write_frame(wr, &ToPrimary::MerkleRequest).await?;
     let (wal_index, theirs) = match sync_reply(rd).await?.0 {
         ToSecondary::Tree { wal_index, tree } => (wal_index, tree),
         ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
         _ => return Err(ReplError::Refused("expected a Merkle tree".into())),
     };
-    let ours = inner.merkle_tree().await?;
     let buckets = ours.diff(&theirs);
     let mut fetched_keys = 0u64;
     let mut fetched_bytes = 0u64;
@@ -245,6 +248,60 @@ where
         "Merkle sync complete"
     );
     Ok(())
+}
+
+/// Initial sync of an empty secondary: take every key the primary streams, then its WAL index.
+/// Nothing to compare, so no bucket listings and no request per chunk.
+async fn snapshot_sync<R, W>(inner: &Arc<Inner>, rd: &mut R, wr: &mut W) -> Result<(), ReplError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    inner.set_sync_state(SyncState::MerkleSync, "ready");
+    write_frame(wr, &ToPrimary::SnapshotRequest).await?;
+    let mut fetched_keys = 0u64;
+    let mut fetched_bytes = 0u64;
+    loop {
+        let (msg, bytes) = sync_reply(rd).await?;
+        match msg {
+            ToSecondary::Values { entries } => {
+                let ops: Vec<Op> = entries
+                    .into_iter()
+                    .filter(|(k, _)| !crate::wal::is_local(k))
+                    .map(|(key, value)| match value {
+                        Some(value) => Op::Put { key, value },
+                        None => Op::Delete { key },
+                    })
+                    .collect();
+                fetched_keys += ops.len() as u64;
+                fetched_bytes += bytes as u64;
+                inner.backend.batch(ops).await?;
+            }
+            ToSecondary::SnapshotDone { wal_index, .. } => {
+                inner.wal.reset_to(wal_index).await?;
+                inner.invalidate_merkle();
+                inner.record_merkle_sync(
+                    crate::merkle::BUCKETS as u64,
+                    fetched_keys,
+                    0,
+                    fetched_bytes,
+                );
+                tracing::info!(
+                    fetched_keys,
+                    fetched_bytes,
+                    wal_index,
+                    "snapshot sync complete"
+                );
+                return Ok(());
+            }
+            ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
+            _ => {
+                return Err(ReplError::Refused(
+                    "unexpected message during snapshot".into(),
+                ))
+            }
+        }
+    }
 }
 
 async fn stream<R, W>(inner: &Arc<Inner>, rd: R, mut wr: W) -> Result<(), ReplError>
