@@ -22,6 +22,7 @@
 //! attempts that failed). The byte bound counts callers' bytes only; extra ops come on top.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -85,6 +86,8 @@ pub(super) fn run(
     hook: &HookSlot,
 ) {
     let mut carried = None;
+    let mut last_group_len = 0usize;
+    let mut last_commit = Duration::ZERO;
     loop {
         let first = match carried.take() {
             Some(request) => request,
@@ -93,21 +96,43 @@ pub(super) fn run(
                 None => return,
             },
         };
-        let (group, next) = drain_group(first, &mut queue);
+        let (mut group, mut next) = drain_group(first, &mut queue);
+        // Commit delay (PostgreSQL's commit_delay, made adaptive): when the last commit was
+        // shared by several writers, more are on their way; waiting a fraction of a commit's
+        // cost lets them share this fsync too. Never when uncontended, so a lone write pays
+        // no extra latency.
+        if next.is_none()
+            && last_group_len >= COMMIT_DELAY_MIN_GROUP
+            && group.len() < last_group_len
+        {
+            std::thread::sleep((last_commit / COMMIT_DELAY_FRACTION).min(COMMIT_DELAY_MAX));
+            let (more, carried_over) = drain_more(group, &mut queue);
+            group = more;
+            next = carried_over;
+        }
         carried = next;
+        last_group_len = group.len();
         let hook = hook.get();
+        let started = Instant::now();
         commit_group(&store, group, counters, hook.as_deref());
+        last_commit = started.elapsed();
     }
 }
 
-/// `first` plus every request already queued, within the group bounds. Returns the group and
-/// the request that would have crossed the byte bound, if any.
-fn drain_group(
-    first: WriteRequest,
+/// Contention (writers in the last group) from which the writer waits for more.
+const COMMIT_DELAY_MIN_GROUP: usize = 4;
+/// The wait is this fraction of the last commit's duration...
+const COMMIT_DELAY_FRACTION: u32 = 4;
+/// ...and never longer than this.
+const COMMIT_DELAY_MAX: Duration = Duration::from_micros(500);
+
+/// Add to `group` whatever has been queued since, within the group bounds.
+fn drain_more(
+    group: Vec<WriteRequest>,
     queue: &mut mpsc::Receiver<WriteRequest>,
 ) -> (Vec<WriteRequest>, Option<WriteRequest>) {
-    let mut bytes = first.bytes;
-    let mut group = vec![first];
+    let mut bytes: usize = group.iter().map(|r| r.bytes).sum();
+    let mut group = group;
     while group.len() < MAX_GROUP_BATCHES {
         let Ok(request) = queue.try_recv() else {
             break;
@@ -120,6 +145,15 @@ fn drain_group(
         group.push(request);
     }
     (group, None)
+}
+
+/// `first` plus every request already queued, within the group bounds. Returns the group and
+/// the request that would have crossed the byte bound, if any.
+fn drain_group(
+    first: WriteRequest,
+    queue: &mut mpsc::Receiver<WriteRequest>,
+) -> (Vec<WriteRequest>, Option<WriteRequest>) {
+    drain_more(vec![first], queue)
 }
 
 /// A request with the extra ops its hook gave it for this commit attempt.
