@@ -78,12 +78,6 @@ pub(crate) struct CachedTree {
     tree: crate::merkle::MerkleTree,
 }
 
-/// Status reads under a steady write load may reuse a tree while its age is under ten times
-/// what computing it cost (capped here), so monitoring spends at most ~10% of a core on scans.
-/// Small stores (milliseconds per scan) therefore always see an exact root. Reconciliation
-/// always uses an exact tree.
-const STATUS_TREE_MAX_AGE: Duration = Duration::from_secs(5);
-
 fn mode_to_u8(m: Mode) -> u8 {
     match m {
         Mode::Disabled => 0,
@@ -200,10 +194,10 @@ impl Inner {
         self.cached_tree(Duration::ZERO).await
     }
 
-    /// For status: like [`Inner::merkle_tree`], but while writes keep moving the WAL index a
-    /// recent tree is reused if scans are expensive (see [`STATUS_TREE_MAX_AGE`]).
+    /// For status: the exact tree. (Reusing a recent tree under write load was tried: a root
+    /// that lags the WAL index misleads anyone comparing two clusters' roots.)
     pub async fn merkle_tree_for_status(&self) -> Result<crate::merkle::MerkleTree, ReplError> {
-        self.cached_tree(STATUS_TREE_MAX_AGE).await
+        self.cached_tree(Duration::ZERO).await
     }
 
     async fn cached_tree(&self, max_age: Duration) -> Result<crate::merkle::MerkleTree, ReplError> {
