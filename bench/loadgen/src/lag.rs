@@ -1,0 +1,252 @@
+//! Replication lag (figure 4): open-loop writes at a fixed rate to a DR primary while one
+//! connection samples the secondary's applied WAL index (`last_remote_wal`) as often as it
+//! can (at most once per millisecond).
+//!
+//! Which WAL index a write got is not returned to the client, so it is bounded from above:
+//! each KV v2 write appends exactly `k` WAL entries (calibrated first, and checked at the end
+//! against the primary's `last_wal`), and a write acknowledged when `started` writes had been
+//! sent cannot have committed after more than `started` writes, so its entries end at or below
+//! `w0 + k * started`. A write counts as applied at the first sample, received after its
+//! acknowledgement, showing the secondary at or past that bound. Both approximations can only
+//! make the reported lag larger, never smaller; the sampling interval is reported too.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::http::{Conn, Req};
+use crate::stats::{quantile_ms, r3, summary};
+use crate::target::{value_of, Target};
+
+pub struct LagPlan {
+    pub primary: String,
+    pub secondary: String,
+    pub token: String,
+    pub rate: f64,
+    pub duration: Duration,
+    pub conns: usize,
+    pub value_bytes: usize,
+    pub prefix: String,
+}
+
+const STATUS: &str = "/v1/sys/replication/dr/status";
+/// How long the secondary may take to apply everything once the load stops.
+const CATCH_UP: Duration = Duration::from_secs(600);
+
+async fn status_wal(conn: &mut Conn, field: &str) -> Result<u64> {
+    let r = conn.send(&Req::get(STATUS)).await?;
+    let v = r.json()?;
+    // Vault puts the status under `data`; accept it at the top level too.
+    v.get("data")
+        .and_then(|d| d.get(field))
+        .or_else(|| v.get(field))
+        .and_then(Value::as_u64)
+        .ok_or_else(|| anyhow!("status has no {field}: {v}"))
+}
+
+/// Wait until the secondary has applied `wal`.
+async fn wait_applied(sec: &mut Conn, wal: u64) -> Result<()> {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        if status_wal(sec, "last_remote_wal").await? >= wal {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("secondary did not reach WAL index {wal} within {CATCH_UP:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Entries per write, measured with sequential writes on a quiet primary.
+async fn calibrate(plan: &LagPlan, target: &Target, pri: &mut Conn, sec: &mut Conn) -> Result<u64> {
+    const N: u64 = 20;
+    let w_before = status_wal(pri, "last_wal").await?;
+    let value = value_of(plan.value_bytes);
+    let mut conn = Conn::new(&plan.primary);
+    for i in 0..N {
+        let key = Target::key(&format!("{}-calibrate", plan.prefix), i);
+        let r = conn
+            .send(&target.write(&key, target.write_body(&key, &value)))
+            .await?;
+        if !r.ok() {
+            bail!(
+                "calibration write failed: {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+    }
+    let w_after = status_wal(pri, "last_wal").await?;
+    wait_applied(sec, w_after).await?;
+    let delta = w_after.saturating_sub(w_before);
+    if delta == 0 || delta % N != 0 {
+        bail!(
+            "{N} writes moved the primary's WAL by {delta} entries: not a whole number per write"
+        );
+    }
+    Ok(delta / N)
+}
+
+struct Shared {
+    started: AtomicU64,
+    next: AtomicU64,
+    stop: AtomicBool,
+    /// (microseconds since t0 when acknowledged, writes started at that moment)
+    acks: Mutex<Vec<(u64, u64)>>,
+    errors: AtomicU64,
+}
+
+pub async fn run(plan: LagPlan) -> Result<Value> {
+    let target = Target::Bunker {
+        token: plan.token.clone(),
+    };
+    let mut pri = Conn::new(&plan.primary);
+    let mut sec = Conn::new(&plan.secondary);
+    wait_applied(&mut sec, status_wal(&mut pri, "last_wal").await?).await?;
+    let k = calibrate(&plan, &target, &mut pri, &mut sec).await?;
+    let w0 = status_wal(&mut pri, "last_wal").await?;
+    wait_applied(&mut sec, w0).await?;
+
+    let t0 = Instant::now();
+    let shared = Arc::new(Shared {
+        started: AtomicU64::new(0),
+        next: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        acks: Mutex::new(Vec::new()),
+        errors: AtomicU64::new(0),
+    });
+    let sampler = tokio::spawn(sample(plan.secondary.clone(), t0, shared.clone()));
+    let interval = Duration::from_secs_f64(1.0 / plan.rate.max(0.001));
+    let value = Arc::new(value_of(plan.value_bytes));
+    let plan = Arc::new(plan);
+    let mut writers = Vec::new();
+    for _ in 0..plan.conns {
+        let (plan, shared, value, target) =
+            (plan.clone(), shared.clone(), value.clone(), target.clone());
+        writers.push(tokio::spawn(async move {
+            writer(&plan, &target, &shared, &value, t0, interval).await
+        }));
+    }
+    for w in writers {
+        w.await?;
+    }
+    let load_secs = t0.elapsed().as_secs_f64();
+    let total_started = shared.started.load(Ordering::SeqCst);
+    let w_end = status_wal(&mut pri, "last_wal").await?;
+    let expected_end = w0 + k * total_started;
+    wait_applied(&mut sec, w_end.max(expected_end)).await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    shared.stop.store(true, Ordering::SeqCst);
+    let (samples, poll_us) = sampler.await??;
+
+    let acks = std::mem::take(&mut *shared.acks.lock().map_err(|_| anyhow!("lock poisoned"))?);
+    let mut lags_us = Vec::with_capacity(acks.len());
+    for (t_ack, started) in &acks {
+        let bound = w0 + k * started;
+        let first_after = samples.partition_point(|(t, _)| t < t_ack);
+        let rest = samples.get(first_after..).unwrap_or(&[]);
+        let j = rest.partition_point(|(_, wal)| *wal < bound);
+        let (t_seen, _) = rest
+            .get(j)
+            .ok_or_else(|| anyhow!("no sample shows WAL index {bound} applied"))?;
+        lags_us.push(t_seen - t_ack);
+    }
+    let mut poll_sorted = poll_us;
+    poll_sorted.sort_unstable();
+    let gaps: Vec<u64> = samples.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    let mut gaps_sorted = gaps;
+    gaps_sorted.sort_unstable();
+    let mut report = json!({
+        "secondary_apply_entries_per_sec": r3(apply_rate(&samples)),
+        "writes": acks.len(),
+        "errors": shared.errors.load(Ordering::SeqCst),
+        "rate_target": r3(plan.rate),
+        "rate_achieved": r3(acks.len() as f64 / load_secs),
+        "wal_entries_per_write": k,
+        "wal_drift_entries": w_end as i64 - expected_end as i64,
+        "samples": samples.len(),
+        "sample_interval_p50_ms": r3(quantile_ms(&gaps_sorted, 0.5)),
+        "sample_interval_p99_ms": r3(quantile_ms(&gaps_sorted, 0.99)),
+        "status_request_p50_ms": r3(quantile_ms(&poll_sorted, 0.5)),
+    });
+    if let (Some(obj), Value::Object(s)) = (report.as_object_mut(), summary(&mut lags_us)) {
+        obj.extend(s);
+    }
+    Ok(report)
+}
+
+/// Entries per second the secondary applied between its first and last change of index.
+fn apply_rate(samples: &[(u64, u64)]) -> f64 {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return 0.0;
+    };
+    let start = samples
+        .iter()
+        .rev()
+        .find(|(_, w)| *w == first.1)
+        .unwrap_or(first);
+    let end = samples.iter().find(|(_, w)| *w == last.1).unwrap_or(last);
+    let secs = end.0.saturating_sub(start.0) as f64 / 1e6;
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    last.1.saturating_sub(first.1) as f64 / secs
+}
+
+async fn writer(
+    plan: &LagPlan,
+    target: &Target,
+    shared: &Shared,
+    value: &str,
+    t0: Instant,
+    interval: Duration,
+) {
+    let mut conn = Conn::new(&plan.primary);
+    let end = t0 + plan.duration;
+    loop {
+        let n = shared.next.fetch_add(1, Ordering::SeqCst);
+        let due = t0 + interval.mul_f64(n as f64);
+        if due >= end {
+            return;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let key = Target::key(&plan.prefix, n);
+        let req = target.write(&key, target.write_body(&key, value));
+        shared.started.fetch_add(1, Ordering::SeqCst);
+        match conn.send(&req).await {
+            Ok(r) if r.ok() => {
+                let t_ack = t0.elapsed().as_micros() as u64;
+                let started = shared.started.load(Ordering::SeqCst);
+                if let Ok(mut acks) = shared.acks.lock() {
+                    acks.push((t_ack, started));
+                }
+            }
+            _ => {
+                shared.errors.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+type Samples = (Vec<(u64, u64)>, Vec<u64>);
+
+/// Poll the secondary's applied WAL index; samples are (µs since t0 when received, index).
+async fn sample(secondary: String, t0: Instant, shared: Arc<Shared>) -> Result<Samples> {
+    let mut conn = Conn::new(&secondary);
+    let mut samples = Vec::new();
+    let mut poll_us = Vec::new();
+    while !shared.stop.load(Ordering::SeqCst) {
+        let sent = Instant::now();
+        let wal = status_wal(&mut conn, "last_remote_wal")
+            .await
+            .context("sampling the secondary's status")?;
+        poll_us.push(sent.elapsed().as_micros() as u64);
+        samples.push((t0.elapsed().as_micros() as u64, wal));
+        tokio::time::sleep_until((sent + Duration::from_millis(1)).into()).await;
+    }
+    Ok((samples, poll_us))
+}

@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""Turn bench/run's raw measurements (one JSON object a line) into the report: a Markdown page
+and a JSON file with every figure, its median/min/max over the repetitions, its ratio to the peer
+measured in the same run, and whether the issue's target is met. Standard library only."""
+
+import argparse
+import json
+import statistics
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def spread(values):
+    """median, min, max of a list (None when empty)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def pick(raw, figure, system, **match):
+    return [r for r in raw if r["figure"] == figure and r["system"] == system
+            and all(r.get(k) == v for k, v in match.items())]
+
+
+def ratio(a, b):
+    if a is None or b is None or not b["median"]:
+        return None
+    return a["median"] / b["median"]
+
+
+def fmt(x, digits=1):
+    if x is None:
+        return "n/a"
+    if isinstance(x, dict):
+        return f"{fmt(x['median'], digits)} ({fmt(x['min'], digits)}–{fmt(x['max'], digits)})"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def mark(ok):
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def figure_writes(raw, out, targets):
+    rows = []
+    for conns in sorted({r["conns"] for r in raw if r["figure"] == "write"}):
+        b = pick(raw, "write", "bunker", conns=conns)
+        e = pick(raw, "write", "etcd", conns=conns)
+        row = {
+            "conns": conns,
+            "bunker_ops_per_sec": spread([r["ops_per_sec"] for r in b]),
+            "etcd_ops_per_sec": spread([r["ops_per_sec"] for r in e]),
+            "bunker_p50_ms": spread([r["p50_ms"] for r in b]),
+            "bunker_p99_ms": spread([r["p99_ms"] for r in b]),
+            "etcd_p50_ms": spread([r["p50_ms"] for r in e]),
+            "etcd_p99_ms": spread([r["p99_ms"] for r in e]),
+            "bunker_errors": sum(r["errors"] for r in b),
+            "etcd_errors": sum(r["errors"] for r in e),
+            "writes_per_fsync": spread([r["ops"] / r["fsyncs"] for r in b if r.get("fsyncs")]),
+            "writes_per_batch": spread([r["ops"] / r["batches"] for r in b if r.get("batches")]),
+        }
+        row["ratio"] = ratio(row["bunker_ops_per_sec"], row["etcd_ops_per_sec"])
+        rows.append(row)
+        if conns in (64, 256):
+            targets.append({"figure": f"1. writes at {conns} connections", "target": ">= 1.5x etcd",
+                            "value": row["ratio"], "unit": "x",
+                            "pass": None if row["ratio"] is None else row["ratio"] >= 1.5})
+        if conns == 64:
+            wpf = row["writes_per_fsync"]
+            targets.append({"figure": "2. writes per fsync at 64 connections", "target": ">= 10",
+                            "value": wpf and wpf["median"], "unit": "",
+                            "pass": None if wpf is None else wpf["median"] >= 10})
+    out["writes"] = rows
+    md = ["## 1. Durable KV v2 writes (256-byte values, unique keys) and 2. group commit", "",
+          "ops/s and latency: median (min–max) over the repetitions; ratio = Bunker median / etcd median.", "",
+          "| conns | Bunker ops/s | etcd ops/s | ratio | Bunker p50 / p99 ms | etcd p50 / p99 ms | writes per fsync | errors (B/e) |",
+          "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        md.append(f"| {r['conns']} | {fmt(r['bunker_ops_per_sec'], 0)} | {fmt(r['etcd_ops_per_sec'], 0)} | "
+                  f"{fmt(r['ratio'], 2)} | {fmt(r['bunker_p50_ms'] and r['bunker_p50_ms']['median'], 2)} / "
+                  f"{fmt(r['bunker_p99_ms'] and r['bunker_p99_ms']['median'], 2)} | "
+                  f"{fmt(r['etcd_p50_ms'] and r['etcd_p50_ms']['median'], 2)} / "
+                  f"{fmt(r['etcd_p99_ms'] and r['etcd_p99_ms']['median'], 2)} | "
+                  f"{fmt(r['writes_per_fsync'], 1)} | {r['bunker_errors']}/{r['etcd_errors']} |")
+    return md
+
+
+def figure_reads(raw, out, targets):
+    b = pick(raw, "read", "bunker")
+    e = pick(raw, "read", "etcd")
+    res = {"bunker_ops_per_sec": spread([r["ops_per_sec"] for r in b]),
+           "etcd_ops_per_sec": spread([r["ops_per_sec"] for r in e]),
+           "bunker_p99_ms": spread([r["p99_ms"] for r in b]),
+           "etcd_p99_ms": spread([r["p99_ms"] for r in e])}
+    res["ratio"] = ratio(res["bunker_ops_per_sec"], res["etcd_ops_per_sec"])
+    out["reads"] = res
+    targets.append({"figure": "3. reads at 64 connections", "target": ">= 2x etcd (linearizable)",
+                    "value": res["ratio"], "unit": "x",
+                    "pass": None if res["ratio"] is None else res["ratio"] >= 2})
+    return ["## 3. KV v2 reads at 64 connections (etcd: linearizable range)", "",
+            "| | Bunker | etcd | ratio |", "|---|---:|---:|---:|",
+            f"| ops/s | {fmt(res['bunker_ops_per_sec'], 0)} | {fmt(res['etcd_ops_per_sec'], 0)} | {fmt(res['ratio'], 2)} |",
+            f"| p99 ms | {fmt(res['bunker_p99_ms'], 2)} | {fmt(res['etcd_p99_ms'], 2)} | |"]
+
+
+def figure_lag(raw, out, targets):
+    b = pick(raw, "lag", "bunker")
+    p = pick(raw, "lag", "postgres")
+    res = {}
+    for name, rows in (("bunker", b), ("postgres", p)):
+        res[name] = {k: spread([r.get(k) for r in rows]) for k in
+                     ("rate_achieved", "p50_ms", "p99_ms", "max_ms")}
+    res["bunker"]["sample_interval_p50_ms"] = spread([r.get("sample_interval_p50_ms") for r in b])
+    res["bunker"]["status_request_p50_ms"] = spread([r.get("status_request_p50_ms") for r in b])
+    res["bunker"]["secondary_apply_entries_per_sec"] = spread([r.get("secondary_apply_entries_per_sec") for r in b])
+    res["bunker"]["wal_entries_per_write"] = spread([r.get("wal_entries_per_write") for r in b])
+    cap = pick(raw, "capacity", "bunker")
+    res["dr_primary_capacity_ops_per_sec"] = cap[-1]["ops_per_sec"] if cap else None
+    res["postgres"]["samples"] = spread([r.get("samples") for r in p])
+    out["lag"] = res
+    bp99, pp99 = res["bunker"]["p99_ms"], res["postgres"]["p99_ms"]
+    bmax = res["bunker"]["max_ms"]
+    targets.append({"figure": "4. replication lag p99", "target": "<= PostgreSQL replay_lag p99",
+                    "value": bp99 and bp99["median"], "unit": "ms",
+                    "pass": None if not (bp99 and pp99) else bp99["median"] <= pp99["median"]})
+    targets.append({"figure": "4. replication lag max", "target": "< 100 ms",
+                    "value": bmax and bmax["max"], "unit": "ms",
+                    "pass": None if not bmax else bmax["max"] < 100})
+    return ["## 4. Replication lag at half the primary's write capacity", "",
+            f"The DR primary (with its secondary attached) took {fmt(res['dr_primary_capacity_ops_per_sec'], 0)} "
+            "writes/s at 64 connections just before; the load is half of that, on 64 connections, for both systems.", "",
+            "Bunker: per write, from the primary's acknowledgement to the first status sample of the "
+            "secondary showing it applied (an upper bound; see README). PostgreSQL: `replay_lag` of "
+            "`pg_stat_replication` sampled every 5 ms under pgbench inserts at the same rate.", "",
+            "| | Bunker | PostgreSQL |", "|---|---:|---:|",
+            f"| writes/s achieved | {fmt(res['bunker']['rate_achieved'], 0)} | {fmt(res['postgres']['rate_achieved'], 0)} |",
+            f"| p50 ms | {fmt(res['bunker']['p50_ms'], 2)} | {fmt(res['postgres']['p50_ms'], 2)} |",
+            f"| p99 ms | {fmt(res['bunker']['p99_ms'], 2)} | {fmt(res['postgres']['p99_ms'], 2)} |",
+            f"| max ms | {fmt(res['bunker']['max_ms'], 2)} | {fmt(res['postgres']['max_ms'], 2)} |",
+            f"| sampling interval p50 ms | {fmt(res['bunker']['sample_interval_p50_ms'], 2)} | 5 (requested) |",
+            f"| status request p50 ms | {fmt(res['bunker']['status_request_p50_ms'], 2)} | |",
+            f"| secondary apply rate, WAL entries/s | {fmt(res['bunker']['secondary_apply_entries_per_sec'], 0)} "
+            f"({fmt(res['bunker']['wal_entries_per_write'] and res['bunker']['wal_entries_per_write']['median'], 0)} entries per write) | |"]
+
+
+def figure_sync(raw, machine, out, targets):
+    b = pick(raw, "sync", "bunker")
+    e = pick(raw, "sync", "etcd")
+    lb = pick(raw, "load", "bunker")
+    le = pick(raw, "load", "etcd")
+    md = ["## 5. Initial sync of a new secondary", ""]
+    if not b:
+        out["sync"] = None
+        return md + ["Not measured in this run."]
+    b = b[-1]
+    if b.get("failed"):
+        out["sync"] = {"failed": b["failed"], "secrets": b["total_keys"], "elapsed_s": b["elapsed_ms"] / 1000}
+        targets.append({"figure": "5. initial sync secrets/s", "target": ">= 30x etcd make-mirror",
+                        "value": None, "unit": "", "pass": False})
+        ed = e[-1] if e else None
+        return md + [f"**The initial sync of {b['total_keys']:,} secrets did not complete**: the secondary's "
+                     f"replication stream failed repeatedly (gave up after {b['elapsed_ms'] / 1000:.0f} s). "
+                     "Last log lines:", "", "```", b["failed"].strip(), "```", "",
+                     (f"etcd make-mirror copied {ed['keys']:,} of {ed['total_keys']:,} keys in "
+                      f"{ed['elapsed_ms'] / 1000:.0f} s ({ed['keys'] * 1000 / ed['elapsed_ms']:,.0f} keys/s)."
+                      if ed else "")]
+    secs = b["elapsed_ms"] / 1000
+    # Rates count secrets (what etcd's keys are), not storage entries: a KV v2 secret is two
+    # storage entries (version + metadata), so the entries/s rate is reported beside it.
+    res = {"secrets": b["total_keys"], "storage_entries": b["keys"], "elapsed_s": secs,
+           "keys_per_sec": b["total_keys"] / secs, "storage_entries_per_sec": b["keys"] / secs,
+           "wire_mib_per_sec": b["wire_bytes_sent"] / 1048576 / secs,
+           "fetched_mib_per_sec": b["fetched_bytes"] / 1048576 / secs,
+           "disk_seq_write_mib_per_sec": machine["seq_write_mb_per_sec"]}
+    res["fraction_of_disk_seq_write"] = res["wire_mib_per_sec"] / machine["seq_write_mb_per_sec"]
+    if e:
+        e = e[-1]
+        esecs = e["elapsed_ms"] / 1000
+        res["etcd"] = {"keys": e["keys"], "total_keys": e["total_keys"], "elapsed_s": esecs,
+                       "keys_per_sec": e["keys"] / esecs, "complete": e["keys"] >= e["total_keys"]}
+        res["ratio"] = res["keys_per_sec"] / res["etcd"]["keys_per_sec"] if e["keys"] else None
+    res["load"] = {"bunker": lb and lb[-1], "etcd": le and le[-1]}
+    out["sync"] = res
+    r = res.get("ratio")
+    targets.append({"figure": "5. initial sync secrets/s", "target": ">= 30x etcd make-mirror",
+                    "value": r, "unit": "x", "pass": None if r is None else r >= 30})
+    md += [f"Data set: {b['total_keys']:,} secrets (256-byte values). Bunker's time runs from "
+           f"`secondary/enable` to the secondary's `{b.get('kind', 'Merkle')} sync complete` log line; bytes are the "
+           "primary's TCP `bytes_sent` on the replication connection.", "",
+           "| | Bunker | etcd make-mirror |", "|---|---:|---:|",
+           f"| secrets (keys) copied | {res['secrets']:,} ({res['storage_entries']:,} storage entries) | {res.get('etcd', {}).get('keys', 0):,}"
+           f"{'' if res.get('etcd', {}).get('complete', True) else ' (capped: partial)'} |",
+           f"| seconds | {fmt(secs, 1)} | {fmt(res.get('etcd', {}).get('elapsed_s'), 1)} |",
+           f"| secrets/s | {fmt(res['keys_per_sec'], 0)} | {fmt(res.get('etcd', {}).get('keys_per_sec'), 0)} |",
+           f"| ratio | {fmt(r, 1)} | |",
+           f"| MiB/s on the wire | {fmt(res['wire_mib_per_sec'], 1)} | |",
+           f"| fraction of the disk's sequential write ({fmt(machine['seq_write_mb_per_sec'], 0)} MiB/s) | "
+           f"{res['fraction_of_disk_seq_write']:.1%} | |"]
+    for name, l in (("Bunker", lb), ("etcd", le)):
+        if l:
+            md.append(f"\nLoading the data set into {name} (64 connections): "
+                      f"{fmt(l[-1]['ops_per_sec'], 0)} writes/s, {fmt(l[-1]['elapsed_s'], 1)} s.")
+    return md
+
+
+def figure_catchup(raw, out, targets):
+    c = pick(raw, "catchup", "bunker")
+    md = ["## 6. Catch-up by Merkle diff after missing writes beyond WAL retention", ""]
+    if not c:
+        out["catchup"] = None
+        return md + ["Not measured in this run."]
+    c = c[-1]
+    changed = c["missed_writes"] * c["stream_bytes_per_write"]
+    res = dict(c)
+    res["changed_bytes"] = changed
+    res["ratio_to_changed"] = c["wire_bytes_sent"] / changed if changed else None
+    out["catchup"] = res
+    r = res["ratio_to_changed"]
+    targets.append({"figure": "6. catch-up bytes sent", "target": "<= 3x bytes changed",
+                    "value": r, "unit": "x", "pass": None if r is None else r <= 3})
+    return md + [
+        f"{c['missed_writes']:,} overwrites while the secondary was down, on a primary holding "
+        f"{c['total_keys']:,} secrets. \"Bytes changed\" = the writes × what one write costs when "
+        f"streamed ({c['stream_bytes_per_write']} B, measured on the same connection just before).", "",
+        "| | value |", "|---|---:|",
+        f"| time from restart to sync complete | {fmt(c['elapsed_ms'] / 1000, 2)} s (process ready after {fmt(c['restart_ms'] / 1000, 2)} s) |",
+        f"| how it reconciled | {c.get('kind', 'Merkle')} sync |",
+        f"| buckets differing | {c['buckets_differing']:,} of 4,096 |",
+        f"| keys fetched | {c['keys_fetched']:,} |",
+        f"| bytes sent by the primary | {c['wire_bytes_sent']:,} |",
+        f"| bytes changed | {changed:,} |",
+        f"| ratio | {fmt(r, 2)} |"]
+
+
+def figure_promote(raw, out, targets):
+    rows = pick(raw, "promote", "bunker")
+    out["promote"] = rows
+    md = ["## 7. Promotion (primary killed; promote request to first accepted write)", "",
+          "| data set | promote request ms | first write accepted ms |", "|---|---:|---:|"]
+    for r in rows:
+        md.append(f"| {r['dataset']} | {fmt(r['promote_request_ms'], 1)} | {fmt(r['first_write_ms'], 1)} |")
+        targets.append({"figure": f"7. promotion ({r['dataset']} data set)", "target": "< 1000 ms",
+                        "value": r["first_write_ms"], "unit": "ms", "pass": r["first_write_ms"] < 1000})
+    return md
+
+
+def figure_memory(raw, out):
+    m = pick(raw, "memory", "bunker")
+    s = pick(raw, "sync", "bunker")
+    lb = pick(raw, "load", "bunker")
+    md = ["## 8. Memory (peak RSS, VmHWM)", ""]
+    if not m:
+        out["memory"] = None
+        return md + ["Not measured in this run."]
+    m = m[-1]
+    res = {"keys": m["keys"],
+           "primary_peak_rss_mib_after_load": lb[-1]["peak_rss_kb"] / 1024 if lb else None,
+           "primary_rss_mib_after_load": lb[-1]["rss_kb"] / 1024 if lb else None,
+           "primary_peak_rss_mib_end": m["primary_peak_rss_kb"] / 1024,
+           "secondary_peak_rss_mib_initial_sync": s[-1]["secondary_peak_rss_kb"] / 1024
+           if s and "secondary_peak_rss_kb" in s[-1] else None,
+           "secondary_peak_rss_mib_catchup": m["secondary_catchup_peak_rss_kb"] / 1024}
+    out["memory"] = res
+    return md + [f"| process | peak RSS MiB |", "|---|---:|",
+                 f"| primary holding {m['keys']:,} secrets, after loading them | {fmt(res['primary_peak_rss_mib_after_load'], 1)} (current {fmt(res['primary_rss_mib_after_load'], 1)}) |",
+                 f"| same primary at the end (after serving the sync and catch-up) | {fmt(res['primary_peak_rss_mib_end'], 1)} |",
+                 f"| secondary during initial sync | {fmt(res['secondary_peak_rss_mib_initial_sync'], 1)} |",
+                 f"| secondary during catch-up (restarted process) | {fmt(res['secondary_peak_rss_mib_catchup'], 1)} |"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--machine", required=True)
+    ap.add_argument("--md", required=True)
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args()
+    raw = load(args.raw)
+    with open(args.machine) as f:
+        machine = json.load(f)
+    out, targets = {"machine": machine}, []
+    body = []
+    body += figure_writes(raw, out, targets) + [""]
+    body += figure_reads(raw, out, targets) + [""]
+    body += figure_lag(raw, out, targets) + [""]
+    body += figure_sync(raw, machine, out, targets) + [""]
+    body += figure_catchup(raw, out, targets) + [""]
+    body += figure_promote(raw, out, targets) + [""]
+    body += figure_memory(raw, out) + [""]
+    out["targets"] = targets
+    out["raw"] = raw
+    smoke = machine["mode"] == "smoke"
+    head = [f"# Bunker benchmark — {machine['mode']} run", ""]
+    if smoke:
+        head += ["**Smoke run**: seconds per figure, small N, "
+                 f"{machine['profile']} build. It checks that the suite works; its ratios mean nothing.", ""]
+    head += ["## Machine", "",
+             f"- CPU: {machine['cpu']} × {machine['cores']} cores, memory {machine['memory']}, kernel {machine['kernel']}",
+             f"- Disk ({machine['filesystem']}), measured just before: **{machine['fsyncs_per_sec']:,} fsync/s** "
+             f"(4 KiB `dd oflag=dsync`), **{machine['seq_write_mb_per_sec']} MiB/s** sequential write (`dd conv=fdatasync`)",
+             f"- Peers: {machine['etcd']}; {machine['postgres']}. Bunker at {machine['bunker_commit']} ({machine['profile']} build)",
+             f"- {machine['reps']} interleaved repetition(s) (Bunker, peer, Bunker, peer, …) of {machine['duration_s']} s per load run", "",
+             "## Targets", "", "| figure | target | measured | result |", "|---|---|---:|---|"]
+    for t in targets:
+        head.append(f"| {t['figure']} | {t['target']} | {fmt(t['value'], 2)} {t['unit']} | {mark(t['pass'])} |")
+    head.append("")
+    with open(args.md, "w") as f:
+        f.write("\n".join(head + body))
+    with open(args.json, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
