@@ -45,14 +45,15 @@ pub(crate) async fn handle(
     let path = req.path.strip_prefix("sys/replication/").unwrap_or("");
     let op = req.operation;
     let mode = inner.mode();
+    let with_merkle_root = get_bool(&req.data, "merkle_root")?.unwrap_or(true);
     match path {
         "status" => {
             let mut data = Data::new();
-            data.insert("dr".into(), inner.status_json().await);
+            data.insert("dr".into(), inner.status_json(with_merkle_root).await);
             data.insert("performance".into(), json!({"mode": "disabled"}));
             Ok(Response::data(data))
         }
-        "dr/status" => status_response(inner.status_json().await),
+        "dr/status" => status_response(inner.status_json(with_merkle_root).await),
         "performance/status" => status_response(json!({"mode": "disabled"})),
         "dr/primary/enable" => {
             write_op(op)?;

@@ -6,16 +6,23 @@ use super::Inner;
 use crate::state::Mode;
 
 impl Inner {
-    pub(crate) async fn status_json(&self) -> Value {
+    /// The status body. `with_merkle_root = false` (query `merkle_root=false`) skips the one
+    /// expensive field: the root is recomputed by a full scan whenever the WAL moved, which a
+    /// monitor sampling lag many times a second should not pay for.
+    pub(crate) async fn status_json(&self, with_merkle_root: bool) -> Value {
         let state = self.state_snapshot().await;
         if state.mode == Mode::Disabled {
             return json!({"mode": "disabled"});
         }
-        let merkle_root = match self.merkle_tree_for_status().await {
-            Ok(tree) => tree.root_hex(),
-            Err(e) => {
-                tracing::warn!(error = %e, "computing the Merkle root for status failed");
-                String::new()
+        let merkle_root = if !with_merkle_root {
+            String::new()
+        } else {
+            match self.merkle_tree_for_status().await {
+                Ok(tree) => tree.root_hex(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "computing the Merkle root for status failed");
+                    String::new()
+                }
             }
         };
         let last_wal = self.wal.last_index();
