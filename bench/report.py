@@ -215,6 +215,13 @@ def figure_catchup(raw, out, targets):
         out["catchup"] = None
         return md + ["Not measured in this run."]
     c = c[-1]
+    if c.get("failed"):
+        out["catchup"] = {"failed": c["failed"]}
+        targets.append({"figure": "6. catch-up bytes sent", "target": "<= 3x bytes changed",
+                        "value": None, "unit": "", "pass": False})
+        return md + [f"**The catch-up after {c['missed_writes']:,} missed writes on a primary holding "
+                     f"{c['total_keys']:,} secrets did not complete** (gave up after {c['elapsed_ms'] / 1000:.0f} s "
+                     "of failing reconciliation attempts). Last log lines:", "", "```", c["failed"].strip(), "```"]
     changed = c["missed_writes"] * c["stream_bytes_per_write"]
     res = dict(c)
     res["changed_bytes"] = changed
@@ -264,7 +271,7 @@ def figure_memory(raw, out):
            "primary_peak_rss_mib_end": m["primary_peak_rss_kb"] / 1024,
            "secondary_peak_rss_mib_initial_sync": s[-1]["secondary_peak_rss_kb"] / 1024
            if s and "secondary_peak_rss_kb" in s[-1] else None,
-           "secondary_peak_rss_mib_catchup": m["secondary_catchup_peak_rss_kb"] / 1024}
+           "secondary_peak_rss_mib_catchup": (m["secondary_catchup_peak_rss_kb"] or 0) / 1024 or None}
     out["memory"] = res
     return md + [f"| process | peak RSS MiB |", "|---|---:|",
                  f"| primary holding {m['keys']:,} secrets, after loading them | {fmt(res['primary_peak_rss_mib_after_load'], 1)} (current {fmt(res['primary_rss_mib_after_load'], 1)}) |",
@@ -292,6 +299,9 @@ def main():
     body += figure_catchup(raw, out, targets) + [""]
     body += figure_promote(raw, out, targets) + [""]
     body += figure_memory(raw, out) + [""]
+    notes = [f"- {r['figure']} ({r['system']}): {r['note']}" for r in raw if r.get("note")]
+    if notes:
+        body += ["## Notes", ""] + notes + [""]
     out["targets"] = targets
     out["raw"] = raw
     smoke = machine["mode"] == "smoke"
@@ -305,7 +315,8 @@ def main():
              f"(4 KiB `dd oflag=dsync`), **{machine['seq_write_mb_per_sec']} MiB/s** sequential write (`dd conv=fdatasync`)",
              f"- Peers: {machine['etcd']}; {machine['postgres']}. Bunker at {machine['bunker_commit']} ({machine['profile']} build)",
              f"- {machine['reps']} interleaved repetition(s) (Bunker, peer, Bunker, peer, …) of {machine['duration_s']} s per load run", "",
-             "## Targets", "", "| figure | target | measured | result |", "|---|---|---:|---|"]
+             "## Targets" + (" (a smoke run judges none of them)" if smoke else ""), "",
+             "| figure | target | measured | result |", "|---|---|---:|---|"]
     for t in targets:
         head.append(f"| {t['figure']} | {t['target']} | {fmt(t['value'], 2)} {t['unit']} | {mark(t['pass'])} |")
     head.append("")
