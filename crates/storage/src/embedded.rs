@@ -135,11 +135,16 @@ impl std::fmt::Debug for EmbeddedBackend {
 impl Backend for EmbeddedBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         validate_key(key)?;
-        let value = self
-            .entries()?
+        // The table (which holds the read transaction) must outlive the guard: the guard
+        // borrows a page of the snapshot, and once the transaction is gone the writer may free
+        // and reuse that page (redb's debug builds assert on exactly this).
+        let table = self.entries()?;
+        let value = table
             .get(key)
-            .map_err(|e| engine_error(format!("reading key {key:?}"), e))?;
-        Ok(value.map(|guard| guard.value().to_vec()))
+            .map_err(|e| engine_error(format!("reading key {key:?}"), e))?
+            .map(|guard| guard.value().to_vec());
+        drop(table);
+        Ok(value)
     }
 
     /// If the returned future is dropped after the batch was queued, the batch is still

@@ -102,6 +102,64 @@ async fn concurrent_batches_share_fsyncs() {
     );
 }
 
+/// Readers racing a writer that keeps overwriting the same keys: every value read must be one
+/// that was written, whole. A reader that let its snapshot go before copying the value out
+/// could see a page the writer had already freed and reused (and redb's debug build asserts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_racing_overwrites_see_whole_values() {
+    const KEYS: u8 = 4;
+    const ROUNDS: u8 = 250;
+    const READERS: usize = 3;
+    let dir = temp_dir();
+    let backend = Arc::new(open(dir.path()));
+    for key in 0..KEYS {
+        backend
+            .put(&format!("hot/{key}"), vec![0; 3000])
+            .await
+            .expect("seed");
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| {
+            let (backend, done) = (backend.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    for key in 0..KEYS {
+                        let value = backend.get(&format!("hot/{key}")).await.expect("get");
+                        let value = value.expect("seeded key exists");
+                        assert_eq!(value.len(), 3000);
+                        assert!(
+                            value.iter().all(|byte| *byte == value[0]),
+                            "torn value for hot/{key}"
+                        );
+                        reads += 1;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        })
+        .collect();
+    for round in 1..=ROUNDS {
+        let ops = (0..KEYS)
+            .map(|key| Op::Put {
+                key: format!("hot/{key}"),
+                value: vec![round; 3000],
+            })
+            .collect();
+        backend.batch(ops).await.expect("overwrite");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        assert!(reader.await.expect("reader task") > 0);
+    }
+    assert_eq!(
+        backend.get("hot/0").await.expect("get"),
+        Some(vec![ROUNDS; 3000])
+    );
+}
+
 /// Environment variable that makes [`crash_writer_child`] write into the given directory.
 const CRASH_DIR_ENV: &str = "BUNKER_STORAGE_CRASH_DIR";
 /// Full test name of the child, for re-executing this test binary.
