@@ -2,11 +2,19 @@
 //! clusters without shipping the data.
 //!
 //! Design:
-//! - **Fixed buckets, not a deep tree.** Every replicated key falls in one of [`BUCKETS`]
-//!   buckets by the first 12 bits of `sha256(key)`, so keys spread evenly whatever their paths
-//!   look like. Two clusters compare roots, then the 4096 bucket hashes (128 KiB), then list only
-//!   the differing buckets' `(key, leaf hash)` pairs and copy the keys that differ. One level of
-//!   fan-out is enough for millions of keys and keeps the protocol to three round trips.
+//! - **Two levels, fixed shape.** Every replicated key falls in one of [`CELLS`] cells by the
+//!   first 18 bits of `sha256(key)`; the first 12 of those bits are its bucket ([`BUCKETS`]), so
+//!   keys spread evenly whatever their paths look like. Two clusters compare roots, then the
+//!   4096 bucket hashes (128 KiB), then the 64 cell sums of each differing bucket (512 bytes a
+//!   bucket), and only then list keys, and only those of differing cells. With a million keys
+//!   and ten thousand scattered changes every bucket differs, but only a few percent of cells
+//!   do: listing whole buckets would ship the keyspace, listing cells ships little more than
+//!   what changed.
+//! - **Cell sums are additive.** A cell's fingerprint is the wrapping sum of its keys' 64-bit
+//!   leaf digests ([`leaf_digest`]), so all 262,144 cells come out of one scan in 2 MiB, in any
+//!   order, and a future incremental index can update a cell with `+ new - old`. 64 bits are
+//!   enough to find accidental differences (a changed cell that sums the same: 2^-64); the
+//!   bucket and root hashes stay full SHA-256.
 //! - **Order-defined bucket hashes.** A bucket's hash is sha256 over its leaf hashes in key
 //!   order, so it depends only on the set of `(key, value)` pairs, not on insertion history.
 //!   Leaf hashes are length-prefixed (`len(key) BE u32 || key || sha256(value)`), so no two
@@ -27,8 +35,6 @@
 //! larger than the data, so [`compute`] jumps from the first local key straight past every key
 //! that starts with [`LOCAL_PREFIX`] (possible because keys are at most `MAX_KEY_BYTES` long).
 
-use std::collections::BTreeSet;
-
 use bunker_storage::limits::MAX_KEY_BYTES;
 use bunker_storage::{Backend, StorageError};
 use serde::{Deserialize, Serialize};
@@ -39,6 +45,10 @@ use crate::wal::{is_local, LOCAL_PREFIX};
 
 /// Number of buckets: the first 12 bits of a key's hash.
 pub const BUCKETS: usize = 4096;
+/// Cells per bucket: the next 6 bits of a key's hash.
+pub const CELLS_PER_BUCKET: usize = 64;
+/// Number of cells: the first 18 bits of a key's hash.
+pub const CELLS: usize = BUCKETS * CELLS_PER_BUCKET;
 /// Entries read per scan.
 const SCAN_PAGE: usize = 1024;
 
@@ -58,6 +68,20 @@ type Result<T> = std::result::Result<T, MerkleError>;
 pub fn bucket_of(key: &str) -> u32 {
     let [first, second, ..]: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     (u32::from(first) << 4) | u32::from(second >> 4)
+}
+
+/// The cell of `key`: the first 18 bits of sha256(key); `cell_of(key) / 64 == bucket_of(key)`.
+pub fn cell_of(key: &str) -> u32 {
+    let [first, second, third, ..]: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    (u32::from(first) << 10) | (u32::from(second) << 2) | u32::from(third >> 6)
+}
+
+/// The first 8 bytes of [`leaf_hash`], big-endian: what cell sums add up and listings carry.
+pub fn leaf_digest(key: &str, value: &[u8]) -> u64 {
+    let hash = leaf_hash(key, value);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// sha256(len(key) BE u32 || key || sha256(value)).
@@ -142,22 +166,123 @@ pub async fn compute(backend: &dyn Backend) -> Result<MerkleTree> {
     Ok(tree)
 }
 
-/// (key, leaf hash) for every replicated key in the given buckets, in key order (one full scan).
-pub async fn bucket_listing(
-    backend: &dyn Backend,
-    buckets: &BTreeSet<u32>,
-) -> Result<Vec<(String, [u8; 32])>> {
-    let mut listing = Vec::new();
-    if buckets.is_empty() {
-        return Ok(listing);
-    }
+/// Every cell's sum of leaf digests (one full scan); [`CELLS`] entries, an empty cell is 0.
+pub async fn cell_sums(backend: &dyn Backend) -> Result<Vec<u64>> {
+    let mut sums = vec![0u64; CELLS];
     for_each_replicated(backend, |key, value| {
-        if buckets.contains(&bucket_of(key)) {
-            listing.push((key.to_owned(), leaf_hash(key, value)));
+        if let Some(sum) = sums.get_mut(usize::try_from(cell_of(key)).unwrap_or(usize::MAX)) {
+            *sum = sum.wrapping_add(leaf_digest(key, value));
         }
     })
     .await?;
-    Ok(listing)
+    Ok(sums)
+}
+
+/// Cells whose sums differ, ascending. `ours` and `theirs` hold the sums of the same cells in
+/// the same order; `cells` names them.
+pub fn differing_cells(cells: &[u32], ours: &[u64], theirs: &[u64]) -> Vec<u32> {
+    cells
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| ours.get(i) != theirs.get(i))
+        .map(|(_, cell)| *cell)
+        .collect()
+}
+
+/// The cells of `buckets`, ascending (64 per bucket).
+pub fn cells_of_buckets(buckets: &[u32]) -> Vec<u32> {
+    let per_bucket = CELLS_PER_BUCKET as u32;
+    buckets
+        .iter()
+        .filter(|&&bucket| (bucket as usize) < BUCKETS)
+        .flat_map(|bucket| (bucket * per_bucket)..((bucket + 1) * per_bucket))
+        .collect()
+}
+
+/// A set of cells, as a bitmap over all [`CELLS`].
+#[derive(Clone, Debug)]
+pub struct CellSet {
+    bits: Vec<u64>,
+    len: usize,
+}
+
+impl CellSet {
+    pub fn new(cells: &[u32]) -> Self {
+        let mut set = Self {
+            bits: vec![0; CELLS / 64],
+            len: 0,
+        };
+        for &cell in cells {
+            let (word, bit) = (cell as usize / 64, cell % 64);
+            if let Some(word) = set.bits.get_mut(word) {
+                if *word & (1 << bit) == 0 {
+                    *word |= 1 << bit;
+                    set.len += 1;
+                }
+            }
+        }
+        set
+    }
+
+    pub fn contains(&self, cell: u32) -> bool {
+        self.bits
+            .get(cell as usize / 64)
+            .is_some_and(|word| word & (1 << (cell % 64)) != 0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Replicated entries of the store, page by page in key order, local keys skipped: for
+/// callers that must await between pages (to send them).
+pub struct ReplicatedPages<'a> {
+    backend: &'a dyn Backend,
+    after: Option<String>,
+    done: bool,
+}
+
+impl<'a> ReplicatedPages<'a> {
+    pub fn new(backend: &'a dyn Backend) -> Self {
+        Self {
+            backend,
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The next page of replicated entries; `None` once the keyspace is exhausted. A page can
+    /// be empty (the local range was skipped) without the scan being over.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<(String, Vec<u8>)>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut page = self
+            .backend
+            .scan("", self.after.as_deref(), SCAN_PAGE)
+            .await
+            .map_err(|source| MerkleError::Storage {
+                context: "scanning the replicated keyspace".into(),
+                source,
+            })?;
+        let full = page.len() == SCAN_PAGE;
+        if let Some(local) = page.iter().position(|(key, _)| is_local(key)) {
+            // Keys past the local range in this page are read again by the next scan.
+            page.truncate(local);
+            self.after = Some(past_local_keys());
+            return Ok(Some(page));
+        }
+        match page.last() {
+            Some((last, _)) if full => self.after = Some(last.clone()),
+            _ => self.done = true,
+        }
+        Ok(Some(page))
+    }
 }
 
 /// Calls `visit` for every replicated key and its value, in key order, one page in memory at a
@@ -166,34 +291,13 @@ async fn for_each_replicated(
     backend: &dyn Backend,
     mut visit: impl FnMut(&str, &[u8]),
 ) -> Result<()> {
-    let mut after: Option<String> = None;
-    loop {
-        let mut page = backend
-            .scan("", after.as_deref(), SCAN_PAGE)
-            .await
-            .map_err(|source| MerkleError::Storage {
-                context: "scanning the replicated keyspace".into(),
-                source,
-            })?;
-        let full = page.len() == SCAN_PAGE;
-        let mut reached_local = false;
+    let mut pages = ReplicatedPages::new(backend);
+    while let Some(page) = pages.next_page().await? {
         for (key, value) in &page {
-            if is_local(key) {
-                reached_local = true;
-                break;
-            }
             visit(key, value);
         }
-        if reached_local {
-            // Keys past the local range in this page are read again by the next scan.
-            after = Some(past_local_keys());
-            continue;
-        }
-        match page.pop() {
-            Some((last, _)) if full => after = Some(last),
-            _ => return Ok(()),
-        }
     }
+    Ok(())
 }
 
 /// A string greater than every valid key that starts with [`LOCAL_PREFIX`] and smaller than

@@ -6,8 +6,10 @@
 //! P -> S  Welcome { generation, last_wal, resume }      or Refused { reason }
 //! resume:     S -> P StreamFrom { after }               then P -> S Wal* / Heartbeat*, S -> P Ack*
 //! otherwise:  S -> P MerkleRequest; P -> S Tree { wal_index, tree }            (merkle-diff)
-//!             S -> P BucketRequest; P -> S BucketListing                       (merkle-diff)
-//!             S -> P KeysRequest*;  P -> S Values*                             (merkle-sync)
+//!             S -> P CellSums* (last); P -> S CellDiff { cells }              (merkle-diff)
+//!             per chunk of differing cells:                                    (merkle-sync)
+//!               S -> P ChunkRequest { cells }, Listing* (last)
+//!               P -> S Values* ChunkDone
 //!             S -> P StreamFrom { after: wal_index } ...                       (stream-wals)
 //! empty S:    S -> P SnapshotRequest; P -> S Values* SnapshotDone { wal_index } (merkle-sync)
 //! ```
@@ -39,11 +41,22 @@ pub enum ToPrimary {
         cluster_addr: String,
     },
     MerkleRequest,
-    BucketRequest {
+    /// The secondary's cell sums for buckets whose hashes differ: 64 per bucket, in order.
+    CellSums {
         buckets: Vec<u32>,
+        sums: Vec<u64>,
+        /// The last page: answer with `CellDiff`.
+        last: bool,
     },
-    KeysRequest {
-        keys: Vec<String>,
+    /// The cells whose keys the following `Listing` pages hold.
+    ChunkRequest {
+        cells: Vec<u32>,
+    },
+    /// The secondary's keys in the chunk's cells, with their leaf digests.
+    Listing {
+        entries: Vec<(String, u64)>,
+        /// The last page: answer with what differs (`Values*`, then `ChunkDone`).
+        last: bool,
     },
     StreamFrom {
         after: u64,
@@ -72,9 +85,12 @@ pub enum ToSecondary {
         wal_index: u64,
         tree: MerkleTree,
     },
-    BucketListing {
-        entries: Vec<(String, [u8; 32])>,
+    /// Cells whose sums differ, ascending.
+    CellDiff {
+        cells: Vec<u32>,
     },
+    /// Every value of a chunk that the secondary lacks or holds differently has been sent.
+    ChunkDone,
     /// Current values; `None` means the key no longer exists on the primary.
     Values {
         entries: Vec<(String, Option<Vec<u8>>)>,

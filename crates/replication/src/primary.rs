@@ -1,7 +1,6 @@
 //! The primary end: the cluster listener and one session per connected secondary, which
 //! answers reconciliation requests and then streams the WAL.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,11 +10,13 @@ use tokio::sync::watch;
 
 use crate::frame::{read_frame, write_frame};
 use crate::manager::Inner;
-use crate::merkle;
 use crate::messages::{now_ms, Position, ToPrimary, ToSecondary};
 use crate::state::Mode;
 use crate::status::PeerStatus;
 use crate::ReplError;
+use reconcile::Reconciler;
+
+mod reconcile;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A secondary acks at least every second; silence this long means the link is dead.
@@ -23,8 +24,6 @@ const PEER_SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const WAL_BATCH_ENTRIES: usize = 512;
 const WAL_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Upper bound on keys answered per `KeysRequest`.
-const MAX_KEYS_PER_REQUEST: usize = 10_000;
 
 /// Accept cluster connections for as long as the process lives. Connections arriving while
 /// this cluster is not a primary are dropped before the handshake.
@@ -152,6 +151,7 @@ where
     tracing::info!(secondary = %secondary_id, resume, "secondary connected");
 
     // Reconciliation requests until the secondary asks to stream.
+    let mut reconciler = Reconciler::default();
     let after = loop {
         let msg = tokio::select! {
             r = tokio::time::timeout(PEER_SILENCE_TIMEOUT * 8, read_frame::<_, ToPrimary>(&mut rd)) => {
@@ -165,74 +165,26 @@ where
                 let tree = inner.merkle_tree().await?;
                 write_frame(&mut wr, &ToSecondary::Tree { wal_index, tree }).await?;
             }
-            ToPrimary::BucketRequest { buckets } => {
-                let set: BTreeSet<u32> = buckets.into_iter().collect();
-                let entries = merkle::bucket_listing(inner.backend.as_ref(), &set).await?;
-                write_frame(&mut wr, &ToSecondary::BucketListing { entries }).await?;
+            ToPrimary::CellSums {
+                buckets,
+                sums,
+                last,
+            } => {
+                reconciler
+                    .cell_sums(inner, &mut wr, buckets, sums, last)
+                    .await?;
             }
-            ToPrimary::KeysRequest { keys } => {
-                let mut entries = Vec::with_capacity(keys.len().min(MAX_KEYS_PER_REQUEST));
-                for key in keys.into_iter().take(MAX_KEYS_PER_REQUEST) {
-                    if crate::wal::is_local(&key) {
-                        continue;
-                    }
-                    let value = inner.backend.get(&key).await?;
-                    entries.push((key, value));
-                }
-                write_frame(&mut wr, &ToSecondary::Values { entries }).await?;
+            ToPrimary::ChunkRequest { cells } => reconciler.chunk_request(&cells),
+            ToPrimary::Listing { entries, last } => {
+                reconciler.listing(inner, &mut wr, entries, last).await?;
             }
-            ToPrimary::SnapshotRequest => send_snapshot(inner, &mut wr).await?,
+            ToPrimary::SnapshotRequest => reconcile::send_snapshot(inner, &mut wr).await?,
             ToPrimary::Ack { applied, time_ms } => inner.peer_ack(&secondary_id, applied, time_ms),
             ToPrimary::StreamFrom { after } => break after,
             ToPrimary::Hello { .. } => return refuse(&mut wr, "unexpected hello").await,
         }
     };
     stream_wal(inner, &secondary_id, after, rd, wr, cancel).await
-}
-
-/// Keys per snapshot frame.
-const SNAPSHOT_PAGE: usize = 1000;
-/// Just past every local key (`repl/...`) in key order.
-const AFTER_LOCAL_KEYS: &str = "repl/\u{10FFFF}";
-
-/// Send every replicated key and value to an empty secondary, page by page, then the WAL index
-/// taken before the scan: writes made during the scan are replayed from it, so the result
-/// converges even though the scan is not a snapshot.
-async fn send_snapshot<W: AsyncWrite + Unpin>(
-    inner: &Arc<Inner>,
-    wr: &mut W,
-) -> Result<(), ReplError> {
-    let wal_index = inner.wal.last_index();
-    let mut after: Option<String> = None;
-    let mut keys = 0u64;
-    loop {
-        let page = inner
-            .backend
-            .scan("", after.as_deref(), SNAPSHOT_PAGE)
-            .await?;
-        let Some((last, _)) = page.last() else { break };
-        let next_after = if crate::wal::is_local(last) {
-            AFTER_LOCAL_KEYS.to_owned()
-        } else {
-            last.clone()
-        };
-        let entries: Vec<(String, Option<Vec<u8>>)> = page
-            .into_iter()
-            .filter(|(k, _)| !crate::wal::is_local(k))
-            .map(|(k, v)| (k, Some(v)))
-            .collect();
-        keys += entries.len() as u64;
-        if !entries.is_empty() {
-            write_frame(wr, &ToSecondary::Values { entries }).await?;
-        }
-        if after.as_deref() == Some(next_after.as_str()) {
-            break;
-        }
-        after = Some(next_after);
-    }
-    write_frame(wr, &ToSecondary::SnapshotDone { wal_index, keys }).await?;
-    tracing::info!(keys, wal_index, "snapshot sent to secondary");
-    Ok(())
 }
 
 async fn stream_wal<R, W>(

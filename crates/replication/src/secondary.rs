@@ -1,7 +1,6 @@
 //! The secondary end: connect to the primary, reconcile by Merkle diff when the WAL cannot
 //! be resumed, then apply streamed WAL entries in order, acknowledging as it goes.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +24,13 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// The primary computes a Merkle tree or a bucket listing by scanning its store; allow for
 /// that, but no longer: a primary that stops answering mid-sync must not hang the secondary.
 const SYNC_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-const FETCH_CHUNK: usize = 1000;
-const DELETE_CHUNK: usize = 1000;
+/// Buckets per `CellSums` frame (32 KiB of sums).
+const CELL_SUMS_PAGE_BUCKETS: usize = 64;
+/// Differing cells reconciled per chunk: an eighth of the keyspace at most, so neither side
+/// ever holds more than that share of the keys in memory while listing.
+const CHUNK_CELLS: usize = merkle::CELLS / 8;
+/// Listing entries per frame.
+const LISTING_PAGE: usize = 4096;
 
 /// Follow the primary until `stop` flips, reconnecting with backoff.
 pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
@@ -170,72 +174,19 @@ where
         _ => return Err(ReplError::Refused("expected a Merkle tree".into())),
     };
     let buckets = ours.diff(&theirs);
-    let mut fetched_keys = 0u64;
-    let mut fetched_bytes = 0u64;
-    let mut deleted = 0u64;
+    let mut pushed = Pushed::default();
     if !buckets.is_empty() {
-        write_frame(
-            wr,
-            &ToPrimary::BucketRequest {
-                buckets: buckets.clone(),
-            },
-        )
-        .await?;
-        let listing = match sync_reply(rd).await?.0 {
-            ToSecondary::BucketListing { entries } => entries,
-            ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
-            _ => return Err(ReplError::Refused("expected a bucket listing".into())),
-        };
-        let set: BTreeSet<u32> = buckets.iter().copied().collect();
-        let mine: BTreeMap<String, [u8; 32]> = merkle::bucket_listing(inner.backend.as_ref(), &set)
-            .await?
-            .into_iter()
-            .collect();
-        let theirs: BTreeMap<String, [u8; 32]> = listing.into_iter().collect();
+        let cells = differing_cells(inner, rd, wr, &buckets).await?;
         inner.set_sync_state(SyncState::MerkleSync, "ready");
-        let stale: Vec<String> = mine
-            .keys()
-            .filter(|k| !theirs.contains_key(*k))
-            .cloned()
-            .collect();
-        for chunk in stale.chunks(DELETE_CHUNK) {
-            let ops = chunk
-                .iter()
-                .map(|k| Op::Delete { key: k.clone() })
-                .collect();
-            inner.backend.batch(ops).await?;
-            deleted += chunk.len() as u64;
-        }
-        let wanted: Vec<String> = theirs
-            .iter()
-            .filter(|(k, h)| mine.get(*k) != Some(*h))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for chunk in wanted.chunks(FETCH_CHUNK) {
-            write_frame(
-                wr,
-                &ToPrimary::KeysRequest {
-                    keys: chunk.to_vec(),
-                },
-            )
-            .await?;
-            let (msg, bytes) = sync_reply(rd).await?;
-            let ToSecondary::Values { entries } = msg else {
-                return Err(ReplError::Refused("expected values".into()));
-            };
-            let ops: Vec<Op> = entries
-                .into_iter()
-                .filter(|(k, _)| !crate::wal::is_local(k))
-                .map(|(key, value)| match value {
-                    Some(value) => Op::Put { key, value },
-                    None => Op::Delete { key },
-                })
-                .collect();
-            fetched_keys += ops.len() as u64;
-            fetched_bytes += bytes as u64;
-            inner.backend.batch(ops).await?;
+        for chunk in cells.chunks(CHUNK_CELLS) {
+            sync_chunk(inner, rd, wr, chunk, &mut pushed).await?;
         }
     }
+    let Pushed {
+        keys: fetched_keys,
+        deleted,
+        bytes: fetched_bytes,
+    } = pushed;
     inner.wal.reset_to(wal_index).await?;
     inner.invalidate_merkle();
     inner.record_merkle_sync(buckets.len() as u64, fetched_keys, deleted, fetched_bytes);
@@ -248,6 +199,133 @@ where
         "Merkle sync complete"
     );
     Ok(())
+}
+
+/// What the primary pushed during a Merkle sync.
+#[derive(Default)]
+struct Pushed {
+    keys: u64,
+    deleted: u64,
+    bytes: u64,
+}
+
+/// Sends this cluster's cell sums for `buckets` and returns the cells the primary found
+/// differing.
+async fn differing_cells<R, W>(
+    inner: &Arc<Inner>,
+    rd: &mut R,
+    wr: &mut W,
+    buckets: &[u32],
+) -> Result<Vec<u32>, ReplError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let sums = merkle::cell_sums(inner.backend.as_ref()).await?;
+    let pages = buckets.chunks(CELL_SUMS_PAGE_BUCKETS);
+    let count = pages.len();
+    for (i, page) in pages.enumerate() {
+        let page_sums = merkle::cells_of_buckets(page)
+            .into_iter()
+            .map(|cell| sums.get(cell as usize).copied().unwrap_or(0))
+            .collect();
+        let msg = ToPrimary::CellSums {
+            buckets: page.to_vec(),
+            sums: page_sums,
+            last: i + 1 == count,
+        };
+        write_frame(wr, &msg).await?;
+    }
+    match sync_reply(rd).await?.0 {
+        ToSecondary::CellDiff { cells } => Ok(cells),
+        ToSecondary::Refused { reason } => Err(ReplError::Refused(reason)),
+        _ => Err(ReplError::Refused("expected the differing cells".into())),
+    }
+}
+
+/// Lists this cluster's keys in `cells` to the primary and applies what it pushes back.
+async fn sync_chunk<R, W>(
+    inner: &Arc<Inner>,
+    rd: &mut R,
+    wr: &mut W,
+    cells: &[u32],
+    pushed: &mut Pushed,
+) -> Result<(), ReplError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    write_frame(
+        wr,
+        &ToPrimary::ChunkRequest {
+            cells: cells.to_vec(),
+        },
+    )
+    .await?;
+    let set = merkle::CellSet::new(cells);
+    let mut listing = Vec::new();
+    let mut pages = merkle::ReplicatedPages::new(inner.backend.as_ref());
+    while let Some(page) = pages.next_page().await? {
+        for (key, value) in page {
+            if set.contains(merkle::cell_of(&key)) {
+                let digest = merkle::leaf_digest(&key, &value);
+                listing.push((key, digest));
+            }
+        }
+        if listing.len() >= LISTING_PAGE {
+            let entries = std::mem::take(&mut listing);
+            write_frame(
+                wr,
+                &ToPrimary::Listing {
+                    entries,
+                    last: false,
+                },
+            )
+            .await?;
+        }
+    }
+    write_frame(
+        wr,
+        &ToPrimary::Listing {
+            entries: listing,
+            last: true,
+        },
+    )
+    .await?;
+    loop {
+        let (msg, bytes) = sync_reply(rd).await?;
+        match msg {
+            ToSecondary::Values { entries } => {
+                let ops = values_to_ops(entries);
+                pushed.deleted += ops
+                    .iter()
+                    .filter(|op| matches!(op, Op::Delete { .. }))
+                    .count() as u64;
+                pushed.keys += ops.iter().filter(|op| matches!(op, Op::Put { .. })).count() as u64;
+                pushed.bytes += bytes as u64;
+                inner.backend.batch(ops).await?;
+            }
+            ToSecondary::ChunkDone => return Ok(()),
+            ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
+            _ => {
+                return Err(ReplError::Refused(
+                    "expected values of differing cells".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Puts and deletes for pushed values, local keys dropped (a primary never sends them).
+fn values_to_ops(entries: Vec<(String, Option<Vec<u8>>)>) -> Vec<Op> {
+    entries
+        .into_iter()
+        .filter(|(k, _)| !crate::wal::is_local(k))
+        .map(|(key, value)| match value {
+            Some(value) => Op::Put { key, value },
+            None => Op::Delete { key },
+        })
+        .collect()
 }
 
 /// Initial sync of an empty secondary: take every key the primary streams, then its WAL index.
@@ -265,14 +343,7 @@ where
         let (msg, bytes) = sync_reply(rd).await?;
         match msg {
             ToSecondary::Values { entries } => {
-                let ops: Vec<Op> = entries
-                    .into_iter()
-                    .filter(|(k, _)| !crate::wal::is_local(k))
-                    .map(|(key, value)| match value {
-                        Some(value) => Op::Put { key, value },
-                        None => Op::Delete { key },
-                    })
-                    .collect();
+                let ops = values_to_ops(entries);
                 fetched_keys += ops.len() as u64;
                 fetched_bytes += bytes as u64;
                 inner.backend.batch(ops).await?;

@@ -213,31 +213,87 @@ async fn diff_finds_exactly_the_changed_buckets() {
     assert!(tail.ends_with(&[BUCKETS as u32 - 2, BUCKETS as u32 - 1]));
 }
 
+#[test]
+fn cell_is_the_first_18_bits_and_refines_the_bucket() {
+    // sha256("") = e3b0c442...: 1110 0011 1011 0000 11...
+    assert_eq!(cell_of(""), 0b11_1000_1110_1100_0011);
+    for i in 0..10_000 {
+        let key = format!("k{i}");
+        assert_eq!(
+            cell_of(&key) as usize / CELLS_PER_BUCKET,
+            bucket_of(&key) as usize
+        );
+    }
+    assert_eq!(cells_of_buckets(&[0, 2]).len(), 2 * CELLS_PER_BUCKET);
+    assert_eq!(cells_of_buckets(&[2])[0], 2 * CELLS_PER_BUCKET as u32);
+    assert!(
+        cells_of_buckets(&[BUCKETS as u32]).is_empty(),
+        "no such bucket"
+    );
+}
+
 #[tokio::test]
-async fn bucket_listing_lists_the_buckets_keys_in_order() {
+async fn cell_sums_match_the_reference_and_skip_local_keys() {
     let pairs = replicated_pairs(2500);
     let backend = backend_with(&pairs).await;
     backend.put("repl/local", b"x".to_vec()).await.expect("put");
-    let wanted: BTreeSet<u32> = ["logical/00001", "repl0", "logical/02000"]
+    let mut expected = vec![0u64; CELLS];
+    for (key, value) in &pairs {
+        let cell = cell_of(key) as usize;
+        expected[cell] = expected[cell].wrapping_add(leaf_digest(key, value));
+    }
+    assert_eq!(cell_sums(backend.as_ref()).await.expect("sums"), expected);
+}
+
+#[tokio::test]
+async fn changed_keys_show_up_in_their_cells_only() {
+    let pairs = replicated_pairs(5000);
+    let (a, b) = (backend_with(&pairs).await, backend_with(&pairs).await);
+    let changed = ["logical/00042", "logical/04000", "zzz"];
+    b.put(changed[0], b"new".to_vec()).await.expect("put");
+    b.delete(changed[1]).await.expect("delete");
+    b.put("logical/added", b"x".to_vec()).await.expect("put");
+    let buckets = tree(a.as_ref()).await.diff(&tree(b.as_ref()).await);
+    let cells = cells_of_buckets(&buckets);
+    let (sums_a, sums_b) = (
+        cell_sums(a.as_ref()).await.expect("sums"),
+        cell_sums(b.as_ref()).await.expect("sums"),
+    );
+    let pick = |sums: &[u64]| -> Vec<u64> { cells.iter().map(|&c| sums[c as usize]).collect() };
+    let found = differing_cells(&cells, &pick(&sums_a), &pick(&sums_b));
+    let mut wanted: Vec<u32> = [changed[0], changed[1], "logical/added"]
         .into_iter()
-        .map(bucket_of)
-        .chain([bucket_of("repl/local")])
+        .map(cell_of)
         .collect();
-    let listing = bucket_listing(backend.as_ref(), &wanted)
+    wanted.sort_unstable();
+    wanted.dedup();
+    assert_eq!(found, wanted);
+
+    let set = CellSet::new(&found);
+    assert_eq!(set.len(), found.len());
+    assert!(found.iter().all(|&cell| set.contains(cell)));
+    assert!(
+        !CellSet::new(&[CELLS as u32]).contains(CELLS as u32),
+        "out of range"
+    );
+}
+
+#[tokio::test]
+async fn replicated_pages_cover_every_replicated_key_once() {
+    let pairs = replicated_pairs(3000);
+    let backend = backend_with(&pairs).await;
+    backend
+        .put("repl/wal/1", b"local".to_vec())
         .await
-        .expect("listing");
-    let expected: Vec<(String, [u8; 32])> = pairs
-        .iter()
-        .filter(|(key, _)| wanted.contains(&bucket_of(key)))
-        .map(|(key, value)| (key.clone(), leaf_hash(key, value)))
-        .collect();
-    assert_eq!(listing, expected);
-    assert!(listing.iter().any(|(key, _)| key == "repl0"));
-    assert!(listing.iter().all(|(key, _)| !is_local(key)));
-    assert!(bucket_listing(backend.as_ref(), &BTreeSet::new())
-        .await
-        .expect("listing nothing")
-        .is_empty());
+        .expect("put");
+    let mut pages = ReplicatedPages::new(backend.as_ref());
+    let mut seen = BTreeMap::new();
+    while let Some(page) = pages.next_page().await.expect("page") {
+        for (key, value) in page {
+            assert!(seen.insert(key, value).is_none(), "a key came twice");
+        }
+    }
+    assert_eq!(seen, pairs);
 }
 
 /// Counts the local entries handed out by `scan`.

@@ -1,0 +1,188 @@
+//! The primary's half of reconciliation: Merkle tree, cell comparison, and pushing the values
+//! of differing cells (or a whole snapshot to an empty secondary).
+//!
+//! The primary holds per session at most: its own cell sums (2 MiB), the list of differing
+//! cells, and the secondary's listing of one chunk of cells (the secondary sizes chunks so a
+//! listing is a bounded share of the keyspace; [`MAX_CHUNK_LISTING`] refuses more).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::io::AsyncWrite;
+
+use crate::frame::write_frame;
+use crate::manager::Inner;
+use crate::merkle::{self, CellSet, ReplicatedPages, CELLS_PER_BUCKET};
+use crate::messages::ToSecondary;
+use crate::ReplError;
+
+/// Most entries one chunk's listing may hold (a secondary sizes its chunks far below this).
+const MAX_CHUNK_LISTING: usize = 4_000_000;
+/// A `Values` frame is sent once it holds this many entries...
+const VALUES_PAGE_ENTRIES: usize = 1000;
+/// ...or this many key and value bytes (so a frame stays far below the frame limit).
+const VALUES_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reconciliation state of one secondary session.
+#[derive(Default)]
+pub(super) struct Reconciler {
+    /// This cluster's cell sums, computed on the first `CellSums` page.
+    our_sums: Option<Vec<u64>>,
+    /// Differing cells found so far.
+    differing: Vec<u32>,
+    /// The chunk being listed, and the secondary's listing of it.
+    chunk: Option<CellSet>,
+    listing: HashMap<String, u64>,
+}
+
+impl Reconciler {
+    /// One page of the secondary's cell sums. Answers `CellDiff` after the last page.
+    pub(super) async fn cell_sums<W: AsyncWrite + Unpin>(
+        &mut self,
+        inner: &Arc<Inner>,
+        wr: &mut W,
+        buckets: Vec<u32>,
+        theirs: Vec<u64>,
+        last: bool,
+    ) -> Result<(), ReplError> {
+        if theirs.len() != buckets.len() * CELLS_PER_BUCKET {
+            return Err(ReplError::Refused(
+                "cell sums do not match their buckets".into(),
+            ));
+        }
+        if self.our_sums.is_none() {
+            self.our_sums = Some(merkle::cell_sums(inner.backend.as_ref()).await?);
+        }
+        let ours_all = self.our_sums.as_deref().unwrap_or_default();
+        let cells = merkle::cells_of_buckets(&buckets);
+        if cells.len() != theirs.len() {
+            return Err(ReplError::Refused("cell sums name unknown buckets".into()));
+        }
+        let ours: Vec<u64> = cells
+            .iter()
+            .map(|&cell| ours_all.get(cell as usize).copied().unwrap_or(0))
+            .collect();
+        self.differing
+            .extend(merkle::differing_cells(&cells, &ours, &theirs));
+        if last {
+            let mut cells = std::mem::take(&mut self.differing);
+            cells.sort_unstable();
+            cells.dedup();
+            write_frame(wr, &ToSecondary::CellDiff { cells }).await?;
+        }
+        Ok(())
+    }
+
+    /// The secondary is about to list the keys of `cells`.
+    pub(super) fn chunk_request(&mut self, cells: &[u32]) {
+        self.chunk = Some(CellSet::new(cells));
+        self.listing.clear();
+    }
+
+    /// One page of the secondary's listing of the current chunk. After the last page, sends
+    /// every value of the chunk's cells that the secondary lacks or holds differently, a
+    /// deletion for each key it holds that this cluster does not, and `ChunkDone`.
+    pub(super) async fn listing<W: AsyncWrite + Unpin>(
+        &mut self,
+        inner: &Arc<Inner>,
+        wr: &mut W,
+        entries: Vec<(String, u64)>,
+        last: bool,
+    ) -> Result<(), ReplError> {
+        if self.chunk.is_none() {
+            return Err(ReplError::Refused("listing without a chunk request".into()));
+        }
+        if self.listing.len() + entries.len() > MAX_CHUNK_LISTING {
+            return Err(ReplError::Refused(format!(
+                "a chunk listing holds more than {MAX_CHUNK_LISTING} keys"
+            )));
+        }
+        self.listing.extend(entries);
+        if !last {
+            return Ok(());
+        }
+        let cells = self.chunk.take().unwrap_or_else(|| CellSet::new(&[]));
+        let mut theirs = std::mem::take(&mut self.listing);
+        let mut out = ValuesPager::default();
+        let mut pages = ReplicatedPages::new(inner.backend.as_ref());
+        while let Some(page) = pages.next_page().await? {
+            for (key, value) in page {
+                if !cells.contains(merkle::cell_of(&key)) {
+                    continue;
+                }
+                let same = theirs
+                    .remove(&key)
+                    .is_some_and(|digest| digest == merkle::leaf_digest(&key, &value));
+                if !same {
+                    out.push(wr, key, Some(value)).await?;
+                }
+            }
+        }
+        // What the secondary listed and this cluster no longer has.
+        for key in theirs.into_keys() {
+            if !crate::wal::is_local(&key) {
+                out.push(wr, key, None).await?;
+            }
+        }
+        out.flush(wr).await?;
+        write_frame(wr, &ToSecondary::ChunkDone).await?;
+        Ok(())
+    }
+}
+
+/// Collects `Values` entries and sends them in bounded frames.
+#[derive(Default)]
+struct ValuesPager {
+    entries: Vec<(String, Option<Vec<u8>>)>,
+    bytes: usize,
+    sent: u64,
+}
+
+impl ValuesPager {
+    async fn push<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut W,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), ReplError> {
+        self.bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+        self.entries.push((key, value));
+        if self.entries.len() >= VALUES_PAGE_ENTRIES || self.bytes >= VALUES_PAGE_BYTES {
+            self.flush(wr).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> Result<(), ReplError> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let entries = std::mem::take(&mut self.entries);
+        self.sent += entries.len() as u64;
+        self.bytes = 0;
+        write_frame(wr, &ToSecondary::Values { entries }).await?;
+        Ok(())
+    }
+}
+
+/// Send every replicated key and value to an empty secondary, in bounded pages, then the WAL
+/// index taken before the scan: writes made during the scan are replayed from it, so the result
+/// converges even though the scan is not a snapshot.
+pub(super) async fn send_snapshot<W: AsyncWrite + Unpin>(
+    inner: &Arc<Inner>,
+    wr: &mut W,
+) -> Result<(), ReplError> {
+    let wal_index = inner.wal.last_index();
+    let mut out = ValuesPager::default();
+    let mut pages = ReplicatedPages::new(inner.backend.as_ref());
+    while let Some(page) = pages.next_page().await? {
+        for (key, value) in page {
+            out.push(wr, key, Some(value)).await?;
+        }
+    }
+    out.flush(wr).await?;
+    let keys = out.sent;
+    write_frame(wr, &ToSecondary::SnapshotDone { wal_index, keys }).await?;
+    tracing::info!(keys, wal_index, "snapshot sent to secondary");
+    Ok(())
+}
