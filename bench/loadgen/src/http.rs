@@ -50,10 +50,11 @@ impl Req {
     }
 }
 
-/// A response: status code and body.
+/// A response: status code, body, and Bunker's `X-Bunker-Wal-Index` header when present.
 pub struct Resp {
     pub status: u16,
     pub body: Bytes,
+    pub wal_index: Option<u64>,
 }
 
 impl Resp {
@@ -144,13 +145,22 @@ impl Conn {
             .await
             .with_context(|| format!("{} {}", req.method, req.path))?;
         let status = resp.status().as_u16();
+        let wal_index = resp
+            .headers()
+            .get("x-bunker-wal-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let body = resp
             .into_body()
             .collect()
             .await
             .with_context(|| format!("reading the body of {} {}", req.method, req.path))?
             .to_bytes();
-        Ok(Resp { status, body })
+        Ok(Resp {
+            status,
+            body,
+            wal_index,
+        })
     }
 }
 

@@ -2,12 +2,14 @@
 //! connection samples the secondary's applied WAL index (`last_remote_wal`) as often as it
 //! can (at most once per millisecond).
 //!
-//! Which WAL index a write got is not returned to the client, so it is bounded from above:
-//! each KV v2 write appends exactly `k` WAL entries (calibrated first, and checked at the end
-//! against the primary's `last_wal`), and a write acknowledged when `started` writes had been
-//! sent cannot have committed after more than `started` writes, so its entries end at or below
+//! Which WAL index a write got is bounded from above by the primary's `X-Bunker-Wal-Index`
+//! response header: its last committed WAL index, read right after the write was acknowledged.
+//! Against a server without the header it falls back to a looser bound: each KV v2 write
+//! appends exactly `k` WAL entries (calibrated first, and checked at the end against the
+//! primary's `last_wal`), and a write acknowledged when `started` writes had been sent cannot
+//! have committed after more than `started` writes, so its entries end at or below
 //! `w0 + k * started`. A write counts as applied at the first sample, received after its
-//! acknowledgement, showing the secondary at or past that bound. Both approximations can only
+//! acknowledgement, showing the secondary at or past its bound. Both approximations can only
 //! make the reported lag larger, never smaller; the sampling interval is reported too.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -92,12 +94,21 @@ async fn calibrate(plan: &LagPlan, target: &Target, pri: &mut Conn, sec: &mut Co
     Ok(delta / N)
 }
 
+/// What bounds a write's WAL index.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// The primary's `X-Bunker-Wal-Index` on the write's response.
+    Header(u64),
+    /// Writes started when it was acknowledged.
+    Started(u64),
+}
+
 struct Shared {
     started: AtomicU64,
     next: AtomicU64,
     stop: AtomicBool,
-    /// (microseconds since t0 when acknowledged, writes started at that moment)
-    acks: Mutex<Vec<(u64, u64)>>,
+    /// (microseconds since t0 when acknowledged, header bound or writes started at that moment)
+    acks: Mutex<Vec<(u64, Bound)>>,
     errors: AtomicU64,
 }
 
@@ -146,8 +157,15 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
 
     let acks = std::mem::take(&mut *shared.acks.lock().map_err(|_| anyhow!("lock poisoned"))?);
     let mut lags_us = Vec::with_capacity(acks.len());
-    for (t_ack, started) in &acks {
-        let bound = w0 + k * started;
+    let mut header_bounds = 0u64;
+    for (t_ack, bound) in &acks {
+        let bound = match *bound {
+            Bound::Header(index) => {
+                header_bounds += 1;
+                index
+            }
+            Bound::Started(started) => w0 + k * started,
+        };
         let first_after = samples.partition_point(|(t, _)| t < t_ack);
         let rest = samples.get(first_after..).unwrap_or(&[]);
         let j = rest.partition_point(|(_, wal)| *wal < bound);
@@ -168,6 +186,7 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
         "rate_target": r3(plan.rate),
         "rate_achieved": r3(acks.len() as f64 / load_secs),
         "wal_entries_per_write": k,
+        "writes_bounded_by_header": header_bounds,
         "wal_drift_entries": w_end as i64 - expected_end as i64,
         "samples": samples.len(),
         "sample_interval_p50_ms": r3(quantile_ms(&gaps_sorted, 0.5)),
@@ -221,9 +240,12 @@ async fn writer(
         match conn.send(&req).await {
             Ok(r) if r.ok() => {
                 let t_ack = t0.elapsed().as_micros() as u64;
-                let started = shared.started.load(Ordering::SeqCst);
+                let bound = match r.wal_index {
+                    Some(index) => Bound::Header(index),
+                    None => Bound::Started(shared.started.load(Ordering::SeqCst)),
+                };
                 if let Ok(mut acks) = shared.acks.lock() {
-                    acks.push((t_ack, started));
+                    acks.push((t_ack, bound));
                 }
             }
             _ => {

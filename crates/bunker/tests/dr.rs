@@ -258,3 +258,53 @@ fn activation_by_secondary_public_key_without_the_primary_api() {
     let (code, body) = u.get("sys/mounts", u.root());
     assert_eq!(code, 200, "U still serves its own data: {body}");
 }
+
+/// A write acknowledged by a DR primary names the WAL index a secondary must reach to hold it.
+#[test]
+fn primary_writes_carry_a_wal_index_bound() {
+    let p = dr_server();
+    p.mount_kv2();
+    let write = |name: &str| {
+        let resp = p
+            .client()
+            .post(p.url(&format!("secret/data/{name}")))
+            .header("x-vault-token", p.root().unwrap())
+            .json(&json!({"data": {"v": name}}))
+            .send()
+            .unwrap();
+        assert!(resp.status().is_success(), "{name}: {}", resp.status());
+        resp.headers()
+            .get("x-bunker-wal-index")
+            .map(|v| v.to_str().unwrap().parse::<u64>().unwrap())
+    };
+    assert_eq!(
+        write("before"),
+        None,
+        "no WAL before replication is enabled"
+    );
+    enable_primary(&p);
+    let first = write("one").expect("a primary's write names its WAL bound");
+    let second = write("two").expect("a primary's write names its WAL bound");
+    assert!(second > first, "{first} then {second}");
+    assert!(dr_status(&p)["last_wal"].as_u64().unwrap() >= second);
+    let read = p
+        .client()
+        .get(p.url("secret/data/one"))
+        .header("x-vault-token", p.root().unwrap())
+        .send()
+        .unwrap();
+    assert!(
+        read.headers().get("x-bunker-wal-index").is_none(),
+        "reads carry none"
+    );
+
+    let s = dr_server();
+    enable_secondary(&s, &activation_token(&p, "site-b"));
+    assert!(
+        poll_until(Duration::from_secs(30), || {
+            dr_status(&s)["last_remote_wal"].as_u64().unwrap_or(0) >= second
+        }),
+        "the secondary reaches the bound: {}",
+        dr_status(&s)
+    );
+}

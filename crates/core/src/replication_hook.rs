@@ -32,6 +32,12 @@ impl DrMode {
 pub trait ReplicationHandler: Send + Sync {
     fn dr_mode(&self) -> DrMode;
 
+    /// On a DR primary, the index of the last WAL entry committed: read right after a write
+    /// is acknowledged, it bounds that write's own index from above (`X-Bunker-Wal-Index`).
+    fn wal_index(&self) -> Option<u64> {
+        None
+    }
+
     /// Answer a `sys/replication/*` request. `caller` is `None` when the request was not
     /// authenticated by a token (status reads, and every DR-secondary endpoint, which
     /// authorise with key shares or a DR operation token instead).
@@ -58,6 +64,11 @@ impl Core {
 
     pub(crate) fn replication_handler(&self) -> Option<Arc<dyn ReplicationHandler>> {
         self.replication.read().ok().and_then(|r| r.clone())
+    }
+
+    /// See [`ReplicationHandler::wal_index`].
+    pub fn replication_wal_index(&self) -> Option<u64> {
+        self.replication_handler().and_then(|h| h.wal_index())
     }
 
     pub fn dr_mode(&self) -> DrMode {

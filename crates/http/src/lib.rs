@@ -157,6 +157,9 @@ fn parse_body(bytes: &Bytes) -> Result<Data, LogicalError> {
     }
 }
 
+/// Sent on successful writes to a DR primary: see [`Core::replication_wal_index`].
+const WAL_INDEX_HEADER: &str = "x-bunker-wal-index";
+
 async fn handle(State(state): State<AppState>, request: axum::extract::Request) -> HttpResponse {
     let (parts, body) = request.into_parts();
     let connect = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned();
@@ -200,7 +203,18 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
     let request_id = req.id.clone();
     let span = tracing::debug_span!("request", id = %request_id, op = operation.as_str(), path = %req.path);
     let result = tracing::Instrument::instrument(state.core.handle(req), span).await;
-    let resp = envelope::to_http(&request_id, operation, result);
+    let wal_index = match (&result, operation) {
+        (Ok(_), Operation::Create | Operation::Update | Operation::Delete) => {
+            state.core.replication_wal_index()
+        }
+        _ => None,
+    };
+    let mut resp = envelope::to_http(&request_id, operation, result);
+    if let Some(index) = wal_index {
+        // Read after the write was acknowledged: an upper bound on the write's own WAL index,
+        // so a client can wait for a DR secondary to reach it (docs/replication.md).
+        resp.headers_mut().insert(WAL_INDEX_HEADER, index.into());
+    }
     if method == Method::HEAD {
         let (parts, _) = resp.into_parts();
         return HttpResponse::from_parts(parts, Body::empty());

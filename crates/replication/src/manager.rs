@@ -162,6 +162,10 @@ impl ReplicationHandler for DrManager {
         }
     }
 
+    fn wal_index(&self) -> Option<u64> {
+        (self.dr_mode() == DrMode::Primary).then(|| self.inner.wal.last_index())
+    }
+
     async fn handle(
         &self,
         core: &Core,
