@@ -375,43 +375,121 @@ where
     }
 }
 
-async fn stream<R, W>(inner: &Arc<Inner>, rd: R, mut wr: W) -> Result<(), ReplError>
+/// Streamed frames read ahead of the applier. Each holds at most the primary's WAL batch
+/// (4 MiB), so this bounds what waits in memory.
+const READ_AHEAD_FRAMES: usize = 16;
+/// WAL entries applied together at most: what has arrived while the last batch committed is
+/// applied in one batch (one fsync), up to this many.
+const APPLY_MAX_ENTRIES: usize = 4096;
+
+type Frame = Result<(ToSecondary, usize), ReplError>;
+
+/// Reads frames on its own task, so the next frames arrive while a batch is being committed.
+fn spawn_reader<R>(rd: R) -> (tokio::sync::mpsc::Receiver<Frame>, AbortOnDrop)
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Send + 'static,
 {
-    // The ack timer can win the select while a frame is half read: FrameReader keeps the
-    // partial frame, so nothing is lost when the read future is dropped.
-    let mut rd = FrameReader::new(rd);
-    let mut ack = tokio::time::interval(ACK_INTERVAL);
-    loop {
-        tokio::select! {
-            frame = tokio::time::timeout(PRIMARY_SILENCE_TIMEOUT, rd.read_frame::<ToSecondary>()) => {
-                let (msg, bytes) = frame.map_err(|_| ReplError::Refused("primary went silent".into()))??;
-                match msg {
-                    ToSecondary::Wal { entries, last_wal } => {
-                        let touches_keyring = entries
-                            .iter()
-                            .any(|e| e.ops.iter().any(|op| op.key() == "core/keyring"));
-                        let newest_ms = entries.last().map(|e| e.time_ms).unwrap_or(0);
-                        let count = entries.len() as u64;
-                        inner.wal.apply_replicated(&entries).await?;
-                        inner.record_applied(count, bytes as u64, last_wal, newest_ms);
-                        if touches_keyring {
-                            inner.reload_core_keyring().await;
-                        }
-                        let applied = inner.wal.last_index();
-                        write_frame(&mut wr, &ToPrimary::Ack { applied, time_ms: now_ms() }).await?;
-                    }
-                    ToSecondary::Heartbeat { last_wal, time_ms } => inner.primary_heartbeat(last_wal, time_ms),
-                    ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
-                    _ => return Err(ReplError::Refused("unexpected message while streaming".into())),
-                }
-            }
-            _ = ack.tick() => {
-                let applied = inner.wal.last_index();
-                write_frame(&mut wr, &ToPrimary::Ack { applied, time_ms: now_ms() }).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_FRAMES);
+    let task = tokio::spawn(async move {
+        let mut rd = FrameReader::new(rd);
+        loop {
+            let frame = match tokio::time::timeout(PRIMARY_SILENCE_TIMEOUT, rd.read_frame()).await {
+                Ok(Ok(frame)) => Ok(frame),
+                Ok(Err(e)) => Err(ReplError::from(e)),
+                Err(_) => Err(ReplError::Refused("primary went silent".into())),
+            };
+            let failed = frame.is_err();
+            if tx.send(frame).await.is_err() || failed {
+                return;
             }
         }
+    });
+    (rx, AbortOnDrop(task))
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn stream<R, W>(inner: &Arc<Inner>, rd: R, mut wr: W) -> Result<(), ReplError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let (mut frames, _reader) = spawn_reader(rd);
+    let mut ack = tokio::time::interval(ACK_INTERVAL);
+    // A frame taken off the queue that did not fit in the last batch.
+    let mut held: Option<Frame> = None;
+    loop {
+        let frame = match held.take() {
+            Some(frame) => frame,
+            None => tokio::select! {
+                frame = frames.recv() => frame.unwrap_or_else(|| Err(ReplError::Refused("replication stream closed".into()))),
+                _ = ack.tick() => {
+                    let applied = inner.wal.last_index();
+                    write_frame(&mut wr, &ToPrimary::Ack { applied, time_ms: now_ms() }).await?;
+                    continue;
+                }
+            },
+        };
+        let (msg, bytes) = frame?;
+        let (mut entries, mut last_wal, mut bytes) = match msg {
+            ToSecondary::Wal { entries, last_wal } => (entries, last_wal, bytes),
+            ToSecondary::Heartbeat { last_wal, time_ms } => {
+                inner.primary_heartbeat(last_wal, time_ms);
+                continue;
+            }
+            ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
+            _ => {
+                return Err(ReplError::Refused(
+                    "unexpected message while streaming".into(),
+                ))
+            }
+        };
+        // Everything that already arrived joins this batch.
+        while entries.len() < APPLY_MAX_ENTRIES {
+            let Ok(next) = frames.try_recv() else { break };
+            match next {
+                Ok((
+                    ToSecondary::Wal {
+                        entries: more,
+                        last_wal: newer,
+                    },
+                    more_bytes,
+                )) if entries.len() + more.len() <= APPLY_MAX_ENTRIES => {
+                    entries.extend(more);
+                    last_wal = last_wal.max(newer);
+                    bytes += more_bytes;
+                }
+                other => {
+                    held = Some(other);
+                    break;
+                }
+            }
+        }
+        let touches_keyring = entries
+            .iter()
+            .any(|e| e.ops.iter().any(|op| op.key() == "core/keyring"));
+        let newest_ms = entries.last().map(|e| e.time_ms).unwrap_or(0);
+        let count = entries.len() as u64;
+        inner.wal.apply_replicated(&entries).await?;
+        inner.record_applied(count, bytes as u64, last_wal, newest_ms);
+        if touches_keyring {
+            inner.reload_core_keyring().await;
+        }
+        let applied = inner.wal.last_index();
+        write_frame(
+            &mut wr,
+            &ToPrimary::Ack {
+                applied,
+                time_ms: now_ms(),
+            },
+        )
+        .await?;
     }
 }
