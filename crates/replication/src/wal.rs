@@ -48,8 +48,8 @@ pub const WAL_RESET_KEY: &str = "repl/wal-reset";
 
 /// Entries read per scan in [`Wal::read_after`].
 const READ_PAGE: usize = 16;
-/// Entries deleted per batch when truncating or resetting.
-const DELETE_PAGE: usize = 64;
+/// Entries deleted per batch when truncating or resetting: one commit per thousand entries.
+const DELETE_PAGE: usize = 1024;
 /// Bounds of one atomic batch when a secondary applies streamed entries (under the storage
 /// layer's 10,000-op batch limit).
 const APPLY_GROUP_MAX_OPS: usize = 8_000;
@@ -203,9 +203,19 @@ impl Wal {
     /// Delete entries older than (last_index - keep) in bounded batches, keeping the newest
     /// `keep` indices. Returns the number of entries deleted.
     pub async fn truncate(&self, keep: u64) -> Result<u64> {
-        let _maintenance = self.maintenance.lock().await;
-        let cutoff = self.last_index().saturating_sub(keep);
-        let deleted = delete_entries_through(self.backend.as_ref(), cutoff).await?;
+        // The maintenance lock is taken per page, not for the whole truncation: a secondary
+        // applying streamed entries waits for at most one page's commit, never for all of them.
+        let mut deleted = 0u64;
+        let mut cutoff;
+        loop {
+            let _maintenance = self.maintenance.lock().await;
+            cutoff = self.last_index().saturating_sub(keep);
+            let (count, more) = delete_page_through(self.backend.as_ref(), cutoff).await?;
+            deleted += count;
+            if !more {
+                break;
+            }
+        }
         if deleted > 0 {
             tracing::debug!(wal_index = cutoff, deleted, "WAL truncated");
         }
@@ -378,32 +388,38 @@ async fn finish_reset(backend: &dyn Backend, index: u64) -> Result<()> {
 async fn delete_entries_through(backend: &dyn Backend, cutoff: u64) -> Result<u64> {
     let mut deleted = 0u64;
     loop {
-        let rows = backend
-            .scan(WAL_PREFIX, None, DELETE_PAGE)
-            .await
-            .map_err(storage("scanning WAL entries to delete"))?;
-        let page_full = rows.len() == DELETE_PAGE;
-        let mut deletes = Vec::with_capacity(rows.len());
-        for (key, _) in rows {
-            if parse_entry_key(&key)? > cutoff {
-                break;
-            }
-            deletes.push(Op::Delete { key });
-        }
-        let reached_cutoff = deletes.len() < DELETE_PAGE;
-        if deletes.is_empty() {
-            return Ok(deleted);
-        }
-        let count = deletes.len() as u64;
-        backend
-            .batch(deletes)
-            .await
-            .map_err(storage(format!("deleting WAL entries through {cutoff}")))?;
+        let (count, more) = delete_page_through(backend, cutoff).await?;
         deleted += count;
-        if reached_cutoff || !page_full {
+        if !more {
             return Ok(deleted);
         }
     }
+}
+
+/// Deletes the oldest entries up to `cutoff`, at most [`DELETE_PAGE`] in one batch. Returns
+/// how many, and whether more may remain.
+async fn delete_page_through(backend: &dyn Backend, cutoff: u64) -> Result<(u64, bool)> {
+    let rows = backend
+        .scan(WAL_PREFIX, None, DELETE_PAGE)
+        .await
+        .map_err(storage("scanning WAL entries to delete"))?;
+    let page_full = rows.len() == DELETE_PAGE;
+    let mut deletes = Vec::with_capacity(rows.len());
+    for (key, _) in rows {
+        if parse_entry_key(&key)? > cutoff {
+            break;
+        }
+        deletes.push(Op::Delete { key });
+    }
+    let count = deletes.len();
+    if count == 0 {
+        return Ok((0, false));
+    }
+    backend
+        .batch(deletes)
+        .await
+        .map_err(storage(format!("deleting WAL entries through {cutoff}")))?;
+    Ok((count as u64, count == DELETE_PAGE && page_full))
 }
 
 #[cfg(test)]
