@@ -1,6 +1,5 @@
 //! Replication lag (figure 4): open-loop writes at a fixed rate to a DR primary while one
-//! connection samples the secondary's applied WAL index (`last_remote_wal`) back to back (one
-//! status request at a time, well under a millisecond apart).
+//! connection samples the secondary's applied WAL index (`last_remote_wal`) every millisecond.
 //!
 //! Which WAL index a write got is bounded from above by the primary's `X-Bunker-Wal-Index`
 //! response header: its last committed WAL index, read right after the write was acknowledged.
@@ -131,7 +130,7 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
         acks: Mutex::new(Vec::new()),
         errors: AtomicU64::new(0),
     });
-    let sampler = tokio::spawn(sample(plan.secondary.clone(), t0, shared.clone()));
+    let sampler = spawn_sampler(plan.secondary.clone(), t0, shared.clone())?;
     let interval = Duration::from_secs_f64(1.0 / plan.rate.max(0.001));
     let value = Arc::new(value_of(plan.value_bytes));
     let plan = Arc::new(plan);
@@ -153,7 +152,9 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
     wait_applied(&mut sec, w_end.max(expected_end)).await?;
     tokio::time::sleep(Duration::from_millis(20)).await;
     shared.stop.store(true, Ordering::SeqCst);
-    let (samples, poll_us) = sampler.await??;
+    let (samples, poll_us) = sampler
+        .join()
+        .map_err(|_| anyhow!("the sampler thread panicked"))??;
 
     let acks = std::mem::take(&mut *shared.acks.lock().map_err(|_| anyhow!("lock poisoned"))?);
     let mut lags_us = Vec::with_capacity(acks.len());
@@ -257,7 +258,24 @@ async fn writer(
 
 type Samples = (Vec<(u64, u64)>, Vec<u64>);
 
-/// Poll the secondary's applied WAL index; samples are (µs since t0 when received, index).
+/// Runs [`sample`] on its own thread and runtime, so its pacing can use a precise blocking
+/// sleep: tokio's timer rounds a 1 ms sleep up to about 2 ms, and polling back to back instead
+/// took a share of the two cores from the servers being measured.
+fn spawn_sampler(
+    secondary: String,
+    t0: Instant,
+    shared: Arc<Shared>,
+) -> Result<std::thread::JoinHandle<Result<Samples>>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(std::thread::Builder::new()
+        .name("lag-sampler".into())
+        .spawn(move || rt.block_on(sample(secondary, t0, shared)))?)
+}
+
+/// Poll the secondary's applied WAL index every millisecond (or back to back when a request
+/// takes longer); samples are (µs since t0 when received, index).
 async fn sample(secondary: String, t0: Instant, shared: Arc<Shared>) -> Result<Samples> {
     let mut conn = Conn::new(&secondary);
     let mut samples = Vec::new();
@@ -269,9 +287,10 @@ async fn sample(secondary: String, t0: Instant, shared: Arc<Shared>) -> Result<S
             .context("sampling the secondary's status")?;
         poll_us.push(sent.elapsed().as_micros() as u64);
         samples.push((t0.elapsed().as_micros() as u64, wal));
-        // Back to back, no pause: tokio's timer rounds a 1 ms sleep up to about 2 ms, which
-        // made the sampling interval (and so the reported lag) coarser than the lag itself.
-        tokio::task::yield_now().await;
+        // Blocking is fine: this runtime runs only the sampler (and its idle connection).
+        if let Some(rest) = Duration::from_millis(1).checked_sub(sent.elapsed()) {
+            std::thread::sleep(rest);
+        }
     }
     Ok((samples, poll_us))
 }

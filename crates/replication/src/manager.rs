@@ -23,8 +23,10 @@ use crate::status::{PeerStatus, SecondaryStatus, SyncState};
 use crate::wal::Wal;
 use crate::ReplError;
 
-/// How often old WAL entries beyond the retention are deleted.
-const TRUNCATE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often old WAL entries beyond the retention are deleted. Often, so each pass is small:
+/// a pass every 2 s under 3k writes/s deleted 6k entries at once and showed up as a spike in
+/// a secondary's apply latency.
+const TRUNCATE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Settings from the server configuration.
 #[derive(Clone, Debug)]

@@ -48,8 +48,9 @@ pub const WAL_RESET_KEY: &str = "repl/wal-reset";
 
 /// Entries read per scan in [`Wal::read_after`].
 const READ_PAGE: usize = 16;
-/// Entries deleted per batch when truncating or resetting: one commit per thousand entries.
-const DELETE_PAGE: usize = 1024;
+/// Entries deleted per batch when truncating or resetting: small enough that a page's commit
+/// never stalls the writes queued behind it for long.
+const DELETE_PAGE: usize = 256;
 /// Bounds of one atomic batch when a secondary applies streamed entries (under the storage
 /// layer's 10,000-op batch limit).
 const APPLY_GROUP_MAX_OPS: usize = 8_000;
