@@ -23,7 +23,11 @@ use hcl::{Body, Expression};
 #[derive(Clone, Debug, PartialEq)]
 pub enum StorageConfig {
     Inmem,
-    Embedded { path: PathBuf },
+    Embedded {
+        path: PathBuf,
+        /// redb page cache (`cache_size`, default 256 MiB).
+        cache_bytes: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -143,13 +147,22 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                 storage = Some(match label.as_str() {
                     "inmem" => StorageConfig::Inmem,
                     "embedded" | "raft" | "file" => {
-                        let path = block
-                            .body()
-                            .attributes()
-                            .find(|a| a.key() == "path")
-                            .map(|a| expr_string("path", a.expr()))
-                            .transpose()?
+                        let attr = |key: &str| {
+                            block
+                                .body()
+                                .attributes()
+                                .find(|a| a.key() == key)
+                                .map(|a| expr_string(key, a.expr()))
+                                .transpose()
+                        };
+                        let path = attr("path")?
                             .ok_or_else(|| anyhow!("storage {label:?}: path is required"))?;
+                        let cache_bytes = match attr("cache_size")? {
+                            Some(size) => parse_size(&size).with_context(|| {
+                                format!("storage {label:?}: cache_size {size:?}")
+                            })?,
+                            None => bunker_storage::embedded::DEFAULT_CACHE_BYTES,
+                        };
                         let path = PathBuf::from(path);
                         StorageConfig::Embedded {
                             path: if path.is_absolute() {
@@ -157,6 +170,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                             } else {
                                 base_dir.join(path)
                             },
+                            cache_bytes,
                         }
                     }
                     other => {
@@ -225,6 +239,36 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
     Ok(cfg)
 }
 
+/// A byte size: a number of bytes, or a number with KiB/MiB/GiB (or KB/MB/GB) after it. At
+/// least 1 MiB.
+fn parse_size(text: &str) -> Result<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| anyhow!("expected a size such as 512MiB"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => bail!("unknown size unit {other:?} (use KiB, MiB or GiB)"),
+    };
+    let bytes = number
+        .checked_mul(scale)
+        .ok_or_else(|| anyhow!("size too large"))?;
+    if bytes < 1 << 20 {
+        bail!("must be at least 1MiB");
+    }
+    Ok(bytes)
+}
+
 pub fn load(path: &Path) -> Result<ServerConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
@@ -257,7 +301,8 @@ mod tests {
         assert_eq!(
             cfg.storage,
             StorageConfig::Embedded {
-                path: "/tmp/x/data".into()
+                path: "/tmp/x/data".into(),
+                cache_bytes: bunker_storage::embedded::DEFAULT_CACHE_BYTES,
             }
         );
         assert_eq!(cfg.listener.address, "127.0.0.1:8300");
@@ -265,6 +310,34 @@ mod tests {
         assert_eq!(cfg.cluster_addr, "https://127.0.0.1:8301");
         assert_eq!(cfg.log_level.as_deref(), Some("debug"));
         assert_eq!(cfg.wal_retention, 50);
+    }
+
+    #[test]
+    fn storage_cache_size() {
+        let with = |size: &str| {
+            parse(
+                &format!(
+                    "storage \"embedded\" {{\n  path = \"d\"\n  cache_size = {size}\n}}\nlistener \"tcp\" {{ tls_disable = true }}"
+                ),
+                Path::new("/"),
+            )
+            .map(|cfg| match cfg.storage {
+                StorageConfig::Embedded { cache_bytes, .. } => cache_bytes,
+                StorageConfig::Inmem => 0,
+            })
+        };
+        assert_eq!(with("\"64MiB\"").unwrap(), 64 << 20);
+        assert_eq!(with("\"1 GiB\"").unwrap(), 1 << 30);
+        assert_eq!(with("\"100MB\"").unwrap(), 100_000_000);
+        assert_eq!(with("2097152").unwrap(), 2 << 20);
+        for bad in [
+            "\"12\"",
+            "\"lots\"",
+            "\"5 parsecs\"",
+            "\"99999999999999999999GiB\"",
+        ] {
+            assert!(with(bad).is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]

@@ -110,9 +110,9 @@ fn load_tls(listener: &ListenerConfig) -> Result<Option<bunker_http::ListenerTls
 async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
     let (backend, storage_type): (Arc<dyn Backend>, &str) = match &cfg.storage {
         StorageConfig::Inmem => (Arc::new(InmemBackend::new()), "inmem"),
-        StorageConfig::Embedded { path } => (
+        StorageConfig::Embedded { path, cache_bytes } => (
             Arc::new(
-                EmbeddedBackend::open(path)
+                EmbeddedBackend::open_with_cache(path, *cache_bytes)
                     .with_context(|| format!("opening storage at {}", path.display()))?,
             ),
             "embedded",

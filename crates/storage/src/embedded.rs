@@ -52,22 +52,27 @@ pub struct EmbeddedBackend {
     hook: Arc<HookSlot>,
 }
 
-/// redb's page cache. Its default (1 GiB) made a store of a million secrets hold over a GiB
-/// resident; hot paths (tokens, policies, recent secrets) fit comfortably in far less, and the
-/// OS page cache still serves the rest.
-const CACHE_BYTES: usize = 256 * 1024 * 1024;
+/// redb's page cache by default. Its own default (1 GiB) made a store of a million secrets hold
+/// over a GiB resident; hot paths (tokens, policies, recent secrets) fit comfortably in far
+/// less, and the OS page cache still serves the rest. `storage "embedded" { cache_size }`.
+pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 impl EmbeddedBackend {
-    /// Opens (creating if missing) `dir` and the database file in it, and starts the writer
-    /// thread.
+    /// Opens (creating if missing) `dir` and the database file in it with the default cache,
+    /// and starts the writer thread.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`EmbeddedBackend::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
             context: format!("creating data directory {}", dir.display()),
             source,
         })?;
         let path = dir.join(DATABASE_FILE);
         let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(&path)
             .map_err(|e| engine_error(format!("opening database {}", path.display()), e))?;
         create_table(&db)?;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
-mod embedded;
+pub mod embedded;
 mod error;
 mod hook;
 mod inmem;
