@@ -326,10 +326,10 @@ mod tests {
                 StorageConfig::Inmem => 0,
             })
         };
-        assert_eq!(with("\"64MiB\"").unwrap(), 64 << 20);
-        assert_eq!(with("\"1 GiB\"").unwrap(), 1 << 30);
-        assert_eq!(with("\"100MB\"").unwrap(), 100_000_000);
-        assert_eq!(with("2097152").unwrap(), 2 << 20);
+        assert_eq!(with("\"64MiB\"").expect("valid size"), 64 << 20);
+        assert_eq!(with("\"1 GiB\"").expect("valid size"), 1 << 30);
+        assert_eq!(with("\"100MB\"").expect("valid size"), 100_000_000);
+        assert_eq!(with("2097152").expect("valid size"), 2 << 20);
         for bad in [
             "\"12\"",
             "\"lots\"",
