@@ -226,6 +226,8 @@ def figure_catchup(raw, out, targets):
     res = dict(c)
     res["changed_bytes"] = changed
     res["ratio_to_changed"] = c["wire_bytes_sent"] / changed if changed else None
+    res["ratio_both_directions"] = ((c["wire_bytes_sent"] + c.get("wire_bytes_received", 0)) / changed
+                                    if changed else None)
     out["catchup"] = res
     r = res["ratio_to_changed"]
     targets.append({"figure": "6. catch-up bytes sent", "target": "<= 3x bytes changed",
@@ -240,8 +242,10 @@ def figure_catchup(raw, out, targets):
         f"| buckets differing | {c['buckets_differing']:,} of 4,096 |",
         f"| keys fetched | {c['keys_fetched']:,} |",
         f"| bytes sent by the primary | {c['wire_bytes_sent']:,} |",
+        f"| bytes sent by the secondary (cell sums, listings of differing cells) | {c.get('wire_bytes_received', 0):,} |",
         f"| bytes changed | {changed:,} |",
-        f"| ratio | {fmt(r, 2)} |"]
+        f"| ratio (primary's bytes / bytes changed) | {fmt(r, 2)} |",
+        f"| ratio counting both directions | {fmt(res['ratio_both_directions'], 2)} |"]
 
 
 def figure_promote(raw, out, targets):
