@@ -16,7 +16,7 @@ use crate::status::PeerStatus;
 use crate::ReplError;
 use reconcile::Reconciler;
 
-mod reconcile;
+pub(crate) mod reconcile;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A secondary acks at least every second; silence this long means the link is dead.
@@ -171,12 +171,14 @@ where
                 last,
             } => {
                 reconciler
-                    .cell_sums(inner, &mut wr, buckets, sums, last)
+                    .cell_sums(inner.backend.as_ref(), &mut wr, buckets, sums, last)
                     .await?;
             }
             ToPrimary::ChunkRequest { cells } => reconciler.chunk_request(&cells),
             ToPrimary::Listing { entries, last } => {
-                reconciler.listing(inner, &mut wr, entries, last).await?;
+                reconciler
+                    .listing(inner.backend.as_ref(), &mut wr, entries, last)
+                    .await?;
             }
             ToPrimary::SnapshotRequest => reconcile::send_snapshot(inner, &mut wr).await?,
             ToPrimary::Ack { applied, time_ms } => inner.peer_ack(&secondary_id, applied, time_ms),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bunker_storage::Op;
+use bunker_storage::{Backend, Op};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -174,14 +174,8 @@ where
         _ => return Err(ReplError::Refused("expected a Merkle tree".into())),
     };
     let buckets = ours.diff(&theirs);
-    let mut pushed = Pushed::default();
-    if !buckets.is_empty() {
-        let cells = differing_cells(inner, rd, wr, &buckets).await?;
-        inner.set_sync_state(SyncState::MerkleSync, "ready");
-        for chunk in cells.chunks(CHUNK_CELLS) {
-            sync_chunk(inner, rd, wr, chunk, &mut pushed).await?;
-        }
-    }
+    inner.set_sync_state(SyncState::MerkleSync, "ready");
+    let pushed = reconcile_cells(inner.backend.as_ref(), rd, wr, &buckets, CHUNK_CELLS).await?;
     let Pushed {
         keys: fetched_keys,
         deleted,
@@ -202,17 +196,41 @@ where
 }
 
 /// What the primary pushed during a Merkle sync.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Pushed {
     keys: u64,
     deleted: u64,
     bytes: u64,
 }
 
+/// The cell exchange for `buckets` (whose hashes differ), then the differing cells' keys in
+/// chunks of at most `chunk_cells` cells; applies what the primary pushes.
+async fn reconcile_cells<R, W>(
+    backend: &dyn Backend,
+    rd: &mut R,
+    wr: &mut W,
+    buckets: &[u32],
+    chunk_cells: usize,
+) -> Result<Pushed, ReplError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut pushed = Pushed::default();
+    if buckets.is_empty() {
+        return Ok(pushed);
+    }
+    let cells = differing_cells(backend, rd, wr, buckets).await?;
+    for chunk in cells.chunks(chunk_cells.max(1)) {
+        sync_chunk(backend, rd, wr, chunk, &mut pushed).await?;
+    }
+    Ok(pushed)
+}
+
 /// Sends this cluster's cell sums for `buckets` and returns the cells the primary found
 /// differing.
 async fn differing_cells<R, W>(
-    inner: &Arc<Inner>,
+    backend: &dyn Backend,
     rd: &mut R,
     wr: &mut W,
     buckets: &[u32],
@@ -221,7 +239,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let sums = merkle::cell_sums(inner.backend.as_ref()).await?;
+    let sums = merkle::cell_sums(backend).await?;
     let pages = buckets.chunks(CELL_SUMS_PAGE_BUCKETS);
     let count = pages.len();
     for (i, page) in pages.enumerate() {
@@ -245,7 +263,7 @@ where
 
 /// Lists this cluster's keys in `cells` to the primary and applies what it pushes back.
 async fn sync_chunk<R, W>(
-    inner: &Arc<Inner>,
+    backend: &dyn Backend,
     rd: &mut R,
     wr: &mut W,
     cells: &[u32],
@@ -264,7 +282,7 @@ where
     .await?;
     let set = merkle::CellSet::new(cells);
     let mut listing = Vec::new();
-    let mut pages = merkle::ReplicatedPages::new(inner.backend.as_ref());
+    let mut pages = merkle::ReplicatedPages::new(backend);
     while let Some(page) = pages.next_page().await? {
         for (key, value) in page {
             if set.contains(merkle::cell_of(&key)) {
@@ -303,7 +321,7 @@ where
                     .count() as u64;
                 pushed.keys += ops.iter().filter(|op| matches!(op, Op::Put { .. })).count() as u64;
                 pushed.bytes += bytes as u64;
-                inner.backend.batch(ops).await?;
+                backend.batch(ops).await?;
             }
             ToSecondary::ChunkDone => return Ok(()),
             ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
@@ -493,3 +511,6 @@ where
         .await?;
     }
 }
+
+#[cfg(test)]
+mod tests;

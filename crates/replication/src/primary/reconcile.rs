@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWrite;
 
+use bunker_storage::Backend;
+
 use crate::frame::write_frame;
-use crate::manager::Inner;
 use crate::merkle::{self, CellSet, ReplicatedPages, CELLS_PER_BUCKET};
 use crate::messages::ToSecondary;
 use crate::ReplError;
@@ -25,7 +26,7 @@ const VALUES_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Reconciliation state of one secondary session.
 #[derive(Default)]
-pub(super) struct Reconciler {
+pub(crate) struct Reconciler {
     /// This cluster's cell sums, computed on the first `CellSums` page.
     our_sums: Option<Vec<u64>>,
     /// Differing cells found so far.
@@ -37,9 +38,9 @@ pub(super) struct Reconciler {
 
 impl Reconciler {
     /// One page of the secondary's cell sums. Answers `CellDiff` after the last page.
-    pub(super) async fn cell_sums<W: AsyncWrite + Unpin>(
+    pub(crate) async fn cell_sums<W: AsyncWrite + Unpin>(
         &mut self,
-        inner: &Arc<Inner>,
+        backend: &dyn Backend,
         wr: &mut W,
         buckets: Vec<u32>,
         theirs: Vec<u64>,
@@ -51,7 +52,7 @@ impl Reconciler {
             ));
         }
         if self.our_sums.is_none() {
-            self.our_sums = Some(merkle::cell_sums(inner.backend.as_ref()).await?);
+            self.our_sums = Some(merkle::cell_sums(backend).await?);
         }
         let ours_all = self.our_sums.as_deref().unwrap_or_default();
         let cells = merkle::cells_of_buckets(&buckets);
@@ -74,7 +75,7 @@ impl Reconciler {
     }
 
     /// The secondary is about to list the keys of `cells`.
-    pub(super) fn chunk_request(&mut self, cells: &[u32]) {
+    pub(crate) fn chunk_request(&mut self, cells: &[u32]) {
         self.chunk = Some(CellSet::new(cells));
         self.listing.clear();
     }
@@ -82,9 +83,9 @@ impl Reconciler {
     /// One page of the secondary's listing of the current chunk. After the last page, sends
     /// every value of the chunk's cells that the secondary lacks or holds differently, a
     /// deletion for each key it holds that this cluster does not, and `ChunkDone`.
-    pub(super) async fn listing<W: AsyncWrite + Unpin>(
+    pub(crate) async fn listing<W: AsyncWrite + Unpin>(
         &mut self,
-        inner: &Arc<Inner>,
+        backend: &dyn Backend,
         wr: &mut W,
         entries: Vec<(String, u64)>,
         last: bool,
@@ -104,7 +105,7 @@ impl Reconciler {
         let cells = self.chunk.take().unwrap_or_else(|| CellSet::new(&[]));
         let mut theirs = std::mem::take(&mut self.listing);
         let mut out = ValuesPager::default();
-        let mut pages = ReplicatedPages::new(inner.backend.as_ref());
+        let mut pages = ReplicatedPages::new(backend);
         while let Some(page) = pages.next_page().await? {
             for (key, value) in page {
                 if !cells.contains(merkle::cell_of(&key)) {
@@ -169,7 +170,7 @@ impl ValuesPager {
 /// index taken before the scan: writes made during the scan are replayed from it, so the result
 /// converges even though the scan is not a snapshot.
 pub(super) async fn send_snapshot<W: AsyncWrite + Unpin>(
-    inner: &Arc<Inner>,
+    inner: &Arc<crate::manager::Inner>,
     wr: &mut W,
 ) -> Result<(), ReplError> {
     let wal_index = inner.wal.last_index();
