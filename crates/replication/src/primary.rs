@@ -159,31 +159,25 @@ where
             }
             _ = cancel.changed() => return Err(ReplError::Refused("secondary revoked".into())),
         };
+        let Some(msg) = reconciler
+            .handle(inner.backend.as_ref(), &mut wr, msg)
+            .await?
+        else {
+            continue;
+        };
         match msg {
             ToPrimary::MerkleRequest => {
                 let wal_index = inner.wal.last_index();
                 let tree = inner.merkle_tree().await?;
                 write_frame(&mut wr, &ToSecondary::Tree { wal_index, tree }).await?;
             }
-            ToPrimary::CellSums {
-                buckets,
-                sums,
-                last,
-            } => {
-                reconciler
-                    .cell_sums(inner.backend.as_ref(), &mut wr, buckets, sums, last)
-                    .await?;
-            }
-            ToPrimary::ChunkRequest { cells } => reconciler.chunk_request(&cells),
-            ToPrimary::Listing { entries, last } => {
-                reconciler
-                    .listing(inner.backend.as_ref(), &mut wr, entries, last)
-                    .await?;
-            }
             ToPrimary::SnapshotRequest => reconcile::send_snapshot(inner, &mut wr).await?,
             ToPrimary::Ack { applied, time_ms } => inner.peer_ack(&secondary_id, applied, time_ms),
             ToPrimary::StreamFrom { after } => break after,
             ToPrimary::Hello { .. } => return refuse(&mut wr, "unexpected hello").await,
+            ToPrimary::CellSums { .. }
+            | ToPrimary::ChunkRequest { .. }
+            | ToPrimary::Listing { .. } => {}
         }
     };
     stream_wal(inner, &secondary_id, after, rd, wr, cancel).await

@@ -14,7 +14,7 @@ use bunker_storage::Backend;
 
 use crate::frame::write_frame;
 use crate::merkle::{self, CellSet, ReplicatedPages, CELLS_PER_BUCKET};
-use crate::messages::ToSecondary;
+use crate::messages::{ToPrimary, ToSecondary};
 use crate::ReplError;
 
 /// Most entries one chunk's listing may hold (a secondary sizes its chunks far below this).
@@ -37,8 +37,31 @@ pub(crate) struct Reconciler {
 }
 
 impl Reconciler {
+    /// Handles `msg` if it is a cell-reconciliation request (`CellSums`, `ChunkRequest`,
+    /// `Listing`), answering on `wr`; any other message is handed back.
+    pub(crate) async fn handle<W: AsyncWrite + Unpin>(
+        &mut self,
+        backend: &dyn Backend,
+        wr: &mut W,
+        msg: ToPrimary,
+    ) -> Result<Option<ToPrimary>, ReplError> {
+        match msg {
+            ToPrimary::CellSums {
+                buckets,
+                sums,
+                last,
+            } => self.cell_sums(backend, wr, buckets, sums, last).await?,
+            ToPrimary::ChunkRequest { cells } => self.chunk_request(&cells),
+            ToPrimary::Listing { entries, last } => {
+                self.listing(backend, wr, entries, last).await?;
+            }
+            other => return Ok(Some(other)),
+        }
+        Ok(None)
+    }
+
     /// One page of the secondary's cell sums. Answers `CellDiff` after the last page.
-    pub(crate) async fn cell_sums<W: AsyncWrite + Unpin>(
+    async fn cell_sums<W: AsyncWrite + Unpin>(
         &mut self,
         backend: &dyn Backend,
         wr: &mut W,
@@ -75,7 +98,7 @@ impl Reconciler {
     }
 
     /// The secondary is about to list the keys of `cells`.
-    pub(crate) fn chunk_request(&mut self, cells: &[u32]) {
+    fn chunk_request(&mut self, cells: &[u32]) {
         self.chunk = Some(CellSet::new(cells));
         self.listing.clear();
     }
@@ -83,7 +106,7 @@ impl Reconciler {
     /// One page of the secondary's listing of the current chunk. After the last page, sends
     /// every value of the chunk's cells that the secondary lacks or holds differently, a
     /// deletion for each key it holds that this cluster does not, and `ChunkDone`.
-    pub(crate) async fn listing<W: AsyncWrite + Unpin>(
+    async fn listing<W: AsyncWrite + Unpin>(
         &mut self,
         backend: &dyn Backend,
         wr: &mut W,

@@ -40,28 +40,11 @@ async fn serve(backend: Arc<InmemBackend>, stream: tokio::io::DuplexStream) {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut reconciler = Reconciler::default();
     while let Ok((msg, _)) = read_frame::<_, ToPrimary>(&mut rd).await {
-        let served = match msg {
-            ToPrimary::CellSums {
-                buckets,
-                sums,
-                last,
-            } => {
-                reconciler
-                    .cell_sums(backend.as_ref(), &mut wr, buckets, sums, last)
-                    .await
-            }
-            ToPrimary::ChunkRequest { cells } => {
-                reconciler.chunk_request(&cells);
-                Ok(())
-            }
-            ToPrimary::Listing { entries, last } => {
-                reconciler
-                    .listing(backend.as_ref(), &mut wr, entries, last)
-                    .await
-            }
-            other => panic!("unexpected request {other:?}"),
-        };
-        served.expect("the primary serves the request");
+        let unhandled = reconciler
+            .handle(backend.as_ref(), &mut wr, msg)
+            .await
+            .expect("the primary serves the request");
+        assert!(unhandled.is_none(), "unexpected request {unhandled:?}");
     }
 }
 
