@@ -72,8 +72,25 @@ pub fn bucket_of(key: &str) -> u32 {
 
 /// The cell of `key`: the first 18 bits of sha256(key); `cell_of(key) / 64 == bucket_of(key)`.
 pub fn cell_of(key: &str) -> u32 {
-    let [first, second, third, ..]: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    cell_of_hash(&Sha256::digest(key.as_bytes()).into())
+}
+
+/// The cell of a key whose sha256 is `hash`.
+pub fn cell_of_hash(hash: &[u8; 32]) -> u32 {
+    let [first, second, third, ..] = *hash;
     (u32::from(first) << 10) | (u32::from(second) << 2) | u32::from(third >> 6)
+}
+
+/// What a listing names a key by: the first 16 bytes of sha256(key). Within the few hundred
+/// thousand keys of one chunk, two keys sharing an id is a 2^-90 event.
+pub type KeyId = [u8; 16];
+
+/// The key's cell and listing id, from one hash.
+pub fn cell_and_id(key: &str) -> (u32, KeyId) {
+    let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hash[..16]);
+    (cell_of_hash(&hash), id)
 }
 
 /// The first 8 bytes of [`leaf_hash`], big-endian: what cell sums add up and listings carry.

@@ -9,7 +9,7 @@
 //!             S -> P CellSums* (last); P -> S CellDiff { cells }              (merkle-diff)
 //!             per chunk of differing cells:                                    (merkle-sync)
 //!               S -> P ChunkRequest { cells }, Listing* (last)
-//!               P -> S Values* ChunkDone
+//!               P -> S Values* Deletions* ChunkDone
 //!             S -> P StreamFrom { after: wal_index } ...                       (stream-wals)
 //! empty S:    S -> P SnapshotRequest; P -> S Values* SnapshotDone { wal_index } (merkle-sync)
 //! ```
@@ -52,9 +52,10 @@ pub enum ToPrimary {
     ChunkRequest {
         cells: Vec<u32>,
     },
-    /// The secondary's keys in the chunk's cells, with their leaf digests.
+    /// The secondary's keys in the chunk's cells, by key id (`merkle::cell_and_id`), with
+    /// their leaf digests: 24 bytes a key, whatever its length.
     Listing {
-        entries: Vec<(String, u64)>,
+        entries: Vec<(crate::merkle::KeyId, u64)>,
         /// The last page: answer with what differs (`Values*`, then `ChunkDone`).
         last: bool,
     },
@@ -88,6 +89,10 @@ pub enum ToSecondary {
     /// Cells whose sums differ, ascending.
     CellDiff {
         cells: Vec<u32>,
+    },
+    /// Keys of the chunk the secondary listed and this cluster does not have, by key id.
+    Deletions {
+        ids: Vec<crate::merkle::KeyId>,
     },
     /// Every value of a chunk that the secondary lacks or holds differently has been sent.
     ChunkDone,

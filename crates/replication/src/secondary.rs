@@ -1,6 +1,7 @@
 //! The secondary end: connect to the primary, reconcile by Merkle diff when the WAL cannot
 //! be resumed, then apply streamed WAL entries in order, acknowledging as it goes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -281,13 +282,16 @@ where
     )
     .await?;
     let set = merkle::CellSet::new(cells);
+    // The chunk's keys by id, to turn the primary's deletions back into keys.
+    let mut keys: HashMap<merkle::KeyId, String> = HashMap::new();
     let mut listing = Vec::new();
     let mut pages = merkle::ReplicatedPages::new(backend);
     while let Some(page) = pages.next_page().await? {
         for (key, value) in page {
-            if set.contains(merkle::cell_of(&key)) {
-                let digest = merkle::leaf_digest(&key, &value);
-                listing.push((key, digest));
+            let (cell, id) = merkle::cell_and_id(&key);
+            if set.contains(cell) {
+                listing.push((id, merkle::leaf_digest(&key, &value)));
+                keys.insert(id, key);
             }
         }
         if listing.len() >= LISTING_PAGE {
@@ -312,16 +316,21 @@ where
     .await?;
     loop {
         let (msg, bytes) = sync_reply(rd).await?;
-        match msg {
+        pushed.bytes += bytes as u64;
+        let ops = match msg {
             ToSecondary::Values { entries } => {
                 let ops = values_to_ops(entries);
-                pushed.deleted += ops
+                pushed.keys += ops.len() as u64;
+                ops
+            }
+            ToSecondary::Deletions { ids } => {
+                let ops: Vec<Op> = ids
                     .iter()
-                    .filter(|op| matches!(op, Op::Delete { .. }))
-                    .count() as u64;
-                pushed.keys += ops.iter().filter(|op| matches!(op, Op::Put { .. })).count() as u64;
-                pushed.bytes += bytes as u64;
-                backend.batch(ops).await?;
+                    .filter_map(|id| keys.remove(id))
+                    .map(|key| Op::Delete { key })
+                    .collect();
+                pushed.deleted += ops.len() as u64;
+                ops
             }
             ToSecondary::ChunkDone => return Ok(()),
             ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
@@ -330,7 +339,8 @@ where
                     "expected values of differing cells".into(),
                 ))
             }
-        }
+        };
+        backend.batch(ops).await?;
     }
 }
 

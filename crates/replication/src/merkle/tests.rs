@@ -223,6 +223,9 @@ fn cell_is_the_first_18_bits_and_refines_the_bucket() {
             cell_of(&key) as usize / CELLS_PER_BUCKET,
             bucket_of(&key) as usize
         );
+        let (cell, id) = cell_and_id(&key);
+        assert_eq!(cell, cell_of(&key));
+        assert_eq!(id[..], Sha256::digest(key.as_bytes())[..16]);
     }
     assert_eq!(cells_of_buckets(&[0, 2]).len(), 2 * CELLS_PER_BUCKET);
     assert_eq!(cells_of_buckets(&[2])[0], 2 * CELLS_PER_BUCKET as u32);

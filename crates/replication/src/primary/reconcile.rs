@@ -13,12 +13,14 @@ use tokio::io::AsyncWrite;
 use bunker_storage::Backend;
 
 use crate::frame::write_frame;
-use crate::merkle::{self, CellSet, ReplicatedPages, CELLS_PER_BUCKET};
+use crate::merkle::{self, CellSet, KeyId, ReplicatedPages, CELLS_PER_BUCKET};
 use crate::messages::{ToPrimary, ToSecondary};
 use crate::ReplError;
 
 /// Most entries one chunk's listing may hold (a secondary sizes its chunks far below this).
 const MAX_CHUNK_LISTING: usize = 4_000_000;
+/// Key ids per `Deletions` frame.
+const DELETIONS_PAGE: usize = 16_384;
 /// A `Values` frame is sent once it holds this many entries...
 const VALUES_PAGE_ENTRIES: usize = 1000;
 /// ...or this many key and value bytes (so a frame stays far below the frame limit).
@@ -33,7 +35,7 @@ pub(crate) struct Reconciler {
     differing: Vec<u32>,
     /// The chunk being listed, and the secondary's listing of it.
     chunk: Option<CellSet>,
-    listing: HashMap<String, u64>,
+    listing: HashMap<KeyId, u64>,
 }
 
 impl Reconciler {
@@ -110,7 +112,7 @@ impl Reconciler {
         &mut self,
         backend: &dyn Backend,
         wr: &mut W,
-        entries: Vec<(String, u64)>,
+        entries: Vec<(KeyId, u64)>,
         last: bool,
     ) -> Result<(), ReplError> {
         if self.chunk.is_none() {
@@ -131,24 +133,25 @@ impl Reconciler {
         let mut pages = ReplicatedPages::new(backend);
         while let Some(page) = pages.next_page().await? {
             for (key, value) in page {
-                if !cells.contains(merkle::cell_of(&key)) {
+                let (cell, id) = merkle::cell_and_id(&key);
+                if !cells.contains(cell) {
                     continue;
                 }
                 let same = theirs
-                    .remove(&key)
+                    .remove(&id)
                     .is_some_and(|digest| digest == merkle::leaf_digest(&key, &value));
                 if !same {
                     out.push(wr, key, Some(value)).await?;
                 }
             }
         }
-        // What the secondary listed and this cluster no longer has.
-        for key in theirs.into_keys() {
-            if !crate::wal::is_local(&key) {
-                out.push(wr, key, None).await?;
-            }
-        }
         out.flush(wr).await?;
+        // What the secondary listed and this cluster no longer has.
+        let gone: Vec<KeyId> = theirs.into_keys().collect();
+        for ids in gone.chunks(DELETIONS_PAGE) {
+            let ids = ids.to_vec();
+            write_frame(wr, &ToSecondary::Deletions { ids }).await?;
+        }
         write_frame(wr, &ToSecondary::ChunkDone).await?;
         Ok(())
     }
