@@ -70,14 +70,12 @@ pub(crate) struct Inner {
     pub(crate) activation_key: Mutex<Option<aws_lc_rs::agreement::PrivateKey>>,
 }
 
-/// A computed Merkle tree and what it is valid for.
+/// A computed Merkle tree and cell sums, and what they are valid for.
 pub(crate) struct CachedTree {
     wal_index: u64,
     epoch: u64,
-    computed: std::time::Instant,
-    /// How long the scan took.
-    cost: Duration,
     tree: crate::merkle::MerkleTree,
+    cells: Arc<Vec<u64>>,
 }
 
 fn mode_to_u8(m: Mode) -> u8 {
@@ -197,41 +195,38 @@ impl Inner {
     /// moves one of them (recorded or applied WAL entries; Merkle sync, wipe and mode changes
     /// bump the epoch). On a cluster with replication disabled nothing is cached.
     pub async fn merkle_tree(&self) -> Result<crate::merkle::MerkleTree, ReplError> {
-        self.cached_tree(Duration::ZERO).await
+        Ok(self.merkle_fingerprint().await?.0)
     }
 
-    /// For status: the exact tree. (Reusing a recent tree under write load was tried: a root
-    /// that lags the WAL index misleads anyone comparing two clusters' roots.)
-    pub async fn merkle_tree_for_status(&self) -> Result<crate::merkle::MerkleTree, ReplError> {
-        self.cached_tree(Duration::ZERO).await
-    }
-
-    async fn cached_tree(&self, max_age: Duration) -> Result<crate::merkle::MerkleTree, ReplError> {
+    /// The tree and the cell sums of the replicated keyspace, computed by one scan and cached
+    /// together (the sums are 2 MiB), so a reconciliation that starts from the tree does not
+    /// scan again for the cells. A status read always gets the exact tree: reusing a recent one
+    /// under write load was tried, and a root that lags the WAL index misleads anyone comparing
+    /// two clusters' roots.
+    pub async fn merkle_fingerprint(
+        &self,
+    ) -> Result<(crate::merkle::MerkleTree, Arc<Vec<u64>>), ReplError> {
         let mut cache = self.merkle_cache.lock().await;
         let epoch = self.merkle_epoch.load(Ordering::Acquire);
         let index = self.wal.last_index();
         if self.mode() != Mode::Disabled {
             if let Some(c) = cache.as_ref() {
-                let exact = c.wal_index == index && c.epoch == epoch;
-                let allowed = max_age.min(c.cost * 10);
-                let fresh_enough = c.epoch == epoch && c.computed.elapsed() < allowed;
-                if exact || fresh_enough {
-                    return Ok(c.tree.clone());
+                if c.wal_index == index && c.epoch == epoch {
+                    return Ok((c.tree.clone(), c.cells.clone()));
                 }
             }
         }
-        let started = std::time::Instant::now();
-        let tree = crate::merkle::compute(self.backend.as_ref()).await?;
+        let (tree, cells) = crate::merkle::compute_with_cells(self.backend.as_ref()).await?;
+        let cells = Arc::new(cells);
         // A write that landed during the scan moved the index: cache under the index read
         // before the scan, so the next exact request recomputes.
         *cache = Some(CachedTree {
             wal_index: index,
             epoch,
-            computed: std::time::Instant::now(),
-            cost: started.elapsed(),
             tree: tree.clone(),
+            cells: cells.clone(),
         });
-        Ok(tree)
+        Ok((tree, cells))
     }
 
     pub async fn state_snapshot(&self) -> ReplState {

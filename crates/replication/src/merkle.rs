@@ -95,9 +95,12 @@ pub fn cell_and_id(key: &str) -> (u32, KeyId) {
 
 /// The first 8 bytes of [`leaf_hash`], big-endian: what cell sums add up and listings carry.
 pub fn leaf_digest(key: &str, value: &[u8]) -> u64 {
-    let hash = leaf_hash(key, value);
+    digest_of_leaf(&leaf_hash(key, value))
+}
+
+fn digest_of_leaf(leaf: &[u8; 32]) -> u64 {
     let mut first = [0u8; 8];
-    first.copy_from_slice(&hash[..8]);
+    first.copy_from_slice(&leaf[..8]);
     u64::from_be_bytes(first)
 }
 
@@ -158,13 +161,25 @@ fn root_of(buckets: &[[u8; 32]]) -> [u8; 32] {
 /// hash = sha256 over the leaf hashes of its keys in key order; empty bucket = all zero; root =
 /// sha256 of the bucket hashes concatenated.
 pub async fn compute(backend: &dyn Backend) -> Result<MerkleTree> {
+    Ok(compute_with_cells(backend).await?.0)
+}
+
+/// The tree and every cell's sum (see [`cell_sums`]) from the same single scan: each key's
+/// hash and leaf hash serve both.
+pub async fn compute_with_cells(backend: &dyn Backend) -> Result<(MerkleTree, Vec<u64>)> {
     let mut hashers: Vec<Option<Sha256>> = vec![None; BUCKETS];
+    let mut cells = vec![0u64; CELLS];
     let mut keys = 0u64;
     for_each_replicated(backend, |key, value| {
-        let bucket = usize::try_from(bucket_of(key)).unwrap_or(usize::MAX);
-        if let Some(slot) = hashers.get_mut(bucket) {
-            slot.get_or_insert_with(Sha256::new)
-                .update(leaf_hash(key, value));
+        let key_hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let cell = usize::try_from(cell_of_hash(&key_hash)).unwrap_or(usize::MAX);
+        let leaf = leaf_hash(key, value);
+        if let (Some(slot), Some(sum)) = (
+            hashers.get_mut(cell / CELLS_PER_BUCKET),
+            cells.get_mut(cell),
+        ) {
+            slot.get_or_insert_with(Sha256::new).update(leaf);
+            *sum = sum.wrapping_add(digest_of_leaf(&leaf));
             keys += 1;
         }
     })
@@ -180,7 +195,7 @@ pub async fn compute(backend: &dyn Backend) -> Result<MerkleTree> {
         keys,
     };
     tracing::debug!(merkle_root = %tree.root_hex(), keys, "Merkle tree computed");
-    Ok(tree)
+    Ok((tree, cells))
 }
 
 /// Every cell's sum of leaf digests (one full scan); [`CELLS`] entries, an empty cell is 0.

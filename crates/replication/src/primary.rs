@@ -168,7 +168,8 @@ where
         match msg {
             ToPrimary::MerkleRequest => {
                 let wal_index = inner.wal.last_index();
-                let tree = inner.merkle_tree().await?;
+                let (tree, cells) = inner.merkle_fingerprint().await?;
+                reconciler.use_cell_sums(cells);
                 write_frame(&mut wr, &ToSecondary::Tree { wal_index, tree }).await?;
             }
             ToPrimary::SnapshotRequest => reconcile::send_snapshot(inner, &mut wr).await?,

@@ -164,7 +164,7 @@ where
     W: AsyncWrite + Unpin,
 {
     inner.set_sync_state(SyncState::MerkleDiff, "ready");
-    let ours = inner.merkle_tree().await?;
+    let (ours, our_cells) = inner.merkle_fingerprint().await?;
     if ours.keys == 0 {
         return snapshot_sync(inner, rd, wr).await;
     }
@@ -176,7 +176,15 @@ where
     };
     let buckets = ours.diff(&theirs);
     inner.set_sync_state(SyncState::MerkleSync, "ready");
-    let pushed = reconcile_cells(inner.backend.as_ref(), rd, wr, &buckets, CHUNK_CELLS).await?;
+    let pushed = reconcile_cells(
+        inner.backend.as_ref(),
+        rd,
+        wr,
+        &buckets,
+        &our_cells,
+        CHUNK_CELLS,
+    )
+    .await?;
     let Pushed {
         keys: fetched_keys,
         deleted,
@@ -204,13 +212,15 @@ struct Pushed {
     bytes: u64,
 }
 
-/// The cell exchange for `buckets` (whose hashes differ), then the differing cells' keys in
-/// chunks of at most `chunk_cells` cells; applies what the primary pushes.
+/// The cell exchange for `buckets` (whose hashes differ; `our_sums` are this cluster's cell
+/// sums), then the differing cells' keys in chunks of at most `chunk_cells` cells; applies
+/// what the primary pushes.
 async fn reconcile_cells<R, W>(
     backend: &dyn Backend,
     rd: &mut R,
     wr: &mut W,
     buckets: &[u32],
+    our_sums: &[u64],
     chunk_cells: usize,
 ) -> Result<Pushed, ReplError>
 where
@@ -221,7 +231,7 @@ where
     if buckets.is_empty() {
         return Ok(pushed);
     }
-    let cells = differing_cells(backend, rd, wr, buckets).await?;
+    let cells = differing_cells(our_sums, rd, wr, buckets).await?;
     for chunk in cells.chunks(chunk_cells.max(1)) {
         sync_chunk(backend, rd, wr, chunk, &mut pushed).await?;
     }
@@ -231,7 +241,7 @@ where
 /// Sends this cluster's cell sums for `buckets` and returns the cells the primary found
 /// differing.
 async fn differing_cells<R, W>(
-    backend: &dyn Backend,
+    sums: &[u64],
     rd: &mut R,
     wr: &mut W,
     buckets: &[u32],
@@ -240,7 +250,6 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let sums = merkle::cell_sums(backend).await?;
     let pages = buckets.chunks(CELL_SUMS_PAGE_BUCKETS);
     let count = pages.len();
     for (i, page) in pages.enumerate() {

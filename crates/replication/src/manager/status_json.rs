@@ -17,7 +17,7 @@ impl Inner {
         let merkle_root = if !with_merkle_root {
             String::new()
         } else {
-            match self.merkle_tree_for_status().await {
+            match self.merkle_tree().await {
                 Ok(tree) => tree.root_hex(),
                 Err(e) => {
                     tracing::warn!(error = %e, "computing the Merkle root for status failed");

@@ -246,6 +246,9 @@ async fn cell_sums_match_the_reference_and_skip_local_keys() {
         expected[cell] = expected[cell].wrapping_add(leaf_digest(key, value));
     }
     assert_eq!(cell_sums(backend.as_ref()).await.expect("sums"), expected);
+    let (tree, cells) = compute_with_cells(backend.as_ref()).await.expect("both");
+    assert_eq!(cells, expected, "one scan gives the same sums");
+    assert_eq!(tree, reference_tree(&pairs), "and the same tree");
 }
 
 #[tokio::test]

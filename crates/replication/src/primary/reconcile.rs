@@ -29,8 +29,9 @@ const VALUES_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Reconciliation state of one secondary session.
 #[derive(Default)]
 pub(crate) struct Reconciler {
-    /// This cluster's cell sums, computed on the first `CellSums` page.
-    our_sums: Option<Vec<u64>>,
+    /// This cluster's cell sums: from the scan that made the tree the secondary compares
+    /// against, or computed on the first `CellSums` page.
+    our_sums: Option<Arc<Vec<u64>>>,
     /// Differing cells found so far.
     differing: Vec<u32>,
     /// The chunk being listed, and the secondary's listing of it.
@@ -77,9 +78,9 @@ impl Reconciler {
             ));
         }
         if self.our_sums.is_none() {
-            self.our_sums = Some(merkle::cell_sums(backend).await?);
+            self.our_sums = Some(Arc::new(merkle::cell_sums(backend).await?));
         }
-        let ours_all = self.our_sums.as_deref().unwrap_or_default();
+        let ours_all: &[u64] = self.our_sums.as_deref().map_or(&[], Vec::as_slice);
         let cells = merkle::cells_of_buckets(&buckets);
         if cells.len() != theirs.len() {
             return Err(ReplError::Refused("cell sums name unknown buckets".into()));
@@ -97,6 +98,12 @@ impl Reconciler {
             write_frame(wr, &ToSecondary::CellDiff { cells }).await?;
         }
         Ok(())
+    }
+
+    /// The cell sums computed with the tree just sent (the same scan), so the cell comparison
+    /// needs no scan of its own.
+    pub(crate) fn use_cell_sums(&mut self, sums: Arc<Vec<u64>>) {
+        self.our_sums = Some(sums);
     }
 
     /// The secondary is about to list the keys of `cells`.

@@ -9,7 +9,7 @@ use bunker_storage::{Backend, InmemBackend, Op};
 
 use super::*;
 use crate::frame::read_frame;
-use crate::merkle::{compute, ReplicatedPages};
+use crate::merkle::{cell_sums, compute, ReplicatedPages};
 use crate::primary::reconcile::Reconciler;
 
 const KEYS: usize = 3000;
@@ -85,9 +85,17 @@ async fn a_diverged_secondary_converges_in_one_chunk_or_many() {
         let (near, far) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(serve(primary.clone(), far));
         let (mut rd, mut wr) = tokio::io::split(near);
-        let pushed = reconcile_cells(secondary.as_ref(), &mut rd, &mut wr, &buckets, chunk_cells)
-            .await
-            .expect("reconciling");
+        let sums = cell_sums(secondary.as_ref()).await.expect("sums");
+        let pushed = reconcile_cells(
+            secondary.as_ref(),
+            &mut rd,
+            &mut wr,
+            &buckets,
+            &sums,
+            chunk_cells,
+        )
+        .await
+        .expect("reconciling");
         drop((rd, wr));
         server.await.expect("primary task");
 
@@ -131,7 +139,7 @@ async fn identical_stores_exchange_nothing() {
     assert!(buckets.is_empty());
     let (near, _far) = tokio::io::duplex(1024);
     let (mut rd, mut wr) = tokio::io::split(near);
-    let pushed = reconcile_cells(copy.as_ref(), &mut rd, &mut wr, &buckets, CHUNK_CELLS)
+    let pushed = reconcile_cells(copy.as_ref(), &mut rd, &mut wr, &buckets, &[], CHUNK_CELLS)
         .await
         .expect("nothing to do");
     assert_eq!((pushed.keys, pushed.deleted, pushed.bytes), (0, 0, 0));
