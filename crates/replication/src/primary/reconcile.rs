@@ -91,6 +91,12 @@ impl Reconciler {
             .collect();
         self.differing
             .extend(merkle::differing_cells(&cells, &ours, &theirs));
+        if self.differing.len() > merkle::CELLS {
+            // More than every cell once: the secondary repeats buckets; refuse rather than grow.
+            return Err(ReplError::Refused(
+                "cell sums repeat buckets beyond the whole keyspace".into(),
+            ));
+        }
         if last {
             let mut cells = std::mem::take(&mut self.differing);
             cells.sort_unstable();

@@ -144,3 +144,27 @@ async fn identical_stores_exchange_nothing() {
         .expect("nothing to do");
     assert_eq!((pushed.keys, pushed.deleted, pushed.bytes), (0, 0, 0));
 }
+
+#[tokio::test]
+async fn a_primary_refuses_cell_sums_that_repeat_without_end() {
+    let (primary, _) = diverged_pair().await;
+    let mut reconciler = Reconciler::default();
+    let mut sink = tokio::io::sink();
+    let page = |last| ToPrimary::CellSums {
+        buckets: vec![7; 64],
+        sums: vec![1; 64 * crate::merkle::CELLS_PER_BUCKET],
+        last,
+    };
+    let mut refused = None;
+    for _ in 0..crate::merkle::BUCKETS {
+        if let Err(e) = reconciler
+            .handle(primary.as_ref(), &mut sink, page(false))
+            .await
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    let refused = refused.expect("endless repeats are refused");
+    assert!(refused.to_string().contains("repeat"), "{refused}");
+}
