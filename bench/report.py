@@ -322,7 +322,10 @@ def main():
              "## Targets" + (" (a smoke run judges none of them)" if smoke else ""), "",
              "| figure | target | measured | result |", "|---|---|---:|---|"]
     for t in targets:
-        head.append(f"| {t['figure']} | {t['target']} | {fmt(t['value'], 2)} {t['unit']} | {mark(t['pass'])} |")
+        # A smoke run (debug build, 1-second runs, tiny N) exercises the suite; its numbers say
+        # nothing about the targets, so it marks none of them.
+        result = "not judged (smoke)" if smoke else mark(t['pass'])
+        head.append(f"| {t['figure']} | {t['target']} | {fmt(t['value'], 2)} {t['unit']} | {result} |")
     head.append("")
     with open(args.md, "w") as f:
         f.write("\n".join(head + body))
