@@ -199,15 +199,9 @@ pub async fn compute_with_cells(backend: &dyn Backend) -> Result<(MerkleTree, Ve
 }
 
 /// Every cell's sum of leaf digests (one full scan); [`CELLS`] entries, an empty cell is 0.
+/// The same scan as [`compute_with_cells`], whose tree is dropped.
 pub async fn cell_sums(backend: &dyn Backend) -> Result<Vec<u64>> {
-    let mut sums = vec![0u64; CELLS];
-    for_each_replicated(backend, |key, value| {
-        if let Some(sum) = sums.get_mut(usize::try_from(cell_of(key)).unwrap_or(usize::MAX)) {
-            *sum = sum.wrapping_add(leaf_digest(key, value));
-        }
-    })
-    .await?;
-    Ok(sums)
+    Ok(compute_with_cells(backend).await?.1)
 }
 
 /// Cells whose sums differ, ascending. `ours` and `theirs` hold the sums of the same cells in
