@@ -91,6 +91,8 @@ listener "tcp" {
 api_addr     = "http://127.0.0.1:$port"
 cluster_addr = "https://127.0.0.1:$cport"
 log_level    = "$level"
+# Activation tokens are unwrapped over plain http on loopback here (benchmarks only).
+replication { activation_allow_http = true }
 $extra
 EOF
     "$BUNKER" server -config "$dir/bunker.hcl" >>"$dir/server.log" 2>&1 &

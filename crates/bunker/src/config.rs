@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub log_level: Option<String>,
     /// WAL entries a DR primary keeps for secondaries to resume from.
     pub wal_retention: u64,
+    /// `replication { activation_allow_http }`: a secondary may unwrap its activation token
+    /// over plain http:// on loopback. For test setups; never in production.
+    pub activation_allow_http: bool,
 }
 
 /// Default WAL retention: enough for minutes of heavy writes; older gaps resync by Merkle diff.
@@ -132,6 +135,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
         cluster_name: String::new(),
         log_level: None,
         wal_retention: DEFAULT_WAL_RETENTION,
+        activation_allow_http: false,
     };
     for block in body.blocks() {
         let label = block
@@ -197,6 +201,14 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                             if cfg.wal_retention == 0 {
                                 bail!("wal_retention must be a positive integer");
                             }
+                        }
+                        "activation_allow_http" => {
+                            cfg.activation_allow_http = match attr.expr() {
+                                Expression::Bool(b) => *b,
+                                e => expr_string("activation_allow_http", e)?.parse().map_err(
+                                    |_| anyhow!("activation_allow_http must be true or false"),
+                                )?,
+                            };
                         }
                         other => bail!("unknown replication setting {other:?}"),
                     }

@@ -56,6 +56,7 @@ fn dev_config(args: &ServerArgs) -> ServerConfig {
         cluster_name: String::new(),
         log_level: None,
         wal_retention: config::DEFAULT_WAL_RETENTION,
+        activation_allow_http: false,
     }
 }
 
@@ -136,6 +137,7 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
             cluster_addr: cfg.cluster_addr.clone(),
             api_addr: cfg.api_addr.clone(),
             wal_retention: cfg.wal_retention,
+            activation_allow_http: cfg.activation_allow_http,
         },
     )
     .await

@@ -11,8 +11,8 @@ mod common;
 use std::time::Duration;
 
 use common::dr::{
-    activation_token, assert_dr_refused, dr_server, dr_status, enable_primary, enable_secondary,
-    inner_wrapping_token, promote_with_keys, wait_converged,
+    activation_token, adopt_credentials, assert_dr_refused, dr_server, dr_status, enable_primary,
+    enable_secondary, inner_wrapping_token, promote_with_keys, wait_converged,
 };
 use common::{errors, poll_until, TestServer};
 use serde_json::json;
@@ -21,7 +21,7 @@ use serde_json::json;
 fn secondary_converges_refuses_clients_and_promotes_with_primary_keys() {
     let p = dr_server();
     p.mount_kv2();
-    let s = dr_server();
+    let mut s = dr_server();
     enable_primary(&p);
     let token = activation_token(&p, "site-b");
     enable_secondary(&s, &token);
@@ -53,8 +53,15 @@ fn secondary_converges_refuses_clients_and_promotes_with_primary_keys() {
     // A DR secondary refuses client requests, reads included, and says so in health.
     assert_dr_refused(&s, "secret/data/app/1", p.root());
     assert_dr_refused(&s, "sys/mounts", p.root());
+    // A wrapped activation token carries no key that decrypts the data: the secondary
+    // replicates ciphertext while sealed, until the primary's key shares open it.
     let (code, health) = s.get("sys/health", None);
-    assert_eq!(code, 472, "health on a DR secondary: {health}");
+    assert_eq!(code, 503, "health on a sealed DR secondary: {health}");
+    assert_eq!(health["replication_dr_mode"], "secondary");
+    adopt_credentials(&mut s, &p);
+    s.unseal();
+    let (code, health) = s.get("sys/health", None);
+    assert_eq!(code, 472, "health on an unsealed DR secondary: {health}");
     assert_eq!(health["replication_dr_mode"], "secondary");
 
     // Promote with the PRIMARY's unseal keys; everything is there.
@@ -156,7 +163,7 @@ fn activation_tokens_are_single_use_sudo_only_and_revocation_disconnects() {
     let refused = poll_until(Duration::from_secs(15), || {
         dr_status(&s)["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("revoked"))
+            .is_some_and(|e| e.contains("was revoked"))
     });
     assert!(refused, "reconnect not refused: {}", dr_status(&s));
 }

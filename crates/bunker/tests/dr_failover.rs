@@ -395,7 +395,11 @@ fn two_secondaries_and_new_cluster_id_after_disable() {
         assert_ne!(st["connection_state"], "ready", "{st}");
         assert_eq!(st["cluster_id"], old_cluster_id, "{st}");
     }
-    let a_root = dr_status(&a)["merkle_root"].clone();
+    let a_root = wait_status(&a, CONVERGE, "a's current Merkle root", |st| {
+        st["merkle_root_wal"] == st["last_wal"]
+            && st["merkle_root"].as_str().is_some_and(|r| !r.is_empty())
+    })["merkle_root"]
+        .clone();
     for s in [&b, &c] {
         let st = dr_status(s);
         assert_ne!(

@@ -9,7 +9,7 @@ mod mounts;
 mod policy_store;
 mod replication_hook;
 mod request_handling;
-pub use request_handling::Caller;
+pub use request_handling::{capability_for, Caller};
 mod sys;
 mod time_util;
 pub mod token;

@@ -38,21 +38,13 @@ pub trait ReplicationHandler: Send + Sync {
         None
     }
 
-    /// Answer a `sys/replication/*` request. `caller` is `None` when the request was not
-    /// authenticated by a token (status reads, and every DR-secondary endpoint, which
-    /// authorise with key shares or a DR operation token instead).
+    /// Answer a `sys/replication/*` request. `caller` is the authenticated client token, if one
+    /// was presented and could be checked (its ACL not yet applied); `None` otherwise. The
+    /// handler authorizes the request itself, on the state that executes it: status reads are
+    /// open, DR-secondary endpoints take key shares or a DR operation token, the others a
+    /// token whose policy allows the path.
     async fn handle(&self, core: &Core, req: &Request, caller: Option<&Caller>)
         -> Result<Response>;
-}
-
-/// Replication paths answered without a client token: status, and on a DR secondary everything.
-pub(crate) fn is_unauthenticated_replication_path(path: &str) -> bool {
-    matches!(
-        path,
-        "sys/replication/status"
-            | "sys/replication/dr/status"
-            | "sys/replication/performance/status"
-    )
 }
 
 impl Core {
@@ -115,16 +107,24 @@ impl Core {
             .unwrap_or(0))
     }
 
-    /// Whether `token` is valid here and its policies grant `cap` on `path`.
-    pub async fn token_allows(&self, token: &str, path: &str, cap: Capability) -> Result<bool> {
-        if self.is_sealed() {
+    /// Whether `token` is a DR operation batch token (Vault's "batch DR operation token"
+    /// strategy): a batch token with a TTL, made on the primary and replicated here, whose
+    /// policies grant `update` on `path`. Service tokens, and tokens without a TTL such as the
+    /// root token, never are. Policies are read afresh: on a DR secondary they change by
+    /// replication, underneath the policy cache.
+    pub async fn dr_batch_token_allows(&self, token: &str, path: &str) -> Result<bool> {
+        if self.is_sealed() || !token.starts_with(crate::token::BATCH_TOKEN_PREFIX) {
             return Ok(false);
         }
         let Some(entry) = self.tokens.lookup(token).await? else {
             return Ok(false);
         };
+        if entry.token_type != crate::token::TokenType::Batch || entry.expire_time == 0 {
+            return Ok(false);
+        }
+        self.policies.clear_cache();
         let acl = self.policies.acl(&entry.policies).await?;
-        Ok(acl.allows(path, cap))
+        Ok(acl.allows(path, Capability::Update))
     }
 
     /// Wipe every key of the physical storage (DR secondary activation).

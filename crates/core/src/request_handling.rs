@@ -5,7 +5,7 @@ use bunker_policy::{Acl, Capability};
 
 use crate::core::Core;
 use crate::logical::{BackendRequest, LogicalError, Operation, Request, Response, Result};
-use crate::replication_hook::{is_unauthenticated_replication_path, DrMode};
+use crate::replication_hook::{DrMode, ReplicationHandler};
 use crate::token::TokenEntry;
 
 /// Who is calling, once authenticated.
@@ -35,8 +35,6 @@ const SUDO_PATHS: &[&str] = &[
     "sys/step-down",
     "auth/token/accessors",
     "auth/token/revoke-orphan",
-    "sys/replication/dr/primary/secondary-token",
-    "sys/replication/reindex",
 ];
 
 fn needs_sudo(path: &str) -> bool {
@@ -49,7 +47,8 @@ fn needs_sudo(path: &str) -> bool {
     })
 }
 
-fn capability_for(op: Operation) -> Capability {
+/// The ACL capability an operation needs.
+pub fn capability_for(op: Operation) -> Capability {
     match op {
         Operation::Read => Capability::Read,
         Operation::Create => Capability::Create,
@@ -93,9 +92,7 @@ impl Core {
         }
         if req.path.starts_with("sys/replication/") {
             if let Some(handler) = self.replication_handler() {
-                if mode == DrMode::Secondary || is_unauthenticated_replication_path(&req.path) {
-                    return handler.handle(self, &req, None).await;
-                }
+                return self.handle_replication(handler.as_ref(), &req).await;
             }
         } else if mode == DrMode::Secondary {
             return Err(LogicalError::DrSecondary);
@@ -118,6 +115,29 @@ impl Core {
         let result = self.handle_authenticated(&mut req, &mut caller).await;
         self.audit
             .log_response(&req, Some(&caller), &result)
+            .await?;
+        result
+    }
+
+    /// `sys/replication/*`: the replication handler decides who may call each endpoint, on the
+    /// same locked state that executes it (the mode can change between here and there). The
+    /// core only says who the caller is, when a token was presented and can be checked, and
+    /// audits every request, authenticated or not.
+    async fn handle_replication(
+        &self,
+        handler: &dyn ReplicationHandler,
+        req: &Request,
+    ) -> Result<Response> {
+        let has_token = req.client_token.as_deref().is_some_and(|t| !t.is_empty());
+        let caller = if has_token && !self.is_sealed() {
+            self.authenticate(req).await.ok()
+        } else {
+            None
+        };
+        self.audit.log_request(req, caller.as_ref()).await?;
+        let result = handler.handle(self, req, caller.as_ref()).await;
+        self.audit
+            .log_response(req, caller.as_ref(), &result)
             .await?;
         result
     }

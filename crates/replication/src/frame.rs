@@ -29,6 +29,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const FRAME_VERSION: u8 = 1;
 /// Largest accepted payload.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Longest a frame write may take: a peer that stops reading cannot hold a sender (and what
+/// it waits on) for ever.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Length (4) + version (1) + CRC (4).
 pub const FRAME_HEADER_BYTES: usize = 9;
 
@@ -38,8 +41,10 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
     #[error("replication stream closed by the peer")]
     Closed,
-    #[error("replication frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
-    TooLarge { len: usize },
+    #[error("replication frame of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge { len: usize, limit: usize },
+    #[error("writing a replication frame timed out after {WRITE_TIMEOUT:?}")]
+    WriteTimeout,
     #[error("replication frame version {got}, expected {FRAME_VERSION}")]
     BadVersion { got: u8 },
     #[error(
@@ -65,7 +70,10 @@ where
     let header_placeholder = vec![0u8; FRAME_HEADER_BYTES];
     let mut frame = postcard::to_extend(msg, header_placeholder).map_err(FrameError::Encode)?;
     let payload = frame.get(FRAME_HEADER_BYTES..).unwrap_or_default();
-    let too_large = FrameError::TooLarge { len: payload.len() };
+    let too_large = FrameError::TooLarge {
+        len: payload.len(),
+        limit: MAX_FRAME_BYTES,
+    };
     if payload.len() > MAX_FRAME_BYTES {
         return Err(too_large);
     }
@@ -74,8 +82,13 @@ where
     for (slot, byte) in frame.iter_mut().zip(header) {
         *slot = byte;
     }
-    w.write_all(&frame).await?;
-    w.flush().await?;
+    let write = async {
+        w.write_all(&frame).await?;
+        w.flush().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .map_err(|_| FrameError::WriteTimeout)??;
     Ok(frame.len())
 }
 
@@ -92,6 +105,18 @@ where
     FrameReader::new(r).read_frame().await
 }
 
+/// [`read_frame`] with a smaller payload limit, for messages from a peer that is not yet
+/// identified (a hello): it cannot make us allocate more than `limit` bytes.
+pub async fn read_frame_limited<R, T>(r: &mut R, limit: usize) -> Result<(T, usize), FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut reader = FrameReader::new(r);
+    reader.limit = limit.min(MAX_FRAME_BYTES);
+    reader.read_frame().await
+}
+
 /// A reader that keeps a partially read frame in itself rather than in the future, so
 /// [`FrameReader::read_frame`] is cancel-safe: it can be a `tokio::select!` branch beside a
 /// timer, and a frame interrupted by the other branch resumes on the next call.
@@ -103,6 +128,8 @@ pub struct FrameReader<R> {
     /// The payload being read, allocated once the header has been validated.
     payload: Option<Vec<u8>>,
     payload_filled: usize,
+    /// Largest payload accepted; [`MAX_FRAME_BYTES`] unless lowered.
+    limit: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -113,6 +140,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             header_filled: 0,
             payload: None,
             payload_filled: 0,
+            limit: MAX_FRAME_BYTES,
         }
     }
 
@@ -135,8 +163,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.fill_header().await?;
         let (len, version, expected) = decode_header(&self.header);
         let len = usize::try_from(len).unwrap_or(usize::MAX);
-        if len > MAX_FRAME_BYTES {
-            return Err(FrameError::TooLarge { len });
+        if len > self.limit {
+            return Err(FrameError::TooLarge {
+                len,
+                limit: self.limit,
+            });
         }
         if version != FRAME_VERSION {
             return Err(FrameError::BadVersion { got: version });
@@ -345,7 +376,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             result,
-            Err(FrameError::TooLarge { len }) if len == u32::MAX as usize
+            Err(FrameError::TooLarge { len, .. }) if len == u32::MAX as usize
         ));
 
         // One byte over the limit is refused, the limit itself is not.
@@ -371,7 +402,7 @@ mod tests {
         let huge = Bytes(vec![0; MAX_FRAME_BYTES]);
         assert!(matches!(
             write_frame(&mut sink, &huge).await,
-            Err(FrameError::TooLarge { len }) if len > MAX_FRAME_BYTES
+            Err(FrameError::TooLarge { len, .. }) if len > MAX_FRAME_BYTES
         ));
         assert!(sink.is_empty());
         let largest = Bytes(vec![0; MAX_FRAME_BYTES - 4]);

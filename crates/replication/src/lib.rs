@@ -7,6 +7,7 @@
 //! a stream; [`manager`] the `sys/replication/*` endpoints and the mode changes.
 
 pub mod activation;
+pub mod control;
 pub mod frame;
 pub mod manager;
 pub mod merkle;

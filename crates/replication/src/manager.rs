@@ -3,6 +3,7 @@
 
 mod ceremony;
 mod endpoints;
+mod fetch;
 mod status_json;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,7 +40,19 @@ pub struct DrConfig {
     pub api_addr: String,
     /// WAL entries kept for secondaries to resume from.
     pub wal_retention: u64,
+    /// Unwrap activation tokens over plain `http://` on loopback (test setups only).
+    pub activation_allow_http: bool,
 }
+
+/// Inputs of effects that are not state: the root key a promotion was authorised with.
+#[derive(Default)]
+pub(crate) struct EffectInputs {
+    pub root_key: Option<zeroize::Zeroizing<Vec<u8>>>,
+}
+
+/// How long revocation waits for a secondary's stream to stop sending. Every write of a
+/// session races its cancellation, so this is reached only by a task that does not run.
+const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct DrManager {
     inner: Arc<Inner>,
@@ -50,7 +63,9 @@ pub(crate) struct Inner {
     pub backend: Arc<dyn Backend>,
     pub wal: Arc<Wal>,
     pub core: Weak<Core>,
-    state: tokio::sync::Mutex<ReplState>,
+    /// The control-plane state. Held for a whole transition: authorize, apply, persist,
+    /// effects (see [`crate::control`]).
+    pub(crate) state: tokio::sync::Mutex<ReplState>,
     mode: AtomicU8,
     server_tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
     peers: Mutex<BTreeMap<String, PeerStatus>>,
@@ -63,6 +78,8 @@ pub(crate) struct Inner {
     /// Bumped by every change of the replicated keyspace that bypasses the WAL (Merkle sync,
     /// wipe, mode changes), so a cached tree is never served stale.
     merkle_epoch: std::sync::atomic::AtomicU64,
+    /// The root the refresher computed last: (root hex, WAL index, epoch) it is exact for.
+    published_root: Mutex<Option<(String, u64, u64)>>,
     /// The primary's root key from the activation bundle, used once the first sync brought
     /// the primary's keyring, then dropped (the barrier keeps what it needs).
     replicated_root_key: Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
@@ -113,6 +130,7 @@ impl DrManager {
             replicated_root_key: Mutex::new(None),
             merkle_cache: tokio::sync::Mutex::new(None),
             merkle_epoch: std::sync::atomic::AtomicU64::new(0),
+            published_root: Mutex::new(None),
         });
         if let Some(addr) = inner.config.cluster_listen_addr.clone() {
             let listener = TcpListener::bind(&addr).await.map_err(|e| {
@@ -142,6 +160,7 @@ impl DrManager {
                 }
             }
         });
+        tokio::spawn(refresh_merkle_root(Arc::downgrade(&inner)));
         let manager = Arc::new(DrManager { inner });
         core.set_replication(manager.clone());
         Ok(manager)
@@ -176,7 +195,61 @@ impl ReplicationHandler for DrManager {
     }
 }
 
+/// Shortest pause between two background Merkle scans.
+const MERKLE_REFRESH_MIN: Duration = Duration::from_millis(200);
+/// A scan that took `d` is followed by a pause of this many times `d`: the refresher uses at
+/// most a tenth of a core, however large the keyspace.
+const MERKLE_REFRESH_DUTY: u32 = 9;
+
+/// Keep the published Merkle root current: recompute it when the WAL index or the epoch
+/// moved, paced by its own cost. Status readers only read what this published, so no number
+/// of (unauthenticated) status calls can make the server scan.
+async fn refresh_merkle_root(inner: Weak<Inner>) {
+    let mut pause = MERKLE_REFRESH_MIN;
+    loop {
+        tokio::time::sleep(pause).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.mode() == Mode::Disabled {
+            continue;
+        }
+        let index = inner.wal.last_index();
+        let epoch = inner.merkle_epoch.load(Ordering::Acquire);
+        let fresh = inner
+            .published_root
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(|(_, i, e)| *i == index && *e == epoch))
+            .unwrap_or(false);
+        if fresh {
+            pause = MERKLE_REFRESH_MIN;
+            continue;
+        }
+        let started = std::time::Instant::now();
+        match inner.merkle_fingerprint().await {
+            Ok((tree, _)) => {
+                if let Ok(mut p) = inner.published_root.lock() {
+                    *p = Some((tree.root_hex(), index, epoch));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "computing the Merkle root failed"),
+        }
+        pause = MERKLE_REFRESH_MIN.max(started.elapsed() * MERKLE_REFRESH_DUTY);
+    }
+}
+
 impl Inner {
+    /// The last published Merkle root and the WAL index it is exact for, if it still
+    /// describes the keyspace (no change outside the WAL since).
+    pub(crate) fn published_merkle_root(&self) -> Option<(String, u64)> {
+        let epoch = self.merkle_epoch.load(Ordering::Acquire);
+        let p = self.published_root.lock().ok()?;
+        p.as_ref()
+            .filter(|(_, _, e)| *e == epoch)
+            .map(|(root, index, _)| (root.clone(), *index))
+    }
+
     pub fn mode(&self) -> Mode {
         match self.mode.load(Ordering::Acquire) {
             1 => Mode::Primary,
@@ -233,14 +306,66 @@ impl Inner {
         self.state.lock().await.clone()
     }
 
-    /// Persist a new state and make it live (mode flag, TLS, tasks).
-    pub(crate) async fn commit_state(&self, state: ReplState) -> Result<(), ReplError> {
-        state.save(self.backend.as_ref()).await?;
-        self.invalidate_merkle();
-        let mut guard = self.state.lock().await;
-        *guard = state;
-        self.mode.store(mode_to_u8(guard.mode), Ordering::Release);
+    /// Apply `command` to the locked state: the pure transition, then its effects in order.
+    /// The caller holds the lock for the whole call, so nothing interleaves.
+    pub(crate) async fn apply(
+        self: &Arc<Self>,
+        state: &mut tokio::sync::MutexGuard<'_, ReplState>,
+        command: crate::control::Command,
+        core: &Core,
+        mut inputs: EffectInputs,
+    ) -> Result<(), bunker_core::logical::LogicalError> {
+        use crate::control::Effect;
+        let step = crate::control::transition(state, command)
+            .map_err(|r| bunker_core::logical::LogicalError::InvalidRequest(r.0))?;
+        let mut next = Some(step.state);
+        for effect in step.effects {
+            match effect {
+                Effect::Persist => {
+                    if let Some(next) = next.take() {
+                        next.save(self.backend.as_ref()).await?;
+                        self.invalidate_merkle();
+                        **state = next;
+                        self.mode.store(mode_to_u8(state.mode), Ordering::Release);
+                    }
+                }
+                Effect::StopFollower => self.stop_follower(),
+                Effect::StartFollower => self.start_follower(),
+                Effect::WipeStorage => {
+                    core.wipe_storage().await?;
+                    self.invalidate_merkle();
+                    self.wal.reset_to(0).await.map_err(ReplError::from)?;
+                }
+                Effect::StartWalRecording => self.wal.promote(),
+                Effect::StopWalRecording => self.wal.set_recording(false),
+                Effect::InstallTls => self.install_tls_for(state)?,
+                Effect::CloseSessions(id) => {
+                    self.close_sessions(id.as_deref()).await;
+                    self.forget_peer(id.as_deref());
+                }
+                Effect::OpenBarrier => match inputs.root_key.take() {
+                    Some(root) => core.unseal_with_root_key(&root).await?,
+                    None => core.reload_tables().await?,
+                },
+                Effect::ReloadTables => core.reload_tables().await?,
+            }
+        }
         Ok(())
+    }
+
+    /// Apply a command reported by the secondary's stream (it holds no request).
+    async fn apply_reported(
+        self: &Arc<Self>,
+        command: crate::control::Command,
+    ) -> Result<(), ReplError> {
+        let core = self
+            .core
+            .upgrade()
+            .ok_or_else(|| ReplError::Unavailable("the server is shutting down".into()))?;
+        let mut state = self.state.lock().await;
+        self.apply(&mut state, command, &core, EffectInputs::default())
+            .await
+            .map_err(|e| ReplError::Refused(e.to_string()))
     }
 
     pub fn server_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
@@ -250,10 +375,25 @@ impl Inner {
         self.server_tls.read().ok().and_then(|t| t.clone())
     }
 
+    /// Serve the cluster port for `state`: only the certificates of live secondaries complete
+    /// the handshake.
     pub(crate) fn install_tls_for(&self, state: &ReplState) -> Result<(), ReplError> {
         let config = match &state.primary {
-            Some(p) => Some(crate::tls::server_config(&p.ca_cert_pem, &p.server)?),
-            None => None,
+            Some(p) if state.mode == Mode::Primary => {
+                let allowed = p
+                    .secondaries
+                    .values()
+                    .filter(|s| !s.revoked)
+                    .filter_map(|s| hex::decode(&s.cert_sha256).ok())
+                    .filter_map(|h| <[u8; 32]>::try_from(h).ok())
+                    .collect();
+                Some(crate::tls::server_config_pinned(
+                    &p.ca_cert_pem,
+                    &p.server,
+                    Some(allowed),
+                )?)
+            }
+            _ => None,
         };
         if let Ok(mut t) = self.server_tls.write() {
             *t = config;
@@ -261,6 +401,8 @@ impl Inner {
         Ok(())
     }
 
+    /// Register a secondary's live session. Call with the state lock held, after checking the
+    /// secondary against that state, so a revocation cannot slip between check and register.
     pub fn register_session(&self, id: &str, status: PeerStatus) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
         if let Ok(mut s) = self.sessions.lock() {
@@ -274,20 +416,24 @@ impl Inner {
         rx
     }
 
-    /// Close one secondary's live connection (revocation) or all of them (`None`).
-    pub(crate) fn close_sessions(&self, id: Option<&str>) {
-        if let Ok(mut s) = self.sessions.lock() {
-            match id {
-                Some(id) => {
-                    if let Some(tx) = s.remove(id) {
-                        let _ = tx.send(true);
-                    }
-                }
-                None => {
-                    for (_, tx) in s.drain() {
-                        let _ = tx.send(true);
-                    }
-                }
+    /// Close one secondary's live session (revocation) or all of them (`None`), and wait until
+    /// each has stopped: a session drops its receiver when it returns, and it returns as soon
+    /// as it sees the signal, whatever it was writing.
+    pub(crate) async fn close_sessions(&self, id: Option<&str>) {
+        let closing: Vec<watch::Sender<bool>> = match self.sessions.lock() {
+            Ok(mut s) => match id {
+                Some(id) => s.remove(id).into_iter().collect(),
+                None => s.drain().map(|(_, tx)| tx).collect(),
+            },
+            Err(_) => Vec::new(),
+        };
+        for tx in closing {
+            let _ = tx.send(true);
+            if tokio::time::timeout(SESSION_CLOSE_TIMEOUT, tx.closed())
+                .await
+                .is_err()
+            {
+                tracing::error!("a replication session did not stop after it was closed");
             }
         }
     }
@@ -438,16 +584,28 @@ impl Inner {
         });
     }
 
-    pub async fn adopt_generation(&self, generation: u64) -> Result<(), ReplError> {
-        let mut state = self.state_snapshot().await;
-        state.generation = generation;
-        self.commit_state(state).await
+    pub async fn adopt_generation(
+        self: &Arc<Self>,
+        cluster_id: &str,
+        generation: u64,
+    ) -> Result<(), ReplError> {
+        self.apply_reported(crate::control::Command::AdoptGeneration {
+            cluster_id: cluster_id.to_owned(),
+            generation,
+        })
+        .await
     }
 
-    pub async fn mark_synced(&self, generation: u64) -> Result<(), ReplError> {
-        let mut state = self.state_snapshot().await;
-        state.synced_generation = Some(generation);
-        self.commit_state(state).await?;
+    pub async fn mark_synced(
+        self: &Arc<Self>,
+        cluster_id: &str,
+        generation: u64,
+    ) -> Result<(), ReplError> {
+        self.apply_reported(crate::control::Command::MarkSynced {
+            cluster_id: cluster_id.to_owned(),
+            generation,
+        })
+        .await?;
         self.unseal_with_replicated_key().await;
         Ok(())
     }
@@ -458,8 +616,9 @@ impl Inner {
         }
     }
 
-    /// After the first sync the primary's keyring is here: open it with the root key from the
-    /// activation bundle, so the secondary is unsealed like a Vault DR secondary.
+    /// After the first sync the primary's keyring is here: open it with the root key of an
+    /// activation bundle that was encrypted to this cluster's key. A wrapped activation token
+    /// carries no key, so such a secondary stays sealed until the primary's key shares open it.
     async fn unseal_with_replicated_key(&self) {
         let key = self
             .replicated_root_key

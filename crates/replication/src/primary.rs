@@ -8,10 +8,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::frame::{read_frame, write_frame};
+use crate::frame::{read_frame, read_frame_limited, write_frame};
 use crate::manager::Inner;
 use crate::messages::{now_ms, Position, ToPrimary, ToSecondary};
-use crate::state::Mode;
+use crate::state::{Mode, ReplState};
 use crate::status::PeerStatus;
 use crate::ReplError;
 use reconcile::Reconciler;
@@ -24,10 +24,15 @@ const PEER_SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const WAL_BATCH_ENTRIES: usize = 512;
 const WAL_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Largest hello accepted: until the peer is identified it may not make us allocate more.
+const MAX_HELLO_BYTES: usize = 16 * 1024;
+/// Connections in the TLS handshake or hello at once; more wait in the accept queue.
+const MAX_PENDING_HANDSHAKES: usize = 16;
 
 /// Accept cluster connections for as long as the process lives. Connections arriving while
 /// this cluster is not a primary are dropped before the handshake.
 pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(a) => a,
@@ -40,13 +45,27 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
             drop(stream);
             continue;
         };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "too many cluster handshakes in progress; connection dropped");
+            drop(stream);
+            continue;
+        };
         let inner = inner.clone();
         tokio::spawn(async move {
             match crate::tls::accept(stream, config, HANDSHAKE_TIMEOUT).await {
                 Ok((tls, peer_cn)) => {
+                    let fingerprint = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(crate::tls::cert_fingerprint)
+                        .unwrap_or_default();
                     let span = tracing::info_span!("dr_session", peer = %peer_cn);
-                    let session =
-                        tracing::Instrument::instrument(run_session(&inner, tls, &peer_cn), span);
+                    let session = tracing::Instrument::instrument(
+                        run_session(&inner, tls, &peer_cn, fingerprint, permit),
+                        span,
+                    );
                     if let Err(e) = session.await {
                         tracing::info!(peer = %peer_cn, error = %e, "secondary session ended");
                     }
@@ -69,14 +88,94 @@ async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, reason: &str) -> Result<(), R
     Err(ReplError::Refused(reason.to_owned()))
 }
 
-async fn run_session<S>(inner: &Arc<Inner>, stream: S, peer_cn: &str) -> Result<(), ReplError>
+/// Check a hello against the locked state and register the session under the same lock, so a
+/// revocation either comes before (and the hello is refused) or after (and closes the session).
+async fn admit(
+    inner: &Arc<Inner>,
+    hello: &Hello,
+    peer_cn: &str,
+    peer_cert: [u8; 32],
+) -> Result<(ReplState, watch::Receiver<bool>), &'static str> {
+    let state = inner.state.lock().await;
+    if state.mode != Mode::Primary {
+        return Err("this cluster is not a DR primary");
+    }
+    if hello.secondary_id != peer_cn {
+        return Err("certificate does not match secondary id");
+    }
+    if hello.cluster_id != state.cluster_id {
+        return Err("secondary belongs to another replication set");
+    }
+    let known = state
+        .primary
+        .as_ref()
+        .and_then(|p| p.secondaries.get(&hello.secondary_id))
+        .is_some_and(|s| !s.revoked && s.cert_sha256 == hex::encode(peer_cert));
+    if !known {
+        return Err("secondary is unknown or revoked");
+    }
+    if hello.generation > state.generation {
+        tracing::warn!(
+            ours = state.generation,
+            theirs = hello.generation,
+            "a secondary follows a newer primary: this primary is stale and must be demoted"
+        );
+        return Err("primary is of an older generation than the secondary");
+    }
+    let cancel = inner.register_session(
+        &hello.secondary_id,
+        PeerStatus {
+            node_id: hello.secondary_id.clone(),
+            api_address: hello.api_addr.clone(),
+            cluster_address: hello.cluster_addr.clone(),
+            connected: true,
+            last_heartbeat_ms: now_ms(),
+            acked_wal: hello.position.map(|p| p.wal_index).unwrap_or(0),
+            clock_skew_ms: 0,
+        },
+    );
+    Ok((state.clone(), cancel))
+}
+
+/// The fields of a [`ToPrimary::Hello`].
+struct Hello {
+    cluster_id: String,
+    secondary_id: String,
+    generation: u64,
+    position: Option<Position>,
+    api_addr: String,
+    cluster_addr: String,
+}
+
+/// Resolves once the session was told to stop (or its handle is gone).
+async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    loop {
+        if *cancel.borrow_and_update() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn run_session<S>(
+    inner: &Arc<Inner>,
+    stream: S,
+    peer_cn: &str,
+    peer_cert: [u8; 32],
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), ReplError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (hello, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame::<_, ToPrimary>(&mut rd))
-        .await
-        .map_err(|_| ReplError::Refused("no hello".into()))??;
+    let (hello, _) = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        read_frame_limited::<_, ToPrimary>(&mut rd, MAX_HELLO_BYTES),
+    )
+    .await
+    .map_err(|_| ReplError::Refused("no hello".into()))??;
     let ToPrimary::Hello {
         cluster_id,
         secondary_id,
@@ -88,57 +187,49 @@ where
     else {
         return refuse(&mut wr, "expected hello").await;
     };
-    let snapshot = inner.state_snapshot().await;
-    if snapshot.mode != Mode::Primary {
-        return refuse(&mut wr, "this cluster is not a DR primary").await;
+    let hello = Hello {
+        cluster_id,
+        secondary_id,
+        generation,
+        position,
+        api_addr,
+        cluster_addr,
+    };
+    let (snapshot, mut cancel) = match admit(inner, &hello, peer_cn, peer_cert).await {
+        Ok(admitted) => admitted,
+        Err(reason) => return refuse(&mut wr, reason).await,
+    };
+    drop(handshake_permit);
+    // Everything from here races the session's cancellation: revocation returns only once the
+    // session stopped, whatever it was waiting on.
+    tokio::select! {
+        biased;
+        () = cancelled(&mut cancel) => Err(ReplError::Refused("secondary revoked or replication stopped".into())),
+        r = serve(inner, &snapshot, hello, rd, wr) => r,
     }
-    if secondary_id != peer_cn {
-        return refuse(&mut wr, "certificate does not match secondary id").await;
-    }
-    if cluster_id != snapshot.cluster_id {
-        return refuse(&mut wr, "secondary belongs to another replication set").await;
-    }
-    let known = snapshot
-        .primary
-        .as_ref()
-        .and_then(|p| p.secondaries.get(&secondary_id))
-        .is_some_and(|s| !s.revoked);
-    if !known {
-        return refuse(&mut wr, "secondary is unknown or revoked").await;
-    }
-    if generation > snapshot.generation {
-        tracing::warn!(
-            ours = snapshot.generation,
-            theirs = generation,
-            "a secondary follows a newer primary: this primary is stale and must be demoted"
-        );
-        return refuse(
-            &mut wr,
-            "primary is of an older generation than the secondary",
-        )
-        .await;
-    }
+}
+
+async fn serve<R, W>(
+    inner: &Arc<Inner>,
+    snapshot: &ReplState,
+    hello: Hello,
+    mut rd: R,
+    mut wr: W,
+) -> Result<(), ReplError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let secondary_id = hello.secondary_id;
     let last_wal = inner.wal.last_index();
     let oldest = inner.wal.oldest_index().await?.unwrap_or(last_wal + 1);
-    let resume = match position {
+    let resume = match hello.position {
         Some(Position {
             generation: g,
             wal_index,
         }) => g == snapshot.generation && wal_index <= last_wal && wal_index + 1 >= oldest,
         None => false,
     };
-    let mut cancel = inner.register_session(
-        &secondary_id,
-        PeerStatus {
-            node_id: secondary_id.clone(),
-            api_address: api_addr,
-            cluster_address: cluster_addr,
-            connected: true,
-            last_heartbeat_ms: now_ms(),
-            acked_wal: position.map(|p| p.wal_index).unwrap_or(0),
-            clock_skew_ms: 0,
-        },
-    );
     write_frame(
         &mut wr,
         &ToSecondary::Welcome {
@@ -153,12 +244,13 @@ where
     // Reconciliation requests until the secondary asks to stream.
     let mut reconciler = Reconciler::default();
     let after = loop {
-        let msg = tokio::select! {
-            r = tokio::time::timeout(PEER_SILENCE_TIMEOUT * 8, read_frame::<_, ToPrimary>(&mut rd)) => {
-                r.map_err(|_| ReplError::Refused("secondary went silent".into()))??.0
-            }
-            _ = cancel.changed() => return Err(ReplError::Refused("secondary revoked".into())),
-        };
+        let msg = tokio::time::timeout(
+            PEER_SILENCE_TIMEOUT * 8,
+            read_frame::<_, ToPrimary>(&mut rd),
+        )
+        .await
+        .map_err(|_| ReplError::Refused("secondary went silent".into()))??
+        .0;
         let Some(msg) = reconciler
             .handle(inner.backend.as_ref(), &mut wr, msg)
             .await?
@@ -181,7 +273,16 @@ where
             | ToPrimary::Listing { .. } => {}
         }
     };
-    stream_wal(inner, &secondary_id, after, rd, wr, cancel).await
+    stream_wal(inner, &secondary_id, after, rd, wr).await
+}
+
+/// Aborts the task when dropped (the session's future may be dropped at any await).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn stream_wal<R, W>(
@@ -190,7 +291,6 @@ async fn stream_wal<R, W>(
     after: u64,
     mut rd: R,
     mut wr: W,
-    mut cancel: watch::Receiver<bool>,
 ) -> Result<(), ReplError>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -198,7 +298,7 @@ where
 {
     // Acks arrive on their own task so a slow reader never stalls the sender.
     let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<(u64, u64)>(64);
-    let reader = tokio::spawn(async move {
+    let reader = AbortOnDrop(tokio::spawn(async move {
         loop {
             match tokio::time::timeout(PEER_SILENCE_TIMEOUT, read_frame::<_, ToPrimary>(&mut rd))
                 .await
@@ -212,7 +312,7 @@ where
                 _ => return,
             }
         }
-    });
+    }));
     let mut wal_rx = inner.wal.subscribe();
     let mut position = after;
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -247,10 +347,13 @@ where
                 Some((applied, time_ms)) => inner.peer_ack(secondary_id, applied, time_ms),
                 None => break Err(ReplError::Refused("secondary connection lost".into())),
             },
-            _ = cancel.changed() => break Err(ReplError::Refused("secondary revoked or replication stopped".into())),
         }
     };
-    reader.abort();
-    let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+    drop(reader);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::io::AsyncWriteExt::shutdown(&mut wr),
+    )
+    .await;
     result
 }

@@ -48,8 +48,9 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
         match result {
             Ok(()) => backoff = RETRY_MIN,
             Err(e) => {
-                tracing::warn!(error = %e, "replication stream from primary failed");
-                inner.record_error(&e.to_string());
+                let text = explain_refusal(&e.to_string());
+                tracing::warn!(error = %text, "replication stream from primary failed");
+                inner.record_error(&text);
             }
         }
         inner.set_sync_state(SyncState::Connecting, "transient_failure");
@@ -116,16 +117,31 @@ async fn follow_once(inner: &Arc<Inner>) -> Result<(), ReplError> {
     }
     inner.connected_to_primary(&secondary.primary_cluster_addr, last_wal);
     if generation > snapshot.generation {
-        inner.adopt_generation(generation).await?;
+        inner
+            .adopt_generation(&snapshot.cluster_id, generation)
+            .await?;
     }
     if !resume {
         merkle_sync(inner, &mut rd, &mut wr).await?;
-        inner.mark_synced(generation).await?;
+        inner.mark_synced(&snapshot.cluster_id, generation).await?;
     }
     let after = inner.wal.last_index();
     write_frame(&mut wr, &ToPrimary::StreamFrom { after }).await?;
     inner.set_sync_state(SyncState::StreamWals, "ready");
     stream(inner, rd, wr).await
+}
+
+/// In TLS 1.3 a refused client certificate shows up on the first read, as an alert: say what
+/// it means for the operator.
+fn explain_refusal(text: &str) -> String {
+    if text.contains("CertificateRevoked") {
+        return format!(
+            "{text}: the primary refused this secondary's certificate: it was revoked \
+             (revoke-secondary) or replaced by a newer activation token for the same id; get a \
+             new activation token (secondary-token) and run update-primary"
+        );
+    }
+    text.to_owned()
 }
 
 /// A primary that no longer trusts our certificate (or that we no longer trust) was

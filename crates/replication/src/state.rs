@@ -29,6 +29,19 @@ pub struct SecondaryRecord {
     pub id: String,
     pub revoked: bool,
     pub issued_unix: u64,
+    /// SHA-256 (hex) of the client certificate issued with this secondary's activation token:
+    /// only that certificate identifies it, so a new token for the same id does not re-admit
+    /// an old certificate.
+    #[serde(default)]
+    pub cert_sha256: String,
+}
+
+/// A DR operation token generated on this secondary by the key-share ceremony.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationToken {
+    /// SHA-256 (hex) of the token; the token itself is never stored.
+    pub hash: String,
+    pub expires_unix: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,9 +73,9 @@ pub struct ReplState {
     pub secondary: Option<SecondaryState>,
     /// Position after the last completed sync (secondary side).
     pub synced_generation: Option<u64>,
-    /// SHA-256 (hex) of the DR operation tokens generated on this cluster.
+    /// The live DR operation tokens generated on this secondary; they die with its mode.
     #[serde(default)]
-    pub operation_token_hashes: Vec<String>,
+    pub operation_tokens: Vec<OperationToken>,
 }
 
 impl ReplState {

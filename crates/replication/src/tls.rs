@@ -34,6 +34,7 @@ mod der;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -45,6 +46,7 @@ use rcgen::{
 };
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
@@ -296,9 +298,28 @@ impl ReplicationCa {
 /// `ca_cert_pem` may hold several CA certificates (all are trusted), which lets a CA rotation
 /// trust old and new secondaries for a while.
 pub fn server_config(ca_cert_pem: &str, server: &CertPair) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_pinned(ca_cert_pem, server, None)
+}
+
+/// [`server_config`] that also refuses, during the handshake, every client certificate whose
+/// SHA-256 is not in `allowed` (the certificates of the live, non-revoked secondaries): a
+/// revoked or superseded certificate never completes TLS, so it costs the primary no more than
+/// a handshake.
+pub fn server_config_pinned(
+    ca_cert_pem: &str,
+    server: &CertPair,
+    allowed: Option<HashSet<[u8; 32]>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let roots = Arc::new(root_store(ca_cert_pem)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
+    let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
+    let verifier: Arc<dyn ClientCertVerifier> = match allowed {
+        Some(allowed) => Arc::new(PinnedClientVerifier {
+            inner: webpki,
+            allowed,
+        }),
+        None => webpki,
+    };
     let config_err = |source| TlsError::Config {
         side: "server",
         source,
@@ -337,6 +358,72 @@ pub fn client_config(ca_cert_pem: &str, client: &CertPair) -> Result<Arc<ClientC
     config.alpn_protocols = vec![ALPN_DR.to_vec()];
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+/// SHA-256 of a certificate's DER: how a secondary's certificate is bound to its record.
+pub fn cert_fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(cert.as_ref()).into()
+}
+
+/// SHA-256 (hex) of the first certificate of a PEM chain.
+pub fn pem_fingerprint_hex(cert_pem: &str) -> Result<String, TlsError> {
+    let chain = cert_chain("replication client certificate", cert_pem)?;
+    let first = chain.first().ok_or(TlsError::InvalidPem {
+        what: "replication client certificate",
+        reason: "no certificate".into(),
+    })?;
+    Ok(hex::encode(cert_fingerprint(first)))
+}
+
+/// Chains to the cluster CA (webpki) and is one of the pinned secondary certificates.
+#[derive(Debug)]
+struct PinnedClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed: HashSet<[u8; 32]>,
+}
+
+impl ClientCertVerifier for PinnedClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if !self.allowed.contains(&cert_fingerprint(end_entity)) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The common name of the end-entity certificate (the first of `certs`), if it has exactly one.

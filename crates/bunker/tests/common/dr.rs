@@ -12,15 +12,13 @@ use super::{free_port, poll_until, ServerOptions, TestServer};
 pub const CONVERGE: Duration = Duration::from_secs(60);
 pub const DR_SECONDARY_ERROR: &str = "path disabled in replication DR secondary mode";
 
+/// Tests unwrap activation tokens over plain http on loopback, which a server refuses unless
+/// its configuration allows it.
+pub const ALLOW_HTTP_ACTIVATION: &str = "replication {\n  activation_allow_http = true\n}";
+
 /// A config-file server with a cluster port, initialised 5/3 and unsealed.
 pub fn dr_server() -> TestServer {
-    let cluster_port = free_port();
-    let mut s = TestServer::with_config(ServerOptions {
-        listener_extra: format!("  cluster_address = \"127.0.0.1:{cluster_port}\""),
-        ..Default::default()
-    });
-    s.init_unseal(5, 3);
-    s
+    dr_server_with_config("")
 }
 
 pub fn dr_status(s: &TestServer) -> Value {
@@ -66,8 +64,13 @@ pub fn wait_converged(p: &TestServer, s: &TestServer) {
     let ok = poll_until(CONVERGE, || {
         let ps = dr_status(p);
         let ss = dr_status(s);
+        // Status reports the root computed last in the background, with the WAL index it is
+        // exact for: compare only roots of the same, current index.
         let done = ss["state"] == "stream-wals"
             && ss["last_remote_wal"] == ps["last_wal"]
+            && ps["merkle_root_wal"] == ps["last_wal"]
+            && ss["merkle_root_wal"] == ss["last_remote_wal"]
+            && ps["merkle_root"].as_str().is_some_and(|r| !r.is_empty())
             && ss["merkle_root"] == ps["merkle_root"];
         last = (ps, ss);
         done
@@ -117,7 +120,7 @@ pub fn dr_server_with_config(config_extra: &str) -> TestServer {
     let cluster_port = free_port();
     let mut s = TestServer::with_config(ServerOptions {
         listener_extra: format!("  cluster_address = \"127.0.0.1:{cluster_port}\""),
-        config_extra: config_extra.to_owned(),
+        config_extra: format!("{ALLOW_HTTP_ACTIVATION}\n{config_extra}"),
         ..Default::default()
     });
     s.init_unseal(5, 3);

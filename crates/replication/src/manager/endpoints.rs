@@ -1,39 +1,116 @@
-//! `sys/replication/*` endpoints.
+//! `sys/replication/*` endpoints: each request is authorized and executed against the same
+//! locked control-plane state (see [`crate::control`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bunker_core::logical::fields::{get_bool, get_duration, get_str};
 use bunker_core::logical::{Data, LogicalError, Operation, Request, Response, Result};
-use bunker_core::{Caller, Core};
-use bunker_policy::Capability;
+use bunker_core::{capability_for, Caller, Core};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use tokio::sync::MutexGuard;
 
 use super::ceremony::{idle_status, OpTokenGeneration, OTP_LENGTH};
-use super::Inner;
-use crate::activation::{ActivationToken, Bundle};
-use crate::state::{Mode, PrimaryState, ReplState, SecondaryRecord, SecondaryState};
+use super::{fetch, EffectInputs, Inner};
+use crate::control::{self, Access, Activation, Command, Endpoint};
+use crate::state::{PrimaryState, ReplState, SecondaryState};
 use crate::status::SyncState;
 use crate::tls::ReplicationCa;
 use crate::ReplError;
 
 const DEFAULT_TOKEN_TTL_SECS: u64 = 30 * 60;
+/// Activation tokens live at most a day: they are meant to be used within minutes.
+const MAX_TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
 const SECONDARY_TOKEN_PATH: &str = "sys/replication/dr/primary/secondary-token";
 
 fn bad(msg: impl Into<String>) -> LogicalError {
     LogicalError::InvalidRequest(msg.into())
 }
 
-fn write_op(op: Operation) -> Result<()> {
-    match op {
-        Operation::Create | Operation::Update => Ok(()),
-        _ => Err(LogicalError::UnsupportedOperation),
-    }
+fn refused(r: control::Refusal) -> LogicalError {
+    LogicalError::InvalidRequest(r.0)
+}
+
+fn now_unix() -> u64 {
+    crate::messages::now_ms() / 1000
 }
 
 fn sha_hex(s: &str) -> String {
+    use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// The operations each endpoint answers to.
+fn check_operation(endpoint: Endpoint, op: Operation) -> Result<()> {
+    use Endpoint::*;
+    let ok = match endpoint {
+        Status | DrStatus | PerformanceStatus => op == Operation::Read,
+        SecondaryToken => matches!(op, Operation::Read | Operation::Create | Operation::Update),
+        OperationTokenAttempt => matches!(
+            op,
+            Operation::Read | Operation::Create | Operation::Update | Operation::Delete
+        ),
+        _ => matches!(op, Operation::Create | Operation::Update),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(LogicalError::UnsupportedOperation)
+    }
+}
+
+/// Whether the request carries a DR operation token valid for it: one generated on this
+/// secondary by the key-share ceremony and still live, or a replicated batch DR operation
+/// token (see [`Core::dr_batch_token_allows`]). A token that is neither is refused.
+async fn operation_token_presented(state: &ReplState, core: &Core, req: &Request) -> Result<bool> {
+    let Some(token) = get_str(&req.data, "dr_operation_token")?.filter(|t| !t.is_empty()) else {
+        return Ok(false);
+    };
+    if control::operation_token_valid(state, &sha_hex(&token), now_unix())
+        || core.dr_batch_token_allows(&token, &req.path).await?
+    {
+        Ok(true)
+    } else {
+        Err(LogicalError::PermissionDenied)
+    }
+}
+
+/// Decide, on the locked state, whether the caller may run `endpoint`. Returns the access
+/// rule that applied (promotion with key shares still has to collect them).
+async fn authorize(
+    state: &ReplState,
+    endpoint: Endpoint,
+    core: &Core,
+    req: &Request,
+    caller: Option<&Caller>,
+) -> Result<Access> {
+    let access = control::access(state.mode, endpoint).map_err(refused)?;
+    match access {
+        Access::Anyone => {}
+        Access::Token { sudo } => {
+            if core.is_sealed() {
+                return Err(LogicalError::Sealed);
+            }
+            let caller = caller.ok_or(LogicalError::PermissionDenied)?;
+            if !caller.has(&req.path, capability_for(req.operation))
+                || (sudo && !caller.is_sudo(&req.path))
+            {
+                return Err(LogicalError::PermissionDenied);
+            }
+        }
+        Access::OperationToken => {
+            if !operation_token_presented(state, core, req).await? {
+                return Err(LogicalError::PermissionDenied);
+            }
+        }
+        Access::KeySharesOrOperationToken => {
+            let with_token = operation_token_presented(state, core, req).await?;
+            if !with_token && endpoint != Endpoint::Promote {
+                return Err(LogicalError::PermissionDenied);
+            }
+        }
+    }
+    Ok(access)
 }
 
 pub(crate) async fn handle(
@@ -43,58 +120,54 @@ pub(crate) async fn handle(
     caller: Option<&Caller>,
 ) -> Result<Response> {
     let path = req.path.strip_prefix("sys/replication/").unwrap_or("");
-    let op = req.operation;
-    let mode = inner.mode();
+    let endpoint =
+        Endpoint::parse(path).ok_or_else(|| LogicalError::UnsupportedPath(req.path.clone()))?;
+    check_operation(endpoint, req.operation)?;
     let with_merkle_root = get_bool(&req.data, "merkle_root")?.unwrap_or(true);
-    match path {
-        "status" => {
+    match endpoint {
+        Endpoint::Status => {
             let mut data = Data::new();
             data.insert("dr".into(), inner.status_json(with_merkle_root).await);
             data.insert("performance".into(), json!({"mode": "disabled"}));
-            Ok(Response::data(data))
+            return Ok(Response::data(data));
         }
-        "dr/status" => status_response(inner.status_json(with_merkle_root).await),
-        "performance/status" => status_response(json!({"mode": "disabled"})),
-        "dr/primary/enable" => {
-            write_op(op)?;
-            primary_enable(inner, req).await
+        Endpoint::DrStatus => return status_response(inner.status_json(with_merkle_root).await),
+        Endpoint::PerformanceStatus => return status_response(json!({"mode": "disabled"})),
+        Endpoint::SecondaryEnable | Endpoint::UpdatePrimary => {
+            return activate(inner, core, req, caller, endpoint).await
         }
-        "dr/primary/demote" => {
-            write_op(op)?;
-            require(mode, Mode::Primary)?;
-            primary_demote(inner).await
+        _ => {}
+    }
+    let mut state = inner.state.lock().await;
+    authorize(&state, endpoint, core, req, caller).await?;
+    match endpoint {
+        Endpoint::PrimaryEnable => primary_enable(inner, core, req, &mut state).await,
+        Endpoint::PrimaryDemote => {
+            apply(inner, core, &mut state, Command::DemotePrimary).await?;
+            tracing::info!(
+                "DR primary demoted to secondary; use update-primary to follow a new primary"
+            );
+            Ok(Response::empty())
         }
-        "dr/primary/disable" => {
-            write_op(op)?;
-            require(mode, Mode::Primary)?;
-            primary_disable(inner).await
+        Endpoint::PrimaryDisable => {
+            apply(inner, core, &mut state, Command::DisablePrimary).await?;
+            tracing::info!("DR primary disabled");
+            Ok(Response::empty())
         }
-        "dr/primary/secondary-token" => {
-            require(mode, Mode::Primary)?;
-            secondary_token(inner, core, req).await
+        Endpoint::SecondaryToken => secondary_token(inner, core, req, &mut state).await,
+        Endpoint::RevokeSecondary => {
+            let id = required_id(req)?;
+            apply(
+                inner,
+                core,
+                &mut state,
+                Command::RevokeSecondary { id: id.clone() },
+            )
+            .await?;
+            tracing::info!(secondary = %id, "DR secondary revoked");
+            Ok(Response::empty())
         }
-        "dr/primary/revoke-secondary" => {
-            write_op(op)?;
-            require(mode, Mode::Primary)?;
-            revoke_secondary(inner, req).await
-        }
-        "dr/secondary/enable" => {
-            write_op(op)?;
-            if caller.is_none() || mode != Mode::Disabled {
-                return Err(bad(match mode {
-                    Mode::Primary => "this cluster is a DR primary; disable or demote it first",
-                    _ => "this cluster is already a DR secondary; use update-primary",
-                }));
-            }
-            secondary_enable(inner, core, req).await
-        }
-        "dr/secondary/generate-public-key" => {
-            write_op(op)?;
-            if mode != Mode::Disabled {
-                return Err(bad(
-                    "generate-public-key is for a cluster about to become a DR secondary",
-                ));
-            }
+        Endpoint::GeneratePublicKey => {
             let (private, public) = crate::sealed_activation::generate_keypair()?;
             if let Ok(mut k) = inner.activation_key.lock() {
                 *k = Some(private);
@@ -103,68 +176,53 @@ pub(crate) async fn handle(
             data.insert("secondary_public_key".into(), json!(public));
             Ok(Response::data(data))
         }
-        p if p.starts_with("dr/secondary/") && mode != Mode::Secondary => {
-            Err(bad("this cluster is not a DR secondary"))
-        }
-        "dr/secondary/promote" => {
-            write_op(op)?;
-            promote(inner, core, req).await
-        }
-        "dr/secondary/update-primary" => {
-            write_op(op)?;
-            authorize_op_token(inner, core, req).await?;
-            update_primary(inner, req).await
-        }
-        "dr/secondary/disable" => {
-            write_op(op)?;
-            authorize_op_token(inner, core, req).await?;
-            secondary_disable(inner, core).await
-        }
-        "dr/secondary/generate-operation-token/attempt" => op_token_attempt(inner, core, req).await,
-        "dr/secondary/generate-operation-token/update" => {
-            write_op(op)?;
-            op_token_update(inner, core, req).await
-        }
-        "dr/secondary/operation-token/delete" => {
-            write_op(op)?;
-            authorize_op_token(inner, core, req).await?;
-            let token = get_str(&req.data, "dr_operation_token")?.unwrap_or_default();
-            let mut state = inner.state_snapshot().await;
-            let hash = sha_hex(&token);
-            state.operation_token_hashes.retain(|h| *h != hash);
-            inner.commit_state(state).await?;
+        Endpoint::SecondaryDisable => {
+            apply(inner, core, &mut state, Command::DisableSecondary).await?;
             Ok(Response::empty())
         }
-        "dr/secondary/recover" | "recover" => {
-            write_op(op)?;
-            if mode == Mode::Secondary {
-                authorize_op_token(inner, core, req).await?;
+        Endpoint::Promote => promote(inner, core, req, &mut state).await,
+        Endpoint::OperationTokenAttempt => op_token_attempt(inner, core, req).await,
+        Endpoint::OperationTokenUpdate => op_token_update(inner, core, req, &mut state).await,
+        Endpoint::OperationTokenDelete => {
+            let token = get_str(&req.data, "dr_operation_token")?.unwrap_or_default();
+            let hash = sha_hex(&token);
+            apply(
+                inner,
+                core,
+                &mut state,
+                Command::DeleteOperationToken { hash },
+            )
+            .await?;
+            Ok(Response::empty())
+        }
+        Endpoint::Recover => {
+            if state.mode == crate::state::Mode::Secondary {
                 inner.start_follower();
             }
             Ok(Response::empty())
         }
-        "dr/secondary/reindex"
-        | "reindex"
-        | "dr/secondary/merkle-check"
-        | "merkle-check"
-        | "dr/primary/merkle-check" => {
-            write_op(op)?;
-            if mode == Mode::Secondary {
-                authorize_op_token(inner, core, req).await?;
-            }
-            inner.invalidate_merkle();
-            let tree = inner.merkle_tree().await?;
-            let mut data = Data::new();
-            data.insert("merkle_root".into(), json!(tree.root_hex()));
-            data.insert("keys".into(), json!(tree.keys));
-            data.insert("corrupted_merkle_tree".into(), json!(false));
-            data.insert("last_wal".into(), json!(inner.wal.last_index()));
-            Ok(Response::data(data).with_warning(
-                "the Merkle tree is recomputed from storage on every check; nothing to repair",
-            ))
+        Endpoint::Reindex | Endpoint::MerkleCheck => {
+            drop(state);
+            merkle_check(inner).await
         }
-        _ => Err(LogicalError::UnsupportedPath(req.path.clone())),
+        Endpoint::Status
+        | Endpoint::DrStatus
+        | Endpoint::PerformanceStatus
+        | Endpoint::SecondaryEnable
+        | Endpoint::UpdatePrimary => Err(LogicalError::UnsupportedPath(req.path.clone())),
     }
+}
+
+/// Apply one command to the locked state and carry out its effects.
+async fn apply(
+    inner: &Arc<Inner>,
+    core: &Core,
+    state: &mut MutexGuard<'_, ReplState>,
+    command: Command,
+) -> Result<()> {
+    inner
+        .apply(state, command, core, EffectInputs::default())
+        .await
 }
 
 fn status_response(v: Value) -> Result<Response> {
@@ -176,15 +234,23 @@ fn status_response(v: Value) -> Result<Response> {
     Ok(resp)
 }
 
-fn require(mode: Mode, want: Mode) -> Result<()> {
-    if mode == want {
-        return Ok(());
-    }
-    Err(bad(match want {
-        Mode::Primary => "this cluster is not a DR primary",
-        Mode::Secondary => "this cluster is not a DR secondary",
-        Mode::Disabled => "DR replication is already enabled on this cluster",
-    }))
+async fn merkle_check(inner: &Arc<Inner>) -> Result<Response> {
+    inner.invalidate_merkle();
+    let tree = inner.merkle_tree().await?;
+    let mut data = Data::new();
+    data.insert("merkle_root".into(), json!(tree.root_hex()));
+    data.insert("keys".into(), json!(tree.keys));
+    data.insert("corrupted_merkle_tree".into(), json!(false));
+    data.insert("last_wal".into(), json!(inner.wal.last_index()));
+    Ok(Response::data(data).with_warning(
+        "the Merkle tree is recomputed from storage on every check; nothing to repair",
+    ))
+}
+
+fn required_id(req: &Request) -> Result<String> {
+    get_str(&req.data, "id")?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| bad("missing required parameter \"id\""))
 }
 
 fn new_primary_state(
@@ -205,96 +271,64 @@ fn new_primary_state(
     })
 }
 
-async fn primary_enable(inner: &Arc<Inner>, req: &Request) -> Result<Response> {
+async fn primary_enable(
+    inner: &Arc<Inner>,
+    core: &Core,
+    req: &Request,
+    state: &mut MutexGuard<'_, ReplState>,
+) -> Result<Response> {
     if inner.config.cluster_listen_addr.is_none() {
         return Err(bad(
             "DR replication needs a cluster port: set cluster_address in the listener block",
         ));
     }
     let addr = get_str(&req.data, "primary_cluster_addr")?;
-    let current = inner.state_snapshot().await;
-    match current.mode {
-        Mode::Primary => return Err(bad("this cluster is already a DR primary")),
-        Mode::Secondary => return Err(bad("this cluster is a DR secondary; promote it instead")),
-        Mode::Disabled => {}
-    }
     let cluster_id = uuid::Uuid::new_v4().to_string();
-    let state = ReplState {
-        mode: Mode::Primary,
-        primary: Some(new_primary_state(inner, &cluster_id, addr)?),
+    let primary = new_primary_state(inner, &cluster_id, addr)?;
+    let command = Command::EnablePrimary {
         cluster_id,
-        generation: 1,
-        secondary: None,
-        synced_generation: None,
-        operation_token_hashes: current.operation_token_hashes,
+        primary,
     };
-    inner.install_tls_for(&state)?;
-    inner.commit_state(state).await?;
-    inner.wal.promote();
+    apply(inner, core, state, command).await?;
     tracing::info!("DR primary enabled");
     Ok(Response::empty())
 }
 
-async fn primary_demote(inner: &Arc<Inner>) -> Result<Response> {
-    let mut state = inner.state_snapshot().await;
-    state.mode = Mode::Secondary;
-    state.primary = None;
-    state.secondary = None;
-    state.synced_generation = Some(state.generation);
-    inner.wal.set_recording(false);
-    inner.commit_state(state).await?;
-    inner.close_sessions(None);
-    inner.forget_peer(None);
-    inner.set_sync_state(SyncState::Idle, "shutdown");
-    tracing::info!("DR primary demoted to secondary; use update-primary to follow a new primary");
-    Ok(Response::empty())
-}
-
-async fn primary_disable(inner: &Arc<Inner>) -> Result<Response> {
-    let state = ReplState::default();
-    inner.wal.set_recording(false);
-    inner.commit_state(state).await?;
-    inner.close_sessions(None);
-    inner.forget_peer(None);
-    tracing::info!("DR primary disabled");
-    Ok(Response::empty())
-}
-
-async fn secondary_token(inner: &Arc<Inner>, core: &Core, req: &Request) -> Result<Response> {
-    if !matches!(
-        req.operation,
-        Operation::Read | Operation::Create | Operation::Update
-    ) {
-        return Err(LogicalError::UnsupportedOperation);
-    }
-    let id = get_str(&req.data, "id")?
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| bad("missing required parameter \"id\""))?;
-    if id.len() > 128
+async fn secondary_token(
+    inner: &Arc<Inner>,
+    core: &Core,
+    req: &Request,
+    state: &mut MutexGuard<'_, ReplState>,
+) -> Result<Response> {
+    let id = required_id(req)?;
+    if id.len() > crate::tls::MAX_ID_LEN
         || !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
-        return Err(bad(
-            "id must be letters, digits, '-', '_' or '.' (at most 128)",
-        ));
+        return Err(bad(format!(
+            "id must be letters, digits, '-', '_' or '.' (at most {})",
+            crate::tls::MAX_ID_LEN
+        )));
     }
     let secondary_public_key =
         get_str(&req.data, "secondary_public_key")?.filter(|s| !s.is_empty());
     let ttl = get_duration(&req.data, "ttl")?
         .filter(|t| *t > 0)
         .unwrap_or(DEFAULT_TOKEN_TTL_SECS);
-    let mut state = inner.state_snapshot().await;
-    let Some(primary) = state.primary.as_mut() else {
+    if ttl > MAX_TOKEN_TTL_SECS {
+        return Err(bad(format!(
+            "ttl must be at most {MAX_TOKEN_TTL_SECS} seconds (24h)"
+        )));
+    }
+    let Some(primary) = state.primary.as_ref() else {
         return Err(bad("this cluster is not a DR primary"));
     };
-    if primary.secondaries.get(&id).is_some_and(|s| !s.revoked) {
-        return Err(bad(format!("a secondary with id {id:?} already exists")));
-    }
     let ca = ReplicationCa::from_pem(&primary.ca_cert_pem, &primary.ca_key_pem)
         .map_err(ReplError::from)?;
     let client = ca.issue_client_cert(&id).map_err(ReplError::from)?;
-    let bundle = Bundle {
+    let cert_sha256 = crate::tls::pem_fingerprint_hex(&client.cert_pem).map_err(ReplError::from)?;
+    let mut bundle = crate::activation::Bundle {
         cluster_id: state.cluster_id.clone(),
         secondary_id: id.clone(),
         generation: state.generation,
@@ -302,233 +336,102 @@ async fn secondary_token(inner: &Arc<Inner>, core: &Core, req: &Request) -> Resu
         primary_api_addr: inner.config.api_addr.clone(),
         ca_cert_pem: primary.ca_cert_pem.clone(),
         client,
-        root_key_b64: zeroize::Zeroizing::new({
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD.encode(&*core.barrier().root_key()?)
-        }),
+        root_key_b64: zeroize::Zeroizing::new(String::new()),
     };
-    primary.secondaries.insert(
-        id.clone(),
-        SecondaryRecord {
-            id: id.clone(),
-            revoked: false,
-            issued_unix: crate::messages::now_ms() / 1000,
-        },
-    );
-    if let Some(public_key) = secondary_public_key {
-        let expires = crate::messages::now_ms() / 1000 + ttl;
-        let token = crate::sealed_activation::seal(&bundle, &public_key, expires)?;
-        inner.commit_state(state).await?;
-        let mut data = Data::new();
-        data.insert("token".into(), json!(token));
-        tracing::info!(secondary = %id, ttl, "DR secondary activation token issued (encrypted to its key)");
-        return Ok(Response::data(data));
-    }
-    let mut data = Data::new();
-    data.insert(
-        "bundle".into(),
-        serde_json::to_value(&bundle).map_err(|e| LogicalError::Internal(e.to_string()))?,
-    );
-    let mut resp = core
-        .wrap_data(data, Duration::from_secs(ttl), SECONDARY_TOKEN_PATH)
-        .await?;
-    inner.commit_state(state).await?;
-    if let Some(info) = resp.wrap_info.as_mut() {
-        info.token = ActivationToken {
-            addr: inner.config.api_addr.clone(),
-            token: info.token.clone(),
+    // Validate the transition before anything is handed out; apply it once the token exists.
+    let command = Command::IssueSecondaryToken {
+        id: id.clone(),
+        cert_sha256,
+        now_unix: now_unix(),
+    };
+    control::transition(state, command.clone()).map_err(refused)?;
+    let resp = match secondary_public_key {
+        // Encrypted to a key only the secondary holds: the root key may travel inside, so the
+        // secondary opens the replicated keyring without the primary's key shares.
+        Some(public_key) => {
+            use base64::Engine as _;
+            bundle.root_key_b64 = zeroize::Zeroizing::new(
+                base64::engine::general_purpose::STANDARD.encode(&*core.barrier().root_key()?),
+            );
+            let expires = now_unix().saturating_add(ttl);
+            let token = crate::sealed_activation::seal(&bundle, &public_key, expires)?;
+            let mut data = Data::new();
+            data.insert("token".into(), json!(token));
+            Response::data(data)
         }
-        .encode();
-    }
+        // A wrapping token is a bearer credential: it carries the certificate that lets its
+        // holder stream ciphertext, never a key that decrypts it.
+        None => {
+            let mut data = Data::new();
+            data.insert(
+                "bundle".into(),
+                serde_json::to_value(&bundle).map_err(|e| LogicalError::Internal(e.to_string()))?,
+            );
+            let mut resp = core
+                .wrap_data(data, Duration::from_secs(ttl), SECONDARY_TOKEN_PATH)
+                .await?;
+            if let Some(info) = resp.wrap_info.as_mut() {
+                info.token = crate::activation::ActivationToken {
+                    addr: inner.config.api_addr.clone(),
+                    token: info.token.clone(),
+                }
+                .encode();
+            }
+            resp
+        }
+    };
+    apply(inner, core, state, command).await?;
     tracing::info!(secondary = %id, ttl, "DR secondary activation token issued");
     Ok(resp)
 }
 
-async fn revoke_secondary(inner: &Arc<Inner>, req: &Request) -> Result<Response> {
-    let id = get_str(&req.data, "id")?
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| bad("missing required parameter \"id\""))?;
-    let mut state = inner.state_snapshot().await;
-    if let Some(rec) = state
-        .primary
-        .as_mut()
-        .and_then(|p| p.secondaries.get_mut(&id))
+/// `secondary/enable` and `secondary/update-primary`: authorize on the locked state, fetch the
+/// bundle without the lock (it may cross the network), then apply the command to the state as
+/// it is by then, authorizing again on it.
+async fn activate(
+    inner: &Arc<Inner>,
+    core: &Core,
+    req: &Request,
+    caller: Option<&Caller>,
+    endpoint: Endpoint,
+) -> Result<Response> {
     {
-        rec.revoked = true;
+        let state = inner.state.lock().await;
+        authorize(&state, endpoint, core, req, caller).await?;
     }
-    inner.commit_state(state).await?;
-    inner.close_sessions(Some(&id));
-    inner.forget_peer(Some(&id));
-    tracing::info!(secondary = %id, "DR secondary revoked");
-    Ok(Response::empty())
-}
-
-/// Get the bundle of an activation token: decrypt it locally when it was encrypted to our
-/// `generate-public-key` key, otherwise unwrap it through the primary's API.
-async fn fetch_bundle(inner: &Inner, req: &Request) -> Result<Bundle> {
-    let token = get_str(&req.data, "token")?
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| bad("missing required parameter \"token\""))?;
-    if token.starts_with(crate::sealed_activation::PREFIX) {
-        let mut guard = inner
-            .activation_key
-            .lock()
-            .map_err(|_| LogicalError::Internal("activation key state poisoned".into()))?;
-        let private = guard.as_ref().ok_or_else(|| {
-            bad("no secondary public key was generated on this cluster (or it was used)")
-        })?;
-        let bundle =
-            crate::sealed_activation::open(&token, private, crate::messages::now_ms() / 1000)?;
-        *guard = None;
-        return Ok(bundle);
-    }
-    let activation = ActivationToken::decode(&token)?;
-    let addr = get_str(&req.data, "primary_api_addr")?
-        .filter(|s| !s.is_empty())
-        .unwrap_or(activation.addr);
-    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
-    let mut pems: Vec<Vec<u8>> = Vec::new();
-    if let Some(file) = get_str(&req.data, "ca_file")?.filter(|s| !s.is_empty()) {
-        pems.push(std::fs::read(&file).map_err(|e| bad(format!("reading ca_file {file:?}: {e}")))?);
-    }
-    if let Some(dir) = get_str(&req.data, "ca_path")?.filter(|s| !s.is_empty()) {
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| bad(format!("reading ca_path {dir:?}: {e}")))?;
-        for entry in entries.flatten() {
-            if entry.path().is_file() {
-                if let Ok(bytes) = std::fs::read(entry.path()) {
-                    pems.push(bytes);
-                }
-            }
-        }
-    }
-    for pem in pems {
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| bad(format!("invalid CA certificate: {e}")))?;
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    let client = builder
-        .build()
-        .map_err(|e| LogicalError::Internal(format!("building HTTP client: {e}")))?;
-    let url = format!("{}/v1/sys/wrapping/unwrap", addr.trim_end_matches('/'));
-    let resp = client
-        .post(&url)
-        .header("X-Vault-Token", &activation.token)
-        .json(&json!({}))
-        .send()
-        .await
-        .map_err(|e| {
-            bad(format!(
-                "error unwrapping the activation token at {url}: {e}"
-            ))
-        })?;
-    let status = resp.status();
-    let body: Value = resp
-        .json()
-        .await
-        .map_err(|e| bad(format!("unreadable answer from the primary: {e}")))?;
-    if !status.is_success() {
-        return Err(bad(format!(
-            "the primary refused the activation token ({status}): {}",
-            body.get("errors").cloned().unwrap_or(Value::Null)
-        )));
-    }
-    let bundle = body
-        .get("data")
-        .and_then(|d| d.get("bundle"))
-        .cloned()
-        .ok_or_else(|| bad("the activation token does not carry a DR bundle"))?;
-    serde_json::from_value(bundle).map_err(|e| bad(format!("invalid DR bundle: {e}")))
-}
-
-async fn secondary_enable(inner: &Arc<Inner>, core: &Core, req: &Request) -> Result<Response> {
-    let bundle = fetch_bundle(inner, req).await?;
+    let bundle = match fetch::open_sealed(inner, req)? {
+        Some(b) => b,
+        None => fetch::unwrap_at_primary(inner, req).await?,
+    };
     let root_key = bundle.root_key();
-    tracing::warn!(secondary = %bundle.secondary_id, "enabling DR secondary: wiping all local data");
-    inner.stop_follower();
-    core.wipe_storage().await?;
-    inner.invalidate_merkle();
-    inner.wal.reset_to(0).await.map_err(ReplError::from)?;
-    let state = ReplState {
-        mode: Mode::Secondary,
+    let activation = Activation {
         cluster_id: bundle.cluster_id.clone(),
         generation: bundle.generation,
-        primary: None,
-        secondary: Some(SecondaryState {
-            secondary_id: bundle.secondary_id,
-            primary_cluster_addr: bundle.primary_cluster_addr,
-            primary_api_addr: bundle.primary_api_addr,
-            ca_cert_pem: bundle.ca_cert_pem,
-            client: bundle.client,
-        }),
-        synced_generation: None,
-        operation_token_hashes: Vec::new(),
+        link: SecondaryState {
+            secondary_id: bundle.secondary_id.clone(),
+            primary_cluster_addr: bundle.primary_cluster_addr.clone(),
+            primary_api_addr: bundle.primary_api_addr.clone(),
+            ca_cert_pem: bundle.ca_cert_pem.clone(),
+            client: bundle.client.clone(),
+        },
     };
-    inner.wal.set_recording(false);
-    inner.commit_state(state).await?;
-    inner.remember_root_key(root_key);
-    inner.start_follower();
-    Ok(Response::empty())
-}
-
-async fn update_primary(inner: &Arc<Inner>, req: &Request) -> Result<Response> {
-    let bundle = fetch_bundle(inner, req).await?;
-    let mut state = inner.state_snapshot().await;
-    if bundle.cluster_id != state.cluster_id {
-        return Err(bad(
-            "the activation token is for another replication set; disable and enable instead",
-        ));
-    }
-    state.secondary = Some(SecondaryState {
-        secondary_id: bundle.secondary_id,
-        primary_cluster_addr: bundle.primary_cluster_addr,
-        primary_api_addr: bundle.primary_api_addr,
-        ca_cert_pem: bundle.ca_cert_pem,
-        client: bundle.client,
-    });
-    inner.commit_state(state).await?;
-    inner.start_follower();
-    tracing::info!("DR secondary re-pointed at a new primary");
-    Ok(Response::empty())
-}
-
-async fn secondary_disable(inner: &Arc<Inner>, core: &Core) -> Result<Response> {
-    inner.stop_follower();
-    inner.commit_state(ReplState::default()).await?;
-    core.reload_tables().await?;
-    Ok(Response::empty())
-}
-
-/// DR-secondary endpoints authorise with a DR operation token: one generated here by the
-/// key-share ceremony, or a token from the replicated token store (e.g. a batch token made on
-/// the primary) whose policy grants `update` on the path (needs this cluster unsealed).
-async fn authorize_op_token(inner: &Arc<Inner>, core: &Core, req: &Request) -> Result<()> {
-    let token = get_str(&req.data, "dr_operation_token")?
-        .filter(|t| !t.is_empty())
-        .ok_or(LogicalError::PermissionDenied)?;
-    let hash = sha_hex(&token);
-    let known = inner
-        .state_snapshot()
-        .await
-        .operation_token_hashes
-        .iter()
-        .any(|h| ct_eq(h.as_bytes(), hash.as_bytes()));
-    if known
-        || core
-            .token_allows(&token, &req.path, Capability::Update)
-            .await?
-    {
-        Ok(())
+    let mut state = inner.state.lock().await;
+    authorize(&state, endpoint, core, req, caller).await?;
+    if endpoint == Endpoint::SecondaryEnable {
+        tracing::warn!(secondary = %bundle.secondary_id, "enabling DR secondary: wiping all local data");
+        inner.remember_root_key(root_key);
+        apply(
+            inner,
+            core,
+            &mut state,
+            Command::EnableSecondary(activation),
+        )
+        .await?;
     } else {
-        Err(LogicalError::PermissionDenied)
+        apply(inner, core, &mut state, Command::UpdatePrimary(activation)).await?;
+        tracing::info!("DR secondary re-pointed at a new primary");
     }
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.ct_eq(b))
+    Ok(Response::empty())
 }
 
 fn caught_up(inner: &Inner, state: &ReplState) -> bool {
@@ -554,13 +457,17 @@ fn promote_progress(progress: u8, required: u8, complete: bool) -> Response {
     resp
 }
 
-async fn promote(inner: &Arc<Inner>, core: &Core, req: &Request) -> Result<Response> {
+async fn promote(
+    inner: &Arc<Inner>,
+    core: &Core,
+    req: &Request,
+    state: &mut MutexGuard<'_, ReplState>,
+) -> Result<Response> {
     let force = get_bool(&req.data, "force")?.unwrap_or(false);
     let required = core.seal_threshold().await?;
     let mut root_key = None;
-    if get_str(&req.data, "dr_operation_token")?.is_some_and(|t| !t.is_empty()) {
-        authorize_op_token(inner, core, req).await?;
-    } else {
+    // `authorize` already refused a wrong operation token.
+    if !operation_token_presented(state, core, req).await? {
         if get_bool(&req.data, "reset")?.unwrap_or(false) {
             if let Ok(mut c) = inner.ceremonies.promote.lock() {
                 *c = None;
@@ -600,26 +507,18 @@ async fn promote(inner: &Arc<Inner>, core: &Core, req: &Request) -> Result<Respo
             }
         }
     }
-    let state = inner.state_snapshot().await;
-    if !force && !caught_up(inner, &state) {
-        return Err(LogicalError::Unavailable(
-            "the secondary is still catching up with the primary; retry, or use force=true to accept losing unreplicated writes".into(),
-        ));
-    }
     let addr = get_str(&req.data, "primary_cluster_addr")?;
-    inner.stop_follower();
-    let mut state = state;
-    state.mode = Mode::Primary;
-    state.generation += 1;
-    state.primary = Some(new_primary_state(inner, &state.cluster_id, addr)?);
-    state.secondary = None;
-    inner.install_tls_for(&state)?;
-    inner.commit_state(state).await?;
-    inner.wal.promote();
-    match root_key {
-        Some(root) => core.unseal_with_root_key(&root).await?,
-        None => core.reload_tables().await?,
-    }
+    let command = Command::Promote {
+        primary: new_primary_state(inner, &state.cluster_id, addr)?,
+        caught_up: caught_up(inner, state),
+        force,
+    };
+    // A secondary that is behind is unavailable for promotion, not a bad request.
+    control::transition(state, command.clone()).map_err(|r| LogicalError::Unavailable(r.0))?;
+    let inputs = EffectInputs {
+        root_key: root_key.map(|k| zeroize::Zeroizing::new(k.to_vec())),
+    };
+    inner.apply(state, command, core, inputs).await?;
     tracing::warn!("DR secondary promoted to primary");
     Ok(promote_progress(required, required, true))
 }
@@ -675,7 +574,12 @@ async fn op_token_attempt(inner: &Arc<Inner>, core: &Core, req: &Request) -> Res
     }
 }
 
-async fn op_token_update(inner: &Arc<Inner>, core: &Core, req: &Request) -> Result<Response> {
+async fn op_token_update(
+    inner: &Arc<Inner>,
+    core: &Core,
+    req: &Request,
+    state: &mut MutexGuard<'_, ReplState>,
+) -> Result<Response> {
     let key = get_str(&req.data, "key")?.ok_or_else(|| bad("'key' must be specified"))?;
     let nonce = get_str(&req.data, "nonce")?.unwrap_or_default();
     let share = bunker_seal::parse_key_share(&key).map_err(|e| bad(e.to_string()))?;
@@ -706,11 +610,13 @@ async fn op_token_update(inner: &Arc<Inner>, core: &Core, req: &Request) -> Resu
         }
         return Err(bad("the key shares do not reconstruct the root key"));
     }
-    let token = format!("hvs.{}", bunker_core::token::random_base62(24));
+    let token = zeroize::Zeroizing::new(format!("hvs.{}", bunker_core::token::random_base62(24)));
     let encoded = bunker_seal::otp::encode_token(&token, &otp).map_err(|e| bad(e.to_string()))?;
-    let mut state = inner.state_snapshot().await;
-    state.operation_token_hashes.push(sha_hex(&token));
-    inner.commit_state(state).await?;
+    let command = Command::AddOperationToken {
+        hash: sha_hex(&token),
+        now_unix: now_unix(),
+    };
+    apply(inner, core, state, command).await?;
     let mut guard = inner
         .ceremonies
         .op_token
@@ -724,4 +630,9 @@ async fn op_token_update(inner: &Arc<Inner>, core: &Core, req: &Request) -> Resu
         None => idle_status(0),
     };
     Ok(Response::raw(200, body))
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }

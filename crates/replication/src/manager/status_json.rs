@@ -6,24 +6,19 @@ use super::Inner;
 use crate::state::Mode;
 
 impl Inner {
-    /// The status body. `with_merkle_root = false` (query `merkle_root=false`) skips the one
-    /// expensive field: the root is recomputed by a full scan whenever the WAL moved, which a
-    /// monitor sampling lag many times a second should not pay for.
+    /// The status body. It never scans the keyspace (anyone may read it): `merkle_root` is
+    /// the root the background refresher computed last, exact for WAL index `merkle_root_wal`
+    /// (empty while a change that the WAL index does not show is not yet hashed).
+    /// `with_merkle_root = false` (query `merkle_root=false`) leaves both out.
     pub(crate) async fn status_json(&self, with_merkle_root: bool) -> Value {
         let state = self.state_snapshot().await;
         if state.mode == Mode::Disabled {
             return json!({"mode": "disabled"});
         }
-        let merkle_root = if !with_merkle_root {
-            String::new()
+        let (merkle_root, merkle_root_wal) = if with_merkle_root {
+            self.published_merkle_root().unwrap_or_default()
         } else {
-            match self.merkle_tree().await {
-                Ok(tree) => tree.root_hex(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "computing the Merkle root for status failed");
-                    String::new()
-                }
-            }
+            (String::new(), 0)
         };
         let last_wal = self.wal.last_index();
         match state.mode {
@@ -56,6 +51,7 @@ impl Inner {
                     "last_reindex_epoch": "0",
                     "last_corruption_check_epoch": "-62135596800",
                     "merkle_root": merkle_root,
+                    "merkle_root_wal": merkle_root_wal,
                     "corrupted_merkle_tree": false,
                     "primary_cluster_addr": primary.map(|p| p.primary_cluster_addr.clone()).unwrap_or_default(),
                     "ssct_generation_counter": 0,
@@ -87,6 +83,7 @@ impl Inner {
                     "lag_wal_entries": lag_entries,
                     "lag_ms": lag_ms,
                     "merkle_root": merkle_root,
+                    "merkle_root_wal": merkle_root_wal,
                     "state": if secondary.is_none() { "idle" } else { s.state.as_str() },
                     "connection_state": if secondary.is_none() { "shutdown" } else if s.connection_state.is_empty() { "connecting" } else { s.connection_state },
                     "last_start": if s.last_start_ms == 0 { String::new() } else { s.last_start_ms.to_string() },

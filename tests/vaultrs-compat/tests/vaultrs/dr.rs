@@ -71,6 +71,32 @@ async fn health_on_a_dr_secondary_is_472_and_status_is_recovery() {
         ServerStatus::OK
     ));
 
+    // The wrapped activation token carries no key: once bootstrapped the secondary holds the
+    // primary's data and seal, and is opened with the primary's unseal key.
+    poll_until(CONVERGE, "secondary bootstrapped", || async {
+        let (code, body) = secondary
+            .raw("GET", "sys/replication/dr/status", None, None)
+            .await;
+        match body["data"]["state"].as_str() {
+            Some("stream-wals") if code == 200 => Ok(()),
+            _ => Err(format!("{code} {body}")),
+        }
+    })
+    .await;
+    let (code, body) = secondary
+        .raw(
+            "PUT",
+            "sys/unseal",
+            None,
+            Some(json!({ "key": primary.unseal_key })),
+        )
+        .await;
+    assert_eq!(
+        code, 200,
+        "unseal the secondary with the primary's key: {body}"
+    );
+    assert_eq!(body["sealed"], json!(false), "{body}");
+
     // A client without a token: after enabling, the secondary's own tokens are gone.
     let client = secondary.client("");
     poll_until(
@@ -85,24 +111,8 @@ async fn health_on_a_dr_secondary_is_472_and_status_is_recovery() {
     )
     .await;
 
-    // Once bootstrapped from the primary and streaming, a Vault DR secondary is an
-    // initialised, unsealed node; its health document says so (Vault checks "not
-    // initialised" (501) and "sealed" (503) before "DR secondary" (472)).
-    poll_until(
-        CONVERGE,
-        "secondary bootstrapped and streaming WALs",
-        || async {
-            let (code, body) = secondary
-                .raw("GET", "sys/replication/dr/status", None, None)
-                .await;
-            match body["data"]["state"].as_str() {
-                Some("stream-wals") if code == 200 => Ok(()),
-                _ => Err(format!("{code} {body}")),
-            }
-        },
-    )
-    .await;
-
+    // Bootstrapped and unsealed, a Vault DR secondary's health document says so (Vault
+    // checks "not initialised" (501) and "sealed" (503) before "DR secondary" (472)).
     // vaultrs::sys::health itself surfaces the 472 as a server response carrying the
     // health document, which parses as vaultrs's type.
     let err = expect_status(vaultrs::sys::health(&client).await, 472);

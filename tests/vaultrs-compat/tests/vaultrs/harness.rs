@@ -116,6 +116,8 @@ pub struct Server {
     http: reqwest::Client,
     /// Root token: `root` in dev mode, from `sys/init` otherwise.
     pub root_token: String,
+    /// The one unseal key of [`Server::initialized`] (empty otherwise).
+    pub unseal_key: String,
 }
 
 impl Server {
@@ -140,7 +142,8 @@ impl Server {
             "storage \"embedded\" {{\n  path = \"{data}\"\n}}\n\
              listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  \
              cluster_address = \"127.0.0.1:{cluster_port}\"\n  tls_disable = true\n}}\n\
-             api_addr = \"http://127.0.0.1:{port}\"\n",
+             api_addr = \"http://127.0.0.1:{port}\"\n\
+             replication {{\n  activation_allow_http = true\n}}\n",
             data = data.display(),
         );
         let path = s.dir.path().join("bunker.hcl");
@@ -170,6 +173,7 @@ impl Server {
             .as_str()
             .expect("root_token in sys/init")
             .to_owned();
+        s.unseal_key = key.clone();
         let (code, body) = s
             .raw("PUT", "sys/unseal", None, Some(json!({ "key": key })))
             .await;
@@ -195,6 +199,7 @@ impl Server {
             child: None,
             http,
             root_token,
+            unseal_key: String::new(),
         }
     }
 

@@ -1,0 +1,475 @@
+//! The DR control plane as one pure state machine.
+//!
+//! Every change of the replication mode or of the tables a mode owns (secondaries, operation
+//! tokens, generation) is a [`Command`] applied by [`transition`] to the current [`ReplState`],
+//! which answers with the next state and the [`Effect`]s the runtime must carry out, in order.
+//! Nothing here touches a socket, a clock or storage: the time, certificates and fetched
+//! activation bundles are inputs of the commands, persistence and task control are effects.
+//!
+//! Who may call each `sys/replication/*` endpoint is decided here too ([`access`]), from the
+//! same state the command is applied to. The runtime (`manager`) holds one async lock over the
+//! state for the whole authorize → transition → persist → effects sequence, so no two
+//! operations interleave and no request is authorized under one mode and executed under
+//! another. Effects that need the network (unwrapping an activation token at the primary) run
+//! outside the lock, and their result comes back as a new command checked against the state as
+//! it is then.
+//!
+//! Design reason: the previous design read the mode in two places and committed copies of the
+//! state after awaits, so a `secondary-token` racing a `revoke-secondary` re-admitted a revoked
+//! secondary, and an unauthenticated call made during a promotion ran with the new mode's
+//! powers. One function over one locked state makes both impossible by construction.
+
+use crate::state::{
+    Mode, OperationToken, PrimaryState, ReplState, SecondaryRecord, SecondaryState,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// Longest time a DR operation token lives (Vault's batch tokens carry a TTL; ours too).
+pub const OPERATION_TOKEN_TTL_SECS: u64 = 60 * 60;
+/// At most this many live DR operation tokens are kept; the oldest is dropped beyond it.
+pub const MAX_OPERATION_TOKENS: usize = 64;
+
+/// The `sys/replication/*` endpoints, told apart before any state is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Status,
+    DrStatus,
+    PerformanceStatus,
+    PrimaryEnable,
+    PrimaryDemote,
+    PrimaryDisable,
+    SecondaryToken,
+    RevokeSecondary,
+    SecondaryEnable,
+    GeneratePublicKey,
+    Promote,
+    UpdatePrimary,
+    SecondaryDisable,
+    OperationTokenAttempt,
+    OperationTokenUpdate,
+    OperationTokenDelete,
+    Recover,
+    Reindex,
+    MerkleCheck,
+}
+
+impl Endpoint {
+    /// The endpoint of a path relative to `sys/replication/`.
+    pub fn parse(path: &str) -> Option<Endpoint> {
+        use Endpoint::*;
+        Some(match path {
+            "status" => Status,
+            "dr/status" => DrStatus,
+            "performance/status" => PerformanceStatus,
+            "dr/primary/enable" => PrimaryEnable,
+            "dr/primary/demote" => PrimaryDemote,
+            "dr/primary/disable" => PrimaryDisable,
+            "dr/primary/secondary-token" => SecondaryToken,
+            "dr/primary/revoke-secondary" => RevokeSecondary,
+            "dr/secondary/enable" => SecondaryEnable,
+            "dr/secondary/generate-public-key" => GeneratePublicKey,
+            "dr/secondary/promote" => Promote,
+            "dr/secondary/update-primary" => UpdatePrimary,
+            "dr/secondary/disable" => SecondaryDisable,
+            "dr/secondary/generate-operation-token/attempt" => OperationTokenAttempt,
+            "dr/secondary/generate-operation-token/update" => OperationTokenUpdate,
+            "dr/secondary/operation-token/delete" => OperationTokenDelete,
+            "dr/secondary/recover" | "recover" => Recover,
+            "dr/secondary/reindex" | "reindex" => Reindex,
+            "dr/secondary/merkle-check" | "merkle-check" | "dr/primary/merkle-check" => MerkleCheck,
+            _ => return None,
+        })
+    }
+}
+
+/// What a caller must present for an endpoint in the current mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (status for monitoring, the key-share ceremony whose shares are the credential).
+    Anyone,
+    /// A client token whose policy grants the operation's capability on the path (and `sudo`).
+    Token { sudo: bool },
+    /// A DR operation token of this secondary (not any replicated token).
+    OperationToken,
+    /// A quorum of the primary's unseal key shares, or a DR operation token.
+    KeySharesOrOperationToken,
+}
+
+/// Why a request or command was refused; the text is for the operator.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+fn refuse<T>(msg: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal(msg.into()))
+}
+
+const NOT_PRIMARY: &str = "this cluster is not a DR primary";
+const NOT_SECONDARY: &str = "this cluster is not a DR secondary";
+
+/// Who may call `endpoint` while the cluster is in `mode`, or why nobody may.
+pub fn access(mode: Mode, endpoint: Endpoint) -> Result<Access, Refusal> {
+    use Endpoint::*;
+    match (mode, endpoint) {
+        (_, Status | DrStatus | PerformanceStatus) => Ok(Access::Anyone),
+        // On a secondary every DR operation is authorised by the primary's key shares or a DR
+        // operation token; client tokens are the primary's and mean nothing here.
+        (Mode::Secondary, Promote | SecondaryDisable | UpdatePrimary) => {
+            Ok(Access::KeySharesOrOperationToken)
+        }
+        (Mode::Secondary, OperationTokenAttempt | OperationTokenUpdate) => Ok(Access::Anyone),
+        (Mode::Secondary, OperationTokenDelete | Recover | Reindex | MerkleCheck) => {
+            Ok(Access::OperationToken)
+        }
+        (Mode::Secondary, PrimaryEnable) => {
+            refuse("this cluster is a DR secondary; promote it instead")
+        }
+        (Mode::Secondary, PrimaryDemote | PrimaryDisable | SecondaryToken | RevokeSecondary) => {
+            refuse(NOT_PRIMARY)
+        }
+        (Mode::Secondary, SecondaryEnable) => {
+            refuse("this cluster is already a DR secondary; use update-primary")
+        }
+        (Mode::Secondary, GeneratePublicKey) => {
+            refuse("generate-public-key is for a cluster about to become a DR secondary")
+        }
+        // A primary or a cluster without DR: ordinary client tokens and ACLs.
+        (Mode::Primary, PrimaryEnable) => refuse("this cluster is already a DR primary"),
+        (Mode::Disabled, PrimaryDemote | PrimaryDisable | SecondaryToken | RevokeSecondary) => {
+            refuse(NOT_PRIMARY)
+        }
+        (Mode::Primary, SecondaryEnable) => {
+            refuse("this cluster is a DR primary; disable or demote it first")
+        }
+        (Mode::Primary, GeneratePublicKey) => {
+            refuse("generate-public-key is for a cluster about to become a DR secondary")
+        }
+        (
+            _,
+            Promote
+            | UpdatePrimary
+            | SecondaryDisable
+            | OperationTokenAttempt
+            | OperationTokenUpdate
+            | OperationTokenDelete,
+        ) => refuse(NOT_SECONDARY),
+        (_, SecondaryToken | Reindex) => Ok(Access::Token { sudo: true }),
+        (
+            _,
+            PrimaryEnable | PrimaryDemote | PrimaryDisable | RevokeSecondary | SecondaryEnable
+            | GeneratePublicKey | Recover | MerkleCheck,
+        ) => Ok(Access::Token { sudo: false }),
+    }
+}
+
+/// Where a secondary gets its primary from: the fields of an activation bundle.
+#[derive(Clone, Debug)]
+pub struct Activation {
+    pub cluster_id: String,
+    pub generation: u64,
+    pub link: SecondaryState,
+}
+
+/// A change requested of the control plane: by an endpoint, or by the secondary's stream
+/// reporting what it learned from the primary.
+#[derive(Clone, Debug)]
+pub enum Command {
+    EnablePrimary {
+        cluster_id: String,
+        primary: PrimaryState,
+    },
+    DemotePrimary,
+    DisablePrimary,
+    /// Record a secondary and the fingerprint of the certificate issued with its token.
+    IssueSecondaryToken {
+        id: String,
+        cert_sha256: String,
+        now_unix: u64,
+    },
+    RevokeSecondary {
+        id: String,
+    },
+    EnableSecondary(Activation),
+    UpdatePrimary(Activation),
+    DisableSecondary,
+    /// `caught_up` and `force` are inputs: the stream's progress is runtime state.
+    Promote {
+        primary: PrimaryState,
+        caught_up: bool,
+        force: bool,
+    },
+    AddOperationToken {
+        hash: String,
+        now_unix: u64,
+    },
+    DeleteOperationToken {
+        hash: String,
+    },
+    /// The stream met a primary of a newer generation.
+    AdoptGeneration {
+        cluster_id: String,
+        generation: u64,
+    },
+    /// The stream finished a sync with the primary of `generation`.
+    MarkSynced {
+        cluster_id: String,
+        generation: u64,
+    },
+}
+
+/// What the runtime must do after a transition, in this order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Write the new state durably and make it the live one.
+    Persist,
+    StopFollower,
+    StartFollower,
+    /// Delete every local key (a cluster becoming a secondary).
+    WipeStorage,
+    StartWalRecording,
+    StopWalRecording,
+    /// Serve the cluster port with the new state's certificates (or stop serving it).
+    InstallTls,
+    /// Close the live streams of one secondary (or all) and wait until they stopped sending.
+    CloseSessions(Option<String>),
+    /// Open the barrier with the key shares the promotion was authorised by, or reload the
+    /// tables from storage when it is already open.
+    OpenBarrier,
+    /// Reload everything cached from storage (replication changed it underneath).
+    ReloadTables,
+}
+
+/// The result of a transition: the next state and the effects to carry out.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub state: ReplState,
+    pub effects: Vec<Effect>,
+}
+
+fn require(state: &ReplState, mode: Mode) -> Result<(), Refusal> {
+    if state.mode == mode {
+        return Ok(());
+    }
+    refuse(match mode {
+        Mode::Primary => NOT_PRIMARY,
+        Mode::Secondary => NOT_SECONDARY,
+        Mode::Disabled => "DR replication is already enabled on this cluster",
+    })
+}
+
+/// A new mode starts without the operation tokens of the old one.
+fn new_mode(mode: Mode, cluster_id: String, generation: u64) -> ReplState {
+    ReplState {
+        mode,
+        cluster_id,
+        generation,
+        ..ReplState::default()
+    }
+}
+
+/// Apply `command` to `state`. Pure: the same inputs always give the same step.
+pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> {
+    use Effect::*;
+    let step = |state, effects: &[Effect]| {
+        Ok(Step {
+            state,
+            effects: effects.to_vec(),
+        })
+    };
+    match command {
+        Command::EnablePrimary {
+            cluster_id,
+            primary,
+        } => {
+            require(state, Mode::Disabled).or_else(|_| match state.mode {
+                Mode::Primary => refuse("this cluster is already a DR primary"),
+                _ => refuse("this cluster is a DR secondary; promote it instead"),
+            })?;
+            let mut next = new_mode(Mode::Primary, cluster_id, 1);
+            next.primary = Some(primary);
+            step(next, &[Persist, InstallTls, StartWalRecording])
+        }
+        Command::DemotePrimary => {
+            require(state, Mode::Primary)?;
+            let mut next = new_mode(Mode::Secondary, state.cluster_id.clone(), state.generation);
+            next.synced_generation = Some(state.generation);
+            step(
+                next,
+                &[
+                    StopWalRecording,
+                    Persist,
+                    InstallTls,
+                    CloseSessions(None),
+                    StopFollower,
+                ],
+            )
+        }
+        Command::DisablePrimary => {
+            require(state, Mode::Primary)?;
+            step(
+                ReplState::default(),
+                &[StopWalRecording, Persist, InstallTls, CloseSessions(None)],
+            )
+        }
+        Command::IssueSecondaryToken {
+            id,
+            cert_sha256,
+            now_unix,
+        } => {
+            require(state, Mode::Primary)?;
+            let mut next = state.clone();
+            let Some(primary) = next.primary.as_mut() else {
+                return refuse(NOT_PRIMARY);
+            };
+            if primary.secondaries.get(&id).is_some_and(|s| !s.revoked) {
+                return refuse(format!("a secondary with id {id:?} already exists"));
+            }
+            primary.secondaries.insert(
+                id.clone(),
+                SecondaryRecord {
+                    id,
+                    revoked: false,
+                    issued_unix: now_unix,
+                    cert_sha256,
+                },
+            );
+            step(next, &[Persist, InstallTls])
+        }
+        Command::RevokeSecondary { id } => {
+            require(state, Mode::Primary)?;
+            let mut next = state.clone();
+            if let Some(rec) = next
+                .primary
+                .as_mut()
+                .and_then(|p| p.secondaries.get_mut(&id))
+            {
+                rec.revoked = true;
+            }
+            step(next, &[Persist, InstallTls, CloseSessions(Some(id))])
+        }
+        Command::EnableSecondary(activation) => {
+            require(state, Mode::Disabled).or_else(|_| match state.mode {
+                Mode::Primary => refuse("this cluster is a DR primary; disable or demote it first"),
+                _ => refuse("this cluster is already a DR secondary; use update-primary"),
+            })?;
+            let mut next = new_mode(
+                Mode::Secondary,
+                activation.cluster_id,
+                activation.generation,
+            );
+            next.secondary = Some(activation.link);
+            step(
+                next,
+                &[
+                    StopFollower,
+                    StopWalRecording,
+                    WipeStorage,
+                    Persist,
+                    StartFollower,
+                ],
+            )
+        }
+        Command::UpdatePrimary(activation) => {
+            require(state, Mode::Secondary)?;
+            if activation.cluster_id != state.cluster_id {
+                return refuse(
+                    "the activation token is for another replication set; disable and enable instead",
+                );
+            }
+            let mut next = state.clone();
+            next.secondary = Some(activation.link);
+            step(next, &[Persist, StartFollower])
+        }
+        Command::DisableSecondary => {
+            require(state, Mode::Secondary)?;
+            step(ReplState::default(), &[StopFollower, Persist, ReloadTables])
+        }
+        Command::Promote {
+            primary,
+            caught_up,
+            force,
+        } => {
+            require(state, Mode::Secondary)?;
+            if !force && !caught_up {
+                return refuse(
+                    "the secondary is still catching up with the primary; retry, or use force=true to accept losing unreplicated writes",
+                );
+            }
+            let mut next = new_mode(
+                Mode::Primary,
+                state.cluster_id.clone(),
+                state.generation.saturating_add(1),
+            );
+            next.primary = Some(primary);
+            step(
+                next,
+                &[
+                    StopFollower,
+                    Persist,
+                    InstallTls,
+                    StartWalRecording,
+                    OpenBarrier,
+                ],
+            )
+        }
+        Command::AddOperationToken { hash, now_unix } => {
+            require(state, Mode::Secondary)?;
+            let mut next = state.clone();
+            next.operation_tokens.retain(|t| t.expires_unix > now_unix);
+            next.operation_tokens.push(OperationToken {
+                hash,
+                expires_unix: now_unix.saturating_add(OPERATION_TOKEN_TTL_SECS),
+            });
+            let excess = next
+                .operation_tokens
+                .len()
+                .saturating_sub(MAX_OPERATION_TOKENS);
+            next.operation_tokens.drain(..excess);
+            step(next, &[Persist])
+        }
+        Command::DeleteOperationToken { hash } => {
+            require(state, Mode::Secondary)?;
+            let mut next = state.clone();
+            next.operation_tokens.retain(|t| t.hash != hash);
+            step(next, &[Persist])
+        }
+        Command::AdoptGeneration {
+            cluster_id,
+            generation,
+        } => {
+            require(state, Mode::Secondary)?;
+            if cluster_id != state.cluster_id || generation <= state.generation {
+                return refuse("stale generation report");
+            }
+            let mut next = state.clone();
+            next.generation = generation;
+            step(next, &[Persist])
+        }
+        Command::MarkSynced {
+            cluster_id,
+            generation,
+        } => {
+            require(state, Mode::Secondary)?;
+            if cluster_id != state.cluster_id || generation != state.generation {
+                return refuse("stale sync report");
+            }
+            let mut next = state.clone();
+            next.synced_generation = Some(generation);
+            step(next, &[Persist])
+        }
+    }
+}
+
+/// Whether `hash` (SHA-256 hex of a presented token) is a live DR operation token of `state`.
+/// Compares in constant time.
+pub fn operation_token_valid(state: &ReplState, hash: &str, now_unix: u64) -> bool {
+    use subtle::ConstantTimeEq;
+    state.mode == Mode::Secondary
+        && state.operation_tokens.iter().fold(false, |found, t| {
+            let same =
+                t.hash.len() == hash.len() && bool::from(t.hash.as_bytes().ct_eq(hash.as_bytes()));
+            found | (same && t.expires_unix > now_unix)
+        })
+}
