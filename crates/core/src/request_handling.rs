@@ -100,8 +100,16 @@ impl Core {
         if self.is_sealed() {
             return Err(LogicalError::Sealed);
         }
-        if let Some(resp) = self.handle_unauthenticated(&req).await? {
-            return Ok(resp);
+        // Wrapping lookups and self-unwraps authorise themselves; they are audited like the
+        // rest (an unwrap hands out what was wrapped, activation bundles included).
+        match self.handle_unauthenticated(&req).await {
+            Ok(None) => {}
+            result => {
+                let result = result.map(|r| r.unwrap_or_default());
+                self.audit.log_request(&req, None).await?;
+                self.audit.log_response(&req, None, &result).await?;
+                return result;
+            }
         }
         let mut caller = match self.authenticate(&req).await {
             Ok(c) => c,

@@ -33,6 +33,9 @@ struct Wrapped {
     creation_time: u64,
 }
 
+/// Where DR activation tokens are wrapped (`sys/replication/dr/primary/secondary-token`).
+pub const ACTIVATION_TOKEN_PATH: &str = "sys/replication/dr/primary/secondary-token";
+
 impl Core {
     /// Wrap `resp` for `ttl`; returns the response that carries only `wrap_info`.
     pub(crate) async fn wrap_response(
@@ -217,7 +220,14 @@ impl Core {
                     .saturating_add(wrapped.creation_ttl)
                     .saturating_sub(now_unix())
                     .max(1);
-                let ttl = Duration::from_secs(wrapped.creation_ttl.max(remaining));
+                // Vault gives the new token the original TTL. A DR activation token keeps its
+                // original expiry instead: rewrapping must not keep a bearer credential alive.
+                let ttl_secs = if wrapped.creation_path == ACTIVATION_TOKEN_PATH {
+                    remaining
+                } else {
+                    wrapped.creation_ttl.max(remaining)
+                };
+                let ttl = Duration::from_secs(ttl_secs);
                 let path = wrapped.creation_path.clone();
                 let resp = Response {
                     data: wrapped.data,

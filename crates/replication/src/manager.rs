@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     merkle_epoch: std::sync::atomic::AtomicU64,
     /// The root the refresher computed last: (root hex, WAL index, epoch) it is exact for.
     published_root: Mutex<Option<(String, u64, u64)>>,
+    /// Full scans of the replicated keyspace so far (reported in status).
+    pub(crate) merkle_scans: std::sync::atomic::AtomicU64,
     /// The primary's root key from the activation bundle, used once the first sync brought
     /// the primary's keyring, then dropped (the barrier keeps what it needs).
     replicated_root_key: Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
@@ -131,6 +133,7 @@ impl DrManager {
             merkle_cache: tokio::sync::Mutex::new(None),
             merkle_epoch: std::sync::atomic::AtomicU64::new(0),
             published_root: Mutex::new(None),
+            merkle_scans: std::sync::atomic::AtomicU64::new(0),
         });
         if let Some(addr) = inner.config.cluster_listen_addr.clone() {
             let listener = TcpListener::bind(&addr).await.map_err(|e| {
@@ -289,6 +292,7 @@ impl Inner {
                 }
             }
         }
+        self.merkle_scans.fetch_add(1, Ordering::Relaxed);
         let (tree, cells) = crate::merkle::compute_with_cells(self.backend.as_ref()).await?;
         let cells = Arc::new(cells);
         // A write that landed during the scan moved the index: cache under the index read

@@ -21,7 +21,6 @@ use crate::ReplError;
 const DEFAULT_TOKEN_TTL_SECS: u64 = 30 * 60;
 /// Activation tokens live at most a day: they are meant to be used within minutes.
 const MAX_TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
-const SECONDARY_TOKEN_PATH: &str = "sys/replication/dr/primary/secondary-token";
 
 fn bad(msg: impl Into<String>) -> LogicalError {
     LogicalError::InvalidRequest(msg.into())
@@ -368,7 +367,11 @@ async fn secondary_token(
                 serde_json::to_value(&bundle).map_err(|e| LogicalError::Internal(e.to_string()))?,
             );
             let mut resp = core
-                .wrap_data(data, Duration::from_secs(ttl), SECONDARY_TOKEN_PATH)
+                .wrap_data(
+                    data,
+                    Duration::from_secs(ttl),
+                    bunker_core::ACTIVATION_TOKEN_PATH,
+                )
                 .await?;
             if let Some(info) = resp.wrap_info.as_mut() {
                 info.token = crate::activation::ActivationToken {

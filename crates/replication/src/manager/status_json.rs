@@ -21,6 +21,7 @@ impl Inner {
             (String::new(), 0)
         };
         let last_wal = self.wal.last_index();
+        let merkle_scans = self.merkle_scans.load(std::sync::atomic::Ordering::Relaxed);
         match state.mode {
             Mode::Disabled => json!({"mode": "disabled"}),
             Mode::Primary => {
@@ -52,6 +53,7 @@ impl Inner {
                     "last_corruption_check_epoch": "-62135596800",
                     "merkle_root": merkle_root,
                     "merkle_root_wal": merkle_root_wal,
+                    "merkle_scans": merkle_scans,
                     "corrupted_merkle_tree": false,
                     "primary_cluster_addr": primary.map(|p| p.primary_cluster_addr.clone()).unwrap_or_default(),
                     "ssct_generation_counter": 0,
@@ -84,6 +86,7 @@ impl Inner {
                     "lag_ms": lag_ms,
                     "merkle_root": merkle_root,
                     "merkle_root_wal": merkle_root_wal,
+                    "merkle_scans": merkle_scans,
                     "state": if secondary.is_none() { "idle" } else { s.state.as_str() },
                     "connection_state": if secondary.is_none() { "shutdown" } else if s.connection_state.is_empty() { "connecting" } else { s.connection_state },
                     "last_start": if s.last_start_ms == 0 { String::new() } else { s.last_start_ms.to_string() },

@@ -1,0 +1,406 @@
+//! The DR control plane against an attacker: each test drives the real binaries the way an
+//! attack of the security review did (issue "Secure the DR control plane by construction").
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::dr::{
+    activation_token, adopt_credentials, demote, dr_operation_token_by_ceremony, dr_server,
+    dr_status, enable_primary, enable_secondary, inner_wrapping_token, promote_with_keys, signal,
+    wait_converged, wait_status, CONVERGE,
+};
+use common::{errors, ServerOptions, TestServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Primary-only operations an anonymous caller sprays at a cluster being promoted.
+const ANONYMOUS_ATTACKS: &[(&str, &str)] = &[
+    (
+        "GET",
+        "sys/replication/dr/primary/secondary-token?id=attacker",
+    ),
+    ("POST", "sys/replication/dr/primary/demote"),
+    ("POST", "sys/replication/dr/primary/disable"),
+    ("POST", "sys/replication/dr/primary/revoke-secondary"),
+    ("POST", "sys/replication/dr/primary/enable"),
+    ("POST", "sys/replication/dr/secondary/disable"),
+];
+
+fn method(m: &str) -> Method {
+    Method::from_bytes(m.as_bytes()).expect("method")
+}
+
+/// Finding 1: unauthenticated primary operations sprayed at a secondary while it is promoted
+/// (and demoted again, several times) never succeed, and no activation token is issued.
+#[test]
+fn anonymous_requests_racing_promotions_never_run_primary_operations() {
+    const CYCLES: usize = 4;
+    let a = dr_server();
+    enable_primary(&a);
+    let mut b = dr_server();
+    enable_secondary(&b, &activation_token(&a, "site-b"));
+    adopt_credentials(&mut b, &a);
+    wait_converged(&a, &b);
+    let stop = AtomicBool::new(false);
+    let leaked: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let sent = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for t in 0..3 {
+            let (b, stop, leaked, sent) = (&b, &stop, &leaked, &sent);
+            scope.spawn(move || {
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let (m, path) = ANONYMOUS_ATTACKS[i % ANONYMOUS_ATTACKS.len()];
+                    let (code, body) =
+                        b.request(method(m), path, None, Some(json!({"id": "site-x"})));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if code == 200 || code == 204 {
+                        leaked
+                            .lock()
+                            .unwrap()
+                            .push(format!("{m} {path}: {code} {body}"));
+                    }
+                    i += 1;
+                }
+            });
+        }
+        for round in 0..CYCLES {
+            let done = promote_with_keys(&b, &a.keys);
+            assert_eq!(
+                done["data"]["complete"],
+                json!(true),
+                "round {round}: {done}"
+            );
+            assert_eq!(dr_status(&b)["mode"], "primary");
+            demote(&b);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let leaked = leaked.into_inner().unwrap();
+    assert!(
+        leaked.is_empty(),
+        "anonymous requests succeeded: {leaked:#?}"
+    );
+    let sent = sent.into_inner();
+    assert!(sent > 50, "only {sent} anonymous requests were sent");
+    // Every request of the review's attack was audited nowhere before; the state shows no trace.
+    let st = dr_status(&b);
+    assert_eq!(st["mode"], "secondary", "{st}");
+}
+
+/// Finding 2: whoever holds (or watches the unwrap of) a wrapped activation token gets a
+/// certificate to stream ciphertext, never a key that decrypts it; the token cannot be kept
+/// alive by rewrapping; the unwrap is audited.
+#[test]
+fn activation_token_holder_gets_no_key_and_cannot_extend_it() {
+    let p = dr_server();
+    enable_primary(&p);
+    let audit = p.dir().join("audit.log");
+    enable_audit(&p, &audit);
+
+    // The attacker unwraps a stolen activation token.
+    let stolen = inner_wrapping_token(&activation_token(&p, "site-stolen"));
+    let (code, body) = p.post("sys/wrapping/unwrap", Some(&stolen), json!({}));
+    assert_eq!(code, 200, "{body}");
+    let bundle = body["data"]["bundle"].as_object().expect("bundle").clone();
+    let root_key = bundle.get("root_key_b64").and_then(Value::as_str);
+    assert!(
+        root_key.is_none_or(str::is_empty),
+        "the activation bundle carries the root key: {root_key:?}"
+    );
+    // Nothing in the answer is the primary's root key or key shares.
+    let text = body.to_string();
+    for k in &p.keys {
+        assert!(!text.contains(k.as_str()), "a key share in the bundle");
+    }
+    let unwraps = audit_lines(&audit, "sys/wrapping/unwrap");
+    assert!(unwraps >= 2, "the unwrap was not audited ({unwraps} lines)");
+
+    // Rewrapping keeps the original expiry.
+    let (code, body) = p.post(
+        "sys/replication/dr/primary/secondary-token",
+        p.root(),
+        json!({"id": "site-rewrap", "ttl": "60s"}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let wrapped = inner_wrapping_token(body["wrap_info"]["token"].as_str().unwrap());
+    let (code, body) = p.post("sys/wrapping/rewrap", p.root(), json!({"token": wrapped}));
+    assert_eq!(code, 200, "rewrap: {body}");
+    let ttl = body["wrap_info"]["ttl"].as_u64().expect("ttl");
+    assert!(ttl <= 60, "rewrap extended an activation token to {ttl}s");
+
+    // A token lives at most a day.
+    let (code, body) = p.post(
+        "sys/replication/dr/primary/secondary-token",
+        p.root(),
+        json!({"id": "site-long", "ttl": "8760h"}),
+    );
+    assert_eq!(code, 400, "a year-long activation token: {body}");
+}
+
+/// Finding 2: a secondary refuses to unwrap its activation token over plain http:// unless its
+/// configuration allows it for a loopback test setup, and says so.
+#[test]
+fn secondary_refuses_http_unwrap_unless_allowed() {
+    let p = dr_server();
+    enable_primary(&p);
+    let token = activation_token(&p, "site-b");
+    let mut s = TestServer::with_config(ServerOptions {
+        listener_extra: format!("  cluster_address = \"127.0.0.1:{}\"", common::free_port()),
+        ..Default::default()
+    });
+    s.init_unseal(1, 1);
+    let (code, body) = s.post(
+        "sys/replication/dr/secondary/enable",
+        s.root(),
+        json!({ "token": token }),
+    );
+    assert_eq!(code, 400, "{body}");
+    let e = errors(&body).join(" ");
+    assert!(
+        e.contains("https://") && e.contains("activation_allow_http"),
+        "{e}"
+    );
+    // The token was not spent: a secondary that allows loopback http still uses it.
+    let s2 = dr_server();
+    enable_secondary(&s2, &token);
+}
+
+/// Findings 4 and 9: after revoke-secondary, a new token for the same id does not re-admit
+/// the old certificate; the cluster port refuses it in the TLS handshake.
+#[test]
+fn a_new_token_for_a_revoked_id_does_not_readmit_the_old_certificate() {
+    let p = dr_server();
+    p.mount_kv2();
+    enable_primary(&p);
+    let mut s = dr_server();
+    enable_secondary(&s, &activation_token(&p, "site-b"));
+    wait_converged(&p, &s);
+    let (code, body) = p.post(
+        "sys/replication/dr/primary/revoke-secondary",
+        p.root(),
+        json!({"id": "site-b"}),
+    );
+    assert_eq!(code, 204, "{body}");
+    // The operator issues a new token for the same id (not used yet).
+    let _fresh = activation_token(&p, "site-b");
+    p.kv_put("after-revoke", json!({"n": "1"}));
+    let last_wal = dr_status(&p)["last_wal"].clone();
+    // A fresh process of the old secondary connects with its old certificate after the new
+    // token exists: the handshake refuses it.
+    s.restart();
+    let st = wait_status(&s, CONVERGE, "the old certificate to be refused", |st| {
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("CertificateRevoked"))
+    });
+    assert_ne!(st["connection_state"], "ready", "{st}");
+    assert_ne!(
+        st["last_remote_wal"], last_wal,
+        "the old certificate streamed after a new token was issued: {st}"
+    );
+}
+
+/// Finding 5: a secondary that is stalled (SIGSTOP) while it is revoked receives nothing that
+/// was written after revoke-secondary returned, however much was queued for it.
+#[test]
+fn revocation_cuts_a_stalled_stream() {
+    let p = dr_server();
+    p.mount_kv2();
+    enable_primary(&p);
+    let s = dr_server();
+    enable_secondary(&s, &activation_token(&p, "site-b"));
+    wait_converged(&p, &s);
+    signal(&s, "STOP");
+    // Enough to fill the socket buffers, so the primary's sender blocks in a write.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let p = &p;
+            scope.spawn(move || {
+                for i in (0..1600).filter(|i| i % 4 == t) {
+                    p.kv_put(&format!("queued/{i}"), json!({"pad": "q".repeat(8 * 1024)}));
+                }
+            });
+        }
+    });
+    let (code, body) = p.post(
+        "sys/replication/dr/primary/revoke-secondary",
+        p.root(),
+        json!({"id": "site-b"}),
+    );
+    assert_eq!(code, 204, "{body}");
+    let revoked_at = dr_status(&p)["last_wal"].as_u64().unwrap();
+    common::dr::bulk_put(&p, "after/", 0..300, "after");
+    assert!(dr_status(&p)["last_wal"].as_u64().unwrap() >= revoked_at + 300);
+    signal(&s, "CONT");
+    wait_status(&s, CONVERGE, "the stream to be cut", |st| {
+        st["connection_state"] != "ready"
+    });
+    let applied = dr_status(&s)["last_remote_wal"].as_u64().unwrap();
+    assert!(
+        applied <= revoked_at,
+        "the revoked secondary applied WAL {applied}, past {revoked_at} where it was revoked"
+    );
+    let (code, _) = s.get("sys/replication/dr/status", None);
+    assert_eq!(code, 200);
+}
+
+/// Finding 6: anonymous status calls never make the server scan the keyspace; the Merkle root
+/// they read is computed in the background at a bounded pace.
+#[test]
+fn anonymous_status_calls_never_scan() {
+    const ROUNDS: u64 = 100;
+    let p = dr_server();
+    p.mount_kv2();
+    enable_primary(&p);
+    common::dr::bulk_put(&p, "k/", 0..200, "a");
+    wait_status(&p, CONVERGE, "a published root", |st| {
+        st["merkle_root_wal"] == st["last_wal"]
+    });
+    let scans = |st: &Value| st["merkle_scans"].as_u64().expect("merkle_scans");
+    let quiet = scans(&dr_status(&p));
+    for _ in 0..ROUNDS {
+        let (code, _) = p.get("sys/replication/status", None);
+        assert_eq!(code, 200);
+        dr_status(&p);
+    }
+    assert_eq!(
+        scans(&dr_status(&p)),
+        quiet,
+        "status scanned with nothing written"
+    );
+    // With a write before every status call, scans follow the refresher's pace, not the calls.
+    let start = scans(&dr_status(&p));
+    for i in 0..ROUNDS {
+        p.kv_put(&format!("w/{i}"), json!({"n": i.to_string()}));
+        dr_status(&p);
+    }
+    let during = scans(&dr_status(&p)) - start;
+    assert!(
+        during < ROUNDS / 4,
+        "{during} scans for {ROUNDS} anonymous status calls after writes"
+    );
+}
+
+/// Finding 8: on a secondary only DR operation tokens authorize DR operations (not the
+/// primary's root token nor any replicated service token), they die with the mode, and the
+/// secondary's control plane is audited.
+#[test]
+fn dr_operation_tokens_are_the_only_credential_and_die_with_the_mode() {
+    let mut a = dr_server();
+    a.mount_kv2();
+    let (code, body) = a.put(
+        "sys/policies/acl/dr-ops",
+        a.root(),
+        json!({"policy": "path \"sys/replication/dr/secondary/*\" { capabilities = [\"update\", \"sudo\"] }"}),
+    );
+    assert_eq!(code, 204, "{body}");
+    let service = a.create_token(json!({"policies": ["dr-ops"], "ttl": "1h"}));
+    let audit = a.dir().join("audit.log");
+    enable_audit(&a, &audit);
+    enable_primary(&a);
+    let mut b = dr_server();
+    enable_secondary(&b, &activation_token(&a, "site-b"));
+    adopt_credentials(&mut b, &a);
+    wait_converged(&a, &b);
+    b.unseal();
+
+    let recover = |token: &str| {
+        b.post(
+            "sys/replication/dr/secondary/recover",
+            None,
+            json!({ "dr_operation_token": token }),
+        )
+    };
+    let root = a.root().unwrap().to_owned();
+    assert_eq!(recover(&root).0, 403, "the primary's root token");
+    assert_eq!(recover(&service).0, 403, "a replicated service token");
+    let op = dr_operation_token_by_ceremony(&b, &a.keys);
+    let (code, body) = recover(&op);
+    assert_eq!(code, 204, "a DR operation token: {body}");
+
+    // The secondary's control plane is audited (the audit table replicated; the secondary
+    // writes its own lines).
+    let secondary_lines = audit_lines(&audit, "sys/replication/dr/secondary/recover");
+    assert!(
+        secondary_lines >= 6,
+        "{secondary_lines} audit lines for recover"
+    );
+
+    // Promote and demote: the token dies with the secondary mode that issued it.
+    a.terminate(Duration::from_secs(10));
+    let done = promote_with_keys(&b, &a.keys);
+    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+    demote(&b);
+    let (code, body) = recover(&op);
+    assert_eq!(
+        code, 403,
+        "an operation token survived promote and demote: {body}"
+    );
+}
+
+/// Finding 10: `ca_file` / `ca_path` never read more than a bound, never block, and fail with
+/// one message whatever the file is.
+#[test]
+fn ca_file_is_bounded_and_errors_are_generic() {
+    let s = dr_server();
+    // A well-formed activation token for a primary that does not exist; the CA is read first.
+    let token = {
+        use base64::Engine as _;
+        let json = json!({"addr": "http://127.0.0.1:1", "token": "hvs.x"}).to_string();
+        format!(
+            "bdr1.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
+    };
+    let not_pem = s.dir().join("not-pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let mut answers = Vec::new();
+    for file in [
+        "/dev/zero",
+        "/nonexistent/ca.pem",
+        not_pem.to_str().unwrap(),
+    ] {
+        let started = std::time::Instant::now();
+        let (code, body) = s.post(
+            "sys/replication/dr/secondary/enable",
+            s.root(),
+            json!({ "token": token, "ca_file": file }),
+        );
+        assert_eq!(code, 400, "{file}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{file} took {:?}",
+            started.elapsed()
+        );
+        answers.push(errors(&body));
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "the errors tell files apart: {answers:?}"
+    );
+    s.assert_healthy();
+}
+
+fn enable_audit(s: &TestServer, path: &Path) {
+    let (code, body) = s.put(
+        "sys/audit/file",
+        s.root(),
+        json!({"type": "file", "options": {"file_path": path.to_str().unwrap()}}),
+    );
+    assert_eq!(code, 204, "enable audit: {body}");
+}
+
+/// How many audit records name `path`.
+fn audit_lines(file: &Path, path: &str) -> usize {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["request"]["path"] == path)
+        .count()
+}
