@@ -1,6 +1,8 @@
 //! The DR control plane against an attacker: each test drives the real binaries the way an
 //! attack of the security review did (issue "Secure the DR control plane by construction").
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;
