@@ -406,3 +406,32 @@ fn audit_lines(file: &Path, path: &str) -> usize {
         .filter(|r| r["request"]["path"] == path)
         .count()
 }
+
+/// Finding 14: a wiped secondary that has not synced yet refuses `sys/init` (it would
+/// otherwise take a seal and root token from anyone).
+#[test]
+fn a_wiped_secondary_refuses_init_before_its_first_sync() {
+    let p = dr_server();
+    // Secondaries of this primary dial a cluster address where nothing listens.
+    let (code, body) = p.post(
+        "sys/replication/dr/primary/enable",
+        p.root(),
+        json!({"primary_cluster_addr": "127.0.0.1:1"}),
+    );
+    assert_eq!(code, 204, "{body}");
+    let s = dr_server();
+    enable_secondary(&s, &activation_token(&p, "site-b"));
+    let (_, status) = s.get("sys/init", None);
+    assert_eq!(status["initialized"], json!(false), "wiped: {status}");
+    let (code, body) = s.put(
+        "sys/init",
+        None,
+        json!({"secret_shares": 1, "secret_threshold": 1}),
+    );
+    assert_eq!(code, 400, "sys/init on a DR secondary: {body}");
+    assert_eq!(
+        errors(&body),
+        vec![common::dr::DR_SECONDARY_ERROR.to_owned()]
+    );
+    assert_eq!(dr_status(&s)["mode"], "secondary");
+}

@@ -84,7 +84,11 @@ impl Core {
         self.requests_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mode = self.dr_mode();
-        if mode == DrMode::Secondary && req.path.starts_with("sys/generate-root") {
+        // A DR secondary's seal is the primary's: it is neither initialised nor given a new
+        // root token here (a wiped secondary before its first sync would otherwise accept an
+        // init from anyone).
+        let init_write = req.path == "sys/init" && req.operation != Operation::Read;
+        if mode == DrMode::Secondary && (req.path.starts_with("sys/generate-root") || init_write) {
             return Err(LogicalError::DrSecondary);
         }
         if let Some(resp) = self.handle_unsealed_not_required(&req).await? {

@@ -26,7 +26,10 @@ const WAL_BATCH_ENTRIES: usize = 512;
 const WAL_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Largest hello accepted: until the peer is identified it may not make us allocate more.
 const MAX_HELLO_BYTES: usize = 16 * 1024;
-/// Connections in the TLS handshake or hello at once; more wait in the accept queue.
+/// A session asks for the whole tree (or a snapshot) once per sync; a peer that keeps asking
+/// only makes the primary scan its keyspace again and again.
+const MAX_FULL_SCANS_PER_SESSION: usize = 4;
+/// Connections in the TLS handshake or hello at once; more are dropped.
 const MAX_PENDING_HANDSHAKES: usize = 16;
 
 /// Accept cluster connections for as long as the process lives. Connections arriving while
@@ -243,6 +246,7 @@ where
 
     // Reconciliation requests until the secondary asks to stream.
     let mut reconciler = Reconciler::default();
+    let mut full_scans = 0usize;
     let after = loop {
         let msg = tokio::time::timeout(
             PEER_SILENCE_TIMEOUT * 8,
@@ -258,13 +262,22 @@ where
             continue;
         };
         match msg {
+            ToPrimary::MerkleRequest | ToPrimary::SnapshotRequest
+                if full_scans >= MAX_FULL_SCANS_PER_SESSION =>
+            {
+                return refuse(&mut wr, "too many full reconciliations in one session").await;
+            }
             ToPrimary::MerkleRequest => {
+                full_scans += 1;
                 let wal_index = inner.wal.last_index();
                 let (tree, cells) = inner.merkle_fingerprint().await?;
                 reconciler.use_cell_sums(cells);
                 write_frame(&mut wr, &ToSecondary::Tree { wal_index, tree }).await?;
             }
-            ToPrimary::SnapshotRequest => reconcile::send_snapshot(inner, &mut wr).await?,
+            ToPrimary::SnapshotRequest => {
+                full_scans += 1;
+                reconcile::send_snapshot(inner, &mut wr).await?
+            }
             ToPrimary::Ack { applied, time_ms } => inner.peer_ack(&secondary_id, applied, time_ms),
             ToPrimary::StreamFrom { after } => break after,
             ToPrimary::Hello { .. } => return refuse(&mut wr, "unexpected hello").await,

@@ -57,6 +57,34 @@ pub struct EmbeddedBackend {
 /// less, and the OS page cache still serves the rest. `storage "embedded" { cache_size }`.
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
+/// The data directory is the server's alone (0700) and the database file too (0600): it holds
+/// ciphertext, but also what must work while sealed (the cluster port's TLS keys). Tightened on
+/// every open, so a directory created by hand with a laxer umask is fixed too.
+#[cfg(unix)]
+fn restrict_permissions(dir: &Path, db_file: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |context: String| move |source| StorageError::Io { context, source };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("restricting data directory {}", dir.display())))?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db_file)
+        .map_err(io(format!("creating database file {}", db_file.display())))?;
+    std::fs::set_permissions(db_file, std::fs::Permissions::from_mode(0o600)).map_err(io(format!(
+        "restricting database file {}",
+        db_file.display()
+    )))
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_dir: &Path, _db_file: &Path) -> Result<()> {
+    Ok(())
+}
+
 impl EmbeddedBackend {
     /// Opens (creating if missing) `dir` and the database file in it with the default cache,
     /// and starts the writer thread.
@@ -71,6 +99,7 @@ impl EmbeddedBackend {
             source,
         })?;
         let path = dir.join(DATABASE_FILE);
+        restrict_permissions(dir, &path)?;
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
             .create(&path)

@@ -257,3 +257,19 @@ async fn acknowledged_writes_survive_kill_9() {
         );
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn data_directory_and_file_are_private_to_the_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = temp_dir();
+    let dir = parent.path().join("data");
+    // A directory made by hand with a lax mode is tightened too.
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let backend = open(&dir);
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(DATABASE_FILE)), 0o600);
+    drop(backend);
+}
