@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use bunker_cli::ServerArgs;
 use bunker_core::{Core, CoreConfig, MountEntry};
-use bunker_storage::{Backend, EmbeddedBackend, InmemBackend};
+use bunker_storage::{Backend, EmbeddedBackend, HookedBackend, InmemBackend};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -109,7 +109,9 @@ fn load_tls(listener: &ListenerConfig) -> Result<Option<bunker_http::ListenerTls
 }
 
 async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
-    let (backend, storage_type): (Arc<dyn Backend>, &str) = match &cfg.storage {
+    // Both backends run a commit hook, which replication requires (the WAL is written in the
+    // same commit as the data).
+    let (backend, storage_type): (Arc<dyn HookedBackend>, &str) = match &cfg.storage {
         StorageConfig::Inmem => (Arc::new(InmemBackend::new()), "inmem"),
         StorageConfig::Embedded { path, cache_bytes } => (
             Arc::new(
@@ -120,7 +122,7 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
         ),
     };
     let core = build_core(
-        backend.clone(),
+        backend.clone() as Arc<dyn Backend>,
         CoreConfig {
             cluster_name: cfg.cluster_name.clone(),
             api_addr: cfg.api_addr.clone(),
@@ -128,10 +130,10 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
             storage_type: storage_type.into(),
         },
     );
-    let dr = bunker_replication::DrManager::start(
+    let dr = bunker_dr::DrManager::start(
         &core,
         backend,
-        bunker_replication::DrConfig {
+        bunker_dr::DrConfig {
             cluster_listen_addr: Some(cfg.listener.cluster_address.clone())
                 .filter(|a| !a.is_empty()),
             cluster_addr: cfg.cluster_addr.clone(),

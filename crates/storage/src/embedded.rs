@@ -234,7 +234,9 @@ impl Backend for EmbeddedBackend {
     fn metrics(&self) -> StorageMetrics {
         self.counters.snapshot()
     }
+}
 
+impl crate::HookedBackend for EmbeddedBackend {
     fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
         self.hook.set(hook);
     }

@@ -112,7 +112,9 @@ impl Backend for InmemBackend {
             ops: self.ops.load(Ordering::Relaxed),
         }
     }
+}
 
+impl crate::HookedBackend for InmemBackend {
     fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
         self.hook.set(hook);
     }

@@ -105,9 +105,15 @@ pub trait Backend: Send + Sync + 'static {
     fn metrics(&self) -> StorageMetrics {
         StorageMetrics::default()
     }
+}
 
+/// A backend that runs a [`CommitHook`] inside each commit, at the point where commit order is
+/// decided. Replication requires it (its WAL is written by the hook, in the same atomic batch
+/// as the data): a backend that cannot do this cannot be replicated, and says so by not
+/// implementing this trait rather than by silently ignoring a hook.
+pub trait HookedBackend: Backend {
     /// Installs (`Some`) or removes (`None`) the hook called for every committed batch,
     /// replacing any hook installed before. Batches already being committed may still see the
-    /// previous hook. Backends that cannot call a hook keep this default, which ignores it.
-    fn set_commit_hook(&self, _hook: Option<Arc<dyn CommitHook>>) {}
+    /// previous hook.
+    fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>);
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::*;
-use crate::{Backend, EmbeddedBackend, InmemBackend};
+use crate::{Backend, EmbeddedBackend, HookedBackend, InmemBackend};
 
 const HOOK_PREFIX: &str = "hook/";
 /// The key every test batch writes; the hook records its value for each batch.
@@ -66,7 +66,7 @@ async fn scan_all(backend: &dyn Backend, prefix: &str) -> Vec<(String, Vec<u8>)>
 }
 
 /// 64 writers race; the hook's numbering must match the order the batches took effect.
-async fn hook_order_is_commit_order(backend: Arc<dyn Backend>) {
+async fn hook_order_is_commit_order(backend: Arc<dyn HookedBackend>) {
     const TASKS: usize = 64;
     const WRITES_PER_TASK: usize = 10;
     let hook = Arc::new(NumberingHook::default());
@@ -140,7 +140,7 @@ async fn hook_order_is_commit_order(backend: Arc<dyn Backend>) {
 }
 
 /// Extra ops are checked like a caller's: an invalid one rejects the whole batch.
-async fn invalid_extra_ops_reject_the_batch(backend: &dyn Backend) {
+async fn invalid_extra_ops_reject_the_batch(backend: &dyn HookedBackend) {
     backend.set_commit_hook(Some(Arc::new(FixedHook(vec![put("", b"bad")]))));
     let result = backend.put("victim", b"v".to_vec()).await;
     assert!(
@@ -170,7 +170,7 @@ async fn invalid_extra_ops_reject_the_batch(backend: &dyn Backend) {
     backend.set_commit_hook(None);
 }
 
-async fn conformance_with_a_hook(backend: &dyn Backend) {
+async fn conformance_with_a_hook(backend: &dyn HookedBackend) {
     backend.set_commit_hook(Some(Arc::new(NumberingHook::default())));
     crate::conformance::exercise_backend(backend).await;
     backend.set_commit_hook(None);

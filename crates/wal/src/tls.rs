@@ -625,18 +625,18 @@ fn root_store(ca_cert_pem: &str) -> Result<RootCertStore, TlsError> {
 }
 
 /// serde for `Zeroizing<String>` (the workspace builds zeroize without its `serde` feature).
-pub(crate) mod zeroizing_string {
+pub mod zeroizing_string {
     use serde::{Deserialize, Deserializer, Serializer};
     use zeroize::Zeroizing;
 
-    pub(crate) fn serialize<S: Serializer>(
+    pub fn serialize<S: Serializer>(
         value: &Zeroizing<String>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(value)
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+    pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Zeroizing<String>, D::Error> {
         String::deserialize(deserializer).map(Zeroizing::new)

@@ -1,24 +1,26 @@
-//! DR replication: the write-ahead log, the Merkle index, the mTLS cluster transport and the
-//! DR state machine. Sits beside the barrier and sees only ciphertext.
+//! DR replication: the control plane and the runtime that feeds it sockets, clocks and storage.
 //!
-//! Layout: [`wal`] records every replicated write in the same atomic batch as the data;
-//! [`merkle`] hashes the replicated keyspace for reconciliation; [`tls`] and [`frame`] are the
-//! cluster transport; [`messages`] the protocol; [`primary`] and [`secondary`] the two ends of
-//! a stream; [`manager`] the `sys/replication/*` endpoints and the mode changes.
+//! May see: the ciphertext-only parts (`bunker-wal`: WAL, Merkle index, cluster TLS, frames,
+//! messages), the physical storage, and the core through the few operations DR needs (unseal
+//! with a root key, wipe, wrap, reload, verify key shares, check a DR batch token). Unlike
+//! `bunker-wal`, this crate handles key material: the root key of a promotion or of an
+//! activation bundle encrypted to this cluster.
+//!
+//! Layout: [`control`] the pure state machine of the DR control plane (who may call what, and
+//! every mode change); `manager` the runtime around it and the `sys/replication/*` endpoints;
+//! `primary` and `secondary` the two ends of a stream; [`activation`] and
+//! [`sealed_activation`] the activation tokens.
 
 pub mod activation;
 pub mod control;
-pub mod frame;
 pub mod manager;
-pub mod merkle;
-pub mod messages;
 mod primary;
 pub mod sealed_activation;
 mod secondary;
 pub mod state;
 mod status;
-pub mod tls;
-pub mod wal;
+
+pub use bunker_wal::{frame, merkle, messages, tls, wal};
 
 pub use manager::{DrConfig, DrManager};
 

@@ -27,7 +27,7 @@ mod recorder;
 
 use std::sync::Arc;
 
-use bunker_storage::{Backend, Op, StorageError};
+use bunker_storage::{Backend, HookedBackend, Op, StorageError};
 use thiserror::Error;
 use tokio::sync::{watch, Mutex};
 
@@ -108,7 +108,8 @@ impl std::fmt::Debug for Wal {
 impl Wal {
     /// Install the recorder hook on `backend` and recover the last index from WAL_LAST_KEY.
     /// Recording starts off. A reset interrupted by a crash is finished first.
-    pub async fn open(backend: Arc<dyn Backend>) -> Result<Arc<Wal>> {
+    pub async fn open(hooked: Arc<dyn HookedBackend>) -> Result<Arc<Wal>> {
+        let backend: Arc<dyn Backend> = hooked.clone();
         if let Some(target) = read_index(backend.as_ref(), WAL_RESET_KEY).await? {
             tracing::warn!(wal_index = target, "finishing an interrupted WAL reset");
             finish_reset(backend.as_ref(), target).await?;
@@ -117,7 +118,7 @@ impl Wal {
             .await?
             .unwrap_or(0);
         let recorder = Arc::new(Recorder::new(last_index));
-        backend.set_commit_hook(Some(recorder.clone()));
+        hooked.set_commit_hook(Some(recorder.clone()));
         tracing::info!(wal_index = last_index, "WAL opened");
         Ok(Arc::new(Wal {
             backend,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bunker_core::logical::{Request, Response, Result as LResult};
 use bunker_core::{Caller, Core, DrMode, ReplicationHandler};
-use bunker_storage::Backend;
+use bunker_storage::{Backend, HookedBackend};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -110,10 +110,11 @@ impl DrManager {
     /// the secondary stream as the state says. Registers itself on the core.
     pub async fn start(
         core: &Arc<Core>,
-        backend: Arc<dyn Backend>,
+        hooked: Arc<dyn HookedBackend>,
         config: DrConfig,
     ) -> Result<Arc<DrManager>, ReplError> {
-        let wal = Wal::open(backend.clone()).await?;
+        let wal = Wal::open(hooked.clone()).await?;
+        let backend: Arc<dyn Backend> = hooked;
         let state = ReplState::load(backend.as_ref()).await?;
         let inner = Arc::new(Inner {
             config,

@@ -1,7 +1,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use bunker_storage::{Backend, EmbeddedBackend, InmemBackend, Op, StorageError};
+use bunker_storage::{Backend, EmbeddedBackend, HookedBackend, InmemBackend, Op, StorageError};
 
 use super::*;
 
@@ -24,12 +24,12 @@ fn inmem() -> Arc<InmemBackend> {
     Arc::new(InmemBackend::new())
 }
 
-async fn open(backend: &Arc<impl Backend>) -> Arc<Wal> {
-    let backend: Arc<dyn Backend> = backend.clone();
+async fn open(backend: &Arc<impl HookedBackend>) -> Arc<Wal> {
+    let backend: Arc<dyn HookedBackend> = backend.clone();
     Wal::open(backend).await.expect("opening WAL")
 }
 
-async fn recording(backend: &Arc<impl Backend>) -> Arc<Wal> {
+async fn recording(backend: &Arc<impl HookedBackend>) -> Arc<Wal> {
     let wal = open(backend).await;
     wal.set_recording(true);
     wal
@@ -538,7 +538,7 @@ async fn a_corrupt_last_index_fails_open() {
         .put(WAL_LAST_KEY, b"short".to_vec())
         .await
         .expect("put");
-    let dyn_backend: Arc<dyn Backend> = backend;
+    let dyn_backend: Arc<dyn HookedBackend> = backend;
     assert!(matches!(
         Wal::open(dyn_backend).await,
         Err(WalError::Corrupt { .. })
