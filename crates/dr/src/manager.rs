@@ -18,6 +18,7 @@ use bunker_storage::{Backend, HookedBackend};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::core_port::DrCore;
 use crate::messages::now_ms;
 use crate::state::{Mode, ReplState};
 use crate::status::{PeerStatus, SecondaryStatus, SyncState};
@@ -62,7 +63,8 @@ pub(crate) struct Inner {
     pub config: DrConfig,
     pub backend: Arc<dyn Backend>,
     pub wal: Arc<Wal>,
-    pub core: Weak<Core>,
+    /// The core, through the narrow trait of what DR needs of it.
+    pub core: Weak<dyn DrCore>,
     /// The control-plane state. Held for a whole transition: authorize, apply, persist,
     /// effects (see [`crate::control`]).
     pub(crate) state: tokio::sync::Mutex<ReplState>,
@@ -120,7 +122,7 @@ impl DrManager {
             config,
             backend,
             wal,
-            core: Arc::downgrade(core),
+            core: Arc::downgrade(core) as Weak<dyn DrCore>,
             mode: AtomicU8::new(mode_to_u8(state.mode)),
             state: tokio::sync::Mutex::new(state.clone()),
             server_tls: RwLock::new(None),
@@ -317,7 +319,7 @@ impl Inner {
         self: &Arc<Self>,
         state: &mut tokio::sync::MutexGuard<'_, ReplState>,
         command: crate::control::Command,
-        core: &Core,
+        core: &dyn DrCore,
         mut inputs: EffectInputs,
     ) -> Result<(), bunker_core::logical::LogicalError> {
         use crate::control::Effect;
@@ -368,7 +370,7 @@ impl Inner {
             .upgrade()
             .ok_or_else(|| ReplError::Unavailable("the server is shutting down".into()))?;
         let mut state = self.state.lock().await;
-        self.apply(&mut state, command, &core, EffectInputs::default())
+        self.apply(&mut state, command, core.as_ref(), EffectInputs::default())
             .await
             .map_err(|e| ReplError::Refused(e.to_string()))
     }
@@ -646,7 +648,7 @@ impl Inner {
     pub async fn reload_core_keyring(&self) {
         if let Some(core) = self.core.upgrade() {
             if !core.is_sealed() {
-                if let Err(e) = core.barrier().reload_keyring().await {
+                if let Err(e) = core.reload_keyring().await {
                     tracing::warn!(error = %e, "reloading the replicated keyring failed");
                 }
             }

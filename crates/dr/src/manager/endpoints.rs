@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bunker_core::logical::fields::{get_bool, get_duration, get_str};
 use bunker_core::logical::{Data, LogicalError, Operation, Request, Response, Result};
-use bunker_core::{capability_for, Caller, Core};
+use bunker_core::{capability_for, Caller};
+
+use crate::core_port::DrCore;
 use serde_json::{json, Value};
 use tokio::sync::MutexGuard;
 
@@ -60,8 +62,12 @@ fn check_operation(endpoint: Endpoint, op: Operation) -> Result<()> {
 
 /// Whether the request carries a DR operation token valid for it: one generated on this
 /// secondary by the key-share ceremony and still live, or a replicated batch DR operation
-/// token (see [`Core::dr_batch_token_allows`]). A token that is neither is refused.
-async fn operation_token_presented(state: &ReplState, core: &Core, req: &Request) -> Result<bool> {
+/// token (see [`DrCore::dr_batch_token_allows`]). A token that is neither is refused.
+async fn operation_token_presented(
+    state: &ReplState,
+    core: &dyn DrCore,
+    req: &Request,
+) -> Result<bool> {
     let Some(token) = get_str(&req.data, "dr_operation_token")?.filter(|t| !t.is_empty()) else {
         return Ok(false);
     };
@@ -79,7 +85,7 @@ async fn operation_token_presented(state: &ReplState, core: &Core, req: &Request
 async fn authorize(
     state: &ReplState,
     endpoint: Endpoint,
-    core: &Core,
+    core: &dyn DrCore,
     req: &Request,
     caller: Option<&Caller>,
 ) -> Result<Access> {
@@ -114,7 +120,7 @@ async fn authorize(
 
 pub(crate) async fn handle(
     inner: &Arc<Inner>,
-    core: &Core,
+    core: &dyn DrCore,
     req: &Request,
     caller: Option<&Caller>,
 ) -> Result<Response> {
@@ -215,7 +221,7 @@ pub(crate) async fn handle(
 /// Apply one command to the locked state and carry out its effects.
 async fn apply(
     inner: &Arc<Inner>,
-    core: &Core,
+    core: &dyn DrCore,
     state: &mut MutexGuard<'_, ReplState>,
     command: Command,
 ) -> Result<()> {
@@ -272,7 +278,7 @@ fn new_primary_state(
 
 async fn primary_enable(
     inner: &Arc<Inner>,
-    core: &Core,
+    core: &dyn DrCore,
     req: &Request,
     state: &mut MutexGuard<'_, ReplState>,
 ) -> Result<Response> {
@@ -295,7 +301,7 @@ async fn primary_enable(
 
 async fn secondary_token(
     inner: &Arc<Inner>,
-    core: &Core,
+    core: &dyn DrCore,
     req: &Request,
     state: &mut MutexGuard<'_, ReplState>,
 ) -> Result<Response> {
@@ -350,7 +356,7 @@ async fn secondary_token(
         Some(public_key) => {
             use base64::Engine as _;
             bundle.root_key_b64 = zeroize::Zeroizing::new(
-                base64::engine::general_purpose::STANDARD.encode(&*core.barrier().root_key()?),
+                base64::engine::general_purpose::STANDARD.encode(&*core.root_key()?),
             );
             let expires = now_unix().saturating_add(ttl);
             let token = crate::sealed_activation::seal(&bundle, &public_key, expires)?;
@@ -393,7 +399,7 @@ async fn secondary_token(
 /// it is by then, authorizing again on it.
 async fn activate(
     inner: &Arc<Inner>,
-    core: &Core,
+    core: &dyn DrCore,
     req: &Request,
     caller: Option<&Caller>,
     endpoint: Endpoint,
@@ -462,7 +468,7 @@ fn promote_progress(progress: u8, required: u8, complete: bool) -> Response {
 
 async fn promote(
     inner: &Arc<Inner>,
-    core: &Core,
+    core: &dyn DrCore,
     req: &Request,
     state: &mut MutexGuard<'_, ReplState>,
 ) -> Result<Response> {
@@ -526,7 +532,11 @@ async fn promote(
     Ok(promote_progress(required, required, true))
 }
 
-async fn op_token_attempt(inner: &Arc<Inner>, core: &Core, req: &Request) -> Result<Response> {
+async fn op_token_attempt(
+    inner: &Arc<Inner>,
+    core: &dyn DrCore,
+    req: &Request,
+) -> Result<Response> {
     let required = core.seal_threshold().await?;
     let mut guard = inner
         .ceremonies
@@ -579,7 +589,7 @@ async fn op_token_attempt(inner: &Arc<Inner>, core: &Core, req: &Request) -> Res
 
 async fn op_token_update(
     inner: &Arc<Inner>,
-    core: &Core,
+    core: &dyn DrCore,
     req: &Request,
     state: &mut MutexGuard<'_, ReplState>,
 ) -> Result<Response> {

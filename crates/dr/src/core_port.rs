@@ -1,0 +1,77 @@
+//! The few things DR asks of the core, as one narrow trait: everything else of the core is out
+//! of DR's reach. The runtime holds a `dyn DrCore`; the only implementation is for
+//! [`bunker_core::Core`], here, so this file is the whole of DR's dependence on the core's
+//! behaviour (its request and response types aside).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bunker_core::logical::{Data, Response, Result};
+use bunker_core::Core;
+use zeroize::Zeroizing;
+
+#[async_trait]
+pub trait DrCore: Send + Sync {
+    fn is_sealed(&self) -> bool;
+    /// Unseal threshold of the (replicated) seal configuration; 0 when uninitialised.
+    async fn seal_threshold(&self) -> Result<u8>;
+    /// Whether `root_key` opens the stored keyring (a key-share ceremony's result).
+    async fn verify_root_key(&self, root_key: &[u8]) -> Result<()>;
+    /// Open the barrier with a root key (promotion, an encrypted activation bundle).
+    async fn unseal_with_root_key(&self, root_key: &[u8]) -> Result<()>;
+    /// Reload everything cached from storage after replication changed it underneath.
+    async fn reload_tables(&self) -> Result<()>;
+    /// Reload the barrier keyring (the primary rotated its key).
+    async fn reload_keyring(&self) -> Result<()>;
+    /// Delete every key of the physical storage (a cluster becoming a secondary).
+    async fn wipe_storage(&self) -> Result<()>;
+    /// The root key of an unsealed barrier, for a bundle encrypted to a secondary's own key.
+    fn root_key(&self) -> Result<Zeroizing<Vec<u8>>>;
+    /// Store `data` in a single-use response-wrapping token.
+    async fn wrap_data(&self, data: Data, ttl: Duration, creation_path: &str) -> Result<Response>;
+    /// Whether `token` is a batch DR operation token allowed on `path`.
+    async fn dr_batch_token_allows(&self, token: &str, path: &str) -> Result<bool>;
+}
+
+#[async_trait]
+impl DrCore for Core {
+    fn is_sealed(&self) -> bool {
+        Core::is_sealed(self)
+    }
+
+    async fn seal_threshold(&self) -> Result<u8> {
+        Core::seal_threshold(self).await
+    }
+
+    async fn verify_root_key(&self, root_key: &[u8]) -> Result<()> {
+        Core::verify_root_key(self, root_key).await
+    }
+
+    async fn unseal_with_root_key(&self, root_key: &[u8]) -> Result<()> {
+        Core::unseal_with_root_key(self, root_key).await
+    }
+
+    async fn reload_tables(&self) -> Result<()> {
+        Core::reload_tables(self).await
+    }
+
+    async fn reload_keyring(&self) -> Result<()> {
+        Ok(self.barrier().reload_keyring().await?)
+    }
+
+    async fn wipe_storage(&self) -> Result<()> {
+        Core::wipe_storage(self).await
+    }
+
+    fn root_key(&self) -> Result<Zeroizing<Vec<u8>>> {
+        Ok(self.barrier().root_key()?)
+    }
+
+    async fn wrap_data(&self, data: Data, ttl: Duration, creation_path: &str) -> Result<Response> {
+        Core::wrap_data(self, data, ttl, creation_path).await
+    }
+
+    async fn dr_batch_token_allows(&self, token: &str, path: &str) -> Result<bool> {
+        Core::dr_batch_token_allows(self, token, path).await
+    }
+}
