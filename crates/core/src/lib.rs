@@ -18,5 +18,4 @@ mod wrapping;
 pub use crate::core::{Core, CoreConfig};
 pub use mounts::MountEntry;
 pub use replication_hook::{DrMode, ReplicationHandler};
-pub use time_util::{format_duration_secs, parse_duration_secs};
 pub use wrapping::ACTIVATION_TOKEN_PATH;

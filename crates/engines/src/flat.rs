@@ -6,9 +6,9 @@
 
 use bunker_core::logical::{Data, LogicalError, Operation, Response, Result};
 
-use crate::duration::parse_duration_value;
 use crate::params::{list_prefix, validate_key_path};
 use crate::store::{encode_json, get_json, Call};
+use bunker_core::logical::duration::parse_duration_value;
 
 /// The places where KV v1 and cubbyhole differ.
 #[derive(Clone, Copy, Debug)]

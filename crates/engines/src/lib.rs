@@ -8,7 +8,7 @@
 //! - `store`: the seam between engine logic and the core's `StorageView`, so engines are unit
 //!   tested over an in-memory store (including injected storage failures).
 //! - `params`: lenient, Vault-style request field decoding and path checks.
-//! - [`duration`]: Vault/Go duration parsing and printing, public for reuse by the core.
+//! - durations: `bunker_core::logical::duration` (one implementation for the whole server).
 //! - `view_tests` (tests only): the engines end to end over a real barrier-backed `StorageView`.
 //!
 //! Engines return `LogicalError` for everything a client caused and never panic on input.
@@ -20,14 +20,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod cubbyhole;
-pub mod duration;
-mod flat;
+pub mod flat;
 pub mod kv;
 mod params;
 mod store;
 
+pub use bunker_core::logical::duration::{
+    format_duration, parse_duration_secs, parse_duration_value,
+};
 pub use cubbyhole::{cubbyhole_factory, destroy_cubbyhole, Cubbyhole};
-pub use duration::{format_duration, parse_duration_secs, parse_duration_value};
 pub use kv::{kv_factory, KvV1, KvV2};
 
 #[cfg(test)]

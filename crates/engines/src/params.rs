@@ -7,8 +7,6 @@
 use bunker_core::logical::{Data, LogicalError, Result};
 use serde_json::Value;
 
-use crate::duration::parse_duration_value;
-
 /// Longest secret path accepted, in bytes. Paths become storage keys; this keeps keys and list
 /// pages bounded.
 pub(crate) const MAX_PATH_BYTES: usize = 2048;
@@ -25,57 +23,10 @@ fn bad_field(name: &str, expected: &str) -> LogicalError {
     LogicalError::InvalidRequest(format!("field {name:?} must be {expected}"))
 }
 
-/// A non-negative integer given as a number or a string of digits (`""` is 0).
-pub(crate) fn value_u64(value: &Value, name: &str) -> Result<u64> {
-    match value {
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                return Ok(u);
-            }
-            match n.as_f64() {
-                Some(f) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 9.0e15 => {
-                    Ok(f as u64)
-                }
-                _ => Err(bad_field(name, "a non-negative integer")),
-            }
-        }
-        Value::String(s) if s.trim().is_empty() => Ok(0),
-        Value::String(s) => s
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| bad_field(name, "a non-negative integer")),
-        _ => Err(bad_field(name, "a non-negative integer")),
-    }
-}
-
-pub(crate) fn u64_field(data: &Data, name: &str) -> Result<Option<u64>> {
-    field(data, name).map(|v| value_u64(v, name)).transpose()
-}
-
-/// A boolean given as JSON bool, a number (non-zero is true) or a Go-style bool string.
-pub(crate) fn bool_field(data: &Data, name: &str) -> Result<Option<bool>> {
-    let Some(value) = field(data, name) else {
-        return Ok(None);
-    };
-    let parsed = match value {
-        Value::Bool(b) => Some(*b),
-        Value::Number(n) => n.as_f64().map(|f| f != 0.0),
-        Value::String(s) => match s.trim() {
-            "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-            "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-            _ => None,
-        },
-        _ => None,
-    };
-    parsed.map(Some).ok_or_else(|| bad_field(name, "a boolean"))
-}
-
-/// A duration in seconds (number, digits, or Go duration string).
-pub(crate) fn duration_field(data: &Data, name: &str) -> Result<Option<u64>> {
-    field(data, name)
-        .map(|v| parse_duration_value(v).map_err(|_| bad_field(name, "a duration such as \"30m\"")))
-        .transpose()
-}
+/// Field decoding is the core's, one implementation for the whole server.
+pub(crate) use bunker_core::logical::fields::{
+    get_bool as bool_field, get_duration as duration_field, get_u64 as u64_field, value_u64,
+};
 
 /// An object field.
 pub(crate) fn object_field<'a>(data: &'a Data, name: &str) -> Result<Option<&'a Data>> {

@@ -132,7 +132,7 @@ fn wrap_ttl(headers: &HeaderMap) -> Result<Option<Duration>, LogicalError> {
     let raw = raw
         .to_str()
         .map_err(|_| LogicalError::InvalidRequest("invalid X-Vault-Wrap-TTL header".into()))?;
-    let secs = bunker_core::parse_duration_secs(&Value::String(raw.to_owned()))?;
+    let secs = bunker_core::logical::duration::parse_duration_secs(raw)?;
     if secs == 0 {
         return Err(LogicalError::InvalidRequest(
             "wrap TTL must be greater than zero".into(),

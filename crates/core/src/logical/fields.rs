@@ -9,6 +9,12 @@ fn wrong_type(name: &str, want: &str) -> LogicalError {
     LogicalError::InvalidRequest(format!("invalid value for {name:?}: expected {want}"))
 }
 
+/// A field's value, `null` counting as absent. An empty string is the type's zero value
+/// (`0`, `false`, `0s`), as Vault's weak decoding makes it.
+fn present<'a>(data: &'a Data, name: &str) -> Option<&'a Value> {
+    data.get(name).filter(|v| !v.is_null())
+}
+
 pub fn get_str(data: &Data, name: &str) -> Result<Option<String>> {
     match data.get(name) {
         None | Some(Value::Null) => Ok(None),
@@ -19,47 +25,60 @@ pub fn get_str(data: &Data, name: &str) -> Result<Option<String>> {
     }
 }
 
+/// A boolean: JSON `true`/`false`, a number (non-zero is true), or exactly the strings Go's
+/// `strconv.ParseBool` takes (`1 t T TRUE true True`, `0 f F FALSE false False`; not `tRuE`);
+/// `""` is false.
 pub fn get_bool(data: &Data, name: &str) -> Result<Option<bool>> {
-    match data.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
-            "" => Ok(None),
-            "true" | "1" | "t" => Ok(Some(true)),
-            "false" | "0" | "f" => Ok(Some(false)),
-            _ => Err(wrong_type(name, "a boolean")),
+    let Some(value) = present(data, name) else {
+        return Ok(None);
+    };
+    let parsed = match value {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => n.as_f64().map(|f| f != 0.0),
+        Value::String(s) => match s.trim() {
+            "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+            "" | "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+            _ => None,
         },
-        Some(Value::Number(n)) => Ok(Some(n.as_u64().unwrap_or(0) != 0)),
-        Some(_) => Err(wrong_type(name, "a boolean")),
-    }
+        _ => None,
+    };
+    parsed
+        .map(Some)
+        .ok_or_else(|| wrong_type(name, "a boolean"))
 }
 
+/// A non-negative integer: a number with no fractional part (`1.0` is 1, `0.5` is refused) or
+/// a string of digits.
 pub fn get_u64(data: &Data, name: &str) -> Result<Option<u64>> {
-    match data.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| wrong_type(name, "a non-negative integer")),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| wrong_type(name, "a non-negative integer")),
-        Some(_) => Err(wrong_type(name, "a non-negative integer")),
+    present(data, name).map(|v| value_u64(v, name)).transpose()
+}
+
+/// [`get_u64`] of one value (an element of a list field, say); `name` is for the error.
+pub fn value_u64(value: &Value, name: &str) -> Result<u64> {
+    let bad = || wrong_type(name, "a non-negative integer");
+    match value {
+        Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => Ok(u),
+            (None, Some(f)) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 9.0e15 => {
+                Ok(f as u64)
+            }
+            _ => Err(bad()),
+        },
+        Value::String(s) if s.trim().is_empty() => Ok(0),
+        Value::String(s) => s.trim().parse().map_err(|_| bad()),
+        _ => Err(bad()),
     }
 }
 
-/// A duration in seconds: number, numeric string or Go-style string ("1h30m").
+/// A duration in whole seconds: a number (fractions truncated: `0.5` is 0), a string of
+/// digits, or a Go duration string (`"1h30m"`, `"1us"` is 0), see [`super::duration`].
 pub fn get_duration(data: &Data, name: &str) -> Result<Option<u64>> {
-    match data.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(v) => crate::time_util::parse_duration_secs(v)
-            .map(Some)
-            .map_err(|_| wrong_type(name, "a duration")),
-    }
+    let Some(value) = present(data, name) else {
+        return Ok(None);
+    };
+    super::duration::parse_duration_value(value)
+        .map(Some)
+        .map_err(|_| wrong_type(name, "a duration such as \"30m\""))
 }
 
 /// A list of strings: a JSON array, or a comma-separated string.
@@ -124,6 +143,26 @@ pub fn reject_unknown(data: &Data, known: &[&str]) -> Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The cases on which the two decoders this module replaced disagreed.
+    #[test]
+    fn one_answer_for_the_disputed_inputs() {
+        let d = data(json!({
+            "mixed": "tRuE", "empty": "", "half": 0.5, "one": 1.0, "micro": "1us",
+            "upper": "TRUE", "num": 2,
+        }));
+        assert!(get_bool(&d, "mixed").is_err());
+        assert_eq!(get_bool(&d, "upper").ok().flatten(), Some(true));
+        assert_eq!(get_bool(&d, "num").ok().flatten(), Some(true));
+        assert_eq!(get_bool(&d, "empty").ok().flatten(), Some(false));
+        assert_eq!(get_u64(&d, "empty").ok().flatten(), Some(0));
+        assert_eq!(get_duration(&d, "empty").ok().flatten(), Some(0));
+        assert!(get_u64(&d, "half").is_err());
+        assert_eq!(get_u64(&d, "one").ok().flatten(), Some(1));
+        assert_eq!(get_duration(&d, "half").ok().flatten(), Some(0));
+        assert_eq!(get_duration(&d, "one").ok().flatten(), Some(1));
+        assert_eq!(get_duration(&d, "micro").ok().flatten(), Some(0));
+    }
 
     fn data(v: Value) -> Data {
         match v {

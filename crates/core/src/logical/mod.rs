@@ -1,6 +1,7 @@
 //! The logical layer's plain types: requests, responses, errors and the backend trait.
 //! Nothing here knows about HTTP; the HTTP layer translates to and from these types.
 
+pub mod duration;
 mod error;
 pub mod fields;
 mod request;

@@ -15,8 +15,8 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::duration::format_duration;
 use crate::store::{get_json, Store};
+use bunker_core::logical::duration::format_duration;
 
 /// Storage key of the mount configuration.
 pub(crate) const CONFIG_KEY: &str = "config";

@@ -1,4 +1,5 @@
-//! Duration parsing and formatting in Vault's conventions.
+//! Duration parsing and formatting in Vault's conventions: the one implementation every
+//! request field, header (`X-Vault-Wrap-TTL`) and backend uses.
 //!
 //! Vault accepts durations either as whole seconds (a JSON number or a string of digits) or as
 //! Go duration strings (`"1h30m"`, `"10m"`, `"45s"`, `"1.5h"`, `"250ms"`), plus a `d` (day)
@@ -9,7 +10,7 @@
 //! Output uses Go's `time.Duration.String()` shape (`"0s"`, `"45s"`, `"1m30s"`, `"1h0m0s"`),
 //! which Vault prints for fields such as `delete_version_after`.
 
-use bunker_core::logical::{LogicalError, Result};
+use super::{LogicalError, Result};
 use serde_json::Value;
 
 /// Longest duration string accepted; anything longer is garbage, not a duration.
@@ -148,6 +149,7 @@ fn split_digits(s: &str) -> (&str, &str) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
