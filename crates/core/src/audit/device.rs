@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-use super::hashing::{hash_value, hmac_str};
+use super::hashing::{hash_map, hash_value, hmac_str};
 use super::AuditEntry;
 use crate::logical::{LogicalError, Request, Response, Result};
 use crate::request_handling::Caller;
@@ -103,6 +103,15 @@ impl FileDevice {
         }
     }
 
+    /// An object hashed like [`Self::hv`], without copying it first unless it is logged raw.
+    fn hm(&self, m: &serde_json::Map<String, Value>) -> Value {
+        if self.log_raw {
+            Value::Object(m.clone())
+        } else {
+            hash_map(&self.entry.salt, m)
+        }
+    }
+
     fn hv(&self, v: &Value) -> Value {
         if self.log_raw {
             v.clone()
@@ -130,7 +139,7 @@ impl FileDevice {
         let data = if req.data.is_empty() {
             Value::Null
         } else {
-            self.hv(&Value::Object(req.data.clone()))
+            self.hm(&req.data)
         };
         json!({
             "id": req.id,
@@ -148,7 +157,7 @@ impl FileDevice {
     pub fn response_json(&self, resp: &Response) -> Value {
         let mut out = serde_json::Map::new();
         if let Some(data) = &resp.data {
-            out.insert("data".into(), self.hv(&Value::Object(data.clone())));
+            out.insert("data".into(), self.hm(data));
         }
         if let Some(raw) = &resp.raw {
             out.insert("data".into(), self.hv(&raw.body));
