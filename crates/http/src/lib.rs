@@ -189,7 +189,12 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
     req.wrap_ttl = wrap_ttl;
     req.remote_addr = connect.map(|c| c.0.ip().to_string());
     let request_id = req.id.clone();
-    let span = tracing::debug_span!("request", id = %request_id, op = operation.as_str(), path = %req.path);
+    let span = tracing::debug_span!(
+        "request",
+        id = %request_id,
+        op = operation.as_str(),
+        path = %bunker_core::token::redact_path(&req.path),
+    );
     let result = tracing::Instrument::instrument(state.core.handle(req), span).await;
     let wal_index = match (&result, operation) {
         (Ok(_), Operation::Create | Operation::Update | Operation::Delete) => {
