@@ -6,6 +6,9 @@
 //!   address         = "127.0.0.1:8200"
 //!   cluster_address = "127.0.0.1:8201"
 //!   tls_disable     = true            # or tls_cert_file / tls_key_file
+//!   # optional limits (defaults shown): http_read_header_timeout = "10s",
+//!   # http_read_timeout = "30s", http_write_timeout = "0", http_idle_timeout = "5m",
+//!   # max_connections = 4096, max_request_size = 33554432
 //! }
 //! api_addr     = "http://127.0.0.1:8200"
 //! cluster_addr = "https://127.0.0.1:8201"
@@ -16,6 +19,7 @@
 //! reported by name and Vault-only settings (`ui`, `disable_mlock`) accepted and ignored.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use hcl::{Body, Expression};
@@ -37,7 +41,8 @@ pub struct ListenerConfig {
     pub tls_disable: bool,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
-    pub max_request_size: usize,
+    /// `max_request_size`, the `http_*_timeout` settings and `max_connections`.
+    pub limits: bunker_http::ListenerLimits,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +85,14 @@ fn expr_bool(key: &str, e: &Expression) -> Result<bool> {
     }
 }
 
+/// A duration such as `"30s"`, `"5m"` or a number of seconds; zero disables the limit.
+fn expr_duration(key: &str, e: &Expression) -> Result<Duration> {
+    let text = expr_string(key, e)?;
+    let secs = bunker_core::parse_duration_secs(&serde_json::Value::String(text.clone()))
+        .map_err(|_| anyhow!("{key} must be a duration such as \"30s\", not {text:?}"))?;
+    Ok(Duration::from_secs(secs))
+}
+
 fn parse_listener(body: &Body) -> Result<ListenerConfig> {
     let mut l = ListenerConfig {
         address: "127.0.0.1:8200".into(),
@@ -87,7 +100,7 @@ fn parse_listener(body: &Body) -> Result<ListenerConfig> {
         tls_disable: false,
         tls_cert_file: None,
         tls_key_file: None,
-        max_request_size: bunker_http::DEFAULT_MAX_REQUEST_BYTES,
+        limits: bunker_http::ListenerLimits::default(),
     };
     for attr in body.attributes() {
         let key = attr.key();
@@ -103,11 +116,24 @@ fn parse_listener(body: &Body) -> Result<ListenerConfig> {
                     .parse()
                     .map_err(|_| anyhow!("max_request_size must be an integer"))?;
                 // Vault: 0 means the default, negative disables the limit (we cap at 1 GiB).
-                l.max_request_size = match n {
+                l.limits.max_request_bytes = match n {
                     0 => bunker_http::DEFAULT_MAX_REQUEST_BYTES,
                     n if n < 0 => 1 << 30,
                     n => usize::try_from(n).unwrap_or(1 << 30),
                 };
+            }
+            "http_read_header_timeout" => l.limits.read_header_timeout = expr_duration(key, e)?,
+            "http_read_timeout" => l.limits.read_timeout = expr_duration(key, e)?,
+            "http_write_timeout" => l.limits.write_timeout = expr_duration(key, e)?,
+            "http_idle_timeout" => l.limits.idle_timeout = expr_duration(key, e)?,
+            "max_connections" => {
+                let n: usize = expr_string(key, e)?
+                    .parse()
+                    .map_err(|_| anyhow!("max_connections must be a positive integer"))?;
+                if n == 0 {
+                    bail!("max_connections must be a positive integer");
+                }
+                l.limits.max_connections = n;
             }
             "tls_min_version" | "proxy_protocol_behavior" | "telemetry" => {}
             other => bail!("unknown listener setting {other:?}"),
@@ -322,6 +348,47 @@ mod tests {
         assert_eq!(cfg.cluster_addr, "https://127.0.0.1:8301");
         assert_eq!(cfg.log_level.as_deref(), Some("debug"));
         assert_eq!(cfg.wal_retention, 50);
+        assert_eq!(cfg.listener.limits, bunker_http::ListenerLimits::default());
+    }
+
+    #[test]
+    fn listener_limits() {
+        let cfg = parse(
+            r#"
+            storage "inmem" {}
+            listener "tcp" {
+              tls_disable = true
+              http_read_header_timeout = "2s"
+              http_read_timeout = "1m"
+              http_write_timeout = 90
+              http_idle_timeout = "0"
+              max_connections = 5
+              max_request_size = 1048576
+            }
+            "#,
+            Path::new("/"),
+        )
+        .expect("parses");
+        let l = cfg.listener.limits;
+        assert_eq!(l.read_header_timeout, Duration::from_secs(2));
+        assert_eq!(l.read_timeout, Duration::from_secs(60));
+        assert_eq!(l.write_timeout, Duration::from_secs(90));
+        assert_eq!(l.idle_timeout, Duration::ZERO);
+        assert_eq!(l.max_connections, 5);
+        assert_eq!(l.max_request_bytes, 1 << 20);
+        for bad in [
+            "http_read_timeout = \"soon\"",
+            "max_connections = 0",
+            "max_connections = -3",
+        ] {
+            let text = format!(
+                "storage \"inmem\" {{}}\nlistener \"tcp\" {{\n tls_disable = true\n {bad}\n}}"
+            );
+            assert!(
+                parse(&text, Path::new("/")).is_err(),
+                "{bad} must be refused"
+            );
+        }
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn dev_config(args: &ServerArgs) -> ServerConfig {
             tls_disable: true,
             tls_cert_file: None,
             tls_key_file: None,
-            max_request_size: bunker_http::DEFAULT_MAX_REQUEST_BYTES,
+            limits: bunker_http::ListenerLimits::default(),
         },
         api_addr: format!("http://{}", args.dev_listen_address),
         cluster_addr: String::new(),
@@ -184,8 +184,9 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
     });
 
     tracing::info!(address = %local, "API listener started");
-    let app = bunker_http::router(core.clone(), cfg.listener.max_request_size);
-    bunker_http::serve(listener, tls, app, shutdown_signal())
+    let limits = cfg.listener.limits;
+    let app = bunker_http::router(core.clone(), &limits);
+    bunker_http::serve(listener, tls, app, limits, shutdown_signal())
         .await
         .context("serving the API")?;
     drop(dr);

@@ -118,6 +118,9 @@ impl Core {
         let mut caller = match self.authenticate(&req).await {
             Ok(c) => c,
             Err(e) => {
+                // A caller that failed authentication gets no say in how much the audit log
+                // holds: its request is logged without the body.
+                req.data = Default::default();
                 let result = Err(e);
                 self.audit.log_request(&req, None).await?;
                 self.audit.log_response(&req, None, &result).await?;

@@ -2,7 +2,10 @@
 //! Vault's JSON envelope and status codes. Nothing else lives here; status codes are decided
 //! only in [`status`].
 
+mod activity;
+mod body;
 mod envelope;
+mod limits;
 mod serve;
 mod status;
 
@@ -10,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -19,22 +22,25 @@ use bunker_core::logical::{Data, LogicalError, Operation, Request};
 use bunker_core::Core;
 use serde_json::Value;
 
+pub use limits::{
+    ListenerLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_READ_HEADER_TIMEOUT, DEFAULT_READ_TIMEOUT,
+};
 pub use serve::{serve, ListenerTls};
-
-/// Vault's default `max_request_size`.
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Clone)]
 struct AppState {
     core: Arc<Core>,
     max_request_bytes: usize,
+    read_timeout: Duration,
 }
 
 /// Build the API router over a core.
-pub fn router(core: Arc<Core>, max_request_bytes: usize) -> Router {
+pub fn router(core: Arc<Core>, limits: &ListenerLimits) -> Router {
     Router::new().fallback(handle).with_state(AppState {
         core,
-        max_request_bytes,
+        max_request_bytes: limits.max_request_bytes,
+        read_timeout: limits.read_timeout,
     })
 }
 
@@ -141,22 +147,6 @@ fn wrap_ttl(headers: &HeaderMap) -> Result<Option<Duration>, LogicalError> {
     Ok(Some(Duration::from_secs(secs)))
 }
 
-fn parse_body(bytes: &Bytes) -> Result<Data, LogicalError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Data::new());
-    }
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(Value::Null) => Ok(Data::new()),
-        Ok(_) => Err(LogicalError::InvalidRequest(
-            "failed to parse JSON input: request body must be a JSON object".into(),
-        )),
-        Err(e) => Err(LogicalError::InvalidRequest(format!(
-            "failed to parse JSON input: {e}"
-        ))),
-    }
-}
-
 /// Sent on successful writes to a DR primary: see [`Core::replication_wal_index`].
 const WAL_INDEX_HEADER: &str = "x-bunker-wal-index";
 
@@ -171,19 +161,17 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
     let Some(operation) = operation_for(&method, &query) else {
         return status::error_response(StatusCode::METHOD_NOT_ALLOWED, vec![]);
     };
-    let bytes = match axum::body::to_bytes(body, state.max_request_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
-            return status::error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                vec!["http: request body too large".into()],
-            )
-        }
-    };
-    let mut data = match parse_body(&bytes) {
+    let bytes =
+        match body::read_body(body, &headers, state.max_request_bytes, state.read_timeout).await {
+            Ok(b) => b,
+            Err(e) => return status::body_error(e),
+        };
+    // The raw bytes are dropped here, before the request is handled.
+    let mut data = match body::parse_body(&bytes) {
         Ok(d) => d,
         Err(e) => return status::from_error(&e),
     };
+    drop(bytes);
     if matches!(operation, Operation::Read | Operation::List) {
         for (k, v) in query {
             if k != "list" {
@@ -201,7 +189,12 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
     req.wrap_ttl = wrap_ttl;
     req.remote_addr = connect.map(|c| c.0.ip().to_string());
     let request_id = req.id.clone();
-    let span = tracing::debug_span!("request", id = %request_id, op = operation.as_str(), path = %req.path);
+    let span = tracing::debug_span!(
+        "request",
+        id = %request_id,
+        op = operation.as_str(),
+        path = %bunker_core::token::redact_path(&req.path),
+    );
     let result = tracing::Instrument::instrument(state.core.handle(req), span).await;
     let wal_index = match (&result, operation) {
         (Ok(_), Operation::Create | Operation::Update | Operation::Delete) => {
@@ -233,14 +226,6 @@ mod tests {
         assert_eq!(pairs[2], ("x".into(), "%zz".into()));
         assert_eq!(pairs[3], ("y".into(), "1 2".into()));
         assert_eq!(path_decode("secret/data/a%20b+c"), "secret/data/a b+c");
-    }
-
-    #[test]
-    fn body_parsing() {
-        assert!(parse_body(&Bytes::from_static(b"")).is_ok());
-        assert!(parse_body(&Bytes::from_static(b"{\"a\":1}")).is_ok());
-        assert!(parse_body(&Bytes::from_static(b"[1]")).is_err());
-        assert!(parse_body(&Bytes::from_static(b"{bad")).is_err());
     }
 
     #[test]

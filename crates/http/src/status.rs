@@ -40,3 +40,20 @@ pub fn from_error(e: &LogicalError) -> HttpResponse {
     }
     error_response(status, errors)
 }
+
+/// A body that could not be read: too large (413), too slow (408) or cut off (400).
+pub(crate) fn body_error(e: crate::body::BodyError) -> HttpResponse {
+    use crate::body::BodyError;
+    let (status, message) = match e {
+        BodyError::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "http: request body too large",
+        ),
+        BodyError::TimedOut => (
+            StatusCode::REQUEST_TIMEOUT,
+            "http: request body not received within http_read_timeout",
+        ),
+        BodyError::Broken => (StatusCode::BAD_REQUEST, "http: error reading request body"),
+    };
+    error_response(status, vec![message.into()])
+}

@@ -6,10 +6,11 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-use super::hashing::{hash_value, hmac_str};
+use super::hashing::{hash_map, hash_value, hmac_str};
 use super::AuditEntry;
 use crate::logical::{LogicalError, Request, Response, Result};
 use crate::request_handling::Caller;
+use crate::token::{secret_in_path, PathSecret};
 
 enum Sink {
     File(Mutex<File>),
@@ -103,6 +104,15 @@ impl FileDevice {
         }
     }
 
+    /// An object hashed like [`Self::hv`], without copying it first unless it is logged raw.
+    fn hm(&self, m: &serde_json::Map<String, Value>) -> Value {
+        if self.log_raw {
+            Value::Object(m.clone())
+        } else {
+            hash_map(&self.entry.salt, m)
+        }
+    }
+
     fn hv(&self, v: &Value) -> Value {
         if self.log_raw {
             v.clone()
@@ -126,11 +136,27 @@ impl FileDevice {
         }
     }
 
+    /// The request path, with a token or accessor in it HMAC'd like any other (Vault's
+    /// `auth/token/lookup/<token>` and friends).
+    fn path_json(&self, path: &str) -> Value {
+        match secret_in_path(path) {
+            Some((prefix, secret, PathSecret::Token)) => match self.h(secret) {
+                Value::String(hashed) => json!(format!("{prefix}{hashed}")),
+                _ => json!(path),
+            },
+            Some((prefix, secret, PathSecret::Accessor)) => match self.h_accessor(secret) {
+                Value::String(hashed) => json!(format!("{prefix}{hashed}")),
+                _ => json!(path),
+            },
+            None => json!(path),
+        }
+    }
+
     pub fn request_json(&self, req: &Request, caller: Option<&Caller>) -> Value {
         let data = if req.data.is_empty() {
             Value::Null
         } else {
-            self.hv(&Value::Object(req.data.clone()))
+            self.hm(&req.data)
         };
         json!({
             "id": req.id,
@@ -138,7 +164,7 @@ impl FileDevice {
             "client_token": caller.map(|c| self.h(&c.token)).unwrap_or(json!("")),
             "client_token_accessor": caller.map(|c| self.h_accessor(&c.entry.accessor)).unwrap_or(json!("")),
             "namespace": {"id": "root"},
-            "path": req.path,
+            "path": self.path_json(&req.path),
             "data": data,
             "remote_address": req.remote_addr.clone().unwrap_or_default(),
             "wrap_ttl": req.wrap_ttl.map(|d| d.as_secs()).unwrap_or(0),
@@ -148,7 +174,7 @@ impl FileDevice {
     pub fn response_json(&self, resp: &Response) -> Value {
         let mut out = serde_json::Map::new();
         if let Some(data) = &resp.data {
-            out.insert("data".into(), self.hv(&Value::Object(data.clone())));
+            out.insert("data".into(), self.hm(data));
         }
         if let Some(raw) = &resp.raw {
             out.insert("data".into(), self.hv(&raw.body));

@@ -1,7 +1,7 @@
 //! HMAC-SHA256 of audit values, Vault style: every string leaf becomes `hmac-sha256:<hex>`.
 
 use hmac::{Hmac, Mac};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::Sha256;
 
 pub fn hmac_str(salt: &str, input: &str) -> String {
@@ -17,13 +17,18 @@ pub fn hash_value(salt: &str, value: &Value) -> Value {
     match value {
         Value::String(s) => Value::String(hmac_str(salt, s)),
         Value::Array(items) => Value::Array(items.iter().map(|v| hash_value(salt, v)).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), hash_value(salt, v)))
-                .collect(),
-        ),
+        Value::Object(map) => hash_map(salt, map),
         other => other.clone(),
     }
+}
+
+/// [`hash_value`] of an object, read in place (no copy of the plain values is made).
+pub fn hash_map(salt: &str, map: &Map<String, Value>) -> Value {
+    Value::Object(
+        map.iter()
+            .map(|(k, v)| (k.clone(), hash_value(salt, v)))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ pub struct TokenEntry {
     pub display_name: String,
     #[serde(default)]
     pub num_uses: u64,
+    /// The last of `num_uses` has been spent; the token is refused until its revocation
+    /// (which follows the request that spent it) completes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uses_exhausted: bool,
     #[serde(default)]
     pub creation_time: u64,
     #[serde(default)]

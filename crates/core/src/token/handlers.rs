@@ -1,5 +1,6 @@
 //! The `auth/token/*` endpoints.
 
+use super::create_policies::{token_policies, PolicyRequest};
 use super::roles::ROLE_PREFIX;
 use super::{TokenEntry, TokenRole, TokenType, SYSTEM_MAX_TTL_SECS};
 use crate::core::Core;
@@ -230,62 +231,14 @@ impl Core {
             || role.as_ref().is_some_and(|r| r.token_no_default_policy);
         let requested: Option<Vec<String>> =
             get_str_list(d, "policies")?.map(|v| v.into_iter().map(|p| p.to_lowercase()).collect());
-        let mut policies = match (&role, requested) {
-            (Some(role), Some(req_pols)) => {
-                if !role.allowed_policies.is_empty() {
-                    for p in &req_pols {
-                        if p != "default" && !role.allowed_policies.contains(p) {
-                            return Err(LogicalError::InvalidRequest(format!(
-                                "token policies ({p}) must be subset of the role's allowed policies"
-                            )));
-                        }
-                    }
-                }
-                req_pols
-            }
-            (Some(role), None) if !role.allowed_policies.is_empty() => {
-                role.allowed_policies.clone()
-            }
-            (Some(_), None) | (None, None) => parent
-                .policies
-                .iter()
-                .filter(|p| *p != "root" || parent.is_root())
-                .cloned()
-                .collect(),
-            (None, Some(req_pols)) => {
-                if !privileged {
-                    for p in &req_pols {
-                        if p != "default" && !parent.policies.contains(p) {
-                            return Err(LogicalError::InvalidRequest(
-                                "child policies must be subset of parent".into(),
-                            ));
-                        }
-                    }
-                }
-                req_pols
-            }
-        };
-        if let Some(role) = &role {
-            if let Some(p) = policies
-                .iter()
-                .find(|p| role.disallowed_policies.contains(p))
-            {
-                return Err(LogicalError::InvalidRequest(format!(
-                    "token policy {p} is disallowed by this role"
-                )));
-            }
-        }
-        if policies.iter().any(|p| p == "root") && !parent.is_root() {
-            return Err(LogicalError::InvalidRequest(
-                "root tokens may not be created without parent token being root".into(),
-            ));
-        }
+        let policies = token_policies(&PolicyRequest {
+            requested,
+            no_default,
+            parent: &parent.policies,
+            privileged,
+            role: role.as_ref(),
+        })?;
         let is_root_token = policies.iter().any(|p| p == "root");
-        if !no_default && !is_root_token && !policies.iter().any(|p| p == "default") {
-            policies.push("default".into());
-        }
-        policies.sort();
-        policies.dedup();
 
         let period = get_duration(d, "period")?
             .unwrap_or(0)

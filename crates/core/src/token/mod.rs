@@ -5,11 +5,14 @@
 //! compare secret strings and a storage dump does not reveal usable tokens. Batch tokens are the
 //! entry encrypted by the barrier (AAD `token/batch`), as Vault does, so creating one is free.
 
+mod create_policies;
 mod entry;
 mod handlers;
+mod path_secret;
 mod roles;
 
 pub use entry::{TokenEntry, TokenType};
+pub use path_secret::{redact_path, secret_in_path, PathSecret};
 pub use roles::TokenRole;
 
 use std::sync::Arc;
@@ -49,13 +52,47 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Stripes of the per-token locks that serialise read-modify-write of a stored entry.
+const ENTRY_LOCK_STRIPES: usize = 64;
+
 pub struct TokenStore {
     barrier: Arc<Barrier>,
+    /// Held across read-modify-write of a token entry (use counting, renewal, orphaning), so
+    /// two requests never both spend the same use. Striped by the token's hash.
+    entry_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl TokenStore {
     pub fn new(barrier: Arc<Barrier>) -> Self {
-        TokenStore { barrier }
+        TokenStore {
+            barrier,
+            entry_locks: (0..ENTRY_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
+
+    /// Update the stored entry of `hash` under its lock: `change` sees the stored entry (not a
+    /// caller's possibly stale copy). Returns the entry as saved, or `None` if it is gone.
+    async fn update_stored<T>(
+        &self,
+        hash: &str,
+        change: impl FnOnce(&mut TokenEntry) -> Result<T>,
+    ) -> Result<Option<(TokenEntry, T)>> {
+        let stripe = hash.bytes().fold(0usize, |acc, b| {
+            acc.wrapping_mul(31).wrapping_add(usize::from(b))
+        }) % ENTRY_LOCK_STRIPES;
+        let lock = self
+            .entry_locks
+            .get(stripe)
+            .ok_or_else(|| LogicalError::Internal("token lock stripe out of range".into()))?;
+        let _guard = lock.lock().await;
+        let Some(mut stored) = self.get_by_hash(hash).await? else {
+            return Ok(None);
+        };
+        let out = change(&mut stored)?;
+        self.save(&stored).await?;
+        Ok(Some((stored, out)))
     }
 
     /// Persist a new token. `id` is the caller-chosen id (root only) or None for a random one.
@@ -206,18 +243,36 @@ impl TokenStore {
         Ok(())
     }
 
-    /// Count one use of a use-limited token. Returns true when that was its last use (the
-    /// caller revokes it after the request completes).
+    /// Count one use of a use-limited token, atomically: the stored count is read, checked and
+    /// written under the token's lock, so N concurrent requests spend exactly N uses. Returns
+    /// true when that was its last use (the caller revokes it after the request completes);
+    /// refuses with permission denied once the uses are spent or the token is gone.
     pub async fn use_token(&self, entry: &mut TokenEntry) -> Result<bool> {
+        if entry.uses_exhausted {
+            return Err(LogicalError::PermissionDenied);
+        }
+        // Uses only go down, so a count of zero that is not exhausted means "unlimited".
         if entry.num_uses == 0 || entry.token_type == TokenType::Batch {
             return Ok(false);
         }
-        entry.num_uses -= 1;
-        if entry.num_uses == 0 {
-            return Ok(true);
-        }
-        self.save(entry).await?;
-        Ok(false)
+        let spent = self
+            .update_stored(&entry.id_hash, |stored| {
+                if stored.uses_exhausted {
+                    return Err(LogicalError::PermissionDenied);
+                }
+                if stored.num_uses == 0 {
+                    return Ok(false);
+                }
+                stored.num_uses -= 1;
+                stored.uses_exhausted = stored.num_uses == 0;
+                Ok(stored.uses_exhausted)
+            })
+            .await?;
+        let Some((stored, last_use)) = spent else {
+            return Err(LogicalError::PermissionDenied);
+        };
+        *entry = stored;
+        Ok(last_use)
     }
 
     /// Revoke a token and every descendant. Returns the hashes revoked (for cubbyhole cleanup).
@@ -246,11 +301,12 @@ impl TokenStore {
             .list(&format!("{PARENT_PREFIX}{hash}/"))
             .await?
         {
-            if let Some(mut entry) = self.get_by_hash(child.trim_end_matches('/')).await? {
+            self.update_stored(child.trim_end_matches('/'), |entry| {
                 entry.parent_hash.clear();
                 entry.orphan = true;
-                self.save(&entry).await?;
-            }
+                Ok(())
+            })
+            .await?;
         }
         self.revoke_one(hash).await?;
         Ok(vec![hash.to_owned()])
@@ -314,10 +370,18 @@ impl TokenStore {
             entry.creation_time.saturating_add(SYSTEM_MAX_TTL_SECS)
         };
         ttl = ttl.min(max_end.saturating_sub(now));
-        entry.expire_time = now.saturating_add(ttl);
-        entry.ttl = ttl;
-        entry.last_renewal_time = now;
-        self.save(entry).await?;
+        // Only the renewal fields change; the rest (the use count) is taken from storage.
+        let renewed = self
+            .update_stored(&entry.id_hash, |stored| {
+                stored.expire_time = now.saturating_add(ttl);
+                stored.ttl = ttl;
+                stored.last_renewal_time = now;
+                Ok(())
+            })
+            .await?;
+        let (stored, ()) =
+            renewed.ok_or_else(|| LogicalError::InvalidRequest("token not found".into()))?;
+        *entry = stored;
         Ok(ttl)
     }
 
