@@ -88,7 +88,7 @@ fn expr_bool(key: &str, e: &Expression) -> Result<bool> {
 /// A duration such as `"30s"`, `"5m"` or a number of seconds; zero disables the limit.
 fn expr_duration(key: &str, e: &Expression) -> Result<Duration> {
     let text = expr_string(key, e)?;
-    let secs = bunker_core::parse_duration_secs(&serde_json::Value::String(text.clone()))
+    let secs = bunker_core::logical::duration::parse_duration_secs(&text)
         .map_err(|_| anyhow!("{key} must be a duration such as \"30s\", not {text:?}"))?;
     Ok(Duration::from_secs(secs))
 }

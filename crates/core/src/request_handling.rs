@@ -149,10 +149,27 @@ impl Core {
         } else {
             None
         };
-        self.audit.log_request(req, caller.as_ref()).await?;
+        // As for a failed authentication, an anonymous caller gets no say in how much the audit
+        // log holds: its request is audited without the body.
+        let audited;
+        let audited_req = if caller.is_none() && !req.data.is_empty() {
+            audited = Request {
+                id: req.id.clone(),
+                operation: req.operation,
+                path: req.path.clone(),
+                data: Default::default(),
+                client_token: req.client_token.clone(),
+                wrap_ttl: req.wrap_ttl,
+                remote_addr: req.remote_addr.clone(),
+            };
+            &audited
+        } else {
+            req
+        };
+        self.audit.log_request(audited_req, caller.as_ref()).await?;
         let result = handler.handle(self, req, caller.as_ref()).await;
         self.audit
-            .log_response(req, caller.as_ref(), &result)
+            .log_response(audited_req, caller.as_ref(), &result)
             .await?;
         result
     }
