@@ -177,7 +177,13 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
     }
     let mut poll_sorted = poll_us;
     poll_sorted.sort_unstable();
-    let gaps: Vec<u64> = samples.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    let gaps: Vec<u64> = samples
+        .windows(2)
+        .filter_map(|w| match w {
+            [a, b] => Some(b.0 - a.0),
+            _ => None,
+        })
+        .collect();
     let mut gaps_sorted = gaps;
     gaps_sorted.sort_unstable();
     let mut report = json!({

@@ -2,7 +2,12 @@
 //! reproducible through sys/audit-hash, bad paths refused, and a failing device blocking
 //! requests instead of letting them through unaudited.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

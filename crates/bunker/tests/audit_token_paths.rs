@@ -1,7 +1,12 @@
 //! Tokens and accessors given in the URL path (`auth/token/lookup/<token>` and friends) are
 //! HMAC'd in the audit log, as Vault does.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

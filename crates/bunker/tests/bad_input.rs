@@ -1,7 +1,12 @@
 //! Hostile and malformed requests: each gets the right 4xx, nothing is stored, and the server
 //! stays healthy with earlier data intact.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -4,7 +4,12 @@
 //!
 //! Every wait polls `sys/replication/dr/status` against a deadline; nothing sleeps.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

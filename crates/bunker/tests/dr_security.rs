@@ -1,7 +1,12 @@
 //! The DR control plane against an attacker: each test drives the real binaries the way an
 //! attack of the security review did (issue "Secure the DR control plane by construction").
 
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

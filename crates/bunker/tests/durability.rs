@@ -1,6 +1,11 @@
 //! Crash durability: every KV write the server acknowledged must survive `kill -9`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -1,7 +1,12 @@
 //! Seal lifecycle against a config-file server on embedded storage: init, unseal progress,
 //! seal, restart, generate-root (OTP), and barrier key rotation.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -3,7 +3,12 @@
 //! `max_connections` are closed at once, and a large anonymous body costs neither unbounded
 //! memory nor audit log space.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -1,7 +1,12 @@
 //! Graceful shutdown: SIGTERM stops the server cleanly, in-flight work finishes, and the data
 //! is there after a restart.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -1,6 +1,11 @@
 //! HTTPS listener: a self-signed certificate made with rcgen; the client trusts exactly it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -2,7 +2,12 @@
 //! `allowed_policies` is bounded by the calling token's own policies (Vault's rule), a role's
 //! `disallowed_policies` always apply, and plain `auth/token/create` keeps the same bound.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

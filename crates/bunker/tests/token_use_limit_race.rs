@@ -1,7 +1,12 @@
 //! A use-limited token is spent atomically: N requests racing with a `num_uses = k` token get
 //! exactly k successes, however they interleave.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -1,6 +1,11 @@
 //! Response wrapping: wrap, lookup, unwrap (once), rewrap, wrapped token creation, expiry.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

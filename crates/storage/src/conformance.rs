@@ -5,6 +5,14 @@
 //! it starts, and deletes all it wrote when it passes. It panics on the first violation, naming
 //! the behaviour that broke.
 
+// A test suite: it fails by panicking.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use crate::limits::{MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::{Backend, Op, Result, StorageError};
 

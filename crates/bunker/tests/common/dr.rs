@@ -3,6 +3,14 @@
 //!
 //! Every wait polls `sys/replication/dr/status` against a deadline; nothing sleeps.
 
+// Test helpers fail by panicking, like the tests they serve.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::time::Duration;
 
 use serde_json::{json, Value};

@@ -4,7 +4,14 @@
 //! Readiness is decided by polling `GET /v1/sys/health` against a deadline, never by sleeping.
 //! When a test panics while a server is alive, the server's stdout/stderr are printed.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// Test helpers fail by panicking, like the tests they serve.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+#![allow(dead_code)]
 
 use std::fs::File;
 use std::io::{Read, Write};

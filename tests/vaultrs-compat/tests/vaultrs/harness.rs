@@ -5,6 +5,14 @@
 //! sleep. The process is killed when the [`Server`] is dropped; if that happens because a test
 //! panicked, the tail of the server's logs is printed first.
 
+// Test helpers fail by panicking, like the tests they serve.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
