@@ -99,7 +99,11 @@ impl Core {
 
     /// Register the factory for a mount type (`kv`, `cubbyhole`, ...).
     pub fn register_backend(&self, kind: &str, factory: Arc<dyn BackendFactory>) {
-        if let Ok(mut f) = self.factories.write() {
+        {
+            let mut f = self
+                .factories
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             f.insert(kind.to_owned(), factory);
         }
     }
@@ -119,8 +123,9 @@ impl Core {
     pub fn cluster_id(&self) -> String {
         self.cluster
             .read()
-            .map(|c| c.cluster_id.clone())
-            .unwrap_or_default()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .cluster_id
+            .clone()
     }
 
     /// Initialise: generate the root key and its shares, write the initial tables and the root
@@ -203,7 +208,11 @@ impl Core {
         self.policies.clear_cache();
         if let Some(bytes) = self.barrier.get(CLUSTER_INFO_PATH).await? {
             let info: ClusterInfo = serde_json::from_slice(&bytes)?;
-            if let Ok(mut c) = self.cluster.write() {
+            {
+                let mut c = self
+                    .cluster
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 *c = info;
             }
         }
@@ -214,12 +223,20 @@ impl Core {
 
     /// Seal: drop keys, caches and live tables.
     pub fn seal_core(&self) {
-        if let Ok(mut r) = self.router.write() {
+        {
+            let mut r = self
+                .router
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             r.clear();
         }
         self.policies.clear_cache();
         self.audit.unload();
-        if let Ok(mut g) = self.root_generation.lock() {
+        {
+            let mut g = self
+                .root_generation
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             *g = None;
         }
         self.seal.seal();
@@ -235,7 +252,11 @@ impl Core {
             let mounted = self.instantiate(entry)?;
             router.insert(mounted);
         }
-        if let Ok(mut r) = self.router.write() {
+        {
+            let mut r = self
+                .router
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             *r = router;
         }
         Ok(())
@@ -245,8 +266,9 @@ impl Core {
         let factory = self
             .factories
             .read()
-            .ok()
-            .and_then(|f| f.get(&entry.kind).cloned())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&entry.kind)
+            .cloned()
             .ok_or_else(|| {
                 LogicalError::InvalidRequest(format!(
                     "plugin not found in the catalog: {}",
@@ -267,8 +289,10 @@ impl Core {
         let entries: Vec<MountEntry> = self
             .router
             .read()
-            .map(|r| r.entries().cloned().collect())
-            .unwrap_or_default();
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entries()
+            .cloned()
+            .collect();
         let table = StoredMountTable { entries };
         self.barrier
             .put(MOUNT_TABLE_PATH, &serde_json::to_vec(&table)?)
@@ -298,7 +322,11 @@ impl Core {
             .backend
             .initialize(&mounted.view, &mounted.entry.options)
             .await?;
-        if let Ok(mut r) = self.router.write() {
+        {
+            let mut r = self
+                .router
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             r.insert(mounted);
         }
         self.persist_mounts().await
@@ -307,7 +335,11 @@ impl Core {
     /// Unmount an engine and delete its data.
     pub async fn unmount(&self, path: &str) -> Result<()> {
         let _guard = self.table_lock.lock().await;
-        let removed = self.router.write().ok().and_then(|mut r| r.remove(path));
+        let removed = self
+            .router
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(path);
         let Some(mounted) = removed else {
             return Ok(());
         };
@@ -319,8 +351,9 @@ impl Core {
     pub(crate) fn cubbyhole_view(&self) -> Option<StorageView> {
         self.router
             .read()
-            .ok()
-            .and_then(|r| r.first_of_kind("cubbyhole").map(|m| m.view.clone()))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .first_of_kind("cubbyhole")
+            .map(|m| m.view.clone())
     }
 
     /// Revoke tokens' cubbyholes after the token store revoked them.

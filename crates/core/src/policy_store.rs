@@ -52,7 +52,11 @@ impl PolicyStore {
     }
 
     pub fn clear_cache(&self) {
-        if let Ok(mut cache) = self.cache.write() {
+        {
+            let mut cache = self
+                .cache
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             cache.clear();
         }
     }
@@ -79,7 +83,13 @@ impl PolicyStore {
     }
 
     pub async fn get(&self, name: &str) -> Result<Option<Policy>> {
-        if let Some(p) = self.cache.read().ok().and_then(|c| c.get(name).cloned()) {
+        if let Some(p) = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+        {
             return Ok(Some(p));
         }
         let Some(raw) = self.get_raw(name).await? else {
@@ -87,7 +97,11 @@ impl PolicyStore {
         };
         let policy = Policy::parse(name, &raw)
             .map_err(|e| LogicalError::Internal(format!("stored policy {name:?}: {e}")))?;
-        if let Ok(mut cache) = self.cache.write() {
+        {
+            let mut cache = self
+                .cache
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             cache.insert(name.to_owned(), policy.clone());
         }
         Ok(Some(policy))
@@ -111,7 +125,11 @@ impl PolicyStore {
                 &serde_json::to_vec(&stored)?,
             )
             .await?;
-        if let Ok(mut cache) = self.cache.write() {
+        {
+            let mut cache = self
+                .cache
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             cache.remove(&name);
         }
         Ok(())
@@ -127,7 +145,11 @@ impl PolicyStore {
         self.barrier
             .delete(&format!("{POLICY_PREFIX}{name}"))
             .await?;
-        if let Ok(mut cache) = self.cache.write() {
+        {
+            let mut cache = self
+                .cache
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             cache.remove(&name);
         }
         Ok(())

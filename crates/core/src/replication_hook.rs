@@ -49,13 +49,20 @@ pub trait ReplicationHandler: Send + Sync {
 
 impl Core {
     pub fn set_replication(&self, handler: Arc<dyn ReplicationHandler>) {
-        if let Ok(mut r) = self.replication.write() {
+        {
+            let mut r = self
+                .replication
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             *r = Some(handler);
         }
     }
 
     pub(crate) fn replication_handler(&self) -> Option<Arc<dyn ReplicationHandler>> {
-        self.replication.read().ok().and_then(|r| r.clone())
+        self.replication
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// See [`ReplicationHandler::wal_index`].

@@ -238,8 +238,9 @@ impl Core {
         let mounted = self
             .router
             .read()
-            .ok()
-            .and_then(|r| r.route(&req.path).map(|(m, rel)| (m.clone(), rel)));
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .route(&req.path)
+            .map(|(m, rel)| (m.clone(), rel));
         let Some((mounted, rel)) = mounted else {
             return Err(LogicalError::UnsupportedPath(req.path.clone()));
         };

@@ -225,8 +225,9 @@ async fn refresh_merkle_root(inner: Weak<Inner>) {
         let fresh = inner
             .published_root
             .lock()
-            .ok()
-            .and_then(|p| p.as_ref().map(|(_, i, e)| *i == index && *e == epoch))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, i, e)| *i == index && *e == epoch)
             .unwrap_or(false);
         if fresh {
             pause = MERKLE_REFRESH_MIN;
@@ -235,9 +236,11 @@ async fn refresh_merkle_root(inner: Weak<Inner>) {
         let started = std::time::Instant::now();
         match inner.merkle_fingerprint().await {
             Ok((tree, _)) => {
-                if let Ok(mut p) = inner.published_root.lock() {
-                    *p = Some((tree.root_hex(), index, epoch));
-                }
+                let mut p = inner
+                    .published_root
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                *p = Some((tree.root_hex(), index, epoch));
             }
             Err(e) => tracing::warn!(error = %e, "computing the Merkle root failed"),
         }
@@ -250,7 +253,10 @@ impl Inner {
     /// describes the keyspace (no change outside the WAL since).
     pub(crate) fn published_merkle_root(&self) -> Option<(String, u64)> {
         let epoch = self.merkle_epoch.load(Ordering::Acquire);
-        let p = self.published_root.lock().ok()?;
+        let p = self
+            .published_root
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         p.as_ref()
             .filter(|(_, _, e)| *e == epoch)
             .map(|(root, index, _)| (root.clone(), *index))
@@ -379,7 +385,10 @@ impl Inner {
         if self.mode() != Mode::Primary {
             return None;
         }
-        self.server_tls.read().ok().and_then(|t| t.clone())
+        self.server_tls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Serve the cluster port for `state`: only the certificates of live secondaries complete
@@ -402,7 +411,11 @@ impl Inner {
             }
             _ => None,
         };
-        if let Ok(mut t) = self.server_tls.write() {
+        {
+            let mut t = self
+                .server_tls
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             *t = config;
         }
         Ok(())
@@ -412,12 +425,20 @@ impl Inner {
     /// secondary against that state, so a revocation cannot slip between check and register.
     pub fn register_session(&self, id: &str, status: PeerStatus) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
-        if let Ok(mut s) = self.sessions.lock() {
+        {
+            let mut s = self
+                .sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(old) = s.insert(id.to_owned(), tx) {
                 let _ = old.send(true);
             }
         }
-        if let Ok(mut p) = self.peers.lock() {
+        {
+            let mut p = self
+                .peers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             p.insert(id.to_owned(), status);
         }
         rx
@@ -427,12 +448,15 @@ impl Inner {
     /// each has stopped: a session drops its receiver when it returns, and it returns as soon
     /// as it sees the signal, whatever it was writing.
     pub(crate) async fn close_sessions(&self, id: Option<&str>) {
-        let closing: Vec<watch::Sender<bool>> = match self.sessions.lock() {
-            Ok(mut s) => match id {
+        let closing: Vec<watch::Sender<bool>> = {
+            let mut s = self
+                .sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match id {
                 Some(id) => s.remove(id).into_iter().collect(),
                 None => s.drain().map(|(_, tx)| tx).collect(),
-            },
-            Err(_) => Vec::new(),
+            }
         };
         for tx in closing {
             let _ = tx.send(true);
@@ -446,7 +470,11 @@ impl Inner {
     }
 
     pub(crate) fn forget_peer(&self, id: Option<&str>) {
-        if let Ok(mut p) = self.peers.lock() {
+        {
+            let mut p = self
+                .peers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match id {
                 Some(id) => {
                     p.remove(id);
@@ -457,7 +485,11 @@ impl Inner {
     }
 
     pub fn mark_peer_disconnected(&self, id: &str) {
-        if let Ok(mut p) = self.peers.lock() {
+        {
+            let mut p = self
+                .peers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(peer) = p.get_mut(id) {
                 peer.connected = false;
             }
@@ -465,7 +497,11 @@ impl Inner {
     }
 
     pub fn peer_ack(&self, id: &str, applied: u64, time_ms: u64) {
-        if let Ok(mut p) = self.peers.lock() {
+        {
+            let mut p = self
+                .peers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(peer) = p.get_mut(id) {
                 let now = now_ms();
                 peer.acked_wal = applied;
@@ -479,8 +515,10 @@ impl Inner {
     pub(crate) fn peers(&self) -> Vec<PeerStatus> {
         self.peers
             .lock()
-            .map(|p| p.values().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     // --- secondary side ---
@@ -488,10 +526,18 @@ impl Inner {
     pub(crate) fn start_follower(self: &Arc<Self>) {
         self.stop_follower();
         let (tx, rx) = watch::channel(false);
-        if let Ok(mut f) = self.follower.lock() {
+        {
+            let mut f = self
+                .follower
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             *f = Some(tx);
         }
-        if let Ok(mut s) = self.sec_status.lock() {
+        {
+            let mut s = self
+                .sec_status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             *s = SecondaryStatus {
                 last_start_ms: now_ms(),
                 counters: s.counters,
@@ -502,7 +548,11 @@ impl Inner {
     }
 
     pub(crate) fn stop_follower(&self) {
-        if let Ok(mut f) = self.follower.lock() {
+        {
+            let mut f = self
+                .follower
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(tx) = f.take() {
                 let _ = tx.send(true);
             }
@@ -513,12 +563,16 @@ impl Inner {
     pub fn sec_status(&self) -> SecondaryStatus {
         self.sec_status
             .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn with_status(&self, f: impl FnOnce(&mut SecondaryStatus)) {
-        if let Ok(mut s) = self.sec_status.lock() {
+        {
+            let mut s = self
+                .sec_status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             f(&mut s);
         }
     }
@@ -618,7 +672,11 @@ impl Inner {
     }
 
     pub(crate) fn remember_root_key(&self, key: Option<zeroize::Zeroizing<Vec<u8>>>) {
-        if let Ok(mut k) = self.replicated_root_key.lock() {
+        {
+            let mut k = self
+                .replicated_root_key
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             *k = key;
         }
     }
@@ -630,8 +688,8 @@ impl Inner {
         let key = self
             .replicated_root_key
             .lock()
-            .ok()
-            .and_then(|mut k| k.take());
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         let (Some(key), Some(core)) = (key, self.core.upgrade()) else {
             return;
         };

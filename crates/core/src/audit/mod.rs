@@ -85,14 +85,22 @@ impl AuditBroker {
                 }
             }
         }
-        if let Ok(mut d) = self.devices.write() {
+        {
+            let mut d = self
+                .devices
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             *d = devices;
         }
         Ok(())
     }
 
     pub fn unload(&self) {
-        if let Ok(mut d) = self.devices.write() {
+        {
+            let mut d = self
+                .devices
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             d.clear();
         }
     }
@@ -100,8 +108,10 @@ impl AuditBroker {
     pub fn entries(&self) -> Vec<AuditEntry> {
         self.devices
             .read()
-            .map(|d| d.iter().map(|dev| dev.entry().clone()).collect())
-            .unwrap_or_default()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|dev| dev.entry().clone())
+            .collect()
     }
 
     pub async fn enable(&self, mut entry: AuditEntry) -> Result<()> {
@@ -132,7 +142,11 @@ impl AuditBroker {
         self.barrier
             .put(AUDIT_TABLE_PATH, &serde_json::to_vec(&table)?)
             .await?;
-        if let Ok(mut d) = self.devices.write() {
+        {
+            let mut d = self
+                .devices
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             d.push(Arc::new(device));
         }
         Ok(())
@@ -144,22 +158,30 @@ impl AuditBroker {
         self.barrier
             .put(AUDIT_TABLE_PATH, &serde_json::to_vec(&table)?)
             .await?;
-        if let Ok(mut d) = self.devices.write() {
+        {
+            let mut d = self
+                .devices
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             d.retain(|dev| dev.entry().path != path);
         }
         Ok(())
     }
 
     pub fn hash_for(&self, path: &str, input: &str) -> Option<String> {
-        self.devices.read().ok().and_then(|d| {
-            d.iter()
-                .find(|dev| dev.entry().path == path)
-                .map(|dev| dev.hash_str(input))
-        })
+        self.devices
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|dev| dev.entry().path == path)
+            .map(|dev| dev.hash_str(input))
     }
 
     fn devices(&self) -> Vec<Arc<FileDevice>> {
-        self.devices.read().map(|d| d.clone()).unwrap_or_default()
+        self.devices
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) async fn log_request(&self, req: &Request, caller: Option<&Caller>) -> Result<()> {

@@ -34,7 +34,11 @@ impl Core {
         // standbyok / perfstandbyok only matter for standbys, which a single node never is.
         let _ = get_bool(&req.data, "standbyok")?;
         let _ = get_bool(&req.data, "perfstandbyok")?;
-        let info = self.cluster.read().map(|c| c.clone()).unwrap_or_default();
+        let info = self
+            .cluster
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let body = json!({
             "initialized": initialized,
             "sealed": sealed,

@@ -42,8 +42,10 @@ impl Core {
     fn mount_entries(&self) -> Vec<MountEntry> {
         self.router
             .read()
-            .map(|r| r.entries().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entries()
+            .cloned()
+            .collect()
     }
 
     pub(crate) async fn sys_mounts(&self, req: &Request, rest: &str) -> Result<Response> {
@@ -210,7 +212,11 @@ impl Core {
                     .backend
                     .initialize(&mounted.view, &mounted.entry.options)
                     .await?;
-                if let Ok(mut r) = self.router.write() {
+                {
+                    let mut r = self
+                        .router
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     r.insert(mounted);
                 }
                 self.persist_mounts().await?;
@@ -260,8 +266,9 @@ impl Core {
         let found = self
             .router
             .read()
-            .ok()
-            .and_then(|r| r.route(path).map(|(m, _)| m.entry.clone()));
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .route(path)
+            .map(|(m, _)| m.entry.clone());
         let Some(entry) = found else {
             return Err(LogicalError::InvalidRequest(format!(
                 "preflight capability check returned 403, please ensure client's policies grant access to path \"{path}\""

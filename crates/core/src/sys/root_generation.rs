@@ -101,7 +101,7 @@ impl Core {
         let mut guard = self
             .root_generation
             .lock()
-            .map_err(|_| LogicalError::Internal("root generation state poisoned".into()))?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match req.operation {
             Operation::Read => Ok(Response::raw(
                 200,
@@ -143,7 +143,7 @@ impl Core {
             let mut guard = self
                 .root_generation
                 .lock()
-                .map_err(|_| LogicalError::Internal("root generation state poisoned".into()))?;
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let generation = guard.as_mut().ok_or_else(|| {
                 LogicalError::InvalidRequest("no root generation in progress".into())
             })?;
@@ -159,7 +159,11 @@ impl Core {
             }
         };
         if self.barrier.verify_root_key(&root_key).await.is_err() {
-            if let Ok(mut g) = self.root_generation.lock() {
+            {
+                let mut g = self
+                    .root_generation
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 *g = None;
             }
             return Err(LogicalError::InvalidRequest(
@@ -180,7 +184,7 @@ impl Core {
         let mut guard = self
             .root_generation
             .lock()
-            .map_err(|_| LogicalError::Internal("root generation state poisoned".into()))?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let body = match guard.take() {
             Some(mut g) => {
                 g.encoded_token = encoded;

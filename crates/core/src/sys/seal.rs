@@ -84,7 +84,11 @@ impl Core {
             "storage_type": self.config.storage_type,
         });
         if !status.sealed {
-            let info = self.cluster.read().map(|c| c.clone()).unwrap_or_default();
+            let info = self
+                .cluster
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             if let Value::Object(m) = &mut body {
                 m.insert("cluster_name".into(), json!(info.cluster_name));
                 m.insert("cluster_id".into(), json!(info.cluster_id));

@@ -174,7 +174,11 @@ pub(crate) async fn handle(
         }
         Endpoint::GeneratePublicKey => {
             let (private, public) = crate::sealed_activation::generate_keypair()?;
-            if let Ok(mut k) = inner.activation_key.lock() {
+            {
+                let mut k = inner
+                    .activation_key
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 *k = Some(private);
             }
             let mut data = Data::new();
@@ -478,7 +482,12 @@ async fn promote(
     // `authorize` already refused a wrong operation token.
     if !operation_token_presented(state, core, req).await? {
         if get_bool(&req.data, "reset")?.unwrap_or(false) {
-            if let Ok(mut c) = inner.ceremonies.promote.lock() {
+            {
+                let mut c = inner
+                    .ceremonies
+                    .promote
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 *c = None;
             }
             return Ok(promote_progress(0, required, false));
@@ -497,7 +506,7 @@ async fn promote(
                 .ceremonies
                 .promote
                 .lock()
-                .map_err(|_| LogicalError::Internal("promote state poisoned".into()))?;
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let ceremony = guard.get_or_insert_with(|| bunker_seal::KeyCeremony::new(required));
             match ceremony.add_share(&share) {
                 Ok(None) => Err(ceremony.progress()),
@@ -542,7 +551,7 @@ async fn op_token_attempt(
         .ceremonies
         .op_token
         .lock()
-        .map_err(|_| LogicalError::Internal("ceremony state poisoned".into()))?;
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match req.operation {
         Operation::Read => Ok(Response::raw(
             200,
@@ -601,7 +610,7 @@ async fn op_token_update(
             .ceremonies
             .op_token
             .lock()
-            .map_err(|_| LogicalError::Internal("ceremony state poisoned".into()))?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let generation = guard
             .as_mut()
             .ok_or_else(|| bad("no DR operation token generation in progress"))?;
@@ -618,7 +627,12 @@ async fn op_token_update(
         }
     };
     if core.verify_root_key(&root).await.is_err() {
-        if let Ok(mut g) = inner.ceremonies.op_token.lock() {
+        {
+            let mut g = inner
+                .ceremonies
+                .op_token
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             *g = None;
         }
         return Err(bad("the key shares do not reconstruct the root key"));
@@ -634,7 +648,7 @@ async fn op_token_update(
         .ceremonies
         .op_token
         .lock()
-        .map_err(|_| LogicalError::Internal("ceremony state poisoned".into()))?;
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let body = match guard.take() {
         Some(mut g) => {
             g.encoded = encoded;

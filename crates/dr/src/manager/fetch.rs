@@ -44,7 +44,7 @@ pub(crate) fn open_sealed(inner: &Inner, req: &Request) -> Result<Option<Bundle>
     let mut guard = inner
         .activation_key
         .lock()
-        .map_err(|_| LogicalError::Internal("activation key state poisoned".into()))?;
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let private = guard.as_ref().ok_or_else(|| {
         bad("no secondary public key was generated on this cluster (or it was used)")
     })?;
