@@ -58,6 +58,9 @@ pub struct ServerConfig {
     /// `replication { activation_allow_http }`: a secondary may unwrap its activation token
     /// over plain http:// on loopback. For test setups; never in production.
     pub activation_allow_http: bool,
+    /// Settings Vault has that are accepted (so existing files load) but have no effect here;
+    /// the server warns about each at start.
+    pub ignored: Vec<String>,
 }
 
 /// Default WAL retention: enough for minutes of heavy writes; older gaps resync by Merkle diff.
@@ -93,7 +96,7 @@ fn expr_duration(key: &str, e: &Expression) -> Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
-fn parse_listener(body: &Body) -> Result<ListenerConfig> {
+fn parse_listener(body: &Body, ignored: &mut Vec<String>) -> Result<ListenerConfig> {
     let mut l = ListenerConfig {
         address: "127.0.0.1:8200".into(),
         cluster_address: String::new(),
@@ -135,7 +138,9 @@ fn parse_listener(body: &Body) -> Result<ListenerConfig> {
                 }
                 l.limits.max_connections = n;
             }
-            "tls_min_version" | "proxy_protocol_behavior" | "telemetry" => {}
+            "tls_min_version" | "proxy_protocol_behavior" | "telemetry" => {
+                ignored.push(format!("listener setting {key:?}"))
+            }
             other => bail!("unknown listener setting {other:?}"),
         }
     }
@@ -155,6 +160,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
             &hcl::Body::builder()
                 .add_attribute(("tls_disable", true))
                 .build(),
+            &mut Vec::new(),
         )?,
         api_addr: String::new(),
         cluster_addr: String::new(),
@@ -162,6 +168,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
         log_level: None,
         wal_retention: DEFAULT_WAL_RETENTION,
         activation_allow_http: false,
+        ignored: Vec::new(),
     };
     for block in body.blocks() {
         let label = block
@@ -215,7 +222,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                 if listener.is_some() {
                     bail!("only one listener is supported");
                 }
-                listener = Some(parse_listener(block.body())?);
+                listener = Some(parse_listener(block.body(), &mut cfg.ignored)?);
             }
             "replication" => {
                 for attr in block.body().attributes() {
@@ -244,6 +251,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                 if block.identifier() == "seal" {
                     bail!("only the Shamir seal is supported; remove the seal block");
                 }
+                cfg.ignored.push(format!("block {:?}", block.identifier()));
             }
             other => bail!("unknown configuration block {other:?}"),
         }
@@ -257,7 +265,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
             "cluster_name" => cfg.cluster_name = expr_string(key, e)?,
             "log_level" => cfg.log_level = Some(expr_string(key, e)?),
             "ui" | "disable_mlock" | "log_format" | "pid_file" | "default_lease_ttl"
-            | "max_lease_ttl" | "disable_cache" => {}
+            | "max_lease_ttl" | "disable_cache" => cfg.ignored.push(format!("setting {key:?}")),
             other => bail!("unknown configuration setting {other:?}"),
         }
     }
@@ -349,6 +357,9 @@ mod tests {
         assert_eq!(cfg.log_level.as_deref(), Some("debug"));
         assert_eq!(cfg.wal_retention, 50);
         assert_eq!(cfg.listener.limits, bunker_http::ListenerLimits::default());
+        // `ui` is Vault's and does nothing here: accepted, and reported so the server warns.
+        assert_eq!(cfg.ignored, vec!["setting \"ui\"".to_owned()]);
+        assert!(!cfg.activation_allow_http);
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub fn run(args: ServerArgs) -> Result<()> {
         .or_else(|| cfg.log_level.clone())
         .unwrap_or_else(|| "info".into());
     init_tracing(&level, args.log_format.as_deref() == Some("json"))?;
+    for what in &cfg.ignored {
+        tracing::warn!(
+            "configuration {what} is accepted for compatibility with Vault but has no effect"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -57,6 +62,7 @@ fn dev_config(args: &ServerArgs) -> ServerConfig {
         log_level: None,
         wal_retention: config::DEFAULT_WAL_RETENTION,
         activation_allow_http: false,
+        ignored: Vec::new(),
     }
 }
 
