@@ -33,6 +33,7 @@ pub fn run(args: ServerArgs) -> Result<()> {
         .or_else(|| cfg.log_level.clone())
         .unwrap_or_else(|| "info".into());
     init_tracing(&level, args.log_format.as_deref() == Some("json"))?;
+    bunker_dr::failpoint::announce();
     for what in &cfg.ignored {
         tracing::warn!(
             "configuration {what} is accepted for compatibility with Vault but has no effect"

@@ -14,11 +14,11 @@
 mod common;
 
 use common::dr::{
-    activation_token, adopt_credentials, assert_dr_refused, assert_kv, bulk_put, catch_state,
-    demote, dr_operation_token_by_ceremony, dr_server, dr_server_with_config, dr_status,
-    enable_primary, enable_secondary, last_keys_fetched, merkle_syncs, promote_attempt,
-    promote_with_keys, replicated_key_count, secondary_frozen_in_merkle_sync, signal,
-    update_primary, wait_converged, wait_status, wait_wal_truncated, CONVERGE,
+    activation_token, adopt_credentials, assert_dr_refused, assert_kv, bulk_put, demote,
+    dr_operation_token_by_ceremony, dr_server, dr_server_with_config, dr_status, enable_primary,
+    enable_secondary, last_keys_fetched, merkle_syncs, promote_attempt, promote_with_keys,
+    replicated_key_count, secondary_held_in_merkle_sync, signal, update_primary, wait_converged,
+    wait_status, wait_wal_truncated, CONVERGE, SYNC_BATCH_APPLIED,
 };
 use common::{errors, poll_until};
 use serde_json::{json, Value};
@@ -239,24 +239,16 @@ fn kill9_secondary_during_merkle_sync_then_converges() {
     a.mount_kv2();
     bulk_put(&a, "app/", 0..TOTAL, "a");
     enable_primary(&a);
-    let mut b = dr_server();
-    enable_secondary(&b, &activation_token(&a, "site-b"));
-    adopt_credentials(&mut b, &a);
-    // Kill B while keys are being copied (merkle-sync); if the sync ends before that state is
-    // seen, B is killed right after and the note says so.
-    let (caught, state) = catch_state(&b, &["merkle-sync"], CONVERGE);
+    // Kill B while keys are being copied: held after its first applied batch.
+    let mut b = secondary_held_in_merkle_sync(&a);
     b.kill9();
-    if caught {
-        eprintln!("killed B during {state}");
-    } else {
-        eprintln!("NOTE: B finished its Merkle sync before it could be caught (state {state}); killed it right after enable");
-    }
 
     // B restarts sealed and still follows A; it reconciles again and streams.
+    b.release(SYNC_BATCH_APPLIED);
     b.restart();
     wait_converged(&a, &b);
     let st = dr_status(&b);
-    assert_eq!(st["secondary_id"], "site-b", "{st}");
+    assert_eq!(st["secondary_id"], "site-held", "{st}");
     assert!(merkle_syncs(&st) >= 1, "{st}");
     // Streaming works after the crash.
     a.kv_put("after-crash", json!({ "n": "0", "round": "after" }));
@@ -430,7 +422,7 @@ fn promote_refuses_while_catching_up_without_force() {
     a.mount_kv2();
     bulk_put(&a, "app/", 0..TOTAL, "a");
     enable_primary(&a);
-    let s = secondary_frozen_in_merkle_sync(&a);
+    let s = secondary_held_in_merkle_sync(&a);
 
     // Without force: 503, and the secondary stays a secondary.
     let (code, body) = promote_attempt(&s, &a.keys, false);
@@ -453,7 +445,6 @@ fn promote_refuses_while_catching_up_without_force() {
     assert_eq!(code, 200, "health after a forced promotion: {health}");
     assert_eq!(health["sealed"], json!(false), "{health}");
     assert_eq!(health["replication_dr_mode"], "primary", "{health}");
-    signal(&a, "CONT");
 }
 
 #[test]
@@ -463,7 +454,10 @@ fn secondary_gives_up_on_a_hung_primary_during_merkle_sync() {
     a.mount_kv2();
     bulk_put(&a, "app/", 0..TOTAL, "a");
     enable_primary(&a);
-    let s = secondary_frozen_in_merkle_sync(&a);
+    let s = secondary_held_in_merkle_sync(&a);
+    // Freeze the primary, then let the secondary ask it for the rest.
+    signal(&a, "STOP");
+    s.release(SYNC_BATCH_APPLIED);
 
     // The primary is alive at the TCP level but answers nothing. Like the WAL stream (which
     // gives up after a silent period), the Merkle exchange must time out and report it, rather

@@ -14,6 +14,7 @@
 pub mod activation;
 pub mod control;
 pub mod core_port;
+pub mod failpoint;
 pub mod manager;
 mod primary;
 pub mod sealed_activation;

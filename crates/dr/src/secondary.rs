@@ -192,6 +192,7 @@ where
     };
     let buckets = ours.diff(&theirs);
     inner.set_sync_state(SyncState::MerkleSync, "ready");
+    crate::failpoint::hold("secondary-merkle-sync").await;
     let pushed = reconcile_cells(
         inner.backend.as_ref(),
         rd,
@@ -400,6 +401,7 @@ where
                 fetched_keys += ops.len() as u64;
                 fetched_bytes += bytes as u64;
                 inner.backend.batch(ops).await?;
+                crate::failpoint::hold("secondary-sync-batch-applied").await;
             }
             ToSecondary::SnapshotDone { wal_index, .. } => {
                 inner.wal.reset_to(wal_index).await?;

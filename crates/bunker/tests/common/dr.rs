@@ -249,25 +249,6 @@ pub fn wait_status(
     last
 }
 
-/// Poll `s`'s status without pausing until its state is one of `states` (true), or it reached
-/// `stream-wals` or the deadline first (false). Returns the state seen last.
-pub fn catch_state(s: &TestServer, states: &[&str], timeout: Duration) -> (bool, String) {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let (code, body) = s.get("sys/replication/dr/status", None);
-        let state = body["data"]["state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if code == 200 && states.contains(&state.as_str()) {
-            return (true, state);
-        }
-        if state == "stream-wals" || std::time::Instant::now() > deadline {
-            return (false, state);
-        }
-    }
-}
-
 /// How many times `needle` appears in the logs of every start of `s` so far.
 pub fn log_count(s: &TestServer, needle: &str) -> usize {
     let mut n = 0;
@@ -322,34 +303,25 @@ pub fn promote_attempt(s: &TestServer, keys: &[String], force: bool) -> (u16, Va
     last
 }
 
-/// Enable a fresh secondary of `a` and catch it in merkle-sync once it holds the primary's seal
-/// configuration, then freeze `a` (SIGSTOP) so the secondary stays mid-sync. A secondary that
-/// was too fast is replaced by a new one (3 attempts). Returns the secondary; `a` is stopped.
-pub fn secondary_frozen_in_merkle_sync(a: &TestServer) -> TestServer {
-    for attempt in 0..3 {
-        let mut s = dr_server();
-        enable_secondary(&s, &activation_token(a, &format!("site-{attempt}")));
-        adopt_credentials(&mut s, a);
-        let deadline = std::time::Instant::now() + CONVERGE;
-        let mut state = String::new();
-        while std::time::Instant::now() < deadline && state != "stream-wals" {
-            state = dr_status(&s)["state"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let threshold = s.get("sys/seal-status", None).1["t"].as_u64().unwrap_or(0);
-            if state == "merkle-sync" && threshold == 3 {
-                signal(a, "STOP");
-                if dr_status(&s)["state"] == "merkle-sync" {
-                    return s;
-                }
-                signal(a, "CONT");
-                state = "stream-wals".into();
-            }
-        }
-        eprintln!(
-            "NOTE: attempt {attempt}: secondary finished its sync (state {state}) before it could be caught"
-        );
-    }
-    panic!("no secondary could be caught in merkle-sync in 3 attempts");
+/// The failpoint a secondary reaches after applying a batch of its initial (snapshot) sync.
+pub const SYNC_BATCH_APPLIED: &str = "secondary-sync-batch-applied";
+
+/// Enable a fresh secondary of `a` and hold it in merkle-sync (a failpoint after its first
+/// applied batch, which holds the primary's seal configuration). Release it with
+/// `s.release(SYNC_BATCH_APPLIED)`.
+pub fn secondary_held_in_merkle_sync(a: &TestServer) -> TestServer {
+    let mut s = dr_server();
+    s.hold_at(SYNC_BATCH_APPLIED);
+    enable_secondary(&s, &activation_token(a, "site-held"));
+    adopt_credentials(&mut s, a);
+    s.wait_held(SYNC_BATCH_APPLIED, CONVERGE);
+    let st = dr_status(&s);
+    assert_eq!(st["state"], "merkle-sync", "held secondary: {st}");
+    let (_, seal) = s.get("sys/seal-status", None);
+    assert_eq!(
+        seal["t"],
+        json!(3),
+        "the first batch holds the seal configuration: {seal}"
+    );
+    s
 }

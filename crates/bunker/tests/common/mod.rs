@@ -214,12 +214,44 @@ impl TestServer {
             }
         }
         cmd.env_remove("VAULT_ADDR")
+            .env("BUNKER_FAILPOINTS_DIR", self.failpoints_dir())
             .env_remove("VAULT_TOKEN")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(File::create(out).expect("create stdout log"))
             .stderr(File::create(err).expect("create stderr log"));
         self.child = Some(cmd.spawn().expect("spawn bunker server"));
+    }
+
+    /// Where this server looks for failpoint gates (crates/dr/src/failpoint.rs).
+    fn failpoints_dir(&self) -> PathBuf {
+        self.dir.path().join("failpoints")
+    }
+
+    /// Close the gate of failpoint `name`: the server's task stops there when it arrives, until
+    /// [`TestServer::release`]. Needs a binary built with `--features bunker/failpoints`
+    /// (`./scripts/test` builds it so).
+    pub fn hold_at(&self, name: &str) {
+        let dir = self.failpoints_dir();
+        std::fs::create_dir_all(&dir).expect("failpoints dir");
+        let _ = std::fs::remove_file(dir.join(format!("{name}.reached")));
+        std::fs::write(dir.join(name), b"").expect("close failpoint gate");
+    }
+
+    /// Wait until a task of the server is held at failpoint `name`.
+    pub fn wait_held(&self, name: &str, timeout: Duration) {
+        let dir = self.failpoints_dir();
+        assert!(
+            dir.join("enabled").exists(),
+            "this test needs a server built with failpoints: cargo test --features bunker/failpoints (./scripts/test does)"
+        );
+        let held = poll_until(timeout, || dir.join(format!("{name}.reached")).exists());
+        assert!(held, "the server never reached failpoint {name}");
+    }
+
+    /// Open the gate of failpoint `name`: a held task goes on.
+    pub fn release(&self, name: &str) {
+        let _ = std::fs::remove_file(self.failpoints_dir().join(name));
     }
 
     /// Poll `GET /v1/sys/health` until any HTTP response arrives (30 s deadline).
