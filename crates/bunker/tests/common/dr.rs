@@ -325,3 +325,26 @@ pub fn secondary_held_in_merkle_sync(a: &TestServer) -> TestServer {
     );
     s
 }
+
+/// The cluster port `s` listens on (from its configuration file).
+pub fn cluster_port(s: &TestServer) -> u16 {
+    let config = std::fs::read_to_string(s.dir().join("bunker.hcl")).expect("read config");
+    config
+        .lines()
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix("cluster_address")?;
+            let addr = rest.split('"').nth(1)?;
+            addr.rsplit(':').next()?.parse().ok()
+        })
+        .expect("cluster_address in the config")
+}
+
+/// Enable `p` as a primary whose secondaries dial `cluster_addr` (a fault proxy, say).
+pub fn enable_primary_at(p: &TestServer, cluster_addr: &str) {
+    let (code, body) = p.post(
+        "sys/replication/dr/primary/enable",
+        p.root(),
+        json!({ "primary_cluster_addr": cluster_addr }),
+    );
+    assert_eq!(code, 204, "primary enable: {body}");
+}

@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 pub mod dr;
+pub mod proxy;
 
 /// How long a server may take to start listening.
 pub const READY_DEADLINE: Duration = Duration::from_secs(30);
