@@ -1,10 +1,10 @@
 //! The `auth/token/*` endpoints.
 
-use super::create_policies::{token_policies, PolicyRequest};
+use super::create_plan::{plan, CreateContext, CreatePlan};
 use super::roles::ROLE_PREFIX;
-use super::{TokenEntry, TokenRole, TokenType, SYSTEM_MAX_TTL_SECS};
+use super::{TokenEntry, TokenRole};
 use crate::core::Core;
-use crate::logical::fields::{get_bool, get_duration, get_str, get_str_list, get_str_map, get_u64};
+use crate::logical::fields::{get_duration, get_str};
 use crate::logical::{Auth, LogicalError, Operation, Request, Response, Result};
 use crate::request_handling::Caller;
 use crate::sys::{expect_op, WRITE};
@@ -192,141 +192,13 @@ impl Core {
         orphan_endpoint: bool,
         role: Option<TokenRole>,
     ) -> Result<Response> {
-        let d = &req.data;
-        let parent = &caller.entry;
-        if parent.token_type == TokenType::Batch {
-            return Err(LogicalError::InvalidRequest(
-                "batch tokens cannot create more tokens".into(),
-            ));
-        }
-        let privileged = parent.is_root() || caller.is_sudo(&req.path);
-        let id = get_str(d, "id")?.filter(|s| !s.is_empty());
-        if id.is_some() && !privileged {
-            return Err(LogicalError::InvalidRequest(
-                "root or sudo privileges required to specify token id".into(),
-            ));
-        }
-        let no_parent = get_bool(d, "no_parent")?.unwrap_or(false);
-        if no_parent && !privileged {
-            return Err(LogicalError::InvalidRequest(
-                "root or sudo privileges required to create orphan token".into(),
-            ));
-        }
-        let token_type = match get_str(d, "type")?.as_deref() {
-            None | Some("") | Some("service") => match role.as_ref().map(|r| r.token_type.as_str())
-            {
-                Some("batch") | Some("default-batch") if get_str(d, "type")?.is_none() => {
-                    TokenType::Batch
-                }
-                _ => TokenType::Service,
-            },
-            Some("batch") => TokenType::Batch,
-            Some(other) => {
-                return Err(LogicalError::InvalidRequest(format!(
-                    "invalid 'type' value {other:?}"
-                )))
-            }
-        };
-        let no_default = get_bool(d, "no_default_policy")?.unwrap_or(false)
-            || role.as_ref().is_some_and(|r| r.token_no_default_policy);
-        let requested: Option<Vec<String>> =
-            get_str_list(d, "policies")?.map(|v| v.into_iter().map(|p| p.to_lowercase()).collect());
-        let policies = token_policies(&PolicyRequest {
-            requested,
-            no_default,
-            parent: &parent.policies,
-            privileged,
+        let ctx = CreateContext {
+            parent: &caller.entry,
+            privileged: caller.entry.is_root() || caller.is_sudo(&req.path),
+            orphan_endpoint,
             role: role.as_ref(),
-        })?;
-        let is_root_token = policies.iter().any(|p| p == "root");
-
-        let period = get_duration(d, "period")?
-            .unwrap_or(0)
-            .max(role.as_ref().map(|r| r.period).unwrap_or(0));
-        if period > 0 && role.is_none() && !privileged {
-            return Err(LogicalError::InvalidRequest(
-                "root or sudo privileges required to create periodic token".into(),
-            ));
-        }
-        let mut explicit_max_ttl = get_duration(d, "explicit_max_ttl")?.unwrap_or(0);
-        if let Some(r) = &role {
-            if r.explicit_max_ttl > 0
-                && (explicit_max_ttl == 0 || r.explicit_max_ttl < explicit_max_ttl)
-            {
-                explicit_max_ttl = r.explicit_max_ttl;
-            }
-        }
-        let mut ttl = if period > 0 {
-            period
-        } else {
-            match get_duration(d, "ttl")?.or(get_duration(d, "lease")?) {
-                Some(t) if t > 0 => t,
-                _ => match role.as_ref().map(|r| r.token_ttl).filter(|t| *t > 0) {
-                    Some(t) => t,
-                    None if is_root_token => 0,
-                    None => SYSTEM_MAX_TTL_SECS,
-                },
-            }
         };
-        if explicit_max_ttl > 0 && (ttl == 0 || ttl > explicit_max_ttl) {
-            ttl = explicit_max_ttl;
-        }
-        if ttl > SYSTEM_MAX_TTL_SECS && period == 0 {
-            ttl = SYSTEM_MAX_TTL_SECS;
-        }
-        let num_uses = get_u64(d, "num_uses")?.unwrap_or(0);
-        let mut renewable = get_bool(d, "renewable")?.unwrap_or(true);
-        if let Some(r) = &role {
-            renewable = renewable && r.renewable;
-        }
-        if token_type == TokenType::Batch {
-            if is_root_token {
-                return Err(LogicalError::InvalidRequest(
-                    "batch tokens cannot be root tokens".into(),
-                ));
-            }
-            if period > 0 || num_uses > 0 || id.is_some() {
-                return Err(LogicalError::InvalidRequest(
-                    "batch tokens cannot be periodic, use-limited or have a custom id".into(),
-                ));
-            }
-            renewable = false;
-        }
-        let orphan = orphan_endpoint || no_parent || role.as_ref().is_some_and(|r| r.orphan);
-        let display = get_str(d, "display_name")?.unwrap_or_default();
-        let display_name = if display.is_empty() {
-            "token".to_owned()
-        } else {
-            format!("token-{}", display.to_lowercase().replace(' ', "-"))
-        };
-        let mut path = match &role {
-            Some(r) => format!("auth/token/create/{}", r.name),
-            None if orphan_endpoint => "auth/token/create-orphan".into(),
-            None => "auth/token/create".into(),
-        };
-        if let Some(r) = role.as_ref().filter(|r| !r.path_suffix.is_empty()) {
-            path = format!("{path}/{}", r.path_suffix);
-        }
-        let entry = TokenEntry {
-            parent_hash: if orphan {
-                String::new()
-            } else {
-                parent.id_hash.clone()
-            },
-            policies: policies.clone(),
-            meta: get_str_map(d, "meta")?.unwrap_or_default(),
-            display_name,
-            num_uses,
-            ttl,
-            explicit_max_ttl,
-            period,
-            renewable: renewable && ttl > 0,
-            orphan,
-            token_type,
-            role: role.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
-            path,
-            ..Default::default()
-        };
+        let CreatePlan { entry, id, ttl } = plan(&req.data, &ctx)?;
         let (token, entry) = self.tokens.create(entry, id).await?;
         Ok(Response {
             auth: Some(auth_for(&token, &entry, ttl)),

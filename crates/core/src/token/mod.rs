@@ -5,6 +5,7 @@
 //! compare secret strings and a storage dump does not reveal usable tokens. Batch tokens are the
 //! entry encrypted by the barrier (AAD `token/batch`), as Vault does, so creating one is free.
 
+mod create_plan;
 mod create_policies;
 mod entry;
 mod handlers;
