@@ -4,7 +4,8 @@
 
 pub mod audit;
 mod core;
-pub mod logical;
+/// The SDK types, re-exported under their old path for the core's own modules.
+pub use bunker_sdk as logical;
 mod mounts;
 mod policy_store;
 mod replication_hook;

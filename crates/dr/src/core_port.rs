@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bunker_core::logical::{Data, Response, Result};
 use bunker_core::Core;
+use bunker_sdk::{Data, Response, Result};
 use zeroize::Zeroizing;
 
 #[async_trait]

@@ -52,9 +52,9 @@ pub enum ReplError {
     Frame(#[from] frame::FrameError),
 }
 
-impl From<ReplError> for bunker_core::logical::LogicalError {
+impl From<ReplError> for bunker_sdk::LogicalError {
     fn from(e: ReplError) -> Self {
-        use bunker_core::logical::LogicalError as L;
+        use bunker_sdk::LogicalError as L;
         match e {
             ReplError::BadRequest(m) => L::InvalidRequest(m),
             ReplError::Unavailable(m) => L::Unavailable(m),

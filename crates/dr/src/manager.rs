@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bunker_core::logical::{Request, Response, Result as LResult};
 use bunker_core::{Caller, Core, DrMode, ReplicationHandler};
+use bunker_sdk::{Request, Response, Result as LResult};
 use bunker_storage::{Backend, HookedBackend};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -327,10 +327,10 @@ impl Inner {
         command: crate::control::Command,
         core: &dyn DrCore,
         mut inputs: EffectInputs,
-    ) -> Result<(), bunker_core::logical::LogicalError> {
+    ) -> Result<(), bunker_sdk::LogicalError> {
         use crate::control::Effect;
         let step = crate::control::transition(state, command)
-            .map_err(|r| bunker_core::logical::LogicalError::InvalidRequest(r.0))?;
+            .map_err(|r| bunker_sdk::LogicalError::InvalidRequest(r.0))?;
         let mut next = Some(step.state);
         for effect in step.effects {
             match effect {

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bunker_core::logical::{
+use bunker_sdk::{
     BackendFactory, BackendRequest, LogicalBackend, LogicalError, Response, Result, StorageView,
 };
 use serde_json::{Map, Value};
@@ -111,7 +111,7 @@ fn namespace_prefix(token_namespace: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use bunker_core::logical::{Data, Operation};
+    use bunker_sdk::{Data, Operation};
     use serde_json::json;
 
     use super::*;

@@ -4,11 +4,11 @@
 //! prefix (so its storage matches Vault's own v1 layout), cubbyhole uses the token's namespace.
 //! There are no versions and no metadata, so a write is a single put and needs no locking.
 
-use bunker_core::logical::{Data, LogicalError, Operation, Response, Result};
+use bunker_sdk::{Data, LogicalError, Operation, Response, Result};
 
 use crate::params::{list_prefix, validate_key_path};
 use crate::store::{encode_json, get_json, Call};
-use bunker_core::logical::duration::parse_duration_value;
+use bunker_sdk::duration::parse_duration_value;
 
 /// The places where KV v1 and cubbyhole differ.
 #[derive(Clone, Copy, Debug)]

@@ -8,7 +8,7 @@
 //! - `store`: the seam between engine logic and the core's `StorageView`, so engines are unit
 //!   tested over an in-memory store (including injected storage failures).
 //! - `params`: lenient, Vault-style request field decoding and path checks.
-//! - durations: `bunker_core::logical::duration` (one implementation for the whole server).
+//! - durations: `bunker_sdk::duration` (one implementation for the whole server).
 //! - `view_tests` (tests only): the engines end to end over a real barrier-backed `StorageView`.
 //!
 //! Engines return `LogicalError` for everything a client caused and never panic on input.
@@ -25,9 +25,7 @@ pub mod kv;
 mod params;
 mod store;
 
-pub use bunker_core::logical::duration::{
-    format_duration, parse_duration_secs, parse_duration_value,
-};
+pub use bunker_sdk::duration::{format_duration, parse_duration_secs, parse_duration_value};
 pub use cubbyhole::{cubbyhole_factory, destroy_cubbyhole, Cubbyhole};
 pub use kv::{kv_factory, KvV1, KvV2};
 

@@ -4,7 +4,7 @@
 //! booleans as `"true"`), so these helpers accept the same shapes and turn anything else into
 //! `InvalidRequest` naming the field. A JSON `null` counts as "not given".
 
-use bunker_core::logical::{Data, LogicalError, Result};
+use bunker_sdk::{Data, LogicalError, Result};
 use serde_json::Value;
 
 /// Longest secret path accepted, in bytes. Paths become storage keys; this keeps keys and list
@@ -24,7 +24,7 @@ fn bad_field(name: &str, expected: &str) -> LogicalError {
 }
 
 /// Field decoding is the core's, one implementation for the whole server.
-pub(crate) use bunker_core::logical::fields::{
+pub(crate) use bunker_sdk::fields::{
     get_bool as bool_field, get_duration as duration_field, get_u64 as u64_field, value_u64,
 };
 

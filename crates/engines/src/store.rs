@@ -7,7 +7,7 @@
 //! test store can also fail on command to check that a failed batch changes nothing.
 
 use async_trait::async_trait;
-use bunker_core::logical::{BackendRequest, Data, LogicalError, Operation, Result, StorageView};
+use bunker_sdk::{BackendRequest, Data, LogicalError, Operation, Result, StorageView};
 use bunker_storage::Op;
 use serde::{de::DeserializeOwned, Serialize};
 

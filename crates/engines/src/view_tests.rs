@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bunker_barrier::Barrier;
-use bunker_core::logical::{
+use bunker_sdk::{
     BackendFactory, BackendRequest, Data, LogicalBackend, LogicalError, Operation, Response,
     Result, StorageView,
 };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
 use axum::http::{header, HeaderMap};
-use bunker_core::logical::{Data, LogicalError};
+use bunker_sdk::{Data, LogicalError};
 use serde_json::Value;
 
 /// Largest buffer reserved up front from a `Content-Length` header; more grows as bytes come.

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::Json;
-use bunker_core::logical::{LogicalError, Operation, Response};
+use bunker_sdk::{LogicalError, Operation, Response};
 use serde_json::{json, Value};
 
 use crate::status;

@@ -18,8 +18,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::Router;
-use bunker_core::logical::{Data, LogicalError, Operation, Request};
 use bunker_core::Core;
+use bunker_sdk::{Data, LogicalError, Operation, Request};
 use serde_json::Value;
 
 pub use limits::{
@@ -138,7 +138,7 @@ fn wrap_ttl(headers: &HeaderMap) -> Result<Option<Duration>, LogicalError> {
     let raw = raw
         .to_str()
         .map_err(|_| LogicalError::InvalidRequest("invalid X-Vault-Wrap-TTL header".into()))?;
-    let secs = bunker_core::logical::duration::parse_duration_secs(raw)?;
+    let secs = bunker_sdk::duration::parse_duration_secs(raw)?;
     if secs == 0 {
         return Err(LogicalError::InvalidRequest(
             "wrap TTL must be greater than zero".into(),

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::Json;
-use bunker_core::logical::LogicalError;
+use bunker_sdk::LogicalError;
 use serde_json::json;
 
 pub fn status_of(e: &LogicalError) -> StatusCode {

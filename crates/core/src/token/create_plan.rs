@@ -261,7 +261,10 @@ mod tests {
             json!({"no_parent": true}),
             json!({"period": "1h"}),
         ] {
-            assert!(super::plan(&data(body.clone()), &ctx(&p, None)).is_err(), "{body}");
+            assert!(
+                super::plan(&data(body.clone()), &ctx(&p, None)).is_err(),
+                "{body}"
+            );
         }
         let root = parent(&["root"]);
         let orphan = plan_for(&root, json!({"no_parent": true, "period": "1h"}));
@@ -285,7 +288,10 @@ mod tests {
             json!({"type": "batch"}),
             json!({"type": "other"}),
         ] {
-            assert!(super::plan(&data(body.clone()), &ctx(&p, None)).is_err(), "{body}");
+            assert!(
+                super::plan(&data(body.clone()), &ctx(&p, None)).is_err(),
+                "{body}"
+            );
         }
         let child = TokenEntry {
             token_type: TokenType::Batch,

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use bunker_core::logical::fields::get_str;
-use bunker_core::logical::{LogicalError, Request, Result};
+use bunker_sdk::fields::get_str;
+use bunker_sdk::{LogicalError, Request, Result};
 use serde_json::{json, Value};
 
 use super::Inner;

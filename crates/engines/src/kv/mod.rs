@@ -5,7 +5,7 @@ pub mod v2;
 
 use std::sync::Arc;
 
-use bunker_core::logical::{BackendFactory, LogicalBackend, LogicalError, Result};
+use bunker_sdk::{BackendFactory, LogicalBackend, LogicalError, Result};
 use serde_json::{Map, Value};
 
 pub use v1::KvV1;

@@ -5,7 +5,7 @@
 //! LIST of an empty folder likewise. A stored `ttl` field is reported as the lease duration.
 
 use async_trait::async_trait;
-use bunker_core::logical::{BackendRequest, LogicalBackend, Operation, Response, Result};
+use bunker_sdk::{BackendRequest, LogicalBackend, Operation, Response, Result};
 
 use crate::flat::{self, FlatRules};
 use crate::store::Call;
@@ -52,7 +52,7 @@ impl LogicalBackend for KvV1 {
 
 #[cfg(test)]
 mod tests {
-    use bunker_core::logical::{Data, LogicalError, Operation};
+    use bunker_sdk::{Data, LogicalError, Operation};
     use serde_json::{json, Value};
 
     use super::*;

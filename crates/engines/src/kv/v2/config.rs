@@ -1,6 +1,6 @@
 //! `config`: mount-wide defaults for every key.
 
-use bunker_core::logical::{LogicalError, Operation, Response, Result};
+use bunker_sdk::{LogicalError, Operation, Response, Result};
 
 use super::model::{config_data, load_config, CONFIG_KEY};
 use super::KvV2;

@@ -1,6 +1,6 @@
 //! `data/<path>`: read, write, patch and soft-delete versions.
 
-use bunker_core::logical::{Data, LogicalError, Operation, Response, Result};
+use bunker_sdk::{Data, LogicalError, Operation, Response, Result};
 use bunker_storage::Op;
 use serde_json::{json, Value};
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use bunker_core::logical::{Data, LogicalError, Operation, Response, Result};
+use bunker_sdk::{Data, LogicalError, Operation, Response, Result};
 use bunker_storage::Op;
 use serde_json::Value;
 

@@ -42,7 +42,7 @@ mod versions;
 mod tests;
 
 use async_trait::async_trait;
-use bunker_core::logical::{BackendRequest, LogicalBackend, LogicalError, Response, Result};
+use bunker_sdk::{BackendRequest, LogicalBackend, LogicalError, Response, Result};
 use tokio::sync::Mutex;
 
 use crate::params::validate_key_path;

@@ -9,14 +9,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bunker_core::logical::{Data, LogicalError, Result};
+use bunker_sdk::{Data, LogicalError, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::store::{get_json, Store};
-use bunker_core::logical::duration::format_duration;
+use bunker_sdk::duration::format_duration;
 
 /// Storage key of the mount configuration.
 pub(crate) const CONFIG_KEY: &str = "config";

@@ -3,7 +3,7 @@
 //! Objects keep their keys; every other value becomes `null`. `depth` limits how many levels
 //! are shown (0 = all), as in Vault.
 
-use bunker_core::logical::{Data, LogicalError, Operation, Response, Result};
+use bunker_sdk::{Data, LogicalError, Operation, Response, Result};
 use serde_json::Value;
 
 use super::data::{lookup, unreadable_response, Lookup};

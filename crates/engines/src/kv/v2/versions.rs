@@ -3,7 +3,7 @@
 //! Versions the key does not have are skipped, as in Vault, and a missing key is a no-op.
 //! Destroy removes the version data and marks the version in the same batch.
 
-use bunker_core::logical::{LogicalError, Operation, Response, Result};
+use bunker_sdk::{LogicalError, Operation, Response, Result};
 use bunker_storage::Op;
 
 use super::model::{load_metadata, metadata_key, version_key};

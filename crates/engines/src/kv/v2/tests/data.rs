@@ -1,6 +1,6 @@
 //! `data/`, cas, patch, max_versions trimming and delete_version_after.
 
-use bunker_core::logical::{LogicalError, Operation};
+use bunker_sdk::{LogicalError, Operation};
 use serde_json::{json, Value};
 
 use super::*;

@@ -1,6 +1,6 @@
 //! `metadata/`, `config`, listing and `subkeys/`.
 
-use bunker_core::logical::{LogicalError, Operation};
+use bunker_sdk::{LogicalError, Operation};
 use serde_json::{json, Value};
 
 use super::*;

@@ -8,7 +8,7 @@ mod versions;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use bunker_core::logical::{Data, LogicalError, Operation, Response, Result};
+use bunker_sdk::{Data, LogicalError, Operation, Response, Result};
 use serde_json::{json, Value};
 
 use super::KvV2;

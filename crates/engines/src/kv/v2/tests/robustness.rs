@@ -1,6 +1,6 @@
 //! Routing, existence checks, and odd input on every endpoint.
 
-use bunker_core::logical::{LogicalError, Operation};
+use bunker_sdk::{LogicalError, Operation};
 use serde_json::{json, Value};
 
 use super::*;

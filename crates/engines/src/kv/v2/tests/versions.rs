@@ -1,6 +1,6 @@
 //! Soft delete, undelete and destroy.
 
-use bunker_core::logical::Operation;
+use bunker_sdk::Operation;
 use serde_json::{json, Value};
 
 use super::*;

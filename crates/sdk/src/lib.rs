@@ -1,5 +1,9 @@
-//! The logical layer's plain types: requests, responses, errors and the backend trait.
-//! Nothing here knows about HTTP; the HTTP layer translates to and from these types.
+//! The SDK of Bunker's logical layer: requests, responses, errors, field and duration
+//! decoding, the storage view and the backend trait (OpenBao's `sdk/logical`).
+//!
+//! May see: the barrier (a backend's storage view is a prefix of it) and the storage errors.
+//! May not see: the core (router, tokens, policies, audit), HTTP, replication. Engines depend on
+//! this crate and not on the core, so a backend cannot reach into the core's state.
 
 pub mod duration;
 mod error;
