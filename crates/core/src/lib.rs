@@ -12,7 +12,7 @@ mod replication_hook;
 mod request_handling;
 pub use request_handling::{capability_for, Caller};
 mod sys;
-mod time_util;
+pub(crate) use bunker_sdk::time_util;
 pub mod token;
 mod wrapping;
 

@@ -1,29 +1,11 @@
 //! The request pipeline: sealed-state paths, authentication, routing, ACL, audit, token use
 //! counting and response wrapping — in that order, as Vault's `HandleRequest`.
 
-use bunker_policy::{Acl, Capability};
-
 use crate::core::Core;
 use crate::logical::{BackendRequest, LogicalError, Operation, Request, Response, Result};
 use crate::replication_hook::{DrMode, ReplicationHandler};
-use crate::token::TokenEntry;
 
-/// Who is calling, once authenticated.
-pub struct Caller {
-    pub token: String,
-    pub entry: TokenEntry,
-    pub acl: Acl,
-}
-
-impl Caller {
-    pub fn has(&self, path: &str, cap: Capability) -> bool {
-        self.acl.allows(path, cap)
-    }
-
-    pub fn is_sudo(&self, path: &str) -> bool {
-        self.acl.allows(path, Capability::Sudo)
-    }
-}
+pub use bunker_sdk::{capability_for, Caller};
 
 /// System paths that need `sudo` as well as the operation's capability (Vault's root paths).
 const SUDO_PATHS: &[&str] = &[
@@ -45,18 +27,6 @@ fn needs_sudo(path: &str) -> bool {
             path == *p || path.starts_with(&format!("{p}/"))
         }
     })
-}
-
-/// The ACL capability an operation needs.
-pub fn capability_for(op: Operation) -> Capability {
-    match op {
-        Operation::Read => Capability::Read,
-        Operation::Create => Capability::Create,
-        Operation::Update => Capability::Update,
-        Operation::Delete => Capability::Delete,
-        Operation::List => Capability::List,
-        Operation::Patch => Capability::Patch,
-    }
 }
 
 /// Reject paths that could escape a mount or confuse routing.

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bunker_core::{Caller, Core, DrMode, ReplicationHandler};
+use bunker_core::{Core, DrMode, ReplicationHandler};
+use bunker_sdk::Caller;
 use bunker_sdk::{Request, Response, Result as LResult};
 use bunker_storage::{Backend, HookedBackend};
 use tokio::net::TcpListener;

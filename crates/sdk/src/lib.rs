@@ -5,17 +5,22 @@
 //! May not see: the core (router, tokens, policies, audit), HTTP, replication. Engines depend on
 //! this crate and not on the core, so a backend cannot reach into the core's state.
 
+mod caller;
 pub mod duration;
 mod error;
 pub mod fields;
 mod request;
 mod response;
 mod storage_view;
+pub mod time_util;
+mod token_entry;
 
+pub use caller::{capability_for, Caller};
 pub use error::LogicalError;
 pub use request::{Operation, Request};
 pub use response::{Auth, RawResponse, Response, WrapInfo};
 pub use storage_view::StorageView;
+pub use token_entry::{TokenEntry, TokenType};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};

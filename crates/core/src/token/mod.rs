@@ -7,12 +7,11 @@
 
 mod create_plan;
 mod create_policies;
-mod entry;
 mod handlers;
 mod path_secret;
 mod roles;
 
-pub use entry::{TokenEntry, TokenType};
+pub use bunker_sdk::{TokenEntry, TokenType};
 pub use path_secret::{redact_path, secret_in_path, PathSecret};
 pub use roles::TokenRole;
 

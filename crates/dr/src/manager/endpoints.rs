@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bunker_core::{capability_for, Caller};
 use bunker_sdk::fields::{get_bool, get_duration, get_str};
+use bunker_sdk::{capability_for, Caller};
 use bunker_sdk::{Data, LogicalError, Operation, Request, Response, Result};
 
 use crate::core_port::DrCore;

@@ -1,4 +1,4 @@
-//! Time helpers: the clock and RFC 3339 stamps (durations: [`crate::logical::duration`]).
+//! Time helpers: the clock and RFC 3339 stamps (durations: [`crate::duration`]).
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

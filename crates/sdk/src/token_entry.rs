@@ -1,3 +1,5 @@
+//! A token as the token store keeps it, and as a backend sees its caller's.
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
