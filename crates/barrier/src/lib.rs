@@ -18,6 +18,9 @@
 //! - **Keyring changes are serialized** by an async mutex (initialize, unseal, rotate), and the
 //!   new keyring is persisted before it replaces the in-memory one, so a failed write changes
 //!   nothing.
+//!
+//! May see: the physical storage. May not see: the seal (it is handed a root key), tokens,
+//! requests, HTTP, replication.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};

@@ -4,6 +4,8 @@
 //! written the Go way with one dash (`-format=json`, `-dev`); [`normalize_args`] rewrites them
 //! for clap. Exit codes follow `vault`: 0 success, 1 local errors (including bad arguments),
 //! 2 remote errors (see `error.rs`).
+//!
+//! May see: the server only through its HTTP API (it links no server crate).
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -1,6 +1,10 @@
 //! Bunker's core: the logical router, system backend, token store, policy store, response
 //! wrapping and audit. The core never sees HTTP: the HTTP layer hands it a [`logical::Request`]
 //! and turns the [`logical::Response`] or [`logical::LogicalError`] into Vault's envelope.
+//!
+//! May see: the SDK, policies, the barrier, the seal and the storage below it. May not see:
+//! HTTP (the `http` crate translates), the engines' code (they are mounted through the SDK's
+//! backend trait) or replication's (it is a `ReplicationHandler` registered by the binary).
 
 pub mod audit;
 mod core;

@@ -12,6 +12,9 @@
 //! - `view_tests` (tests only): the engines end to end over a real barrier-backed `StorageView`.
 //!
 //! Engines return `LogicalError` for everything a client caused and never panic on input.
+//!
+//! May see: the SDK only (their storage is a `StorageView`; their caller a namespace). May not
+//! see: the core, tokens, policies, the barrier's keys, HTTP.
 
 #![cfg_attr(
     not(test),

@@ -1,6 +1,9 @@
 //! The HTTP layer: translates HTTP requests into core [`Request`]s and core results into
 //! Vault's JSON envelope and status codes. Nothing else lives here; status codes are decided
 //! only in [`status`].
+//!
+//! May see: the core's request entry point and the SDK types. May not see: storage, the
+//! barrier, tokens (it forwards the header), replication.
 
 mod activity;
 mod body;

@@ -5,6 +5,8 @@
 //! - [`Acl::new`] merges the rules of several policies; [`Acl::capabilities`] and
 //!   [`Acl::allows`] pick the one rule that governs a path by Vault's priority rules.
 //! - [`DEFAULT_POLICY`] and [`RESPONSE_WRAPPING_POLICY`] are the built-in documents.
+//!
+//! May see: nothing of Bunker (pure parsing and matching). May not see: storage, tokens.
 #![cfg_attr(
     not(test),
     deny(

@@ -15,6 +15,9 @@
 //!   identical to one already submitted is ignored, as Vault does.
 //! - **The root key is checked by the barrier**: a combination that yields the wrong key is
 //!   detected because it cannot authenticate the keyring.
+//!
+//! May see: the barrier (it opens it with the reconstructed root key) and the physical
+//! storage (for the plaintext seal configuration). May not see: tokens, requests, HTTP.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 

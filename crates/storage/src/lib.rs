@@ -14,6 +14,9 @@
 //!
 //! A backend can carry one [`CommitHook`], which adds ops to each batch at the point where
 //! commit order is decided; replication uses it to write its log in commit order.
+//!
+//! May see: nothing of Bunker (no other crate). May not see: keys, plaintext, tokens. It is
+//! told nothing but keys and opaque bytes, and runs the commit hook replication installs.
 
 use std::sync::Arc;
 
