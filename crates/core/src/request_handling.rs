@@ -7,28 +7,6 @@ use crate::replication_hook::{DrMode, ReplicationHandler};
 
 pub use bunker_sdk::{capability_for, Caller};
 
-/// System paths that need `sudo` as well as the operation's capability (Vault's root paths).
-const SUDO_PATHS: &[&str] = &[
-    "sys/audit",
-    "sys/audit/",
-    "sys/rotate",
-    "sys/seal",
-    "sys/raw/",
-    "sys/step-down",
-    "auth/token/accessors",
-    "auth/token/revoke-orphan",
-];
-
-fn needs_sudo(path: &str) -> bool {
-    SUDO_PATHS.iter().any(|p| {
-        if p.ends_with('/') {
-            path.starts_with(p)
-        } else {
-            path == *p || path.starts_with(&format!("{p}/"))
-        }
-    })
-}
-
 /// Reject paths that could escape a mount or confuse routing.
 fn normalize_path(path: &str) -> Result<String> {
     let p = path.trim_start_matches('/');
@@ -179,7 +157,7 @@ impl Core {
             if !allowed {
                 return Err(LogicalError::PermissionDenied);
             }
-            if needs_sudo(&req.path) && !caller.is_sudo(&req.path) {
+            if route.needs_sudo_at(&req.path) && !caller.is_sudo(&req.path) {
                 return Err(LogicalError::PermissionDenied);
             }
         }
@@ -261,17 +239,35 @@ enum Route {
     Mount(Box<crate::mounts::Mounted>, String),
 }
 
+impl Route {
+    /// Whether the request's path is root-protected, as the backend it routes to declares.
+    fn needs_sudo_at(&self, path: &str) -> bool {
+        match self {
+            Route::System => {
+                crate::sys::SPECIAL_PATHS.is_root(path.strip_prefix("sys/").unwrap_or(""))
+            }
+            Route::Token => {
+                crate::token::SPECIAL_PATHS.is_root(path.strip_prefix("auth/token/").unwrap_or(""))
+            }
+            Route::Mount(mounted, rel) => mounted.backend.special_paths().is_root(rel),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn sudo_paths() {
-        assert!(needs_sudo("sys/audit"));
-        assert!(needs_sudo("sys/audit/file"));
-        assert!(needs_sudo("sys/rotate"));
-        assert!(!needs_sudo("sys/audit-hash/file"));
-        assert!(!needs_sudo("sys/mounts"));
+    fn sudo_paths_come_from_the_backend_routed_to() {
+        assert!(Route::System.needs_sudo_at("sys/audit"));
+        assert!(Route::System.needs_sudo_at("sys/audit/file"));
+        assert!(Route::System.needs_sudo_at("sys/rotate"));
+        assert!(!Route::System.needs_sudo_at("sys/audit-hash/file"));
+        assert!(!Route::System.needs_sudo_at("sys/mounts"));
+        assert!(Route::Token.needs_sudo_at("auth/token/accessors/"));
+        assert!(Route::Token.needs_sudo_at("auth/token/revoke-orphan"));
+        assert!(!Route::Token.needs_sudo_at("auth/token/create"));
     }
 
     #[test]

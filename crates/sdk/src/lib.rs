@@ -11,6 +11,7 @@ mod error;
 pub mod fields;
 mod request;
 mod response;
+mod special_paths;
 mod storage_view;
 pub mod time_util;
 mod token_entry;
@@ -19,6 +20,7 @@ pub use caller::{capability_for, Caller};
 pub use error::LogicalError;
 pub use request::{Operation, Request};
 pub use response::{Auth, RawResponse, Response, WrapInfo};
+pub use special_paths::SpecialPaths;
 pub use storage_view::StorageView;
 pub use token_entry::{TokenEntry, TokenType};
 
@@ -59,6 +61,11 @@ pub trait LogicalBackend: Send + Sync {
     /// `None` when the backend does not distinguish (treated as `update`).
     async fn exists(&self, _req: &BackendRequest<'_>) -> Result<Option<bool>> {
         Ok(None)
+    }
+
+    /// The paths of this backend that need `sudo` (relative to its mount).
+    fn special_paths(&self) -> SpecialPaths {
+        SpecialPaths::NONE
     }
 
     /// Called once when the mount is created, before its first request.

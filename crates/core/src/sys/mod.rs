@@ -16,6 +16,11 @@ use crate::core::Core;
 use crate::logical::{LogicalError, Operation, Request, Response, Result};
 use crate::request_handling::Caller;
 
+/// The system backend's root-protected paths (relative to `sys/`), as Vault's.
+pub(crate) const SPECIAL_PATHS: bunker_sdk::SpecialPaths = bunker_sdk::SpecialPaths {
+    root: &["audit", "audit/", "rotate", "seal", "raw/", "step-down"],
+};
+
 impl Core {
     /// Endpoints that answer whether or not the core is sealed.
     pub(crate) async fn handle_unsealed_not_required(

@@ -33,6 +33,11 @@ const BATCH_AAD: &str = "token/batch";
 pub const SERVICE_TOKEN_PREFIX: &str = "hvs.";
 pub const BATCH_TOKEN_PREFIX: &str = "hvb.";
 /// Vault's system default and maximum lease TTL (32 days).
+/// The token backend's root-protected paths (relative to `auth/token/`), as Vault's.
+pub(crate) const SPECIAL_PATHS: bunker_sdk::SpecialPaths = bunker_sdk::SpecialPaths {
+    root: &["accessors", "revoke-orphan"],
+};
+
 pub const SYSTEM_MAX_TTL_SECS: u64 = 768 * 3600;
 /// Upper bound of children revoked in one tree walk, so a hostile tree cannot loop forever.
 const MAX_REVOKE: usize = 1_000_000;
