@@ -475,3 +475,51 @@ fn secondary_gives_up_on_a_hung_primary_during_merkle_sync() {
     signal(&a, "CONT");
     wait_converged(&a, &s);
 }
+
+/// The torn window: a sync wrote values read from the primary's current store, and the
+/// primary died before the stream said how far it was. The secondary is not a prefix of the
+/// primary and says so; promotion without force refuses it.
+#[test]
+fn a_secondary_torn_by_a_sync_is_not_promoted_without_force() {
+    const TOTAL: usize = 500;
+    let mut a = dr_server();
+    a.mount_kv2();
+    bulk_put(&a, "app/", 0..TOTAL, "a");
+    enable_primary(&a);
+    let mut b = dr_server();
+    b.hold_at("secondary-before-stream");
+    enable_secondary(&b, &activation_token(&a, "site-b"));
+    adopt_credentials(&mut b, &a);
+    b.wait_held("secondary-before-stream", CONVERGE);
+    let st = dr_status(&b);
+    assert_eq!(st["consistent"], json!(false), "mid-sync: {st}");
+    // The primary's site is lost right after the sync, before any stream frame.
+    a.kill9();
+    b.release("secondary-before-stream");
+    let st = wait_status(&b, CONVERGE, "the lost primary to be noticed", |st| {
+        st["connection_state"] != "ready"
+    });
+    assert_eq!(st["consistent"], json!(false), "{st}");
+    let (code, body) = promote_attempt(&b, &a.keys, false);
+    assert_eq!(code, 503, "promote of a torn secondary: {body}");
+    assert_eq!(dr_status(&b)["mode"], "secondary");
+    // With force the operator accepts it.
+    let (code, body) = promote_attempt(&b, &a.keys, true);
+    assert_eq!(code, 200, "forced promote: {body}");
+}
+
+/// A secondary that streamed after its sync is consistent, and says so.
+#[test]
+fn a_streaming_secondary_reports_itself_consistent() {
+    let a = dr_server();
+    a.mount_kv2();
+    bulk_put(&a, "app/", 0..100, "a");
+    enable_primary(&a);
+    let b = dr_server();
+    enable_secondary(&b, &activation_token(&a, "site-b"));
+    wait_converged(&a, &b);
+    let st = wait_status(&b, CONVERGE, "consistency", |st| {
+        st["consistent"] == json!(true)
+    });
+    assert!(st["consistent_after_wal"].as_u64().is_some(), "{st}");
+}

@@ -217,6 +217,17 @@ pub enum Command {
         cluster_id: String,
         generation: u64,
     },
+    /// A sync is about to write values that may be ahead of the WAL: the local state is torn
+    /// until the stream says how far the primary was.
+    MarkTorn {
+        cluster_id: String,
+    },
+    /// The first stream frame after a sync: the primary's last WAL index then bounds every
+    /// value the sync read, so replaying through it makes the local state consistent.
+    MarkConsistentAfter {
+        cluster_id: String,
+        wal_index: u64,
+    },
 }
 
 /// What the runtime must do after a transition, in this order.
@@ -295,6 +306,8 @@ pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> 
             require(state, Mode::Primary)?;
             let mut next = new_mode(Mode::Secondary, state.cluster_id.clone(), state.generation);
             next.synced_generation = Some(state.generation);
+            // A demoted primary holds exactly its own history: consistent as it is.
+            next.consistent_after = Some(0);
             step(
                 next,
                 &[
@@ -445,6 +458,27 @@ pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> 
             }
             let mut next = state.clone();
             next.generation = generation;
+            step(next, &[Persist])
+        }
+        Command::MarkTorn { cluster_id } => {
+            require(state, Mode::Secondary)?;
+            if cluster_id != state.cluster_id {
+                return refuse("stale sync report");
+            }
+            let mut next = state.clone();
+            next.consistent_after = None;
+            step(next, &[Persist])
+        }
+        Command::MarkConsistentAfter {
+            cluster_id,
+            wal_index,
+        } => {
+            require(state, Mode::Secondary)?;
+            if cluster_id != state.cluster_id || state.consistent_after.is_some() {
+                return refuse("stale or repeated consistency report");
+            }
+            let mut next = state.clone();
+            next.consistent_after = Some(wal_index);
             step(next, &[Persist])
         }
         Command::MarkSynced {

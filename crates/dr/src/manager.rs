@@ -658,6 +658,30 @@ impl Inner {
         .await
     }
 
+    /// A sync starts writing: the local state is torn until [`Inner::mark_consistent_after`].
+    pub async fn mark_torn(self: &Arc<Self>, cluster_id: &str) -> Result<(), ReplError> {
+        self.apply_reported(crate::control::Command::MarkTorn {
+            cluster_id: cluster_id.to_owned(),
+        })
+        .await
+    }
+
+    /// The first frame of a stream: if the local state is torn, it is consistent once the WAL
+    /// is applied through `wal_index` (the primary's last index when it sent the frame, after
+    /// every value of the sync was read).
+    pub async fn mark_consistent_after(self: &Arc<Self>, cluster_id: &str, wal_index: u64) {
+        if self.state.lock().await.consistent_after.is_some() {
+            return;
+        }
+        let command = crate::control::Command::MarkConsistentAfter {
+            cluster_id: cluster_id.to_owned(),
+            wal_index,
+        };
+        if let Err(e) = self.apply_reported(command).await {
+            tracing::debug!(error = %e, "consistency point not recorded");
+        }
+    }
+
     pub async fn mark_synced(
         self: &Arc<Self>,
         cluster_id: &str,

@@ -122,13 +122,15 @@ async fn follow_once(inner: &Arc<Inner>) -> Result<(), ReplError> {
             .await?;
     }
     if !resume {
+        inner.mark_torn(&snapshot.cluster_id).await?;
         merkle_sync(inner, &mut rd, &mut wr).await?;
         inner.mark_synced(&snapshot.cluster_id, generation).await?;
     }
     let after = inner.wal.last_index();
+    crate::failpoint::hold("secondary-before-stream").await;
     write_frame(&mut wr, &ToPrimary::StreamFrom { after }).await?;
     inner.set_sync_state(SyncState::StreamWals, "ready");
-    stream(inner, rd, wr).await
+    stream(inner, &snapshot.cluster_id, rd, wr).await
 }
 
 /// In TLS 1.3 a refused client certificate shows up on the first read, as an alert: say what
@@ -471,7 +473,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn stream<R, W>(inner: &Arc<Inner>, rd: R, mut wr: W) -> Result<(), ReplError>
+async fn stream<R, W>(
+    inner: &Arc<Inner>,
+    cluster_id: &str,
+    rd: R,
+    mut wr: W,
+) -> Result<(), ReplError>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
@@ -480,6 +487,8 @@ where
     let mut ack = tokio::time::interval(ACK_INTERVAL);
     // A frame taken off the queue that did not fit in the last batch.
     let mut held: Option<Frame> = None;
+    // The first frame says how far the primary was when it started streaming to us.
+    let mut consistency_bound = false;
     loop {
         let frame = match held.take() {
             Some(frame) => frame,
@@ -493,6 +502,14 @@ where
             },
         };
         let (msg, bytes) = frame?;
+        if !consistency_bound {
+            if let ToSecondary::Wal { last_wal, .. } | ToSecondary::Heartbeat { last_wal, .. } =
+                &msg
+            {
+                inner.mark_consistent_after(cluster_id, *last_wal).await;
+                consistency_bound = true;
+            }
+        }
         let (mut entries, mut last_wal, mut bytes) = match msg {
             ToSecondary::Wal { entries, last_wal } => (entries, last_wal, bytes),
             ToSecondary::Heartbeat { last_wal, time_ms } => {

@@ -73,6 +73,13 @@ pub struct ReplState {
     pub secondary: Option<SecondaryState>,
     /// Position after the last completed sync (secondary side).
     pub synced_generation: Option<u64>,
+    /// A secondary's local state is a consistent prefix of the primary's once it has applied
+    /// the WAL through this index. `None` while that is unknown: a Merkle or snapshot sync has
+    /// written values read from the primary's *current* store (possibly ahead of the WAL index
+    /// the secondary replays from), and the first stream frame after it has not yet said how far
+    /// the primary was. Promotion without `force` refuses a secondary in that state.
+    #[serde(default)]
+    pub consistent_after: Option<u64>,
     /// The live DR operation tokens generated on this secondary; they die with its mode.
     #[serde(default)]
     pub operation_tokens: Vec<OperationToken>,

@@ -277,7 +277,14 @@ fn stale_stream_reports_are_refused() {
 /// A random command that is valid-looking for some mode.
 fn random_command(rng: &mut StdRng, now: u64) -> Command {
     let id = format!("s{}", rng.gen_range(0..3));
-    match rng.gen_range(0..13) {
+    match rng.gen_range(0..15) {
+        13 => Command::MarkTorn {
+            cluster_id: format!("c{}", rng.gen_range(0..2)),
+        },
+        14 => Command::MarkConsistentAfter {
+            cluster_id: format!("c{}", rng.gen_range(0..2)),
+            wal_index: rng.gen_range(0..100),
+        },
         0 => Command::EnablePrimary {
             cluster_id: format!("c{}", rng.gen_range(0..2)),
             primary: primary_state("x"),
@@ -420,4 +427,43 @@ fn random_command_sequences_keep_the_invariants() {
         applied > runs as usize * 20,
         "only {applied} commands applied"
     );
+}
+
+#[test]
+fn a_sync_tears_the_state_until_the_stream_bounds_it() {
+    let s = apply(
+        &ReplState::default(),
+        Command::EnableSecondary(activation("c1", 1)),
+    );
+    assert_eq!(
+        s.consistent_after, None,
+        "a new secondary holds nothing consistent"
+    );
+    let bound = apply(
+        &s,
+        Command::MarkConsistentAfter {
+            cluster_id: "c1".into(),
+            wal_index: 42,
+        },
+    );
+    assert_eq!(bound.consistent_after, Some(42));
+    // Only the first frame after a sync bounds it.
+    assert!(transition(
+        &bound,
+        Command::MarkConsistentAfter {
+            cluster_id: "c1".into(),
+            wal_index: 50
+        }
+    )
+    .is_err());
+    let torn = apply(
+        &bound,
+        Command::MarkTorn {
+            cluster_id: "c1".into(),
+        },
+    );
+    assert_eq!(torn.consistent_after, None);
+    // A demoted primary is consistent as it is.
+    let demoted = apply(&primary(), Command::DemotePrimary);
+    assert_eq!(demoted.consistent_after, Some(0));
 }

@@ -451,6 +451,12 @@ fn caught_up(inner: &Inner, state: &ReplState) -> bool {
     if state.synced_generation.is_none() {
         return false;
     }
+    // A sync wrote values that may be ahead of what was replayed: not a prefix of the primary
+    // until the WAL is applied through the bound the stream reported.
+    match state.consistent_after {
+        Some(bound) if inner.wal.last_index() >= bound => {}
+        _ => return false,
+    }
     let s = inner.sec_status();
     match s.state {
         SyncState::MerkleDiff | SyncState::MerkleSync => false,

@@ -81,6 +81,8 @@ impl Inner {
                     "primary_cluster_addr": addr,
                     "known_primary_cluster_addrs": if addr.is_empty() { vec![] } else { vec![addr.clone()] },
                     "last_remote_wal": last_wal,
+                    "consistent": state.consistent_after.is_some_and(|b| last_wal >= b),
+                    "consistent_after_wal": state.consistent_after,
                     "last_primary_wal": s.primary_last_wal,
                     "lag_wal_entries": lag_entries,
                     "lag_ms": lag_ms,
