@@ -541,11 +541,7 @@ fn cli_rekey_prints_new_keys_that_unseal() {
         out.contains("4 key shares and a key threshold of 3"),
         "{out}"
     );
-    let new: Vec<String> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("Key ").and_then(|r| r.split_once(": ")))
-        .map(|(_, k)| k.trim().to_owned())
-        .collect();
+    let new = new_keys_in(&out);
     assert_eq!(new.len(), 4, "{out}");
 
     let (code, _, err) = cli(&s, &["operator", "rekey", &old[1]]);
@@ -559,4 +555,53 @@ fn cli_rekey_prints_new_keys_that_unseal() {
     assert_keys_refused(&s, &old);
     s.unseal_with(&new[1..]);
     assert_secret_readable(&s);
+
+    // With verification: the new keys are printed, then given back with -verify.
+    let (code, out, err) = cli(
+        &s,
+        &[
+            "operator",
+            "rekey",
+            "-init",
+            "-key-shares=2",
+            "-key-threshold=2",
+            "-verify",
+        ],
+    );
+    assert_eq!(code, 0, "init -verify: {out} {err}");
+    let mut out = String::new();
+    for k in &new[..3] {
+        let (code, o, err) = cli(&s, &["operator", "rekey", k]);
+        assert_eq!(code, 0, "current key: {o} {err}");
+        out = o;
+    }
+    assert!(
+        out.contains("will not be active until after verification"),
+        "{out}"
+    );
+    assert!(out.contains("Verification Nonce"), "{out}");
+    let verified: Vec<String> = new_keys_in(&out);
+    assert_eq!(verified.len(), 2, "{out}");
+    let (code, out, _) = cli(&s, &["operator", "rekey", "-verify", "-status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("0/2"), "{out}");
+    let (code, out, err) = cli(&s, &["operator", "rekey", "-verify", &verified[1]]);
+    assert_eq!(code, 0, "verify 1: {out} {err}");
+    assert!(out.contains("1/2"), "{out}");
+    let (code, out, err) = cli(&s, &["operator", "rekey", "-verify", &verified[0]]);
+    assert_eq!(code, 0, "verify 2: {out} {err}");
+    assert!(out.contains("Rekey verification was successful"), "{out}");
+
+    seal(&s);
+    assert_keys_refused(&s, &new[..2]);
+    s.unseal_with(&verified);
+    assert_secret_readable(&s);
+}
+
+/// The `Key N: <key>` lines of `bunker operator rekey` output.
+fn new_keys_in(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("Key ").and_then(|r| r.split_once(": ")))
+        .map(|(_, k)| k.trim().to_owned())
+        .collect()
 }

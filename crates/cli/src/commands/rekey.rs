@@ -278,7 +278,7 @@ fn print_new_keys(ctx: &Ctx, client: &Client, status: &Value, response: &Value) 
              you will be unable to unseal Bunker. If you cancel the rekey process or seal \
              Bunker before verification is complete the new shares will be discarded and the \
              current shares will remain valid.\n\n\
-             The current verification status, including initial nonce, is shown below.\n"
+             The current verification status, including initial nonce, is shown below.\n\n"
         ));
         output::emit(&text)?;
         let verify_status = fetch(client, VERIFY_PATH)?;
