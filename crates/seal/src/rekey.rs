@@ -366,12 +366,12 @@ impl Seal {
                     v.ceremony.nonce
                 )));
             }
-            let completes = v.ceremony.progress().saturating_add(1) >= v.ceremony.required;
+            let given_before = v.ceremony.progress();
             let combined = match v.ceremony.add_share(share) {
                 Ok(None) => return Ok(VerifyUpdate::Pending(operation.verification_status())),
                 Ok(Some(key)) => key,
                 Err(e) => {
-                    if completes && v.ceremony.progress() == 0 {
+                    if v.ceremony.progress() < given_before {
                         // The quorum did not combine: start over under a new nonce (as Vault).
                         v.ceremony = KeyCeremony::new(new_config.secret_threshold);
                     }

@@ -260,3 +260,35 @@ async fn rekey_to_a_single_share() {
     assert_eq!(result.keys[0].len(), 32);
     assert_unseals_with(&seal, &result.keys, 1).await;
 }
+
+#[tokio::test]
+async fn verification_quorum_that_does_not_combine_starts_over() {
+    let (seal, old_keys) = unsealed_seal(3, 2).await;
+    let nonce = seal.rekey_init(&request(3, 2, true)).await.unwrap().nonce;
+    let result = complete(&seal, &old_keys[..2], &nonce).await;
+    let vnonce = result.verification_nonce.clone();
+    seal.rekey_verify(&result.keys[0], &vnonce).await.unwrap();
+    // A wrong length is refused without touching progress or nonce.
+    assert!(matches!(
+        seal.rekey_verify(&result.keys[1][..32], &vnonce).await,
+        Err(SealError::InvalidKey(_))
+    ));
+    let v = seal.rekey_verify_status().await.unwrap();
+    assert_eq!((v.progress, v.nonce.as_str()), (1, vnonce.as_str()));
+    // Same x coordinate as the first share: the shares do not combine.
+    let mut twin = result.keys[0].clone();
+    twin[0] ^= 0x01;
+    assert!(matches!(
+        seal.rekey_verify(&twin, &vnonce).await,
+        Err(SealError::InvalidKey(_))
+    ));
+    let v = seal.rekey_verify_status().await.unwrap();
+    assert_eq!(v.progress, 0);
+    assert_ne!(v.nonce, vnonce);
+    let mut last = None;
+    for key in &result.keys[1..] {
+        last = Some(seal.rekey_verify(key, &v.nonce).await.unwrap());
+    }
+    assert!(matches!(last, Some(VerifyUpdate::Complete { .. })));
+    assert_unseals_with(&seal, &result.keys[..2], 2).await;
+}
