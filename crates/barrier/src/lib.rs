@@ -286,6 +286,41 @@ impl Barrier {
         Ok(status)
     }
 
+    /// Replace the root key (rekey): re-encrypt the current keyring under `new_root_key` and
+    /// commit it together with the `extra` plaintext physical ops in one atomic backend batch
+    /// (the seal adds its new configuration), then keep using the new root key in memory.
+    ///
+    /// The keyring terms are unchanged, so no data is re-encrypted. A crash leaves either the
+    /// old keyring and ops or the new ones on disk, never a mix. Needs the barrier unsealed.
+    pub async fn rekey_root(&self, new_root_key: &[u8], extra: Vec<Op>) -> Result<()> {
+        for op in &extra {
+            refuse_reserved(op.key())?;
+        }
+        let root = root_cipher(new_root_key)?;
+        let _change = self.keyring_change.lock().await;
+        let state = self.unsealed()?;
+        let mut ops = extra;
+        ops.push(Op::Put {
+            key: KEYRING_PATH.to_owned(),
+            value: state.keyring.seal_with_root(&root)?,
+        });
+        self.backend.batch(ops).await?;
+        let next = Arc::new(Unsealed {
+            root: Arc::new(root),
+            root_key: Arc::new(Zeroizing::new(new_root_key.to_vec())),
+            keyring: state.keyring.clone(),
+        });
+        {
+            let mut current = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            // Sealed meanwhile: the new root key is persisted and opens the next unseal.
+            if current.is_some() {
+                *current = Some(next);
+            }
+        }
+        tracing::info!("barrier root key replaced (rekey)");
+        Ok(())
+    }
+
     /// A copy of the root key while unsealed (DR activation bundles carry it so a secondary
     /// can stay unsealed on the primary's keyring). `Sealed` otherwise.
     pub fn root_key(&self) -> Result<Zeroizing<Vec<u8>>> {
@@ -318,10 +353,25 @@ impl Barrier {
 
     /// Re-read the keyring from storage with the in-memory root key, e.g. after a replicated
     /// rotation wrote a new keyring record underneath this node.
+    ///
+    /// If the stored keyring is no longer under the in-memory root key (a rekey replicated
+    /// from a DR primary), the keys in memory are stale: the barrier seals itself and returns
+    /// `InvalidRootKey`; the new key shares open it again.
     pub async fn reload_keyring(&self) -> Result<()> {
         let _change = self.keyring_change.lock().await;
         let state = self.unsealed()?;
-        let keyring = self.load_keyring(&state.root).await?;
+        let keyring = match self.load_keyring(&state.root).await {
+            Ok(keyring) => keyring,
+            Err(BarrierError::InvalidRootKey) => {
+                drop(state);
+                self.replace_state(None);
+                tracing::warn!(
+                    "the stored keyring is under a new root key (rekeyed); barrier sealed"
+                );
+                return Err(BarrierError::InvalidRootKey);
+            }
+            Err(e) => return Err(e),
+        };
         let next = Arc::new(Unsealed {
             root: Arc::clone(&state.root),
             root_key: Arc::clone(&state.root_key),

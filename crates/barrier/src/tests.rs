@@ -343,3 +343,78 @@ async fn debug_output_redacts_keys() {
     let keyring = format!("{:?}", state.keyring);
     assert!(!keyring.contains("key: ["), "{keyring}");
 }
+
+#[tokio::test]
+async fn rekey_root_replaces_the_root_key_atomically() {
+    let (barrier, old_root, backend) = unsealed().await;
+    barrier.put("a", b"before").await.unwrap();
+    barrier.rotate().await.unwrap();
+    let new_root = Barrier::generate_root_key();
+    let config = Op::Put {
+        key: "core/seal-config".into(),
+        value: b"new-config".to_vec(),
+    };
+    // A reserved path among the extra ops is refused and nothing changes.
+    let reserved = Op::Put {
+        key: KEYRING_PATH.into(),
+        value: b"x".to_vec(),
+    };
+    assert!(matches!(
+        barrier.rekey_root(&new_root, vec![reserved]).await,
+        Err(BarrierError::ReservedPath(_))
+    ));
+    barrier.verify_root_key(&old_root).await.unwrap();
+
+    barrier.rekey_root(&new_root, vec![config]).await.unwrap();
+    assert_eq!(
+        backend.raw("core/seal-config").await.as_deref(),
+        Some(&b"new-config"[..])
+    );
+    assert_eq!(*barrier.root_key().unwrap(), *new_root);
+    // Still unsealed, same terms: data stays readable and new writes use the active term.
+    assert_eq!(barrier.key_status().unwrap().term, 2);
+    assert_eq!(
+        barrier.get("a").await.unwrap().as_deref(),
+        Some(&b"before"[..])
+    );
+    barrier.rotate().await.unwrap();
+
+    barrier.seal();
+    assert!(matches!(
+        barrier.unseal(&old_root).await,
+        Err(BarrierError::InvalidRootKey)
+    ));
+    assert!(barrier.verify_root_key(&old_root).await.is_err());
+    barrier.unseal(&new_root).await.unwrap();
+    assert_eq!(barrier.key_status().unwrap().term, 3);
+    assert_eq!(
+        barrier.get("a").await.unwrap().as_deref(),
+        Some(&b"before"[..])
+    );
+
+    barrier.seal();
+    assert!(matches!(
+        barrier.rekey_root(&old_root, Vec::new()).await,
+        Err(BarrierError::Sealed)
+    ));
+    barrier.verify_root_key(&new_root).await.unwrap();
+}
+
+#[tokio::test]
+async fn reload_after_a_rekey_elsewhere_seals() {
+    let (barrier, old_root, backend) = unsealed().await;
+    barrier.put("a", b"v").await.unwrap();
+    // A second barrier over the same storage rekeys (like a DR primary whose writes replay
+    // here): the root key in this one's memory is stale.
+    let other = Barrier::new(backend.clone());
+    other.unseal(&old_root).await.unwrap();
+    let new_root = Barrier::generate_root_key();
+    other.rekey_root(&new_root, Vec::new()).await.unwrap();
+    assert!(matches!(
+        barrier.reload_keyring().await,
+        Err(BarrierError::InvalidRootKey)
+    ));
+    assert!(barrier.is_sealed());
+    barrier.unseal(&new_root).await.unwrap();
+    assert_eq!(barrier.get("a").await.unwrap().as_deref(), Some(&b"v"[..]));
+}

@@ -141,7 +141,7 @@ enum Command {
     Server(ServerArgs),
     /// Print seal and HA status (exit 0 unsealed, 2 sealed, 1 error).
     Status,
-    /// Operator tasks: init, unseal, seal, rotate, generate-root, replication.
+    /// Operator tasks: init, unseal, seal, rotate, generate-root, rekey, replication.
     #[command(subcommand)]
     Operator(operator::OperatorCommand),
     /// Read data at a path.
@@ -394,6 +394,18 @@ mod tests {
             &["operator", "generate-root", "-decode=enc", "-otp=abc"],
             &["operator", "generate-root", "-generate-otp"],
             &["operator", "generate-root", "-dr-token", "-init"],
+            &[
+                "operator",
+                "rekey",
+                "-init",
+                "-key-shares=3",
+                "-key-threshold=2",
+            ],
+            &["operator", "rekey", "-init", "-verify"],
+            &["operator", "rekey", "-status"],
+            &["operator", "rekey", "-cancel", "-verify"],
+            &["operator", "rekey", "-nonce=n", "abcd"],
+            &["operator", "rekey", "-verify", "-"],
             &["operator", "replication", "status", "-format=json"],
             &["operator", "replication", "primary", "enable"],
             &[

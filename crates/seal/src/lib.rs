@@ -13,6 +13,8 @@
 //!   `.await`), wrapped in `Zeroizing`, and are dropped when the quorum is reached, on reset,
 //!   on seal, and when a combination fails (Vault resets progress on a bad key). A share
 //!   identical to one already submitted is ignored, as Vault does.
+//! - **Rekey** (see `rekey`) replaces the root key and its shares; the new configuration and
+//!   the keyring re-encrypted under the new key are one atomic batch (`Barrier::rekey_root`).
 //! - **The root key is checked by the barrier**: a combination that yields the wrong key is
 //!   detected because it cannot authenticate the keyring.
 //!
@@ -29,12 +31,16 @@ use zeroize::Zeroizing;
 mod ceremony;
 mod error;
 pub mod otp;
+mod rekey;
 mod shamir;
 #[cfg(test)]
 mod tests;
 
 pub use ceremony::{parse_key_share, KeyCeremony};
 pub use error::SealError;
+pub use rekey::{
+    RekeyRequest, RekeyResult, RekeyStatus, RekeyUpdate, VerificationStatus, VerifyUpdate,
+};
 pub use shamir::SHARE_LEN;
 
 pub type Result<T> = std::result::Result<T, SealError>;
@@ -109,6 +115,11 @@ pub struct Seal {
     unseal_progress: Mutex<UnsealProgress>,
     /// Serializes `initialize` within this process.
     init: tokio::sync::Mutex<()>,
+    /// The rekey in progress, if any (see `rekey`). Held only briefly, never across an
+    /// `.await`.
+    rekey: Mutex<Option<rekey::RekeyOperation>>,
+    /// Serializes the rekey calls, across their `.await`s (Vault's rekey lock).
+    rekey_serial: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Seal {
@@ -126,6 +137,8 @@ impl Seal {
             barrier,
             unseal_progress: Mutex::new(UnsealProgress::default()),
             init: tokio::sync::Mutex::new(()),
+            rekey: Mutex::new(None),
+            rekey_serial: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -231,16 +244,22 @@ impl Seal {
         *self.progress() = UnsealProgress::default();
     }
 
-    /// Seal the barrier and discard any unseal progress.
+    /// Seal the barrier and discard any unseal progress and any rekey in progress (with its
+    /// unverified new key).
     pub fn seal(&self) {
         self.barrier.seal();
         self.reset_unseal();
+        *self.rekey_state() = None;
     }
 
     fn progress(&self) -> MutexGuard<'_, UnsealProgress> {
         self.unseal_progress
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn rekey_state(&self) -> MutexGuard<'_, Option<rekey::RekeyOperation>> {
+        self.rekey.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn status_for(&self, config: Option<&SealConfig>) -> SealStatus {

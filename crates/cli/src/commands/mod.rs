@@ -16,6 +16,7 @@ mod kv_path;
 pub(crate) mod login;
 pub(crate) mod operator;
 pub(crate) mod policy;
+pub(crate) mod rekey;
 pub(crate) mod replication;
 pub(crate) mod secrets;
 pub(crate) mod status;

@@ -1,10 +1,12 @@
-//! `bunker operator ...`: init, unseal, seal, rotate, key-status, generate-root, replication.
+//! `bunker operator ...`: init, unseal, seal, rotate, key-status, generate-root, rekey,
+//! replication.
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::generate_root::{self, GenerateRootArgs};
+use super::rekey::{self, RekeyArgs};
 use super::replication::{self, ReplicationCommand};
 use super::status::seal_status_rows;
 use super::{expect_body, success, CmdResult, Ctx};
@@ -28,6 +30,9 @@ pub(crate) enum OperatorCommand {
     /// Generate a new root token (or, with -dr-token, a DR operation token) from a quorum of
     /// unseal key shares.
     GenerateRoot(GenerateRootArgs),
+    /// Replace the unseal key shares (a new root key split into new shares), from a quorum of
+    /// the current ones.
+    Rekey(RekeyArgs),
     /// DR replication: status, and managing this cluster as a primary or a secondary.
     #[command(subcommand)]
     Replication(ReplicationCommand),
@@ -81,6 +86,7 @@ pub(crate) fn run(ctx: &Ctx, command: OperatorCommand) -> CmdResult {
         OperatorCommand::Rotate => rotate(ctx),
         OperatorCommand::KeyStatus => key_status(ctx),
         OperatorCommand::GenerateRoot(args) => generate_root::run(ctx, args),
+        OperatorCommand::Rekey(args) => rekey::run(ctx, args),
         OperatorCommand::Replication(command) => replication::run(ctx, command),
     }
 }

@@ -7,6 +7,7 @@ mod health;
 mod metrics;
 mod mounts;
 mod policies;
+mod rekey;
 mod root_generation;
 mod seal;
 
@@ -43,6 +44,10 @@ impl Core {
             "sys/generate-root/attempt" => self.sys_generate_root_attempt(req).await?,
             "sys/generate-root/update" => self.sys_generate_root_update(req).await?,
             "sys/decode-token" => self.sys_decode_token(req)?,
+            // Unauthenticated like sys/unseal; they check sealed and DR mode themselves.
+            "sys/rekey/init" => self.sys_rekey_init(req).await?,
+            "sys/rekey/update" => self.sys_rekey_update(req).await?,
+            "sys/rekey/verify" => self.sys_rekey_verify(req).await?,
             _ => return Ok(None),
         };
         Ok(Some(resp))
