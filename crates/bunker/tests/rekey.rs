@@ -2,7 +2,12 @@
 //! (which stop working), across seal, kill -9 and restart; the verification flow; bad input;
 //! a rekeyed DR primary whose secondary then unseals with the new shares; the CLI.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

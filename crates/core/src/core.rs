@@ -15,8 +15,8 @@ use crate::audit::AuditBroker;
 use crate::logical::{BackendFactory, LogicalError, Result, StorageView};
 use crate::mounts::{MountEntry, Mounted, Router, StoredMountTable, MOUNT_TABLE_PATH};
 use crate::policy_store::PolicyStore;
-use crate::sys::RootGeneration;
 use crate::token::{TokenEntry, TokenStore, TokenType};
+use bunker_seal::OtpTokenCeremony;
 
 const CLUSTER_INFO_PATH: &str = "core/cluster-info";
 
@@ -62,7 +62,7 @@ pub struct Core {
     pub(crate) audit: AuditBroker,
     pub(crate) router: RwLock<Router>,
     pub(crate) factories: RwLock<HashMap<String, Arc<dyn BackendFactory>>>,
-    pub(crate) root_generation: Mutex<Option<RootGeneration>>,
+    pub(crate) root_generation: Mutex<Option<OtpTokenCeremony>>,
     /// Serialises changes to the mount and audit tables.
     pub(crate) table_lock: tokio::sync::Mutex<()>,
     /// Makes read-then-revoke of a wrapping token atomic (single use).

@@ -31,6 +31,7 @@ use zeroize::Zeroizing;
 mod ceremony;
 mod error;
 pub mod otp;
+mod otp_ceremony;
 mod rekey;
 mod shamir;
 #[cfg(test)]
@@ -38,6 +39,7 @@ mod tests;
 
 pub use ceremony::{parse_key_share, KeyCeremony};
 pub use error::SealError;
+pub use otp_ceremony::{OtpTokenCeremony, OTP_TOKEN_LENGTH};
 pub use rekey::{
     RekeyRequest, RekeyResult, RekeyStatus, RekeyUpdate, VerificationStatus, VerifyUpdate,
 };

@@ -11,8 +11,6 @@ mod rekey;
 mod root_generation;
 mod seal;
 
-pub(crate) use root_generation::RootGeneration;
-
 use crate::core::Core;
 use crate::logical::{LogicalError, Operation, Request, Response, Result};
 use crate::request_handling::Caller;

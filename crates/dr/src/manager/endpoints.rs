@@ -12,13 +12,13 @@ use crate::core_port::DrCore;
 use serde_json::{json, Value};
 use tokio::sync::MutexGuard;
 
-use super::ceremony::{idle_status, OpTokenGeneration, OTP_LENGTH};
 use super::{fetch, EffectInputs, Inner};
 use crate::control::{self, Access, Activation, Command, Endpoint};
 use crate::state::{PrimaryState, ReplState, SecondaryState};
 use crate::status::SyncState;
 use crate::tls::ReplicationCa;
 use crate::ReplError;
+use bunker_seal::OtpTokenCeremony;
 
 const DEFAULT_TOKEN_TTL_SECS: u64 = 30 * 60;
 /// Activation tokens live at most a day: they are meant to be used within minutes.
@@ -564,32 +564,18 @@ async fn op_token_attempt(
             guard
                 .as_ref()
                 .map(|g| g.status(""))
-                .unwrap_or_else(|| idle_status(required)),
+                .unwrap_or_else(|| OtpTokenCeremony::idle_status(required)),
         )),
         Operation::Create | Operation::Update => {
             if guard.is_some() {
                 return Err(bad("DR operation token generation already in progress"));
             }
-            if get_str(&req.data, "pgp_key")?.is_some_and(|s| !s.is_empty()) {
-                return Err(bad("PGP-encrypted tokens are not supported; use an OTP"));
-            }
-            let (otp, shown) = match get_str(&req.data, "otp")?.filter(|s| !s.is_empty()) {
-                Some(otp) if otp.len() == OTP_LENGTH => (otp, String::new()),
-                Some(_) => {
-                    return Err(bad(format!(
-                        "OTP string is wrong length; must be {OTP_LENGTH} characters"
-                    )))
-                }
-                None => {
-                    let otp = bunker_seal::otp::generate_otp(OTP_LENGTH);
-                    (otp.clone(), otp)
-                }
-            };
-            let generation = OpTokenGeneration {
-                ceremony: bunker_seal::KeyCeremony::new(required),
-                otp: zeroize::Zeroizing::new(otp),
-                encoded: String::new(),
-            };
+            let (generation, shown) = OtpTokenCeremony::start(
+                required,
+                get_str(&req.data, "otp")?,
+                get_str(&req.data, "pgp_key")?,
+            )
+            .map_err(|e| bad(e.to_string()))?;
             let body = generation.status(&shown);
             *guard = Some(generation);
             Ok(Response::raw(200, body))
@@ -611,7 +597,7 @@ async fn op_token_update(
     let key = get_str(&req.data, "key")?.ok_or_else(|| bad("'key' must be specified"))?;
     let nonce = get_str(&req.data, "nonce")?.unwrap_or_default();
     let share = bunker_seal::parse_key_share(&key).map_err(|e| bad(e.to_string()))?;
-    let (root, otp) = {
+    let root = {
         let mut guard = inner
             .ceremonies
             .op_token
@@ -620,52 +606,39 @@ async fn op_token_update(
         let generation = guard
             .as_mut()
             .ok_or_else(|| bad("no DR operation token generation in progress"))?;
-        if !ct_eq(generation.ceremony.nonce().as_bytes(), nonce.as_bytes()) {
-            return Err(bad("incorrect nonce supplied"));
-        }
         match generation
-            .ceremony
-            .add_share(&share)
+            .submit(&nonce, &share)
             .map_err(|e| bad(e.to_string()))?
         {
             None => return Ok(Response::raw(200, generation.status(""))),
-            Some(root) => (root, generation.otp.clone()),
+            Some(root) => root,
         }
     };
     if core.verify_root_key(&root).await.is_err() {
-        {
-            let mut g = inner
-                .ceremonies
-                .op_token
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            *g = None;
-        }
+        *inner
+            .ceremonies
+            .op_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         return Err(bad("the key shares do not reconstruct the root key"));
     }
+    // The strategy of this ceremony: a DR operation token, known to this secondary only by
+    // its hash, living one hour and dying with the secondary mode.
     let token = zeroize::Zeroizing::new(format!("hvs.{}", bunker_core::token::random_base62(24)));
-    let encoded = bunker_seal::otp::encode_token(&token, &otp).map_err(|e| bad(e.to_string()))?;
     let command = Command::AddOperationToken {
         hash: sha_hex(&token),
         now_unix: now_unix(),
     };
     apply(inner, core, state, command).await?;
-    let mut guard = inner
+    let generation = inner
         .ceremonies
         .op_token
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let body = match guard.take() {
-        Some(mut g) => {
-            g.encoded = encoded;
-            g.status("")
-        }
-        None => idle_status(0),
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let body = match generation {
+        Some(g) => g.finish(&token).map_err(|e| bad(e.to_string()))?,
+        None => OtpTokenCeremony::idle_status(0),
     };
     Ok(Response::raw(200, body))
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
