@@ -205,8 +205,11 @@ impl ReplicationHandler for DrManager {
 /// Shortest pause between two background Merkle scans.
 const MERKLE_REFRESH_MIN: Duration = Duration::from_millis(200);
 /// A scan that took `d` is followed by a pause of this many times `d`: the refresher uses at
-/// most a tenth of a core, however large the keyspace.
+/// most a tenth of a core, however large the keyspace...
 const MERKLE_REFRESH_DUTY: u32 = 9;
+/// ...but never pauses longer than this: a scan's wall time can include a stopped process or a
+/// starved machine, and a root that lags by minutes misleads whoever compares two clusters.
+const MERKLE_REFRESH_MAX: Duration = Duration::from_secs(10);
 
 /// Keep the published Merkle root current: recompute it when the WAL index or the epoch
 /// moved, paced by its own cost. Status readers only read what this published, so no number
@@ -245,7 +248,8 @@ async fn refresh_merkle_root(inner: Weak<Inner>) {
             }
             Err(e) => tracing::warn!(error = %e, "computing the Merkle root failed"),
         }
-        pause = MERKLE_REFRESH_MIN.max(started.elapsed() * MERKLE_REFRESH_DUTY);
+        pause =
+            (started.elapsed() * MERKLE_REFRESH_DUTY).clamp(MERKLE_REFRESH_MIN, MERKLE_REFRESH_MAX);
     }
 }
 
