@@ -440,3 +440,50 @@ fn a_wiped_secondary_refuses_init_before_its_first_sync() {
     );
     assert_eq!(dr_status(&s)["mode"], "secondary");
 }
+
+/// Finding 9: before a peer is identified it costs little and cannot take the cluster port's
+/// whole handshake budget: at most 4 pending handshakes from one address; the next connection
+/// is closed at once. (A revoked certificate fails in the handshake itself: see
+/// `a_new_token_for_a_revoked_id_does_not_readmit_the_old_certificate`.)
+#[test]
+fn the_cluster_port_bounds_pending_handshakes_per_peer() {
+    use std::io::Read;
+    let p = dr_server();
+    enable_primary(&p);
+    let addr = format!("127.0.0.1:{}", common::dr::cluster_port(&p));
+    let idle: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    // The four idle connections are kept (each waits for its handshake deadline)...
+    for mut c in &idle {
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let r = c.read(&mut buf);
+        assert!(
+            matches!(&r, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+            "an idle pending connection was closed early: {r:?}"
+        );
+    }
+    // ...and the fifth from the same address is closed at once.
+    let mut fifth = std::net::TcpStream::connect(&addr).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let r = fifth.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0))
+            || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a fifth pending connection from one address was kept: {r:?}"
+    );
+    drop(idle);
+    // Once they are gone the port takes connections again.
+    let ok = common::poll_until(Duration::from_secs(15), || {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        matches!(c.read(&mut buf), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+    });
+    assert!(ok, "the handshake budget was not given back");
+}

@@ -31,11 +31,57 @@ const MAX_HELLO_BYTES: usize = 16 * 1024;
 const MAX_FULL_SCANS_PER_SESSION: usize = 4;
 /// Connections in the TLS handshake or hello at once; more are dropped.
 const MAX_PENDING_HANDSHAKES: usize = 16;
+/// Of those, at most this many from one address: one peer cannot take the whole budget.
+const MAX_PENDING_PER_PEER: usize = 4;
+
+/// Pending handshakes per peer address; a [`PeerSlot`] gives its place back when dropped.
+#[derive(Default, Clone)]
+struct PendingPeers(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+struct PeerSlot {
+    peers: PendingPeers,
+    ip: std::net::IpAddr,
+}
+
+impl PendingPeers {
+    fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_PENDING_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .peers
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Accept cluster connections for as long as the process lives. Connections arriving while
 /// this cluster is not a primary are dropped before the handshake.
 pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
     let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let per_peer = PendingPeers::default();
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(a) => a,
@@ -48,11 +94,17 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
             drop(stream);
             continue;
         };
+        let Some(peer_slot) = per_peer.take(remote.ip()) else {
+            tracing::warn!(%remote, "too many cluster handshakes from this address; connection dropped");
+            drop(stream);
+            continue;
+        };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
             tracing::warn!(%remote, "too many cluster handshakes in progress; connection dropped");
             drop(stream);
             continue;
         };
+        let permit = (permit, peer_slot);
         let inner = inner.clone();
         tokio::spawn(async move {
             match crate::tls::accept(stream, config, HANDSHAKE_TIMEOUT).await {
@@ -167,7 +219,7 @@ async fn run_session<S>(
     stream: S,
     peer_cn: &str,
     peer_cert: [u8; 32],
-    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+    handshake_permit: (tokio::sync::OwnedSemaphorePermit, PeerSlot),
 ) -> Result<(), ReplError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
