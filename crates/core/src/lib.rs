@@ -23,4 +23,5 @@ mod wrapping;
 pub use crate::core::{Core, CoreConfig};
 pub use mounts::MountEntry;
 pub use replication_hook::{DrMode, ReplicationHandler};
+pub use sys::attempt_request;
 pub use wrapping::ACTIVATION_TOKEN_PATH;

@@ -39,7 +39,7 @@ mod tests;
 
 pub use ceremony::{parse_key_share, KeyCeremony};
 pub use error::SealError;
-pub use otp_ceremony::{OtpTokenCeremony, OTP_TOKEN_LENGTH};
+pub use otp_ceremony::{AttemptRequest, OtpTokenCeremony, OTP_TOKEN_LENGTH};
 pub use rekey::{
     RekeyRequest, RekeyResult, RekeyStatus, RekeyUpdate, VerificationStatus, VerifyUpdate,
 };

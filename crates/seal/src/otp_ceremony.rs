@@ -14,6 +14,20 @@ use crate::{KeyCeremony, Result, SealError};
 /// Length of the tokens these ceremonies make (`hvs.` + 24), which the OTP must match.
 pub const OTP_TOKEN_LENGTH: usize = 28;
 
+/// What a caller asks of a ceremony's `attempt` endpoint.
+#[derive(Debug)]
+pub enum AttemptRequest {
+    /// Read: the status, or the idle status when none is in progress.
+    Status,
+    /// Create/update: start one (refused while one is in progress).
+    Start {
+        otp: Option<String>,
+        pgp_key: Option<String>,
+    },
+    /// Delete: cancel the one in progress.
+    Cancel,
+}
+
 /// An in-progress ceremony, or a finished one whose encoded token is still shown.
 pub struct OtpTokenCeremony {
     ceremony: KeyCeremony,
@@ -63,6 +77,37 @@ impl OtpTokenCeremony {
             encoded: String::new(),
         };
         Ok((ceremony, shown))
+    }
+
+    /// Answer an `attempt` endpoint on the ceremony `slot` of a server: its status body, or
+    /// `None` for an empty answer (a cancel). `what` names the ceremony in the "already in
+    /// progress" error.
+    pub fn attempt(
+        slot: &mut Option<OtpTokenCeremony>,
+        request: AttemptRequest,
+        required: u8,
+        what: &str,
+    ) -> Result<Option<Value>> {
+        match request {
+            AttemptRequest::Status => Ok(Some(
+                slot.as_ref()
+                    .map(|c| c.status(""))
+                    .unwrap_or_else(|| Self::idle_status(required)),
+            )),
+            AttemptRequest::Start { otp, pgp_key } => {
+                if slot.is_some() {
+                    return Err(SealError::BadInput(format!("{what} already in progress")));
+                }
+                let (ceremony, shown) = Self::start(required, otp, pgp_key)?;
+                let body = ceremony.status(&shown);
+                *slot = Some(ceremony);
+                Ok(Some(body))
+            }
+            AttemptRequest::Cancel => {
+                *slot = None;
+                Ok(None)
+            }
+        }
     }
 
     /// The status body (Vault's shape for generate-root and generate-operation-token).
@@ -133,6 +178,29 @@ mod tests {
         let given = "x".repeat(OTP_TOKEN_LENGTH);
         let (_, shown) = OtpTokenCeremony::start(3, Some(given), None).unwrap();
         assert!(shown.is_empty(), "a caller's own OTP is not echoed");
+    }
+
+    #[test]
+    fn attempts_start_once_and_cancel() {
+        let mut slot = None;
+        let start = || AttemptRequest::Start {
+            otp: None,
+            pgp_key: None,
+        };
+        let idle = OtpTokenCeremony::attempt(&mut slot, AttemptRequest::Status, 3, "x").unwrap();
+        assert_eq!(idle.unwrap()["started"], json!(false));
+        assert!(OtpTokenCeremony::attempt(&mut slot, start(), 3, "x").is_ok());
+        let again = OtpTokenCeremony::attempt(&mut slot, start(), 3, "root generation");
+        assert_eq!(
+            again.unwrap_err().to_string(),
+            "root generation already in progress"
+        );
+        assert!(
+            OtpTokenCeremony::attempt(&mut slot, AttemptRequest::Cancel, 3, "x")
+                .unwrap()
+                .is_none()
+        );
+        assert!(slot.is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod mounts;
 mod policies;
 mod rekey;
 mod root_generation;
+pub use root_generation::attempt_request;
 mod seal;
 
 use crate::core::Core;

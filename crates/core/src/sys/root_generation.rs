@@ -1,13 +1,27 @@
 //! `sys/generate-root`: a new root token from a quorum of unseal key shares, handed out
 //! XOR-encoded with a one-time pad (the OTP flow of Vault 1.10+; PGP is not supported).
 
-use bunker_seal::OtpTokenCeremony;
+use bunker_seal::{AttemptRequest, OtpTokenCeremony};
 
 use super::{expect_op, WRITE};
 use crate::core::{seal_err, Core};
 use crate::logical::fields::{get_str, reject_unknown};
 use crate::logical::{LogicalError, Operation, Request, Response, Result};
 use crate::token::{TokenEntry, TokenType};
+
+/// What a request to a key-share ceremony's `attempt` endpoint asks (generate-root, the DR
+/// operation token): read the status, start (with an `otp` or `pgp_key`), or cancel.
+pub fn attempt_request(req: &Request) -> Result<AttemptRequest> {
+    match req.operation {
+        Operation::Read => Ok(AttemptRequest::Status),
+        Operation::Create | Operation::Update => Ok(AttemptRequest::Start {
+            otp: get_str(&req.data, "otp")?,
+            pgp_key: get_str(&req.data, "pgp_key")?,
+        }),
+        Operation::Delete => Ok(AttemptRequest::Cancel),
+        _ => Err(LogicalError::UnsupportedOperation),
+    }
+}
 
 impl Core {
     async fn required_shares(&self) -> Result<u8> {
@@ -25,41 +39,17 @@ impl Core {
             return Err(LogicalError::Sealed);
         }
         let required = self.required_shares().await?;
-        let mut guard = self
+        if matches!(req.operation, Operation::Create | Operation::Update) {
+            reject_unknown(&req.data, &["otp", "pgp_key"])?;
+        }
+        let request = attempt_request(req)?;
+        let mut slot = self
             .root_generation
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match req.operation {
-            Operation::Read => Ok(Response::raw(
-                200,
-                guard
-                    .as_ref()
-                    .map(|g| g.status(""))
-                    .unwrap_or_else(|| OtpTokenCeremony::idle_status(required)),
-            )),
-            Operation::Create | Operation::Update => {
-                if guard.is_some() {
-                    return Err(LogicalError::InvalidRequest(
-                        "root generation already in progress".into(),
-                    ));
-                }
-                reject_unknown(&req.data, &["otp", "pgp_key"])?;
-                let (generation, shown) = OtpTokenCeremony::start(
-                    required,
-                    get_str(&req.data, "otp")?,
-                    get_str(&req.data, "pgp_key")?,
-                )
-                .map_err(seal_err)?;
-                let body = generation.status(&shown);
-                *guard = Some(generation);
-                Ok(Response::raw(200, body))
-            }
-            Operation::Delete => {
-                *guard = None;
-                Ok(Response::empty())
-            }
-            _ => Err(LogicalError::UnsupportedOperation),
-        }
+        let body = OtpTokenCeremony::attempt(&mut slot, request, required, "root generation")
+            .map_err(seal_err)?;
+        Ok(body.map_or_else(Response::empty, |b| Response::raw(200, b)))
     }
 
     pub(crate) async fn sys_generate_root_update(&self, req: &Request) -> Result<Response> {

@@ -553,39 +553,20 @@ async fn op_token_attempt(
     req: &Request,
 ) -> Result<Response> {
     let required = core.seal_threshold().await?;
-    let mut guard = inner
+    let request = bunker_core::attempt_request(req)?;
+    let mut slot = inner
         .ceremonies
         .op_token
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match req.operation {
-        Operation::Read => Ok(Response::raw(
-            200,
-            guard
-                .as_ref()
-                .map(|g| g.status(""))
-                .unwrap_or_else(|| OtpTokenCeremony::idle_status(required)),
-        )),
-        Operation::Create | Operation::Update => {
-            if guard.is_some() {
-                return Err(bad("DR operation token generation already in progress"));
-            }
-            let (generation, shown) = OtpTokenCeremony::start(
-                required,
-                get_str(&req.data, "otp")?,
-                get_str(&req.data, "pgp_key")?,
-            )
-            .map_err(|e| bad(e.to_string()))?;
-            let body = generation.status(&shown);
-            *guard = Some(generation);
-            Ok(Response::raw(200, body))
-        }
-        Operation::Delete => {
-            *guard = None;
-            Ok(Response::empty())
-        }
-        _ => Err(LogicalError::UnsupportedOperation),
-    }
+    let body = OtpTokenCeremony::attempt(
+        &mut slot,
+        request,
+        required,
+        "DR operation token generation",
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    Ok(body.map_or_else(Response::empty, |b| Response::raw(200, b)))
 }
 
 async fn op_token_update(
