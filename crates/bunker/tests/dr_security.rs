@@ -45,7 +45,11 @@ fn method(m: &str) -> Method {
 /// (and demoted again, several times) never succeed, and no activation token is issued.
 #[test]
 fn anonymous_requests_racing_promotions_never_run_primary_operations() {
-    const CYCLES: usize = 4;
+    // The race of the old code lasted microseconds per mode change: it took a couple of
+    // hundred promotions under six sprayers to hit it about half the time. Each cycle costs a
+    // few milliseconds here.
+    const CYCLES: usize = 300;
+    const SPRAYERS: usize = 6;
     let a = dr_server();
     enable_primary(&a);
     let mut b = dr_server();
@@ -55,8 +59,11 @@ fn anonymous_requests_racing_promotions_never_run_primary_operations() {
     let stop = AtomicBool::new(false);
     let leaked: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let sent = std::sync::atomic::AtomicUsize::new(0);
+    // Nothing inside the scope panics (a panic before `stop` would leave the sprayers running):
+    // the cycle records what went wrong and stops.
+    let mut broken: Option<String> = None;
     std::thread::scope(|scope| {
-        for t in 0..3 {
+        for t in 0..SPRAYERS {
             let (b, stop, leaked, sent) = (&b, &stop, &leaked, &sent);
             scope.spawn(move || {
                 let mut i = t;
@@ -75,26 +82,38 @@ fn anonymous_requests_racing_promotions_never_run_primary_operations() {
                 }
             });
         }
-        // Each mode change happens while the sprayers are busy: wait for fresh requests
-        // before and after each one, so the spray overlaps every transition.
+        // Each mode change happens while the sprayers are busy.
         let sprayed = |n: usize| {
             let from = sent.load(Ordering::Relaxed);
-            let busy = poll_until(CONVERGE, || sent.load(Ordering::Relaxed) >= from + n);
-            assert!(busy, "the sprayers stopped sending");
+            poll_until(CONVERGE, || sent.load(Ordering::Relaxed) >= from + n)
         };
         for round in 0..CYCLES {
-            sprayed(20);
-            let done = promote_with_keys(&b, &a.keys);
-            assert_eq!(
-                done["data"]["complete"],
-                json!(true),
-                "round {round}: {done}"
-            );
-            assert_eq!(dr_status(&b)["mode"], "primary");
-            sprayed(20);
-            demote(&b);
+            if !sprayed(SPRAYERS) {
+                broken = Some(format!("round {round}: the sprayers stopped sending"));
+                break;
+            }
+            // Shares one by one, without the helpers' asserts (see above).
+            let mut done = serde_json::Value::Null;
+            for k in a.keys.iter().take(3) {
+                done = b
+                    .post(
+                        "sys/replication/dr/secondary/promote",
+                        None,
+                        json!({ "key": k }),
+                    )
+                    .1;
+            }
+            let mode = dr_status(&b)["mode"].clone();
+            if done["data"]["complete"] != json!(true) || mode != "primary" {
+                broken = Some(format!("round {round}: promote {done}, mode {mode}"));
+                break;
+            }
+            let (code, body) = b.post("sys/replication/dr/primary/demote", b.root(), json!({}));
+            if code != 204 || dr_status(&b)["mode"] != "secondary" {
+                broken = Some(format!("round {round}: demote {code} {body}"));
+                break;
+            }
         }
-        sprayed(20);
         stop.store(true, Ordering::Relaxed);
     });
     let leaked = leaked.into_inner().unwrap();
@@ -102,13 +121,22 @@ fn anonymous_requests_racing_promotions_never_run_primary_operations() {
         leaked.is_empty(),
         "anonymous requests succeeded: {leaked:#?}"
     );
+    assert_eq!(broken, None, "an anonymous request changed the mode");
     let sent = sent.into_inner();
     assert!(
-        sent >= 40 * CYCLES,
+        sent >= SPRAYERS * CYCLES,
         "only {sent} anonymous requests were sent"
     );
     let st = dr_status(&b);
     assert_eq!(st["mode"], "secondary", "{st}");
+    // No activation token was issued to anyone: promote once more and look.
+    let done = promote_with_keys(&b, &a.keys);
+    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+    assert_eq!(
+        dr_status(&b)["known_secondaries"],
+        json!([]),
+        "an anonymous request got a secondary token"
+    );
 }
 
 /// Finding 2: whoever holds (or watches the unwrap of) a wrapped activation token gets a
@@ -498,4 +526,46 @@ fn the_cluster_port_bounds_pending_handshakes_per_peer() {
         matches!(c.read(&mut buf), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
     });
     assert!(ok, "the handshake budget was not given back");
+}
+
+/// Finding 13: storage keys (plaintext on the physical backend) do not reveal tokens: a token
+/// with a guessable custom id is stored under a salted HMAC, not its plain SHA-256, and the
+/// salt comes back after a restart.
+#[test]
+fn token_storage_keys_are_salted() {
+    use sha2::Digest as _;
+    let mut s = TestServer::initialized();
+    let (code, body) = s.post(
+        "auth/token/create",
+        s.root(),
+        json!({"id": "guessable-id", "policies": ["default"]}),
+    );
+    assert_eq!(code, 200, "{body}");
+    s.terminate(Duration::from_secs(10));
+    let plain = hex::encode(sha2::Sha256::digest(b"guessable-id"));
+    let keys: Vec<String> = {
+        let backend =
+            bunker_storage::EmbeddedBackend::open(&s.dir().join("data")).expect("open storage");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let page = rt
+            .block_on(bunker_storage::Backend::scan(
+                &backend,
+                "sys/token/id/",
+                None,
+                10_000,
+            ))
+            .expect("scan");
+        page.into_iter().map(|(k, _)| k).collect()
+    };
+    assert!(keys.len() >= 2, "root and the new token: {keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.ends_with(&plain)),
+        "a token is stored under its plain SHA-256: {keys:?}"
+    );
+    s.restart();
+    s.unseal();
+    let (code, body) = s.get("auth/token/lookup-self", Some("guessable-id"));
+    assert_eq!(code, 200, "the token works after a restart: {body}");
 }

@@ -172,6 +172,7 @@ impl Core {
             .put(MOUNT_TABLE_PATH, &serde_json::to_vec(&table)?)
             .await?;
         self.policies.setup_defaults().await?;
+        self.tokens.create_salt().await?;
         let root = TokenEntry {
             policies: vec!["root".into()],
             display_name: "root".into(),
@@ -216,6 +217,7 @@ impl Core {
                 *c = info;
             }
         }
+        self.tokens.load_salt().await?;
         self.load_mounts().await?;
         self.audit.load().await?;
         Ok(())
@@ -231,6 +233,7 @@ impl Core {
             r.clear();
         }
         self.policies.clear_cache();
+        self.tokens.forget_salt();
         self.audit.unload();
         {
             let mut g = self

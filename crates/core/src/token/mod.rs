@@ -53,8 +53,21 @@ pub fn random_base62(len: usize) -> String {
         .collect()
 }
 
-pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+/// Where the token store's salt lives (under the barrier; it replicates with the data).
+const SALT_PATH: &str = "core/token-salt";
+
+/// The storage id of a token: HMAC-SHA256 with the store's salt, so storage keys (plaintext on
+/// the physical backend) say nothing about the tokens, guessable custom ids included. Without
+/// a salt (stores initialised before it existed) it is the plain SHA-256 those stores use.
+fn token_storage_id(salt: Option<&[u8]>, token: &str) -> String {
+    use hmac::Mac;
+    match salt.and_then(|s| hmac::Hmac::<Sha256>::new_from_slice(s).ok()) {
+        Some(mut mac) => {
+            mac.update(token.as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        }
+        None => hex::encode(Sha256::digest(token.as_bytes())),
+    }
 }
 
 /// Stripes of the per-token locks that serialise read-modify-write of a stored entry.
@@ -62,6 +75,9 @@ const ENTRY_LOCK_STRIPES: usize = 64;
 
 pub struct TokenStore {
     barrier: Arc<Barrier>,
+    /// The salt of token storage ids, loaded when the barrier opens; `None` while sealed or for
+    /// a store from before salts.
+    salt: std::sync::RwLock<Option<zeroize::Zeroizing<Vec<u8>>>>,
     /// Held across read-modify-write of a token entry (use counting, renewal, orphaning), so
     /// two requests never both spend the same use. Striped by the token's hash.
     entry_locks: Vec<tokio::sync::Mutex<()>>,
@@ -71,10 +87,50 @@ impl TokenStore {
     pub fn new(barrier: Arc<Barrier>) -> Self {
         TokenStore {
             barrier,
+            salt: std::sync::RwLock::new(None),
             entry_locks: (0..ENTRY_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
         }
+    }
+
+    /// The storage id of `token` (see [`token_storage_id`]).
+    fn hash(&self, token: &str) -> String {
+        let salt = self
+            .salt
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        token_storage_id(salt.as_ref().map(|s| s.as_slice()), token)
+    }
+
+    /// A new store (at init): make its salt before any token exists.
+    pub(crate) async fn create_salt(&self) -> Result<()> {
+        let mut salt = zeroize::Zeroizing::new(vec![0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, salt.as_mut_slice());
+        self.barrier.put(SALT_PATH, &salt).await?;
+        self.load_salt().await
+    }
+
+    /// Load the salt after unseal (or a promotion); a store without one keeps plain hashes.
+    pub(crate) async fn load_salt(&self) -> Result<()> {
+        let stored = self
+            .barrier
+            .get(SALT_PATH)
+            .await?
+            .map(zeroize::Zeroizing::new);
+        *self
+            .salt
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = stored;
+        Ok(())
+    }
+
+    /// Seal: the salt leaves memory with the keys.
+    pub(crate) fn forget_salt(&self) {
+        *self
+            .salt
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// Update the stored entry of `hash` under its lock: `change` sees the stored entry (not a
@@ -123,7 +179,7 @@ impl TokenStore {
                 "{BATCH_TOKEN_PREFIX}{}",
                 base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed)
             );
-            entry.id_hash = hash_token(&token);
+            entry.id_hash = self.hash(&token);
             return Ok((token, entry));
         }
         let token = match id {
@@ -135,7 +191,7 @@ impl TokenStore {
             }
             None => format!("{SERVICE_TOKEN_PREFIX}{}", random_base62(24)),
         };
-        entry.id_hash = hash_token(&token);
+        entry.id_hash = self.hash(&token);
         if self.get_by_hash(&entry.id_hash).await?.is_some() {
             return Err(LogicalError::InvalidRequest(
                 "cannot create a token with a duplicate ID".into(),
@@ -176,7 +232,7 @@ impl TokenStore {
             .ok()?;
         let plain = self.barrier.decrypt(BATCH_AAD, &sealed).ok()?;
         let mut entry: TokenEntry = serde_json::from_slice(&plain).ok()?;
-        entry.id_hash = hash_token(token);
+        entry.id_hash = self.hash(token);
         Some(entry)
     }
 
@@ -199,7 +255,7 @@ impl TokenStore {
                 }
             }
         } else {
-            match self.get_by_hash(&hash_token(token)).await? {
+            match self.get_by_hash(&self.hash(token)).await? {
                 None => return Ok(None),
                 Some(e) => e,
             }
