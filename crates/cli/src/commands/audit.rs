@@ -5,11 +5,11 @@ use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Map, Value};
 
 use super::secrets::mount_map;
-use super::{success, with_slash, CmdResult, Ctx};
+use super::{print_wrapped_or_json, success, with_slash, CmdResult, Ctx};
 use crate::client::{ApiRequest, Verb};
 use crate::error::{CliError, Doing, EXIT_OK, EXIT_REMOTE};
 use crate::input::parse_options;
-use crate::output::{self, cell, Format};
+use crate::output::{self, cell};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum AuditCommand {
@@ -135,11 +135,7 @@ fn list(ctx: &Ctx, args: &ListArgs) -> CmdResult {
         .doing("listing audit devices")?
         .body
         .unwrap_or(Value::Null);
-    if output::print_if_wrapped(ctx.format(), &response, None)? {
-        return Ok(EXIT_OK);
-    }
-    if ctx.format() == Format::Json {
-        output::emit(&output::pretty_json(&response))?;
+    if print_wrapped_or_json(ctx, &response)? {
         return Ok(EXIT_OK);
     }
     let devices = mount_map(&response);

@@ -4,11 +4,11 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use super::{success, with_slash, CmdResult, Ctx};
+use super::{print_json_or_table, success, with_slash, CmdResult, Ctx};
 use crate::client::{ApiRequest, Verb};
-use crate::error::{CliError, Doing, EXIT_OK};
+use crate::error::{CliError, Doing};
 use crate::input::{duration_flag, parse_options};
-use crate::output::{self, cell, Format};
+use crate::output::{self, cell};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum SecretsCommand {
@@ -220,18 +220,10 @@ fn list(ctx: &Ctx, args: &ListArgs) -> CmdResult {
         .doing("listing secrets engines")?
         .body
         .unwrap_or(Value::Null);
-    if output::print_if_wrapped(ctx.format(), &response, None)? {
-        return Ok(EXIT_OK);
-    }
-    match ctx.format() {
-        Format::Json => output::emit(&output::pretty_json(&response))?,
-        Format::Table => {
-            let mounts = mount_map(&response);
-            let (headers, rows) = mount_rows(&mounts, args.detailed);
-            output::emit(&output::columns(&headers, &rows))?;
-        }
-    }
-    Ok(EXIT_OK)
+    print_json_or_table(ctx, &response, || {
+        let (headers, rows) = mount_rows(&mount_map(&response), args.detailed);
+        output::columns(&headers, &rows)
+    })
 }
 
 /// Path → mount entries from a `sys/mounts` (or `sys/audit`) response: `data` when present,
