@@ -11,6 +11,7 @@ use crate::token_helper;
 pub(crate) mod audit;
 pub(crate) mod generate_root;
 pub(crate) mod generic;
+mod key_shares;
 pub(crate) mod kv;
 mod kv_path;
 pub(crate) mod login;
