@@ -15,6 +15,7 @@ mod key_shares;
 pub(crate) mod kv;
 mod kv_path;
 pub(crate) mod login;
+mod mount_table;
 pub(crate) mod operator;
 pub(crate) mod policy;
 pub(crate) mod rekey;

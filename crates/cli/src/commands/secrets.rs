@@ -4,6 +4,9 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Map, Value};
 
+use super::mount_table::{
+    fetch_table, field, mount_map, options, replication, sorted_rows, with_description_and_local,
+};
 use super::{print_json_or_table, success, with_slash, CmdResult, Ctx};
 use crate::client::{ApiRequest, Verb};
 use crate::error::{CliError, Doing};
@@ -148,15 +151,8 @@ fn enable_request(args: &EnableArgs) -> Result<(String, Value), CliError> {
         }
         other => other,
     };
-    let mut body = json!({ "type": mount_type, "config": config, "options": options });
-    if let Some(object) = body.as_object_mut() {
-        if let Some(description) = &args.config.description {
-            object.insert("description".into(), json!(description));
-        }
-        if args.local {
-            object.insert("local".into(), json!(true));
-        }
-    }
+    let body = json!({ "type": mount_type, "config": config, "options": options });
+    let body = with_description_and_local(body, args.config.description.as_deref(), args.local);
     Ok((path.to_string(), body))
 }
 
@@ -214,33 +210,11 @@ fn tune(ctx: &Ctx, args: &TuneArgs) -> CmdResult {
 }
 
 fn list(ctx: &Ctx, args: &ListArgs) -> CmdResult {
-    let response = ctx
-        .client()?
-        .send(ApiRequest::new(Verb::Get, "sys/mounts"))
-        .doing("listing secrets engines")?
-        .body
-        .unwrap_or(Value::Null);
+    let response = fetch_table(ctx, "sys/mounts", "listing secrets engines")?;
     print_json_or_table(ctx, &response, || {
         let (headers, rows) = mount_rows(&mount_map(&response), args.detailed);
         output::columns(&headers, &rows)
     })
-}
-
-/// Path → mount entries from a `sys/mounts` (or `sys/audit`) response: `data` when present,
-/// else the top-level entries that look like mounts.
-pub(crate) fn mount_map(response: &Value) -> Map<String, Value> {
-    let source = response
-        .get("data")
-        .and_then(Value::as_object)
-        .or_else(|| response.as_object());
-    source
-        .map(|map| {
-            map.iter()
-                .filter(|(_, v)| v.get("type").is_some())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn ttl_text(config: Option<&Value>, key: &str) -> String {
@@ -255,36 +229,27 @@ fn mount_rows(
     mounts: &Map<String, Value>,
     detailed: bool,
 ) -> (Vec<&'static str>, Vec<Vec<String>>) {
-    let field = |mount: &Value, key: &str| mount.get(key).map(output::raw).unwrap_or_default();
-    let mut rows: Vec<Vec<String>> = mounts
-        .iter()
-        .map(|(path, mount)| {
-            let mut row = vec![path.clone(), field(mount, "type"), field(mount, "accessor")];
-            if detailed {
-                let config = mount.get("config");
-                let local = mount.get("local").and_then(Value::as_bool).unwrap_or(false);
-                row.extend([
-                    ttl_text(config, "default_lease_ttl"),
-                    ttl_text(config, "max_lease_ttl"),
-                    if local { "local" } else { "replicated" }.to_string(),
-                    mount
-                        .get("seal_wrap")
-                        .map(cell)
-                        .unwrap_or_else(|| "false".into()),
-                    mount
-                        .get("options")
-                        .map(cell)
-                        .unwrap_or_else(|| "<nil>".into()),
-                    field(mount, "description"),
-                    field(mount, "uuid"),
-                ]);
-            } else {
-                row.push(field(mount, "description"));
-            }
-            row
-        })
-        .collect();
-    rows.sort();
+    let rows = sorted_rows(mounts, |path, mount| {
+        let mut row = vec![path.clone(), field(mount, "type"), field(mount, "accessor")];
+        if detailed {
+            let config = mount.get("config");
+            row.extend([
+                ttl_text(config, "default_lease_ttl"),
+                ttl_text(config, "max_lease_ttl"),
+                replication(mount),
+                mount
+                    .get("seal_wrap")
+                    .map(cell)
+                    .unwrap_or_else(|| "false".into()),
+                options(mount),
+                field(mount, "description"),
+                field(mount, "uuid"),
+            ]);
+        } else {
+            row.push(field(mount, "description"));
+        }
+        row
+    });
     let headers = if detailed {
         vec![
             "Path",
@@ -351,14 +316,6 @@ mod tests {
             })
         );
         Ok(())
-    }
-
-    #[test]
-    fn mounts_come_from_data_or_top_level() {
-        let with_data = json!({"request_id": "r", "data": {"secret/": {"type": "kv"}}});
-        assert_eq!(mount_map(&with_data).len(), 1);
-        let top = json!({"sys/": {"type": "system"}, "request_id": "r"});
-        assert_eq!(mount_map(&top).keys().collect::<Vec<_>>(), vec!["sys/"]);
     }
 
     #[test]
