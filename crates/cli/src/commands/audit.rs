@@ -7,9 +7,9 @@ use serde_json::{json, Map, Value};
 use super::mount_table::{
     fetch_table, field, mount_map, options, replication, sorted_rows, with_description_and_local,
 };
-use super::{print_wrapped_or_json, success, with_slash, CmdResult, Ctx};
+use super::{print_wrapped_or_json, send_then_success, with_slash, CmdResult, Ctx};
 use crate::client::{ApiRequest, Verb};
-use crate::error::{CliError, Doing, EXIT_OK, EXIT_REMOTE};
+use crate::error::{CliError, EXIT_OK, EXIT_REMOTE};
 use crate::input::parse_options;
 use crate::output;
 
@@ -96,31 +96,23 @@ fn enable_request(args: &EnableArgs) -> Result<(String, Value), CliError> {
 
 fn enable(ctx: &Ctx, args: &EnableArgs) -> CmdResult {
     let (path, body) = enable_request(args)?;
-    ctx.client()?
-        .send(ApiRequest::new(Verb::Put, format!("sys/audit/{path}")).json(&body))
-        .doing("enabling audit device")?;
-    success(
-        ctx,
-        &format!(
-            "Success! Enabled the {} audit device at: {}",
-            args.device_type,
-            with_slash(&path)
-        ),
-    )
+    let request = ApiRequest::new(Verb::Put, format!("sys/audit/{path}")).json(&body);
+    let message = format!(
+        "Success! Enabled the {} audit device at: {}",
+        args.device_type,
+        with_slash(&path)
+    );
+    send_then_success(ctx, request, "enabling audit device", &message)
 }
 
 fn disable(ctx: &Ctx, args: &PathArgs) -> CmdResult {
     let path = args.path.trim_matches('/');
-    ctx.client()?
-        .send(ApiRequest::new(Verb::Delete, format!("sys/audit/{path}")))
-        .doing("disabling audit device")?;
-    success(
-        ctx,
-        &format!(
-            "Success! Disabled audit device (if it was enabled) at: {}",
-            with_slash(path)
-        ),
-    )
+    let request = ApiRequest::new(Verb::Delete, format!("sys/audit/{path}"));
+    let message = format!(
+        "Success! Disabled audit device (if it was enabled) at: {}",
+        with_slash(path)
+    );
+    send_then_success(ctx, request, "disabling audit device", &message)
 }
 
 fn list(ctx: &Ctx, args: &ListArgs) -> CmdResult {

@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::key_shares::{one_mode, share_request};
-use super::{print_json_or_table, send_for_body, success, CmdResult, Ctx};
+use super::{print_json_or_table, send_for_body, send_then_success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Client, Verb};
-use crate::error::{CliError, Doing, EXIT_OK};
+use crate::error::{CliError, EXIT_OK};
 use crate::input::read_first_line;
 use crate::output::{self, cell, cell_or_na, Format};
 
@@ -178,16 +178,13 @@ pub(crate) fn run_ceremony(ctx: &Ctx, args: &CeremonyArgs, ceremony: &Ceremony) 
             print_status(ctx, &status)
         }
         Mode::Cancel => {
-            ctx.client()?
-                .send(ApiRequest::new(Verb::Delete, ceremony.attempt_path))
-                .doing(format!("canceling {} generation", ceremony.token_name))?;
-            success(
-                ctx,
-                &format!(
-                    "Success! {} generation canceled (if it was started)",
-                    capitalized(ceremony.token_name)
-                ),
-            )
+            let request = ApiRequest::new(Verb::Delete, ceremony.attempt_path);
+            let doing = format!("canceling {} generation", ceremony.token_name);
+            let message = format!(
+                "Success! {} generation canceled (if it was started)",
+                capitalized(ceremony.token_name)
+            );
+            send_then_success(ctx, request, doing, &message)
         }
         Mode::Provide => provide(ctx, args, ceremony),
     }

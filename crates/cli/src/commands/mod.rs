@@ -64,6 +64,17 @@ pub(crate) fn success(ctx: &Ctx, message: &str) -> CmdResult {
     Ok(0)
 }
 
+/// Sends `request`, whose answer is not shown, then prints the success `message`.
+pub(crate) fn send_then_success(
+    ctx: &Ctx,
+    request: ApiRequest,
+    doing: impl Into<String>,
+    message: &str,
+) -> CmdResult {
+    ctx.client()?.send(request).doing(doing)?;
+    success(ctx, message)
+}
+
 /// The `keys` of a list response, as strings.
 pub(crate) fn list_keys(response: &Value) -> Option<Vec<String>> {
     let keys = response.get("data")?.get("keys")?.as_array()?;

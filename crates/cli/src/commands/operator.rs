@@ -10,7 +10,7 @@ use super::key_shares::{check_threshold, key_share_lines, read_unseal_key};
 use super::rekey::{self, RekeyArgs};
 use super::replication::{self, ReplicationCommand};
 use super::status::seal_status_rows;
-use super::{print_json_or_table, send_for_body, success, CmdResult, Ctx};
+use super::{print_json_or_table, send_for_body, send_then_success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Client, Verb};
 use crate::error::{CliError, Doing, EXIT_OK, EXIT_REMOTE};
 use crate::output::{self, cell, Format};
@@ -157,10 +157,8 @@ fn unseal(ctx: &Ctx, args: UnsealArgs) -> CmdResult {
 }
 
 fn seal(ctx: &Ctx) -> CmdResult {
-    ctx.client()?
-        .send(ApiRequest::new(Verb::Put, "sys/seal"))
-        .doing("sealing")?;
-    success(ctx, "Success! Bunker is sealed.")
+    let request = ApiRequest::new(Verb::Put, "sys/seal");
+    send_then_success(ctx, request, "sealing", "Success! Bunker is sealed.")
 }
 
 fn rotate(ctx: &Ctx) -> CmdResult {

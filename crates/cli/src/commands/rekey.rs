@@ -11,9 +11,9 @@ use clap::{ArgAction, Args};
 use serde_json::{json, Value};
 
 use super::key_shares::{check_threshold, key_share_lines, one_mode, share_request};
-use super::{emit_json_or_table, send_for_body, success, CmdResult, Ctx};
+use super::{emit_json_or_table, send_for_body, send_then_success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Client, Verb};
-use crate::error::{CliError, Doing, EXIT_OK};
+use crate::error::{CliError, EXIT_OK};
 use crate::output::{self, cell, cell_or_na, Format};
 
 const INIT_PATH: &str = "sys/rekey/init";
@@ -131,10 +131,9 @@ pub(crate) fn run(ctx: &Ctx, args: RekeyArgs) -> CmdResult {
         Mode::Init => init(ctx, &args),
         Mode::Cancel => {
             let path = if args.verify { VERIFY_PATH } else { INIT_PATH };
-            ctx.client()?
-                .send(ApiRequest::new(Verb::Delete, path).without_wrapping())
-                .doing("canceling rekey")?;
-            success(ctx, "Success! Canceled rekeying (if it was started)")
+            let request = ApiRequest::new(Verb::Delete, path).without_wrapping();
+            let message = "Success! Canceled rekeying (if it was started)";
+            send_then_success(ctx, request, "canceling rekey", message)
         }
         Mode::Status if args.verify => {
             let status = fetch(&ctx.client()?, VERIFY_PATH)?;

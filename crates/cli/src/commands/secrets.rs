@@ -7,9 +7,9 @@ use serde_json::{json, Map, Value};
 use super::mount_table::{
     fetch_table, field, mount_map, options, replication, sorted_rows, with_description_and_local,
 };
-use super::{print_json_or_table, success, with_slash, CmdResult, Ctx};
+use super::{print_json_or_table, send_then_success, with_slash, CmdResult, Ctx};
 use crate::client::{ApiRequest, Verb};
-use crate::error::{CliError, Doing};
+use crate::error::CliError;
 use crate::input::{duration_flag, parse_options};
 use crate::output::{self, cell};
 
@@ -158,31 +158,25 @@ fn enable_request(args: &EnableArgs) -> Result<(String, Value), CliError> {
 
 fn enable(ctx: &Ctx, args: &EnableArgs) -> CmdResult {
     let (path, body) = enable_request(args)?;
-    ctx.client()?
-        .send(ApiRequest::new(Verb::Post, format!("sys/mounts/{path}")).json(&body))
-        .doing(format!("enabling {}", args.engine_type))?;
-    success(
-        ctx,
-        &format!(
-            "Success! Enabled the {} secrets engine at: {}",
-            args.engine_type,
-            with_slash(&path)
-        ),
-    )
+    let request = ApiRequest::new(Verb::Post, format!("sys/mounts/{path}")).json(&body);
+    let doing = format!("enabling {}", args.engine_type);
+    let message = format!(
+        "Success! Enabled the {} secrets engine at: {}",
+        args.engine_type,
+        with_slash(&path)
+    );
+    send_then_success(ctx, request, doing, &message)
 }
 
 fn disable(ctx: &Ctx, args: &PathArgs) -> CmdResult {
     let path = args.path.trim_matches('/');
-    ctx.client()?
-        .send(ApiRequest::new(Verb::Delete, format!("sys/mounts/{path}")))
-        .doing(format!("disabling secrets engine at {}", with_slash(path)))?;
-    success(
-        ctx,
-        &format!(
-            "Success! Disabled the secrets engine (if it existed) at: {}",
-            with_slash(path)
-        ),
-    )
+    let request = ApiRequest::new(Verb::Delete, format!("sys/mounts/{path}"));
+    let doing = format!("disabling secrets engine at {}", with_slash(path));
+    let message = format!(
+        "Success! Disabled the secrets engine (if it existed) at: {}",
+        with_slash(path)
+    );
+    send_then_success(ctx, request, doing, &message)
 }
 
 fn tune(ctx: &Ctx, args: &TuneArgs) -> CmdResult {
@@ -197,16 +191,11 @@ fn tune(ctx: &Ctx, args: &TuneArgs) -> CmdResult {
     if let Some(description) = &args.config.description {
         body.insert("description".into(), json!(description));
     }
-    ctx.client()?
-        .send(
-            ApiRequest::new(Verb::Post, format!("sys/mounts/{path}/tune"))
-                .json(&Value::Object(body)),
-        )
-        .doing(format!("tuning secrets engine {}", with_slash(path)))?;
-    success(
-        ctx,
-        &format!("Success! Tuned the secrets engine at: {}", with_slash(path)),
-    )
+    let request =
+        ApiRequest::new(Verb::Post, format!("sys/mounts/{path}/tune")).json(&Value::Object(body));
+    let doing = format!("tuning secrets engine {}", with_slash(path));
+    let message = format!("Success! Tuned the secrets engine at: {}", with_slash(path));
+    send_then_success(ctx, request, doing, &message)
 }
 
 fn list(ctx: &Ctx, args: &ListArgs) -> CmdResult {
