@@ -32,6 +32,11 @@ pub fn cell(value: &Value) -> String {
     }
 }
 
+/// The table cell of `value`'s field `key`; `n/a` when there is no such field.
+pub fn cell_or_na(value: &Value, key: &str) -> String {
+    value.get(key).map(cell).unwrap_or_else(|| "n/a".into())
+}
+
 /// A value as printed by `-field`: strings raw, everything else as compact JSON.
 pub fn raw(value: &Value) -> String {
     match value {

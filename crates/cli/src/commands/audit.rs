@@ -4,12 +4,14 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use super::secrets::mount_map;
-use super::{success, with_slash, CmdResult, Ctx};
+use super::mount_table::{
+    fetch_table, field, mount_map, options, replication, sorted_rows, with_description_and_local,
+};
+use super::{print_wrapped_or_json, send_then_success, with_slash, CmdResult, Ctx};
 use crate::client::{ApiRequest, Verb};
-use crate::error::{CliError, Doing, EXIT_OK, EXIT_REMOTE};
+use crate::error::{CliError, EXIT_OK, EXIT_REMOTE};
 use crate::input::parse_options;
-use crate::output::{self, cell, Format};
+use crate::output;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum AuditCommand {
@@ -87,59 +89,35 @@ fn enable_request(args: &EnableArgs) -> Result<(String, Value), CliError> {
         return Err(CliError::Usage("An audit device type is required".into()));
     }
     let options = parse_options(&args.options)?;
-    let mut body = json!({ "type": device_type, "options": options });
-    if let Some(object) = body.as_object_mut() {
-        if let Some(description) = &args.description {
-            object.insert("description".into(), json!(description));
-        }
-        if args.local {
-            object.insert("local".into(), json!(true));
-        }
-    }
+    let body = json!({ "type": device_type, "options": options });
+    let body = with_description_and_local(body, args.description.as_deref(), args.local);
     Ok((path.to_string(), body))
 }
 
 fn enable(ctx: &Ctx, args: &EnableArgs) -> CmdResult {
     let (path, body) = enable_request(args)?;
-    ctx.client()?
-        .send(ApiRequest::new(Verb::Put, format!("sys/audit/{path}")).json(&body))
-        .doing("enabling audit device")?;
-    success(
-        ctx,
-        &format!(
-            "Success! Enabled the {} audit device at: {}",
-            args.device_type,
-            with_slash(&path)
-        ),
-    )
+    let request = ApiRequest::new(Verb::Put, format!("sys/audit/{path}")).json(&body);
+    let message = format!(
+        "Success! Enabled the {} audit device at: {}",
+        args.device_type,
+        with_slash(&path)
+    );
+    send_then_success(ctx, request, "enabling audit device", &message)
 }
 
 fn disable(ctx: &Ctx, args: &PathArgs) -> CmdResult {
     let path = args.path.trim_matches('/');
-    ctx.client()?
-        .send(ApiRequest::new(Verb::Delete, format!("sys/audit/{path}")))
-        .doing("disabling audit device")?;
-    success(
-        ctx,
-        &format!(
-            "Success! Disabled audit device (if it was enabled) at: {}",
-            with_slash(path)
-        ),
-    )
+    let request = ApiRequest::new(Verb::Delete, format!("sys/audit/{path}"));
+    let message = format!(
+        "Success! Disabled audit device (if it was enabled) at: {}",
+        with_slash(path)
+    );
+    send_then_success(ctx, request, "disabling audit device", &message)
 }
 
 fn list(ctx: &Ctx, args: &ListArgs) -> CmdResult {
-    let response = ctx
-        .client()?
-        .send(ApiRequest::new(Verb::Get, "sys/audit"))
-        .doing("listing audit devices")?
-        .body
-        .unwrap_or(Value::Null);
-    if output::print_if_wrapped(ctx.format(), &response, None)? {
-        return Ok(EXIT_OK);
-    }
-    if ctx.format() == Format::Json {
-        output::emit(&output::pretty_json(&response))?;
+    let response = fetch_table(ctx, "sys/audit", "listing audit devices")?;
+    if print_wrapped_or_json(ctx, &response)? {
         return Ok(EXIT_OK);
     }
     let devices = mount_map(&response);
@@ -156,32 +134,17 @@ fn device_rows(
     devices: &Map<String, Value>,
     detailed: bool,
 ) -> (Vec<&'static str>, Vec<Vec<String>>) {
-    let field = |device: &Value, key: &str| device.get(key).map(output::raw).unwrap_or_default();
-    let mut rows: Vec<Vec<String>> = devices
-        .iter()
-        .map(|(path, device)| {
-            let mut row = vec![
-                path.clone(),
-                field(device, "type"),
-                field(device, "description"),
-            ];
-            if detailed {
-                let local = device
-                    .get("local")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                row.push(if local { "local" } else { "replicated" }.to_string());
-                row.push(
-                    device
-                        .get("options")
-                        .map(cell)
-                        .unwrap_or_else(|| "<nil>".into()),
-                );
-            }
-            row
-        })
-        .collect();
-    rows.sort();
+    let rows = sorted_rows(devices, |path, device| {
+        let mut row = vec![
+            path.clone(),
+            field(device, "type"),
+            field(device, "description"),
+        ];
+        if detailed {
+            row.extend([replication(device), options(device)]);
+        }
+        row
+    });
     let headers = if detailed {
         vec!["Path", "Type", "Description", "Replication", "Options"]
     } else {

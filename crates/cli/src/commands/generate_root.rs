@@ -16,11 +16,12 @@ use rand::Rng;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::{expect_body, success, CmdResult, Ctx};
+use super::key_shares::{one_mode, share_request};
+use super::{print_json_or_table, send_for_body, send_then_success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Client, Verb};
-use crate::error::{CliError, Doing, EXIT_OK};
-use crate::input::{read_first_line, secret_arg};
-use crate::output::{self, cell, Format};
+use crate::error::{CliError, EXIT_OK};
+use crate::input::read_first_line;
+use crate::output::{self, cell, cell_or_na, Format};
 
 /// Length of generated OTPs: the length of a root token.
 pub(crate) const OTP_LENGTH: usize = 28;
@@ -140,24 +141,17 @@ enum Mode {
 }
 
 fn mode(args: &CeremonyArgs) -> Result<Mode, CliError> {
-    let chosen: Vec<Mode> = [
-        (args.generate_otp, Mode::GenerateOtp),
-        (args.decode.is_some(), Mode::Decode),
-        (args.init, Mode::Init),
-        (args.status, Mode::Status),
-        (args.cancel, Mode::Cancel),
-    ]
-    .into_iter()
-    .filter_map(|(set, mode)| set.then_some(mode))
-    .collect();
-    let mut chosen = chosen.into_iter();
-    match (chosen.next(), chosen.next()) {
-        (None, _) => Ok(Mode::Provide),
-        (Some(mode), None) => Ok(mode),
-        (Some(_), Some(_)) => Err(CliError::Usage(
-            "Only one of -init, -status, -cancel, -decode or -generate-otp may be given".into(),
-        )),
-    }
+    one_mode(
+        [
+            (args.generate_otp, Mode::GenerateOtp),
+            (args.decode.is_some(), Mode::Decode),
+            (args.init, Mode::Init),
+            (args.status, Mode::Status),
+            (args.cancel, Mode::Cancel),
+        ],
+        Mode::Provide,
+        "Only one of -init, -status, -cancel, -decode or -generate-otp may be given",
+    )
 }
 
 /// Runs `bunker operator generate-root`.
@@ -184,16 +178,13 @@ pub(crate) fn run_ceremony(ctx: &Ctx, args: &CeremonyArgs, ceremony: &Ceremony) 
             print_status(ctx, &status)
         }
         Mode::Cancel => {
-            ctx.client()?
-                .send(ApiRequest::new(Verb::Delete, ceremony.attempt_path))
-                .doing(format!("canceling {} generation", ceremony.token_name))?;
-            success(
-                ctx,
-                &format!(
-                    "Success! {} generation canceled (if it was started)",
-                    capitalized(ceremony.token_name)
-                ),
-            )
+            let request = ApiRequest::new(Verb::Delete, ceremony.attempt_path);
+            let doing = format!("canceling {} generation", ceremony.token_name);
+            let message = format!(
+                "Success! {} generation canceled (if it was started)",
+                capitalized(ceremony.token_name)
+            );
+            send_then_success(ctx, request, doing, &message)
         }
         Mode::Provide => provide(ctx, args, ceremony),
     }
@@ -210,11 +201,11 @@ fn capitalized(text: &str) -> String {
 
 fn fetch(client: &Client, ceremony: &Ceremony) -> Result<Value, CliError> {
     let doing = format!("getting {} generation status", ceremony.token_name);
-    let body = client
-        .send(ApiRequest::new(Verb::Get, ceremony.attempt_path))
-        .doing(doing.clone())?
-        .body;
-    expect_body(body, &doing)
+    send_for_body(
+        client,
+        ApiRequest::new(Verb::Get, ceremony.attempt_path),
+        &doing,
+    )
 }
 
 fn init(ctx: &Ctx, args: &CeremonyArgs, ceremony: &Ceremony) -> CmdResult {
@@ -223,12 +214,8 @@ fn init(ctx: &Ctx, args: &CeremonyArgs, ceremony: &Ceremony) -> CmdResult {
         None => json!({}),
     };
     let doing = format!("initializing {} generation", ceremony.token_name);
-    let status = ctx
-        .client()?
-        .send(ApiRequest::new(Verb::Put, ceremony.attempt_path).json(&body))
-        .doing(doing.clone())?
-        .body;
-    let status = expect_body(status, &doing)?;
+    let request = ApiRequest::new(Verb::Put, ceremony.attempt_path).json(&body);
+    let status = send_for_body(&ctx.client()?, request, &doing)?;
     if output::print_if_wrapped(ctx.format(), &status, None)? {
         return Ok(EXIT_OK);
     }
@@ -262,35 +249,25 @@ fn provide(ctx: &Ctx, args: &CeremonyArgs, ceremony: &Ceremony) -> CmdResult {
                 ))
             })?,
     };
-    let key = secret_arg(args.key.as_deref(), "Unseal Key (will be hidden): ")?;
-    let body = json!({"key": key.as_str(), "nonce": nonce});
+    let request = share_request(ceremony.update_path, args.key.as_deref(), &nonce)?;
     let doing = format!(
         "providing unseal key for {} generation",
         ceremony.token_name
     );
-    let status = client
-        .send(ApiRequest::new(Verb::Put, ceremony.update_path).json(&body))
-        .doing(doing.clone())?
-        .body;
-    let status = expect_body(status, &doing)?;
+    let status = send_for_body(&client, request, &doing)?;
     print_status(ctx, &status)
 }
 
 fn print_status(ctx: &Ctx, status: &Value) -> CmdResult {
-    if output::print_if_wrapped(ctx.format(), status, None)? {
-        return Ok(EXIT_OK);
-    }
-    match ctx.format() {
-        Format::Json => output::emit(&output::pretty_json(status))?,
-        Format::Table => output::emit(&output::key_value_table(&status_rows(status)))?,
-    }
-    Ok(EXIT_OK)
+    print_json_or_table(ctx, status, || {
+        output::key_value_table(&status_rows(status))
+    })
 }
 
 /// Rows for a generate-root status: Nonce, Started, Progress, Complete, and when present
 /// Encoded Token, OTP, OTP Length and PGP Fingerprint.
 fn status_rows(status: &Value) -> Vec<(String, String)> {
-    let text = |key: &str| status.get(key).map(cell).unwrap_or_else(|| "n/a".into());
+    let text = |key: &str| cell_or_na(status, key);
     let present = |key: &str| {
         status
             .get(key)

@@ -2,8 +2,8 @@
 
 use serde_json::Value;
 
-use crate::client::{Client, ClientConfig};
-use crate::error::CliError;
+use crate::client::{ApiRequest, Client, ClientConfig};
+use crate::error::{CliError, Doing, EXIT_OK};
 use crate::output::{self, Format};
 use crate::settings::Settings;
 use crate::token_helper;
@@ -11,9 +11,11 @@ use crate::token_helper;
 pub(crate) mod audit;
 pub(crate) mod generate_root;
 pub(crate) mod generic;
+mod key_shares;
 pub(crate) mod kv;
 mod kv_path;
 pub(crate) mod login;
+mod mount_table;
 pub(crate) mod operator;
 pub(crate) mod policy;
 pub(crate) mod rekey;
@@ -62,6 +64,17 @@ pub(crate) fn success(ctx: &Ctx, message: &str) -> CmdResult {
     Ok(0)
 }
 
+/// Sends `request`, whose answer is not shown, then prints the success `message`.
+pub(crate) fn send_then_success(
+    ctx: &Ctx,
+    request: ApiRequest,
+    doing: impl Into<String>,
+    message: &str,
+) -> CmdResult {
+    ctx.client()?.send(request).doing(doing)?;
+    success(ctx, message)
+}
+
 /// The `keys` of a list response, as strings.
 pub(crate) fn list_keys(response: &Value) -> Option<Vec<String>> {
     let keys = response.get("data")?.get("keys")?.as_array()?;
@@ -72,6 +85,57 @@ pub(crate) fn list_keys(response: &Value) -> Option<Vec<String>> {
 /// (204) is reported as a remote error (exit 2) rather than shown as an empty table or `null`.
 pub(crate) fn expect_body(body: Option<Value>, doing: &str) -> Result<Value, CliError> {
     body.ok_or_else(|| CliError::Missing(format!("Error {doing}: the server returned no data")))
+}
+
+/// Sends `request` and returns the body of its answer, which the command needs; `doing` names
+/// the step in error messages.
+pub(crate) fn send_for_body(
+    client: &Client,
+    request: ApiRequest,
+    doing: &str,
+) -> Result<Value, CliError> {
+    let body = client.send(request).doing(doing)?.body;
+    expect_body(body, doing)
+}
+
+/// In JSON format, prints `response` pretty and returns `true`; otherwise prints nothing.
+fn emit_if_json(ctx: &Ctx, response: &Value) -> Result<bool, CliError> {
+    if ctx.format() != Format::Json {
+        return Ok(false);
+    }
+    output::emit(&output::pretty_json(response))?;
+    Ok(true)
+}
+
+/// Prints a wrapped response's wrap info, or in JSON format the whole response, and returns
+/// `true`; otherwise prints nothing: the caller prints its table.
+pub(crate) fn print_wrapped_or_json(ctx: &Ctx, response: &Value) -> Result<bool, CliError> {
+    Ok(output::print_if_wrapped(ctx.format(), response, None)? || emit_if_json(ctx, response)?)
+}
+
+/// Prints `response` as pretty JSON, or in table format the text `table` renders. For answers
+/// to requests sent without wrapping; otherwise see [`print_json_or_table`].
+pub(crate) fn emit_json_or_table(
+    ctx: &Ctx,
+    response: &Value,
+    table: impl FnOnce() -> String,
+) -> CmdResult {
+    if !emit_if_json(ctx, response)? {
+        output::emit(&table())?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// Like [`emit_json_or_table`], but a wrapped response shows its wrap info instead.
+pub(crate) fn print_json_or_table(
+    ctx: &Ctx,
+    response: &Value,
+    table: impl FnOnce() -> String,
+) -> CmdResult {
+    if output::print_if_wrapped(ctx.format(), response, None)? {
+        return Ok(EXIT_OK);
+    }
+    emit_json_or_table(ctx, response, table)
 }
 
 /// Prints a list response: a `Keys` column, or the keys as a JSON array. A wrapped response

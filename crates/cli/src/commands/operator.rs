@@ -6,13 +6,13 @@ use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::generate_root::{self, GenerateRootArgs};
+use super::key_shares::{check_threshold, key_share_lines, read_unseal_key};
 use super::rekey::{self, RekeyArgs};
 use super::replication::{self, ReplicationCommand};
 use super::status::seal_status_rows;
-use super::{expect_body, success, CmdResult, Ctx};
+use super::{print_json_or_table, send_for_body, send_then_success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Client, Verb};
 use crate::error::{CliError, Doing, EXIT_OK, EXIT_REMOTE};
-use crate::input::secret_arg;
 use crate::output::{self, cell, Format};
 
 #[derive(Subcommand, Debug)]
@@ -96,37 +96,21 @@ fn init(ctx: &Ctx, args: InitArgs) -> CmdResult {
     if args.status {
         return init_status(ctx, &client);
     }
-    if args.key_threshold == 0 || args.key_threshold > args.key_shares {
-        return Err(CliError::Usage(format!(
-            "Invalid -key-threshold={}: must be between 1 and -key-shares={}",
-            args.key_threshold, args.key_shares
-        )));
-    }
+    check_threshold(args.key_shares, args.key_threshold)?;
     let body = json!({
         "secret_shares": args.key_shares,
         "secret_threshold": args.key_threshold,
     });
-    let response = client
-        .send(ApiRequest::new(Verb::Put, "sys/init").json(&body))
-        .doing("initializing")?
-        .body;
-    let response = expect_body(response, "initializing")?;
-    if output::print_if_wrapped(ctx.format(), &response, None)? {
-        return Ok(EXIT_OK);
-    }
-    match ctx.format() {
-        Format::Json => output::emit(&output::pretty_json(&response))?,
-        Format::Table => output::emit(&init_text(&response, args.key_shares, args.key_threshold))?,
-    }
-    Ok(EXIT_OK)
+    let request = ApiRequest::new(Verb::Put, "sys/init").json(&body);
+    let response = send_for_body(&client, request, "initializing")?;
+    print_json_or_table(ctx, &response, || {
+        init_text(&response, args.key_shares, args.key_threshold)
+    })
 }
 
 fn init_status(ctx: &Ctx, client: &Client) -> CmdResult {
-    let response = client
-        .send(ApiRequest::new(Verb::Get, "sys/init"))
-        .doing("checking init status")?
-        .body;
-    let response = expect_body(response, "checking init status")?;
+    let request = ApiRequest::new(Verb::Get, "sys/init");
+    let response = send_for_body(client, request, "checking init status")?;
     let initialized = response
         .get("initialized")
         .and_then(Value::as_bool)
@@ -143,16 +127,7 @@ fn init_status(ctx: &Ctx, client: &Client) -> CmdResult {
 
 /// The human-readable result of `operator init`: the key shares and the root token.
 fn init_text(response: &Value, shares: u32, threshold: u32) -> String {
-    let keys = response
-        .get("keys_base64")
-        .or_else(|| response.get("keys"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let mut text = String::new();
-    for (i, key) in keys.iter().enumerate() {
-        text.push_str(&format!("Unseal Key {}: {}\n", i + 1, output::raw(key)));
-    }
+    let mut text = key_share_lines(response, "Unseal Key");
     let root_token = response
         .get("root_token")
         .map(output::raw)
@@ -171,30 +146,19 @@ fn unseal(ctx: &Ctx, args: UnsealArgs) -> CmdResult {
     let body = if args.reset {
         json!({"reset": true})
     } else {
-        let key = secret_arg(args.key.as_deref(), "Unseal Key (will be hidden): ")?;
+        let key = read_unseal_key(args.key.as_deref())?;
         json!({"key": key.as_str()})
     };
-    let client = ctx.client()?;
-    let response = client
-        .send(ApiRequest::new(Verb::Put, "sys/unseal").json(&body))
-        .doing("unsealing")?
-        .body;
-    let response = expect_body(response, "unsealing")?;
-    if output::print_if_wrapped(ctx.format(), &response, None)? {
-        return Ok(EXIT_OK);
-    }
-    match ctx.format() {
-        Format::Json => output::emit(&output::pretty_json(&response))?,
-        Format::Table => output::emit(&output::key_value_table(&seal_status_rows(&response)))?,
-    }
-    Ok(EXIT_OK)
+    let request = ApiRequest::new(Verb::Put, "sys/unseal").json(&body);
+    let response = send_for_body(&ctx.client()?, request, "unsealing")?;
+    print_json_or_table(ctx, &response, || {
+        output::key_value_table(&seal_status_rows(&response))
+    })
 }
 
 fn seal(ctx: &Ctx) -> CmdResult {
-    ctx.client()?
-        .send(ApiRequest::new(Verb::Put, "sys/seal"))
-        .doing("sealing")?;
-    success(ctx, "Success! Bunker is sealed.")
+    let request = ApiRequest::new(Verb::Put, "sys/seal");
+    send_then_success(ctx, request, "sealing", "Success! Bunker is sealed.")
 }
 
 fn rotate(ctx: &Ctx) -> CmdResult {
@@ -203,37 +167,24 @@ fn rotate(ctx: &Ctx) -> CmdResult {
         .send(ApiRequest::new(Verb::Put, "sys/rotate"))
         .doing("rotating key")?;
     let status = fetch_key_status(&client)?;
-    if output::print_if_wrapped(ctx.format(), &status, None)? {
-        return Ok(EXIT_OK);
-    }
-    match ctx.format() {
-        Format::Json => output::emit(&output::pretty_json(&status))?,
-        Format::Table => output::emit(&format!(
+    print_json_or_table(ctx, &status, || {
+        format!(
             "Success! Rotated key\n\n{}",
             output::key_value_table(&key_status_rows(&status))
-        ))?,
-    }
-    Ok(EXIT_OK)
+        )
+    })
 }
 
 fn key_status(ctx: &Ctx) -> CmdResult {
     let status = fetch_key_status(&ctx.client()?)?;
-    if output::print_if_wrapped(ctx.format(), &status, None)? {
-        return Ok(EXIT_OK);
-    }
-    match ctx.format() {
-        Format::Json => output::emit(&output::pretty_json(&status))?,
-        Format::Table => output::emit(&output::key_value_table(&key_status_rows(&status)))?,
-    }
-    Ok(EXIT_OK)
+    print_json_or_table(ctx, &status, || {
+        output::key_value_table(&key_status_rows(&status))
+    })
 }
 
 fn fetch_key_status(client: &Client) -> Result<Value, CliError> {
-    let body = client
-        .send(ApiRequest::new(Verb::Get, "sys/key-status"))
-        .doing("reading key status")?
-        .body;
-    expect_body(body, "reading key status")
+    let request = ApiRequest::new(Verb::Get, "sys/key-status");
+    send_for_body(client, request, "reading key status")
 }
 
 /// Rows for a `sys/key-status` response (fields may sit under `data` or at the top).

@@ -10,11 +10,11 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 use serde_json::{json, Value};
 
-use super::{expect_body, success, CmdResult, Ctx};
+use super::key_shares::{check_threshold, key_share_lines, one_mode, share_request};
+use super::{emit_json_or_table, send_for_body, send_then_success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Client, Verb};
-use crate::error::{CliError, Doing, EXIT_OK};
-use crate::input::secret_arg;
-use crate::output::{self, cell, Format};
+use crate::error::{CliError, EXIT_OK};
+use crate::output::{self, cell, cell_or_na, Format};
 
 const INIT_PATH: &str = "sys/rekey/init";
 const UPDATE_PATH: &str = "sys/rekey/update";
@@ -114,22 +114,15 @@ fn mode(args: &RekeyArgs) -> Result<Mode, CliError> {
             args.target
         )));
     }
-    let chosen: Vec<Mode> = [
-        (args.init, Mode::Init),
-        (args.cancel, Mode::Cancel),
-        (args.status, Mode::Status),
-    ]
-    .into_iter()
-    .filter_map(|(set, mode)| set.then_some(mode))
-    .collect();
-    let mut chosen = chosen.into_iter();
-    match (chosen.next(), chosen.next()) {
-        (None, _) => Ok(Mode::Provide),
-        (Some(mode), None) => Ok(mode),
-        (Some(_), Some(_)) => Err(CliError::Usage(
-            "Only one of -init, -status or -cancel may be given".into(),
-        )),
-    }
+    one_mode(
+        [
+            (args.init, Mode::Init),
+            (args.cancel, Mode::Cancel),
+            (args.status, Mode::Status),
+        ],
+        Mode::Provide,
+        "Only one of -init, -status or -cancel may be given",
+    )
 }
 
 /// Runs `bunker operator rekey`.
@@ -138,10 +131,9 @@ pub(crate) fn run(ctx: &Ctx, args: RekeyArgs) -> CmdResult {
         Mode::Init => init(ctx, &args),
         Mode::Cancel => {
             let path = if args.verify { VERIFY_PATH } else { INIT_PATH };
-            ctx.client()?
-                .send(ApiRequest::new(Verb::Delete, path).without_wrapping())
-                .doing("canceling rekey")?;
-            success(ctx, "Success! Canceled rekeying (if it was started)")
+            let request = ApiRequest::new(Verb::Delete, path).without_wrapping();
+            let message = "Success! Canceled rekeying (if it was started)";
+            send_then_success(ctx, request, "canceling rekey", message)
         }
         Mode::Status if args.verify => {
             let status = fetch(&ctx.client()?, VERIFY_PATH)?;
@@ -156,29 +148,16 @@ pub(crate) fn run(ctx: &Ctx, args: RekeyArgs) -> CmdResult {
 }
 
 fn fetch(client: &Client, path: &str) -> Result<Value, CliError> {
-    let doing = "getting rekey status";
-    let body = client
-        .send(ApiRequest::new(Verb::Get, path).without_wrapping())
-        .doing(doing)?
-        .body;
-    expect_body(body, doing)
+    let request = ApiRequest::new(Verb::Get, path).without_wrapping();
+    send_for_body(client, request, "getting rekey status")
 }
 
 fn print(ctx: &Ctx, response: &Value, rows: &[(String, String)]) -> CmdResult {
-    match ctx.format() {
-        Format::Json => output::emit(&output::pretty_json(response))?,
-        Format::Table => output::emit(&output::key_value_table(rows))?,
-    }
-    Ok(EXIT_OK)
+    emit_json_or_table(ctx, response, || output::key_value_table(rows))
 }
 
 fn init(ctx: &Ctx, args: &RekeyArgs) -> CmdResult {
-    if args.key_threshold == 0 || args.key_threshold > args.key_shares {
-        return Err(CliError::Usage(format!(
-            "Invalid -key-threshold={}: must be between 1 and -key-shares={}",
-            args.key_threshold, args.key_shares
-        )));
-    }
+    check_threshold(args.key_shares, args.key_threshold)?;
     let body = json!({
         "secret_shares": args.key_shares,
         "secret_threshold": args.key_threshold,
@@ -186,17 +165,10 @@ fn init(ctx: &Ctx, args: &RekeyArgs) -> CmdResult {
         "backup": args.backup,
         "require_verification": args.verify,
     });
-    let doing = "initializing rekey";
-    let status = ctx
-        .client()?
-        .send(
-            ApiRequest::new(Verb::Put, INIT_PATH)
-                .json(&body)
-                .without_wrapping(),
-        )
-        .doing(doing)?
-        .body;
-    let status = expect_body(status, doing)?;
+    let request = ApiRequest::new(Verb::Put, INIT_PATH)
+        .json(&body)
+        .without_wrapping();
+    let status = send_for_body(&ctx.client()?, request, "initializing rekey")?;
     print(ctx, &status, &status_rows(&status))
 }
 
@@ -220,22 +192,13 @@ fn provide(ctx: &Ctx, args: &RekeyArgs) -> CmdResult {
         Some(nonce) => nonce.clone(),
         None => progress.get("nonce").map(output::raw).unwrap_or_default(),
     };
-    let key = secret_arg(args.key.as_deref(), "Unseal Key (will be hidden): ")?;
-    let body = json!({"key": key.as_str(), "nonce": nonce});
     let (path, doing) = if args.verify {
         (VERIFY_PATH, "providing key for rekey verification")
     } else {
         (UPDATE_PATH, "providing unseal key for rekey")
     };
-    let response = client
-        .send(
-            ApiRequest::new(Verb::Put, path)
-                .json(&body)
-                .without_wrapping(),
-        )
-        .doing(doing)?
-        .body;
-    let response = expect_body(response, doing)?;
+    let request = share_request(path, args.key.as_deref(), &nonce)?.without_wrapping();
+    let response = send_for_body(&client, request, doing)?;
     let complete = response.get("complete").and_then(Value::as_bool) == Some(true);
     match (complete, args.verify) {
         (false, true) => print(ctx, &response, &verification_rows(&response)),
@@ -297,16 +260,7 @@ fn print_new_keys(ctx: &Ctx, client: &Client, status: &Value, response: &Value) 
 
 /// `Key N: <base64>` lines and the operation nonce.
 fn keys_text(response: &Value) -> String {
-    let keys = response
-        .get("keys_base64")
-        .or_else(|| response.get("keys"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let mut text = String::new();
-    for (i, key) in keys.iter().enumerate() {
-        text.push_str(&format!("Key {}: {}\n", i + 1, output::raw(key)));
-    }
+    let mut text = key_share_lines(response, "Key");
     let nonce = response.get("nonce").map(output::raw).unwrap_or_default();
     text.push_str(&format!("\nOperation nonce: {nonce}\n"));
     text
@@ -314,7 +268,7 @@ fn keys_text(response: &Value) -> String {
 
 /// Rows for a `sys/rekey/init` status, as `vault operator rekey -status` shows them.
 fn status_rows(status: &Value) -> Vec<(String, String)> {
-    let text = |key: &str| status.get(key).map(cell).unwrap_or_else(|| "n/a".into());
+    let text = |key: &str| cell_or_na(status, key);
     let mut rows = vec![
         ("Nonce".to_string(), text("nonce")),
         ("Started".to_string(), text("started")),
@@ -344,7 +298,7 @@ fn status_rows(status: &Value) -> Vec<(String, String)> {
 
 /// Rows for a `sys/rekey/verify` status.
 fn verification_rows(status: &Value) -> Vec<(String, String)> {
-    let text = |key: &str| status.get(key).map(cell).unwrap_or_else(|| "n/a".into());
+    let text = |key: &str| cell_or_na(status, key);
     vec![
         ("Started".to_string(), text("started")),
         ("New Shares".to_string(), text("n")),

@@ -4,11 +4,14 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use super::{success, with_slash, CmdResult, Ctx};
+use super::mount_table::{
+    fetch_table, field, mount_map, options, replication, sorted_rows, with_description_and_local,
+};
+use super::{print_json_or_table, send_then_success, with_slash, CmdResult, Ctx};
 use crate::client::{ApiRequest, Verb};
-use crate::error::{CliError, Doing, EXIT_OK};
+use crate::error::CliError;
 use crate::input::{duration_flag, parse_options};
-use crate::output::{self, cell, Format};
+use crate::output::{self, cell};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum SecretsCommand {
@@ -148,45 +151,32 @@ fn enable_request(args: &EnableArgs) -> Result<(String, Value), CliError> {
         }
         other => other,
     };
-    let mut body = json!({ "type": mount_type, "config": config, "options": options });
-    if let Some(object) = body.as_object_mut() {
-        if let Some(description) = &args.config.description {
-            object.insert("description".into(), json!(description));
-        }
-        if args.local {
-            object.insert("local".into(), json!(true));
-        }
-    }
+    let body = json!({ "type": mount_type, "config": config, "options": options });
+    let body = with_description_and_local(body, args.config.description.as_deref(), args.local);
     Ok((path.to_string(), body))
 }
 
 fn enable(ctx: &Ctx, args: &EnableArgs) -> CmdResult {
     let (path, body) = enable_request(args)?;
-    ctx.client()?
-        .send(ApiRequest::new(Verb::Post, format!("sys/mounts/{path}")).json(&body))
-        .doing(format!("enabling {}", args.engine_type))?;
-    success(
-        ctx,
-        &format!(
-            "Success! Enabled the {} secrets engine at: {}",
-            args.engine_type,
-            with_slash(&path)
-        ),
-    )
+    let request = ApiRequest::new(Verb::Post, format!("sys/mounts/{path}")).json(&body);
+    let doing = format!("enabling {}", args.engine_type);
+    let message = format!(
+        "Success! Enabled the {} secrets engine at: {}",
+        args.engine_type,
+        with_slash(&path)
+    );
+    send_then_success(ctx, request, doing, &message)
 }
 
 fn disable(ctx: &Ctx, args: &PathArgs) -> CmdResult {
     let path = args.path.trim_matches('/');
-    ctx.client()?
-        .send(ApiRequest::new(Verb::Delete, format!("sys/mounts/{path}")))
-        .doing(format!("disabling secrets engine at {}", with_slash(path)))?;
-    success(
-        ctx,
-        &format!(
-            "Success! Disabled the secrets engine (if it existed) at: {}",
-            with_slash(path)
-        ),
-    )
+    let request = ApiRequest::new(Verb::Delete, format!("sys/mounts/{path}"));
+    let doing = format!("disabling secrets engine at {}", with_slash(path));
+    let message = format!(
+        "Success! Disabled the secrets engine (if it existed) at: {}",
+        with_slash(path)
+    );
+    send_then_success(ctx, request, doing, &message)
 }
 
 fn tune(ctx: &Ctx, args: &TuneArgs) -> CmdResult {
@@ -201,54 +191,19 @@ fn tune(ctx: &Ctx, args: &TuneArgs) -> CmdResult {
     if let Some(description) = &args.config.description {
         body.insert("description".into(), json!(description));
     }
-    ctx.client()?
-        .send(
-            ApiRequest::new(Verb::Post, format!("sys/mounts/{path}/tune"))
-                .json(&Value::Object(body)),
-        )
-        .doing(format!("tuning secrets engine {}", with_slash(path)))?;
-    success(
-        ctx,
-        &format!("Success! Tuned the secrets engine at: {}", with_slash(path)),
-    )
+    let request =
+        ApiRequest::new(Verb::Post, format!("sys/mounts/{path}/tune")).json(&Value::Object(body));
+    let doing = format!("tuning secrets engine {}", with_slash(path));
+    let message = format!("Success! Tuned the secrets engine at: {}", with_slash(path));
+    send_then_success(ctx, request, doing, &message)
 }
 
 fn list(ctx: &Ctx, args: &ListArgs) -> CmdResult {
-    let response = ctx
-        .client()?
-        .send(ApiRequest::new(Verb::Get, "sys/mounts"))
-        .doing("listing secrets engines")?
-        .body
-        .unwrap_or(Value::Null);
-    if output::print_if_wrapped(ctx.format(), &response, None)? {
-        return Ok(EXIT_OK);
-    }
-    match ctx.format() {
-        Format::Json => output::emit(&output::pretty_json(&response))?,
-        Format::Table => {
-            let mounts = mount_map(&response);
-            let (headers, rows) = mount_rows(&mounts, args.detailed);
-            output::emit(&output::columns(&headers, &rows))?;
-        }
-    }
-    Ok(EXIT_OK)
-}
-
-/// Path → mount entries from a `sys/mounts` (or `sys/audit`) response: `data` when present,
-/// else the top-level entries that look like mounts.
-pub(crate) fn mount_map(response: &Value) -> Map<String, Value> {
-    let source = response
-        .get("data")
-        .and_then(Value::as_object)
-        .or_else(|| response.as_object());
-    source
-        .map(|map| {
-            map.iter()
-                .filter(|(_, v)| v.get("type").is_some())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+    let response = fetch_table(ctx, "sys/mounts", "listing secrets engines")?;
+    print_json_or_table(ctx, &response, || {
+        let (headers, rows) = mount_rows(&mount_map(&response), args.detailed);
+        output::columns(&headers, &rows)
+    })
 }
 
 fn ttl_text(config: Option<&Value>, key: &str) -> String {
@@ -263,36 +218,27 @@ fn mount_rows(
     mounts: &Map<String, Value>,
     detailed: bool,
 ) -> (Vec<&'static str>, Vec<Vec<String>>) {
-    let field = |mount: &Value, key: &str| mount.get(key).map(output::raw).unwrap_or_default();
-    let mut rows: Vec<Vec<String>> = mounts
-        .iter()
-        .map(|(path, mount)| {
-            let mut row = vec![path.clone(), field(mount, "type"), field(mount, "accessor")];
-            if detailed {
-                let config = mount.get("config");
-                let local = mount.get("local").and_then(Value::as_bool).unwrap_or(false);
-                row.extend([
-                    ttl_text(config, "default_lease_ttl"),
-                    ttl_text(config, "max_lease_ttl"),
-                    if local { "local" } else { "replicated" }.to_string(),
-                    mount
-                        .get("seal_wrap")
-                        .map(cell)
-                        .unwrap_or_else(|| "false".into()),
-                    mount
-                        .get("options")
-                        .map(cell)
-                        .unwrap_or_else(|| "<nil>".into()),
-                    field(mount, "description"),
-                    field(mount, "uuid"),
-                ]);
-            } else {
-                row.push(field(mount, "description"));
-            }
-            row
-        })
-        .collect();
-    rows.sort();
+    let rows = sorted_rows(mounts, |path, mount| {
+        let mut row = vec![path.clone(), field(mount, "type"), field(mount, "accessor")];
+        if detailed {
+            let config = mount.get("config");
+            row.extend([
+                ttl_text(config, "default_lease_ttl"),
+                ttl_text(config, "max_lease_ttl"),
+                replication(mount),
+                mount
+                    .get("seal_wrap")
+                    .map(cell)
+                    .unwrap_or_else(|| "false".into()),
+                options(mount),
+                field(mount, "description"),
+                field(mount, "uuid"),
+            ]);
+        } else {
+            row.push(field(mount, "description"));
+        }
+        row
+    });
     let headers = if detailed {
         vec![
             "Path",
@@ -359,14 +305,6 @@ mod tests {
             })
         );
         Ok(())
-    }
-
-    #[test]
-    fn mounts_come_from_data_or_top_level() {
-        let with_data = json!({"request_id": "r", "data": {"secret/": {"type": "kv"}}});
-        assert_eq!(mount_map(&with_data).len(), 1);
-        let top = json!({"sys/": {"type": "system"}, "request_id": "r"});
-        assert_eq!(mount_map(&top).keys().collect::<Vec<_>>(), vec!["sys/"]);
     }
 
     #[test]

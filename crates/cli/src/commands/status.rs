@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::Ctx;
 use crate::client::{ApiRequest, Client, Verb};
 use crate::error::{CliError, Doing, EXIT_LOCAL, EXIT_OK, EXIT_REMOTE};
-use crate::output::{self, cell, Format};
+use crate::output::{self, cell, cell_or_na, Format};
 
 /// Runs `bunker status`; never fails, the exit code says everything.
 pub(crate) fn run(ctx: &Ctx) -> u8 {
@@ -50,7 +50,7 @@ pub(crate) fn fetch_seal_status(client: &Client) -> Result<Value, CliError> {
 /// Table rows for a seal-status response, in `vault status` order. Unseal progress and nonce
 /// are shown only while sealed.
 pub(crate) fn seal_status_rows(seal: &Value) -> Vec<(String, String)> {
-    let text = |key: &str| seal.get(key).map(cell).unwrap_or_else(|| "n/a".into());
+    let text = |key: &str| cell_or_na(seal, key);
     let mut rows = vec![
         ("Seal Type".to_string(), text("type")),
         ("Initialized".to_string(), text("initialized")),

@@ -4,11 +4,11 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use super::{expect_body, success, CmdResult, Ctx};
+use super::{print_json_or_table, send_for_body, success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Verb};
 use crate::error::{CliError, Doing, EXIT_OK};
 use crate::input::{duration_flag, parse_options};
-use crate::output::{self, Format};
+use crate::output;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum TokenCommand {
@@ -217,12 +217,8 @@ fn create_request(args: &CreateArgs) -> Result<(String, Value), CliError> {
 
 fn create(ctx: &Ctx, args: &CreateArgs) -> CmdResult {
     let (path, body) = create_request(args)?;
-    let response = ctx
-        .client()?
-        .send(ApiRequest::new(Verb::Post, &path).json(&body))
-        .doing("creating token")?
-        .body;
-    let response = expect_body(response, "creating token")?;
+    let request = ApiRequest::new(Verb::Post, &path).json(&body);
+    let response = send_for_body(&ctx.client()?, request, "creating token")?;
     output::print_response(ctx.format(), &response, args.field.as_deref())?;
     Ok(EXIT_OK)
 }
@@ -241,8 +237,7 @@ fn lookup(ctx: &Ctx, args: &LookupArgs) -> CmdResult {
         }
         (None, false) => ApiRequest::new(Verb::Get, "auth/token/lookup-self"),
     };
-    let response = ctx.client()?.send(request).doing("looking up token")?.body;
-    let response = expect_body(response, "looking up token")?;
+    let response = send_for_body(&ctx.client()?, request, "looking up token")?;
     output::print_response(ctx.format(), &response, args.field.as_deref())?;
     Ok(EXIT_OK)
 }
@@ -259,12 +254,8 @@ fn renew(ctx: &Ctx, args: &RenewArgs) -> CmdResult {
         }
         None => "auth/token/renew-self",
     };
-    let response = ctx
-        .client()?
-        .send(ApiRequest::new(Verb::Put, path).json(&Value::Object(body)))
-        .doing("renewing token")?
-        .body;
-    let response = expect_body(response, "renewing token")?;
+    let request = ApiRequest::new(Verb::Put, path).json(&Value::Object(body));
+    let response = send_for_body(&ctx.client()?, request, "renewing token")?;
     output::print_response(ctx.format(), &response, args.field.as_deref())?;
     Ok(EXIT_OK)
 }
@@ -325,21 +316,10 @@ fn capabilities(ctx: &Ctx, args: &CapabilitiesArgs) -> CmdResult {
             ApiRequest::new(Verb::Post, "sys/capabilities-self").json(&json!({ "paths": [path] }))
         }
     };
-    let response = ctx
-        .client()?
-        .send(request)
-        .doing("listing capabilities")?
-        .body;
-    let response = expect_body(response, "listing capabilities")?;
-    if output::print_if_wrapped(ctx.format(), &response, None)? {
-        return Ok(EXIT_OK);
-    }
-    if ctx.format() == Format::Json {
-        output::emit(&output::pretty_json(&response))?;
-    } else {
-        output::emit(&capability_list(&response, path).join(", "))?;
-    }
-    Ok(EXIT_OK)
+    let response = send_for_body(&ctx.client()?, request, "listing capabilities")?;
+    print_json_or_table(ctx, &response, || {
+        capability_list(&response, path).join(", ")
+    })
 }
 
 /// The capabilities on `path` from a capabilities response, sorted.

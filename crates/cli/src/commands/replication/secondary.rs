@@ -12,7 +12,7 @@ use crate::commands::generate_root::{self, CeremonyArgs, DR_OPERATION_TOKEN};
 use crate::commands::{success, CmdResult, Ctx};
 use crate::error::{CliError, EXIT_OK};
 use crate::input::secret_arg;
-use crate::output::{self, cell, Format};
+use crate::output::{self, cell_or_na, Format};
 
 /// `bunker operator replication secondary <command>`
 #[derive(Subcommand, Debug)]
@@ -298,13 +298,7 @@ fn progress_rows(response: &Value) -> Vec<(String, String)> {
     let data = response_data(response);
     ["Progress", "Required", "Complete"]
         .into_iter()
-        .map(|label| {
-            let value = data
-                .get(label.to_lowercase())
-                .map(cell)
-                .unwrap_or_else(|| "n/a".into());
-            (label.to_string(), value)
-        })
+        .map(|label| (label.to_string(), cell_or_na(data, &label.to_lowercase())))
         .collect()
 }
 
