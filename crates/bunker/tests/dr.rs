@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::dr::{
     activation_token, adopt_credentials, assert_dr_refused, dr_server, dr_status, enable_primary,
-    enable_secondary, inner_wrapping_token, promote_with_keys, wait_converged,
+    enable_secondary, inner_wrapping_token, promote_with_keys, wait_converged, CONVERGE,
 };
 use common::{errors, poll_until, TestServer};
 use serde_json::json;
@@ -152,17 +152,23 @@ fn activation_tokens_are_single_use_sudo_only_and_revocation_disconnects() {
         "an expired activation token must be refused: {body}"
     );
 
-    // Revocation closes the live connection quickly and for good.
+    // Revocation closes the live connection for good: when revoke-secondary returns, the
+    // primary's session has stopped and the peer is gone from its status; the secondary sees
+    // the close on its next read.
     let (code, body) = p.post(
         "sys/replication/dr/primary/revoke-secondary",
         p.root(),
         json!({"id": "site-b"}),
     );
     assert_eq!(code, 204, "{body}");
-    let cut = poll_until(Duration::from_secs(1), || {
-        let st = dr_status(&s);
-        st["connection_state"] != "ready"
-    });
+    let peers = dr_status(&p)["secondaries"].clone();
+    assert!(
+        peers
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x["node_id"] != "site-b")),
+        "the revoked secondary is still a peer of the primary: {peers}"
+    );
+    let cut = poll_until(CONVERGE, || dr_status(&s)["connection_state"] != "ready");
     assert!(cut, "revoked secondary still connected: {}", dr_status(&s));
     assert_eq!(dr_status(&p)["known_secondaries"], json!(["site-late"]));
     let refused = poll_until(Duration::from_secs(15), || {
