@@ -3,26 +3,56 @@
 //! connection stays open) or restores it, at the moment it chooses.
 //!
 //! Plain threads and std sockets: the harness is synchronous, and a proxy with a handful of
-//! connections needs no runtime. Every wait is bounded: the accept loop and the pumps poll
-//! their control state every few milliseconds.
+//! connections needs no runtime. A stall parks the pumps on a condition variable that a
+//! restore or a cut wakes; reads are sliced (a read timeout) so a pump sees a change of mode.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
-const PASS: u8 = 0;
-const STALL: u8 = 1;
-const CUT: u8 = 2;
-const STOPPED: u8 = 3;
-const POLL: Duration = Duration::from_millis(5);
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Pass,
+    Stall,
+    Cut,
+    Stopped,
+}
+
+/// The link's mode, and a condition variable that wakes pumps held by a stall.
+#[derive(Clone)]
+struct Link(Arc<(Mutex<Mode>, Condvar)>);
+
+impl Link {
+    fn get(&self) -> Mode {
+        *self.0 .0.lock().expect("link mode")
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.0 .0.lock().expect("link mode") = mode;
+        self.0 .1.notify_all();
+    }
+
+    /// Block while the link is stalled; returns the mode that ended the stall.
+    fn wait_unstalled(&self) -> Mode {
+        let guard = self.0 .0.lock().expect("link mode");
+        *self
+            .0
+             .1
+            .wait_while(guard, |m| *m == Mode::Stall)
+            .expect("link mode")
+    }
+}
+
+/// How long a pump's read waits before it looks at the link's mode again.
+const READ_SLICE: Duration = Duration::from_millis(20);
 
 /// A proxy on a free loopback port forwarding to `target`.
 pub struct FaultProxy {
     addr: SocketAddr,
-    mode: Arc<AtomicU8>,
+    link: Link,
     /// Every connection ever made (both halves), so a cut can close them.
     conns: Arc<Mutex<Vec<TcpStream>>>,
     accepted: Arc<AtomicUsize>,
@@ -31,16 +61,15 @@ pub struct FaultProxy {
 impl FaultProxy {
     pub fn start(target: SocketAddr) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("proxy addr");
-        let mode = Arc::new(AtomicU8::new(PASS));
+        let link = Link(Arc::new((Mutex::new(Mode::Pass), Condvar::new())));
         let conns = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (m, c, a) = (mode.clone(), conns.clone(), accepted.clone());
-        thread::spawn(move || accept_loop(listener, target, m, c, a));
+        let (l, c, a) = (link.clone(), conns.clone(), accepted.clone());
+        thread::spawn(move || accept_loop(listener, target, l, c, a));
         FaultProxy {
             addr,
-            mode,
+            link,
             conns,
             accepted,
         }
@@ -58,7 +87,7 @@ impl FaultProxy {
 
     /// Close every connection and refuse new ones until [`FaultProxy::restore`].
     pub fn cut(&self) {
-        self.mode.store(CUT, Ordering::SeqCst);
+        self.link.set(Mode::Cut);
         for c in self.conns.lock().expect("conns").drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
@@ -66,84 +95,73 @@ impl FaultProxy {
 
     /// Stop moving bytes both ways; connections stay open (a hung peer or a black hole).
     pub fn stall(&self) {
-        self.mode.store(STALL, Ordering::SeqCst);
+        self.link.set(Mode::Stall);
     }
 
     /// Pass bytes and accept connections again.
     pub fn restore(&self) {
-        self.mode.store(PASS, Ordering::SeqCst);
+        self.link.set(Mode::Pass);
     }
 }
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.cut();
-        self.mode.store(STOPPED, Ordering::SeqCst);
+        self.link.set(Mode::Stopped);
+        // Wake the accept loop blocked in accept(); it sees Stopped and returns.
+        let _ = TcpStream::connect(self.addr);
     }
 }
 
 fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
-    mode: Arc<AtomicU8>,
+    link: Link,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     accepted: Arc<AtomicUsize>,
 ) {
-    loop {
-        match mode.load(Ordering::SeqCst) {
-            STOPPED => return,
-            m => match listener.accept() {
-                Ok((client, _)) if m == CUT => drop(client),
-                Ok((client, _)) => {
-                    let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(5))
-                    else {
-                        continue;
-                    };
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                    let mut list = conns.lock().expect("conns");
-                    for s in [&client, &server] {
-                        if let Ok(c) = s.try_clone() {
-                            list.push(c);
-                        }
-                    }
-                    drop(list);
-                    for (from, to) in [(&client, &server), (&server, &client)] {
-                        let (from, to) = (
-                            from.try_clone().expect("clone"),
-                            to.try_clone().expect("clone"),
-                        );
-                        let mode = mode.clone();
-                        thread::spawn(move || pump(from, to, &mode));
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(POLL),
-                Err(_) => thread::sleep(POLL),
-            },
+    for client in listener.incoming() {
+        let Ok(client) = client else { continue };
+        match link.get() {
+            Mode::Stopped => return,
+            Mode::Cut => continue,
+            Mode::Pass | Mode::Stall => {}
+        }
+        let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(5)) else {
+            continue;
+        };
+        accepted.fetch_add(1, Ordering::SeqCst);
+        let mut list = conns.lock().expect("conns");
+        for s in [&client, &server] {
+            if let Ok(c) = s.try_clone() {
+                list.push(c);
+            }
+        }
+        drop(list);
+        for (from, to) in [(&client, &server), (&server, &client)] {
+            let (from, to) = (
+                from.try_clone().expect("clone"),
+                to.try_clone().expect("clone"),
+            );
+            let link = link.clone();
+            thread::spawn(move || pump(from, to, &link));
         }
     }
 }
 
-/// Copy bytes from `from` to `to` while the mode passes them; hold them while stalled.
-fn pump(mut from: TcpStream, mut to: TcpStream, mode: &AtomicU8) {
-    let _ = from.set_read_timeout(Some(POLL));
+/// Copy bytes from `from` to `to` while the link passes them; hold them while stalled.
+fn pump(mut from: TcpStream, mut to: TcpStream, link: &Link) {
+    let _ = from.set_read_timeout(Some(READ_SLICE));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match mode.load(Ordering::SeqCst) {
-            CUT | STOPPED => break,
-            STALL => {
-                thread::sleep(POLL);
-                continue;
-            }
-            _ => {}
+        // A stall holds the pump here (and what it read last) until restored or cut.
+        if link.wait_unstalled() != Mode::Pass {
+            break;
         }
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                // A stall that starts now holds these bytes until the link is restored or cut.
-                while mode.load(Ordering::SeqCst) == STALL {
-                    thread::sleep(POLL);
-                }
-                if mode.load(Ordering::SeqCst) != PASS {
+                if link.wait_unstalled() != Mode::Pass {
                     break;
                 }
                 if to.write_all(buf.get(..n).unwrap_or_default()).is_err() {
