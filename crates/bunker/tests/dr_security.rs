@@ -569,3 +569,76 @@ fn token_storage_keys_are_salted() {
     let (code, body) = s.get("auth/token/lookup-self", Some("guessable-id"));
     assert_eq!(code, 200, "the token works after a restart: {body}");
 }
+
+/// The raw value of `key` in a stopped server's embedded storage.
+fn stored_value(s: &TestServer, key: &str) -> Option<Vec<u8>> {
+    let backend =
+        bunker_storage::EmbeddedBackend::open(&s.dir().join("data")).expect("open storage");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(bunker_storage::Backend::get(&backend, key))
+        .expect("get")
+}
+
+/// Finding 11: the primary's replication CA key and cluster port key rest only sealed by the
+/// barrier, so a copy of its data directory does not yield them, and a sealed primary serves
+/// no secondary until it is unsealed.
+#[test]
+fn primary_keys_rest_sealed_and_a_sealed_primary_serves_no_secondary() {
+    let mut p = dr_server();
+    p.mount_kv2();
+    enable_primary(&p);
+    let mut s = dr_server();
+    enable_secondary(&s, &activation_token(&p, "s1"));
+    adopt_credentials(&mut s, &p);
+    wait_converged(&p, &s);
+
+    // At rest: certificates in the clear, keys only sealed.
+    p.terminate(Duration::from_secs(10));
+    let state = String::from_utf8(stored_value(&p, "repl/state").expect("repl/state")).unwrap();
+    assert!(
+        !state.contains("PRIVATE KEY"),
+        "a private key at rest: {state}"
+    );
+    assert!(state.contains("BEGIN CERTIFICATE"), "{state}");
+    let v: Value = serde_json::from_str(&state).unwrap();
+    assert!(
+        v["primary"]["sealed_keys"]
+            .as_str()
+            .is_some_and(|k| k.len() > 100),
+        "{v}"
+    );
+
+    // Restarted, the primary is sealed: the cluster port completes no handshake.
+    p.restart();
+    let refused = poll_until(CONVERGE, || {
+        dr_status(&s)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("handshake"))
+    });
+    assert!(
+        refused,
+        "the secondary never met a refused handshake: {}",
+        dr_status(&s)
+    );
+    assert_ne!(dr_status(&s)["connection_state"], "ready");
+
+    // Unsealed with its key shares, it opens its keys and the secondary streams again.
+    p.unseal();
+    p.kv_put("after-unseal", json!({"v": "1"}));
+    wait_converged(&p, &s);
+
+    // Sealing stops the service again: every session is closed at once.
+    let (code, body) = p.put("sys/seal", p.root(), json!({}));
+    assert_eq!(code, 204, "{body}");
+    let closed = poll_until(CONVERGE, || {
+        dr_status(&p)["secondaries"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x["connection_status"] == "disconnected"))
+    });
+    assert!(closed, "a sealed primary kept streaming: {}", dr_status(&p));
+    p.unseal();
+    p.kv_put("after-reseal", json!({"v": "2"}));
+    wait_converged(&p, &s);
+}

@@ -199,6 +199,9 @@ impl Core {
                 self.seal_core();
                 return Err(e);
             }
+            if let Some(handler) = self.replication_handler() {
+                handler.unsealed().await;
+            }
             tracing::info!("vault is unsealed");
         }
         Ok(status)
@@ -243,6 +246,9 @@ impl Core {
             *g = None;
         }
         self.seal.seal();
+        if let Some(handler) = self.replication_handler() {
+            handler.sealed();
+        }
     }
 
     async fn load_mounts(&self) -> Result<()> {

@@ -45,6 +45,12 @@ pub trait ReplicationHandler: Send + Sync {
     /// token whose policy allows the path.
     async fn handle(&self, core: &Core, req: &Request, caller: Option<&Caller>)
         -> Result<Response>;
+
+    /// The barrier was opened with key shares (`sys/unseal`): load what lives under it.
+    async fn unsealed(&self) {}
+
+    /// The core sealed: drop whatever was opened with the barrier. Must not block.
+    fn sealed(&self) {}
 }
 
 impl Core {

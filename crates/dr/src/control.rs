@@ -418,12 +418,14 @@ pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> 
             next.primary = Some(primary);
             step(
                 next,
+                // The barrier opens before the state is persisted: the new primary's keys
+                // are written sealed by it.
                 &[
                     StopFollower,
+                    OpenBarrier,
                     Persist,
                     InstallTls,
                     StartWalRecording,
-                    OpenBarrier,
                 ],
             )
         }

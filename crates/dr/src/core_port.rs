@@ -27,6 +27,10 @@ pub trait DrCore: Send + Sync {
     async fn wipe_storage(&self) -> Result<()>;
     /// The root key of an unsealed barrier, for a bundle encrypted to a secondary's own key.
     fn root_key(&self) -> Result<Zeroizing<Vec<u8>>>;
+    /// Encrypt a standalone blob with the barrier (fails while sealed).
+    fn barrier_encrypt(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>>;
+    /// Decrypt a blob made by [`DrCore::barrier_encrypt`] with the same `aad`.
+    fn barrier_decrypt(&self, aad: &str, ciphertext: &[u8]) -> Result<Vec<u8>>;
     /// Store `data` in a single-use response-wrapping token.
     async fn wrap_data(&self, data: Data, ttl: Duration, creation_path: &str) -> Result<Response>;
     /// Whether `token` is a batch DR operation token allowed on `path`.
@@ -65,6 +69,14 @@ impl DrCore for Core {
 
     fn root_key(&self) -> Result<Zeroizing<Vec<u8>>> {
         Ok(self.barrier().root_key()?)
+    }
+
+    fn barrier_encrypt(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.barrier().encrypt(aad, plaintext)?)
+    }
+
+    fn barrier_decrypt(&self, aad: &str, ciphertext: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.barrier().decrypt(aad, ciphertext)?)
     }
 
     async fn wrap_data(&self, data: Data, ttl: Duration, creation_path: &str) -> Result<Response> {

@@ -149,7 +149,15 @@ impl DrManager {
         match state.mode {
             Mode::Primary => {
                 inner.wal.promote();
-                inner.install_tls_for(&state)?;
+                // Keys sealed by the barrier wait for the unseal ([`DrManager::unsealed`]);
+                // a state written before they were sealed still has them in the clear.
+                if state
+                    .primary
+                    .as_ref()
+                    .is_some_and(crate::state::PrimaryState::has_keys)
+                {
+                    inner.install_tls_for(&state)?;
+                }
             }
             Mode::Secondary if state.secondary.is_some() => inner.start_follower(),
             _ => {}
@@ -199,6 +207,21 @@ impl ReplicationHandler for DrManager {
         caller: Option<&Caller>,
     ) -> LResult<Response> {
         endpoints::handle(&self.inner, core, req, caller).await
+    }
+
+    async fn unsealed(&self) {
+        if let Err(e) = self.inner.open_primary_keys().await {
+            tracing::error!(error = %e, "the DR primary's keys could not be opened; the cluster port stays closed");
+        }
+    }
+
+    fn sealed(&self) {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            if let Some(inner) = inner.upgrade() {
+                inner.forget_primary_keys().await;
+            }
+        });
     }
 }
 
@@ -340,7 +363,17 @@ impl Inner {
         for effect in step.effects {
             match effect {
                 Effect::Persist => {
-                    if let Some(next) = next.take() {
+                    if let Some(mut next) = next.take() {
+                        if let Some(primary) = next.primary.as_mut() {
+                            primary.seal_keys(|plain| {
+                                core.barrier_encrypt(crate::state::PRIMARY_KEYS_AAD, plain)
+                                    .map_err(|e| {
+                                        ReplError::Unavailable(format!(
+                                            "sealing the DR primary's keys: {e}"
+                                        ))
+                                    })
+                            })?;
+                        }
                         next.save(self.backend.as_ref()).await?;
                         self.invalidate_merkle();
                         **state = next;
@@ -394,6 +427,59 @@ impl Inner {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// After an unseal: open a primary's keys with the barrier and serve the cluster port. A
+    /// state that still holds them in the clear (written before keys were sealed) is sealed
+    /// and persisted now, which removes the clear copy.
+    pub(crate) async fn open_primary_keys(self: &Arc<Self>) -> Result<(), ReplError> {
+        let core = self
+            .core
+            .upgrade()
+            .ok_or_else(|| ReplError::Unavailable("the server is shutting down".into()))?;
+        let mut state = self.state.lock().await;
+        if state.mode != Mode::Primary {
+            return Ok(());
+        }
+        let Some(primary) = state.primary.as_mut() else {
+            return Ok(());
+        };
+        if primary.sealed_keys.is_none() {
+            primary.seal_keys(|plain| {
+                core.barrier_encrypt(crate::state::PRIMARY_KEYS_AAD, plain)
+                    .map_err(|e| {
+                        ReplError::Unavailable(format!("sealing the DR primary's keys: {e}"))
+                    })
+            })?;
+            state.save(self.backend.as_ref()).await?;
+            tracing::info!("the DR primary's keys are now stored sealed by the barrier");
+        } else {
+            primary.open_keys(|sealed| {
+                core.barrier_decrypt(crate::state::PRIMARY_KEYS_AAD, sealed)
+                    .map_err(|e| ReplError::Corrupt(format!("opening the DR primary's keys: {e}")))
+            })?;
+        }
+        self.install_tls_for(&state)
+    }
+
+    /// After a seal: stop serving the cluster port and drop the primary's keys from memory.
+    pub(crate) async fn forget_primary_keys(self: &Arc<Self>) {
+        let mut state = self.state.lock().await;
+        if state.mode != Mode::Primary {
+            return;
+        }
+        if let Some(primary) = state.primary.as_mut() {
+            primary.forget_keys();
+        }
+        {
+            let mut t = self
+                .server_tls
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *t = None;
+        }
+        self.close_sessions(None).await;
+        tracing::info!("sealed: the cluster port refuses secondaries until the next unseal");
     }
 
     /// Serve the cluster port for `state`: only the certificates of live secondaries complete

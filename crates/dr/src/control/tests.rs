@@ -12,11 +12,12 @@ use crate::tls::CertPair;
 fn primary_state(tag: &str) -> PrimaryState {
     PrimaryState {
         ca_cert_pem: format!("ca-{tag}"),
-        ca_key_pem: format!("ca-key-{tag}"),
+        ca_key_pem: zeroize::Zeroizing::new(format!("ca-key-{tag}")),
         server: CertPair {
             cert_pem: format!("server-{tag}"),
             key_pem: zeroize::Zeroizing::new(format!("server-key-{tag}")),
         },
+        sealed_keys: None,
         primary_cluster_addr: "127.0.0.1:8201".into(),
         secondaries: Default::default(),
     }

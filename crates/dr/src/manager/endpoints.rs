@@ -271,8 +271,9 @@ fn new_primary_state(
     let server = ca.issue_server_cert()?;
     Ok(PrimaryState {
         ca_cert_pem: ca.cert_pem.clone(),
-        ca_key_pem: ca.key_pem().to_owned(),
+        ca_key_pem: zeroize::Zeroizing::new(ca.key_pem().to_owned()),
         server,
+        sealed_keys: None,
         primary_cluster_addr: addr_override
             .filter(|a| !a.is_empty())
             .unwrap_or_else(|| inner.config.cluster_addr.clone()),
@@ -333,6 +334,11 @@ async fn secondary_token(
     let Some(primary) = state.primary.as_ref() else {
         return Err(bad("this cluster is not a DR primary"));
     };
+    if !primary.has_keys() {
+        return Err(LogicalError::Unavailable(
+            "the DR primary's keys are not open (they open with the barrier at unseal)".into(),
+        ));
+    }
     let ca = ReplicationCa::from_pem(&primary.ca_cert_pem, &primary.ca_key_pem)
         .map_err(ReplError::from)?;
     let client = ca.issue_client_cert(&id).map_err(ReplError::from)?;
