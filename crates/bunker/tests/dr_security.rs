@@ -164,6 +164,16 @@ fn activation_token_holder_gets_no_key_and_cannot_extend_it() {
     for k in &p.keys {
         assert!(!text.contains(k.as_str()), "a key share in the bundle");
     }
+    // Its certificate dies with the token (10 minutes, plus an hour to connect once).
+    let cert = bundle["client"]["cert_pem"]
+        .as_str()
+        .expect("client certificate");
+    let (not_before, not_after) = bunker_dr::tls::validity_unix(cert).unwrap();
+    let lifetime = not_after - not_before;
+    assert!(
+        lifetime <= 600 + 3600 + 5 * 60 + 5,
+        "the activation certificate outlives its token by {lifetime}s"
+    );
     let unwraps = audit_lines(&audit, "sys/wrapping/unwrap");
     assert!(unwraps >= 2, "the unwrap was not audited ({unwraps} lines)");
 
@@ -570,6 +580,19 @@ fn token_storage_keys_are_salted() {
     assert_eq!(code, 200, "the token works after a restart: {body}");
 }
 
+/// A primary with KV v2 at `secret/` and secondary `s1` streaming from it (sealed, with the
+/// primary's credentials).
+fn primary_and_streaming_secondary() -> (TestServer, TestServer) {
+    let p = dr_server();
+    p.mount_kv2();
+    enable_primary(&p);
+    let mut s = dr_server();
+    enable_secondary(&s, &activation_token(&p, "s1"));
+    adopt_credentials(&mut s, &p);
+    wait_converged(&p, &s);
+    (p, s)
+}
+
 /// The raw value of `key` in a stopped server's embedded storage.
 fn stored_value(s: &TestServer, key: &str) -> Option<Vec<u8>> {
     let backend =
@@ -586,13 +609,7 @@ fn stored_value(s: &TestServer, key: &str) -> Option<Vec<u8>> {
 /// no secondary until it is unsealed.
 #[test]
 fn primary_keys_rest_sealed_and_a_sealed_primary_serves_no_secondary() {
-    let mut p = dr_server();
-    p.mount_kv2();
-    enable_primary(&p);
-    let mut s = dr_server();
-    enable_secondary(&s, &activation_token(&p, "s1"));
-    adopt_credentials(&mut s, &p);
-    wait_converged(&p, &s);
+    let (mut p, s) = primary_and_streaming_secondary();
 
     // At rest: certificates in the clear, keys only sealed.
     p.terminate(Duration::from_secs(10));
@@ -641,4 +658,46 @@ fn primary_keys_rest_sealed_and_a_sealed_primary_serves_no_secondary() {
     p.unseal();
     p.kv_put("after-reseal", json!({"v": "2"}));
     wait_converged(&p, &s);
+}
+
+/// Finding 14: leaf certificates are short-lived and renewed. A secondary replaces the
+/// certificate of its activation token at its first connection, with a key generated on it;
+/// connecting with the new one retires the old one on the primary.
+#[test]
+fn client_certificates_are_renewed_with_a_local_key_and_short_lived() {
+    const DAY: i64 = 86_400;
+    let (mut p, mut s) = primary_and_streaming_secondary();
+    // A new session, with the renewed certificate.
+    s.restart();
+    p.kv_put("after-restart", json!({"v": "1"}));
+    wait_converged(&p, &s);
+    p.terminate(Duration::from_secs(10));
+    s.terminate(Duration::from_secs(10));
+
+    let read = |server: &TestServer| -> Value {
+        serde_json::from_slice(&stored_value(server, "repl/state").expect("repl/state")).unwrap()
+    };
+    let (ps, ss) = (read(&p), read(&s));
+    let link = &ss["secondary"];
+    assert_eq!(link["client_renewed"], json!(true), "{link}");
+    let client = link["client"]["cert_pem"].as_str().unwrap();
+    let (nb, na) = bunker_dr::tls::validity_unix(client).unwrap();
+    assert!((29 * DAY..=31 * DAY).contains(&(na - nb)), "{}", na - nb);
+    let record = &ps["primary"]["secondaries"]["s1"];
+    assert_eq!(
+        record["cert_sha256"].as_str(),
+        Some(
+            bunker_dr::tls::pem_fingerprint_hex(client)
+                .unwrap()
+                .as_str()
+        ),
+        "the primary admits the renewed certificate: {record}"
+    );
+    assert!(
+        record["previous_cert_sha256"].is_null(),
+        "the activation certificate is retired: {record}"
+    );
+    let server = ps["primary"]["server"]["cert_pem"].as_str().unwrap();
+    let (nb, na) = bunker_dr::tls::validity_unix(server).unwrap();
+    assert!((29 * DAY..=31 * DAY).contains(&(na - nb)), "{}", na - nb);
 }

@@ -191,6 +191,26 @@ pub enum Command {
     RevokeSecondary {
         id: String,
     },
+    /// A secondary connected with `presented` renews its certificate to `renewed`.
+    RenewSecondaryCertificate {
+        id: String,
+        presented: String,
+        renewed: String,
+    },
+    /// A secondary connected with its current certificate: the one before it is retired.
+    ConfirmSecondaryCertificate {
+        id: String,
+        presented: String,
+    },
+    /// The primary's own server certificate, renewed (its key is new too).
+    RenewServerCertificate {
+        server: crate::tls::CertPair,
+    },
+    /// This secondary's client certificate, renewed with a key generated here.
+    RenewClientCertificate {
+        secondary_id: String,
+        client: crate::tls::CertPair,
+    },
     EnableSecondary(Activation),
     UpdatePrimary(Activation),
     DisableSecondary,
@@ -270,6 +290,11 @@ fn require(state: &ReplState, mode: Mode) -> Result<(), Refusal> {
     })
 }
 
+/// Secondary `id`'s record on a primary.
+fn record_mut<'a>(state: &'a mut ReplState, id: &str) -> Option<&'a mut SecondaryRecord> {
+    state.primary.as_mut()?.secondaries.get_mut(id)
+}
+
 /// A new mode starts without the operation tokens of the old one.
 fn new_mode(mode: Mode, cluster_id: String, generation: u64) -> ReplState {
     ReplState {
@@ -346,6 +371,7 @@ pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> 
                     revoked: false,
                     issued_unix: now_unix,
                     cert_sha256,
+                    previous_cert_sha256: None,
                 },
             );
             step(next, &[Persist, InstallTls])
@@ -353,14 +379,64 @@ pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> 
         Command::RevokeSecondary { id } => {
             require(state, Mode::Primary)?;
             let mut next = state.clone();
-            if let Some(rec) = next
-                .primary
-                .as_mut()
-                .and_then(|p| p.secondaries.get_mut(&id))
-            {
+            if let Some(rec) = record_mut(&mut next, &id) {
                 rec.revoked = true;
             }
             step(next, &[Persist, InstallTls, CloseSessions(Some(id))])
+        }
+        Command::RenewSecondaryCertificate {
+            id,
+            presented,
+            renewed,
+        } => {
+            require(state, Mode::Primary)?;
+            let mut next = state.clone();
+            let Some(rec) = record_mut(&mut next, &id).filter(|r| r.admits(&presented)) else {
+                return refuse("secondary is unknown or revoked");
+            };
+            rec.previous_cert_sha256 = Some(presented);
+            rec.cert_sha256 = renewed;
+            step(next, &[Persist, InstallTls])
+        }
+        Command::ConfirmSecondaryCertificate { id, presented } => {
+            require(state, Mode::Primary)?;
+            let mut next = state.clone();
+            let Some(rec) = record_mut(&mut next, &id)
+                .filter(|r| !r.revoked && r.cert_sha256 == presented)
+                .filter(|r| r.previous_cert_sha256.is_some())
+            else {
+                return refuse("nothing to confirm");
+            };
+            rec.previous_cert_sha256 = None;
+            step(next, &[Persist, InstallTls])
+        }
+        Command::RenewServerCertificate { server } => {
+            require(state, Mode::Primary)?;
+            let mut next = state.clone();
+            let Some(primary) = next.primary.as_mut() else {
+                return refuse(NOT_PRIMARY);
+            };
+            primary.server = server;
+            // The new key is sealed again when persisted.
+            primary.sealed_keys = None;
+            step(next, &[Persist, InstallTls])
+        }
+        Command::RenewClientCertificate {
+            secondary_id,
+            client,
+        } => {
+            require(state, Mode::Secondary)?;
+            let mut next = state.clone();
+            let Some(link) = next
+                .secondary
+                .as_mut()
+                .filter(|l| l.secondary_id == secondary_id)
+            else {
+                return refuse("stale certificate renewal");
+            };
+            link.client = client;
+            link.client_renewed = true;
+            step(next, &[Persist])
         }
         Command::EnableSecondary(activation) => {
             require(state, Mode::Disabled).or_else(|_| match state.mode {

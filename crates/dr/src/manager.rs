@@ -2,6 +2,7 @@
 //! stops the primary listener sessions and the secondary stream as the mode changes.
 
 mod ceremony;
+mod certificates;
 mod endpoints;
 mod fetch;
 mod status_json;
@@ -30,6 +31,8 @@ use crate::ReplError;
 /// a pass every 2 s under 3k writes/s deleted 6k entries at once and showed up as a spike in
 /// a secondary's apply latency.
 const TRUNCATE_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a primary checks whether its server certificate is due for renewal.
+const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Settings from the server configuration.
 #[derive(Clone, Debug)]
@@ -176,6 +179,21 @@ impl DrManager {
             }
         });
         tokio::spawn(refresh_merkle_root(Arc::downgrade(&inner)));
+        let renewer = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(inner) = renewer.upgrade() else {
+                    return;
+                };
+                if inner.mode() == Mode::Primary {
+                    if let Err(e) = inner.renew_server_certificate_if_due().await {
+                        tracing::warn!(error = %e, "renewing the server certificate failed");
+                    }
+                }
+            }
+        });
         let manager = Arc::new(DrManager { inner });
         core.set_replication(manager.clone());
         Ok(manager)
@@ -404,15 +422,18 @@ impl Inner {
         Ok(())
     }
 
+    fn core_or_shutdown(&self) -> Result<Arc<dyn DrCore>, ReplError> {
+        self.core
+            .upgrade()
+            .ok_or_else(|| ReplError::Unavailable("the server is shutting down".into()))
+    }
+
     /// Apply a command reported by the secondary's stream (it holds no request).
     async fn apply_reported(
         self: &Arc<Self>,
         command: crate::control::Command,
     ) -> Result<(), ReplError> {
-        let core = self
-            .core
-            .upgrade()
-            .ok_or_else(|| ReplError::Unavailable("the server is shutting down".into()))?;
+        let core = self.core_or_shutdown()?;
         let mut state = self.state.lock().await;
         self.apply(&mut state, command, core.as_ref(), EffectInputs::default())
             .await
@@ -438,7 +459,7 @@ impl Inner {
             .upgrade()
             .ok_or_else(|| ReplError::Unavailable("the server is shutting down".into()))?;
         let mut state = self.state.lock().await;
-        if state.mode != Mode::Primary {
+        if state.mode != Mode::Primary || core.is_sealed() {
             return Ok(());
         }
         let Some(primary) = state.primary.as_mut() else {
@@ -459,13 +480,18 @@ impl Inner {
                     .map_err(|e| ReplError::Corrupt(format!("opening the DR primary's keys: {e}")))
             })?;
         }
-        self.install_tls_for(&state)
+        self.install_tls_for(&state)?;
+        drop(state);
+        // A primary sealed for weeks may find its server certificate due.
+        self.renew_server_certificate_if_due().await
     }
 
     /// After a seal: stop serving the cluster port and drop the primary's keys from memory.
     pub(crate) async fn forget_primary_keys(self: &Arc<Self>) {
         let mut state = self.state.lock().await;
-        if state.mode != Mode::Primary {
+        // This runs after the seal that asked for it; an unseal may have come in between.
+        let sealed = self.core.upgrade().is_none_or(|core| core.is_sealed());
+        if state.mode != Mode::Primary || !sealed {
             return;
         }
         if let Some(primary) = state.primary.as_mut() {
@@ -491,7 +517,8 @@ impl Inner {
                     .secondaries
                     .values()
                     .filter(|s| !s.revoked)
-                    .filter_map(|s| hex::decode(&s.cert_sha256).ok())
+                    .flat_map(|s| std::iter::once(&s.cert_sha256).chain(&s.previous_cert_sha256))
+                    .filter_map(|h| hex::decode(h).ok())
                     .filter_map(|h| <[u8; 32]>::try_from(h).ok())
                     .collect();
                 Some(crate::tls::server_config_pinned(

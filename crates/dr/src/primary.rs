@@ -151,7 +151,7 @@ async fn admit(
     peer_cn: &str,
     peer_cert: [u8; 32],
 ) -> Result<(ReplState, watch::Receiver<bool>), &'static str> {
-    let state = inner.state.lock().await;
+    let mut state = inner.state.lock().await;
     if state.mode != Mode::Primary {
         return Err("this cluster is not a DR primary");
     }
@@ -165,9 +165,29 @@ async fn admit(
         .primary
         .as_ref()
         .and_then(|p| p.secondaries.get(&hello.secondary_id))
-        .is_some_and(|s| !s.revoked && s.cert_sha256 == hex::encode(peer_cert));
+        .is_some_and(|s| s.admits(&hex::encode(peer_cert)));
     if !known {
         return Err("secondary is unknown or revoked");
+    }
+    // Connected with a renewed certificate: the one before it is retired.
+    let presented = hex::encode(peer_cert);
+    let retire = state
+        .primary
+        .as_ref()
+        .and_then(|p| p.secondaries.get(&hello.secondary_id))
+        .is_some_and(|s| s.cert_sha256 == presented && s.previous_cert_sha256.is_some());
+    if retire {
+        let command = crate::control::Command::ConfirmSecondaryCertificate {
+            id: hello.secondary_id.clone(),
+            presented,
+        };
+        let core = inner.core.upgrade().ok_or("the server is shutting down")?;
+        if let Err(e) = inner
+            .apply(&mut state, command, core.as_ref(), Default::default())
+            .await
+        {
+            tracing::warn!(error = %e, "retiring a secondary's previous certificate failed");
+        }
     }
     if hello.generation > state.generation {
         tracing::warn!(
@@ -260,7 +280,7 @@ where
     tokio::select! {
         biased;
         () = cancelled(&mut cancel) => Err(ReplError::Refused("secondary revoked or replication stopped".into())),
-        r = serve(inner, &snapshot, hello, rd, wr) => r,
+        r = serve(inner, &snapshot, hello, peer_cert, rd, wr) => r,
     }
 }
 
@@ -268,6 +288,7 @@ async fn serve<R, W>(
     inner: &Arc<Inner>,
     snapshot: &ReplState,
     hello: Hello,
+    peer_cert: [u8; 32],
     mut rd: R,
     mut wr: W,
 ) -> Result<(), ReplError>
@@ -299,6 +320,7 @@ where
     // Reconciliation requests until the secondary asks to stream.
     let mut reconciler = Reconciler::default();
     let mut full_scans = 0usize;
+    let mut renewed = false;
     let after = loop {
         let msg = tokio::time::timeout(
             PEER_SILENCE_TIMEOUT * 8,
@@ -331,6 +353,23 @@ where
                 reconcile::send_snapshot(inner, &mut wr).await?
             }
             ToPrimary::Ack { applied, time_ms } => inner.peer_ack(&secondary_id, applied, time_ms),
+            ToPrimary::RenewCertificate { .. } if renewed => {
+                return refuse(&mut wr, "one certificate renewal per session").await;
+            }
+            ToPrimary::RenewCertificate { public_key } => {
+                renewed = true;
+                let cert_pem = match inner
+                    .renew_secondary_certificate(&secondary_id, peer_cert, &public_key)
+                    .await
+                {
+                    Ok(cert_pem) => cert_pem,
+                    Err(e) => {
+                        tracing::warn!(secondary = %secondary_id, error = %e, "certificate renewal refused");
+                        return refuse(&mut wr, "certificate renewal refused").await;
+                    }
+                };
+                write_frame(&mut wr, &ToSecondary::Certificate { cert_pem }).await?;
+            }
             ToPrimary::StreamFrom { after } => break after,
             ToPrimary::Hello { .. } => return refuse(&mut wr, "unexpected hello").await,
             ToPrimary::CellSums { .. }

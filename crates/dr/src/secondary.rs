@@ -121,6 +121,10 @@ async fn follow_once(inner: &Arc<Inner>) -> Result<(), ReplError> {
             .adopt_generation(&snapshot.cluster_id, generation)
             .await?;
     }
+    let mut link = secondary;
+    if Inner::client_renewal_due(&link) {
+        link.client = renew_client_certificate(inner, &link.secondary_id, &mut rd, &mut wr).await?;
+    }
     if !resume {
         inner.mark_torn(&snapshot.cluster_id).await?;
         merkle_sync(inner, &mut rd, &mut wr).await?;
@@ -130,7 +134,45 @@ async fn follow_once(inner: &Arc<Inner>) -> Result<(), ReplError> {
     crate::failpoint::hold("secondary-before-stream").await;
     write_frame(&mut wr, &ToPrimary::StreamFrom { after }).await?;
     inner.set_sync_state(SyncState::StreamWals, "ready");
-    stream(inner, &snapshot.cluster_id, rd, wr).await
+    // The session ends when the certificate falls due, and the next one renews it.
+    let until_renewal = Inner::client_renewal_time(&link)
+        .map(|at| at.saturating_sub(time::OffsetDateTime::now_utc().unix_timestamp()))
+        .and_then(|secs| u64::try_from(secs).ok())
+        .map_or(Duration::MAX, Duration::from_secs);
+    tokio::select! {
+        r = stream(inner, &snapshot.cluster_id, rd, wr) => r,
+        () = tokio::time::sleep(until_renewal) => {
+            tracing::info!("the client certificate is due for renewal: reconnecting");
+            Ok(())
+        }
+    }
+}
+
+/// Renew this secondary's client certificate on its session: a key generated here, signed by
+/// the primary; the answer is checked and stored before it is used.
+async fn renew_client_certificate<R, W>(
+    inner: &Arc<Inner>,
+    secondary_id: &str,
+    rd: &mut R,
+    wr: &mut W,
+) -> Result<crate::tls::CertPair, ReplError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (key_pem, public_key) = crate::tls::new_client_key()?;
+    write_frame(wr, &ToPrimary::RenewCertificate { public_key }).await?;
+    let cert_pem = match sync_reply(rd).await?.0 {
+        ToSecondary::Certificate { cert_pem } => cert_pem,
+        ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
+        _ => return Err(ReplError::Refused("expected a renewed certificate".into())),
+    };
+    let client = crate::tls::CertPair { cert_pem, key_pem };
+    inner
+        .store_client_certificate(secondary_id, client.clone())
+        .await?;
+    tracing::info!("renewed the client certificate with a key generated here");
+    Ok(client)
 }
 
 /// In TLS 1.3 a refused client certificate shows up on the first read, as an alert: say what
@@ -141,6 +183,13 @@ fn explain_refusal(text: &str) -> String {
             "{text}: the primary refused this secondary's certificate: it was revoked \
              (revoke-secondary) or replaced by a newer activation token for the same id; get a \
              new activation token (secondary-token) and run update-primary"
+        );
+    }
+    if text.contains("CertificateExpired") || text.contains("Expired") {
+        return format!(
+            "{text}: this secondary's certificate expired (it was not connected for longer than \
+             half its validity, when it would have been renewed); get a new activation token \
+             (secondary-token) and run update-primary"
         );
     }
     text.to_owned()

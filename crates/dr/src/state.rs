@@ -14,7 +14,8 @@
 //!   reason: a warm standby replicates while sealed and reconnects unattended after a restart,
 //!   so its credential must open without an operator; and it grants no more than the data file
 //!   beside it already holds, the barrier ciphertext (it lets its holder receive that
-//!   ciphertext, not read it).
+//!   ciphertext, not read it). Its key is generated on the secondary at the first connection
+//!   (certificate renewal), so after activation it has never left the machine.
 //! - **DR operation tokens** are stored as SHA-256 hashes of 24 random bytes, never the tokens.
 
 use std::collections::BTreeMap;
@@ -50,6 +51,18 @@ pub struct SecondaryRecord {
     /// an old certificate.
     #[serde(default)]
     pub cert_sha256: String,
+    /// The certificate this secondary held before its last renewal, still admitted until it
+    /// connects with the new one (the renewal's answer may have been lost on the way).
+    #[serde(default)]
+    pub previous_cert_sha256: Option<String>,
+}
+
+impl SecondaryRecord {
+    /// Whether the certificate with fingerprint `sha256` (hex) identifies this secondary.
+    pub fn admits(&self, sha256: &str) -> bool {
+        !self.revoked
+            && (self.cert_sha256 == sha256 || self.previous_cert_sha256.as_deref() == Some(sha256))
+    }
 }
 
 /// A DR operation token generated on this secondary by the key-share ceremony.
@@ -164,6 +177,10 @@ pub struct SecondaryState {
     pub primary_api_addr: String,
     pub ca_cert_pem: String,
     pub client: CertPair,
+    /// The client certificate was renewed with a key generated here; until then it is the
+    /// one from the activation token, renewed at the first connection.
+    #[serde(default)]
+    pub client_renewed: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

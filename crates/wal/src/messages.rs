@@ -12,6 +12,8 @@
 //!               P -> S Values* Deletions* ChunkDone
 //!             S -> P StreamFrom { after: wal_index } ...                       (stream-wals)
 //! empty S:    S -> P SnapshotRequest; P -> S Values* SnapshotDone { wal_index } (merkle-sync)
+//! renewal:    S -> P RenewCertificate { public_key }; P -> S Certificate { cert_pem }
+//!             (after Welcome, before StreamFrom; at most once a session)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -69,6 +71,11 @@ pub enum ToPrimary {
     },
     /// An empty secondary asks for every replicated key at once (initial sync).
     SnapshotRequest,
+    /// Renew this session's client certificate for a key the secondary generated (DER
+    /// SubjectPublicKeyInfo): its private key never leaves the secondary.
+    RenewCertificate {
+        public_key: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -107,6 +114,10 @@ pub enum ToSecondary {
     Heartbeat {
         last_wal: u64,
         time_ms: u64,
+    },
+    /// The renewed client certificate (PEM), recorded as this secondary's identity.
+    Certificate {
+        cert_pem: String,
     },
     /// End of a snapshot; stream from `wal_index` next.
     SnapshotDone {

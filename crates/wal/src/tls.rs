@@ -63,11 +63,17 @@ use self::der::CertFields;
 pub const ALPN_DR: &[u8] = b"bunker-dr/1";
 /// DNS SAN in every replication server certificate; clients verify the server against it.
 pub const SERVER_NAME: &str = "bunker-replication";
-/// Validity of the replication CA.
+/// Validity of the replication CA. Its key rests sealed by the primary's barrier and signs
+/// only this cluster's leaves; a promotion makes a new one.
 pub const CA_VALIDITY_DAYS: i64 = 3650;
-/// Validity of server and client certificates. As long as the CA's: there is no rotation
-/// protocol yet, and a secondary whose certificate expired would silently stop replicating.
-pub const LEAF_VALIDITY_DAYS: i64 = 3650;
+/// Validity of the server certificate and of a secondary's renewed client certificate. Both
+/// are renewed once half of it has passed ([`renewal_due`]): the server's by the primary
+/// itself, a client's over its own authenticated session, with a key the secondary generates.
+pub const LEAF_VALIDITY_DAYS: i64 = 30;
+/// A client certificate issued with an activation token is valid this much longer than the
+/// token: long enough to connect once, when it is replaced by one whose key never left the
+/// secondary.
+pub const ACTIVATION_CERT_GRACE: Duration = Duration::from_secs(60 * 60);
 /// Longest accepted cluster or secondary id (the X.520 upper bound of a common name).
 pub const MAX_ID_LEN: usize = 64;
 
@@ -255,20 +261,62 @@ impl ReplicationCa {
         self.issue(params, "the replication server certificate")
     }
 
-    /// Issues the client certificate of secondary `secondary_id` (its CN), clientAuth only.
-    pub fn issue_client_cert(&self, secondary_id: &str) -> Result<CertPair, TlsError> {
+    /// Issues the client certificate of secondary `secondary_id` (its CN), clientAuth only,
+    /// valid for `valid_for` (the activation token's TTL plus [`ACTIVATION_CERT_GRACE`]).
+    pub fn issue_client_cert(
+        &self,
+        secondary_id: &str,
+        valid_for: Duration,
+    ) -> Result<CertPair, TlsError> {
         validate_id("secondary id", secondary_id)?;
-        let mut params = base_params(secondary_id.to_owned(), LEAF_VALIDITY_DAYS);
+        let mut params = base_params(secondary_id.to_owned(), 0);
+        params.not_after = time::OffsetDateTime::now_utc()
+            + time::Duration::seconds(i64::try_from(valid_for.as_secs()).unwrap_or(i64::MAX / 2));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(params, "a replication client certificate")
+        let key = new_key("a replication client key")?;
+        let cert_pem = self.sign(params, &key, "a replication client certificate")?;
+        Ok(CertPair {
+            cert_pem,
+            key_pem: Zeroizing::new(key.serialize_pem()),
+        })
     }
 
-    /// Signs an end-entity certificate with a fresh P-256 key.
-    fn issue(
+    /// Renews secondary `secondary_id`'s client certificate for a public key it generated
+    /// (DER SubjectPublicKeyInfo, ECDSA P-256 only), valid [`LEAF_VALIDITY_DAYS`].
+    pub fn renew_client_cert(
+        &self,
+        secondary_id: &str,
+        public_key_der: &[u8],
+    ) -> Result<String, TlsError> {
+        validate_id("secondary id", secondary_id)?;
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(public_key_der).map_err(|e| {
+            TlsError::InvalidPem {
+                what: "the renewal's public key",
+                reason: e.to_string(),
+            }
+        })?;
+        if public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(TlsError::InvalidPem {
+                what: "the renewal's public key",
+                reason: "not an ECDSA P-256 key".into(),
+            });
+        }
+        let mut params = base_params(secondary_id.to_owned(), LEAF_VALIDITY_DAYS);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(
+            params,
+            &public_key,
+            "a renewed replication client certificate",
+        )
+    }
+
+    /// Signs an end-entity certificate for `public_key`.
+    fn sign(
         &self,
         mut params: CertificateParams,
+        public_key: &impl PublicKeyData,
         what: &'static str,
-    ) -> Result<CertPair, TlsError> {
+    ) -> Result<String, TlsError> {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
@@ -281,15 +329,61 @@ impl ReplicationCa {
                 what: "replication CA certificate",
                 reason: e.to_string(),
             })?;
-        let key = new_key(what)?;
         let cert = params
-            .signed_by(&key, &issuer)
+            .signed_by(public_key, &issuer)
             .map_err(|source| TlsError::Generate { what, source })?;
+        Ok(cert.pem())
+    }
+
+    /// Signs an end-entity certificate with a fresh P-256 key.
+    fn issue(&self, params: CertificateParams, what: &'static str) -> Result<CertPair, TlsError> {
+        let key = new_key(what)?;
+        let cert_pem = self.sign(params, &key, what)?;
         Ok(CertPair {
-            cert_pem: cert.pem(),
+            cert_pem,
             key_pem: Zeroizing::new(key.serialize_pem()),
         })
     }
+}
+
+/// A fresh client key for a certificate renewal: the key (PEM, secret) and its public key
+/// (DER SubjectPublicKeyInfo) to send to the primary.
+pub fn new_client_key() -> Result<(Zeroizing<String>, Vec<u8>), TlsError> {
+    let key = new_key("a renewed replication client key")?;
+    Ok((
+        Zeroizing::new(key.serialize_pem()),
+        key.subject_public_key_info(),
+    ))
+}
+
+/// `notBefore` and `notAfter` of the first certificate of a PEM chain, in Unix seconds.
+pub fn validity_unix(cert_pem: &str) -> Result<(i64, i64), TlsError> {
+    let cert = single_cert("certificate", cert_pem)?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| TlsError::InvalidPem {
+            what: "certificate",
+            reason: e.to_string(),
+        })?;
+    let v = parsed.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// Whether a certificate valid over `(not_before, not_after)` is due for renewal at `now`:
+/// half of its validity has passed.
+pub fn renewal_due((not_before, not_after): (i64, i64), now_unix: i64) -> bool {
+    let half = not_after.saturating_sub(not_before) / 2;
+    now_unix >= not_before.saturating_add(half)
+}
+
+/// Whether `cert_pem` certifies the public key of `key_pem` (a renewal's answer is checked
+/// before the old certificate is replaced).
+pub fn cert_matches_key(cert_pem: &str, key_pem: &str) -> Result<bool, TlsError> {
+    let cert = single_cert("certificate", cert_pem)?;
+    let key = KeyPair::from_pem(key_pem).map_err(|e| TlsError::InvalidPem {
+        what: "key",
+        reason: e.to_string(),
+    })?;
+    Ok(CertFields::parse(&cert).is_some_and(|f| f.public_key == key.der_bytes()))
 }
 
 /// The cluster port's server config: aws-lc-rs, TLS 1.3 only, a client certificate from the CA

@@ -36,6 +36,7 @@ fn activation(cluster_id: &str, generation: u64) -> Activation {
                 cert_pem: "c".into(),
                 key_pem: zeroize::Zeroizing::new("k".into()),
             },
+            client_renewed: false,
         },
     }
 }
@@ -278,7 +279,24 @@ fn stale_stream_reports_are_refused() {
 /// A random command that is valid-looking for some mode.
 fn random_command(rng: &mut StdRng, now: u64) -> Command {
     let id = format!("s{}", rng.gen_range(0..3));
-    match rng.gen_range(0..15) {
+    let cert = |rng: &mut StdRng| format!("cert-{}", rng.gen_range(0..6));
+    match rng.gen_range(0..18) {
+        15 => Command::RenewSecondaryCertificate {
+            id,
+            presented: cert(rng),
+            renewed: cert(rng),
+        },
+        16 => Command::ConfirmSecondaryCertificate {
+            id,
+            presented: cert(rng),
+        },
+        17 => Command::RenewClientCertificate {
+            secondary_id: id,
+            client: CertPair {
+                cert_pem: cert(rng),
+                key_pem: zeroize::Zeroizing::new("k2".into()),
+            },
+        },
         13 => Command::MarkTorn {
             cluster_id: format!("c{}", rng.gen_range(0..2)),
         },
@@ -294,7 +312,7 @@ fn random_command(rng: &mut StdRng, now: u64) -> Command {
         2 => Command::DisablePrimary,
         3 => Command::IssueSecondaryToken {
             id,
-            cert_sha256: format!("cert-{}", rng.gen::<u32>()),
+            cert_sha256: cert(rng),
             now_unix: now,
         },
         4 => Command::RevokeSecondary { id },
@@ -369,6 +387,23 @@ fn check_invariants(before: &ReplState, cmd: &Command, step: &Step, now: u64) {
             let reissued = matches!(cmd, Command::IssueSecondaryToken { id: i, .. } if i == id);
             if rec.revoked && !reissued {
                 assert!(a.secondaries.get(id).is_none_or(|r| r.revoked), "{cmd:?}");
+            }
+        }
+    }
+    // A certificate is admitted only if it was before, or this command issued it.
+    if let (Some(b), Some(a)) = (&before.primary, &after.primary) {
+        let issued = match cmd {
+            Command::IssueSecondaryToken { cert_sha256, .. } => Some(cert_sha256),
+            Command::RenewSecondaryCertificate { renewed, .. } => Some(renewed),
+            _ => None,
+        };
+        for (id, rec) in &a.secondaries {
+            for cert in std::iter::once(&rec.cert_sha256).chain(&rec.previous_cert_sha256) {
+                let admitted_before = b.secondaries.get(id).is_some_and(|r| r.admits(cert));
+                assert!(
+                    !rec.admits(cert) || admitted_before || issued == Some(cert),
+                    "{cmd:?} admitted {cert} for {id}"
+                );
             }
         }
     }
@@ -467,4 +502,72 @@ fn a_sync_tears_the_state_until_the_stream_bounds_it() {
     // A demoted primary is consistent as it is.
     let demoted = apply(&primary(), Command::DemotePrimary);
     assert_eq!(demoted.consistent_after, Some(0));
+}
+
+#[test]
+fn a_renewed_certificate_replaces_the_presented_one_once_it_is_used() {
+    let p = issue(&primary(), "s1", "cert-1").unwrap().state;
+    let renew = |state: &ReplState, presented: &str, renewed: &str| {
+        transition(
+            state,
+            Command::RenewSecondaryCertificate {
+                id: "s1".into(),
+                presented: presented.into(),
+                renewed: renewed.into(),
+            },
+        )
+    };
+    let step = renew(&p, "cert-1", "cert-2").unwrap();
+    assert_eq!(step.effects, vec![Effect::Persist, Effect::InstallTls]);
+    let rec = &step.state.primary.as_ref().unwrap().secondaries["s1"];
+    assert!(rec.admits("cert-1") && rec.admits("cert-2"));
+    // The answer was lost: the old certificate renews again, and the lost one is dropped.
+    let again = renew(&step.state, "cert-1", "cert-3").unwrap().state;
+    let rec = &again.primary.as_ref().unwrap().secondaries["s1"];
+    assert!(rec.admits("cert-1") && rec.admits("cert-3") && !rec.admits("cert-2"));
+    // Connecting with the new one retires the old one.
+    let confirmed = apply(
+        &again,
+        Command::ConfirmSecondaryCertificate {
+            id: "s1".into(),
+            presented: "cert-3".into(),
+        },
+    );
+    let rec = &confirmed.primary.as_ref().unwrap().secondaries["s1"];
+    assert!(rec.admits("cert-3") && !rec.admits("cert-1"));
+    // An unknown certificate, or a revoked secondary, renews nothing.
+    assert!(renew(&confirmed, "cert-1", "cert-4").is_err());
+    let revoked = apply(&confirmed, Command::RevokeSecondary { id: "s1".into() });
+    assert!(renew(&revoked, "cert-3", "cert-4").is_err());
+}
+
+#[test]
+fn a_secondary_keeps_a_renewed_client_certificate_only_for_its_own_link() {
+    let s = apply(
+        &ReplState::default(),
+        Command::EnableSecondary(activation("c1", 1)),
+    );
+    assert!(!s.secondary.as_ref().unwrap().client_renewed);
+    let client = CertPair {
+        cert_pem: "renewed".into(),
+        key_pem: zeroize::Zeroizing::new("local key".into()),
+    };
+    let renewed = apply(
+        &s,
+        Command::RenewClientCertificate {
+            secondary_id: "s1".into(),
+            client: client.clone(),
+        },
+    );
+    let link = renewed.secondary.as_ref().unwrap();
+    assert!(link.client_renewed);
+    assert_eq!(link.client.cert_pem, "renewed");
+    assert!(transition(
+        &s,
+        Command::RenewClientCertificate {
+            secondary_id: "other".into(),
+            client,
+        }
+    )
+    .is_err());
 }

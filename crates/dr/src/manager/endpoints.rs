@@ -341,7 +341,12 @@ async fn secondary_token(
     }
     let ca = ReplicationCa::from_pem(&primary.ca_cert_pem, &primary.ca_key_pem)
         .map_err(ReplError::from)?;
-    let client = ca.issue_client_cert(&id).map_err(ReplError::from)?;
+    let client = ca
+        .issue_client_cert(
+            &id,
+            Duration::from_secs(ttl).saturating_add(crate::tls::ACTIVATION_CERT_GRACE),
+        )
+        .map_err(ReplError::from)?;
     let cert_sha256 = crate::tls::pem_fingerprint_hex(&client.cert_pem).map_err(ReplError::from)?;
     let mut bundle = crate::activation::Bundle {
         cluster_id: state.cluster_id.clone(),
@@ -432,6 +437,7 @@ async fn activate(
             primary_api_addr: bundle.primary_api_addr.clone(),
             ca_cert_pem: bundle.ca_cert_pem.clone(),
             client: bundle.client.clone(),
+            client_renewed: false,
         },
     };
     let mut state = inner.state.lock().await;

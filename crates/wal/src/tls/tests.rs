@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use super::*;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+const HOUR: Duration = Duration::from_secs(3600);
 
 type Accepted = Result<(tokio_rustls::server::TlsStream<TcpStream>, String), TlsError>;
 
@@ -88,7 +89,7 @@ async fn assert_client_refused(
 async fn mutual_handshake_carries_data_and_server_sees_client_cn() {
     let ca = ReplicationCa::generate("cluster-a").unwrap();
     let (addr, server) = serve_once(primary(&ca)).await;
-    let client_pair = ca.issue_client_cert("secondary-1").unwrap();
+    let client_pair = ca.issue_client_cert("secondary-1", HOUR).unwrap();
     let mut client = connect(
         &addr,
         client_config(&ca.cert_pem, &client_pair).unwrap(),
@@ -127,7 +128,7 @@ async fn client_cert_from_another_ca_is_refused() {
     // Trusts the right CA but presents a certificate from the other one.
     let config = client_config(
         &ca.cert_pem,
-        &other.issue_client_cert("secondary-1").unwrap(),
+        &other.issue_client_cert("secondary-1", HOUR).unwrap(),
     )
     .unwrap();
     let client = connect(&addr, config, TIMEOUT).await;
@@ -160,7 +161,7 @@ async fn server_cert_cannot_be_used_as_client_cert() {
 async fn tls12_only_client_is_refused() {
     let ca = ReplicationCa::generate("cluster-a").unwrap();
     let (addr, server) = serve_once(primary(&ca)).await;
-    let pair = ca.issue_client_cert("secondary-1").unwrap();
+    let pair = ca.issue_client_cert("secondary-1", HOUR).unwrap();
     let config = raw_client(&ca, &rustls::version::TLS12, Some(&pair), &[ALPN_DR]);
     let client = connect(&addr, config, TIMEOUT).await;
     assert_server_refused(server, "").await;
@@ -176,7 +177,7 @@ async fn tls12_only_client_is_refused() {
 async fn wrong_alpn_is_refused() {
     let ca = ReplicationCa::generate("cluster-a").unwrap();
     let (addr, server) = serve_once(primary(&ca)).await;
-    let pair = ca.issue_client_cert("secondary-1").unwrap();
+    let pair = ca.issue_client_cert("secondary-1", HOUR).unwrap();
     let config = raw_client(&ca, &rustls::version::TLS13, Some(&pair), &[b"h2"]);
     let client = connect(&addr, config, TIMEOUT).await;
     assert_server_refused(server, "support any known protocol").await;
@@ -187,7 +188,7 @@ async fn wrong_alpn_is_refused() {
 async fn missing_alpn_is_refused_on_both_sides() {
     let ca = ReplicationCa::generate("cluster-a").unwrap();
     let (addr, server) = serve_once(primary(&ca)).await;
-    let pair = ca.issue_client_cert("secondary-1").unwrap();
+    let pair = ca.issue_client_cert("secondary-1", HOUR).unwrap();
     let config = raw_client(&ca, &rustls::version::TLS13, Some(&pair), &[]);
     let client = connect(&addr, config, TIMEOUT).await;
     match client {
@@ -208,7 +209,7 @@ async fn client_refuses_server_from_another_ca() {
     // The impostor trusts our client certificates but serves a certificate of another CA.
     let impostor = server_config(&ca.cert_pem, &other.issue_server_cert().unwrap()).unwrap();
     let (addr, server) = serve_once(impostor).await;
-    let pair = ca.issue_client_cert("secondary-1").unwrap();
+    let pair = ca.issue_client_cert("secondary-1", HOUR).unwrap();
     let client = connect(&addr, client_config(&ca.cert_pem, &pair).unwrap(), TIMEOUT).await;
     match client {
         Err(TlsError::Handshake { source, .. }) => {
@@ -225,7 +226,7 @@ async fn handshake_times_out_against_a_silent_peer() {
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap().to_string();
     let ca = ReplicationCa::generate("cluster-a").unwrap();
-    let pair = ca.issue_client_cert("secondary-1").unwrap();
+    let pair = ca.issue_client_cert("secondary-1", HOUR).unwrap();
     let config = client_config(&ca.cert_pem, &pair).unwrap();
     let err = connect(&addr, config, Duration::from_millis(200))
         .await
@@ -283,7 +284,7 @@ async fn ca_round_trips_through_pem_and_serde() {
 
     // Certificates issued by the reloaded CA are trusted by configs built from the original.
     let (addr, server) = serve_once(primary(&ca)).await;
-    let pair = from_json.issue_client_cert("secondary-2").unwrap();
+    let pair = from_json.issue_client_cert("secondary-2", HOUR).unwrap();
     let mut client = connect(&addr, client_config(&ca.cert_pem, &pair).unwrap(), TIMEOUT)
         .await
         .unwrap();
@@ -326,7 +327,7 @@ fn certificates_carry_the_expected_names() {
         peer_common_name(&ca_der).as_deref(),
         Some("bunker-dr-ca cluster-a")
     );
-    let client = ca.issue_client_cert("dr-east").unwrap();
+    let client = ca.issue_client_cert("dr-east", HOUR).unwrap();
     let client_der = cert_chain("client", &client.cert_pem).unwrap();
     assert_eq!(peer_common_name(&client_der).as_deref(), Some("dr-east"));
     let server = ca.issue_server_cert().unwrap();
@@ -344,7 +345,10 @@ fn ids_are_validated() {
     let ca = ReplicationCa::generate("cluster-a").unwrap();
     for bad in ["", "line\nbreak", &"x".repeat(MAX_ID_LEN + 1)] {
         assert!(
-            matches!(ca.issue_client_cert(bad), Err(TlsError::InvalidId { .. })),
+            matches!(
+                ca.issue_client_cert(bad, HOUR),
+                Err(TlsError::InvalidId { .. })
+            ),
             "{bad:?}"
         );
         assert!(matches!(
@@ -352,17 +356,55 @@ fn ids_are_validated() {
             Err(TlsError::InvalidId { .. })
         ));
     }
-    assert!(ca.issue_client_cert(&"x".repeat(MAX_ID_LEN)).is_ok());
+    assert!(ca.issue_client_cert(&"x".repeat(MAX_ID_LEN), HOUR).is_ok());
 }
 
 #[test]
 fn debug_never_prints_private_keys() {
     let ca = ReplicationCa::generate("cluster-a").unwrap();
-    let pair = ca.issue_client_cert("secondary-1").unwrap();
+    let pair = ca.issue_client_cert("secondary-1", HOUR).unwrap();
     for printed in [format!("{ca:?}"), format!("{pair:?}")] {
         assert!(!printed.contains("PRIVATE KEY"), "{printed}");
         assert!(printed.contains("redacted"), "{printed}");
     }
     // The PEM really is a key, so the assertion above can fail.
     assert!(pair.key_pem.contains("PRIVATE KEY"));
+}
+
+#[test]
+fn certificates_are_short_lived_and_renewed_at_half_life() {
+    let ca = ReplicationCa::generate("cluster-1").unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // The activation certificate lives as long as it was asked to (plus the clock skew).
+    let initial = ca.issue_client_cert("s1", HOUR).unwrap();
+    let (nb, na) = validity_unix(&initial.cert_pem).unwrap();
+    assert!((na - now - 3600).abs() <= 5, "{na} vs {now}");
+    assert!(nb <= now - 4 * 60);
+    // The server certificate: LEAF_VALIDITY_DAYS.
+    let server = ca.issue_server_cert().unwrap();
+    let (_, na) = validity_unix(&server.cert_pem).unwrap();
+    assert!((na - now - LEAF_VALIDITY_DAYS * 86_400).abs() <= 5);
+    assert!(!renewal_due(validity_unix(&server.cert_pem).unwrap(), now));
+    assert!(renewal_due(
+        validity_unix(&server.cert_pem).unwrap(),
+        now + LEAF_VALIDITY_DAYS * 86_400 / 2 + 1
+    ));
+
+    // Renewal signs the secondary's own public key; the key never reaches the primary.
+    let (key_pem, public_key) = new_client_key().unwrap();
+    let renewed = ca.renew_client_cert("s1", &public_key).unwrap();
+    assert!(cert_matches_key(&renewed, &key_pem).unwrap());
+    assert!(!cert_matches_key(&renewed, &initial.key_pem).unwrap());
+    let (_, na) = validity_unix(&renewed).unwrap();
+    assert!((na - now - LEAF_VALIDITY_DAYS * 86_400).abs() <= 5);
+    // It works as a client certificate of the cluster.
+    let pair = CertPair {
+        cert_pem: renewed,
+        key_pem,
+    };
+    client_config(&ca.cert_pem, &pair).unwrap();
+
+    // Garbage and foreign key types are refused.
+    assert!(ca.renew_client_cert("s1", b"not a key").is_err());
+    assert!(ca.renew_client_cert("bad id\n", &public_key).is_err());
 }
