@@ -232,10 +232,12 @@ pub enum Command {
         cluster_id: String,
         generation: u64,
     },
-    /// The stream finished a sync with the primary of `generation`.
+    /// The stream finished a sync with the primary of `generation`. A staged sync commits
+    /// everything at once, so the local state is then consistent at `consistent_at`.
     MarkSynced {
         cluster_id: String,
         generation: u64,
+        consistent_at: Option<u64>,
     },
     /// A sync is about to write values that may be ahead of the WAL: the local state is torn
     /// until the stream says how far the primary was.
@@ -562,6 +564,7 @@ pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> 
         Command::MarkSynced {
             cluster_id,
             generation,
+            consistent_at,
         } => {
             require(state, Mode::Secondary)?;
             if cluster_id != state.cluster_id || generation != state.generation {
@@ -569,6 +572,9 @@ pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> 
             }
             let mut next = state.clone();
             next.synced_generation = Some(generation);
+            if consistent_at.is_some() {
+                next.consistent_after = consistent_at;
+            }
             step(next, &[Persist])
         }
     }

@@ -799,14 +799,18 @@ impl Inner {
         }
     }
 
+    /// A sync with the primary of `generation` is complete; `consistent_at` is the WAL index
+    /// at which a staged sync committed (the state is a prefix of the primary's from then).
     pub async fn mark_synced(
         self: &Arc<Self>,
         cluster_id: &str,
         generation: u64,
+        consistent_at: Option<u64>,
     ) -> Result<(), ReplError> {
         self.apply_reported(crate::control::Command::MarkSynced {
             cluster_id: cluster_id.to_owned(),
             generation,
+            consistent_at,
         })
         .await?;
         self.unseal_with_replicated_key().await;

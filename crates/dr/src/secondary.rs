@@ -16,6 +16,8 @@ use crate::messages::{now_ms, Position, ToPrimary, ToSecondary};
 use crate::status::SyncState;
 use crate::ReplError;
 
+use self::stage::Stage;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The primary sends at least a heartbeat a second.
 const PRIMARY_SILENCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,12 +127,21 @@ async fn follow_once(inner: &Arc<Inner>) -> Result<(), ReplError> {
     if Inner::client_renewal_due(&link) {
         link.client = renew_client_certificate(inner, &link.secondary_id, &mut rd, &mut wr).await?;
     }
+    let mut staged = None;
     if !resume {
-        inner.mark_torn(&snapshot.cluster_id).await?;
-        merkle_sync(inner, &mut rd, &mut wr).await?;
-        inner.mark_synced(&snapshot.cluster_id, generation).await?;
+        match merkle_sync(inner, &snapshot.cluster_id, &mut rd, &mut wr).await? {
+            Synced::Staged(stage) => staged = Some(stage),
+            Synced::InPlace => {
+                inner
+                    .mark_synced(&snapshot.cluster_id, generation, None)
+                    .await?
+            }
+        }
     }
-    let after = inner.wal.last_index();
+    // A staged sync streams from the tree it compared with; the store is still where it was.
+    let after = staged
+        .as_ref()
+        .map_or_else(|| inner.wal.last_index(), |s| s.base);
     crate::failpoint::hold("secondary-before-stream").await;
     write_frame(&mut wr, &ToPrimary::StreamFrom { after }).await?;
     inner.set_sync_state(SyncState::StreamWals, "ready");
@@ -140,7 +151,7 @@ async fn follow_once(inner: &Arc<Inner>) -> Result<(), ReplError> {
         .and_then(|secs| u64::try_from(secs).ok())
         .map_or(Duration::MAX, Duration::from_secs);
     tokio::select! {
-        r = stream(inner, &snapshot.cluster_id, rd, wr) => r,
+        r = stream(inner, &snapshot.cluster_id, generation, staged, rd, wr) => r,
         () = tokio::time::sleep(until_renewal) => {
             tracing::info!("the client certificate is due for renewal: reconnecting");
             Ok(())
@@ -225,7 +236,67 @@ async fn sync_reply<R: AsyncRead + Unpin>(rd: &mut R) -> Result<(ToSecondary, us
         .map_err(ReplError::from)
 }
 
-async fn merkle_sync<R, W>(inner: &Arc<Inner>, rd: &mut R, wr: &mut W) -> Result<(), ReplError>
+/// How a sync left the store.
+enum Synced {
+    /// Written in place, the WAL reset to the primary's position: consistent once the stream
+    /// replays past the bound its first frame reports.
+    InPlace,
+    /// Nothing written yet: the stream replays into the stage, then commits it.
+    Staged(Stage),
+}
+
+/// Where a sync puts what the primary pushes.
+trait Sink {
+    async fn apply(&mut self, ops: Vec<Op>) -> Result<(), ReplError>;
+}
+
+/// Straight into a store (a secondary's first sync, and the unit tests).
+impl Sink for &dyn Backend {
+    async fn apply(&mut self, ops: Vec<Op>) -> Result<(), ReplError> {
+        Ok(self.batch(ops).await?)
+    }
+}
+
+/// Into a [`Stage`] while it fits; in place, reported torn, once it spilled.
+struct StagingSink<'a> {
+    inner: &'a Arc<Inner>,
+    cluster_id: &'a str,
+    stage: Option<Stage>,
+}
+
+impl Sink for StagingSink<'_> {
+    async fn apply(&mut self, ops: Vec<Op>) -> Result<(), ReplError> {
+        let Some(stage) = self.stage.as_mut() else {
+            return Ok(self.inner.backend.batch(ops).await?);
+        };
+        if stage.add(ops) {
+            return Ok(());
+        }
+        match self.stage.take() {
+            Some(stage) => spill(self.inner, self.cluster_id, stage).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A stage outgrew its bound: write it in place. The store is torn from now until the stream
+/// replays past its bound.
+async fn spill(inner: &Arc<Inner>, cluster_id: &str, stage: Stage) -> Result<(), ReplError> {
+    tracing::warn!(
+        keys = stage.len(),
+        "a sync outgrew its stage: writing in place; not promotable without force until it catches up"
+    );
+    inner.mark_torn(cluster_id).await?;
+    inner.backend.batch(stage.into_ops()).await?;
+    Ok(())
+}
+
+async fn merkle_sync<R, W>(
+    inner: &Arc<Inner>,
+    cluster_id: &str,
+    rd: &mut R,
+    wr: &mut W,
+) -> Result<Synced, ReplError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -233,7 +304,10 @@ where
     inner.set_sync_state(SyncState::MerkleDiff, "ready");
     let (ours, our_cells) = inner.merkle_fingerprint().await?;
     if ours.keys == 0 {
-        return snapshot_sync(inner, rd, wr).await;
+        // Nothing to keep consistent: a first sync is torn until it completes.
+        inner.mark_torn(cluster_id).await?;
+        snapshot_sync(inner, rd, wr).await?;
+        return Ok(Synced::InPlace);
     }
     write_frame(wr, &ToPrimary::MerkleRequest).await?;
     let (wal_index, theirs) = match sync_reply(rd).await?.0 {
@@ -244,8 +318,14 @@ where
     let buckets = ours.diff(&theirs);
     inner.set_sync_state(SyncState::MerkleSync, "ready");
     crate::failpoint::hold("secondary-merkle-sync").await;
+    let mut sink = StagingSink {
+        inner,
+        cluster_id,
+        stage: Some(Stage::new(wal_index)),
+    };
     let pushed = reconcile_cells(
         inner.backend.as_ref(),
+        &mut sink,
         rd,
         wr,
         &buckets,
@@ -258,8 +338,6 @@ where
         deleted,
         bytes: fetched_bytes,
     } = pushed;
-    inner.wal.reset_to(wal_index).await?;
-    inner.invalidate_merkle();
     inner.record_merkle_sync(buckets.len() as u64, fetched_keys, deleted, fetched_bytes);
     tracing::info!(
         buckets = buckets.len(),
@@ -267,9 +345,17 @@ where
         deleted,
         fetched_bytes,
         wal_index,
-        "Merkle sync complete"
+        staged = sink.stage.is_some(),
+        "Merkle sync fetched what differs"
     );
-    Ok(())
+    match sink.stage {
+        Some(stage) => Ok(Synced::Staged(stage)),
+        None => {
+            inner.wal.reset_to(wal_index).await?;
+            inner.invalidate_merkle();
+            Ok(Synced::InPlace)
+        }
+    }
 }
 
 /// What the primary pushed during a Merkle sync.
@@ -285,6 +371,7 @@ struct Pushed {
 /// what the primary pushes.
 async fn reconcile_cells<R, W>(
     backend: &dyn Backend,
+    sink: &mut impl Sink,
     rd: &mut R,
     wr: &mut W,
     buckets: &[u32],
@@ -301,7 +388,7 @@ where
     }
     let cells = differing_cells(our_sums, rd, wr, buckets).await?;
     for chunk in cells.chunks(chunk_cells.max(1)) {
-        sync_chunk(backend, rd, wr, chunk, &mut pushed).await?;
+        sync_chunk(backend, sink, rd, wr, chunk, &mut pushed).await?;
     }
     Ok(pushed)
 }
@@ -342,6 +429,7 @@ where
 /// Lists this cluster's keys in `cells` to the primary and applies what it pushes back.
 async fn sync_chunk<R, W>(
     backend: &dyn Backend,
+    sink: &mut impl Sink,
     rd: &mut R,
     wr: &mut W,
     cells: &[u32],
@@ -417,7 +505,7 @@ where
                 ))
             }
         };
-        backend.batch(ops).await?;
+        sink.apply(ops).await?;
     }
 }
 
@@ -525,6 +613,8 @@ impl Drop for AbortOnDrop {
 async fn stream<R, W>(
     inner: &Arc<Inner>,
     cluster_id: &str,
+    generation: u64,
+    mut staged: Option<Stage>,
     rd: R,
     mut wr: W,
 ) -> Result<(), ReplError>
@@ -536,8 +626,9 @@ where
     let mut ack = tokio::time::interval(ACK_INTERVAL);
     // A frame taken off the queue that did not fit in the last batch.
     let mut held: Option<Frame> = None;
-    // The first frame says how far the primary was when it started streaming to us.
-    let mut consistency_bound = false;
+    // The first frame says how far the primary was when it started streaming to us: every
+    // value a sync read is at or below it.
+    let mut bound: Option<u64> = None;
     loop {
         let frame = match held.take() {
             Some(frame) => frame,
@@ -551,19 +642,21 @@ where
             },
         };
         let (msg, bytes) = frame?;
-        if !consistency_bound {
+        if bound.is_none() {
             if let ToSecondary::Wal { last_wal, .. } | ToSecondary::Heartbeat { last_wal, .. } =
                 &msg
             {
-                inner.mark_consistent_after(cluster_id, *last_wal).await;
-                consistency_bound = true;
+                bound = Some(*last_wal);
+                if staged.is_none() {
+                    inner.mark_consistent_after(cluster_id, *last_wal).await;
+                }
             }
         }
         let (mut entries, mut last_wal, mut bytes) = match msg {
             ToSecondary::Wal { entries, last_wal } => (entries, last_wal, bytes),
             ToSecondary::Heartbeat { last_wal, time_ms } => {
                 inner.primary_heartbeat(last_wal, time_ms);
-                continue;
+                (Vec::new(), last_wal, 0)
             }
             ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
             _ => {
@@ -573,7 +666,7 @@ where
             }
         };
         // Everything that already arrived joins this batch.
-        while entries.len() < APPLY_MAX_ENTRIES {
+        while !entries.is_empty() && entries.len() < APPLY_MAX_ENTRIES {
             let Ok(next) = frames.try_recv() else { break };
             match next {
                 Ok((
@@ -593,27 +686,79 @@ where
                 }
             }
         }
-        let touches_keyring = entries
-            .iter()
-            .any(|e| e.ops.iter().any(|op| op.key() == "core/keyring"));
         let newest_ms = entries.last().map(|e| e.time_ms).unwrap_or(0);
         let count = entries.len() as u64;
-        inner.wal.apply_replicated(&entries).await?;
-        inner.record_applied(count, bytes as u64, last_wal, newest_ms);
-        if touches_keyring {
-            inner.reload_core_keyring().await;
+        if let Some(stage) = staged.as_mut() {
+            // Replayed into the stage; visible only once it is committed whole.
+            if !stage.replay(&entries)? {
+                if let Some(stage) = staged.take() {
+                    let position = stage.position;
+                    spill(inner, cluster_id, stage).await?;
+                    inner.wal.reset_to(position).await?;
+                    inner.invalidate_merkle();
+                    inner.mark_synced(cluster_id, generation, None).await?;
+                    if let Some(bound) = bound {
+                        inner.mark_consistent_after(cluster_id, bound).await;
+                    }
+                }
+            }
+        } else if !entries.is_empty() {
+            let touches_keyring = entries
+                .iter()
+                .any(|e| e.ops.iter().any(|op| op.key() == "core/keyring"));
+            inner.wal.apply_replicated(&entries).await?;
+            if touches_keyring {
+                inner.reload_core_keyring().await;
+            }
         }
-        let applied = inner.wal.last_index();
-        write_frame(
-            &mut wr,
-            &ToPrimary::Ack {
-                applied,
-                time_ms: now_ms(),
-            },
-        )
-        .await?;
+        if count > 0 {
+            inner.record_applied(count, bytes as u64, last_wal, newest_ms);
+        }
+        if let (Some(stage), Some(bound)) = (staged.as_ref(), bound) {
+            if stage.position >= bound {
+                if let Some(stage) = staged.take() {
+                    commit_stage(inner, cluster_id, generation, stage).await?;
+                }
+            }
+        }
+        if count > 0 {
+            let applied = inner.wal.last_index();
+            write_frame(
+                &mut wr,
+                &ToPrimary::Ack {
+                    applied,
+                    time_ms: now_ms(),
+                },
+            )
+            .await?;
+        }
     }
 }
 
+/// The stage replayed past the bound: it is the primary's state at its position. Commit it
+/// with that position in one batch; from now on the store is that consistent point.
+async fn commit_stage(
+    inner: &Arc<Inner>,
+    cluster_id: &str,
+    generation: u64,
+    stage: Stage,
+) -> Result<(), ReplError> {
+    let position = stage.position;
+    let keys = stage.len();
+    let touches_keyring = stage.writes("core/keyring");
+    crate::failpoint::hold("secondary-before-stage-commit").await;
+    inner.wal.commit_staged(stage.into_ops(), position).await?;
+    inner.invalidate_merkle();
+    inner
+        .mark_synced(cluster_id, generation, Some(position))
+        .await?;
+    if touches_keyring {
+        inner.reload_core_keyring().await;
+    }
+    tracing::info!(wal_index = position, keys, "staged sync committed");
+    Ok(())
+}
+
+mod stage;
 #[cfg(test)]
 mod tests;

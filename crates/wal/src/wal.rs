@@ -315,6 +315,41 @@ impl Wal {
         Ok(())
     }
 
+    /// After a staged sync: commit everything it fetched and replayed (`ops`, replicated keys
+    /// only) and the new position `index` in **one** batch, so the store moves from its last
+    /// consistent point to the next with nothing torn in between. The old history's entries
+    /// are then deleted as by [`Wal::reset_to`] (crash-safe the same way: the reset marker
+    /// commits with the data).
+    pub async fn commit_staged(&self, mut ops: Vec<Op>, index: u64) -> Result<()> {
+        let _maintenance = self.maintenance.lock().await;
+        if self.recorder.is_recording() {
+            return Err(WalError::Recording {
+                action: "commit a staged sync",
+            });
+        }
+        if let Some(op) = ops.iter().find(|op| is_local(op.key())) {
+            return Err(WalError::InvalidEntry {
+                index,
+                reason: format!("a staged sync writes the local key {:?}", op.key()),
+            });
+        }
+        ops.push(Op::Put {
+            key: WAL_RESET_KEY.to_owned(),
+            value: encode_index(index),
+        });
+        self.backend
+            .batch(ops)
+            .await
+            .map_err(storage(format!("committing a staged sync at {index}")))?;
+        if let Err(error) = finish_reset(self.backend.as_ref(), index).await {
+            self.resync_assigned().await;
+            return Err(error);
+        }
+        self.recorder.publish(index);
+        tracing::info!(wal_index = index, "staged sync committed");
+        Ok(())
+    }
+
     /// Commits a batch that writes [`WAL_LAST_KEY`] = `index` itself, then publishes `index`.
     async fn commit_wal_batch(&self, ops: Vec<Op>, index: u64, context: String) -> Result<()> {
         if let Err(source) = self.backend.batch(ops).await {
@@ -336,7 +371,7 @@ impl Wal {
 }
 
 /// Checks an entry received from the primary before any of it is applied.
-fn check_replicated(entry: &WalEntry, previous: Option<u64>) -> Result<()> {
+pub fn check_replicated(entry: &WalEntry, previous: Option<u64>) -> Result<()> {
     let invalid = |reason: String| WalError::InvalidEntry {
         index: entry.index,
         reason,

@@ -246,6 +246,7 @@ fn stale_stream_reports_are_refused() {
         Command::MarkSynced {
             cluster_id: "c2".into(),
             generation: 3,
+            consistent_at: None,
         },
     );
     assert!(other_set.is_err());
@@ -270,7 +271,8 @@ fn stale_stream_reports_are_refused() {
         &p,
         Command::MarkSynced {
             cluster_id: "c1".into(),
-            generation: 3
+            generation: 3,
+            consistent_at: None,
         }
     )
     .is_err());
@@ -344,6 +346,7 @@ fn random_command(rng: &mut StdRng, now: u64) -> Command {
         _ => Command::MarkSynced {
             cluster_id: format!("c{}", rng.gen_range(0..2)),
             generation: rng.gen_range(0..8),
+            consistent_at: rng.gen::<bool>().then(|| rng.gen_range(0..100)),
         },
     }
 }

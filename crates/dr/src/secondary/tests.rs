@@ -86,8 +86,10 @@ async fn a_diverged_secondary_converges_in_one_chunk_or_many() {
         let server = tokio::spawn(serve(primary.clone(), far));
         let (mut rd, mut wr) = tokio::io::split(near);
         let sums = cell_sums(secondary.as_ref()).await.expect("sums");
+        let mut sink: &dyn Backend = secondary.as_ref();
         let pushed = reconcile_cells(
             secondary.as_ref(),
+            &mut sink,
             &mut rd,
             &mut wr,
             &buckets,
@@ -139,9 +141,18 @@ async fn identical_stores_exchange_nothing() {
     assert!(buckets.is_empty());
     let (near, _far) = tokio::io::duplex(1024);
     let (mut rd, mut wr) = tokio::io::split(near);
-    let pushed = reconcile_cells(copy.as_ref(), &mut rd, &mut wr, &buckets, &[], CHUNK_CELLS)
-        .await
-        .expect("nothing to do");
+    let mut sink: &dyn Backend = copy.as_ref();
+    let pushed = reconcile_cells(
+        copy.as_ref(),
+        &mut sink,
+        &mut rd,
+        &mut wr,
+        &buckets,
+        &[],
+        CHUNK_CELLS,
+    )
+    .await
+    .expect("nothing to do");
     assert_eq!((pushed.keys, pushed.deleted, pushed.bytes), (0, 0, 0));
 }
 
