@@ -424,11 +424,14 @@ fn promote_refuses_while_catching_up_without_force() {
     enable_primary(&a);
     let s = secondary_held_in_merkle_sync(&a);
 
-    // Without force: 503, and the secondary stays a secondary.
+    // Without force: 503, and the secondary stays a secondary. Its first sync is unfinished,
+    // so it holds no consistent copy, and the error says so and what force would mean.
     let (code, body) = promote_attempt(&s, &a.keys, false);
     assert_eq!(code, 503, "promote while catching up: {body}");
     assert!(
-        errors(&body).iter().any(|e| e.contains("catching up")),
+        errors(&body)
+            .iter()
+            .any(|e| e.contains("no consistent copy") && e.contains("force=true")),
         "{body}"
     );
     let st = dr_status(&s);

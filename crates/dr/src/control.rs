@@ -483,6 +483,11 @@ pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> 
             force,
         } => {
             require(state, Mode::Secondary)?;
+            if !force && state.consistent_after.is_none() {
+                return refuse(
+                    "this secondary holds no consistent copy of the primary: its first sync has not finished, or a sync too large to stage is writing in place; it is a mix of the primary's states and may hold torn secrets. Retry once it streams, or use force=true to promote it as it is",
+                );
+            }
             if !force && !caught_up {
                 return refuse(
                     "the secondary is still catching up with the primary; retry, or use force=true to accept losing unreplicated writes",

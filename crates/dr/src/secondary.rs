@@ -506,6 +506,7 @@ where
             }
         };
         sink.apply(ops).await?;
+        crate::failpoint::hold("secondary-merkle-values-fetched").await;
     }
 }
 

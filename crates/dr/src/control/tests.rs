@@ -45,6 +45,17 @@ fn apply(state: &ReplState, cmd: Command) -> ReplState {
     transition(state, cmd).expect("transition").state
 }
 
+/// `s` after its first sync completed and the stream bounded it.
+fn consistent(s: &ReplState) -> ReplState {
+    apply(
+        s,
+        Command::MarkConsistentAfter {
+            cluster_id: s.cluster_id.clone(),
+            wal_index: 0,
+        },
+    )
+}
+
 fn primary() -> ReplState {
     apply(
         &ReplState::default(),
@@ -195,7 +206,7 @@ fn operation_tokens_expire_and_die_with_the_mode() {
         1_000 + OPERATION_TOKEN_TTL_SECS
     ));
     let promoted = apply(
-        &s,
+        &consistent(&s),
         Command::Promote {
             primary: primary_state("b"),
             caught_up: true,
@@ -236,6 +247,29 @@ fn promote_refuses_a_secondary_that_is_behind_unless_forced() {
 }
 
 #[test]
+fn promote_refuses_a_secondary_that_was_never_consistent_and_says_what_force_means() {
+    let s = apply(
+        &ReplState::default(),
+        Command::EnableSecondary(activation("c1", 3)),
+    );
+    let promote = |state: &ReplState, force| {
+        transition(
+            state,
+            Command::Promote {
+                primary: primary_state("b"),
+                caught_up: true,
+                force,
+            },
+        )
+    };
+    let refused = promote(&s, false).unwrap_err().0;
+    assert!(refused.contains("no consistent copy"), "{refused}");
+    assert!(refused.contains("force=true"), "{refused}");
+    assert!(promote(&s, true).is_ok());
+    assert!(promote(&consistent(&s), false).is_ok());
+}
+
+#[test]
 fn stale_stream_reports_are_refused() {
     let s = apply(
         &ReplState::default(),
@@ -260,7 +294,7 @@ fn stale_stream_reports_are_refused() {
     assert!(older.is_err());
     // After a promotion, a follower that had not stopped yet cannot mark anything.
     let p = apply(
-        &s,
+        &consistent(&s),
         Command::Promote {
             primary: primary_state("b"),
             caught_up: true,

@@ -554,9 +554,15 @@ async fn promote(
     let inputs = EffectInputs {
         root_key: root_key.map(|k| zeroize::Zeroizing::new(k.to_vec())),
     };
+    let wal_index = inner.wal.last_index();
     inner.apply(state, command, core, inputs).await?;
-    tracing::warn!("DR secondary promoted to primary");
-    Ok(promote_progress(required, required, true))
+    tracing::warn!(wal_index, "DR secondary promoted to primary");
+    let mut resp = promote_progress(required, required, true);
+    if let Some(data) = resp.data.as_mut() {
+        // The point of the old primary's history this cluster now continues from.
+        data.insert("wal_index".into(), json!(wal_index));
+    }
+    Ok(resp)
 }
 
 async fn op_token_attempt(
