@@ -286,6 +286,22 @@ pub fn signal(s: &TestServer, sig: &str) {
     assert!(status.success(), "kill -{sig} {pid}");
 }
 
+/// Wait until the process of `s` is stopped (after `signal(s, "STOP")`), from `/proc`.
+pub fn wait_stopped(s: &TestServer) {
+    let pid = s.pid().expect("server running");
+    let stopped = poll_until(CONVERGE, || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // "pid (comm) S ...": the state follows the last ')'.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+            })
+            .is_some_and(|state| state == "T" || state == "t")
+    });
+    assert!(stopped, "process {pid} did not stop");
+}
+
 /// Submit the first `threshold` of `keys` to promote `s`; returns the last (status, body).
 pub fn promote_attempt(s: &TestServer, keys: &[String], force: bool) -> (u16, Value) {
     let mut last = (0, Value::Null);
@@ -347,4 +363,25 @@ pub fn enable_primary_at(p: &TestServer, cluster_addr: &str) {
         json!({ "primary_cluster_addr": cluster_addr }),
     );
     assert_eq!(code, 204, "primary enable: {body}");
+}
+
+/// A primary with KV v2 at `secret/` and WAL retention `retention`, whose cluster port is
+/// reached through a fault proxy, and secondary `site-b` streaming from it through the proxy
+/// (operated with the primary's credentials).
+pub fn proxied_pair(retention: u64) -> (TestServer, TestServer, super::proxy::FaultProxy) {
+    let a = dr_server_with_config(&format!(
+        "replication {{\n  wal_retention = {retention}\n}}"
+    ));
+    a.mount_kv2();
+    let proxy = super::proxy::FaultProxy::start(
+        format!("127.0.0.1:{}", cluster_port(&a))
+            .parse()
+            .expect("addr"),
+    );
+    enable_primary_at(&a, &proxy.addr());
+    let mut b = dr_server();
+    enable_secondary(&b, &activation_token(&a, "site-b"));
+    adopt_credentials(&mut b, &a);
+    wait_converged(&a, &b);
+    (a, b, proxy)
 }

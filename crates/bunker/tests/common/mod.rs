@@ -27,6 +27,7 @@ use tempfile::TempDir;
 
 pub mod dr;
 pub mod proxy;
+pub mod writers;
 
 /// How long a server may take to start listening.
 pub const READY_DEADLINE: Duration = Duration::from_secs(30);
