@@ -1,8 +1,12 @@
 //! The file audit device: appends JSON lines to a file (or stdout).
+//!
+//! Design reason: a dedicated thread per device owns the file. A request hands it its line and
+//! awaits the result, so an audit write never blocks the async runtime, the request still
+//! fails if its line could not be written (fail closed, as Vault), and lines queued while one
+//! write runs go out together in the next.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
@@ -12,10 +16,49 @@ use crate::logical::{LogicalError, Request, Response, Result};
 use crate::request_handling::Caller;
 use crate::token::{secret_in_path, PathSecret};
 
+/// Lines waiting for the writer thread, and where each one's result goes.
+type Job = (Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>);
+
+/// Lines a device may have queued before requests wait for room.
+const QUEUE: usize = 1024;
+/// Most lines written with one `write_all`.
+const GROUP: usize = 256;
+
 enum Sink {
-    File(Mutex<File>),
-    Stdout,
+    /// The writer thread's queue (a file, or stdout).
+    Writer(tokio::sync::mpsc::Sender<Job>),
     Discard,
+}
+
+/// Start the thread that appends to `out`; it ends when the device is dropped.
+fn spawn_writer(mut out: Box<dyn Write + Send>) -> std::io::Result<tokio::sync::mpsc::Sender<Job>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(QUEUE);
+    std::thread::Builder::new()
+        .name("bunker-audit".into())
+        .spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut jobs = vec![first];
+                while jobs.len() < GROUP {
+                    match rx.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let mut buf = Vec::with_capacity(jobs.iter().map(|(l, _)| l.len()).sum());
+                for (line, _) in &jobs {
+                    buf.extend_from_slice(line);
+                }
+                let result = out.write_all(&buf).and_then(|()| out.flush());
+                for (_, done) in jobs {
+                    let copy = match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                    };
+                    let _ = done.send(copy);
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 pub struct FileDevice {
@@ -34,7 +77,8 @@ fn opt_bool(entry: &AuditEntry, name: &str, default: bool) -> bool {
 }
 
 impl FileDevice {
-    pub fn open(entry: AuditEntry) -> Result<Self> {
+    /// Open the device's file (off the async runtime) and start its writer.
+    pub async fn open(entry: AuditEntry) -> Result<Self> {
         if entry.kind != "file" {
             return Err(LogicalError::InvalidRequest(format!(
                 "unknown audit device type {:?}; only \"file\" is supported",
@@ -48,10 +92,17 @@ impl FileDevice {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let sink = match path.as_str() {
+        let out: Box<dyn Write + Send> = match path.as_str() {
             "" => return Err(LogicalError::InvalidRequest("file_path is required".into())),
-            "stdout" => Sink::Stdout,
-            "discard" => Sink::Discard,
+            "stdout" => Box::new(std::io::stdout()),
+            "discard" => {
+                return Ok(FileDevice {
+                    log_raw: opt_bool(&entry, "log_raw", false),
+                    hmac_accessor: opt_bool(&entry, "hmac_accessor", true),
+                    entry,
+                    sink: Sink::Discard,
+                })
+            }
             p => {
                 let mode = entry
                     .options
@@ -66,12 +117,20 @@ impl FileDevice {
                     use std::os::unix::fs::OpenOptionsExt;
                     opts.mode(mode);
                 }
-                let file = opts.open(p).map_err(|e| {
+                let p = p.to_owned();
+                let opened = tokio::task::spawn_blocking(move || opts.open(&p).map_err(|e| (p, e)))
+                    .await
+                    .map_err(|e| LogicalError::Internal(format!("opening an audit file: {e}")))?;
+                let file = opened.map_err(|(p, e)| {
                     LogicalError::InvalidRequest(format!("cannot open audit file {p:?}: {e}"))
                 })?;
-                Sink::File(Mutex::new(file))
+                Box::new(file)
             }
         };
+        let sink = Sink::Writer(
+            spawn_writer(out)
+                .map_err(|e| LogicalError::Internal(format!("starting the audit writer: {e}")))?,
+        );
         Ok(FileDevice {
             log_raw: opt_bool(&entry, "log_raw", false),
             hmac_accessor: opt_bool(&entry, "hmac_accessor", true),
@@ -206,20 +265,25 @@ impl FileDevice {
         Value::Object(out)
     }
 
-    pub fn write_line(&self, record: &Value) -> Result<()> {
+    /// Append one JSON line; returns once it was written (or failed to be).
+    pub async fn write_line(&self, record: &Value) -> Result<()> {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
-        let fail = |e: std::io::Error| {
+        let fail = |e: &dyn std::fmt::Display| {
             LogicalError::AuditFailed(format!("device {:?}: {e}", self.entry.path))
         };
         match &self.sink {
             Sink::Discard => Ok(()),
-            Sink::Stdout => std::io::stdout().lock().write_all(&line).map_err(fail),
-            Sink::File(f) => {
-                let mut file = f
-                    .lock()
-                    .map_err(|_| LogicalError::AuditFailed("audit file lock poisoned".into()))?;
-                file.write_all(&line).map_err(fail)
+            Sink::Writer(queue) => {
+                let (done, written) = tokio::sync::oneshot::channel();
+                queue
+                    .send((line, done))
+                    .await
+                    .map_err(|_| fail(&"the writer stopped"))?;
+                written
+                    .await
+                    .map_err(|_| fail(&"the writer stopped"))?
+                    .map_err(|e| fail(&e))
             }
         }
     }

@@ -77,7 +77,7 @@ impl AuditBroker {
         let table = self.table().await?;
         let mut devices = Vec::new();
         for entry in table.entries {
-            match FileDevice::open(entry.clone()) {
+            match FileDevice::open(entry.clone()).await {
                 Ok(d) => devices.push(Arc::new(d)),
                 Err(e) => {
                     tracing::error!(path = %entry.path, error = %e, "cannot open audit device");
@@ -124,20 +124,22 @@ impl AuditBroker {
         }
         entry.salt = crate::token::random_base62(32);
         // Opening first proves the device works before it is recorded.
-        let device = FileDevice::open(entry.clone())?;
+        let device = FileDevice::open(entry.clone()).await?;
         // Like Vault, prove the device with an ordinary request entry.
-        device.write_line(&json!({
-            "time": now_rfc3339(),
-            "type": "request",
-            "auth": {},
-            "request": {
-                "id": uuid::Uuid::new_v4().to_string(),
-                "operation": "update",
-                "path": "sys/audit/test",
-                "namespace": {"id": "root"},
-                "data": null,
-            },
-        }))?;
+        device
+            .write_line(&json!({
+                "time": now_rfc3339(),
+                "type": "request",
+                "auth": {},
+                "request": {
+                    "id": uuid::Uuid::new_v4().to_string(),
+                    "operation": "update",
+                    "path": "sys/audit/test",
+                    "namespace": {"id": "root"},
+                    "data": null,
+                },
+            }))
+            .await?;
         table.entries.push(entry);
         self.barrier
             .put(AUDIT_TABLE_PATH, &serde_json::to_vec(&table)?)
@@ -192,7 +194,7 @@ impl AuditBroker {
                 "auth": dev.auth_json(caller),
                 "request": dev.request_json(req, caller),
             });
-            dev.write_line(&record)?;
+            dev.write_line(&record).await?;
         }
         Ok(())
     }
@@ -220,7 +222,7 @@ impl AuditBroker {
                     }
                 }
             }
-            dev.write_line(&record)?;
+            dev.write_line(&record).await?;
         }
         Ok(())
     }
