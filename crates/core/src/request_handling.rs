@@ -148,18 +148,15 @@ impl Core {
         self.audit.log_request(req, Some(caller)).await?;
         // A wrapping token presented to unwrap itself is its own authorisation.
         let self_unwrap = req.path == "sys/wrapping/unwrap" && !req.data.contains_key("token");
-        if !self_unwrap {
-            let cap = capability_for(req.operation);
-            // A LIST is also allowed by a rule on the path without its trailing slash.
-            let allowed = caller.has(&req.path, cap)
-                || (req.operation == Operation::List
-                    && caller.has(req.path.trim_end_matches('/'), cap));
-            if !allowed {
-                return Err(LogicalError::PermissionDenied);
-            }
-            if route.needs_sudo_at(&req.path) && !caller.is_sudo(&req.path) {
-                return Err(LogicalError::PermissionDenied);
-            }
+        if !self_unwrap
+            && !acl_allows(
+                caller,
+                req.operation,
+                &req.path,
+                route.needs_sudo_at(&req.path),
+            )
+        {
+            return Err(LogicalError::PermissionDenied);
         }
         let last_use = self.tokens.use_token(&mut caller.entry).await?;
         let result = self.dispatch(req, caller, route).await;
@@ -239,6 +236,18 @@ enum Route {
     Mount(Box<crate::mounts::Mounted>, String),
 }
 
+/// Whether the caller's ACL allows `op` on `path`, with `sudo` too when the path is
+/// root-protected. A LIST (on the folder form of the path, `.../`) is also allowed by a rule on
+/// the path without its trailing slash; `sudo` must come from a rule that allows the request, as
+/// in Vault, where it comes from the one rule governing the path: `path "auth/token/accessors"
+/// { capabilities = ["list", "sudo"] }` allows the LIST of `auth/token/accessors/`.
+fn acl_allows(caller: &Caller, op: Operation, path: &str, needs_sudo: bool) -> bool {
+    let cap = capability_for(op);
+    let folder = path.trim_end_matches('/');
+    let mut governing = std::iter::once(path).chain((op == Operation::List).then_some(folder));
+    governing.any(|p| caller.has(p, cap) && (!needs_sudo || caller.is_sudo(p)))
+}
+
 impl Route {
     /// Whether the request's path is root-protected, as the backend it routes to declares.
     fn needs_sudo_at(&self, path: &str) -> bool {
@@ -268,6 +277,38 @@ mod tests {
         assert!(Route::Token.needs_sudo_at("auth/token/accessors/"));
         assert!(Route::Token.needs_sudo_at("auth/token/revoke-orphan"));
         assert!(!Route::Token.needs_sudo_at("auth/token/create"));
+    }
+
+    fn caller(policy: &str) -> Caller {
+        let policy = bunker_policy::Policy::parse("p", policy).unwrap();
+        Caller {
+            token: String::new(),
+            entry: crate::token::TokenEntry::default(),
+            acl: bunker_policy::Acl::new(&[policy]),
+        }
+    }
+
+    #[test]
+    fn a_list_takes_sudo_from_a_rule_that_allows_it() {
+        let list = Operation::List;
+        let accessors = "auth/token/accessors/";
+        let both = caller(r#"path "auth/token/accessors" { capabilities = ["list", "sudo"] }"#);
+        assert!(acl_allows(&both, list, accessors, true));
+        let folder = caller(r#"path "auth/token/accessors/" { capabilities = ["list", "sudo"] }"#);
+        assert!(acl_allows(&folder, list, accessors, true));
+        let no_sudo = caller(r#"path "auth/token/accessors" { capabilities = ["list"] }"#);
+        assert!(acl_allows(&no_sudo, list, accessors, false));
+        assert!(!acl_allows(&no_sudo, list, accessors, true));
+        // Sudo on one form and the capability on the other is not a rule that allows it.
+        let split = caller(
+            r#"path "auth/token/accessors" { capabilities = ["list"] }
+               path "auth/token/accessors/" { capabilities = ["sudo"] }"#,
+        );
+        assert!(!acl_allows(&split, list, accessors, true));
+        // Only a LIST looks at the path without its trailing slash.
+        let read = caller(r#"path "sys/x" { capabilities = ["read", "sudo"] }"#);
+        assert!(acl_allows(&read, Operation::Read, "sys/x", true));
+        assert!(!acl_allows(&read, Operation::Read, "sys/x/", false));
     }
 
     #[test]

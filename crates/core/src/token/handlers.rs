@@ -92,7 +92,10 @@ impl Core {
             }
             "accessors" => {
                 expect_op(op, &[Operation::List])?;
-                Ok(Response::list(self.tokens.accessors().await?))
+                let (accessors, warnings) = self.tokens.accessors().await?;
+                let mut resp = Response::list(accessors);
+                resp.warnings.extend(warnings);
+                Ok(resp)
             }
             "roles" => self.token_roles(req, rest).await,
             "tidy" => {

@@ -1,10 +1,13 @@
 //! The token store: service tokens (persisted, revocable, renewable), batch tokens (encrypted
 //! blobs, never persisted), accessors, parent/child links and token roles.
 //!
-//! A service token is stored under the SHA-256 of its id, never the id itself, so lookups never
-//! compare secret strings and a storage dump does not reveal usable tokens. Batch tokens are the
-//! entry encrypted by the barrier (AAD `token/batch`), as Vault does, so creating one is free.
+//! A service token is stored under its storage id (an HMAC of the token with the store's salt,
+//! see [`token_storage_id`]), never the id itself, so lookups never compare secret strings and a
+//! storage dump does not reveal usable tokens; the accessor index is keyed the same way
+//! (`accessor.rs`). Batch tokens are the entry encrypted by the barrier (AAD `token/batch`), as
+//! Vault does, so creating one is free.
 
+mod accessor;
 mod create_plan;
 mod create_policies;
 mod handlers;
@@ -27,7 +30,6 @@ use crate::logical::{LogicalError, Result};
 use crate::time_util::now_unix;
 
 const ID_PREFIX: &str = "sys/token/id/";
-const ACCESSOR_PREFIX: &str = "sys/token/accessor/";
 const PARENT_PREFIX: &str = "sys/token/parent/";
 const BATCH_AAD: &str = "token/batch";
 pub const SERVICE_TOKEN_PREFIX: &str = "hvs.";
@@ -94,7 +96,7 @@ impl TokenStore {
         }
     }
 
-    /// The storage id of `token` (see [`token_storage_id`]).
+    /// The storage id of `token`, or of an accessor (see [`token_storage_id`]).
     fn hash(&self, token: &str) -> String {
         let salt = self
             .salt
@@ -203,10 +205,7 @@ impl TokenStore {
                 key: format!("{ID_PREFIX}{}", entry.id_hash),
                 value: serde_json::to_vec(&entry)?,
             },
-            Op::Put {
-                key: format!("{ACCESSOR_PREFIX}{}", entry.accessor),
-                value: entry.id_hash.as_bytes().to_vec(),
-            },
+            self.accessor_index_put(&entry)?,
         ];
         if !entry.parent_hash.is_empty() {
             ops.push(Op::Put {
@@ -267,28 +266,6 @@ impl TokenStore {
             return Ok(None);
         }
         Ok(Some(entry))
-    }
-
-    pub async fn lookup_accessor(&self, accessor: &str) -> Result<Option<TokenEntry>> {
-        if accessor.is_empty() || accessor.contains('/') {
-            return Ok(None);
-        }
-        let Some(hash) = self
-            .barrier
-            .get(&format!("{ACCESSOR_PREFIX}{accessor}"))
-            .await?
-        else {
-            return Ok(None);
-        };
-        let hash = String::from_utf8(hash)
-            .map_err(|_| LogicalError::Internal("corrupt accessor index".into()))?;
-        match self.get_by_hash(&hash).await? {
-            Some(e) if e.is_expired(now_unix()) => {
-                self.revoke_tree(&e.id_hash).await?;
-                Ok(None)
-            }
-            other => Ok(other),
-        }
     }
 
     pub async fn save(&self, entry: &TokenEntry) -> Result<()> {
@@ -378,9 +355,7 @@ impl TokenStore {
             key: format!("{ID_PREFIX}{hash}"),
         }];
         if let Some(entry) = self.get_by_hash(hash).await? {
-            ops.push(Op::Delete {
-                key: format!("{ACCESSOR_PREFIX}{}", entry.accessor),
-            });
+            ops.extend(self.accessor_index_deletes(&entry.accessor));
             if !entry.parent_hash.is_empty() {
                 ops.push(Op::Delete {
                     key: format!("{PARENT_PREFIX}{}/{hash}", entry.parent_hash),
@@ -444,11 +419,6 @@ impl TokenStore {
             renewed.ok_or_else(|| LogicalError::InvalidRequest("token not found".into()))?;
         *entry = stored;
         Ok(ttl)
-    }
-
-    /// All accessors (sudo-only listing).
-    pub async fn accessors(&self) -> Result<Vec<String>> {
-        Ok(self.barrier.list(ACCESSOR_PREFIX).await?)
     }
 
     /// Revoke every expired service token; returns the hashes revoked.
