@@ -58,9 +58,53 @@ pub struct ServerConfig {
     /// `replication { activation_allow_http }`: a secondary may unwrap its activation token
     /// over plain http:// on loopback. For test setups; never in production.
     pub activation_allow_http: bool,
+    /// The `telemetry` block.
+    pub telemetry: TelemetryConfig,
     /// Settings Vault has that are accepted (so existing files load) but have no effect here;
     /// the server warns about each at start.
     pub ignored: Vec<String>,
+}
+
+/// The `telemetry` block (Vault's keys; the Prometheus recorder is the only sink).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryConfig {
+    /// How long a metric that stopped changing is kept; zero disables Prometheus output.
+    pub prometheus_retention_time: Duration,
+    /// Accepted for Vault's files: Bunker never prefixes metric names with the host name.
+    pub disable_hostname: bool,
+    /// How often usage gauges (the token count) are recomputed.
+    pub usage_gauge_period: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            prometheus_retention_time: Duration::from_secs(24 * 60 * 60),
+            disable_hostname: false,
+            usage_gauge_period: bunker_core::DEFAULT_USAGE_GAUGE_PERIOD,
+        }
+    }
+}
+
+fn parse_telemetry(body: &Body, ignored: &mut Vec<String>) -> Result<TelemetryConfig> {
+    let mut t = TelemetryConfig::default();
+    for attr in body.attributes() {
+        let (key, e) = (attr.key(), attr.expr());
+        match key {
+            "prometheus_retention_time" => t.prometheus_retention_time = expr_duration(key, e)?,
+            "disable_hostname" => t.disable_hostname = expr_bool(key, e)?,
+            "usage_gauge_period" => {
+                t.usage_gauge_period = expr_duration(key, e)?;
+                if t.usage_gauge_period.is_zero() {
+                    bail!("usage_gauge_period must be positive");
+                }
+            }
+            other => ignored.push(format!(
+                "telemetry setting {other:?} (only Prometheus output)"
+            )),
+        }
+    }
+    Ok(t)
 }
 
 /// Default WAL retention: enough for minutes of heavy writes; older gaps resync by Merkle diff.
@@ -138,10 +182,26 @@ fn parse_listener(body: &Body, ignored: &mut Vec<String>) -> Result<ListenerConf
                 }
                 l.limits.max_connections = n;
             }
-            "tls_min_version" | "proxy_protocol_behavior" | "telemetry" => {
+            "tls_min_version" | "proxy_protocol_behavior" => {
                 ignored.push(format!("listener setting {key:?}"))
             }
             other => bail!("unknown listener setting {other:?}"),
+        }
+    }
+    for block in body.blocks() {
+        match block.identifier() {
+            "telemetry" => {
+                for attr in block.body().attributes() {
+                    match attr.key() {
+                        "unauthenticated_metrics_access" => {
+                            l.limits.unauthenticated_metrics_access =
+                                expr_bool(attr.key(), attr.expr())?
+                        }
+                        other => ignored.push(format!("listener telemetry setting {other:?}")),
+                    }
+                }
+            }
+            other => ignored.push(format!("listener block {other:?}")),
         }
     }
     if !l.tls_disable && (l.tls_cert_file.is_none() || l.tls_key_file.is_none()) {
@@ -168,6 +228,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
         log_level: None,
         wal_retention: DEFAULT_WAL_RETENTION,
         activation_allow_http: false,
+        telemetry: TelemetryConfig::default(),
         ignored: Vec::new(),
     };
     for block in body.blocks() {
@@ -247,7 +308,8 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                     }
                 }
             }
-            "telemetry" | "seal" | "service_registration" => {
+            "telemetry" => cfg.telemetry = parse_telemetry(block.body(), &mut cfg.ignored)?,
+            "seal" | "service_registration" => {
                 if block.identifier() == "seal" {
                     bail!("only the Shamir seal is supported; remove the seal block");
                 }
@@ -325,6 +387,48 @@ pub fn load(path: &Path) -> Result<ServerConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_telemetry_blocks() {
+        let cfg = parse(
+            r#"
+            storage "inmem" {}
+            listener "tcp" {
+              tls_disable = true
+              telemetry { unauthenticated_metrics_access = true }
+            }
+            telemetry {
+              prometheus_retention_time = "30s"
+              disable_hostname = true
+              usage_gauge_period = "1m"
+              statsd_address = "127.0.0.1:8125"
+            }
+            "#,
+            Path::new("/tmp/x"),
+        )
+        .expect("parses");
+        assert!(cfg.listener.limits.unauthenticated_metrics_access);
+        assert_eq!(
+            cfg.telemetry,
+            TelemetryConfig {
+                prometheus_retention_time: Duration::from_secs(30),
+                disable_hostname: true,
+                usage_gauge_period: Duration::from_secs(60),
+            }
+        );
+        assert!(
+            cfg.ignored.iter().any(|i| i.contains("statsd_address")),
+            "{:?}",
+            cfg.ignored
+        );
+        let defaults = parse(
+            "storage \"inmem\" {}\nlistener \"tcp\" { tls_disable = true }",
+            Path::new("/"),
+        )
+        .expect("parses");
+        assert!(!defaults.listener.limits.unauthenticated_metrics_access);
+        assert_eq!(defaults.telemetry, TelemetryConfig::default());
+    }
 
     #[test]
     fn parses_vault_shape() {

@@ -63,6 +63,7 @@ fn dev_config(args: &ServerArgs) -> ServerConfig {
         log_level: None,
         wal_retention: config::DEFAULT_WAL_RETENTION,
         activation_allow_http: false,
+        telemetry: config::TelemetryConfig::default(),
         ignored: Vec::new(),
     }
 }
@@ -135,8 +136,10 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
             api_addr: cfg.api_addr.clone(),
             cluster_addr: cfg.cluster_addr.clone(),
             storage_type: storage_type.into(),
+            usage_gauge_period: cfg.telemetry.usage_gauge_period,
         },
     );
+    install_metrics(&core, &cfg.telemetry);
     let dr = bunker_dr::DrManager::start(
         &core,
         backend,
@@ -290,4 +293,30 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+/// The Prometheus recorder behind `sys/metrics` (metrics-exporter-prometheus, without its
+/// HTTP listener: the API port serves the text). `prometheus_retention_time = 0` disables it,
+/// as in Vault.
+struct Prometheus(metrics_exporter_prometheus::PrometheusHandle);
+
+impl bunker_core::MetricsRenderer for Prometheus {
+    fn render(&self) -> String {
+        self.0.run_upkeep();
+        self.0.render()
+    }
+}
+
+fn install_metrics(core: &bunker_core::Core, telemetry: &config::TelemetryConfig) {
+    if telemetry.prometheus_retention_time.is_zero() {
+        return;
+    }
+    let builder = metrics_exporter_prometheus::PrometheusBuilder::new().idle_timeout(
+        metrics_util::MetricKindMask::ALL,
+        Some(telemetry.prometheus_retention_time),
+    );
+    match builder.install_recorder() {
+        Ok(handle) => core.set_metrics_renderer(Arc::new(Prometheus(handle))),
+        Err(e) => tracing::warn!(error = %e, "metrics recorder not installed"),
+    }
 }

@@ -28,6 +28,8 @@ pub struct CoreConfig {
     pub cluster_addr: String,
     /// Storage type shown in seal-status (`inmem`, `embedded`).
     pub storage_type: String,
+    /// How often usage gauges (the token count) are recomputed (`telemetry.usage_gauge_period`).
+    pub usage_gauge_period: std::time::Duration,
 }
 
 impl Default for CoreConfig {
@@ -37,6 +39,7 @@ impl Default for CoreConfig {
             api_addr: "http://127.0.0.1:8200".into(),
             cluster_addr: String::new(),
             storage_type: "inmem".into(),
+            usage_gauge_period: crate::sys::DEFAULT_USAGE_GAUGE_PERIOD,
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct Core {
     pub(crate) cluster: RwLock<ClusterInfo>,
     pub(crate) replication: RwLock<Option<Arc<dyn crate::replication_hook::ReplicationHandler>>>,
     pub(crate) requests_total: std::sync::atomic::AtomicU64,
+    pub(crate) metrics_renderer: RwLock<Option<Arc<dyn crate::sys::MetricsRenderer>>>,
+    pub(crate) token_count_cache: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl Core {
@@ -89,6 +94,8 @@ impl Core {
             cluster: RwLock::new(ClusterInfo::default()),
             replication: RwLock::new(None),
             requests_total: std::sync::atomic::AtomicU64::new(0),
+            metrics_renderer: RwLock::new(None),
+            token_count_cache: Mutex::new(None),
             barrier,
         })
     }

@@ -23,5 +23,7 @@ mod wrapping;
 pub use crate::core::{Core, CoreConfig};
 pub use mounts::MountEntry;
 pub use replication_hook::{DrMode, ReplicationHandler};
-pub use sys::attempt_request;
+pub use sys::{
+    attempt_request, prometheus_to_vault_json, MetricsRenderer, DEFAULT_USAGE_GAUGE_PERIOD,
+};
 pub use wrapping::ACTIVATION_TOKEN_PATH;

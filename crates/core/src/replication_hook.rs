@@ -51,6 +51,9 @@ pub trait ReplicationHandler: Send + Sync {
 
     /// The core sealed: drop whatever was opened with the barrier. Must not block.
     fn sealed(&self) {}
+
+    /// Set the replication gauges (a `sys/metrics` scrape is about to render). Must not block.
+    fn record_metrics(&self) {}
 }
 
 impl Core {

@@ -22,8 +22,16 @@ fn normalize_path(path: &str) -> Result<String> {
 }
 
 impl Core {
-    /// Handle one client request end to end.
-    pub async fn handle(&self, mut req: Request) -> Result<Response> {
+    /// Handle one client request end to end (timed as `vault_core_handle_request`).
+    pub async fn handle(&self, req: Request) -> Result<Response> {
+        let started = std::time::Instant::now();
+        let path = req.path.clone();
+        let result = self.handle_timed(req).await;
+        Self::record_request_time(path.trim_start_matches('/'), started);
+        result
+    }
+
+    async fn handle_timed(&self, mut req: Request) -> Result<Response> {
         req.path = normalize_path(&req.path)?;
         // Vault checks and routes every LIST on the folder form of the path.
         if req.operation == Operation::List && !req.path.ends_with('/') {

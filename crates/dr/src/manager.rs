@@ -227,6 +227,10 @@ impl ReplicationHandler for DrManager {
         endpoints::handle(&self.inner, core, req, caller).await
     }
 
+    fn record_metrics(&self) {
+        self.inner.record_metrics();
+    }
+
     async fn unsealed(&self) {
         if let Err(e) = self.inner.open_primary_keys().await {
             tracing::error!(error = %e, "the DR primary's keys could not be opened; the cluster port stays closed");

@@ -36,6 +36,7 @@ struct AppState {
     core: Arc<Core>,
     max_request_bytes: usize,
     read_timeout: Duration,
+    unauthenticated_metrics_access: bool,
 }
 
 /// Build the API router over a core.
@@ -44,6 +45,7 @@ pub fn router(core: Arc<Core>, limits: &ListenerLimits) -> Router {
         core,
         max_request_bytes: limits.max_request_bytes,
         read_timeout: limits.read_timeout,
+        unauthenticated_metrics_access: limits.unauthenticated_metrics_access,
     })
 }
 
@@ -198,7 +200,14 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
         op = operation.as_str(),
         path = %bunker_core::token::redact_path(&req.path),
     );
-    let result = tracing::Instrument::instrument(state.core.handle(req), span).await;
+    let open_metrics = state.unauthenticated_metrics_access
+        && operation == Operation::Read
+        && req.path == "sys/metrics";
+    let result = if open_metrics {
+        tracing::Instrument::instrument(state.core.handle_metrics_unauthenticated(req), span).await
+    } else {
+        tracing::Instrument::instrument(state.core.handle(req), span).await
+    };
     let wal_index = match (&result, operation) {
         (Ok(_), Operation::Create | Operation::Update | Operation::Delete) => {
             state.core.replication_wal_index()

@@ -35,6 +35,9 @@ pub struct ListenerLimits {
     /// Connections served at once; a connection over the cap is closed as soon as it is
     /// accepted (`max_connections`).
     pub max_connections: usize,
+    /// `telemetry { unauthenticated_metrics_access = true }`: `GET sys/metrics` without a
+    /// token on this listener.
+    pub unauthenticated_metrics_access: bool,
 }
 
 impl Default for ListenerLimits {
@@ -46,6 +49,7 @@ impl Default for ListenerLimits {
             write_timeout: Duration::ZERO,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            unauthenticated_metrics_access: false,
         }
     }
 }

@@ -5,6 +5,7 @@
 mod audit;
 mod health;
 mod metrics;
+pub use metrics::{prometheus_to_vault_json, MetricsRenderer, DEFAULT_USAGE_GAUGE_PERIOD};
 mod mounts;
 mod policies;
 mod rekey;
@@ -99,7 +100,7 @@ impl Core {
                 Some(handler) => handler.handle(self, req, Some(caller)).await,
                 None => self.sys_replication_disabled(req, rest),
             },
-            "metrics" => self.sys_metrics(req),
+            "metrics" => self.sys_metrics(req).await,
             "host-info" | "config" | "step-down" | "raw" => {
                 Err(LogicalError::UnsupportedPath(req.path.clone()))
             }

@@ -86,6 +86,11 @@ pub struct TokenStore {
 }
 
 impl TokenStore {
+    /// How many tokens are stored (Vault's `vault.token.count`): one listing of their ids.
+    pub async fn count(&self) -> Result<u64> {
+        Ok(self.barrier.list(ID_PREFIX).await?.len() as u64)
+    }
+
     pub fn new(barrier: Arc<Barrier>) -> Self {
         TokenStore {
             barrier,

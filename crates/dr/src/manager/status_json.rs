@@ -1,9 +1,10 @@
-//! The body of `sys/replication/dr/status` for each mode.
+//! The body of `sys/replication/dr/status` for each mode, and the same figures as metrics.
 
 use serde_json::{json, Value};
 
 use super::Inner;
 use crate::state::Mode;
+use crate::status::SyncState;
 
 impl Inner {
     /// The status body. It never scans the keyspace (anyone may read it): `merkle_root` is
@@ -98,6 +99,63 @@ impl Inner {
                     "primaries": primaries,
                     "sync": s.counters.to_json(),
                 })
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// The replication gauges and counters of `sys/metrics` (Vault's names where Vault has
+    /// them; docs/monitoring.md). Reads only what status reads: no scan, no lock held long.
+    pub(crate) fn record_metrics(&self) {
+        use metrics::{counter, gauge};
+        let last_wal = self.wal.last_index();
+        let mode = self.mode();
+        gauge!("bunker_replication_dr_mode").set(match mode {
+            Mode::Disabled => 0.0,
+            Mode::Primary => 1.0,
+            Mode::Secondary => 2.0,
+        });
+        if let Some((_, root_wal)) = self.published_merkle_root() {
+            gauge!("vault_replication_merkle_commit_index").set(root_wal as f64);
+        }
+        match mode {
+            Mode::Disabled => {}
+            Mode::Primary => {
+                gauge!("vault_replication_wal_last_wal").set(last_wal as f64);
+                gauge!("vault_replication_wal_last_dr_wal").set(last_wal as f64);
+                let peers = self.peers();
+                let connected = peers.iter().filter(|p| p.connected).count();
+                gauge!("bunker_replication_connected_secondaries").set(connected as f64);
+                for p in &peers {
+                    let id = p.node_id.clone();
+                    gauge!("bunker_replication_secondary_lag_wal_entries", "secondary" => id.clone())
+                        .set(last_wal.saturating_sub(p.acked_wal) as f64);
+                    gauge!("bunker_replication_secondary_connected", "secondary" => id)
+                        .set(f64::from(u8::from(p.connected)));
+                }
+            }
+            Mode::Secondary => {
+                let s = self.sec_status();
+                gauge!("vault_replication_fsm_last_remote_wal").set(last_wal as f64);
+                gauge!("bunker_replication_primary_last_wal").set(s.primary_last_wal as f64);
+                gauge!("bunker_replication_lag_ms").set(s.lag_ms(last_wal) as f64);
+                gauge!("bunker_replication_lag_wal_entries")
+                    .set(s.primary_last_wal.saturating_sub(last_wal) as f64);
+                gauge!("bunker_replication_streaming")
+                    .set(f64::from(u8::from(s.state == SyncState::StreamWals)));
+                gauge!("bunker_replication_connected")
+                    .set(f64::from(u8::from(s.connection_state == "ready")));
+                let c = s.counters;
+                counter!("bunker_replication_wal_entries_streamed_total")
+                    .absolute(c.wal_entries_streamed);
+                counter!("bunker_replication_wal_bytes_streamed_total")
+                    .absolute(c.wal_bytes_streamed);
+                counter!("bunker_replication_merkle_syncs_total").absolute(c.merkle_syncs);
+                counter!("bunker_replication_merkle_keys_fetched_total")
+                    .absolute(c.merkle_keys_fetched);
+                counter!("bunker_replication_merkle_bytes_fetched_total")
+                    .absolute(c.merkle_bytes_fetched);
             }
         }
     }

@@ -1,0 +1,179 @@
+//! `sys/metrics` against the real binary: Vault's metric names in the Prometheus text and in
+//! Vault's JSON shape, the token requirement and `unauthenticated_metrics_access`, the seal
+//! gauge, and the replication gauges of a DR primary and its secondary.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::dr::{
+    activation_token, enable_primary, enable_secondary, wait_converged, ALLOW_HTTP_ACTIVATION,
+};
+use common::{free_port, ServerOptions, TestServer};
+use serde_json::{json, Value};
+
+/// The Prometheus text of `s`'s `sys/metrics` (status, body).
+fn prometheus(s: &TestServer, token: Option<&str>) -> (u16, String) {
+    let mut rb = s.client().get(s.url("sys/metrics?format=prometheus"));
+    if let Some(t) = token {
+        rb = rb.header("X-Vault-Token", t);
+    }
+    let resp = rb.send().unwrap();
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = resp.text().unwrap();
+    if status == 200 {
+        assert_eq!(content_type.as_deref(), Some("text/plain; version=0.0.4"));
+    }
+    (status, body)
+}
+
+/// The value of an unlabelled series `name` in Prometheus text.
+fn value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+const OPEN_METRICS: &str = "  telemetry {\n    unauthenticated_metrics_access = true\n  }";
+
+#[test]
+fn vault_metric_names_in_prometheus_and_json_behind_a_token() {
+    let s = TestServer::initialized();
+    s.mount_kv2();
+    for i in 0..5 {
+        s.kv_put(&format!("m/{i}"), json!({"v": "x"}));
+    }
+    let (code, text) = prometheus(&s, s.root());
+    assert_eq!(code, 200, "{text}");
+    for name in [
+        "vault_core_handle_request",
+        "vault_barrier_get",
+        "vault_barrier_put",
+        "vault_core_unsealed",
+        "vault_core_active",
+        "vault_token_count",
+        "bunker_storage_fsyncs_total",
+        "bunker_requests_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert_eq!(value(&text, "vault_core_unsealed"), Some(1.0));
+    assert!(value(&text, "vault_token_count").unwrap() >= 1.0, "{text}");
+    assert!(value(&text, "vault_core_handle_request_count").unwrap() >= 6.0);
+
+    // Vault's JSON shape.
+    let (code, body) = s.get("sys/metrics", s.root());
+    assert_eq!(code, 200, "{body}");
+    let gauges = body["Gauges"].as_array().unwrap();
+    assert!(gauges
+        .iter()
+        .any(|g| g["Name"] == "vault_core_unsealed" && g["Value"] == json!(1.0)));
+    let samples = body["Samples"].as_array().unwrap();
+    let handle = samples
+        .iter()
+        .find(|x| x["Name"] == "vault_core_handle_request")
+        .expect("request timings");
+    assert!(handle["Count"].as_f64().unwrap() >= 6.0, "{handle}");
+    assert!(body["Counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["Name"] == "bunker_storage_fsyncs_total"));
+
+    // Without a token, as in Vault: refused.
+    let (code, _) = prometheus(&s, None);
+    assert_eq!(code, 403);
+}
+
+#[test]
+fn unauthenticated_metrics_access_also_while_sealed() {
+    let mut s = TestServer::initialized_with(ServerOptions {
+        listener_extra: OPEN_METRICS.into(),
+        ..Default::default()
+    });
+    let (code, text) = prometheus(&s, None);
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(value(&text, "vault_core_unsealed"), Some(1.0));
+    s.restart();
+    let (code, text) = prometheus(&s, None);
+    assert_eq!(code, 200, "a sealed node reports that it is sealed: {text}");
+    assert_eq!(value(&text, "vault_core_unsealed"), Some(0.0), "{text}");
+}
+
+/// A DR server whose API listener serves metrics without a token (a DR secondary refuses
+/// token-authenticated client requests).
+fn dr_server_open_metrics() -> TestServer {
+    let cluster_port = free_port();
+    let mut s = TestServer::with_config(ServerOptions {
+        listener_extra: format!("  cluster_address = \"127.0.0.1:{cluster_port}\"\n{OPEN_METRICS}"),
+        config_extra: ALLOW_HTTP_ACTIVATION.into(),
+        ..Default::default()
+    });
+    s.init_unseal(5, 3);
+    s
+}
+
+#[test]
+fn replication_gauges_on_a_primary_and_its_secondary() {
+    let p = dr_server_open_metrics();
+    p.mount_kv2();
+    enable_primary(&p);
+    let s = dr_server_open_metrics();
+    enable_secondary(&s, &activation_token(&p, "site-b"));
+    wait_converged(&p, &s);
+    // Streamed, not part of the first sync.
+    p.kv_put("x", json!({"v": "1"}));
+    wait_converged(&p, &s);
+
+    let (_, pt) = prometheus(&p, None);
+    let last_wal = value(&pt, "vault_replication_wal_last_wal").expect("last_wal");
+    assert!(last_wal > 0.0, "{pt}");
+    assert_eq!(
+        value(&pt, "vault_replication_wal_last_dr_wal"),
+        Some(last_wal)
+    );
+    assert_eq!(
+        value(&pt, "bunker_replication_connected_secondaries"),
+        Some(1.0)
+    );
+    assert_eq!(value(&pt, "bunker_replication_dr_mode"), Some(1.0));
+    assert!(
+        pt.contains("bunker_replication_secondary_lag_wal_entries{secondary=\"site-b\"}"),
+        "{pt}"
+    );
+
+    let (code, st) = prometheus(&s, None);
+    assert_eq!(code, 200, "a DR secondary serves open metrics: {st}");
+    assert_eq!(
+        value(&st, "vault_replication_fsm_last_remote_wal"),
+        Some(last_wal)
+    );
+    assert_eq!(value(&st, "bunker_replication_streaming"), Some(1.0));
+    assert_eq!(value(&st, "bunker_replication_lag_wal_entries"), Some(0.0));
+    assert_eq!(value(&st, "bunker_replication_dr_mode"), Some(2.0));
+    assert!(value(&st, "bunker_replication_wal_entries_streamed_total").unwrap() >= 1.0);
+    // The JSON form works there too.
+    let resp: Value = s
+        .client()
+        .get(s.url("sys/metrics"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        resp["Gauges"].as_array().is_some_and(|g| !g.is_empty()),
+        "{resp}"
+    );
+}
