@@ -15,24 +15,20 @@
 //! Dropping the backend closes the channel; the writer finishes what is queued, exits, and is
 //! joined before the database is closed.
 
-mod writer;
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition, WriteTransaction,
 };
-use tokio::sync::{mpsc, oneshot};
 
-use crate::hook::HookSlot;
-use crate::limits::{batch_bytes, validate_batch, validate_key};
+use crate::limits::validate_key;
 use crate::listing::{list_children, scan_prefix};
 use crate::{Backend, CommitHook, Op, Result, StorageError, StorageMetrics};
-use writer::{Counters, GroupStore, WriteRequest};
+use crate::group_commit::{GroupStore, Writer};
 
 /// File name of the database inside the data directory.
 pub(crate) const DATABASE_FILE: &str = "bunker.redb";
@@ -43,13 +39,8 @@ const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 pub struct EmbeddedBackend {
     db: Arc<Database>,
     path: PathBuf,
-    /// `None` only while dropping.
-    queue: Option<mpsc::Sender<WriteRequest>>,
-    /// `None` only while dropping.
-    writer: Option<JoinHandle<()>>,
-    counters: Arc<Counters>,
-    /// Shared with the writer thread, which reads it once per group commit.
-    hook: Arc<HookSlot>,
+    /// The group-commit writer thread; dropping the backend waits for it to finish.
+    writer: Writer,
 }
 
 /// redb's page cache by default. Its own default (1 GiB) made a store of a million secrets hold
@@ -108,30 +99,10 @@ impl EmbeddedBackend {
         sync_dir(dir)?;
 
         let db = Arc::new(db);
-        let counters = Arc::new(Counters::default());
-        let (queue, requests) = mpsc::channel(writer::QUEUE_CAPACITY);
-        let store = RedbStore { db: db.clone() };
-        let thread_counters = counters.clone();
-        let hook = Arc::new(HookSlot::default());
-        let thread_hook = hook.clone();
-        let writer = std::thread::Builder::new()
-            .name("bunker-storage-writer".into())
-            .spawn(move || writer::run(store, requests, &thread_counters, &thread_hook))
-            .map_err(|source| StorageError::Io {
-                context: "starting the storage writer thread".into(),
-                source,
-            })?;
-        Ok(Self {
-            db,
-            path,
-            queue: Some(queue),
-            writer: Some(writer),
-            counters,
-            hook,
-        })
+        let writer = Writer::spawn(RedbStore { db: db.clone() }, "bunker-storage-writer")?;
+        Ok(Self { db, path, writer })
     }
 
-    /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -143,17 +114,6 @@ impl EmbeddedBackend {
             .map_err(engine("starting read transaction"))?;
         txn.open_table(ENTRIES)
             .map_err(engine("opening entries table for reading"))
-    }
-}
-
-impl Drop for EmbeddedBackend {
-    fn drop(&mut self) {
-        drop(self.queue.take());
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!(path = %self.path.display(), "storage writer thread panicked");
-            }
-        }
     }
 }
 
@@ -184,18 +144,7 @@ impl Backend for EmbeddedBackend {
     /// If the returned future is dropped after the batch was queued, the batch is still
     /// committed; only the acknowledgement is lost.
     async fn batch(&self, ops: Vec<Op>) -> Result<()> {
-        validate_batch(&ops)?;
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let queue = self.queue.as_ref().ok_or(StorageError::Closed)?;
-        let (reply, committed) = oneshot::channel();
-        let bytes = batch_bytes(&ops);
-        queue
-            .send(WriteRequest { ops, bytes, reply })
-            .await
-            .map_err(|_| StorageError::Closed)?;
-        committed.await.map_err(|_| StorageError::Closed)?
+        self.writer.submit(ops).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
@@ -232,13 +181,13 @@ impl Backend for EmbeddedBackend {
     }
 
     fn metrics(&self) -> StorageMetrics {
-        self.counters.snapshot()
+        self.writer.counters.snapshot()
     }
 }
 
 impl crate::HookedBackend for EmbeddedBackend {
     fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
-        self.hook.set(hook);
+        self.writer.hook.set(hook);
     }
 }
 

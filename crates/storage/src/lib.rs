@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 pub mod conformance;
 pub mod embedded;
 mod error;
+mod group_commit;
 mod hook;
 mod inmem;
 pub mod limits;

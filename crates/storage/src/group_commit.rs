@@ -22,37 +22,101 @@
 //! attempts that failed). The byte bound counts callers' bytes only; extra ops come on top.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hook::{checked_extra_ops, HookSlot};
-use crate::{CommitHook, Op, Result, StorageMetrics};
+use crate::limits::{batch_bytes, validate_batch};
+use crate::{CommitHook, Op, Result, StorageError, StorageMetrics};
+
+/// A running writer thread and what callers share with it. Dropping it closes the queue and
+/// waits for the thread to commit what was queued.
+pub(crate) struct Writer {
+    queue: Option<mpsc::Sender<WriteRequest>>,
+    thread: Option<JoinHandle<()>>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) hook: Arc<HookSlot>,
+    name: &'static str,
+}
+
+impl Writer {
+    /// Start the writer thread `name` over `store`.
+    pub(crate) fn spawn(store: impl GroupStore + Send + 'static, name: &'static str) -> Result<Writer> {
+        let counters = Arc::new(Counters::default());
+        let hook = Arc::new(HookSlot::default());
+        let (queue, requests) = mpsc::channel(QUEUE_CAPACITY);
+        let (thread_counters, thread_hook) = (counters.clone(), hook.clone());
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || run(store, requests, &thread_counters, &thread_hook))
+            .map_err(|source| StorageError::Io {
+                context: format!("starting the {name} thread"),
+                source,
+            })?;
+        Ok(Writer {
+            queue: Some(queue),
+            thread: Some(thread),
+            counters,
+            hook,
+            name,
+        })
+    }
+
+    /// Validate `ops`, queue them, and wait until they are durable (or failed).
+    pub(crate) async fn submit(&self, ops: Vec<Op>) -> Result<()> {
+        validate_batch(&ops)?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let queue = self.queue.as_ref().ok_or(StorageError::Closed)?;
+        let (reply, committed) = oneshot::channel();
+        let bytes = batch_bytes(&ops);
+        queue
+            .send(WriteRequest { ops, bytes, reply })
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        committed.await.map_err(|_| StorageError::Closed)?
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!(writer = self.name, "storage writer thread panicked");
+            }
+        }
+    }
+}
 
 /// Most batches committed in one transaction.
-pub(super) const MAX_GROUP_BATCHES: usize = 1024;
+pub(crate) const MAX_GROUP_BATCHES: usize = 1024;
 /// Most key and value bytes drained into one transaction (64 MiB); a single batch larger than
 /// this is still committed, alone.
-pub(super) const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
 /// Capacity of the queue in front of the writer; callers wait when it is full.
-pub(super) const QUEUE_CAPACITY: usize = 1024;
+pub(crate) const QUEUE_CAPACITY: usize = 1024;
 
 /// One caller's batch, waiting to be committed.
-pub(super) struct WriteRequest {
-    pub(super) ops: Vec<Op>,
+pub(crate) struct WriteRequest {
+    pub(crate) ops: Vec<Op>,
     /// Key and value bytes in `ops`.
-    pub(super) bytes: usize,
-    pub(super) reply: oneshot::Sender<Result<()>>,
+    pub(crate) bytes: usize,
+    pub(crate) reply: oneshot::Sender<Result<()>>,
 }
 
 /// Where the writer commits: applies a group of batches in one durable transaction.
-pub(super) trait GroupStore {
+pub(crate) trait GroupStore {
     fn commit(&self, batches: &[&[Op]]) -> Result<()>;
 }
 
 /// Durability counters, updated by the writer and read by `metrics()`.
 #[derive(Debug, Default)]
-pub(super) struct Counters {
+pub(crate) struct Counters {
     fsyncs: AtomicU64,
     batches: AtomicU64,
     ops: AtomicU64,
@@ -68,7 +132,7 @@ impl Counters {
         self.ops.fetch_add(ops as u64, Ordering::Relaxed);
     }
 
-    pub(super) fn snapshot(&self) -> StorageMetrics {
+    pub(crate) fn snapshot(&self) -> StorageMetrics {
         StorageMetrics {
             fsyncs: self.fsyncs.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
@@ -79,7 +143,7 @@ impl Counters {
 
 /// Runs until every sender of `queue` is dropped and the queue is empty. Each group is
 /// committed with the hook installed in `hook` when the group starts.
-pub(super) fn run(
+pub(crate) fn run(
     store: impl GroupStore,
     mut queue: mpsc::Receiver<WriteRequest>,
     counters: &Counters,
