@@ -130,8 +130,9 @@ pub(crate) async fn sign(
 pub(crate) async fn verify(call: &Call<'_>, name: &str, alg: Option<&str>) -> Result<Response> {
     let (items, batch) = items(call.data)?;
     let p = load_existing(call.store, name).await?;
-    let hmac_alg = algorithm(call, alg, &["algorithm"])?;
+    // Vault's verify takes `hash_algorithm` (or the deprecated `algorithm`) for HMACs too.
     let opts = sign_options(call, alg)?;
+    let hmac_alg = opts.hash;
     let results: Vec<ItemResult> = items
         .iter()
         .map(|item| verify_item(&p, item, hmac_alg, &opts))

@@ -445,6 +445,22 @@ async fn hmac_and_verify() {
         .write("verify/h", json!({"input": b64(b"x"), "hmac": d["hmac"]}))
         .await;
     assert_eq!(ok["valid"], json!(true));
+    // verify names the HMAC's algorithm with hash_algorithm (hvac does) or algorithm.
+    let d = e
+        .write(
+            "hmac/h",
+            json!({"input": b64(b"x"), "algorithm": "sha2-384"}),
+        )
+        .await;
+    for field in ["hash_algorithm", "algorithm"] {
+        let ok = e
+            .write(
+                "verify/h",
+                json!({"input": b64(b"x"), "hmac": d["hmac"], field: "sha2-384"}),
+            )
+            .await;
+        assert_eq!(ok["valid"], json!(true), "{field}");
+    }
     e.write_err("encrypt/h", json!({"plaintext": b64(b"x")}))
         .await;
     e.write_err("hmac/k/md5", json!({"input": b64(b"x")})).await;
