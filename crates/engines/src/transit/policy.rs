@@ -298,16 +298,17 @@ impl KeyPolicy {
             .max(1);
         for (version, kv) in self.versions.range(first..) {
             let entry = if self.key_type.is_asymmetric() {
-                let mut e = json!({
+                // A derived key's public key depends on a context: Vault shows it empty.
+                let public_key = if self.derived {
+                    ""
+                } else {
+                    kv.public_key.as_str()
+                };
+                json!({
                     "creation_time": bunker_sdk::time_util::rfc3339(kv.created_unix),
                     "name": public_key_name(self.key_type),
-                });
-                if !self.derived {
-                    if let Value::Object(m) = &mut e {
-                        m.insert("public_key".into(), Value::String(kv.public_key.clone()));
-                    }
-                }
-                e
+                    "public_key": public_key,
+                })
             } else {
                 json!(kv.created_unix)
             };
