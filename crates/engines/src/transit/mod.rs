@@ -215,10 +215,32 @@ pub(crate) async fn load_existing(store: &dyn Store, name: &str) -> Result<KeyPo
 }
 
 pub(crate) async fn save(store: &dyn Store, policy: &KeyPolicy) -> Result<()> {
-    let bytes = Zeroizing::new(serde_json::to_vec(policy).map_err(|e| {
+    let bytes = to_json_zeroizing(policy).map_err(|e| {
         LogicalError::Internal(format!("encoding transit key {:?}: {e}", policy.name))
-    })?);
+    })?;
     store.put(&storage_key(&policy.name), &bytes).await
+}
+
+/// JSON of a value holding key material, in a buffer allocated once at its exact size (a
+/// growing `Vec` would leave unzeroized copies behind in freed memory) and zeroized on drop.
+pub(crate) fn to_json_zeroizing<T: serde::Serialize>(
+    value: &T,
+) -> std::result::Result<Zeroizing<Vec<u8>>, serde_json::Error> {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, value)?;
+    let mut out = Zeroizing::new(Vec::with_capacity(counter.0));
+    serde_json::to_writer(&mut *out, value)?;
+    Ok(out)
 }
 
 /// Load a key for an encrypting use, rotating it first when `auto_rotate_period` says so.

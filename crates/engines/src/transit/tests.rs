@@ -670,3 +670,11 @@ async fn wrong_operations_and_paths() {
     e.write_err("decrypt/missing", json!({"ciphertext": "vault:v1:AAAA"}))
         .await;
 }
+
+#[test]
+fn key_records_are_encoded_at_their_exact_size() {
+    let v = super::crypto::generate_version(super::policy::KeyType::Aes256Gcm96, 0, 1).unwrap();
+    let json = super::to_json_zeroizing(&v).unwrap();
+    assert_eq!(json.len(), json.capacity());
+    assert_eq!(*json, serde_json::to_vec(&v).unwrap());
+}

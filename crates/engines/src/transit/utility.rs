@@ -172,10 +172,8 @@ pub(crate) async fn backup(t: &Transit, call: &Call<'_>, name: &str) -> Result<R
         format: BACKUP_FORMAT.to_owned(),
         policy: p,
     };
-    let json = Zeroizing::new(
-        serde_json::to_vec(&envelope)
-            .map_err(|e| LogicalError::Internal(format!("encoding backup: {e}")))?,
-    );
+    let json = super::to_json_zeroizing(&envelope)
+        .map_err(|e| LogicalError::Internal(format!("encoding backup: {e}")))?;
     tracing::info!(key = %name, "transit key backed up");
     Ok(Response::data(obj(
         json!({ "backup": STANDARD.encode(json.as_slice()) }),
