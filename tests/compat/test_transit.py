@@ -56,6 +56,12 @@ def test_batch_and_derived(root_client, transit):
     )["data"]["batch_results"]
     assert [base64.b64decode(r["plaintext"]) for r in back] == [b"a", b"b"]
 
+    # Convergent encryption: the same context and plaintext give the same ciphertext.
+    t.create_key("conv", derived=True, convergent_encryption=True, mount_point=transit)
+    first = t.encrypt_data("conv", b64(b"x"), context=ctx, mount_point=transit)["data"]["ciphertext"]
+    again = t.encrypt_data("conv", b64(b"x"), context=ctx, mount_point=transit)["data"]["ciphertext"]
+    assert first == again
+
 
 def test_sign_verify_and_hmac(root_client, transit):
     t = root_client.secrets.transit

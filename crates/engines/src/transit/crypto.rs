@@ -176,17 +176,53 @@ fn aead_algorithm(key_type: KeyType) -> Result<&'static aead::Algorithm> {
     }
 }
 
-/// AEAD-encrypt: `nonce || ciphertext || tag`.
+/// The nonce of convergent encryption: the first 96 bits of HMAC-SHA256 over the associated
+/// data and the plaintext (each length-prefixed, so the nonce changes with either), keyed with
+/// HKDF-SHA256(the request's derived key, info = [`CONVERGENT_NONCE_INFO`]); the nonce key is
+/// not the encryption key itself. Equal (context, associated data, plaintext) give equal
+/// ciphertexts; a nonce repeats only for an identical message.
+pub(crate) fn convergent_nonce(
+    key: &[u8],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<[u8; NONCE_LEN]> {
+    let nonce_key = derive_key(key, CONVERGENT_NONCE_INFO)?;
+    let hmac_key = hmac::Key::new(hmac::HMAC_SHA256, &nonce_key);
+    let mut ctx = hmac::Context::with_key(&hmac_key);
+    ctx.update(&(aad.len() as u64).to_be_bytes());
+    ctx.update(aad);
+    ctx.update(&(plaintext.len() as u64).to_be_bytes());
+    ctx.update(plaintext);
+    let tag = ctx.sign();
+    let mut nonce = [0u8; NONCE_LEN];
+    let head = tag
+        .as_ref()
+        .get(..NONCE_LEN)
+        .ok_or_else(|| internal("convergent nonce"))?;
+    nonce.copy_from_slice(head);
+    Ok(nonce)
+}
+
+/// HKDF `info` of the convergent nonce key.
+const CONVERGENT_NONCE_INFO: &[u8] = b"bunker-transit-convergent-nonce-v1";
+
+/// AEAD-encrypt: `nonce || ciphertext || tag`, with a random nonce unless `convergent`.
 pub(crate) fn aead_seal(
     key_type: KeyType,
     key: &[u8],
     plaintext: &[u8],
     aad: &[u8],
+    convergent: bool,
 ) -> Result<Vec<u8>> {
     let alg = aead_algorithm(key_type)?;
     let sealing = LessSafeKey::new(UnboundKey::new(alg, key).map_err(|_| internal("AEAD key"))?);
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::fill(&mut nonce).map_err(|_| internal("nonce generation"))?;
+    let nonce = if convergent {
+        convergent_nonce(key, plaintext, aad)?
+    } else {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce).map_err(|_| internal("nonce generation"))?;
+        nonce
+    };
     let mut buf = Zeroizing::new(plaintext.to_vec());
     sealing
         .seal_in_place_append_tag(
@@ -552,7 +588,7 @@ mod tests {
             (KeyType::ChaCha20Poly1305, 32),
         ] {
             let key = random_bytes(len).unwrap();
-            let blob = aead_seal(t, &key, b"hello", b"aad").unwrap();
+            let blob = aead_seal(t, &key, b"hello", b"aad", false).unwrap();
             assert_eq!(blob.len(), 12 + 5 + 16);
             assert_eq!(
                 aead_open(t, &key, &blob, b"aad").unwrap().as_slice(),

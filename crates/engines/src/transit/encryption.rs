@@ -31,7 +31,7 @@ pub(crate) fn encrypt_bytes(
     let kv = p.version(version)?;
     let blob = if p.key_type.is_aead() {
         let key = effective_key(&kv.key, p.derived, context)?;
-        aead_seal(p.key_type, &key, plaintext, aad)?
+        aead_seal(p.key_type, &key, plaintext, aad, p.convergent_encryption)?
     } else if p.key_type.is_rsa() {
         if !aad.is_empty() {
             return Err(bad("associated_data is only supported by AEAD key types"));
@@ -113,16 +113,10 @@ pub(crate) async fn encrypt(t: &Transit, call: &Call<'_>, name: &str) -> Result<
 /// Vault's upsert: encrypting with a key that does not exist creates it (the ACL asked for
 /// `create`), derived when the request carries a context.
 async fn upsert(t: &Transit, call: &Call<'_>, name: &str, items: &[Data]) -> Result<KeyPolicy> {
-    let mut settings = NewKey::from_request(call, "type")?;
-    if items
+    let context_given = items
         .iter()
-        .any(|i| i.get("context").is_some_and(|c| !c.is_null()))
-    {
-        settings.derived = true;
-    }
-    if settings.derived && !settings.key_type.supports_derivation() {
-        return Err(bad("key derivation is not supported for this key type"));
-    }
+        .any(|i| i.get("context").is_some_and(|c| !c.is_null()));
+    let settings = NewKey::from_request(call, context_given)?;
     let _guard = t.lock_key(name).await;
     if let Some(existing) = load(call.store, name).await? {
         return Ok(existing);

@@ -45,6 +45,7 @@ pub(crate) async fn handle(t: &Transit, call: &Call<'_>, name: &str) -> Result<R
 pub(crate) struct NewKey {
     pub key_type: KeyType,
     pub derived: bool,
+    pub convergent: bool,
     pub exportable: bool,
     pub allow_plaintext_backup: bool,
     pub auto_rotate_period_secs: u64,
@@ -52,17 +53,26 @@ pub(crate) struct NewKey {
 }
 
 impl NewKey {
-    pub(crate) fn from_request(call: &Call<'_>, type_field: &str) -> Result<Self> {
+    /// The settings of a create request; `context_given` (an encrypt that upserts with a
+    /// `context`) makes the key derived, as Vault does.
+    pub(crate) fn from_request(call: &Call<'_>, context_given: bool) -> Result<Self> {
         let data = call.data;
-        let key_type = match str_field(data, type_field)? {
+        let key_type = match str_field(data, "type")? {
             Some(s) if !s.is_empty() => KeyType::parse(&s)?,
             _ => KeyType::Aes256Gcm96,
         };
-        let derived = bool_field(data, "derived")?;
-        if bool_field(data, "convergent_encryption")? {
+        let derived = bool_field(data, "derived")? || context_given;
+        let convergent = bool_field(data, "convergent_encryption")?;
+        if convergent && !derived {
             return Err(bad(
-                "convergent encryption is not supported by Bunker's transit engine",
+                "convergent encryption requires derivation to be enabled",
             ));
+        }
+        if convergent && !key_type.is_aead() {
+            return Err(bad(format!(
+                "convergent encryption not supported for keys of type {}",
+                key_type.as_str()
+            )));
         }
         if derived && !key_type.supports_derivation() {
             return Err(bad(format!(
@@ -87,6 +97,7 @@ impl NewKey {
         Ok(NewKey {
             key_type,
             derived,
+            convergent,
             exportable: bool_field(data, "exportable")?,
             allow_plaintext_backup: bool_field(data, "allow_plaintext_backup")?,
             auto_rotate_period_secs: auto_rotate_period(call)?.unwrap_or(0),
@@ -103,6 +114,7 @@ impl NewKey {
             name: name.to_owned(),
             key_type: self.key_type,
             derived: self.derived,
+            convergent_encryption: self.convergent,
             kdf: if self.derived {
                 KDF_HKDF_SHA256.to_owned()
             } else {
@@ -139,7 +151,7 @@ fn auto_rotate_period(call: &Call<'_>) -> Result<Option<u64>> {
 /// Create a key; an existing key of that name is left as it is (Vault's behaviour).
 async fn create(t: &Transit, call: &Call<'_>, name: &str) -> Result<Response> {
     validate_key_name(name)?;
-    let settings = NewKey::from_request(call, "type")?;
+    let settings = NewKey::from_request(call, false)?;
     let _guard = t.lock_key(name).await;
     if let Some(existing) = load(call.store, name).await? {
         return Ok(Response::data(existing.to_response_data()));

@@ -205,6 +205,10 @@ pub(crate) struct KeyPolicy {
     #[serde(rename = "type")]
     pub key_type: KeyType,
     pub derived: bool,
+    /// Convergent encryption: the nonce is derived from the plaintext (see
+    /// `crypto::convergent_nonce`), so equal inputs give equal ciphertexts.
+    #[serde(default)]
+    pub convergent_encryption: bool,
     #[serde(default)]
     pub kdf: String,
     pub exportable: bool,
@@ -332,7 +336,7 @@ impl KeyPolicy {
             "supports_signing": self.key_type.supports_signing(),
             "auto_rotate_period": self.auto_rotate_period_secs,
             "imported_key": false,
-            "convergent_encryption": false,
+            "convergent_encryption": self.convergent_encryption,
         }) {
             Value::Object(m) => m,
             _ => Data::new(),

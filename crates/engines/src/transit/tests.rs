@@ -160,9 +160,11 @@ async fn key_lifecycle() {
         .write_err("keys/t", json!({"type": "ecdsa-p256", "derived": true}))
         .await
         .contains("not supported"));
+    e.write_err("keys/t", json!({"convergent_encryption": true}))
+        .await;
     e.write_err(
         "keys/t",
-        json!({"convergent_encryption": true, "derived": true}),
+        json!({"convergent_encryption": true, "derived": true, "type": "ed25519"}),
     )
     .await;
 }
@@ -677,4 +679,76 @@ fn key_records_are_encoded_at_their_exact_size() {
     let json = super::to_json_zeroizing(&v).unwrap();
     assert_eq!(json.len(), json.capacity());
     assert_eq!(*json, serde_json::to_vec(&v).unwrap());
+}
+
+#[tokio::test]
+async fn convergent_encryption_is_deterministic_per_context_and_input() {
+    let e = env();
+    e.write(
+        "keys/c",
+        json!({"derived": true, "convergent_encryption": true}),
+    )
+    .await;
+    assert_eq!(e.read("keys/c").await["convergent_encryption"], json!(true));
+    let enc = |pt: &'static [u8], ctx: &'static [u8], aad: &'static [u8]| {
+        let mut body = json!({"plaintext": b64(pt), "context": b64(ctx)});
+        if !aad.is_empty() {
+            body["associated_data"] = json!(b64(aad));
+        }
+        body
+    };
+    let a1 = e.write("encrypt/c", enc(b"same", b"ctx", b"")).await;
+    let a2 = e.write("encrypt/c", enc(b"same", b"ctx", b"")).await;
+    assert_eq!(a1["ciphertext"], a2["ciphertext"]);
+    for other in [
+        enc(b"diff", b"ctx", b""),
+        enc(b"same", b"ctx2", b""),
+        enc(b"same", b"ctx", b"aad"),
+    ] {
+        let b = e.write("encrypt/c", other).await;
+        assert_ne!(a1["ciphertext"], b["ciphertext"]);
+    }
+    let back = e
+        .write(
+            "decrypt/c",
+            json!({"ciphertext": a1["ciphertext"], "context": b64(b"ctx")}),
+        )
+        .await;
+    assert_eq!(back["plaintext"], json!(b64(b"same")));
+    // Rotation changes the ciphertext of the same input.
+    e.write("keys/c/rotate", json!({})).await;
+    let a3 = e.write("encrypt/c", enc(b"same", b"ctx", b"")).await;
+    assert_ne!(a1["ciphertext"], a3["ciphertext"]);
+
+    // Upsert: encrypt with a context and convergent_encryption creates a convergent key.
+    let data =
+        obj(json!({"plaintext": b64(b"u"), "context": b64(b"c"), "convergent_encryption": true}));
+    let call = Call {
+        operation: Operation::Create,
+        path: "encrypt/up",
+        data: &data,
+        store: &e.store,
+        mount_point: "transit/",
+        token_namespace: "",
+    };
+    e.transit.handle_call(&call).await.unwrap();
+    let up = e.read("keys/up").await;
+    assert_eq!(up["derived"], json!(true));
+    assert_eq!(up["convergent_encryption"], json!(true));
+
+    // A non-convergent derived key stays randomised.
+    e.write("keys/r", json!({"derived": true})).await;
+    let r1 = e
+        .write(
+            "encrypt/r",
+            json!({"plaintext": b64(b"x"), "context": b64(b"c")}),
+        )
+        .await;
+    let r2 = e
+        .write(
+            "encrypt/r",
+            json!({"plaintext": b64(b"x"), "context": b64(b"c")}),
+        )
+        .await;
+    assert_ne!(r1["ciphertext"], r2["ciphertext"]);
 }
