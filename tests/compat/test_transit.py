@@ -65,7 +65,7 @@ def test_batch_and_derived(root_client, transit):
 
 def test_sign_verify_and_hmac(root_client, transit):
     t = root_client.secrets.transit
-    for key_type in ("ed25519", "ecdsa-p256", "rsa-2048"):
+    for key_type in ("ed25519", "ecdsa-p256", "ecdsa-p384", "rsa-2048"):
         t.create_key(key_type, key_type=key_type, mount_point=transit)
         sig = t.sign_data(key_type, hash_input=b64(b"doc"), mount_point=transit)["data"]["signature"]
         ok = t.verify_signed_data(key_type, b64(b"doc"), signature=sig, mount_point=transit)

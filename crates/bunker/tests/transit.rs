@@ -68,7 +68,14 @@ const ENCRYPTION_TYPES: [&str; 5] = [
     "rsa-2048",
     "rsa-4096",
 ];
-const SIGNING_TYPES: [&str; 4] = ["ed25519", "ecdsa-p256", "rsa-2048", "rsa-4096"];
+const SIGNING_TYPES: [&str; 6] = [
+    "ed25519",
+    "ecdsa-p256",
+    "ecdsa-p384",
+    "ecdsa-p521",
+    "rsa-2048",
+    "rsa-4096",
+];
 
 #[test]
 fn transit_keys_encrypt_sign_and_survive_a_restart() {
@@ -91,8 +98,8 @@ fn transit_keys_encrypt_sign_and_survive_a_restart() {
     }
     let (status, listed) = s.list("transit/keys", s.root());
     assert_eq!(status, 200, "{listed}");
-    // The RSA keys are in both lists: eight distinct keys.
-    assert_eq!(listed["data"]["keys"].as_array().unwrap().len(), 8);
+    // The RSA keys are in both lists: ten distinct keys.
+    assert_eq!(listed["data"]["keys"].as_array().unwrap().len(), 10);
     let (status, _) = s.get("transit/keys/missing", s.root());
     assert_eq!(status, 404);
 

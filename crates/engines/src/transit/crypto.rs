@@ -6,8 +6,8 @@
 //! - Key derivation (`derived` keys): HKDF-SHA256 (RFC 5869) with the version's key as input
 //!   keying material, an empty salt, and the request's `context` as `info`; the output is as
 //!   long as the key (32 bytes for AES-256, ChaCha20 and the Ed25519 seed, 16 for AES-128).
-//! - Signatures: Ed25519 (over the input), ECDSA P-256 with SHA-256 (ASN.1 or JWS encoding),
-//!   RSA PSS (salt length = hash length) or PKCS#1 v1.5 with SHA-256/384/512.
+//! - Signatures: Ed25519 (over the input), ECDSA (see `ecdsa`: P-256, P-384, P-521; ASN.1 or
+//!   JWS encoding), RSA PSS (salt length = hash length) or PKCS#1 v1.5 with SHA-256/384/512.
 //! - HMAC with SHA-224/256/384/512.
 //!
 //! Every buffer holding a key or a plaintext is `Zeroizing`.
@@ -22,12 +22,13 @@ use aws_lc_rs::rsa::{
     KeySize, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey,
     OAEP_SHA256_MGF1SHA256,
 };
-use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair};
+use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair as _, RsaKeyPair};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bunker_sdk::{LogicalError, Result};
 use zeroize::Zeroizing;
 
+use super::ecdsa;
 use super::policy::{KeyType, KeyVersion, SecretBytes};
 
 /// A fault inside the crypto library (not the client's doing).
@@ -55,7 +56,6 @@ pub(crate) fn generate_version(
     hmac_key_size: usize,
     now_unix: u64,
 ) -> Result<KeyVersion> {
-    let rng = SystemRandom::new();
     let mut public_key = String::new();
     let mut hmac_key = SecretBytes::new(random_bytes(HMAC_KEY_BYTES)?);
     let key = match key_type {
@@ -71,17 +71,9 @@ pub(crate) fn generate_version(
             public_key = STANDARD.encode(pair.public_key().as_ref());
             SecretBytes::new(seed)
         }
-        KeyType::EcdsaP256 => {
-            let doc =
-                EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-                    .map_err(|_| internal("ECDSA key generation"))?;
-            let key = SecretBytes::from_slice(doc.as_ref());
-            let pair = ecdsa_pair(key.expose(), false)?;
-            let der = pair
-                .public_key()
-                .as_der()
-                .map_err(|_| internal("encoding the ECDSA public key"))?;
-            public_key = pem("PUBLIC KEY", der.as_ref());
+        KeyType::EcdsaP256 | KeyType::EcdsaP384 | KeyType::EcdsaP521 => {
+            let (key, public) = ecdsa::generate(key_type)?;
+            public_key = public;
             key
         }
         KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
@@ -324,6 +316,19 @@ impl HashAlgorithm {
         })
     }
 
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            HashAlgorithm::Sha224 => "sha2-224",
+            HashAlgorithm::Sha256 => "sha2-256",
+            HashAlgorithm::Sha384 => "sha2-384",
+            HashAlgorithm::Sha512 => "sha2-512",
+            HashAlgorithm::Sha512_256 => "sha2-512/256",
+            HashAlgorithm::Sha3_256 => "sha3-256",
+            HashAlgorithm::Sha3_384 => "sha3-384",
+            HashAlgorithm::Sha3_512 => "sha3-512",
+        }
+    }
+
     pub(crate) fn digest_algorithm(self) -> &'static digest::Algorithm {
         match self {
             HashAlgorithm::Sha224 => &digest::SHA224,
@@ -373,7 +378,10 @@ pub(crate) fn hmac_verify(
 /// How a signature is made beyond the key: hash, RSA padding, ECDSA encoding, prehashing.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SignOptions {
+    /// The hash (sha2-256 when the request names none).
     pub hash: HashAlgorithm,
+    /// Whether the request named the hash (ECDSA P-384 defaults to sha2-384 otherwise).
+    pub hash_given: bool,
     pub prehashed: bool,
     /// RSA: PSS (`true`, the default) or PKCS#1 v1.5.
     pub pss: bool,
@@ -381,17 +389,18 @@ pub(crate) struct SignOptions {
     pub jws: bool,
 }
 
-fn ed25519_from_seed(seed: &[u8]) -> Result<Ed25519KeyPair> {
-    Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| internal("Ed25519 key"))
+impl SignOptions {
+    fn ecdsa(&self) -> super::ecdsa::EcdsaOptions {
+        super::ecdsa::EcdsaOptions {
+            hash: self.hash_given.then_some(self.hash),
+            prehashed: self.prehashed,
+            jws: self.jws,
+        }
+    }
 }
 
-fn ecdsa_pair(pkcs8: &[u8], jws: bool) -> Result<EcdsaKeyPair> {
-    let alg = if jws {
-        &signature::ECDSA_P256_SHA256_FIXED_SIGNING
-    } else {
-        &signature::ECDSA_P256_SHA256_ASN1_SIGNING
-    };
-    EcdsaKeyPair::from_pkcs8(alg, pkcs8).map_err(|_| internal("ECDSA key"))
+fn ed25519_from_seed(seed: &[u8]) -> Result<Ed25519KeyPair> {
+    Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| internal("Ed25519 key"))
 }
 
 /// The digest to sign or verify for ECDSA/RSA: the input hashed, or the input itself when
@@ -430,15 +439,6 @@ fn rsa_parameters(opts: &SignOptions) -> Result<&'static signature::RsaParameter
     })
 }
 
-fn check_ecdsa_hash(opts: &SignOptions) -> Result<()> {
-    if opts.hash != HashAlgorithm::Sha256 {
-        return Err(bad(
-            "ecdsa-p256 keys sign with hash_algorithm sha2-256 only in Bunker",
-        ));
-    }
-    Ok(())
-}
-
 /// Sign `input` with a key version (`key` already derived for derived Ed25519 keys).
 pub(crate) fn sign(
     key_type: KeyType,
@@ -453,17 +453,7 @@ pub(crate) fn sign(
             }
             Ok(ed25519_from_seed(key)?.sign(input).as_ref().to_vec())
         }
-        KeyType::EcdsaP256 => {
-            check_ecdsa_hash(opts)?;
-            let pair = ecdsa_pair(key, opts.jws)?;
-            let sig = if opts.prehashed {
-                pair.sign_digest(&message_digest(opts, input)?)
-            } else {
-                pair.sign(&SystemRandom::new(), input)
-            }
-            .map_err(|_| internal("ECDSA signing"))?;
-            Ok(sig.as_ref().to_vec())
-        }
+        t if t.is_ecdsa() => ecdsa::sign(t, key, input, &opts.ecdsa()),
         t if t.is_rsa() => {
             let pair = RsaKeyPair::from_pkcs8(key).map_err(|_| internal("RSA key"))?;
             let encoding = rsa_encoding(opts)?;
@@ -501,23 +491,7 @@ pub(crate) fn verify(
                 signature::UnparsedPublicKey::new(&signature::ED25519, pair.public_key().as_ref());
             Ok(public.verify(input, sig).is_ok())
         }
-        KeyType::EcdsaP256 => {
-            check_ecdsa_hash(opts)?;
-            let pair = ecdsa_pair(key, false)?;
-            let alg = if opts.jws {
-                &signature::ECDSA_P256_SHA256_FIXED
-            } else {
-                &signature::ECDSA_P256_SHA256_ASN1
-            };
-            let public = signature::UnparsedPublicKey::new(alg, pair.public_key().as_ref());
-            Ok(if opts.prehashed {
-                public
-                    .verify_digest(&message_digest(opts, input)?, sig)
-                    .is_ok()
-            } else {
-                public.verify(input, sig).is_ok()
-            })
-        }
+        t if t.is_ecdsa() => ecdsa::verify(t, key, input, sig, &opts.ecdsa()),
         t if t.is_rsa() => {
             let pair = RsaKeyPair::from_pkcs8(key).map_err(|_| internal("RSA key"))?;
             let public = signature::UnparsedPublicKey::new(
@@ -550,14 +524,7 @@ pub(crate) fn export_private(key_type: KeyType, version: &KeyVersion) -> Result<
             full.extend_from_slice(pair.public_key().as_ref());
             Ok(STANDARD.encode(full.as_slice()))
         }
-        KeyType::EcdsaP256 => {
-            let pair = ecdsa_pair(key, false)?;
-            let der = pair
-                .private_key()
-                .as_der()
-                .map_err(|_| internal("encoding the ECDSA key"))?;
-            Ok(pem("EC PRIVATE KEY", der.as_ref()))
-        }
+        t if t.is_ecdsa() => ecdsa::export_private(t, key),
         t if t.is_rsa() => Ok(pem("PRIVATE KEY", key)),
         KeyType::Hmac => Ok(STANDARD.encode(version.hmac_key.expose())),
         _ => Err(bad("key type has no exportable private key")),
@@ -606,6 +573,7 @@ mod tests {
     fn signatures_round_trip() {
         let opts = SignOptions {
             hash: HashAlgorithm::Sha256,
+            hash_given: false,
             prehashed: false,
             pss: true,
             jws: false,

@@ -18,6 +18,7 @@
 //! key's name, as KV v2 does; encrypting and decrypting take no lock.
 
 mod crypto;
+mod ecdsa;
 mod encryption;
 mod input;
 mod keys;

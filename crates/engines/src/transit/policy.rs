@@ -40,6 +40,10 @@ pub(crate) enum KeyType {
     Ed25519,
     #[serde(rename = "ecdsa-p256")]
     EcdsaP256,
+    #[serde(rename = "ecdsa-p384")]
+    EcdsaP384,
+    #[serde(rename = "ecdsa-p521")]
+    EcdsaP521,
     #[serde(rename = "rsa-2048")]
     Rsa2048,
     #[serde(rename = "rsa-3072")]
@@ -58,6 +62,8 @@ impl KeyType {
             "chacha20-poly1305" => KeyType::ChaCha20Poly1305,
             "ed25519" => KeyType::Ed25519,
             "ecdsa-p256" => KeyType::EcdsaP256,
+            "ecdsa-p384" => KeyType::EcdsaP384,
+            "ecdsa-p521" => KeyType::EcdsaP521,
             "rsa-2048" => KeyType::Rsa2048,
             "rsa-3072" => KeyType::Rsa3072,
             "rsa-4096" => KeyType::Rsa4096,
@@ -77,6 +83,8 @@ impl KeyType {
             KeyType::ChaCha20Poly1305 => "chacha20-poly1305",
             KeyType::Ed25519 => "ed25519",
             KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::EcdsaP384 => "ecdsa-p384",
+            KeyType::EcdsaP521 => "ecdsa-p521",
             KeyType::Rsa2048 => "rsa-2048",
             KeyType::Rsa3072 => "rsa-3072",
             KeyType::Rsa4096 => "rsa-4096",
@@ -92,6 +100,13 @@ impl KeyType {
         )
     }
 
+    pub(crate) fn is_ecdsa(self) -> bool {
+        matches!(
+            self,
+            KeyType::EcdsaP256 | KeyType::EcdsaP384 | KeyType::EcdsaP521
+        )
+    }
+
     pub(crate) fn is_rsa(self) -> bool {
         matches!(self, KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096)
     }
@@ -101,7 +116,7 @@ impl KeyType {
     }
 
     pub(crate) fn supports_signing(self) -> bool {
-        matches!(self, KeyType::Ed25519 | KeyType::EcdsaP256) || self.is_rsa()
+        self == KeyType::Ed25519 || self.is_ecdsa() || self.is_rsa()
     }
 
     pub(crate) fn supports_derivation(self) -> bool {
@@ -110,7 +125,7 @@ impl KeyType {
 
     /// Types whose read shows a public key per version rather than a creation time.
     pub(crate) fn is_asymmetric(self) -> bool {
-        matches!(self, KeyType::Ed25519 | KeyType::EcdsaP256) || self.is_rsa()
+        self.supports_signing()
     }
 }
 
@@ -362,6 +377,8 @@ fn public_key_name(key_type: KeyType) -> &'static str {
     match key_type {
         KeyType::Ed25519 => "ed25519",
         KeyType::EcdsaP256 => "P-256",
+        KeyType::EcdsaP384 => "P-384",
+        KeyType::EcdsaP521 => "P-521",
         KeyType::Rsa2048 => "rsa-2048",
         KeyType::Rsa3072 => "rsa-3072",
         KeyType::Rsa4096 => "rsa-4096",

@@ -10,7 +10,7 @@ use super::input::{
     b64_field, bool_field, format_versioned, items, parse_versioned, str_field, u64_field,
     MAX_CONTEXT_BYTES, MAX_INPUT_BYTES,
 };
-use super::policy::{KeyPolicy, KeyType};
+use super::policy::KeyPolicy;
 use super::{load_existing, load_for_use, references, respond, ItemResult, Transit};
 use crate::store::Call;
 
@@ -42,8 +42,12 @@ fn sign_options(call: &Call<'_>, from_path: Option<&str>) -> Result<SignOptions>
         Some("jws") => true,
         Some(other) => return Err(bad(format!("unsupported marshaling_algorithm {other}"))),
     };
+    let named =
+        |f: &str| -> Result<bool> { Ok(str_field(call.data, f)?.is_some_and(|a| !a.is_empty())) };
+    let hash_given = from_path.is_some() || named("hash_algorithm")? || named("algorithm")?;
     Ok(SignOptions {
         hash: algorithm(call, from_path, &["hash_algorithm", "algorithm"])?,
+        hash_given,
         prehashed: bool_field(call.data, "prehashed")?,
         pss,
         jws,
@@ -108,7 +112,7 @@ pub(crate) async fn sign(
     let (items, batch) = items(call.data)?;
     let p = load_for_use(t, call.store, name).await?;
     check_signing(&p)?;
-    if opts.jws && p.key_type != KeyType::EcdsaP256 {
+    if opts.jws && !p.key_type.is_ecdsa() {
         return Err(bad("marshaling_algorithm jws is only valid for ECDSA keys"));
     }
     let results: Vec<ItemResult> = items
