@@ -1,6 +1,7 @@
 //! The transit secrets engine through the real binary: mount it like Vault, create keys of
 //! every type, encrypt/decrypt/rotate/rewrap, `min_decryption_version`, sign/verify,
-//! hmac/verify, batches, ACLs with upsert, and keys that survive a restart.
+//! hmac/verify, batches, ACLs with upsert, keys that survive a restart, and ciphertext made on
+//! a DR primary that decrypts on the promoted secondary.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,6 +14,10 @@ mod common;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use common::dr::{
+    activation_token, adopt_credentials, demote, dr_server, enable_primary, enable_secondary,
+    promote_with_keys, wait_converged,
+};
 use common::{errors, TestServer};
 use serde_json::{json, Value};
 
@@ -315,4 +320,46 @@ fn transit_acl_encrypt_only_token_and_upsert_needs_create() {
         h["sum"],
         json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     );
+}
+
+#[test]
+fn transit_keys_fail_over_to_a_promoted_dr_secondary() {
+    let a = dr_server();
+    mount_transit(&a);
+    ok(&a, "transit/keys/orders", json!({}));
+    ok(&a, "transit/keys/orders/rotate", json!({}));
+    ok(&a, "transit/keys/signer", json!({"type": "ed25519"}));
+    let ciphertext = encrypt(&a, "orders", b"made on the primary");
+    let signature = ok(
+        &a,
+        "transit/sign/signer",
+        json!({"input": b64(b"contract")}),
+    )["signature"]
+        .clone();
+
+    enable_primary(&a);
+    let mut b = dr_server();
+    enable_secondary(&b, &activation_token(&a, "site-b"));
+    adopt_credentials(&mut b, &a);
+    wait_converged(&a, &b);
+
+    demote(&a);
+    let done = promote_with_keys(&b, &a.keys);
+    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+
+    // The promoted secondary holds the keys: old ciphertext decrypts, signatures verify, and
+    // it keeps encrypting and rotating.
+    let (status, body) = decrypt(&b, "orders", &ciphertext);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(plaintext_of(&body), b"made on the primary");
+    let valid = ok(
+        &b,
+        "transit/verify/signer",
+        json!({"input": b64(b"contract"), "signature": signature}),
+    );
+    assert_eq!(valid["valid"], json!(true));
+    let newer = encrypt(&b, "orders", b"made on b");
+    assert!(newer.starts_with("vault:v2:"), "{newer}");
+    let rotated = ok(&b, "transit/keys/orders/rotate", json!({}));
+    assert_eq!(rotated["latest_version"], json!(3));
 }
