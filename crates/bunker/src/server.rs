@@ -89,6 +89,7 @@ pub fn build_core(backend: Arc<dyn Backend>, config: CoreConfig) -> Arc<Core> {
     core.register_backend("kv", Arc::new(bunker_engines::kv_factory()));
     core.register_backend("generic", Arc::new(bunker_engines::kv_factory()));
     core.register_backend("cubbyhole", Arc::new(bunker_engines::cubbyhole_factory()));
+    core.register_backend("transit", Arc::new(bunker_engines::transit_factory()));
     core
 }
 

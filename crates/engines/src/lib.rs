@@ -1,9 +1,9 @@
-//! Secrets engines mounted by the router: kv (v1 and v2) and cubbyhole.
+//! Secrets engines mounted by the router: kv (v1 and v2), cubbyhole and transit.
 //!
 //! Layout:
 //! - [`kv::v1`]: unversioned KV, [`kv::v2`]: versioned KV with Vault's full v2 API,
-//!   [`cubbyhole`]: per-token private KV. [`kv_factory`] and [`cubbyhole_factory`] build them
-//!   for mounts.
+//!   [`cubbyhole`]: per-token private KV, [`transit`]: encryption as a service. [`kv_factory`],
+//!   [`cubbyhole_factory`] and [`transit_factory`] build them for mounts.
 //! - `flat`: the unversioned store shared by KV v1 and cubbyhole.
 //! - `store`: the seam between engine logic and the core's `StorageView`, so engines are unit
 //!   tested over an in-memory store (including injected storage failures).
@@ -27,10 +27,12 @@ pub mod flat;
 pub mod kv;
 mod params;
 mod store;
+pub mod transit;
 
 pub use bunker_sdk::duration::{format_duration, parse_duration_secs, parse_duration_value};
 pub use cubbyhole::{cubbyhole_factory, destroy_cubbyhole, Cubbyhole};
 pub use kv::{kv_factory, KvV1, KvV2};
+pub use transit::{transit_factory, Transit};
 
 #[cfg(test)]
 mod view_tests;

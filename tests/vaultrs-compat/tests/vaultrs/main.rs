@@ -18,4 +18,5 @@ mod kv1;
 mod kv2;
 mod sys;
 mod tokens;
+mod transit;
 mod wrapping;
