@@ -15,7 +15,7 @@ use common::dr::{
     activation_token, adopt_credentials, assert_dr_refused, dr_server, enable_primary,
     enable_secondary, promote_with_keys, wait_converged, DR_SECONDARY_ERROR,
 };
-use common::{errors, TestServer};
+use common::{cli, errors, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -410,4 +410,79 @@ fn a_promoted_dr_secondary_accepts_the_same_logins() {
     assert_eq!(s.get("auth/token/lookup-self", Some(token)).0, 200);
     let (_, list) = s.get("sys/auth", s.root());
     assert_eq!(list["data"]["approle/"]["type"], "approle");
+}
+
+#[test]
+fn the_cli_enables_tunes_lists_and_logs_in() {
+    let s = TestServer::dev();
+    let (code, _, err) = cli(&s, &["login", "root"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&s, &["auth", "enable", "-path=people", "userpass"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("people/"), "{out}");
+    let (code, _, err) = cli(&s, &["auth", "enable", "-max-lease-ttl=1h", "approle"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&s, &["auth", "tune", "-default-lease-ttl=10m", "people"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = cli(&s, &["auth", "list", "-detailed"]);
+    assert_eq!(code, 0);
+    for expected in ["people/", "userpass", "approle/", "token/", "10m", "1h"] {
+        assert!(out.contains(expected), "{expected} in {out}");
+    }
+    write(&s, "auth/people/users/ann", json!({"password": "pw"}));
+    let (code, token, err) = cli(
+        &s,
+        &[
+            "login",
+            "-method=userpass",
+            "-path=people",
+            "-no-store",
+            "-field=token",
+            "username=ann",
+            "password=pw",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (st, me) = s.get("auth/token/lookup-self", Some(token.trim()));
+    assert_eq!(st, 200, "{me}");
+    assert_eq!(
+        me["data"]["creation_ttl"], 600,
+        "the tuned default TTL: {me}"
+    );
+    let (code, _, err) = cli(
+        &s,
+        &[
+            "login",
+            "-method=userpass",
+            "-path=people",
+            "-no-store",
+            "username=ann",
+            "password=no",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(INVALID_USER), "{err}");
+
+    let role_id = approle_role(&s, "ci", json!({}));
+    let secret = secret_id(&s, "ci")["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, out, err) = cli(
+        &s,
+        &[
+            "login",
+            "-method=approle",
+            "-no-store",
+            &format!("role_id={role_id}"),
+            &format!("secret_id={secret}"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("token_meta_role_name"), "{out}");
+    let (code, _, err) = cli(&s, &["auth", "disable", "people"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = cli(&s, &["auth", "list"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("people/"), "{out}");
 }
