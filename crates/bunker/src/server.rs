@@ -90,6 +90,8 @@ pub fn build_core(backend: Arc<dyn Backend>, config: CoreConfig) -> Arc<Core> {
     core.register_backend("generic", Arc::new(bunker_engines::kv_factory()));
     core.register_backend("cubbyhole", Arc::new(bunker_engines::cubbyhole_factory()));
     core.register_backend("transit", Arc::new(bunker_engines::transit_factory()));
+    core.register_auth_backend("userpass", Arc::new(bunker_auth::userpass_factory()));
+    core.register_auth_backend("approle", Arc::new(bunker_auth::approle_factory()));
     core
 }
 

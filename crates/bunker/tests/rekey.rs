@@ -11,13 +11,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::dr::{
     activation_token, adopt_credentials, assert_dr_refused, dr_server, enable_primary,
     enable_secondary, wait_converged, CONVERGE,
 };
-use common::{errors, poll_until, ServerOptions, TestServer};
+use common::{cli, errors, poll_until, ServerOptions, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -489,27 +487,6 @@ fn rekeyed_dr_primary_secondary_unseals_and_promotes_with_the_new_shares() {
     assert_secret_readable(&s);
     let (code, data) = s.kv_get("app/after");
     assert_eq!((code, &data["n"]), (200, &json!("1")), "{data}");
-}
-
-/// Run the `bunker` CLI against `s`; returns (exit code, stdout, stderr).
-fn cli(s: &TestServer, args: &[&str]) -> (i32, String, String) {
-    let home = s.dir().join("cli-home");
-    std::fs::create_dir_all(&home).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bunker"))
-        .args(args)
-        .env("VAULT_ADDR", s.addr())
-        .env("HOME", &home)
-        .env_remove("VAULT_TOKEN")
-        .env_remove("VAULT_FORMAT")
-        .env_remove("VAULT_WRAP_TTL")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the bunker CLI");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

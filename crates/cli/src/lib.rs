@@ -22,7 +22,9 @@ mod output;
 mod settings;
 mod token_helper;
 
-use commands::{audit, generic, kv, login, operator, policy, secrets, status, token, unwrap, Ctx};
+use commands::{
+    audit, auth, generic, kv, login, operator, policy, secrets, status, token, unwrap, Ctx,
+};
 use error::{CliError, EXIT_LOCAL, EXIT_OK};
 use output::{emit, emit_err, Format};
 use settings::Settings;
@@ -164,6 +166,9 @@ enum Command {
     /// Enable, disable, tune and list secrets engines.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Enable, disable, tune and list auth methods.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Enable, disable and list audit devices.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -222,6 +227,7 @@ fn dispatch(cli: Cli, server: impl FnOnce(ServerArgs) -> anyhow::Result<()>) -> 
         Command::Token(cmd) => token::run(&ctx, cmd),
         Command::Policy(cmd) => policy::run(&ctx, cmd),
         Command::Secrets(cmd) => secrets::run(&ctx, cmd),
+        Command::Auth(cmd) => auth::run(&ctx, cmd),
         Command::Audit(cmd) => audit::run(&ctx, cmd),
         Command::Login(args) => login::run(&ctx, args),
         Command::Unwrap(args) => unwrap::run(&ctx, args),

@@ -13,7 +13,9 @@ use zeroize::Zeroizing;
 
 use crate::audit::AuditBroker;
 use crate::logical::{BackendFactory, LogicalError, Result, StorageView};
-use crate::mounts::{MountEntry, Mounted, Router, StoredMountTable, MOUNT_TABLE_PATH};
+use crate::mounts::{
+    MountEntry, Mounted, Router, StoredMountTable, AUTH_TABLE_PATH, MOUNT_TABLE_PATH,
+};
 use crate::policy_store::PolicyStore;
 use crate::token::{TokenEntry, TokenStore, TokenType};
 use bunker_seal::OtpTokenCeremony;
@@ -65,6 +67,8 @@ pub struct Core {
     pub(crate) audit: AuditBroker,
     pub(crate) router: RwLock<Router>,
     pub(crate) factories: RwLock<HashMap<String, Arc<dyn BackendFactory>>>,
+    /// Factories of auth method types (`userpass`, `approle`), mounted under `auth/`.
+    pub(crate) auth_factories: RwLock<HashMap<String, Arc<dyn BackendFactory>>>,
     pub(crate) root_generation: Mutex<Option<OtpTokenCeremony>>,
     /// Serialises changes to the mount and audit tables.
     pub(crate) table_lock: tokio::sync::Mutex<()>,
@@ -88,6 +92,7 @@ impl Core {
             audit: AuditBroker::new(barrier.clone()),
             router: RwLock::new(Router::default()),
             factories: RwLock::new(HashMap::new()),
+            auth_factories: RwLock::new(HashMap::new()),
             root_generation: Mutex::new(None),
             table_lock: tokio::sync::Mutex::new(()),
             wrapping_lock: tokio::sync::Mutex::new(()),
@@ -113,6 +118,14 @@ impl Core {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             f.insert(kind.to_owned(), factory);
         }
+    }
+
+    /// Register the factory for an auth method type (`userpass`, `approle`, ...).
+    pub fn register_auth_backend(&self, kind: &str, factory: Arc<dyn BackendFactory>) {
+        self.auth_factories
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(kind.to_owned(), factory);
     }
 
     pub fn is_sealed(&self) -> bool {
@@ -259,14 +272,16 @@ impl Core {
     }
 
     async fn load_mounts(&self) -> Result<()> {
-        let table: StoredMountTable = match self.barrier.get(MOUNT_TABLE_PATH).await? {
-            Some(bytes) => serde_json::from_slice(&bytes)?,
-            None => StoredMountTable::default(),
-        };
         let mut router = Router::default();
-        for entry in table.entries {
-            let mounted = self.instantiate(entry)?;
-            router.insert(mounted);
+        for table_path in [MOUNT_TABLE_PATH, AUTH_TABLE_PATH] {
+            let table: StoredMountTable = match self.barrier.get(table_path).await? {
+                Some(bytes) => serde_json::from_slice(&bytes)?,
+                None => StoredMountTable::default(),
+            };
+            for entry in table.entries {
+                let mounted = self.instantiate(entry)?;
+                router.insert(mounted);
+            }
         }
         {
             let mut r = self
@@ -279,8 +294,12 @@ impl Core {
     }
 
     pub(crate) fn instantiate(&self, entry: MountEntry) -> Result<Mounted> {
-        let factory = self
-            .factories
+        let factories = if entry.is_auth() {
+            &self.auth_factories
+        } else {
+            &self.factories
+        };
+        let factory = factories
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&entry.kind)
@@ -300,19 +319,24 @@ impl Core {
         })
     }
 
-    /// Persist the current router's entries as the mount table.
+    /// Persist the current router's entries as the mount table and the auth table, in one
+    /// batch.
     pub(crate) async fn persist_mounts(&self) -> Result<()> {
-        let entries: Vec<MountEntry> = self
+        let (auth, secrets): (Vec<MountEntry>, Vec<MountEntry>) = self
             .router
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entries()
             .cloned()
-            .collect();
-        let table = StoredMountTable { entries };
-        self.barrier
-            .put(MOUNT_TABLE_PATH, &serde_json::to_vec(&table)?)
-            .await?;
+            .partition(MountEntry::is_auth);
+        let mut ops = Vec::new();
+        for (path, entries) in [(MOUNT_TABLE_PATH, secrets), (AUTH_TABLE_PATH, auth)] {
+            ops.push(bunker_storage::Op::Put {
+                key: path.to_owned(),
+                value: serde_json::to_vec(&StoredMountTable { entries })?,
+            });
+        }
+        self.barrier.batch(ops).await?;
         Ok(())
     }
 
@@ -360,6 +384,14 @@ impl Core {
             return Ok(());
         };
         self.persist_mounts().await?;
+        if mounted.entry.is_auth() {
+            // The tokens the method issued die with it, as in Vault.
+            let revoked = self
+                .tokens
+                .revoke_by_path_prefix(&mounted.entry.path)
+                .await?;
+            self.destroy_cubbyholes(&revoked).await?;
+        }
         mounted.view.delete_prefix("").await?;
         Ok(())
     }

@@ -3,6 +3,10 @@
 //! The table is one JSON document in the barrier at `core/mounts`, rewritten whole on every
 //! change (mount changes are rare; one key keeps them atomic). Each mount's data lives under
 //! `logical/<uuid>/`, so renaming or disabling a mount never collides with another.
+//!
+//! Auth methods are mounts too: the router holds them at `auth/<path>/`, their table is
+//! `core/auth` and their data lives under `auth/<uuid>/`, as in Vault. Both tables are
+//! barrier data, so they replicate to DR secondaries like everything else.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +17,9 @@ use serde_json::{Map, Value};
 use crate::logical::{LogicalBackend, StorageView};
 
 pub const MOUNT_TABLE_PATH: &str = "core/mounts";
+pub const AUTH_TABLE_PATH: &str = "core/auth";
+/// Where auth methods are mounted in the router.
+pub const AUTH_MOUNT_PREFIX: &str = "auth/";
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct MountConfig {
@@ -46,11 +53,16 @@ impl MountEntry {
     pub fn new(path: &str, kind: &str, description: &str, options: Map<String, Value>) -> Self {
         let uuid = uuid::Uuid::new_v4().to_string();
         let short = uuid.split('-').next().unwrap_or_default().to_owned();
+        let accessor = if path.starts_with(AUTH_MOUNT_PREFIX) {
+            format!("auth_{kind}_{short}")
+        } else {
+            format!("{kind}_{short}")
+        };
         MountEntry {
             path: path.to_owned(),
             kind: kind.to_owned(),
             description: description.to_owned(),
-            accessor: format!("{kind}_{short}"),
+            accessor,
             uuid,
             config: MountConfig::default(),
             options,
@@ -67,8 +79,26 @@ impl MountEntry {
         }
     }
 
+    /// The mount's largest lease TTL (the system maximum when the mount sets none).
+    pub fn max_lease_ttl_secs(&self) -> u64 {
+        if self.config.max_lease_ttl > 0 {
+            self.config.max_lease_ttl
+        } else {
+            crate::token::SYSTEM_MAX_TTL_SECS
+        }
+    }
+
+    /// An auth method (mounted under `auth/`) rather than a secrets engine.
+    pub fn is_auth(&self) -> bool {
+        self.path.starts_with(AUTH_MOUNT_PREFIX)
+    }
+
     pub fn storage_prefix(&self) -> String {
-        format!("logical/{}/", self.uuid)
+        if self.is_auth() {
+            format!("auth/{}/", self.uuid)
+        } else {
+            format!("logical/{}/", self.uuid)
+        }
     }
 
     /// The JSON shape of `sys/mounts` entries.

@@ -3,6 +3,7 @@
 
 use crate::core::Core;
 use crate::logical::{BackendRequest, LogicalError, Operation, Request, Response, Result};
+use crate::mounts::Mounted;
 use crate::replication_hook::{DrMode, ReplicationHandler};
 
 pub use bunker_sdk::{capability_for, Caller};
@@ -70,6 +71,13 @@ impl Core {
                 self.audit.log_response(&req, None, &result).await?;
                 return result;
             }
+        }
+        // An auth method's login paths (declared by the backend) take no token.
+        if let Some((mounted, rel)) = self.unauthenticated_route(&req) {
+            self.audit.log_request(&req, None).await?;
+            let result = self.handle_login(&req, &mounted, rel).await;
+            self.audit.log_response(&req, None, &result).await?;
+            return result;
         }
         let mut caller = match self.authenticate(&req).await {
             Ok(c) => c,
@@ -142,8 +150,46 @@ impl Core {
             .lookup(&token)
             .await?
             .ok_or(LogicalError::PermissionDenied)?;
+        if !bunker_sdk::cidr::addr_allowed(req.remote_addr.as_deref(), &entry.bound_cidrs) {
+            return Err(LogicalError::PermissionDenied);
+        }
         let acl = self.policies.acl(&entry.policies).await?;
         Ok(Caller { token, entry, acl })
+    }
+
+    /// The mount and relative path of a request to a path its backend serves without a token.
+    fn unauthenticated_route(&self, req: &Request) -> Option<(Mounted, String)> {
+        let router = self
+            .router
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mounted, rel) = router.route(&req.path)?;
+        mounted
+            .backend
+            .special_paths()
+            .is_unauthenticated(&rel)
+            .then(|| (mounted.clone(), rel))
+    }
+
+    /// A login: the backend checks the credentials, the core issues the token, and the answer
+    /// is wrapped when the client asked.
+    async fn handle_login(
+        &self,
+        req: &Request,
+        mounted: &Mounted,
+        rel: String,
+    ) -> Result<Response> {
+        let resp = mounted
+            .backend
+            .handle(backend_request(req, mounted, rel, ""))
+            .await?;
+        let resp = self.finish_login(resp, &mounted.entry, &req.path).await?;
+        match req.wrap_ttl {
+            Some(ttl) if resp.raw.is_none() && (resp.data.is_some() || resp.auth.is_some()) => {
+                self.wrap_response(resp, ttl, &req.path).await
+            }
+            _ => Ok(resp),
+        }
     }
 
     async fn handle_authenticated(
@@ -198,16 +244,7 @@ impl Core {
             return Err(LogicalError::UnsupportedPath(req.path.clone()));
         };
         if matches!(req.operation, Operation::Create | Operation::Update) {
-            let breq = BackendRequest {
-                operation: req.operation,
-                path: rel.clone(),
-                data: &req.data,
-                storage: &mounted.view,
-                mount_point: &mounted.entry.path,
-                token_namespace: namespace,
-                mount_options: &mounted.entry.options,
-                default_lease_ttl_secs: mounted.entry.default_lease_ttl_secs(),
-            };
+            let breq = backend_request(req, &mounted, rel.clone(), namespace);
             req.operation = match mounted.backend.exists(&breq).await? {
                 Some(false) => Operation::Create,
                 _ => Operation::Update,
@@ -222,26 +259,43 @@ impl Core {
             Route::Token => self.handle_token(req, caller).await,
             Route::Mount(mounted, rel) => {
                 let namespace = caller.entry.cubbyhole_namespace().to_owned();
-                let breq = BackendRequest {
-                    operation: req.operation,
-                    path: rel,
-                    data: &req.data,
-                    storage: &mounted.view,
-                    mount_point: &mounted.entry.path,
-                    token_namespace: &namespace,
-                    mount_options: &mounted.entry.options,
-                    default_lease_ttl_secs: mounted.entry.default_lease_ttl_secs(),
-                };
-                mounted.backend.handle(breq).await
+                let breq = backend_request(req, &mounted, rel, &namespace);
+                let resp = mounted.backend.handle(breq).await?;
+                if resp.login.is_some() {
+                    return Err(LogicalError::Internal(
+                        "a login answer from a path that needs a token".into(),
+                    ));
+                }
+                Ok(resp)
             }
         }
+    }
+}
+
+/// What the backend of `mounted` sees of `req`, at `rel` relative to the mount.
+fn backend_request<'a>(
+    req: &'a Request,
+    mounted: &'a Mounted,
+    rel: String,
+    namespace: &'a str,
+) -> BackendRequest<'a> {
+    BackendRequest {
+        operation: req.operation,
+        path: rel,
+        data: &req.data,
+        storage: &mounted.view,
+        mount_point: &mounted.entry.path,
+        token_namespace: namespace,
+        mount_options: &mounted.entry.options,
+        default_lease_ttl_secs: mounted.entry.default_lease_ttl_secs(),
+        remote_addr: req.remote_addr.as_deref(),
     }
 }
 
 enum Route {
     System,
     Token,
-    Mount(Box<crate::mounts::Mounted>, String),
+    Mount(Box<Mounted>, String),
 }
 
 /// Whether the caller's ACL allows `op` on `path`, with `sudo` too when the path is

@@ -69,6 +69,7 @@ impl Mount {
             token_namespace: ns,
             mount_options: &self.options,
             default_lease_ttl_secs: 0,
+            remote_addr: None,
         }
     }
 

@@ -6,9 +6,11 @@
 //! this crate and not on the core, so a backend cannot reach into the core's state.
 
 mod caller;
+pub mod cidr;
 pub mod duration;
 mod error;
 pub mod fields;
+mod login;
 mod request;
 mod response;
 mod special_paths;
@@ -18,6 +20,7 @@ mod token_entry;
 
 pub use caller::{capability_for, Caller};
 pub use error::LogicalError;
+pub use login::{LoginAuth, TokenParams};
 pub use request::{Operation, Request};
 pub use response::{Auth, RawResponse, Response, WrapInfo};
 pub use special_paths::SpecialPaths;
@@ -48,6 +51,8 @@ pub struct BackendRequest<'a> {
     pub mount_options: &'a Map<String, Value>,
     /// The mount's default lease TTL (the system default when the mount sets none).
     pub default_lease_ttl_secs: u64,
+    /// The client's IP address, when the request came over the network.
+    pub remote_addr: Option<&'a str>,
 }
 
 /// A secrets engine mounted at a path.
@@ -63,7 +68,7 @@ pub trait LogicalBackend: Send + Sync {
         Ok(None)
     }
 
-    /// The paths of this backend that need `sudo` (relative to its mount).
+    /// The paths of this backend that need `sudo` or no token at all (relative to its mount).
     fn special_paths(&self) -> SpecialPaths {
         SpecialPaths::NONE
     }

@@ -53,6 +53,8 @@ pub struct Response {
     pub raw: Option<RawResponse>,
     /// Also copy `data`'s fields to the top level of the envelope (older sys endpoints do this).
     pub data_at_top_level: bool,
+    /// Set by an auth method's login: the core creates the token and fills `auth`.
+    pub login: Option<super::LoginAuth>,
 }
 
 impl Response {
@@ -109,5 +111,6 @@ impl Response {
             && self.warnings.is_empty()
             && self.wrap_info.is_none()
             && self.raw.is_none()
+            && self.login.is_none()
     }
 }

@@ -5,13 +5,31 @@
 /// `root` paths need `sudo` on top of the operation's capability (Vault's root-protected
 /// paths). A pattern ending in `/` matches every path under it; any other pattern matches
 /// itself and every path under it.
+///
+/// `unauthenticated` paths are served without a token (an auth method's `login`). A pattern
+/// ending in `*` matches every path starting with what precedes it; any other pattern matches
+/// only itself.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SpecialPaths {
     pub root: &'static [&'static str],
+    pub unauthenticated: &'static [&'static str],
 }
 
 impl SpecialPaths {
-    pub const NONE: SpecialPaths = SpecialPaths { root: &[] };
+    pub const NONE: SpecialPaths = SpecialPaths {
+        root: &[],
+        unauthenticated: &[],
+    };
+
+    /// Whether `rel` (relative to the mount) is served without a token.
+    pub fn is_unauthenticated(&self, rel: &str) -> bool {
+        self.unauthenticated
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => rel.starts_with(prefix),
+                None => rel == *p,
+            })
+    }
 
     /// Whether `rel` (relative to the mount) is root-protected.
     pub fn is_root(&self, rel: &str) -> bool {
@@ -36,6 +54,7 @@ mod tests {
     fn folders_and_exact_paths() {
         let s = SpecialPaths {
             root: &["audit", "raw/", "rotate"],
+            unauthenticated: &[],
         };
         assert!(s.is_root("audit"));
         assert!(s.is_root("audit/file"));
@@ -45,5 +64,18 @@ mod tests {
         assert!(s.is_root("rotate"));
         assert!(!s.is_root("mounts"));
         assert!(!SpecialPaths::NONE.is_root("anything"));
+    }
+
+    #[test]
+    fn unauthenticated_globs_and_exact_paths() {
+        let s = SpecialPaths {
+            root: &[],
+            unauthenticated: &["login", "login/*"],
+        };
+        assert!(s.is_unauthenticated("login"));
+        assert!(s.is_unauthenticated("login/alice"));
+        assert!(!s.is_unauthenticated("login-x"));
+        assert!(!s.is_unauthenticated("users/alice"));
+        assert!(!SpecialPaths::NONE.is_unauthenticated("login"));
     }
 }

@@ -64,6 +64,14 @@ pub struct TokenEntry {
     pub role: String,
     #[serde(default)]
     pub path: String,
+    /// The largest lifetime renewals may reach (seconds from creation): for a login, the
+    /// smaller of the role's `token_max_ttl` and the mount's max lease TTL; 0 for none beyond
+    /// the system maximum.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_ttl: u64,
+    /// Client addresses the token may be used from (`token_bound_cidrs`); empty for any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bound_cidrs: Vec<String>,
     #[serde(default)]
     pub expire_time: u64,
     #[serde(default)]
@@ -79,6 +87,10 @@ impl std::fmt::Debug for TokenEntry {
             .field("expire_time", &self.expire_time)
             .finish_non_exhaustive()
     }
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl TokenEntry {
@@ -141,6 +153,9 @@ impl TokenEntry {
         }
         if !self.role.is_empty() {
             data.insert("role".into(), json!(self.role));
+        }
+        if !self.bound_cidrs.is_empty() {
+            data.insert("bound_cidrs".into(), json!(self.bound_cidrs));
         }
         if self.last_renewal_time > 0 {
             data.insert("last_renewal_time".into(), json!(self.last_renewal_time));

@@ -597,3 +597,25 @@ pub fn errors(body: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Run the `bunker` CLI against `s`, with `s.dir()/cli-home` as its home (where `bunker login`
+/// stores its token) and no token in the environment; returns (exit code, stdout, stderr).
+pub fn cli(s: &TestServer, args: &[&str]) -> (i32, String, String) {
+    let home = s.dir().join("cli-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bunker"))
+        .args(args)
+        .env("VAULT_ADDR", s.addr())
+        .env("HOME", &home)
+        .env_remove("VAULT_TOKEN")
+        .env_remove("VAULT_FORMAT")
+        .env_remove("VAULT_WRAP_TTL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the bunker CLI");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,22 +1,28 @@
 //! `bunker login [TOKEN]`: check a token with `auth/token/lookup-self` and store it in the
-//! token helper (`~/.vault-token`, mode 0600).
+//! token helper (`~/.vault-token`, mode 0600). `-method=userpass username=... [password=...]`
+//! and `-method=approle role_id=... secret_id=...` log in to the auth method at `-path`
+//! (default: the method's name) and store the token it issues.
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 use serde_json::{json, Value};
+use zeroize::Zeroizing;
 
 use super::{CmdResult, Ctx};
 use crate::client::{ApiRequest, Verb};
 use crate::error::{CliError, Doing, EXIT_OK};
-use crate::input::secret_arg;
+use crate::input::{parse_kv_args, secret_arg, StdinSource};
 use crate::output::{self, auth_rows, Format};
 use crate::token_helper;
 
 #[derive(Args, Debug)]
 pub(crate) struct LoginArgs {
-    /// Auth method; only `token` is supported.
+    /// Auth method: `token`, `userpass` or `approle`.
     #[arg(long, default_value = "token")]
     method: String,
+    /// Where the auth method is mounted (default: its name).
+    #[arg(long)]
+    path: Option<String>,
     /// Do not store the token in the token helper.
     #[arg(
         long,
@@ -31,18 +37,66 @@ pub(crate) struct LoginArgs {
     /// Print only this field (e.g. `-field=token_policies`).
     #[arg(long)]
     field: Option<String>,
-    /// The token; read from stdin when absent or `-`.
-    token: Option<String>,
+    /// The token (read from stdin when absent or `-`), or the method's `key=value` pairs.
+    args: Vec<String>,
 }
 
-pub(crate) fn run(ctx: &Ctx, args: LoginArgs) -> CmdResult {
+/// The `key=value` login data of an auth method; a userpass password missing from it is
+/// read from stdin (hidden on a terminal).
+fn login_request(args: &LoginArgs) -> Result<ApiRequest, CliError> {
+    let mut data = parse_kv_args(&args.args, &mut StdinSource::process())?;
+    let mount = args
+        .path
+        .as_deref()
+        .unwrap_or(&args.method)
+        .trim_matches('/');
+    let path = match args.method.as_str() {
+        "userpass" => {
+            let username = match data.remove("username") {
+                Some(Value::String(u)) if !u.is_empty() => u,
+                _ => return Err(CliError::Usage("username=... is required".into())),
+            };
+            if !data.contains_key("password") {
+                let password = secret_arg(None, "Password (will be hidden): ")?;
+                data.insert("password".into(), Value::String(password.to_string()));
+            }
+            format!("auth/{mount}/login/{username}")
+        }
+        "approle" => format!("auth/{mount}/login"),
+        other => {
+            return Err(CliError::Usage(format!(
+                "Unsupported auth method {other:?}: use token, userpass or approle"
+            )))
+        }
+    };
+    Ok(ApiRequest::new(Verb::Post, path)
+        .json(&Value::Object(data))
+        .without_wrapping())
+}
+
+/// Log in: the token and its `auth` block, and the whole response for `-format=json`.
+fn authenticate(
+    ctx: &Ctx,
+    args: &LoginArgs,
+) -> Result<(Zeroizing<String>, Value, Value), CliError> {
     if args.method != "token" {
-        return Err(CliError::Usage(format!(
-            "Unsupported auth method {:?}: only -method=token is available",
-            args.method
-        )));
+        let response = ctx
+            .client()?
+            .send(login_request(args)?)
+            .doing("authenticating")?
+            .body
+            .unwrap_or(Value::Null);
+        let auth = response.get("auth").cloned().unwrap_or(Value::Null);
+        let token = auth
+            .get("client_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| CliError::Invalid("The login response holds no token".into()))?;
+        return Ok((Zeroizing::new(token.to_owned()), auth, response));
     }
-    let token = secret_arg(args.token.as_deref(), "Token (will be hidden): ")?;
+    let token = secret_arg(
+        args.args.first().map(String::as_str),
+        "Token (will be hidden): ",
+    )?;
     let lookup = ctx
         .client()?
         .send(
@@ -53,6 +107,16 @@ pub(crate) fn run(ctx: &Ctx, args: LoginArgs) -> CmdResult {
         .doing("authenticating")?
         .body
         .unwrap_or(Value::Null);
+    let auth = auth_from_lookup(&token, &lookup);
+    let mut shown = lookup;
+    if let Some(object) = shown.as_object_mut() {
+        object.insert("auth".into(), auth.clone());
+    }
+    Ok((token, auth, shown))
+}
+
+pub(crate) fn run(ctx: &Ctx, args: LoginArgs) -> CmdResult {
+    let (token, auth, shown) = authenticate(ctx, &args)?;
     if !args.no_store {
         let path = token_helper::token_path()
             .ok_or_else(|| CliError::Invalid("Error storing token: HOME is not set".into()))?;
@@ -64,19 +128,12 @@ pub(crate) fn run(ctx: &Ctx, args: LoginArgs) -> CmdResult {
              the token just stored; unset VAULT_TOKEN or update its value if that is unwanted.\n",
         );
     }
-    let auth = auth_from_lookup(&token, &lookup);
     if let Some(field) = &args.field {
         output::print_field(&auth_rows(&auth), field)?;
         return Ok(EXIT_OK);
     }
     match ctx.format() {
-        Format::Json => {
-            let mut shown = lookup.clone();
-            if let Some(object) = shown.as_object_mut() {
-                object.insert("auth".into(), auth);
-            }
-            output::emit(&output::pretty_json(&shown))?;
-        }
+        Format::Json => output::emit(&output::pretty_json(&shown))?,
         Format::Table => {
             let intro = if args.no_store {
                 "Success! You are now authenticated. The token was NOT stored; set \

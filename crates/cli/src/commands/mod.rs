@@ -9,6 +9,7 @@ use crate::settings::Settings;
 use crate::token_helper;
 
 pub(crate) mod audit;
+pub(crate) mod auth;
 pub(crate) mod generate_root;
 pub(crate) mod generic;
 mod key_shares;

@@ -1,4 +1,5 @@
-//! `bunker secrets ...`: enable, disable, tune and list secrets engines (`sys/mounts`).
+//! `bunker secrets ...`: enable, disable, tune and list secrets engines (`sys/mounts`). The
+//! same commands manage auth methods (`sys/auth`, see `auth.rs`) through [`MountKind`].
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Subcommand};
@@ -96,12 +97,30 @@ pub(crate) struct TuneArgs {
     path: String,
 }
 
+/// Which mount table a command manages.
+pub(crate) struct MountKind {
+    /// `sys/mounts` or `sys/auth`.
+    api: &'static str,
+    /// What one entry is called in messages.
+    noun: &'static str,
+}
+
+pub(crate) const SECRETS_ENGINES: MountKind = MountKind {
+    api: "sys/mounts",
+    noun: "secrets engine",
+};
+
+pub(crate) const AUTH_METHODS: MountKind = MountKind {
+    api: "sys/auth",
+    noun: "auth method",
+};
+
 pub(crate) fn run(ctx: &Ctx, command: SecretsCommand) -> CmdResult {
     match command {
-        SecretsCommand::Enable(args) => enable(ctx, &args),
-        SecretsCommand::Disable(args) => disable(ctx, &args),
-        SecretsCommand::List(args) => list(ctx, &args),
-        SecretsCommand::Tune(args) => tune(ctx, &args),
+        SecretsCommand::Enable(args) => enable(ctx, &args, &SECRETS_ENGINES),
+        SecretsCommand::Disable(args) => disable(ctx, &args, &SECRETS_ENGINES),
+        SecretsCommand::List(args) => list(ctx, &args, &SECRETS_ENGINES),
+        SecretsCommand::Tune(args) => tune(ctx, &args, &SECRETS_ENGINES),
     }
 }
 
@@ -156,30 +175,32 @@ fn enable_request(args: &EnableArgs) -> Result<(String, Value), CliError> {
     Ok((path.to_string(), body))
 }
 
-fn enable(ctx: &Ctx, args: &EnableArgs) -> CmdResult {
+pub(crate) fn enable(ctx: &Ctx, args: &EnableArgs, kind: &MountKind) -> CmdResult {
     let (path, body) = enable_request(args)?;
-    let request = ApiRequest::new(Verb::Post, format!("sys/mounts/{path}")).json(&body);
+    let request = ApiRequest::new(Verb::Post, format!("{}/{path}", kind.api)).json(&body);
     let doing = format!("enabling {}", args.engine_type);
     let message = format!(
-        "Success! Enabled the {} secrets engine at: {}",
+        "Success! Enabled the {} {} at: {}",
         args.engine_type,
+        kind.noun,
         with_slash(&path)
     );
     send_then_success(ctx, request, doing, &message)
 }
 
-fn disable(ctx: &Ctx, args: &PathArgs) -> CmdResult {
+pub(crate) fn disable(ctx: &Ctx, args: &PathArgs, kind: &MountKind) -> CmdResult {
     let path = args.path.trim_matches('/');
-    let request = ApiRequest::new(Verb::Delete, format!("sys/mounts/{path}"));
-    let doing = format!("disabling secrets engine at {}", with_slash(path));
+    let request = ApiRequest::new(Verb::Delete, format!("{}/{path}", kind.api));
+    let doing = format!("disabling {} at {}", kind.noun, with_slash(path));
     let message = format!(
-        "Success! Disabled the secrets engine (if it existed) at: {}",
+        "Success! Disabled the {} (if it existed) at: {}",
+        kind.noun,
         with_slash(path)
     );
     send_then_success(ctx, request, doing, &message)
 }
 
-fn tune(ctx: &Ctx, args: &TuneArgs) -> CmdResult {
+pub(crate) fn tune(ctx: &Ctx, args: &TuneArgs, kind: &MountKind) -> CmdResult {
     let path = args.path.trim_matches('/');
     let MountSettings {
         config: mut body,
@@ -192,14 +213,15 @@ fn tune(ctx: &Ctx, args: &TuneArgs) -> CmdResult {
         body.insert("description".into(), json!(description));
     }
     let request =
-        ApiRequest::new(Verb::Post, format!("sys/mounts/{path}/tune")).json(&Value::Object(body));
-    let doing = format!("tuning secrets engine {}", with_slash(path));
-    let message = format!("Success! Tuned the secrets engine at: {}", with_slash(path));
+        ApiRequest::new(Verb::Post, format!("{}/{path}/tune", kind.api)).json(&Value::Object(body));
+    let doing = format!("tuning {} {}", kind.noun, with_slash(path));
+    let message = format!("Success! Tuned the {} at: {}", kind.noun, with_slash(path));
     send_then_success(ctx, request, doing, &message)
 }
 
-fn list(ctx: &Ctx, args: &ListArgs) -> CmdResult {
-    let response = fetch_table(ctx, "sys/mounts", "listing secrets engines")?;
+pub(crate) fn list(ctx: &Ctx, args: &ListArgs, kind: &MountKind) -> CmdResult {
+    let doing = format!("listing {}s", kind.noun);
+    let response = fetch_table(ctx, kind.api, &doing)?;
     print_json_or_table(ctx, &response, || {
         let (headers, rows) = mount_rows(&mount_map(&response), args.detailed);
         output::columns(&headers, &rows)

@@ -20,6 +20,7 @@ use crate::request_handling::Caller;
 /// The system backend's root-protected paths (relative to `sys/`), as Vault's.
 pub(crate) const SPECIAL_PATHS: bunker_sdk::SpecialPaths = bunker_sdk::SpecialPaths {
     root: &["audit", "audit/", "rotate", "seal", "raw/", "step-down"],
+    unauthenticated: &[],
 };
 
 impl Core {
@@ -78,11 +79,14 @@ impl Core {
             "seal" => self.sys_seal(op).await,
             "rotate" => self.sys_rotate(op).await,
             "key-status" => self.sys_key_status(op),
-            "mounts" => self.sys_mounts(req, rest).await,
+            "mounts" => {
+                self.sys_mount_table(req, rest, mounts::Table::Secrets)
+                    .await
+            }
             "remount" => Err(LogicalError::InvalidRequest(
                 "remounting is not supported".into(),
             )),
-            "auth" => self.sys_auth(req, rest),
+            "auth" => self.sys_mount_table(req, rest, mounts::Table::Auth).await,
             "internal" => self.sys_internal(req, rest, caller).await,
             "policy" => self.sys_policies(req, rest, true).await,
             "policies" => match rest.split_once('/') {

@@ -3,11 +3,11 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{expect_op, WRITE};
+use super::expect_op;
 use crate::core::Core;
 use crate::logical::fields::{get_duration, get_str, reject_unknown};
 use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
-use crate::mounts::{is_reserved_mount, normalize_mount_path, MountEntry};
+use crate::mounts::{is_reserved_mount, normalize_mount_path, MountEntry, AUTH_MOUNT_PREFIX};
 use crate::request_handling::Caller;
 
 fn sys_mount_json() -> Value {
@@ -38,50 +38,124 @@ fn token_auth_json() -> Value {
     })
 }
 
+/// Which of the two mount tables a `sys/mounts` or `sys/auth` request is about. Both go
+/// through the same handlers; auth methods live in the router under `auth/`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Table {
+    Secrets,
+    Auth,
+}
+
+impl Table {
+    /// The router path of the mount a client names (`userpass` is `auth/userpass/`).
+    fn router_path(self, rest: &str) -> String {
+        match self {
+            Table::Secrets => normalize_mount_path(rest),
+            Table::Auth => format!("{AUTH_MOUNT_PREFIX}{}", normalize_mount_path(rest)),
+        }
+    }
+
+    /// The path a client sees for a router path.
+    fn shown_path(self, path: &str) -> String {
+        match self {
+            Table::Secrets => path.to_owned(),
+            Table::Auth => path
+                .strip_prefix(AUTH_MOUNT_PREFIX)
+                .unwrap_or(path)
+                .to_owned(),
+        }
+    }
+
+    fn holds(self, entry: &MountEntry) -> bool {
+        entry.is_auth() == (self == Table::Auth)
+    }
+
+    /// A path that cannot be mounted or unmounted in this table, as a client names it.
+    fn refuses(self, shown: &str) -> Option<String> {
+        match self {
+            Table::Secrets if is_reserved_mount(shown) => {
+                Some(format!("cannot mount or unmount reserved path {shown:?}"))
+            }
+            Table::Auth if shown == "token/" => {
+                Some("token credential backend cannot be enabled or disabled".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// The built-in mount listed beside the table's entries.
+    fn builtin(self) -> (&'static str, Value) {
+        match self {
+            Table::Secrets => ("sys/", sys_mount_json()),
+            Table::Auth => ("token/", token_auth_json()),
+        }
+    }
+}
+
 impl Core {
     fn mount_entries(&self) -> Vec<MountEntry> {
+        self.table_entries(Table::Secrets)
+    }
+
+    fn table_entries(&self, table: Table) -> Vec<MountEntry> {
         self.router
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entries()
+            .filter(|e| table.holds(e))
             .cloned()
             .collect()
     }
 
-    pub(crate) async fn sys_mounts(&self, req: &Request, rest: &str) -> Result<Response> {
+    /// `sys/mounts[/<path>[/tune]]` and `sys/auth[/<path>[/tune]]`.
+    pub(crate) async fn sys_mount_table(
+        &self,
+        req: &Request,
+        rest: &str,
+        table: Table,
+    ) -> Result<Response> {
         if rest.is_empty() {
             expect_op(req.operation, &[Operation::Read])?;
             let mut data = Data::new();
-            for e in self.mount_entries() {
-                data.insert(e.path.clone(), e.to_json());
+            for e in self.table_entries(table) {
+                data.insert(table.shown_path(&e.path), e.to_json());
             }
-            data.insert("sys/".into(), sys_mount_json());
+            let (name, builtin) = table.builtin();
+            data.insert(name.into(), builtin);
             let mut resp = Response::data(data);
             resp.data_at_top_level = true;
             return Ok(resp);
         }
         if let Some(path) = rest.strip_suffix("/tune") {
-            return self.sys_mount_tune(req, &normalize_mount_path(path)).await;
+            return self
+                .sys_mount_tune(req, &table.router_path(path), table)
+                .await;
         }
-        let path = normalize_mount_path(rest);
+        let path = table.router_path(rest);
+        let shown = table.shown_path(&path);
         match req.operation {
             Operation::Read => {
                 let entry = self
-                    .mount_entries()
+                    .table_entries(table)
                     .into_iter()
                     .find(|e| e.path == path)
-                    .ok_or_else(|| LogicalError::InvalidRequest(format!("no mount at {path:?}")))?;
+                    .ok_or_else(|| {
+                        LogicalError::InvalidRequest(format!("no mount at {shown:?}"))
+                    })?;
                 match entry.to_json() {
                     Value::Object(m) => Ok(Response::data(m)),
                     _ => Err(LogicalError::Internal("mount entry encoding".into())),
                 }
             }
-            Operation::Create | Operation::Update => self.sys_mount_enable(req, &path).await,
+            Operation::Create | Operation::Update => {
+                if let Some(refused) = table.refuses(&shown) {
+                    return Err(LogicalError::InvalidRequest(refused));
+                }
+                self.sys_mount_enable(req, &path, table).await
+            }
             Operation::Delete => {
-                if is_reserved_mount(&path) {
-                    return Err(LogicalError::InvalidRequest(format!(
-                        "cannot unmount {path:?}"
-                    )));
+                if let Some(refused) = table.refuses(&shown) {
+                    return Err(LogicalError::InvalidRequest(refused));
                 }
                 self.unmount(&path).await?;
                 Ok(Response::empty())
@@ -90,7 +164,7 @@ impl Core {
         }
     }
 
-    async fn sys_mount_enable(&self, req: &Request, path: &str) -> Result<Response> {
+    async fn sys_mount_enable(&self, req: &Request, path: &str, table: Table) -> Result<Response> {
         reject_unknown(
             &req.data,
             &[
@@ -105,13 +179,8 @@ impl Core {
                 "plugin_version",
             ],
         )?;
-        if path == "/" || path.len() > 256 {
+        if path == "/" || path.ends_with("//") || path.len() > 256 {
             return Err(LogicalError::InvalidRequest("invalid mount path".into()));
-        }
-        if is_reserved_mount(path) {
-            return Err(LogicalError::InvalidRequest(format!(
-                "cannot mount at reserved path {path:?}"
-            )));
         }
         let mut kind = get_str(&req.data, "type")?
             .filter(|s| !s.is_empty())
@@ -130,7 +199,7 @@ impl Core {
                 .collect(),
             Some(_) => return Err(LogicalError::InvalidRequest("options must be a map".into())),
         };
-        if kind == "kv-v2" {
+        if kind == "kv-v2" && table == Table::Secrets {
             kind = "kv".into();
             options.insert("version".into(), json!("2"));
         }
@@ -151,17 +220,22 @@ impl Core {
         entry.seal_wrap =
             crate::logical::fields::get_bool(&req.data, "seal_wrap")?.unwrap_or(false);
         self.mount(entry).await?;
-        tracing::info!(path, kind, "secrets engine enabled");
+        match table {
+            Table::Secrets => tracing::info!(path, kind, "secrets engine enabled"),
+            Table::Auth => tracing::info!(path, kind, "auth method enabled"),
+        }
         Ok(Response::empty())
     }
 
-    async fn sys_mount_tune(&self, req: &Request, path: &str) -> Result<Response> {
+    async fn sys_mount_tune(&self, req: &Request, path: &str, table: Table) -> Result<Response> {
         let _guard = self.table_lock.lock().await;
         let entry = self
-            .mount_entries()
+            .table_entries(table)
             .into_iter()
             .find(|e| e.path == path)
-            .ok_or_else(|| LogicalError::InvalidRequest(format!("no mount at {path:?}")))?;
+            .ok_or_else(|| {
+                LogicalError::InvalidRequest(format!("no mount at {:?}", table.shown_path(path)))
+            })?;
         match req.operation {
             Operation::Read => {
                 let mut data = Data::new();
@@ -226,20 +300,6 @@ impl Core {
         }
     }
 
-    pub(crate) fn sys_auth(&self, req: &Request, rest: &str) -> Result<Response> {
-        if rest.is_empty() && req.operation == Operation::Read {
-            let mut data = Data::new();
-            data.insert("token/".into(), token_auth_json());
-            let mut resp = Response::data(data);
-            resp.data_at_top_level = true;
-            return Ok(resp);
-        }
-        expect_op(req.operation, WRITE)?;
-        Err(LogicalError::InvalidRequest(
-            "only the built-in token auth method is available".into(),
-        ))
-    }
-
     pub(crate) async fn sys_internal(
         &self,
         req: &Request,
@@ -257,6 +317,9 @@ impl Core {
                 secret.insert(e.path.clone(), e.to_json());
             }
             let mut auth = Map::new();
+            for e in self.table_entries(Table::Auth) {
+                auth.insert(Table::Auth.shown_path(&e.path), e.to_json());
+            }
             auth.insert("token/".into(), token_auth_json());
             let mut data = Data::new();
             data.insert("secret".into(), Value::Object(secret));

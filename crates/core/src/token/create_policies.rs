@@ -27,7 +27,7 @@ const DEFAULT: &str = "default";
 
 /// Trim, drop empty names, sort and deduplicate; add `default` when asked. A set holding
 /// `root` is just `root`, as in Vault.
-fn sanitize(policies: &[String], add_default: bool) -> Vec<String> {
+pub(super) fn sanitize(policies: &[String], add_default: bool) -> Vec<String> {
     let mut out: Vec<String> = policies
         .iter()
         .map(|p| p.trim().to_lowercase())

@@ -218,7 +218,7 @@ fn token_arg(req: &Request, rest: &str) -> Result<String> {
     }
 }
 
-fn auth_for(token: &str, entry: &TokenEntry, ttl: u64) -> Auth {
+pub(super) fn auth_for(token: &str, entry: &TokenEntry, ttl: u64) -> Auth {
     Auth {
         client_token: token.to_owned(),
         accessor: entry.accessor.clone(),

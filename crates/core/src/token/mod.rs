@@ -11,6 +11,7 @@ mod accessor;
 mod create_plan;
 mod create_policies;
 mod handlers;
+mod login;
 mod path_secret;
 mod roles;
 
@@ -38,6 +39,7 @@ pub const BATCH_TOKEN_PREFIX: &str = "hvb.";
 /// The token backend's root-protected paths (relative to `auth/token/`), as Vault's.
 pub(crate) const SPECIAL_PATHS: bunker_sdk::SpecialPaths = bunker_sdk::SpecialPaths {
     root: &["accessors", "revoke-orphan"],
+    unauthenticated: &[],
 };
 
 pub const SYSTEM_MAX_TTL_SECS: u64 = 768 * 3600;
@@ -403,13 +405,17 @@ impl TokenStore {
         } else {
             entry.creation_ttl
         };
-        let max_end = if entry.explicit_max_ttl > 0 {
+        let mut max_end = if entry.explicit_max_ttl > 0 {
             entry.creation_time.saturating_add(entry.explicit_max_ttl)
         } else if entry.period > 0 {
             u64::MAX
         } else {
             entry.creation_time.saturating_add(SYSTEM_MAX_TTL_SECS)
         };
+        // A login's token renews no further than its role's and its mount's max TTL.
+        if entry.max_ttl > 0 && entry.period == 0 {
+            max_end = max_end.min(entry.creation_time.saturating_add(entry.max_ttl));
+        }
         ttl = ttl.min(max_end.saturating_sub(now));
         // Only the renewal fields change; the rest (the use count) is taken from storage.
         let renewed = self
@@ -424,6 +430,20 @@ impl TokenStore {
             renewed.ok_or_else(|| LogicalError::InvalidRequest("token not found".into()))?;
         *entry = stored;
         Ok(ttl)
+    }
+
+    /// Revoke every service token created under `path_prefix` (an auth mount being disabled)
+    /// and their children; returns the hashes revoked.
+    pub async fn revoke_by_path_prefix(&self, path_prefix: &str) -> Result<Vec<String>> {
+        let mut revoked = Vec::new();
+        for hash in self.barrier.list(ID_PREFIX).await? {
+            if let Some(entry) = self.get_by_hash(&hash).await? {
+                if entry.path.starts_with(path_prefix) {
+                    revoked.extend(self.revoke_tree(&hash).await?);
+                }
+            }
+        }
+        Ok(revoked)
     }
 
     /// Revoke every expired service token; returns the hashes revoked.
