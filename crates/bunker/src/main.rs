@@ -1,6 +1,5 @@
 //! The `bunker` binary: the server (`bunker server`) and the Vault-style CLI client.
 
-mod config;
 mod server;
 
 /// mimalloc instead of glibc's malloc: a server that allocates per request from many threads

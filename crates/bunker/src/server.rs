@@ -13,7 +13,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
-use crate::config::{self, ListenerConfig, ServerConfig, StorageConfig};
+use bunker::config::{self, ListenerConfig, ServerConfig, StorageConfig};
 
 /// How often expired tokens are revoked in the background.
 const TIDY_INTERVAL: Duration = Duration::from_secs(60);

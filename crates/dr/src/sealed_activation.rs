@@ -143,7 +143,14 @@ pub fn open(token: &str, private: &PrivateKey, now_unix: u64) -> Result<Bundle, 
         .map_err(|_| {
             bad("the activation token was not encrypted to this secondary's public key")
         })?;
-    let sealed: Sealed = serde_json::from_slice(plain).map_err(|_| invalid())?;
+    decode_sealed(plain, now_unix)
+}
+
+/// The last step of [`open`]: the decrypted JSON document, checked for expiry. Separate so
+/// that it can be fuzzed past the AEAD (`fuzz/`); any bytes are an error, never a panic.
+pub fn decode_sealed(plain: &[u8], now_unix: u64) -> Result<Bundle, ReplError> {
+    let sealed: Sealed =
+        serde_json::from_slice(plain).map_err(|_| bad("invalid encrypted activation token"))?;
     if now_unix > sealed.expires_unix {
         return Err(bad("the activation token has expired"));
     }

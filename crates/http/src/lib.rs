@@ -25,6 +25,7 @@ use bunker_core::Core;
 use bunker_sdk::{Data, LogicalError, Operation, Request};
 use serde_json::Value;
 
+pub use body::parse_body;
 pub use limits::{
     ListenerLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_READ_HEADER_TIMEOUT, DEFAULT_READ_TIMEOUT,
