@@ -15,7 +15,6 @@
 //! Dropping the backend closes the channel; the writer finishes what is queued, exits, and is
 //! joined before the database is closed.
 
-
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,10 +24,10 @@ use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition, WriteTransaction,
 };
 
+use crate::group_commit::{GroupStore, Writer};
 use crate::limits::validate_key;
 use crate::listing::{list_children, scan_prefix};
 use crate::{Backend, CommitHook, Op, Result, StorageError, StorageMetrics};
-use crate::group_commit::{GroupStore, Writer};
 
 /// File name of the database inside the data directory.
 pub(crate) const DATABASE_FILE: &str = "bunker.redb";

@@ -44,7 +44,10 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Start the writer thread `name` over `store`.
-    pub(crate) fn spawn(store: impl GroupStore + Send + 'static, name: &'static str) -> Result<Writer> {
+    pub(crate) fn spawn(
+        store: impl GroupStore + Send + 'static,
+        name: &'static str,
+    ) -> Result<Writer> {
         let counters = Arc::new(Counters::default());
         let hook = Arc::new(HookSlot::default());
         let (queue, requests) = mpsc::channel(QUEUE_CAPACITY);
