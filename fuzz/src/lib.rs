@@ -346,7 +346,7 @@ pub fn json_body(data: &[u8]) {
             let _ = fields::get_str_list(&body, name);
             let _ = fields::get_str_map(&body, name);
         }
-        let _ = fields::reject_unknown(&body, &["data", "options", "ttl"]);
+        let _ = fields::unknown_fields_warning(&body, &["data", "options", "ttl"]);
     }
     if data.len() <= 256 {
         let _ = bunker_sdk::duration::parse_duration_secs(&String::from_utf8_lossy(data));

@@ -50,11 +50,21 @@ pub fn router(core: Arc<Core>, limits: &ListenerLimits) -> Router {
     })
 }
 
+/// Go's `strconv.ParseBool`, which Vault uses for `?list=`.
+fn parse_go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 fn operation_for(method: &Method, query: &Data) -> Option<Operation> {
     let list = query
         .get("list")
         .and_then(Value::as_str)
-        .is_some_and(|v| v == "true" || v == "1");
+        .and_then(parse_go_bool)
+        .unwrap_or(false);
     match method.as_str() {
         "GET" | "HEAD" if list => Some(Operation::List),
         "GET" | "HEAD" => Some(Operation::Read),
@@ -164,6 +174,13 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
         return status::error_response(StatusCode::NOT_FOUND, vec![]);
     };
     let query = parse_query(&uri);
+    if let Some(list) = query.get("list").and_then(Value::as_str) {
+        if parse_go_bool(list).is_none() {
+            return status::from_error(&bunker_core::logical::LogicalError::InvalidRequest(
+                format!("invalid value for \"list\": {list:?} is not a boolean"),
+            ));
+        }
+    }
     let Some(operation) = operation_for(&method, &query) else {
         return status::error_response(StatusCode::METHOD_NOT_ALLOWED, vec![]);
     };

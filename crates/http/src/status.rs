@@ -13,7 +13,7 @@ pub fn status_of(e: &LogicalError) -> StatusCode {
         | LogicalError::Conflict(_)
         | LogicalError::NotInitialized
         | LogicalError::DrSecondary => StatusCode::BAD_REQUEST,
-        LogicalError::PermissionDenied => StatusCode::FORBIDDEN,
+        LogicalError::PermissionDenied | LogicalError::Forbidden(_) => StatusCode::FORBIDDEN,
         LogicalError::UnsupportedPath(_) | LogicalError::NotFound(_) => StatusCode::NOT_FOUND,
         LogicalError::UnsupportedOperation => StatusCode::METHOD_NOT_ALLOWED,
         LogicalError::Sealed | LogicalError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -12,6 +12,9 @@ pub enum LogicalError {
     /// Missing or invalid token, or the ACL denies (403).
     #[error("permission denied")]
     PermissionDenied,
+    /// Refused with a message for the client (403), e.g. Vault's "bad token".
+    #[error("{0}")]
+    Forbidden(String),
     /// No mount or no route handles this path (404).
     #[error("no handler for route {0:?}. route entry not found.")]
     UnsupportedPath(String),

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{Data, LogicalError, Result};
+use super::{Data, LogicalError, Response, Result};
 
 fn wrong_type(name: &str, want: &str) -> LogicalError {
     LogicalError::InvalidRequest(format!("invalid value for {name:?}: expected {want}"))
@@ -122,20 +122,38 @@ pub fn get_str_map(
     }
 }
 
-/// Refuse fields the endpoint does not know, as Vault does for most system endpoints.
-pub fn reject_unknown(data: &Data, known: &[&str]) -> Result<()> {
-    let unknown: Vec<&str> = data
+/// Vault's answer to fields an endpoint does not define: they are ignored, and the response
+/// carries the warning this returns ("Endpoint ignored these unrecognized parameters").
+/// Clients send such fields (node-vault's `mount()` sends `mount_point`).
+pub fn unknown_fields_warning(data: &Data, known: &[&str]) -> Option<String> {
+    let mut unknown: Vec<&str> = data
         .keys()
         .map(String::as_str)
         .filter(|k| !known.contains(k))
         .collect();
     if unknown.is_empty() {
-        Ok(())
-    } else {
-        Err(LogicalError::InvalidRequest(format!(
-            "unknown fields: {}",
-            unknown.join(", ")
-        )))
+        return None;
+    }
+    unknown.sort_unstable();
+    Some(format!(
+        "Endpoint ignored these unrecognized parameters: [{}]",
+        unknown.join(" ")
+    ))
+}
+
+/// For endpoints whose answer has no room for warnings: ignore unknown fields, as Vault does,
+/// and say so in the server log.
+pub fn ignore_unknown(data: &Data, known: &[&str]) {
+    if let Some(w) = unknown_fields_warning(data, known) {
+        tracing::debug!("{w}");
+    }
+}
+
+/// Attach [`unknown_fields_warning`] to `resp`, if any.
+pub fn warn_unknown(resp: Response, data: &Data, known: &[&str]) -> Response {
+    match unknown_fields_warning(data, known) {
+        Some(w) => resp.with_warning(w),
+        None => resp,
     }
 }
 
@@ -187,6 +205,10 @@ mod tests {
         );
         assert!(get_u64(&d, "e").is_err());
         assert_eq!(get_duration(&d, "f").ok().flatten(), Some(3600));
-        assert!(reject_unknown(&d, &["a"]).is_err());
+        let warning = unknown_fields_warning(&d, &["a", "c", "d", "e", "f"]);
+        assert_eq!(
+            warning.as_deref(),
+            Some("Endpoint ignored these unrecognized parameters: [b]")
+        );
     }
 }

@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 use super::{expect_op, WRITE};
 use crate::audit::AuditEntry;
 use crate::core::Core;
-use crate::logical::fields::{get_bool, get_str, reject_unknown};
+use crate::logical::fields::{get_bool, get_str, warn_unknown};
 use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
 use crate::mounts::normalize_mount_path;
 
@@ -25,7 +25,6 @@ impl Core {
         let _guard = self.table_lock.lock().await;
         match req.operation {
             Operation::Create | Operation::Update => {
-                reject_unknown(&req.data, &["type", "description", "options", "local"])?;
                 let kind = get_str(&req.data, "type")?
                     .filter(|s| !s.is_empty())
                     .ok_or_else(|| LogicalError::InvalidRequest("type is required".into()))?;
@@ -46,7 +45,8 @@ impl Core {
                 };
                 self.audit.enable(entry).await?;
                 tracing::info!(path = %path, "audit device enabled");
-                Ok(Response::empty())
+                let known = ["type", "description", "options", "local"];
+                Ok(warn_unknown(Response::empty(), &req.data, &known))
             }
             Operation::Delete => {
                 self.audit.disable(&path).await?;

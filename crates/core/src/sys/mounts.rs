@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::expect_op;
 use crate::core::Core;
-use crate::logical::fields::{get_duration, get_str, reject_unknown};
+use crate::logical::fields::{get_duration, get_str, warn_unknown};
 use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
 use crate::mounts::{is_reserved_mount, normalize_mount_path, MountEntry, AUTH_MOUNT_PREFIX};
 use crate::request_handling::Caller;
@@ -165,20 +165,17 @@ impl Core {
     }
 
     async fn sys_mount_enable(&self, req: &Request, path: &str, table: Table) -> Result<Response> {
-        reject_unknown(
-            &req.data,
-            &[
-                "type",
-                "description",
-                "config",
-                "options",
-                "local",
-                "seal_wrap",
-                "external_entropy_access",
-                "plugin_name",
-                "plugin_version",
-            ],
-        )?;
+        const KNOWN: &[&str] = &[
+            "type",
+            "description",
+            "config",
+            "options",
+            "local",
+            "seal_wrap",
+            "external_entropy_access",
+            "plugin_name",
+            "plugin_version",
+        ];
         if path == "/" || path.ends_with("//") || path.len() > 256 {
             return Err(LogicalError::InvalidRequest("invalid mount path".into()));
         }
@@ -224,7 +221,7 @@ impl Core {
             Table::Secrets => tracing::info!(path, kind, "secrets engine enabled"),
             Table::Auth => tracing::info!(path, kind, "auth method enabled"),
         }
-        Ok(Response::empty())
+        Ok(warn_unknown(Response::empty(), &req.data, KNOWN))
     }
 
     async fn sys_mount_tune(&self, req: &Request, path: &str, table: Table) -> Result<Response> {

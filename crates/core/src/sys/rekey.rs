@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::{expect_op, WRITE};
 use crate::core::{seal_err, Core};
-use crate::logical::fields::{get_bool, get_str, get_u64, reject_unknown};
+use crate::logical::fields::{get_bool, get_str, get_u64, ignore_unknown};
 use crate::logical::{LogicalError, Operation, Request, Response, Result};
 use crate::replication_hook::DrMode;
 use bunker_seal::{RekeyStatus, RekeyUpdate, VerificationStatus, VerifyUpdate};
@@ -109,7 +109,7 @@ impl Core {
 
 /// The fields of `PUT sys/rekey/init`.
 fn rekey_request(req: &Request) -> Result<bunker_seal::RekeyRequest> {
-    reject_unknown(
+    ignore_unknown(
         &req.data,
         &[
             "secret_shares",
@@ -119,7 +119,7 @@ fn rekey_request(req: &Request) -> Result<bunker_seal::RekeyRequest> {
             "backup",
             "require_verification",
         ],
-    )?;
+    );
     let pgp_keys_given = match req.data.get("pgp_keys") {
         None | Some(Value::Null) => false,
         Some(Value::Array(keys)) => !keys.is_empty(),
@@ -157,7 +157,7 @@ fn share_count(value: Option<u64>, what: &str) -> Result<u8> {
 
 /// The `key` (hex or base64) and `nonce` of an update or verify request.
 fn share_and_nonce(req: &Request) -> Result<(zeroize::Zeroizing<Vec<u8>>, String)> {
-    reject_unknown(&req.data, &["key", "nonce"])?;
+    ignore_unknown(&req.data, &["key", "nonce"]);
     let key = get_str(&req.data, "key")?
         .filter(|k| !k.is_empty())
         .ok_or_else(|| {

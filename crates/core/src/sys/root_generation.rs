@@ -5,7 +5,7 @@ use bunker_seal::{AttemptRequest, OtpTokenCeremony};
 
 use super::{expect_op, WRITE};
 use crate::core::{seal_err, Core};
-use crate::logical::fields::{get_str, reject_unknown};
+use crate::logical::fields::{get_str, ignore_unknown};
 use crate::logical::{LogicalError, Operation, Request, Response, Result};
 use crate::token::{TokenEntry, TokenType};
 
@@ -40,7 +40,7 @@ impl Core {
         }
         let required = self.required_shares().await?;
         if matches!(req.operation, Operation::Create | Operation::Update) {
-            reject_unknown(&req.data, &["otp", "pgp_key"])?;
+            ignore_unknown(&req.data, &["otp", "pgp_key"]);
         }
         let request = attempt_request(req)?;
         let mut slot = self
@@ -57,7 +57,7 @@ impl Core {
         if self.is_sealed() {
             return Err(LogicalError::Sealed);
         }
-        reject_unknown(&req.data, &["key", "nonce"])?;
+        ignore_unknown(&req.data, &["key", "nonce"]);
         let key = get_str(&req.data, "key")?
             .ok_or_else(|| LogicalError::InvalidRequest("'key' must be specified".into()))?;
         let nonce = get_str(&req.data, "nonce")?.unwrap_or_default();

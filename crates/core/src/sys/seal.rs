@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::{expect_op, WRITE};
 use crate::core::{seal_err, Core};
-use crate::logical::fields::{get_bool, get_str, get_u64, reject_unknown};
+use crate::logical::fields::{get_bool, get_str, get_u64, ignore_unknown};
 use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
 use crate::time_util::rfc3339;
 
@@ -19,7 +19,7 @@ impl Core {
                 json!({"initialized": self.is_initialized().await?}),
             )),
             Operation::Create | Operation::Update => {
-                reject_unknown(
+                ignore_unknown(
                     &req.data,
                     &[
                         "secret_shares",
@@ -31,7 +31,7 @@ impl Core {
                         "recovery_threshold",
                         "recovery_pgp_keys",
                     ],
-                )?;
+                );
                 if req.data.get("pgp_keys").is_some_and(|v| !v.is_null())
                     || get_str(&req.data, "root_token_pgp_key")?.is_some_and(|s| !s.is_empty())
                 {
@@ -103,7 +103,7 @@ impl Core {
 
     pub(crate) async fn sys_unseal(&self, req: &Request) -> Result<Response> {
         expect_op(req.operation, WRITE)?;
-        reject_unknown(&req.data, &["key", "reset", "migrate"])?;
+        ignore_unknown(&req.data, &["key", "reset", "migrate"]);
         if !self.is_initialized().await? {
             return Err(LogicalError::InvalidRequest(
                 "Vault is not initialized".into(),

@@ -111,7 +111,8 @@ impl Core {
         self.tokens
             .lookup(token)
             .await?
-            .ok_or_else(|| LogicalError::InvalidRequest("bad token".into()))
+            // Vault: an unknown or revoked token is a 403 "bad token".
+            .ok_or_else(|| LogicalError::Forbidden("bad token".into()))
     }
 
     async fn accessor_or_bad(&self, req: &Request, rest: &str) -> Result<TokenEntry> {

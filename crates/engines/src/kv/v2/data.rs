@@ -120,7 +120,19 @@ fn request_data(call: &Call<'_>) -> Result<Data> {
 fn requested_cas(call: &Call<'_>) -> Result<Option<u64>> {
     match object_field(call.data, "options")? {
         None => Ok(None),
-        Some(options) => u64_field(options, "cas"),
+        Some(options) => {
+            // Vault takes any integer: a negative one matches no version (a mismatch, not a
+            // type error).
+            let negative = match options.get("cas") {
+                Some(serde_json::Value::Number(n)) => n.as_i64().is_some_and(|v| v < 0),
+                Some(serde_json::Value::String(t)) => t.trim().parse::<i64>().is_ok_and(|v| v < 0),
+                _ => false,
+            };
+            if negative {
+                return Ok(Some(u64::MAX));
+            }
+            u64_field(options, "cas")
+        }
     }
 }
 

@@ -1,0 +1,117 @@
+//! Where Bunker used to answer differently from Vault (issue "What applications actually use",
+//! part 3), through the real binary with the requests real clients send.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::{errors, TestServer};
+use reqwest::Method;
+use serde_json::json;
+
+#[test]
+fn list_takes_every_boolean_go_accepts_and_refuses_the_rest() {
+    let s = TestServer::initialized();
+    s.mount_kv2();
+    s.kv_put("dir/a", json!({"v": "1"}));
+    for value in ["True", "true", "1", "t", "T", "TRUE"] {
+        let (code, body) = s.get(&format!("secret/metadata/dir?list={value}"), s.root());
+        assert_eq!(code, 200, "list={value}: {body}");
+        assert_eq!(body["data"]["keys"], json!(["a"]), "list={value}");
+    }
+    let (code, body) = s.get("secret/metadata/dir?list=yes", s.root());
+    assert_eq!(code, 400, "a list value that is not a boolean: {body}");
+}
+
+#[test]
+fn wrapping_an_empty_object_gives_a_wrapping_token() {
+    let s = TestServer::initialized();
+    let resp = s
+        .client()
+        .post(s.url("sys/wrapping/wrap"))
+        .header("X-Vault-Token", s.root().unwrap())
+        .header("X-Vault-Wrap-TTL", "60s")
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().unwrap();
+    assert!(
+        body["wrap_info"]["token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+}
+
+#[test]
+fn looking_up_an_unknown_or_revoked_token_is_403_bad_token() {
+    let s = TestServer::initialized();
+    let (code, body) = s.post("auth/token/lookup", s.root(), json!({"token": "hvs.nope"}));
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(errors(&body), vec!["bad token".to_owned()]);
+    let t = s.create_token(json!({"policies": ["default"]}));
+    let (code, _) = s.post("auth/token/revoke", s.root(), json!({"token": t}));
+    assert_eq!(code, 204);
+    let (code, body) = s.post("auth/token/lookup", s.root(), json!({"token": t}));
+    assert_eq!(code, 403, "a revoked token: {body}");
+}
+
+#[test]
+fn a_negative_cas_is_a_check_and_set_mismatch() {
+    let s = TestServer::initialized();
+    s.mount_kv2();
+    s.kv_put("k", json!({"v": "1"}));
+    let (code, body) = s.put(
+        "secret/data/k",
+        s.root(),
+        json!({"data": {"v": "2"}, "options": {"cas": -1}}),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        errors(&body)[0].contains("check-and-set parameter did not match the current version"),
+        "{body}"
+    );
+    assert_eq!(s.kv_get("k").1["v"], json!("1"));
+}
+
+#[test]
+fn unknown_fields_are_ignored_with_vaults_warning() {
+    let s = TestServer::initialized();
+    // node-vault's mount() sends mount_point; its enableAudit() sends name.
+    let (code, body) = s.post(
+        "sys/mounts/nv",
+        s.root(),
+        json!({"type": "kv", "mount_point": "nv"}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["warnings"],
+        json!(["Endpoint ignored these unrecognized parameters: [mount_point]"])
+    );
+    let audit = s.dir().join("audit.log");
+    let (code, body) = s.put(
+        "sys/audit/nv",
+        s.root(),
+        json!({"type": "file", "name": "nv", "options": {"file_path": audit.to_str().unwrap()}}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body["warnings"][0].as_str().unwrap().contains("[name]"));
+    // Raw-bodied endpoints ignore them too.
+    let (code, body) = s.raw(
+        Method::PUT,
+        "sys/unseal",
+        None,
+        serde_json::to_vec(&json!({"reset": true, "extra": 1})).unwrap(),
+    );
+    assert_eq!(
+        code, 400,
+        "an unsealed server refuses reset, not the field: {body}"
+    );
+    assert!(!errors(&body)[0].contains("unknown"), "{body}");
+}
