@@ -162,7 +162,7 @@ fn use_limited_token_works_exactly_num_uses_times() {
     assert_eq!((st, b), (403, denied()), "use 3 must be refused");
     // The token is gone, not just refusing this path.
     let (st, _) = s.post("auth/token/lookup", s.root(), json!({"token": t}));
-    assert_eq!(st, 400, "lookup of a used-up token");
+    assert_eq!(st, 403, "lookup of a used-up token (Vault: 403 bad token)");
 }
 
 #[test]

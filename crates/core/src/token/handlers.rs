@@ -38,7 +38,13 @@ impl Core {
             "lookup" => {
                 expect_op(op, &[Operation::Read, Operation::Update, Operation::Create])?;
                 let token = token_arg(req, rest)?;
-                let entry = self.lookup_or_bad(&token).await?;
+                // Vault: looking up an unknown or revoked token is a 403 "bad token".
+                let entry = self.lookup_or_bad(&token).await.map_err(|e| match e {
+                    LogicalError::InvalidRequest(m) if m == "bad token" => {
+                        LogicalError::Forbidden(m)
+                    }
+                    other => other,
+                })?;
                 Ok(Response::data(entry.lookup_data(&token)))
             }
             "lookup-accessor" => {
@@ -111,8 +117,7 @@ impl Core {
         self.tokens
             .lookup(token)
             .await?
-            // Vault: an unknown or revoked token is a 403 "bad token".
-            .ok_or_else(|| LogicalError::Forbidden("bad token".into()))
+            .ok_or_else(|| LogicalError::InvalidRequest("bad token".into()))
     }
 
     async fn accessor_or_bad(&self, req: &Request, rest: &str) -> Result<TokenEntry> {
