@@ -38,6 +38,9 @@ pub(crate) struct Stage {
     pub(crate) base: u64,
     /// The last WAL entry replayed into the stage (`base` before any).
     pub(crate) position: u64,
+    /// What the sync fetched, for the log line at its commit: buckets differing, keys
+    /// fetched, keys deleted, bytes fetched.
+    pub(crate) fetched: [u64; 4],
 }
 
 impl Stage {
@@ -52,6 +55,7 @@ impl Stage {
             limit,
             base,
             position: base,
+            fetched: [0; 4],
         }
     }
 
