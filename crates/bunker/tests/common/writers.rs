@@ -189,8 +189,15 @@ fn send_until_acked(
             return Some(ok);
         }
         shared.log.lock().unwrap().retries += 1;
-        // The primary is down or sealed: the harness brings it back; do not spin.
-        std::thread::sleep(Duration::from_millis(20));
+        // The primary is down, stopped or sealed: wait until it reports itself healthy (the
+        // harness brings it back) or the writers are told to stop.
+        let health = format!("{}/v1/sys/health", url.split("/v1/").next().unwrap_or(url));
+        super::poll_until(super::dr::CONVERGE, || {
+            shared.stop.load(Ordering::SeqCst)
+                || c.get(&health)
+                    .send()
+                    .is_ok_and(|r| r.status().as_u16() == 200)
+        });
     }
 }
 
