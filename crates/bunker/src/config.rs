@@ -32,6 +32,7 @@ pub enum StorageConfig {
         /// redb page cache (`cache_size`, default 256 MiB).
         cache_bytes: usize,
     },
+    Postgresql(bunker_storage::PostgresConfig),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +85,47 @@ impl Default for TelemetryConfig {
             usage_gauge_period: bunker_core::DEFAULT_USAGE_GAUGE_PERIOD,
         }
     }
+}
+
+/// `storage "postgresql"`, with Vault's keys. HA is not built yet: `ha_enabled = true` is
+/// refused, because two active nodes on one table would both write.
+fn parse_postgresql(body: &Body, ignored: &mut Vec<String>) -> Result<StorageConfig> {
+    let mut pg = bunker_storage::PostgresConfig {
+        connection_url: String::new(),
+        table: bunker_storage::postgresql::DEFAULT_TABLE.into(),
+        max_parallel: bunker_storage::postgresql::DEFAULT_MAX_PARALLEL,
+        skip_create_table: false,
+    };
+    for attr in body.attributes() {
+        let (key, e) = (attr.key(), attr.expr());
+        match key {
+            "connection_url" => pg.connection_url = expr_string(key, e)?,
+            "table" => pg.table = expr_string(key, e)?,
+            "max_parallel" => {
+                pg.max_parallel = expr_string(key, e)?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| anyhow!("max_parallel must be a positive integer"))?
+            }
+            "skip_create_table" => pg.skip_create_table = expr_bool(key, e)?,
+            "ha_enabled" => {
+                if expr_bool(key, e)? {
+                    bail!(
+                        "storage \"postgresql\": ha_enabled is not supported yet; run one node per table"
+                    );
+                }
+            }
+            "ha_table" | "max_idle_connections" | "max_connect_retries" => {
+                ignored.push(format!("storage setting {key:?}"))
+            }
+            other => bail!("unknown storage \"postgresql\" setting {other:?}"),
+        }
+    }
+    if pg.connection_url.is_empty() && std::env::var_os("VAULT_PG_CONNECTION_URL").is_none() {
+        bail!("storage \"postgresql\": connection_url (or VAULT_PG_CONNECTION_URL) is required");
+    }
+    Ok(StorageConfig::Postgresql(pg))
 }
 
 fn parse_telemetry(body: &Body, ignored: &mut Vec<String>) -> Result<TelemetryConfig> {
@@ -271,9 +313,10 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                             cache_bytes,
                         }
                     }
-                    other => {
-                        bail!("unknown storage type {other:?} (use \"embedded\" or \"inmem\")")
-                    }
+                    "postgresql" => parse_postgresql(block.body(), &mut cfg.ignored)?,
+                    other => bail!(
+                        "unknown storage type {other:?} (use \"embedded\", \"postgresql\" or \"inmem\")"
+                    ),
                 });
             }
             "listener" => {
@@ -517,7 +560,7 @@ mod tests {
             )
             .map(|cfg| match cfg.storage {
                 StorageConfig::Embedded { cache_bytes, .. } => cache_bytes,
-                StorageConfig::Inmem => 0,
+                StorageConfig::Inmem | StorageConfig::Postgresql(_) => 0,
             })
         };
         assert_eq!(with("\"64MiB\"").expect("valid size"), 64 << 20);

@@ -131,6 +131,14 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
             ),
             "embedded",
         ),
+        StorageConfig::Postgresql(pg) => (
+            Arc::new(
+                bunker_storage::PostgresBackend::connect(pg)
+                    .await
+                    .context("connecting to PostgreSQL storage")?,
+            ),
+            "postgresql",
+        ),
     };
     let core = build_core(
         backend.clone() as Arc<dyn Backend>,

@@ -58,7 +58,13 @@ impl From<bunker_barrier::BarrierError> for LogicalError {
 
 impl From<bunker_storage::StorageError> for LogicalError {
     fn from(e: bunker_storage::StorageError) -> Self {
-        LogicalError::Internal(e.to_string())
+        match e {
+            // A database that is down or restarting: 503, the client may retry.
+            e @ bunker_storage::StorageError::Unavailable(_) => {
+                LogicalError::Unavailable(e.to_string())
+            }
+            e => LogicalError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -1,0 +1,469 @@
+//! PostgreSQL storage: `storage "postgresql" { connection_url, table, max_parallel, ... }`.
+//!
+//! One table, `key TEXT COLLATE "C" PRIMARY KEY, value BYTEA`: plain rows and plain
+//! statements, no advisory locks and no LISTEN/NOTIFY, so PostgreSQL-compatible distributed
+//! databases can serve too. `COLLATE "C"` makes the key order byte order, the order every
+//! backend scans in.
+//!
+//! Design:
+//! - **Writes go through the shared group-commit writer** ([`crate::group_commit`]): one
+//!   thread owns a synchronous connection and commits every batch waiting in one transaction
+//!   (one round of statements, one WAL flush on the server), with the commit hook's extra ops
+//!   (replication's WAL record) in the same transaction, as on the embedded store. The group
+//!   is folded to each key's last operation, then written as one upsert (`UNNEST` arrays) and
+//!   one delete. A broken connection is dropped and opened again at the next commit, so the
+//!   node recovers by itself when the database is back; meanwhile writes fail with an error
+//!   and nothing unacknowledged is reported as written.
+//! - **Reads use a pool** (deadpool-postgres, `max_parallel` connections, Vault's default 128).
+//! - **TLS with rustls**, as everywhere in Bunker. libpq's `sslmode=verify-full|verify-ca` and
+//!   `sslrootcert=FILE` are understood: the CA file (PEM) is the only trust anchor when given,
+//!   the Mozilla roots (webpki-roots) otherwise. Certificates are always verified: `require`
+//!   here means what `verify-full` means in libpq. `sslmode=disable` connects in the clear
+//!   (loopback and tests).
+//! - `VAULT_PG_CONNECTION_URL` overrides `connection_url`, as in Vault. The URL (it may hold a
+//!   password) is never logged.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::group_commit::{GroupStore, Writer};
+use crate::limits::validate_key;
+use crate::{Backend, CommitHook, Op, Result, StorageError, StorageMetrics};
+
+/// Vault's default table name.
+pub const DEFAULT_TABLE: &str = "vault_kv_store";
+/// Vault's default `max_parallel`.
+pub const DEFAULT_MAX_PARALLEL: usize = 128;
+/// Keys read per query while listing.
+const LIST_PAGE: i64 = 512;
+
+/// The `storage "postgresql"` settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    pub connection_url: String,
+    pub table: String,
+    pub max_parallel: usize,
+    pub skip_create_table: bool,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("connection_url", &"<redacted>")
+            .field("table", &self.table)
+            .field("max_parallel", &self.max_parallel)
+            .field("skip_create_table", &self.skip_create_table)
+            .finish()
+    }
+}
+
+pub struct PostgresBackend {
+    pool: deadpool_postgres::Pool,
+    table: String,
+    writer: Writer,
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine_error(context: impl Into<String>, error: impl std::fmt::Display) -> StorageError {
+    StorageError::Engine {
+        context: context.into(),
+        message: error.to_string(),
+    }
+}
+
+/// A table name, optionally schema-qualified, quoted for SQL. Only letters, digits and `_`.
+fn quoted_table(name: &str) -> Result<String> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let valid = |p: &&str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !p.starts_with(|c: char| c.is_ascii_digit())
+    };
+    if parts.len() > 2 || !parts.iter().all(valid) {
+        return Err(StorageError::InvalidArgument(format!(
+            "table {name:?}: use letters, digits and '_' (optionally schema.table)"
+        )));
+    }
+    Ok(parts
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join("."))
+}
+
+/// TLS settings taken out of a libpq connection string, which tokio-postgres does not parse.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TlsOptions {
+    disable: bool,
+    root_cert: Option<String>,
+}
+
+/// Split libpq's `sslmode=verify-*` and `sslrootcert` off a URL or key=value connection
+/// string; returns what tokio-postgres can parse and the TLS options.
+fn split_tls_options(url: &str) -> (String, TlsOptions) {
+    let mut tls = TlsOptions::default();
+    let mut take = |k: &str, v: &str| -> Option<String> {
+        match (k, v) {
+            ("sslrootcert", path) => {
+                tls.root_cert = Some(path.to_owned());
+                None
+            }
+            ("sslmode", "verify-full" | "verify-ca") => Some("require".into()),
+            ("sslmode", "disable") => {
+                tls.disable = true;
+                Some("disable".into())
+            }
+            (_, v) => Some(v.to_owned()),
+        }
+    };
+    if let Some((base, query)) = url.split_once('?') {
+        let kept: Vec<String> = query
+            .split('&')
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                take(k, v).map(|v| format!("{k}={v}"))
+            })
+            .collect();
+        let out = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return (out, tls);
+    }
+    if url.contains("://") {
+        return (url.to_owned(), tls);
+    }
+    let kept: Vec<String> = url
+        .split_whitespace()
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            take(k, v).map(|v| format!("{k}={v}"))
+        })
+        .collect();
+    (kept.join(" "), tls)
+}
+
+fn tls_connector(tls: &TlsOptions) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.root_cert {
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject as _;
+            let pem = std::fs::read(path).map_err(|e| engine_error("reading sslrootcert", e))?;
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| engine_error("parsing sslrootcert", e))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| engine_error("adding sslrootcert", e))?;
+            }
+            if roots.is_empty() {
+                return Err(engine_error("sslrootcert", "no certificate in the file"));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| engine_error("configuring TLS", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+impl PostgresBackend {
+    /// Connect (the URL from `VAULT_PG_CONNECTION_URL` when set), create the table unless
+    /// `skip_create_table`, and start the writer.
+    pub async fn connect(config: &PostgresConfig) -> Result<PostgresBackend> {
+        let url = std::env::var("VAULT_PG_CONNECTION_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| config.connection_url.clone());
+        let (url, tls) = split_tls_options(&url);
+        let pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| engine_error("parsing connection_url", e))?;
+        let table = quoted_table(&config.table)?;
+        let connector = tls_connector(&tls)?;
+        let manager = deadpool_postgres::Manager::new(pg.clone(), connector.clone());
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(config.max_parallel.max(1))
+            .build()
+            .map_err(|e| engine_error("building the connection pool", e))?;
+        let backend_table = table.clone();
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| engine_error("connecting to PostgreSQL", e))?;
+        if !config.skip_create_table {
+            client
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {table} (key TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL)"
+                ))
+                .await
+                .map_err(|e| engine_error(format!("creating table {}", config.table), e))?;
+        }
+        drop(client);
+        let store = PgStore {
+            config: postgres::Config::from(pg),
+            connector,
+            table,
+            client: Mutex::new(None),
+        };
+        let writer = Writer::spawn(store, "bunker-pg-writer")?;
+        Ok(PostgresBackend {
+            pool,
+            table: backend_table,
+            writer,
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("PostgreSQL: {e}")))
+    }
+
+    /// Keys `>= start` (or `> start` when `exclusive`), in order, at most `limit`.
+    async fn keys_from(&self, start: &str, exclusive: bool, limit: i64) -> Result<Vec<String>> {
+        let op = if exclusive { ">" } else { ">=" };
+        let sql = format!(
+            "SELECT key FROM {} WHERE key {op} $1 ORDER BY key LIMIT $2",
+            self.table
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&start, &limit])
+            .await
+            .map_err(|e| read_error("listing", e))?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+}
+
+fn read_error(what: &str, e: tokio_postgres::Error) -> StorageError {
+    if e.is_closed() || e.as_db_error().is_none() {
+        StorageError::Unavailable(format!("PostgreSQL {what}: {e}"))
+    } else {
+        engine_error(format!("PostgreSQL {what}"), e)
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        validate_key(key)?;
+        let sql = format!("SELECT value FROM {} WHERE key = $1", self.table);
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&key])
+            .await
+            .map_err(|e| read_error("reading", e))?;
+        Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+    }
+
+    async fn batch(&self, ops: Vec<Op>) -> Result<()> {
+        self.writer.submit(ops).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        // As `listing::list_children`, one query per page or per child directory.
+        let mut children = Vec::new();
+        let (mut start, mut exclusive) = (prefix.to_owned(), false);
+        loop {
+            let keys = self.keys_from(&start, exclusive, LIST_PAGE).await?;
+            let full = keys.len() as i64 == LIST_PAGE;
+            let mut next = None;
+            for key in &keys {
+                let Some(rest) = key.strip_prefix(prefix) else {
+                    return Ok(children);
+                };
+                match rest.split_once('/') {
+                    Some((dir, _)) => {
+                        children.push(format!("{dir}/"));
+                        next = Some((format!("{prefix}{dir}0"), false));
+                        break;
+                    }
+                    None if rest.is_empty() => {}
+                    None => children.push(rest.to_owned()),
+                }
+            }
+            match (next, keys.last()) {
+                (Some(seek), _) => (start, exclusive) = seek,
+                (None, Some(last)) if full => (start, exclusive) = (last.clone(), true),
+                _ => return Ok(children),
+            }
+        }
+    }
+
+    async fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (start, op) = match after {
+            Some(after) if after >= prefix => (after, ">"),
+            _ => (prefix, ">="),
+        };
+        let sql = format!(
+            "SELECT key, value FROM {} WHERE key {op} $1 ORDER BY key LIMIT $2",
+            self.table
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&start, &limit])
+            .await
+            .map_err(|e| read_error("scanning", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .collect())
+    }
+
+    fn metrics(&self) -> StorageMetrics {
+        self.writer.counters.snapshot()
+    }
+}
+
+impl crate::HookedBackend for PostgresBackend {
+    fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
+        self.writer.hook.set(hook);
+    }
+}
+
+/// The writer's connection: opened on first use and after any failure.
+struct PgStore {
+    config: postgres::Config,
+    connector: tokio_postgres_rustls::MakeRustlsConnect,
+    table: String,
+    client: Mutex<Option<postgres::Client>>,
+}
+
+impl PgStore {
+    fn commit_with(&self, client: &mut postgres::Client, batches: &[&[Op]]) -> Result<()> {
+        // The group's net effect: each key's last operation.
+        let mut last: std::collections::BTreeMap<&str, Option<&[u8]>> = Default::default();
+        for op in batches.iter().flat_map(|b| b.iter()) {
+            match op {
+                Op::Put { key, value } => last.insert(key, Some(value)),
+                Op::Delete { key } => last.insert(key, None),
+            };
+        }
+        let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, value) in last {
+            match value {
+                Some(v) => {
+                    put_keys.push(key);
+                    put_values.push(v);
+                }
+                None => deletes.push(key),
+            }
+        }
+        let fail = |what: &'static str| {
+            move |e: postgres::Error| engine_error(format!("PostgreSQL {what}"), e)
+        };
+        let mut txn = client
+            .transaction()
+            .map_err(fail("starting a transaction"))?;
+        if !put_keys.is_empty() {
+            let sql = format!(
+                "INSERT INTO {t} (key, value) SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                t = self.table
+            );
+            txn.execute(&sql, &[&put_keys, &put_values])
+                .map_err(fail("writing"))?;
+        }
+        if !deletes.is_empty() {
+            let sql = format!("DELETE FROM {} WHERE key = ANY($1::text[])", self.table);
+            txn.execute(&sql, &[&deletes]).map_err(fail("deleting"))?;
+        }
+        txn.commit().map_err(fail("committing"))
+    }
+}
+
+impl GroupStore for PgStore {
+    fn commit(&self, batches: &[&[Op]]) -> Result<()> {
+        let mut slot = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.as_ref().is_none_or(postgres::Client::is_closed) {
+            let client = self
+                .config
+                .connect(self.connector.clone())
+                .map_err(|e| StorageError::Unavailable(format!("PostgreSQL: {e}")))?;
+            *slot = Some(client);
+        }
+        let Some(client) = slot.as_mut() else {
+            return Err(StorageError::Unavailable(
+                "PostgreSQL: no connection".into(),
+            ));
+        };
+        let result = self.commit_with(client, batches);
+        if result.is_err() && client.is_closed() {
+            *slot = None;
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn libpq_tls_options_are_taken_out() {
+        let (url, tls) = split_tls_options(
+            "postgres://u:p@db:5432/b?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=x",
+        );
+        assert_eq!(
+            url,
+            "postgres://u:p@db:5432/b?sslmode=require&application_name=x"
+        );
+        assert_eq!(
+            tls,
+            TlsOptions {
+                disable: false,
+                root_cert: Some("/etc/ca.pem".into())
+            }
+        );
+        let (url, tls) = split_tls_options("host=db sslmode=disable user=u");
+        assert_eq!(url, "host=db sslmode=disable user=u");
+        assert!(tls.disable);
+        let (url, _) = split_tls_options("postgres://db/b");
+        assert_eq!(url, "postgres://db/b");
+    }
+
+    #[test]
+    fn table_names_are_checked_and_quoted() {
+        assert_eq!(
+            quoted_table("vault_kv_store").unwrap(),
+            "\"vault_kv_store\""
+        );
+        assert_eq!(quoted_table("s.t1").unwrap(), "\"s\".\"t1\"");
+        for bad in ["", "a;drop", "a.b.c", "1abc", "a b", "a\"b"] {
+            assert!(quoted_table(bad).is_err(), "{bad}");
+        }
+    }
+}
