@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub activation_allow_http: bool,
     /// The `telemetry` block.
     pub telemetry: TelemetryConfig,
+    /// TTL of the HA lock (`lock_ttl` in a storage block with `ha_enabled`).
+    pub ha_lock_ttl: Duration,
     /// Settings Vault has that are accepted (so existing files load) but have no effect here;
     /// the server warns about each at start.
     pub ignored: Vec<String>,
@@ -87,15 +89,18 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// `storage "postgresql"`, with Vault's keys. HA is not built yet: `ha_enabled = true` is
-/// refused, because two active nodes on one table would both write.
-fn parse_postgresql(body: &Body, ignored: &mut Vec<String>) -> Result<StorageConfig> {
+/// `storage "postgresql"`, with Vault's keys, and `lock_ttl` for the HA lock (Vault's 15 s by
+/// default). Returns the storage settings and the lock TTL.
+fn parse_postgresql(body: &Body, ignored: &mut Vec<String>) -> Result<(StorageConfig, Duration)> {
     let mut pg = bunker_storage::PostgresConfig {
         connection_url: String::new(),
         table: bunker_storage::postgresql::DEFAULT_TABLE.into(),
         max_parallel: bunker_storage::postgresql::DEFAULT_MAX_PARALLEL,
         skip_create_table: false,
+        ha_table: None,
     };
+    let (mut ha_enabled, mut ha_table) = (false, None);
+    let mut lock_ttl = bunker_core::ha::DEFAULT_LOCK_TTL;
     for attr in body.attributes() {
         let (key, e) = (attr.key(), attr.expr());
         match key {
@@ -109,14 +114,15 @@ fn parse_postgresql(body: &Body, ignored: &mut Vec<String>) -> Result<StorageCon
                     .ok_or_else(|| anyhow!("max_parallel must be a positive integer"))?
             }
             "skip_create_table" => pg.skip_create_table = expr_bool(key, e)?,
-            "ha_enabled" => {
-                if expr_bool(key, e)? {
-                    bail!(
-                        "storage \"postgresql\": ha_enabled is not supported yet; run one node per table"
-                    );
+            "ha_enabled" => ha_enabled = expr_bool(key, e)?,
+            "ha_table" => ha_table = Some(expr_string(key, e)?),
+            "lock_ttl" => {
+                lock_ttl = expr_duration(key, e)?;
+                if lock_ttl < Duration::from_secs(2) {
+                    bail!("storage \"postgresql\": lock_ttl must be at least 2s");
                 }
             }
-            "ha_table" | "max_idle_connections" | "max_connect_retries" => {
+            "max_idle_connections" | "max_connect_retries" => {
                 ignored.push(format!("storage setting {key:?}"))
             }
             other => bail!("unknown storage \"postgresql\" setting {other:?}"),
@@ -125,7 +131,12 @@ fn parse_postgresql(body: &Body, ignored: &mut Vec<String>) -> Result<StorageCon
     if pg.connection_url.is_empty() && std::env::var_os("VAULT_PG_CONNECTION_URL").is_none() {
         bail!("storage \"postgresql\": connection_url (or VAULT_PG_CONNECTION_URL) is required");
     }
-    Ok(StorageConfig::Postgresql(pg))
+    if ha_enabled {
+        pg.ha_table = Some(
+            ha_table.unwrap_or_else(|| bunker_storage::postgresql::DEFAULT_HA_TABLE.to_owned()),
+        );
+    }
+    Ok((StorageConfig::Postgresql(pg), lock_ttl))
 }
 
 fn parse_telemetry(body: &Body, ignored: &mut Vec<String>) -> Result<TelemetryConfig> {
@@ -271,6 +282,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
         wal_retention: DEFAULT_WAL_RETENTION,
         activation_allow_http: false,
         telemetry: TelemetryConfig::default(),
+        ha_lock_ttl: bunker_core::ha::DEFAULT_LOCK_TTL,
         ignored: Vec::new(),
     };
     for block in body.blocks() {
@@ -313,7 +325,11 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                             cache_bytes,
                         }
                     }
-                    "postgresql" => parse_postgresql(block.body(), &mut cfg.ignored)?,
+                    "postgresql" => {
+                        let (storage, lock_ttl) = parse_postgresql(block.body(), &mut cfg.ignored)?;
+                        cfg.ha_lock_ttl = lock_ttl;
+                        storage
+                    }
                     other => bail!(
                         "unknown storage type {other:?} (use \"embedded\", \"postgresql\" or \"inmem\")"
                     ),

@@ -33,6 +33,7 @@ fn pg_config(pg: &Postgres, table: &str) -> bunker_storage::PostgresConfig {
         table: table.into(),
         max_parallel: 8,
         skip_create_table: false,
+        ha_table: None,
     }
 }
 

@@ -48,10 +48,31 @@ impl Core {
         if mode == DrMode::Secondary && (req.path.starts_with("sys/generate-root") || init_write) {
             return Err(LogicalError::DrSecondary);
         }
+        if let Some(ha) = self.ha() {
+            // A standby serves only its own status and the unseal endpoints.
+            let local = matches!(
+                req.path.as_str(),
+                "sys/health" | "sys/leader" | "sys/seal-status" | "sys/unseal" | "sys/init"
+            );
+            if !local && self.is_standby() {
+                return Err(self.standby_error(ha).await);
+            }
+        }
         if let Some(resp) = self.handle_unsealed_not_required(&req).await? {
             return Ok(resp);
         }
         if req.path.starts_with("sys/replication/") {
+            let enable = matches!(
+                req.path.as_str(),
+                "sys/replication/dr/primary/enable" | "sys/replication/dr/secondary/enable"
+            );
+            if enable && self.ha().is_some() {
+                // Each node would record or apply its own WAL; DR between HA clusters needs the
+                // WAL position to follow the lock (not built yet).
+                return Err(LogicalError::InvalidRequest(
+                    "DR replication is not supported yet on a cluster with ha_enabled".into(),
+                ));
+            }
             if let Some(handler) = self.replication_handler() {
                 return self.handle_replication(handler.as_ref(), &req).await;
             }

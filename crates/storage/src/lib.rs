@@ -28,6 +28,7 @@ pub mod conformance;
 pub mod embedded;
 mod error;
 mod group_commit;
+pub mod ha;
 mod hook;
 mod inmem;
 pub mod limits;
@@ -36,6 +37,7 @@ pub mod postgresql;
 
 pub use embedded::EmbeddedBackend;
 pub use error::StorageError;
+pub use ha::{Fence, FenceCell, HaBackend, HaNode};
 pub use hook::CommitHook;
 pub use inmem::InmemBackend;
 pub use postgresql::{PostgresBackend, PostgresConfig};

@@ -28,11 +28,16 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use crate::group_commit::{GroupStore, Writer};
+use crate::ha::{Acquire, Fence, FenceCell, HaBackend, HaNode, LockHolder, NodeHeartbeat};
 use crate::limits::validate_key;
 use crate::{Backend, CommitHook, Op, Result, StorageError, StorageMetrics};
 
 /// Vault's default table name.
 pub const DEFAULT_TABLE: &str = "vault_kv_store";
+/// The default HA lock table.
+pub const DEFAULT_HA_TABLE: &str = "vault_ha_locks";
+/// The lock row's key in the HA table; heartbeats are `node/<id>`.
+const LOCK_KEY: &str = "leader";
 /// Vault's default `max_parallel`.
 pub const DEFAULT_MAX_PARALLEL: usize = 128;
 /// Keys read per query while listing.
@@ -45,6 +50,8 @@ pub struct PostgresConfig {
     pub table: String,
     pub max_parallel: usize,
     pub skip_create_table: bool,
+    /// The HA lock table when `ha_enabled` (Vault's `ha_table`), `None` without HA.
+    pub ha_table: Option<String>,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -54,6 +61,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("table", &self.table)
             .field("max_parallel", &self.max_parallel)
             .field("skip_create_table", &self.skip_create_table)
+            .field("ha_table", &self.ha_table)
             .finish()
     }
 }
@@ -62,6 +70,9 @@ pub struct PostgresBackend {
     pool: deadpool_postgres::Pool,
     table: String,
     writer: Writer,
+    /// The quoted HA table, when HA is on.
+    ha_table: Option<String>,
+    fence: Arc<FenceCell>,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -212,11 +223,29 @@ impl PostgresBackend {
                 .await
                 .map_err(|e| engine_error(format!("creating table {}", config.table), e))?;
         }
+        let ha_table = config.ha_table.as_deref().map(quoted_table).transpose()?;
+        if let (Some(ha), false) = (&ha_table, config.skip_create_table) {
+            client
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {ha} (ha_key TEXT COLLATE \"C\" PRIMARY KEY, \
+                     ha_identity TEXT NOT NULL, ha_value TEXT NOT NULL, epoch BIGINT NOT NULL, \
+                     acquired_at TIMESTAMPTZ NOT NULL, valid_until TIMESTAMPTZ NOT NULL)"
+                ))
+                .await
+                .map_err(|e| engine_error("creating the HA table", e))?;
+        }
         drop(client);
+        let fence = Arc::new(FenceCell::default());
+        if ha_table.is_some() {
+            // A node starts as a standby; the HA runner opens the fence when it takes the lock.
+            fence.set(Fence::Standby);
+        }
         let store = PgStore {
             config: postgres::Config::from(pg),
             connector,
             table,
+            ha_table: ha_table.clone(),
+            fence: fence.clone(),
             client: Mutex::new(None),
         };
         let writer = Writer::spawn(store, "bunker-pg-writer")?;
@@ -224,6 +253,8 @@ impl PostgresBackend {
             pool,
             table: backend_table,
             writer,
+            ha_table,
+            fence,
         })
     }
 
@@ -246,16 +277,19 @@ impl PostgresBackend {
             .await?
             .query(&sql, &[&start, &limit])
             .await
-            .map_err(|e| read_error("listing", e))?;
+            .map_err(|e| pg_error("listing", e))?;
         Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
     }
 }
 
-fn read_error(what: &str, e: tokio_postgres::Error) -> StorageError {
-    if e.is_closed() || e.as_db_error().is_none() {
-        StorageError::Unavailable(format!("PostgreSQL {what}: {e}"))
-    } else {
-        engine_error(format!("PostgreSQL {what}"), e)
+fn pg_error(what: &str, e: tokio_postgres::Error) -> StorageError {
+    match e.as_db_error() {
+        // The server's own message ("db error" alone says nothing).
+        Some(db) if !e.is_closed() => engine_error(
+            format!("PostgreSQL {what}"),
+            format!("{}: {}", db.code().code(), db.message()),
+        ),
+        _ => StorageError::Unavailable(format!("PostgreSQL {what}: {e}")),
     }
 }
 
@@ -269,7 +303,7 @@ impl Backend for PostgresBackend {
             .await?
             .query_opt(&sql, &[&key])
             .await
-            .map_err(|e| read_error("reading", e))?;
+            .map_err(|e| pg_error("reading", e))?;
         Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
     }
 
@@ -330,7 +364,7 @@ impl Backend for PostgresBackend {
             .await?
             .query(&sql, &[&start, &limit])
             .await
-            .map_err(|e| read_error("scanning", e))?;
+            .map_err(|e| pg_error("scanning", e))?;
         Ok(rows
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
@@ -340,6 +374,169 @@ impl Backend for PostgresBackend {
 
     fn metrics(&self) -> StorageMetrics {
         self.writer.counters.snapshot()
+    }
+}
+
+fn ttl_secs(ttl: std::time::Duration) -> f64 {
+    ttl.as_secs_f64()
+}
+
+/// RFC 3339 in UTC, formatted by the database (no date crate needed).
+fn rfc3339(column: &str) -> String {
+    format!("to_char(({column}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+}
+
+impl PostgresBackend {
+    fn ha(&self) -> Result<&str> {
+        self.ha_table
+            .as_deref()
+            .ok_or_else(|| StorageError::InvalidArgument("ha_enabled is off".into()))
+    }
+}
+
+fn node_json(node: &HaNode) -> Result<String> {
+    serde_json::to_string(node).map_err(|e| engine_error("encoding the HA node", e))
+}
+
+fn parse_node(value: &str) -> HaNode {
+    serde_json::from_str(value).unwrap_or_default()
+}
+
+fn to_epoch(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+#[async_trait]
+impl HaBackend for PostgresBackend {
+    async fn try_acquire(&self, me: &HaNode, ttl: std::time::Duration) -> Result<Acquire> {
+        let ha = self.ha()?;
+        // One statement: insert the first lock, or take an expired one with the next epoch.
+        // Concurrent takers serialize on the row; the loser sees the winner's expiry.
+        let sql = format!(
+            "INSERT INTO {ha} AS l (ha_key, ha_identity, ha_value, epoch, acquired_at, valid_until) \
+             VALUES ($1, $2, $3, 1, now(), now() + $4::float8 * interval '1 second') \
+             ON CONFLICT (ha_key) DO UPDATE SET ha_identity = EXCLUDED.ha_identity, \
+             ha_value = EXCLUDED.ha_value, epoch = l.epoch + 1, acquired_at = now(), \
+             valid_until = EXCLUDED.valid_until WHERE l.valid_until < now() RETURNING l.epoch"
+        );
+        let value = node_json(me)?;
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&LOCK_KEY, &me.id, &value, &ttl_secs(ttl)])
+            .await
+            .map_err(|e| pg_error("taking the HA lock", e))?;
+        if let Some(row) = row {
+            return Ok(Acquire::Acquired(to_epoch(row.get(0))));
+        }
+        match self.holder().await? {
+            Some(holder) => Ok(Acquire::Held(holder)),
+            // Released between the two statements: the next attempt takes it.
+            None => Err(StorageError::Unavailable(
+                "the HA lock changed hands".into(),
+            )),
+        }
+    }
+
+    async fn renew(&self, node_id: &str, epoch: u64, ttl: std::time::Duration) -> Result<bool> {
+        let ha = self.ha()?;
+        let sql = format!(
+            "UPDATE {ha} SET valid_until = now() + $4::float8 * interval '1 second' \
+             WHERE ha_key = $1 AND ha_identity = $2 AND epoch = $3"
+        );
+        let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+        let n = self
+            .client()
+            .await?
+            .execute(&sql, &[&LOCK_KEY, &node_id, &epoch, &ttl_secs(ttl)])
+            .await
+            .map_err(|e| pg_error("renewing the HA lock", e))?;
+        Ok(n == 1)
+    }
+
+    async fn release(&self, node_id: &str, epoch: u64) -> Result<()> {
+        let ha = self.ha()?;
+        // Expire it rather than delete it: the epoch keeps counting.
+        let sql = format!(
+            "UPDATE {ha} SET valid_until = now() - interval '1 second' \
+             WHERE ha_key = $1 AND ha_identity = $2 AND epoch = $3"
+        );
+        let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+        self.client()
+            .await?
+            .execute(&sql, &[&LOCK_KEY, &node_id, &epoch])
+            .await
+            .map_err(|e| pg_error("releasing the HA lock", e))?;
+        Ok(())
+    }
+
+    async fn holder(&self) -> Result<Option<LockHolder>> {
+        let ha = self.ha()?;
+        let sql = format!(
+            "SELECT ha_value, epoch, {}, valid_until < now() FROM {ha} WHERE ha_key = $1",
+            rfc3339("acquired_at")
+        );
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&LOCK_KEY])
+            .await
+            .map_err(|e| pg_error("reading the HA lock", e))?;
+        Ok(row.map(|r| LockHolder {
+            node: parse_node(r.get(0)),
+            epoch: to_epoch(r.get(1)),
+            acquired_at: r.get(2),
+            expired: r.get(3),
+        }))
+    }
+
+    async fn heartbeat(&self, me: &HaNode, max_age: std::time::Duration) -> Result<()> {
+        let ha = self.ha()?;
+        let client = self.client().await?;
+        let sql = format!(
+            "INSERT INTO {ha} (ha_key, ha_identity, ha_value, epoch, acquired_at, valid_until) \
+             VALUES ($1, $2, $3, 0, now(), now() + $4::float8 * interval '1 second') \
+             ON CONFLICT (ha_key) DO UPDATE SET ha_value = EXCLUDED.ha_value, \
+             valid_until = EXCLUDED.valid_until"
+        );
+        let key = format!("node/{}", me.id);
+        client
+            .execute(&sql, &[&key, &me.id, &node_json(me)?, &ttl_secs(max_age)])
+            .await
+            .map_err(|e| pg_error("recording the HA heartbeat", e))?;
+        let sql = format!("DELETE FROM {ha} WHERE ha_key LIKE 'node/%' AND valid_until < now()");
+        client
+            .execute(&sql, &[])
+            .await
+            .map_err(|e| pg_error("forgetting old HA heartbeats", e))?;
+        Ok(())
+    }
+
+    async fn nodes(&self, max_age: std::time::Duration) -> Result<Vec<NodeHeartbeat>> {
+        let ha = self.ha()?;
+        let sql = format!(
+            // A heartbeat is kept `max_age` from when it was sent.
+            "SELECT ha_value, {} FROM {ha} WHERE ha_key LIKE 'node/%' AND valid_until >= now() \
+             ORDER BY ha_key",
+            rfc3339("valid_until - $1::float8 * interval '1 second'")
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&ttl_secs(max_age)])
+            .await
+            .map_err(|e| pg_error("listing HA nodes", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeHeartbeat {
+                node: parse_node(r.get(0)),
+                last_echo: r.get(1),
+            })
+            .collect())
+    }
+
+    fn fence(&self) -> Arc<FenceCell> {
+        self.fence.clone()
     }
 }
 
@@ -354,6 +551,8 @@ struct PgStore {
     config: postgres::Config,
     connector: tokio_postgres_rustls::MakeRustlsConnect,
     table: String,
+    ha_table: Option<String>,
+    fence: Arc<FenceCell>,
     client: Mutex<Option<postgres::Client>>,
 }
 
@@ -377,12 +576,30 @@ impl PgStore {
                 None => deletes.push(key),
             }
         }
-        let fail = |what: &'static str| {
-            move |e: postgres::Error| engine_error(format!("PostgreSQL {what}"), e)
-        };
+        let fail = |what: &'static str| move |e: postgres::Error| pg_error(what, e);
+        let fence = self.fence.get();
+        if fence == Fence::Standby {
+            return Err(crate::ha::fenced_error());
+        }
         let mut txn = client
             .transaction()
             .map_err(fail("starting a transaction"))?;
+        if let (Fence::Active { node_id, epoch }, Some(ha)) = (&fence, &self.ha_table) {
+            // Inside the transaction, holding the lock row until commit: a takeover (which
+            // updates the row) waits for this write, and every later write of ours fails.
+            let sql = format!(
+                "SELECT 1 FROM {ha} WHERE ha_key = $1 AND ha_identity = $2 AND epoch = $3 FOR SHARE"
+            );
+            let epoch_sql = i64::try_from(*epoch).unwrap_or(i64::MAX);
+            let held = txn
+                .query_opt(&sql, &[&LOCK_KEY, node_id, &epoch_sql])
+                .map_err(fail("checking the HA lock"))?;
+            if held.is_none() {
+                self.fence.lost(*epoch);
+                tracing::warn!(epoch, "write refused: this node lost the HA lock");
+                return Err(crate::ha::fenced_error());
+            }
+        }
         if !put_keys.is_empty() {
             let sql = format!(
                 "INSERT INTO {t} (key, value) SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
