@@ -16,8 +16,12 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::dr::{
+    activation_token, adopt_credentials, dr_status, enable_primary, enable_secondary,
+    promote_with_keys, wait_converged, ALLOW_HTTP_ACTIVATION,
+};
 use common::postgres::Postgres;
-use common::{poll_until, raw_http, ServerOptions, TestServer};
+use common::{free_port, poll_until, raw_http, ServerOptions, TestServer};
 use serde_json::{json, Value};
 
 /// Short, so failovers in the tests take seconds; the server refuses less than 2 s.
@@ -26,7 +30,14 @@ const LOCK_TTL_SECS: u64 = 3;
 const TAKEOVER: Duration = Duration::from_secs(LOCK_TTL_SECS + 20);
 
 fn node(pg: &Postgres) -> TestServer {
+    node_with(pg, String::new())
+}
+
+/// A node with a cluster port (DR) when `listener_extra` sets one.
+fn node_with(pg: &Postgres, listener_extra: String) -> TestServer {
     TestServer::with_config(ServerOptions {
+        listener_extra,
+        config_extra: ALLOW_HTTP_ACTIVATION.to_owned(),
         storage: format!(
             "storage \"postgresql\" {{\n  connection_url = \"{}\"\n  table = \"bunker_kv\"\n  \
              ha_enabled = \"true\"\n  ha_table = \"bunker_ha_locks\"\n  lock_ttl = \"{LOCK_TTL_SECS}s\"\n}}",
@@ -56,8 +67,11 @@ fn wait_health(s: &TestServer, code: u16) {
 /// Three nodes on one database: the first initialised and active, the others unsealed with
 /// its key shares and standing by.
 fn cluster(pg: &Postgres, n: usize) -> Vec<TestServer> {
-    let mut nodes: Vec<TestServer> = (0..n).map(|_| node(pg)).collect();
-    nodes[0].init_unseal(3, 2);
+    start_cluster((0..n).map(|_| node(pg)).collect())
+}
+
+fn start_cluster(mut nodes: Vec<TestServer>) -> Vec<TestServer> {
+    nodes[0].init_unseal(5, 3);
     wait_health(&nodes[0], 200);
     let (keys, root) = (nodes[0].keys.clone(), nodes[0].root_token.clone());
     for s in nodes.iter_mut().skip(1) {
@@ -224,13 +238,66 @@ fn a_node_that_lost_the_lock_cannot_write_and_a_paused_node_steps_down() {
 }
 
 #[test]
-fn ha_clusters_refuse_dr_until_it_follows_the_lock() {
+fn a_dr_secondary_follows_the_active_node_of_an_ha_primary_without_update_primary() {
+    let pg = Postgres::start();
+    let with_port = || format!("  cluster_address = \"127.0.0.1:{}\"", free_port());
+    let mut nodes = start_cluster(vec![
+        node_with(&pg, with_port()),
+        node_with(&pg, with_port()),
+    ]);
+    nodes[0].mount_kv2();
+    nodes[0].kv_put("before", json!({"n": "0"}));
+    enable_primary(&nodes[0]);
+
+    // A secondary on embedded storage, activated by the active node.
+    let mut s = TestServer::with_config(ServerOptions {
+        listener_extra: with_port(),
+        config_extra: ALLOW_HTTP_ACTIVATION.to_owned(),
+        ..Default::default()
+    });
+    s.init_unseal(5, 3);
+    enable_secondary(&s, &activation_token(&nodes[0], "site-b"));
+    adopt_credentials(&mut s, &nodes[0]);
+    wait_converged(&nodes[0], &s);
+    // The secondary learnt both nodes' cluster addresses.
+    let known = dr_status(&s)["known_primary_cluster_addrs"].clone();
+    assert_eq!(known.as_array().map(Vec::len), Some(2), "{known}");
+
+    // The active node dies: the standby takes over and continues the WAL from the database;
+    // the secondary finds it by itself and resumes from its position.
+    nodes[0].kill9();
+    wait_health(&nodes[1], 200);
+    let b = &nodes[1];
+    let before = dr_status(b)["last_wal"].as_u64().unwrap();
+    b.kv_put("after", json!({"n": "1"}));
+    assert!(
+        dr_status(b)["last_wal"].as_u64().unwrap() > before,
+        "the new active node records the WAL"
+    );
+    wait_converged(b, &s);
+    assert_eq!(
+        dr_status(&s)["sync"]["merkle_syncs"].as_u64(),
+        Some(1),
+        "the secondary resumed by WAL after the failover, without another Merkle sync: {}",
+        dr_status(&s)
+    );
+
+    // The primary site is lost: the secondary is promoted and holds everything.
+    nodes[1].kill9();
+    let done = promote_with_keys(&s, &nodes[0].keys);
+    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+    assert_eq!(s.kv_get("before").1["n"], json!("0"));
+    assert_eq!(s.kv_get("after").1["n"], json!("1"));
+}
+
+#[test]
+fn ha_clusters_cannot_be_dr_secondaries_yet() {
     let pg = Postgres::start();
     let nodes = cluster(&pg, 1);
     let (code, body) = nodes[0].put(
-        "sys/replication/dr/primary/enable",
+        "sys/replication/dr/secondary/enable",
         nodes[0].root(),
-        json!({}),
+        json!({"token": "x"}),
     );
     assert_eq!(code, 400, "{body}");
 }

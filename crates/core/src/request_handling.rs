@@ -62,15 +62,11 @@ impl Core {
             return Ok(resp);
         }
         if req.path.starts_with("sys/replication/") {
-            let enable = matches!(
-                req.path.as_str(),
-                "sys/replication/dr/primary/enable" | "sys/replication/dr/secondary/enable"
-            );
-            if enable && self.ha().is_some() {
-                // Each node would record or apply its own WAL; DR between HA clusters needs the
-                // WAL position to follow the lock (not built yet).
+            if req.path == "sys/replication/dr/secondary/enable" && self.ha().is_some() {
+                // Only the lock holder may apply the stream, and a DR secondary's nodes run
+                // sealed, while the lock needs an unsealed node (not built yet).
                 return Err(LogicalError::InvalidRequest(
-                    "DR replication is not supported yet on a cluster with ha_enabled".into(),
+                    "a cluster with ha_enabled cannot be a DR secondary yet".into(),
                 ));
             }
             if let Some(handler) = self.replication_handler() {

@@ -265,12 +265,15 @@ impl Ha {
     }
 
     async fn deactivate(&self, core: &Core, epoch: u64, backoff: Option<Duration>) {
-        core.become_standby();
-        let mut s = self.state();
-        if matches!(&s.role, Role::Active { epoch: e, .. } if *e == epoch) {
-            s.role = Role::Standby;
+        // Stop serving first, then drop what the active node kept.
+        {
+            let mut s = self.state();
+            if matches!(&s.role, Role::Active { epoch: e, .. } if *e == epoch) {
+                s.role = Role::Standby;
+            }
+            s.backoff_until = backoff.map(|b| Instant::now() + b);
         }
-        s.backoff_until = backoff.map(|b| Instant::now() + b);
+        core.become_standby();
         tracing::info!(epoch, "this node is a standby");
     }
 
@@ -354,6 +357,9 @@ impl Core {
             self.teardown();
             return Err(e);
         }
+        if let Some(handler) = self.replication_handler() {
+            handler.activated().await;
+        }
         Ok(())
     }
 
@@ -361,6 +367,28 @@ impl Core {
     /// open.
     pub(crate) fn become_standby(&self) {
         self.teardown();
+        if let Some(handler) = self.replication_handler() {
+            handler.deactivated();
+        }
+    }
+
+    /// The cluster addresses of every node of an HA cluster (those heard from recently, and
+    /// this one), for DR secondaries to try in turn when the active node changes. Empty
+    /// without HA: secondaries keep the address they were given (which may be a proxy).
+    pub async fn cluster_addrs(&self) -> Vec<String> {
+        let Some(ha) = self.ha() else {
+            return Vec::new();
+        };
+        let mut addrs = vec![self.config.cluster_addr.clone()];
+        let age = ha.config.lock_ttl.max(Duration::from_secs(3));
+        match ha.backend.nodes(age).await {
+            Ok(nodes) => addrs.extend(nodes.into_iter().map(|n| n.node.cluster_addr)),
+            Err(e) => tracing::warn!(error = %e, "listing HA nodes failed"),
+        }
+        addrs.retain(|a| !a.is_empty());
+        addrs.sort();
+        addrs.dedup();
+        addrs
     }
 
     /// The standby's answer to any request it does not serve itself.
