@@ -164,9 +164,7 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
             ha_backend,
             bunker_core::ha::HaConfig::new(cfg.ha_lock_ttl, &cfg.api_addr, &cfg.cluster_addr),
         );
-        core.enable_ha(ha.clone());
-        tokio::spawn(bunker_core::ha::run(core.clone(), ha));
-        tracing::info!(lock_ttl = ?cfg.ha_lock_ttl, "HA enabled: this node starts as a standby");
+        core.enable_ha(ha);
     }
     let dr = bunker_dr::DrManager::start(
         &core,
@@ -182,6 +180,17 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
     )
     .await
     .context("starting DR replication")?;
+    if let Some(ha) = core.ha() {
+        use bunker_core::ReplicationHandler as _;
+        if dr.dr_mode() == bunker_core::DrMode::Secondary {
+            anyhow::bail!(
+                "this node's storage is a DR secondary, which a cluster with ha_enabled cannot be yet"
+            );
+        }
+        // The runner starts once replication is registered, so an activation reaches it.
+        tokio::spawn(bunker_core::ha::run(core.clone(), ha.clone()));
+        tracing::info!(lock_ttl = ?cfg.ha_lock_ttl, "HA enabled: this node starts as a standby");
+    }
     let tls = load_tls(&cfg.listener)?;
     let listener = TcpListener::bind(&cfg.listener.address)
         .await
@@ -234,7 +243,13 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
         // Release the HA lock first, so a standby takes over while requests drain here
         // (their writes are fenced from now on).
         if let Some(ha) = shutdown_core.ha() {
-            ha.shutdown(&shutdown_core).await;
+            // Bounded: a database that does not answer must not keep the process alive (the
+            // lock then expires by itself).
+            let released =
+                tokio::time::timeout(Duration::from_secs(5), ha.shutdown(&shutdown_core)).await;
+            if released.is_err() {
+                tracing::warn!("the HA lock was not released within 5 s; it expires by itself");
+            }
         }
     };
     bunker_http::serve(listener, tls, app, limits, shutdown)

@@ -21,7 +21,7 @@ use common::dr::{
     promote_with_keys, wait_converged, ALLOW_HTTP_ACTIVATION,
 };
 use common::postgres::Postgres;
-use common::{free_port, poll_until, raw_http, ServerOptions, TestServer};
+use common::{free_port, poll_until, ServerOptions, TestServer};
 use serde_json::{json, Value};
 
 /// Short, so failovers in the tests take seconds; the server refuses less than 2 s.
@@ -133,9 +133,13 @@ fn three_nodes_fail_over_on_kill_step_down_and_shutdown_without_losing_writes() 
         "GET /v1/secret/data/x?version=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Vault-Token: {}\r\nConnection: close\r\n\r\n",
         b.root_token
     );
-    let port: u16 = b.addr().rsplit(':').next().unwrap().parse().unwrap();
-    let (code, _) = raw_http(port, &head, b"");
-    assert_eq!(code, 307);
+    let response = raw_response(b, &head);
+    assert!(response.starts_with("HTTP/1.1 307"), "{response}");
+    let location = format!("location: {}/v1/secret/data/x?version=1", a.addr());
+    assert!(
+        response.to_ascii_lowercase().contains(&location),
+        "{response}"
+    );
     // (The test client follows the redirect, as hvac and the vault CLI do.)
     a.mount_kv2();
     let mut written = Vec::new();
@@ -155,6 +159,10 @@ fn three_nodes_fail_over_on_kill_step_down_and_shutdown_without_losing_writes() 
             .count(),
         1
     );
+    // A standby is not sealed through the API (Vault's answer), which would seal the active.
+    let (code, _) = b.put("sys/seal", b.root(), json!({}));
+    assert_eq!(code, 500);
+    wait_health(a, 200);
 
     // kill -9 of the active node: a standby takes over, everything acknowledged is there.
     nodes[0].kill9();
@@ -171,27 +179,65 @@ fn three_nodes_fail_over_on_kill_step_down_and_shutdown_without_losing_writes() 
         written.push(i);
     }
 
-    // step-down (sudo): the other standby takes over; the old active stands by.
-    let (code, body) = nodes[active].put("sys/step-down", nodes[active].root(), json!({}));
-    assert_eq!(code, 204, "{body}");
-    wait_health(&nodes[other], 200);
-    wait_health(&nodes[active], 429);
-    nodes[other].kv_put("after-step-down", json!({"n": "sd"}));
-
-    // A graceful shutdown releases the lock at once: the stepped-down node takes over as soon
-    // as its back-off ends, without waiting for the TTL.
-    let exit = nodes[other].terminate(Duration::from_secs(30));
+    // A graceful shutdown releases the lock at once: with the last standby held before it
+    // tries the lock, the lock row is already expired when the process has exited.
+    nodes[other].hold_at("ha-before-acquire");
+    nodes[other].wait_held("ha-before-acquire", TAKEOVER);
+    let exit = nodes[active].terminate(Duration::from_secs(30));
     assert!(exit.is_some(), "the active node did not shut down");
-    let survivor = &nodes[active];
-    wait_health(survivor, 200);
-    assert_eq!(survivor.kv_get("after-step-down").1["n"], json!("sd"));
+    assert_eq!(
+        lock_expired(&pg),
+        "t",
+        "SIGTERM did not release the HA lock"
+    );
+    nodes[other].release("ha-before-acquire");
+    wait_health(&nodes[other], 200);
+    nodes[other].kv_put("after-shutdown", json!({"n": "sd"}));
+
+    // The killed node comes back as a standby; step-down (sudo) hands the lock over to it, and
+    // releases it at once too.
+    nodes[0].restart();
+    nodes[0].unseal();
+    wait_health(&nodes[0], 429);
+    nodes[0].hold_at("ha-before-acquire");
+    nodes[0].wait_held("ha-before-acquire", TAKEOVER);
+    let (code, body) = nodes[other].put("sys/step-down", nodes[other].root(), json!({}));
+    assert_eq!(code, 204, "{body}");
+    wait_health(&nodes[other], 429);
+    assert_eq!(
+        lock_expired(&pg),
+        "t",
+        "step-down did not release the HA lock"
+    );
+    nodes[0].release("ha-before-acquire");
+    wait_health(&nodes[0], 200);
+    assert_eq!(nodes[0].kv_get("after-shutdown").1["n"], json!("sd"));
     for i in &written {
         assert_eq!(
-            survivor.kv_get(&format!("k{i}")).1["n"],
+            nodes[0].kv_get(&format!("k{i}")).1["n"],
             json!(i.to_string()),
             "k{i}"
         );
     }
+}
+
+/// Whether the lock row is past its expiry ("t"/"f"), read in the database.
+fn lock_expired(pg: &Postgres) -> String {
+    pg.sql("SELECT valid_until < now() FROM bunker_ha_locks WHERE ha_key = 'leader'")
+}
+
+/// A raw HTTP exchange with `s` (no redirect following): the whole response text.
+fn raw_response(s: &TestServer, head: &str) -> String {
+    use std::io::{Read, Write};
+    let port: u16 = s.addr().rsplit(':').next().unwrap().parse().unwrap();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    out
 }
 
 #[test]
@@ -215,7 +261,7 @@ fn a_node_that_lost_the_lock_cannot_write_and_a_paused_node_steps_down() {
         body["errors"][0]
             .as_str()
             .unwrap_or("")
-            .contains("not the active node"),
+            .contains("lost the HA lock: another node is active"),
         "{body}"
     );
     let (code, _) = b.get("secret/data/stale", b.root());
@@ -230,7 +276,34 @@ fn a_node_that_lost_the_lock_cannot_write_and_a_paused_node_steps_down() {
     signal(b, "-STOP");
     wait_health(a, 200);
     a.kv_put("while-b-paused", json!({"n": "p"}));
+    // A write sent to B while it is paused waits in its socket; B handles it on waking up,
+    // still believing it is active, or already as a standby: either way it is not committed.
+    let head = format!(
+        "PUT /v1/secret/data/from-paused HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Vault-Token: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 18\r\nConnection: close\r\n\r\n\
+         {{\"data\":{{\"n\":\"z\"}}}}",
+        b.root_token
+    );
+    let port: u16 = b.addr().rsplit(':').next().unwrap().parse().unwrap();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    {
+        use std::io::Write;
+        stream.write_all(head.as_bytes()).unwrap();
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     signal(b, "-CONT");
+    let mut answer = String::new();
+    {
+        use std::io::Read;
+        let _ = stream.read_to_string(&mut answer);
+    }
+    assert!(
+        answer.starts_with("HTTP/1.1 503") || answer.starts_with("HTTP/1.1 307"),
+        "a paused node's write after the takeover: {answer}"
+    );
+    assert_eq!(a.get("secret/data/from-paused", a.root()).0, 404);
     wait_health(b, 429);
     assert_eq!(b.kv_get("while-b-paused").1["n"], json!("p"));
     assert_eq!(a.kv_get("on-b").1["n"], json!("b"));

@@ -117,6 +117,8 @@ fn a_server_on_postgresql_keeps_acknowledged_writes_and_survives_the_database_re
         "the server did not recover when the database came back"
     );
     assert_eq!(s.kv_get("after").1["n"], json!("y"));
+    // The write refused while the database was down was not stored after all.
+    assert_eq!(s.kv_get("while-down").0, 404);
     assert_eq!(s.kv_get("app/3").1["n"], json!("3"));
 }
 

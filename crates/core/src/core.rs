@@ -159,7 +159,13 @@ impl Core {
         threshold: u8,
         root_token_id: Option<String>,
     ) -> Result<InitResult> {
-        // In an HA cluster the writes below need the lock, like any other write.
+        // In an HA cluster the writes below need the lock, like any other write. An initialised
+        // cluster is refused first, so anonymous calls cannot take the lock.
+        if self.ha().is_some() && self.is_initialized().await? {
+            return Err(LogicalError::InvalidRequest(
+                "Vault is already initialized".into(),
+            ));
+        }
         let ha_epoch = match self.ha() {
             Some(ha) => Some(ha.lock_for_init().await?),
             None => None,

@@ -27,7 +27,10 @@ impl Core {
     pub async fn handle(&self, req: Request) -> Result<Response> {
         let started = std::time::Instant::now();
         let path = req.path.clone();
-        let result = self.handle_timed(req).await;
+        let result = match self.ha() {
+            Some(ha) => self.handle_gated(ha, self.handle_timed(req)).await,
+            None => self.handle_timed(req).await,
+        };
         Self::record_request_time(path.trim_start_matches('/'), started);
         result
     }
@@ -55,6 +58,13 @@ impl Core {
                 "sys/health" | "sys/leader" | "sys/seal-status" | "sys/unseal" | "sys/init"
             );
             if !local && self.is_standby() {
+                if req.path == "sys/seal" {
+                    // As Vault: a standby is not sealed through the API (the request would be
+                    // redirected and seal the active node).
+                    return Err(LogicalError::Internal(
+                        "vault cannot seal when in standby mode; please restart instead".into(),
+                    ));
+                }
                 return Err(self.standby_error(ha).await);
             }
         }

@@ -70,6 +70,13 @@ impl Writer {
 
     /// Validate `ops`, queue them, and wait until they are durable (or failed).
     pub(crate) async fn submit(&self, ops: Vec<Op>) -> Result<()> {
+        self.submit_tagged(ops, None).await
+    }
+
+    /// As [`Writer::submit`], for a request admitted while this node held the HA lock at
+    /// `epoch`: the store commits it only if the lock is still held at that epoch
+    /// ([`GroupStore::admits`]).
+    pub(crate) async fn submit_tagged(&self, ops: Vec<Op>, epoch: Option<u64>) -> Result<()> {
         validate_batch(&ops)?;
         if ops.is_empty() {
             return Ok(());
@@ -78,7 +85,12 @@ impl Writer {
         let (reply, committed) = oneshot::channel();
         let bytes = batch_bytes(&ops);
         queue
-            .send(WriteRequest { ops, bytes, reply })
+            .send(WriteRequest {
+                ops,
+                bytes,
+                reply,
+                epoch,
+            })
             .await
             .map_err(|_| StorageError::Closed)?;
         committed.await.map_err(|_| StorageError::Closed)?
@@ -110,11 +122,19 @@ pub(crate) struct WriteRequest {
     /// Key and value bytes in `ops`.
     pub(crate) bytes: usize,
     pub(crate) reply: oneshot::Sender<Result<()>>,
+    /// The HA lock epoch the request was admitted under, if any.
+    pub(crate) epoch: Option<u64>,
 }
 
 /// Where the writer commits: applies a group of batches in one durable transaction.
 pub(crate) trait GroupStore {
     fn commit(&self, batches: &[&[Op]]) -> Result<()>;
+
+    /// Whether a request admitted under HA lock `epoch` may still commit (checked on the
+    /// writer thread just before its transaction). Stores without HA admit everything.
+    fn admits(&self, _epoch: Option<u64>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Durability counters, updated by the writer and read by `metrics()`.
@@ -282,10 +302,17 @@ fn commit_group(
     counters: &Counters,
     hook: Option<&dyn CommitHook>,
 ) {
-    // In queue order, so the hook sees batches in the order they are committed.
+    // In queue order, so the hook sees batches in the order they are committed. A request
+    // admitted under an HA epoch that is no longer this node's is refused here.
     let group: Vec<Prepared> = group
         .into_iter()
-        .filter_map(|request| prepare(request, hook))
+        .filter_map(|request| match store.admits(request.epoch) {
+            Ok(()) => prepare(request, hook),
+            Err(error) => {
+                let _ = request.reply.send(Err(error));
+                None
+            }
+        })
         .collect();
     if group.is_empty() {
         return;
@@ -362,7 +389,15 @@ mod tests {
             value: vec![0; value_len],
         }];
         let bytes = crate::limits::batch_bytes(&ops);
-        (WriteRequest { ops, bytes, reply }, receiver)
+        (
+            WriteRequest {
+                ops,
+                bytes,
+                reply,
+                epoch: None,
+            },
+            receiver,
+        )
     }
 
     /// Queues `requests` before the writer starts, so they are all waiting when it drains.

@@ -108,6 +108,27 @@ impl FenceCell {
     }
 }
 
+tokio::task_local! {
+    /// The HA lock epoch a request was admitted under: the core sets it around each request an
+    /// active node handles, and a shared backend tags the request's writes with it, so a write
+    /// of a request that outlived its epoch (the node lost the lock and took it again) is
+    /// refused instead of committed under the new epoch.
+    pub static WRITE_EPOCH: u64;
+}
+
+/// The epoch of the request running on this task, if any (see [`WRITE_EPOCH`]).
+pub fn current_write_epoch() -> Option<u64> {
+    WRITE_EPOCH.try_with(|e| *e).ok()
+}
+
+/// The error of a write refused inside its transaction: the lock row names another holder or
+/// another epoch.
+pub fn lock_lost_error() -> crate::StorageError {
+    crate::StorageError::Unavailable(
+        "this node lost the HA lock: another node is active (the write was not committed)".into(),
+    )
+}
+
 /// The error of a write refused by the fence.
 pub fn fenced_error() -> crate::StorageError {
     crate::StorageError::Unavailable(

@@ -38,6 +38,35 @@ pub const DEFAULT_TABLE: &str = "vault_kv_store";
 pub const DEFAULT_HA_TABLE: &str = "vault_ha_locks";
 /// The lock row's key in the HA table; heartbeats are `node/<id>`.
 const LOCK_KEY: &str = "leader";
+/// Time to open a connection (TCP and TLS) before giving up.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Time a request waits for a free pooled connection.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A session idle inside a transaction this long is ended by the server, so a writer that
+/// died mid-transaction (its host lost, its link cut) does not hold the HA lock row.
+const IDLE_IN_TRANSACTION_MS: u64 = 5_000;
+/// Longest wait for a row lock (the HA lock row): a takeover or a renewal that cannot get it
+/// fails and is retried instead of hanging.
+const LOCK_TIMEOUT_MS: u64 = 2_000;
+
+/// Bound every session in time: connect timeout, TCP keepalives, and server-side limits on
+/// idle transactions and lock waits (appended to any `options` of the URL).
+fn bound_sessions(pg: &mut tokio_postgres::Config) {
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    pg.keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(10));
+    let extra = format!(
+        "-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+    );
+    let options = match pg.get_options() {
+        Some(given) if !given.is_empty() => format!("{given} {extra}"),
+        _ => extra,
+    };
+    pg.options(&options);
+}
+
 /// Vault's default `max_parallel`.
 pub const DEFAULT_MAX_PARALLEL: usize = 128;
 /// Keys read per query while listing.
@@ -121,6 +150,30 @@ struct TlsOptions {
 /// Split libpq's `sslmode=verify-*` and `sslrootcert` off a URL or key=value connection
 /// string; returns what tokio-postgres can parse and the TLS options.
 fn split_tls_options(url: &str) -> (String, TlsOptions) {
+    let (mut out, tls) = split_tls_options_as_given(url);
+    // Without `sslmode`, tokio-postgres would *prefer* TLS: fall back to plaintext when the
+    // server (or someone in between) says no. TLS is required unless disabled explicitly.
+    if !has_sslmode(url) {
+        let sep = if url.contains("://") {
+            if out.contains('?') {
+                "&"
+            } else {
+                "?"
+            }
+        } else {
+            " "
+        };
+        out = format!("{out}{sep}sslmode=require");
+    }
+    (out, tls)
+}
+
+fn has_sslmode(url: &str) -> bool {
+    url.split(['?', '&', ' '])
+        .any(|pair| pair.trim_start().starts_with("sslmode="))
+}
+
+fn split_tls_options_as_given(url: &str) -> (String, TlsOptions) {
     let mut tls = TlsOptions::default();
     let mut take = |k: &str, v: &str| -> Option<String> {
         match (k, v) {
@@ -128,7 +181,10 @@ fn split_tls_options(url: &str) -> (String, TlsOptions) {
                 tls.root_cert = Some(path.to_owned());
                 None
             }
-            ("sslmode", "verify-full" | "verify-ca") => Some("require".into()),
+            // Certificates are always verified; libpq's weaker modes mean TLS required here.
+            ("sslmode", "verify-full" | "verify-ca" | "require" | "prefer" | "allow") => {
+                Some("require".into())
+            }
             ("sslmode", "disable") => {
                 tls.disable = true;
                 Some("disable".into())
@@ -200,14 +256,19 @@ impl PostgresBackend {
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| config.connection_url.clone());
         let (url, tls) = split_tls_options(&url);
-        let pg: tokio_postgres::Config = url
+        let mut pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| engine_error("parsing connection_url", e))?;
+        bound_sessions(&mut pg);
         let table = quoted_table(&config.table)?;
         let connector = tls_connector(&tls)?;
         let manager = deadpool_postgres::Manager::new(pg.clone(), connector.clone());
         let pool = deadpool_postgres::Pool::builder(manager)
             .max_size(config.max_parallel.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| engine_error("building the connection pool", e))?;
         let backend_table = table.clone();
@@ -308,7 +369,8 @@ impl Backend for PostgresBackend {
     }
 
     async fn batch(&self, ops: Vec<Op>) -> Result<()> {
-        self.writer.submit(ops).await
+        let epoch = crate::ha::current_write_epoch();
+        self.writer.submit_tagged(ops, epoch).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
@@ -410,6 +472,13 @@ fn to_epoch(v: i64) -> u64 {
 impl HaBackend for PostgresBackend {
     async fn try_acquire(&self, me: &HaNode, ttl: std::time::Duration) -> Result<Acquire> {
         let ha = self.ha()?;
+        // A plain read first: the upsert below locks the row even when it changes nothing,
+        // and the active node's writes would queue behind every standby's poll.
+        if let Some(holder) = self.holder().await? {
+            if !holder.expired {
+                return Ok(Acquire::Held(holder));
+            }
+        }
         // One statement: insert the first lock, or take an expired one with the next epoch.
         // Concurrent takers serialize on the row; the loser sees the winner's expiry.
         let sql = format!(
@@ -597,7 +666,7 @@ impl PgStore {
             if held.is_none() {
                 self.fence.lost(*epoch);
                 tracing::warn!(epoch, "write refused: this node lost the HA lock");
-                return Err(crate::ha::fenced_error());
+                return Err(crate::ha::lock_lost_error());
             }
         }
         if !put_keys.is_empty() {
@@ -618,6 +687,20 @@ impl PgStore {
 }
 
 impl GroupStore for PgStore {
+    fn admits(&self, epoch: Option<u64>) -> Result<()> {
+        match (self.fence.get(), epoch) {
+            (Fence::Active { epoch: held, .. }, Some(e)) if held != e => {
+                tracing::warn!(
+                    request_epoch = e,
+                    held,
+                    "write refused: admitted under an earlier HA epoch"
+                );
+                Err(crate::ha::fenced_error())
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn commit(&self, batches: &[&[Op]]) -> Result<()> {
         let mut slot = self
             .client
@@ -669,7 +752,13 @@ mod tests {
         assert_eq!(url, "host=db sslmode=disable user=u");
         assert!(tls.disable);
         let (url, _) = split_tls_options("postgres://db/b");
-        assert_eq!(url, "postgres://db/b");
+        assert_eq!(url, "postgres://db/b?sslmode=require");
+        let (url, _) = split_tls_options("postgres://db/b?application_name=x");
+        assert_eq!(url, "postgres://db/b?application_name=x&sslmode=require");
+        let (url, _) = split_tls_options("host=db user=u");
+        assert_eq!(url, "host=db user=u sslmode=require");
+        let (url, _) = split_tls_options("postgres://db/b?sslmode=prefer");
+        assert_eq!(url, "postgres://db/b?sslmode=require");
     }
 
     #[test]

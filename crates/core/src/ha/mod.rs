@@ -32,6 +32,24 @@ pub const STEP_DOWN_BACKOFF: Duration = Duration::from_secs(5);
 /// `active_time` of a node that is not active, as Vault shows it.
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
+/// Where active nodes advertise their addresses, behind the barrier.
+const LEADER_PREFIX: &str = "core/ha/leader/";
+
+/// An absolute `http(s)://host[:port]` URL and nothing more: what a redirect may point at.
+fn is_base_url(addr: &str) -> bool {
+    let Some(rest) = addr
+        .strip_prefix("https://")
+        .or_else(|| addr.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let host = rest.strip_suffix('/').unwrap_or(rest);
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
 /// HA settings of a node.
 #[derive(Clone, Debug)]
 pub struct HaConfig {
@@ -70,9 +88,15 @@ pub struct Ha {
     fence: Arc<FenceCell>,
     config: HaConfig,
     state: Mutex<HaState>,
-    /// Serialises role changes (the runner, step-down, init).
+    /// Serialises role changes (the runner, init).
     transition: tokio::sync::Mutex<()>,
     wake: tokio::sync::Notify,
+    /// Requests an active node handles hold this shared; stepping down takes it exclusively
+    /// (for at most `lock_ttl`) before it drops the tables, so no request runs half on the
+    /// old state and half on none (an unaudited answer, a lost write).
+    gate: tokio::sync::RwLock<()>,
+    /// `sys/step-down` asked; the runner does it at its next step.
+    step_down_requested: std::sync::atomic::AtomicBool,
 }
 
 impl Ha {
@@ -90,6 +114,8 @@ impl Ha {
             }),
             transition: tokio::sync::Mutex::new(()),
             wake: tokio::sync::Notify::new(),
+            gate: tokio::sync::RwLock::new(()),
+            step_down_requested: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -107,6 +133,14 @@ impl Ha {
         matches!(self.role(), Role::Active { .. })
     }
 
+    /// The epoch this node holds the lock at, when active.
+    pub fn active_epoch(&self) -> Option<u64> {
+        match self.role() {
+            Role::Active { epoch, .. } => Some(epoch),
+            Role::Standby => None,
+        }
+    }
+
     pub fn node(&self) -> &HaNode {
         &self.config.node
     }
@@ -115,9 +149,24 @@ impl Ha {
         matches!(self.fence.get(), Fence::Active { epoch: e, .. } if e == epoch)
     }
 
+    /// A call to the lock backend, bounded by a third of the TTL: a database that does not
+    /// answer must not stall the runner past the point where the lock is lost anyway.
+    async fn db<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = bunker_storage::Result<T>>,
+    ) -> bunker_storage::Result<T> {
+        let limit = self.config.lock_ttl / 3;
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(bunker_storage::StorageError::Unavailable(format!(
+                "{what}: no answer from the database within {limit:?}"
+            )))
+        })
+    }
+
     /// The active node's API address, for redirects; `None` when no node holds the lock.
     pub async fn leader(&self) -> Option<LockHolder> {
-        match self.backend.holder().await {
+        match self.db("reading the HA lock", self.backend.holder()).await {
             Ok(holder) => holder.filter(|h| !h.expired),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the HA lock failed");
@@ -128,11 +177,10 @@ impl Ha {
 
     /// Take the lock and open the fence; the caller then activates the core.
     async fn take(&self) -> Result<Option<u64>> {
-        match self
+        let acquire = self
             .backend
-            .try_acquire(&self.config.node, self.config.lock_ttl)
-            .await?
-        {
+            .try_acquire(&self.config.node, self.config.lock_ttl);
+        match self.db("taking the HA lock", acquire).await? {
             Acquire::Acquired(epoch) => {
                 self.fence.set(Fence::Active {
                     node_id: self.config.node.id.clone(),
@@ -147,7 +195,8 @@ impl Ha {
     /// Close the fence and give the lock up (best effort: it expires anyway).
     async fn let_go(&self, epoch: u64) {
         self.fence.set(Fence::Standby);
-        if let Err(e) = self.backend.release(&self.config.node.id, epoch).await {
+        let release = self.backend.release(&self.config.node.id, epoch);
+        if let Err(e) = self.db("releasing the HA lock", release).await {
             tracing::warn!(error = %e, "releasing the HA lock failed; it expires by itself");
         }
     }
@@ -173,6 +222,13 @@ impl Ha {
     /// One decision of the runner, and its effects.
     async fn step(&self, core: &Core) {
         let _t = self.transition.lock().await;
+        if self
+            .step_down_requested
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.step_down(core).await;
+            return;
+        }
         let facts = {
             let s = self.state();
             Facts {
@@ -194,8 +250,12 @@ impl Ha {
                 if !core.is_initialized().await.unwrap_or(false) {
                     return;
                 }
+                // Tests hold standbys here to look at the lock row before anyone takes it.
+                crate::failpoint::hold("ha-before-acquire").await;
+                // The lock's expiry was fixed when the acquire ran: count from before it.
+                let asked = Instant::now();
                 match self.take().await {
-                    Ok(Some(epoch)) => self.activate(core, epoch).await,
+                    Ok(Some(epoch)) => self.activate(core, epoch, asked).await,
                     Ok(None) => {}
                     Err(e) => tracing::debug!(error = %e, "taking the HA lock failed"),
                 }
@@ -204,11 +264,10 @@ impl Ha {
                 // Tests hold here to make this node miss its renewals while it still believes
                 // it is active (the state a paused or partitioned node wakes up in).
                 crate::failpoint::hold("ha-before-renew").await;
-                match self
+                let renew = self
                     .backend
-                    .renew(&self.config.node.id, epoch, self.config.lock_ttl)
-                    .await
-                {
+                    .renew(&self.config.node.id, epoch, self.config.lock_ttl);
+                match self.db("renewing the HA lock", renew).await {
                     Ok(true) => self.state().last_renewed = facts.now,
                     Ok(false) => {
                         tracing::warn!(epoch, "another node took the HA lock; stepping down");
@@ -238,21 +297,29 @@ impl Ha {
         }
     }
 
-    async fn activate(&self, core: &Core, epoch: u64) {
+    async fn activate(&self, core: &Core, epoch: u64, asked: Instant) {
         match core.become_active().await {
             Ok(()) => {
-                let since = self
-                    .backend
-                    .holder()
+                let holder = self
+                    .db("reading the HA lock", self.backend.holder())
                     .await
                     .ok()
-                    .flatten()
-                    .filter(|h| h.epoch == epoch)
+                    .flatten();
+                let Some(since) = holder
+                    .filter(|h| h.epoch == epoch && h.node.id == self.config.node.id)
                     .map(|h| h.acquired_at)
-                    .unwrap_or_else(|| ZERO_TIME.to_owned());
+                else {
+                    tracing::warn!(
+                        epoch,
+                        "the HA lock changed hands while this node loaded; standing by"
+                    );
+                    self.fence.lost(epoch);
+                    core.become_standby();
+                    return;
+                };
                 let mut s = self.state();
                 s.role = Role::Active { epoch, since };
-                s.last_renewed = Instant::now();
+                s.last_renewed = asked;
                 tracing::info!(epoch, "acquired the HA lock: this node is active");
             }
             Err(e) => {
@@ -273,13 +340,32 @@ impl Ha {
             }
             s.backoff_until = backoff.map(|b| Instant::now() + b);
         }
+        // Requests already running finish on the tables they started with (their writes are
+        // fenced by the epoch they were admitted under); new ones are sent to the active node.
+        let drained = tokio::time::timeout(self.config.lock_ttl, self.gate.write()).await;
+        if drained.is_err() {
+            tracing::warn!(
+                epoch,
+                "requests still running after lock_ttl; stepping down anyway"
+            );
+        }
         core.become_standby();
+        drop(drained);
         tracing::info!(epoch, "this node is a standby");
     }
 
-    /// `sys/step-down`: give the lock up and leave it to the other nodes for a while.
-    pub(crate) async fn step_down(&self, core: &Core) {
-        let _t = self.transition.lock().await;
+    /// `sys/step-down`: ask the runner to give the lock up and leave it to the other nodes for
+    /// a while. Asynchronous, as in Vault: the request that asks runs under the gate the
+    /// step-down waits for.
+    pub(crate) fn request_step_down(&self) {
+        if self.is_active() {
+            self.step_down_requested
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.wake();
+        }
+    }
+
+    async fn step_down(&self, core: &Core) {
         let Role::Active { epoch, .. } = self.role() else {
             return;
         };
@@ -315,7 +401,8 @@ pub async fn run(core: Arc<Core>, ha: Arc<Ha>) {
         ha.step(&core).await;
         if !core.is_sealed() && last_heartbeat.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
-            if let Err(e) = ha.backend.heartbeat(&ha.config.node, heartbeat_age).await {
+            let beat = ha.backend.heartbeat(&ha.config.node, heartbeat_age);
+            if let Err(e) = ha.db("recording the HA heartbeat", beat).await {
                 tracing::debug!(error = %e, "HA heartbeat failed");
             }
             last_heartbeat = Some(Instant::now());
@@ -357,8 +444,16 @@ impl Core {
             self.teardown();
             return Err(e);
         }
+        // Replication first: it resumes recording the WAL, so every write from here on (the
+        // advertisement below included) reaches DR secondaries.
         if let Some(handler) = self.replication_handler() {
             handler.activated().await;
+        }
+        if let Some(ha) = self.ha() {
+            if let Err(e) = self.advertise(ha).await {
+                self.teardown();
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -381,7 +476,7 @@ impl Core {
         };
         let mut addrs = vec![self.config.cluster_addr.clone()];
         let age = ha.config.lock_ttl.max(Duration::from_secs(3));
-        match ha.backend.nodes(age).await {
+        match ha.db("listing HA nodes", ha.backend.nodes(age)).await {
             Ok(nodes) => addrs.extend(nodes.into_iter().map(|n| n.node.cluster_addr)),
             Err(e) => tracing::warn!(error = %e, "listing HA nodes failed"),
         }
@@ -391,9 +486,60 @@ impl Core {
         addrs
     }
 
+    /// Record, behind the barrier, the addresses this node serves at, keyed by its node id: the
+    /// lock row (plain text in the database) only names the holder, and standbys send clients
+    /// only where an advertisement written through the barrier says (as Vault's
+    /// `core/leader/<uuid>`). Older advertisements are removed.
+    async fn advertise(&self, ha: &Ha) -> Result<()> {
+        let node = ha.node();
+        for old in self.barrier.list(LEADER_PREFIX).await? {
+            if old != node.id {
+                self.barrier
+                    .delete(&format!("{LEADER_PREFIX}{old}"))
+                    .await?;
+            }
+        }
+        let advert = json!({"api_addr": node.api_addr, "cluster_addr": node.cluster_addr});
+        self.barrier
+            .put(
+                &format!("{LEADER_PREFIX}{}", node.id),
+                &serde_json::to_vec(&advert)?,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The active node's advertised API and cluster addresses, when a live holder has one.
+    async fn advertised_leader(&self, ha: &Ha) -> Option<(LockHolder, String, String)> {
+        let holder = ha.leader().await?;
+        let bytes = self
+            .barrier
+            .get(&format!("{LEADER_PREFIX}{}", holder.node.id))
+            .await
+            .ok()
+            .flatten()?;
+        let advert: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let api = advert
+            .get("api_addr")
+            .and_then(serde_json::Value::as_str)
+            .filter(|a| is_base_url(a))?
+            .to_owned();
+        let cluster = advert
+            .get("cluster_addr")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        Some((holder, api, cluster))
+    }
+
     /// The standby's answer to any request it does not serve itself.
     pub(crate) async fn standby_error(&self, ha: &Ha) -> LogicalError {
-        LogicalError::Standby(ha.leader().await.map(|h| h.node.api_addr))
+        // The holder may be this very node, still loading (or initialising): no redirect loop.
+        let leader = self
+            .advertised_leader(ha)
+            .await
+            .filter(|(h, _, _)| h.node.id != ha.config.node.id);
+        LogicalError::Standby(leader.map(|(_, api, _)| api))
     }
 
     /// `sys/leader`.
@@ -417,13 +563,14 @@ impl Core {
             return Err(LogicalError::Sealed);
         }
         let role = ha.role();
-        let leader = ha.leader().await;
         let active_time = match &role {
             Role::Active { since, .. } => since.clone(),
             Role::Standby => ZERO_TIME.to_owned(),
         };
-        let (address, cluster_address) = leader
-            .map(|h| (h.node.api_addr, h.node.cluster_addr))
+        let (address, cluster_address) = self
+            .advertised_leader(ha)
+            .await
+            .map(|(_, api, cluster)| (api, cluster))
             .unwrap_or_default();
         Ok(Response::raw(
             200,
@@ -449,7 +596,7 @@ impl Core {
         };
         let age = ha.config.lock_ttl.max(Duration::from_secs(3));
         let leader = ha.leader().await;
-        let nodes = ha.backend.nodes(age).await?;
+        let nodes = ha.db("listing HA nodes", ha.backend.nodes(age)).await?;
         let nodes: Vec<_> = nodes
             .into_iter()
             .map(|n| {
@@ -475,8 +622,48 @@ impl Core {
     pub(crate) async fn sys_step_down(&self, op: Operation) -> Result<Response> {
         crate::sys::expect_op(op, &[Operation::Update])?;
         if let Some(ha) = self.ha() {
-            ha.step_down(self).await;
+            ha.request_step_down();
         }
         Ok(Response::empty())
+    }
+
+    /// Run one request on an HA node: under the gate, and with its writes tagged with the epoch
+    /// it was admitted under.
+    pub(crate) async fn handle_gated<F>(&self, ha: &Ha, run: F) -> Result<Response>
+    where
+        F: std::future::Future<Output = Result<Response>>,
+    {
+        let _gate = ha.gate.read().await;
+        match ha.active_epoch() {
+            Some(epoch) => bunker_storage::ha::WRITE_EPOCH.scope(epoch, run).await,
+            None => run.await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_base_url;
+
+    #[test]
+    fn redirects_go_only_to_plain_base_urls() {
+        for good in [
+            "http://10.0.0.1:8200",
+            "https://vault.internal:8200/",
+            "https://[::1]:8200",
+        ] {
+            assert!(is_base_url(good), "{good}");
+        }
+        for bad in [
+            "",
+            "ftp://x",
+            "https://",
+            "https://evil/path",
+            "https://u@host",
+            "//host",
+            "https://a b",
+        ] {
+            assert!(!is_base_url(bad), "{bad}");
+        }
     }
 }
