@@ -115,3 +115,55 @@ fn unknown_fields_are_ignored_with_vaults_warning() {
     );
     assert!(!errors(&body)[0].contains("unknown"), "{body}");
 }
+
+#[test]
+fn policy_names_take_any_character_and_are_lowercased() {
+    let s = TestServer::initialized();
+    let rules = "path \"secret/data/*\" { capabilities = [\"read\"] }";
+    // hvac's tests use this name; requests sends the brackets and quotes as they are.
+    let (code, body) = s.put(
+        "sys/policy/['TestPolicy']",
+        s.root(),
+        json!({"rules": rules}),
+    );
+    assert_eq!(code, 204, "{body}");
+    let (code, body) = s.get("sys/policy/['testpolicy']", s.root());
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["name"], "['testpolicy']");
+    // Percent-encoded, the same name; a name with a slash lives in a folder and lists whole.
+    let (code, body) = s.get("sys/policies/acl/%5B%27testpolicy%27%5D", s.root());
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["data"]["policy"], rules);
+    let (code, body) = s.put(
+        "sys/policies/acl/Team/App",
+        s.root(),
+        json!({"policy": rules}),
+    );
+    assert_eq!(code, 204, "{body}");
+    let (_, listed) = s.get("sys/policy", s.root());
+    for name in ["['testpolicy']", "team/app", "default", "root"] {
+        assert!(
+            listed["policies"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(name)),
+            "{name} in {listed}"
+        );
+    }
+    // A token with the policy gets it.
+    let t = s.create_token(json!({"policies": ["['testpolicy']", "team/app"]}));
+    let (code, me) = s.get("auth/token/lookup-self", Some(&t));
+    assert_eq!(code, 200, "{me}");
+    assert_eq!(
+        me["data"]["policies"],
+        json!(["['testpolicy']", "default", "team/app"])
+    );
+    for name in ["['testpolicy']", "team/app"] {
+        let (code, body) = s.delete(&format!("sys/policy/{name}"), s.root());
+        assert_eq!(code, 204, "delete {name}: {body}");
+        assert_eq!(s.get(&format!("sys/policy/{name}"), s.root()).0, 404);
+    }
+    let (code, body) = s.put("sys/policy/%20", s.root(), json!({"rules": rules}));
+    assert_eq!(code, 400, "an empty name: {body}");
+    assert_eq!(errors(&body), vec!["policy name missing".to_owned()]);
+}
