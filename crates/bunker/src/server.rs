@@ -64,6 +64,7 @@ fn dev_config(args: &ServerArgs) -> ServerConfig {
         wal_retention: config::DEFAULT_WAL_RETENTION,
         activation_allow_http: false,
         telemetry: config::TelemetryConfig::default(),
+        lease_ttls: bunker_core::SystemTtls::default(),
         ignored: Vec::new(),
     }
 }
@@ -140,6 +141,7 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
             cluster_addr: cfg.cluster_addr.clone(),
             storage_type: storage_type.into(),
             usage_gauge_period: cfg.telemetry.usage_gauge_period,
+            lease_ttls: cfg.lease_ttls,
         },
     );
     install_metrics(&core, &cfg.telemetry);

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use crate::audit::AuditBroker;
 use crate::logical::{BackendFactory, LogicalError, Result, StorageView};
 use crate::mounts::{
-    MountEntry, Mounted, Router, StoredMountTable, AUTH_TABLE_PATH, MOUNT_TABLE_PATH,
+    MountEntry, Mounted, Router, StoredMountTable, SystemTtls, AUTH_TABLE_PATH, MOUNT_TABLE_PATH,
 };
 use crate::policy_store::PolicyStore;
 use crate::token::{TokenEntry, TokenStore, TokenType};
@@ -32,6 +32,8 @@ pub struct CoreConfig {
     pub storage_type: String,
     /// How often usage gauges (the token count) are recomputed (`telemetry.usage_gauge_period`).
     pub usage_gauge_period: std::time::Duration,
+    /// The server's `default_lease_ttl` and `max_lease_ttl`.
+    pub lease_ttls: SystemTtls,
 }
 
 impl Default for CoreConfig {
@@ -42,6 +44,7 @@ impl Default for CoreConfig {
             cluster_addr: String::new(),
             storage_type: "inmem".into(),
             usage_gauge_period: crate::sys::DEFAULT_USAGE_GAUGE_PERIOD,
+            lease_ttls: SystemTtls::default(),
         }
     }
 }
@@ -84,11 +87,12 @@ pub struct Core {
 impl Core {
     pub fn new(backend: Arc<dyn Backend>, config: CoreConfig) -> Arc<Core> {
         let barrier = Arc::new(Barrier::new(backend));
+        let lease_ttls = config.lease_ttls;
         Arc::new(Core {
             config,
             seal: Seal::new(barrier.clone()),
             policies: PolicyStore::new(barrier.clone()),
-            tokens: TokenStore::new(barrier.clone()),
+            tokens: TokenStore::new(barrier.clone(), lease_ttls),
             audit: AuditBroker::new(barrier.clone()),
             router: RwLock::new(Router::default()),
             factories: RwLock::new(HashMap::new()),
@@ -107,6 +111,11 @@ impl Core {
 
     pub fn config(&self) -> &CoreConfig {
         &self.config
+    }
+
+    /// The system's default and maximum lease TTLs.
+    pub(crate) fn lease_ttls(&self) -> &SystemTtls {
+        &self.config.lease_ttls
     }
 
     /// Register the factory for a mount type (`kv`, `cubbyhole`, ...).

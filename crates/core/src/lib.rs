@@ -21,7 +21,7 @@ pub mod token;
 mod wrapping;
 
 pub use crate::core::{Core, CoreConfig};
-pub use mounts::MountEntry;
+pub use mounts::{MountEntry, SystemTtls};
 pub use replication_hook::{DrMode, ReplicationHandler};
 pub use sys::{
     attempt_request, prometheus_to_vault_json, MetricsRenderer, DEFAULT_USAGE_GAUGE_PERIOD,

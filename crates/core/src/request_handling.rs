@@ -3,7 +3,7 @@
 
 use crate::core::Core;
 use crate::logical::{BackendRequest, LogicalError, Operation, Request, Response, Result};
-use crate::mounts::Mounted;
+use crate::mounts::{Mounted, SystemTtls};
 use crate::replication_hook::{DrMode, ReplicationHandler};
 
 pub use bunker_sdk::{capability_for, Caller};
@@ -181,7 +181,7 @@ impl Core {
     ) -> Result<Response> {
         let resp = mounted
             .backend
-            .handle(backend_request(req, mounted, rel, ""))
+            .handle(backend_request(req, mounted, rel, "", self.lease_ttls()))
             .await?;
         let resp = self.finish_login(resp, &mounted.entry, &req.path).await?;
         match req.wrap_ttl {
@@ -244,7 +244,7 @@ impl Core {
             return Err(LogicalError::UnsupportedPath(req.path.clone()));
         };
         if matches!(req.operation, Operation::Create | Operation::Update) {
-            let breq = backend_request(req, &mounted, rel.clone(), namespace);
+            let breq = backend_request(req, &mounted, rel.clone(), namespace, self.lease_ttls());
             req.operation = match mounted.backend.exists(&breq).await? {
                 Some(false) => Operation::Create,
                 _ => Operation::Update,
@@ -259,7 +259,7 @@ impl Core {
             Route::Token => self.handle_token(req, caller).await,
             Route::Mount(mounted, rel) => {
                 let namespace = caller.entry.cubbyhole_namespace().to_owned();
-                let breq = backend_request(req, &mounted, rel, &namespace);
+                let breq = backend_request(req, &mounted, rel, &namespace, self.lease_ttls());
                 let resp = mounted.backend.handle(breq).await?;
                 if resp.login.is_some() {
                     return Err(LogicalError::Internal(
@@ -278,6 +278,7 @@ fn backend_request<'a>(
     mounted: &'a Mounted,
     rel: String,
     namespace: &'a str,
+    system_ttls: &SystemTtls,
 ) -> BackendRequest<'a> {
     BackendRequest {
         operation: req.operation,
@@ -287,7 +288,7 @@ fn backend_request<'a>(
         mount_point: &mounted.entry.path,
         token_namespace: namespace,
         mount_options: &mounted.entry.options,
-        default_lease_ttl_secs: mounted.entry.default_lease_ttl_secs(),
+        default_lease_ttl_secs: mounted.entry.default_lease_ttl_secs(system_ttls),
         remote_addr: req.remote_addr.as_deref(),
     }
 }
