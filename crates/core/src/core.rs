@@ -82,6 +82,8 @@ pub struct Core {
     pub(crate) requests_total: std::sync::atomic::AtomicU64,
     pub(crate) metrics_renderer: RwLock<Option<Arc<dyn crate::sys::MetricsRenderer>>>,
     pub(crate) token_count_cache: Mutex<Option<(std::time::Instant, u64)>>,
+    /// Mount moves done since start, for `sys/remount/status`.
+    pub(crate) migrations: crate::sys::Migrations,
 }
 
 impl Core {
@@ -105,6 +107,7 @@ impl Core {
             requests_total: std::sync::atomic::AtomicU64::new(0),
             metrics_renderer: RwLock::new(None),
             token_count_cache: Mutex::new(None),
+            migrations: crate::sys::Migrations::default(),
             barrier,
         })
     }
@@ -355,11 +358,8 @@ impl Core {
         let exists = self
             .router
             .read()
-            .map(|r| {
-                r.entries()
-                    .any(|e| e.path.starts_with(&entry.path) || entry.path.starts_with(&e.path))
-            })
-            .unwrap_or(false);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .overlaps(&entry.path);
         if exists {
             return Err(LogicalError::InvalidRequest(format!(
                 "path is already in use at {}",
@@ -395,14 +395,17 @@ impl Core {
         self.persist_mounts().await?;
         if mounted.entry.is_auth() {
             // The tokens the method issued die with it, as in Vault.
-            let revoked = self
-                .tokens
-                .revoke_by_path_prefix(&mounted.entry.path)
+            self.revoke_tokens_of_auth_mount(&mounted.entry.path)
                 .await?;
-            self.destroy_cubbyholes(&revoked).await?;
         }
         mounted.view.delete_prefix("").await?;
         Ok(())
+    }
+
+    /// Revoke every token logged in through the auth method mounted at `path` (`auth/x/`).
+    pub(crate) async fn revoke_tokens_of_auth_mount(&self, path: &str) -> Result<()> {
+        let revoked = self.tokens.revoke_by_path_prefix(path).await?;
+        self.destroy_cubbyholes(&revoked).await
     }
 
     pub(crate) fn cubbyhole_view(&self) -> Option<StorageView> {

@@ -216,6 +216,13 @@ impl Router {
             .map(|(mount, m)| (m, path.get(mount.len()..).unwrap_or("").to_owned()))
     }
 
+    /// Whether a mount at `path` would overlap one already there (one is a prefix of the other).
+    pub fn overlaps(&self, path: &str) -> bool {
+        self.by_path
+            .keys()
+            .any(|mounted| mounted.starts_with(path) || path.starts_with(mounted.as_str()))
+    }
+
     pub fn entries(&self) -> impl Iterator<Item = &MountEntry> {
         self.by_path.values().map(|m| &m.entry)
     }

@@ -337,6 +337,10 @@ mod tests {
         assert!(Route::System.needs_sudo_at("sys/rotate"));
         assert!(!Route::System.needs_sudo_at("sys/audit-hash/file"));
         assert!(!Route::System.needs_sudo_at("sys/mounts"));
+        assert!(Route::System.needs_sudo_at("sys/remount"));
+        assert!(!Route::System.needs_sudo_at("sys/remount/status/x"));
+        assert!(Route::System.needs_sudo_at("sys/auth/userpass"));
+        assert!(!Route::System.needs_sudo_at("sys/auth"));
         assert!(Route::Token.needs_sudo_at("auth/token/accessors/"));
         assert!(Route::Token.needs_sudo_at("auth/token/revoke-orphan"));
         assert!(!Route::Token.needs_sudo_at("auth/token/create"));

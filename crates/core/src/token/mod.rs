@@ -38,7 +38,12 @@ pub const SERVICE_TOKEN_PREFIX: &str = "hvs.";
 pub const BATCH_TOKEN_PREFIX: &str = "hvb.";
 /// The token backend's root-protected paths (relative to `auth/token/`), as Vault's.
 pub(crate) const SPECIAL_PATHS: bunker_sdk::SpecialPaths = bunker_sdk::SpecialPaths {
-    root: &["accessors", "revoke-orphan"],
+    root: &[
+        "accessors",
+        "accessors/",
+        "revoke-orphan",
+        "revoke-orphan/*",
+    ],
     unauthenticated: &[],
 };
 
