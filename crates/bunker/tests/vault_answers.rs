@@ -247,3 +247,60 @@ fn a_config_whose_default_lease_ttl_exceeds_its_max_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("default_lease_ttl"), "{stderr}");
 }
+
+#[test]
+fn help_answers_with_vaults_shape_and_needs_a_valid_token() {
+    let s = TestServer::dev();
+    let (st, body) = s.post("sys/mounts/transit", s.root(), json!({"type": "transit"}));
+    assert_eq!(st, 204, "{body}");
+    let (st, body) = s.post("sys/auth/approle", s.root(), json!({"type": "approle"}));
+    assert_eq!(st, 204, "{body}");
+    s.kv_put("app", json!({"password": "hunter2"}));
+    // A token with no capability on the paths may read their help, as in Vault.
+    let weak = s.create_token(json!({"policies": ["default"]}));
+    for (path, pattern, openapi_path) in [
+        ("secret/data/app", "data/*", "/secret/data/{path}"),
+        (
+            "transit/keys/orders/rotate",
+            "keys/:name/rotate",
+            "/transit/keys/{name}/rotate",
+        ),
+        ("auth/approle/login", "login", "/auth/approle/login"),
+        ("sys/mounts", "mounts", "/sys/mounts"),
+        (
+            "auth/token/lookup-self",
+            "lookup-self",
+            "/auth/token/lookup-self",
+        ),
+        ("cubbyhole/x", "*", "/cubbyhole/{path}"),
+    ] {
+        let (st, body) = s.get(&format!("{path}?help=1"), Some(&weak));
+        assert_eq!(st, 200, "{path}: {body}");
+        let help = body["help"].as_str().unwrap_or_default();
+        assert!(
+            help.contains(&format!("Matching Route: {pattern}")),
+            "{path}: {help}"
+        );
+        assert!(!help.contains("hunter2"), "help never shows the secret");
+        assert_eq!(body["openapi"]["openapi"], "3.0.2");
+        assert!(
+            body["openapi"]["paths"][openapi_path]["description"].is_string(),
+            "{path}: {body}"
+        );
+    }
+    // A mount's root lists its paths; help works whatever the method.
+    let (st, body) = s.request(reqwest::Method::POST, "transit?help=1", Some(&weak), None);
+    assert_eq!(st, 200, "{body}");
+    let help = body["help"].as_str().unwrap();
+    assert!(
+        help.contains("## PATHS") && help.contains("encrypt/:name"),
+        "{help}"
+    );
+    // No token, or a bad one: 403; an unmounted path: an error, not help.
+    for token in [None, Some("hvs.nope")] {
+        let (st, body) = s.get("secret/data/app?help=1", token);
+        assert_eq!(st, 403, "{body}");
+    }
+    let (st, body) = s.get("nowhere/x?help=1", s.root());
+    assert_eq!(st, 404, "{body}");
+}

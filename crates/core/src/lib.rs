@@ -8,6 +8,7 @@
 
 pub mod audit;
 mod core;
+mod help;
 /// The SDK types, re-exported under their old path for the core's own modules.
 pub use bunker_sdk as logical;
 mod mounts;

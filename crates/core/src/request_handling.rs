@@ -48,6 +48,9 @@ impl Core {
         if mode == DrMode::Secondary && (req.path.starts_with("sys/generate-root") || init_write) {
             return Err(LogicalError::DrSecondary);
         }
+        if req.operation == Operation::Help {
+            return self.handle_help(req, mode).await;
+        }
         if let Some(resp) = self.handle_unsealed_not_required(&req).await? {
             return Ok(resp);
         }
@@ -79,18 +82,7 @@ impl Core {
             self.audit.log_response(&req, None, &result).await?;
             return result;
         }
-        let mut caller = match self.authenticate(&req).await {
-            Ok(c) => c,
-            Err(e) => {
-                // A caller that failed authentication gets no say in how much the audit log
-                // holds: its request is logged without the body.
-                req.data = Default::default();
-                let result = Err(e);
-                self.audit.log_request(&req, None).await?;
-                self.audit.log_response(&req, None, &result).await?;
-                return result;
-            }
-        };
+        let mut caller = self.authenticate_audited(&mut req).await?;
         let result = self.handle_authenticated(&mut req, &mut caller).await;
         self.audit
             .log_response(&req, Some(&caller), &result)
@@ -136,6 +128,25 @@ impl Core {
             .log_response(audited_req, caller.as_ref(), &result)
             .await?;
         result
+    }
+
+    /// Like [`Core::authenticate`], but a failure is audited: a caller that failed
+    /// authentication gets no say in how much the audit log holds, so its request is logged
+    /// without the body.
+    pub(crate) async fn authenticate_audited(&self, req: &mut Request) -> Result<Caller> {
+        match self.authenticate(req).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                req.data = Default::default();
+                let result: Result<Response> = Err(e);
+                self.audit.log_request(req, None).await?;
+                self.audit.log_response(req, None, &result).await?;
+                match result {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(LogicalError::PermissionDenied),
+                }
+            }
+        }
     }
 
     /// Resolve the client token to an entry and its ACL.

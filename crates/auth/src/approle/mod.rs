@@ -191,6 +191,10 @@ impl LogicalBackend for AppRole {
         Ok(Some(load_role(req.storage, &name).await?.is_some()))
     }
 
+    fn help(&self) -> bunker_sdk::BackendHelp {
+        crate::help::APPROLE
+    }
+
     fn special_paths(&self) -> SpecialPaths {
         SpecialPaths {
             root: &[],
