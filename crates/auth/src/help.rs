@@ -49,6 +49,12 @@ pub(crate) const APPROLE: BackendHelp = BackendHelp {
         path("role/:role_name/secret-id-accessor/lookup", "Look a secret id up by its accessor (POST secret_id_accessor)."),
         path("role/:role_name/secret-id-accessor/destroy", "Destroy a secret id by its accessor (POST secret_id_accessor)."),
         path(
+            "role/:role_name/:setting",
+            "Read, set (POST) or reset to its default (DELETE) one setting of the role: \
+             policies, secret-id-num-uses, secret-id-ttl, token-num-uses, token-ttl, \
+             token-max-ttl, period, bind-secret-id, secret-id-bound-cidrs, token-bound-cidrs.",
+        ),
+        path(
             "role/:role_name",
             "Create or update (POST bind_secret_id, secret_id_num_uses, secret_id_ttl, \
              secret_id_bound_cidrs, token_*), read or delete a role.",
