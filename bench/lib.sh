@@ -81,8 +81,10 @@ bunker_start() {
     local port cport
     port=$(node_file "$name" port)
     cport=$(node_file "$name" cluster_port)
+    # BUNKER_STORAGE: another storage block (the HA figures put nodes on PostgreSQL).
+    local storage=${BUNKER_STORAGE:-"storage \"embedded\" { path = \"$dir/data\" }"}
     cat >"$dir/bunker.hcl" <<EOF
-storage "embedded" { path = "$dir/data" }
+$storage
 listener "tcp" {
   address         = "127.0.0.1:$port"
   cluster_address = "127.0.0.1:$cport"
@@ -256,6 +258,38 @@ pg_bin_dir() {
 }
 
 pg() { runuser -u postgres -- "$@"; }
+
+# pg_dir NAME: a directory for PostgreSQL data that user postgres can reach: under $SCRATCH, or
+# under /tmp when the scratch directory is private (a checkout under a home directory).
+pg_dir() {
+    local dir="$SCRATCH/$1"
+    if ! runuser -u postgres -- test -x "$SCRATCH"; then
+        dir=$(mktemp -d "/tmp/bunker-bench-$1.XXXXXX")
+        log "postgres cannot reach $SCRATCH; PostgreSQL data in $dir"
+    fi
+    mkdir -p "$dir"
+    chmod 755 "$dir"
+    chown postgres "$dir"
+    echo "$dir"
+}
+
+# pg_start_single DIR: one durable PostgreSQL server (fsync on) on PG_SINGLE_PORT.
+pg_start_single() {
+    local dir=$1
+    PG_SINGLE_PORT=$(free_port)
+    pg "$PGBIN/initdb" -D "$dir/single" -A trust -U postgres >"$dir/initdb.log" 2>&1 ||
+        die "initdb (see $dir/initdb.log)"
+    cat >>"$dir/single/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_connections = 400
+fsync = on
+synchronous_commit = on
+EOF
+    PG_DIRS+=("$dir/single")
+    pg "$PGBIN/pg_ctl" -D "$dir/single" -l "$dir/single.log" -o "-p $PG_SINGLE_PORT" -w start \
+        >/dev/null || die "starting PostgreSQL (see $dir/single.log)"
+}
 
 # pg_start_pair DIR: primary on PG_PRIMARY_PORT, standby on PG_STANDBY_PORT.
 pg_start_pair() {

@@ -284,6 +284,45 @@ def figure_memory(raw, out):
                  f"| secondary during catch-up (restarted process) | {fmt(res['secondary_peak_rss_mib_catchup'], 1)} |"]
 
 
+def figure_ha(raw, out, targets):
+    """Figures 9-10: Bunker on PostgreSQL with HA, against etcd's figures 1-3 of the same run."""
+    w = pick(raw, "pg-write", "bunker")
+    r = pick(raw, "pg-read", "bunker")
+    res = {"write_ops_per_sec": spread([x["ops_per_sec"] for x in w]),
+           "read_ops_per_sec": spread([x["ops_per_sec"] for x in r]),
+           "etcd_write_ops_per_sec": spread([x["ops_per_sec"] for x in pick(raw, "write", "etcd", conns=64)]),
+           "etcd_read_ops_per_sec": spread([x["ops_per_sec"] for x in pick(raw, "read", "etcd")]),
+           "write_p99_ms": spread([x["p99_ms"] for x in w]),
+           "read_p99_ms": spread([x["p99_ms"] for x in r])}
+    res["write_ratio"] = ratio(res["write_ops_per_sec"], res["etcd_write_ops_per_sec"])
+    res["read_ratio"] = ratio(res["read_ops_per_sec"], res["etcd_read_ops_per_sec"])
+    failovers = pick(raw, "failover", "bunker")
+    res["failover"] = failovers
+    out["ha"] = res
+    if not w and not failovers:
+        return ["## 9-10. HA on PostgreSQL", "", "not run"]
+    targets.append({"figure": "9. writes on PostgreSQL (HA) at 64 connections", "target": ">= 1.5x etcd",
+                    "value": res["write_ratio"], "unit": "x",
+                    "pass": None if res["write_ratio"] is None else res["write_ratio"] >= 1.5})
+    targets.append({"figure": "9. reads on PostgreSQL (HA) at 64 connections", "target": ">= 2x etcd",
+                    "value": res["read_ratio"], "unit": "x",
+                    "pass": None if res["read_ratio"] is None else res["read_ratio"] >= 2})
+    md = ["## 9. KV v2 on PostgreSQL, three HA nodes, 64 connections to the active node", "",
+          "| | Bunker on PostgreSQL | etcd (figures 1-3) | ratio |", "|---|---:|---:|---:|",
+          f"| writes/s | {fmt(res['write_ops_per_sec'], 0)} | {fmt(res['etcd_write_ops_per_sec'], 0)} | {fmt(res['write_ratio'], 2)} |",
+          f"| reads/s | {fmt(res['read_ops_per_sec'], 0)} | {fmt(res['etcd_read_ops_per_sec'], 0)} | {fmt(res['read_ratio'], 2)} |",
+          f"| write p99 ms | {fmt(res['write_p99_ms'], 2)} | | |",
+          f"| read p99 ms | {fmt(res['read_p99_ms'], 2)} | | |", "",
+          "## 10. HA failover (event to the first write a surviving node accepts)", "",
+          "| event | lock_ttl s | first write accepted ms | target |", "|---|---:|---:|---|"]
+    for f in failovers:
+        limit = (f["lock_ttl_s"] + 2) * 1000 if f["kind"] == "kill9" else 1000
+        md.append(f"| {f['kind']} | {f['lock_ttl_s']} | {fmt(f['ms'], 0)} | < {limit:,} ms |")
+        targets.append({"figure": f"10. failover after {f['kind']}", "target": f"< {limit} ms",
+                        "value": f["ms"], "unit": "ms", "pass": f["ms"] < limit})
+    return md
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--raw", required=True)
@@ -302,6 +341,7 @@ def main():
     body += figure_sync(raw, machine, out, targets) + [""]
     body += figure_catchup(raw, out, targets) + [""]
     body += figure_promote(raw, out, targets) + [""]
+    body += figure_ha(raw, out, targets) + [""]
     body += figure_memory(raw, out) + [""]
     notes = [f"- {r['figure']} ({r['system']}): {r['note']}" for r in raw if r.get("note")]
     if notes:

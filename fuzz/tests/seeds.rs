@@ -82,6 +82,10 @@ fn to_secondary() -> Vec<(&'static str, ToSecondary)> {
                 generation: 3,
                 last_wal: 44,
                 resume: true,
+                cluster_addrs: vec![
+                    "https://10.0.0.1:8201".into(),
+                    "https://10.0.0.3:8201".into(),
+                ],
             },
         ),
         (
@@ -187,6 +191,7 @@ fn bundle() -> Bundle {
         root_key_b64: zeroize::Zeroizing::new(
             base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
         ),
+        primary_cluster_addrs: vec!["127.0.0.1:8201".into(), "127.0.0.1:8211".into()],
     }
 }
 

@@ -32,6 +32,7 @@ pub enum StorageConfig {
         /// redb page cache (`cache_size`, default 256 MiB).
         cache_bytes: usize,
     },
+    Postgresql(bunker_storage::PostgresConfig),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +61,8 @@ pub struct ServerConfig {
     pub activation_allow_http: bool,
     /// The `telemetry` block.
     pub telemetry: TelemetryConfig,
+    /// TTL of the HA lock (`lock_ttl` in a storage block with `ha_enabled`).
+    pub ha_lock_ttl: Duration,
     /// `default_lease_ttl` and `max_lease_ttl` (768 h each unless set; the default may not
     /// exceed the maximum).
     pub lease_ttls: bunker_core::SystemTtls,
@@ -87,6 +90,56 @@ impl Default for TelemetryConfig {
             usage_gauge_period: bunker_core::DEFAULT_USAGE_GAUGE_PERIOD,
         }
     }
+}
+
+/// `storage "postgresql"`, with Vault's keys, and `lock_ttl` for the HA lock (Vault's 15 s by
+/// default). Returns the storage settings and the lock TTL.
+fn parse_postgresql(body: &Body, ignored: &mut Vec<String>) -> Result<(StorageConfig, Duration)> {
+    let mut pg = bunker_storage::PostgresConfig {
+        connection_url: String::new(),
+        table: bunker_storage::postgresql::DEFAULT_TABLE.into(),
+        max_parallel: bunker_storage::postgresql::DEFAULT_MAX_PARALLEL,
+        skip_create_table: false,
+        ha_table: None,
+    };
+    let (mut ha_enabled, mut ha_table) = (false, None);
+    let mut lock_ttl = bunker_core::ha::DEFAULT_LOCK_TTL;
+    for attr in body.attributes() {
+        let (key, e) = (attr.key(), attr.expr());
+        match key {
+            "connection_url" => pg.connection_url = expr_string(key, e)?,
+            "table" => pg.table = expr_string(key, e)?,
+            "max_parallel" => {
+                pg.max_parallel = expr_string(key, e)?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| anyhow!("max_parallel must be a positive integer"))?
+            }
+            "skip_create_table" => pg.skip_create_table = expr_bool(key, e)?,
+            "ha_enabled" => ha_enabled = expr_bool(key, e)?,
+            "ha_table" => ha_table = Some(expr_string(key, e)?),
+            "lock_ttl" => {
+                lock_ttl = expr_duration(key, e)?;
+                if lock_ttl < Duration::from_secs(2) {
+                    bail!("storage \"postgresql\": lock_ttl must be at least 2s");
+                }
+            }
+            "max_idle_connections" | "max_connect_retries" => {
+                ignored.push(format!("storage setting {key:?}"))
+            }
+            other => bail!("unknown storage \"postgresql\" setting {other:?}"),
+        }
+    }
+    if pg.connection_url.is_empty() && std::env::var_os("VAULT_PG_CONNECTION_URL").is_none() {
+        bail!("storage \"postgresql\": connection_url (or VAULT_PG_CONNECTION_URL) is required");
+    }
+    if ha_enabled {
+        pg.ha_table = Some(
+            ha_table.unwrap_or_else(|| bunker_storage::postgresql::DEFAULT_HA_TABLE.to_owned()),
+        );
+    }
+    Ok((StorageConfig::Postgresql(pg), lock_ttl))
 }
 
 fn parse_telemetry(body: &Body, ignored: &mut Vec<String>) -> Result<TelemetryConfig> {
@@ -232,6 +285,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
         wal_retention: DEFAULT_WAL_RETENTION,
         activation_allow_http: false,
         telemetry: TelemetryConfig::default(),
+        ha_lock_ttl: bunker_core::ha::DEFAULT_LOCK_TTL,
         lease_ttls: bunker_core::SystemTtls::default(),
         ignored: Vec::new(),
     };
@@ -276,9 +330,14 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                             cache_bytes,
                         }
                     }
-                    other => {
-                        bail!("unknown storage type {other:?} (use \"embedded\" or \"inmem\")")
+                    "postgresql" => {
+                        let (storage, lock_ttl) = parse_postgresql(block.body(), &mut cfg.ignored)?;
+                        cfg.ha_lock_ttl = lock_ttl;
+                        storage
                     }
+                    other => bail!(
+                        "unknown storage type {other:?} (use \"embedded\", \"postgresql\" or \"inmem\")"
+                    ),
                 });
             }
             "listener" => {
@@ -528,7 +587,7 @@ mod tests {
             )
             .map(|cfg| match cfg.storage {
                 StorageConfig::Embedded { cache_bytes, .. } => cache_bytes,
-                StorageConfig::Inmem => 0,
+                StorageConfig::Inmem | StorageConfig::Postgresql(_) => 0,
             })
         };
         assert_eq!(with("\"64MiB\"").expect("valid size"), 64 << 20);

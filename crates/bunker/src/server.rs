@@ -64,6 +64,7 @@ fn dev_config(args: &ServerArgs) -> ServerConfig {
         wal_retention: config::DEFAULT_WAL_RETENTION,
         activation_allow_http: false,
         telemetry: config::TelemetryConfig::default(),
+        ha_lock_ttl: bunker_core::ha::DEFAULT_LOCK_TTL,
         lease_ttls: bunker_core::SystemTtls::default(),
         ignored: Vec::new(),
     }
@@ -123,6 +124,7 @@ fn load_tls(listener: &ListenerConfig) -> Result<Option<bunker_http::ListenerTls
 async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
     // Both backends run a commit hook, which replication requires (the WAL is written in the
     // same commit as the data).
+    let mut ha_backend: Option<Arc<dyn bunker_storage::HaBackend>> = None;
     let (backend, storage_type): (Arc<dyn HookedBackend>, &str) = match &cfg.storage {
         StorageConfig::Inmem => (Arc::new(InmemBackend::new()), "inmem"),
         StorageConfig::Embedded { path, cache_bytes } => (
@@ -132,6 +134,17 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
             ),
             "embedded",
         ),
+        StorageConfig::Postgresql(pg) => {
+            let backend = Arc::new(
+                bunker_storage::PostgresBackend::connect(pg)
+                    .await
+                    .context("connecting to PostgreSQL storage")?,
+            );
+            if pg.ha_table.is_some() {
+                ha_backend = Some(backend.clone());
+            }
+            (backend, "postgresql")
+        }
     };
     let core = build_core(
         backend.clone() as Arc<dyn Backend>,
@@ -145,6 +158,18 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
         },
     );
     install_metrics(&core, &cfg.telemetry);
+    if let Some(ha_backend) = ha_backend {
+        if cfg.api_addr.is_empty() {
+            anyhow::bail!("ha_enabled needs api_addr: standbys send clients to the active node's");
+        }
+        let ha = bunker_core::ha::Ha::new(
+            ha_backend,
+            bunker_core::ha::HaConfig::new(cfg.ha_lock_ttl, &cfg.api_addr, &cfg.cluster_addr),
+        );
+        core.enable_ha(ha.clone());
+        tokio::spawn(bunker_core::ha::run(core.clone(), ha));
+        tracing::info!(lock_ttl = ?cfg.ha_lock_ttl, "HA enabled: this node starts as a standby");
+    }
     let dr = bunker_dr::DrManager::start(
         &core,
         backend,
@@ -192,6 +217,10 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
         let mut tick = tokio::time::interval(TIDY_INTERVAL);
         loop {
             tick.tick().await;
+            // Only the active node of an HA cluster writes.
+            if !tidy_core.is_active_node() {
+                continue;
+            }
             if let Err(e) = tidy_core.tidy_tokens().await {
                 tracing::warn!(error = %e, "token tidy failed");
             }
@@ -201,7 +230,16 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
     tracing::info!(address = %local, "API listener started");
     let limits = cfg.listener.limits;
     let app = bunker_http::router(core.clone(), &limits);
-    bunker_http::serve(listener, tls, app, limits, shutdown_signal())
+    let shutdown_core = core.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Release the HA lock first, so a standby takes over while requests drain here
+        // (their writes are fenced from now on).
+        if let Some(ha) = shutdown_core.ha() {
+            ha.shutdown(&shutdown_core).await;
+        }
+    };
+    bunker_http::serve(listener, tls, app, limits, shutdown)
         .await
         .context("serving the API")?;
     drop(dr);

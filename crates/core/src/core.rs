@@ -82,6 +82,8 @@ pub struct Core {
     pub(crate) requests_total: std::sync::atomic::AtomicU64,
     pub(crate) metrics_renderer: RwLock<Option<Arc<dyn crate::sys::MetricsRenderer>>>,
     pub(crate) token_count_cache: Mutex<Option<(std::time::Instant, u64)>>,
+    /// Set when the storage is shared by an HA cluster.
+    pub(crate) ha: std::sync::OnceLock<Arc<crate::ha::Ha>>,
     /// Mount moves done since start, for `sys/remount/status`.
     pub(crate) migrations: crate::sys::Migrations,
 }
@@ -107,6 +109,7 @@ impl Core {
             requests_total: std::sync::atomic::AtomicU64::new(0),
             metrics_renderer: RwLock::new(None),
             token_count_cache: Mutex::new(None),
+            ha: std::sync::OnceLock::new(),
             migrations: crate::sys::Migrations::default(),
             barrier,
         })
@@ -163,6 +166,26 @@ impl Core {
     /// Initialise: generate the root key and its shares, write the initial tables and the root
     /// token, and leave the core sealed (as Vault does).
     pub async fn initialize(
+        &self,
+        shares: u8,
+        threshold: u8,
+        root_token_id: Option<String>,
+    ) -> Result<InitResult> {
+        // In an HA cluster the writes below need the lock, like any other write.
+        let ha_epoch = match self.ha() {
+            Some(ha) => Some(ha.lock_for_init().await?),
+            None => None,
+        };
+        let result = self
+            .initialize_locked(shares, threshold, root_token_id)
+            .await;
+        if let (Some(ha), Some(epoch)) = (self.ha(), ha_epoch) {
+            ha.unlock_after_init(epoch).await;
+        }
+        result
+    }
+
+    async fn initialize_locked(
         &self,
         shares: u8,
         threshold: u8,
@@ -227,6 +250,12 @@ impl Core {
         let was_sealed = self.is_sealed();
         let status = self.seal.submit_unseal_key(key).await.map_err(seal_err)?;
         if was_sealed && !status.sealed {
+            if let Some(ha) = self.ha() {
+                // A standby loads nothing until it takes the lock; the runner does it.
+                ha.wake();
+                tracing::info!("vault is unsealed (HA: active once it holds the lock)");
+                return Ok(status);
+            }
             if let Err(e) = self.post_unseal().await {
                 self.seal_core();
                 return Err(e);
@@ -260,6 +289,15 @@ impl Core {
 
     /// Seal: drop keys, caches and live tables.
     pub fn seal_core(&self) {
+        self.teardown();
+        self.seal.seal();
+        if let Some(handler) = self.replication_handler() {
+            handler.sealed();
+        }
+    }
+
+    /// Drop the live tables and caches (at seal, and when an HA node steps down).
+    pub(crate) fn teardown(&self) {
         {
             let mut r = self
                 .router
@@ -276,10 +314,6 @@ impl Core {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             *g = None;
-        }
-        self.seal.seal();
-        if let Some(handler) = self.replication_handler() {
-            handler.sealed();
         }
     }
 

@@ -8,6 +8,8 @@
 
 pub mod audit;
 mod core;
+pub mod failpoint;
+pub mod ha;
 mod help;
 /// The SDK types, re-exported under their old path for the core's own modules.
 pub use bunker_sdk as logical;

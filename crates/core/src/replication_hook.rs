@@ -52,6 +52,14 @@ pub trait ReplicationHandler: Send + Sync {
     /// The core sealed: drop whatever was opened with the barrier. Must not block.
     fn sealed(&self) {}
 
+    /// An HA node took the lock (the barrier is open): everything replication keeps in memory
+    /// may be stale (another node was active); reload it from storage and start serving.
+    async fn activated(&self) {}
+
+    /// An HA node lost or gave up the lock: stop serving replication (the barrier stays open).
+    /// Must not block.
+    fn deactivated(&self) {}
+
     /// Set the replication gauges (a `sys/metrics` scrape is about to render). Must not block.
     fn record_metrics(&self) {}
 }

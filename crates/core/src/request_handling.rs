@@ -48,6 +48,16 @@ impl Core {
         if mode == DrMode::Secondary && (req.path.starts_with("sys/generate-root") || init_write) {
             return Err(LogicalError::DrSecondary);
         }
+        if let Some(ha) = self.ha() {
+            // A standby serves only its own status and the unseal endpoints.
+            let local = matches!(
+                req.path.as_str(),
+                "sys/health" | "sys/leader" | "sys/seal-status" | "sys/unseal" | "sys/init"
+            );
+            if !local && self.is_standby() {
+                return Err(self.standby_error(ha).await);
+            }
+        }
         if req.operation == Operation::Help {
             return self.handle_help(req, mode).await;
         }
@@ -55,6 +65,13 @@ impl Core {
             return Ok(resp);
         }
         if req.path.starts_with("sys/replication/") {
+            if req.path == "sys/replication/dr/secondary/enable" && self.ha().is_some() {
+                // Only the lock holder may apply the stream, and a DR secondary's nodes run
+                // sealed, while the lock needs an unsealed node (not built yet).
+                return Err(LogicalError::InvalidRequest(
+                    "a cluster with ha_enabled cannot be a DR secondary yet".into(),
+                ));
+            }
             if let Some(handler) = self.replication_handler() {
                 return self.handle_replication(handler.as_ref(), &req).await;
             }

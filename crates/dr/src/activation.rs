@@ -55,6 +55,9 @@ pub struct Bundle {
     /// unsealed with the primary's key shares.
     #[serde(default, with = "crate::tls::zeroizing_string")]
     pub root_key_b64: zeroize::Zeroizing<String>,
+    /// The cluster addresses of all the primary cluster's nodes (HA), tried in turn.
+    #[serde(default)]
+    pub primary_cluster_addrs: Vec<String>,
 }
 
 impl std::fmt::Debug for Bundle {

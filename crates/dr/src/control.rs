@@ -227,6 +227,11 @@ pub enum Command {
     DeleteOperationToken {
         hash: String,
     },
+    /// The primary announced its cluster's addresses (all its HA nodes).
+    LearnPrimaryAddrs {
+        cluster_id: String,
+        addrs: Vec<String>,
+    },
     /// The stream met a primary of a newer generation.
     AdoptGeneration {
         cluster_id: String,
@@ -543,6 +548,31 @@ pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> 
             }
             let mut next = state.clone();
             next.generation = generation;
+            step(next, &[Persist])
+        }
+        Command::LearnPrimaryAddrs { cluster_id, addrs } => {
+            require(state, Mode::Secondary)?;
+            if cluster_id != state.cluster_id {
+                return refuse("stale address report");
+            }
+            let Some(link) = state.secondary.as_ref() else {
+                return refuse(NOT_SECONDARY);
+            };
+            // Newest first, then what was known before, bounded.
+            let mut known: Vec<String> = Vec::new();
+            for a in addrs.iter().chain(&link.known_primary_cluster_addrs) {
+                if !a.is_empty() && a.len() <= 512 && !known.contains(a) {
+                    known.push(a.clone());
+                }
+            }
+            known.truncate(crate::state::MAX_KNOWN_PRIMARY_ADDRS);
+            let mut next = state.clone();
+            if known == link.known_primary_cluster_addrs {
+                return step(next, &[]);
+            }
+            if let Some(link) = next.secondary.as_mut() {
+                link.known_primary_cluster_addrs = known;
+            }
             step(next, &[Persist])
         }
         Command::MarkTorn { cluster_id } => {

@@ -13,6 +13,10 @@ use zeroize::Zeroizing;
 #[async_trait]
 pub trait DrCore: Send + Sync {
     fn is_sealed(&self) -> bool;
+    /// Whether this node serves: always without HA; only while it holds the lock with it.
+    fn is_active_node(&self) -> bool;
+    /// The cluster addresses of this cluster's nodes (all HA nodes), for secondaries.
+    async fn cluster_addrs(&self) -> Vec<String>;
     /// Unseal threshold of the (replicated) seal configuration; 0 when uninitialised.
     async fn seal_threshold(&self) -> Result<u8>;
     /// Whether `root_key` opens the stored keyring (a key-share ceremony's result).
@@ -41,6 +45,14 @@ pub trait DrCore: Send + Sync {
 impl DrCore for Core {
     fn is_sealed(&self) -> bool {
         Core::is_sealed(self)
+    }
+
+    fn is_active_node(&self) -> bool {
+        Core::is_active_node(self)
+    }
+
+    async fn cluster_addrs(&self) -> Vec<String> {
+        Core::cluster_addrs(self).await
     }
 
     async fn seal_threshold(&self) -> Result<u8> {

@@ -14,7 +14,8 @@
 pub mod activation;
 pub mod control;
 pub mod core_port;
-pub mod failpoint;
+/// Test-only pause points, shared with the core (which holds the HA runner at them).
+pub use bunker_core::failpoint;
 pub mod manager;
 mod primary;
 pub mod sealed_activation;

@@ -173,6 +173,10 @@ impl DrManager {
                 let Some(inner) = truncator.upgrade() else {
                     return;
                 };
+                // Only the node that writes (the active one of an HA cluster) truncates.
+                if !inner.active_node() {
+                    continue;
+                }
                 if let Err(e) = inner.wal.truncate(inner.config.wal_retention).await {
                     tracing::warn!(error = %e, "WAL truncation failed");
                 }
@@ -187,7 +191,7 @@ impl DrManager {
                 let Some(inner) = renewer.upgrade() else {
                     return;
                 };
-                if inner.mode() == Mode::Primary {
+                if inner.mode() == Mode::Primary && inner.active_node() {
                     if let Err(e) = inner.renew_server_certificate_if_due().await {
                         tracing::warn!(error = %e, "renewing the server certificate failed");
                     }
@@ -237,6 +241,21 @@ impl ReplicationHandler for DrManager {
         }
     }
 
+    async fn activated(&self) {
+        if let Err(e) = self.inner.reactivate().await {
+            tracing::error!(error = %e, "DR replication could not resume on this node after it took the HA lock");
+        }
+    }
+
+    fn deactivated(&self) {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            if let Some(inner) = inner.upgrade() {
+                inner.forget_primary_keys().await;
+            }
+        });
+    }
+
     fn sealed(&self) {
         let inner = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
@@ -266,7 +285,8 @@ async fn refresh_merkle_root(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        if inner.mode() == Mode::Disabled {
+        // An HA standby serves no status that needs it; the active node computes its own.
+        if inner.mode() == Mode::Disabled || !inner.active_node() {
             continue;
         }
         let index = inner.wal.last_index();
@@ -490,12 +510,56 @@ impl Inner {
         self.renew_server_certificate_if_due().await
     }
 
-    /// After a seal: stop serving the cluster port and drop the primary's keys from memory.
+    /// This node took the HA lock: another node may have written the WAL and the replication
+    /// state since this one loaded them. Read both again, then serve as the state says.
+    pub(crate) async fn reactivate(self: &Arc<Self>) -> Result<(), ReplError> {
+        self.wal.reload().await?;
+        let loaded = ReplState::load(self.backend.as_ref()).await?;
+        {
+            let mut state = self.state.lock().await;
+            *state = loaded;
+            self.mode.store(mode_to_u8(state.mode), Ordering::Release);
+            if state.mode == Mode::Primary {
+                self.wal.promote();
+            } else {
+                self.wal.set_recording(false);
+            }
+        }
+        // Whatever was computed from the old view of storage is stale.
+        self.merkle_epoch.fetch_add(1, Ordering::SeqCst);
+        *self.merkle_cache.lock().await = None;
+        *self
+            .published_root
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        tracing::info!(
+            wal_index = self.wal.last_index(),
+            "DR replication reloaded: this node is active"
+        );
+        self.open_primary_keys().await
+    }
+
+    /// Whether this node writes: always without HA, only the active node of an HA cluster.
+    pub(crate) fn active_node(&self) -> bool {
+        self.core
+            .upgrade()
+            .is_some_and(|core| core.is_active_node())
+    }
+
+    /// Whether this node may serve the cluster port: unsealed and active.
+    fn serving(&self) -> bool {
+        self.core
+            .upgrade()
+            .is_some_and(|core| !core.is_sealed() && core.is_active_node())
+    }
+
+    /// After a seal, or when an HA node stops being active: stop serving the cluster port and
+    /// drop the primary's keys from memory.
     pub(crate) async fn forget_primary_keys(self: &Arc<Self>) {
         let mut state = self.state.lock().await;
-        // This runs after the seal that asked for it; an unseal may have come in between.
-        let sealed = self.core.upgrade().is_none_or(|core| core.is_sealed());
-        if state.mode != Mode::Primary || !sealed {
+        // This runs after the seal (or step-down) that asked for it; an unseal or a new
+        // activation may have come in between.
+        if state.mode != Mode::Primary || self.serving() {
             return;
         }
         if let Some(primary) = state.primary.as_mut() {
@@ -509,7 +573,9 @@ impl Inner {
             *t = None;
         }
         self.close_sessions(None).await;
-        tracing::info!("sealed: the cluster port refuses secondaries until the next unseal");
+        tracing::info!(
+            "sealed or standby: the cluster port refuses secondaries until this node serves again"
+        );
     }
 
     /// Serve the cluster port for `state`: only the certificates of live secondaries complete
@@ -765,6 +831,19 @@ impl Inner {
             c.merkle_keys_deleted += deleted;
             c.merkle_bytes_fetched += bytes;
         });
+    }
+
+    /// The primary announced its cluster's addresses: remember them for the next connection.
+    pub async fn learn_primary_addrs(
+        self: &Arc<Self>,
+        cluster_id: &str,
+        addrs: Vec<String>,
+    ) -> Result<(), ReplError> {
+        self.apply_reported(crate::control::Command::LearnPrimaryAddrs {
+            cluster_id: cluster_id.to_owned(),
+            addrs,
+        })
+        .await
     }
 
     pub async fn adopt_generation(

@@ -312,6 +312,10 @@ where
             generation: snapshot.generation,
             last_wal,
             resume,
+            cluster_addrs: match inner.core.upgrade() {
+                Some(core) => core.cluster_addrs().await,
+                None => Vec::new(),
+            },
         },
     )
     .await?;

@@ -175,6 +175,7 @@ mod tests {
                 key_pem: zeroize::Zeroizing::new("key".into()),
             },
             root_key_b64: zeroize::Zeroizing::new(String::new()),
+            primary_cluster_addrs: Vec::new(),
         }
     }
 

@@ -38,13 +38,16 @@ const LISTING_PAGE: usize = 4096;
 /// Follow the primary until `stop` flips, reconnecting with backoff.
 pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     let mut backoff = RETRY_MIN;
+    // Which of the primary cluster's addresses to try: the next one after each failure, so a
+    // secondary finds the new active node of an HA primary by itself.
+    let mut attempt = 0usize;
     loop {
         if *stop.borrow() {
             return;
         }
         inner.set_sync_state(SyncState::Connecting, "connecting");
         let result = tokio::select! {
-            r = follow_once(&inner) => r,
+            r = follow_once(&inner, attempt) => r,
             _ = stop.changed() => return,
         };
         match result {
@@ -53,6 +56,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                 let text = explain_refusal(&e.to_string());
                 tracing::warn!(error = %text, "replication stream from primary failed");
                 inner.record_error(&text);
+                attempt = attempt.wrapping_add(1);
             }
         }
         inner.set_sync_state(SyncState::Connecting, "transient_failure");
@@ -64,15 +68,19 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn follow_once(inner: &Arc<Inner>) -> Result<(), ReplError> {
+async fn follow_once(inner: &Arc<Inner>, attempt: usize) -> Result<(), ReplError> {
     let snapshot = inner.state_snapshot().await;
     let secondary = snapshot
         .secondary
         .clone()
         .ok_or_else(|| ReplError::Internal("no primary configured".into()))?;
     let config = crate::tls::client_config(&secondary.ca_cert_pem, &secondary.client)?;
-    let addr = secondary
-        .primary_cluster_addr
+    let addrs = secondary.primary_addrs();
+    let chosen = addrs
+        .get(attempt % addrs.len().max(1))
+        .cloned()
+        .unwrap_or_else(|| secondary.primary_cluster_addr.clone());
+    let addr = chosen
         .trim_start_matches("https://")
         .trim_start_matches("tcp://")
         .to_owned();
@@ -102,12 +110,13 @@ async fn follow_once(inner: &Arc<Inner>) -> Result<(), ReplError> {
     )
     .await
     .map_err(|_| ReplError::Refused("primary did not answer".into()))??;
-    let (generation, last_wal, resume) = match welcome {
+    let (generation, last_wal, resume, cluster_addrs) = match welcome {
         ToSecondary::Welcome {
             generation,
             last_wal,
             resume,
-        } => (generation, last_wal, resume),
+            cluster_addrs,
+        } => (generation, last_wal, resume, cluster_addrs),
         ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
         _ => return Err(ReplError::Refused("unexpected answer to hello".into())),
     };
@@ -117,7 +126,10 @@ async fn follow_once(inner: &Arc<Inner>) -> Result<(), ReplError> {
             snapshot.generation
         )));
     }
-    inner.connected_to_primary(&secondary.primary_cluster_addr, last_wal);
+    inner.connected_to_primary(&chosen, last_wal);
+    inner
+        .learn_primary_addrs(&snapshot.cluster_id, cluster_addrs)
+        .await?;
     if generation > snapshot.generation {
         inner
             .adopt_generation(&snapshot.cluster_id, generation)

@@ -181,6 +181,27 @@ pub struct SecondaryState {
     /// one from the activation token, renewed at the first connection.
     #[serde(default)]
     pub client_renewed: bool,
+    /// Every cluster address the primary cluster announced (its HA nodes), newest first; the
+    /// stream tries them in turn, so a change of active node needs no `update-primary`.
+    #[serde(default)]
+    pub known_primary_cluster_addrs: Vec<String>,
+}
+
+/// Most primary cluster addresses a secondary remembers.
+pub const MAX_KNOWN_PRIMARY_ADDRS: usize = 16;
+
+impl SecondaryState {
+    /// The addresses to try, in order: the configured one first, then the announced ones.
+    pub fn primary_addrs(&self) -> Vec<String> {
+        let mut addrs = vec![self.primary_cluster_addr.clone()];
+        for a in &self.known_primary_cluster_addrs {
+            if !addrs.contains(a) {
+                addrs.push(a.clone());
+            }
+        }
+        addrs.retain(|a| !a.is_empty());
+        addrs
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

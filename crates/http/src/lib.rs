@@ -235,6 +235,9 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
     } else {
         tracing::Instrument::instrument(state.core.handle(req), span).await
     };
+    if let Err(LogicalError::Standby(Some(leader))) = &result {
+        return standby_redirect(leader, &uri);
+    }
     let wal_index = match (&result, operation) {
         (Ok(_), Operation::Create | Operation::Update | Operation::Delete) => {
             state.core.replication_wal_index()
@@ -252,6 +255,25 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
         return HttpResponse::from_parts(parts, Body::empty());
     }
     resp.into_response()
+}
+
+/// A standby's answer: 307 to the same path and query on the active node, as Vault's
+/// `respondStandby` (clients replay the request there, body and method included).
+fn standby_redirect(leader: &str, uri: &Uri) -> HttpResponse {
+    let target = format!(
+        "{}{}",
+        leader.trim_end_matches('/'),
+        uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    match axum::http::HeaderValue::from_str(&target) {
+        Ok(location) => {
+            let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+            resp.headers_mut()
+                .insert(axum::http::header::LOCATION, location);
+            resp
+        }
+        Err(_) => status::from_error(&LogicalError::Standby(None)),
+    }
 }
 
 #[cfg(test)]

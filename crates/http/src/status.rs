@@ -17,6 +17,8 @@ pub fn status_of(e: &LogicalError) -> StatusCode {
         LogicalError::UnsupportedPath(_) | LogicalError::NotFound(_) => StatusCode::NOT_FOUND,
         LogicalError::UnsupportedOperation => StatusCode::METHOD_NOT_ALLOWED,
         LogicalError::Sealed | LogicalError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        LogicalError::Standby(Some(_)) => StatusCode::TEMPORARY_REDIRECT,
+        LogicalError::Standby(None) => StatusCode::SERVICE_UNAVAILABLE,
         LogicalError::AuditFailed(_) | LogicalError::Internal(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }

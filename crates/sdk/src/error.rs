@@ -42,6 +42,10 @@ pub enum LogicalError {
     /// Writing the audit log failed, so the request is refused (500).
     #[error("failed to write audit log: {0}")]
     AuditFailed(String),
+    /// An HA standby does not serve this request: the client goes to the active node (307 to
+    /// its API address), or gets 503 when no node is active.
+    #[error("local node not active but active cluster node not found")]
+    Standby(Option<String>),
     /// A fault inside the server (500); the message is safe to show.
     #[error("internal error: {0}")]
     Internal(String),
@@ -51,6 +55,7 @@ impl From<bunker_barrier::BarrierError> for LogicalError {
     fn from(e: bunker_barrier::BarrierError) -> Self {
         match e {
             bunker_barrier::BarrierError::Sealed => LogicalError::Sealed,
+            bunker_barrier::BarrierError::Storage(e) => e.into(),
             other => LogicalError::Internal(other.to_string()),
         }
     }
@@ -58,7 +63,13 @@ impl From<bunker_barrier::BarrierError> for LogicalError {
 
 impl From<bunker_storage::StorageError> for LogicalError {
     fn from(e: bunker_storage::StorageError) -> Self {
-        LogicalError::Internal(e.to_string())
+        match e {
+            // A database that is down or restarting: 503, the client may retry.
+            e @ bunker_storage::StorageError::Unavailable(_) => {
+                LogicalError::Unavailable(e.to_string())
+            }
+            e => LogicalError::Internal(e.to_string()),
+        }
     }
 }
 

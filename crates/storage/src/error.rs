@@ -1,7 +1,8 @@
 //! Errors of the physical storage layer.
 //!
 //! `InvalidKey`, `ValueTooLarge` and `BatchTooLarge` are caused by the caller's input and leave
-//! storage untouched; `Io`, `Engine` and `Closed` are failures of the backend itself.
+//! storage untouched; `Io`, `Engine`, `Closed` and `Unavailable` are failures of the backend
+//! itself (`Unavailable`: a remote store that may come back).
 
 use thiserror::Error;
 
@@ -27,4 +28,11 @@ pub enum StorageError {
     BatchTooLarge { ops: usize, limit: usize },
     #[error("storage backend is shut down")]
     Closed,
+    /// The storage service cannot be reached now (a database down or restarting); the
+    /// request may be retried, nothing unacknowledged was written.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A configuration value the backend cannot use.
+    #[error("storage configuration: {0}")]
+    InvalidArgument(String),
 }

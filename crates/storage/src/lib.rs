@@ -4,8 +4,8 @@
 //! get/put/delete/list, an ordered `scan`, and an atomic, durable multi-key `batch`; an
 //! acknowledged write (the returned future resolved `Ok`) is on stable storage.
 //!
-//! Backends: [`InmemBackend`] (dev mode, tests) and [`EmbeddedBackend`] (redb, the durable
-//! default). redb was chosen because it is pure Rust, ACID and crash-safe with a single file,
+//! Backends: [`InmemBackend`] (dev mode, tests), [`EmbeddedBackend`] (redb, the durable
+//! default) and [`PostgresBackend`] (a PostgreSQL table, for operators who run PostgreSQL). redb was chosen because it is pure Rust, ACID and crash-safe with a single file,
 //! and has the fastest ordered scans of the crates tried here (LIST and Merkle pages need them).
 //!
 //! Every backend enforces the same input limits (see [`limits`]) and passes the same
@@ -28,15 +28,19 @@ pub mod conformance;
 pub mod embedded;
 mod error;
 mod group_commit;
+pub mod ha;
 mod hook;
 mod inmem;
 pub mod limits;
 mod listing;
+pub mod postgresql;
 
 pub use embedded::EmbeddedBackend;
 pub use error::StorageError;
+pub use ha::{Fence, FenceCell, HaBackend, HaNode};
 pub use hook::CommitHook;
 pub use inmem::InmemBackend;
+pub use postgresql::{PostgresBackend, PostgresConfig};
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 

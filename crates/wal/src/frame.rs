@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of the frame layout and of the message encoding inside it.
-pub const FRAME_VERSION: u8 = 1;
+pub const FRAME_VERSION: u8 = 2;
 /// Largest accepted payload.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 /// Longest a frame write may take: a peer that stops reading cannot hold a sender (and what

@@ -85,6 +85,9 @@ pub enum ToSecondary {
         last_wal: u64,
         /// The secondary may resume streaming from its position.
         resume: bool,
+        /// The cluster addresses of the primary cluster's nodes (HA), for the secondary to
+        /// try in turn when the active node changes.
+        cluster_addrs: Vec<String>,
     },
     Refused {
         reason: String,

@@ -127,6 +127,22 @@ impl Wal {
         }))
     }
 
+    /// Read the last index from storage again: another node of an HA cluster may have written
+    /// the WAL since this one opened it. Recording is left as it was.
+    pub async fn reload(&self) -> Result<()> {
+        let _maintenance = self.maintenance.lock().await;
+        if let Some(target) = read_index(self.backend.as_ref(), WAL_RESET_KEY).await? {
+            tracing::warn!(wal_index = target, "finishing an interrupted WAL reset");
+            finish_reset(self.backend.as_ref(), target).await?;
+        }
+        let last_index = read_index(self.backend.as_ref(), WAL_LAST_KEY)
+            .await?
+            .unwrap_or(0);
+        self.recorder.reset_to(last_index);
+        tracing::info!(wal_index = last_index, "WAL reloaded");
+        Ok(())
+    }
+
     /// Primary records; secondary/disabled doesn't.
     pub fn set_recording(&self, on: bool) {
         self.recorder.set_recording(on);

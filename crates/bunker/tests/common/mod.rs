@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 pub mod dr;
+pub mod postgres;
 pub mod proxy;
 pub mod writers;
 
@@ -60,6 +61,9 @@ pub struct ServerOptions {
     /// Extra top-level HCL lines appended to the generated config file.
     pub config_extra: String,
     pub tls: Option<TlsFiles>,
+    /// The whole `storage "..." { ... }` block; embedded storage in the server's temporary
+    /// directory when empty.
+    pub storage: String,
 }
 
 enum Mode {
@@ -129,13 +133,20 @@ impl TestServer {
             ),
         };
         let scheme = if opts.tls.is_some() { "https" } else { "http" };
+        let storage = if opts.storage.is_empty() {
+            format!(
+                "storage \"embedded\" {{\n  path = \"{}\"\n}}",
+                data.display()
+            )
+        } else {
+            opts.storage
+        };
         let config = format!(
-            "storage \"embedded\" {{\n  path = \"{data}\"\n}}\n\
+            "{storage}\n\
              listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n{listener_tls}\n{extra}\n}}\n\
              api_addr = \"{scheme}://127.0.0.1:{port}\"\n\
              log_level = \"debug\"\n\
              {config_extra}\n",
-            data = data.display(),
             extra = opts.listener_extra,
             config_extra = opts.config_extra,
         );

@@ -23,6 +23,8 @@ pub(crate) enum OperatorCommand {
     Unseal(UnsealArgs),
     /// Seal the server.
     Seal,
+    /// Make the active node of an HA cluster give up the lock, so a standby takes over.
+    StepDown,
     /// Rotate the barrier encryption key (adds a new key term).
     Rotate,
     /// Show the current encryption key term.
@@ -83,6 +85,7 @@ pub(crate) fn run(ctx: &Ctx, command: OperatorCommand) -> CmdResult {
         OperatorCommand::Init(args) => init(ctx, args),
         OperatorCommand::Unseal(args) => unseal(ctx, args),
         OperatorCommand::Seal => seal(ctx),
+        OperatorCommand::StepDown => step_down(ctx),
         OperatorCommand::Rotate => rotate(ctx),
         OperatorCommand::KeyStatus => key_status(ctx),
         OperatorCommand::GenerateRoot(args) => generate_root::run(ctx, args),
@@ -159,6 +162,11 @@ fn unseal(ctx: &Ctx, args: UnsealArgs) -> CmdResult {
 fn seal(ctx: &Ctx) -> CmdResult {
     let request = ApiRequest::new(Verb::Put, "sys/seal");
     send_then_success(ctx, request, "sealing", "Success! Bunker is sealed.")
+}
+
+fn step_down(ctx: &Ctx) -> CmdResult {
+    let request = ApiRequest::new(Verb::Put, "sys/step-down");
+    send_then_success(ctx, request, "stepping down", "Success! Stepped down")
 }
 
 fn rotate(ctx: &Ctx) -> CmdResult {

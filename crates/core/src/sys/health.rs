@@ -21,6 +21,10 @@ impl Core {
         let initialized = self.is_initialized().await?;
         let sealed = self.is_sealed();
         let dr_mode = self.dr_mode();
+        let standby = initialized && self.is_standby();
+        let standby_ok = get_bool(&req.data, "standbyok")?.unwrap_or(false);
+        // Bunker has no performance standbys; the parameter is checked and has no effect.
+        let _ = get_bool(&req.data, "perfstandbyok")?;
         // Vault's order: not initialised, sealed, then DR secondary.
         let status = if !initialized {
             code("uninitcode", 501)?
@@ -28,12 +32,11 @@ impl Core {
             code("sealedcode", 503)?
         } else if dr_mode == crate::DrMode::Secondary {
             code("drsecondarycode", 472)?
+        } else if standby && !standby_ok {
+            code("standbycode", 429)?
         } else {
             code("activecode", 200)?
         };
-        // standbyok / perfstandbyok only matter for standbys, which a single node never is.
-        let _ = get_bool(&req.data, "standbyok")?;
-        let _ = get_bool(&req.data, "perfstandbyok")?;
         let info = self
             .cluster
             .read()
@@ -42,7 +45,7 @@ impl Core {
         let body = json!({
             "initialized": initialized,
             "sealed": sealed,
-            "standby": false,
+            "standby": standby,
             "performance_standby": false,
             "replication_performance_mode": "disabled",
             "replication_dr_mode": dr_mode.as_str(),

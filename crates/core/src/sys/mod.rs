@@ -53,7 +53,7 @@ impl Core {
                 expect_op(op, &[Operation::Read])?;
                 self.sys_health(req).await?
             }
-            "sys/leader" => self.sys_leader(op)?,
+            "sys/leader" => self.sys_leader(op).await?,
             "sys/generate-root/attempt" => self.sys_generate_root_attempt(req).await?,
             "sys/generate-root/update" => self.sys_generate_root_update(req).await?,
             "sys/decode-token" => self.sys_decode_token(req)?,
@@ -115,9 +115,9 @@ impl Core {
                 None => self.sys_replication_disabled(req, rest),
             },
             "metrics" => self.sys_metrics(req).await,
-            "host-info" | "config" | "step-down" | "raw" => {
-                Err(LogicalError::UnsupportedPath(req.path.clone()))
-            }
+            "step-down" => self.sys_step_down(op).await,
+            "ha-status" => self.sys_ha_status(req).await,
+            "host-info" | "config" | "raw" => Err(LogicalError::UnsupportedPath(req.path.clone())),
             _ => Err(LogicalError::UnsupportedPath(req.path.clone())),
         }
     }

@@ -170,22 +170,6 @@ impl Core {
         data.insert("token".into(), json!(token));
         Ok(Response::data(data))
     }
-
-    pub(crate) fn sys_leader(&self, op: Operation) -> Result<Response> {
-        expect_op(op, &[Operation::Read])?;
-        Ok(Response::raw(
-            200,
-            json!({
-                "ha_enabled": false,
-                "is_self": false,
-                "active_time": "0001-01-01T00:00:00Z",
-                "leader_address": "",
-                "leader_cluster_address": "",
-                "performance_standby": false,
-                "performance_standby_last_remote_wal": 0,
-            }),
-        ))
-    }
 }
 
 fn small(v: Option<u64>, name: &str) -> Result<Option<u8>> {

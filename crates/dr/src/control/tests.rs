@@ -37,6 +37,7 @@ fn activation(cluster_id: &str, generation: u64) -> Activation {
                 key_pem: zeroize::Zeroizing::new("k".into()),
             },
             client_renewed: false,
+            known_primary_cluster_addrs: Vec::new(),
         },
     }
 }

@@ -357,6 +357,7 @@ async fn secondary_token(
         ca_cert_pem: primary.ca_cert_pem.clone(),
         client,
         root_key_b64: zeroize::Zeroizing::new(String::new()),
+        primary_cluster_addrs: core.cluster_addrs().await,
     };
     // Validate the transition before anything is handed out; apply it once the token exists.
     let command = Command::IssueSecondaryToken {
@@ -438,6 +439,7 @@ async fn activate(
             ca_cert_pem: bundle.ca_cert_pem.clone(),
             client: bundle.client.clone(),
             client_renewed: false,
+            known_primary_cluster_addrs: bundle.primary_cluster_addrs.clone(),
         },
     };
     let mut state = inner.state.lock().await;

@@ -80,7 +80,7 @@ impl Inner {
                     "generation": state.generation,
                     "secondary_id": secondary.map(|x| x.secondary_id.clone()).unwrap_or_default(),
                     "primary_cluster_addr": addr,
-                    "known_primary_cluster_addrs": if addr.is_empty() { vec![] } else { vec![addr.clone()] },
+                    "known_primary_cluster_addrs": secondary.map(crate::state::SecondaryState::primary_addrs).unwrap_or_default(),
                     "last_remote_wal": last_wal,
                     "consistent": state.consistent_after.is_some_and(|b| last_wal >= b),
                     "consistent_after_wal": state.consistent_after,

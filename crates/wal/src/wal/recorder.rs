@@ -68,6 +68,12 @@ impl Recorder {
         });
     }
 
+    /// Continue from `index` as the last committed and assigned index (a reload from storage).
+    pub(super) fn reset_to(&self, index: u64) {
+        *self.assigned() = index;
+        self.publish(index);
+    }
+
     /// Makes sure the next index handed out is above `index`. Used after a failed WAL write,
     /// whose adopted index may not have been committed, with the index found in storage.
     pub(super) fn assign_at_least(&self, index: u64) {

@@ -1,0 +1,303 @@
+//! High availability on PostgreSQL (issue "High availability inside a cluster, on PostgreSQL"):
+//! several real `bunker server` processes on one real PostgreSQL, one active. Failover after
+//! kill -9, step-down and graceful shutdown; standbys' health, leader and 307 answers; and the
+//! fence: a node that missed its renewals while it still believes it is active cannot commit,
+//! and a paused node that wakes up steps down.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::dr::{
+    activation_token, adopt_credentials, dr_status, enable_primary, enable_secondary,
+    promote_with_keys, wait_converged, ALLOW_HTTP_ACTIVATION,
+};
+use common::postgres::Postgres;
+use common::{free_port, poll_until, raw_http, ServerOptions, TestServer};
+use serde_json::{json, Value};
+
+/// Short, so failovers in the tests take seconds; the server refuses less than 2 s.
+const LOCK_TTL_SECS: u64 = 3;
+/// How long a takeover may take: the TTL, plus generous room for a loaded CI machine.
+const TAKEOVER: Duration = Duration::from_secs(LOCK_TTL_SECS + 20);
+
+fn node(pg: &Postgres) -> TestServer {
+    node_with(pg, String::new())
+}
+
+/// A node with a cluster port (DR) when `listener_extra` sets one.
+fn node_with(pg: &Postgres, listener_extra: String) -> TestServer {
+    TestServer::with_config(ServerOptions {
+        listener_extra,
+        config_extra: ALLOW_HTTP_ACTIVATION.to_owned(),
+        storage: format!(
+            "storage \"postgresql\" {{\n  connection_url = \"{}\"\n  table = \"bunker_kv\"\n  \
+             ha_enabled = \"true\"\n  ha_table = \"bunker_ha_locks\"\n  lock_ttl = \"{LOCK_TTL_SECS}s\"\n}}",
+            pg.url()
+        ),
+        ..Default::default()
+    })
+}
+
+fn health(s: &TestServer) -> (u16, Value) {
+    s.get("sys/health", None)
+}
+
+fn wait_health(s: &TestServer, code: u16) {
+    let ok = poll_until(TAKEOVER, || health(s).0 == code);
+    if !ok {
+        s.dump_logs();
+    }
+    assert!(
+        ok,
+        "{} never answered sys/health {code}: {:?}",
+        s.addr(),
+        health(s)
+    );
+}
+
+/// Three nodes on one database: the first initialised and active, the others unsealed with
+/// its key shares and standing by.
+fn cluster(pg: &Postgres, n: usize) -> Vec<TestServer> {
+    start_cluster((0..n).map(|_| node(pg)).collect())
+}
+
+fn start_cluster(mut nodes: Vec<TestServer>) -> Vec<TestServer> {
+    nodes[0].init_unseal(5, 3);
+    wait_health(&nodes[0], 200);
+    let (keys, root) = (nodes[0].keys.clone(), nodes[0].root_token.clone());
+    for s in nodes.iter_mut().skip(1) {
+        s.keys = keys.clone();
+        s.root_token = root.clone();
+        s.unseal();
+        wait_health(s, 429);
+    }
+    nodes
+}
+
+fn signal(s: &TestServer, sig: &str) {
+    let pid = s.pid().expect("running").to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// The one node (of those given) that answers sys/health 200, once exactly one does.
+fn wait_one_active(nodes: &[&TestServer]) -> usize {
+    let mut active = None;
+    let ok = poll_until(TAKEOVER, || {
+        let up: Vec<usize> = (0..nodes.len())
+            .filter(|i| health(nodes[*i]).0 == 200)
+            .collect();
+        active = (up.len() == 1).then(|| up[0]);
+        active.is_some()
+    });
+    assert!(ok, "no single active node among {}", nodes.len());
+    active.unwrap()
+}
+
+#[test]
+fn three_nodes_fail_over_on_kill_step_down_and_shutdown_without_losing_writes() {
+    let pg = Postgres::start();
+    let mut nodes = cluster(&pg, 3);
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    // A standby: 429 for load balancers, 200 with standbyok, and who the leader is.
+    let (code, body) = health(b);
+    assert_eq!(
+        (code, body["standby"].clone()),
+        (429, json!(true)),
+        "{body}"
+    );
+    assert_eq!(b.get("sys/health?standbyok=true", None).0, 200);
+    let (_, leader) = b.get("sys/leader", None);
+    assert_eq!(leader["ha_enabled"], json!(true), "{leader}");
+    assert_eq!(leader["is_self"], json!(false));
+    assert_eq!(leader["leader_address"], json!(a.addr()));
+    let (_, leader) = a.get("sys/leader", None);
+    assert_eq!(leader["is_self"], json!(true), "{leader}");
+    assert_ne!(leader["active_time"], json!("0001-01-01T00:00:00Z"));
+
+    // A standby sends clients to the active node: 307 to the same path and query.
+    let head = format!(
+        "GET /v1/secret/data/x?version=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Vault-Token: {}\r\nConnection: close\r\n\r\n",
+        b.root_token
+    );
+    let port: u16 = b.addr().rsplit(':').next().unwrap().parse().unwrap();
+    let (code, _) = raw_http(port, &head, b"");
+    assert_eq!(code, 307);
+    // (The test client follows the redirect, as hvac and the vault CLI do.)
+    a.mount_kv2();
+    let mut written = Vec::new();
+    for i in 0..10 {
+        let via = &nodes[i % 3];
+        via.kv_put(&format!("k{i}"), json!({"n": i.to_string()}));
+        written.push(i);
+    }
+    let (code, status) = a.get("sys/ha-status", a.root());
+    assert_eq!(code, 200, "{status}");
+    let listed = status["data"]["nodes"].as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{status}");
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|n| n["active_node"] == json!(true))
+            .count(),
+        1
+    );
+
+    // kill -9 of the active node: a standby takes over, everything acknowledged is there.
+    nodes[0].kill9();
+    let active = 1 + wait_one_active(&[&nodes[1], &nodes[2]]);
+    let other = 3 - active;
+    for i in &written {
+        assert_eq!(
+            nodes[active].kv_get(&format!("k{i}")).1["n"],
+            json!(i.to_string())
+        );
+    }
+    for i in 10..15 {
+        nodes[active].kv_put(&format!("k{i}"), json!({"n": i.to_string()}));
+        written.push(i);
+    }
+
+    // step-down (sudo): the other standby takes over; the old active stands by.
+    let (code, body) = nodes[active].put("sys/step-down", nodes[active].root(), json!({}));
+    assert_eq!(code, 204, "{body}");
+    wait_health(&nodes[other], 200);
+    wait_health(&nodes[active], 429);
+    nodes[other].kv_put("after-step-down", json!({"n": "sd"}));
+
+    // A graceful shutdown releases the lock at once: the stepped-down node takes over as soon
+    // as its back-off ends, without waiting for the TTL.
+    let exit = nodes[other].terminate(Duration::from_secs(30));
+    assert!(exit.is_some(), "the active node did not shut down");
+    let survivor = &nodes[active];
+    wait_health(survivor, 200);
+    assert_eq!(survivor.kv_get("after-step-down").1["n"], json!("sd"));
+    for i in &written {
+        assert_eq!(
+            survivor.kv_get(&format!("k{i}")).1["n"],
+            json!(i.to_string()),
+            "k{i}"
+        );
+    }
+}
+
+#[test]
+fn a_node_that_lost_the_lock_cannot_write_and_a_paused_node_steps_down() {
+    let pg = Postgres::start();
+    let nodes = cluster(&pg, 2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.mount_kv2();
+    a.kv_put("before", json!({"n": "0"}));
+
+    // Hold A's runner before its next renewal: it still believes it is active while its lock
+    // expires and B takes it.
+    a.hold_at("ha-before-renew");
+    a.wait_held("ha-before-renew", TAKEOVER);
+    wait_health(b, 200);
+    assert_eq!(health(a).0, 200, "A should still believe it is active");
+    // A's writes reach the database and are refused there by the fence.
+    let (code, body) = a.put("secret/data/stale", a.root(), json!({"data": {"n": "x"}}));
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("not the active node"),
+        "{body}"
+    );
+    let (code, _) = b.get("secret/data/stale", b.root());
+    assert_eq!(code, 404, "a fenced write must not be stored");
+    b.kv_put("on-b", json!({"n": "b"}));
+    // Released, A finds the lock gone and stands by.
+    a.release("ha-before-renew");
+    wait_health(a, 429);
+
+    // SIGSTOP the active node past the TTL: the standby takes over; SIGCONT: the paused node
+    // steps down by itself, and nothing it had in flight was committed.
+    signal(b, "-STOP");
+    wait_health(a, 200);
+    a.kv_put("while-b-paused", json!({"n": "p"}));
+    signal(b, "-CONT");
+    wait_health(b, 429);
+    assert_eq!(b.kv_get("while-b-paused").1["n"], json!("p"));
+    assert_eq!(a.kv_get("on-b").1["n"], json!("b"));
+    assert_eq!(a.kv_get("before").1["n"], json!("0"));
+}
+
+#[test]
+fn a_dr_secondary_follows_the_active_node_of_an_ha_primary_without_update_primary() {
+    let pg = Postgres::start();
+    let with_port = || format!("  cluster_address = \"127.0.0.1:{}\"", free_port());
+    let mut nodes = start_cluster(vec![
+        node_with(&pg, with_port()),
+        node_with(&pg, with_port()),
+    ]);
+    nodes[0].mount_kv2();
+    nodes[0].kv_put("before", json!({"n": "0"}));
+    enable_primary(&nodes[0]);
+
+    // A secondary on embedded storage, activated by the active node.
+    let mut s = TestServer::with_config(ServerOptions {
+        listener_extra: with_port(),
+        config_extra: ALLOW_HTTP_ACTIVATION.to_owned(),
+        ..Default::default()
+    });
+    s.init_unseal(5, 3);
+    enable_secondary(&s, &activation_token(&nodes[0], "site-b"));
+    adopt_credentials(&mut s, &nodes[0]);
+    wait_converged(&nodes[0], &s);
+    // The secondary learnt both nodes' cluster addresses.
+    let known = dr_status(&s)["known_primary_cluster_addrs"].clone();
+    assert_eq!(known.as_array().map(Vec::len), Some(2), "{known}");
+
+    // The active node dies: the standby takes over and continues the WAL from the database;
+    // the secondary finds it by itself and resumes from its position.
+    nodes[0].kill9();
+    wait_health(&nodes[1], 200);
+    let b = &nodes[1];
+    let before = dr_status(b)["last_wal"].as_u64().unwrap();
+    b.kv_put("after", json!({"n": "1"}));
+    assert!(
+        dr_status(b)["last_wal"].as_u64().unwrap() > before,
+        "the new active node records the WAL"
+    );
+    wait_converged(b, &s);
+    assert_eq!(
+        dr_status(&s)["sync"]["merkle_syncs"].as_u64(),
+        Some(1),
+        "the secondary resumed by WAL after the failover, without another Merkle sync: {}",
+        dr_status(&s)
+    );
+
+    // The primary site is lost: the secondary is promoted and holds everything.
+    nodes[1].kill9();
+    let done = promote_with_keys(&s, &nodes[0].keys);
+    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+    assert_eq!(s.kv_get("before").1["n"], json!("0"));
+    assert_eq!(s.kv_get("after").1["n"], json!("1"));
+}
+
+#[test]
+fn ha_clusters_cannot_be_dr_secondaries_yet() {
+    let pg = Postgres::start();
+    let nodes = cluster(&pg, 1);
+    let (code, body) = nodes[0].put(
+        "sys/replication/dr/secondary/enable",
+        nodes[0].root(),
+        json!({"token": "x"}),
+    );
+    assert_eq!(code, 400, "{body}");
+}

@@ -1,0 +1,145 @@
+//! Storage on a real PostgreSQL (issue "High availability inside a cluster, on PostgreSQL",
+//! first part: the storage backend): the conformance suite every backend passes, a server on
+//! it that keeps acknowledged writes across kill -9, a database that goes away and comes back,
+//! and DR replication between two clusters on PostgreSQL.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::dr::{
+    activation_token, adopt_credentials, enable_primary, enable_secondary, promote_with_keys,
+    wait_converged, ALLOW_HTTP_ACTIVATION,
+};
+use common::postgres::Postgres;
+use common::{free_port, ServerOptions, TestServer};
+use serde_json::json;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn pg_config(pg: &Postgres, table: &str) -> bunker_storage::PostgresConfig {
+    bunker_storage::PostgresConfig {
+        connection_url: pg.url(),
+        table: table.into(),
+        max_parallel: 8,
+        skip_create_table: false,
+        ha_table: None,
+    }
+}
+
+#[test]
+fn postgresql_backend_passes_the_conformance_suite() {
+    let pg = Postgres::start();
+    runtime().block_on(async {
+        let backend = bunker_storage::PostgresBackend::connect(&pg_config(&pg, "conformance_kv"))
+            .await
+            .expect("connect");
+        bunker_storage::conformance::exercise_backend(&backend).await;
+    });
+    // The rows are in PostgreSQL's table, nowhere else.
+    assert_eq!(pg.sql("SELECT count(*) FROM conformance_kv"), "0");
+}
+
+/// A Bunker server on `storage "postgresql"` (with a cluster port when `cluster`).
+fn server_on(pg: &Postgres, table: &str, cluster: bool) -> TestServer {
+    let listener_extra = if cluster {
+        format!("  cluster_address = \"127.0.0.1:{}\"", free_port())
+    } else {
+        String::new()
+    };
+    TestServer::with_config(ServerOptions {
+        listener_extra,
+        config_extra: ALLOW_HTTP_ACTIVATION.to_owned(),
+        storage: format!(
+            "storage \"postgresql\" {{\n  connection_url = \"{}\"\n  table = \"{table}\"\n}}",
+            pg.url()
+        ),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_server_on_postgresql_keeps_acknowledged_writes_and_survives_the_database_restarting() {
+    let mut pg = Postgres::start();
+    let mut s = server_on(&pg, "bunker_kv", false);
+    s.init_unseal(3, 2);
+    s.mount_kv2();
+    for i in 0..20 {
+        s.kv_put(&format!("app/{i}"), json!({"n": i.to_string()}));
+    }
+    // Acknowledged writes are in the database, as ciphertext.
+    let rows: u64 = pg.sql("SELECT count(*) FROM bunker_kv").parse().unwrap();
+    assert!(rows > 20, "{rows} rows");
+    let plain =
+        pg.sql("SELECT count(*) FROM bunker_kv WHERE position('\"n\"'::bytea in value) > 0");
+    assert_eq!(plain, "0", "plaintext in the table");
+
+    // kill -9 of the server: everything acknowledged is there after the restart.
+    s.restart();
+    s.unseal();
+    for i in (0..20).step_by(7) {
+        let (code, data) = s.kv_get(&format!("app/{i}"));
+        assert_eq!(code, 200);
+        assert_eq!(data["n"], json!(i.to_string()));
+    }
+
+    // The database goes away: writes fail with a clear 5xx error, nothing is acknowledged.
+    pg.stop();
+    let (code, body) = s.put(
+        "secret/data/while-down",
+        s.root(),
+        json!({"data": {"n": "x"}}),
+    );
+    assert!(code >= 500, "a write with the database down: {code} {body}");
+    assert!(
+        body["errors"].as_array().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    // It comes back: the server recovers by itself.
+    pg.restart();
+    let recovered = common::poll_until(common::dr::CONVERGE, || {
+        s.put("secret/data/after", s.root(), json!({"data": {"n": "y"}}))
+            .0
+            == 200
+    });
+    assert!(
+        recovered,
+        "the server did not recover when the database came back"
+    );
+    assert_eq!(s.kv_get("after").1["n"], json!("y"));
+    assert_eq!(s.kv_get("app/3").1["n"], json!("3"));
+}
+
+#[test]
+fn dr_between_two_clusters_on_postgresql() {
+    let pg = Postgres::start();
+    let mut p = server_on(&pg, "site_a", true);
+    p.init_unseal(5, 3);
+    p.mount_kv2();
+    p.kv_put("before", json!({"n": "0"}));
+    enable_primary(&p);
+    let mut s = server_on(&pg, "site_b", true);
+    s.init_unseal(5, 3);
+    enable_secondary(&s, &activation_token(&p, "site-b"));
+    adopt_credentials(&mut s, &p);
+    wait_converged(&p, &s);
+    p.kv_put("after", json!({"n": "1"}));
+    wait_converged(&p, &s);
+
+    // Site A is lost; B is promoted with A's key shares and serves A's data.
+    p.kill9();
+    let done = promote_with_keys(&s, &p.keys);
+    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+    assert_eq!(s.kv_get("before").1["n"], json!("0"));
+    assert_eq!(s.kv_get("after").1["n"], json!("1"));
+}

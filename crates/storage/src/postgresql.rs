@@ -1,0 +1,686 @@
+//! PostgreSQL storage: `storage "postgresql" { connection_url, table, max_parallel, ... }`.
+//!
+//! One table, `key TEXT COLLATE "C" PRIMARY KEY, value BYTEA`: plain rows and plain
+//! statements, no advisory locks and no LISTEN/NOTIFY, so PostgreSQL-compatible distributed
+//! databases can serve too. `COLLATE "C"` makes the key order byte order, the order every
+//! backend scans in.
+//!
+//! Design:
+//! - **Writes go through the shared group-commit writer** ([`crate::group_commit`]): one
+//!   thread owns a synchronous connection and commits every batch waiting in one transaction
+//!   (one round of statements, one WAL flush on the server), with the commit hook's extra ops
+//!   (replication's WAL record) in the same transaction, as on the embedded store. The group
+//!   is folded to each key's last operation, then written as one upsert (`UNNEST` arrays) and
+//!   one delete. A broken connection is dropped and opened again at the next commit, so the
+//!   node recovers by itself when the database is back; meanwhile writes fail with an error
+//!   and nothing unacknowledged is reported as written.
+//! - **Reads use a pool** (deadpool-postgres, `max_parallel` connections, Vault's default 128).
+//! - **TLS with rustls**, as everywhere in Bunker. libpq's `sslmode=verify-full|verify-ca` and
+//!   `sslrootcert=FILE` are understood: the CA file (PEM) is the only trust anchor when given,
+//!   the Mozilla roots (webpki-roots) otherwise. Certificates are always verified: `require`
+//!   here means what `verify-full` means in libpq. `sslmode=disable` connects in the clear
+//!   (loopback and tests).
+//! - `VAULT_PG_CONNECTION_URL` overrides `connection_url`, as in Vault. The URL (it may hold a
+//!   password) is never logged.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::group_commit::{GroupStore, Writer};
+use crate::ha::{Acquire, Fence, FenceCell, HaBackend, HaNode, LockHolder, NodeHeartbeat};
+use crate::limits::validate_key;
+use crate::{Backend, CommitHook, Op, Result, StorageError, StorageMetrics};
+
+/// Vault's default table name.
+pub const DEFAULT_TABLE: &str = "vault_kv_store";
+/// The default HA lock table.
+pub const DEFAULT_HA_TABLE: &str = "vault_ha_locks";
+/// The lock row's key in the HA table; heartbeats are `node/<id>`.
+const LOCK_KEY: &str = "leader";
+/// Vault's default `max_parallel`.
+pub const DEFAULT_MAX_PARALLEL: usize = 128;
+/// Keys read per query while listing.
+const LIST_PAGE: i64 = 512;
+
+/// The `storage "postgresql"` settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    pub connection_url: String,
+    pub table: String,
+    pub max_parallel: usize,
+    pub skip_create_table: bool,
+    /// The HA lock table when `ha_enabled` (Vault's `ha_table`), `None` without HA.
+    pub ha_table: Option<String>,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("connection_url", &"<redacted>")
+            .field("table", &self.table)
+            .field("max_parallel", &self.max_parallel)
+            .field("skip_create_table", &self.skip_create_table)
+            .field("ha_table", &self.ha_table)
+            .finish()
+    }
+}
+
+pub struct PostgresBackend {
+    pool: deadpool_postgres::Pool,
+    table: String,
+    writer: Writer,
+    /// The quoted HA table, when HA is on.
+    ha_table: Option<String>,
+    fence: Arc<FenceCell>,
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine_error(context: impl Into<String>, error: impl std::fmt::Display) -> StorageError {
+    StorageError::Engine {
+        context: context.into(),
+        message: error.to_string(),
+    }
+}
+
+/// A table name, optionally schema-qualified, quoted for SQL. Only letters, digits and `_`.
+fn quoted_table(name: &str) -> Result<String> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let valid = |p: &&str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !p.starts_with(|c: char| c.is_ascii_digit())
+    };
+    if parts.len() > 2 || !parts.iter().all(valid) {
+        return Err(StorageError::InvalidArgument(format!(
+            "table {name:?}: use letters, digits and '_' (optionally schema.table)"
+        )));
+    }
+    Ok(parts
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join("."))
+}
+
+/// TLS settings taken out of a libpq connection string, which tokio-postgres does not parse.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TlsOptions {
+    disable: bool,
+    root_cert: Option<String>,
+}
+
+/// Split libpq's `sslmode=verify-*` and `sslrootcert` off a URL or key=value connection
+/// string; returns what tokio-postgres can parse and the TLS options.
+fn split_tls_options(url: &str) -> (String, TlsOptions) {
+    let mut tls = TlsOptions::default();
+    let mut take = |k: &str, v: &str| -> Option<String> {
+        match (k, v) {
+            ("sslrootcert", path) => {
+                tls.root_cert = Some(path.to_owned());
+                None
+            }
+            ("sslmode", "verify-full" | "verify-ca") => Some("require".into()),
+            ("sslmode", "disable") => {
+                tls.disable = true;
+                Some("disable".into())
+            }
+            (_, v) => Some(v.to_owned()),
+        }
+    };
+    if let Some((base, query)) = url.split_once('?') {
+        let kept: Vec<String> = query
+            .split('&')
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                take(k, v).map(|v| format!("{k}={v}"))
+            })
+            .collect();
+        let out = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return (out, tls);
+    }
+    if url.contains("://") {
+        return (url.to_owned(), tls);
+    }
+    let kept: Vec<String> = url
+        .split_whitespace()
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            take(k, v).map(|v| format!("{k}={v}"))
+        })
+        .collect();
+    (kept.join(" "), tls)
+}
+
+fn tls_connector(tls: &TlsOptions) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.root_cert {
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject as _;
+            let pem = std::fs::read(path).map_err(|e| engine_error("reading sslrootcert", e))?;
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| engine_error("parsing sslrootcert", e))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| engine_error("adding sslrootcert", e))?;
+            }
+            if roots.is_empty() {
+                return Err(engine_error("sslrootcert", "no certificate in the file"));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| engine_error("configuring TLS", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+impl PostgresBackend {
+    /// Connect (the URL from `VAULT_PG_CONNECTION_URL` when set), create the table unless
+    /// `skip_create_table`, and start the writer.
+    pub async fn connect(config: &PostgresConfig) -> Result<PostgresBackend> {
+        let url = std::env::var("VAULT_PG_CONNECTION_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| config.connection_url.clone());
+        let (url, tls) = split_tls_options(&url);
+        let pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| engine_error("parsing connection_url", e))?;
+        let table = quoted_table(&config.table)?;
+        let connector = tls_connector(&tls)?;
+        let manager = deadpool_postgres::Manager::new(pg.clone(), connector.clone());
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(config.max_parallel.max(1))
+            .build()
+            .map_err(|e| engine_error("building the connection pool", e))?;
+        let backend_table = table.clone();
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| engine_error("connecting to PostgreSQL", e))?;
+        if !config.skip_create_table {
+            client
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {table} (key TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL)"
+                ))
+                .await
+                .map_err(|e| engine_error(format!("creating table {}", config.table), e))?;
+        }
+        let ha_table = config.ha_table.as_deref().map(quoted_table).transpose()?;
+        if let (Some(ha), false) = (&ha_table, config.skip_create_table) {
+            client
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {ha} (ha_key TEXT COLLATE \"C\" PRIMARY KEY, \
+                     ha_identity TEXT NOT NULL, ha_value TEXT NOT NULL, epoch BIGINT NOT NULL, \
+                     acquired_at TIMESTAMPTZ NOT NULL, valid_until TIMESTAMPTZ NOT NULL)"
+                ))
+                .await
+                .map_err(|e| engine_error("creating the HA table", e))?;
+        }
+        drop(client);
+        let fence = Arc::new(FenceCell::default());
+        if ha_table.is_some() {
+            // A node starts as a standby; the HA runner opens the fence when it takes the lock.
+            fence.set(Fence::Standby);
+        }
+        let store = PgStore {
+            config: postgres::Config::from(pg),
+            connector,
+            table,
+            ha_table: ha_table.clone(),
+            fence: fence.clone(),
+            client: Mutex::new(None),
+        };
+        let writer = Writer::spawn(store, "bunker-pg-writer")?;
+        Ok(PostgresBackend {
+            pool,
+            table: backend_table,
+            writer,
+            ha_table,
+            fence,
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("PostgreSQL: {e}")))
+    }
+
+    /// Keys `>= start` (or `> start` when `exclusive`), in order, at most `limit`.
+    async fn keys_from(&self, start: &str, exclusive: bool, limit: i64) -> Result<Vec<String>> {
+        let op = if exclusive { ">" } else { ">=" };
+        let sql = format!(
+            "SELECT key FROM {} WHERE key {op} $1 ORDER BY key LIMIT $2",
+            self.table
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&start, &limit])
+            .await
+            .map_err(|e| pg_error("listing", e))?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+}
+
+fn pg_error(what: &str, e: tokio_postgres::Error) -> StorageError {
+    match e.as_db_error() {
+        // The server's own message ("db error" alone says nothing).
+        Some(db) if !e.is_closed() => engine_error(
+            format!("PostgreSQL {what}"),
+            format!("{}: {}", db.code().code(), db.message()),
+        ),
+        _ => StorageError::Unavailable(format!("PostgreSQL {what}: {e}")),
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        validate_key(key)?;
+        let sql = format!("SELECT value FROM {} WHERE key = $1", self.table);
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&key])
+            .await
+            .map_err(|e| pg_error("reading", e))?;
+        Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+    }
+
+    async fn batch(&self, ops: Vec<Op>) -> Result<()> {
+        self.writer.submit(ops).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        // As `listing::list_children`, one query per page or per child directory.
+        let mut children = Vec::new();
+        let (mut start, mut exclusive) = (prefix.to_owned(), false);
+        loop {
+            let keys = self.keys_from(&start, exclusive, LIST_PAGE).await?;
+            let full = keys.len() as i64 == LIST_PAGE;
+            let mut next = None;
+            for key in &keys {
+                let Some(rest) = key.strip_prefix(prefix) else {
+                    return Ok(children);
+                };
+                match rest.split_once('/') {
+                    Some((dir, _)) => {
+                        children.push(format!("{dir}/"));
+                        next = Some((format!("{prefix}{dir}0"), false));
+                        break;
+                    }
+                    None if rest.is_empty() => {}
+                    None => children.push(rest.to_owned()),
+                }
+            }
+            match (next, keys.last()) {
+                (Some(seek), _) => (start, exclusive) = seek,
+                (None, Some(last)) if full => (start, exclusive) = (last.clone(), true),
+                _ => return Ok(children),
+            }
+        }
+    }
+
+    async fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (start, op) = match after {
+            Some(after) if after >= prefix => (after, ">"),
+            _ => (prefix, ">="),
+        };
+        let sql = format!(
+            "SELECT key, value FROM {} WHERE key {op} $1 ORDER BY key LIMIT $2",
+            self.table
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&start, &limit])
+            .await
+            .map_err(|e| pg_error("scanning", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .collect())
+    }
+
+    fn metrics(&self) -> StorageMetrics {
+        self.writer.counters.snapshot()
+    }
+}
+
+fn ttl_secs(ttl: std::time::Duration) -> f64 {
+    ttl.as_secs_f64()
+}
+
+/// RFC 3339 in UTC, formatted by the database (no date crate needed).
+fn rfc3339(column: &str) -> String {
+    format!("to_char(({column}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+}
+
+impl PostgresBackend {
+    fn ha(&self) -> Result<&str> {
+        self.ha_table
+            .as_deref()
+            .ok_or_else(|| StorageError::InvalidArgument("ha_enabled is off".into()))
+    }
+}
+
+fn node_json(node: &HaNode) -> Result<String> {
+    serde_json::to_string(node).map_err(|e| engine_error("encoding the HA node", e))
+}
+
+fn parse_node(value: &str) -> HaNode {
+    serde_json::from_str(value).unwrap_or_default()
+}
+
+fn to_epoch(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+#[async_trait]
+impl HaBackend for PostgresBackend {
+    async fn try_acquire(&self, me: &HaNode, ttl: std::time::Duration) -> Result<Acquire> {
+        let ha = self.ha()?;
+        // One statement: insert the first lock, or take an expired one with the next epoch.
+        // Concurrent takers serialize on the row; the loser sees the winner's expiry.
+        let sql = format!(
+            "INSERT INTO {ha} AS l (ha_key, ha_identity, ha_value, epoch, acquired_at, valid_until) \
+             VALUES ($1, $2, $3, 1, now(), now() + $4::float8 * interval '1 second') \
+             ON CONFLICT (ha_key) DO UPDATE SET ha_identity = EXCLUDED.ha_identity, \
+             ha_value = EXCLUDED.ha_value, epoch = l.epoch + 1, acquired_at = now(), \
+             valid_until = EXCLUDED.valid_until WHERE l.valid_until < now() RETURNING l.epoch"
+        );
+        let value = node_json(me)?;
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&LOCK_KEY, &me.id, &value, &ttl_secs(ttl)])
+            .await
+            .map_err(|e| pg_error("taking the HA lock", e))?;
+        if let Some(row) = row {
+            return Ok(Acquire::Acquired(to_epoch(row.get(0))));
+        }
+        match self.holder().await? {
+            Some(holder) => Ok(Acquire::Held(holder)),
+            // Released between the two statements: the next attempt takes it.
+            None => Err(StorageError::Unavailable(
+                "the HA lock changed hands".into(),
+            )),
+        }
+    }
+
+    async fn renew(&self, node_id: &str, epoch: u64, ttl: std::time::Duration) -> Result<bool> {
+        let ha = self.ha()?;
+        let sql = format!(
+            "UPDATE {ha} SET valid_until = now() + $4::float8 * interval '1 second' \
+             WHERE ha_key = $1 AND ha_identity = $2 AND epoch = $3"
+        );
+        let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+        let n = self
+            .client()
+            .await?
+            .execute(&sql, &[&LOCK_KEY, &node_id, &epoch, &ttl_secs(ttl)])
+            .await
+            .map_err(|e| pg_error("renewing the HA lock", e))?;
+        Ok(n == 1)
+    }
+
+    async fn release(&self, node_id: &str, epoch: u64) -> Result<()> {
+        let ha = self.ha()?;
+        // Expire it rather than delete it: the epoch keeps counting.
+        let sql = format!(
+            "UPDATE {ha} SET valid_until = now() - interval '1 second' \
+             WHERE ha_key = $1 AND ha_identity = $2 AND epoch = $3"
+        );
+        let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+        self.client()
+            .await?
+            .execute(&sql, &[&LOCK_KEY, &node_id, &epoch])
+            .await
+            .map_err(|e| pg_error("releasing the HA lock", e))?;
+        Ok(())
+    }
+
+    async fn holder(&self) -> Result<Option<LockHolder>> {
+        let ha = self.ha()?;
+        let sql = format!(
+            "SELECT ha_value, epoch, {}, valid_until < now() FROM {ha} WHERE ha_key = $1",
+            rfc3339("acquired_at")
+        );
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&LOCK_KEY])
+            .await
+            .map_err(|e| pg_error("reading the HA lock", e))?;
+        Ok(row.map(|r| LockHolder {
+            node: parse_node(r.get(0)),
+            epoch: to_epoch(r.get(1)),
+            acquired_at: r.get(2),
+            expired: r.get(3),
+        }))
+    }
+
+    async fn heartbeat(&self, me: &HaNode, max_age: std::time::Duration) -> Result<()> {
+        let ha = self.ha()?;
+        let client = self.client().await?;
+        let sql = format!(
+            "INSERT INTO {ha} (ha_key, ha_identity, ha_value, epoch, acquired_at, valid_until) \
+             VALUES ($1, $2, $3, 0, now(), now() + $4::float8 * interval '1 second') \
+             ON CONFLICT (ha_key) DO UPDATE SET ha_value = EXCLUDED.ha_value, \
+             valid_until = EXCLUDED.valid_until"
+        );
+        let key = format!("node/{}", me.id);
+        client
+            .execute(&sql, &[&key, &me.id, &node_json(me)?, &ttl_secs(max_age)])
+            .await
+            .map_err(|e| pg_error("recording the HA heartbeat", e))?;
+        let sql = format!("DELETE FROM {ha} WHERE ha_key LIKE 'node/%' AND valid_until < now()");
+        client
+            .execute(&sql, &[])
+            .await
+            .map_err(|e| pg_error("forgetting old HA heartbeats", e))?;
+        Ok(())
+    }
+
+    async fn nodes(&self, max_age: std::time::Duration) -> Result<Vec<NodeHeartbeat>> {
+        let ha = self.ha()?;
+        let sql = format!(
+            // A heartbeat is kept `max_age` from when it was sent.
+            "SELECT ha_value, {} FROM {ha} WHERE ha_key LIKE 'node/%' AND valid_until >= now() \
+             ORDER BY ha_key",
+            rfc3339("valid_until - $1::float8 * interval '1 second'")
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&ttl_secs(max_age)])
+            .await
+            .map_err(|e| pg_error("listing HA nodes", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeHeartbeat {
+                node: parse_node(r.get(0)),
+                last_echo: r.get(1),
+            })
+            .collect())
+    }
+
+    fn fence(&self) -> Arc<FenceCell> {
+        self.fence.clone()
+    }
+}
+
+impl crate::HookedBackend for PostgresBackend {
+    fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
+        self.writer.hook.set(hook);
+    }
+}
+
+/// The writer's connection: opened on first use and after any failure.
+struct PgStore {
+    config: postgres::Config,
+    connector: tokio_postgres_rustls::MakeRustlsConnect,
+    table: String,
+    ha_table: Option<String>,
+    fence: Arc<FenceCell>,
+    client: Mutex<Option<postgres::Client>>,
+}
+
+impl PgStore {
+    fn commit_with(&self, client: &mut postgres::Client, batches: &[&[Op]]) -> Result<()> {
+        // The group's net effect: each key's last operation.
+        let mut last: std::collections::BTreeMap<&str, Option<&[u8]>> = Default::default();
+        for op in batches.iter().flat_map(|b| b.iter()) {
+            match op {
+                Op::Put { key, value } => last.insert(key, Some(value)),
+                Op::Delete { key } => last.insert(key, None),
+            };
+        }
+        let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, value) in last {
+            match value {
+                Some(v) => {
+                    put_keys.push(key);
+                    put_values.push(v);
+                }
+                None => deletes.push(key),
+            }
+        }
+        let fail = |what: &'static str| move |e: postgres::Error| pg_error(what, e);
+        let fence = self.fence.get();
+        if fence == Fence::Standby {
+            return Err(crate::ha::fenced_error());
+        }
+        let mut txn = client
+            .transaction()
+            .map_err(fail("starting a transaction"))?;
+        if let (Fence::Active { node_id, epoch }, Some(ha)) = (&fence, &self.ha_table) {
+            // Inside the transaction, holding the lock row until commit: a takeover (which
+            // updates the row) waits for this write, and every later write of ours fails.
+            let sql = format!(
+                "SELECT 1 FROM {ha} WHERE ha_key = $1 AND ha_identity = $2 AND epoch = $3 FOR SHARE"
+            );
+            let epoch_sql = i64::try_from(*epoch).unwrap_or(i64::MAX);
+            let held = txn
+                .query_opt(&sql, &[&LOCK_KEY, node_id, &epoch_sql])
+                .map_err(fail("checking the HA lock"))?;
+            if held.is_none() {
+                self.fence.lost(*epoch);
+                tracing::warn!(epoch, "write refused: this node lost the HA lock");
+                return Err(crate::ha::fenced_error());
+            }
+        }
+        if !put_keys.is_empty() {
+            let sql = format!(
+                "INSERT INTO {t} (key, value) SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                t = self.table
+            );
+            txn.execute(&sql, &[&put_keys, &put_values])
+                .map_err(fail("writing"))?;
+        }
+        if !deletes.is_empty() {
+            let sql = format!("DELETE FROM {} WHERE key = ANY($1::text[])", self.table);
+            txn.execute(&sql, &[&deletes]).map_err(fail("deleting"))?;
+        }
+        txn.commit().map_err(fail("committing"))
+    }
+}
+
+impl GroupStore for PgStore {
+    fn commit(&self, batches: &[&[Op]]) -> Result<()> {
+        let mut slot = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.as_ref().is_none_or(postgres::Client::is_closed) {
+            let client = self
+                .config
+                .connect(self.connector.clone())
+                .map_err(|e| StorageError::Unavailable(format!("PostgreSQL: {e}")))?;
+            *slot = Some(client);
+        }
+        let Some(client) = slot.as_mut() else {
+            return Err(StorageError::Unavailable(
+                "PostgreSQL: no connection".into(),
+            ));
+        };
+        let result = self.commit_with(client, batches);
+        if result.is_err() && client.is_closed() {
+            *slot = None;
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn libpq_tls_options_are_taken_out() {
+        let (url, tls) = split_tls_options(
+            "postgres://u:p@db:5432/b?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=x",
+        );
+        assert_eq!(
+            url,
+            "postgres://u:p@db:5432/b?sslmode=require&application_name=x"
+        );
+        assert_eq!(
+            tls,
+            TlsOptions {
+                disable: false,
+                root_cert: Some("/etc/ca.pem".into())
+            }
+        );
+        let (url, tls) = split_tls_options("host=db sslmode=disable user=u");
+        assert_eq!(url, "host=db sslmode=disable user=u");
+        assert!(tls.disable);
+        let (url, _) = split_tls_options("postgres://db/b");
+        assert_eq!(url, "postgres://db/b");
+    }
+
+    #[test]
+    fn table_names_are_checked_and_quoted() {
+        assert_eq!(
+            quoted_table("vault_kv_store").unwrap(),
+            "\"vault_kv_store\""
+        );
+        assert_eq!(quoted_table("s.t1").unwrap(), "\"s\".\"t1\"");
+        for bad in ["", "a;drop", "a.b.c", "1abc", "a b", "a\"b"] {
+            assert!(quoted_table(bad).is_err(), "{bad}");
+        }
+    }
+}
