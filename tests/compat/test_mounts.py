@@ -60,3 +60,27 @@ def test_cubbyhole_is_private_to_each_token(bunker, root_client):
     a.write_data("cubbyhole/note", data={"mine": "a"})
     assert a.read("cubbyhole/note")["data"] == {"mine": "a"}
     assert b.read("cubbyhole/note") is None
+
+
+def test_a_fresh_mount_reads_the_system_ttls(root_client, unique):
+    """Vault shows the effective TTLs, the system's 768h, where the mount sets none."""
+    root_client.sys.enable_secrets_engine("kv", path=unique)
+    config = root_client.sys.read_mount_configuration(unique)["data"]
+    assert config["default_lease_ttl"] == 2764800
+    assert config["max_lease_ttl"] == 2764800
+
+
+def test_move_backend_keeps_the_data(root_client, unique):
+    root_client.sys.enable_secrets_engine("kv", path=unique, options={"version": "2"})
+    root_client.secrets.kv.v2.create_or_update_secret("x", {"v": "1"}, mount_point=unique)
+    moved = root_client.sys.move_backend(unique, f"{unique}-moved")
+    migration_id = moved["data"]["migration_id"]
+    status = root_client.read(f"sys/remount/status/{migration_id}")["data"]
+    assert status["migration_info"]["status"] == "success"
+    secret = root_client.secrets.kv.v2.read_secret_version(
+        "x", mount_point=f"{unique}-moved", raise_on_deleted_version=True
+    )
+    assert secret["data"]["data"] == {"v": "1"}
+    assert f"{unique}/" not in root_client.sys.list_mounted_secrets_engines()["data"]
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        root_client.sys.move_backend(f"{unique}-moved", "sys/elsewhere")

@@ -45,6 +45,16 @@ def test_policy_read_list_delete(root_client, app_policy):
         root_client.sys.read_policy(app_policy)
 
 
+def test_policy_names_with_brackets_and_quotes(root_client, unique):
+    """Vault takes any name (lowercased); hvac's own tests use names like this one."""
+    name = f"['{unique}']"
+    root_client.sys.create_or_update_policy(name, 'path "secret/*" { capabilities = ["read"] }')
+    assert name.lower() in root_client.sys.list_policies()["data"]["policies"]
+    assert root_client.sys.read_policy(name.upper())["data"]["name"] == name.lower()
+    root_client.sys.delete_policy(name)
+    assert name.lower() not in root_client.sys.list_policies()["data"]["policies"]
+
+
 def test_invalid_policy_is_rejected(root_client, unique):
     with pytest.raises(hvac.exceptions.InvalidRequest):
         root_client.sys.create_or_update_policy(

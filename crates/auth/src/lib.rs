@@ -13,6 +13,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::indexing_slicing))]
 
 pub mod approle;
+mod help;
 mod salt;
 pub mod userpass;
 

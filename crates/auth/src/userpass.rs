@@ -155,6 +155,10 @@ impl LogicalBackend for Userpass {
         Ok(Some(load_user(req.storage, &name).await?.is_some()))
     }
 
+    fn help(&self) -> bunker_sdk::BackendHelp {
+        crate::help::USERPASS
+    }
+
     fn special_paths(&self) -> SpecialPaths {
         SpecialPaths {
             root: &[],

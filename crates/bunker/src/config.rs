@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub telemetry: TelemetryConfig,
     /// TTL of the HA lock (`lock_ttl` in a storage block with `ha_enabled`).
     pub ha_lock_ttl: Duration,
+    /// `default_lease_ttl` and `max_lease_ttl` (768 h each unless set; the default may not
+    /// exceed the maximum).
+    pub lease_ttls: bunker_core::SystemTtls,
     /// Settings Vault has that are accepted (so existing files load) but have no effect here;
     /// the server warns about each at start.
     pub ignored: Vec<String>,
@@ -283,8 +286,10 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
         activation_allow_http: false,
         telemetry: TelemetryConfig::default(),
         ha_lock_ttl: bunker_core::ha::DEFAULT_LOCK_TTL,
+        lease_ttls: bunker_core::SystemTtls::default(),
         ignored: Vec::new(),
     };
+    let (mut default_lease_ttl, mut max_lease_ttl) = (Duration::ZERO, Duration::ZERO);
     for block in body.blocks() {
         let label = block
             .labels()
@@ -385,11 +390,17 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
             "cluster_addr" => cfg.cluster_addr = expr_string(key, e)?,
             "cluster_name" => cfg.cluster_name = expr_string(key, e)?,
             "log_level" => cfg.log_level = Some(expr_string(key, e)?),
-            "ui" | "disable_mlock" | "log_format" | "pid_file" | "default_lease_ttl"
-            | "max_lease_ttl" | "disable_cache" => cfg.ignored.push(format!("setting {key:?}")),
+            "default_lease_ttl" => default_lease_ttl = expr_duration(key, e)?,
+            "max_lease_ttl" => max_lease_ttl = expr_duration(key, e)?,
+            "ui" | "disable_mlock" | "log_format" | "pid_file" | "disable_cache" => {
+                cfg.ignored.push(format!("setting {key:?}"))
+            }
             other => bail!("unknown configuration setting {other:?}"),
         }
     }
+    cfg.lease_ttls =
+        bunker_core::SystemTtls::new(default_lease_ttl.as_secs(), max_lease_ttl.as_secs())
+            .map_err(|e| anyhow!(e))?;
     cfg.storage = storage.ok_or_else(|| anyhow!("a storage block is required"))?;
     cfg.listener = listener.ok_or_else(|| anyhow!("a listener \"tcp\" block is required"))?;
     if cfg.api_addr.is_empty() {
@@ -609,5 +620,29 @@ mod tests {
         )
         .is_err());
         assert!(parse("storage {", base).is_err());
+    }
+
+    #[test]
+    fn lease_ttls_default_to_vaults_and_the_default_may_not_exceed_the_max() {
+        let with = |extra: &str| {
+            parse(
+                &format!(
+                    "storage \"inmem\" {{}}\nlistener \"tcp\" {{ tls_disable = true }}\n{extra}"
+                ),
+                Path::new("/"),
+            )
+        };
+        let vault = bunker_core::SystemTtls::default();
+        assert_eq!(with("").expect("parses").lease_ttls, vault);
+        let set = with("default_lease_ttl = \"1h\"\nmax_lease_ttl = 7200").expect("parses");
+        assert_eq!(
+            (set.lease_ttls.default_secs, set.lease_ttls.max_secs),
+            (3600, 7200)
+        );
+        assert!(set.ignored.is_empty(), "{:?}", set.ignored);
+        // As Vault: a max below the 768h default needs a default too.
+        assert!(with("max_lease_ttl = \"1h\"").is_err());
+        assert!(with("default_lease_ttl = \"2h\"\nmax_lease_ttl = \"1h\"").is_err());
+        assert!(with("default_lease_ttl = \"soon\"").is_err());
     }
 }

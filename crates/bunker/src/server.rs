@@ -65,6 +65,7 @@ fn dev_config(args: &ServerArgs) -> ServerConfig {
         activation_allow_http: false,
         telemetry: config::TelemetryConfig::default(),
         ha_lock_ttl: bunker_core::ha::DEFAULT_LOCK_TTL,
+        lease_ttls: bunker_core::SystemTtls::default(),
         ignored: Vec::new(),
     }
 }
@@ -153,6 +154,7 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
             cluster_addr: cfg.cluster_addr.clone(),
             storage_type: storage_type.into(),
             usage_gauge_period: cfg.telemetry.usage_gauge_period,
+            lease_ttls: cfg.lease_ttls,
         },
     );
     install_metrics(&core, &cfg.telemetry);

@@ -211,10 +211,17 @@ fn enable_refuses_unknown_types_and_the_token_path_and_tune_bounds_logins() {
     );
     assert!(!login["warnings"].as_array().unwrap().is_empty());
 
+    // A max below the mount's default is refused, as Vault refuses it.
+    let (st, body) = s.post(
+        "sys/auth/userpass/tune",
+        s.root(),
+        json!({"max_lease_ttl": "10m"}),
+    );
+    assert_eq!(st, 400, "{body}");
     write(
         &s,
         "sys/auth/userpass/tune",
-        json!({"max_lease_ttl": "10m", "description": "d"}),
+        json!({"default_lease_ttl": "5m", "max_lease_ttl": "10m", "description": "d"}),
     );
     let (_, tune) = s.get("sys/auth/userpass/tune", s.root());
     assert_eq!(tune["data"]["max_lease_ttl"], 600);

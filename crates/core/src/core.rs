@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use crate::audit::AuditBroker;
 use crate::logical::{BackendFactory, LogicalError, Result, StorageView};
 use crate::mounts::{
-    MountEntry, Mounted, Router, StoredMountTable, AUTH_TABLE_PATH, MOUNT_TABLE_PATH,
+    MountEntry, Mounted, Router, StoredMountTable, SystemTtls, AUTH_TABLE_PATH, MOUNT_TABLE_PATH,
 };
 use crate::policy_store::PolicyStore;
 use crate::token::{TokenEntry, TokenStore, TokenType};
@@ -32,6 +32,8 @@ pub struct CoreConfig {
     pub storage_type: String,
     /// How often usage gauges (the token count) are recomputed (`telemetry.usage_gauge_period`).
     pub usage_gauge_period: std::time::Duration,
+    /// The server's `default_lease_ttl` and `max_lease_ttl`.
+    pub lease_ttls: SystemTtls,
 }
 
 impl Default for CoreConfig {
@@ -42,6 +44,7 @@ impl Default for CoreConfig {
             cluster_addr: String::new(),
             storage_type: "inmem".into(),
             usage_gauge_period: crate::sys::DEFAULT_USAGE_GAUGE_PERIOD,
+            lease_ttls: SystemTtls::default(),
         }
     }
 }
@@ -81,16 +84,19 @@ pub struct Core {
     pub(crate) token_count_cache: Mutex<Option<(std::time::Instant, u64)>>,
     /// Set when the storage is shared by an HA cluster.
     pub(crate) ha: std::sync::OnceLock<Arc<crate::ha::Ha>>,
+    /// Mount moves done since start, for `sys/remount/status`.
+    pub(crate) migrations: crate::sys::Migrations,
 }
 
 impl Core {
     pub fn new(backend: Arc<dyn Backend>, config: CoreConfig) -> Arc<Core> {
         let barrier = Arc::new(Barrier::new(backend));
+        let lease_ttls = config.lease_ttls;
         Arc::new(Core {
             config,
             seal: Seal::new(barrier.clone()),
             policies: PolicyStore::new(barrier.clone()),
-            tokens: TokenStore::new(barrier.clone()),
+            tokens: TokenStore::new(barrier.clone(), lease_ttls),
             audit: AuditBroker::new(barrier.clone()),
             router: RwLock::new(Router::default()),
             factories: RwLock::new(HashMap::new()),
@@ -104,12 +110,18 @@ impl Core {
             metrics_renderer: RwLock::new(None),
             token_count_cache: Mutex::new(None),
             ha: std::sync::OnceLock::new(),
+            migrations: crate::sys::Migrations::default(),
             barrier,
         })
     }
 
     pub fn config(&self) -> &CoreConfig {
         &self.config
+    }
+
+    /// The system's default and maximum lease TTLs.
+    pub(crate) fn lease_ttls(&self) -> &SystemTtls {
+        &self.config.lease_ttls
     }
 
     /// Register the factory for a mount type (`kv`, `cubbyhole`, ...).
@@ -386,11 +398,8 @@ impl Core {
         let exists = self
             .router
             .read()
-            .map(|r| {
-                r.entries()
-                    .any(|e| e.path.starts_with(&entry.path) || entry.path.starts_with(&e.path))
-            })
-            .unwrap_or(false);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .overlaps(&entry.path);
         if exists {
             return Err(LogicalError::InvalidRequest(format!(
                 "path is already in use at {}",
@@ -426,14 +435,17 @@ impl Core {
         self.persist_mounts().await?;
         if mounted.entry.is_auth() {
             // The tokens the method issued die with it, as in Vault.
-            let revoked = self
-                .tokens
-                .revoke_by_path_prefix(&mounted.entry.path)
+            self.revoke_tokens_of_auth_mount(&mounted.entry.path)
                 .await?;
-            self.destroy_cubbyholes(&revoked).await?;
         }
         mounted.view.delete_prefix("").await?;
         Ok(())
+    }
+
+    /// Revoke every token logged in through the auth method mounted at `path` (`auth/x/`).
+    pub(crate) async fn revoke_tokens_of_auth_mount(&self, path: &str) -> Result<()> {
+        let revoked = self.tokens.revoke_by_path_prefix(path).await?;
+        self.destroy_cubbyholes(&revoked).await
     }
 
     pub(crate) fn cubbyhole_view(&self) -> Option<StorageView> {

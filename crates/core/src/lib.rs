@@ -10,6 +10,7 @@ pub mod audit;
 mod core;
 pub mod failpoint;
 pub mod ha;
+mod help;
 /// The SDK types, re-exported under their old path for the core's own modules.
 pub use bunker_sdk as logical;
 mod mounts;
@@ -23,7 +24,7 @@ pub mod token;
 mod wrapping;
 
 pub use crate::core::{Core, CoreConfig};
-pub use mounts::MountEntry;
+pub use mounts::{MountEntry, SystemTtls};
 pub use replication_hook::{DrMode, ReplicationHandler};
 pub use sys::{
     attempt_request, prometheus_to_vault_json, MetricsRenderer, DEFAULT_USAGE_GAUGE_PERIOD,

@@ -21,6 +21,52 @@ pub const AUTH_TABLE_PATH: &str = "core/auth";
 /// Where auth methods are mounted in the router.
 pub const AUTH_MOUNT_PREFIX: &str = "auth/";
 
+/// The system's lease TTLs: the server settings `default_lease_ttl` and `max_lease_ttl`, 768 h
+/// each unless set, as Vault's. A mount that sets no TTL of its own uses them, and
+/// `auth/token/create` gives its tokens the default and lets none outlive the maximum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SystemTtls {
+    pub default_secs: u64,
+    pub max_secs: u64,
+}
+
+impl SystemTtls {
+    /// Vault's value for both when the configuration sets none (32 days).
+    pub const VAULT_DEFAULT_SECS: u64 = 768 * 3600;
+
+    /// From the configuration, where 0 means unset. A default above the maximum is refused, as
+    /// Vault refuses to start with one (so `max_lease_ttl` below 768 h needs a default too).
+    pub fn new(default_secs: u64, max_secs: u64) -> std::result::Result<Self, String> {
+        let or_vault = |secs: u64| {
+            if secs == 0 {
+                Self::VAULT_DEFAULT_SECS
+            } else {
+                secs
+            }
+        };
+        let ttls = SystemTtls {
+            default_secs: or_vault(default_secs),
+            max_secs: or_vault(max_secs),
+        };
+        if ttls.default_secs > ttls.max_secs {
+            return Err(format!(
+                "default_lease_ttl ({}s) cannot be larger than max_lease_ttl ({}s)",
+                ttls.default_secs, ttls.max_secs
+            ));
+        }
+        Ok(ttls)
+    }
+}
+
+impl Default for SystemTtls {
+    fn default() -> Self {
+        SystemTtls {
+            default_secs: Self::VAULT_DEFAULT_SECS,
+            max_secs: Self::VAULT_DEFAULT_SECS,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct MountConfig {
     #[serde(default)]
@@ -71,20 +117,21 @@ impl MountEntry {
         }
     }
 
-    pub fn default_lease_ttl_secs(&self) -> u64 {
+    /// The mount's default lease TTL (the system default when the mount sets none).
+    pub fn default_lease_ttl_secs(&self, system: &SystemTtls) -> u64 {
         if self.config.default_lease_ttl > 0 {
             self.config.default_lease_ttl
         } else {
-            crate::token::SYSTEM_MAX_TTL_SECS
+            system.default_secs
         }
     }
 
     /// The mount's largest lease TTL (the system maximum when the mount sets none).
-    pub fn max_lease_ttl_secs(&self) -> u64 {
+    pub fn max_lease_ttl_secs(&self, system: &SystemTtls) -> u64 {
         if self.config.max_lease_ttl > 0 {
             self.config.max_lease_ttl
         } else {
-            crate::token::SYSTEM_MAX_TTL_SECS
+            system.max_secs
         }
     }
 
@@ -167,6 +214,13 @@ impl Router {
             })
             .max_by_key(|(mount, _)| mount.len())
             .map(|(mount, m)| (m, path.get(mount.len()..).unwrap_or("").to_owned()))
+    }
+
+    /// Whether a mount at `path` would overlap one already there (one is a prefix of the other).
+    pub fn overlaps(&self, path: &str) -> bool {
+        self.by_path
+            .keys()
+            .any(|mounted| mounted.starts_with(path) || path.starts_with(mounted.as_str()))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &MountEntry> {

@@ -26,21 +26,20 @@ pub struct PolicyStore {
     cache: RwLock<HashMap<String, Policy>>,
 }
 
-/// Vault accepts policy names of letters, digits and `-_.@`; names are case-insensitive.
+/// A policy name as Vault keeps it: trimmed and lowercased. Vault accepts any other character
+/// (`['testpolicy']`, `a/b`), so Bunker does too; a name with `/` is stored below a folder of
+/// the policy prefix and listed with its full name.
 pub fn normalize_policy_name(name: &str) -> Result<String> {
     let name = name.trim().to_lowercase();
-    let valid = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@+".contains(c));
-    if valid {
-        Ok(name)
-    } else {
-        Err(LogicalError::InvalidRequest(format!(
-            "invalid policy name {name:?}"
-        )))
+    if name.is_empty() {
+        return Err(LogicalError::InvalidRequest("policy name missing".into()));
     }
+    if name.split('/').any(str::is_empty) {
+        return Err(LogicalError::InvalidRequest(format!(
+            "invalid policy name {name:?}: empty path segment"
+        )));
+    }
+    Ok(name)
 }
 
 impl PolicyStore {
@@ -155,15 +154,25 @@ impl PolicyStore {
         Ok(())
     }
 
+    /// Every stored policy name (names with `/` are collected from their folders, as Vault's
+    /// `CollectKeys`), plus `root`.
     pub async fn list(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> = self
-            .barrier
-            .list(POLICY_PREFIX)
-            .await?
-            .into_iter()
-            .filter(|n| !n.ends_with('/'))
-            .collect();
-        names.push(ROOT_POLICY.to_owned());
+        let mut names = vec![ROOT_POLICY.to_owned()];
+        let mut folders = vec![String::new()];
+        while let Some(folder) = folders.pop() {
+            for child in self
+                .barrier
+                .list(&format!("{POLICY_PREFIX}{folder}"))
+                .await?
+            {
+                let full = format!("{folder}{child}");
+                if full.ends_with('/') {
+                    folders.push(full);
+                } else {
+                    names.push(full);
+                }
+            }
+        }
         names.sort();
         names.dedup();
         Ok(names)
@@ -181,5 +190,25 @@ impl PolicyStore {
             }
         }
         Ok(Acl::new(&policies))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_policy_name;
+
+    #[test]
+    fn names_are_trimmed_and_lowercased_and_may_hold_any_character() {
+        for (given, kept) in [
+            ("Dev", "dev"),
+            (" ['TestPolicy'] ", "['testpolicy']"),
+            ("a b!$%", "a b!$%"),
+            ("team/app", "team/app"),
+        ] {
+            assert_eq!(normalize_policy_name(given).ok().as_deref(), Some(kept));
+        }
+        for refused in ["", "   ", "a//b", "/a", "a/"] {
+            assert!(normalize_policy_name(refused).is_err(), "{refused:?}");
+        }
     }
 }

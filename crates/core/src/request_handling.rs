@@ -3,7 +3,7 @@
 
 use crate::core::Core;
 use crate::logical::{BackendRequest, LogicalError, Operation, Request, Response, Result};
-use crate::mounts::Mounted;
+use crate::mounts::{Mounted, SystemTtls};
 use crate::replication_hook::{DrMode, ReplicationHandler};
 
 pub use bunker_sdk::{capability_for, Caller};
@@ -68,6 +68,9 @@ impl Core {
                 return Err(self.standby_error(ha).await);
             }
         }
+        if req.operation == Operation::Help {
+            return self.handle_help(req, mode).await;
+        }
         if let Some(resp) = self.handle_unsealed_not_required(&req).await? {
             return Ok(resp);
         }
@@ -106,18 +109,7 @@ impl Core {
             self.audit.log_response(&req, None, &result).await?;
             return result;
         }
-        let mut caller = match self.authenticate(&req).await {
-            Ok(c) => c,
-            Err(e) => {
-                // A caller that failed authentication gets no say in how much the audit log
-                // holds: its request is logged without the body.
-                req.data = Default::default();
-                let result = Err(e);
-                self.audit.log_request(&req, None).await?;
-                self.audit.log_response(&req, None, &result).await?;
-                return result;
-            }
-        };
+        let mut caller = self.authenticate_audited(&mut req).await?;
         let result = self.handle_authenticated(&mut req, &mut caller).await;
         self.audit
             .log_response(&req, Some(&caller), &result)
@@ -165,6 +157,25 @@ impl Core {
         result
     }
 
+    /// Like [`Core::authenticate`], but a failure is audited: a caller that failed
+    /// authentication gets no say in how much the audit log holds, so its request is logged
+    /// without the body.
+    pub(crate) async fn authenticate_audited(&self, req: &mut Request) -> Result<Caller> {
+        match self.authenticate(req).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                req.data = Default::default();
+                let result: Result<Response> = Err(e);
+                self.audit.log_request(req, None).await?;
+                self.audit.log_response(req, None, &result).await?;
+                match result {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(LogicalError::PermissionDenied),
+                }
+            }
+        }
+    }
+
     /// Resolve the client token to an entry and its ACL.
     pub(crate) async fn authenticate(&self, req: &Request) -> Result<Caller> {
         let token = req
@@ -208,7 +219,7 @@ impl Core {
     ) -> Result<Response> {
         let resp = mounted
             .backend
-            .handle(backend_request(req, mounted, rel, ""))
+            .handle(backend_request(req, mounted, rel, "", self.lease_ttls()))
             .await?;
         let resp = self.finish_login(resp, &mounted.entry, &req.path).await?;
         match req.wrap_ttl {
@@ -271,7 +282,7 @@ impl Core {
             return Err(LogicalError::UnsupportedPath(req.path.clone()));
         };
         if matches!(req.operation, Operation::Create | Operation::Update) {
-            let breq = backend_request(req, &mounted, rel.clone(), namespace);
+            let breq = backend_request(req, &mounted, rel.clone(), namespace, self.lease_ttls());
             req.operation = match mounted.backend.exists(&breq).await? {
                 Some(false) => Operation::Create,
                 _ => Operation::Update,
@@ -286,7 +297,7 @@ impl Core {
             Route::Token => self.handle_token(req, caller).await,
             Route::Mount(mounted, rel) => {
                 let namespace = caller.entry.cubbyhole_namespace().to_owned();
-                let breq = backend_request(req, &mounted, rel, &namespace);
+                let breq = backend_request(req, &mounted, rel, &namespace, self.lease_ttls());
                 let resp = mounted.backend.handle(breq).await?;
                 if resp.login.is_some() {
                     return Err(LogicalError::Internal(
@@ -305,6 +316,7 @@ fn backend_request<'a>(
     mounted: &'a Mounted,
     rel: String,
     namespace: &'a str,
+    system_ttls: &SystemTtls,
 ) -> BackendRequest<'a> {
     BackendRequest {
         operation: req.operation,
@@ -314,7 +326,7 @@ fn backend_request<'a>(
         mount_point: &mounted.entry.path,
         token_namespace: namespace,
         mount_options: &mounted.entry.options,
-        default_lease_ttl_secs: mounted.entry.default_lease_ttl_secs(),
+        default_lease_ttl_secs: mounted.entry.default_lease_ttl_secs(system_ttls),
         remote_addr: req.remote_addr.as_deref(),
     }
 }
@@ -363,6 +375,10 @@ mod tests {
         assert!(Route::System.needs_sudo_at("sys/rotate"));
         assert!(!Route::System.needs_sudo_at("sys/audit-hash/file"));
         assert!(!Route::System.needs_sudo_at("sys/mounts"));
+        assert!(Route::System.needs_sudo_at("sys/remount"));
+        assert!(!Route::System.needs_sudo_at("sys/remount/status/x"));
+        assert!(Route::System.needs_sudo_at("sys/auth/userpass"));
+        assert!(!Route::System.needs_sudo_at("sys/auth"));
         assert!(Route::Token.needs_sudo_at("auth/token/accessors/"));
         assert!(Route::Token.needs_sudo_at("auth/token/revoke-orphan"));
         assert!(!Route::Token.needs_sudo_at("auth/token/create"));

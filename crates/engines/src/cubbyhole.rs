@@ -55,6 +55,10 @@ impl LogicalBackend for Cubbyhole {
         self.handle_call(&Call::from_request(&req)).await
     }
 
+    fn help(&self) -> bunker_sdk::BackendHelp {
+        crate::help::CUBBYHOLE
+    }
+
     async fn exists(&self, req: &BackendRequest<'_>) -> Result<Option<bool>> {
         self.exists_call(&Call::from_request(req)).await
     }

@@ -36,7 +36,7 @@ pub(crate) async fn handle(call: &Call<'_>, prefix: &str, rules: FlatRules) -> R
             }
             Ok(Response::list(keys))
         }
-        Operation::Patch => Err(LogicalError::UnsupportedOperation),
+        Operation::Patch | Operation::Help => Err(LogicalError::UnsupportedOperation),
     }
 }
 

@@ -24,6 +24,7 @@
 
 pub mod cubbyhole;
 pub mod flat;
+mod help;
 pub mod kv;
 mod params;
 mod store;

@@ -59,7 +59,16 @@ fn parse_go_bool(v: &str) -> Option<bool> {
     }
 }
 
+/// The operation of a request. As in Vault, a non-empty `help` query parameter (`?help=1`) or
+/// the `HELP` method asks for the path's help, whatever the method.
 fn operation_for(method: &Method, query: &Data) -> Option<Operation> {
+    let help = query
+        .get("help")
+        .and_then(Value::as_str)
+        .is_some_and(|v| !v.is_empty());
+    if help || method.as_str() == "HELP" {
+        return Some(Operation::Help);
+    }
     let list = query
         .get("list")
         .and_then(Value::as_str)
@@ -289,5 +298,11 @@ mod tests {
             Some(Operation::List)
         );
         assert_eq!(operation_for(&Method::OPTIONS, &q), None);
+        let mut help = Data::new();
+        help.insert("help".into(), Value::String("1".into()));
+        assert_eq!(operation_for(&Method::GET, &help), Some(Operation::Help));
+        assert_eq!(operation_for(&Method::POST, &help), Some(Operation::Help));
+        help.insert("help".into(), Value::String(String::new()));
+        assert_eq!(operation_for(&Method::GET, &help), Some(Operation::Read));
     }
 }

@@ -32,5 +32,8 @@ pub fn capability_for(op: Operation) -> Capability {
         Operation::Delete => Capability::Delete,
         Operation::List => Capability::List,
         Operation::Patch => Capability::Patch,
+        // Help needs a valid token and no capability (Vault's ACL always allows it); the core
+        // answers it before any ACL check, so this is never consulted.
+        Operation::Help => Capability::Read,
     }
 }

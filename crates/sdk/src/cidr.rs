@@ -60,6 +60,24 @@ fn same_prefix(a: u128, b: u128, bits: u32, prefix_len: u8) -> bool {
     a.checked_shr(shift).unwrap_or(0) == b.checked_shr(shift).unwrap_or(0)
 }
 
+/// Whether every block of `inner` lies within some block of `outer` (an empty `outer` bounds
+/// nothing); an unparsable block lies within nothing.
+pub fn cidrs_within(inner: &[String], outer: &[String]) -> bool {
+    if outer.is_empty() {
+        return true;
+    }
+    let outer: Vec<Cidr> = outer.iter().filter_map(|c| Cidr::parse(c).ok()).collect();
+    inner.iter().all(|c| {
+        Cidr::parse(c).is_ok_and(|block| {
+            outer.iter().any(|o| {
+                o.prefix_len <= block.prefix_len
+                    && o.network.is_ipv4() == block.network.is_ipv4()
+                    && o.contains(block.network)
+            })
+        })
+    })
+}
+
 /// Check every block of a list (on write), returning them trimmed.
 pub fn validate_cidrs(list: &[String]) -> Result<Vec<String>> {
     list.iter()
@@ -85,6 +103,21 @@ pub fn addr_allowed(remote_addr: Option<&str>, cidrs: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_within_blocks() {
+        let role = vec!["10.0.0.0/8".to_owned(), "192.168.1.0/24".to_owned()];
+        let within = |list: &[&str]| {
+            let list: Vec<String> = list.iter().map(|s| (*s).to_owned()).collect();
+            cidrs_within(&list, &role)
+        };
+        assert!(within(&["10.1.0.0/16", "192.168.1.7"]));
+        assert!(within(&[]));
+        assert!(!within(&["10.0.0.0/7"]), "wider than the role's");
+        assert!(!within(&["192.168.2.0/24"]));
+        assert!(!within(&["2001:db8::/32"]));
+        assert!(cidrs_within(&["1.2.3.4".to_owned()], &[]));
+    }
 
     #[test]
     fn blocks_and_single_addresses() {

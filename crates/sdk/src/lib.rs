@@ -10,6 +10,7 @@ pub mod cidr;
 pub mod duration;
 mod error;
 pub mod fields;
+mod help;
 mod login;
 mod request;
 mod response;
@@ -20,6 +21,7 @@ mod token_entry;
 
 pub use caller::{capability_for, Caller};
 pub use error::LogicalError;
+pub use help::{BackendHelp, PathHelp};
 pub use login::{LoginAuth, TokenParams};
 pub use request::{Operation, Request};
 pub use response::{Auth, RawResponse, Response, WrapInfo};
@@ -71,6 +73,11 @@ pub trait LogicalBackend: Send + Sync {
     /// The paths of this backend that need `sudo` or no token at all (relative to its mount).
     fn special_paths(&self) -> SpecialPaths {
         SpecialPaths::NONE
+    }
+
+    /// What `?help=1` on the backend's paths shows (Vault's path help).
+    fn help(&self) -> BackendHelp {
+        BackendHelp::NONE
     }
 
     /// Called once when the mount is created, before its first request.

@@ -10,6 +10,8 @@ pub enum Operation {
     Delete,
     List,
     Patch,
+    /// `?help=1`: what the path does. The core answers it; backends never receive it.
+    Help,
 }
 
 impl Operation {
@@ -21,6 +23,7 @@ impl Operation {
             Operation::Delete => "delete",
             Operation::List => "list",
             Operation::Patch => "patch",
+            Operation::Help => "help",
         }
     }
 }

@@ -3,12 +3,11 @@
 //! list names another backend's paths.
 
 /// `root` paths need `sudo` on top of the operation's capability (Vault's root-protected
-/// paths). A pattern ending in `/` matches every path under it; any other pattern matches
-/// itself and every path under it.
+/// paths); `unauthenticated` paths are served without a token (an auth method's `login`).
 ///
-/// `unauthenticated` paths are served without a token (an auth method's `login`). A pattern
-/// ending in `*` matches every path starting with what precedes it; any other pattern matches
-/// only itself.
+/// In both lists, as in Vault, a pattern ending in `*` matches every path starting with what
+/// precedes it, and any other pattern only itself; a root pattern ending in `/` matches every
+/// path under that folder.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SpecialPaths {
     pub root: &'static [&'static str],
@@ -23,26 +22,22 @@ impl SpecialPaths {
 
     /// Whether `rel` (relative to the mount) is served without a token.
     pub fn is_unauthenticated(&self, rel: &str) -> bool {
-        self.unauthenticated
-            .iter()
-            .any(|p| match p.strip_suffix('*') {
-                Some(prefix) => rel.starts_with(prefix),
-                None => rel == *p,
-            })
+        self.unauthenticated.iter().any(|p| matches(p, rel))
     }
 
     /// Whether `rel` (relative to the mount) is root-protected.
     pub fn is_root(&self, rel: &str) -> bool {
-        self.root.iter().any(|p| {
-            if p.ends_with('/') {
-                rel.starts_with(p)
-            } else {
-                rel == *p
-                    || rel
-                        .strip_prefix(p)
-                        .is_some_and(|rest| rest.starts_with('/'))
-            }
-        })
+        self.root
+            .iter()
+            .any(|p| matches(p, rel) || (p.ends_with('/') && rel.starts_with(p)))
+    }
+}
+
+/// Vault's special-path match: a trailing `*` is a prefix, anything else the exact path.
+fn matches(pattern: &str, rel: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => rel.starts_with(prefix),
+        None => rel == pattern,
     }
 }
 
@@ -53,11 +48,13 @@ mod tests {
     #[test]
     fn folders_and_exact_paths() {
         let s = SpecialPaths {
-            root: &["audit", "raw/", "rotate"],
+            root: &["audit", "audit/*", "raw/", "rotate", "remount"],
             unauthenticated: &[],
         };
         assert!(s.is_root("audit"));
         assert!(s.is_root("audit/file"));
+        assert!(s.is_root("remount"));
+        assert!(!s.is_root("remount/status/x"), "only the path itself");
         assert!(!s.is_root("audit-hash/file"));
         assert!(s.is_root("raw/x"));
         assert!(!s.is_root("raw"));

@@ -7,6 +7,7 @@
 //! - `secret_id/<hmac(role name)>/<hmac(secret id)>`: a secret id's entry;
 //! - `accessor/<hmac(accessor)>`: where a secret id accessor's entry is.
 
+mod role_fields;
 mod secret_id;
 
 use async_trait::async_trait;
@@ -177,6 +178,9 @@ impl LogicalBackend for AppRole {
                 | "secret-id-accessor/destroy",
                 _,
             ) => Err(LogicalError::UnsupportedOperation),
+            (field, _) if role_fields::is_field_endpoint(field) => {
+                role_fields::handle(&req, &name, field).await
+            }
             _ => Err(unsupported(&req)),
         }
     }
@@ -189,6 +193,10 @@ impl LogicalBackend for AppRole {
             return Ok(None);
         };
         Ok(Some(load_role(req.storage, &name).await?.is_some()))
+    }
+
+    fn help(&self) -> bunker_sdk::BackendHelp {
+        crate::help::APPROLE
     }
 
     fn special_paths(&self) -> SpecialPaths {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use bunker_sdk::cidr::{addr_allowed, validate_cidrs};
+use bunker_sdk::cidr::{addr_allowed, cidrs_within, validate_cidrs};
 use bunker_sdk::fields::{get_duration, get_str, get_str_list, get_str_map, get_u64};
 use bunker_sdk::time_util::{now_unix, rfc3339};
 use bunker_sdk::{BackendRequest, Data, LogicalError, LoginAuth, Response, Result, StorageView};
@@ -202,6 +202,16 @@ pub(super) async fn generate(
             &get_str_list(req.data, "token_bound_cidrs")?.unwrap_or_default(),
         )?,
     };
+    // As Vault: a secret id may narrow the role's CIDR bounds, never widen them.
+    if !cidrs_within(&entry.cidr_list, &role.secret_id_bound_cidrs)
+        || !cidrs_within(&entry.token_bound_cidrs, &role.params.token_bound_cidrs)
+    {
+        return Err(LogicalError::InvalidRequest(
+            "failed to verify the CIDR restrictions set on the secret ID: its blocks must lie \
+             within the role's"
+                .into(),
+        ));
+    }
     let keys = Keys::new(req.storage, name).await?;
     let entry_key = keys.entry(&secret_id)?;
     let _guard = lock_secret_id(&entry_key).await?;

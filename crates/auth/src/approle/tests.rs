@@ -236,3 +236,74 @@ async fn limits_cidrs_and_roles_without_secret_ids() {
     let tidy = write(&s, "tidy/secret-id", json!({})).await.unwrap();
     assert_eq!(tidy.warnings.len(), 1);
 }
+
+#[tokio::test]
+async fn per_field_role_endpoints_read_set_and_reset_one_setting() {
+    let s = view("auth/a/").await;
+    write(
+        &s,
+        "role/ci",
+        json!({"token_policies": "app", "secret_id_ttl": "10m"}),
+    )
+    .await
+    .unwrap();
+    let read = |path: &'static str| call(&AppRole, &s, Read, path, json!({}), None);
+    let policies = read("role/ci/policies").await.unwrap();
+    assert_eq!(field(&policies, "token_policies"), json!(["app"]));
+    assert_eq!(field(&policies, "policies"), json!(["app"]));
+    write(&s, "role/ci/policies", json!({"policies": "a,b"}))
+        .await
+        .unwrap();
+    write(
+        &s,
+        "role/ci/secret-id-num-uses",
+        json!({"secret_id_num_uses": 3}),
+    )
+    .await
+    .unwrap();
+    let role = read("role/ci").await.unwrap();
+    assert_eq!(field(&role, "token_policies"), json!(["a", "b"]));
+    assert_eq!(field(&role, "secret_id_num_uses"), json!(3));
+    assert_eq!(
+        field(&role, "secret_id_ttl"),
+        json!(600),
+        "other fields kept"
+    );
+    call(
+        &AppRole,
+        &s,
+        Delete,
+        "role/ci/secret-id-ttl",
+        json!({}),
+        None,
+    )
+    .await
+    .unwrap();
+    let ttl = read("role/ci/secret-id-ttl").await.unwrap();
+    assert_eq!(field(&ttl, "secret_id_ttl"), json!(0));
+    // A write without the field, and an unknown role, are refused.
+    assert!(write(&s, "role/ci/token-ttl", json!({"nope": 1}))
+        .await
+        .is_err());
+    assert!(read("role/nobody/policies").await.is_err());
+}
+
+#[tokio::test]
+async fn a_secret_id_may_narrow_the_roles_cidrs_but_not_widen_them() {
+    let s = view("auth/a/").await;
+    write(
+        &s,
+        "role/ci",
+        json!({"secret_id_bound_cidrs": "10.0.0.0/8"}),
+    )
+    .await
+    .unwrap();
+    let narrower = write(&s, "role/ci/secret-id", json!({"cidr_list": "10.1.0.0/16"})).await;
+    assert!(narrower.is_ok(), "{:?}", narrower.err());
+    let wider = write(&s, "role/ci/secret-id", json!({"cidr_list": "0.0.0.0/0"})).await;
+    assert!(
+        matches!(&wider, Err(LogicalError::InvalidRequest(m)) if m.contains("CIDR restrictions")),
+        "{:?}",
+        wider.err()
+    );
+}

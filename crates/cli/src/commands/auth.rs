@@ -1,10 +1,12 @@
-//! `bunker auth ...`: enable, disable, tune and list auth methods (`sys/auth`), with the same
-//! arguments and code as `bunker secrets ...`.
+//! `bunker auth ...`: enable, disable, tune, list and move auth methods (`sys/auth`,
+//! `sys/remount`), with the same arguments and code as `bunker secrets ...`.
 
 use clap::Subcommand;
 
 use super::secrets::AUTH_METHODS;
-use super::secrets::{disable, enable, list, tune, EnableArgs, ListArgs, PathArgs, TuneArgs};
+use super::secrets::{
+    disable, enable, list, move_mount, tune, EnableArgs, ListArgs, MoveArgs, PathArgs, TuneArgs,
+};
 use super::{CmdResult, Ctx};
 
 #[derive(Subcommand, Debug)]
@@ -17,6 +19,9 @@ pub(crate) enum AuthCommand {
     List(ListArgs),
     /// Change an auth method's settings (TTLs, description).
     Tune(TuneArgs),
+    /// Move an auth method to a new path, with its users or roles (`sys/remount`); the tokens
+    /// it issued are revoked.
+    Move(MoveArgs),
 }
 
 pub(crate) fn run(ctx: &Ctx, command: AuthCommand) -> CmdResult {
@@ -25,5 +30,6 @@ pub(crate) fn run(ctx: &Ctx, command: AuthCommand) -> CmdResult {
         AuthCommand::Disable(args) => disable(ctx, &args, &AUTH_METHODS),
         AuthCommand::List(args) => list(ctx, &args, &AUTH_METHODS),
         AuthCommand::Tune(args) => tune(ctx, &args, &AUTH_METHODS),
+        AuthCommand::Move(args) => move_mount(ctx, &args, &AUTH_METHODS),
     }
 }

@@ -16,6 +16,7 @@ mod key_shares;
 pub(crate) mod kv;
 mod kv_path;
 pub(crate) mod login;
+mod mount_move;
 mod mount_table;
 pub(crate) mod operator;
 pub(crate) mod policy;

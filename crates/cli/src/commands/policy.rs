@@ -46,7 +46,7 @@ pub(crate) fn run(ctx: &Ctx, command: PolicyCommand) -> CmdResult {
 
 fn policy_path(name: &str) -> Result<String, CliError> {
     let name = name.trim();
-    if name.is_empty() || name.contains('/') {
+    if name.is_empty() {
         return Err(CliError::Usage(format!("Invalid policy name {name:?}")));
     }
     Ok(format!("sys/policies/acl/{name}"))
@@ -127,7 +127,12 @@ mod tests {
             Some("sys/policies/acl/dev")
         );
         assert!(policy_path("").is_err());
-        assert!(policy_path("a/b").is_err());
+        assert!(policy_path("  ").is_err());
+        // Vault takes any other name.
+        assert_eq!(
+            policy_path("['testpolicy']").ok().as_deref(),
+            Some("sys/policies/acl/['testpolicy']")
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! `bunker secrets ...`: enable, disable, tune and list secrets engines (`sys/mounts`). The
-//! same commands manage auth methods (`sys/auth`, see `auth.rs`) through [`MountKind`].
+//! `bunker secrets ...`: enable, disable, tune, list and move (`mount_move.rs`) secrets
+//! engines (`sys/mounts`, `sys/remount`). The same commands manage auth methods (`sys/auth`,
+//! see `auth.rs`) through [`MountKind`].
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Map, Value};
 
+pub(crate) use super::mount_move::{move_mount, MoveArgs};
 use super::mount_table::{
     fetch_table, field, mount_map, options, replication, sorted_rows, with_description_and_local,
 };
@@ -24,6 +26,8 @@ pub(crate) enum SecretsCommand {
     List(ListArgs),
     /// Change a secrets engine's settings.
     Tune(TuneArgs),
+    /// Move a secrets engine to a new path, with its data (`sys/remount`).
+    Move(MoveArgs),
 }
 
 /// Settings shared by enable and tune.
@@ -102,17 +106,22 @@ pub(crate) struct MountKind {
     /// `sys/mounts` or `sys/auth`.
     api: &'static str,
     /// What one entry is called in messages.
-    noun: &'static str,
+    pub(crate) noun: &'static str,
+    /// What precedes a mount path in the router (`auth/` for auth methods), as
+    /// `sys/remount` names mounts.
+    pub(crate) route_prefix: &'static str,
 }
 
 pub(crate) const SECRETS_ENGINES: MountKind = MountKind {
     api: "sys/mounts",
     noun: "secrets engine",
+    route_prefix: "",
 };
 
 pub(crate) const AUTH_METHODS: MountKind = MountKind {
     api: "sys/auth",
     noun: "auth method",
+    route_prefix: "auth/",
 };
 
 pub(crate) fn run(ctx: &Ctx, command: SecretsCommand) -> CmdResult {
@@ -121,6 +130,7 @@ pub(crate) fn run(ctx: &Ctx, command: SecretsCommand) -> CmdResult {
         SecretsCommand::Disable(args) => disable(ctx, &args, &SECRETS_ENGINES),
         SecretsCommand::List(args) => list(ctx, &args, &SECRETS_ENGINES),
         SecretsCommand::Tune(args) => tune(ctx, &args, &SECRETS_ENGINES),
+        SecretsCommand::Move(args) => move_mount(ctx, &args, &SECRETS_ENGINES),
     }
 }
 

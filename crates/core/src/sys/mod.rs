@@ -9,6 +9,8 @@ pub use metrics::{prometheus_to_vault_json, MetricsRenderer, DEFAULT_USAGE_GAUGE
 mod mounts;
 mod policies;
 mod rekey;
+mod remount;
+pub(crate) use remount::Migrations;
 mod root_generation;
 pub use root_generation::attempt_request;
 mod seal;
@@ -19,7 +21,17 @@ use crate::request_handling::Caller;
 
 /// The system backend's root-protected paths (relative to `sys/`), as Vault's.
 pub(crate) const SPECIAL_PATHS: bunker_sdk::SpecialPaths = bunker_sdk::SpecialPaths {
-    root: &["audit", "audit/", "rotate", "seal", "raw/", "step-down"],
+    root: &[
+        "auth/*",
+        "audit",
+        "audit/*",
+        "remount",
+        "rotate",
+        "seal",
+        "raw",
+        "raw/*",
+        "step-down",
+    ],
     unauthenticated: &[],
 };
 
@@ -83,9 +95,7 @@ impl Core {
                 self.sys_mount_table(req, rest, mounts::Table::Secrets)
                     .await
             }
-            "remount" => Err(LogicalError::InvalidRequest(
-                "remounting is not supported".into(),
-            )),
+            "remount" => self.sys_remount(req, rest).await,
             "auth" => self.sys_mount_table(req, rest, mounts::Table::Auth).await,
             "internal" => self.sys_internal(req, rest, caller).await,
             "policy" => self.sys_policies(req, rest, true).await,

@@ -7,7 +7,9 @@ use super::expect_op;
 use crate::core::Core;
 use crate::logical::fields::{get_duration, get_str, warn_unknown};
 use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
-use crate::mounts::{is_reserved_mount, normalize_mount_path, MountEntry, AUTH_MOUNT_PREFIX};
+use crate::mounts::{
+    is_reserved_mount, normalize_mount_path, MountEntry, SystemTtls, AUTH_MOUNT_PREFIX,
+};
 use crate::request_handling::Caller;
 
 fn sys_mount_json() -> Value {
@@ -212,6 +214,7 @@ impl Core {
             entry.config.default_lease_ttl =
                 get_duration(&config, "default_lease_ttl")?.unwrap_or(0);
             entry.config.max_lease_ttl = get_duration(&config, "max_lease_ttl")?.unwrap_or(0);
+            check_lease_ttls(&entry, self.lease_ttls())?;
         }
         entry.local = crate::logical::fields::get_bool(&req.data, "local")?.unwrap_or(false);
         entry.seal_wrap =
@@ -225,6 +228,9 @@ impl Core {
     }
 
     async fn sys_mount_tune(&self, req: &Request, path: &str, table: Table) -> Result<Response> {
+        if table == Table::Auth && path == "auth/token/" {
+            return self.token_mount_tune(req);
+        }
         let _guard = self.table_lock.lock().await;
         let entry = self
             .table_entries(table)
@@ -235,13 +241,21 @@ impl Core {
             })?;
         match req.operation {
             Operation::Read => {
+                // The effective TTLs, as Vault shows them: the system's where the mount sets 0.
+                let system = self.lease_ttls();
                 let mut data = Data::new();
                 data.insert(
                     "default_lease_ttl".into(),
-                    json!(entry.config.default_lease_ttl),
+                    json!(entry.default_lease_ttl_secs(system)),
                 );
-                data.insert("max_lease_ttl".into(), json!(entry.config.max_lease_ttl));
+                data.insert(
+                    "max_lease_ttl".into(),
+                    json!(entry.max_lease_ttl_secs(system)),
+                );
                 data.insert("force_no_cache".into(), json!(false));
+                if table == Table::Auth {
+                    data.insert("token_type".into(), json!("default-service"));
+                }
                 data.insert("description".into(), json!(entry.description));
                 if !entry.options.is_empty() {
                     data.insert("options".into(), Value::Object(entry.options.clone()));
@@ -256,6 +270,7 @@ impl Core {
                 if let Some(ttl) = get_duration(&req.data, "max_lease_ttl")? {
                     updated.config.max_lease_ttl = ttl;
                 }
+                check_lease_ttls(&updated, self.lease_ttls())?;
                 if let Some(d) = get_str(&req.data, "description")? {
                     updated.description = d;
                 }
@@ -295,6 +310,26 @@ impl Core {
             }
             _ => Err(LogicalError::UnsupportedOperation),
         }
+    }
+
+    /// `sys/auth/token/tune`: the built-in token method uses the system's TTLs, which the
+    /// server configuration sets; they are shown, not tuned.
+    fn token_mount_tune(&self, req: &Request) -> Result<Response> {
+        expect_op(req.operation, &[Operation::Read]).map_err(|_| {
+            LogicalError::InvalidRequest(
+                "the token auth method takes the server's default_lease_ttl and max_lease_ttl; \
+                 it cannot be tuned"
+                    .into(),
+            )
+        })?;
+        let system = self.lease_ttls();
+        let mut data = Data::new();
+        data.insert("default_lease_ttl".into(), json!(system.default_secs));
+        data.insert("max_lease_ttl".into(), json!(system.max_secs));
+        data.insert("force_no_cache".into(), json!(false));
+        data.insert("description".into(), json!("token based credentials"));
+        data.insert("token_type".into(), json!("default-service"));
+        Ok(Response::data(data))
     }
 
     pub(crate) async fn sys_internal(
@@ -345,4 +380,22 @@ impl Core {
         data.insert("path".into(), json!(entry.path));
         Ok(Response::data(data))
     }
+}
+
+/// A mount's own TTLs must fit together, as Vault checks at enable and tune: a default above
+/// the mount's max, or (when the mount sets no max) above the system's, is refused.
+fn check_lease_ttls(entry: &MountEntry, system: &SystemTtls) -> Result<()> {
+    let (default, max) = (entry.config.default_lease_ttl, entry.config.max_lease_ttl);
+    if max > 0 && default > max {
+        return Err(LogicalError::InvalidRequest(format!(
+            "given default lease TTL of {default}s is greater than the mount's max lease TTL of {max}s"
+        )));
+    }
+    if max == 0 && default > system.max_secs {
+        return Err(LogicalError::InvalidRequest(format!(
+            "given default lease TTL of {default}s is greater than the system max lease TTL of {}s",
+            system.max_secs
+        )));
+    }
+    Ok(())
 }

@@ -169,7 +169,7 @@ mod tests {
         let root = Barrier::generate_root_key();
         barrier.initialize(&root).await.unwrap();
         barrier.unseal(&root).await.unwrap();
-        let tokens = TokenStore::new(barrier.clone());
+        let tokens = TokenStore::new(barrier.clone(), crate::mounts::SystemTtls::default());
         if salted {
             tokens.create_salt().await.unwrap();
         }

@@ -3,9 +3,10 @@
 //! plan, and stores it.
 
 use super::create_policies::{token_policies, PolicyRequest};
-use super::{TokenEntry, TokenRole, TokenType, SYSTEM_MAX_TTL_SECS};
+use super::{TokenEntry, TokenRole, TokenType};
 use crate::logical::fields::{get_bool, get_duration, get_str, get_str_list, get_str_map, get_u64};
 use crate::logical::{Data, LogicalError, Result};
+use crate::mounts::SystemTtls;
 
 /// Who is creating the token, and through which endpoint.
 pub(crate) struct CreateContext<'a> {
@@ -15,6 +16,8 @@ pub(crate) struct CreateContext<'a> {
     /// `auth/token/create-orphan`.
     pub orphan_endpoint: bool,
     pub role: Option<&'a TokenRole>,
+    /// The system's default and maximum lease TTLs.
+    pub system: SystemTtls,
 }
 
 /// A token ready to be stored: its entry, the custom id if one was asked for, and its TTL.
@@ -121,8 +124,9 @@ struct Lifetimes {
 }
 
 /// TTL, explicit max TTL and period, as Vault bounds them: a period is the TTL of a periodic
-/// token; the explicit max TTL (the smaller of the request's and the role's) caps the TTL; no
-/// non-periodic token outlives the system maximum; a root token without a TTL never expires.
+/// token; without a TTL a token gets the role's, else the system default; the explicit max TTL
+/// (the smaller of the request's and the role's) caps the TTL; no non-periodic token outlives
+/// the system maximum; a root token without a TTL never expires.
 fn lifetimes(d: &Data, ctx: &CreateContext<'_>, is_root_token: bool) -> Result<Lifetimes> {
     let period = get_duration(d, "period")?
         .unwrap_or(0)
@@ -148,15 +152,15 @@ fn lifetimes(d: &Data, ctx: &CreateContext<'_>, is_root_token: bool) -> Result<L
             _ => match ctx.role.map(|r| r.token_ttl).filter(|t| *t > 0) {
                 Some(t) => t,
                 None if is_root_token => 0,
-                None => SYSTEM_MAX_TTL_SECS,
+                None => ctx.system.default_secs,
             },
         }
     };
     if explicit_max_ttl > 0 && (ttl == 0 || ttl > explicit_max_ttl) {
         ttl = explicit_max_ttl;
     }
-    if ttl > SYSTEM_MAX_TTL_SECS && period == 0 {
-        ttl = SYSTEM_MAX_TTL_SECS;
+    if ttl > ctx.system.max_secs && period == 0 {
+        ttl = ctx.system.max_secs;
     }
     Ok(Lifetimes {
         ttl,
@@ -212,6 +216,7 @@ mod tests {
             privileged: parent.is_root(),
             orphan_endpoint: false,
             role,
+            system: SystemTtls::default(),
         }
     }
 
@@ -219,13 +224,30 @@ mod tests {
     fn a_plain_token_inherits_and_is_bounded_by_the_system_max() {
         let p = parent(&["default", "app"]);
         let planned = super::plan(&data(json!({})), &ctx(&p, None)).unwrap();
-        assert_eq!(planned.ttl, SYSTEM_MAX_TTL_SECS);
+        assert_eq!(planned.ttl, SystemTtls::VAULT_DEFAULT_SECS);
         assert_eq!(planned.entry.parent_hash, "parent-hash");
         assert_eq!(planned.entry.path, "auth/token/create");
         assert_eq!(planned.entry.token_type, TokenType::Service);
         assert!(planned.entry.renewable);
         let long = plan_for(&p, json!({"ttl": "10000h"}));
-        assert_eq!(long.ttl, SYSTEM_MAX_TTL_SECS);
+        assert_eq!(long.ttl, SystemTtls::VAULT_DEFAULT_SECS);
+    }
+
+    #[test]
+    fn the_configured_system_ttls_give_the_default_and_bound_the_rest() {
+        let p = parent(&["default"]);
+        let ctx = CreateContext {
+            system: SystemTtls::new(3600, 7200).unwrap(),
+            ..ctx(&p, None)
+        };
+        assert_eq!(super::plan(&data(json!({})), &ctx).unwrap().ttl, 3600);
+        let long = super::plan(&data(json!({"ttl": "10h"})), &ctx).unwrap();
+        assert_eq!(long.ttl, 7200);
+        assert!(
+            SystemTtls::new(0, 3600).is_err(),
+            "768h default above a 1h max"
+        );
+        assert_eq!(SystemTtls::new(0, 0).unwrap(), SystemTtls::default());
     }
 
     fn plan_for(p: &TokenEntry, body: Value) -> CreatePlan {

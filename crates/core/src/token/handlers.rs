@@ -206,6 +206,7 @@ impl Core {
             privileged: caller.entry.is_root() || caller.is_sudo(&req.path),
             orphan_endpoint,
             role: role.as_ref(),
+            system: *self.lease_ttls(),
         };
         let CreatePlan { entry, id, ttl } = plan(&req.data, &ctx)?;
         let (token, entry) = self.tokens.create(entry, id).await?;

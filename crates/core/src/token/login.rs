@@ -4,10 +4,10 @@
 
 use super::create_policies::sanitize;
 use super::handlers::auth_for;
-use super::{TokenEntry, TokenType, SYSTEM_MAX_TTL_SECS};
+use super::{TokenEntry, TokenType};
 use crate::core::Core;
 use crate::logical::{LogicalError, LoginAuth, Response, Result};
-use crate::mounts::{MountEntry, AUTH_MOUNT_PREFIX};
+use crate::mounts::{MountEntry, SystemTtls, AUTH_MOUNT_PREFIX};
 
 /// A login's token, ready to store.
 #[derive(Debug)]
@@ -17,8 +17,14 @@ pub(crate) struct LoginPlan {
     pub warnings: Vec<String>,
 }
 
-/// Decide the token for `login` on `mount`, requested at `path` (`auth/userpass/login/alice`).
-pub(crate) fn plan_login(login: &LoginAuth, mount: &MountEntry, path: &str) -> Result<LoginPlan> {
+/// Decide the token for `login` on `mount`, requested at `path` (`auth/userpass/login/alice`),
+/// where a mount without TTLs of its own takes the `system` ones.
+pub(crate) fn plan_login(
+    login: &LoginAuth,
+    mount: &MountEntry,
+    system: &SystemTtls,
+    path: &str,
+) -> Result<LoginPlan> {
     let p = &login.params;
     let mut policies = sanitize(&p.token_policies, !p.token_no_default_policy);
     if p.token_no_default_policy {
@@ -30,8 +36,9 @@ pub(crate) fn plan_login(login: &LoginAuth, mount: &MountEntry, path: &str) -> R
         ));
     }
     let mut warnings = Vec::new();
-    // The role's max TTL counts only below the mount's.
-    let mount_max = mount.max_lease_ttl_secs().min(SYSTEM_MAX_TTL_SECS);
+    // The role's max TTL counts only below the mount's (which, as in Vault, may be set above
+    // the system's).
+    let mount_max = mount.max_lease_ttl_secs(system);
     let max_ttl = if p.token_max_ttl > 0 && p.token_max_ttl < mount_max {
         p.token_max_ttl
     } else {
@@ -43,7 +50,7 @@ pub(crate) fn plan_login(login: &LoginAuth, mount: &MountEntry, path: &str) -> R
         let wanted = if p.token_ttl > 0 {
             p.token_ttl
         } else {
-            mount.default_lease_ttl_secs()
+            mount.default_lease_ttl_secs(system)
         };
         if wanted > max_ttl {
             warnings.push(format!(
@@ -112,7 +119,7 @@ impl Core {
             entry,
             ttl,
             warnings,
-        } = plan_login(&login, mount, path)?;
+        } = plan_login(&login, mount, self.lease_ttls(), path)?;
         let (token, entry) = self.tokens.create(entry, None).await?;
         resp.auth = Some(auth_for(&token, &entry, ttl));
         resp.warnings.extend(warnings);
@@ -125,6 +132,11 @@ mod tests {
     use super::*;
     use crate::logical::TokenParams;
     use serde_json::Map;
+
+    const SYS: SystemTtls = SystemTtls {
+        default_secs: SystemTtls::VAULT_DEFAULT_SECS,
+        max_secs: SystemTtls::VAULT_DEFAULT_SECS,
+    };
 
     fn mount(default_ttl: u64, max_ttl: u64) -> MountEntry {
         let mut m = MountEntry::new("auth/my/userpass/", "userpass", "", Map::new());
@@ -147,7 +159,7 @@ mod tests {
             token_policies: vec!["App".into(), "app".into()],
             ..Default::default()
         };
-        let plan = plan_login(&login(params.clone()), &mount(0, 0), "auth/x").unwrap();
+        let plan = plan_login(&login(params.clone()), &mount(0, 0), &SYS, "auth/x").unwrap();
         assert_eq!(plan.entry.policies, ["app", "default"]);
         assert!(plan.entry.orphan && plan.entry.renewable);
         assert_eq!(plan.entry.display_name, "my-userpass-alice");
@@ -155,30 +167,30 @@ mod tests {
             token_no_default_policy: true,
             ..params
         };
-        let plan = plan_login(&login(no_default), &mount(0, 0), "auth/x").unwrap();
+        let plan = plan_login(&login(no_default), &mount(0, 0), &SYS, "auth/x").unwrap();
         assert_eq!(plan.entry.policies, ["app"]);
         let root = TokenParams {
             token_policies: vec!["root".into()],
             ..Default::default()
         };
-        assert!(plan_login(&login(root), &mount(0, 0), "auth/x").is_err());
+        assert!(plan_login(&login(root), &mount(0, 0), &SYS, "auth/x").is_err());
     }
 
     #[test]
     fn ttls_are_bounded_by_the_role_and_the_mount() {
-        let plan = plan_login(&login(TokenParams::default()), &mount(0, 0), "p").unwrap();
-        assert_eq!(plan.ttl, SYSTEM_MAX_TTL_SECS);
-        let plan = plan_login(&login(TokenParams::default()), &mount(600, 0), "p").unwrap();
+        let plan = plan_login(&login(TokenParams::default()), &mount(0, 0), &SYS, "p").unwrap();
+        assert_eq!(plan.ttl, SystemTtls::VAULT_DEFAULT_SECS);
+        let plan = plan_login(&login(TokenParams::default()), &mount(600, 0), &SYS, "p").unwrap();
         assert_eq!(plan.ttl, 600);
         let role = TokenParams {
             token_ttl: 7200,
             token_max_ttl: 10800,
             ..Default::default()
         };
-        let plan = plan_login(&login(role.clone()), &mount(0, 0), "p").unwrap();
+        let plan = plan_login(&login(role.clone()), &mount(0, 0), &SYS, "p").unwrap();
         assert_eq!((plan.ttl, plan.entry.max_ttl), (7200, 10800));
         // The mount's max TTL wins over a larger role max, with a warning when it cuts.
-        let plan = plan_login(&login(role), &mount(0, 3600), "p").unwrap();
+        let plan = plan_login(&login(role), &mount(0, 3600), &SYS, "p").unwrap();
         assert_eq!((plan.ttl, plan.entry.max_ttl), (3600, 3600));
         assert_eq!(plan.warnings.len(), 1);
         let periodic = TokenParams {
@@ -186,14 +198,14 @@ mod tests {
             token_ttl: 7200,
             ..Default::default()
         };
-        let plan = plan_login(&login(periodic), &mount(0, 0), "p").unwrap();
+        let plan = plan_login(&login(periodic), &mount(0, 0), &SYS, "p").unwrap();
         assert_eq!((plan.ttl, plan.entry.period), (300, 300));
         let batch = TokenParams {
             token_type: "batch".into(),
             token_explicit_max_ttl: 60,
             ..Default::default()
         };
-        let plan = plan_login(&login(batch), &mount(0, 0), "p").unwrap();
+        let plan = plan_login(&login(batch), &mount(0, 0), &SYS, "p").unwrap();
         assert_eq!(plan.entry.token_type, TokenType::Batch);
         assert!(!plan.entry.renewable);
         assert_eq!(plan.ttl, 60);

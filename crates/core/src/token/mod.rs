@@ -28,6 +28,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 
 use crate::logical::{LogicalError, Result};
+use crate::mounts::SystemTtls;
 use crate::time_util::now_unix;
 
 const ID_PREFIX: &str = "sys/token/id/";
@@ -35,14 +36,17 @@ const PARENT_PREFIX: &str = "sys/token/parent/";
 const BATCH_AAD: &str = "token/batch";
 pub const SERVICE_TOKEN_PREFIX: &str = "hvs.";
 pub const BATCH_TOKEN_PREFIX: &str = "hvb.";
-/// Vault's system default and maximum lease TTL (32 days).
 /// The token backend's root-protected paths (relative to `auth/token/`), as Vault's.
 pub(crate) const SPECIAL_PATHS: bunker_sdk::SpecialPaths = bunker_sdk::SpecialPaths {
-    root: &["accessors", "revoke-orphan"],
+    root: &[
+        "accessors",
+        "accessors/",
+        "revoke-orphan",
+        "revoke-orphan/*",
+    ],
     unauthenticated: &[],
 };
 
-pub const SYSTEM_MAX_TTL_SECS: u64 = 768 * 3600;
 /// Upper bound of children revoked in one tree walk, so a hostile tree cannot loop forever.
 const MAX_REVOKE: usize = 1_000_000;
 
@@ -85,6 +89,8 @@ pub struct TokenStore {
     /// Held across read-modify-write of a token entry (use counting, renewal, orphaning), so
     /// two requests never both spend the same use. Striped by the token's hash.
     entry_locks: Vec<tokio::sync::Mutex<()>>,
+    /// The system's lease TTLs: no token renews past the maximum unless it says otherwise.
+    ttls: SystemTtls,
 }
 
 impl TokenStore {
@@ -93,9 +99,10 @@ impl TokenStore {
         Ok(self.barrier.list(ID_PREFIX).await?.len() as u64)
     }
 
-    pub fn new(barrier: Arc<Barrier>) -> Self {
+    pub fn new(barrier: Arc<Barrier>, ttls: SystemTtls) -> Self {
         TokenStore {
             barrier,
+            ttls,
             salt: std::sync::RwLock::new(None),
             entry_locks: (0..ENTRY_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -405,17 +412,24 @@ impl TokenStore {
         } else {
             entry.creation_ttl
         };
-        let mut max_end = if entry.explicit_max_ttl > 0 {
-            entry.creation_time.saturating_add(entry.explicit_max_ttl)
-        } else if entry.period > 0 {
-            u64::MAX
+        // A login's token renews no further than its role's and its mount's max TTL (which
+        // may exceed the system's, as in Vault); any other token no further than the system's.
+        let max_ttl = if entry.max_ttl > 0 {
+            entry.max_ttl
         } else {
-            entry.creation_time.saturating_add(SYSTEM_MAX_TTL_SECS)
+            self.ttls.max_secs
         };
-        // A login's token renews no further than its role's and its mount's max TTL.
-        if entry.max_ttl > 0 && entry.period == 0 {
-            max_end = max_end.min(entry.creation_time.saturating_add(entry.max_ttl));
-        }
+        let max_end = if entry.period > 0 && entry.explicit_max_ttl == 0 {
+            u64::MAX
+        } else if entry.period > 0 {
+            entry.creation_time.saturating_add(entry.explicit_max_ttl)
+        } else if entry.explicit_max_ttl > 0 {
+            entry
+                .creation_time
+                .saturating_add(entry.explicit_max_ttl.min(max_ttl))
+        } else {
+            entry.creation_time.saturating_add(max_ttl)
+        };
         ttl = ttl.min(max_end.saturating_sub(now));
         // Only the renewal fields change; the rest (the use count) is taken from storage.
         let renewed = self

@@ -45,6 +45,10 @@ impl LogicalBackend for KvV1 {
         Ok(resp)
     }
 
+    fn help(&self) -> bunker_sdk::BackendHelp {
+        crate::help::KV_V1
+    }
+
     async fn exists(&self, req: &BackendRequest<'_>) -> Result<Option<bool>> {
         self.exists_call(&Call::from_request(req)).await
     }

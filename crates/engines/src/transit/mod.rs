@@ -174,6 +174,10 @@ impl LogicalBackend for Transit {
         self.handle_call(&Call::from_request(&req)).await
     }
 
+    fn help(&self) -> bunker_sdk::BackendHelp {
+        crate::help::TRANSIT
+    }
+
     async fn exists(&self, req: &BackendRequest<'_>) -> Result<Option<bool>> {
         self.exists_call(&Call::from_request(req)).await
     }

@@ -21,6 +21,7 @@ pub(super) async fn handle(kv: &KvV2, call: &Call<'_>, path: &str) -> Result<Res
         Operation::Patch => patch(kv, call, path).await,
         Operation::Delete => delete_latest(kv, call, path).await,
         Operation::List => metadata::list(call, path).await,
+        Operation::Help => Err(LogicalError::UnsupportedOperation),
     }
 }
 

@@ -25,6 +25,7 @@ pub(super) async fn handle(kv: &KvV2, call: &Call<'_>, path: &str) -> Result<Res
         Operation::Patch => write(kv, call, path, WriteMode::Patch).await,
         Operation::Delete => delete(kv, call, path).await,
         Operation::List => list(call, path).await,
+        Operation::Help => Err(LogicalError::UnsupportedOperation),
     }
 }
 

@@ -146,6 +146,10 @@ impl LogicalBackend for KvV2 {
         self.handle_call(&Call::from_request(&req)).await
     }
 
+    fn help(&self) -> bunker_sdk::BackendHelp {
+        crate::help::KV_V2
+    }
+
     async fn exists(&self, req: &BackendRequest<'_>) -> Result<Option<bool>> {
         self.exists_call(&Call::from_request(req)).await
     }
