@@ -120,6 +120,8 @@ fn three_nodes_fail_over_on_kill_step_down_and_shutdown_without_losing_writes() 
         "{body}"
     );
     assert_eq!(b.get("sys/health?standbyok=true", None).0, 200);
+    assert_eq!(body["cluster_id"], health(a).1["cluster_id"], "{body}");
+    assert!(body["cluster_id"].as_str().is_some_and(|c| !c.is_empty()));
     let (_, leader) = b.get("sys/leader", None);
     assert_eq!(leader["ha_enabled"], json!(true), "{leader}");
     assert_eq!(leader["is_self"], json!(false));
@@ -373,4 +375,18 @@ fn ha_clusters_cannot_be_dr_secondaries_yet() {
         json!({"token": "x"}),
     );
     assert_eq!(code, 400, "{body}");
+}
+
+#[test]
+fn a_node_without_ha_answers_the_ha_endpoints_as_vault() {
+    let s = TestServer::dev();
+    let (_, leader) = s.get("sys/leader", None);
+    assert_eq!(leader["ha_enabled"], json!(false), "{leader}");
+    let (code, status) = s.get("sys/ha-status", s.root());
+    assert_eq!(code, 200, "{status}");
+    let listed = status["data"]["nodes"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{status}");
+    assert_eq!(listed[0]["active_node"], json!(true));
+    assert_eq!(s.put("sys/step-down", s.root(), json!({})).0, 204);
+    assert_eq!(health(&s).0, 200);
 }

@@ -257,7 +257,11 @@ impl Core {
         let status = self.seal.submit_unseal_key(key).await.map_err(seal_err)?;
         if was_sealed && !status.sealed {
             if let Some(ha) = self.ha() {
-                // A standby loads nothing until it takes the lock; the runner does it.
+                // A standby loads nothing until it takes the lock (the runner does it) but
+                // its cluster's name and id.
+                if let Err(e) = self.load_cluster_info().await {
+                    tracing::warn!(error = %e, "reading the cluster info failed");
+                }
                 ha.wake();
                 tracing::info!("vault is unsealed (HA: active once it holds the lock)");
                 return Ok(status);
@@ -277,19 +281,23 @@ impl Core {
     /// Load everything that lives behind the barrier: cluster info, mounts, audit devices.
     pub(crate) async fn post_unseal(&self) -> Result<()> {
         self.policies.clear_cache();
-        if let Some(bytes) = self.barrier.get(CLUSTER_INFO_PATH).await? {
-            let info: ClusterInfo = serde_json::from_slice(&bytes)?;
-            {
-                let mut c = self
-                    .cluster
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                *c = info;
-            }
-        }
+        self.load_cluster_info().await?;
         self.tokens.load_salt().await?;
         self.load_mounts().await?;
         self.audit.load().await?;
+        Ok(())
+    }
+
+    /// Read the cluster's name and id (shown by `sys/health` and `sys/seal-status`, also on an
+    /// HA standby, which loads nothing else).
+    pub(crate) async fn load_cluster_info(&self) -> Result<()> {
+        if let Some(bytes) = self.barrier.get(CLUSTER_INFO_PATH).await? {
+            let info: ClusterInfo = serde_json::from_slice(&bytes)?;
+            *self
+                .cluster
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = info;
+        }
         Ok(())
     }
 

@@ -18,7 +18,8 @@ pub fn status_of(e: &LogicalError) -> StatusCode {
         LogicalError::UnsupportedOperation => StatusCode::METHOD_NOT_ALLOWED,
         LogicalError::Sealed | LogicalError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         LogicalError::Standby(Some(_)) => StatusCode::TEMPORARY_REDIRECT,
-        LogicalError::Standby(None) => StatusCode::SERVICE_UNAVAILABLE,
+        // Vault's answer when a standby knows no active node.
+        LogicalError::Standby(None) => StatusCode::INTERNAL_SERVER_ERROR,
         LogicalError::AuditFailed(_) | LogicalError::Internal(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }

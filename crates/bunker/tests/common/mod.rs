@@ -39,9 +39,22 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEV_ROOT_TOKEN: &str = "root";
 
 /// Pick a port that is free right now (bind port 0, read it, drop the socket).
+/// A free loopback port, never one handed out before in this test process: a server restarted
+/// on its port must not find it taken by another test's new server (tests of one binary run in
+/// parallel, and the kernel may hand a just-freed port out again).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// TLS material for an HTTPS listener.

@@ -97,6 +97,9 @@ pub struct Ha {
     gate: tokio::sync::RwLock<()>,
     /// `sys/step-down` asked; the runner does it at its next step.
     step_down_requested: std::sync::atomic::AtomicBool,
+    /// Where a standby sent clients last, and when it looked: unauthenticated requests to a
+    /// standby cost one database read per tick, not one each.
+    redirect_cache: Mutex<Option<(Instant, Option<String>)>>,
 }
 
 impl Ha {
@@ -116,6 +119,7 @@ impl Ha {
             wake: tokio::sync::Notify::new(),
             gate: tokio::sync::RwLock::new(()),
             step_down_requested: std::sync::atomic::AtomicBool::new(false),
+            redirect_cache: Mutex::new(None),
         })
     }
 
@@ -534,12 +538,26 @@ impl Core {
 
     /// The standby's answer to any request it does not serve itself.
     pub(crate) async fn standby_error(&self, ha: &Ha) -> LogicalError {
+        let cached = ha
+            .redirect_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .filter(|(at, _)| at.elapsed() < TICK);
+        if let Some((_, target)) = cached {
+            return LogicalError::Standby(target);
+        }
         // The holder may be this very node, still loading (or initialising): no redirect loop.
-        let leader = self
+        let target = self
             .advertised_leader(ha)
             .await
-            .filter(|(h, _, _)| h.node.id != ha.config.node.id);
-        LogicalError::Standby(leader.map(|(_, api, _)| api))
+            .filter(|(h, _, _)| h.node.id != ha.config.node.id)
+            .map(|(_, api, _)| api);
+        *ha.redirect_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((Instant::now(), target.clone()));
+        LogicalError::Standby(target)
     }
 
     /// `sys/leader`.
@@ -590,9 +608,28 @@ impl Core {
     pub(crate) async fn sys_ha_status(&self, req: &Request) -> Result<Response> {
         crate::sys::expect_op(req.operation, &[Operation::Read])?;
         let Some(ha) = self.ha() else {
-            return Err(LogicalError::InvalidRequest(
-                "this node is not in an HA cluster (ha_enabled is off)".into(),
-            ));
+            // As Vault: a node without HA lists itself, active.
+            let me = HaConfig::new(
+                DEFAULT_LOCK_TTL,
+                &self.config.api_addr,
+                &self.config.cluster_addr,
+            )
+            .node;
+            let mut data = crate::logical::Data::new();
+            data.insert(
+                "nodes".into(),
+                json!([{
+                    "hostname": me.hostname,
+                    "api_address": me.api_addr,
+                    "cluster_address": me.cluster_addr,
+                    "active_node": true,
+                    "last_echo": null,
+                    "version": me.version,
+                    "upgrade_version": me.version,
+                    "redundancy_zone": "",
+                }]),
+            );
+            return Ok(Response::data(data));
         };
         let age = ha.config.lock_ttl.max(Duration::from_secs(3));
         let leader = ha.leader().await;

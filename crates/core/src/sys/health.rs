@@ -45,7 +45,8 @@ impl Core {
         let body = json!({
             "initialized": initialized,
             "sealed": sealed,
-            "standby": standby,
+            // As Vault: a sealed node reports itself a standby.
+            "standby": standby || (initialized && sealed),
             "performance_standby": false,
             "replication_performance_mode": "disabled",
             "replication_dr_mode": dr_mode.as_str(),
