@@ -81,6 +81,8 @@ pub struct Core {
     pub(crate) token_count_cache: Mutex<Option<(std::time::Instant, u64)>>,
     /// Set when the storage is shared by an HA cluster.
     pub(crate) ha: std::sync::OnceLock<Arc<crate::ha::Ha>>,
+    /// One snapshot restore at a time (each holds a whole file in memory).
+    pub(crate) snapshot_restore_lock: tokio::sync::Mutex<()>,
 }
 
 impl Core {
@@ -104,6 +106,7 @@ impl Core {
             metrics_renderer: RwLock::new(None),
             token_count_cache: Mutex::new(None),
             ha: std::sync::OnceLock::new(),
+            snapshot_restore_lock: tokio::sync::Mutex::new(()),
             barrier,
         })
     }
@@ -236,6 +239,9 @@ impl Core {
     /// Submit one unseal key share; runs the post-unseal setup when the barrier opens.
     pub async fn submit_unseal_key(&self, key: &[u8]) -> Result<bunker_seal::SealStatus> {
         let was_sealed = self.is_sealed();
+        if was_sealed {
+            self.check_no_partial_restore().await?;
+        }
         let status = self.seal.submit_unseal_key(key).await.map_err(seal_err)?;
         if was_sealed && !status.sealed {
             if let Some(ha) = self.ha() {

@@ -19,7 +19,16 @@ use crate::request_handling::Caller;
 
 /// The system backend's root-protected paths (relative to `sys/`), as Vault's.
 pub(crate) const SPECIAL_PATHS: bunker_sdk::SpecialPaths = bunker_sdk::SpecialPaths {
-    root: &["audit", "audit/", "rotate", "seal", "raw/", "step-down"],
+    root: &[
+        "audit",
+        "audit/",
+        "rotate",
+        "seal",
+        "raw/",
+        "step-down",
+        "storage/raft/snapshot",
+        "storage/raft/snapshot-force",
+    ],
     unauthenticated: &[],
 };
 
@@ -105,6 +114,7 @@ impl Core {
                 None => self.sys_replication_disabled(req, rest),
             },
             "metrics" => self.sys_metrics(req).await,
+            "storage" => self.sys_storage(req, rest),
             "step-down" => self.sys_step_down(op).await,
             "ha-status" => self.sys_ha_status(req).await,
             "host-info" | "config" | "raw" => Err(LogicalError::UnsupportedPath(req.path.clone())),
