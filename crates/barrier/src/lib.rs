@@ -201,6 +201,13 @@ impl Barrier {
         self.load_keyring(&root).await.map(|_| ())
     }
 
+    /// Check that a stored keyring record (e.g. one inside a snapshot) opens with the root key
+    /// in memory, changing nothing. `Sealed` while sealed, `InvalidRootKey` when it does not.
+    pub fn check_keyring(&self, stored: &[u8]) -> Result<()> {
+        let state = self.unsealed()?;
+        Keyring::open_with_root(&state.root, stored).map(|_| ())
+    }
+
     /// Drop every key from memory.
     pub fn seal(&self) {
         if self.replace_state(None).is_some() {

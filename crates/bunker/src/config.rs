@@ -66,6 +66,8 @@ pub struct ServerConfig {
     /// `default_lease_ttl` and `max_lease_ttl` (768 h each unless set; the default may not
     /// exceed the maximum).
     pub lease_ttls: bunker_core::SystemTtls,
+    /// The `snapshot` block: scheduled snapshots, when present.
+    pub snapshot: Option<crate::scheduled_snapshots::ScheduleConfig>,
     /// Settings Vault has that are accepted (so existing files load) but have no effect here;
     /// the server warns about each at start.
     pub ignored: Vec<String>,
@@ -163,6 +165,34 @@ fn parse_telemetry(body: &Body, ignored: &mut Vec<String>) -> Result<TelemetryCo
     Ok(t)
 }
 
+/// `snapshot { interval = "1h", retain = 24, path = "/var/backups/bunker" }`.
+fn parse_snapshot(
+    body: &Body,
+    base_dir: &Path,
+) -> Result<crate::scheduled_snapshots::ScheduleConfig> {
+    let (mut interval, mut retain, mut path) = (None, None, None);
+    for attr in body.attributes() {
+        let (key, e) = (attr.key(), attr.expr());
+        match key {
+            "interval" => interval = Some(expr_duration(key, e)?),
+            "retain" => retain = Some(expr_positive(key, e)?),
+            "path" => path = Some(base_dir.join(expr_string(key, e)?)),
+            other => bail!("unknown snapshot setting {other:?}"),
+        }
+    }
+    let interval = interval.ok_or_else(|| anyhow!("snapshot interval is required"))?;
+    if interval.is_zero() {
+        bail!("snapshot interval must be positive");
+    }
+    let retain = retain.unwrap_or(1);
+    let dir = path.ok_or_else(|| anyhow!("snapshot path is required"))?;
+    Ok(crate::scheduled_snapshots::ScheduleConfig {
+        interval,
+        retain,
+        dir,
+    })
+}
+
 /// Default WAL retention: enough for minutes of heavy writes; older gaps resync by Merkle diff.
 pub const DEFAULT_WAL_RETENTION: u64 = 100_000;
 
@@ -172,6 +202,14 @@ fn expr_string(key: &str, e: &Expression) -> Result<String> {
         Expression::Number(n) => Ok(n.to_string()),
         Expression::Bool(b) => Ok(b.to_string()),
         _ => bail!("{key} must be a string"),
+    }
+}
+
+/// A whole number above zero.
+fn expr_positive(key: &str, e: &Expression) -> Result<usize> {
+    match expr_string(key, e)?.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => bail!("{key} must be a positive integer"),
     }
 }
 
@@ -229,15 +267,8 @@ fn parse_listener(body: &Body, ignored: &mut Vec<String>) -> Result<ListenerConf
             "http_read_timeout" => l.limits.read_timeout = expr_duration(key, e)?,
             "http_write_timeout" => l.limits.write_timeout = expr_duration(key, e)?,
             "http_idle_timeout" => l.limits.idle_timeout = expr_duration(key, e)?,
-            "max_connections" => {
-                let n: usize = expr_string(key, e)?
-                    .parse()
-                    .map_err(|_| anyhow!("max_connections must be a positive integer"))?;
-                if n == 0 {
-                    bail!("max_connections must be a positive integer");
-                }
-                l.limits.max_connections = n;
-            }
+            "max_snapshot_size" => l.limits.max_snapshot_bytes = expr_positive(key, e)?,
+            "max_connections" => l.limits.max_connections = expr_positive(key, e)?,
             "tls_min_version" | "proxy_protocol_behavior" => {
                 ignored.push(format!("listener setting {key:?}"))
             }
@@ -287,6 +318,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
         telemetry: TelemetryConfig::default(),
         ha_lock_ttl: bunker_core::ha::DEFAULT_LOCK_TTL,
         lease_ttls: bunker_core::SystemTtls::default(),
+        snapshot: None,
         ignored: Vec::new(),
     };
     let (mut default_lease_ttl, mut max_lease_ttl) = (Duration::ZERO, Duration::ZERO);
@@ -373,6 +405,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                 }
             }
             "telemetry" => cfg.telemetry = parse_telemetry(block.body(), &mut cfg.ignored)?,
+            "snapshot" => cfg.snapshot = Some(parse_snapshot(block.body(), base_dir)?),
             "seal" | "service_registration" => {
                 if block.identifier() == "seal" {
                     bail!("only the Shamir seal is supported; remove the seal block");
@@ -457,6 +490,35 @@ pub fn load(path: &Path) -> Result<ServerConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_the_snapshot_block() {
+        let text = |block: &str| {
+            format!("storage \"inmem\" {{}}\nlistener \"tcp\" {{ tls_disable = true }}\n{block}")
+        };
+        let cfg = parse(
+            &text("snapshot {\n interval = \"1h\"\n retain = 24\n path = \"backups\"\n}"),
+            Path::new("/etc/bunker"),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.snapshot,
+            Some(crate::scheduled_snapshots::ScheduleConfig {
+                interval: Duration::from_secs(3600),
+                retain: 24,
+                dir: "/etc/bunker/backups".into(),
+            })
+        );
+        for bad in [
+            "snapshot { path = \"x\" }",
+            "snapshot { interval = \"1h\" }",
+            "snapshot {\n interval = \"0s\"\n path = \"x\"\n}",
+            "snapshot {\n interval = \"1h\"\n path = \"x\"\n retain = 0\n}",
+            "snapshot {\n interval = \"1h\"\n path = \"x\"\n every = 2\n}",
+        ] {
+            assert!(parse(&text(bad), Path::new("/")).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_telemetry_blocks() {

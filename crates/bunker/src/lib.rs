@@ -2,3 +2,4 @@
 //! (the fuzz targets in `fuzz/` feed it arbitrary text). The binary is `src/main.rs`.
 
 pub mod config;
+pub mod scheduled_snapshots;

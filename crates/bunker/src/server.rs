@@ -66,6 +66,7 @@ fn dev_config(args: &ServerArgs) -> ServerConfig {
         telemetry: config::TelemetryConfig::default(),
         ha_lock_ttl: bunker_core::ha::DEFAULT_LOCK_TTL,
         lease_ttls: bunker_core::SystemTtls::default(),
+        snapshot: None,
         ignored: Vec::new(),
     }
 }
@@ -235,6 +236,16 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
             }
         }
     });
+
+    if let Some(schedule) = cfg.snapshot.clone() {
+        tracing::info!(
+            dir = %schedule.dir.display(),
+            interval_secs = schedule.interval.as_secs(),
+            retain = schedule.retain,
+            "scheduled snapshots enabled"
+        );
+        tokio::spawn(bunker::scheduled_snapshots::run(core.clone(), schedule));
+    }
 
     tracing::info!(address = %local, "API listener started");
     let limits = cfg.listener.limits;

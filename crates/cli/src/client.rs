@@ -147,7 +147,12 @@ pub struct ApiRequest {
     not_found_ok: bool,
     wrap: bool,
     token: Option<Zeroizing<String>>,
+    /// Replaces the client's whole-request timeout (snapshots take longer than 60 s).
+    timeout: Option<Duration>,
 }
+
+/// Whole-request timeout of a snapshot download or upload.
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 impl ApiRequest {
     /// A request for `verb` on the API path (without the `/v1/` prefix).
@@ -161,7 +166,21 @@ impl ApiRequest {
             not_found_ok: false,
             wrap: true,
             token: None,
+            timeout: None,
         }
+    }
+
+    /// Sends `body` as a file (`application/octet-stream`), with [`TRANSFER_TIMEOUT`].
+    pub fn file(mut self, body: Vec<u8>) -> Self {
+        self.body = Some(body);
+        self.content_type = "application/octet-stream";
+        self.transfer()
+    }
+
+    /// Allows [`TRANSFER_TIMEOUT`] instead of the usual 60 s.
+    pub fn transfer(mut self) -> Self {
+        self.timeout = Some(TRANSFER_TIMEOUT);
+        self
     }
 
     /// Sends `body` as JSON.
@@ -252,14 +271,46 @@ impl Client {
     /// request marked [`ApiRequest::not_found_ok`], which returns `body: None` unless the
     /// body carries data or warnings (KV v2 answers 404 with metadata for deleted versions).
     pub fn send(&self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
+        let (verb, not_found_ok) = (request.verb, request.not_found_ok);
+        let (response, url, transport) = self.start(request)?;
+        let status = response.status().as_u16();
+        let text = read_limited(response).map_err(transport)?;
+        decode(verb, url, status, &text, not_found_ok)
+    }
+
+    /// Sends the request and copies a successful answer's body, however large, into `out`;
+    /// returns the bytes copied. An error status is decoded as by [`Client::send`].
+    pub fn download(
+        &self,
+        request: ApiRequest,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, ClientError> {
+        let verb = request.verb;
+        let (mut response, url, transport) = self.start(request)?;
+        let status = response.status().as_u16();
+        if status >= 400 {
+            let text = read_limited(response).map_err(transport)?;
+            return decode(verb, url, status, &text, false).map(|_| 0);
+        }
+        std::io::copy(&mut response, out)
+            .map_err(|e| transport(format!("reading response body: {e}")))
+    }
+
+    /// Sends the request; returns the response, its URL, and the transport error maker.
+    #[allow(clippy::type_complexity)]
+    fn start(
+        &self,
+        request: ApiRequest,
+    ) -> Result<(Response, String, Box<dyn Fn(String) -> ClientError>), ClientError> {
         let url = api_url(&self.address, &request.path, &request.query);
         let method_name = request.verb.as_str().to_string();
-        let transport = |message: String| ClientError::Transport {
+        let transport_url = url.clone();
+        let transport = move |message: String| ClientError::Transport {
             method: method_name.clone(),
-            url: url.clone(),
+            url: transport_url.clone(),
             message,
         };
-        let method = request.verb.method().map_err(transport)?;
+        let method = request.verb.method().map_err(&transport)?;
         let headers = self.headers(&request).map_err(|e| match e {
             HeaderError::Token => ClientError::InvalidToken,
             HeaderError::WrapTtl => transport("the wrap TTL is not a valid header value".into()),
@@ -270,16 +321,11 @@ impl Client {
                 .header(CONTENT_TYPE, request.content_type)
                 .body(body);
         }
+        if let Some(timeout) = request.timeout {
+            builder = builder.timeout(timeout);
+        }
         let response = builder.send().map_err(|e| transport(cause_chain(&e)))?;
-        let status = response.status().as_u16();
-        let text = read_limited(response).map_err(transport)?;
-        decode(
-            request.verb,
-            url.clone(),
-            status,
-            &text,
-            request.not_found_ok,
-        )
+        Ok((response, url, Box::new(transport)))
     }
 
     fn headers(&self, request: &ApiRequest) -> Result<HeaderMap, HeaderError> {

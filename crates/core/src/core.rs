@@ -86,6 +86,8 @@ pub struct Core {
     pub(crate) ha: std::sync::OnceLock<Arc<crate::ha::Ha>>,
     /// Mount moves done since start, for `sys/remount/status`.
     pub(crate) migrations: crate::sys::Migrations,
+    /// One snapshot restore at a time (each holds a whole file in memory).
+    pub(crate) snapshot_restore_lock: tokio::sync::Mutex<()>,
 }
 
 impl Core {
@@ -111,6 +113,7 @@ impl Core {
             token_count_cache: Mutex::new(None),
             ha: std::sync::OnceLock::new(),
             migrations: crate::sys::Migrations::default(),
+            snapshot_restore_lock: tokio::sync::Mutex::new(()),
             barrier,
         })
     }
@@ -254,6 +257,9 @@ impl Core {
     /// Submit one unseal key share; runs the post-unseal setup when the barrier opens.
     pub async fn submit_unseal_key(&self, key: &[u8]) -> Result<bunker_seal::SealStatus> {
         let was_sealed = self.is_sealed();
+        if was_sealed {
+            self.check_no_partial_restore().await?;
+        }
         let status = self.seal.submit_unseal_key(key).await.map_err(seal_err)?;
         if was_sealed && !status.sealed {
             if let Some(ha) = self.ha() {

@@ -17,6 +17,7 @@ mod mounts;
 mod policy_store;
 mod replication_hook;
 mod request_handling;
+pub mod snapshot;
 pub use request_handling::{capability_for, Caller};
 mod sys;
 pub(crate) use bunker_sdk::time_util;

@@ -10,6 +10,7 @@ mod body;
 mod envelope;
 mod limits;
 mod serve;
+mod snapshot;
 mod status;
 
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ struct AppState {
     max_request_bytes: usize,
     read_timeout: Duration,
     unauthenticated_metrics_access: bool,
+    restore: snapshot::RestoreLimits,
 }
 
 /// Build the API router over a core.
@@ -47,6 +49,11 @@ pub fn router(core: Arc<Core>, limits: &ListenerLimits) -> Router {
         max_request_bytes: limits.max_request_bytes,
         read_timeout: limits.read_timeout,
         unauthenticated_metrics_access: limits.unauthenticated_metrics_access,
+        restore: snapshot::RestoreLimits {
+            max_bytes: limits.max_snapshot_bytes,
+            read_timeout: limits.snapshot_read_timeout,
+            uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+        },
     })
 }
 
@@ -193,6 +200,20 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
     let Some(operation) = operation_for(&method, &query) else {
         return status::error_response(StatusCode::METHOD_NOT_ALLOWED, vec![]);
     };
+    if snapshot::is_snapshot_path(path) {
+        let mut req = Request::new(operation, path_decode(path));
+        req.client_token = client_token(&headers);
+        req.remote_addr = connect.map(|c| c.0.ip().to_string());
+        return snapshot::handle(
+            state.core.clone(),
+            req,
+            &uri,
+            &headers,
+            body,
+            &state.restore,
+        )
+        .await;
+    }
     let bytes =
         match body::read_body(body, &headers, state.max_request_bytes, state.read_timeout).await {
             Ok(b) => b,
@@ -259,7 +280,7 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
 
 /// A standby's answer: 307 to the same path and query on the active node, as Vault's
 /// `respondStandby` (clients replay the request there, body and method included).
-fn standby_redirect(leader: &str, uri: &Uri) -> HttpResponse {
+pub(crate) fn standby_redirect(leader: &str, uri: &Uri) -> HttpResponse {
     let target = format!(
         "{}{}",
         leader.trim_end_matches('/'),

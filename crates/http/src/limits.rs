@@ -11,6 +11,10 @@ pub const DEFAULT_READ_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Vault's default `http_idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Default `max_snapshot_size`: the largest snapshot a restore accepts (held in memory).
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
+/// Time a restore's client has to send the snapshot file.
+pub const DEFAULT_SNAPSHOT_READ_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Default cap on concurrent connections of one listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
@@ -38,6 +42,11 @@ pub struct ListenerLimits {
     /// `telemetry { unauthenticated_metrics_access = true }`: `GET sys/metrics` without a
     /// token on this listener.
     pub unauthenticated_metrics_access: bool,
+    /// Largest body of a snapshot restore (`max_snapshot_size`); only that endpoint, only
+    /// after its token was checked, one upload at a time.
+    pub max_snapshot_bytes: usize,
+    /// Time a snapshot restore's client has to send the file.
+    pub snapshot_read_timeout: Duration,
 }
 
 impl Default for ListenerLimits {
@@ -50,6 +59,8 @@ impl Default for ListenerLimits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             unauthenticated_metrics_access: false,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
+            snapshot_read_timeout: DEFAULT_SNAPSHOT_READ_TIMEOUT,
         }
     }
 }

@@ -13,8 +13,13 @@
     clippy::panic
 )]
 
+use async_trait::async_trait;
+
 use crate::limits::{MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_VALUE_BYTES};
-use crate::{Backend, Op, Result, StorageError};
+use crate::{
+    Backend, Op, Result, SnapshotPage, SnapshotSink, StorageError, SNAPSHOT_PAGE_BYTES,
+    SNAPSHOT_PAGE_ENTRIES,
+};
 
 /// Every key the suite touches starts with this.
 pub const ROOT: &str = "conformance/";
@@ -36,6 +41,7 @@ pub async fn exercise_backend(backend: &dyn Backend) {
     batches(backend).await;
     list(backend).await;
     scan(backend).await;
+    snapshot(backend).await;
 
     clear_root(backend).await;
 }
@@ -306,6 +312,107 @@ async fn scanned_keys(
         .into_iter()
         .map(|(key, _)| key)
         .collect()
+}
+
+/// Records the pages of a snapshot; while the first page is delivered it writes keys that later
+/// pages hold, which the snapshot must not see (it was taken before).
+struct SnapshotProbe<'a> {
+    backend: &'a dyn Backend,
+    pages: Vec<SnapshotPage>,
+    fail_after: Option<usize>,
+}
+
+#[async_trait]
+impl SnapshotSink for SnapshotProbe<'_> {
+    async fn page(&mut self, entries: SnapshotPage) -> Result<()> {
+        if self.pages.is_empty() {
+            let ops = vec![
+                put("conformance/snap/zy-late", b"late"),
+                Op::Delete {
+                    key: "conformance/snap/1030".into(),
+                },
+            ];
+            ok(self.backend.batch(ops).await, "writing during a snapshot");
+        }
+        self.pages.push(entries);
+        if self.fail_after == Some(self.pages.len()) {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
+    }
+}
+
+async fn snapshot(b: &dyn Backend) {
+    // More entries than one page holds, and one value large enough to close a page by bytes.
+    let count = SNAPSHOT_PAGE_ENTRIES + 10;
+    let keys: Vec<String> = (0..count)
+        .map(|i| format!("conformance/snap/{i:04}"))
+        .collect();
+    for chunk in keys.chunks(500) {
+        let ops = chunk.iter().map(|k| put(k, k.as_bytes())).collect();
+        ok(b.batch(ops).await, "writing the snapshot's keys");
+    }
+    let big = vec![7u8; SNAPSHOT_PAGE_BYTES];
+    ok(
+        b.put("conformance/snap/zz-big", big.clone()).await,
+        "big value",
+    );
+
+    let mut probe = SnapshotProbe {
+        backend: b,
+        pages: Vec::new(),
+        fail_after: None,
+    };
+    ok(b.snapshot(&mut probe).await, "snapshot");
+    let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
+    for page in &probe.pages {
+        assert!(!page.is_empty(), "a snapshot page is never empty");
+        assert!(
+            page.len() <= SNAPSHOT_PAGE_ENTRIES,
+            "a snapshot page holds at most {SNAPSHOT_PAGE_ENTRIES} entries"
+        );
+        seen.extend(page.iter().cloned());
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "snapshot entries come in strictly increasing key order"
+    );
+    let ours: Vec<&(String, Vec<u8>)> = seen
+        .iter()
+        .filter(|(k, _)| k.starts_with("conformance/snap/"))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        count + 1,
+        "the snapshot holds every key as of its start, and none written during it"
+    );
+    assert!(
+        ours.iter()
+            .any(|(k, v)| k == "conformance/snap/1030" && v == k.as_bytes()),
+        "a key deleted during the snapshot is still in it"
+    );
+    assert!(
+        ours.iter()
+            .any(|(k, v)| k == "conformance/snap/zz-big" && *v == big),
+        "large values are in the snapshot whole"
+    );
+    assert!(
+        ok(b.get("conformance/snap/zy-late").await, "get").is_some(),
+        "the write made during the snapshot was committed"
+    );
+
+    // An error from the sink stops the snapshot and comes back.
+    let mut failing = SnapshotProbe {
+        backend: b,
+        pages: Vec::new(),
+        fail_after: Some(1),
+    };
+    assert!(
+        matches!(b.snapshot(&mut failing).await, Err(StorageError::Closed)),
+        "a sink's error ends the snapshot with that error"
+    );
+    assert_eq!(failing.pages.len(), 1, "no page follows a sink's error");
+    clear_root(b).await;
 }
 
 async fn clear_root(b: &dyn Backend) {

@@ -27,7 +27,10 @@ use redb::{
 use crate::group_commit::{GroupStore, Writer};
 use crate::limits::validate_key;
 use crate::listing::{list_children, scan_prefix};
-use crate::{Backend, CommitHook, Op, Result, StorageError, StorageMetrics};
+use crate::snapshot::PageBuilder;
+use crate::{
+    Backend, CommitHook, Op, Result, SnapshotPage, SnapshotSink, StorageError, StorageMetrics,
+};
 
 /// File name of the database inside the data directory.
 pub(crate) const DATABASE_FILE: &str = "bunker.redb";
@@ -179,9 +182,47 @@ impl Backend for EmbeddedBackend {
         })
     }
 
+    /// One read transaction for the whole snapshot (redb's MVCC view: writers go on, the pages
+    /// they free are kept until it ends); each page is read by a fresh range from after the
+    /// last key, so no iterator is held across the sink's awaits.
+    async fn snapshot(&self, sink: &mut dyn SnapshotSink) -> Result<()> {
+        let entries = self.entries()?;
+        let mut after: Option<String> = None;
+        loop {
+            let page = read_page(&entries, after.as_deref())?;
+            let Some((last, _)) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.clone());
+            sink.page(page).await?;
+        }
+    }
+
     fn metrics(&self) -> StorageMetrics {
         self.writer.counters.snapshot()
     }
+}
+
+/// The next snapshot page of `entries`: keys strictly after `after`.
+fn read_page(
+    entries: &ReadOnlyTable<&'static str, &'static [u8]>,
+    after: Option<&str>,
+) -> Result<SnapshotPage> {
+    let start = match after {
+        Some(key) => Bound::Excluded(key),
+        None => Bound::Unbounded,
+    };
+    let range = entries
+        .range::<&str>((start, Bound::Unbounded))
+        .map_err(engine("reading a snapshot page"))?;
+    let mut pages = PageBuilder::default();
+    for entry in range {
+        let (key, value) = entry.map_err(engine("reading a snapshot page"))?;
+        if let Some(page) = pages.push(key.value().to_owned(), value.value().to_vec()) {
+            return Ok(page);
+        }
+    }
+    Ok(pages.take())
 }
 
 impl crate::HookedBackend for EmbeddedBackend {

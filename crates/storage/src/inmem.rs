@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use crate::hook::{checked_extra_ops, HookSlot};
 use crate::limits::{validate_batch, validate_key};
 use crate::listing::{list_children, scan_prefix};
-use crate::{Backend, CommitHook, Op, Result, StorageMetrics};
+use crate::snapshot::PageBuilder;
+use crate::{Backend, CommitHook, Op, Result, SnapshotSink, StorageMetrics};
 
 /// A volatile, ordered key-value store.
 #[derive(Debug, Default)]
@@ -103,6 +104,24 @@ impl Backend for InmemBackend {
                 .range::<str, _>((start, Bound::Unbounded))
                 .map(|(key, value)| Ok((key.clone(), value.clone()))))
         })
+    }
+
+    /// The map is copied under the read lock (the point in time), then paged out without it:
+    /// the in-memory store holds its whole data set in memory anyway, and writers are not held
+    /// up for as long as the sink takes.
+    async fn snapshot(&self, sink: &mut dyn SnapshotSink) -> Result<()> {
+        let copy = self.read().clone();
+        let mut pages = PageBuilder::default();
+        for (key, value) in copy {
+            if let Some(page) = pages.push(key, value) {
+                sink.page(page).await?;
+            }
+        }
+        let last = pages.take();
+        if !last.is_empty() {
+            sink.page(last).await?;
+        }
+        Ok(())
     }
 
     fn metrics(&self) -> StorageMetrics {

@@ -34,6 +34,7 @@ mod inmem;
 pub mod limits;
 mod listing;
 pub mod postgresql;
+mod snapshot;
 
 pub use embedded::EmbeddedBackend;
 pub use error::StorageError;
@@ -41,6 +42,7 @@ pub use ha::{Fence, FenceCell, HaBackend, HaNode};
 pub use hook::CommitHook;
 pub use inmem::InmemBackend;
 pub use postgresql::{PostgresBackend, PostgresConfig};
+pub use snapshot::{SnapshotPage, SnapshotSink, SNAPSHOT_PAGE_BYTES, SNAPSHOT_PAGE_ENTRIES};
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
@@ -109,6 +111,13 @@ pub trait Backend: Send + Sync + 'static {
         }])
         .await
     }
+
+    /// Every entry, in key order, as it stood at one point in time (a consistent snapshot,
+    /// taken while writes go on), handed to `sink` in pages of at most
+    /// [`SNAPSHOT_PAGE_ENTRIES`] entries and about [`SNAPSHOT_PAGE_BYTES`] (a page always takes
+    /// at least one entry). Memory stays bounded by a page or two; the sink applies back
+    /// pressure by taking its time. An error from the sink stops the snapshot and is returned.
+    async fn snapshot(&self, sink: &mut dyn SnapshotSink) -> Result<()>;
 
     fn metrics(&self) -> StorageMetrics {
         StorageMetrics::default()

@@ -30,7 +30,10 @@ use async_trait::async_trait;
 use crate::group_commit::{GroupStore, Writer};
 use crate::ha::{Acquire, Fence, FenceCell, HaBackend, HaNode, LockHolder, NodeHeartbeat};
 use crate::limits::validate_key;
-use crate::{Backend, CommitHook, Op, Result, StorageError, StorageMetrics};
+use crate::{
+    Backend, CommitHook, Op, Result, SnapshotPage, SnapshotSink, StorageError, StorageMetrics,
+    SNAPSHOT_PAGE_ENTRIES,
+};
 
 /// Vault's default table name.
 pub const DEFAULT_TABLE: &str = "vault_kv_store";
@@ -432,6 +435,44 @@ impl Backend for PostgresBackend {
             .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
             .take_while(|(k, _)| k.starts_with(prefix))
             .collect())
+    }
+
+    /// One `REPEATABLE READ READ ONLY` transaction on one pooled connection: every page is read
+    /// from the same database snapshot, by key after the last page's last key.
+    async fn snapshot(&self, sink: &mut dyn SnapshotSink) -> Result<()> {
+        let mut client = self.client().await?;
+        let txn = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| pg_error("starting the snapshot transaction", e))?;
+        let sql = format!(
+            "SELECT key, value FROM {} WHERE key > $1 ORDER BY key LIMIT $2",
+            self.table
+        );
+        let limit = i64::try_from(SNAPSHOT_PAGE_ENTRIES).unwrap_or(i64::MAX);
+        // "" sorts before every key (keys are never empty).
+        let mut after = String::new();
+        loop {
+            let rows = txn
+                .query(&sql, &[&after, &limit])
+                .await
+                .map_err(|e| pg_error("reading a snapshot page", e))?;
+            let page: SnapshotPage = rows
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+                .collect();
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = last.clone();
+            sink.page(page).await?;
+        }
+        txn.commit()
+            .await
+            .map_err(|e| pg_error("ending the snapshot transaction", e))
     }
 
     fn metrics(&self) -> StorageMetrics {

@@ -23,6 +23,7 @@ pub(crate) mod policy;
 pub(crate) mod rekey;
 pub(crate) mod replication;
 pub(crate) mod secrets;
+pub(crate) mod snapshot;
 pub(crate) mod status;
 pub(crate) mod token;
 pub(crate) mod unwrap;

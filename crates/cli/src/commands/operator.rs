@@ -9,6 +9,7 @@ use super::generate_root::{self, GenerateRootArgs};
 use super::key_shares::{check_threshold, key_share_lines, read_unseal_key};
 use super::rekey::{self, RekeyArgs};
 use super::replication::{self, ReplicationCommand};
+use super::snapshot::{self, RaftCommand, SnapshotCommand};
 use super::status::seal_status_rows;
 use super::{print_json_or_table, send_for_body, send_then_success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Client, Verb};
@@ -38,6 +39,12 @@ pub(crate) enum OperatorCommand {
     /// DR replication: status, and managing this cluster as a primary or a secondary.
     #[command(subcommand)]
     Replication(ReplicationCommand),
+    /// Snapshots through Vault's raft endpoints (whatever the storage backend).
+    #[command(subcommand)]
+    Raft(RaftCommand),
+    /// Snapshot files: inspect.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
 }
 
 /// `bunker operator init`
@@ -91,6 +98,8 @@ pub(crate) fn run(ctx: &Ctx, command: OperatorCommand) -> CmdResult {
         OperatorCommand::GenerateRoot(args) => generate_root::run(ctx, args),
         OperatorCommand::Rekey(args) => rekey::run(ctx, args),
         OperatorCommand::Replication(command) => replication::run(ctx, command),
+        OperatorCommand::Raft(command) => snapshot::run_raft(ctx, command),
+        OperatorCommand::Snapshot(command) => snapshot::run(ctx, command),
     }
 }
 

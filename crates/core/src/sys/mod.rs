@@ -31,6 +31,8 @@ pub(crate) const SPECIAL_PATHS: bunker_sdk::SpecialPaths = bunker_sdk::SpecialPa
         "raw",
         "raw/*",
         "step-down",
+        "storage/raft/snapshot",
+        "storage/raft/snapshot-force",
     ],
     unauthenticated: &[],
 };
@@ -115,6 +117,7 @@ impl Core {
                 None => self.sys_replication_disabled(req, rest),
             },
             "metrics" => self.sys_metrics(req).await,
+            "storage" => self.sys_storage(req, rest),
             "step-down" => self.sys_step_down(op).await,
             "ha-status" => self.sys_ha_status(req).await,
             "host-info" | "config" | "raw" => Err(LogicalError::UnsupportedPath(req.path.clone())),

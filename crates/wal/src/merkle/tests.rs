@@ -333,4 +333,11 @@ impl Backend for CountingScans {
         self.local_entries.fetch_add(local, Ordering::SeqCst);
         Ok(page)
     }
+
+    async fn snapshot(
+        &self,
+        sink: &mut dyn bunker_storage::SnapshotSink,
+    ) -> bunker_storage::Result<()> {
+        self.inner.snapshot(sink).await
+    }
 }

@@ -1,0 +1,251 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+//! Snapshots through the real binary: save, restore into a fresh server, refusal of damaged
+//! files, forced restore of another cluster's snapshot, scheduled snapshots and pruning.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{cli, errors, poll_until, ServerOptions, TestServer};
+use serde_json::{json, Value};
+
+const SNAPSHOT: &str = "sys/storage/raft/snapshot";
+
+/// A server with KV v2 at `secret/` and two secrets.
+fn server_with_data() -> TestServer {
+    let s = TestServer::initialized();
+    s.mount_kv2();
+    s.kv_put("app/db", json!({"password": "hunter2"}));
+    s.kv_put("app/api", json!({"key": "k-1"}));
+    s
+}
+
+fn save(s: &TestServer) -> Vec<u8> {
+    let resp = s
+        .client()
+        .get(s.url(SNAPSHOT))
+        .header("X-Vault-Token", &s.root_token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/octet-stream"
+    );
+    resp.bytes().unwrap().to_vec()
+}
+
+fn restore(s: &TestServer, path: &str, token: Option<&str>, file: &[u8]) -> (u16, Value) {
+    let mut req = s.client().post(s.url(path)).body(file.to_vec());
+    if let Some(token) = token {
+        req = req.header("X-Vault-Token", token);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn cluster_id(s: &TestServer) -> String {
+    let (_, health) = s.get("sys/health", None);
+    health["cluster_id"].as_str().unwrap().to_owned()
+}
+
+fn sealed(s: &TestServer) -> bool {
+    s.get("sys/seal-status", None).1["sealed"] == json!(true)
+}
+
+#[test]
+fn cli_save_then_restore_into_a_fresh_server() {
+    let a = server_with_data();
+    let file = a.dir().join("backup.snap");
+    let file_arg = file.to_str().unwrap();
+    let (code, _, err) = cli(&a, &["login", &a.root_token]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&a, &["operator", "raft", "snapshot", "save", file_arg]);
+    assert_eq!(code, 0, "save: {out} {err}");
+
+    let (code, out, err) = cli(
+        &a,
+        &["operator", "snapshot", "inspect", "-format=json", file_arg],
+    );
+    assert_eq!(code, 0, "inspect: {err}");
+    let manifest: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(manifest["format_version"], json!(1));
+    assert_eq!(manifest["cluster_id"], json!(cluster_id(&a)));
+    assert!(manifest["entries"].as_u64().unwrap() > 5, "{manifest}");
+    let parts = manifest["parts"].as_array().unwrap();
+    assert!(!parts.is_empty());
+    assert!(parts
+        .iter()
+        .all(|p| p["sha256"].as_str().unwrap().len() == 64));
+
+    // A fresh server: no token exists yet, the restore needs none.
+    let b = TestServer::with_config(ServerOptions::default());
+    assert_eq!(b.get("sys/init", None).1["initialized"], json!(false));
+    let (code, out, err) = cli(&b, &["operator", "raft", "snapshot", "restore", file_arg]);
+    assert_eq!(code, 0, "restore: {out} {err}");
+    assert_eq!(b.get("sys/init", None).1["initialized"], json!(true));
+    assert!(
+        sealed(&b),
+        "a restored server waits for the snapshot's keys"
+    );
+    b.unseal_with(&a.keys);
+    assert_eq!(cluster_id(&b), cluster_id(&a));
+    let (status, body) = b.get("secret/data/app/db", Some(&a.root_token));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["data"]["password"], json!("hunter2"));
+}
+
+#[test]
+fn damaged_files_are_refused_and_change_nothing() {
+    let a = server_with_data();
+    let good = save(&a);
+    a.kv_put("after", json!({"v": "kept"}));
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    let damaged = [
+        ("truncated", good[..good.len() - 7].to_vec()),
+        ("cut in half", good[..middle].to_vec()),
+        ("flipped byte", flipped),
+        ("not a snapshot", b"{\"hello\":1}".to_vec()),
+        ("empty", Vec::new()),
+    ];
+    for (what, file) in &damaged {
+        for path in [SNAPSHOT, "sys/storage/raft/snapshot-force"] {
+            let (status, body) = restore(&a, path, Some(&a.root_token), file);
+            assert_eq!(status, 400, "{what} at {path}: {body}");
+            assert!(
+                errors(&body).iter().any(|e| e.contains("invalid snapshot")),
+                "{what}: {body}"
+            );
+        }
+    }
+    assert!(!sealed(&a));
+    assert_eq!(a.kv_get("after").1["v"], json!("kept"));
+    assert_eq!(a.kv_get("app/db").1["password"], json!("hunter2"));
+
+    // Nor does a damaged file initialise a fresh server.
+    let fresh = TestServer::with_config(ServerOptions::default());
+    let (status, body) = restore(&fresh, SNAPSHOT, None, &damaged[0].1);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(fresh.get("sys/init", None).1["initialized"], json!(false));
+}
+
+#[test]
+fn a_restore_takes_the_server_back_and_needs_sudo() {
+    let a = server_with_data();
+    let file = save(&a);
+    a.kv_put("app/db", json!({"password": "changed"}));
+    a.kv_put("later", json!({"v": 1}));
+
+    let no_sudo = a.create_token(json!({"policies": ["default"]}));
+    let (status, body) = restore(&a, SNAPSHOT, Some(&no_sudo), &file);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = restore(&a, SNAPSHOT, None, &file);
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = a.get(SNAPSHOT, Some(&no_sudo));
+    assert_eq!(status, 403);
+
+    let (status, body) = restore(&a, SNAPSHOT, Some(&a.root_token), &file);
+    assert_eq!(status, 204, "{body}");
+    assert!(
+        !sealed(&a),
+        "a restore of this cluster's snapshot stays unsealed"
+    );
+    assert_eq!(a.kv_get("app/db").1["password"], json!("hunter2"));
+    assert_eq!(a.kv_get("later").0, 404);
+}
+
+#[test]
+fn another_clusters_snapshot_needs_force_and_its_keys() {
+    let a = server_with_data();
+    let file = save(&a);
+    let c = TestServer::initialized();
+    let (status, body) = restore(&c, SNAPSHOT, Some(&c.root_token), &file);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        errors(&body).iter().any(|e| e.contains("snapshot-force")),
+        "{body}"
+    );
+    assert!(!sealed(&c), "a refused restore changes nothing");
+
+    let (status, body) = restore(
+        &c,
+        "sys/storage/raft/snapshot-force",
+        Some(&c.root_token),
+        &file,
+    );
+    assert_eq!(status, 204, "{body}");
+    assert!(sealed(&c), "a forced restore seals");
+    let (status, _) = c.put("sys/unseal", None, json!({"key": c.keys[0]}));
+    assert_eq!(status, 400, "the old cluster's key no longer unseals");
+    c.unseal_with(&a.keys);
+    assert_eq!(cluster_id(&c), cluster_id(&a));
+    let (status, body) = c.get("secret/data/app/api", Some(&a.root_token));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["data"]["key"], json!("k-1"));
+}
+
+fn snapshot_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".snap"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn scheduled_snapshots_are_written_and_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("snaps");
+    let s = TestServer::initialized_with(ServerOptions {
+        config_extra: format!(
+            "snapshot {{\n  interval = \"1s\"\n  retain = 2\n  path = \"{}\"\n}}",
+            dir.display()
+        ),
+        ..Default::default()
+    });
+    s.mount_kv2();
+    s.kv_put("scheduled", json!({"v": "x"}));
+    let mut seen = BTreeSet::new();
+    let done = poll_until(Duration::from_secs(60), || {
+        let names = snapshot_files(&dir);
+        assert!(names.len() <= 2, "pruning keeps retain = 2: {names:?}");
+        seen.extend(names);
+        seen.len() >= 4
+    });
+    assert!(done, "four scheduled snapshots within a minute: {seen:?}");
+    let names = snapshot_files(&dir);
+    assert!(!names.is_empty());
+    for name in &names {
+        let path = dir.join(name);
+        let (code, out, err) = cli(
+            &s,
+            &["operator", "snapshot", "inspect", path.to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(out.contains(&cluster_id(&s)), "{out}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty() || leftovers.len() == 1,
+        "{leftovers:?}"
+    );
+}

@@ -1,0 +1,154 @@
+//! `bunker operator raft snapshot save|restore` and `bunker operator snapshot inspect`.
+
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Subcommand};
+
+use super::{emit_json_or_table, success, CmdResult, Ctx};
+use crate::client::{ApiRequest, Verb};
+use crate::error::{CliError, Doing};
+use crate::output;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum RaftCommand {
+    /// Save or restore a snapshot of the whole storage (any storage backend).
+    #[command(subcommand)]
+    Snapshot(RaftSnapshotCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum RaftSnapshotCommand {
+    /// Save a snapshot of the server's storage into FILE.
+    Save { file: PathBuf },
+    /// Replace the server's storage with the snapshot in FILE.
+    Restore(RestoreArgs),
+}
+
+/// `bunker operator raft snapshot restore [-force] FILE`
+#[derive(Args, Debug)]
+pub(crate) struct RestoreArgs {
+    /// Restore a snapshot whose keyring this server's root key does not open (another
+    /// cluster's); the server seals and needs the snapshot's unseal keys.
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    force: bool,
+    file: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SnapshotCommand {
+    /// Check a snapshot file and print its manifest.
+    Inspect { file: PathBuf },
+}
+
+pub(crate) fn run_raft(ctx: &Ctx, command: RaftCommand) -> CmdResult {
+    match command {
+        RaftCommand::Snapshot(RaftSnapshotCommand::Save { file }) => save(ctx, &file),
+        RaftCommand::Snapshot(RaftSnapshotCommand::Restore(args)) => restore(ctx, &args),
+    }
+}
+
+pub(crate) fn run(ctx: &Ctx, command: SnapshotCommand) -> CmdResult {
+    match command {
+        SnapshotCommand::Inspect { file } => inspect(ctx, &file),
+    }
+}
+
+fn io_error(doing: String) -> impl FnOnce(std::io::Error) -> CliError {
+    move |source| CliError::Io { doing, source }
+}
+
+/// Downloads into a temporary file beside FILE, checks it, then renames it into place, so
+/// FILE is never a partial snapshot.
+fn save(ctx: &Ctx, file: &Path) -> CmdResult {
+    let client = ctx.client()?;
+    let tmp = file.with_extension("partial");
+    let mut out =
+        std::fs::File::create(&tmp).map_err(io_error(format!("creating {}", tmp.display())))?;
+    let request = ApiRequest::new(Verb::Get, "sys/storage/raft/snapshot")
+        .without_wrapping()
+        .transfer();
+    let result = client
+        .download(request, &mut out)
+        .doing("taking the snapshot")
+        .and_then(|_| {
+            out.flush()
+                .and_then(|()| out.sync_all())
+                .map_err(io_error(format!("writing {}", tmp.display())))
+        })
+        .and_then(|()| check(&tmp).map(drop))
+        .and_then(|()| {
+            std::fs::rename(&tmp, file).map_err(io_error(format!(
+                "renaming {} to {}",
+                tmp.display(),
+                file.display()
+            )))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    success(
+        ctx,
+        &format!("Success! Snapshot saved to {}.", file.display()),
+    )
+}
+
+fn restore(ctx: &Ctx, args: &RestoreArgs) -> CmdResult {
+    check(&args.file)?;
+    let bytes =
+        std::fs::read(&args.file).map_err(io_error(format!("reading {}", args.file.display())))?;
+    let path = if args.force {
+        "sys/storage/raft/snapshot-force"
+    } else {
+        "sys/storage/raft/snapshot"
+    };
+    let request = ApiRequest::new(Verb::Post, path)
+        .without_wrapping()
+        .file(bytes);
+    ctx.client()?
+        .send(request)
+        .doing("restoring the snapshot")?;
+    success(ctx, "Success! Snapshot restored.")
+}
+
+fn inspect(ctx: &Ctx, file: &Path) -> CmdResult {
+    let manifest = check(file)?;
+    let json = serde_json::to_value(&manifest)
+        .map_err(|e| CliError::Invalid(format!("encoding the manifest: {e}")))?;
+    let meta = &manifest.meta;
+    let or_none = |v: Option<String>| v.unwrap_or_else(|| "n/a".into());
+    emit_json_or_table(ctx, &json, || {
+        output::key_value_table(&[
+            ("Format Version".into(), manifest.format_version.to_string()),
+            ("Cluster ID".into(), meta.cluster_id.clone()),
+            ("Storage Type".into(), meta.storage_type.clone()),
+            ("Created (Unix)".into(), meta.created_unix.to_string()),
+            (
+                "WAL Index".into(),
+                or_none(meta.wal_index.map(|i| i.to_string())),
+            ),
+            ("Merkle Root".into(), or_none(meta.merkle_root.clone())),
+            ("Entries".into(), manifest.entries.to_string()),
+            ("Bytes".into(), manifest.bytes.to_string()),
+            ("Parts".into(), manifest.parts.len().to_string()),
+        ])
+    })
+}
+
+/// Verifies the whole file: every part's checksum and the manifest.
+fn check(file: &Path) -> Result<bunker_snapshot::Manifest, CliError> {
+    let reader =
+        std::fs::File::open(file).map_err(io_error(format!("opening {}", file.display())))?;
+    bunker_snapshot::verify(BufReader::new(reader))
+        .map_err(|e| CliError::Invalid(format!("Error checking {}: {e}", file.display())))
+}
