@@ -245,7 +245,8 @@ fn on_to_secondary(msg: &ToSecondary) {
         | ToSecondary::Deletions { .. }
         | ToSecondary::ChunkDone
         | ToSecondary::Heartbeat { .. }
-        | ToSecondary::SnapshotDone { .. } => {}
+        | ToSecondary::SnapshotDone { .. }
+        | ToSecondary::SnapshotStart { .. } => {}
     }
 }
 

@@ -149,6 +149,12 @@ fn to_secondary() -> Vec<(&'static str, ToSecondary)> {
                 keys: 2,
             },
         ),
+        (
+            "snapshot-start",
+            ToSecondary::SnapshotStart {
+                keys_estimate: 1_000_000,
+            },
+        ),
     ]
 }
 

@@ -15,10 +15,7 @@ mod common;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use common::dr::{
-    activation_token, adopt_credentials, dr_server, enable_primary, enable_secondary,
-    promote_with_keys, wait_converged,
-};
+use common::dr::{adopt_credentials, dr_server, promote_with_keys, wait_converged};
 use common::{cli, TestServer};
 use serde_json::json;
 
@@ -84,8 +81,34 @@ fn applications_log_in_and_decrypt_on_the_promoted_secondary() {
     assert!(ciphertext.starts_with("vault:v1:"), "{ciphertext}");
 
     // --- A becomes the primary, B its DR secondary, unsealed with A's keys ---
-    enable_primary(&a);
-    enable_secondary(&b, &activation_token(&a, "site-b"));
+    run(&a, &["operator", "replication", "primary", "enable"]);
+    let token = run(
+        &a,
+        &[
+            "operator",
+            "replication",
+            "primary",
+            "secondary-token",
+            "-id=site-b",
+            "-ttl=10m",
+        ],
+    );
+    run(&b, &["login", b.root().unwrap()]);
+    let waited = run(
+        &b,
+        &[
+            "operator",
+            "replication",
+            "secondary",
+            "enable",
+            &format!("-token={token}"),
+            "-wait",
+        ],
+    );
+    assert!(
+        waited.contains("Success! The secondary streams WALs from the primary"),
+        "{waited}"
+    );
     wait_converged(&a, &b);
     adopt_credentials(&mut b, &a);
     b.unseal();

@@ -406,6 +406,11 @@ pub fn emit_raw(text: &str) -> Result<(), CliError> {
     }
 }
 
+/// Writes `text` exactly as is (a progress line rewritten in place with `\r`).
+pub fn emit_inline(text: &str) -> Result<(), CliError> {
+    write_stdout(text)
+}
+
 fn write_stdout(text: &str) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     match stdout

@@ -765,8 +765,54 @@ impl Inner {
         }
     }
 
+    /// A sync starts: report its progress from now on (`sync_progress`).
+    pub(crate) fn progress_start(&self, kind: &'static str, total: u64) {
+        self.with_status(|s| {
+            s.progress = Some(crate::status::SyncProgress {
+                kind,
+                started_ms: now_ms(),
+                keys: 0,
+                bytes: 0,
+                done: 0,
+                total,
+            });
+        });
+    }
+
+    /// The sync in progress learnt how much work there is.
+    pub(crate) fn progress_total(&self, total: u64) {
+        self.with_status(|s| {
+            if let Some(p) = s.progress.as_mut() {
+                p.total = total;
+            }
+        });
+    }
+
+    /// The sync in progress fetched `keys` keys of `bytes` bytes and finished `units` units.
+    pub(crate) fn progress_add(&self, keys: u64, bytes: u64, units: u64) {
+        self.with_status(|s| {
+            if let Some(p) = s.progress.as_mut() {
+                p.keys += keys;
+                p.bytes += bytes;
+                p.done += units;
+            }
+        });
+    }
+
+    /// The primary's key count from its last Merkle scan, without scanning (0 = none yet).
+    pub(crate) fn cached_key_count(&self) -> u64 {
+        self.merkle_cache
+            .try_lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.tree.keys))
+            .unwrap_or(0)
+    }
+
     pub fn set_sync_state(&self, state: SyncState, connection: &'static str) {
         self.with_status(|s| {
+            if matches!(state, SyncState::Connecting | SyncState::StreamWals) {
+                s.progress = None;
+            }
             s.state = state;
             s.connection_state = connection;
             if connection != "ready" {

@@ -260,6 +260,12 @@ enum Synced {
 /// Where a sync puts what the primary pushes.
 trait Sink {
     async fn apply(&mut self, ops: Vec<Op>) -> Result<(), ReplError>;
+
+    /// The sync has `units` chunks of cells to go through.
+    fn planned(&mut self, _units: u64) {}
+
+    /// A chunk is done, having fetched `keys` keys of `bytes` bytes.
+    fn chunk_done(&mut self, _keys: u64, _bytes: u64) {}
 }
 
 /// Straight into a store (a secondary's first sync, and the unit tests).
@@ -277,6 +283,14 @@ struct StagingSink<'a> {
 }
 
 impl Sink for StagingSink<'_> {
+    fn planned(&mut self, units: u64) {
+        self.inner.progress_total(units);
+    }
+
+    fn chunk_done(&mut self, keys: u64, bytes: u64) {
+        self.inner.progress_add(keys, bytes, 1);
+    }
+
     async fn apply(&mut self, ops: Vec<Op>) -> Result<(), ReplError> {
         let Some(stage) = self.stage.as_mut() else {
             return Ok(self.inner.backend.batch(ops).await?);
@@ -329,6 +343,7 @@ where
     };
     let buckets = ours.diff(&theirs);
     inner.set_sync_state(SyncState::MerkleSync, "ready");
+    inner.progress_start("merkle", 0);
     crate::failpoint::hold("secondary-merkle-sync").await;
     let mut sink = StagingSink {
         inner,
@@ -411,8 +426,12 @@ where
         return Ok(pushed);
     }
     let cells = differing_cells(our_sums, rd, wr, buckets).await?;
-    for chunk in cells.chunks(chunk_cells.max(1)) {
+    let chunks = cells.chunks(chunk_cells.max(1));
+    sink.planned(chunks.len() as u64);
+    for chunk in chunks {
+        let before = (pushed.keys, pushed.bytes);
         sync_chunk(backend, sink, rd, wr, chunk, &mut pushed).await?;
+        sink.chunk_done(pushed.keys - before.0, pushed.bytes - before.1);
     }
     Ok(pushed)
 }
@@ -554,17 +573,21 @@ where
     W: AsyncWrite + Unpin,
 {
     inner.set_sync_state(SyncState::MerkleSync, "ready");
+    inner.progress_start("snapshot", 0);
     write_frame(wr, &ToPrimary::SnapshotRequest).await?;
     let mut fetched_keys = 0u64;
     let mut fetched_bytes = 0u64;
     loop {
         let (msg, bytes) = sync_reply(rd).await?;
         match msg {
+            ToSecondary::SnapshotStart { keys_estimate } => inner.progress_total(keys_estimate),
             ToSecondary::Values { entries } => {
                 let ops = values_to_ops(entries);
-                fetched_keys += ops.len() as u64;
+                let keys = ops.len() as u64;
+                fetched_keys += keys;
                 fetched_bytes += bytes as u64;
                 inner.backend.batch(ops).await?;
+                inner.progress_add(keys, bytes as u64, keys);
                 crate::failpoint::hold("secondary-sync-batch-applied").await;
             }
             ToSecondary::SnapshotDone { wal_index, .. } => {

@@ -140,6 +140,46 @@ impl SecondaryStatus {
     }
 }
 
+/// A sync in progress, reported as `sync_progress` in status while it runs.
+#[derive(Clone, Debug)]
+pub struct SyncProgress {
+    /// `snapshot` (a first, full sync) or `merkle` (a catch-up by Merkle diff).
+    pub kind: &'static str,
+    pub started_ms: u64,
+    pub keys: u64,
+    pub bytes: u64,
+    /// Units of work done and expected: keys for a snapshot sync (expected: the primary's
+    /// estimate, 0 when unknown), chunks of differing cells for a Merkle sync.
+    pub done: u64,
+    pub total: u64,
+}
+
+impl SyncProgress {
+    pub fn to_json(&self) -> Value {
+        let elapsed_ms = now_ms().saturating_sub(self.started_ms).max(1);
+        let per_second = |n: u64| n.saturating_mul(1000) / elapsed_ms;
+        let known = self.total > 0;
+        let percent = known.then(|| (self.done.min(self.total) * 100) / self.total);
+        let eta_seconds = (known && self.done > 0).then(|| {
+            let left = self.total.saturating_sub(self.done);
+            left.saturating_mul(elapsed_ms) / self.done / 1000
+        });
+        json!({
+            "kind": self.kind,
+            "elapsed_ms": elapsed_ms,
+            "keys_fetched": self.keys,
+            "bytes_fetched": self.bytes,
+            "units": if self.kind == "snapshot" { "keys" } else { "chunks" },
+            "units_done": self.done,
+            "units_total": if known { Some(self.total) } else { None },
+            "percent": percent,
+            "keys_per_second": per_second(self.keys),
+            "bytes_per_second": per_second(self.bytes),
+            "eta_seconds": eta_seconds,
+        })
+    }
+}
+
 /// Everything a secondary reports about its stream.
 #[derive(Clone, Debug, Default)]
 pub struct SecondaryStatus {
@@ -154,4 +194,6 @@ pub struct SecondaryStatus {
     pub last_error: String,
     pub last_start_ms: u64,
     pub counters: SyncCounters,
+    /// The sync running now, if any.
+    pub progress: Option<SyncProgress>,
 }

@@ -127,6 +127,10 @@ pub enum ToSecondary {
         wal_index: u64,
         keys: u64,
     },
+    /// First frame of a snapshot: about how many keys follow (0 = unknown), for progress.
+    SnapshotStart {
+        keys_estimate: u64,
+    },
 }
 
 pub fn now_ms() -> u64 {

@@ -98,6 +98,7 @@ impl Inner {
                     "last_reindex_epoch": "0",
                     "primaries": primaries,
                     "sync": s.counters.to_json(),
+                    "sync_progress": s.progress.as_ref().map(crate::status::SyncProgress::to_json),
                 })
             }
         }

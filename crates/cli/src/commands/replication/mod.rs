@@ -7,6 +7,7 @@
 mod primary;
 mod secondary;
 mod status;
+mod wait;
 
 use clap::Subcommand;
 use serde_json::{Map, Value};

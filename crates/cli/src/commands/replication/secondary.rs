@@ -51,6 +51,18 @@ pub(crate) struct ActivationArgs {
     /// server.
     #[arg(long, value_name = "PATH")]
     ca_path: Option<String>,
+    /// Follow the secondary until it streams WALs, showing the sync's progress (keys and
+    /// bytes synced, rate, ETA).
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    wait: bool,
 }
 
 /// `secondary update-primary -token=T -dr-operation-token=T ...`
@@ -130,7 +142,11 @@ pub(super) fn run(ctx: &Ctx, command: SecondaryCommand) -> CmdResult {
                 "Success! This cluster is now a DR secondary; it is replacing its data with \
                  the primary's. Use the primary's tokens from now on, and its unseal keys \
                  after a restart.",
-            )
+            )?;
+            if args.wait {
+                return super::wait::until_streaming(ctx);
+            }
+            Ok(EXIT_OK)
         }
         SecondaryCommand::Promote(args) => promote(ctx, &args),
         SecondaryCommand::UpdatePrimary(args) => {
@@ -145,10 +161,15 @@ pub(super) fn run(ctx: &Ctx, command: SecondaryCommand) -> CmdResult {
                 body,
                 "updating the DR secondary's primary",
             )?;
+            let waiting = args.activation.wait;
             success(
                 ctx,
                 "Success! This DR secondary now follows the new primary.",
-            )
+            )?;
+            if waiting {
+                return super::wait::until_streaming(ctx);
+            }
+            Ok(EXIT_OK)
         }
         SecondaryCommand::Disable(args) => {
             put(
