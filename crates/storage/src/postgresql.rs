@@ -336,13 +336,27 @@ impl PostgresBackend {
             "SELECT key FROM {} WHERE key {op} $1 ORDER BY key LIMIT $2",
             self.table
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&start, &limit])
-            .await
-            .map_err(|e| pg_error("listing", e))?;
+        let rows = self.rows("listing", &sql, &[&start, &limit]).await?;
         Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+
+    /// Run a read with a statement prepared once per pooled connection (one round trip
+    /// instead of a parse and an execute each time).
+    async fn rows(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| pg_error(what, e))?;
+        client
+            .query(&statement, params)
+            .await
+            .map_err(|e| pg_error(what, e))
     }
 }
 
@@ -362,13 +376,8 @@ impl Backend for PostgresBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         validate_key(key)?;
         let sql = format!("SELECT value FROM {} WHERE key = $1", self.table);
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&key])
-            .await
-            .map_err(|e| pg_error("reading", e))?;
-        Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        let rows = self.rows("reading", &sql, &[&key]).await?;
+        Ok(rows.first().map(|r| r.get::<_, Vec<u8>>(0)))
     }
 
     async fn batch(&self, ops: Vec<Op>) -> Result<()> {
@@ -424,12 +433,7 @@ impl Backend for PostgresBackend {
             self.table
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&start, &limit])
-            .await
-            .map_err(|e| pg_error("scanning", e))?;
+        let rows = self.rows("scanning", &sql, &[&start, &limit]).await?;
         Ok(rows
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
@@ -663,12 +667,59 @@ struct PgStore {
     table: String,
     ha_table: Option<String>,
     fence: Arc<FenceCell>,
-    client: Mutex<Option<postgres::Client>>,
+    client: Mutex<Option<WriterConnection>>,
+}
+
+/// The writer's connection and its one prepared write statement.
+struct WriterConnection {
+    client: postgres::Client,
+    write: postgres::Statement,
 }
 
 impl PgStore {
-    fn commit_with(&self, client: &mut postgres::Client, batches: &[&[Op]]) -> Result<()> {
-        // The group's net effect: each key's last operation.
+    /// The whole group in **one statement** (one round trip, one implicit transaction, one
+    /// WAL flush): upsert of the puts and delete of the deletes as data-modifying CTEs, and
+    /// with HA the fence as a third CTE they both depend on. The fence's `FOR SHARE` holds the
+    /// lock row until the statement commits; when it finds no row (another holder or epoch),
+    /// the upsert and the delete change nothing and the write is refused.
+    fn write_sql(&self) -> String {
+        let t = &self.table;
+        match &self.ha_table {
+            None => format!(
+                "WITH ins AS (INSERT INTO {t} (key, value) \
+                 SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING 1), \
+                 del AS (DELETE FROM {t} WHERE key = ANY($3::text[]) RETURNING 1) \
+                 SELECT 1::bigint"
+            ),
+            Some(ha) => format!(
+                "WITH fence AS (SELECT 1 FROM {ha} WHERE ha_key = $4 AND ha_identity = $5 \
+                 AND epoch = $6 FOR SHARE), \
+                 ins AS (INSERT INTO {t} (key, value) \
+                 SELECT k, v FROM UNNEST($1::text[], $2::bytea[]) AS u(k, v) \
+                 WHERE EXISTS (SELECT 1 FROM fence) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING 1), \
+                 del AS (DELETE FROM {t} WHERE key = ANY($3::text[]) \
+                 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+                 SELECT count(*) FROM fence"
+            ),
+        }
+    }
+
+    fn connect(&self) -> Result<WriterConnection> {
+        let mut client = self
+            .config
+            .connect(self.connector.clone())
+            .map_err(|e| StorageError::Unavailable(format!("PostgreSQL: {e}")))?;
+        let write = client
+            .prepare(&self.write_sql())
+            .map_err(|e| pg_error("preparing the write statement", e))?;
+        Ok(WriterConnection { client, write })
+    }
+
+    fn commit_with(&self, conn: &mut WriterConnection, batches: &[&[Op]]) -> Result<()> {
+        // The group's net effect: each key's last operation (a key appears once in the
+        // statement, which an upsert requires).
         let mut last: std::collections::BTreeMap<&str, Option<&[u8]>> = Default::default();
         for op in batches.iter().flat_map(|b| b.iter()) {
             match op {
@@ -686,44 +737,38 @@ impl PgStore {
                 None => deletes.push(key),
             }
         }
-        let fail = |what: &'static str| move |e: postgres::Error| pg_error(what, e);
-        let fence = self.fence.get();
-        if fence == Fence::Standby {
-            return Err(crate::ha::fenced_error());
-        }
-        let mut txn = client
-            .transaction()
-            .map_err(fail("starting a transaction"))?;
-        if let (Fence::Active { node_id, epoch }, Some(ha)) = (&fence, &self.ha_table) {
-            // Inside the transaction, holding the lock row until commit: a takeover (which
-            // updates the row) waits for this write, and every later write of ours fails.
-            let sql = format!(
-                "SELECT 1 FROM {ha} WHERE ha_key = $1 AND ha_identity = $2 AND epoch = $3 FOR SHARE"
-            );
-            let epoch_sql = i64::try_from(*epoch).unwrap_or(i64::MAX);
-            let held = txn
-                .query_opt(&sql, &[&LOCK_KEY, node_id, &epoch_sql])
-                .map_err(fail("checking the HA lock"))?;
-            if held.is_none() {
-                self.fence.lost(*epoch);
-                tracing::warn!(epoch, "write refused: this node lost the HA lock");
-                return Err(crate::ha::lock_lost_error());
+        match (self.fence.get(), &self.ha_table) {
+            (Fence::Off, _) => {
+                conn.client
+                    .query_one(&conn.write, &[&put_keys, &put_values, &deletes])
+                    .map_err(|e| pg_error("writing", e))?;
+                Ok(())
             }
+            (Fence::Active { node_id, epoch }, Some(_)) => {
+                let epoch_sql = i64::try_from(epoch).unwrap_or(i64::MAX);
+                let row = conn
+                    .client
+                    .query_one(
+                        &conn.write,
+                        &[
+                            &put_keys,
+                            &put_values,
+                            &deletes,
+                            &LOCK_KEY,
+                            &node_id,
+                            &epoch_sql,
+                        ],
+                    )
+                    .map_err(|e| pg_error("writing", e))?;
+                if row.get::<_, i64>(0) == 0 {
+                    self.fence.lost(epoch);
+                    tracing::warn!(epoch, "write refused: this node lost the HA lock");
+                    return Err(crate::ha::lock_lost_error());
+                }
+                Ok(())
+            }
+            _ => Err(crate::ha::fenced_error()),
         }
-        if !put_keys.is_empty() {
-            let sql = format!(
-                "INSERT INTO {t} (key, value) SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                t = self.table
-            );
-            txn.execute(&sql, &[&put_keys, &put_values])
-                .map_err(fail("writing"))?;
-        }
-        if !deletes.is_empty() {
-            let sql = format!("DELETE FROM {} WHERE key = ANY($1::text[])", self.table);
-            txn.execute(&sql, &[&deletes]).map_err(fail("deleting"))?;
-        }
-        txn.commit().map_err(fail("committing"))
     }
 }
 
@@ -747,20 +792,16 @@ impl GroupStore for PgStore {
             .client
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if slot.as_ref().is_none_or(postgres::Client::is_closed) {
-            let client = self
-                .config
-                .connect(self.connector.clone())
-                .map_err(|e| StorageError::Unavailable(format!("PostgreSQL: {e}")))?;
-            *slot = Some(client);
+        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *slot = Some(self.connect()?);
         }
-        let Some(client) = slot.as_mut() else {
+        let Some(conn) = slot.as_mut() else {
             return Err(StorageError::Unavailable(
                 "PostgreSQL: no connection".into(),
             ));
         };
-        let result = self.commit_with(client, batches);
-        if result.is_err() && client.is_closed() {
+        let result = self.commit_with(conn, batches);
+        if result.is_err() && conn.client.is_closed() {
             *slot = None;
         }
         result
