@@ -242,6 +242,18 @@ fn dashboard_in_chromium_shows_the_dr_pair_as_the_api_does() {
         Some(ss["sync"]["last_merkle_sync"]["keys_fetched"].to_string())
     );
 
+    // Without a token the page asks for one and shows no figures.
+    let signed_out = run_chromium(&format!("{}/ui/", p.addr()), &["--dump-dom"]);
+    assert!(
+        signed_out.contains("<form id=\"sign-in\" class=\"card narrow\">"),
+        "the sign-in form must show: {signed_out}"
+    );
+    assert!(
+        signed_out.contains("<div id=\"dashboard\" hidden=\"\">"),
+        "{signed_out}"
+    );
+    assert_eq!(field(&signed_out, "id=\"dr\"", "mode"), None);
+
     // A screenshot of the primary's page, as the README shows it.
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("dashboard.png");
