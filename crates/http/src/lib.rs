@@ -12,6 +12,7 @@ mod limits;
 mod serve;
 mod snapshot;
 mod status;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,9 +43,10 @@ struct AppState {
     restore: snapshot::RestoreLimits,
 }
 
-/// Build the API router over a core.
+/// Build the API router over a core: the dashboard's static files at `/ui/`, everything
+/// else (the Vault API under `/v1/`) through [`handle`].
 pub fn router(core: Arc<Core>, limits: &ListenerLimits) -> Router {
-    Router::new().fallback(handle).with_state(AppState {
+    ui::routes().fallback(handle).with_state(AppState {
         core,
         max_request_bytes: limits.max_request_bytes,
         read_timeout: limits.read_timeout,
