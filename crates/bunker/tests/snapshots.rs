@@ -71,6 +71,12 @@ fn cli_save_then_restore_into_a_fresh_server() {
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = cli(&a, &["operator", "raft", "snapshot", "save", file_arg]);
     assert_eq!(code, 0, "save: {out} {err}");
+    // The size and time of the transfer; no progress line when stderr is not a terminal.
+    assert!(
+        out.contains("Success! Snapshot saved to ") && out.contains(" s)."),
+        "{out}"
+    );
+    assert!(!err.contains("received"), "{err}");
 
     let (code, out, err) = cli(
         &a,

@@ -406,6 +406,21 @@ pub fn emit_raw(text: &str) -> Result<(), CliError> {
     }
 }
 
+/// A byte count for people: `512 B`, `5.2 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match (unit, UNITS.get(unit)) {
+        (0, _) | (_, None) => format!("{n} B"),
+        (_, Some(u)) => format!("{value:.1} {u}"),
+    }
+}
+
 /// Writes `text` exactly as is (a progress line rewritten in place with `\r`).
 pub fn emit_inline(text: &str) -> Result<(), CliError> {
     write_stdout(text)

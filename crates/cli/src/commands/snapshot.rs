@@ -63,6 +63,46 @@ pub(crate) fn run(ctx: &Ctx, command: SnapshotCommand) -> CmdResult {
     }
 }
 
+/// Counts what goes through to the file and, on a terminal, shows it on stderr (bytes so far
+/// and the rate), rewritten in place at most four times a second; stdout stays clean.
+struct Progress<'a> {
+    out: &'a mut std::fs::File,
+    bytes: u64,
+    started: std::time::Instant,
+    shown: Option<std::time::Instant>,
+    terminal: bool,
+}
+
+impl Progress<'_> {
+    fn line(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        format!(
+            "{} received ({}/s)",
+            output::human_bytes(self.bytes),
+            output::human_bytes((self.bytes as f64 / secs) as u64)
+        )
+    }
+}
+
+impl Write for Progress<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.bytes += n as u64;
+        let due = self
+            .shown
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(250));
+        if self.terminal && due {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K{}", self.line());
+            self.shown = Some(std::time::Instant::now());
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 fn io_error(doing: String) -> impl FnOnce(std::io::Error) -> CliError {
     move |source| CliError::Io { doing, source }
 }
@@ -77,8 +117,20 @@ fn save(ctx: &Ctx, file: &Path) -> CmdResult {
     let request = ApiRequest::new(Verb::Get, "sys/storage/raft/snapshot")
         .without_wrapping()
         .transfer();
-    let result = client
-        .download(request, &mut out)
+    use std::io::IsTerminal as _;
+    let mut progress = Progress {
+        out: &mut out,
+        bytes: 0,
+        started: std::time::Instant::now(),
+        shown: None,
+        terminal: std::io::stderr().is_terminal(),
+    };
+    let downloaded = client.download(request, &mut progress);
+    if progress.shown.is_some() {
+        let _ = writeln!(std::io::stderr(), "\r\x1b[2K{}", progress.line());
+    }
+    let (size, took) = (progress.bytes, progress.started.elapsed());
+    let result = downloaded
         .doing("taking the snapshot")
         .and_then(|_| {
             out.flush()
@@ -99,7 +151,12 @@ fn save(ctx: &Ctx, file: &Path) -> CmdResult {
     result?;
     success(
         ctx,
-        &format!("Success! Snapshot saved to {}.", file.display()),
+        &format!(
+            "Success! Snapshot saved to {} ({} in {:.1} s).",
+            file.display(),
+            output::human_bytes(size),
+            took.as_secs_f64()
+        ),
     )
 }
 
@@ -112,13 +169,32 @@ fn restore(ctx: &Ctx, args: &RestoreArgs) -> CmdResult {
     } else {
         "sys/storage/raft/snapshot"
     };
+    let size = bytes.len() as u64;
+    let started = std::time::Instant::now();
+    {
+        use std::io::IsTerminal as _;
+        if std::io::stderr().is_terminal() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "Uploading {} and restoring (the server checks the whole file first)...",
+                output::human_bytes(size)
+            );
+        }
+    }
     let request = ApiRequest::new(Verb::Post, path)
         .without_wrapping()
         .file(bytes);
     ctx.client()?
         .send(request)
         .doing("restoring the snapshot")?;
-    success(ctx, "Success! Snapshot restored.")
+    success(
+        ctx,
+        &format!(
+            "Success! Snapshot restored ({} in {:.1} s).",
+            output::human_bytes(size),
+            started.elapsed().as_secs_f64()
+        ),
+    )
 }
 
 fn inspect(ctx: &Ctx, file: &Path) -> CmdResult {

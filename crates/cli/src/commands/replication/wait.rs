@@ -67,7 +67,7 @@ pub(super) fn progress_line(status: &Value) -> String {
         "{state}: {} sync, {} keys, {}, {} keys/s",
         text(p.get("kind")),
         num(p.get("keys_fetched")),
-        human_bytes(num(p.get("bytes_fetched"))),
+        output::human_bytes(num(p.get("bytes_fetched"))),
         num(p.get("keys_per_second")),
     );
     if let Some(percent) = p.get("percent").and_then(Value::as_u64) {
@@ -77,21 +77,6 @@ pub(super) fn progress_line(status: &Value) -> String {
         line.push_str(&format!(", ETA {eta}s"));
     }
     line
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    match (unit, UNITS.get(unit)) {
-        (0, _) => format!("{n} B"),
-        (_, Some(u)) => format!("{value:.1} {u}"),
-        _ => format!("{n} B"),
-    }
 }
 
 #[cfg(test)]
