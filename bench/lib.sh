@@ -273,22 +273,28 @@ pg_dir() {
     echo "$dir"
 }
 
-# pg_start_single DIR: one durable PostgreSQL server (fsync on) on PG_SINGLE_PORT.
-pg_start_single() {
-    local dir=$1
-    PG_SINGLE_PORT=$(free_port)
-    pg "$PGBIN/initdb" -D "$dir/single" -A trust -U postgres >"$dir/initdb.log" 2>&1 ||
-        die "initdb (see $dir/initdb.log)"
-    cat >>"$dir/single/postgresql.conf" <<EOF
+# pg_init_start DIR NAME PORT [EXTRA_CONF]: initdb DIR/NAME, a durable configuration (fsync on,
+# loopback only) plus EXTRA_CONF, started on PORT and stopped by bench_cleanup.
+pg_init_start() {
+    local dir=$1 name=$2 port=$3 extra=${4:-}
+    pg "$PGBIN/initdb" -D "$dir/$name" -A trust -U postgres >"$dir/initdb-$name.log" 2>&1 ||
+        die "initdb (see $dir/initdb-$name.log)"
+    cat >>"$dir/$name/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir'
-max_connections = 400
 fsync = on
 synchronous_commit = on
+$extra
 EOF
-    PG_DIRS+=("$dir/single")
-    pg "$PGBIN/pg_ctl" -D "$dir/single" -l "$dir/single.log" -o "-p $PG_SINGLE_PORT" -w start \
-        >/dev/null || die "starting PostgreSQL (see $dir/single.log)"
+    PG_DIRS+=("$dir/$name")
+    pg "$PGBIN/pg_ctl" -D "$dir/$name" -l "$dir/$name.log" -o "-p $port" -w start \
+        >/dev/null || die "starting PostgreSQL $name (see $dir/$name.log)"
+}
+
+# pg_start_single DIR: one durable PostgreSQL server on PG_SINGLE_PORT.
+pg_start_single() {
+    PG_SINGLE_PORT=$(free_port)
+    pg_init_start "$1" single "$PG_SINGLE_PORT" "max_connections = 400"
 }
 
 # pg_start_pair DIR: primary on PG_PRIMARY_PORT, standby on PG_STANDBY_PORT.
@@ -298,19 +304,8 @@ pg_start_pair() {
     chown postgres "$dir"
     PG_PRIMARY_PORT=$(free_port)
     PG_STANDBY_PORT=$(free_port)
-    pg "$PGBIN/initdb" -D "$dir/primary" -A trust -U postgres >"$dir/initdb.log" 2>&1 ||
-        die "initdb (see $dir/initdb.log)"
-    cat >>"$dir/primary/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$dir'
-wal_level = replica
-max_wal_senders = 4
-fsync = on
-synchronous_commit = on
-EOF
-    PG_DIRS+=("$dir/primary")
-    pg "$PGBIN/pg_ctl" -D "$dir/primary" -l "$dir/primary.log" -o "-p $PG_PRIMARY_PORT" -w start \
-        >/dev/null || die "starting PostgreSQL primary (see $dir/primary.log)"
+    pg_init_start "$dir" primary "$PG_PRIMARY_PORT" "wal_level = replica
+max_wal_senders = 4"
     pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PRIMARY_PORT" -U postgres -D "$dir/standby" -R \
         -X stream >"$dir/basebackup.log" 2>&1 || die "pg_basebackup (see $dir/basebackup.log)"
     PG_DIRS+=("$dir/standby")

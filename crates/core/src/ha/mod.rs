@@ -50,6 +50,13 @@ fn is_base_url(addr: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
 }
 
+/// This machine's host name, as `sys/ha-status` shows it.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// HA settings of a node.
 #[derive(Clone, Debug)]
 pub struct HaConfig {
@@ -60,14 +67,11 @@ pub struct HaConfig {
 impl HaConfig {
     /// This process as a node: a fresh id, the host name, the configured addresses.
     pub fn new(lock_ttl: Duration, api_addr: &str, cluster_addr: &str) -> HaConfig {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default();
         HaConfig {
             lock_ttl,
             node: HaNode {
                 id: uuid::Uuid::new_v4().to_string(),
-                hostname,
+                hostname: hostname(),
                 api_addr: api_addr.to_owned(),
                 cluster_addr: cluster_addr.to_owned(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -496,20 +500,23 @@ impl Core {
     /// `core/leader/<uuid>`). Older advertisements are removed.
     async fn advertise(&self, ha: &Ha) -> Result<()> {
         let node = ha.node();
-        for old in self.barrier.list(LEADER_PREFIX).await? {
-            if old != node.id {
-                self.barrier
-                    .delete(&format!("{LEADER_PREFIX}{old}"))
-                    .await?;
-            }
-        }
         let advert = json!({"api_addr": node.api_addr, "cluster_addr": node.cluster_addr});
-        self.barrier
-            .put(
-                &format!("{LEADER_PREFIX}{}", node.id),
-                &serde_json::to_vec(&advert)?,
-            )
-            .await?;
+        // One batch: a crash in between never leaves the cluster without an advertisement.
+        let mut ops: Vec<bunker_storage::Op> = self
+            .barrier
+            .list(LEADER_PREFIX)
+            .await?
+            .into_iter()
+            .filter(|old| *old != node.id)
+            .map(|old| bunker_storage::Op::Delete {
+                key: format!("{LEADER_PREFIX}{old}"),
+            })
+            .collect();
+        ops.push(bunker_storage::Op::Put {
+            key: format!("{LEADER_PREFIX}{}", node.id),
+            value: serde_json::to_vec(&advert)?,
+        });
+        self.barrier.batch(ops).await?;
         Ok(())
     }
 
@@ -609,23 +616,18 @@ impl Core {
         crate::sys::expect_op(req.operation, &[Operation::Read])?;
         let Some(ha) = self.ha() else {
             // As Vault: a node without HA lists itself, active.
-            let me = HaConfig::new(
-                DEFAULT_LOCK_TTL,
-                &self.config.api_addr,
-                &self.config.cluster_addr,
-            )
-            .node;
+            let version = env!("CARGO_PKG_VERSION");
             let mut data = crate::logical::Data::new();
             data.insert(
                 "nodes".into(),
                 json!([{
-                    "hostname": me.hostname,
-                    "api_address": me.api_addr,
-                    "cluster_address": me.cluster_addr,
+                    "hostname": hostname(),
+                    "api_address": self.config.api_addr,
+                    "cluster_address": self.config.cluster_addr,
                     "active_node": true,
                     "last_echo": null,
-                    "version": me.version,
-                    "upgrade_version": me.version,
+                    "version": version,
+                    "upgrade_version": version,
                     "redundancy_zone": "",
                 }]),
             );
