@@ -800,12 +800,13 @@ impl Inner {
     }
 
     /// The primary's key count from its last Merkle scan, without scanning (0 = none yet).
-    pub(crate) fn cached_key_count(&self) -> u64 {
+    /// Waits for a scan in progress rather than reporting none while it runs.
+    pub(crate) async fn cached_key_count(&self) -> u64 {
         self.merkle_cache
-            .try_lock()
-            .ok()
-            .and_then(|c| c.as_ref().map(|c| c.tree.keys))
-            .unwrap_or(0)
+            .lock()
+            .await
+            .as_ref()
+            .map_or(0, |c| c.tree.keys)
     }
 
     pub fn set_sync_state(&self, state: SyncState, connection: &'static str) {

@@ -213,7 +213,7 @@ pub(super) async fn send_snapshot<W: AsyncWrite + Unpin>(
     wr: &mut W,
 ) -> Result<(), ReplError> {
     let wal_index = inner.wal.last_index();
-    let keys_estimate = inner.cached_key_count();
+    let keys_estimate = inner.cached_key_count().await;
     write_frame(wr, &ToSecondary::SnapshotStart { keys_estimate }).await?;
     let mut out = ValuesPager::default();
     let mut pages = ReplicatedPages::new(inner.backend.as_ref());
