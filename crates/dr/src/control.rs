@@ -22,6 +22,7 @@
 use crate::state::{
     Mode, OperationToken, PrimaryState, ReplState, SecondaryRecord, SecondaryState,
 };
+use crate::status::SyncState;
 
 #[cfg(test)]
 mod tests;
@@ -612,6 +613,32 @@ pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> 
             }
             step(next, &[Persist])
         }
+    }
+}
+
+/// Whether a secondary that applied the WAL through `applied` may be promoted without
+/// `force`: it finished a sync, its state is a consistent prefix of the primary's (a sync
+/// wrote values ahead of what was replayed until the WAL passes the bound the stream
+/// reported), and it has everything it heard the primary had (`primary_last_wal`), or the
+/// primary is unreachable. The promotion endpoint and the simulation both ask this.
+pub fn caught_up(
+    state: &ReplState,
+    applied: u64,
+    sync_state: SyncState,
+    primary_last_wal: u64,
+) -> bool {
+    if state.synced_generation.is_none() {
+        return false;
+    }
+    match state.consistent_after {
+        Some(bound) if applied >= bound => {}
+        _ => return false,
+    }
+    match sync_state {
+        SyncState::MerkleDiff | SyncState::MerkleSync => false,
+        SyncState::StreamWals => primary_last_wal <= applied,
+        // Primary unreachable after a completed sync: everything received is applied.
+        SyncState::Connecting | SyncState::Idle => true,
     }
 }
 

@@ -20,6 +20,8 @@ pub mod manager;
 mod primary;
 pub mod sealed_activation;
 mod secondary;
+#[cfg(test)]
+mod sim;
 pub mod state;
 mod status;
 

@@ -298,14 +298,8 @@ where
 {
     let secondary_id = hello.secondary_id;
     let last_wal = inner.wal.last_index();
-    let oldest = inner.wal.oldest_index().await?.unwrap_or(last_wal + 1);
-    let resume = match hello.position {
-        Some(Position {
-            generation: g,
-            wal_index,
-        }) => g == snapshot.generation && wal_index <= last_wal && wal_index + 1 >= oldest,
-        None => false,
-    };
+    let oldest = inner.wal.oldest_index().await?;
+    let resume = resumable(hello.position, snapshot.generation, last_wal, oldest);
     write_frame(
         &mut wr,
         &ToSecondary::Welcome {
@@ -354,7 +348,9 @@ where
             }
             ToPrimary::SnapshotRequest => {
                 full_scans += 1;
-                reconcile::send_snapshot(inner, &mut wr).await?
+                let keys_estimate = inner.cached_key_count().await;
+                reconcile::send_snapshot(&inner.wal, inner.backend.as_ref(), keys_estimate, &mut wr)
+                    .await?
             }
             ToPrimary::Ack { applied, time_ms } => inner.peer_ack(&secondary_id, applied, time_ms),
             ToPrimary::RenewCertificate { .. } if renewed => {
@@ -382,6 +378,60 @@ where
         }
     };
     stream_wal(inner, &secondary_id, after, rd, wr).await
+}
+
+/// Whether a secondary at `position` can resume streaming: it follows this generation, and
+/// the entries after its index are all still here (`oldest`: the oldest kept, if any).
+pub(crate) fn resumable(
+    position: Option<Position>,
+    generation: u64,
+    last_wal: u64,
+    oldest: Option<u64>,
+) -> bool {
+    let oldest = oldest.unwrap_or(last_wal + 1);
+    match position {
+        Some(Position {
+            generation: g,
+            wal_index,
+        }) => g == generation && wal_index <= last_wal && wal_index + 1 >= oldest,
+        None => false,
+    }
+}
+
+/// What a stream at `position` sends next.
+pub(crate) enum Next {
+    /// A `Wal` frame, and the position after it.
+    Entries(ToSecondary, u64),
+    /// Nothing new yet.
+    Idle,
+    /// The entries after `position` were truncated: the secondary must reconcile.
+    NotRetained,
+}
+
+/// The next batch of WAL entries after `position`, bounded in entries and bytes.
+pub(crate) async fn next_batch(wal: &crate::wal::Wal, position: u64) -> Result<Next, ReplError> {
+    // Read before the entries: whatever was committed by then must be found.
+    let committed = wal.last_index();
+    let entries = wal
+        .read_after(position, WAL_BATCH_ENTRIES, WAL_BATCH_BYTES)
+        .await?;
+    let Some(first) = entries.first() else {
+        // Entries after `position` were committed and are gone: every one of them was
+        // truncated (a WAL kept at 0 entries, or reset by a sync before a promotion).
+        if committed > position {
+            return Ok(Next::NotRetained);
+        }
+        return Ok(Next::Idle);
+    };
+    if first.index > position + 1 {
+        let oldest = wal.oldest_index().await?.unwrap_or(0);
+        if oldest > position + 1 {
+            return Ok(Next::NotRetained);
+        }
+    }
+    let next = entries.last().map(|e| e.index).unwrap_or(position);
+    let last_wal = wal.last_index();
+    Ok(Next::Entries(ToSecondary::Wal { entries, last_wal }, next))
 }
 
 /// Aborts the task when dropped (the session's future may be dropped at any await).
@@ -425,21 +475,16 @@ where
     let mut position = after;
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let result = loop {
-        let entries = inner
-            .wal
-            .read_after(position, WAL_BATCH_ENTRIES, WAL_BATCH_BYTES)
-            .await?;
-        if let Some(first) = entries.first() {
-            if first.index > position + 1 {
-                let oldest = inner.wal.oldest_index().await?.unwrap_or(0);
-                if oldest > position + 1 {
-                    break refuse(&mut wr, "WAL position is no longer retained").await;
-                }
+        match next_batch(&inner.wal, position).await? {
+            Next::Entries(frame, next) => {
+                position = next;
+                write_frame(&mut wr, &frame).await?;
+                continue;
             }
-            position = entries.last().map(|e| e.index).unwrap_or(position);
-            let last_wal = inner.wal.last_index();
-            write_frame(&mut wr, &ToSecondary::Wal { entries, last_wal }).await?;
-            continue;
+            Next::NotRetained => {
+                break refuse(&mut wr, "WAL position is no longer retained").await;
+            }
+            Next::Idle => {}
         }
         tokio::select! {
             changed = wal_rx.changed() => {

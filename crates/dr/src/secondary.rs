@@ -14,6 +14,7 @@ use crate::manager::Inner;
 use crate::merkle;
 use crate::messages::{now_ms, Position, ToPrimary, ToSecondary};
 use crate::status::SyncState;
+use crate::wal::WalEntry;
 use crate::ReplError;
 
 use self::stage::Stage;
@@ -139,21 +140,15 @@ async fn follow_once(inner: &Arc<Inner>, attempt: usize) -> Result<(), ReplError
     if Inner::client_renewal_due(&link) {
         link.client = renew_client_certificate(inner, &link.secondary_id, &mut rd, &mut wr).await?;
     }
-    let mut staged = None;
-    if !resume {
-        match merkle_sync(inner, &snapshot.cluster_id, &mut rd, &mut wr).await? {
-            Synced::Staged(stage) => staged = Some(stage),
-            Synced::InPlace => {
-                inner
-                    .mark_synced(&snapshot.cluster_id, generation, None)
-                    .await?
-            }
-        }
-    }
-    // A staged sync streams from the tree it compared with; the store is still where it was.
-    let after = staged
-        .as_ref()
-        .map_or_else(|| inner.wal.last_index(), |s| s.base);
+    let (staged, after) = reconcile(
+        inner,
+        &snapshot.cluster_id,
+        generation,
+        resume,
+        &mut rd,
+        &mut wr,
+    )
+    .await?;
     crate::failpoint::hold("secondary-before-stream").await;
     write_frame(&mut wr, &ToPrimary::StreamFrom { after }).await?;
     inner.set_sync_state(SyncState::StreamWals, "ready");
@@ -162,8 +157,9 @@ async fn follow_once(inner: &Arc<Inner>, attempt: usize) -> Result<(), ReplError
         .map(|at| at.saturating_sub(time::OffsetDateTime::now_utc().unix_timestamp()))
         .and_then(|secs| u64::try_from(secs).ok())
         .map_or(Duration::MAX, Duration::from_secs);
+    let streamer = Streamer::new(&snapshot.cluster_id, generation, staged);
     tokio::select! {
-        r = stream(inner, &snapshot.cluster_id, generation, staged, rd, wr) => r,
+        r = stream(inner, streamer, rd, wr) => r,
         () = tokio::time::sleep(until_renewal) => {
             tracing::info!("the client certificate is due for renewal: reconnecting");
             Ok(())
@@ -257,6 +253,35 @@ enum Synced {
     Staged(Stage),
 }
 
+/// After the primary's welcome: reconcile unless the stream resumes. Returns the stage of a
+/// staged sync (nothing of it visible yet) and the WAL index to stream from.
+pub(crate) async fn reconcile<H, R, W>(
+    host: &H,
+    cluster_id: &str,
+    generation: u64,
+    resume: bool,
+    rd: &mut R,
+    wr: &mut W,
+) -> Result<(Option<Stage>, u64), ReplError>
+where
+    H: SecondaryHost,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut staged = None;
+    if !resume {
+        match merkle_sync(host, cluster_id, rd, wr).await? {
+            Synced::Staged(stage) => staged = Some(stage),
+            Synced::InPlace => host.mark_synced(cluster_id, generation, None).await?,
+        }
+    }
+    // A staged sync streams from the tree it compared with; the store is still where it was.
+    let after = staged
+        .as_ref()
+        .map_or_else(|| host.wal().last_index(), |s| s.base);
+    Ok((staged, after))
+}
+
 /// Where a sync puts what the primary pushes.
 trait Sink {
     async fn apply(&mut self, ops: Vec<Op>) -> Result<(), ReplError>;
@@ -276,13 +301,13 @@ impl Sink for &dyn Backend {
 }
 
 /// Into a [`Stage`] while it fits; in place, reported torn, once it spilled.
-struct StagingSink<'a> {
-    inner: &'a Arc<Inner>,
+struct StagingSink<'a, H> {
+    inner: &'a H,
     cluster_id: &'a str,
     stage: Option<Stage>,
 }
 
-impl Sink for StagingSink<'_> {
+impl<H: SecondaryHost> Sink for StagingSink<'_, H> {
     fn planned(&mut self, units: u64) {
         self.inner.progress_total(units);
     }
@@ -293,7 +318,7 @@ impl Sink for StagingSink<'_> {
 
     async fn apply(&mut self, ops: Vec<Op>) -> Result<(), ReplError> {
         let Some(stage) = self.stage.as_mut() else {
-            return Ok(self.inner.backend.batch(ops).await?);
+            return Ok(self.inner.backend().batch(ops).await?);
         };
         if stage.add(ops) {
             return Ok(());
@@ -307,23 +332,28 @@ impl Sink for StagingSink<'_> {
 
 /// A stage outgrew its bound: write it in place. The store is torn from now until the stream
 /// replays past its bound.
-async fn spill(inner: &Arc<Inner>, cluster_id: &str, stage: Stage) -> Result<(), ReplError> {
+async fn spill<H: SecondaryHost>(
+    inner: &H,
+    cluster_id: &str,
+    stage: Stage,
+) -> Result<(), ReplError> {
     tracing::warn!(
         keys = stage.len(),
         "a sync outgrew its stage: writing in place; not promotable without force until it catches up"
     );
     inner.mark_torn(cluster_id).await?;
-    inner.backend.batch(stage.into_ops()).await?;
+    inner.backend().batch(stage.into_ops()).await?;
     Ok(())
 }
 
-async fn merkle_sync<R, W>(
-    inner: &Arc<Inner>,
+async fn merkle_sync<H, R, W>(
+    inner: &H,
     cluster_id: &str,
     rd: &mut R,
     wr: &mut W,
 ) -> Result<Synced, ReplError>
 where
+    H: SecondaryHost,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -348,10 +378,10 @@ where
     let mut sink = StagingSink {
         inner,
         cluster_id,
-        stage: Some(Stage::new(wal_index)),
+        stage: Some(Stage::with_limit(wal_index, inner.stage_limit())),
     };
     let pushed = reconcile_cells(
-        inner.backend.as_ref(),
+        inner.backend(),
         &mut sink,
         rd,
         wr,
@@ -381,7 +411,7 @@ where
             Ok(Synced::Staged(stage))
         }
         None => {
-            inner.wal.reset_to(wal_index).await?;
+            inner.wal().reset_to(wal_index).await?;
             inner.invalidate_merkle();
             // `bench/` reads this line (and its fields) to time a catch-up.
             tracing::info!(
@@ -567,8 +597,9 @@ fn values_to_ops(entries: Vec<(String, Option<Vec<u8>>)>) -> Vec<Op> {
 
 /// Initial sync of an empty secondary: take every key the primary streams, then its WAL index.
 /// Nothing to compare, so no bucket listings and no request per chunk.
-async fn snapshot_sync<R, W>(inner: &Arc<Inner>, rd: &mut R, wr: &mut W) -> Result<(), ReplError>
+async fn snapshot_sync<H, R, W>(inner: &H, rd: &mut R, wr: &mut W) -> Result<(), ReplError>
 where
+    H: SecondaryHost,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -586,12 +617,12 @@ where
                 let keys = ops.len() as u64;
                 fetched_keys += keys;
                 fetched_bytes += bytes as u64;
-                inner.backend.batch(ops).await?;
+                inner.backend().batch(ops).await?;
                 inner.progress_add(keys, bytes as u64, keys);
                 crate::failpoint::hold("secondary-sync-batch-applied").await;
             }
             ToSecondary::SnapshotDone { wal_index, .. } => {
-                inner.wal.reset_to(wal_index).await?;
+                inner.wal().reset_to(wal_index).await?;
                 inner.invalidate_merkle();
                 inner.record_merkle_sync(
                     crate::merkle::BUCKETS as u64,
@@ -660,9 +691,7 @@ impl Drop for AbortOnDrop {
 
 async fn stream<R, W>(
     inner: &Arc<Inner>,
-    cluster_id: &str,
-    generation: u64,
-    mut staged: Option<Stage>,
+    mut streamer: Streamer,
     rd: R,
     mut wr: W,
 ) -> Result<(), ReplError>
@@ -674,9 +703,6 @@ where
     let mut ack = tokio::time::interval(ACK_INTERVAL);
     // A frame taken off the queue that did not fit in the last batch.
     let mut held: Option<Frame> = None;
-    // The first frame says how far the primary was when it started streaming to us: every
-    // value a sync read is at or below it.
-    let mut bound: Option<u64> = None;
     loop {
         let frame = match held.take() {
             Some(frame) => frame,
@@ -690,16 +716,6 @@ where
             },
         };
         let (msg, bytes) = frame?;
-        if bound.is_none() {
-            if let ToSecondary::Wal { last_wal, .. } | ToSecondary::Heartbeat { last_wal, .. } =
-                &msg
-            {
-                bound = Some(*last_wal);
-                if staged.is_none() {
-                    inner.mark_consistent_after(cluster_id, *last_wal).await;
-                }
-            }
-        }
         let (mut entries, mut last_wal, mut bytes) = match msg {
             ToSecondary::Wal { entries, last_wal } => (entries, last_wal, bytes),
             ToSecondary::Heartbeat { last_wal, time_ms } => {
@@ -713,6 +729,7 @@ where
                 ))
             }
         };
+        streamer.bound_by(inner, last_wal).await;
         // Everything that already arrived joins this batch.
         while !entries.is_empty() && entries.len() < APPLY_MAX_ENTRIES {
             let Ok(next) = frames.try_recv() else { break };
@@ -734,42 +751,7 @@ where
                 }
             }
         }
-        let newest_ms = entries.last().map(|e| e.time_ms).unwrap_or(0);
-        let count = entries.len() as u64;
-        if let Some(stage) = staged.as_mut() {
-            // Replayed into the stage; visible only once it is committed whole.
-            if !stage.replay(&entries)? {
-                if let Some(stage) = staged.take() {
-                    let position = stage.position;
-                    spill(inner, cluster_id, stage).await?;
-                    inner.wal.reset_to(position).await?;
-                    inner.invalidate_merkle();
-                    inner.mark_synced(cluster_id, generation, None).await?;
-                    if let Some(bound) = bound {
-                        inner.mark_consistent_after(cluster_id, bound).await;
-                    }
-                }
-            }
-        } else if !entries.is_empty() {
-            let touches_keyring = entries
-                .iter()
-                .any(|e| e.ops.iter().any(|op| op.key() == "core/keyring"));
-            inner.wal.apply_replicated(&entries).await?;
-            if touches_keyring {
-                inner.reload_core_keyring().await;
-            }
-        }
-        if count > 0 {
-            inner.record_applied(count, bytes as u64, last_wal, newest_ms);
-        }
-        if let (Some(stage), Some(bound)) = (staged.as_ref(), bound) {
-            if stage.position >= bound {
-                if let Some(stage) = staged.take() {
-                    commit_stage(inner, cluster_id, generation, stage).await?;
-                }
-            }
-        }
-        if count > 0 {
+        if streamer.apply(inner, entries, last_wal, bytes).await? {
             let applied = inner.wal.last_index();
             write_frame(
                 &mut wr,
@@ -783,10 +765,95 @@ where
     }
 }
 
+/// The secondary's side of one stream, without its I/O: what each batch of streamed WAL
+/// entries does to the store and to the consistency marks. The runtime's read loop and the
+/// simulation both drive it.
+pub(crate) struct Streamer {
+    cluster_id: String,
+    generation: u64,
+    /// A staged sync's stage: entries replay into it until it passes the bound.
+    staged: Option<Stage>,
+    /// The primary's last WAL index in the first frame of the stream: every value a sync read
+    /// is at or below it.
+    bound: Option<u64>,
+}
+
+impl Streamer {
+    pub(crate) fn new(cluster_id: &str, generation: u64, staged: Option<Stage>) -> Streamer {
+        Streamer {
+            cluster_id: cluster_id.to_owned(),
+            generation,
+            staged,
+            bound: None,
+        }
+    }
+
+    /// A frame (entries or heartbeat) said the primary was at `last_wal`. The first one bounds
+    /// the sync before the stream; later ones change nothing.
+    pub(crate) async fn bound_by<H: SecondaryHost>(&mut self, host: &H, last_wal: u64) {
+        if self.bound.is_some() {
+            return;
+        }
+        self.bound = Some(last_wal);
+        if self.staged.is_none() {
+            host.mark_consistent_after(&self.cluster_id, last_wal).await;
+        }
+    }
+
+    /// Apply streamed entries, in order (one frame's or several): into the stage while there
+    /// is one, else to the store; commits the stage once it passed the bound. Returns whether
+    /// entries were received (and an acknowledgement is due).
+    pub(crate) async fn apply<H: SecondaryHost>(
+        &mut self,
+        host: &H,
+        entries: Vec<WalEntry>,
+        last_wal: u64,
+        bytes: usize,
+    ) -> Result<bool, ReplError> {
+        let newest_ms = entries.last().map(|e| e.time_ms).unwrap_or(0);
+        let count = entries.len() as u64;
+        if let Some(stage) = self.staged.as_mut() {
+            // Replayed into the stage; visible only once it is committed whole.
+            if !stage.replay(&entries)? {
+                if let Some(stage) = self.staged.take() {
+                    let position = stage.position;
+                    spill(host, &self.cluster_id, stage).await?;
+                    host.wal().reset_to(position).await?;
+                    host.invalidate_merkle();
+                    host.mark_synced(&self.cluster_id, self.generation, None)
+                        .await?;
+                    if let Some(bound) = self.bound {
+                        host.mark_consistent_after(&self.cluster_id, bound).await;
+                    }
+                }
+            }
+        } else if !entries.is_empty() {
+            let touches_keyring = entries
+                .iter()
+                .any(|e| e.ops.iter().any(|op| op.key() == "core/keyring"));
+            host.wal().apply_replicated(&entries).await?;
+            if touches_keyring {
+                host.reload_core_keyring().await;
+            }
+        }
+        if count > 0 {
+            host.record_applied(count, bytes as u64, last_wal, newest_ms);
+        }
+        if let (Some(stage), Some(bound)) = (self.staged.as_ref(), self.bound) {
+            if stage.position >= bound {
+                if let Some(stage) = self.staged.take() {
+                    commit_stage(host, &self.cluster_id, self.generation, stage).await?;
+                }
+            }
+        }
+        Ok(count > 0)
+    }
+}
+
 /// The stage replayed past the bound: it is the primary's state at its position. Commit it
 /// with that position in one batch; from now on the store is that consistent point.
-async fn commit_stage(
-    inner: &Arc<Inner>,
+async fn commit_stage<H: SecondaryHost>(
+    inner: &H,
     cluster_id: &str,
     generation: u64,
     stage: Stage,
@@ -796,7 +863,10 @@ async fn commit_stage(
     let touches_keyring = stage.writes("core/keyring");
     let fetched = stage.fetched;
     crate::failpoint::hold("secondary-before-stage-commit").await;
-    inner.wal.commit_staged(stage.into_ops(), position).await?;
+    inner
+        .wal()
+        .commit_staged(stage.into_ops(), position)
+        .await?;
     inner.invalidate_merkle();
     inner
         .mark_synced(cluster_id, generation, Some(position))
@@ -818,6 +888,9 @@ async fn commit_stage(
     Ok(())
 }
 
-mod stage;
+mod host;
+pub(crate) mod stage;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use host::SecondaryHost;

@@ -15,7 +15,6 @@ use tokio::sync::MutexGuard;
 use super::{fetch, EffectInputs, Inner};
 use crate::control::{self, Access, Activation, Command, Endpoint};
 use crate::state::{PrimaryState, ReplState, SecondaryState};
-use crate::status::SyncState;
 use crate::tls::ReplicationCa;
 use crate::ReplError;
 use bunker_seal::OtpTokenCeremony;
@@ -462,22 +461,8 @@ async fn activate(
 }
 
 fn caught_up(inner: &Inner, state: &ReplState) -> bool {
-    if state.synced_generation.is_none() {
-        return false;
-    }
-    // A sync wrote values that may be ahead of what was replayed: not a prefix of the primary
-    // until the WAL is applied through the bound the stream reported.
-    match state.consistent_after {
-        Some(bound) if inner.wal.last_index() >= bound => {}
-        _ => return false,
-    }
     let s = inner.sec_status();
-    match s.state {
-        SyncState::MerkleDiff | SyncState::MerkleSync => false,
-        SyncState::StreamWals => s.primary_last_wal <= inner.wal.last_index(),
-        // Primary unreachable after a completed sync: everything received is applied.
-        SyncState::Connecting | SyncState::Idle => true,
-    }
+    control::caught_up(state, inner.wal.last_index(), s.state, s.primary_last_wal)
 }
 
 fn promote_progress(progress: u8, required: u8, complete: bool) -> Response {

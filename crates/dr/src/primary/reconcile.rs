@@ -208,15 +208,16 @@ impl ValuesPager {
 /// Send every replicated key and value to an empty secondary, in bounded pages, then the WAL
 /// index taken before the scan: writes made during the scan are replayed from it, so the result
 /// converges even though the scan is not a snapshot.
-pub(super) async fn send_snapshot<W: AsyncWrite + Unpin>(
-    inner: &Arc<crate::manager::Inner>,
+pub(crate) async fn send_snapshot<W: AsyncWrite + Unpin>(
+    wal: &crate::wal::Wal,
+    backend: &dyn Backend,
+    keys_estimate: u64,
     wr: &mut W,
 ) -> Result<(), ReplError> {
-    let wal_index = inner.wal.last_index();
-    let keys_estimate = inner.cached_key_count().await;
+    let wal_index = wal.last_index();
     write_frame(wr, &ToSecondary::SnapshotStart { keys_estimate }).await?;
     let mut out = ValuesPager::default();
-    let mut pages = ReplicatedPages::new(inner.backend.as_ref());
+    let mut pages = ReplicatedPages::new(backend);
     while let Some(page) = pages.next_page().await? {
         for (key, value) in page {
             out.push(wr, key, Some(value)).await?;

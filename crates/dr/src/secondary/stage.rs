@@ -44,6 +44,7 @@ pub(crate) struct Stage {
 }
 
 impl Stage {
+    #[cfg(test)]
     pub(crate) fn new(base: u64) -> Stage {
         Stage::with_limit(base, STAGE_MAX_BYTES)
     }
