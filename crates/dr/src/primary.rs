@@ -408,12 +408,17 @@ pub(crate) enum Next {
     NotRetained,
 }
 
-/// The next batch of WAL entries after `position`, bounded in entries and bytes.
-pub(crate) async fn next_batch(wal: &crate::wal::Wal, position: u64) -> Result<Next, ReplError> {
+/// The next batch of WAL entries after `position`, at most `max_entries` (the runtime sends
+/// [`WAL_BATCH_ENTRIES`]) and [`WAL_BATCH_BYTES`].
+pub(crate) async fn next_batch(
+    wal: &crate::wal::Wal,
+    position: u64,
+    max_entries: usize,
+) -> Result<Next, ReplError> {
     // Read before the entries: whatever was committed by then must be found.
     let committed = wal.last_index();
     let entries = wal
-        .read_after(position, WAL_BATCH_ENTRIES, WAL_BATCH_BYTES)
+        .read_after(position, max_entries, WAL_BATCH_BYTES)
         .await?;
     let Some(first) = entries.first() else {
         // Entries after `position` were committed and are gone: every one of them was
@@ -475,7 +480,7 @@ where
     let mut position = after;
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let result = loop {
-        match next_batch(&inner.wal, position).await? {
+        match next_batch(&inner.wal, position, WAL_BATCH_ENTRIES).await? {
             Next::Entries(frame, next) => {
                 position = next;
                 write_frame(&mut wr, &frame).await?;
