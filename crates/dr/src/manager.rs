@@ -58,6 +58,8 @@ pub(crate) struct EffectInputs {
 /// How long revocation waits for a secondary's stream to stop sending. Every write of a
 /// session races its cancellation, so this is reached only by a task that does not run.
 const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a mode change waits for the follower to stop (it stops at its next await).
+const FOLLOWER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct DrManager {
     inner: Arc<Inner>,
@@ -76,7 +78,8 @@ pub(crate) struct Inner {
     server_tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
     peers: Mutex<BTreeMap<String, PeerStatus>>,
     sessions: Mutex<HashMap<String, watch::Sender<bool>>>,
-    follower: Mutex<Option<watch::Sender<bool>>>,
+    /// The running follower: its stop signal and its task.
+    follower: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
     sec_status: Mutex<SecondaryStatus>,
     pub(crate) ceremonies: ceremony::Ceremonies,
     /// The last Merkle tree computed, with the WAL index and epoch it is valid for.
@@ -422,7 +425,9 @@ impl Inner {
                         self.mode.store(mode_to_u8(state.mode), Ordering::Release);
                     }
                 }
-                Effect::StopFollower => self.stop_follower(),
+                Effect::StopFollower => {
+                    self.settle_follower().await?;
+                }
                 Effect::StartFollower => self.start_follower(),
                 Effect::WipeStorage => {
                     core.wipe_storage().await?;
@@ -715,13 +720,6 @@ impl Inner {
         self.stop_follower();
         let (tx, rx) = watch::channel(false);
         {
-            let mut f = self
-                .follower
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            *f = Some(tx);
-        }
-        {
             let mut s = self
                 .sec_status
                 .lock()
@@ -732,20 +730,48 @@ impl Inner {
                 ..Default::default()
             };
         }
-        tokio::spawn(crate::secondary::run(self.clone(), rx));
+        let task = tokio::spawn(crate::secondary::run(self.clone(), rx));
+        let mut f = self
+            .follower
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *f = Some((tx, task));
     }
 
-    pub(crate) fn stop_follower(&self) {
-        {
+    /// Tell the follower to stop (it stops at its next await, wherever it is).
+    pub(crate) fn stop_follower(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let stopped = {
             let mut f = self
                 .follower
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(tx) = f.take() {
+            f.take().map(|(tx, task)| {
                 let _ = tx.send(true);
+                task
+            })
+        };
+        self.set_sync_state(SyncState::Idle, "shutdown");
+        stopped
+    }
+
+    /// Stop the follower, wait until it stopped, and read the WAL's position from storage
+    /// again: a follower stopped in the middle of committing a sync leaves the store at the
+    /// new position before the WAL says so (the WAL finishes that commit on its next
+    /// operation; this is that operation). Returns the WAL index the store is now at.
+    /// A promotion does this before reading the index it reports.
+    pub(crate) async fn settle_follower(&self) -> Result<u64, ReplError> {
+        if let Some(task) = self.stop_follower() {
+            if tokio::time::timeout(FOLLOWER_STOP_TIMEOUT, task)
+                .await
+                .is_err()
+            {
+                return Err(ReplError::Unavailable(
+                    "the replication follower did not stop in time; retry".into(),
+                ));
             }
         }
-        self.set_sync_state(SyncState::Idle, "shutdown");
+        self.wal.reload().await?;
+        Ok(self.wal.last_index())
     }
 
     pub fn sec_status(&self) -> SecondaryStatus {

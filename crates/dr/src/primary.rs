@@ -421,17 +421,21 @@ pub(crate) async fn next_batch(
         .read_after(position, max_entries, WAL_BATCH_BYTES)
         .await?;
     let Some(first) = entries.first() else {
-        // Entries after `position` were committed and are gone: every one of them was
-        // truncated (a WAL kept at 0 entries, or reset by a sync before a promotion).
+        // Entries after `position` were committed and none is left: all were truncated.
+        // Retention keeps at least the newest entry, so this is defensive (the simulation
+        // met it with a retention of 0, which the configuration refuses).
         if committed > position {
             return Ok(Next::NotRetained);
         }
         return Ok(Next::Idle);
     };
     if first.index > position + 1 {
-        let oldest = wal.oldest_index().await?.unwrap_or(0);
-        if oldest > position + 1 {
-            return Ok(Next::NotRetained);
+        // A gap: indices never assigned, or entries truncated. Truncated when the oldest
+        // entry is past `position + 1`, or when none is left any more (a truncation that ran
+        // since the read; defensive too, as above).
+        match wal.oldest_index().await? {
+            Some(oldest) if oldest <= position + 1 => {}
+            _ => return Ok(Next::NotRetained),
         }
     }
     let next = entries.last().map(|e| e.index).unwrap_or(position);

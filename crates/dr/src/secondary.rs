@@ -89,9 +89,11 @@ async fn follow_once(inner: &Arc<Inner>, attempt: usize) -> Result<(), ReplError
         .await
         .map_err(explain_tls_failure)?;
     let (mut rd, mut wr) = tokio::io::split(tls);
+    // Settled first: the last session may have been cancelled while committing.
+    let wal_index = inner.wal.settled_index().await?;
     let position = snapshot.synced_generation.map(|g| Position {
         generation: g,
-        wal_index: inner.wal.last_index(),
+        wal_index,
     });
     write_frame(
         &mut wr,
@@ -655,7 +657,7 @@ const READ_AHEAD_FRAMES: usize = 16;
 /// applied in one batch (one fsync), up to this many.
 const APPLY_MAX_ENTRIES: usize = 4096;
 
-type Frame = Result<(ToSecondary, usize), ReplError>;
+pub(crate) type Frame = Result<(ToSecondary, usize), ReplError>;
 
 /// Reads frames on its own task, so the next frames arrive while a batch is being committed.
 fn spawn_reader<R>(rd: R) -> (tokio::sync::mpsc::Receiver<Frame>, AbortOnDrop)
@@ -730,27 +732,9 @@ where
             }
         };
         streamer.bound_by(inner, last_wal).await;
-        // Everything that already arrived joins this batch.
-        while !entries.is_empty() && entries.len() < APPLY_MAX_ENTRIES {
-            let Ok(next) = frames.try_recv() else { break };
-            match next {
-                Ok((
-                    ToSecondary::Wal {
-                        entries: more,
-                        last_wal: newer,
-                    },
-                    more_bytes,
-                )) if entries.len() + more.len() <= APPLY_MAX_ENTRIES => {
-                    entries.extend(more);
-                    last_wal = last_wal.max(newer);
-                    bytes += more_bytes;
-                }
-                other => {
-                    held = Some(other);
-                    break;
-                }
-            }
-        }
+        held = join_arrived(&mut entries, &mut last_wal, &mut bytes, || {
+            frames.try_recv().ok()
+        });
         if streamer.apply(inner, entries, last_wal, bytes).await? {
             let applied = inner.wal.last_index();
             write_frame(
@@ -763,6 +747,34 @@ where
             .await?;
         }
     }
+}
+
+/// Frames that already arrived (`next` gives them without waiting) join a batch of entries,
+/// up to [`APPLY_MAX_ENTRIES`], so they commit together. Returns the first frame that cannot
+/// join (not entries, an error, or too many), to be handled next, after this batch.
+pub(crate) fn join_arrived(
+    entries: &mut Vec<WalEntry>,
+    last_wal: &mut u64,
+    bytes: &mut usize,
+    mut next: impl FnMut() -> Option<Frame>,
+) -> Option<Frame> {
+    while !entries.is_empty() && entries.len() < APPLY_MAX_ENTRIES {
+        match next()? {
+            Ok((
+                ToSecondary::Wal {
+                    entries: more,
+                    last_wal: newer,
+                },
+                more_bytes,
+            )) if entries.len() + more.len() <= APPLY_MAX_ENTRIES => {
+                entries.extend(more);
+                *last_wal = (*last_wal).max(newer);
+                *bytes += more_bytes;
+            }
+            other => return Some(other),
+        }
+    }
+    None
 }
 
 /// The secondary's side of one stream, without its I/O: what each batch of streamed WAL

@@ -25,6 +25,7 @@
 mod record;
 mod recorder;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bunker_storage::{Backend, HookedBackend, Op, StorageError};
@@ -94,6 +95,14 @@ pub struct Wal {
     recorder: Arc<Recorder>,
     /// Serializes the operations that write the WAL themselves (apply, reset, truncate).
     maintenance: Mutex<()>,
+    /// A write of the WAL's own (applied entries, a reset) may have committed without its index
+    /// being published: set before such a write, cleared once its index is published. A
+    /// caller dropped in between (a follower cancelled while its batch was being committed)
+    /// leaves it set, and the next operation first reads the position back from storage,
+    /// finishing a half-done reset. Otherwise the next apply would start from a stale index
+    /// (replaying entries over newer values: a torn store), or a half-done reset, completed at
+    /// the next start, would delete the entries applied since and move the index back.
+    unsettled: AtomicBool,
 }
 
 impl std::fmt::Debug for Wal {
@@ -124,6 +133,7 @@ impl Wal {
             backend,
             recorder,
             maintenance: Mutex::new(()),
+            unsettled: AtomicBool::new(false),
         }))
     }
 
@@ -135,11 +145,45 @@ impl Wal {
             tracing::warn!(wal_index = target, "finishing an interrupted WAL reset");
             finish_reset(self.backend.as_ref(), target).await?;
         }
+        self.unsettled.store(false, Ordering::SeqCst);
         let last_index = read_index(self.backend.as_ref(), WAL_LAST_KEY)
             .await?
             .unwrap_or(0);
         self.recorder.reset_to(last_index);
         tracing::info!(wal_index = last_index, "WAL reloaded");
+        Ok(())
+    }
+
+    /// The maintenance lock, with a reset that an earlier caller left unfinished completed first
+    /// (and its index published).
+    async fn maintenance(&self) -> Result<tokio::sync::MutexGuard<'_, ()>> {
+        let guard = self.maintenance.lock().await;
+        if self.unsettled.load(Ordering::SeqCst) {
+            self.settle().await?;
+        }
+        Ok(guard)
+    }
+
+    /// The last index, read back from storage first if a write of the WAL's own may have
+    /// committed unpublished (see `unsettled`): what a follower reports as its position.
+    pub async fn settled_index(&self) -> Result<u64> {
+        let _maintenance = self.maintenance().await?;
+        Ok(self.last_index())
+    }
+
+    /// Read the position back from storage (finishing a reset left half-done) and publish it.
+    /// The caller holds the maintenance lock.
+    async fn settle(&self) -> Result<()> {
+        if let Some(target) = read_index(self.backend.as_ref(), WAL_RESET_KEY).await? {
+            tracing::warn!(wal_index = target, "finishing an interrupted WAL reset");
+            finish_reset(self.backend.as_ref(), target).await?;
+        }
+        let last = read_index(self.backend.as_ref(), WAL_LAST_KEY)
+            .await?
+            .unwrap_or(0);
+        self.recorder.assign_at_least(last);
+        self.recorder.publish(last);
+        self.unsettled.store(false, Ordering::SeqCst);
         Ok(())
     }
 
@@ -226,7 +270,7 @@ impl Wal {
         let mut deleted = 0u64;
         let mut cutoff;
         loop {
-            let _maintenance = self.maintenance.lock().await;
+            let _maintenance = self.maintenance().await?;
             cutoff = self.last_index().saturating_sub(keep);
             let (count, more) = delete_page_through(self.backend.as_ref(), cutoff).await?;
             deleted += count;
@@ -248,7 +292,7 @@ impl Wal {
     /// Entries must have strictly increasing indices and no local keys; the first offending
     /// entry fails with [`WalError::InvalidEntry`], after the entries before it were applied.
     pub async fn apply_replicated(&self, entries: &[WalEntry]) -> Result<usize> {
-        let _maintenance = self.maintenance.lock().await;
+        let _maintenance = self.maintenance().await?;
         if self.recorder.is_recording() {
             return Err(WalError::Recording {
                 action: "apply replicated WAL entries",
@@ -312,12 +356,13 @@ impl Wal {
     /// Crash-safe: the target is first saved at [`WAL_RESET_KEY`], and [`Wal::open`] finishes a
     /// reset that was interrupted.
     pub async fn reset_to(&self, index: u64) -> Result<()> {
-        let _maintenance = self.maintenance.lock().await;
+        let _maintenance = self.maintenance().await?;
         if self.recorder.is_recording() {
             return Err(WalError::Recording {
                 action: "reset the WAL",
             });
         }
+        self.unsettled.store(true, Ordering::SeqCst);
         self.backend
             .put(WAL_RESET_KEY, encode_index(index))
             .await
@@ -327,6 +372,7 @@ impl Wal {
             return Err(error);
         }
         self.recorder.publish(index);
+        self.unsettled.store(false, Ordering::SeqCst);
         tracing::info!(wal_index = index, "WAL reset");
         Ok(())
     }
@@ -337,7 +383,7 @@ impl Wal {
     /// are then deleted as by [`Wal::reset_to`] (crash-safe the same way: the reset marker
     /// commits with the data).
     pub async fn commit_staged(&self, mut ops: Vec<Op>, index: u64) -> Result<()> {
-        let _maintenance = self.maintenance.lock().await;
+        let _maintenance = self.maintenance().await?;
         if self.recorder.is_recording() {
             return Err(WalError::Recording {
                 action: "commit a staged sync",
@@ -353,6 +399,7 @@ impl Wal {
             key: WAL_RESET_KEY.to_owned(),
             value: encode_index(index),
         });
+        self.unsettled.store(true, Ordering::SeqCst);
         self.backend
             .batch(ops)
             .await
@@ -362,17 +409,20 @@ impl Wal {
             return Err(error);
         }
         self.recorder.publish(index);
+        self.unsettled.store(false, Ordering::SeqCst);
         tracing::info!(wal_index = index, "staged sync committed");
         Ok(())
     }
 
     /// Commits a batch that writes [`WAL_LAST_KEY`] = `index` itself, then publishes `index`.
     async fn commit_wal_batch(&self, ops: Vec<Op>, index: u64, context: String) -> Result<()> {
+        self.unsettled.store(true, Ordering::SeqCst);
         if let Err(source) = self.backend.batch(ops).await {
             self.resync_assigned().await;
             return Err(WalError::Storage { context, source });
         }
         self.recorder.publish(index);
+        self.unsettled.store(false, Ordering::SeqCst);
         Ok(())
     }
 

@@ -541,7 +541,8 @@ async fn promote(
     let inputs = EffectInputs {
         root_key: root_key.map(|k| zeroize::Zeroizing::new(k.to_vec())),
     };
-    let wal_index = inner.wal.last_index();
+    // The index the store is at once the follower stopped (it may have been committing).
+    let wal_index = inner.settle_follower().await?;
     inner.apply(state, command, core, inputs).await?;
     tracing::warn!(wal_index, "DR secondary promoted to primary");
     let mut resp = promote_progress(required, required, true);
