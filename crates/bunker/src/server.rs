@@ -159,6 +159,7 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
         },
     );
     install_metrics(&core, &cfg.telemetry);
+    let mut forwarding = None;
     if let Some(ha_backend) = ha_backend {
         if cfg.api_addr.is_empty() {
             anyhow::bail!("ha_enabled needs api_addr: standbys send clients to the active node's");
@@ -167,6 +168,13 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
             ha_backend,
             bunker_core::ha::HaConfig::new(cfg.ha_lock_ttl, &cfg.api_addr, &cfg.cluster_addr),
         );
+        // Standbys forward requests to the active node over the cluster port, with the
+        // credentials it advertises at each activation.
+        if !cfg.listener.cluster_address.is_empty() {
+            let f = bunker_http::forward::Forwarding::new(core.clone());
+            ha.set_advertiser(f.clone());
+            forwarding = Some(f);
+        }
         core.enable_ha(ha);
     }
     let dr = bunker_dr::DrManager::start(
@@ -183,6 +191,9 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
     )
     .await
     .context("starting DR replication")?;
+    if let Some(f) = &forwarding {
+        dr.set_forwarding(f.clone());
+    }
     if let Some(ha) = core.ha() {
         use bunker_core::ReplicationHandler as _;
         if dr.dr_mode() == bunker_core::DrMode::Secondary {
@@ -249,7 +260,10 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
 
     tracing::info!(address = %local, "API listener started");
     let limits = cfg.listener.limits;
-    let app = bunker_http::router(core.clone(), &limits);
+    let app = bunker_http::router_forwarding(core.clone(), &limits, forwarding.clone());
+    if let Some(f) = &forwarding {
+        f.set_router(app.clone(), limits);
+    }
     let shutdown_core = core.clone();
     let shutdown = async move {
         shutdown_signal().await;

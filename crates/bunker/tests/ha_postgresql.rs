@@ -1,8 +1,9 @@
 //! High availability on PostgreSQL (issue "High availability inside a cluster, on PostgreSQL"):
 //! several real `bunker server` processes on one real PostgreSQL, one active. Failover after
-//! kill -9, step-down and graceful shutdown; standbys' health, leader and 307 answers; and the
-//! fence: a node that missed its renewals while it still believes it is active cannot commit,
-//! and a paused node that wakes up steps down.
+//! kill -9, step-down and graceful shutdown; standbys' health, leader and 307 answers; request
+//! forwarding from standbys over the cluster port; and the fence: a node that missed its
+//! renewals while it still believes it is active cannot commit, and a paused node that wakes
+//! up steps down.
 
 #![allow(
     clippy::unwrap_used,
@@ -240,6 +241,131 @@ fn raw_response(s: &TestServer, head: &str) -> String {
     let mut out = String::new();
     let _ = stream.read_to_string(&mut out);
     out
+}
+
+/// A raw request to `s` (no redirect following): the status and the whole response text.
+fn raw(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: Option<&Value>,
+) -> (u16, String) {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    // The root token unless the caller sends a token of its own.
+    let token = if headers.contains("X-Vault-Token") {
+        String::new()
+    } else {
+        format!("X-Vault-Token: {}\r\n", s.root_token)
+    };
+    let head = format!(
+        "{method} /v1/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{token}{headers}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let text = raw_response(s, &head);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+#[test]
+fn standbys_forward_requests_to_the_active_node_over_the_cluster_port() {
+    let pg = Postgres::start();
+    let with_port = || format!("  cluster_address = \"127.0.0.1:{}\"", free_port());
+    let mut nodes = start_cluster(vec![
+        node_with(&pg, with_port()),
+        node_with(&pg, with_port()),
+        node_with(&pg, with_port()),
+    ]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    a.mount_kv2();
+    let log = a.dir().join("audit.log");
+    let (code, body) = a.put(
+        "sys/audit/file",
+        a.root(),
+        json!({"type": "file", "options": {"file_path": log.to_str().unwrap()}}),
+    );
+    assert_eq!(code, 204, "{body}");
+
+    // A write sent to one standby and a read sent to another: answered by the active node,
+    // not redirected. The client's forged forwarded-for header is not believed.
+    let spoof = "X-Bunker-Forwarded-For: 10.9.9.9\r\n";
+    let secret = json!({"data": {"v": "through-a-standby"}});
+    let (code, text) = raw(b, "PUT", "secret/data/fw", spoof, Some(&secret));
+    assert_eq!(code, 200, "{text}");
+    let (code, text) = raw(c, "GET", "secret/data/fw", "", None);
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("through-a-standby"), "{text}");
+    let (code, _) = raw(a, "GET", "secret/data/fw", spoof, None);
+    assert_eq!(code, 200);
+    // The active node's errors come back as they are.
+    let (code, text) = raw(b, "GET", "secret/data/fw", "X-Vault-Token: bogus\r\n", None);
+    assert!(code == 403 || code == 400, "{text}");
+    // The standby still answers its own status.
+    assert_eq!(health(b).0, 429);
+
+    // Audited once, on the active node, with the client's address.
+    let records: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let writes: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            r["type"] == json!("request") && r["request"]["path"] == json!("secret/data/fw")
+        })
+        .collect();
+    assert!(writes.len() >= 3, "{records:?}");
+    for r in &writes {
+        assert_eq!(r["request"]["remote_address"], json!("127.0.0.1"), "{r}");
+    }
+    assert!(!records.iter().any(|r| r.to_string().contains("10.9.9.9")));
+
+    // Vault's opt-out header: a 307 to the active node instead.
+    let (code, text) = raw(
+        b,
+        "GET",
+        "secret/data/fw",
+        "X-Vault-No-Request-Forwarding: true\r\n",
+        None,
+    );
+    assert_eq!(code, 307, "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains(&format!("location: {}/v1/secret/data/fw", a.addr())),
+        "{text}"
+    );
+
+    // The active node dies: the standby that remains forwards to the new one, with the
+    // credentials it advertised (new ones: the old active's are no use any more).
+    nodes[0].kill9();
+    let active = 1 + wait_one_active(&[&nodes[1], &nodes[2]]);
+    let standby = &nodes[3 - active];
+    let forwarded = poll_until(TAKEOVER, || {
+        let (code, text) = raw(standby, "GET", "secret/data/fw", "", None);
+        code == 200 && text.contains("through-a-standby")
+    });
+    if !forwarded {
+        standby.dump_logs();
+    }
+    assert!(
+        forwarded,
+        "the standby never forwarded to the new active node"
+    );
+    let (code, text) = raw(
+        standby,
+        "PUT",
+        "secret/data/after",
+        "",
+        Some(&json!({"data": {"v": "2"}})),
+    );
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(nodes[active].kv_get("after"), (200, json!({"v": "2"})));
 }
 
 #[test]

@@ -53,10 +53,7 @@ impl Core {
         }
         if let Some(ha) = self.ha() {
             // A standby serves only its own status and the unseal endpoints.
-            let local = matches!(
-                req.path.as_str(),
-                "sys/health" | "sys/leader" | "sys/seal-status" | "sys/unseal" | "sys/init"
-            );
+            let local = crate::ha::standby_answers(&req.path) && req.path != "sys/seal";
             if !local && self.is_standby() {
                 if req.path == "sys/seal" {
                     // As Vault: a standby is not sealed through the API (the request would be

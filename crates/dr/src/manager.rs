@@ -24,6 +24,7 @@ use crate::core_port::DrCore;
 use crate::messages::now_ms;
 use crate::state::{Mode, ReplState};
 use crate::status::{PeerStatus, SecondaryStatus, SyncState};
+use crate::tls::ForwardedConnections;
 use crate::wal::Wal;
 use crate::ReplError;
 
@@ -76,6 +77,8 @@ pub(crate) struct Inner {
     pub(crate) state: tokio::sync::Mutex<ReplState>,
     mode: AtomicU8,
     server_tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
+    /// The other protocol of the cluster port (HA request forwarding), when the node has one.
+    forwarding: RwLock<Option<Arc<dyn ForwardedConnections>>>,
     peers: Mutex<BTreeMap<String, PeerStatus>>,
     sessions: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// The running follower: its stop signal and its task.
@@ -115,6 +118,15 @@ fn mode_to_u8(m: Mode) -> u8 {
 }
 
 impl DrManager {
+    /// Serve HA request forwarding on the cluster port too.
+    pub fn set_forwarding(&self, forwarding: Arc<dyn ForwardedConnections>) {
+        *self
+            .inner
+            .forwarding
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(forwarding);
+    }
+
     /// Open the WAL on `backend`, restore the saved mode, and start the cluster listener and
     /// the secondary stream as the state says. Registers itself on the core.
     pub async fn start(
@@ -133,6 +145,7 @@ impl DrManager {
             mode: AtomicU8::new(mode_to_u8(state.mode)),
             state: tokio::sync::Mutex::new(state.clone()),
             server_tls: RwLock::new(None),
+            forwarding: RwLock::new(None),
             peers: Mutex::new(BTreeMap::new()),
             sessions: Mutex::new(HashMap::new()),
             follower: Mutex::new(None),
@@ -467,6 +480,13 @@ impl Inner {
         self.apply(&mut state, command, core.as_ref(), EffectInputs::default())
             .await
             .map_err(|e| ReplError::Refused(e.to_string()))
+    }
+
+    pub fn forwarding(&self) -> Option<Arc<dyn ForwardedConnections>> {
+        self.forwarding
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn server_tls(&self) -> Option<Arc<rustls::ServerConfig>> {

@@ -2,7 +2,7 @@
 //! answers reconciliation requests and then streams the WAL.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -90,10 +90,11 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
                 continue;
             }
         };
-        let Some(config) = inner.server_tls() else {
+        // Nothing to serve: neither a DR primary nor a node that takes forwarded requests.
+        if inner.server_tls().is_none() && inner.forwarding().is_none() {
             drop(stream);
             continue;
-        };
+        }
         let Some(peer_slot) = per_peer.take(remote.ip()) else {
             tracing::warn!(%remote, "too many cluster handshakes from this address; connection dropped");
             drop(stream);
@@ -107,7 +108,39 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
         let permit = (permit, peer_slot);
         let inner = inner.clone();
         tokio::spawn(async move {
-            match crate::tls::accept(stream, config, HANDSHAKE_TIMEOUT).await {
+            let started = Instant::now();
+            let start = match crate::tls::client_hello(stream, HANDSHAKE_TIMEOUT).await {
+                Ok(start) => start,
+                Err(e) => {
+                    tracing::info!(%remote, error = %e, "cluster connection refused");
+                    return;
+                }
+            };
+            let rest = HANDSHAKE_TIMEOUT.saturating_sub(started.elapsed());
+            let peer = remote.to_string();
+            if crate::tls::offers_alpn(&start, crate::tls::ALPN_FORWARD) {
+                let Some(forwarding) = inner.forwarding() else {
+                    return;
+                };
+                let Some(config) = forwarding.server_config() else {
+                    tracing::debug!(%remote, "a forwarded request reached a node that is not active");
+                    return;
+                };
+                let alpn = crate::tls::ALPN_FORWARD;
+                match crate::tls::accept_started(start, &peer, config, alpn, rest).await {
+                    Ok((tls, _)) => {
+                        drop(permit);
+                        forwarding.serve(tls, remote);
+                    }
+                    Err(e) => tracing::info!(%remote, error = %e, "forwarding handshake refused"),
+                }
+                return;
+            }
+            let Some(config) = inner.server_tls() else {
+                return;
+            };
+            match crate::tls::accept_started(start, &peer, config, crate::tls::ALPN_DR, rest).await
+            {
                 Ok((tls, peer_cn)) => {
                     let fingerprint = tls
                         .get_ref()

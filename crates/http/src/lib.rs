@@ -8,6 +8,7 @@
 mod activity;
 mod body;
 mod envelope;
+pub mod forward;
 mod limits;
 mod serve;
 mod snapshot;
@@ -41,12 +42,24 @@ struct AppState {
     read_timeout: Duration,
     unauthenticated_metrics_access: bool,
     restore: snapshot::RestoreLimits,
+    /// HA request forwarding, on a node of an HA cluster with a cluster port.
+    forwarding: Option<Arc<forward::Forwarding>>,
 }
 
 /// Build the API router over a core: the dashboard's static files at `/ui/`, everything
 /// else (the Vault API under `/v1/`) through [`handle`].
 pub fn router(core: Arc<Core>, limits: &ListenerLimits) -> Router {
+    router_forwarding(core, limits, None)
+}
+
+/// [`router`], with the requests a standby does not answer forwarded to the active node.
+pub fn router_forwarding(
+    core: Arc<Core>,
+    limits: &ListenerLimits,
+    forwarding: Option<Arc<forward::Forwarding>>,
+) -> Router {
     ui::routes().fallback(handle).with_state(AppState {
+        forwarding,
         core,
         max_request_bytes: limits.max_request_bytes,
         read_timeout: limits.read_timeout,
@@ -187,6 +200,7 @@ const WAL_INDEX_HEADER: &str = "x-bunker-wal-index";
 async fn handle(State(state): State<AppState>, request: axum::extract::Request) -> HttpResponse {
     let (parts, body) = request.into_parts();
     let connect = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned();
+    let forwarded = parts.extensions.get::<forward::Forwarded>().is_some();
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let Some(path) = uri.path().strip_prefix("/v1/") else {
         return status::error_response(StatusCode::NOT_FOUND, vec![]);
@@ -221,6 +235,11 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
             Ok(b) => b,
             Err(e) => return status::body_error(e),
         };
+    if let Some(answer) =
+        forward_from_standby(&state, forwarded, &method, &uri, &headers, &bytes, connect).await
+    {
+        return answer;
+    }
     // The raw bytes are dropped here, before the request is handled.
     let mut data = match body::parse_body(&bytes) {
         Ok(d) => d,
@@ -242,7 +261,7 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
     req.data = data;
     req.client_token = client_token(&headers);
     req.wrap_ttl = wrap_ttl;
-    req.remote_addr = connect.map(|c| c.0.ip().to_string());
+    req.remote_addr = client_addr(forwarded, &headers, connect);
     let request_id = req.id.clone();
     let span = tracing::debug_span!(
         "request",
@@ -278,6 +297,65 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
         return HttpResponse::from_parts(parts, Body::empty());
     }
     resp.into_response()
+}
+
+/// On a standby, a request it does not answer itself goes to the active node: the active node's
+/// answer, a 502 when it was sent and none came, or `None` to answer as without forwarding
+/// (the core's 307). Never for a request that was itself forwarded, nor under
+/// `X-Vault-No-Request-Forwarding`.
+async fn forward_from_standby(
+    state: &AppState,
+    forwarded: bool,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    connect: Option<ConnectInfo<SocketAddr>>,
+) -> Option<HttpResponse> {
+    let forwarding = state.forwarding.as_ref()?;
+    let path = uri.path().strip_prefix("/v1/").unwrap_or_default();
+    if forwarded
+        || headers.contains_key(forward::NO_FORWARDING)
+        || !state.core.is_standby()
+        || bunker_core::ha::standby_answers(&path_decode(path))
+    {
+        return None;
+    }
+    let client = connect.map(|c| c.0);
+    let body = axum::body::Bytes::copy_from_slice(bytes);
+    match forwarding.forward(method, uri, headers, body, client).await {
+        Ok(answer) => Some(answer),
+        Err(forward::ForwardError::NotSent(why)) => {
+            tracing::debug!(reason = %why, "request not forwarded; redirecting");
+            None
+        }
+        Err(forward::ForwardError::Failed(why)) => {
+            tracing::warn!(error = %why, "forwarding a request to the active node failed");
+            Some(status::error_response(
+                StatusCode::BAD_GATEWAY,
+                vec![format!(
+                    "error forwarding the request to the active node: {why}"
+                )],
+            ))
+        }
+    }
+}
+
+/// The client's address: the connection's, or on a connection a standby forwarded a request
+/// on, the one the standby saw.
+fn client_addr(
+    forwarded: bool,
+    headers: &HeaderMap,
+    connect: Option<ConnectInfo<SocketAddr>>,
+) -> Option<String> {
+    let relayed = forwarded
+        .then(|| headers.get(forward::FORWARDED_FOR))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<std::net::IpAddr>().ok());
+    relayed
+        .map(|ip| ip.to_string())
+        .or_else(|| connect.map(|c| c.0.ip().to_string()))
 }
 
 /// A standby's answer: 307 to the same path and query on the active node, as Vault's

@@ -133,6 +133,30 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serve `app` on one connection accepted (and authenticated) elsewhere, with `limits`'
+/// timeouts: the cluster port hands over the connections standbys forward requests on.
+pub(crate) fn serve_accepted<IO>(io: IO, remote: SocketAddr, app: Router, limits: &ListenerLimits)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let service = request_service(app, remote, activity.clone(), limits);
+    let timeouts = ConnTimeouts {
+        read_header: non_zero(limits.read_header_timeout),
+        idle: non_zero(limits.idle_timeout),
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(None);
+    let io = TrackedIo::new(io, activity.clone());
+    tokio::spawn(async move {
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let ended = drive(conn, &activity, timeouts)
+            .await
+            .map(|r| r.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>));
+        log_end(ended, remote);
+    });
+}
+
 type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 fn log_end(result: Option<ConnResult>, remote: SocketAddr) {

@@ -61,6 +61,8 @@ use self::der::CertFields;
 
 /// ALPN protocol id of the DR replication stream on the cluster port.
 pub const ALPN_DR: &[u8] = b"bunker-dr/1";
+/// ALPN protocol id of HA request forwarding (a standby to its active node) on the same port.
+pub const ALPN_FORWARD: &[u8] = b"bunker-fw/1";
 /// DNS SAN in every replication server certificate; clients verify the server against it.
 pub const SERVER_NAME: &str = "bunker-replication";
 /// Validity of the replication CA. Its key rests sealed by the primary's barrier and signs
@@ -532,6 +534,148 @@ pub async fn connect(
     config: Arc<ClientConfig>,
     timeout: Duration,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError> {
+    let stream = connect_for(addr, config, ALPN_DR, timeout).await?;
+    tracing::debug!(peer = %addr, "replication connection established");
+    Ok(stream)
+}
+
+/// Accepts a replication connection: TLS handshake within `timeout`, ALPN check, and returns
+/// the stream with the peer's common name (the secondary id).
+pub async fn accept(
+    stream: TcpStream,
+    config: Arc<ServerConfig>,
+    timeout: Duration,
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, String), TlsError> {
+    let peer = peer_of(&stream);
+    let tls = tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(stream))
+        .await
+        .map_err(|_| handshake_timeout(&peer, timeout))?
+        .map_err(|source| TlsError::Handshake {
+            peer: peer.clone(),
+            source,
+        })?;
+    identify(tls, &peer, ALPN_DR).await
+}
+
+/// HA request forwarding, the cluster port's other protocol (ALPN [`ALPN_FORWARD`]): the
+/// cluster listener reads each ClientHello and hands the connections that ask for it here.
+/// The listener knows nothing of what is forwarded.
+pub trait ForwardedConnections: Send + Sync {
+    /// The TLS config to answer with: `None` refuses (this node is not the active one).
+    fn server_config(&self) -> Option<Arc<ServerConfig>>;
+    /// Serve an established, authenticated connection.
+    fn serve(&self, tls: tokio_rustls::server::TlsStream<TcpStream>, remote: std::net::SocketAddr);
+}
+
+/// Reads a connection's ClientHello within `timeout`, so the cluster port can tell its
+/// protocols apart (by ALPN) before it chooses the certificate to answer with.
+pub async fn client_hello(
+    stream: TcpStream,
+    timeout: Duration,
+) -> Result<tokio_rustls::StartHandshake<TcpStream>, TlsError> {
+    let peer = peer_of(&stream);
+    let acceptor =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    tokio::time::timeout(timeout, acceptor)
+        .await
+        .map_err(|_| handshake_timeout(&peer, timeout))?
+        .map_err(|source| TlsError::Connect { addr: peer, source })
+}
+
+/// Whether a ClientHello offers `alpn`.
+pub fn offers_alpn(start: &tokio_rustls::StartHandshake<TcpStream>, alpn: &[u8]) -> bool {
+    start
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut offered| offered.any(|p| p == alpn))
+}
+
+/// Finishes the handshake of a connection whose ClientHello was read: `config`'s certificate,
+/// a client certificate required, ALPN `alpn` negotiated. Returns the stream with the peer's
+/// common name.
+pub async fn accept_started(
+    start: tokio_rustls::StartHandshake<TcpStream>,
+    peer: &str,
+    config: Arc<ServerConfig>,
+    alpn: &[u8],
+    timeout: Duration,
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, String), TlsError> {
+    let tls = tokio::time::timeout(timeout, start.into_stream(config))
+        .await
+        .map_err(|_| handshake_timeout(peer, timeout))?
+        .map_err(|source| TlsError::Handshake {
+            peer: peer.to_owned(),
+            source,
+        })?;
+    identify(tls, peer, alpn).await
+}
+
+fn peer_of(stream: &TcpStream) -> String {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
+    stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "unknown peer".to_owned())
+}
+
+fn handshake_timeout(peer: &str, timeout: Duration) -> TlsError {
+    TlsError::Timeout {
+        stage: "TLS handshake",
+        peer: peer.to_owned(),
+        timeout_ms: timeout.as_millis(),
+    }
+}
+
+/// The ALPN check and the peer's common name, after a server handshake.
+async fn identify(
+    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: &str,
+    alpn: &[u8],
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, String), TlsError> {
+    let connection = tls.get_ref().1;
+    let checked = check_alpn_is(peer, connection.alpn_protocol(), alpn).and_then(|()| {
+        connection
+            .peer_certificates()
+            .and_then(peer_common_name)
+            .ok_or_else(|| TlsError::NoPeerIdentity {
+                peer: peer.to_owned(),
+            })
+    });
+    match checked {
+        Ok(common_name) => {
+            tracing::debug!(peer = %peer, common_name = %common_name, "cluster peer accepted");
+            Ok((tls, common_name))
+        }
+        Err(e) => {
+            close_quietly(&mut tls).await;
+            Err(e)
+        }
+    }
+}
+
+/// `config` (made by [`server_config`] or [`client_config`]) speaking `alpn` instead.
+pub fn server_config_for(config: &ServerConfig, alpn: &[u8]) -> Arc<ServerConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
+}
+
+/// See [`server_config_for`].
+pub fn client_config_for(config: &ClientConfig, alpn: &[u8]) -> Arc<ClientConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
+}
+
+/// Connects to a cluster port speaking `alpn` (TCP, TLS handshake and ALPN within `timeout`).
+pub async fn connect_for(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    alpn: &[u8],
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError> {
     let started = Instant::now();
     let timed_out = |stage| TlsError::Timeout {
         stage,
@@ -545,9 +689,7 @@ pub async fn connect(
             addr: addr.to_owned(),
             source,
         })?;
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(peer = %addr, error = %e, "could not set TCP_NODELAY");
-    }
+    let _ = tcp.set_nodelay(true);
     let server_name = ServerName::try_from(SERVER_NAME).map_err(|_| TlsError::InvalidId {
         what: "server name",
         value: SERVER_NAME.to_owned(),
@@ -564,60 +706,15 @@ pub async fn connect(
         peer: addr.to_owned(),
         source,
     })?;
-    if let Err(e) = check_alpn(addr, stream.get_ref().1.alpn_protocol()) {
+    if let Err(e) = check_alpn_is(addr, stream.get_ref().1.alpn_protocol(), alpn) {
         close_quietly(&mut stream).await;
         return Err(e);
     }
-    tracing::debug!(peer = %addr, "replication connection established");
     Ok(stream)
 }
 
-/// Accepts a replication connection: TLS handshake within `timeout`, ALPN check, and returns
-/// the stream with the peer's common name (the secondary id).
-pub async fn accept(
-    stream: TcpStream,
-    config: Arc<ServerConfig>,
-    timeout: Duration,
-) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, String), TlsError> {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "unknown peer".to_owned());
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(peer = %peer, error = %e, "could not set TCP_NODELAY");
-    }
-    let mut tls = tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(stream))
-        .await
-        .map_err(|_| TlsError::Timeout {
-            stage: "TLS handshake",
-            peer: peer.clone(),
-            timeout_ms: timeout.as_millis(),
-        })?
-        .map_err(|source| TlsError::Handshake {
-            peer: peer.clone(),
-            source,
-        })?;
-    let connection = tls.get_ref().1;
-    let checked = check_alpn(&peer, connection.alpn_protocol()).and_then(|()| {
-        connection
-            .peer_certificates()
-            .and_then(peer_common_name)
-            .ok_or_else(|| TlsError::NoPeerIdentity { peer: peer.clone() })
-    });
-    match checked {
-        Ok(common_name) => {
-            tracing::debug!(peer = %peer, secondary_id = %common_name, "replication peer accepted");
-            Ok((tls, common_name))
-        }
-        Err(e) => {
-            close_quietly(&mut tls).await;
-            Err(e)
-        }
-    }
-}
-
-fn check_alpn(peer: &str, negotiated: Option<&[u8]>) -> Result<(), TlsError> {
-    if negotiated == Some(ALPN_DR) {
+fn check_alpn_is(peer: &str, negotiated: Option<&[u8]>, alpn: &[u8]) -> Result<(), TlsError> {
+    if negotiated == Some(alpn) {
         return Ok(());
     }
     Err(TlsError::Alpn {

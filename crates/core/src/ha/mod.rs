@@ -2,9 +2,10 @@
 //! them active. Every node is unsealed with the key shares (the keyring lives in the shared
 //! storage); only the node holding the storage's HA lock loads the mount table and serves
 //! requests. Standbys answer `sys/health`, `sys/leader`, `sys/seal-status` and the unseal
-//! endpoints themselves and send every other request to the active node with a 307 to its
-//! `api_addr` (what Vault does under `X-Vault-No-Request-Forwarding`; forwarding over the
-//! cluster port is not built yet).
+//! endpoints themselves and every other request goes to the active node: forwarded over the
+//! cluster port by the HTTP layer (with the credentials the active node advertises through an
+//! [`Advertiser`]), or answered with a 307 to its `api_addr` (under
+//! `X-Vault-No-Request-Forwarding`, or when forwarding is not possible).
 //!
 //! The runner ([`run`]) takes the lock when it is free, renews it three times per `lock_ttl`,
 //! and steps down when it is sealed, told to (`sys/step-down`), or finds the lock gone. The
@@ -57,6 +58,23 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// What the node adds to its advertisement when it becomes active, behind the barrier with its
+/// addresses: request forwarding's credentials for standbys. Called at each activation (so
+/// the credentials are new each time); `withdraw` when the node stops being active.
+pub trait Advertiser: Send + Sync {
+    fn advertise(&self) -> Option<serde_json::Value>;
+    fn withdraw(&self);
+}
+
+/// The paths a standby answers itself (its status and the unseal endpoints), and `sys/seal`,
+/// which it refuses rather than send on (as Vault: it would seal the active node).
+pub fn standby_answers(path: &str) -> bool {
+    matches!(
+        path.trim_matches('/'),
+        "sys/health" | "sys/leader" | "sys/seal-status" | "sys/unseal" | "sys/init" | "sys/seal"
+    )
+}
+
 /// HA settings of a node.
 #[derive(Clone, Debug)]
 pub struct HaConfig {
@@ -104,6 +122,7 @@ pub struct Ha {
     /// Where a standby sent clients last, and when it looked: unauthenticated requests to a
     /// standby cost one database read per tick, not one each.
     redirect_cache: Mutex<Option<(Instant, Option<String>)>>,
+    advertiser: std::sync::OnceLock<Arc<dyn Advertiser>>,
 }
 
 impl Ha {
@@ -124,6 +143,7 @@ impl Ha {
             gate: tokio::sync::RwLock::new(()),
             step_down_requested: std::sync::atomic::AtomicBool::new(false),
             redirect_cache: Mutex::new(None),
+            advertiser: std::sync::OnceLock::new(),
         })
     }
 
@@ -131,6 +151,13 @@ impl Ha {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Set what this node advertises besides its addresses when active (once, at start).
+    pub fn set_advertiser(&self, advertiser: Arc<dyn Advertiser>) {
+        if self.advertiser.set(advertiser).is_err() {
+            tracing::warn!("an HA advertiser was already set");
+        }
     }
 
     pub fn role(&self) -> Role {
@@ -358,6 +385,9 @@ impl Ha {
             );
         }
         core.become_standby();
+        if let Some(advertiser) = self.advertiser.get() {
+            advertiser.withdraw();
+        }
         drop(drained);
         tracing::info!(epoch, "this node is a standby");
     }
@@ -440,7 +470,7 @@ impl Core {
     }
 
     /// A standby that holds the barrier open but serves nothing.
-    pub(crate) fn is_standby(&self) -> bool {
+    pub fn is_standby(&self) -> bool {
         !self.is_sealed() && !self.is_active_node()
     }
 
@@ -500,7 +530,11 @@ impl Core {
     /// `core/leader/<uuid>`). Older advertisements are removed.
     async fn advertise(&self, ha: &Ha) -> Result<()> {
         let node = ha.node();
-        let advert = json!({"api_addr": node.api_addr, "cluster_addr": node.cluster_addr});
+        let mut advert = json!({"api_addr": node.api_addr, "cluster_addr": node.cluster_addr});
+        let extra = ha.advertiser.get().and_then(|a| a.advertise());
+        if let (Some(extra), Some(fields)) = (extra, advert.as_object_mut()) {
+            fields.insert("forwarding".into(), extra);
+        }
         // One batch: a crash in between never leaves the cluster without an advertisement.
         let mut ops: Vec<bunker_storage::Op> = self
             .barrier
@@ -522,14 +556,7 @@ impl Core {
 
     /// The active node's advertised API and cluster addresses, when a live holder has one.
     async fn advertised_leader(&self, ha: &Ha) -> Option<(LockHolder, String, String)> {
-        let holder = ha.leader().await?;
-        let bytes = self
-            .barrier
-            .get(&format!("{LEADER_PREFIX}{}", holder.node.id))
-            .await
-            .ok()
-            .flatten()?;
-        let advert: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let (holder, advert) = self.advertisement(ha).await?;
         let api = advert
             .get("api_addr")
             .and_then(serde_json::Value::as_str)
@@ -541,6 +568,40 @@ impl Core {
             .unwrap_or_default()
             .to_owned();
         Some((holder, api, cluster))
+    }
+
+    /// The live lock holder and its advertisement (read through the barrier).
+    async fn advertisement(&self, ha: &Ha) -> Option<(LockHolder, serde_json::Value)> {
+        let holder = ha.leader().await?;
+        let bytes = self
+            .barrier
+            .get(&format!("{LEADER_PREFIX}{}", holder.node.id))
+            .await
+            .ok()
+            .flatten()?;
+        let advert = serde_json::from_slice(&bytes).ok()?;
+        Some((holder, advert))
+    }
+
+    /// On a standby: the active node's cluster address and what it advertised for request
+    /// forwarding. `None` on an active node, without HA, sealed, or when no other node is
+    /// active.
+    pub async fn forwarding_target(&self) -> Option<(String, serde_json::Value)> {
+        let ha = self.ha()?;
+        if !self.is_standby() {
+            return None;
+        }
+        let (holder, mut advert) = self.advertisement(ha).await?;
+        if holder.node.id == ha.config.node.id {
+            return None;
+        }
+        let cluster = advert
+            .get("cluster_addr")
+            .and_then(serde_json::Value::as_str)
+            .filter(|a| !a.is_empty())?
+            .to_owned();
+        let forwarding = advert.get_mut("forwarding")?.take();
+        Some((cluster, forwarding))
     }
 
     /// The standby's answer to any request it does not serve itself.

@@ -408,3 +408,66 @@ fn certificates_are_short_lived_and_renewed_at_half_life() {
     assert!(ca.renew_client_cert("s1", b"not a key").is_err());
     assert!(ca.renew_client_cert("bad id\n", &public_key).is_err());
 }
+
+/// The cluster port's demultiplexing: the ClientHello read first, then the handshake finished
+/// with the config of the protocol it asked for.
+async fn serve_once_started(
+    forwarding: Arc<ServerConfig>,
+) -> (String, JoinHandle<Result<(bool, String), TlsError>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let handle = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let start = client_hello(tcp, TIMEOUT).await?;
+        let asked = offers_alpn(&start, ALPN_FORWARD);
+        let (_, cn) =
+            accept_started(start, &peer.to_string(), forwarding, ALPN_FORWARD, TIMEOUT).await?;
+        Ok((asked, cn))
+    });
+    (addr.to_string(), handle)
+}
+
+#[tokio::test]
+async fn forwarding_needs_a_client_certificate_of_its_own_ca() {
+    let ca = ReplicationCa::generate("forwarding").unwrap();
+    let server = server_config_for(&primary(&ca), ALPN_FORWARD);
+    let standby = ca.issue_client_cert("standby", HOUR).unwrap();
+
+    // A standby with the advertised client certificate.
+    let (addr, accepted) = serve_once_started(server.clone()).await;
+    let client = client_config_for(
+        &client_config(&ca.cert_pem, &standby).unwrap(),
+        ALPN_FORWARD,
+    );
+    let mut stream = connect_for(&addr, client, ALPN_FORWARD, TIMEOUT)
+        .await
+        .unwrap();
+    let (asked, cn) = accepted.await.unwrap().unwrap();
+    assert!(asked);
+    assert_eq!(cn, "standby");
+    stream.shutdown().await.unwrap();
+
+    // No client certificate, or one of another CA (say, the previous active node's): refused.
+    let other = ReplicationCa::generate("forwarding").unwrap();
+    let foreign = other.issue_client_cert("standby", HOUR).unwrap();
+    for cert in [None, Some(&foreign)] {
+        let (addr, accepted) = serve_once_started(server.clone()).await;
+        let config = raw_client(&ca, &rustls::version::TLS13, cert, &[ALPN_FORWARD]);
+        let client = connect_for(&addr, config, ALPN_FORWARD, TIMEOUT).await;
+        assert!(
+            accepted.await.unwrap().is_err(),
+            "accepted {:?}",
+            cert.is_some()
+        );
+        if let Ok(mut stream) = client {
+            let mut buf = [0u8; 1];
+            assert!(stream.read(&mut buf).await.is_err());
+        }
+    }
+
+    // A DR client (ALPN bunker-dr/1) cannot be answered by the forwarding config.
+    let (addr, accepted) = serve_once_started(server).await;
+    let dr = client_config(&ca.cert_pem, &standby).unwrap();
+    assert!(connect_for(&addr, dr, ALPN_DR, TIMEOUT).await.is_err());
+    assert!(accepted.await.unwrap().is_err());
+}
