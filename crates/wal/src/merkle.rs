@@ -164,37 +164,80 @@ pub async fn compute(backend: &dyn Backend) -> Result<MerkleTree> {
     Ok(compute_with_cells(backend).await?.0)
 }
 
-/// The tree and every cell's sum (see [`cell_sums`]) from the same single scan: each key's
-/// hash and leaf hash serve both.
-pub async fn compute_with_cells(backend: &dyn Backend) -> Result<(MerkleTree, Vec<u64>)> {
-    let mut hashers: Vec<Option<Sha256>> = vec![None; BUCKETS];
-    let mut cells = vec![0u64; CELLS];
-    let mut keys = 0u64;
-    for_each_replicated(backend, |key, value| {
+/// Builds the tree (and the cell sums) from entries given in key order, local keys skipped:
+/// the scans below, and a snapshot's pages as they are written.
+pub struct TreeBuilder {
+    hashers: Vec<Option<Sha256>>,
+    cells: Option<Vec<u64>>,
+    keys: u64,
+}
+
+impl TreeBuilder {
+    /// A builder of the tree only.
+    pub fn new() -> TreeBuilder {
+        TreeBuilder {
+            hashers: vec![None; BUCKETS],
+            cells: None,
+            keys: 0,
+        }
+    }
+
+    /// A builder of the tree and of every cell's sum ([`CELLS`] of them, 2 MiB).
+    pub fn with_cells() -> TreeBuilder {
+        TreeBuilder {
+            cells: Some(vec![0u64; CELLS]),
+            ..TreeBuilder::new()
+        }
+    }
+
+    /// The next entry, in key order. Local keys are not part of the tree.
+    pub fn add(&mut self, key: &str, value: &[u8]) {
+        if is_local(key) {
+            return;
+        }
         let key_hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let cell = usize::try_from(cell_of_hash(&key_hash)).unwrap_or(usize::MAX);
         let leaf = leaf_hash(key, value);
-        if let (Some(slot), Some(sum)) = (
-            hashers.get_mut(cell / CELLS_PER_BUCKET),
-            cells.get_mut(cell),
-        ) {
-            slot.get_or_insert_with(Sha256::new).update(leaf);
+        let Some(slot) = self.hashers.get_mut(cell / CELLS_PER_BUCKET) else {
+            return;
+        };
+        slot.get_or_insert_with(Sha256::new).update(leaf);
+        if let Some(sum) = self.cells.as_mut().and_then(|c| c.get_mut(cell)) {
             *sum = sum.wrapping_add(digest_of_leaf(&leaf));
-            keys += 1;
         }
-    })
-    .await?;
-    let buckets: Vec<[u8; 32]> = hashers
-        .into_iter()
-        .map(|hasher| hasher.map_or([0; 32], |hasher| hasher.finalize().into()))
-        .collect();
-    let root = root_of(&buckets);
-    let tree = MerkleTree {
-        buckets,
-        root,
-        keys,
-    };
-    tracing::debug!(merkle_root = %tree.root_hex(), keys, "Merkle tree computed");
+        self.keys += 1;
+    }
+
+    /// The tree, and the cell sums when asked for (else empty).
+    pub fn finish(self) -> (MerkleTree, Vec<u64>) {
+        let buckets: Vec<[u8; 32]> = self
+            .hashers
+            .into_iter()
+            .map(|hasher| hasher.map_or([0; 32], |hasher| hasher.finalize().into()))
+            .collect();
+        let root = root_of(&buckets);
+        let tree = MerkleTree {
+            buckets,
+            root,
+            keys: self.keys,
+        };
+        (tree, self.cells.unwrap_or_default())
+    }
+}
+
+impl Default for TreeBuilder {
+    fn default() -> Self {
+        TreeBuilder::new()
+    }
+}
+
+/// The tree and every cell's sum (see [`cell_sums`]) from the same single scan: each key's
+/// hash and leaf hash serve both.
+pub async fn compute_with_cells(backend: &dyn Backend) -> Result<(MerkleTree, Vec<u64>)> {
+    let mut builder = TreeBuilder::with_cells();
+    for_each_replicated(backend, |key, value| builder.add(key, value)).await?;
+    let (tree, cells) = builder.finish();
+    tracing::debug!(merkle_root = %tree.root_hex(), keys = tree.keys, "Merkle tree computed");
     Ok((tree, cells))
 }
 

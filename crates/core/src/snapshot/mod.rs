@@ -26,11 +26,9 @@ pub use restore::RESTORE_MARKER_PATH;
 pub const SNAPSHOT_PATH: &str = "storage/raft/snapshot";
 pub const SNAPSHOT_FORCE_PATH: &str = "storage/raft/snapshot-force";
 
-/// Replication's keys (`bunker_wal::LOCAL_PREFIX`): this cluster's WAL and DR state. Saved as
-/// everything else, never restored: a restore starts a new history.
-const REPLICATION_PREFIX: &str = "repl/";
-/// `bunker_wal::WAL_LAST_KEY`: the last WAL index, u64 big-endian.
-const WAL_LAST_KEY: &str = "repl/wal-last";
+/// Replication's keys: this cluster's WAL and DR state. Saved as everything else, never
+/// restored: a restore starts a new history.
+use bunker_wal::wal::{LOCAL_PREFIX as REPLICATION_PREFIX, WAL_LAST_KEY};
 
 /// Proof that a snapshot request was authorised (or is the server's own scheduled snapshot).
 #[derive(Debug)]
@@ -106,6 +104,7 @@ impl Core {
             encoder: Encoder::new(),
             out,
             wal_index: None,
+            tree: bunker_wal::merkle::TreeBuilder::new(),
         };
         sink.send(Encoder::header()).await?;
         self.barrier.backend().snapshot(&mut sink).await?;
@@ -114,11 +113,17 @@ impl Core {
             storage_type: self.config.storage_type.clone(),
             created_unix,
             wal_index: sink.wal_index,
-            // Not computed: the Merkle tree lives in the replication crate, which the core does
-            // not see, and costs a second pass over the keys (docs/snapshots.md).
             merkle_root: None,
         };
-        let FrameSink { encoder, out, .. } = sink;
+        let FrameSink {
+            encoder, out, tree, ..
+        } = sink;
+        // The DR Merkle root of the replicated keys, computed from the pages as they went by:
+        // what `dr/status` shows for this state on a DR cluster.
+        let meta = SnapshotMeta {
+            merkle_root: Some(tree.finish().0.root_hex()),
+            ..meta
+        };
         let trailer = encoder.finish(meta).map_err(snapshot_error)?;
         out.send(trailer).await.map_err(|_| reader_gone())?;
         tracing::info!(created_unix, "snapshot saved");
@@ -131,6 +136,8 @@ struct FrameSink {
     encoder: Encoder,
     out: mpsc::Sender<Vec<u8>>,
     wal_index: Option<u64>,
+    /// Pages arrive in key order, as the tree wants them.
+    tree: bunker_wal::merkle::TreeBuilder,
 }
 
 impl FrameSink {
@@ -142,6 +149,9 @@ impl FrameSink {
 #[async_trait]
 impl SnapshotSink for FrameSink {
     async fn page(&mut self, entries: SnapshotPage) -> std::result::Result<(), StorageError> {
+        for (key, value) in entries.iter() {
+            self.tree.add(key, value);
+        }
         if let Some((_, value)) = entries.iter().find(|(key, _)| key == WAL_LAST_KEY) {
             self.wal_index = <[u8; 8]>::try_from(value.as_slice())
                 .ok()
