@@ -195,12 +195,6 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
         dr.set_forwarding(f.clone());
     }
     if let Some(ha) = core.ha() {
-        use bunker_core::ReplicationHandler as _;
-        if dr.dr_mode() == bunker_core::DrMode::Secondary {
-            anyhow::bail!(
-                "this node's storage is a DR secondary, which a cluster with ha_enabled cannot be yet"
-            );
-        }
         // The runner starts once replication is registered, so an activation reaches it.
         tokio::spawn(bunker_core::ha::run(core.clone(), ha.clone()));
         tracing::info!(lock_ttl = ?cfg.ha_lock_ttl, "HA enabled: this node starts as a standby");

@@ -491,16 +491,96 @@ fn a_dr_secondary_follows_the_active_node_of_an_ha_primary_without_update_primar
     assert_eq!(s.kv_get("after").1["n"], json!("1"));
 }
 
+/// A node of an HA cluster on database `url`, with a cluster port.
+fn node_on(url: &str) -> TestServer {
+    TestServer::with_config(ServerOptions {
+        listener_extra: format!("  cluster_address = \"127.0.0.1:{}\"", free_port()),
+        config_extra: ALLOW_HTTP_ACTIVATION.to_owned(),
+        storage: format!(
+            "storage \"postgresql\" {{\n  connection_url = \"{url}\"\n  table = \"bunker_kv\"\n  \
+             ha_enabled = \"true\"\n  ha_table = \"bunker_ha_locks\"\n  lock_ttl = \"{LOCK_TTL_SECS}s\"\n}}"
+        ),
+        ..Default::default()
+    })
+}
+
+/// `s`'s DR status when it answers it itself (its active node), else `None`.
+fn own_dr_status(s: &TestServer) -> Option<Value> {
+    let head = "X-Vault-No-Request-Forwarding: true\r\n";
+    let (code, text) = raw(s, "GET", "sys/replication/dr/status", head, None);
+    let body = text.split("\r\n\r\n").nth(1)?;
+    if code != 200 {
+        return None;
+    }
+    let mut body: Value = serde_json::from_str(body).ok()?;
+    Some(body["data"].take())
+}
+
 #[test]
-fn ha_clusters_cannot_be_dr_secondaries_yet() {
+fn dr_between_two_ha_clusters_follows_failovers_on_both_sides() {
     let pg = Postgres::start();
-    let nodes = cluster(&pg, 1);
-    let (code, body) = nodes[0].put(
-        "sys/replication/dr/secondary/enable",
-        nodes[0].root(),
-        json!({"token": "x"}),
+    pg.sql("CREATE DATABASE site_b");
+    let url_a = pg.url();
+    let url_b = url_a.replace("/postgres?", "/site_b?");
+    // Site A: two nodes, a DR primary.
+    let mut a = start_cluster(vec![node_on(&url_a), node_on(&url_a)]);
+    a[0].mount_kv2();
+    a[0].kv_put("before", json!({"n": "0"}));
+    enable_primary(&a[0]);
+    // Site B: two nodes on their own database, initialised on their own, then made a DR
+    // secondary through the active node (its storage is wiped: it goes on sealed, holding the
+    // lock, and follows site A).
+    let mut b = start_cluster(vec![node_on(&url_b), node_on(&url_b)]);
+    enable_secondary(&b[0], &activation_token(&a[0], "site-b"));
+    for node in b.iter_mut() {
+        adopt_credentials(node, &a[0]);
+    }
+    wait_converged(&a[0], &b[0]);
+    a[0].kv_put("streamed", json!({"n": "1"}));
+    wait_converged(&a[0], &b[0]);
+
+    // B's active node dies: its standby takes the lock and follows from the position stored in
+    // site B's database, without a Merkle sync.
+    b[0].kill9();
+    let mut status = Value::Null;
+    let took_over = poll_until(TAKEOVER, || {
+        status = own_dr_status(&b[1]).unwrap_or(Value::Null);
+        status["state"] == json!("stream-wals")
+    });
+    if !took_over {
+        b[1].dump_logs();
+    }
+    assert!(took_over, "site B's standby never followed: {status}");
+    a[0].kv_put("after-b-failover", json!({"n": "2"}));
+    wait_converged(&a[0], &b[1]);
+    let status = dr_status(&b[1]);
+    assert_eq!(
+        status["sync"]["merkle_syncs"],
+        json!(0),
+        "resumed without a sync: {status}"
     );
-    assert_eq!(code, 400, "{body}");
+
+    // A's active node dies: site B follows A's new active node by itself.
+    a[0].kill9();
+    wait_health(&a[1], 200);
+    a[1].kv_put("after-a-failover", json!({"n": "3"}));
+    wait_converged(&a[1], &b[1]);
+
+    // Site A is lost: site B is promoted at its active node with A's key shares, and serves
+    // everything A acknowledged.
+    a[1].kill9();
+    let promoted = promote_with_keys(&b[1], &b[1].keys.clone());
+    assert_eq!(promoted["data"]["complete"], json!(true), "{promoted}");
+    wait_health(&b[1], 200);
+    for (key, n) in [
+        ("before", "0"),
+        ("streamed", "1"),
+        ("after-b-failover", "2"),
+        ("after-a-failover", "3"),
+    ] {
+        assert_eq!(b[1].kv_get(key), (200, json!({"n": n})), "{key}");
+    }
+    b[1].kv_put("on-b", json!({"n": "4"}));
 }
 
 #[test]

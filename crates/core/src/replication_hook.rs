@@ -52,12 +52,29 @@ pub trait ReplicationHandler: Send + Sync {
     /// The core sealed: drop whatever was opened with the barrier. Must not block.
     fn sealed(&self) {}
 
-    /// An HA node took the lock (the barrier is open): everything replication keeps in memory
-    /// may be stale (another node was active); reload it from storage and start serving.
+    /// An HA node is taking the lock: what replication keeps in memory may be stale (another
+    /// node was active); reload it from storage. Returns the mode found there.
+    async fn reload(&self) -> DrMode {
+        self.dr_mode()
+    }
+
+    /// The mode stored in the (shared) storage, which another node may have changed.
+    async fn stored_dr_mode(&self) -> DrMode {
+        self.dr_mode()
+    }
+
+    /// Whether this node may hold the HA lock with its barrier sealed: a DR secondary (or one
+    /// becoming it) replicates ciphertext and serves nothing behind the barrier.
+    fn holds_lock_sealed(&self) -> bool {
+        self.dr_mode() == DrMode::Secondary
+    }
+
+    /// An HA node took the lock: start serving (a primary its cluster port, a secondary its
+    /// follower). The barrier is open, except on a DR secondary.
     async fn activated(&self) {}
 
-    /// An HA node lost or gave up the lock: stop serving replication (the barrier stays open).
-    /// Must not block.
+    /// An HA node lost or gave up the lock: stop serving replication (a primary's cluster
+    /// port, a secondary's follower). Must not block.
     fn deactivated(&self) {}
 
     /// Set the replication gauges (a `sys/metrics` scrape is about to render). Must not block.
@@ -95,6 +112,11 @@ impl Core {
 
     /// Unseal directly with a reconstructed root key (DR promotion) and load the tables.
     pub async fn unseal_with_root_key(&self, root_key: &[u8]) -> Result<()> {
+        if !self.is_sealed() && self.barrier.reload_keyring().await.is_err() {
+            // Open with another cluster's key: an HA standby of a cluster that became a DR
+            // secondary (the keyring in storage is the primary's now). Open it again with this.
+            self.seal_core();
+        }
         if self.is_sealed() {
             self.barrier.unseal(root_key).await?;
         }

@@ -72,13 +72,6 @@ impl Core {
             return Ok(resp);
         }
         if req.path.starts_with("sys/replication/") {
-            if req.path == "sys/replication/dr/secondary/enable" && self.ha().is_some() {
-                // Only the lock holder may apply the stream, and a DR secondary's nodes run
-                // sealed, while the lock needs an unsealed node (not built yet).
-                return Err(LogicalError::InvalidRequest(
-                    "a cluster with ha_enabled cannot be a DR secondary yet".into(),
-                ));
-            }
             if let Some(handler) = self.replication_handler() {
                 return self.handle_replication(handler.as_ref(), &req).await;
             }

@@ -81,6 +81,8 @@ pub(crate) struct Inner {
     forwarding: RwLock<Option<Arc<dyn ForwardedConnections>>>,
     peers: Mutex<BTreeMap<String, PeerStatus>>,
     sessions: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// A `secondary/enable` is under way (see `holds_lock_sealed`).
+    pub(crate) becoming_secondary: std::sync::atomic::AtomicBool,
     /// The running follower: its stop signal and its task.
     follower: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
     sec_status: Mutex<SecondaryStatus>,
@@ -149,6 +151,7 @@ impl DrManager {
             peers: Mutex::new(BTreeMap::new()),
             sessions: Mutex::new(HashMap::new()),
             follower: Mutex::new(None),
+            becoming_secondary: std::sync::atomic::AtomicBool::new(false),
             sec_status: Mutex::new(SecondaryStatus::default()),
             ceremonies: ceremony::Ceremonies::default(),
             activation_key: Mutex::new(None),
@@ -178,7 +181,10 @@ impl DrManager {
                     inner.install_tls_for(&state)?;
                 }
             }
-            Mode::Secondary if state.secondary.is_some() => inner.start_follower(),
+            // With HA, only the lock holder follows (it starts when it takes the lock).
+            Mode::Secondary if state.secondary.is_some() && inner.active_node() => {
+                inner.start_follower()
+            }
             _ => {}
         }
         let truncator = Arc::downgrade(&inner);
@@ -257,6 +263,30 @@ impl ReplicationHandler for DrManager {
         }
     }
 
+    async fn reload(&self) -> DrMode {
+        if let Err(e) = self.inner.reload_state().await {
+            tracing::error!(error = %e, "reloading the DR state from storage failed");
+        }
+        self.dr_mode()
+    }
+
+    async fn stored_dr_mode(&self) -> DrMode {
+        match ReplState::load(self.inner.backend.as_ref()).await {
+            Ok(state) => match state.mode {
+                Mode::Primary => DrMode::Primary,
+                Mode::Secondary => DrMode::Secondary,
+                Mode::Disabled => DrMode::Disabled,
+            },
+            Err(_) => self.dr_mode(),
+        }
+    }
+
+    fn holds_lock_sealed(&self) -> bool {
+        // Becoming a secondary wipes the storage and seals this node before the new mode is
+        // stored: the lock must not be given up in between.
+        self.dr_mode() == DrMode::Secondary || self.inner.becoming_secondary.load(Ordering::SeqCst)
+    }
+
     async fn activated(&self) {
         if let Err(e) = self.inner.reactivate().await {
             tracing::error!(error = %e, "DR replication could not resume on this node after it took the HA lock");
@@ -268,6 +298,12 @@ impl ReplicationHandler for DrManager {
         tokio::spawn(async move {
             if let Some(inner) = inner.upgrade() {
                 inner.forget_primary_keys().await;
+                // Only the lock holder applies the stream (its writes are fenced anyway).
+                if inner.mode() == Mode::Secondary && !inner.active_node() {
+                    if let Err(e) = inner.settle_follower().await {
+                        tracing::warn!(error = %e, "stopping the follower of a standby");
+                    }
+                }
             }
         });
     }
@@ -414,9 +450,26 @@ impl Inner {
         core: &dyn DrCore,
         mut inputs: EffectInputs,
     ) -> Result<(), bunker_sdk::LogicalError> {
-        use crate::control::Effect;
+        let enabling = matches!(command, crate::control::Command::EnableSecondary(_));
         let step = crate::control::transition(state, command)
             .map_err(|r| bunker_sdk::LogicalError::InvalidRequest(r.0))?;
+        if enabling {
+            self.becoming_secondary.store(true, Ordering::SeqCst);
+        }
+        let result = self.run_effects(state, step, core, &mut inputs).await;
+        self.becoming_secondary.store(false, Ordering::SeqCst);
+        result
+    }
+
+    /// The effects of a transition, in order.
+    async fn run_effects(
+        self: &Arc<Self>,
+        state: &mut tokio::sync::MutexGuard<'_, ReplState>,
+        step: crate::control::Step,
+        core: &dyn DrCore,
+        inputs: &mut EffectInputs,
+    ) -> Result<(), bunker_sdk::LogicalError> {
+        use crate::control::Effect;
         let mut next = Some(step.state);
         for effect in step.effects {
             match effect {
@@ -538,6 +591,26 @@ impl Inner {
     /// This node took the HA lock: another node may have written the WAL and the replication
     /// state since this one loaded them. Read both again, then serve as the state says.
     pub(crate) async fn reactivate(self: &Arc<Self>) -> Result<(), ReplError> {
+        let mode = self.reload_state().await?;
+        match mode {
+            Mode::Primary => self.open_primary_keys().await,
+            Mode::Secondary => {
+                if self.state.lock().await.secondary.is_some() {
+                    tracing::info!(
+                        wal_index = self.wal.last_index(),
+                        "this node took the HA lock of a DR secondary: following the primary from the stored position"
+                    );
+                    self.start_follower();
+                }
+                Ok(())
+            }
+            Mode::Disabled => Ok(()),
+        }
+    }
+
+    /// Read the WAL position and the replication state from storage again (another node of
+    /// an HA cluster wrote them until now). Returns the mode found.
+    pub(crate) async fn reload_state(self: &Arc<Self>) -> Result<Mode, ReplError> {
         self.wal.reload().await?;
         let loaded = ReplState::load(self.backend.as_ref()).await?;
         {
@@ -561,7 +634,7 @@ impl Inner {
             wal_index = self.wal.last_index(),
             "DR replication reloaded: this node is active"
         );
-        self.open_primary_keys().await
+        Ok(self.mode())
     }
 
     /// Whether this node writes: always without HA, only the active node of an HA cluster.

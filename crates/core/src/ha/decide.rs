@@ -33,6 +33,9 @@ pub enum Step {
 pub struct Facts {
     pub role: Role,
     pub sealed: bool,
+    /// This node's storage is a DR secondary's: it holds the lock (and follows the primary)
+    /// sealed as well as unsealed.
+    pub dr_secondary: bool,
     /// The fence still lets this node's writes through at its epoch.
     pub fence_holds: bool,
     /// A standby may not take the lock before this (after a step-down).
@@ -51,7 +54,9 @@ pub fn renew_interval(ttl: Duration) -> Duration {
 
 pub fn decide(f: &Facts) -> Step {
     match &f.role {
-        Role::Active { epoch, .. } if f.sealed => Step::Release { epoch: *epoch },
+        Role::Active { epoch, .. } if f.sealed && !f.dr_secondary => {
+            Step::Release { epoch: *epoch }
+        }
         Role::Active { epoch, .. } if !f.fence_holds => Step::StepDown { epoch: *epoch },
         Role::Active { epoch, .. } => {
             if f.now.saturating_duration_since(f.last_renewed) >= renew_interval(f.lock_ttl) {
@@ -60,7 +65,7 @@ pub fn decide(f: &Facts) -> Step {
                 Step::Idle
             }
         }
-        Role::Standby if f.sealed => Step::Idle,
+        Role::Standby if f.sealed && !f.dr_secondary => Step::Idle,
         Role::Standby if f.backoff_until.is_some_and(|t| f.now < t) => Step::Idle,
         Role::Standby => Step::Acquire,
     }
@@ -81,6 +86,7 @@ mod tests {
         Facts {
             role,
             sealed: false,
+            dr_secondary: false,
             fence_holds: true,
             backoff_until: None,
             last_renewed: now,
@@ -133,5 +139,20 @@ mod tests {
         assert!(!renewal_failed_is_lost(&f));
         f.now += Duration::from_secs(1);
         assert!(renewal_failed_is_lost(&f));
+    }
+
+    #[test]
+    fn a_dr_secondary_holds_and_takes_the_lock_sealed() {
+        let mut f = facts(active());
+        f.sealed = true;
+        assert_eq!(decide(&f), Step::Release { epoch: 7 });
+        f.dr_secondary = true;
+        assert_eq!(decide(&f), Step::Idle);
+        f.now += Duration::from_secs(5);
+        assert_eq!(decide(&f), Step::Renew { epoch: 7 });
+        let mut f = facts(Role::Standby);
+        f.sealed = true;
+        f.dr_secondary = true;
+        assert_eq!(decide(&f), Step::Acquire);
     }
 }

@@ -273,6 +273,9 @@ impl Ha {
                 },
                 role: s.role.clone(),
                 sealed: core.is_sealed(),
+                dr_secondary: core
+                    .replication_handler()
+                    .is_some_and(|h| h.holds_lock_sealed()),
                 backoff_until: s.backoff_until,
                 last_renewed: s.last_renewed,
                 now: Instant::now(),
@@ -282,7 +285,14 @@ impl Ha {
         match decide::decide(&facts) {
             Step::Idle => {}
             Step::Acquire => {
-                if !core.is_initialized().await.unwrap_or(false) {
+                // A DR secondary's storage holds no seal configuration until its first sync
+                // ends, and its nodes may be sealed: it needs the lock to sync at all.
+                let secondary = facts.dr_secondary
+                    || match core.replication_handler() {
+                        Some(h) => h.stored_dr_mode().await == crate::DrMode::Secondary,
+                        None => false,
+                    };
+                if !secondary && !core.is_initialized().await.unwrap_or(false) {
                     return;
                 }
                 // Tests hold standbys here to look at the lock row before anyone takes it.
@@ -477,6 +487,15 @@ impl Core {
     /// The lock is ours: load what lives behind the barrier, as at unseal. The keyring is read
     /// again first (the previous active node may have rotated it).
     pub(crate) async fn become_active(&self) -> Result<()> {
+        // A DR secondary's storage is its primary's: it serves nothing behind the barrier, so
+        // it loads nothing and needs no open barrier; its follower resumes from the position
+        // the cluster's previous active node stored.
+        if let Some(handler) = self.replication_handler() {
+            if handler.reload().await == crate::DrMode::Secondary {
+                handler.activated().await;
+                return Ok(());
+            }
+        }
         self.barrier.reload_keyring().await?;
         if let Err(e) = self.post_unseal().await {
             self.teardown();
