@@ -191,9 +191,6 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
     )
     .await
     .context("starting DR replication")?;
-    if let Some(f) = &forwarding {
-        dr.set_forwarding(f.clone());
-    }
     if let Some(ha) = core.ha() {
         // The runner starts once replication is registered, so an activation reaches it.
         tokio::spawn(bunker_core::ha::run(core.clone(), ha.clone()));
@@ -257,6 +254,7 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
     let app = bunker_http::router_forwarding(core.clone(), &limits, forwarding.clone());
     if let Some(f) = &forwarding {
         f.set_router(app.clone(), limits);
+        dr.set_forwarding(f.clone());
     }
     let shutdown_core = core.clone();
     let shutdown = async move {

@@ -91,7 +91,10 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
             }
         };
         // Nothing to serve: neither a DR primary nor a node that takes forwarded requests.
-        if inner.server_tls().is_none() && inner.forwarding().is_none() {
+        let forwarding = inner
+            .forwarding()
+            .is_some_and(|f| f.server_config().is_some());
+        if inner.server_tls().is_none() && !forwarding {
             drop(stream);
             continue;
         }

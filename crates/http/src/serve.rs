@@ -135,8 +135,14 @@ pub async fn serve(
 
 /// Serve `app` on one connection accepted (and authenticated) elsewhere, with `limits`'
 /// timeouts: the cluster port hands over the connections standbys forward requests on.
-pub(crate) fn serve_accepted<IO>(io: IO, remote: SocketAddr, app: Router, limits: &ListenerLimits)
-where
+/// The connection closes when `stop` resolves.
+pub(crate) fn serve_accepted<IO>(
+    io: IO,
+    remote: SocketAddr,
+    app: Router,
+    limits: &ListenerLimits,
+    stop: impl Future<Output = ()> + Send + 'static,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
@@ -150,9 +156,11 @@ where
     let io = TrackedIo::new(io, activity.clone());
     tokio::spawn(async move {
         let conn = builder.serve_connection(TokioIo::new(io), service);
-        let ended = drive(conn, &activity, timeouts)
-            .await
-            .map(|r| r.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>));
+        let ended = tokio::select! {
+            ended = drive(conn, &activity, timeouts) => ended
+                .map(|r| r.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)),
+            () = stop => None,
+        };
         log_end(ended, remote);
     });
 }

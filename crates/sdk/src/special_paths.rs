@@ -25,11 +25,13 @@ impl SpecialPaths {
         self.unauthenticated.iter().any(|p| matches(p, rel))
     }
 
-    /// Whether `rel` (relative to the mount) is root-protected.
+    /// Whether `rel` (relative to the mount) is root-protected. A trailing slash does not
+    /// make a protected path unprotected (`seal/` is `seal`).
     pub fn is_root(&self, rel: &str) -> bool {
-        self.root
-            .iter()
-            .any(|p| matches(p, rel) || (p.ends_with('/') && rel.starts_with(p)))
+        let bare = rel.trim_end_matches('/');
+        self.root.iter().any(|p| {
+            matches(p, rel) || matches(p, bare) || (p.ends_with('/') && rel.starts_with(p))
+        })
     }
 }
 
@@ -52,6 +54,8 @@ mod tests {
             unauthenticated: &[],
         };
         assert!(s.is_root("audit"));
+        assert!(s.is_root("rotate/"), "a trailing slash protects as well");
+        assert!(s.is_root("remount//"));
         assert!(s.is_root("audit/file"));
         assert!(s.is_root("remount"));
         assert!(!s.is_root("remount/status/x"), "only the path itself");

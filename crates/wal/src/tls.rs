@@ -250,12 +250,18 @@ impl ReplicationCa {
     /// Issues the certificate of a cluster port server: SAN [`SERVER_NAME`] and `localhost`,
     /// serverAuth only.
     pub fn issue_server_cert(&self) -> Result<CertPair, TlsError> {
+        self.issue_server_cert_for(LEAF_VALIDITY_DAYS)
+    }
+
+    /// [`ReplicationCa::issue_server_cert`], valid `days` (a certificate that lives as long as
+    /// what it serves, as HA forwarding's for one activation).
+    pub fn issue_server_cert_for(&self, days: i64) -> Result<CertPair, TlsError> {
         let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned(), "localhost".into()])
             .map_err(|source| TlsError::Generate {
             what: "the server certificate SANs",
             source,
         })?;
-        let base = base_params(SERVER_NAME.to_owned(), LEAF_VALIDITY_DAYS);
+        let base = base_params(SERVER_NAME.to_owned(), days);
         params.distinguished_name = base.distinguished_name;
         params.not_before = base.not_before;
         params.not_after = base.not_after;

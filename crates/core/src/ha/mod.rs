@@ -33,8 +33,13 @@ pub const STEP_DOWN_BACKOFF: Duration = Duration::from_secs(5);
 /// `active_time` of a node that is not active, as Vault shows it.
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
-/// Where active nodes advertise their addresses, behind the barrier.
-const LEADER_PREFIX: &str = "core/ha/leader/";
+/// Where active nodes advertise their addresses (and forwarding's credentials), behind the
+/// barrier, under replication's local prefix: an advertisement belongs to this cluster and is
+/// never replicated to a DR secondary (whose sites could then forward as this cluster's
+/// standbys).
+const LEADER_PREFIX: &str = "repl/ha/leader/";
+/// Where they were before: removed at the next advertisement.
+const OLD_LEADER_PREFIX: &str = "core/ha/leader/";
 
 /// An absolute `http(s)://host[:port]` URL and nothing more: what a redirect may point at.
 fn is_base_url(addr: &str) -> bool {
@@ -68,9 +73,11 @@ pub trait Advertiser: Send + Sync {
 
 /// The paths a standby answers itself (its status and the unseal endpoints), and `sys/seal`,
 /// which it refuses rather than send on (as Vault: it would seal the active node).
+/// Exact paths only: `sys/seal/` is not `sys/seal` (it goes to the active node, which refuses
+/// it).
 pub fn standby_answers(path: &str) -> bool {
     matches!(
-        path.trim_matches('/'),
+        path,
         "sys/health" | "sys/leader" | "sys/seal-status" | "sys/unseal" | "sys/init" | "sys/seal"
     )
 }
@@ -151,6 +158,12 @@ impl Ha {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn withdraw_advertisement(&self) {
+        if let Some(advertiser) = self.advertiser.get() {
+            advertiser.withdraw();
+        }
     }
 
     /// Set what this node advertises besides its addresses when active (once, at start).
@@ -360,6 +373,7 @@ impl Ha {
                     );
                     self.fence.lost(epoch);
                     core.become_standby();
+                    self.withdraw_advertisement();
                     return;
                 };
                 let mut s = self.state();
@@ -371,6 +385,7 @@ impl Ha {
                 tracing::error!(error = %e, "could not become active; giving the HA lock back");
                 self.let_go(epoch).await;
                 core.become_standby();
+                self.withdraw_advertisement();
                 self.state().backoff_until = Some(Instant::now() + STEP_DOWN_BACKOFF);
             }
         }
@@ -395,9 +410,7 @@ impl Ha {
             );
         }
         core.become_standby();
-        if let Some(advertiser) = self.advertiser.get() {
-            advertiser.withdraw();
-        }
+        self.withdraw_advertisement();
         drop(drained);
         tracing::info!(epoch, "this node is a standby");
     }
@@ -565,6 +578,15 @@ impl Core {
                 key: format!("{LEADER_PREFIX}{old}"),
             })
             .collect();
+        ops.extend(
+            self.barrier
+                .list(OLD_LEADER_PREFIX)
+                .await?
+                .into_iter()
+                .map(|old| bunker_storage::Op::Delete {
+                    key: format!("{OLD_LEADER_PREFIX}{old}"),
+                }),
+        );
         ops.push(bunker_storage::Op::Put {
             key: format!("{LEADER_PREFIX}{}", node.id),
             value: serde_json::to_vec(&advert)?,
