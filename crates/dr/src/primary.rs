@@ -434,6 +434,11 @@ pub(crate) fn resumable(
     }
 }
 
+/// Entries `Wal::read_after` reads in one storage scan.
+fn wal_read_page() -> usize {
+    crate::wal::READ_PAGE
+}
+
 /// What a stream at `position` sends next.
 pub(crate) enum Next {
     /// A `Wal` frame, and the position after it.
@@ -465,14 +470,19 @@ pub(crate) async fn next_batch(
         }
         return Ok(Next::Idle);
     };
-    if first.index > position + 1 {
-        // A gap: indices never assigned, or entries truncated. Truncated when the oldest
-        // entry is past `position + 1`, or when none is left any more (a truncation that ran
-        // since the read; defensive too, as above).
-        match wal.oldest_index().await? {
-            Some(oldest) if oldest <= position + 1 => {}
-            _ => return Ok(Next::NotRetained),
+    // Truncation deletes the oldest entries first, and may run while the read goes from one
+    // page to the next: then the batch has a hole where the entries deleted under it were.
+    // Read after the batch, the oldest entry says whether anything after `position` is gone
+    // (a gap before the first entry read, or a hole inside): then the stream cannot go on
+    // (found by the simulation: a secondary near the retention bound skipped the hole and
+    // called itself consistent).
+    match wal.oldest_index().await? {
+        Some(oldest) if oldest <= position + 1 => {}
+        _ if first.index == position + 1 && entries.len() <= wal_read_page() => {
+            // One page, read in one scan, starting right after `position`: no hole possible,
+            // whatever was truncated since.
         }
+        _ => return Ok(Next::NotRetained),
     }
     let next = entries.last().map(|e| e.index).unwrap_or(position);
     let last_wal = wal.last_index();
@@ -554,4 +564,99 @@ where
     )
     .await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use bunker_storage::{Backend, CommitHook, HookedBackend, InmemBackend, Op, SnapshotSink};
+
+    use super::*;
+
+    /// A store whose second scan first deletes the WAL's oldest entries through `cutoff`: a
+    /// truncation that runs while a read goes from one page to the next.
+    #[derive(Default)]
+    struct TruncatedMidRead {
+        store: InmemBackend,
+        scans: AtomicUsize,
+        cutoff: std::sync::Mutex<Option<u64>>,
+    }
+
+    #[async_trait]
+    impl Backend for TruncatedMidRead {
+        async fn get(&self, key: &str) -> bunker_storage::Result<Option<Vec<u8>>> {
+            self.store.get(key).await
+        }
+
+        async fn batch(&self, ops: Vec<Op>) -> bunker_storage::Result<()> {
+            self.store.batch(ops).await
+        }
+
+        async fn list(&self, prefix: &str) -> bunker_storage::Result<Vec<String>> {
+            self.store.list(prefix).await
+        }
+
+        async fn scan(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> bunker_storage::Result<Vec<(String, Vec<u8>)>> {
+            let cutoff = *self.cutoff.lock().unwrap();
+            if let Some(cutoff) = cutoff.filter(|_| self.scans.fetch_add(1, Ordering::SeqCst) == 1)
+            {
+                let deletes = (1..=cutoff)
+                    .map(|i| Op::Delete {
+                        key: crate::wal::entry_key(i),
+                    })
+                    .collect();
+                self.store.batch(deletes).await?;
+            }
+            self.store.scan(prefix, after, limit).await
+        }
+
+        async fn snapshot(&self, sink: &mut dyn SnapshotSink) -> bunker_storage::Result<()> {
+            self.store.snapshot(sink).await
+        }
+    }
+
+    impl HookedBackend for TruncatedMidRead {
+        fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
+            self.store.set_commit_hook(hook);
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_truncated_between_two_pages_of_a_read_are_not_streamed_across() {
+        let backend = Arc::new(TruncatedMidRead::default());
+        let wal = crate::wal::Wal::open(backend.clone()).await.unwrap();
+        wal.set_recording(true);
+        for i in 0..40 {
+            backend
+                .batch(vec![Op::Put {
+                    key: format!("logical/k{}", i % 3),
+                    value: vec![i],
+                }])
+                .await
+                .unwrap();
+        }
+        assert_eq!(wal.last_index(), 40);
+        // Untouched, the stream goes on from the start.
+        assert!(matches!(
+            next_batch(&wal, 0, WAL_BATCH_ENTRIES).await.unwrap(),
+            Next::Entries(_, 40)
+        ));
+        // Entries 1..=30 deleted after the first page (1..=16) was read: the batch would jump
+        // from 16 to 31.
+        backend.scans.store(0, Ordering::SeqCst);
+        *backend.cutoff.lock().unwrap() = Some(30);
+        assert!(matches!(
+            next_batch(&wal, 0, WAL_BATCH_ENTRIES).await.unwrap(),
+            Next::NotRetained
+        ));
+    }
 }

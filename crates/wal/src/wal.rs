@@ -48,7 +48,7 @@ pub const WAL_LAST_KEY: &str = "repl/wal-last";
 pub const WAL_RESET_KEY: &str = "repl/wal-reset";
 
 /// Entries read per scan in [`Wal::read_after`].
-const READ_PAGE: usize = 16;
+pub const READ_PAGE: usize = 16;
 /// Entries deleted per batch when truncating or resetting: small enough that a page's commit
 /// never stalls the writes queued behind it for long.
 const DELETE_PAGE: usize = 256;
