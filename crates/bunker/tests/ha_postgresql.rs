@@ -275,7 +275,12 @@ fn raw(
 #[test]
 fn standbys_forward_requests_to_the_active_node_over_the_cluster_port() {
     let pg = Postgres::start();
-    let with_port = || format!("  cluster_address = \"127.0.0.1:{}\"", free_port());
+    let with_port = || {
+        format!(
+            "  cluster_address = \"127.0.0.1:{}\"\n  telemetry {{ unauthenticated_metrics_access = true }}",
+            free_port()
+        )
+    };
     let mut nodes = start_cluster(vec![
         node_with(&pg, with_port()),
         node_with(&pg, with_port()),
@@ -334,6 +339,21 @@ fn standbys_forward_requests_to_the_active_node_over_the_cluster_port() {
         assert_eq!(r["request"]["remote_address"], json!("127.0.0.1"), "{r}");
     }
     assert!(!records.iter().any(|r| r.to_string().contains("10.9.9.9")));
+
+    // Each node reports its own role and the standby its forwarding (open metrics are
+    // answered where they are asked, not forwarded).
+    let metric = |s: &TestServer, name: &str| -> f64 {
+        let (code, text) = raw(s, "GET", "sys/metrics?format=prometheus", "", None);
+        assert_eq!(code, 200, "{text}");
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    assert_eq!(metric(a, "vault_core_active"), 1.0);
+    assert_eq!(metric(b, "vault_core_active"), 0.0);
+    assert!(metric(c, "vault_ha_rpc_client_forward_count") >= 12.0);
 
     // Vault's opt-out header: a 307 to the active node instead.
     let (code, text) = raw(

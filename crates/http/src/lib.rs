@@ -235,10 +235,16 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
             Ok(b) => b,
             Err(e) => return status::body_error(e),
         };
-    if let Some(answer) =
-        forward_from_standby(&state, forwarded, &method, &uri, &headers, &bytes, connect).await
-    {
-        return answer;
+    // Open metrics are this node's own: a standby answers them itself.
+    let open_metrics = state.unauthenticated_metrics_access
+        && operation == Operation::Read
+        && path_decode(path) == "sys/metrics";
+    if !open_metrics {
+        if let Some(answer) =
+            forward_from_standby(&state, forwarded, &method, &uri, &headers, &bytes, connect).await
+        {
+            return answer;
+        }
     }
     // The raw bytes are dropped here, before the request is handled.
     let mut data = match body::parse_body(&bytes) {
@@ -269,9 +275,6 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
         op = operation.as_str(),
         path = %bunker_core::token::redact_path(&req.path),
     );
-    let open_metrics = state.unauthenticated_metrics_access
-        && operation == Operation::Read
-        && req.path == "sys/metrics";
     let result = if open_metrics {
         tracing::Instrument::instrument(state.core.handle_metrics_unauthenticated(req), span).await
     } else {
@@ -323,13 +326,20 @@ async fn forward_from_standby(
     }
     let client = connect.map(|c| c.0);
     let body = axum::body::Bytes::copy_from_slice(bytes);
+    let started = std::time::Instant::now();
     match forwarding.forward(method, uri, headers, body, client).await {
-        Ok(answer) => Some(answer),
+        Ok(answer) => {
+            metrics::histogram!("vault_ha_rpc_client_forward")
+                .record(started.elapsed().as_secs_f64() * 1000.0);
+            Some(answer)
+        }
         Err(forward::ForwardError::NotSent(why)) => {
+            metrics::counter!("bunker_ha_forward_redirected_total").increment(1);
             tracing::debug!(reason = %why, "request not forwarded; redirecting");
             None
         }
         Err(forward::ForwardError::Failed(why)) => {
+            metrics::counter!("vault_ha_rpc_client_forward_errors").increment(1);
             tracing::warn!(error = %why, "forwarding a request to the active node failed");
             Some(status::error_response(
                 StatusCode::BAD_GATEWAY,

@@ -328,11 +328,13 @@ impl Ha {
                 match self.db("renewing the HA lock", renew).await {
                     Ok(true) => self.state().last_renewed = facts.now,
                     Ok(false) => {
+                        metrics::counter!("vault_core_leadership_lost").increment(1);
                         tracing::warn!(epoch, "another node took the HA lock; stepping down");
                         self.fence.lost(epoch);
                         self.deactivate(core, epoch, None).await;
                     }
                     Err(e) if decide::renewal_failed_is_lost(&facts) => {
+                        metrics::counter!("vault_core_leadership_lost").increment(1);
                         tracing::warn!(error = %e, epoch, "HA lock not renewed for a whole TTL; stepping down");
                         self.fence.lost(epoch);
                         self.deactivate(core, epoch, None).await;
@@ -346,6 +348,7 @@ impl Ha {
                 self.deactivate(core, epoch, None).await;
             }
             Step::StepDown { epoch } => {
+                metrics::counter!("vault_core_leadership_lost").increment(1);
                 tracing::warn!(
                     epoch,
                     "lost the HA lock (a write was fenced); stepping down"
@@ -382,6 +385,7 @@ impl Ha {
                 tracing::info!(epoch, "acquired the HA lock: this node is active");
             }
             Err(e) => {
+                metrics::counter!("vault_core_leadership_setup_failed").increment(1);
                 tracing::error!(error = %e, "could not become active; giving the HA lock back");
                 self.let_go(epoch).await;
                 core.become_standby();

@@ -56,8 +56,13 @@ impl Core {
     async fn record_gauges(&self) {
         let unsealed = !self.is_sealed();
         metrics::gauge!("vault_core_unsealed").set(f64::from(u8::from(unsealed)));
-        // No HA yet: every unsealed node is its cluster's active node.
-        metrics::gauge!("vault_core_active").set(f64::from(u8::from(unsealed)));
+        // Without HA every unsealed node is its cluster's active node; with HA the lock holder
+        // (a DR secondary's may be sealed).
+        let active = match self.ha() {
+            Some(ha) => ha.is_active(),
+            None => unsealed,
+        };
+        metrics::gauge!("vault_core_active").set(f64::from(u8::from(active)));
         let storage = self.storage_metrics();
         metrics::counter!("bunker_storage_fsyncs_total").absolute(storage.fsyncs);
         metrics::counter!("bunker_storage_batches_total").absolute(storage.batches);
