@@ -567,9 +567,31 @@ fn dr_between_two_ha_clusters_follows_failovers_on_both_sides() {
     wait_converged(&a[0], &b[0]);
     a[0].kv_put("streamed", json!({"n": "1"}));
     wait_converged(&a[0], &b[0]);
+    // B's standby restarts: it comes back sealed (its storage is A's, and A's keys are not
+    // given to it), as the nodes of a DR secondary usually are. Only the active node follows:
+    // the primary sees one secondary session.
+    b[1].restart();
+    assert_eq!(b[1].get("sys/seal-status", None).1["sealed"], json!(true));
+    a[0].kv_put("while-b1-sealed", json!({"n": "1"}));
+    wait_converged(&a[0], &b[0]);
+    let connected = dr_status(&a[0])["secondaries"].as_array().map(|s| {
+        s.iter()
+            .filter(|x| x["connection_status"] == json!("connected"))
+            .count()
+    });
+    assert_eq!(connected, Some(1), "{}", dr_status(&a[0]));
+    // A sealed standby runs no DR operation on its own view of the state.
+    let (code, _) = raw(
+        &b[1],
+        "POST",
+        "sys/replication/dr/secondary/recover",
+        "",
+        None,
+    );
+    assert!(code >= 400 && code != 404, "{code}");
 
-    // B's active node dies: its standby takes the lock and follows from the position stored in
-    // site B's database, without a Merkle sync.
+    // B's active node dies: the sealed standby takes the lock and follows from the position
+    // stored in site B's database, without a Merkle sync.
     b[0].kill9();
     let mut status = Value::Null;
     let took_over = poll_until(TAKEOVER, || {
@@ -604,12 +626,22 @@ fn dr_between_two_ha_clusters_follows_failovers_on_both_sides() {
     for (key, n) in [
         ("before", "0"),
         ("streamed", "1"),
+        ("while-b1-sealed", "1"),
         ("after-b-failover", "2"),
         ("after-a-failover", "3"),
     ] {
         assert_eq!(b[1].kv_get(key), (200, json!({"n": n})), "{key}");
     }
     b[1].kv_put("on-b", json!({"n": "4"}));
+    // B's other node comes back, is unsealed with A's key shares, and stands by: it knows the
+    // promoted node as its leader and forwards to it.
+    b[0].restart();
+    b[0].unseal();
+    wait_health(&b[0], 429);
+    let (_, leader) = b[0].get("sys/leader", None);
+    assert_eq!(leader["leader_address"], json!(b[1].addr()), "{leader}");
+    let (code, text) = raw(&b[0], "GET", "secret/data/on-b", "", None);
+    assert_eq!(code, 200, "{text}");
 }
 
 #[test]

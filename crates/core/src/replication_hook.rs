@@ -54,8 +54,8 @@ pub trait ReplicationHandler: Send + Sync {
 
     /// An HA node is taking the lock: what replication keeps in memory may be stale (another
     /// node was active); reload it from storage. Returns the mode found there.
-    async fn reload(&self) -> DrMode {
-        self.dr_mode()
+    async fn reload(&self) -> Result<DrMode> {
+        Ok(self.dr_mode())
     }
 
     /// The mode stored in the (shared) storage, which another node may have changed.
@@ -71,7 +71,9 @@ pub trait ReplicationHandler: Send + Sync {
 
     /// An HA node took the lock: start serving (a primary its cluster port, a secondary its
     /// follower). The barrier is open, except on a DR secondary.
-    async fn activated(&self) {}
+    async fn activated(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// An HA node lost or gave up the lock: stop serving replication (a primary's cluster
     /// port, a secondary's follower). Must not block.

@@ -52,6 +52,25 @@ impl Core {
             return Err(LogicalError::DrSecondary);
         }
         if let Some(ha) = self.ha() {
+            // A node of an HA cluster that is not active may have run since before another
+            // node changed the DR mode in the shared storage: what is stored decides.
+            if init_write && !self.is_active_node() {
+                if let Some(handler) = self.replication_handler() {
+                    if handler.stored_dr_mode().await == DrMode::Secondary {
+                        return Err(LogicalError::DrSecondary);
+                    }
+                }
+            }
+            // DR operations run only on the active node (a sealed standby of a DR secondary
+            // would run them on its stale view of the replication state); status reads are
+            // anyone's.
+            let dr_status = matches!(
+                req.path.as_str(),
+                "sys/replication/status" | "sys/replication/dr/status"
+            );
+            if req.path.starts_with("sys/replication/") && !dr_status && !self.is_active_node() {
+                return Err(self.standby_error(ha).await);
+            }
             // A standby serves only its own status and the unseal endpoints.
             let local = crate::ha::standby_answers(&req.path) && req.path != "sys/seal";
             if !local && self.is_standby() {

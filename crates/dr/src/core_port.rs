@@ -15,6 +15,13 @@ pub trait DrCore: Send + Sync {
     fn is_sealed(&self) -> bool;
     /// Whether this node serves: always without HA; only while it holds the lock with it.
     fn is_active_node(&self) -> bool;
+    /// With HA, the epoch of the lock this node holds, also while it is becoming active
+    /// (`None` without HA, or when it holds none).
+    fn held_epoch(&self) -> Option<u64>;
+    /// Whether this node may write: always without HA; while it holds the lock with it.
+    fn holds_lock(&self) -> bool;
+    /// With HA, write this node's advertisement again (after a mode change made it serve).
+    async fn readvertise(&self);
     /// The cluster addresses of this cluster's nodes (all HA nodes), for secondaries.
     async fn cluster_addrs(&self) -> Vec<String>;
     /// Unseal threshold of the (replicated) seal configuration; 0 when uninitialised.
@@ -49,6 +56,18 @@ impl DrCore for Core {
 
     fn is_active_node(&self) -> bool {
         Core::is_active_node(self)
+    }
+
+    fn held_epoch(&self) -> Option<u64> {
+        self.ha().and_then(|ha| ha.held_epoch())
+    }
+
+    fn holds_lock(&self) -> bool {
+        self.ha().is_none_or(|ha| ha.held_epoch().is_some())
+    }
+
+    async fn readvertise(&self) {
+        Core::readvertise(self).await;
     }
 
     async fn cluster_addrs(&self) -> Vec<String> {

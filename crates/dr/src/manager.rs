@@ -263,11 +263,9 @@ impl ReplicationHandler for DrManager {
         }
     }
 
-    async fn reload(&self) -> DrMode {
-        if let Err(e) = self.inner.reload_state().await {
-            tracing::error!(error = %e, "reloading the DR state from storage failed");
-        }
-        self.dr_mode()
+    async fn reload(&self) -> bunker_sdk::Result<DrMode> {
+        self.inner.reload_state().await?;
+        Ok(self.dr_mode())
     }
 
     async fn stored_dr_mode(&self) -> DrMode {
@@ -287,23 +285,18 @@ impl ReplicationHandler for DrManager {
         self.dr_mode() == DrMode::Secondary || self.inner.becoming_secondary.load(Ordering::SeqCst)
     }
 
-    async fn activated(&self) {
-        if let Err(e) = self.inner.reactivate().await {
-            tracing::error!(error = %e, "DR replication could not resume on this node after it took the HA lock");
-        }
+    async fn activated(&self) -> bunker_sdk::Result<()> {
+        Ok(self.inner.reactivate().await?)
     }
 
     fn deactivated(&self) {
+        // Only the lock holder applies the stream: stop at once (its writes carry the epoch it
+        // was started under, so the fence refuses them from now on anyway).
+        self.inner.stop_follower();
         let inner = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             if let Some(inner) = inner.upgrade() {
                 inner.forget_primary_keys().await;
-                // Only the lock holder applies the stream (its writes are fenced anyway).
-                if inner.mode() == Mode::Secondary && !inner.active_node() {
-                    if let Err(e) = inner.settle_follower().await {
-                        tracing::warn!(error = %e, "stopping the follower of a standby");
-                    }
-                }
             }
         });
     }
@@ -451,6 +444,12 @@ impl Inner {
         mut inputs: EffectInputs,
     ) -> Result<(), bunker_sdk::LogicalError> {
         let enabling = matches!(command, crate::control::Command::EnableSecondary(_));
+        // A mode change that makes an HA node serve requests: it advertises itself (as at an
+        // activation), so standbys find it.
+        let serves = matches!(
+            command,
+            crate::control::Command::Promote { .. } | crate::control::Command::DisableSecondary
+        );
         let step = crate::control::transition(state, command)
             .map_err(|r| bunker_sdk::LogicalError::InvalidRequest(r.0))?;
         if enabling {
@@ -458,6 +457,9 @@ impl Inner {
         }
         let result = self.run_effects(state, step, core, &mut inputs).await;
         self.becoming_secondary.store(false, Ordering::SeqCst);
+        if serves && result.is_ok() {
+            core.readvertise().await;
+        }
         result
     }
 
@@ -811,6 +813,10 @@ impl Inner {
 
     pub(crate) fn start_follower(self: &Arc<Self>) {
         self.stop_follower();
+        if !self.core.upgrade().is_some_and(|core| core.holds_lock()) {
+            tracing::warn!("not following the primary: this node does not hold the HA lock");
+            return;
+        }
         let (tx, rx) = watch::channel(false);
         {
             let mut s = self
@@ -823,7 +829,14 @@ impl Inner {
                 ..Default::default()
             };
         }
-        let task = tokio::spawn(crate::secondary::run(self.clone(), rx));
+        // With HA, the follower writes under the epoch its node holds the lock at: if the node
+        // loses the lock, even to take it again, the fence refuses every write of this one.
+        let follow = crate::secondary::run(self.clone(), rx);
+        let epoch = self.core.upgrade().and_then(|core| core.held_epoch());
+        let task = match epoch {
+            Some(epoch) => tokio::spawn(bunker_storage::ha::WRITE_EPOCH.scope(epoch, follow)),
+            None => tokio::spawn(follow),
+        };
         let mut f = self
             .follower
             .lock()

@@ -181,6 +181,15 @@ impl Ha {
         matches!(self.role(), Role::Active { .. })
     }
 
+    /// The epoch of the lock this node holds, from the moment it took it (while it is still
+    /// loading, too) until it lets it go or loses it.
+    pub fn held_epoch(&self) -> Option<u64> {
+        match self.fence.get() {
+            Fence::Active { epoch, .. } => Some(epoch),
+            Fence::Off | Fence::Standby => None,
+        }
+    }
+
     /// The epoch this node holds the lock at, when active.
     pub fn active_epoch(&self) -> Option<u64> {
         match self.role() {
@@ -286,14 +295,22 @@ impl Ha {
                 },
                 role: s.role.clone(),
                 sealed: core.is_sealed(),
-                dr_secondary: core
-                    .replication_handler()
-                    .is_some_and(|h| h.holds_lock_sealed()),
+                dr_secondary: false,
                 backoff_until: s.backoff_until,
                 last_renewed: s.last_renewed,
                 now: Instant::now(),
                 lock_ttl: self.config.lock_ttl,
             }
+        };
+        // A sealed standby may have run since before the cluster became a DR secondary: ask
+        // the storage (one read per tick, only while sealed and standing by).
+        let mut facts = facts;
+        facts.dr_secondary = match core.replication_handler() {
+            Some(h) if h.holds_lock_sealed() => true,
+            Some(h) if facts.sealed && facts.role == Role::Standby => {
+                h.stored_dr_mode().await == crate::DrMode::Secondary
+            }
+            _ => false,
         };
         match decide::decide(&facts) {
             Step::Idle => {}
@@ -508,8 +525,10 @@ impl Core {
         // it loads nothing and needs no open barrier; its follower resumes from the position
         // the cluster's previous active node stored.
         if let Some(handler) = self.replication_handler() {
-            if handler.reload().await == crate::DrMode::Secondary {
-                handler.activated().await;
+            if handler.reload().await? == crate::DrMode::Secondary {
+                // A failure gives the lock back (the runner backs off and another node tries):
+                // a lock holder that does not follow would stall the secondary for good.
+                handler.activated().await?;
                 return Ok(());
             }
         }
@@ -521,7 +540,9 @@ impl Core {
         // Replication first: it resumes recording the WAL, so every write from here on (the
         // advertisement below included) reaches DR secondaries.
         if let Some(handler) = self.replication_handler() {
-            handler.activated().await;
+            if let Err(e) = handler.activated().await {
+                tracing::error!(error = %e, "DR replication could not resume on this node after it took the HA lock");
+            }
         }
         if let Some(ha) = self.ha() {
             if let Err(e) = self.advertise(ha).await {
@@ -597,6 +618,19 @@ impl Core {
         });
         self.barrier.batch(ops).await?;
         Ok(())
+    }
+
+    /// Advertise this node again when it is the active one (after a DR mode change made it
+    /// serve: a promoted secondary, a disabled one).
+    pub async fn readvertise(&self) {
+        let Some(ha) = self.ha() else {
+            return;
+        };
+        if ha.is_active() && !self.is_sealed() {
+            if let Err(e) = self.advertise(ha).await {
+                tracing::warn!(error = %e, "advertising this node failed");
+            }
+        }
     }
 
     /// The active node's advertised API and cluster addresses, when a live holder has one.
