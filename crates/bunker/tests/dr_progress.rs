@@ -25,8 +25,12 @@ fn secondary_enable_wait_shows_the_sync_progress_until_it_streams() {
     bulk_put(&a, "app/", 0..3000, "a");
     enable_primary(&a);
     // The primary's status refresher has counted its keys: the snapshot announces them.
+    // (Before the first scan the root is empty and its index 0, which a primary that has
+    // recorded nothing yet also has as its last WAL index: wait for a root.)
     let counted = common::poll_until(CONVERGE, || {
-        dr_status(&a)["merkle_root_wal"] == dr_status(&a)["last_wal"]
+        let st = dr_status(&a);
+        st["merkle_root"].as_str().is_some_and(|r| !r.is_empty())
+            && st["merkle_root_wal"] == st["last_wal"]
     });
     assert!(counted);
 
@@ -57,7 +61,9 @@ fn secondary_enable_wait_shows_the_sync_progress_until_it_streams() {
     assert_eq!(progress["kind"], json!("snapshot"), "{st}");
     assert!(progress["keys_fetched"].as_u64().unwrap() > 0, "{st}");
     assert!(progress["bytes_fetched"].as_u64().unwrap() > 0, "{st}");
-    let total = progress["units_total"].as_u64().unwrap();
+    let total = progress["units_total"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no total: {st}"));
     assert!(total >= 3000, "the primary's key count: {st}");
     assert!(progress["percent"].as_u64().unwrap() < 100, "{st}");
     // ...and so does the waiting CLI.
