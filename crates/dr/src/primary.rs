@@ -573,39 +573,22 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use async_trait::async_trait;
-    use bunker_storage::{Backend, CommitHook, HookedBackend, InmemBackend, Op, SnapshotSink};
+    use bunker_storage::hooked_store::{HookedStore, StoreHooks};
+    use bunker_storage::{Backend, InmemBackend, Op};
 
     use super::*;
 
-    /// A store whose second scan first deletes the WAL's oldest entries through `cutoff`: a
-    /// truncation that runs while a read goes from one page to the next.
+    /// The second scan first deletes the WAL's oldest entries through `cutoff`: a truncation
+    /// that runs while a read goes from one page to the next.
     #[derive(Default)]
     struct TruncatedMidRead {
-        store: InmemBackend,
         scans: AtomicUsize,
         cutoff: std::sync::Mutex<Option<u64>>,
     }
 
     #[async_trait]
-    impl Backend for TruncatedMidRead {
-        async fn get(&self, key: &str) -> bunker_storage::Result<Option<Vec<u8>>> {
-            self.store.get(key).await
-        }
-
-        async fn batch(&self, ops: Vec<Op>) -> bunker_storage::Result<()> {
-            self.store.batch(ops).await
-        }
-
-        async fn list(&self, prefix: &str) -> bunker_storage::Result<Vec<String>> {
-            self.store.list(prefix).await
-        }
-
-        async fn scan(
-            &self,
-            prefix: &str,
-            after: Option<&str>,
-            limit: usize,
-        ) -> bunker_storage::Result<Vec<(String, Vec<u8>)>> {
+    impl StoreHooks for TruncatedMidRead {
+        async fn before_scan(&self, store: &InmemBackend) -> bunker_storage::Result<()> {
             let cutoff = *self.cutoff.lock().unwrap();
             if let Some(cutoff) = cutoff.filter(|_| self.scans.fetch_add(1, Ordering::SeqCst) == 1)
             {
@@ -614,25 +597,15 @@ mod tests {
                         key: crate::wal::entry_key(i),
                     })
                     .collect();
-                self.store.batch(deletes).await?;
+                store.batch(deletes).await?;
             }
-            self.store.scan(prefix, after, limit).await
-        }
-
-        async fn snapshot(&self, sink: &mut dyn SnapshotSink) -> bunker_storage::Result<()> {
-            self.store.snapshot(sink).await
-        }
-    }
-
-    impl HookedBackend for TruncatedMidRead {
-        fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
-            self.store.set_commit_hook(hook);
+            Ok(())
         }
     }
 
     #[tokio::test]
     async fn entries_truncated_between_two_pages_of_a_read_are_not_streamed_across() {
-        let backend = Arc::new(TruncatedMidRead::default());
+        let backend = Arc::new(HookedStore::new(TruncatedMidRead::default()));
         let wal = crate::wal::Wal::open(backend.clone()).await.unwrap();
         wal.set_recording(true);
         for i in 0..40 {
@@ -652,8 +625,8 @@ mod tests {
         ));
         // Entries 1..=30 deleted after the first page (1..=16) was read: the batch would jump
         // from 16 to 31.
-        backend.scans.store(0, Ordering::SeqCst);
-        *backend.cutoff.lock().unwrap() = Some(30);
+        backend.hooks.scans.store(0, Ordering::SeqCst);
+        *backend.hooks.cutoff.lock().unwrap() = Some(30);
         assert!(matches!(
             next_batch(&wal, 0, WAL_BATCH_ENTRIES).await.unwrap(),
             Next::NotRetained

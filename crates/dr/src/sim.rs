@@ -37,9 +37,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use async_trait::async_trait;
-use bunker_storage::{
-    Backend, CommitHook, HookedBackend, InmemBackend, Op, SnapshotSink, StorageError,
-};
+use bunker_storage::hooked_store::{HookedStore, StoreHooks};
+use bunker_storage::{Backend, InmemBackend, Op, StorageError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -126,8 +125,19 @@ fn try_run<F: Future>(f: F) -> Option<F::Output> {
 /// A node's disk: an in-memory store whose calls may yield to the scheduler (so other actors
 /// run in the middle of a scan or between two writes of one operation), and that can crash:
 /// from the armed write on, nothing more is written until the node restarts.
-struct Disk {
-    store: InmemBackend,
+type Disk = HookedStore<Faults>;
+
+fn disk(seed: u64, yield_percent: u32) -> Arc<Disk> {
+    Arc::new(HookedStore::new(Faults::new(seed, yield_percent)))
+}
+
+/// Everything on `disk`, as a restarted node would find it.
+fn contents(disk: &Disk) -> Vec<(String, Vec<u8>)> {
+    run(disk.store.scan("", None, usize::MAX)).unwrap()
+}
+
+/// What a [`Disk`] does around its store's calls.
+struct Faults {
     rng: Rand,
     yield_percent: u32,
     /// Writes left before the crash, when armed.
@@ -136,10 +146,9 @@ struct Disk {
     writes: AtomicU64,
 }
 
-impl Disk {
-    fn new(seed: u64, yield_percent: u32) -> Disk {
-        Disk {
-            store: InmemBackend::new(),
+impl Faults {
+    fn new(seed: u64, yield_percent: u32) -> Faults {
+        Faults {
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
             yield_percent,
             crash_in: Mutex::new(None),
@@ -193,52 +202,23 @@ impl Disk {
         *self.crash_in.lock().unwrap() = None;
         self.crashed.store(false, Ordering::SeqCst);
     }
-
-    /// Everything on the disk, as a restarted node would find it.
-    fn contents(&self) -> Vec<(String, Vec<u8>)> {
-        run(self.store.scan("", None, usize::MAX)).unwrap()
-    }
 }
 
 #[async_trait]
-impl Backend for Disk {
-    async fn get(&self, key: &str) -> bunker_storage::Result<Option<Vec<u8>>> {
+impl StoreHooks for Faults {
+    async fn before_read(&self) {
         self.maybe_yield().await;
-        self.store.get(key).await
     }
 
-    async fn batch(&self, ops: Vec<Op>) -> bunker_storage::Result<()> {
+    async fn before_batch(&self) -> bunker_storage::Result<()> {
         self.maybe_yield().await;
-        self.write_allowed()?;
-        self.store.batch(ops).await?;
+        self.write_allowed()
+    }
+
+    async fn after_batch(&self) {
         // Committed, not yet answered (a group commit's fsync): a caller dropped here never
         // learns that its write landed.
         self.maybe_yield().await;
-        Ok(())
-    }
-
-    async fn list(&self, prefix: &str) -> bunker_storage::Result<Vec<String>> {
-        self.store.list(prefix).await
-    }
-
-    async fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> bunker_storage::Result<Vec<(String, Vec<u8>)>> {
-        self.maybe_yield().await;
-        self.store.scan(prefix, after, limit).await
-    }
-
-    async fn snapshot(&self, sink: &mut dyn SnapshotSink) -> bunker_storage::Result<()> {
-        self.store.snapshot(sink).await
-    }
-}
-
-impl HookedBackend for Disk {
-    fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
-        self.store.set_commit_hook(hook);
     }
 }
 
@@ -331,7 +311,7 @@ impl SecondaryDisk {
     fn apply(&self, command: Command) -> Result<(), ReplError> {
         let mut state = self.state.lock().unwrap();
         let step = transition(&state, command).map_err(|r| ReplError::Refused(r.0))?;
-        self.disk.write_allowed()?;
+        self.disk.hooks.write_allowed()?;
         *state = step.state;
         Ok(())
     }
@@ -439,7 +419,7 @@ impl SecondaryNode {
     /// Start (or restart) the process on its disk: the WAL reopened, an interrupted reset
     /// finished, as the runtime does.
     fn start(durable: Arc<SecondaryDisk>, stage_limit: usize, stats: Arc<Stats>) -> Arc<Self> {
-        durable.disk.restart();
+        durable.disk.hooks.restart();
         let wal = run(Wal::open(durable.disk.clone())).expect("the WAL reopens");
         Arc::new(SecondaryNode {
             durable,
@@ -562,7 +542,7 @@ struct PrimaryNode {
 
 impl PrimaryNode {
     fn start(disk: Arc<Disk>) -> Arc<Self> {
-        disk.restart();
+        disk.hooks.restart();
         let wal = run(Wal::open(disk.clone())).expect("the WAL reopens");
         wal.promote();
         Arc::new(PrimaryNode { disk, wal })
@@ -754,7 +734,7 @@ impl Schedule {
             [120, 2_000, crate::secondary::stage::STAGE_MAX_BYTES][rng.gen_range(0..3)];
         let chunk = [3, 64, 1 << 20][rng.gen_range(0..3)];
         let secrets = rng.gen_range(1..=6);
-        let primary_disk = Arc::new(Disk::new(rng.gen(), yield_percent));
+        let primary_disk = disk(rng.gen(), yield_percent);
         let primary = PrimaryNode::start(primary_disk.clone());
         let state = ReplState {
             mode: Mode::Secondary,
@@ -763,7 +743,7 @@ impl Schedule {
             ..ReplState::default()
         };
         let secondary_disk = Arc::new(SecondaryDisk {
-            disk: Arc::new(Disk::new(rng.gen(), yield_percent)),
+            disk: disk(rng.gen(), yield_percent),
             state: Mutex::new(state),
         });
         let secondary = SecondaryNode::start(secondary_disk.clone(), stage_limit, stats.clone());
@@ -843,7 +823,7 @@ impl Schedule {
             return Ok(());
         };
         *slot = None;
-        let crashed = self.secondary_disk.disk.is_crashed();
+        let crashed = self.secondary_disk.disk.hooks.is_crashed();
         let outcome = match result {
             Ok(()) => Ok(()),
             Err(_) if crashed => Ok(()),
@@ -874,7 +854,10 @@ impl Schedule {
         let ops = draw(&self.rng, |r| client_ops(r, self.secrets, &model));
         let before = self.primary.wal.last_index();
         if run(self.primary_disk.batch(ops.clone())).is_err() {
-            assert!(self.primary_disk.is_crashed(), "only a crash fails a write");
+            assert!(
+                self.primary_disk.hooks.is_crashed(),
+                "only a crash fails a write"
+            );
             return;
         }
         let index = self.primary.wal.last_index();
@@ -904,7 +887,7 @@ impl Schedule {
     /// it reports, and whether it calls itself consistent there. Checked again only after the
     /// secondary wrote something (every durable write goes through its disk's count).
     fn check_durable(&self) -> Result<(u64, bool), String> {
-        let writes = self.secondary_disk.disk.writes.load(Ordering::SeqCst);
+        let writes = self.secondary_disk.disk.hooks.writes.load(Ordering::SeqCst);
         if let Some((at, index, consistent)) = self.last_check.get() {
             if at == writes {
                 return Ok((index, consistent));
@@ -912,7 +895,7 @@ impl Schedule {
         }
         let state = self.secondary_disk.state.lock().unwrap().clone();
         let copy = Arc::new(InmemBackend::new());
-        for chunk in self.secondary_disk.disk.contents().chunks(500) {
+        for chunk in contents(&self.secondary_disk.disk).chunks(500) {
             let ops = chunk
                 .iter()
                 .map(|(key, value)| Op::Put {
@@ -997,7 +980,7 @@ impl Schedule {
         self.disconnect();
         match try_run(self.secondary.wal.reload()) {
             None => return Err("the WAL did not settle after the follower stopped".into()),
-            Some(Err(_)) if self.secondary_disk.disk.is_crashed() => return Ok(()),
+            Some(Err(_)) if self.secondary_disk.disk.hooks.is_crashed() => return Ok(()),
             Some(Err(e)) => return Err(format!("settling the WAL: {e}")),
             Some(Ok(())) => {}
         }
@@ -1073,7 +1056,7 @@ impl Schedule {
                 let keep = u64::from(self.gen_range(0..6));
                 trace!("  primary: truncate keeping {keep}");
                 if let Some(Err(e)) = try_run(self.primary.wal.truncate(keep)) {
-                    if !self.primary_disk.is_crashed() {
+                    if !self.primary_disk.hooks.is_crashed() {
                         return Err(format!("truncating the primary's WAL: {e}"));
                     }
                 }
@@ -1091,11 +1074,11 @@ impl Schedule {
             93..=95 => {
                 self.fault();
                 let writes = self.gen_range(0..6);
-                self.secondary_disk.disk.arm_crash(writes);
+                self.secondary_disk.disk.hooks.arm_crash(writes);
             }
             96..=97 => {
                 self.fault();
-                self.secondary_disk.disk.crash_now();
+                self.secondary_disk.disk.hooks.crash_now();
                 self.restart_secondary();
             }
             98 => {
@@ -1103,17 +1086,17 @@ impl Schedule {
                 // a truncation): that write is lost, unacknowledged.
                 self.fault();
                 let writes = self.gen_range(0..3);
-                self.primary_disk.arm_crash(writes);
+                self.primary_disk.hooks.arm_crash(writes);
             }
             _ => {
                 self.fault();
-                self.primary_disk.crash_now();
+                self.primary_disk.hooks.crash_now();
             }
         }
-        if self.primary_disk.is_crashed() {
+        if self.primary_disk.hooks.is_crashed() {
             self.restart_primary()?;
         }
-        if self.secondary_disk.disk.is_crashed() && self.session.is_none() {
+        if self.secondary_disk.disk.hooks.is_crashed() && self.session.is_none() {
             self.restart_secondary();
         }
         self.check()
@@ -1131,7 +1114,7 @@ impl Schedule {
             }
             self.poll_end(true)?;
             self.poll_end(false)?;
-            if self.secondary_disk.disk.is_crashed() {
+            if self.secondary_disk.disk.hooks.is_crashed() {
                 self.restart_secondary();
             }
             self.check()?;

@@ -30,6 +30,8 @@ mod error;
 mod group_commit;
 pub mod ha;
 mod hook;
+#[cfg(any(test, feature = "testing"))]
+pub mod hooked_store;
 mod inmem;
 pub mod limits;
 mod listing;

@@ -2,8 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-
+use bunker_storage::hooked_store::{HookedStore, StoreHooks};
 use bunker_storage::limits::MAX_KEY_BYTES;
 use bunker_storage::{Backend, InmemBackend, Op};
 
@@ -146,7 +145,15 @@ async fn local_data_does_not_change_the_tree() {
     let pairs = replicated_pairs(1500);
     let plain = backend_with(&pairs).await;
 
-    let busy = backend_with(&pairs).await;
+    let busy = Arc::new(HookedStore::new(CountLocal::default()));
+    for chunk in pairs
+        .iter()
+        .map(|(key, value)| put(key, value))
+        .collect::<Vec<_>>()
+        .chunks(1000)
+    {
+        busy.batch(chunk.to_vec()).await.expect("loading");
+    }
     // A WAL with many entries and other local state, around and between the replicated keys.
     let wal = Wal::open(busy.clone()).await.expect("opening WAL");
     wal.set_recording(true);
@@ -170,13 +177,10 @@ async fn local_data_does_not_change_the_tree() {
     assert!(wal.last_index() >= 1500);
 
     let plain_tree = tree(plain.as_ref()).await;
-    let counting = CountingScans {
-        inner: busy.clone(),
-        local_entries: AtomicUsize::new(0),
-    };
-    let busy_tree = tree(&counting).await;
+    busy.hooks.0.store(0, Ordering::SeqCst);
+    let busy_tree = tree(busy.as_ref()).await;
     assert!(
-        counting.local_entries.load(Ordering::SeqCst) <= SCAN_PAGE,
+        busy.hooks.0.load(Ordering::SeqCst) <= SCAN_PAGE,
         "the local range is skipped with a seek, not read through"
     );
     assert_eq!(busy_tree, plain_tree);
@@ -303,41 +307,12 @@ async fn replicated_pages_cover_every_replicated_key_once() {
 }
 
 /// Counts the local entries handed out by `scan`.
-struct CountingScans {
-    inner: Arc<InmemBackend>,
-    local_entries: AtomicUsize,
-}
+#[derive(Default)]
+struct CountLocal(AtomicUsize);
 
-#[async_trait]
-impl Backend for CountingScans {
-    async fn get(&self, key: &str) -> bunker_storage::Result<Option<Vec<u8>>> {
-        self.inner.get(key).await
-    }
-
-    async fn batch(&self, ops: Vec<Op>) -> bunker_storage::Result<()> {
-        self.inner.batch(ops).await
-    }
-
-    async fn list(&self, prefix: &str) -> bunker_storage::Result<Vec<String>> {
-        self.inner.list(prefix).await
-    }
-
-    async fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> bunker_storage::Result<Vec<(String, Vec<u8>)>> {
-        let page = self.inner.scan(prefix, after, limit).await?;
+impl StoreHooks for CountLocal {
+    fn scanned(&self, page: &[(String, Vec<u8>)]) {
         let local = page.iter().filter(|(key, _)| is_local(key)).count();
-        self.local_entries.fetch_add(local, Ordering::SeqCst);
-        Ok(page)
-    }
-
-    async fn snapshot(
-        &self,
-        sink: &mut dyn bunker_storage::SnapshotSink,
-    ) -> bunker_storage::Result<()> {
-        self.inner.snapshot(sink).await
+        self.0.fetch_add(local, Ordering::SeqCst);
     }
 }

@@ -3,6 +3,8 @@ use std::sync::Arc;
 
 use bunker_storage::{Backend, EmbeddedBackend, HookedBackend, InmemBackend, Op, StorageError};
 
+use bunker_storage::hooked_store::{HookedStore, StoreHooks};
+
 use super::*;
 
 fn put(key: &str, value: &[u8]) -> Op {
@@ -547,54 +549,22 @@ async fn a_corrupt_last_index_fails_open() {
 
 // ---- cancellation: a caller dropped after its write committed ----
 
-/// A store whose writes, once `stall` is set, commit and then never answer: the caller's
-/// future can be dropped after the write landed, as a cancelled task's is while a group
-/// commit syncs.
+/// Once set, a write commits and then never answers: the caller's future can be dropped after
+/// the write landed, as a cancelled task's is while a group commit syncs.
 #[derive(Default)]
-struct StallAfterCommit {
-    store: InmemBackend,
-    stall: std::sync::atomic::AtomicBool,
-}
+struct StallAfterCommit(std::sync::atomic::AtomicBool);
 
 #[async_trait::async_trait]
-impl Backend for StallAfterCommit {
-    async fn get(&self, key: &str) -> bunker_storage::Result<Option<Vec<u8>>> {
-        self.store.get(key).await
-    }
-
-    async fn batch(&self, ops: Vec<Op>) -> bunker_storage::Result<()> {
-        self.store.batch(ops).await?;
-        if self.stall.load(Ordering::SeqCst) {
+impl StoreHooks for StallAfterCommit {
+    async fn after_batch(&self) {
+        if self.0.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        Ok(())
-    }
-
-    async fn list(&self, prefix: &str) -> bunker_storage::Result<Vec<String>> {
-        self.store.list(prefix).await
-    }
-
-    async fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> bunker_storage::Result<Vec<(String, Vec<u8>)>> {
-        self.store.scan(prefix, after, limit).await
-    }
-
-    async fn snapshot(
-        &self,
-        sink: &mut dyn bunker_storage::SnapshotSink,
-    ) -> bunker_storage::Result<()> {
-        self.store.snapshot(sink).await
     }
 }
 
-impl HookedBackend for StallAfterCommit {
-    fn set_commit_hook(&self, hook: Option<Arc<dyn bunker_storage::CommitHook>>) {
-        self.store.set_commit_hook(hook);
-    }
+fn stalling() -> Arc<HookedStore<StallAfterCommit>> {
+    Arc::new(HookedStore::new(StallAfterCommit::default()))
 }
 
 /// Poll `f` once and drop it: a task cancelled at its first await.
@@ -606,18 +576,18 @@ fn poll_once_then_drop<F: std::future::Future>(f: F) -> bool {
 
 #[tokio::test]
 async fn an_apply_cancelled_after_its_commit_is_settled_before_the_next() {
-    let backend = Arc::new(StallAfterCommit::default());
+    let backend = stalling();
     let wal = open(&backend).await;
     wal.apply_replicated(&[entry(1, vec![put("k", b"1")])])
         .await
         .unwrap();
-    backend.stall.store(true, Ordering::SeqCst);
+    backend.hooks.0.store(true, Ordering::SeqCst);
     let batch = [
         entry(2, vec![put("k", b"2")]),
         entry(3, vec![put("k", b"3")]),
     ];
     assert!(!poll_once_then_drop(wal.apply_replicated(&batch)));
-    backend.stall.store(false, Ordering::SeqCst);
+    backend.hooks.0.store(false, Ordering::SeqCst);
     assert_eq!(
         wal.last_index(),
         1,
@@ -638,18 +608,18 @@ async fn an_apply_cancelled_after_its_commit_is_settled_before_the_next() {
 
 #[tokio::test]
 async fn a_staged_commit_cancelled_mid_reset_is_finished_before_the_next_apply() {
-    let backend = Arc::new(StallAfterCommit::default());
+    let backend = stalling();
     let wal = open(&backend).await;
     wal.apply_replicated(&[entry(1, vec![put("a", b"1")])])
         .await
         .unwrap();
     // The stage commits (data and reset marker), then the task is dropped before the old
     // entries are deleted and the position is written.
-    backend.stall.store(true, Ordering::SeqCst);
+    backend.hooks.0.store(true, Ordering::SeqCst);
     assert!(!poll_once_then_drop(
         wal.commit_staged(vec![put("a", b"9"), put("b", b"9")], 9)
     ));
-    backend.stall.store(false, Ordering::SeqCst);
+    backend.hooks.0.store(false, Ordering::SeqCst);
     // The stream goes on from 9: the reset is finished first, so it is not finished later
     // (at a restart) over the entries applied since.
     wal.apply_replicated(&[entry(10, vec![put("b", b"10")])])
