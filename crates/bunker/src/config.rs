@@ -103,6 +103,7 @@ fn parse_postgresql(body: &Body, ignored: &mut Vec<String>) -> Result<(StorageCo
         max_parallel: bunker_storage::postgresql::DEFAULT_MAX_PARALLEL,
         skip_create_table: false,
         ha_table: None,
+        read_cache: true,
     };
     let (mut ha_enabled, mut ha_table) = (false, None);
     let mut lock_ttl = bunker_core::ha::DEFAULT_LOCK_TTL;
@@ -322,6 +323,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
         ignored: Vec::new(),
     };
     let (mut default_lease_ttl, mut max_lease_ttl) = (Duration::ZERO, Duration::ZERO);
+    let mut disable_cache = false;
     for block in body.blocks() {
         let label = block
             .labels()
@@ -425,7 +427,12 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
             "log_level" => cfg.log_level = Some(expr_string(key, e)?),
             "default_lease_ttl" => default_lease_ttl = expr_duration(key, e)?,
             "max_lease_ttl" => max_lease_ttl = expr_duration(key, e)?,
-            "ui" | "disable_mlock" | "log_format" | "pid_file" | "disable_cache" => {
+            "disable_cache" => disable_cache = expr_bool(key, e)?,
+            "cache_size" => cfg.ignored.push(
+                "setting \"cache_size\" (Vault's entry count; the PostgreSQL read cache is bounded in bytes instead)"
+                    .into(),
+            ),
+            "ui" | "disable_mlock" | "log_format" | "pid_file" => {
                 cfg.ignored.push(format!("setting {key:?}"))
             }
             other => bail!("unknown configuration setting {other:?}"),
@@ -435,6 +442,9 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
         bunker_core::SystemTtls::new(default_lease_ttl.as_secs(), max_lease_ttl.as_secs())
             .map_err(|e| anyhow!(e))?;
     cfg.storage = storage.ok_or_else(|| anyhow!("a storage block is required"))?;
+    if let (true, StorageConfig::Postgresql(pg)) = (disable_cache, &mut cfg.storage) {
+        pg.read_cache = false;
+    }
     cfg.listener = listener.ok_or_else(|| anyhow!("a listener \"tcp\" block is required"))?;
     if cfg.api_addr.is_empty() {
         let scheme = if cfg.listener.tls_disable {
@@ -664,6 +674,32 @@ mod tests {
         ] {
             assert!(with(bad).is_err(), "{bad} must be refused");
         }
+    }
+
+    #[test]
+    fn disable_cache_turns_the_postgresql_read_cache_off() {
+        let read_cache = |top: &str| {
+            let cfg = parse(
+                &format!(
+                    "{top}\nstorage \"postgresql\" {{ connection_url = \"postgres://db/x\" }}\nlistener \"tcp\" {{ tls_disable = true }}"
+                ),
+                Path::new("/"),
+            )
+            .expect("valid config");
+            match cfg.storage {
+                StorageConfig::Postgresql(pg) => (pg.read_cache, cfg.ignored),
+                _ => panic!("postgresql storage expected"),
+            }
+        };
+        assert!(read_cache("").0, "on by default, as Vault's cache");
+        assert!(read_cache("disable_cache = false").0);
+        assert!(!read_cache("disable_cache = true").0);
+        let (on, ignored) = read_cache("cache_size = 1000");
+        assert!(on);
+        assert!(
+            ignored.iter().any(|i| i.contains("cache_size")),
+            "Vault's entry count is reported as ignored: {ignored:?}"
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ fn pg_config(pg: &Postgres, table: &str) -> bunker_storage::PostgresConfig {
         max_parallel: 8,
         skip_create_table: false,
         ha_table: None,
+        read_cache: true,
     }
 }
 

@@ -72,40 +72,109 @@ pub enum Fence {
 /// The fence shared by the HA runner (which sets it) and the backend's writer (which checks it
 /// in every transaction). A failed check turns it to [`Fence::Standby`] at once, so later
 /// writes fail without a round trip and the runner sees the loss.
+///
+/// It also carries the active node's **lease**: the local instant until which no other node
+/// can have taken the lock (the runner extends it from the time it *sent* each successful
+/// acquire or renewal, minus a margin for clock rates). Writes do not need it (the fence in the
+/// transaction protects them); the read cache does, so a node that was paused or partitioned
+/// past its TTL never answers from a cache another node's writes have made stale.
 #[derive(Debug)]
-pub struct FenceCell(RwLock<Fence>);
+pub struct FenceCell {
+    fence: RwLock<Fence>,
+    lease_until: RwLock<Option<std::time::Instant>>,
+}
 
 impl Default for FenceCell {
     fn default() -> Self {
-        FenceCell(RwLock::new(Fence::Off))
+        FenceCell {
+            fence: RwLock::new(Fence::Off),
+            lease_until: RwLock::new(None),
+        }
     }
+}
+
+/// Which history the data a node reads belongs to, for caches: one per lock epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadScope {
+    /// HA is off: this node is the only writer.
+    Single,
+    /// This node is active at this epoch, within its lease.
+    Epoch(u64),
 }
 
 impl FenceCell {
     pub fn get(&self) -> Fence {
-        self.0
+        self.fence
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
+    /// Sets the fence; any lease ends with it (a new one starts with [`FenceCell::extend_lease`]).
     pub fn set(&self, fence: Fence) {
-        *self
-            .0
+        let mut current = self
+            .fence
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fence;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *self.lease() = None;
+        *current = fence;
     }
 
     /// Mark the lock lost, if it is still the one at `epoch`.
     pub fn lost(&self, epoch: u64) {
         let mut fence = self
-            .0
+            .fence
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if matches!(&*fence, Fence::Active { epoch: e, .. } if *e == epoch) {
+            *self.lease() = None;
             *fence = Fence::Standby;
         }
     }
+
+    /// The lock at `epoch` cannot be anyone else's before `until` (if the fence is still at
+    /// that epoch). Never moves the lease back.
+    pub fn extend_lease(&self, epoch: u64, until: std::time::Instant) {
+        let fence = self
+            .fence
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(&*fence, Fence::Active { epoch: e, .. } if *e == epoch) {
+            let mut lease = self.lease();
+            *lease = Some(lease.map_or(until, |current| current.max(until)));
+        }
+    }
+
+    /// What this node may cache reads under now: `None` on a standby, and on an active node
+    /// whose lease has run out (another node may be writing).
+    pub fn read_scope(&self, now: std::time::Instant) -> Option<ReadScope> {
+        let fence = self
+            .fence
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*fence {
+            Fence::Off => Some(ReadScope::Single),
+            Fence::Standby => None,
+            Fence::Active { epoch, .. } => self
+                .lease_until
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some_and(|until| now < until)
+                .then_some(ReadScope::Epoch(*epoch)),
+        }
+    }
+
+    fn lease(&self) -> std::sync::RwLockWriteGuard<'_, Option<std::time::Instant>> {
+        self.lease_until
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The part of a TTL a lease counts on: a tenth is left for the two clocks' rates (the
+/// database's, which expires the lock, and this node's monotonic clock).
+pub fn lease_span(ttl: std::time::Duration) -> std::time::Duration {
+    ttl.saturating_sub(ttl / 10)
 }
 
 tokio::task_local! {
@@ -178,5 +247,43 @@ mod tests {
         assert!(matches!(cell.get(), Fence::Active { epoch: 4, .. }));
         cell.lost(4);
         assert_eq!(cell.get(), Fence::Standby);
+    }
+
+    #[test]
+    fn reads_are_scoped_to_an_epoch_only_within_its_lease() {
+        let cell = FenceCell::default();
+        let now = std::time::Instant::now();
+        let later = now + Duration::from_secs(10);
+        assert_eq!(cell.read_scope(now), Some(ReadScope::Single));
+        cell.set(Fence::Standby);
+        assert_eq!(cell.read_scope(now), None);
+        cell.set(Fence::Active {
+            node_id: "a".into(),
+            epoch: 7,
+        });
+        // Active without a lease yet: nothing is cached.
+        assert_eq!(cell.read_scope(now), None);
+        cell.extend_lease(6, later);
+        assert_eq!(cell.read_scope(now), None, "a lease of another epoch");
+        cell.extend_lease(7, later);
+        assert_eq!(cell.read_scope(now), Some(ReadScope::Epoch(7)));
+        assert_eq!(cell.read_scope(later), None, "the lease ran out");
+        cell.extend_lease(7, now);
+        assert_eq!(
+            cell.read_scope(now + Duration::from_secs(1)),
+            Some(ReadScope::Epoch(7)),
+            "a lease never moves back"
+        );
+        cell.lost(7);
+        assert_eq!(cell.read_scope(now), None);
+        cell.set(Fence::Active {
+            node_id: "a".into(),
+            epoch: 8,
+        });
+        assert_eq!(
+            cell.read_scope(now),
+            None,
+            "a new epoch starts without a lease"
+        );
     }
 }

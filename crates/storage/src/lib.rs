@@ -36,11 +36,12 @@ mod inmem;
 pub mod limits;
 mod listing;
 pub mod postgresql;
+mod read_cache;
 mod snapshot;
 
 pub use embedded::EmbeddedBackend;
 pub use error::StorageError;
-pub use ha::{Fence, FenceCell, HaBackend, HaNode};
+pub use ha::{Fence, FenceCell, HaBackend, HaNode, ReadScope};
 pub use hook::CommitHook;
 pub use inmem::InmemBackend;
 pub use postgresql::{PostgresBackend, PostgresConfig};

@@ -28,8 +28,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use crate::group_commit::{GroupStore, Writer};
-use crate::ha::{Acquire, Fence, FenceCell, HaBackend, HaNode, LockHolder, NodeHeartbeat};
+use crate::ha::{
+    Acquire, Fence, FenceCell, HaBackend, HaNode, LockHolder, NodeHeartbeat, ReadScope,
+};
 use crate::limits::validate_key;
+use crate::read_cache::{Lookup, ReadCache, CACHE_BYTES};
 use crate::{
     Backend, CommitHook, Op, Result, SnapshotPage, SnapshotSink, StorageError, StorageMetrics,
     SNAPSHOT_PAGE_ENTRIES,
@@ -84,6 +87,9 @@ pub struct PostgresConfig {
     pub skip_create_table: bool,
     /// The HA lock table when `ha_enabled` (Vault's `ha_table`), `None` without HA.
     pub ha_table: Option<String>,
+    /// Point reads answered from memory on the node that writes ([`crate::read_cache`]); off
+    /// with Vault's top-level `disable_cache = true`.
+    pub read_cache: bool,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -105,6 +111,7 @@ pub struct PostgresBackend {
     /// The quoted HA table, when HA is on.
     ha_table: Option<String>,
     fence: Arc<FenceCell>,
+    cache: Option<Arc<ReadCache>>,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -304,6 +311,9 @@ impl PostgresBackend {
             // A node starts as a standby; the HA runner opens the fence when it takes the lock.
             fence.set(Fence::Standby);
         }
+        let cache = config
+            .read_cache
+            .then(|| Arc::new(ReadCache::new(fence.clone(), CACHE_BYTES)));
         let store = PgStore {
             config: postgres::Config::from(pg),
             connector,
@@ -311,6 +321,7 @@ impl PostgresBackend {
             ha_table: ha_table.clone(),
             fence: fence.clone(),
             client: Mutex::new(None),
+            cache: cache.clone(),
         };
         let writer = Writer::spawn(store, "bunker-pg-writer")?;
         Ok(PostgresBackend {
@@ -319,6 +330,7 @@ impl PostgresBackend {
             writer,
             ha_table,
             fence,
+            cache,
         })
     }
 
@@ -375,9 +387,18 @@ fn pg_error(what: &str, e: tokio_postgres::Error) -> StorageError {
 impl Backend for PostgresBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         validate_key(key)?;
+        let ticket = match self.cache.as_ref().map(|cache| cache.lookup(key)) {
+            Some(Lookup::Hit(value)) => return Ok(value),
+            Some(Lookup::Miss(ticket)) => Some(ticket),
+            Some(Lookup::Bypass) | None => None,
+        };
         let sql = format!("SELECT value FROM {} WHERE key = $1", self.table);
         let rows = self.rows("reading", &sql, &[&key]).await?;
-        Ok(rows.first().map(|r| r.get::<_, Vec<u8>>(0)))
+        let value = rows.first().map(|r| r.get::<_, Vec<u8>>(0));
+        if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
+            cache.fill(key, value.as_deref(), ticket);
+        }
+        Ok(value)
     }
 
     async fn batch(&self, ops: Vec<Op>) -> Result<()> {
@@ -668,6 +689,8 @@ struct PgStore {
     ha_table: Option<String>,
     fence: Arc<FenceCell>,
     client: Mutex<Option<WriterConnection>>,
+    /// Updated here, in commit order, before any caller hears of the commit.
+    cache: Option<Arc<ReadCache>>,
 }
 
 /// The writer's connection and its one prepared write statement.
@@ -717,7 +740,12 @@ impl PgStore {
         Ok(WriterConnection { client, write })
     }
 
-    fn commit_with(&self, conn: &mut WriterConnection, batches: &[&[Op]]) -> Result<()> {
+    /// Commits `batches`; on success, the scope the data was written under (for the cache).
+    fn commit_with(
+        &self,
+        conn: &mut WriterConnection,
+        batches: &[&[Op]],
+    ) -> Result<Option<ReadScope>> {
         // The group's net effect: each key's last operation (a key appears once in the
         // statement, which an upsert requires).
         let mut last: std::collections::BTreeMap<&str, Option<&[u8]>> = Default::default();
@@ -742,7 +770,7 @@ impl PgStore {
                 conn.client
                     .query_one(&conn.write, &[&put_keys, &put_values, &deletes])
                     .map_err(|e| pg_error("writing", e))?;
-                Ok(())
+                Ok(Some(ReadScope::Single))
             }
             (Fence::Active { node_id, epoch }, Some(_)) => {
                 let epoch_sql = i64::try_from(epoch).unwrap_or(i64::MAX);
@@ -765,7 +793,7 @@ impl PgStore {
                     tracing::warn!(epoch, "write refused: this node lost the HA lock");
                     return Err(crate::ha::lock_lost_error());
                 }
-                Ok(())
+                Ok(Some(ReadScope::Epoch(epoch)))
             }
             _ => Err(crate::ha::fenced_error()),
         }
@@ -801,10 +829,16 @@ impl GroupStore for PgStore {
             ));
         };
         let result = self.commit_with(conn, batches);
+        if let Some(cache) = &self.cache {
+            match &result {
+                Ok(scope) => cache.committed(batches, *scope),
+                Err(_) => cache.uncertain(batches),
+            }
+        }
         if result.is_err() && conn.client.is_closed() {
             *slot = None;
         }
-        result
+        result.map(|_| ())
     }
 }
 

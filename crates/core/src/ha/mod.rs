@@ -17,7 +17,7 @@ pub mod decide;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bunker_storage::ha::{Acquire, Fence, FenceCell, HaBackend, HaNode, LockHolder};
+use bunker_storage::ha::{lease_span, Acquire, Fence, FenceCell, HaBackend, HaNode, LockHolder};
 use serde_json::json;
 
 use crate::core::Core;
@@ -233,7 +233,8 @@ impl Ha {
     }
 
     /// Take the lock and open the fence; the caller then activates the core.
-    async fn take(&self) -> Result<Option<u64>> {
+    /// `asked` is when the request was sent: the lease counts from there.
+    async fn take(&self, asked: Instant) -> Result<Option<u64>> {
         let acquire = self
             .backend
             .try_acquire(&self.config.node, self.config.lock_ttl);
@@ -243,6 +244,8 @@ impl Ha {
                     node_id: self.config.node.id.clone(),
                     epoch,
                 });
+                self.fence
+                    .extend_lease(epoch, asked + lease_span(self.config.lock_ttl));
                 Ok(Some(epoch))
             }
             Acquire::Held(_) => Ok(None),
@@ -262,7 +265,7 @@ impl Ha {
     /// another node is active (the cluster is initialised).
     pub(crate) async fn lock_for_init(&self) -> Result<u64> {
         let _t = self.transition.lock().await;
-        match self.take().await? {
+        match self.take(Instant::now()).await? {
             Some(epoch) => Ok(epoch),
             None => Err(LogicalError::InvalidRequest(
                 "another node of this HA cluster is active: the cluster is already initialized"
@@ -329,7 +332,7 @@ impl Ha {
                 crate::failpoint::hold("ha-before-acquire").await;
                 // The lock's expiry was fixed when the acquire ran: count from before it.
                 let asked = Instant::now();
-                match self.take().await {
+                match self.take(asked).await {
                     Ok(Some(epoch)) => self.activate(core, epoch, asked).await,
                     Ok(None) => {}
                     Err(e) => tracing::debug!(error = %e, "taking the HA lock failed"),
@@ -343,7 +346,12 @@ impl Ha {
                     .backend
                     .renew(&self.config.node.id, epoch, self.config.lock_ttl);
                 match self.db("renewing the HA lock", renew).await {
-                    Ok(true) => self.state().last_renewed = facts.now,
+                    Ok(true) => {
+                        // `facts.now` was read before the renewal was sent.
+                        self.fence
+                            .extend_lease(epoch, facts.now + lease_span(self.config.lock_ttl));
+                        self.state().last_renewed = facts.now;
+                    }
                     Ok(false) => {
                         metrics::counter!("vault_core_leadership_lost").increment(1);
                         tracing::warn!(epoch, "another node took the HA lock; stepping down");
