@@ -19,6 +19,7 @@ use common::dr::{
 use common::postgres::Postgres;
 use common::{free_port, ServerOptions, TestServer};
 use serde_json::json;
+use std::time::Duration;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -121,6 +122,90 @@ fn a_server_on_postgresql_keeps_acknowledged_writes_and_survives_the_database_re
     // The write refused while the database was down was not stored after all.
     assert_eq!(s.kv_get("while-down").0, 404);
     assert_eq!(s.kv_get("app/3").1["n"], json!("3"));
+}
+
+#[test]
+fn a_write_without_an_answer_suspends_the_read_cache_until_its_session_is_gone() {
+    let pg = Postgres::start();
+    let mut s = server_on(&pg, "bunker_cache", false);
+    s.init_unseal(1, 1);
+    s.mount_kv2();
+    s.kv_put("k", json!({"n": "1"}));
+    assert_eq!(s.kv_get("k").1["n"], json!("1"));
+    let hits = read_cache_counter(&s, "hits");
+    assert_eq!(s.kv_get("k").1["n"], json!("1"));
+    assert!(read_cache_counter(&s, "hits") > hits, "reads are cached");
+
+    // Another session locks the table, so the next write waits inside the database.
+    let mut lock = pg.session();
+    lock.send("BEGIN; LOCK TABLE bunker_cache IN EXCLUSIVE MODE;");
+    let locked = common::poll_until(common::dr::CONVERGE, || {
+        pg.sql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'bunker_cache' AND l.mode = 'ExclusiveLock' AND l.granted",
+        ) == "1"
+    });
+    assert!(locked, "the table lock was not taken");
+    std::thread::scope(|scope| {
+        let put = scope.spawn(|| s.put("secret/data/k", s.root(), json!({"data": {"n": "2"}})));
+        // While the write's statement waits on the lock (at most lock_timeout, 2 s), its
+        // session ends: to the server as to a writer whose connection was cut, its outcome is
+        // unknown until then.
+        let mut pid = String::new();
+        let waiting = common::poll_until(Duration::from_secs(2), || {
+            pid = pg.sql(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'WITH%' LIMIT 1",
+            );
+            !pid.is_empty()
+        });
+        assert!(waiting, "the write never waited on the table lock");
+        assert_eq!(pg.sql(&format!("SELECT pg_terminate_backend({pid})")), "t");
+        let (code, body) = put.join().unwrap();
+        assert!(code >= 500, "a write whose session ended: {code} {body}");
+    });
+    lock.send("COMMIT;");
+    drop(lock);
+    assert!(read_cache_counter(&s, "suspensions") >= 1.0);
+    // Suspended: reads ask the database (the terminated write was not applied).
+    assert_eq!(s.kv_get("k").1["n"], json!("1"));
+    let misses = read_cache_counter(&s, "misses");
+    let hits = read_cache_counter(&s, "hits");
+    assert_eq!(s.kv_get("k").1["n"], json!("1"));
+    assert_eq!(
+        read_cache_counter(&s, "hits"),
+        hits,
+        "no hit while suspended"
+    );
+    assert_eq!(
+        read_cache_counter(&s, "misses"),
+        misses,
+        "not even a lookup"
+    );
+    // The next write reconnects, finds the old session gone, and caching resumes.
+    let mut n = 2;
+    let resumed = common::poll_until(common::dr::CONVERGE, || {
+        n += 1;
+        s.kv_put("k", json!({"n": n.to_string()}));
+        let hits = read_cache_counter(&s, "hits");
+        assert_eq!(s.kv_get("k").1["n"], json!(n.to_string()));
+        read_cache_counter(&s, "hits") > hits
+    });
+    assert!(resumed, "the read cache did not resume");
+}
+
+/// `bunker_storage_read_cache_<name>_total` on `s`.
+fn read_cache_counter(s: &TestServer, name: &str) -> f64 {
+    let (code, body) = s.get("sys/metrics", s.root());
+    assert_eq!(code, 200, "{body}");
+    let wanted = format!("bunker_storage_read_cache_{name}_total");
+    body["Counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["Name"] == wanted.as_str())
+        .and_then(|c| c["Count"].as_f64())
+        .unwrap_or(0.0)
 }
 
 #[test]

@@ -82,6 +82,9 @@ pub enum Fence {
 pub struct FenceCell {
     fence: RwLock<Fence>,
     lease_until: RwLock<Option<std::time::Instant>>,
+    /// Bumped by every change of the fence (under its write lock), so a cache scope names one
+    /// stretch of being active even if an epoch number comes back (the HA table recreated).
+    term: std::sync::atomic::AtomicU64,
 }
 
 impl Default for FenceCell {
@@ -89,6 +92,7 @@ impl Default for FenceCell {
         FenceCell {
             fence: RwLock::new(Fence::Off),
             lease_until: RwLock::new(None),
+            term: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -98,8 +102,9 @@ impl Default for FenceCell {
 pub enum ReadScope {
     /// HA is off: this node is the only writer.
     Single,
-    /// This node is active at this epoch, within its lease.
-    Epoch(u64),
+    /// This node is active at this epoch, within its lease; `term` tells apart two stretches of
+    /// being active at the same epoch number ([`FenceCell`]).
+    Epoch { epoch: u64, term: u64 },
 }
 
 impl FenceCell {
@@ -110,6 +115,18 @@ impl FenceCell {
             .clone()
     }
 
+    /// The fence and its term (see [`ReadScope`]), read together.
+    pub fn get_with_term(&self) -> (Fence, u64) {
+        let fence = self
+            .fence
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (
+            fence.clone(),
+            self.term.load(std::sync::atomic::Ordering::Acquire),
+        )
+    }
+
     /// Sets the fence; any lease ends with it (a new one starts with [`FenceCell::extend_lease`]).
     pub fn set(&self, fence: Fence) {
         let mut current = self
@@ -117,6 +134,7 @@ impl FenceCell {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *self.lease() = None;
+        self.term.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         *current = fence;
     }
 
@@ -128,6 +146,7 @@ impl FenceCell {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if matches!(&*fence, Fence::Active { epoch: e, .. } if *e == epoch) {
             *self.lease() = None;
+            self.term.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             *fence = Fence::Standby;
         }
     }
@@ -160,7 +179,10 @@ impl FenceCell {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .is_some_and(|until| now < until)
-                .then_some(ReadScope::Epoch(*epoch)),
+                .then(|| ReadScope::Epoch {
+                    epoch: *epoch,
+                    term: self.term.load(std::sync::atomic::Ordering::Acquire),
+                }),
         }
     }
 
@@ -266,12 +288,16 @@ mod tests {
         cell.extend_lease(6, later);
         assert_eq!(cell.read_scope(now), None, "a lease of another epoch");
         cell.extend_lease(7, later);
-        assert_eq!(cell.read_scope(now), Some(ReadScope::Epoch(7)));
+        let scope = cell.read_scope(now);
+        assert!(
+            matches!(scope, Some(ReadScope::Epoch { epoch: 7, .. })),
+            "{scope:?}"
+        );
         assert_eq!(cell.read_scope(later), None, "the lease ran out");
         cell.extend_lease(7, now);
         assert_eq!(
             cell.read_scope(now + Duration::from_secs(1)),
-            Some(ReadScope::Epoch(7)),
+            scope,
             "a lease never moves back"
         );
         cell.lost(7);

@@ -322,6 +322,7 @@ impl PostgresBackend {
             fence: fence.clone(),
             client: Mutex::new(None),
             cache: cache.clone(),
+            orphan: Mutex::new(None),
         };
         let writer = Writer::spawn(store, "bunker-pg-writer")?;
         Ok(PostgresBackend {
@@ -691,12 +692,16 @@ struct PgStore {
     client: Mutex<Option<WriterConnection>>,
     /// Updated here, in commit order, before any caller hears of the commit.
     cache: Option<Arc<ReadCache>>,
+    /// The server process of a connection that broke during a commit: until it is gone, its
+    /// statement may still commit, and the cache stays suspended.
+    orphan: Mutex<Option<i32>>,
 }
 
-/// The writer's connection and its one prepared write statement.
+/// The writer's connection, its one prepared write statement, and its server process id.
 struct WriterConnection {
     client: postgres::Client,
     write: postgres::Statement,
+    pid: i32,
 }
 
 impl PgStore {
@@ -737,15 +742,52 @@ impl PgStore {
         let write = client
             .prepare(&self.write_sql())
             .map_err(|e| pg_error("preparing the write statement", e))?;
-        Ok(WriterConnection { client, write })
+        let pid = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .map_err(|e| pg_error("reading the session's process id", e))?
+            .get(0);
+        Ok(WriterConnection { client, write, pid })
+    }
+
+    /// Ends the session of a commit whose outcome was unknown and resumes the cache once that
+    /// session is gone (its statement then either committed or never will). Terminating a
+    /// session of the same role needs no privilege; if it fails, the cache stays suspended and
+    /// this is tried again at the next commit.
+    fn settle_orphan(&self, conn: &mut WriterConnection, cache: &ReadCache) {
+        let mut orphan = self
+            .orphan
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(pid) = *orphan else { return };
+        let _ = conn
+            .client
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid]);
+        match conn.client.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        ) {
+            Ok(row) if row.get::<_, i64>(0) == 0 => {
+                *orphan = None;
+                cache.resume();
+            }
+            Ok(_) => tracing::debug!(pid, "the session of an unknown write is still ending"),
+            Err(e) => tracing::warn!(error = %e, "checking the session of an unknown write failed"),
+        }
     }
 
     /// Commits `batches`; on success, the scope the data was written under (for the cache).
+    /// `unanswered` is set when the statement failed without an answer from the server (it may
+    /// still commit there).
     fn commit_with(
         &self,
         conn: &mut WriterConnection,
         batches: &[&[Op]],
+        unanswered: &mut bool,
     ) -> Result<Option<ReadScope>> {
+        let mut write_error = |e: tokio_postgres::Error| {
+            *unanswered = e.as_db_error().is_none();
+            pg_error("writing", e)
+        };
         // The group's net effect: each key's last operation (a key appears once in the
         // statement, which an upsert requires).
         let mut last: std::collections::BTreeMap<&str, Option<&[u8]>> = Default::default();
@@ -765,11 +807,12 @@ impl PgStore {
                 None => deletes.push(key),
             }
         }
-        match (self.fence.get(), &self.ha_table) {
+        let (fence, term) = self.fence.get_with_term();
+        match (fence, &self.ha_table) {
             (Fence::Off, _) => {
                 conn.client
                     .query_one(&conn.write, &[&put_keys, &put_values, &deletes])
-                    .map_err(|e| pg_error("writing", e))?;
+                    .map_err(&mut write_error)?;
                 Ok(Some(ReadScope::Single))
             }
             (Fence::Active { node_id, epoch }, Some(_)) => {
@@ -787,13 +830,13 @@ impl PgStore {
                             &epoch_sql,
                         ],
                     )
-                    .map_err(|e| pg_error("writing", e))?;
+                    .map_err(&mut write_error)?;
                 if row.get::<_, i64>(0) == 0 {
                     self.fence.lost(epoch);
                     tracing::warn!(epoch, "write refused: this node lost the HA lock");
                     return Err(crate::ha::lock_lost_error());
                 }
-                Ok(Some(ReadScope::Epoch(epoch)))
+                Ok(Some(ReadScope::Epoch { epoch, term }))
             }
             _ => Err(crate::ha::fenced_error()),
         }
@@ -828,11 +871,23 @@ impl GroupStore for PgStore {
                 "PostgreSQL: no connection".into(),
             ));
         };
-        let result = self.commit_with(conn, batches);
+        if let Some(cache) = &self.cache {
+            self.settle_orphan(conn, cache);
+        }
+        let mut unanswered = false;
+        let result = self.commit_with(conn, batches, &mut unanswered);
         if let Some(cache) = &self.cache {
             match &result {
                 Ok(scope) => cache.committed(batches, *scope),
-                Err(_) => cache.uncertain(batches),
+                // No answer: the statement may still commit on the server, later.
+                Err(_) if unanswered || conn.client.is_closed() => {
+                    cache.suspend();
+                    *self
+                        .orphan
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn.pid);
+                }
+                Err(_) => cache.failed(batches),
             }
         }
         if result.is_err() && conn.client.is_closed() {

@@ -9,13 +9,19 @@
 //! - **Only a node that is the sole writer caches.** Without HA, that is this node
 //!   ([`ReadScope::Single`]). With HA, only the active node, and only **within its lease**
 //!   ([`crate::FenceCell::read_scope`]): a node paused past its TTL may have been replaced, so it
-//!   reads from the database until it renews. Each lock epoch is a new scope: entries of an
-//!   earlier epoch are dropped before anything is read under a new one (another node may have
-//!   written in between).
+//!   reads from the database until it renews. Each stretch of being active is a new scope
+//!   (the lock epoch, and the fence's term in case an epoch number comes back): entries of an
+//!   earlier scope are dropped before anything is read under a new one (another node may have
+//!   written in between). While nothing may be cached, the entries are dropped.
 //! - **Writes update it in commit order.** The writer thread, which decides commit order,
-//!   stores each committed value (write-through) or, after a failed commit whose outcome is
-//!   unknown, drops the keys. Callers never update it, so two writes of one key can never leave
-//!   the older value cached.
+//!   stores each committed value (write-through) or, after a commit the server refused, drops
+//!   the keys. Callers never update it, so two writes of one key can never leave the older
+//!   value cached.
+//! - **A commit without an answer suspends it.** When the connection breaks during a commit,
+//!   the statement may still be running on the server (waiting on a lock, on a slow fsync, on
+//!   a synchronous replica) and commit later, after a read cached the old value. So the cache
+//!   is emptied and suspended until the writer has terminated that session and seen it gone
+//!   from `pg_stat_activity` (its outcome is then final); meanwhile reads go to the database.
 //! - **A read never caches a value a write has replaced.** Keys fall in stripes, each with a
 //!   generation the writer bumps under the stripe's lock. A read notes the generation (and the
 //!   scope's) before it asks the database, and stores its answer only if neither moved; a
@@ -38,8 +44,12 @@ use crate::Op;
 pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Values larger than this are read from the database every time.
 pub const MAX_CACHED_VALUE: usize = 256 * 1024;
-/// Bookkeeping counted per entry on top of its key and value.
-const ENTRY_OVERHEAD: u64 = 96;
+/// Bookkeeping counted per entry on top of its key and value (the String and Arc headers, the
+/// cache's slot and hash entry).
+const ENTRY_OVERHEAD: u64 = 160;
+/// quick_cache's shards, fixed: its default (four per CPU) would cut the capacity into shards
+/// too small for large values on a large host.
+const SHARDS: usize = 16;
 /// Stripes of write generations (a power of two).
 const STRIPES: usize = 1024;
 
@@ -79,6 +89,9 @@ pub(crate) enum Lookup {
 struct ScopeState {
     current: Option<ReadScope>,
     generation: u64,
+    /// A commit's outcome is unknown and its statement may still commit on the server: nothing
+    /// is cached until the writer has made sure it cannot ([`ReadCache::suspend`]).
+    suspended: bool,
 }
 
 pub(crate) struct ReadCache {
@@ -96,9 +109,26 @@ impl ReadCache {
         // An estimate of the entry count sizes quick_cache's tables; a few hundred bytes each.
         let estimated = usize::try_from(capacity_bytes / 512)
             .unwrap_or(usize::MAX)
-            .max(16);
+            .max(SHARDS * 32);
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(estimated)
+            .weight_capacity(capacity_bytes)
+            .shards(SHARDS)
+            .build();
+        let entries = match options {
+            Ok(options) => quick_cache::sync::Cache::with_options(
+                options,
+                ByteWeight,
+                Default::default(),
+                Default::default(),
+            ),
+            // Only an invalid option (none is) fails; the default sharding is then used.
+            Err(_) => {
+                quick_cache::sync::Cache::with_weighter(estimated, capacity_bytes, ByteWeight)
+            }
+        };
         ReadCache {
-            entries: quick_cache::sync::Cache::with_weighter(estimated, capacity_bytes, ByteWeight),
+            entries,
             scope: RwLock::new(ScopeState::default()),
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
             spare: Mutex::new(0),
@@ -115,23 +145,58 @@ impl ReadCache {
         self.stripes.get(index).unwrap_or(&self.spare)
     }
 
-    /// The scope reads are cached under now, after dropping what an earlier scope cached.
+    /// The scope reads are cached under now, after dropping what an earlier scope cached. When
+    /// nothing may be cached (a standby, a lapsed lease, a suspension) the entries are dropped
+    /// too: they are not needed, and they would be stale by the time they could be.
     fn enter_scope(&self) -> Option<(ReadScope, u64)> {
-        let scope = self.fence.read_scope(Instant::now())?;
+        let scope = self.fence.read_scope(Instant::now());
         {
             let state = self.scope.read().unwrap_or_else(PoisonError::into_inner);
-            if state.current == Some(scope) {
-                return Some((scope, state.generation));
+            if state.suspended {
+                return None;
+            }
+            match scope {
+                Some(scope) if state.current == Some(scope) => {
+                    return Some((scope, state.generation))
+                }
+                None if state.current.is_none() => return None,
+                _ => {}
             }
         }
         let mut state = self.scope.write().unwrap_or_else(PoisonError::into_inner);
-        if state.current != Some(scope) {
-            self.entries.clear();
-            state.current = Some(scope);
-            state.generation = state.generation.wrapping_add(1);
-            tracing::debug!(?scope, "read cache: new scope, entries dropped");
+        if state.suspended {
+            return None;
         }
-        Some((scope, state.generation))
+        if state.current != scope {
+            self.entries.clear();
+            state.current = scope;
+            state.generation = state.generation.wrapping_add(1);
+            tracing::debug!(?scope, "read cache: scope changed, entries dropped");
+        }
+        scope.map(|scope| (scope, state.generation))
+    }
+
+    /// Stops caching and drops every entry: a commit was sent and its outcome is unknown (the
+    /// connection broke), so the server may still apply it at any moment, and a value read now
+    /// could be made stale by it without any write of ours to say so. The writer calls
+    /// [`ReadCache::resume`] once that statement can no longer commit.
+    pub(crate) fn suspend(&self) {
+        let mut state = self.scope.write().unwrap_or_else(PoisonError::into_inner);
+        self.entries.clear();
+        state.suspended = true;
+        state.current = None;
+        state.generation = state.generation.wrapping_add(1);
+        metrics::counter!("bunker_storage_read_cache_suspensions_total").increment(1);
+        tracing::warn!("read cache suspended: a write's outcome is unknown until its session ends");
+    }
+
+    pub(crate) fn resume(&self) {
+        let mut state = self.scope.write().unwrap_or_else(PoisonError::into_inner);
+        if state.suspended {
+            state.suspended = false;
+            state.generation = state.generation.wrapping_add(1);
+            tracing::info!("read cache resumed: the session of the unknown write has ended");
+        }
     }
 
     pub(crate) fn lookup(&self, key: &str) -> Lookup {
@@ -201,9 +266,10 @@ impl ReadCache {
         }
     }
 
-    /// After a commit of `batches` failed: it may or may not have been applied (a connection
-    /// lost during the commit), so their keys are dropped and the next read asks the database.
-    pub(crate) fn uncertain(&self, batches: &[&[Op]]) {
+    /// After a commit of `batches` failed with an answer from the server (nothing was applied):
+    /// their keys are dropped all the same, and the next read asks the database. A failure
+    /// without an answer is [`ReadCache::suspend`].
+    pub(crate) fn failed(&self, batches: &[&[Op]]) {
         self.committed(batches, None);
     }
 

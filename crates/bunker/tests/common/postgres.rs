@@ -136,18 +136,19 @@ impl Postgres {
         self.launch();
     }
 
+    /// psql to this server, as the `postgres` user, unaligned and quiet, without ~/.psqlrc.
+    fn psql(&self) -> Command {
+        let mut c = as_postgres(&self.bin.join("psql"));
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-XAtq"]);
+        c
+    }
+
     /// Run SQL with psql; returns its output.
     pub fn sql(&self, sql: &str) -> String {
-        let out = as_postgres(&self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-XAtq", "-c", sql, "postgres"])
+        let out = self
+            .psql()
+            .args(["-c", sql, "postgres"])
             .output()
             .expect("run psql");
         assert!(
@@ -156,6 +157,43 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// A psql session kept open, to hold a transaction (and its locks) across a test's steps.
+pub struct Session {
+    child: std::process::Child,
+}
+
+impl Session {
+    /// Send SQL to the session (executed as soon as psql reads it).
+    pub fn send(&mut self, sql: &str) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("psql stdin");
+        writeln!(stdin, "{sql}").expect("write to psql");
+        stdin.flush().expect("flush psql");
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // End of input ends psql (and any open transaction with it).
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Postgres {
+    /// An interactive psql session on database `postgres`.
+    pub fn session(&self) -> Session {
+        let child = self
+            .psql()
+            .arg("postgres")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start psql");
+        Session { child }
     }
 }
 

@@ -63,11 +63,34 @@ fn a_read_that_raced_a_write_is_not_cached() {
     cache.committed(&[&[put("k", b"new")]], Some(ReadScope::Single));
     cache.fill("k", Some(b"old"), t);
     assert_eq!(hit(&cache, "k"), Some(b"new".to_vec()));
-    // The same with a write whose outcome is unknown: nothing is cached, the next read asks.
+    // The same with a write that failed: nothing is cached, the next read asks.
     let t = ticket(&cache, "u");
-    cache.uncertain(&[&[put("u", b"maybe")]]);
+    cache.failed(&[&[put("u", b"maybe")]]);
     cache.fill("u", Some(b"old"), t);
     ticket(&cache, "u");
+}
+
+#[test]
+fn nothing_is_cached_while_a_write_of_unknown_outcome_may_still_commit() {
+    let cache = single();
+    let t = ticket(&cache, "k");
+    cache.fill("k", Some(b"1"), t);
+    let before = ticket(&cache, "j");
+    // The connection broke during a commit of k = 2: the server may apply it at any time.
+    cache.suspend();
+    assert!(matches!(cache.lookup("k"), Lookup::Bypass));
+    assert_eq!(cache.len(), 0, "what was cached may be stale: dropped");
+    cache.committed(&[&[put("w", b"x")]], Some(ReadScope::Single));
+    assert!(matches!(cache.lookup("w"), Lookup::Bypass));
+    // The session ended: the write committed or never will; caching starts again, empty.
+    cache.resume();
+    cache.fill("j", Some(b"read before the suspension"), before);
+    ticket(&cache, "j");
+    ticket(&cache, "k");
+    ticket(&cache, "w");
+    let t = ticket(&cache, "k");
+    cache.fill("k", Some(b"2"), t);
+    assert_eq!(hit(&cache, "k"), Some(b"2".to_vec()));
 }
 
 #[test]
@@ -83,7 +106,7 @@ fn commits_write_through_in_order_and_deletes_cache_absence() {
     assert_eq!(hit(&cache, "j"), Some(b"x".to_vec()));
     cache.committed(&[&[delete("k")]], Some(ReadScope::Single));
     assert_eq!(hit(&cache, "k"), None);
-    cache.uncertain(&[&[put("j", b"y")]]);
+    cache.failed(&[&[put("j", b"y")]]);
     ticket(&cache, "j");
 }
 
@@ -113,9 +136,13 @@ fn a_standby_and_an_active_node_past_its_lease_read_the_database() {
         epoch: 3,
     });
     assert!(matches!(cache.lookup("k"), Lookup::Bypass));
-    // Renewed at the same epoch: nobody else held the lock, the entry is still right.
+    assert_eq!(
+        cache.len(),
+        0,
+        "entries are dropped while they cannot be used"
+    );
     fence.extend_lease(3, Instant::now() + Duration::from_secs(60));
-    assert_eq!(hit(&cache, "k"), Some(b"v".to_vec()));
+    ticket(&cache, "k");
 }
 
 #[test]
@@ -123,6 +150,7 @@ fn a_new_epoch_drops_what_the_last_one_cached() {
     let fence = Arc::new(FenceCell::default());
     let cache = ReadCache::new(fence.clone(), CACHE_BYTES);
     active(&fence, 5);
+    let (_, old_term) = fence.get_with_term();
     let t = ticket(&cache, "k");
     cache.fill("k", Some(b"mine"), t);
     let late = ticket(&cache, "late");
@@ -134,10 +162,20 @@ fn a_new_epoch_drops_what_the_last_one_cached() {
     cache.fill("late", Some(b"old"), late);
     ticket(&cache, "late");
     // Nor does a commit made under the old epoch.
-    cache.committed(&[&[put("w", b"old epoch")]], Some(ReadScope::Epoch(5)));
+    let old = ReadScope::Epoch {
+        epoch: 5,
+        term: old_term,
+    };
+    cache.committed(&[&[put("w", b"old epoch")]], Some(old));
     ticket(&cache, "w");
-    cache.committed(&[&[put("w", b"new epoch")]], Some(ReadScope::Epoch(7)));
+    let (_, term) = fence.get_with_term();
+    let new = ReadScope::Epoch { epoch: 7, term };
+    cache.committed(&[&[put("w", b"new epoch")]], Some(new));
     assert_eq!(hit(&cache, "w"), Some(b"new epoch".to_vec()));
+    // Active at epoch 7 once more, after a stretch as a standby: a new scope, an empty cache.
+    fence.set(Fence::Standby);
+    active(&fence, 7);
+    ticket(&cache, "w");
 }
 
 #[test]
