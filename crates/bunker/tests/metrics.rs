@@ -1,6 +1,7 @@
 //! `sys/metrics` against the real binary: Vault's metric names in the Prometheus text and in
 //! Vault's JSON shape, the token requirement and `unauthenticated_metrics_access`, the seal
-//! gauge, and the replication gauges of a DR primary and its secondary.
+//! gauge, the replication gauges of a DR primary and its secondary, and Vault's replication RPC
+//! timings across a Merkle reconciliation.
 
 #![allow(
     clippy::unwrap_used,
@@ -12,7 +13,8 @@
 mod common;
 
 use common::dr::{
-    activation_token, enable_primary, enable_secondary, wait_converged, ALLOW_HTTP_ACTIVATION,
+    activation_token, bulk_put, enable_primary, enable_secondary, wait_converged,
+    wait_wal_truncated, ALLOW_HTTP_ACTIVATION,
 };
 use common::{free_port, ServerOptions, TestServer};
 use serde_json::{json, Value};
@@ -115,10 +117,15 @@ fn unauthenticated_metrics_access_also_while_sealed() {
 /// A DR server whose API listener serves metrics without a token (a DR secondary refuses
 /// token-authenticated client requests).
 fn dr_server_open_metrics() -> TestServer {
+    dr_server_open_metrics_with("")
+}
+
+/// As [`dr_server_open_metrics`], with `replication` settings (`wal_retention = 20`, say).
+fn dr_server_open_metrics_with(replication: &str) -> TestServer {
     let cluster_port = free_port();
     let mut s = TestServer::with_config(ServerOptions {
         listener_extra: format!("  cluster_address = \"127.0.0.1:{cluster_port}\"\n{OPEN_METRICS}"),
-        config_extra: ALLOW_HTTP_ACTIVATION.into(),
+        config_extra: ALLOW_HTTP_ACTIVATION.replace("\n}", &format!("\n  {replication}\n}}")),
         ..Default::default()
     });
     s.init_unseal(5, 3);
@@ -176,4 +183,82 @@ fn replication_gauges_on_a_primary_and_its_secondary() {
         resp["Gauges"].as_array().is_some_and(|g| !g.is_empty()),
         "{resp}"
     );
+}
+
+/// The `_count` of summary `name` in Prometheus text (0 when it was never recorded).
+fn count(text: &str, name: &str) -> f64 {
+    value(text, &format!("{name}_count")).unwrap_or(0.0)
+}
+
+#[test]
+fn vault_replication_rpc_timings_across_a_merkle_reconciliation() {
+    let p = dr_server_open_metrics_with("wal_retention = 20");
+    p.mount_kv2();
+    bulk_put(&p, "app/", 0..100, "a");
+    enable_primary(&p);
+    let mut s = dr_server_open_metrics();
+    enable_secondary(&s, &activation_token(&p, "site-b"));
+    wait_converged(&p, &s);
+
+    // The secondary is down while the primary moves past what it keeps: it comes back,
+    // cannot resume from the WAL, and reconciles by Merkle diff.
+    s.kill9();
+    bulk_put(&p, "app/", 0..60, "b");
+    wait_wal_truncated(&p);
+    s.restart();
+    wait_converged(&p, &s);
+    let (_, st) = prometheus(&s, None);
+    assert!(
+        value(&st, "bunker_replication_merkle_syncs_total").unwrap_or(0.0) >= 1.0,
+        "the test must reach a Merkle sync: {st}"
+    );
+    for name in [
+        "vault_replication_rpc_client_sub_page_hashes",
+        "vault_replication_rpc_client_conflicting_pages",
+        "vault_replication_rpc_client_fetch_keys",
+        "vault_replication_merkleDiff",
+        "vault_replication_merkleSync",
+    ] {
+        assert!(count(&st, name) >= 1.0, "{name} on the secondary: {st}");
+    }
+    p.kv_put("streamed", json!({"v": "1"}));
+    wait_converged(&p, &s);
+    let (_, pt) = prometheus(&p, None);
+    let last_wal = value(&pt, "vault_replication_wal_last_wal").unwrap();
+    let (_, st) = prometheus(&s, None);
+    assert_eq!(
+        value(&st, "vault_replication_fsm_last_upstream_remote_wal"),
+        Some(last_wal),
+        "{st}"
+    );
+
+    for name in [
+        "vault_replication_rpc_server_sub_page_hashes_request",
+        "vault_replication_rpc_server_conflicting_pages_request",
+        "vault_replication_rpc_dr_server_fetch_keys_request",
+        // The first session ended when the secondary was killed.
+        "vault_replication_rpc_server_stream_wals_request",
+        "vault_replication_wal_gc",
+    ] {
+        assert!(count(&pt, name) >= 1.0, "{name} on the primary: {pt}");
+    }
+    // Neither connection could resume from the WAL: the first had no position, the second
+    // was behind what the primary keeps.
+    assert!(value(&pt, "vault_logshipper_streamWALs_missing_guard").unwrap_or(0.0) >= 2.0);
+    assert!(
+        value(&pt, "vault_wal_gc_total").unwrap_or(0.0) >= 20.0,
+        "{pt}"
+    );
+    let heartbeat = pt
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("vault_replication_rpc_server_last_heartbeat{secondary=\"site-b\"} ")
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("the secondary's last heartbeat");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - heartbeat).abs() < 120.0, "{heartbeat} vs {now}");
 }

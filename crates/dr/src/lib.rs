@@ -18,6 +18,7 @@ pub mod core_port;
 pub use bunker_core::failpoint;
 pub mod manager;
 mod primary;
+mod rpc_metrics;
 pub mod sealed_activation;
 mod secondary;
 #[cfg(test)]

@@ -199,8 +199,17 @@ impl DrManager {
                 if !inner.active_node() {
                     continue;
                 }
-                if let Err(e) = inner.wal.truncate(inner.config.wal_retention).await {
-                    tracing::warn!(error = %e, "WAL truncation failed");
+                let gc = crate::rpc_metrics::Timed::start(crate::rpc_metrics::WAL_GC);
+                match inner.wal.truncate(inner.config.wal_retention).await {
+                    Ok(deleted) => {
+                        drop(gc);
+                        metrics::gauge!(crate::rpc_metrics::WAL_GC_DELETED).set(deleted as f64);
+                        if let Ok(Some(oldest)) = inner.wal.oldest_index().await {
+                            let kept = inner.wal.last_index().saturating_sub(oldest) + 1;
+                            metrics::gauge!(crate::rpc_metrics::WAL_GC_TOTAL).set(kept as f64);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "WAL truncation failed"),
                 }
             }
         });

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::frame::{read_frame, read_frame_limited, write_frame};
 use crate::manager::Inner;
 use crate::messages::{now_ms, Position, ToPrimary, ToSecondary};
+use crate::rpc_metrics::{self, Timed};
 use crate::state::{Mode, ReplState};
 use crate::status::PeerStatus;
 use crate::ReplError;
@@ -336,6 +337,12 @@ where
     let last_wal = inner.wal.last_index();
     let oldest = inner.wal.oldest_index().await?;
     let resume = resumable(hello.position, snapshot.generation, last_wal, oldest);
+    let guard = if resume {
+        rpc_metrics::GUARD_FOUND
+    } else {
+        rpc_metrics::MISSING_GUARD
+    };
+    metrics::counter!(guard).increment(1);
     write_frame(
         &mut wr,
         &ToSecondary::Welcome {
@@ -376,6 +383,7 @@ where
                 return refuse(&mut wr, "too many full reconciliations in one session").await;
             }
             ToPrimary::MerkleRequest => {
+                let _answer = Timed::start(rpc_metrics::SERVER_SUB_PAGE_HASHES);
                 full_scans += 1;
                 let wal_index = inner.wal.last_index();
                 let (tree, cells) = inner.merkle_fingerprint().await?;
@@ -509,6 +517,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
+    let _session = Timed::start(rpc_metrics::SERVER_STREAM_WALS);
     // Acks arrive on their own task so a slow reader never stalls the sender.
     let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<(u64, u64)>(64);
     let reader = AbortOnDrop(tokio::spawn(async move {

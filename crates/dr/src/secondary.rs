@@ -13,6 +13,7 @@ use crate::frame::{read_frame, write_frame, FrameReader};
 use crate::manager::Inner;
 use crate::merkle;
 use crate::messages::{now_ms, Position, ToPrimary, ToSecondary};
+use crate::rpc_metrics::{self, Timed};
 use crate::status::SyncState;
 use crate::wal::WalEntry;
 use crate::ReplError;
@@ -359,6 +360,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let _sync = Timed::start(rpc_metrics::MERKLE_SYNC);
     inner.set_sync_state(SyncState::MerkleDiff, "ready");
     let (ours, our_cells) = inner.merkle_fingerprint().await?;
     if ours.keys == 0 {
@@ -367,8 +369,11 @@ where
         snapshot_sync(inner, rd, wr).await?;
         return Ok(Synced::InPlace);
     }
+    let tree_fetch = Timed::start(rpc_metrics::CLIENT_SUB_PAGE_HASHES);
     write_frame(wr, &ToPrimary::MerkleRequest).await?;
-    let (wal_index, theirs) = match sync_reply(rd).await?.0 {
+    let reply = sync_reply(rd).await?.0;
+    drop(tree_fetch);
+    let (wal_index, theirs) = match reply {
         ToSecondary::Tree { wal_index, tree } => (wal_index, tree),
         ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
         _ => return Err(ReplError::Refused("expected a Merkle tree".into())),
@@ -457,12 +462,18 @@ where
     if buckets.is_empty() {
         return Ok(pushed);
     }
-    let cells = differing_cells(our_sums, rd, wr, buckets).await?;
+    let cells = {
+        let _diff = Timed::start(rpc_metrics::MERKLE_DIFF);
+        let _rpc = Timed::start(rpc_metrics::CLIENT_CONFLICTING_PAGES);
+        differing_cells(our_sums, rd, wr, buckets).await?
+    };
     let chunks = cells.chunks(chunk_cells.max(1));
     sink.planned(chunks.len() as u64);
     for chunk in chunks {
         let before = (pushed.keys, pushed.bytes);
+        let fetch = Timed::start(rpc_metrics::CLIENT_FETCH_KEYS);
         sync_chunk(backend, sink, rd, wr, chunk, &mut pushed).await?;
+        drop(fetch);
         sink.chunk_done(pushed.keys - before.0, pushed.bytes - before.1);
     }
     Ok(pushed)
@@ -701,6 +712,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
+    let _session = Timed::start(rpc_metrics::CLIENT_STREAM_WALS);
     let (mut frames, _reader) = spawn_reader(rd);
     let mut ack = tokio::time::interval(ACK_INTERVAL);
     // A frame taken off the queue that did not fit in the last batch.
@@ -735,6 +747,9 @@ where
         held = join_arrived(&mut entries, &mut last_wal, &mut bytes, || {
             frames.try_recv().ok()
         });
+        if let Some(received) = entries.last() {
+            metrics::gauge!(rpc_metrics::LAST_UPSTREAM_REMOTE_WAL).set(received.index as f64);
+        }
         if streamer.apply(inner, entries, last_wal, bytes).await? {
             let applied = inner.wal.last_index();
             write_frame(

@@ -132,8 +132,12 @@ impl Inner {
                     let id = p.node_id.clone();
                     gauge!("bunker_replication_secondary_lag_wal_entries", "secondary" => id.clone())
                         .set(last_wal.saturating_sub(p.acked_wal) as f64);
-                    gauge!("bunker_replication_secondary_connected", "secondary" => id)
+                    gauge!("bunker_replication_secondary_connected", "secondary" => id.clone())
                         .set(f64::from(u8::from(p.connected)));
+                    if p.last_heartbeat_ms > 0 {
+                        gauge!(crate::rpc_metrics::SERVER_LAST_HEARTBEAT, "secondary" => id)
+                            .set(p.last_heartbeat_ms as f64 / 1000.0);
+                    }
                 }
             }
             Mode::Secondary => {

@@ -15,6 +15,7 @@ use bunker_storage::Backend;
 use crate::frame::write_frame;
 use crate::merkle::{self, CellSet, KeyId, ReplicatedPages, CELLS_PER_BUCKET};
 use crate::messages::{ToPrimary, ToSecondary};
+use crate::rpc_metrics::{self, Timed};
 use crate::ReplError;
 
 /// Most entries one chunk's listing may hold (a secondary sizes its chunks far below this).
@@ -37,6 +38,10 @@ pub(crate) struct Reconciler {
     /// The chunk being listed, and the secondary's listing of it.
     chunk: Option<CellSet>,
     listing: HashMap<KeyId, u64>,
+    /// Running timings of the cell comparison and of the chunk being answered (Vault's
+    /// `conflicting_pages_request` and `fetch_keys_request`).
+    comparing: Option<Timed>,
+    fetching: Option<Timed>,
 }
 
 impl Reconciler {
@@ -77,6 +82,9 @@ impl Reconciler {
                 "cell sums do not match their buckets".into(),
             ));
         }
+        if self.comparing.is_none() {
+            self.comparing = Some(Timed::start(rpc_metrics::SERVER_CONFLICTING_PAGES));
+        }
         if self.our_sums.is_none() {
             self.our_sums = Some(Arc::new(merkle::cell_sums(backend).await?));
         }
@@ -98,6 +106,8 @@ impl Reconciler {
             ));
         }
         if last {
+            // From the first page of sums (when the comparison started) to the answer.
+            let _answer = self.comparing.take();
             let mut cells = std::mem::take(&mut self.differing);
             cells.sort_unstable();
             cells.dedup();
@@ -114,6 +124,7 @@ impl Reconciler {
 
     /// The secondary is about to list the keys of `cells`.
     fn chunk_request(&mut self, cells: &[u32]) {
+        self.fetching = Some(Timed::start(rpc_metrics::DR_SERVER_FETCH_KEYS));
         self.chunk = Some(CellSet::new(cells));
         self.listing.clear();
     }
@@ -166,6 +177,7 @@ impl Reconciler {
             write_frame(wr, &ToSecondary::Deletions { ids }).await?;
         }
         write_frame(wr, &ToSecondary::ChunkDone).await?;
+        drop(self.fetching.take());
         Ok(())
     }
 }
