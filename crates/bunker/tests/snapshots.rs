@@ -98,6 +98,12 @@ fn cli_save_then_restore_into_a_fresh_server() {
     assert_eq!(b.get("sys/init", None).1["initialized"], json!(false));
     let (code, out, err) = cli(&b, &["operator", "raft", "snapshot", "restore", file_arg]);
     assert_eq!(code, 0, "restore: {out} {err}");
+    // The upload's progress, as one plain line when stderr is not a terminal.
+    assert!(
+        err.contains("sent (100%") && err.contains("Uploaded: the server checks"),
+        "{err}"
+    );
+    assert!(out.contains("Success! Snapshot restored"), "{out}");
     assert_eq!(b.get("sys/init", None).1["initialized"], json!(true));
     assert!(
         sealed(&b),

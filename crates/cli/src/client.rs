@@ -149,6 +149,8 @@ pub struct ApiRequest {
     token: Option<Zeroizing<String>>,
     /// Replaces the client's whole-request timeout (snapshots take longer than 60 s).
     timeout: Option<Duration>,
+    /// Told the bytes of the body sent so far, as it is sent (large uploads).
+    on_sent: Option<Box<dyn FnMut(u64) + Send>>,
 }
 
 /// Whole-request timeout of a snapshot download or upload.
@@ -167,7 +169,14 @@ impl ApiRequest {
             wrap: true,
             token: None,
             timeout: None,
+            on_sent: None,
         }
+    }
+
+    /// Calls `on_sent` with the bytes of the body sent so far while it is sent.
+    pub fn on_sent(mut self, on_sent: impl FnMut(u64) + Send + 'static) -> Self {
+        self.on_sent = Some(Box::new(on_sent));
+        self
     }
 
     /// Sends `body` as a file (`application/octet-stream`), with [`TRANSFER_TIMEOUT`].
@@ -317,9 +326,19 @@ impl Client {
         })?;
         let mut builder = self.http.request(method, &url).headers(headers);
         if let Some(body) = request.body {
-            builder = builder
-                .header(CONTENT_TYPE, request.content_type)
-                .body(body);
+            builder = builder.header(CONTENT_TYPE, request.content_type);
+            builder = match request.on_sent {
+                None => builder.body(body),
+                Some(on_sent) => {
+                    let len = body.len() as u64;
+                    let reader = CountingReader {
+                        inner: std::io::Cursor::new(body),
+                        sent: 0,
+                        on_sent,
+                    };
+                    builder.body(reqwest::blocking::Body::sized(reader, len))
+                }
+            };
         }
         if let Some(timeout) = request.timeout {
             builder = builder.timeout(timeout);
@@ -342,6 +361,22 @@ impl Client {
             headers.insert("X-Vault-Wrap-TTL", value);
         }
         Ok(headers)
+    }
+}
+
+/// A request body that reports how much of it was read (sent) so far.
+struct CountingReader {
+    inner: std::io::Cursor<Vec<u8>>,
+    sent: u64,
+    on_sent: Box<dyn FnMut(u64) + Send>,
+}
+
+impl std::io::Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sent += n as u64;
+        (self.on_sent)(self.sent);
+        Ok(n)
     }
 }
 

@@ -171,19 +171,35 @@ fn restore(ctx: &Ctx, args: &RestoreArgs) -> CmdResult {
     };
     let size = bytes.len() as u64;
     let started = std::time::Instant::now();
-    {
-        use std::io::IsTerminal as _;
-        if std::io::stderr().is_terminal() {
-            let _ = writeln!(
-                std::io::stderr(),
-                "Uploading {} and restoring (the server checks the whole file first)...",
-                output::human_bytes(size)
-            );
-        }
-    }
-    let request = ApiRequest::new(Verb::Post, path)
+    use std::io::IsTerminal as _;
+    let terminal = std::io::stderr().is_terminal();
+    let mut request = ApiRequest::new(Verb::Post, path)
         .without_wrapping()
         .file(bytes);
+    // On a terminal the line is rewritten in place as the upload goes; otherwise one plain
+    // line says when the upload is over and the server's work begins.
+    let mut shown: Option<std::time::Instant> = None;
+    request = request.on_sent(move |sent| {
+        let done = sent == size;
+        let due = shown.is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(250));
+        if terminal && (due || done) {
+            let line = upload_line(sent, size, started.elapsed());
+            let _ = write!(std::io::stderr(), "\r\x1b[2K{line}");
+            shown = Some(std::time::Instant::now());
+        }
+        if done {
+            let (end, line) = if terminal {
+                ("\n", String::new())
+            } else {
+                ("", upload_line(sent, size, started.elapsed()))
+            };
+            let _ = writeln!(
+                std::io::stderr(),
+                "{end}{line}{}Uploaded: the server checks the whole file, then restores...",
+                if terminal { "" } else { "; " }
+            );
+        }
+    });
     ctx.client()?
         .send(request)
         .doing("restoring the snapshot")?;
@@ -194,6 +210,27 @@ fn restore(ctx: &Ctx, args: &RestoreArgs) -> CmdResult {
             output::human_bytes(size),
             started.elapsed().as_secs_f64()
         ),
+    )
+}
+
+/// `12.0 MiB of 40.0 MiB sent (30%, 6.0 MiB/s, ETA 5s)`.
+fn upload_line(sent: u64, size: u64, elapsed: std::time::Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let rate = sent as f64 / secs;
+    let percent = (sent * 100).checked_div(size).unwrap_or(100);
+    let eta = if rate >= 1.0 {
+        format!(
+            ", ETA {}s",
+            ((size - sent.min(size)) as f64 / rate).ceil() as u64
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{} of {} sent ({percent}%, {}/s{eta})",
+        output::human_bytes(sent),
+        output::human_bytes(size),
+        output::human_bytes(rate as u64)
     )
 }
 
@@ -227,4 +264,19 @@ fn check(file: &Path) -> Result<bunker_snapshot::Manifest, CliError> {
         std::fs::File::open(file).map_err(io_error(format!("opening {}", file.display())))?;
     bunker_snapshot::verify(BufReader::new(reader))
         .map_err(|e| CliError::Invalid(format!("Error checking {}: {e}", file.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upload_line_shows_the_share_sent_the_rate_and_what_is_left() {
+        let second = std::time::Duration::from_secs(1);
+        assert_eq!(
+            upload_line(2 * 1024 * 1024, 8 * 1024 * 1024, second),
+            "2.0 MiB of 8.0 MiB sent (25%, 2.0 MiB/s, ETA 3s)"
+        );
+        assert_eq!(upload_line(0, 0, second), "0 B of 0 B sent (100%, 0 B/s)");
+    }
 }
