@@ -298,3 +298,74 @@ fn the_manifest_carries_the_dr_merkle_root_of_the_saved_state() {
     });
     assert!(same, "manifest root {root}, dr/status {status}");
 }
+
+#[test]
+fn a_restore_on_a_dr_primary_starts_a_new_history_that_its_secondary_follows() {
+    use common::dr::{
+        activation_token, adopt_credentials, demote, dr_server, dr_status, enable_primary,
+        enable_secondary, merkle_syncs, promote_with_keys, wait_converged,
+    };
+    let p = dr_server();
+    p.mount_kv2();
+    p.kv_put("kept", json!({"v": "before"}));
+    p.kv_put("changed", json!({"v": "before"}));
+    enable_primary(&p);
+    let mut s = dr_server();
+    enable_secondary(&s, &activation_token(&p, "site-b"));
+    adopt_credentials(&mut s, &p);
+    wait_converged(&p, &s);
+    let file = save(&p);
+    // Written after the snapshot, streamed to the secondary: the restore takes them back.
+    p.kv_put("changed", json!({"v": "after"}));
+    p.kv_put("added", json!({"v": "after"}));
+    wait_converged(&p, &s);
+    let syncs = merkle_syncs(&dr_status(&s));
+    let generation = dr_status(&p)["generation"].as_u64().unwrap();
+
+    // Refused where it cannot work: another cluster's keys on a primary, any restore on a
+    // secondary.
+    let (status, body) = restore(
+        &p,
+        "sys/storage/raft/snapshot-force",
+        Some(&p.root_token),
+        &file,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(errors(&body).join(" ").contains("DR primary"), "{body}");
+    let (status, body) = restore(&s, SNAPSHOT, Some(&s.root_token), &file);
+    assert!(status == 400 || status == 403, "{status} {body}");
+    assert_eq!(
+        p.kv_get("added").0,
+        200,
+        "a refused restore changes nothing"
+    );
+
+    let (status, body) = restore(&p, SNAPSHOT, Some(&p.root_token), &file);
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(p.kv_get("added").0, 404);
+    assert_eq!(p.kv_get("changed").1["v"], json!("before"));
+    assert_eq!(
+        dr_status(&p)["generation"].as_u64(),
+        Some(generation + 1),
+        "a new history"
+    );
+    // The secondary cannot resume from its WAL position: it resyncs by Merkle diff, then
+    // streams what comes next.
+    wait_converged(&p, &s);
+    assert!(
+        merkle_syncs(&dr_status(&s)) > syncs,
+        "the secondary must have resynced: {}",
+        dr_status(&s)
+    );
+    p.kv_put("streamed", json!({"v": "next"}));
+    wait_converged(&p, &s);
+
+    // Promoted, it holds the restored history and what followed, nothing of the old one.
+    demote(&p);
+    let done = promote_with_keys(&s, &p.keys);
+    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+    assert_eq!(s.kv_get("added").0, 404);
+    assert_eq!(s.kv_get("changed").1["v"], json!("before"));
+    assert_eq!(s.kv_get("kept").1["v"], json!("before"));
+    assert_eq!(s.kv_get("streamed").1["v"], json!("next"));
+}

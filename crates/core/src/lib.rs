@@ -26,7 +26,7 @@ mod wrapping;
 
 pub use crate::core::{Core, CoreConfig};
 pub use mounts::{MountEntry, SystemTtls};
-pub use replication_hook::{DrMode, ReplicationHandler};
+pub use replication_hook::{DrMode, ReplicationHandler, RestoreFuture};
 pub use sys::{
     attempt_request, prometheus_to_vault_json, MetricsRenderer, DEFAULT_USAGE_GAUGE_PERIOD,
 };

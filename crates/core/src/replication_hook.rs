@@ -81,7 +81,21 @@ pub trait ReplicationHandler: Send + Sync {
 
     /// Set the replication gauges (a `sys/metrics` scrape is about to render). Must not block.
     fn record_metrics(&self) {}
+
+    /// On a DR primary, run `restore` (a snapshot restore replacing the storage) as the start
+    /// of a new history: the secondaries must resync instead of resuming (see `crates/dr`).
+    /// `restore` must not call back into replication.
+    async fn restore_on_primary(&self, restore: RestoreFuture<'_>) -> Result<()> {
+        drop(restore);
+        Err(LogicalError::InvalidRequest(
+            "restoring a snapshot on a DR primary is not supported by this build".into(),
+        ))
+    }
 }
+
+/// What [`ReplicationHandler::restore_on_primary`] runs.
+pub type RestoreFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
 
 impl Core {
     pub fn set_replication(&self, handler: Arc<dyn ReplicationHandler>) {

@@ -183,6 +183,14 @@ pub enum Command {
     },
     DemotePrimary,
     DisablePrimary,
+    /// A snapshot restore is about to replace this primary's storage: a new history starts.
+    /// The generation moves on (no secondary can resume from a WAL position of the old one:
+    /// each resyncs by Merkle diff), the live streams close, and nothing is recorded in the WAL
+    /// until [`Command::EndRestore`] (the restore's batches are far larger than WAL entries,
+    /// and no secondary could use them).
+    BeginRestore,
+    /// The restore is over (done or failed): the WAL records again.
+    EndRestore,
     /// Record a secondary and the fingerprint of the certificate issued with its token.
     IssueSecondaryToken {
         id: String,
@@ -334,6 +342,16 @@ pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> 
             let mut next = new_mode(Mode::Primary, cluster_id, 1);
             next.primary = Some(primary);
             step(next, &[Persist, InstallTls, StartWalRecording])
+        }
+        Command::BeginRestore => {
+            require(state, Mode::Primary)?;
+            let mut next = state.clone();
+            next.generation = state.generation.saturating_add(1);
+            step(next, &[Persist, CloseSessions(None), StopWalRecording])
+        }
+        Command::EndRestore => {
+            require(state, Mode::Primary)?;
+            step(state.clone(), &[Persist, StartWalRecording])
         }
         Command::DemotePrimary => {
             require(state, Mode::Primary)?;

@@ -253,6 +253,34 @@ impl ReplicationHandler for DrManager {
         (self.dr_mode() == DrMode::Primary).then(|| self.inner.wal.last_index())
     }
 
+    /// The restore runs under the replication state's lock: no secondary is admitted until it
+    /// is over, and the new generation is persisted before the storage changes, so a crash in
+    /// the middle still makes every secondary resync (from whatever the restore left, which is
+    /// what this cluster then holds too). Writes of clients during the window are not in the
+    /// WAL either; the secondaries' Merkle sync, which compares whole keyspaces, brings them.
+    async fn restore_on_primary(&self, restore: bunker_core::RestoreFuture<'_>) -> LResult<()> {
+        let inner = &self.inner;
+        let core = inner.core.upgrade().ok_or_else(|| {
+            bunker_sdk::LogicalError::Unavailable("the server is shutting down".into())
+        })?;
+        let mut state = inner.state.lock().await;
+        let command = crate::control::Command::BeginRestore;
+        inner
+            .apply(&mut state, command, core.as_ref(), Default::default())
+            .await?;
+        tracing::warn!(
+            generation = state.generation,
+            "restoring a snapshot on a DR primary: a new history; every secondary resyncs"
+        );
+        let restored = restore.await;
+        inner.invalidate_merkle();
+        let command = crate::control::Command::EndRestore;
+        let recording = inner
+            .apply(&mut state, command, core.as_ref(), Default::default())
+            .await;
+        restored.and(recording)
+    }
+
     async fn handle(
         &self,
         core: &Core,

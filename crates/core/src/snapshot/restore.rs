@@ -1,8 +1,13 @@
 //! Restoring a snapshot file over this server's storage.
 //!
-//! Order: refuse on DR clusters; check the whole file (every checksum, key order, the
-//! manifest) before anything changes; check that the snapshot's keyring opens with this
-//! server's root key unless forced; then replace the storage's contents with the snapshot's.
+//! Order: refuse on DR secondaries (and forced restores on DR primaries); check the whole file
+//! (every checksum, key order, the manifest) before anything changes; check that the
+//! snapshot's keyring opens with this server's root key unless forced; then replace the
+//! storage's contents with the snapshot's.
+//!
+//! On a DR primary the replacement runs inside replication's restore window
+//! ([`crate::replication_hook::ReplicationHandler::restore_on_primary`]): a new history
+//! (generation) starts, so every secondary resyncs by Merkle diff instead of resuming.
 //!
 //! - **One atomic batch** when the change (puts and deletes) fits the storage's batch limits:
 //!   all or nothing, and the server keeps serving throughout.
@@ -47,12 +52,23 @@ impl Core {
         file: &[u8],
         force: bool,
     ) -> Result<()> {
-        if self.dr_mode() != DrMode::Disabled {
-            return Err(LogicalError::InvalidRequest(
-                "restoring a snapshot on a DR primary or secondary is not supported: disable \
-                 replication first (docs/snapshots.md)"
-                    .into(),
-            ));
+        match (self.dr_mode(), force) {
+            (DrMode::Disabled, _) | (DrMode::Primary, false) => {}
+            (DrMode::Primary, true) => {
+                return Err(LogicalError::InvalidRequest(
+                    "a forced restore (another cluster's keys) is not supported on a DR \
+                     primary: its secondaries could not follow the new keys; disable \
+                     replication first (docs/snapshots.md)"
+                        .into(),
+                ))
+            }
+            (DrMode::Secondary, _) => {
+                return Err(LogicalError::InvalidRequest(
+                    "a DR secondary holds its primary's data: restore the snapshot on the \
+                     primary, and this cluster follows (docs/snapshots.md)"
+                        .into(),
+                ))
+            }
         }
         let Ok(_guard) = self.snapshot_restore_lock.try_lock() else {
             return Err(LogicalError::InvalidRequest(
@@ -94,13 +110,28 @@ impl Core {
         } else {
             Some(self.barrier.root_key()?)
         };
-        if one_batch {
-            let mut all = plan.puts;
-            all.extend(plan.deletes);
-            self.barrier.backend().batch(all).await?;
-        } else {
-            self.seal_core();
-            self.apply_staged(plan).await?;
+        let apply = async move {
+            if one_batch {
+                let mut all = plan.puts;
+                all.extend(plan.deletes);
+                self.barrier.backend().batch(all).await?;
+            } else {
+                self.seal_core();
+                self.apply_staged(plan).await?;
+            }
+            Ok(())
+        };
+        // The mode again, as it is now: replication re-checks it under its own lock.
+        match (self.dr_mode(), self.replication_handler()) {
+            (DrMode::Disabled, _) => apply.await?,
+            (DrMode::Primary, Some(replication)) => {
+                replication.restore_on_primary(Box::pin(apply)).await?
+            }
+            _ => {
+                return Err(LogicalError::InvalidRequest(
+                    "the DR mode changed while the snapshot was read: nothing was restored".into(),
+                ))
+            }
         }
         if !initialized || force {
             self.seal_core();

@@ -313,11 +313,43 @@ fn stale_stream_reports_are_refused() {
     .is_err());
 }
 
+#[test]
+fn a_restore_on_a_primary_starts_a_new_history() {
+    let p = primary();
+    let begun = transition(&p, Command::BeginRestore).expect("on a primary");
+    assert_eq!(begun.state.generation, p.generation + 1);
+    assert_eq!(
+        begun.effects,
+        vec![
+            Effect::Persist,
+            Effect::CloseSessions(None),
+            Effect::StopWalRecording
+        ]
+    );
+    let ended = transition(&begun.state, Command::EndRestore).expect("on a primary");
+    assert_eq!(ended.state.generation, p.generation + 1);
+    assert_eq!(
+        ended.effects,
+        vec![Effect::Persist, Effect::StartWalRecording]
+    );
+    // Nowhere else: a secondary follows its primary's history, a disabled cluster has none.
+    let secondary = consistent(&apply(
+        &ReplState::default(),
+        Command::EnableSecondary(activation("c1", 1)),
+    ));
+    for s in [ReplState::default(), secondary] {
+        assert!(transition(&s, Command::BeginRestore).is_err());
+        assert!(transition(&s, Command::EndRestore).is_err());
+    }
+}
+
 /// A random command that is valid-looking for some mode.
 fn random_command(rng: &mut StdRng, now: u64) -> Command {
     let id = format!("s{}", rng.gen_range(0..3));
     let cert = |rng: &mut StdRng| format!("cert-{}", rng.gen_range(0..6));
-    match rng.gen_range(0..18) {
+    match rng.gen_range(0..20) {
+        18 => Command::BeginRestore,
+        19 => Command::EndRestore,
         15 => Command::RenewSecondaryCertificate {
             id,
             presented: cert(rng),
