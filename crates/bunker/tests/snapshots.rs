@@ -369,3 +369,30 @@ fn a_restore_on_a_dr_primary_starts_a_new_history_that_its_secondary_follows() {
     assert_eq!(s.kv_get("kept").1["v"], json!("before"));
     assert_eq!(s.kv_get("streamed").1["v"], json!("next"));
 }
+
+#[test]
+fn a_restore_larger_than_a_storage_batch_is_one_transaction() {
+    use common::dr::bulk_put;
+    // Over 10,000 storage operations (a KV v2 secret is two keys): more than one batch.
+    const SECRETS: usize = 2600;
+    let a = TestServer::initialized();
+    a.mount_kv2();
+    bulk_put(&a, "app/", 0..SECRETS, "kept");
+    let file = save(&a);
+    bulk_put(&a, "extra/", 0..SECRETS, "undone");
+    bulk_put(&a, "app/", 0..SECRETS, "changed");
+
+    let (status, body) = restore(&a, SNAPSHOT, Some(&a.root_token), &file);
+    assert_eq!(status, 204, "{body}");
+    // Applied in one transaction: the server never sealed and serves the snapshot's data.
+    assert!(
+        !sealed(&a),
+        "a restore of this cluster's snapshot keeps serving"
+    );
+    for i in (0..SECRETS).step_by(173).chain([SECRETS - 1]) {
+        let (code, data) = a.kv_get(&format!("app/{i}"));
+        assert_eq!(code, 200);
+        assert_eq!(data["round"], json!("kept"), "app/{i}: {data}");
+        assert_eq!(a.kv_get(&format!("extra/{i}")).0, 404, "extra/{i}");
+    }
+}

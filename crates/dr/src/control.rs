@@ -351,7 +351,8 @@ pub fn transition(state: &ReplState, command: Command) -> Result<Step, Refusal> 
         }
         Command::EndRestore => {
             require(state, Mode::Primary)?;
-            step(state.clone(), &[Persist, StartWalRecording])
+            // Recording first: it must resume even if the persist (of an unchanged state) fails.
+            step(state.clone(), &[StartWalRecording, Persist])
         }
         Command::DemotePrimary => {
             require(state, Mode::Primary)?;

@@ -239,6 +239,21 @@ impl DrManager {
     }
 }
 
+/// Written (a local key) after a restore on a primary, through the storage's write queue: when
+/// it is durable, every write admitted during the restore window is too.
+const RESTORE_SETTLED_KEY: &str = "repl/restore/settled-generation";
+
+/// Turns WAL recording back on when dropped, if this cluster is still a primary.
+struct ResumeRecording<'a>(&'a Arc<Inner>);
+
+impl Drop for ResumeRecording<'_> {
+    fn drop(&mut self) {
+        if self.0.mode() == Mode::Primary && !self.0.wal.is_recording() {
+            self.0.wal.promote();
+        }
+    }
+}
+
 #[async_trait]
 impl ReplicationHandler for DrManager {
     fn dr_mode(&self) -> DrMode {
@@ -268,17 +283,33 @@ impl ReplicationHandler for DrManager {
         inner
             .apply(&mut state, command, core.as_ref(), Default::default())
             .await?;
+        // Whatever happens from here (an error, a panic, this future dropped), recording
+        // resumes: a primary that stopped recording for good would let its secondaries drift.
+        let resume = ResumeRecording(inner);
         tracing::warn!(
             generation = state.generation,
             "restoring a snapshot on a DR primary: a new history; every secondary resyncs"
         );
         let restored = restore.await;
-        inner.invalidate_merkle();
         let command = crate::control::Command::EndRestore;
-        let recording = inner
+        let ended = inner
             .apply(&mut state, command, core.as_ref(), Default::default())
             .await;
-        restored.and(recording)
+        drop(resume);
+        // Writes admitted while recording was off may still be committing: one more write
+        // through the same queue waits for them, then the cached Merkle tree is dropped, so no
+        // tree that misses them serves a secondary's sync.
+        let settled = inner
+            .backend
+            .put(
+                RESTORE_SETTLED_KEY,
+                state.generation.to_string().into_bytes(),
+            )
+            .await;
+        inner.invalidate_merkle();
+        restored
+            .and(ended)
+            .and(settled.map_err(bunker_sdk::LogicalError::from))
     }
 
     async fn handle(

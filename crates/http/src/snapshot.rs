@@ -60,7 +60,7 @@ pub(crate) async fn handle(
     match action {
         SnapshotAction::Save => save(core, permit).await,
         SnapshotAction::Restore { force } => {
-            let Ok(_upload) = limits.uploads.try_acquire() else {
+            let Ok(upload) = limits.uploads.clone().try_acquire_owned() else {
                 return status::from_error(&LogicalError::Unavailable(
                     "a snapshot upload is already in progress".into(),
                 ));
@@ -70,9 +70,20 @@ pub(crate) async fn handle(
                     Ok(file) => file,
                     Err(e) => return status::body_error(e),
                 };
-            match core.snapshot_restore(&permit, &file, force).await {
-                Ok(()) => StatusCode::NO_CONTENT.into_response(),
-                Err(e) => status::from_error(&e),
+            // Its own task: a client that hangs up does not cut a restore in the middle (on a
+            // DR primary that would end the restore window at an arbitrary point). The upload
+            // slot is held until it is over.
+            let restore = tokio::spawn(async move {
+                let result = core.snapshot_restore(&permit, &file, force).await;
+                drop(upload);
+                result
+            });
+            match restore.await {
+                Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+                Ok(Err(e)) => status::from_error(&e),
+                Err(e) => status::from_error(&LogicalError::Internal(format!(
+                    "the snapshot restore stopped: {e}"
+                ))),
             }
         }
     }

@@ -39,6 +39,7 @@ pub async fn exercise_backend(backend: &dyn Backend) {
     binary_values(backend).await;
     invalid_input(backend).await;
     batches(backend).await;
+    unbounded_batches(backend).await;
     list(backend).await;
     scan(backend).await;
     snapshot(backend).await;
@@ -206,6 +207,38 @@ async fn batches(b: &dyn Backend) {
         ok(b.list("conformance/batch/many/").await, "list").is_empty(),
         "an oversized batch applies nothing"
     );
+}
+
+/// `batch_unbounded`: more ops than a batch may hold, in one transaction; each key and value is
+/// still checked, and a bad one rejects the whole batch.
+async fn unbounded_batches(b: &dyn Backend) {
+    let many = MAX_BATCH_OPS + 7;
+    let key = |i: usize| format!("conformance/unbounded/{i:06}");
+    let mut ops: Vec<Op> = (0..many).map(|i| put(&key(i), b"v")).collect();
+    ops.push(Op::Delete { key: key(3) });
+    ok(b.batch_unbounded(ops).await, "an unbounded batch");
+    let listed = ok(b.list("conformance/unbounded/").await, "list");
+    assert_eq!(listed.len(), many - 1, "every put but the deleted key");
+    assert_eq!(ok(b.get(&key(3)).await, "get"), None, "ops apply in order");
+    assert_eq!(ok(b.get(&key(many - 1)).await, "get"), Some(b"v".to_vec()));
+
+    let mut bad: Vec<Op> = (0..many).map(|i| Op::Delete { key: key(i) }).collect();
+    bad.push(put("", b"no key"));
+    assert!(
+        b.batch_unbounded(bad).await.is_err(),
+        "an empty key rejects the whole batch"
+    );
+    assert_eq!(
+        ok(b.list("conformance/unbounded/").await, "list").len(),
+        many - 1,
+        "a rejected unbounded batch deletes nothing"
+    );
+    let cleanup: Vec<Op> = (0..many).map(|i| Op::Delete { key: key(i) }).collect();
+    ok(
+        b.batch_unbounded(cleanup).await,
+        "deleting them all at once",
+    );
+    assert!(ok(b.list("conformance/unbounded/").await, "list").is_empty());
 }
 
 async fn list(b: &dyn Backend) {

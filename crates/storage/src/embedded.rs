@@ -149,6 +149,10 @@ impl Backend for EmbeddedBackend {
         self.writer.submit(ops).await
     }
 
+    async fn batch_unbounded(&self, ops: Vec<Op>) -> Result<()> {
+        self.writer.submit_unbounded(ops, None).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let entries = self.entries()?;
         list_children(prefix, |start| {

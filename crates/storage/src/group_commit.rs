@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::hook::{checked_extra_ops, HookSlot};
-use crate::limits::{batch_bytes, validate_batch};
+use crate::hook::{checked_extra_ops_within, HookSlot};
+use crate::limits::{batch_bytes, validate_batch, validate_ops, MAX_BATCH_OPS};
 use crate::{CommitHook, Op, Result, StorageError, StorageMetrics};
 
 /// A running writer thread and what callers share with it. Dropping it closes the queue and
@@ -78,6 +78,17 @@ impl Writer {
     /// ([`GroupStore::admits`]).
     pub(crate) async fn submit_tagged(&self, ops: Vec<Op>, epoch: Option<u64>) -> Result<()> {
         validate_batch(&ops)?;
+        self.enqueue(ops, epoch, false).await
+    }
+
+    /// As [`Writer::submit_tagged`], without the limit on the number of ops
+    /// ([`crate::Backend::batch_unbounded`]).
+    pub(crate) async fn submit_unbounded(&self, ops: Vec<Op>, epoch: Option<u64>) -> Result<()> {
+        validate_ops(&ops)?;
+        self.enqueue(ops, epoch, true).await
+    }
+
+    async fn enqueue(&self, ops: Vec<Op>, epoch: Option<u64>, unbounded: bool) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -90,6 +101,7 @@ impl Writer {
                 bytes,
                 reply,
                 epoch,
+                unbounded,
             })
             .await
             .map_err(|_| StorageError::Closed)?;
@@ -124,6 +136,8 @@ pub(crate) struct WriteRequest {
     pub(crate) reply: oneshot::Sender<Result<()>>,
     /// The HA lock epoch the request was admitted under, if any.
     pub(crate) epoch: Option<u64>,
+    /// Exempt from the limit on the number of ops ([`Writer::submit_unbounded`]).
+    pub(crate) unbounded: bool,
 }
 
 /// Where the writer commits: applies a group of batches in one durable transaction.
@@ -264,7 +278,12 @@ fn prepare(request: WriteRequest, hook: Option<&dyn CommitHook>) -> Option<Prepa
             extra: Vec::new(),
         });
     };
-    match checked_extra_ops(hook, &request.ops) {
+    let limit = if request.unbounded {
+        usize::MAX
+    } else {
+        MAX_BATCH_OPS
+    };
+    match checked_extra_ops_within(hook, &request.ops, limit) {
         Ok(extra) => Some(Prepared { request, extra }),
         Err(error) => {
             let _ = request.reply.send(Err(error));
@@ -395,6 +414,7 @@ mod tests {
                 bytes,
                 reply,
                 epoch: None,
+                unbounded: false,
             },
             receiver,
         )

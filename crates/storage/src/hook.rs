@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::limits::{validate_batch, MAX_BATCH_OPS};
+use crate::limits::validate_batch;
 use crate::{Op, Result, StorageError};
 
 /// Called by a backend for every batch it commits, in commit order.
@@ -63,16 +63,18 @@ impl std::fmt::Debug for HookSlot {
 }
 
 /// Asks `hook` for the extra ops of `ops` and checks them like a caller's batch: each key and
-/// value within limits, and `ops` plus the extra ops at most [`MAX_BATCH_OPS`].
-pub(crate) fn checked_extra_ops(hook: &dyn CommitHook, ops: &[Op]) -> Result<Vec<Op>> {
+/// value within limits, and `ops` plus the extra ops at most `limit`. `limit` bounds `ops` with its extra ops ([`crate::limits::MAX_BATCH_OPS`] for a batch, `usize::MAX` for an
+/// unbounded one, whose extra ops still form a valid batch on their own).
+pub(crate) fn checked_extra_ops_within(
+    hook: &dyn CommitHook,
+    ops: &[Op],
+    limit: usize,
+) -> Result<Vec<Op>> {
     let extra = hook.extra_ops(ops);
     validate_batch(&extra)?;
     let total = ops.len().saturating_add(extra.len());
-    if total > MAX_BATCH_OPS {
-        return Err(StorageError::BatchTooLarge {
-            ops: total,
-            limit: MAX_BATCH_OPS,
-        });
+    if total > limit {
+        return Err(StorageError::BatchTooLarge { ops: total, limit });
     }
     Ok(extra)
 }

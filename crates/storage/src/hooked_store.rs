@@ -57,6 +57,13 @@ impl<H: StoreHooks> Backend for HookedStore<H> {
         Ok(())
     }
 
+    async fn batch_unbounded(&self, ops: Vec<Op>) -> Result<()> {
+        self.hooks.before_batch().await?;
+        self.store.batch_unbounded(ops).await?;
+        self.hooks.after_batch().await;
+        Ok(())
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.store.list(prefix).await
     }

@@ -14,8 +14,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use crate::hook::{checked_extra_ops, HookSlot};
-use crate::limits::{validate_batch, validate_key};
+use crate::hook::{checked_extra_ops_within, HookSlot};
+use crate::limits::{validate_batch, validate_key, validate_ops, MAX_BATCH_OPS};
 use crate::listing::{list_children, scan_prefix};
 use crate::snapshot::PageBuilder;
 use crate::{Backend, CommitHook, Op, Result, SnapshotSink, StorageMetrics};
@@ -39,27 +39,16 @@ impl InmemBackend {
         self.entries.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Vec<u8>>> {
-        self.entries.write().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-#[async_trait]
-impl Backend for InmemBackend {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        validate_key(key)?;
-        Ok(self.read().get(key).cloned())
-    }
-
-    async fn batch(&self, ops: Vec<Op>) -> Result<()> {
-        validate_batch(&ops)?;
+    /// Applies `ops` (already checked) and the hook's extra ops, which may bring the total to
+    /// at most `limit`.
+    fn commit(&self, ops: Vec<Op>, limit: usize) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
         let mut entries = self.write();
         let hook = self.hook.get();
         let extra = match &hook {
-            Some(hook) => checked_extra_ops(hook.as_ref(), &ops)?,
+            Some(hook) => checked_extra_ops_within(hook.as_ref(), &ops, limit)?,
             None => Vec::new(),
         };
         let op_count = (ops.len() + extra.len()) as u64;
@@ -81,6 +70,28 @@ impl Backend for InmemBackend {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.ops.fetch_add(op_count, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Vec<u8>>> {
+        self.entries.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Backend for InmemBackend {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        validate_key(key)?;
+        Ok(self.read().get(key).cloned())
+    }
+
+    async fn batch(&self, ops: Vec<Op>) -> Result<()> {
+        validate_batch(&ops)?;
+        self.commit(ops, MAX_BATCH_OPS)
+    }
+
+    async fn batch_unbounded(&self, ops: Vec<Op>) -> Result<()> {
+        validate_ops(&ops)?;
+        self.commit(ops, usize::MAX)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {

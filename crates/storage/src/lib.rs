@@ -87,6 +87,21 @@ pub trait Backend: Send + Sync + 'static {
     /// commit).
     async fn batch(&self, ops: Vec<Op>) -> Result<()>;
 
+    /// As [`Backend::batch`], without the limit on the number of ops (each key and value is
+    /// still checked): one transaction, all or nothing, however large. For replacing the whole
+    /// store at once (a snapshot restore); it holds the batch in memory, so callers bound it.
+    /// The default refuses what does not fit a batch: a backend that cannot commit more says
+    /// so.
+    async fn batch_unbounded(&self, ops: Vec<Op>) -> Result<()> {
+        if ops.len() > limits::MAX_BATCH_OPS {
+            return Err(StorageError::BatchTooLarge {
+                ops: ops.len(),
+                limit: limits::MAX_BATCH_OPS,
+            });
+        }
+        self.batch(ops).await
+    }
+
     /// Vault's LIST semantics: the immediate children of `prefix`, sorted and deduplicated.
     /// A key `prefix + "a"` lists as `a`; a key `prefix + "b/c"` lists as `b/`.
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;

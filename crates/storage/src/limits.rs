@@ -36,6 +36,12 @@ pub fn validate_batch(ops: &[Op]) -> Result<()> {
             limit: MAX_BATCH_OPS,
         });
     }
+    validate_ops(ops)
+}
+
+/// Checks each key and value of `ops`, whatever their number (see
+/// [`crate::Backend::batch_unbounded`]).
+pub fn validate_ops(ops: &[Op]) -> Result<()> {
     for op in ops {
         validate_key(op.key())?;
         if let Op::Put { key, value } = op {

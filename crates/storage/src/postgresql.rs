@@ -407,6 +407,11 @@ impl Backend for PostgresBackend {
         self.writer.submit_tagged(ops, epoch).await
     }
 
+    async fn batch_unbounded(&self, ops: Vec<Op>) -> Result<()> {
+        let epoch = crate::ha::current_write_epoch();
+        self.writer.submit_unbounded(ops, epoch).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         // As `listing::list_children`, one query per page or per child directory.
         let mut children = Vec::new();
@@ -797,48 +802,119 @@ impl PgStore {
                 Op::Delete { key } => last.insert(key, None),
             };
         }
-        let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
-        for (key, value) in last {
-            match value {
-                Some(v) => {
-                    put_keys.push(key);
-                    put_values.push(v);
+        let fence_and_term = self.fence.get_with_term();
+        let fence = match (fence_and_term.0, &self.ha_table) {
+            (Fence::Off, _) => None,
+            (Fence::Active { node_id, epoch }, Some(_)) => Some((node_id, epoch)),
+            _ => return Err(crate::ha::fenced_error()),
+        };
+        let scope = match &fence {
+            None => ReadScope::Single,
+            Some((_, epoch)) => ReadScope::Epoch {
+                epoch: *epoch,
+                term: fence_and_term.1,
+            },
+        };
+        let entries: Vec<WriteRow<'_>> = last.into_iter().collect();
+        let chunks = statement_chunks(&entries);
+        let WriterConnection { client, write, .. } = conn;
+        let fenced_out = if chunks.len() <= 1 {
+            // One statement: its own transaction.
+            let chunk = chunks.first().copied().unwrap_or(&[]);
+            !write_chunk(client, write, chunk, fence.as_ref()).map_err(&mut write_error)?
+        } else {
+            // A group larger than one statement should carry (a snapshot restore): several
+            // statements, one transaction, all or nothing.
+            let mut txn = client.transaction().map_err(&mut write_error)?;
+            let mut fenced_out = false;
+            for chunk in &chunks {
+                if !write_chunk(&mut txn, write, chunk, fence.as_ref()).map_err(&mut write_error)? {
+                    fenced_out = true;
+                    break;
                 }
-                None => deletes.push(key),
             }
+            if !fenced_out {
+                txn.commit().map_err(&mut write_error)?;
+            }
+            fenced_out
+        };
+        if let (true, Some((_, epoch))) = (fenced_out, &fence) {
+            self.fence.lost(*epoch);
+            tracing::warn!(epoch, "write refused: this node lost the HA lock");
+            return Err(crate::ha::lock_lost_error());
         }
-        let (fence, term) = self.fence.get_with_term();
-        match (fence, &self.ha_table) {
-            (Fence::Off, _) => {
-                conn.client
-                    .query_one(&conn.write, &[&put_keys, &put_values, &deletes])
-                    .map_err(&mut write_error)?;
-                Ok(Some(ReadScope::Single))
+        Ok(Some(scope))
+    }
+}
+
+/// One row of a write: a key and its new value (`None`: deleted).
+type WriteRow<'a> = (&'a str, Option<&'a [u8]>);
+
+/// Most rows one write statement carries, and about the most key and value bytes (a bound well
+/// below PostgreSQL's 1 GB per parameter).
+const STATEMENT_ROWS: usize = 10_000;
+const STATEMENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// `entries` cut into runs of at most [`STATEMENT_ROWS`] rows and about [`STATEMENT_BYTES`]
+/// (a run always takes at least one entry).
+fn statement_chunks<'a>(entries: &'a [WriteRow<'a>]) -> Vec<&'a [WriteRow<'a>]> {
+    let mut chunks = Vec::new();
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let mut bytes = 0usize;
+        let mut take = 0usize;
+        for (key, value) in rest.iter().take(STATEMENT_ROWS) {
+            let size = key.len() + value.map_or(0, <[u8]>::len);
+            if take > 0 && bytes.saturating_add(size) > STATEMENT_BYTES {
+                break;
             }
-            (Fence::Active { node_id, epoch }, Some(_)) => {
-                let epoch_sql = i64::try_from(epoch).unwrap_or(i64::MAX);
-                let row = conn
-                    .client
-                    .query_one(
-                        &conn.write,
-                        &[
-                            &put_keys,
-                            &put_values,
-                            &deletes,
-                            &LOCK_KEY,
-                            &node_id,
-                            &epoch_sql,
-                        ],
-                    )
-                    .map_err(&mut write_error)?;
-                if row.get::<_, i64>(0) == 0 {
-                    self.fence.lost(epoch);
-                    tracing::warn!(epoch, "write refused: this node lost the HA lock");
-                    return Err(crate::ha::lock_lost_error());
-                }
-                Ok(Some(ReadScope::Epoch { epoch, term }))
+            bytes = bytes.saturating_add(size);
+            take += 1;
+        }
+        let (chunk, tail) = rest.split_at(take.max(1).min(rest.len()));
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
+}
+
+/// Runs the write statement for `chunk` (upserts and deletes) on `client`, fenced by the HA
+/// lock at `fence` when given. Returns whether the fence held (without HA: always).
+fn write_chunk(
+    client: &mut impl postgres::GenericClient,
+    write: &postgres::Statement,
+    chunk: &[WriteRow<'_>],
+    fence: Option<&(String, u64)>,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, value) in chunk {
+        match value {
+            Some(v) => {
+                put_keys.push(*key);
+                put_values.push(*v);
             }
-            _ => Err(crate::ha::fenced_error()),
+            None => deletes.push(*key),
+        }
+    }
+    match fence {
+        None => {
+            client.query_one(write, &[&put_keys, &put_values, &deletes])?;
+            Ok(true)
+        }
+        Some((node_id, epoch)) => {
+            let epoch_sql = i64::try_from(*epoch).unwrap_or(i64::MAX);
+            let row = client.query_one(
+                write,
+                &[
+                    &put_keys,
+                    &put_values,
+                    &deletes,
+                    &LOCK_KEY,
+                    node_id,
+                    &epoch_sql,
+                ],
+            )?;
+            Ok(row.get::<_, i64>(0) > 0)
         }
     }
 }

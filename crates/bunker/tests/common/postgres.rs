@@ -112,6 +112,11 @@ impl Postgres {
         );
     }
 
+    /// The server's address, `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// A connection URL for database `postgres` (`sslmode=disable`: loopback).
     pub fn url(&self) -> String {
         format!(
@@ -157,43 +162,6 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
-/// A psql session kept open, to hold a transaction (and its locks) across a test's steps.
-pub struct Session {
-    child: std::process::Child,
-}
-
-impl Session {
-    /// Send SQL to the session (executed as soon as psql reads it).
-    pub fn send(&mut self, sql: &str) {
-        use std::io::Write as _;
-        let stdin = self.child.stdin.as_mut().expect("psql stdin");
-        writeln!(stdin, "{sql}").expect("write to psql");
-        stdin.flush().expect("flush psql");
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // End of input ends psql (and any open transaction with it).
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
-
-impl Postgres {
-    /// An interactive psql session on database `postgres`.
-    pub fn session(&self) -> Session {
-        let child = self
-            .psql()
-            .arg("postgres")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start psql");
-        Session { child }
     }
 }
 

@@ -9,12 +9,15 @@
 //! ([`crate::replication_hook::ReplicationHandler::restore_on_primary`]): a new history
 //! (generation) starts, so every secondary resyncs by Merkle diff instead of resuming.
 //!
-//! - **One atomic batch** when the change (puts and deletes) fits the storage's batch limits:
-//!   all or nothing, and the server keeps serving throughout.
-//! - **Staged** otherwise: the server is sealed first, a marker is written, the change is
-//!   applied in batches, and the marker is removed in the last one. A staged restore that
-//!   fails leaves the marker, and the server refuses to unseal until a restore completes
-//!   (restoring the same file again finishes the job): it is never served half restored.
+//! The change (puts and deletes) is **one transaction** whatever its size
+//! ([`bunker_storage::Backend::batch_unbounded`]: one redb write transaction, one PostgreSQL
+//! transaction of several statements): all or nothing, a failed restore leaves the server as it
+//! was, and the server keeps serving the old data until the new is committed. It holds the
+//! change in memory, bounded by the upload's own bound (`max_snapshot_size`).
+//!
+//! Earlier versions applied large restores in stages behind a marker; a server that still holds
+//! that marker (a staged restore that did not finish) refuses to unseal until a restore
+//! completes.
 //!
 //! Afterwards a server that was not initialised is initialised and sealed (unseal with the
 //! snapshot's keys); a forced restore seals (the keyring may be another cluster's); a restore
@@ -22,7 +25,6 @@
 
 use std::collections::BTreeSet;
 
-use bunker_storage::limits::MAX_BATCH_OPS;
 use bunker_storage::Op;
 
 use super::{snapshot_error, SnapshotPermit, REPLICATION_PREFIX};
@@ -30,12 +32,10 @@ use crate::core::Core;
 use crate::logical::{LogicalError, Result};
 use crate::replication_hook::DrMode;
 
-/// Plaintext marker of a staged restore in progress.
+/// Plaintext marker of a staged restore in progress (written by earlier versions).
 pub const RESTORE_MARKER_PATH: &str = "core/snapshot-restore";
-/// Largest change applied as one batch (keys and values).
-const ONE_BATCH_BYTES: usize = 32 * 1024 * 1024;
-/// Ops per batch of a staged restore.
-const STAGE_OPS: usize = 1024;
+/// Keys read per page when listing what the restore deletes.
+const SCAN_PAGE: usize = 1024;
 
 /// What a snapshot holds, read into storage operations.
 struct Plan {
@@ -96,29 +96,23 @@ impl Core {
                     .into(),
             ));
         }
-        let ops = plan.puts.len() + plan.deletes.len();
-        let one_batch = ops < MAX_BATCH_OPS && plan.bytes <= ONE_BATCH_BYTES;
         tracing::info!(
             entries = manifest.entries,
             snapshot_cluster_id = %manifest.meta.cluster_id,
             force,
-            one_batch,
+            puts = plan.puts.len(),
+            deletes = plan.deletes.len(),
+            bytes = plan.bytes,
             "restoring a snapshot"
         );
-        let root_key = if one_batch || force || !initialized {
-            None
-        } else {
-            Some(self.barrier.root_key()?)
-        };
         let apply = async move {
-            if one_batch {
-                let mut all = plan.puts;
-                all.extend(plan.deletes);
-                self.barrier.backend().batch(all).await?;
-            } else {
-                self.seal_core();
-                self.apply_staged(plan).await?;
-            }
+            let mut all = plan.puts;
+            all.extend(plan.deletes);
+            // A marker left by an earlier version's staged restore goes with the rest.
+            all.push(Op::Delete {
+                key: RESTORE_MARKER_PATH.into(),
+            });
+            self.barrier.backend().batch_unbounded(all).await?;
             Ok(())
         };
         // The mode again, as it is now: replication re-checks it under its own lock.
@@ -139,10 +133,7 @@ impl Core {
             return Ok(());
         }
         self.teardown();
-        let reloaded = match root_key {
-            Some(key) => self.unseal_with_root_key(&key).await,
-            None => self.reload_tables().await,
-        };
+        let reloaded = self.reload_tables().await;
         if let Err(e) = reloaded {
             self.seal_core();
             return Err(LogicalError::Internal(format!(
@@ -175,7 +166,7 @@ impl Core {
         let mut deletes = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = backend.scan("", after.as_deref(), STAGE_OPS).await?;
+            let page = backend.scan("", after.as_deref(), SCAN_PAGE).await?;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             for (key, _) in page {
@@ -191,26 +182,6 @@ impl Core {
             deletes,
             bytes,
         })
-    }
-
-    /// A restore too large for one batch: marker, batches, marker removed with the last.
-    async fn apply_staged(&self, plan: Plan) -> Result<()> {
-        let backend = self.barrier.backend();
-        backend
-            .put(RESTORE_MARKER_PATH, b"{\"state\":\"restoring\"}".to_vec())
-            .await?;
-        let mut ops = plan.puts;
-        ops.extend(plan.deletes);
-        ops.push(Op::Delete {
-            key: RESTORE_MARKER_PATH.into(),
-        });
-        let mut rest = ops.as_slice();
-        while !rest.is_empty() {
-            let (batch, tail) = rest.split_at(rest.len().min(STAGE_OPS));
-            backend.batch(batch.to_vec()).await?;
-            rest = tail;
-        }
-        Ok(())
     }
 
     /// Refuses to unseal over a staged restore that did not finish.

@@ -330,7 +330,7 @@ fn a_restore_on_a_primary_starts_a_new_history() {
     assert_eq!(ended.state.generation, p.generation + 1);
     assert_eq!(
         ended.effects,
-        vec![Effect::Persist, Effect::StartWalRecording]
+        vec![Effect::StartWalRecording, Effect::Persist]
     );
     // Nowhere else: a secondary follows its primary's history, a disabled cluster has none.
     let secondary = consistent(&apply(

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::*;
+use crate::limits::MAX_BATCH_OPS;
 use crate::{Backend, EmbeddedBackend, HookedBackend, InmemBackend};
 
 const HOOK_PREFIX: &str = "hook/";
