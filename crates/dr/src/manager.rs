@@ -96,6 +96,8 @@ pub(crate) struct Inner {
     published_root: Mutex<Option<(String, u64, u64)>>,
     /// Full scans of the replicated keyspace so far (reported in status).
     pub(crate) merkle_scans: std::sync::atomic::AtomicU64,
+    /// Progress of `reindex` for status (Vault's `reindex_*` fields).
+    pub(crate) reindex: ReindexProgress,
     /// The primary's root key from the activation bundle, used once the first sync brought
     /// the primary's keyring, then dropped (the barrier keeps what it needs).
     replicated_root_key: Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
@@ -160,6 +162,7 @@ impl DrManager {
             merkle_epoch: std::sync::atomic::AtomicU64::new(0),
             published_root: Mutex::new(None),
             merkle_scans: std::sync::atomic::AtomicU64::new(0),
+            reindex: ReindexProgress::default(),
         });
         if let Some(addr) = inner.config.cluster_listen_addr.clone() {
             let listener = TcpListener::bind(&addr).await.map_err(|e| {
@@ -236,6 +239,35 @@ impl DrManager {
 
     pub fn wal(&self) -> &Arc<Wal> {
         &self.inner.wal
+    }
+}
+
+/// What status says of `reindex`: whether one runs, the replicated entries its scan has read,
+/// how many it expects (the last tree's key count), and when the last one finished.
+#[derive(Debug, Default)]
+pub(crate) struct ReindexProgress {
+    pub(crate) running: std::sync::atomic::AtomicBool,
+    pub(crate) scanned: std::sync::atomic::AtomicU64,
+    pub(crate) total: std::sync::atomic::AtomicU64,
+    pub(crate) last_epoch: std::sync::atomic::AtomicU64,
+}
+
+impl ReindexProgress {
+    /// Vault's status fields for it.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let running = self.running.load(Ordering::Acquire);
+        let last = self.last_epoch.load(Ordering::Relaxed).to_string();
+        if !running {
+            return serde_json::json!({"reindex_in_progress": false, "last_reindex_epoch": last});
+        }
+        let scanned = self.scanned.load(Ordering::Relaxed);
+        serde_json::json!({
+            "reindex_in_progress": true,
+            "reindex_stage": "building",
+            "reindex_building_progress": scanned,
+            "reindex_building_total": self.total.load(Ordering::Relaxed).max(scanned),
+            "last_reindex_epoch": last,
+        })
     }
 }
 
@@ -485,7 +517,13 @@ impl Inner {
             }
         }
         self.merkle_scans.fetch_add(1, Ordering::Relaxed);
-        let (tree, cells) = crate::merkle::compute_with_cells(self.backend.as_ref()).await?;
+        // Scans are serialised by the cache's lock: the counter belongs to this one.
+        self.reindex.scanned.store(0, Ordering::Relaxed);
+        let (tree, cells) = crate::merkle::compute_with_cells_counting(
+            self.backend.as_ref(),
+            &self.reindex.scanned,
+        )
+        .await?;
         let cells = Arc::new(cells);
         // A write that landed during the scan moved the index: cache under the index read
         // before the scan, so the next exact request recomputes.

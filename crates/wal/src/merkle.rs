@@ -234,8 +234,21 @@ impl Default for TreeBuilder {
 /// The tree and every cell's sum (see [`cell_sums`]) from the same single scan: each key's
 /// hash and leaf hash serve both.
 pub async fn compute_with_cells(backend: &dyn Backend) -> Result<(MerkleTree, Vec<u64>)> {
+    compute_with_cells_counting(backend, &std::sync::atomic::AtomicU64::new(0)).await
+}
+
+/// As [`compute_with_cells`], adding one to `scanned` for every replicated entry read (a
+/// progress figure for whoever watches the scan).
+pub async fn compute_with_cells_counting(
+    backend: &dyn Backend,
+    scanned: &std::sync::atomic::AtomicU64,
+) -> Result<(MerkleTree, Vec<u64>)> {
     let mut builder = TreeBuilder::with_cells();
-    for_each_replicated(backend, |key, value| builder.add(key, value)).await?;
+    for_each_replicated(backend, |key, value| {
+        builder.add(key, value);
+        scanned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })
+    .await?;
     let (tree, cells) = builder.finish();
     tracing::debug!(merkle_root = %tree.root_hex(), keys = tree.keys, "Merkle tree computed");
     Ok((tree, cells))

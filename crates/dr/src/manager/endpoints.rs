@@ -209,7 +209,11 @@ pub(crate) async fn handle(
             }
             Ok(Response::empty())
         }
-        Endpoint::Reindex | Endpoint::MerkleCheck => {
+        Endpoint::Reindex => {
+            drop(state);
+            reindex(inner).await
+        }
+        Endpoint::MerkleCheck => {
             drop(state);
             merkle_check(inner).await
         }
@@ -240,6 +244,34 @@ fn status_response(v: Value) -> Result<Response> {
     };
     resp.data_at_top_level = true;
     Ok(resp)
+}
+
+/// `reindex`: the tree recomputed by a full scan, with its progress in status while it runs
+/// (`reindex_in_progress`, `reindex_building_progress` of `reindex_building_total`) and
+/// `last_reindex_epoch` once it is done. One at a time.
+async fn reindex(inner: &Arc<Inner>) -> Result<Response> {
+    use std::sync::atomic::Ordering;
+    if inner.reindex.running.swap(true, Ordering::AcqRel) {
+        return Err(LogicalError::InvalidRequest(
+            "a reindex is already running; its progress is in the replication status".into(),
+        ));
+    }
+    struct Done<'a>(&'a Inner);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.reindex.running.store(false, Ordering::Release);
+        }
+    }
+    let done = Done(inner);
+    let expected = inner.cached_key_count().await;
+    inner.reindex.total.store(expected, Ordering::Relaxed);
+    let result = merkle_check(inner).await;
+    if result.is_ok() {
+        let now = crate::messages::now_ms() / 1000;
+        inner.reindex.last_epoch.store(now, Ordering::Relaxed);
+    }
+    drop(done);
+    result
 }
 
 async fn merkle_check(inner: &Arc<Inner>) -> Result<Response> {

@@ -23,7 +23,7 @@ impl Inner {
         };
         let last_wal = self.wal.last_index();
         let merkle_scans = self.merkle_scans.load(std::sync::atomic::Ordering::Relaxed);
-        match state.mode {
+        let mut status = match state.mode {
             Mode::Disabled => json!({"mode": "disabled"}),
             Mode::Primary => {
                 let primary = state.primary.as_ref();
@@ -50,7 +50,6 @@ impl Inner {
                     "secondaries": secondaries,
                     "last_wal": last_wal,
                     "last_dr_wal": last_wal,
-                    "last_reindex_epoch": "0",
                     "last_corruption_check_epoch": "-62135596800",
                     "merkle_root": merkle_root,
                     "merkle_root_wal": merkle_root_wal,
@@ -95,13 +94,18 @@ impl Inner {
                     "last_start": if s.last_start_ms == 0 { String::new() } else { s.last_start_ms.to_string() },
                     "last_error": s.last_error,
                     "corrupted_merkle_tree": false,
-                    "last_reindex_epoch": "0",
                     "primaries": primaries,
                     "sync": s.counters.to_json(),
                     "sync_progress": s.progress.as_ref().map(crate::status::SyncProgress::to_json),
                 })
             }
+        };
+        if let (Some(fields), Value::Object(reindex)) =
+            (status.as_object_mut(), self.reindex.to_json())
+        {
+            fields.extend(reindex);
         }
+        status
     }
 }
 
@@ -163,5 +167,42 @@ impl Inner {
                     .absolute(c.merkle_bytes_fetched);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use serde_json::json;
+
+    use crate::manager::ReindexProgress;
+
+    #[test]
+    fn a_running_reindex_reports_its_progress_in_vaults_fields() {
+        let progress = ReindexProgress::default();
+        assert_eq!(
+            progress.to_json(),
+            json!({"reindex_in_progress": false, "last_reindex_epoch": "0"})
+        );
+        progress.running.store(true, Ordering::Release);
+        progress.total.store(1000, Ordering::Relaxed);
+        progress.scanned.store(250, Ordering::Relaxed);
+        assert_eq!(
+            progress.to_json(),
+            json!({
+                "reindex_in_progress": true,
+                "reindex_stage": "building",
+                "reindex_building_progress": 250,
+                "reindex_building_total": 1000,
+                "last_reindex_epoch": "0",
+            })
+        );
+        // More keys than the last tree had: the total is never below what was read.
+        progress.scanned.store(1200, Ordering::Relaxed);
+        assert_eq!(progress.to_json()["reindex_building_total"], json!(1200));
+        progress.running.store(false, Ordering::Release);
+        progress.last_epoch.store(1_700_000_000, Ordering::Relaxed);
+        assert_eq!(progress.to_json()["last_reindex_epoch"], json!("1700000000"));
     }
 }
