@@ -22,6 +22,7 @@
 //! May see: the physical storage. May not see: the seal (it is handed a root key), tokens,
 //! requests, HTTP, replication.
 
+use bunker_storage::timed::Timed;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -216,7 +217,7 @@ impl Barrier {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let _timer = Timer::start("vault_barrier_get");
+        let _timer = Timed::start("vault_barrier_get");
         refuse_reserved(key)?;
         let state = self.unsealed()?;
         let Some(stored) = self.backend.get(key).await? else {
@@ -227,7 +228,7 @@ impl Barrier {
     }
 
     pub async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
-        let _timer = Timer::start("vault_barrier_put");
+        let _timer = Timed::start("vault_barrier_put");
         refuse_reserved(key)?;
         let state = self.unsealed()?;
         let sealed = self.encrypt_with(&state, key, value)?;
@@ -235,7 +236,7 @@ impl Barrier {
     }
 
     pub async fn delete(&self, key: &str) -> Result<()> {
-        let _timer = Timer::start("vault_barrier_delete");
+        let _timer = Timed::start("vault_barrier_delete");
         refuse_reserved(key)?;
         self.unsealed()?;
         Ok(self.backend.delete(key).await?)
@@ -243,7 +244,7 @@ impl Barrier {
 
     /// Backend LIST pass-through (keys are not encrypted).
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let _timer = Timer::start("vault_barrier_list");
+        let _timer = Timed::start("vault_barrier_list");
         self.unsealed()?;
         Ok(self.backend.list(prefix).await?)
     }
@@ -251,7 +252,7 @@ impl Barrier {
     /// Encrypt every put (associated data = its key) and commit all ops in one atomic backend
     /// batch.
     pub async fn batch(&self, ops: Vec<Op>) -> Result<()> {
-        let _timer = Timer::start("bunker_barrier_batch");
+        let _timer = Timed::start("bunker_barrier_batch");
         for op in &ops {
             refuse_reserved(op.key())?;
         }
@@ -430,27 +431,5 @@ impl Barrier {
     fn replace_state(&self, next: Option<Arc<Unsealed>>) -> Option<Arc<Unsealed>> {
         let mut current = self.state.write().unwrap_or_else(PoisonError::into_inner);
         std::mem::replace(&mut *current, next)
-    }
-}
-
-/// Records the time until it is dropped as a histogram in milliseconds (Vault's unit for
-/// `vault.barrier.*`), whichever way the operation returns.
-struct Timer {
-    name: &'static str,
-    started: std::time::Instant,
-}
-
-impl Timer {
-    fn start(name: &'static str) -> Timer {
-        Timer {
-            name,
-            started: std::time::Instant::now(),
-        }
-    }
-}
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        metrics::histogram!(self.name).record(self.started.elapsed().as_secs_f64() * 1000.0);
     }
 }

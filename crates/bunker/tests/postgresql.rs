@@ -142,6 +142,10 @@ fn a_write_without_an_answer_suspends_the_read_cache_until_its_session_is_gone()
     let hits = read_cache_counter(&s, "hits");
     assert_eq!(s.kv_get("k").1["n"], json!("1"));
     assert!(read_cache_counter(&s, "hits") > hits, "reads are cached");
+    // Vault's timings of the PostgreSQL backend's operations (what reached the database).
+    for name in ["vault_postgres_get", "vault_postgres_put", "vault_postgres_list"] {
+        assert!(sample_count(&s, name) >= 1.0, "{name}");
+    }
 
     // Every write to the table now takes 3 s inside the database (a trigger), the way a write
     // waits on a slow disk or a synchronous replica.
@@ -195,6 +199,19 @@ fn a_write_without_an_answer_suspends_the_read_cache_until_its_session_is_gone()
         read_cache_counter(&s, "hits") > hits
     });
     assert!(resumed, "the read cache did not resume");
+}
+
+/// How many times summary `name` was recorded on `s` (0 when never).
+fn sample_count(s: &TestServer, name: &str) -> f64 {
+    let (code, body) = s.get("sys/metrics", s.root());
+    assert_eq!(code, 200, "{body}");
+    body["Samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["Name"] == name)
+        .and_then(|c| c["Count"].as_f64())
+        .unwrap_or(0.0)
 }
 
 /// `bunker_storage_read_cache_<name>_total` on `s`.

@@ -13,8 +13,6 @@
 //! A timing is recorded when its exchange ends, whether it succeeded or not (as Vault's
 //! deferred measurements are).
 
-use std::time::Instant;
-
 /// Primary: a streaming session.
 pub(crate) const SERVER_STREAM_WALS: &str = "vault_replication_rpc_server_stream_wals_request";
 /// Primary: answering `MerkleRequest`.
@@ -50,23 +48,4 @@ pub(crate) const MERKLE_DIFF: &str = "vault_replication_merkleDiff";
 /// Secondary: the highest WAL index received from the primary (applied or not yet).
 pub(crate) const LAST_UPSTREAM_REMOTE_WAL: &str = "vault_replication_fsm_last_upstream_remote_wal";
 
-/// Records the milliseconds from its start to its drop under a summary's name.
-pub(crate) struct Timed {
-    name: &'static str,
-    started: Instant,
-}
-
-impl Timed {
-    pub(crate) fn start(name: &'static str) -> Timed {
-        Timed {
-            name,
-            started: Instant::now(),
-        }
-    }
-}
-
-impl Drop for Timed {
-    fn drop(&mut self) {
-        metrics::histogram!(self.name).record(self.started.elapsed().as_secs_f64() * 1000.0);
-    }
-}
+pub(crate) use bunker_storage::timed::Timed;

@@ -203,6 +203,9 @@ mod tests {
         assert_eq!(progress.to_json()["reindex_building_total"], json!(1200));
         progress.running.store(false, Ordering::Release);
         progress.last_epoch.store(1_700_000_000, Ordering::Relaxed);
-        assert_eq!(progress.to_json()["last_reindex_epoch"], json!("1700000000"));
+        assert_eq!(
+            progress.to_json()["last_reindex_epoch"],
+            json!("1700000000")
+        );
     }
 }
