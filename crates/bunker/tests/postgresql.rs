@@ -143,7 +143,11 @@ fn a_write_without_an_answer_suspends_the_read_cache_until_its_session_is_gone()
     assert_eq!(s.kv_get("k").1["n"], json!("1"));
     assert!(read_cache_counter(&s, "hits") > hits, "reads are cached");
     // Vault's timings of the PostgreSQL backend's operations (what reached the database).
-    for name in ["vault_postgres_get", "vault_postgres_put", "vault_postgres_list"] {
+    for name in [
+        "vault_postgres_get",
+        "vault_postgres_put",
+        "vault_postgres_list",
+    ] {
         assert!(sample_count(&s, name) >= 1.0, "{name}");
     }
 

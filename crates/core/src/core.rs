@@ -17,7 +17,7 @@ use crate::mounts::{
     MountEntry, Mounted, Router, StoredMountTable, SystemTtls, AUTH_TABLE_PATH, MOUNT_TABLE_PATH,
 };
 use crate::policy_store::PolicyStore;
-use crate::token::{TokenEntry, TokenStore, TokenType};
+use crate::token::{TokenEntry, TokenStore};
 use bunker_seal::OtpTokenCeremony;
 
 const CLUSTER_INFO_PATH: &str = "core/cluster-info";
@@ -237,14 +237,7 @@ impl Core {
             .await?;
         self.policies.setup_defaults().await?;
         self.tokens.create_salt().await?;
-        let root = TokenEntry {
-            policies: vec!["root".into()],
-            display_name: "root".into(),
-            path: "auth/token/root".into(),
-            orphan: true,
-            token_type: TokenType::Service,
-            ..Default::default()
-        };
+        let root = TokenEntry::root();
         let (root_token, _) = self.tokens.create(root, root_token_id).await?;
         self.post_unseal().await?;
         self.seal_core();
@@ -420,6 +413,12 @@ impl Core {
                 entry.path
             )));
         }
+        self.install_mount(entry).await
+    }
+
+    /// Instantiates and initialises the engine of `entry`, routes to it (replacing any mount
+    /// at the same path), and persists the mount table.
+    pub(crate) async fn install_mount(&self, entry: MountEntry) -> Result<()> {
         let mounted = self.instantiate(entry)?;
         mounted
             .backend

@@ -94,6 +94,19 @@ fn is_zero(v: &u64) -> bool {
 }
 
 impl TokenEntry {
+    /// A root token's entry, as `sys/init` and a generate-root quorum create it: policy
+    /// `root`, no parent, no expiry.
+    pub fn root() -> TokenEntry {
+        TokenEntry {
+            policies: vec!["root".into()],
+            display_name: "root".into(),
+            path: "auth/token/root".into(),
+            orphan: true,
+            token_type: TokenType::Service,
+            ..Default::default()
+        }
+    }
+
     pub fn is_expired(&self, now: u64) -> bool {
         self.expire_time != 0 && now >= self.expire_time
     }

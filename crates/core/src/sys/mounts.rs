@@ -293,19 +293,7 @@ impl Core {
                         updated.options.insert("version".into(), Value::String(v));
                     }
                 }
-                let mounted = self.instantiate(updated)?;
-                mounted
-                    .backend
-                    .initialize(&mounted.view, &mounted.entry.options)
-                    .await?;
-                {
-                    let mut r = self
-                        .router
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    r.insert(mounted);
-                }
-                self.persist_mounts().await?;
+                self.install_mount(updated).await?;
                 Ok(Response::empty())
             }
             _ => Err(LogicalError::UnsupportedOperation),
