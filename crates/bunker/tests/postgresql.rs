@@ -52,6 +52,42 @@ fn postgresql_backend_passes_the_conformance_suite() {
     assert_eq!(pg.sql("SELECT count(*) FROM conformance_kv"), "0");
 }
 
+#[test]
+fn postgresql_backend_passes_the_conformance_suite_as_an_ha_lock_holder() {
+    use bunker_storage::ha::{Acquire, Fence, HaBackend, HaNode};
+    let pg = Postgres::start();
+    let mut config = pg_config(&pg, "conformance_ha_kv");
+    config.ha_table = Some("conformance_ha_locks".into());
+    runtime().block_on(async {
+        let backend = bunker_storage::PostgresBackend::connect(&config)
+            .await
+            .expect("connect");
+        let me = HaNode {
+            id: "conformance".into(),
+            hostname: "h".into(),
+            api_addr: "http://127.0.0.1:1".into(),
+            cluster_addr: "https://127.0.0.1:2".into(),
+            version: "test".into(),
+        };
+        let ttl = std::time::Duration::from_secs(30);
+        let Acquire::Acquired(epoch) = backend.try_acquire(&me, ttl).await.expect("acquire") else {
+            panic!("the lock of a fresh table is free");
+        };
+        let fence = backend.fence();
+        fence.set(Fence::Active {
+            node_id: me.id.clone(),
+            epoch,
+        });
+        fence.extend_lease(epoch, std::time::Instant::now() + ttl / 2);
+        // Every write fenced by the lock, a batch larger than one statement included (its
+        // last statement carries the fence).
+        bunker_storage::conformance::exercise_backend(&backend).await;
+        // The lock still renews: a long write does not hold its row.
+        assert!(backend.renew(&me.id, epoch, ttl).await.expect("renew"));
+    });
+    assert_eq!(pg.sql("SELECT count(*) FROM conformance_ha_kv"), "0");
+}
+
 /// A Bunker server on `storage "postgresql"` (with a cluster port when `cluster`).
 fn server_on(pg: &Postgres, table: &str, cluster: bool) -> TestServer {
     let listener_extra = if cluster {

@@ -339,9 +339,17 @@ impl ReplicationHandler for DrManager {
             )
             .await;
         inner.invalidate_merkle();
-        restored
-            .and(ended)
-            .and(settled.map_err(bunker_sdk::LogicalError::from))
+        // Once the storage was replaced, the restore succeeded: the caller must reload what it
+        // caches from the new storage whatever else failed here (the new generation was
+        // persisted before; recording resumed with the guard).
+        restored?;
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, "ending the restore window: persisting the state failed");
+        }
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, "the write after a restore failed; the Merkle cache was dropped anyway");
+        }
+        Ok(())
     }
 
     async fn handle(

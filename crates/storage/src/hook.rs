@@ -71,6 +71,16 @@ pub(crate) fn checked_extra_ops_within(
     limit: usize,
 ) -> Result<Vec<Op>> {
     let extra = hook.extra_ops(ops);
+    if limit == usize::MAX && !extra.is_empty() {
+        // An unbounded batch (a restore) cannot be recorded: a WAL entry of that size could
+        // not be streamed. Replication stops recording around a restore; if it records now,
+        // refuse rather than commit a record that breaks the log.
+        return Err(StorageError::InvalidArgument(
+            "a batch this large cannot be recorded in the replication log (a DR primary \
+             restores only inside its restore window)"
+                .into(),
+        ));
+    }
     validate_batch(&extra)?;
     let total = ops.len().saturating_add(extra.len());
     if total > limit {

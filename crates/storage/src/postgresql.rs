@@ -724,6 +724,9 @@ struct PgStore {
 struct WriterConnection {
     client: postgres::Client,
     write: postgres::Statement,
+    /// The same write without the HA fence: the leading statements of a transaction that
+    /// spans several, whose last statement carries the fence (see `commit_with`).
+    bulk: postgres::Statement,
     pid: i32,
 }
 
@@ -733,9 +736,9 @@ impl PgStore {
     /// with HA the fence as a third CTE they both depend on. The fence's `FOR SHARE` holds the
     /// lock row until the statement commits; when it finds no row (another holder or epoch),
     /// the upsert and the delete change nothing and the write is refused.
-    fn write_sql(&self) -> String {
+    fn write_sql(&self, fenced: bool) -> String {
         let t = &self.table;
-        match &self.ha_table {
+        match self.ha_table.as_ref().filter(|_| fenced) {
             None => format!(
                 "WITH ins AS (INSERT INTO {t} (key, value) \
                  SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
@@ -763,13 +766,24 @@ impl PgStore {
             .connect(self.connector.clone())
             .map_err(|e| StorageError::Unavailable(format!("PostgreSQL: {e}")))?;
         let write = client
-            .prepare(&self.write_sql())
+            .prepare(&self.write_sql(true))
             .map_err(|e| pg_error("preparing the write statement", e))?;
         let pid = client
             .query_one("SELECT pg_backend_pid()", &[])
             .map_err(|e| pg_error("reading the session's process id", e))?
             .get(0);
-        Ok(WriterConnection { client, write, pid })
+        let bulk = match self.ha_table {
+            None => write.clone(),
+            Some(_) => client
+                .prepare(&self.write_sql(false))
+                .map_err(|e| pg_error("preparing the write statement", e))?,
+        };
+        Ok(WriterConnection {
+            client,
+            write,
+            bulk,
+            pid,
+        })
     }
 
     /// Ends the session of a commit whose outcome was unknown and resumes the cache once that
@@ -835,26 +849,34 @@ impl PgStore {
         };
         let entries: Vec<WriteRow<'_>> = last.into_iter().collect();
         let chunks = statement_chunks(&entries);
-        let WriterConnection { client, write, .. } = conn;
-        let fenced_out = if chunks.len() <= 1 {
+        let WriterConnection {
+            client,
+            write,
+            bulk,
+            ..
+        } = conn;
+        let fenced_out = match chunks.split_last() {
+            None => false,
             // One statement: its own transaction.
-            let chunk = chunks.first().copied().unwrap_or(&[]);
-            !write_chunk(client, write, chunk, fence.as_ref()).map_err(&mut write_error)?
-        } else {
+            Some((last, [])) => {
+                !write_chunk(client, write, last, fence.as_ref()).map_err(&mut write_error)?
+            }
             // A group larger than one statement should carry (a snapshot restore): several
-            // statements, one transaction, all or nothing.
-            let mut txn = client.transaction().map_err(&mut write_error)?;
-            let mut fenced_out = false;
-            for chunk in &chunks {
-                if !write_chunk(&mut txn, write, chunk, fence.as_ref()).map_err(&mut write_error)? {
-                    fenced_out = true;
-                    break;
+            // statements, one transaction, all or nothing. Only the last takes the fence's row
+            // lock, held from there to the commit: taken first, it would hold the lock row for
+            // the whole transaction and block this node's own renewals of it.
+            Some((last, leading)) => {
+                let mut txn = client.transaction().map_err(&mut write_error)?;
+                for chunk in leading {
+                    write_chunk(&mut txn, bulk, chunk, None).map_err(&mut write_error)?;
                 }
+                let held =
+                    write_chunk(&mut txn, write, last, fence.as_ref()).map_err(&mut write_error)?;
+                if held {
+                    txn.commit().map_err(&mut write_error)?;
+                }
+                !held
             }
-            if !fenced_out {
-                txn.commit().map_err(&mut write_error)?;
-            }
-            fenced_out
         };
         if let (true, Some((_, epoch))) = (fenced_out, &fence) {
             self.fence.lost(*epoch);

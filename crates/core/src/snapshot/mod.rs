@@ -33,7 +33,9 @@ use bunker_wal::wal::{LOCAL_PREFIX as REPLICATION_PREFIX, WAL_LAST_KEY};
 /// Proof that a snapshot request was authorised (or is the server's own scheduled snapshot).
 #[derive(Debug)]
 pub struct SnapshotPermit {
-    _private: (),
+    /// Granted without a token because the server was not initialised: the restore must find
+    /// it still uninitialised (an operator may have run `sys/init` while the body uploaded).
+    pub(crate) uninitialised_only: bool,
 }
 
 /// What the HTTP layer asks of a snapshot endpoint, once authorised.
@@ -67,12 +69,19 @@ impl Core {
         if !fresh {
             self.handle(req).await?;
         }
-        Ok((action, SnapshotPermit { _private: () }))
+        Ok((
+            action,
+            SnapshotPermit {
+                uninitialised_only: fresh,
+            },
+        ))
     }
 
     /// The permit of the server's scheduled snapshots: only on an active, unsealed node.
     pub fn scheduled_snapshot_permit(&self) -> Option<SnapshotPermit> {
-        (!self.is_sealed() && self.is_active_node()).then_some(SnapshotPermit { _private: () })
+        (!self.is_sealed() && self.is_active_node()).then_some(SnapshotPermit {
+            uninitialised_only: false,
+        })
     }
 
     /// `sys/storage/raft/snapshot*` reached through the request pipeline: only from

@@ -48,7 +48,7 @@ impl Core {
     /// Replaces the storage with the snapshot in `file` (see the module documentation).
     pub async fn snapshot_restore(
         &self,
-        _permit: &SnapshotPermit,
+        permit: &SnapshotPermit,
         file: &[u8],
         force: bool,
     ) -> Result<()> {
@@ -88,6 +88,9 @@ impl Core {
             ));
         };
         let initialized = self.is_initialized().await?;
+        if initialized && permit.uninitialised_only {
+            return Err(LogicalError::PermissionDenied);
+        }
         if initialized && !force && self.barrier.check_keyring(keyring).is_err() {
             return Err(LogicalError::InvalidRequest(
                 "the snapshot's keyring does not open with this server's root key (a snapshot \

@@ -212,3 +212,39 @@ async fn embedded_passes_conformance_with_a_hook() {
     let backend = EmbeddedBackend::open(dir.path()).expect("open");
     conformance_with_a_hook(&backend).await;
 }
+
+/// An unbounded batch (a restore) that the hook would record is refused whole: a log record
+/// of that size could not be streamed, and a half-numbered one would break the log.
+async fn unbounded_batches_that_get_extra_ops_are_refused(backend: &dyn HookedBackend) {
+    backend.set_commit_hook(Some(Arc::new(FixedHook(vec![put("record", b"r")]))));
+    let ops: Vec<Op> = (0..3).map(|i| put(&format!("big/{i}"), b"v")).collect();
+    let result = backend.batch_unbounded(ops).await;
+    assert!(
+        matches!(result, Err(StorageError::InvalidArgument(_))),
+        "{result:?}"
+    );
+    assert!(
+        scan_all(backend, "big/").await.is_empty(),
+        "nothing applied"
+    );
+    assert_eq!(backend.get("record").await.expect("get"), None);
+    backend.set_commit_hook(None);
+    let ops: Vec<Op> = (0..3).map(|i| put(&format!("big/{i}"), b"v")).collect();
+    backend
+        .batch_unbounded(ops)
+        .await
+        .expect("without a record");
+    assert_eq!(scan_all(backend, "big/").await.len(), 3);
+}
+
+#[tokio::test]
+async fn inmem_refuses_unbounded_batches_the_hook_would_record() {
+    unbounded_batches_that_get_extra_ops_are_refused(&InmemBackend::new()).await;
+}
+
+#[tokio::test]
+async fn embedded_refuses_unbounded_batches_the_hook_would_record() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = EmbeddedBackend::open(dir.path()).expect("open");
+    unbounded_batches_that_get_extra_ops_are_refused(&backend).await;
+}
