@@ -667,3 +667,40 @@ fn a_node_without_ha_answers_the_ha_endpoints_as_vault() {
     assert_eq!(s.put("sys/step-down", s.root(), json!({})).0, 204);
     assert_eq!(health(&s).0, 200);
 }
+
+#[test]
+fn a_snapshot_restore_on_the_active_node_is_served_by_every_node() {
+    const SNAPSHOT: &str = "sys/storage/raft/snapshot";
+    let pg = Postgres::start();
+    let nodes = cluster(&pg, 2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.mount_kv2();
+    a.kv_put("kept", json!({"n": "0"}));
+    let file = a
+        .client()
+        .get(a.url(SNAPSHOT))
+        .header("X-Vault-Token", &a.root_token)
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap()
+        .to_vec();
+    a.kv_put("kept", json!({"n": "1"}));
+    a.kv_put("undone", json!({"n": "1"}));
+    let resp = a
+        .client()
+        .post(a.url(SNAPSHOT))
+        .header("X-Vault-Token", &a.root_token)
+        .body(file)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204, "{:?}", resp.text());
+    // Still the active node, holding the lock it restored under.
+    assert_eq!(health(a).0, 200);
+    assert_eq!(a.kv_get("kept").1["n"], json!("0"));
+    assert_eq!(a.kv_get("undone").0, 404);
+    // The standby forwards to it and sees the same.
+    assert_eq!(health(b).0, 429);
+    assert_eq!(b.kv_get("kept").1["n"], json!("0"));
+    assert_eq!(b.kv_get("undone").0, 404);
+}

@@ -816,9 +816,9 @@ impl Core {
 
     /// Run one request on an HA node: under the gate, and with its writes tagged with the epoch
     /// it was admitted under.
-    pub(crate) async fn handle_gated<F>(&self, ha: &Ha, run: F) -> Result<Response>
+    pub(crate) async fn handle_gated<F, T>(&self, ha: &Ha, run: F) -> Result<T>
     where
-        F: std::future::Future<Output = Result<Response>>,
+        F: std::future::Future<Output = Result<T>>,
     {
         let _gate = ha.gate.read().await;
         match ha.active_epoch() {

@@ -45,8 +45,25 @@ struct Plan {
 }
 
 impl Core {
-    /// Replaces the storage with the snapshot in `file` (see the module documentation).
+    /// Replaces the storage with the snapshot in `file` (see the module documentation). On an
+    /// HA node it runs as a request does: under the gate a step-down waits for, its writes
+    /// tagged with the lock epoch it started under.
     pub async fn snapshot_restore(
+        &self,
+        permit: &SnapshotPermit,
+        file: &[u8],
+        force: bool,
+    ) -> Result<()> {
+        match self.ha() {
+            Some(ha) => {
+                self.handle_gated(ha, self.restore_ungated(permit, file, force))
+                    .await
+            }
+            None => self.restore_ungated(permit, file, force).await,
+        }
+    }
+
+    async fn restore_ungated(
         &self,
         permit: &SnapshotPermit,
         file: &[u8],
