@@ -19,7 +19,6 @@ use common::dr::{
 use common::postgres::Postgres;
 use common::{free_port, ServerOptions, TestServer};
 use serde_json::json;
-use std::time::Duration;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -187,34 +186,42 @@ fn a_write_without_an_answer_suspends_the_read_cache_until_its_session_is_gone()
         assert!(sample_count(&s, name) >= 1.0, "{name}");
     }
 
-    // Every write to the table now takes 3 s inside the database (a trigger), the way a write
-    // waits on a slow disk or a synchronous replica.
+    // Every write to the table now waits inside the database (a trigger) for an advisory lock
+    // another session holds, the way a write waits on a slow disk or a synchronous replica:
+    // it goes on when the test releases the lock, not after some time. (The function sets its
+    // own lock_timeout: Bunker's sessions give up lock waits after 2 s.)
     pg.sql(
-        "CREATE TABLE slow (on_ boolean); INSERT INTO slow VALUES (true); \
-         CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-         IF (SELECT on_ FROM slow) THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$; \
-         CREATE TRIGGER slow_write BEFORE INSERT OR UPDATE ON bunker_cache \
-         FOR EACH STATEMENT EXECUTE FUNCTION slow_write();",
+        "CREATE FUNCTION held_write() RETURNS trigger LANGUAGE plpgsql SET lock_timeout = 0 \
+         AS $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NEW; END $$; \
+         CREATE TRIGGER held_write BEFORE INSERT OR UPDATE ON bunker_cache \
+         FOR EACH STATEMENT EXECUTE FUNCTION held_write();",
     );
+    let mut holder = pg.session();
+    holder.send("SELECT pg_advisory_lock(4242);");
+    let held = common::poll_until(common::dr::CONVERGE, || {
+        pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == "1"
+    });
+    assert!(held, "the advisory lock was not taken");
     let rows_before: u64 = pg.sql("SELECT count(*) FROM bunker_cache").parse().unwrap();
     std::thread::scope(|scope| {
         let put = scope.spawn(|| s.put("secret/data/k", s.root(), json!({"data": {"n": "2"}})));
-        let waiting = common::poll_until(Duration::from_secs(2), || {
-            pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'WITH%' AND state = 'active'")
-                != "0"
+        let waiting = common::poll_until(common::dr::CONVERGE, || {
+            pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                == "1"
         });
         assert!(waiting, "the write never reached the database");
-        // The connection is cut while the statement runs: Bunker gets no answer, and the
-        // server goes on and commits it.
+        // The connection is cut while the statement waits: Bunker gets no answer, and the
+        // server goes on and commits it once the lock is released.
         proxy.cut();
         let (code, body) = put.join().unwrap();
         assert!(code >= 500, "a write without an answer: {code} {body}");
     });
     proxy.restore();
     assert!(read_cache_counter(&s, "suspensions") >= 1.0);
-    // Read while the orphaned statement still runs: the old value, from the database, and
+    // Read while the orphaned statement still waits: the old value, from the database, and
     // not cached.
     assert_eq!(s.kv_get("k").1["n"], json!("1"));
+    holder.send("SELECT pg_advisory_unlock(4242);");
     let committed = common::poll_until(common::dr::CONVERGE, || {
         pg.sql("SELECT count(*) FROM bunker_cache")
             .parse::<u64>()
@@ -225,7 +232,8 @@ fn a_write_without_an_answer_suspends_the_read_cache_until_its_session_is_gone()
         committed,
         "the orphaned write should have committed in the database"
     );
-    pg.sql("UPDATE slow SET on_ = false");
+    drop(holder);
+    pg.sql("DROP TRIGGER held_write ON bunker_cache");
     // The write Bunker reported as failed did commit: a cache that had kept the value read
     // above would answer it forever.
     assert_eq!(s.kv_get("k").1["n"], json!("2"));

@@ -525,13 +525,17 @@ impl Inner {
             }
         }
         self.merkle_scans.fetch_add(1, Ordering::Relaxed);
-        // Scans are serialised by the cache's lock: the counter belongs to this one.
-        self.reindex.scanned.store(0, Ordering::Relaxed);
-        let (tree, cells) = crate::merkle::compute_with_cells_counting(
-            self.backend.as_ref(),
-            &self.reindex.scanned,
-        )
-        .await?;
+        // Scans are serialised by the cache's lock; only a reindex's scan feeds its progress
+        // (a background refresh must not reset or advance it).
+        let uncounted = std::sync::atomic::AtomicU64::new(0);
+        let scanned = if self.reindex.running.load(Ordering::Acquire) {
+            self.reindex.scanned.store(0, Ordering::Relaxed);
+            &self.reindex.scanned
+        } else {
+            &uncounted
+        };
+        let (tree, cells) =
+            crate::merkle::compute_with_cells_counting(self.backend.as_ref(), scanned).await?;
         let cells = Arc::new(cells);
         // A write that landed during the scan moved the index: cache under the index read
         // before the scan, so the next exact request recomputes.

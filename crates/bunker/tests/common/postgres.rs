@@ -165,6 +165,43 @@ impl Postgres {
     }
 }
 
+/// A psql session kept open, to hold a lock across a test's steps.
+pub struct Session {
+    child: std::process::Child,
+}
+
+impl Session {
+    /// Send SQL to the session (executed as soon as psql reads it).
+    pub fn send(&mut self, sql: &str) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("psql stdin");
+        writeln!(stdin, "{sql}").expect("write to psql");
+        stdin.flush().expect("flush psql");
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // End of input ends psql, and its session's locks with it.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Postgres {
+    /// An interactive psql session on database `postgres`.
+    pub fn session(&self) -> Session {
+        let child = self
+            .psql()
+            .arg("postgres")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start psql");
+        Session { child }
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
