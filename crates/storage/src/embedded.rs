@@ -21,15 +21,18 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::{
-    Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition, WriteTransaction,
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
 };
 
 use crate::group_commit::{GroupStore, Writer};
+use crate::hook::{apply_indexed, TxnTable};
 use crate::limits::validate_key;
 use crate::listing::{list_children, scan_prefix};
 use crate::snapshot::PageBuilder;
 use crate::{
-    Backend, CommitHook, Op, Result, SnapshotPage, SnapshotSink, StorageError, StorageMetrics,
+    Backend, CommitHook, CommitIndex, Op, Result, SnapshotPage, SnapshotSink, StorageError,
+    StorageMetrics,
 };
 
 /// File name of the database inside the data directory.
@@ -233,6 +236,10 @@ impl crate::HookedBackend for EmbeddedBackend {
     fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
         self.writer.hook.set(hook);
     }
+
+    fn feeds_indexes(&self) -> bool {
+        true
+    }
 }
 
 /// The writer's side of the database.
@@ -241,26 +248,61 @@ struct RedbStore {
 }
 
 impl GroupStore for RedbStore {
-    fn commit(&self, batches: &[&[Op]]) -> Result<()> {
+    fn commit(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()> {
         let txn = begin_durable_write(&self.db)?;
-        {
-            let mut table = txn
-                .open_table(ENTRIES)
-                .map_err(engine("opening entries table for writing"))?;
-            for op in batches.iter().flat_map(|batch| batch.iter()) {
-                match op {
-                    Op::Put { key, value } => table
-                        .insert(key.as_str(), value.as_slice())
-                        .map(drop)
-                        .map_err(|e| engine_error(format!("writing key {key:?}"), e))?,
-                    Op::Delete { key } => table
-                        .remove(key.as_str())
-                        .map(drop)
-                        .map_err(|e| engine_error(format!("deleting key {key:?}"), e))?,
-                }
-            }
+        let update = {
+            let mut table = RedbTable(
+                txn.open_table(ENTRIES)
+                    .map_err(engine("opening entries table for writing"))?,
+            );
+            apply_indexed(
+                &mut table,
+                batches.iter().flat_map(|batch| batch.iter()),
+                index,
+            )?
+        };
+        txn.commit()
+            .map_err(engine("committing write transaction"))?;
+        if let Some(update) = update {
+            update.committed();
         }
-        txn.commit().map_err(engine("committing write transaction"))
+        Ok(())
+    }
+}
+
+/// The writer's open table; what a write replaces is read from the same B-tree operation.
+struct RedbTable<'txn>(redb::Table<'txn, &'static str, &'static [u8]>);
+
+impl TxnTable for RedbTable<'_> {
+    fn put(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        replaced: &mut dyn FnMut(Option<&[u8]>),
+    ) -> Result<()> {
+        let old = self
+            .0
+            .insert(key, value)
+            .map_err(|e| engine_error(format!("writing key {key:?}"), e))?;
+        replaced(old.as_ref().map(|guard| guard.value()));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+        let old = self
+            .0
+            .remove(key)
+            .map_err(|e| engine_error(format!("deleting key {key:?}"), e))?;
+        replaced(old.as_ref().map(|guard| guard.value()));
+        Ok(())
+    }
+
+    fn read(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .get(key)
+            .map_err(|e| engine_error(format!("reading key {key:?}"), e))?
+            .map(|guard| guard.value().to_vec()))
     }
 }
 

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::hook::{checked_extra_ops_within, HookSlot};
 use crate::limits::{batch_bytes, validate_batch, validate_ops, MAX_BATCH_OPS};
-use crate::{CommitHook, Op, Result, StorageError, StorageMetrics};
+use crate::{CommitHook, CommitIndex, Op, Result, StorageError, StorageMetrics};
 
 /// A running writer thread and what callers share with it. Dropping it closes the queue and
 /// waits for the thread to commit what was queued.
@@ -142,7 +142,8 @@ pub(crate) struct WriteRequest {
 
 /// Where the writer commits: applies a group of batches in one durable transaction.
 pub(crate) trait GroupStore {
-    fn commit(&self, batches: &[&[Op]]) -> Result<()>;
+    /// Commits `batches` in one durable transaction, feeding `index` if the store keeps one.
+    fn commit(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()>;
 
     /// Whether a request admitted under HA lock `epoch` may still commit (checked on the
     /// writer thread just before its transaction). Stores without HA admit everything.
@@ -305,7 +306,8 @@ fn commit_prepared(
         .flat_map(|prepared| [prepared.request.ops.as_slice(), prepared.extra.as_slice()])
         .filter(|ops| !ops.is_empty())
         .collect();
-    store.commit(&batches)?;
+    let index = hook.and_then(|hook| hook.index());
+    store.commit(&batches, index.as_deref())?;
     counters.record_commit(group);
     if let Some(hook) = hook {
         if group.iter().any(|prepared| !prepared.extra.is_empty()) {
@@ -382,7 +384,7 @@ mod tests {
     }
 
     impl GroupStore for &RecordingStore {
-        fn commit(&self, batches: &[&[Op]]) -> Result<()> {
+        fn commit(&self, batches: &[&[Op]], _index: Option<&dyn CommitIndex>) -> Result<()> {
             let keys: Vec<String> = batches
                 .iter()
                 .flat_map(|batch| batch.iter().map(|op| op.key().to_owned()))

@@ -31,6 +31,42 @@ pub trait CommitHook: Send + Sync + 'static {
 
     /// Called after a commit containing batches that got extra ops is durable.
     fn after_commit(&self);
+
+    /// An index the backend keeps in each commit's own transaction, if the hook has one and
+    /// the backend can feed it ([`crate::HookedBackend::feeds_indexes`]).
+    fn index(&self) -> Option<Arc<dyn CommitIndex>> {
+        None
+    }
+}
+
+/// An index kept inside the transaction it describes, from each write's value before and
+/// after it (replication's Merkle index: a cell sum changes by `+ new - old`).
+///
+/// For every commit the backend calls [`CommitIndex::begin`], feeds the update every write of a
+/// watched key in commit order with the value it replaces (as seen inside the transaction, so
+/// an earlier batch of the same group counts), reads the records the update names, and writes
+/// what [`IndexUpdate::finish`] returns in the same transaction. Only a durable commit calls
+/// [`IndexUpdate::committed`]; an update dropped without it was not committed.
+pub trait CommitIndex: Send + Sync + 'static {
+    /// Whether writes of `key` are fed to the index.
+    fn watches(&self, key: &str) -> bool;
+    /// The update of one transaction. Updates never overlap: a backend runs one at a time, in
+    /// commit order.
+    fn begin(&self) -> Box<dyn IndexUpdate>;
+}
+
+/// One transaction's update of a [`CommitIndex`].
+pub trait IndexUpdate: Send {
+    /// A write of a watched key, in commit order: `old` is the value it replaces, `new` the
+    /// value written (`None`: absent, deleted).
+    fn change(&mut self, key: &str, old: Option<&[u8]>, new: Option<&[u8]>);
+    /// The index records to read (inside the transaction) before [`IndexUpdate::finish`].
+    fn reads(&self) -> Vec<String>;
+    /// The ops that rewrite the index, given the records named by `reads`, in that order.
+    /// Their keys are not watched.
+    fn finish(&mut self, records: Vec<Option<Vec<u8>>>) -> Result<Vec<Op>>;
+    /// The transaction, with the ops `finish` returned, is durable.
+    fn committed(self: Box<Self>);
 }
 
 /// The installed hook of a backend, shared with its writer.
@@ -87,6 +123,62 @@ pub(crate) fn checked_extra_ops_within(
         return Err(StorageError::BatchTooLarge { ops: total, limit });
     }
     Ok(extra)
+}
+
+/// A transaction's table as [`apply_indexed`] uses it: writes that hand over the value they
+/// replace, and reads that see the transaction's own writes.
+pub(crate) trait TxnTable {
+    fn put(&mut self, key: &str, value: &[u8], replaced: &mut dyn FnMut(Option<&[u8]>))
+        -> Result<()>;
+    fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()>;
+    fn read(&mut self, key: &str) -> Result<Option<Vec<u8>>>;
+}
+
+/// Applies `ops` to `table` in order, feeding `index` (if any) each watched write, then writes
+/// the index's own ops. Returns the update, to be told once the transaction is durable.
+pub(crate) fn apply_indexed<'a>(
+    table: &mut impl TxnTable,
+    ops: impl Iterator<Item = &'a Op>,
+    index: Option<&dyn CommitIndex>,
+) -> Result<Option<Box<dyn IndexUpdate>>> {
+    let Some(index) = index else {
+        for op in ops {
+            match op {
+                Op::Put { key, value } => table.put(key, value, &mut |_| {})?,
+                Op::Delete { key } => table.delete(key, &mut |_| {})?,
+            }
+        }
+        return Ok(None);
+    };
+    let mut update = index.begin();
+    for op in ops {
+        let key = op.key();
+        let watched = index.watches(key);
+        match op {
+            Op::Put { key, value } if watched => table.put(key, value, &mut |old| {
+                update.change(key, old, Some(value));
+            })?,
+            Op::Delete { key } if watched => table.delete(key, &mut |old| {
+                if old.is_some() {
+                    update.change(key, old, None);
+                }
+            })?,
+            Op::Put { key, value } => table.put(key, value, &mut |_| {})?,
+            Op::Delete { key } => table.delete(key, &mut |_| {})?,
+        }
+    }
+    let reads = update.reads();
+    let records = reads
+        .iter()
+        .map(|key| table.read(key))
+        .collect::<Result<Vec<_>>>()?;
+    for op in update.finish(records)? {
+        match &op {
+            Op::Put { key, value } => table.put(key, value, &mut |_| {})?,
+            Op::Delete { key } => table.delete(key, &mut |_| {})?,
+        }
+    }
+    Ok(Some(update))
 }
 
 #[cfg(test)]

@@ -90,4 +90,8 @@ impl<H: StoreHooks> HookedBackend for HookedStore<H> {
     fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
         self.store.set_commit_hook(hook);
     }
+
+    fn feeds_indexes(&self) -> bool {
+        self.store.feeds_indexes()
+    }
 }

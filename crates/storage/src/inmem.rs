@@ -14,7 +14,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use crate::hook::{checked_extra_ops_within, HookSlot};
+use crate::hook::{apply_indexed, checked_extra_ops_within, HookSlot, TxnTable};
 use crate::limits::{validate_batch, validate_key, validate_ops, MAX_BATCH_OPS};
 use crate::listing::{list_children, scan_prefix};
 use crate::snapshot::PageBuilder;
@@ -53,15 +53,24 @@ impl InmemBackend {
         };
         let op_count = (ops.len() + extra.len()) as u64;
         let notify = !extra.is_empty();
-        for op in ops.into_iter().chain(extra) {
-            match op {
-                Op::Put { key, value } => {
-                    entries.insert(key, value);
-                }
-                Op::Delete { key } => {
-                    entries.remove(&key);
-                }
+        let index = hook.as_ref().and_then(|hook| hook.index());
+        let mut table = MapTable {
+            entries: &mut entries,
+            undo: Vec::new(),
+        };
+        let update = match apply_indexed(
+            &mut table,
+            ops.iter().chain(extra.iter()),
+            index.as_deref(),
+        ) {
+            Ok(update) => update,
+            Err(error) => {
+                table.roll_back();
+                return Err(error);
             }
+        };
+        if let Some(update) = update {
+            update.committed();
         }
         if let (Some(hook), true) = (&hook, notify) {
             hook.after_commit();
@@ -147,6 +156,53 @@ impl Backend for InmemBackend {
 impl crate::HookedBackend for InmemBackend {
     fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
         self.hook.set(hook);
+    }
+
+    fn feeds_indexes(&self) -> bool {
+        true
+    }
+}
+
+/// The map under the write lock, as a transaction's table: it keeps what each write replaced,
+/// so a commit that fails half way (an index that refuses) is rolled back whole.
+struct MapTable<'a> {
+    entries: &'a mut BTreeMap<String, Vec<u8>>,
+    undo: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl MapTable<'_> {
+    fn roll_back(&mut self) {
+        while let Some((key, old)) = self.undo.pop() {
+            match old {
+                Some(value) => self.entries.insert(key, value),
+                None => self.entries.remove(&key),
+            };
+        }
+    }
+}
+
+impl TxnTable for MapTable<'_> {
+    fn put(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        replaced: &mut dyn FnMut(Option<&[u8]>),
+    ) -> Result<()> {
+        let old = self.entries.insert(key.to_owned(), value.to_vec());
+        replaced(old.as_deref());
+        self.undo.push((key.to_owned(), old));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+        let old = self.entries.remove(key);
+        replaced(old.as_deref());
+        self.undo.push((key.to_owned(), old));
+        Ok(())
+    }
+
+    fn read(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.entries.get(key).cloned())
     }
 }
 

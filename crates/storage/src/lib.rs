@@ -43,7 +43,7 @@ pub mod timed;
 pub use embedded::EmbeddedBackend;
 pub use error::StorageError;
 pub use ha::{Fence, FenceCell, HaBackend, HaNode, ReadScope};
-pub use hook::CommitHook;
+pub use hook::{CommitHook, CommitIndex, IndexUpdate};
 pub use inmem::InmemBackend;
 pub use postgresql::{PostgresBackend, PostgresConfig};
 pub use snapshot::{SnapshotPage, SnapshotSink, SNAPSHOT_PAGE_BYTES, SNAPSHOT_PAGE_ENTRIES};
@@ -152,4 +152,11 @@ pub trait HookedBackend: Backend {
     /// replacing any hook installed before. Batches already being committed may still see the
     /// previous hook.
     fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>);
+
+    /// Whether each commit feeds the hook's [`CommitIndex`] (the values its writes replace, read
+    /// inside the transaction). A backend that does not keeps no index; replication then
+    /// computes its Merkle tree by scanning.
+    fn feeds_indexes(&self) -> bool {
+        false
+    }
 }

@@ -974,7 +974,9 @@ impl GroupStore for PgStore {
         }
     }
 
-    fn commit(&self, batches: &[&[Op]]) -> Result<()> {
+    /// PostgreSQL feeds no index (`feeds_indexes` is false): the values a write replaces would
+    /// cost a read round trip inside every group's transaction.
+    fn commit(&self, batches: &[&[Op]], _index: Option<&dyn crate::CommitIndex>) -> Result<()> {
         let mut slot = self
             .client
             .lock()

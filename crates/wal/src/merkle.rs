@@ -15,18 +15,19 @@
 //!   order, and a future incremental index can update a cell with `+ new - old`. 64 bits are
 //!   enough to find accidental differences (a changed cell that sums the same: 2^-64); the
 //!   bucket and root hashes stay full SHA-256.
-//! - **Order-defined bucket hashes.** A bucket's hash is sha256 over its leaf hashes in key
-//!   order, so it depends only on the set of `(key, value)` pairs, not on insertion history.
-//!   Leaf hashes are length-prefixed (`len(key) BE u32 || key || sha256(value)`), so no two
-//!   different pairs can produce the same hashed bytes.
+//! - **Bucket hashes from cell sums.** A bucket's hash is sha256 over its key count and its 64
+//!   cell sums, so it depends only on the set of `(key, value)` pairs, not on insertion history
+//!   or order, and a commit can keep it current from the cells it changed. Leaf hashes are
+//!   length-prefixed (`len(key) BE u32 || key || sha256(value)`), so no two different pairs can
+//!   produce the same hashed bytes.
 //! - **Ciphertext only.** Values are hashed as stored (barrier ciphertext); nothing is
 //!   decrypted. Local keys (under [`LOCAL_PREFIX`]: the WAL and replication state) are skipped,
 //!   so two clusters with the same replicated data have the same root.
-//! - **Computed by a full ordered scan.** [`compute`] walks the keyspace in pages of 1024 and
-//!   feeds each key's leaf hash to its bucket's running hasher: memory is the 4096 hasher states
-//!   and one page, never the whole keyspace. It costs a read and a hash of every value; a scan
-//!   of 1M keys takes seconds. The next step is an incremental index (bucket hashes maintained
-//!   by the commit hook, or per-bucket leaf tables) so only changed buckets are rehashed.
+//! - **Kept by every commit, or computed by a scan.** Where the backend feeds indexes, the
+//!   [`index`] keeps every bucket's sums in storage, updated in each commit's transaction, so
+//!   the tree costs no scan. Otherwise (and to check the index) [`compute`] walks the keyspace
+//!   in pages of 1024 and adds each key to its cell: memory is the 2 MiB of sums and one page.
+//!   A scan costs a read and a hash of every value; at 1M keys, seconds.
 //! - **Not a snapshot.** Pages are separate reads, so writes during a scan can be half seen.
 //!   Callers compare trees computed while the data is quiet (a secondary pauses applying), or
 //!   repeat the comparison until it converges.
@@ -42,6 +43,10 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::wal::{is_local, LOCAL_PREFIX};
+
+pub mod index;
+
+pub use index::{BucketSums, IndexCheck, MerkleIndex};
 
 /// Number of buckets: the first 12 bits of a key's hash.
 pub const BUCKETS: usize = 4096;
@@ -158,70 +163,44 @@ fn root_of(buckets: &[[u8; 32]]) -> [u8; 32] {
 }
 
 /// Full scan (pages of 1024 via `Backend::scan("", after, 1024)`), skipping local keys. Bucket
-/// hash = sha256 over the leaf hashes of its keys in key order; empty bucket = all zero; root =
-/// sha256 of the bucket hashes concatenated.
+/// hash = sha256 over its key count and 64 cell sums ([`BucketSums::hash`]); empty bucket = all
+/// zero; root = sha256 of the bucket hashes concatenated.
 pub async fn compute(backend: &dyn Backend) -> Result<MerkleTree> {
     Ok(compute_with_cells(backend).await?.0)
 }
 
-/// Builds the tree (and the cell sums) from entries given in key order, local keys skipped:
+/// Builds the tree and the cell sums from entries given in any order, local keys skipped:
 /// the scans below, and a snapshot's pages as they are written.
 pub struct TreeBuilder {
-    hashers: Vec<Option<Sha256>>,
-    cells: Option<Vec<u64>>,
-    keys: u64,
+    buckets: Vec<BucketSums>,
 }
 
 impl TreeBuilder {
-    /// A builder of the tree only.
     pub fn new() -> TreeBuilder {
         TreeBuilder {
-            hashers: vec![None; BUCKETS],
-            cells: None,
-            keys: 0,
+            buckets: vec![BucketSums::default(); BUCKETS],
         }
     }
 
-    /// A builder of the tree and of every cell's sum ([`CELLS`] of them, 2 MiB).
+    /// The same as [`TreeBuilder::new`] (every builder keeps the cell sums, 2 MiB).
     pub fn with_cells() -> TreeBuilder {
-        TreeBuilder {
-            cells: Some(vec![0u64; CELLS]),
-            ..TreeBuilder::new()
-        }
+        TreeBuilder::new()
     }
 
-    /// The next entry, in key order. Local keys are not part of the tree.
+    /// One entry. Local keys are not part of the tree.
     pub fn add(&mut self, key: &str, value: &[u8]) {
         if is_local(key) {
             return;
         }
-        let key_hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let cell = usize::try_from(cell_of_hash(&key_hash)).unwrap_or(usize::MAX);
-        let leaf = leaf_hash(key, value);
-        let Some(slot) = self.hashers.get_mut(cell / CELLS_PER_BUCKET) else {
-            return;
-        };
-        slot.get_or_insert_with(Sha256::new).update(leaf);
-        if let Some(sum) = self.cells.as_mut().and_then(|c| c.get_mut(cell)) {
-            *sum = sum.wrapping_add(digest_of_leaf(&leaf));
+        let (bucket, slot, digest) = index::locate(key, value);
+        if let Some(sums) = self.buckets.get_mut(bucket) {
+            sums.count(slot, digest, true);
         }
-        self.keys += 1;
     }
 
-    /// The tree, and the cell sums when asked for (else empty).
+    /// The tree and every cell's sum.
     pub fn finish(self) -> (MerkleTree, Vec<u64>) {
-        let buckets: Vec<[u8; 32]> = self
-            .hashers
-            .into_iter()
-            .map(|hasher| hasher.map_or([0; 32], |hasher| hasher.finalize().into()))
-            .collect();
-        let root = root_of(&buckets);
-        let tree = MerkleTree {
-            buckets,
-            root,
-            keys: self.keys,
-        };
-        (tree, self.cells.unwrap_or_default())
+        (index::tree_of(&self.buckets), index::cells_of(&self.buckets))
     }
 }
 

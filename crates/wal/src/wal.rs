@@ -126,8 +126,16 @@ impl Wal {
         let last_index = read_index(backend.as_ref(), WAL_LAST_KEY)
             .await?
             .unwrap_or(0);
-        let recorder = Arc::new(Recorder::new(last_index));
+        let index = hooked.feeds_indexes().then(crate::merkle::MerkleIndex::new);
+        let recorder = Arc::new(Recorder::new(last_index, index.clone()));
         hooked.set_commit_hook(Some(recorder.clone()));
+        if let Some(index) = &index {
+            index.open(backend.as_ref()).await.map_err(|e| match e {
+                crate::merkle::MerkleError::Storage { context, source } => {
+                    WalError::Storage { context, source }
+                }
+            })?;
+        }
         tracing::info!(wal_index = last_index, "WAL opened");
         Ok(Arc::new(Wal {
             backend,
@@ -203,6 +211,11 @@ impl Wal {
     }
 
     /// Last committed index (0 = none).
+    /// The Merkle index kept by every commit, if the backend feeds one.
+    pub fn merkle_index(&self) -> Option<&crate::merkle::MerkleIndex> {
+        self.recorder.index.as_ref()
+    }
+
     pub fn last_index(&self) -> u64 {
         self.recorder.committed()
     }

@@ -16,26 +16,31 @@ fn put(key: &str, value: &[u8]) -> Op {
     }
 }
 
-/// The tree computed the obvious way, from all pairs in memory.
+/// The tree computed the obvious way, from all pairs in memory: per bucket, its key count and
+/// the 64 sums of its cells' leaf digests (first 8 bytes of each leaf hash), hashed big-endian.
 fn reference_tree(pairs: &BTreeMap<String, Vec<u8>>) -> MerkleTree {
-    let mut leaves: Vec<Vec<[u8; 32]>> = vec![Vec::new(); BUCKETS];
+    let mut counts = vec![0u64; BUCKETS];
+    let mut sums = vec![0u64; CELLS];
     let mut keys = 0;
     for (key, value) in pairs.iter().filter(|(key, _)| !is_local(key)) {
-        leaves[bucket_of(key) as usize].push(leaf_hash(key, value));
+        let cell = cell_of(key) as usize;
+        counts[cell / CELLS_PER_BUCKET] += 1;
+        let leaf = leaf_hash(key, value);
+        let digest = u64::from_be_bytes(leaf[..8].try_into().unwrap());
+        sums[cell] = sums[cell].wrapping_add(digest);
         keys += 1;
     }
-    let buckets: Vec<[u8; 32]> = leaves
-        .iter()
-        .map(|leaves| {
-            if leaves.is_empty() {
-                [0; 32]
-            } else {
-                let mut hasher = Sha256::new();
-                for leaf in leaves {
-                    hasher.update(leaf);
-                }
-                hasher.finalize().into()
+    let buckets: Vec<[u8; 32]> = (0..BUCKETS)
+        .map(|bucket| {
+            if counts[bucket] == 0 {
+                return [0; 32];
             }
+            let mut hasher = Sha256::new();
+            hasher.update(counts[bucket].to_be_bytes());
+            for sum in &sums[bucket * CELLS_PER_BUCKET..(bucket + 1) * CELLS_PER_BUCKET] {
+                hasher.update(sum.to_be_bytes());
+            }
+            hasher.finalize().into()
         })
         .collect();
     let mut root = Sha256::new();

@@ -32,14 +32,17 @@ pub(super) struct Recorder {
     assigned: Mutex<u64>,
     /// Last committed index, for `last_index()` and subscribers.
     committed: watch::Sender<u64>,
+    /// The Merkle index the backend keeps in each commit, if it feeds one.
+    pub(super) index: Option<crate::merkle::MerkleIndex>,
 }
 
 impl Recorder {
-    pub(super) fn new(last_index: u64) -> Self {
+    pub(super) fn new(last_index: u64, index: Option<crate::merkle::MerkleIndex>) -> Self {
         Self {
             recording: AtomicBool::new(false),
             assigned: Mutex::new(last_index),
             committed: watch::Sender::new(last_index),
+            index,
         }
     }
 
@@ -142,6 +145,12 @@ impl CommitHook for Recorder {
             );
         }
         extra
+    }
+
+    fn index(&self) -> Option<std::sync::Arc<dyn bunker_storage::CommitIndex>> {
+        self.index
+            .clone()
+            .map(|index| std::sync::Arc::new(index) as std::sync::Arc<dyn bunker_storage::CommitIndex>)
     }
 
     fn after_commit(&self) {

@@ -1,0 +1,230 @@
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use bunker_storage::{Backend, EmbeddedBackend, HookedBackend, InmemBackend, Op};
+
+use super::*;
+use crate::merkle::compute_with_cells;
+use crate::wal::Wal;
+
+fn put(key: &str, value: &[u8]) -> Op {
+    Op::Put {
+        key: key.to_owned(),
+        value: value.to_vec(),
+    }
+}
+
+fn delete(key: &str) -> Op {
+    Op::Delete {
+        key: key.to_owned(),
+    }
+}
+
+/// A small deterministic generator (xorshift), so failures replay.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A batch of puts and deletes over a hot set of `keys` keys; the same key may appear twice.
+fn random_batch(rng: &mut Rng, keys: u64) -> Vec<Op> {
+    (0..1 + rng.below(8))
+        .map(|_| {
+            let key = format!("logical/k{}", rng.below(keys));
+            if rng.below(4) == 0 {
+                delete(&key)
+            } else {
+                put(&key, &rng.next().to_be_bytes()[..1 + rng.below(8) as usize])
+            }
+        })
+        .collect()
+}
+
+/// The index's tree and cell sums equal a full scan's, and it reports the WAL's index.
+async fn assert_index_exact(wal: &Wal, backend: &dyn Backend) {
+    let index = wal.merkle_index().expect("the backend feeds an index");
+    let (tree, cells, wal_index) = index.fingerprint().expect("the index is ready");
+    let (scanned, scanned_cells) = compute_with_cells(backend).await.expect("scan");
+    assert_eq!(tree, scanned, "the index's tree is the scan's");
+    assert!(cells == scanned_cells, "the index's cell sums are the scan's");
+    assert_eq!(wal_index, wal.last_index(), "the index names the WAL index");
+    let (root, keys, _) = index.root().expect("root");
+    assert_eq!((root, keys), (scanned.root_hex(), scanned.keys));
+    let check = index
+        .check(backend, &AtomicU64::new(0))
+        .await
+        .expect("check");
+    assert_eq!(check.differing_cells, 0, "the stored records are exact");
+}
+
+/// Concurrent writers (sharing group commits, hitting the same keys) keep the index exact.
+async fn concurrent_writes_keep_the_index_exact(backend: Arc<dyn HookedBackend>) {
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    wal.set_recording(true);
+    let tasks: Vec<_> = (0..16u64)
+        .map(|task| {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (task + 1));
+                for _ in 0..40 {
+                    backend.batch(random_batch(&mut rng, 50)).await.expect("batch");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer");
+    }
+    assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_keep_the_embedded_index_exact() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = Arc::new(EmbeddedBackend::open(dir.path()).expect("open"));
+    concurrent_writes_keep_the_index_exact(backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_keep_the_inmem_index_exact() {
+    concurrent_writes_keep_the_index_exact(Arc::new(InmemBackend::new())).await;
+}
+
+#[tokio::test]
+async fn a_store_written_without_the_index_is_indexed_when_opened() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut rng = Rng(7);
+    {
+        // An older version: data written with no index.
+        let backend = EmbeddedBackend::open(dir.path()).expect("open");
+        for _ in 0..50 {
+            backend.batch(random_batch(&mut rng, 200)).await.expect("batch");
+        }
+        assert!(backend.get(INDEX_STATE_KEY).await.unwrap().is_none());
+    }
+    let backend = Arc::new(EmbeddedBackend::open(dir.path()).expect("reopen"));
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    assert!(backend.get(INDEX_STATE_KEY).await.unwrap().is_some());
+    assert_index_exact(&wal, backend.as_ref()).await;
+    // And kept from there, across a restart (loaded, not rebuilt).
+    for _ in 0..50 {
+        backend.batch(random_batch(&mut rng, 200)).await.expect("batch");
+    }
+    assert_index_exact(&wal, backend.as_ref()).await;
+    drop(wal);
+    drop(backend);
+    let backend = Arc::new(EmbeddedBackend::open(dir.path()).expect("reopen"));
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+#[tokio::test]
+async fn an_unbounded_batch_is_indexed() {
+    let backend = Arc::new(InmemBackend::new());
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    let mut ops: Vec<Op> = (0..12_000)
+        .map(|i| put(&format!("logical/{i}"), &[i as u8]))
+        .collect();
+    ops.extend((0..100).map(|i| delete(&format!("logical/{i}"))));
+    backend.batch_unbounded(ops).await.expect("unbounded batch");
+    assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_repairs_damaged_records_while_writes_go_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = Arc::new(EmbeddedBackend::open(dir.path()).expect("open"));
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    let mut rng = Rng(11);
+    for _ in 0..100 {
+        backend.batch(random_batch(&mut rng, 300)).await.expect("batch");
+    }
+    let index = wal.merkle_index().expect("index").clone();
+    // Damage: one record overwritten with wrong sums, one with garbage, one removed.
+    let records = backend.scan(BUCKET_PREFIX, None, 3).await.expect("records");
+    assert_eq!(records.len(), 3, "the writes filled several buckets");
+    backend
+        .batch(vec![
+            put(&records[0].0, &BucketSums::default().encode()[..]),
+            put(&records[1].0, b"garbage"),
+            delete(&records[2].0),
+        ])
+        .await
+        .expect("damaging");
+    let check = index
+        .check(backend.as_ref(), &AtomicU64::new(0))
+        .await
+        .expect("check");
+    assert_eq!(check.differing_buckets, 3, "{check:?}");
+    // The repair runs while writers keep changing the keyspace.
+    let writers: Vec<_> = (0..4u64)
+        .map(|task| {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let mut rng = Rng(100 + task);
+                for _ in 0..100 {
+                    backend.batch(random_batch(&mut rng, 300)).await.expect("batch");
+                }
+            })
+        })
+        .collect();
+    let scanned = AtomicU64::new(0);
+    let rebuilt = index.rebuild(backend.as_ref(), &scanned).await.expect("rebuild");
+    assert_eq!(rebuilt.differing_buckets, 3);
+    assert!(scanned.load(Ordering::Relaxed) > 0, "the rebuild reports its progress");
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    // The stored records are exact again; the mirror, kept with them, too. A reopen reads the
+    // repaired records.
+    assert_index_exact(&wal, backend.as_ref()).await;
+    drop(wal);
+    let wal = Wal::open(backend.clone()).await.expect("reopen");
+    assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+#[tokio::test]
+async fn a_correction_that_does_not_commit_waits_for_the_next_commit() {
+    let index = MerkleIndex::new();
+    let mut correction = BucketSums::default();
+    correction.count(3, 42, true);
+    index.shared.pending().insert(5, correction);
+    let update = index.begin();
+    assert!(index.shared.pending().is_empty(), "the commit carries it");
+    drop(update);
+    assert_eq!(
+        index.shared.pending().get(&5),
+        Some(&correction),
+        "an update dropped without committing hands its correction back"
+    );
+    let mut update = index.begin();
+    assert_eq!(update.reads(), vec![record_key(5)]);
+    let ops = update.finish(vec![None]).expect("finish");
+    assert_eq!(ops, vec![put(&record_key(5), &correction.encode())]);
+    update.committed();
+    assert!(index.shared.pending().is_empty(), "a commit consumes it");
+}
+
+#[test]
+fn records_round_trip_and_refuse_other_lengths() {
+    let mut sums = BucketSums::default();
+    sums.count(0, 1, true);
+    sums.count(63, u64::MAX, true);
+    assert_eq!(BucketSums::decode(&sums.encode()), Some(sums));
+    assert_eq!(BucketSums::decode(&sums.encode()[1..]), None);
+    assert_eq!(BucketSums::default().hash(), [0; 32], "an empty bucket hashes to zero");
+    assert_ne!(sums.hash(), [0; 32]);
+    assert_eq!(bucket_of_record(&record_key(4095)), Some(4095));
+    assert_eq!(bucket_of_record(&format!("{BUCKET_PREFIX}1000")), None);
+    assert_eq!(bucket_of_record(&format!("{BUCKET_PREFIX}fff0")), None);
+}
