@@ -248,6 +248,26 @@ def figure_catchup(raw, out, targets):
         f"| ratio counting both directions | {fmt(res['ratio_both_directions'], 2)} |"]
 
 
+def figure_status(raw, out, targets):
+    rows = pick(raw, "status", "bunker")
+    out["status"] = rows
+    md = ["## 11. `dr/status` with the Merkle root, on the primary of the sync figures", ""]
+    if not rows:
+        return md + ["Not measured in this run."]
+    md += ["Sequential requests on one connection. Full scans are the status's own `merkle_scans` "
+           "before and after the requests: no scan means the root came from the Merkle index.", "",
+           "| keys | load | requests | p50 ms | p99 ms | max ms | Merkle index | full scans during |",
+           "|---:|---|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        scans = (r.get("merkle_scans_after") or 0) - (r.get("merkle_scans_before") or 0)
+        md.append(f"| {r['keys']:,} | {r['load']} | {r['requests']:,} | {fmt(r['p50_ms'], 2)} | "
+                  f"{fmt(r['p99_ms'], 2)} | {fmt(r['max_ms'], 2)} | {r.get('merkle_index')} | {scans} |")
+        targets.append({"figure": f"11. dr/status p99 at {r['keys']:,} keys ({r['load']})",
+                        "target": "< 5 ms, no scan", "value": r["p99_ms"], "unit": "ms",
+                        "pass": r["p99_ms"] < 5 and scans == 0})
+    return md
+
+
 def figure_promote(raw, out, targets):
     rows = pick(raw, "promote", "bunker")
     out["promote"] = rows
@@ -340,6 +360,7 @@ def main():
     body += figure_lag(raw, out, targets) + [""]
     body += figure_sync(raw, machine, out, targets) + [""]
     body += figure_catchup(raw, out, targets) + [""]
+    body += figure_status(raw, out, targets) + [""]
     body += figure_promote(raw, out, targets) + [""]
     body += figure_ha(raw, out, targets) + [""]
     body += figure_memory(raw, out) + [""]

@@ -6,6 +6,7 @@ mod http;
 mod lag;
 mod promote;
 mod stats;
+mod status;
 mod target;
 
 use std::time::Duration;
@@ -107,6 +108,13 @@ enum Cmd {
         #[arg(long)]
         token: String,
     },
+    /// `dr/status` latency, sequential requests on one connection
+    Status {
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+    },
     /// Print a TCP port on 127.0.0.1 that is free right now
     FreePort,
 }
@@ -193,6 +201,7 @@ fn main() -> Result<()> {
                 key,
                 token,
             } => promote::run(&secondary, &key, &token).await,
+            Cmd::Status { addr, count } => status::run(&addr, count).await,
             Cmd::FreePort => unreachable_free_port(),
         }
     })?;

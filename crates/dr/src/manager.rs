@@ -438,8 +438,25 @@ async fn refresh_merkle_root(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        // An HA standby serves no status that needs it; the active node computes its own.
-        if inner.mode() == Mode::Disabled || !inner.active_node() {
+        // An HA standby serves no status that needs it; the active node computes its own. A
+        // backend that keeps the Merkle index needs no refresher: status reads the index.
+        if let Some(index) = inner.wal.merkle_index() {
+            if index.needs_rebuild() {
+                // Its records were written outside it: rebuild, as a `reindex` would.
+                tracing::warn!("rebuilding the Merkle index");
+                if let Err(e) = index
+                    .rebuild(
+                        inner.backend.as_ref(),
+                        &std::sync::atomic::AtomicU64::new(0),
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %e, "rebuilding the Merkle index failed");
+                }
+            }
+        }
+        let indexed = inner.wal.merkle_index().is_some_and(|i| i.is_ready());
+        if inner.mode() == Mode::Disabled || !inner.active_node() || indexed {
             continue;
         }
         let index = inner.wal.last_index();
@@ -475,6 +492,9 @@ impl Inner {
     /// The last published Merkle root and the WAL index it is exact for, if it still
     /// describes the keyspace (no change outside the WAL since).
     pub(crate) fn published_merkle_root(&self) -> Option<(String, u64)> {
+        if let Some((root, _, exact_at)) = self.wal.merkle_index().and_then(|i| i.root()) {
+            return exact_at.map(|wal_index| (root, wal_index));
+        }
         let epoch = self.merkle_epoch.load(Ordering::Acquire);
         let p = self
             .published_root
@@ -512,6 +532,33 @@ impl Inner {
     /// under write load was tried, and a root that lags the WAL index misleads anyone comparing
     /// two clusters' roots.
     pub async fn merkle_fingerprint(
+        &self,
+    ) -> Result<(crate::merkle::MerkleTree, Arc<Vec<u64>>), ReplError> {
+        let (tree, cells, _) = self.merkle_fingerprint_at().await?;
+        Ok((tree, cells))
+    }
+
+    /// As [`Inner::merkle_fingerprint`], with the WAL index the tree is exact for. From the
+    /// Merkle index where the backend keeps one (no scan); else from the cache or a scan, with
+    /// the WAL index read before it.
+    pub async fn merkle_fingerprint_at(
+        &self,
+    ) -> Result<(crate::merkle::MerkleTree, Arc<Vec<u64>>, u64), ReplError> {
+        if let Some((tree, cells, wal_index)) = self
+            .wal
+            .merkle_index()
+            .and_then(|index| index.fingerprint())
+        {
+            return Ok((tree, Arc::new(cells), wal_index));
+        }
+        let index = self.wal.last_index();
+        let (tree, cells) = self.scanned_fingerprint().await?;
+        Ok((tree, cells, index))
+    }
+
+    /// The tree and cell sums by a scan, or the cached ones while neither the WAL index nor the
+    /// epoch moved.
+    async fn scanned_fingerprint(
         &self,
     ) -> Result<(crate::merkle::MerkleTree, Arc<Vec<u64>>), ReplError> {
         let mut cache = self.merkle_cache.lock().await;
@@ -1052,6 +1099,9 @@ impl Inner {
     /// The primary's key count from its last Merkle scan, without scanning (0 = none yet).
     /// Waits for a scan in progress rather than reporting none while it runs.
     pub(crate) async fn cached_key_count(&self) -> u64 {
+        if let Some((_, keys, _)) = self.wal.merkle_index().and_then(|index| index.root()) {
+            return keys;
+        }
         self.merkle_cache
             .lock()
             .await

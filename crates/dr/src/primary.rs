@@ -385,8 +385,7 @@ where
             ToPrimary::MerkleRequest => {
                 let _answer = Timed::start(rpc_metrics::SERVER_SUB_PAGE_HASHES);
                 full_scans += 1;
-                let wal_index = inner.wal.last_index();
-                let (tree, cells) = inner.merkle_fingerprint().await?;
+                let (tree, cells, wal_index) = inner.merkle_fingerprint_at().await?;
                 reconciler.use_cell_sums(cells);
                 write_frame(&mut wr, &ToSecondary::Tree { wal_index, tree }).await?;
             }

@@ -1148,6 +1148,19 @@ impl Schedule {
         }
         let ours = run(merkle::compute(self.secondary_disk.disk.as_ref())).unwrap();
         let theirs = run(merkle::compute(self.primary_disk.as_ref())).unwrap();
+        // The Merkle index each side keeps by its commits says the same as the scans.
+        for (side, wal, scanned) in [
+            ("secondary", &self.secondary.wal, &ours),
+            ("primary", &self.primary.wal, &theirs),
+        ] {
+            if let Some((tree, _)) = wal.merkle_index().and_then(|index| index.tree()) {
+                assert!(
+                    tree == *scanned,
+                    "seed {}: the {side}'s Merkle index differs from a scan",
+                    self.seed
+                );
+            }
+        }
         ours.root == theirs.root
     }
 

@@ -128,8 +128,12 @@ pub(crate) fn checked_extra_ops_within(
 /// A transaction's table as [`apply_indexed`] uses it: writes that hand over the value they
 /// replace, and reads that see the transaction's own writes.
 pub(crate) trait TxnTable {
-    fn put(&mut self, key: &str, value: &[u8], replaced: &mut dyn FnMut(Option<&[u8]>))
-        -> Result<()>;
+    fn put(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        replaced: &mut dyn FnMut(Option<&[u8]>),
+    ) -> Result<()>;
     fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()>;
     fn read(&mut self, key: &str) -> Result<Option<Vec<u8>>>;
 }

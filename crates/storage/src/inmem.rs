@@ -58,17 +58,14 @@ impl InmemBackend {
             entries: &mut entries,
             undo: Vec::new(),
         };
-        let update = match apply_indexed(
-            &mut table,
-            ops.iter().chain(extra.iter()),
-            index.as_deref(),
-        ) {
-            Ok(update) => update,
-            Err(error) => {
-                table.roll_back();
-                return Err(error);
-            }
-        };
+        let update =
+            match apply_indexed(&mut table, ops.iter().chain(extra.iter()), index.as_deref()) {
+                Ok(update) => update,
+                Err(error) => {
+                    table.roll_back();
+                    return Err(error);
+                }
+            };
         if let Some(update) = update {
             update.committed();
         }

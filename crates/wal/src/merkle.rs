@@ -200,7 +200,10 @@ impl TreeBuilder {
 
     /// The tree and every cell's sum.
     pub fn finish(self) -> (MerkleTree, Vec<u64>) {
-        (index::tree_of(&self.buckets), index::cells_of(&self.buckets))
+        (
+            index::tree_of(&self.buckets),
+            index::cells_of(&self.buckets),
+        )
     }
 }
 

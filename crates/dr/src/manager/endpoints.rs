@@ -246,9 +246,11 @@ fn status_response(v: Value) -> Result<Response> {
     Ok(resp)
 }
 
-/// `reindex`: the tree recomputed by a full scan, with its progress in status while it runs
-/// (`reindex_in_progress`, `reindex_building_progress` of `reindex_building_total`) and
-/// `last_reindex_epoch` once it is done. One at a time.
+/// `reindex`: where the backend keeps the Merkle index, the stored index compared with one
+/// snapshot of the keyspace and repaired (writes go on); otherwise the tree recomputed by a
+/// full scan. Its progress is in status while it runs (`reindex_in_progress`,
+/// `reindex_building_progress` of `reindex_building_total`), and `last_reindex_epoch` once it
+/// is done. One at a time.
 async fn reindex(inner: &Arc<Inner>) -> Result<Response> {
     use std::sync::atomic::Ordering;
     if inner.reindex.running.swap(true, Ordering::AcqRel) {
@@ -265,7 +267,15 @@ async fn reindex(inner: &Arc<Inner>) -> Result<Response> {
     let done = Done(inner);
     let expected = inner.cached_key_count().await;
     inner.reindex.total.store(expected, Ordering::Relaxed);
-    let result = merkle_check(inner).await;
+    inner.reindex.scanned.store(0, Ordering::Relaxed);
+    let result = match inner.wal.merkle_index() {
+        Some(index) => index
+            .rebuild(inner.backend.as_ref(), &inner.reindex.scanned)
+            .await
+            .map_err(|e| LogicalError::Internal(format!("reindex: {e}")))
+            .map(|check| index_report(inner, &check, true)),
+        None => merkle_check(inner).await,
+    };
     if result.is_ok() {
         let now = crate::messages::now_ms() / 1000;
         inner.reindex.last_epoch.store(now, Ordering::Relaxed);
@@ -274,7 +284,20 @@ async fn reindex(inner: &Arc<Inner>) -> Result<Response> {
     result
 }
 
+/// `merkle-check`: where the backend keeps the Merkle index, the stored index compared with
+/// one snapshot of the keyspace (nothing changed; `corrupted_merkle_tree` says whether they
+/// differ, `reindex` repairs); otherwise the tree recomputed by a full scan.
 async fn merkle_check(inner: &Arc<Inner>) -> Result<Response> {
+    if let Some(index) = inner.wal.merkle_index() {
+        let check = index
+            .check(
+                inner.backend.as_ref(),
+                &std::sync::atomic::AtomicU64::new(0),
+            )
+            .await
+            .map_err(|e| LogicalError::Internal(format!("merkle-check: {e}")))?;
+        return Ok(index_report(inner, &check, false));
+    }
     inner.invalidate_merkle();
     let tree = inner.merkle_tree().await?;
     let mut data = Data::new();
@@ -283,8 +306,39 @@ async fn merkle_check(inner: &Arc<Inner>) -> Result<Response> {
     data.insert("corrupted_merkle_tree".into(), json!(false));
     data.insert("last_wal".into(), json!(inner.wal.last_index()));
     Ok(Response::data(data).with_warning(
-        "the Merkle tree is recomputed from storage on every check; nothing to repair",
+        "this storage keeps no Merkle index: the tree is recomputed from storage on every \
+         check; nothing to repair",
     ))
+}
+
+/// What `merkle-check` and `reindex` found: the recomputed tree, and how far the stored index
+/// was from it (`repaired`: and that it has been corrected).
+fn index_report(inner: &Inner, check: &crate::merkle::IndexCheck, repaired: bool) -> Response {
+    let mut data = Data::new();
+    let (root, keys) = check
+        .tree
+        .as_ref()
+        .map_or((String::new(), 0), |t| (t.root_hex(), t.keys));
+    let differs = check.differing_cells > 0 || check.differing_buckets > 0;
+    data.insert("merkle_root".into(), json!(root));
+    data.insert("keys".into(), json!(keys));
+    data.insert("scanned".into(), json!(check.scanned));
+    data.insert("corrupted_merkle_tree".into(), json!(differs && !repaired));
+    data.insert("differing_buckets".into(), json!(check.differing_buckets));
+    data.insert("differing_cells".into(), json!(check.differing_cells));
+    data.insert("repaired".into(), json!(differs && repaired));
+    data.insert("last_wal".into(), json!(inner.wal.last_index()));
+    let response = Response::data(data);
+    match (differs, repaired) {
+        (true, false) => response.with_warning(
+            "the stored Merkle index differs from the keyspace; run sys/replication/reindex to \
+             repair it",
+        ),
+        (true, true) => response.with_warning(
+            "the stored Merkle index differed from the keyspace and has been repaired",
+        ),
+        (false, _) => response,
+    }
 }
 
 fn required_id(req: &Request) -> Result<String> {

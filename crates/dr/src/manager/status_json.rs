@@ -23,6 +23,13 @@ impl Inner {
         };
         let last_wal = self.wal.last_index();
         let merkle_scans = self.merkle_scans.load(std::sync::atomic::Ordering::Relaxed);
+        let index = self.wal.merkle_index();
+        let corrupted = index.is_some_and(|i| i.is_corrupt());
+        let merkle_index = match index {
+            Some(i) if i.is_ready() => "ready",
+            Some(_) => "building",
+            None => "unsupported",
+        };
         let mut status = match state.mode {
             Mode::Disabled => json!({"mode": "disabled"}),
             Mode::Primary => {
@@ -54,7 +61,8 @@ impl Inner {
                     "merkle_root": merkle_root,
                     "merkle_root_wal": merkle_root_wal,
                     "merkle_scans": merkle_scans,
-                    "corrupted_merkle_tree": false,
+                    "corrupted_merkle_tree": corrupted,
+                    "merkle_index": merkle_index,
                     "primary_cluster_addr": primary.map(|p| p.primary_cluster_addr.clone()).unwrap_or_default(),
                     "ssct_generation_counter": 0,
                 })
@@ -93,7 +101,8 @@ impl Inner {
                     "connection_state": if secondary.is_none() { "shutdown" } else if s.connection_state.is_empty() { "connecting" } else { s.connection_state },
                     "last_start": if s.last_start_ms == 0 { String::new() } else { s.last_start_ms.to_string() },
                     "last_error": s.last_error,
-                    "corrupted_merkle_tree": false,
+                    "corrupted_merkle_tree": corrupted,
+                    "merkle_index": merkle_index,
                     "primaries": primaries,
                     "sync": s.counters.to_json(),
                     "sync_progress": s.progress.as_ref().map(crate::status::SyncProgress::to_json),

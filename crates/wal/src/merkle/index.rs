@@ -180,8 +180,12 @@ struct Mirror {
     buckets: Vec<BucketSums>,
     hashes: Vec<[u8; 32]>,
     keys: u64,
-    /// The WAL index written by the last commit the mirror includes.
+    /// The WAL index written by the last commit the mirror includes...
     wal_index: u64,
+    /// ...and whether the data is exactly as of that index: false after a commit that changed
+    /// replicated data without writing the WAL index (a Merkle or snapshot sync's pages, a
+    /// restore), until the next commit that writes one.
+    exact: bool,
     root: Option<[u8; 32]>,
 }
 
@@ -194,6 +198,7 @@ impl Mirror {
             hashes,
             keys,
             wal_index,
+            exact: true,
             root: None,
         }
     }
@@ -215,8 +220,11 @@ struct Shared {
     state: Mutex<State>,
     /// Corrections computed by a rebuild, waiting for a commit to add them.
     pending: Mutex<BTreeMap<usize, BucketSums>>,
-    /// A record was malformed (read as empty); `merkle-check` reports it until a rebuild.
+    /// A record was malformed (read as empty) or written by something other than the index;
+    /// `merkle-check` and status report it until a rebuild.
     corrupt: AtomicBool,
+    /// `open` finished: a `Building` state from then on means the records need a rebuild.
+    opened: AtomicBool,
 }
 
 impl Shared {
@@ -279,6 +287,7 @@ impl MerkleIndex {
                 state: Mutex::new(State::Building),
                 pending: Mutex::new(BTreeMap::new()),
                 corrupt: AtomicBool::new(false),
+                opened: AtomicBool::new(false),
             }),
             rebuilding: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -287,14 +296,38 @@ impl MerkleIndex {
     /// Loads the records if they are complete, else builds them (one snapshot of the store).
     /// Call with the index installed in the backend's hook, before the backend serves writes.
     pub async fn open(&self, backend: &dyn Backend) -> Result<(), MerkleError> {
+        let result = self.load_or_build(backend).await;
+        self.shared.opened.store(true, Ordering::Release);
+        result
+    }
+
+    async fn load_or_build(&self, backend: &dyn Backend) -> Result<(), MerkleError> {
         let state = backend
             .get(INDEX_STATE_KEY)
             .await
             .map_err(storage("reading the Merkle index state"))?;
-        if state.as_deref() != Some(&[INDEX_FORMAT][..]) {
+        let wal_index = backend
+            .get(WAL_LAST_KEY)
+            .await
+            .map_err(storage("reading the WAL index"))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let usable = match state.as_deref() {
+            Some([INDEX_FORMAT]) => true,
+            // The WAL index the index last saw: another one means a version without the index
+            // recorded writes since.
+            Some([INDEX_FORMAT, seen @ ..]) => {
+                <[u8; 8]>::try_from(seen).ok().map(u64::from_be_bytes) == Some(wal_index)
+            }
+            _ => false,
+        };
+        if !usable {
             tracing::info!("building the Merkle index (one pass over the store)");
             let check = self.rebuild(backend, &AtomicU64::new(0)).await?;
-            tracing::info!(keys = check.tree.map_or(0, |t| t.keys), "Merkle index built");
+            tracing::info!(
+                keys = check.tree.map_or(0, |t| t.keys),
+                "Merkle index built"
+            );
             return Ok(());
         }
         let mut buckets = vec![BucketSums::default(); BUCKETS];
@@ -314,12 +347,6 @@ impl MerkleIndex {
                 _ => break,
             }
         }
-        let wal_index = backend
-            .get(WAL_LAST_KEY)
-            .await
-            .map_err(storage("reading the WAL index"))?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map_or(0, u64::from_be_bytes);
         *self.shared.state() = State::Ready(Mirror::new(buckets, wal_index));
         Ok(())
     }
@@ -342,14 +369,23 @@ impl MerkleIndex {
         self.shared.corrupt.load(Ordering::Relaxed)
     }
 
-    /// The root (hex), the number of keys and the WAL index they are exact for.
-    pub fn root(&self) -> Option<(String, u64, u64)> {
+    /// The root (hex), the number of keys, and the WAL index they are exact for (`None` while
+    /// the data holds changes the WAL index does not show).
+    pub fn root(&self) -> Option<(String, u64, Option<u64>)> {
         let mut state = self.shared.state();
         let State::Ready(mirror) = &mut *state else {
             return None;
         };
         let root = mirror.root();
-        Some((hex::encode(root), mirror.keys, mirror.wal_index))
+        let exact_at = mirror.exact.then_some(mirror.wal_index);
+        Some((hex::encode(root), mirror.keys, exact_at))
+    }
+
+    /// Whether the index was opened and found (or made) inconsistent: its records were
+    /// written by something other than the index. A rebuild repairs it.
+    pub fn needs_rebuild(&self) -> bool {
+        self.shared.opened.load(Ordering::Acquire)
+            && matches!(*self.shared.state(), State::Building)
     }
 
     /// The tree and the WAL index it is exact for.
@@ -402,19 +438,15 @@ impl MerkleIndex {
         scanned: &AtomicU64,
     ) -> Result<IndexCheck, MerkleError> {
         let _one = self.rebuilding.lock().await;
-        // A correction left by a rebuild whose commit failed is not in the records the snapshot
-        // will show: commit it first, or it would be counted twice.
-        if !self.shared.pending().is_empty() {
-            mark_complete(backend).await?;
-        }
+        // A correction left by a rebuild whose commit failed, or carried by a commit still in
+        // flight, is not in the records the snapshot would show: a commit first, so every
+        // earlier one has landed, or it would be counted twice.
+        mark_complete(backend).await?;
         let (check, corrections) = compare(backend, scanned).await?;
         self.shared.pending().extend(corrections);
-        {
-            let mut state = self.shared.state();
-            if !matches!(*state, State::Ready(_)) {
-                *state = State::Load;
-            }
-        }
+        // The next commit adds the correction and reloads the mirror from the corrected
+        // records (the mirror may differ from the records it was loaded from).
+        *self.shared.state() = State::Load;
         self.shared.corrupt.store(false, Ordering::Relaxed);
         mark_complete(backend).await?;
         Ok(check)
@@ -500,16 +532,24 @@ impl SnapshotSink for CompareSink<'_> {
 }
 
 impl CommitIndex for MerkleIndex {
+    /// Replicated keys, the WAL index, and the index's own records (written by anyone else,
+    /// they can no longer be trusted).
     fn watches(&self, key: &str) -> bool {
-        !is_local(key) || key == WAL_LAST_KEY
+        !is_local(key) || key == WAL_LAST_KEY || key.starts_with(BUCKET_PREFIX)
     }
 
     fn begin(&self) -> Box<dyn IndexUpdate> {
-        let load = matches!(*self.shared.state(), State::Load);
+        let (load, complete) = match *self.shared.state() {
+            State::Building => (false, false),
+            State::Load => (true, true),
+            State::Ready(_) => (false, true),
+        };
         let correction = std::mem::take(&mut *self.shared.pending());
         Box::new(Update {
             shared: self.shared.clone(),
             load,
+            complete,
+            tampered: false,
             deltas: correction.clone(),
             correction,
             wal_index: None,
@@ -523,6 +563,11 @@ struct Update {
     shared: Arc<Shared>,
     /// Read every record and install the mirror at the commit.
     load: bool,
+    /// The records are complete: the commit also records the WAL index it writes in the index
+    /// state, so an open can tell whether writes happened without the index.
+    complete: bool,
+    /// The commit writes the index's records itself: the index is no longer exact.
+    tampered: bool,
     /// Per bucket: the commit's writes, plus the correction.
     deltas: BTreeMap<usize, BucketSums>,
     /// The correction this commit carries, handed back if it does not commit.
@@ -536,9 +581,19 @@ struct Update {
 impl IndexUpdate for Update {
     fn change(&mut self, key: &str, old: Option<&[u8]>, new: Option<&[u8]>) {
         if key == WAL_LAST_KEY {
-            self.wal_index = new
-                .and_then(|v| <[u8; 8]>::try_from(v).ok())
-                .map(u64::from_be_bytes);
+            // Deleted (a wipe): no WAL, index 0.
+            self.wal_index = Some(
+                new.and_then(|v| <[u8; 8]>::try_from(v).ok())
+                    .map_or(0, u64::from_be_bytes),
+            );
+            return;
+        }
+        if key.starts_with(BUCKET_PREFIX) {
+            tracing::error!(
+                record = key,
+                "a Merkle index record was written outside the index"
+            );
+            self.tampered = true;
             return;
         }
         for (value, sign) in [(old, false), (new, true)] {
@@ -604,12 +659,26 @@ impl IndexUpdate for Update {
                     .map_or(0, u64::from_be_bytes),
             );
         }
+        if let (true, false, Some(wal_index)) = (self.complete, self.tampered, self.wal_index) {
+            let mut state = vec![INDEX_FORMAT];
+            state.extend_from_slice(&wal_index.to_be_bytes());
+            ops.push(Op::Put {
+                key: INDEX_STATE_KEY.into(),
+                value: state,
+            });
+        }
         Ok(ops)
     }
 
     fn committed(mut self: Box<Self>) {
         self.correction.clear();
         let mut state = self.shared.state();
+        if self.tampered {
+            self.shared.corrupt.store(true, Ordering::Relaxed);
+            *state = State::Building;
+            return;
+        }
+        let changed = self.deltas.values().any(|d| !d.is_zero());
         match &mut *state {
             State::Building => {}
             State::Load if !self.load => {}
@@ -624,9 +693,10 @@ impl IndexUpdate for Update {
             }
             State::Ready(mirror) => {
                 for (bucket, sums) in self.written.drain(..) {
-                    let (Some(slot), Some(hash)) =
-                        (mirror.buckets.get_mut(bucket), mirror.hashes.get_mut(bucket))
-                    else {
+                    let (Some(slot), Some(hash)) = (
+                        mirror.buckets.get_mut(bucket),
+                        mirror.hashes.get_mut(bucket),
+                    ) else {
                         continue;
                     };
                     if *slot != sums {
@@ -636,8 +706,13 @@ impl IndexUpdate for Update {
                         mirror.root = None;
                     }
                 }
-                if let Some(index) = self.wal_index {
-                    mirror.wal_index = index;
+                match self.wal_index {
+                    Some(index) => {
+                        mirror.wal_index = index;
+                        mirror.exact = true;
+                    }
+                    None if changed => mirror.exact = false,
+                    None => {}
                 }
             }
         }

@@ -148,9 +148,9 @@ impl CommitHook for Recorder {
     }
 
     fn index(&self) -> Option<std::sync::Arc<dyn bunker_storage::CommitIndex>> {
-        self.index
-            .clone()
-            .map(|index| std::sync::Arc::new(index) as std::sync::Arc<dyn bunker_storage::CommitIndex>)
+        self.index.clone().map(|index| {
+            std::sync::Arc::new(index) as std::sync::Arc<dyn bunker_storage::CommitIndex>
+        })
     }
 
     fn after_commit(&self) {

@@ -56,7 +56,10 @@ async fn assert_index_exact(wal: &Wal, backend: &dyn Backend) {
     let (tree, cells, wal_index) = index.fingerprint().expect("the index is ready");
     let (scanned, scanned_cells) = compute_with_cells(backend).await.expect("scan");
     assert_eq!(tree, scanned, "the index's tree is the scan's");
-    assert!(cells == scanned_cells, "the index's cell sums are the scan's");
+    assert!(
+        cells == scanned_cells,
+        "the index's cell sums are the scan's"
+    );
     assert_eq!(wal_index, wal.last_index(), "the index names the WAL index");
     let (root, keys, _) = index.root().expect("root");
     assert_eq!((root, keys), (scanned.root_hex(), scanned.keys));
@@ -77,7 +80,10 @@ async fn concurrent_writes_keep_the_index_exact(backend: Arc<dyn HookedBackend>)
             tokio::spawn(async move {
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (task + 1));
                 for _ in 0..40 {
-                    backend.batch(random_batch(&mut rng, 50)).await.expect("batch");
+                    backend
+                        .batch(random_batch(&mut rng, 50))
+                        .await
+                        .expect("batch");
                 }
             })
         })
@@ -108,7 +114,10 @@ async fn a_store_written_without_the_index_is_indexed_when_opened() {
         // An older version: data written with no index.
         let backend = EmbeddedBackend::open(dir.path()).expect("open");
         for _ in 0..50 {
-            backend.batch(random_batch(&mut rng, 200)).await.expect("batch");
+            backend
+                .batch(random_batch(&mut rng, 200))
+                .await
+                .expect("batch");
         }
         assert!(backend.get(INDEX_STATE_KEY).await.unwrap().is_none());
     }
@@ -118,7 +127,10 @@ async fn a_store_written_without_the_index_is_indexed_when_opened() {
     assert_index_exact(&wal, backend.as_ref()).await;
     // And kept from there, across a restart (loaded, not rebuilt).
     for _ in 0..50 {
-        backend.batch(random_batch(&mut rng, 200)).await.expect("batch");
+        backend
+            .batch(random_batch(&mut rng, 200))
+            .await
+            .expect("batch");
     }
     assert_index_exact(&wal, backend.as_ref()).await;
     drop(wal);
@@ -126,6 +138,126 @@ async fn a_store_written_without_the_index_is_indexed_when_opened() {
     let backend = Arc::new(EmbeddedBackend::open(dir.path()).expect("reopen"));
     let wal = Wal::open(backend.clone()).await.expect("open");
     assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+#[tokio::test]
+async fn writes_recorded_without_the_index_are_found_when_opened() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut rng = Rng(5);
+    {
+        let backend = Arc::new(EmbeddedBackend::open(dir.path()).expect("open"));
+        let wal = Wal::open(backend.clone()).await.expect("open");
+        wal.set_recording(true);
+        for _ in 0..20 {
+            backend
+                .batch(random_batch(&mut rng, 100))
+                .await
+                .expect("batch");
+        }
+        assert_index_exact(&wal, backend.as_ref()).await;
+    }
+    {
+        // A version without the index records a write: data and the WAL index, no records.
+        let backend = EmbeddedBackend::open(dir.path()).expect("open");
+        let last = backend.get(WAL_LAST_KEY).await.unwrap().expect("WAL index");
+        let next = u64::from_be_bytes(last.try_into().unwrap()) + 1;
+        backend
+            .batch(vec![
+                put("logical/written-by-an-older-version", b"x"),
+                put(WAL_LAST_KEY, &next.to_be_bytes()),
+            ])
+            .await
+            .expect("batch");
+    }
+    let backend = Arc::new(EmbeddedBackend::open(dir.path()).expect("reopen"));
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+#[tokio::test]
+async fn deleting_everything_but_the_records_leaves_an_empty_exact_index() {
+    let backend = Arc::new(InmemBackend::new());
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    wal.set_recording(true);
+    let mut rng = Rng(3);
+    for _ in 0..30 {
+        backend
+            .batch(random_batch(&mut rng, 100))
+            .await
+            .expect("batch");
+    }
+    // As a DR secondary's activation wipes: page by page, the index's own records skipped.
+    let mut after: Option<String> = None;
+    loop {
+        let page = backend.scan("", after.as_deref(), 7).await.expect("scan");
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        let ops: Vec<Op> = page
+            .iter()
+            .filter(|(key, _)| !key.starts_with(INDEX_PREFIX))
+            .map(|(key, _)| delete(key))
+            .collect();
+        if !ops.is_empty() {
+            backend.batch(ops).await.expect("delete");
+        }
+    }
+    // The WAL (as activation does) reads its position back: none.
+    wal.reload().await.expect("reload");
+    assert_index_exact(&wal, backend.as_ref()).await;
+    let (_, keys, exact_at) = wal.merkle_index().unwrap().root().unwrap();
+    assert_eq!(
+        (keys, exact_at),
+        (0, Some(0)),
+        "empty, and the WAL index is gone"
+    );
+    assert!(
+        backend
+            .scan(BUCKET_PREFIX, None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "empty buckets keep no record"
+    );
+}
+
+#[tokio::test]
+async fn records_written_outside_the_index_make_it_rebuild() {
+    let backend = Arc::new(InmemBackend::new());
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    let index = wal.merkle_index().expect("index").clone();
+    backend.batch(vec![put("logical/a", b"1")]).await.unwrap();
+    assert!(index.is_ready() && !index.needs_rebuild());
+    let records = backend.scan(BUCKET_PREFIX, None, 1).await.unwrap();
+    assert_eq!(records.len(), 1, "logical/a's bucket has a record");
+    backend
+        .batch(vec![delete(&records[0].0), put("logical/b", b"2")])
+        .await
+        .unwrap();
+    assert!(!index.is_ready(), "the mirror is no longer trusted");
+    assert!(index.needs_rebuild() && index.is_corrupt());
+    index
+        .rebuild(backend.as_ref(), &AtomicU64::new(0))
+        .await
+        .expect("rebuild");
+    assert!(!index.needs_rebuild() && !index.is_corrupt());
+    assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+#[tokio::test]
+async fn a_root_changed_outside_the_wal_is_not_exact_for_any_index() {
+    let backend = Arc::new(InmemBackend::new());
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    wal.set_recording(true);
+    backend.batch(vec![put("logical/a", b"1")]).await.unwrap();
+    let index = wal.merkle_index().expect("index");
+    assert_eq!(index.root().unwrap().2, Some(wal.last_index()));
+    // A sync's page: replicated data written without the WAL index.
+    wal.set_recording(false);
+    backend.batch(vec![put("logical/b", b"2")]).await.unwrap();
+    assert_eq!(index.root().unwrap().2, None);
+    wal.set_recording(true);
+    backend.batch(vec![put("logical/c", b"3")]).await.unwrap();
+    assert_eq!(index.root().unwrap().2, Some(wal.last_index()));
 }
 
 #[tokio::test]
@@ -147,7 +279,10 @@ async fn a_rebuild_repairs_damaged_records_while_writes_go_on() {
     let wal = Wal::open(backend.clone()).await.expect("open");
     let mut rng = Rng(11);
     for _ in 0..100 {
-        backend.batch(random_batch(&mut rng, 300)).await.expect("batch");
+        backend
+            .batch(random_batch(&mut rng, 300))
+            .await
+            .expect("batch");
     }
     let index = wal.merkle_index().expect("index").clone();
     // Damage: one record overwritten with wrong sums, one with garbage, one removed.
@@ -173,15 +308,24 @@ async fn a_rebuild_repairs_damaged_records_while_writes_go_on() {
             tokio::spawn(async move {
                 let mut rng = Rng(100 + task);
                 for _ in 0..100 {
-                    backend.batch(random_batch(&mut rng, 300)).await.expect("batch");
+                    backend
+                        .batch(random_batch(&mut rng, 300))
+                        .await
+                        .expect("batch");
                 }
             })
         })
         .collect();
     let scanned = AtomicU64::new(0);
-    let rebuilt = index.rebuild(backend.as_ref(), &scanned).await.expect("rebuild");
+    let rebuilt = index
+        .rebuild(backend.as_ref(), &scanned)
+        .await
+        .expect("rebuild");
     assert_eq!(rebuilt.differing_buckets, 3);
-    assert!(scanned.load(Ordering::Relaxed) > 0, "the rebuild reports its progress");
+    assert!(
+        scanned.load(Ordering::Relaxed) > 0,
+        "the rebuild reports its progress"
+    );
     for writer in writers {
         writer.await.expect("writer");
     }
@@ -222,7 +366,11 @@ fn records_round_trip_and_refuse_other_lengths() {
     sums.count(63, u64::MAX, true);
     assert_eq!(BucketSums::decode(&sums.encode()), Some(sums));
     assert_eq!(BucketSums::decode(&sums.encode()[1..]), None);
-    assert_eq!(BucketSums::default().hash(), [0; 32], "an empty bucket hashes to zero");
+    assert_eq!(
+        BucketSums::default().hash(),
+        [0; 32],
+        "an empty bucket hashes to zero"
+    );
     assert_ne!(sums.hash(), [0; 32]);
     assert_eq!(bucket_of_record(&record_key(4095)), Some(4095));
     assert_eq!(bucket_of_record(&format!("{BUCKET_PREFIX}1000")), None);
