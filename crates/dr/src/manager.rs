@@ -514,8 +514,13 @@ impl Inner {
     }
 
     /// Note a change of the replicated keyspace that the WAL index does not show.
+    /// The Merkle index needs no recomputation, but the WAL index its root is exact for starts
+    /// again from here.
     pub fn invalidate_merkle(&self) {
         self.merkle_epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(index) = self.wal.merkle_index() {
+            index.mark_exact();
+        }
     }
 
     /// The Merkle tree of the replicated keyspace. Recomputing costs a full scan, so the last

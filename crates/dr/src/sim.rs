@@ -390,6 +390,9 @@ impl SecondaryHost for Arc<SecondaryNode> {
     }
 
     async fn merkle_fingerprint(&self) -> Result<(MerkleTree, Arc<Vec<u64>>), ReplError> {
+        if let Some((tree, cells, _)) = self.wal.merkle_index().and_then(|i| i.fingerprint()) {
+            return Ok((tree, Arc::new(cells)));
+        }
         let (tree, cells) = merkle::compute_with_cells(self.durable.disk.as_ref()).await?;
         Ok((tree, Arc::new(cells)))
     }
@@ -581,8 +584,16 @@ async fn primary_session(
         };
         match msg {
             ToPrimary::MerkleRequest => {
-                let wal_index = node.wal.last_index();
-                let (tree, cells) = merkle::compute_with_cells(backend).await?;
+                // As the real primary: from the Merkle index its disk keeps.
+                let indexed = node.wal.merkle_index().and_then(|i| i.fingerprint());
+                let (tree, cells, wal_index) = match indexed {
+                    Some(fingerprint) => fingerprint,
+                    None => {
+                        let wal_index = node.wal.last_index();
+                        let (tree, cells) = merkle::compute_with_cells(backend).await?;
+                        (tree, cells, wal_index)
+                    }
+                };
                 reconciler.use_cell_sums(Arc::new(cells));
                 write_frame(&mut wr, &ToSecondary::Tree { wal_index, tree }).await?;
             }

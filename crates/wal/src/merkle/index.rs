@@ -381,6 +381,15 @@ impl MerkleIndex {
         Some((hex::encode(root), mirror.keys, exact_at))
     }
 
+    /// Declares the data exactly the state at the last WAL index written: replication calls
+    /// this where changes made outside the WAL become a new starting point (a mode change, a
+    /// restore, the end of a sync).
+    pub fn mark_exact(&self) {
+        if let State::Ready(mirror) = &mut *self.shared.state() {
+            mirror.exact = true;
+        }
+    }
+
     /// Whether the index was opened and found (or made) inconsistent: its records were
     /// written by something other than the index. A rebuild repairs it.
     pub fn needs_rebuild(&self) -> bool {
