@@ -94,8 +94,6 @@ pub(crate) struct Inner {
     merkle_epoch: std::sync::atomic::AtomicU64,
     /// The root the refresher computed last: (root hex, WAL index, epoch) it is exact for.
     published_root: Mutex<Option<(String, u64, u64)>>,
-    /// Full scans of the replicated keyspace so far (reported in status).
-    pub(crate) merkle_scans: std::sync::atomic::AtomicU64,
     /// Progress of `reindex` for status (Vault's `reindex_*` fields).
     pub(crate) reindex: ReindexProgress,
     /// The primary's root key from the activation bundle, used once the first sync brought
@@ -161,7 +159,6 @@ impl DrManager {
             merkle_cache: tokio::sync::Mutex::new(None),
             merkle_epoch: std::sync::atomic::AtomicU64::new(0),
             published_root: Mutex::new(None),
-            merkle_scans: std::sync::atomic::AtomicU64::new(0),
             reindex: ReindexProgress::default(),
         });
         if let Some(addr) = inner.config.cluster_listen_addr.clone() {
@@ -576,7 +573,6 @@ impl Inner {
                 }
             }
         }
-        self.merkle_scans.fetch_add(1, Ordering::Relaxed);
         // Scans are serialised by the cache's lock; only a reindex's scan feeds its progress
         // (a background refresh must not reset or advance it).
         let uncounted = std::sync::atomic::AtomicU64::new(0);

@@ -304,6 +304,22 @@ impl TxnTable for RedbTable<'_> {
             .map_err(|e| engine_error(format!("reading key {key:?}"), e))?
             .map(|guard| guard.value().to_vec()))
     }
+
+    fn for_each(&mut self, prefix: &str, visit: &mut dyn FnMut(&str, &[u8])) -> Result<()> {
+        let range = self
+            .0
+            .range::<&str>(prefix..)
+            .map_err(|e| engine_error(format!("scanning {prefix:?}"), e))?;
+        for entry in range {
+            let (key, value) =
+                entry.map_err(|e| engine_error(format!("scanning {prefix:?}"), e))?;
+            if !key.value().starts_with(prefix) {
+                break;
+            }
+            visit(key.value(), value.value());
+        }
+        Ok(())
+    }
 }
 
 fn begin_durable_write(db: &Database) -> Result<WriteTransaction> {

@@ -65,6 +65,13 @@ pub trait IndexUpdate: Send {
     /// The ops that rewrite the index, given the records named by `reads`, in that order.
     /// Their keys are not watched.
     fn finish(&mut self, records: Vec<Option<Vec<u8>>>) -> Result<Vec<Op>>;
+    /// A prefix whose entries, as the transaction leaves them (`finish`'s ops written), the
+    /// update wants to see through [`IndexUpdate::scanned`]; `None` (the default): none.
+    fn scan_prefix(&self) -> Option<&str> {
+        None
+    }
+    /// One entry under [`IndexUpdate::scan_prefix`], in key order.
+    fn scanned(&mut self, _key: &str, _value: &[u8]) {}
     /// The transaction, with the ops `finish` returned, is durable.
     fn committed(self: Box<Self>);
 }
@@ -136,6 +143,8 @@ pub(crate) trait TxnTable {
     ) -> Result<()>;
     fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()>;
     fn read(&mut self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Every entry under `prefix`, in key order, as the transaction leaves them.
+    fn for_each(&mut self, prefix: &str, visit: &mut dyn FnMut(&str, &[u8])) -> Result<()>;
 }
 
 /// Applies `ops` to `table` in order, feeding `index` (if any) each watched write, then writes
@@ -181,6 +190,9 @@ pub(crate) fn apply_indexed<'a>(
             Op::Put { key, value } => table.put(key, value, &mut |_| {})?,
             Op::Delete { key } => table.delete(key, &mut |_| {})?,
         }
+    }
+    if let Some(prefix) = update.scan_prefix().map(str::to_owned) {
+        table.for_each(&prefix, &mut |key, value| update.scanned(key, value))?;
     }
     Ok(Some(update))
 }

@@ -201,6 +201,17 @@ impl TxnTable for MapTable<'_> {
     fn read(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.entries.get(key).cloned())
     }
+
+    fn for_each(&mut self, prefix: &str, visit: &mut dyn FnMut(&str, &[u8])) -> Result<()> {
+        for (key, value) in self
+            .entries
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+        {
+            visit(key, value);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -311,8 +311,18 @@ pub struct ReplicatedPages<'a> {
     done: bool,
 }
 
+/// Full scans of the replicated keyspace started by this process (status's `merkle_scans`).
+static FULL_SCANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many full scans of the replicated keyspace this process has started.
+pub fn full_scans() -> u64 {
+    FULL_SCANS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl<'a> ReplicatedPages<'a> {
+    /// Starts a full scan (counted in [`full_scans`]).
     pub fn new(backend: &'a dyn Backend) -> Self {
+        FULL_SCANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self {
             backend,
             after: None,

@@ -22,7 +22,8 @@ impl Inner {
             (String::new(), 0)
         };
         let last_wal = self.wal.last_index();
-        let merkle_scans = self.merkle_scans.load(std::sync::atomic::Ordering::Relaxed);
+        // Every full scan of the replicated keyspace (trees, listings, snapshot syncs).
+        let merkle_scans = crate::merkle::full_scans();
         let index = self.wal.merkle_index();
         let corrupted = index.is_some_and(|i| i.is_corrupt());
         let merkle_index = match index {

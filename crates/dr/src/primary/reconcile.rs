@@ -20,6 +20,8 @@ use crate::ReplError;
 
 /// Most entries one chunk's listing may hold (a secondary sizes its chunks far below this).
 const MAX_CHUNK_LISTING: usize = 4_000_000;
+/// Most cells one chunk names (the secondary asks for an eighth of them at most).
+const MAX_CHUNK_CELLS: usize = merkle::CELLS / 8;
 /// Key ids per `Deletions` frame.
 const DELETIONS_PAGE: usize = 16_384;
 /// A `Values` frame is sent once it holds this many entries...
@@ -42,6 +44,10 @@ pub(crate) struct Reconciler {
     /// `conflicting_pages_request` and `fetch_keys_request`).
     comparing: Option<Timed>,
     fetching: Option<Timed>,
+    /// The cells of the chunk being listed, in order.
+    chunk_cells: Vec<u32>,
+    /// The Merkle index, to list a chunk's keys from its leaf entries instead of a scan.
+    index: Option<merkle::MerkleIndex>,
 }
 
 impl Reconciler {
@@ -59,7 +65,7 @@ impl Reconciler {
                 sums,
                 last,
             } => self.cell_sums(backend, wr, buckets, sums, last).await?,
-            ToPrimary::ChunkRequest { cells } => self.chunk_request(&cells),
+            ToPrimary::ChunkRequest { cells } => self.chunk_request(&cells)?,
             ToPrimary::Listing { entries, last } => {
                 self.listing(backend, wr, entries, last).await?;
             }
@@ -122,11 +128,27 @@ impl Reconciler {
         self.our_sums = Some(sums);
     }
 
-    /// The secondary is about to list the keys of `cells`.
-    fn chunk_request(&mut self, cells: &[u32]) {
+    /// List chunks from `index` (when it is ready) rather than by scanning.
+    pub(crate) fn use_index(&mut self, index: Option<merkle::MerkleIndex>) {
+        self.index = index;
+    }
+
+    /// The secondary is about to list the keys of `cells` (at most [`MAX_CHUNK_CELLS`], each
+    /// a cell that exists).
+    fn chunk_request(&mut self, cells: &[u32]) -> Result<(), ReplError> {
+        if cells.len() > MAX_CHUNK_CELLS || cells.iter().any(|&c| c as usize >= merkle::CELLS) {
+            return Err(ReplError::Refused(format!(
+                "a chunk names at most {MAX_CHUNK_CELLS} cells, each below {}",
+                merkle::CELLS
+            )));
+        }
         self.fetching = Some(Timed::start(rpc_metrics::DR_SERVER_FETCH_KEYS));
         self.chunk = Some(CellSet::new(cells));
+        self.chunk_cells = cells.to_vec();
+        self.chunk_cells.sort_unstable();
+        self.chunk_cells.dedup();
         self.listing.clear();
+        Ok(())
     }
 
     /// One page of the secondary's listing of the current chunk. After the last page, sends
@@ -152,10 +174,40 @@ impl Reconciler {
             return Ok(());
         }
         let cells = self.chunk.take().unwrap_or_else(|| CellSet::new(&[]));
+        let chunk_cells = std::mem::take(&mut self.chunk_cells);
         let mut theirs = std::mem::take(&mut self.listing);
         let mut out = ValuesPager::default();
-        let mut pages = ReplicatedPages::new(backend);
-        while let Some(page) = pages.next_page().await? {
+        // From the leaf entries, a cell at a time (a seek each; memory: one cell): only what
+        // differs is read. A cell the index cannot list (not ready, or it met a damaged entry
+        // and is no longer trusted) makes it scan the whole chunk instead (what was already
+        // sent may be sent again: applying a value twice is harmless).
+        let mut indexed = self.index.is_some();
+        for &cell in chunk_cells.iter().take_while(|_| indexed) {
+            let Some(index) = &self.index else { break };
+            let Some(listed) = index.list_cells(backend, &[cell]).await? else {
+                indexed = false;
+                break;
+            };
+            for (id, digest, key) in listed {
+                if theirs.get(&id) == Some(&digest) {
+                    theirs.remove(&id);
+                    continue;
+                }
+                // Gone since it was listed: the secondary's copy (if any) is deleted below.
+                if let Some(value) = backend.get(&key).await? {
+                    theirs.remove(&id);
+                    out.push(wr, key, Some(value)).await?;
+                }
+            }
+        }
+        let mut pages = None;
+        if !indexed {
+            pages = Some(ReplicatedPages::new(backend));
+        }
+        while let Some(page) = match pages.as_mut() {
+            Some(pages) => pages.next_page().await?,
+            None => None,
+        } {
             for (key, value) in page {
                 let (cell, id) = merkle::cell_and_id(&key);
                 if !cells.contains(cell) {

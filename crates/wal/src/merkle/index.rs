@@ -1,30 +1,38 @@
-//! The Merkle index: every bucket's key count and cell sums, kept in storage by the commits
-//! that change them, so the tree costs no scan.
+//! The Merkle index: one leaf entry per replicated key, by cell, kept by the commits that write
+//! the keys, and the tree's sums in memory, so neither the tree nor a cell's listing costs a
+//! scan of the keyspace.
 //!
 //! Design:
 //! - **Same transaction as the data.** The backend feeds each commit's writes of replicated keys,
-//!   with the values they replace, to a [`CommitIndex`] update; the update reads the bucket
-//!   records it touches inside that transaction and writes them back changed by `+ new - old`
-//!   (cell sums are additive). A crash can never leave data and index apart.
-//! - **One record per bucket** (`repl/merkle/bucket/{bucket:03x}`: key count and 64 cell sums,
-//!   520 bytes), local to the cluster like the WAL. A write of one key rewrites one record.
-//! - **A mirror in memory.** Once loaded, the writer installs each committed record in a mirror
-//!   with its bucket hash, so the tree, the root and the cell sums are read without touching
-//!   storage: O(buckets), never O(keys). The mirror also keeps the WAL index written in the same
-//!   commit, so a root is always reported with the exact index it describes.
-//! - **Rebuilt by correction, while writes go on.** A rebuild reads one consistent snapshot,
-//!   which holds the data and the records as of the same commit, and computes per bucket
-//!   `correction = true - stored`. The next commit adds it to the records. Commits in between
-//!   changed the records by exact deltas, so adding the correction makes them exact whatever was
-//!   written meanwhile. The same comparison without the correction is `merkle-check`.
-//! - **Built once.** [`INDEX_STATE_KEY`] says the records are complete. A store without it (an
-//!   older version's data, or a first start) is rebuilt when the index is opened; until then
-//!   callers fall back to scanning. Only backends that feed indexes keep one (PostgreSQL does
-//!   not: the replaced values would cost a read round trip in every group commit).
+//!   with the values they replace, to a [`CommitIndex`] update; the update writes each key's
+//!   leaf entry in that transaction. A crash can never leave data and index apart.
+//! - **One leaf entry per key, by cell** (`repl/merkle/leaf/{cell:05x}/{key id}`: the key's
+//!   leaf digest and its name), local to the cluster like the WAL. A Merkle sync lists the keys
+//!   of a differing cell with one seek instead of a scan of the keyspace.
+//! - **Sums in memory.** Cell sums are additive, so the writer keeps every bucket's key count
+//!   and cell sums in a mirror, changed by `+ new - old` after each durable commit, with the
+//!   bucket hashes and the WAL index written by the same commit. The tree, the root and the
+//!   cell sums are read from it without touching storage: O(buckets), never O(keys). Opening
+//!   the index sums the leaf entries once (they are small: about 60 bytes and the key's name),
+//!   instead of keeping 2 MiB of sums in storage rewritten by every commit.
+//! - **Rebuilt while writes go on.** A rebuild reads one consistent snapshot and queues every
+//!   key and every leaf entry in it; commits (a thousand keys each, as the snapshot goes)
+//!   rewrite each key's entry from its value as the commit reads it and delete entries that
+//!   name no key. Keys written meanwhile got their entries from their own commits, so the
+//!   entries end exact whatever was written. A last commit then sums them into a new mirror.
+//!   `merkle-check` compares the snapshot's keys with its leaf entries without changing
+//!   anything.
+//! - **Built once.** [`INDEX_STATE_KEY`] holds the format and the WAL index of the last commit
+//!   the index saw. A store without it (an older version's data, a first start), or whose WAL
+//!   moved since (a version without the index recorded writes), is rebuilt when the index is
+//!   opened; until then callers fall back to scanning. Only backends that feed indexes keep one
+//!   (PostgreSQL does not: the replaced values would cost a read round trip in every group
+//!   commit).
 //!
 //! The index is only exact if every commit since it was built went through it: the hook is
-//! installed when the WAL is opened, before the server serves writes. Data written by a
-//! version without the index leaves it stale; `reindex` repairs it.
+//! installed when the WAL is opened, before the server serves writes. Entries written by
+//! anything but the index (seen by the commit that writes them) put it back to `Building`,
+//! and the replication task rebuilds it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,19 +45,26 @@ use bunker_storage::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    cell_of_hash, digest_of_leaf, leaf_hash, root_of, MerkleError, MerkleTree, BUCKETS,
-    CELLS_PER_BUCKET,
+    cell_of_hash, digest_of_leaf, leaf_hash, root_of, KeyId, MerkleError, MerkleTree, BUCKETS,
+    CELLS, CELLS_PER_BUCKET,
 };
 use crate::wal::{is_local, WAL_LAST_KEY};
 
-/// Records of the index live under this prefix (local: never replicated).
+/// Everything of the index lives under this prefix (local: never replicated).
 pub const INDEX_PREFIX: &str = "repl/merkle/";
-/// One record per non-empty bucket: `repl/merkle/bucket/{bucket:03x}`.
-pub const BUCKET_PREFIX: &str = "repl/merkle/bucket/";
-/// Present (one byte, the format) once the bucket records are complete.
+/// One entry per replicated key: `repl/merkle/leaf/{cell:05x}/{key id, hex}`.
+pub const LEAF_PREFIX: &str = "repl/merkle/leaf/";
+/// The format byte and the WAL index (u64 BE) of the last commit the index saw; present once
+/// the leaf entries are complete.
 pub const INDEX_STATE_KEY: &str = "repl/merkle/state";
-const INDEX_FORMAT: u8 = 1;
-const RECORD_BYTES: usize = 8 + 8 * CELLS_PER_BUCKET;
+/// 2: leaf entries (1 kept bucket records: rebuilt).
+const INDEX_FORMAT: u8 = 2;
+/// Written by the commits a rebuild makes to carry its queued work (never read).
+const INDEX_BARRIER_KEY: &str = "repl/merkle/barrier";
+/// Keys whose leaf entries one commit rewrites during a rebuild.
+const RECHECKS_PER_COMMIT: usize = 1024;
+/// Entries read per page when summing the leaf entries or listing a cell.
+const PAGE: usize = 1024;
 
 /// One bucket's key count and cell sums (wrapping: a delta is a sum like any other).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,15 +94,6 @@ impl BucketSums {
         }
     }
 
-    fn minus(&self, other: &BucketSums) -> BucketSums {
-        let mut diff = *self;
-        diff.keys = diff.keys.wrapping_sub(other.keys);
-        for (sum, less) in diff.cells.iter_mut().zip(other.cells.iter()) {
-            *sum = sum.wrapping_sub(*less);
-        }
-        diff
-    }
-
     /// Adds (`sign` true) or removes one key whose cell slot is `slot` and leaf digest `digest`.
     pub(crate) fn count(&mut self, slot: usize, digest: u64, sign: bool) {
         if let Some(sum) = self.cells.get_mut(slot) {
@@ -114,29 +120,20 @@ impl BucketSums {
         }
         hasher.finalize().into()
     }
+}
 
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_BYTES);
-        out.extend_from_slice(&self.keys.to_be_bytes());
-        for sum in &self.cells {
-            out.extend_from_slice(&sum.to_be_bytes());
-        }
-        out
-    }
+/// Every bucket's sums, indexed by bucket.
+type Sums = Vec<BucketSums>;
 
-    fn decode(bytes: &[u8]) -> Option<BucketSums> {
-        if bytes.len() != RECORD_BYTES {
-            return None;
-        }
-        let mut words = bytes
-            .chunks_exact(8)
-            .map(|word| <[u8; 8]>::try_from(word).map(u64::from_be_bytes));
-        let keys = words.next()?.ok()?;
-        let mut cells = [0u64; CELLS_PER_BUCKET];
-        for cell in cells.iter_mut() {
-            *cell = words.next()?.ok()?;
-        }
-        Some(BucketSums { keys, cells })
+fn empty_sums() -> Sums {
+    vec![BucketSums::default(); BUCKETS]
+}
+
+/// Adds one key (its cell and leaf digest) to `sums`.
+fn count_in(sums: &mut Sums, cell: u32, digest: u64) {
+    let cell = cell as usize;
+    if let Some(bucket) = sums.get_mut(cell / CELLS_PER_BUCKET) {
+        bucket.count(cell % CELLS_PER_BUCKET, digest, true);
     }
 }
 
@@ -164,33 +161,68 @@ pub(crate) fn locate(key: &str, value: &[u8]) -> (usize, usize, u64) {
     (cell / CELLS_PER_BUCKET, cell % CELLS_PER_BUCKET, digest)
 }
 
-fn record_key(bucket: usize) -> String {
-    format!("{BUCKET_PREFIX}{bucket:03x}")
+/// The leaf entry of a key in `cell` whose id is `id`.
+pub fn leaf_key(cell: u32, id: &KeyId) -> String {
+    format!("{LEAF_PREFIX}{cell:05x}/{}", hex::encode(id))
 }
 
-fn bucket_of_record(key: &str) -> Option<usize> {
-    let hex = key.strip_prefix(BUCKET_PREFIX)?;
-    usize::from_str_radix(hex, 16)
+/// The prefix of every leaf entry of `cell`.
+fn cell_prefix(cell: u32) -> String {
+    format!("{LEAF_PREFIX}{cell:05x}/")
+}
+
+fn encode_leaf(digest: u64, key: &str) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + key.len());
+    value.extend_from_slice(&digest.to_be_bytes());
+    value.extend_from_slice(key.as_bytes());
+    value
+}
+
+/// A leaf entry's cell and id (from its key), digest and key name (from its value).
+fn decode_leaf(entry_key: &str, value: &[u8]) -> Option<(u32, KeyId, u64, String)> {
+    let rest = entry_key.strip_prefix(LEAF_PREFIX)?;
+    let (cell_hex, id_hex) = (rest.get(..5)?, rest.get(6..)?);
+    if rest.get(5..6)? != "/" || id_hex.len() != 32 {
+        return None;
+    }
+    let cell = u32::from_str_radix(cell_hex, 16)
         .ok()
-        .filter(|&b| b < BUCKETS && hex.len() == 3)
+        .filter(|&c| (c as usize) < CELLS)?;
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(id_hex, &mut id).ok()?;
+    let (digest, name) = value.split_at_checked(8)?;
+    let digest = u64::from_be_bytes(<[u8; 8]>::try_from(digest).ok()?);
+    let name = String::from_utf8(name.to_vec()).ok()?;
+    // The name must be the key the entry's place says: a listing turns ids back into names
+    // (a deletion by id deletes that name).
+    if super::cell_and_id(&name) != (cell, id) {
+        return None;
+    }
+    Some((cell, id, digest, name))
 }
 
-/// The index as the writer keeps it in memory.
+fn decode_wal_index(value: Option<&[u8]>) -> u64 {
+    value
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// The sums as the writer keeps them in memory.
 struct Mirror {
-    buckets: Vec<BucketSums>,
+    buckets: Sums,
     hashes: Vec<[u8; 32]>,
     keys: u64,
     /// The WAL index written by the last commit the mirror includes...
     wal_index: u64,
     /// ...and whether the data is exactly as of that index: false after a commit that changed
     /// replicated data without writing the WAL index (a Merkle or snapshot sync's pages, a
-    /// restore), until the next commit that writes one.
+    /// restore), until the next commit that writes one or replication declares it exact.
     exact: bool,
     root: Option<[u8; 32]>,
 }
 
 impl Mirror {
-    fn new(buckets: Vec<BucketSums>, wal_index: u64) -> Mirror {
+    fn new(buckets: Sums, wal_index: u64) -> Mirror {
         let hashes = buckets.iter().map(BucketSums::hash).collect();
         let keys = buckets.iter().fold(0u64, |n, b| n.wrapping_add(b.keys));
         Mirror {
@@ -206,44 +238,74 @@ impl Mirror {
     fn root(&mut self) -> [u8; 32] {
         *self.root.get_or_insert_with(|| root_of(&self.hashes))
     }
+
+    fn tree(&mut self) -> MerkleTree {
+        MerkleTree {
+            root: self.root(),
+            buckets: self.hashes.clone(),
+            keys: self.keys,
+        }
+    }
+
+    fn apply(&mut self, deltas: &BTreeMap<usize, BucketSums>) {
+        for (&bucket, delta) in deltas.iter().filter(|(_, d)| !d.is_zero()) {
+            let (Some(sums), Some(hash)) =
+                (self.buckets.get_mut(bucket), self.hashes.get_mut(bucket))
+            else {
+                continue;
+            };
+            sums.add(delta);
+            self.keys = self.keys.wrapping_add(delta.keys);
+            *hash = sums.hash();
+            self.root = None;
+        }
+    }
 }
 
 enum State {
-    /// The records are incomplete (being built); commits keep them by deltas all the same.
+    /// The leaf entries are incomplete or untrusted; commits keep them all the same.
     Building,
-    /// The records are complete; the next commit reads them all and installs the mirror.
+    /// As `Building`, while a rebuild makes them exact.
+    Rebuilding,
+    /// The entries are exact; the next commit sums them into the mirror.
     Load,
     Ready(Mirror),
 }
 
+/// A key whose leaf entry a rebuild rewrites from its value (an empty name: none), and the
+/// entry the snapshot held in its place, if any, with the value it had.
+type Recheck = (String, Option<(String, Vec<u8>)>);
+
 struct Shared {
     state: Mutex<State>,
-    /// Corrections computed by a rebuild, waiting for a commit to add them.
-    pending: Mutex<BTreeMap<usize, BucketSums>>,
-    /// A record was malformed (read as empty) or written by something other than the index;
-    /// `merkle-check` and status report it until a rebuild.
+    /// Keys whose leaf entries a rebuild has the next commits rewrite from their values then,
+    /// with the entry found for each (if any), deleted if it is not the right one. An empty
+    /// name: an undecodable entry, deleted.
+    rechecks: Mutex<Vec<Recheck>>,
+    /// An entry was malformed or written by something other than the index; `merkle-check`
+    /// and status report it until a rebuild.
     corrupt: AtomicBool,
-    /// `open` finished: a `Building` state from then on means the records need a rebuild.
+    /// `open` finished: a `Building` state from then on means the entries need a rebuild.
     opened: AtomicBool,
 }
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while holding this lock; the state is consistent at every unlock.
+        // Nothing panics while holding these locks; the data is consistent at every unlock.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn pending(&self) -> MutexGuard<'_, BTreeMap<usize, BucketSums>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    fn rechecks(&self) -> MutexGuard<'_, Vec<Recheck>> {
+        self.rechecks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// What a comparison of the stored index with the keyspace found.
+/// What a comparison of the leaf entries with the keyspace found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexCheck {
     /// The tree recomputed from the keyspace.
     pub tree: Option<MerkleTree>,
-    /// Buckets and cells whose stored sums differed from the recomputed ones.
+    /// Buckets and cells whose leaf entries did not sum to the keyspace's.
     pub differing_buckets: u64,
     pub differing_cells: u64,
     /// Replicated entries read.
@@ -280,12 +342,12 @@ fn storage(context: &str) -> impl FnOnce(StorageError) -> MerkleError + '_ {
 }
 
 impl MerkleIndex {
-    /// An index not yet opened: commits keep its records, nothing is read from it.
+    /// An index not yet opened: commits keep its entries, nothing is read from it.
     pub fn new() -> MerkleIndex {
         MerkleIndex {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::Building),
-                pending: Mutex::new(BTreeMap::new()),
+                rechecks: Mutex::new(Vec::new()),
                 corrupt: AtomicBool::new(false),
                 opened: AtomicBool::new(false),
             }),
@@ -293,8 +355,9 @@ impl MerkleIndex {
         }
     }
 
-    /// Loads the records if they are complete, else builds them (one snapshot of the store).
-    /// Call with the index installed in the backend's hook, before the backend serves writes.
+    /// Sums the leaf entries if they are complete, else builds them (one snapshot of the
+    /// store). Call with the index installed in the backend's hook, before the backend serves
+    /// writes.
     pub async fn open(&self, backend: &dyn Backend) -> Result<(), MerkleError> {
         let result = self.load_or_build(backend).await;
         self.shared.opened.store(true, Ordering::Release);
@@ -306,18 +369,18 @@ impl MerkleIndex {
             .get(INDEX_STATE_KEY)
             .await
             .map_err(storage("reading the Merkle index state"))?;
-        let wal_index = backend
-            .get(WAL_LAST_KEY)
-            .await
-            .map_err(storage("reading the WAL index"))?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map_or(0, u64::from_be_bytes);
+        let wal_index = decode_wal_index(
+            backend
+                .get(WAL_LAST_KEY)
+                .await
+                .map_err(storage("reading the WAL index"))?
+                .as_deref(),
+        );
         let usable = match state.as_deref() {
-            Some([INDEX_FORMAT]) => true,
             // The WAL index the index last saw: another one means a version without the index
             // recorded writes since.
-            Some([INDEX_FORMAT, seen @ ..]) => {
-                <[u8; 8]>::try_from(seen).ok().map(u64::from_be_bytes) == Some(wal_index)
+            Some([INDEX_FORMAT, seen @ ..]) if seen.len() == 8 => {
+                decode_wal_index(Some(seen)) == wal_index
             }
             _ => false,
         };
@@ -330,33 +393,36 @@ impl MerkleIndex {
             );
             return Ok(());
         }
-        let mut buckets = vec![BucketSums::default(); BUCKETS];
+        let mut sums = empty_sums();
         let mut after: Option<String> = None;
         loop {
             let page = backend
-                .scan(BUCKET_PREFIX, after.as_deref(), 1024)
+                .scan(LEAF_PREFIX, after.as_deref(), PAGE)
                 .await
-                .map_err(storage("loading the Merkle index"))?;
+                .map_err(storage("summing the Merkle index"))?;
             for (key, value) in &page {
-                if let Some(slot) = bucket_of_record(key).and_then(|b| buckets.get_mut(b)) {
-                    *slot = self.decode_record(key, value);
+                match decode_leaf(key, value) {
+                    Some((cell, _, digest, _)) => count_in(&mut sums, cell, digest),
+                    None => {
+                        self.malformed(key);
+                        tracing::info!("rebuilding the Merkle index");
+                        self.rebuild(backend, &AtomicU64::new(0)).await?;
+                        return Ok(());
+                    }
                 }
             }
             match page.last() {
-                Some((last, _)) if page.len() == 1024 => after = Some(last.clone()),
+                Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
                 _ => break,
             }
         }
-        *self.shared.state() = State::Ready(Mirror::new(buckets, wal_index));
+        *self.shared.state() = State::Ready(Mirror::new(sums, wal_index));
         Ok(())
     }
 
-    fn decode_record(&self, key: &str, value: &[u8]) -> BucketSums {
-        BucketSums::decode(value).unwrap_or_else(|| {
-            tracing::error!(record = key, "malformed Merkle index record; run reindex");
-            self.shared.corrupt.store(true, Ordering::Relaxed);
-            BucketSums::default()
-        })
+    fn malformed(&self, entry: &str) {
+        tracing::error!(entry, "malformed Merkle index entry; run reindex");
+        self.shared.corrupt.store(true, Ordering::Relaxed);
     }
 
     /// Whether the tree can be read from the index (no scan).
@@ -364,9 +430,17 @@ impl MerkleIndex {
         matches!(*self.shared.state(), State::Ready(_))
     }
 
-    /// Whether a malformed record was met since the last rebuild.
+    /// Whether a malformed entry, or one written outside the index, was met since the last
+    /// rebuild.
     pub fn is_corrupt(&self) -> bool {
         self.shared.corrupt.load(Ordering::Relaxed)
+    }
+
+    /// Whether the index was opened and found (or made) inconsistent: its entries were
+    /// written by something other than the index, or a rebuild failed. A rebuild repairs it.
+    pub fn needs_rebuild(&self) -> bool {
+        self.shared.opened.load(Ordering::Acquire)
+            && matches!(*self.shared.state(), State::Building)
     }
 
     /// The root (hex), the number of keys, and the WAL index they are exact for (`None` while
@@ -381,6 +455,24 @@ impl MerkleIndex {
         Some((hex::encode(root), mirror.keys, exact_at))
     }
 
+    /// The tree and the WAL index it is exact for.
+    pub fn tree(&self) -> Option<(MerkleTree, u64)> {
+        let mut state = self.shared.state();
+        let State::Ready(mirror) = &mut *state else {
+            return None;
+        };
+        Some((mirror.tree(), mirror.wal_index))
+    }
+
+    /// The tree, every cell's sum, and the WAL index both are exact for.
+    pub fn fingerprint(&self) -> Option<(MerkleTree, Vec<u64>, u64)> {
+        let mut state = self.shared.state();
+        let State::Ready(mirror) = &mut *state else {
+            return None;
+        };
+        Some((mirror.tree(), cells_of(&mirror.buckets), mirror.wal_index))
+    }
+
     /// Declares the data exactly the state at the last WAL index written: replication calls
     /// this where changes made outside the WAL become a new starting point (a mode change, a
     /// restore, the end of a sync).
@@ -390,111 +482,151 @@ impl MerkleIndex {
         }
     }
 
-    /// Whether the index was opened and found (or made) inconsistent: its records were
-    /// written by something other than the index. A rebuild repairs it.
-    pub fn needs_rebuild(&self) -> bool {
-        self.shared.opened.load(Ordering::Acquire)
-            && matches!(*self.shared.state(), State::Building)
+    /// The replicated keys of `cells`, with their ids and leaf digests, read from the leaf
+    /// entries (a seek per cell, no scan of the keyspace); `None` while the index is not ready.
+    /// Not a snapshot: a write between two cells' reads shows as written.
+    pub async fn list_cells(
+        &self,
+        backend: &dyn Backend,
+        cells: &[u32],
+    ) -> Result<Option<Vec<(KeyId, u64, String)>>, MerkleError> {
+        if !self.is_ready() {
+            return Ok(None);
+        }
+        let mut listed = Vec::new();
+        for &cell in cells {
+            let prefix = cell_prefix(cell);
+            let mut after: Option<String> = None;
+            loop {
+                let page = backend
+                    .scan(&prefix, after.as_deref(), PAGE)
+                    .await
+                    .map_err(storage("listing a cell's leaf entries"))?;
+                for (key, value) in &page {
+                    match decode_leaf(key, value) {
+                        Some((_, id, digest, name)) => listed.push((id, digest, name)),
+                        None => {
+                            // A listing missing a key would delete it on the other side: the
+                            // index is not trusted until rebuilt.
+                            self.malformed(key);
+                            *self.shared.state() = State::Building;
+                            return Ok(None);
+                        }
+                    }
+                }
+                match page.last() {
+                    Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(Some(listed))
     }
 
-    /// The tree and the WAL index it is exact for.
-    pub fn tree(&self) -> Option<(MerkleTree, u64)> {
-        let mut state = self.shared.state();
-        let State::Ready(mirror) = &mut *state else {
-            return None;
-        };
-        let root = mirror.root();
-        let tree = MerkleTree {
-            buckets: mirror.hashes.clone(),
-            root,
-            keys: mirror.keys,
-        };
-        Some((tree, mirror.wal_index))
-    }
-
-    /// The tree, every cell's sum, and the WAL index both are exact for.
-    pub fn fingerprint(&self) -> Option<(MerkleTree, Vec<u64>, u64)> {
-        let mut state = self.shared.state();
-        let State::Ready(mirror) = &mut *state else {
-            return None;
-        };
-        let root = mirror.root();
-        let tree = MerkleTree {
-            buckets: mirror.hashes.clone(),
-            root,
-            keys: mirror.keys,
-        };
-        Some((tree, cells_of(&mirror.buckets), mirror.wal_index))
-    }
-
-    /// Compares the stored records with the keyspace, as of one snapshot; changes nothing.
+    /// Compares the leaf entries with the keyspace, as of one snapshot; changes nothing.
     pub async fn check(
         &self,
         backend: &dyn Backend,
         scanned: &AtomicU64,
     ) -> Result<IndexCheck, MerkleError> {
         let _one = self.rebuilding.lock().await;
-        let (check, _) = compare(backend, scanned).await?;
-        Ok(check)
+        compare(backend, scanned, None).await
     }
 
-    /// Makes the stored records exact (and loads the mirror if it was not): compares them with
-    /// one snapshot of the keyspace and has the next commit add the difference, then commits
-    /// the index state. Writes may go on meanwhile.
+    /// Makes the leaf entries exact and sums them into a new mirror, while writes go on (see
+    /// the module documentation). Returns what the comparison found before the repair.
     pub async fn rebuild(
         &self,
         backend: &dyn Backend,
         scanned: &AtomicU64,
     ) -> Result<IndexCheck, MerkleError> {
         let _one = self.rebuilding.lock().await;
-        // A correction left by a rebuild whose commit failed, or carried by a commit still in
-        // flight, is not in the records the snapshot would show: a commit first, so every
-        // earlier one has landed, or it would be counted twice.
-        mark_complete(backend).await?;
-        let (check, corrections) = compare(backend, scanned).await?;
-        self.shared.pending().extend(corrections);
-        // The next commit adds the correction and reloads the mirror from the corrected
-        // records (the mirror may differ from the records it was loaded from).
-        *self.shared.state() = State::Load;
-        self.shared.corrupt.store(false, Ordering::Relaxed);
-        mark_complete(backend).await?;
+        *self.shared.state() = State::Rebuilding;
+        let result = self.rebuild_entries(backend, scanned).await;
+        {
+            let mut state = self.shared.state();
+            match (&result, &*state) {
+                // Entries written outside the index meanwhile (back to `Building`) leave it for
+                // another rebuild.
+                (Ok(_), State::Rebuilding) => *state = State::Load,
+                (Ok(_), _) => {}
+                (Err(_), _) => *state = State::Building,
+            }
+        }
+        let check = result?;
+        // The commit that sums the entries into the mirror and records the state.
+        barrier(backend).await?;
+        if self.is_ready() {
+            self.shared.corrupt.store(false, Ordering::Relaxed);
+        }
+        Ok(check)
+    }
+
+    async fn rebuild_entries(
+        &self,
+        backend: &dyn Backend,
+        scanned: &AtomicU64,
+    ) -> Result<IndexCheck, MerkleError> {
+        // Incomplete from here until the Load commit records the state again: a rebuild cut
+        // short is redone at the next open.
+        backend
+            .delete(INDEX_STATE_KEY)
+            .await
+            .map_err(storage("clearing the Merkle index state"))?;
+        let check = compare(backend, scanned, Some(&self.shared)).await?;
+        flush_rechecks(backend, &self.shared, 0).await?;
         Ok(check)
     }
 }
 
-/// Writes the index state; its commit carries any pending correction.
-async fn mark_complete(backend: &dyn Backend) -> Result<(), MerkleError> {
+/// Commits until at most `keep` rechecks are queued (each commit takes
+/// [`RECHECKS_PER_COMMIT`] of them).
+async fn flush_rechecks(
+    backend: &dyn Backend,
+    shared: &Shared,
+    keep: usize,
+) -> Result<(), MerkleError> {
+    while shared.rechecks().len() > keep {
+        barrier(backend).await?;
+    }
+    Ok(())
+}
+
+/// A commit of its own: it carries whatever the index has queued.
+async fn barrier(backend: &dyn Backend) -> Result<(), MerkleError> {
     backend
         .batch(vec![Op::Put {
-            key: INDEX_STATE_KEY.into(),
+            key: INDEX_BARRIER_KEY.into(),
             value: vec![INDEX_FORMAT],
         }])
         .await
         .map_err(storage("committing the Merkle index"))
 }
 
-/// The keyspace's true sums against the stored records, from one snapshot: the check, and
-/// per differing bucket the correction `true - stored`.
+/// The keyspace's sums against its leaf entries' sums, from one snapshot. With `recheck`,
+/// every key and every leaf entry of the snapshot is also queued for a recheck, and the queue
+/// is worked off by commits as the snapshot goes.
 async fn compare(
     backend: &dyn Backend,
     scanned: &AtomicU64,
-) -> Result<(IndexCheck, BTreeMap<usize, BucketSums>), MerkleError> {
+    recheck: Option<&Shared>,
+) -> Result<IndexCheck, MerkleError> {
     let mut sink = CompareSink {
-        truth: vec![BucketSums::default(); BUCKETS],
-        stored: vec![BucketSums::default(); BUCKETS],
+        truth: empty_sums(),
+        stored: empty_sums(),
         scanned,
         read: 0,
+        recheck: recheck.map(|shared| (shared, backend)),
     };
     backend
         .snapshot(&mut sink)
         .await
         .map_err(storage("reading a snapshot for the Merkle index"))?;
-    let mut corrections = BTreeMap::new();
     let mut check = IndexCheck {
         scanned: sink.read,
         ..IndexCheck::default()
     };
-    for (bucket, (truth, stored)) in sink.truth.iter().zip(sink.stored.iter()).enumerate() {
+    for (truth, stored) in sink.truth.iter().zip(sink.stored.iter()) {
         if truth == stored {
             continue;
         }
@@ -505,22 +637,23 @@ async fn compare(
             .zip(stored.cells.iter())
             .filter(|(a, b)| a != b)
             .count() as u64;
-        corrections.insert(bucket, truth.minus(stored));
     }
     check.tree = Some(tree_of(&sink.truth));
-    Ok((check, corrections))
+    Ok(check)
 }
 
 struct CompareSink<'a> {
-    truth: Vec<BucketSums>,
-    stored: Vec<BucketSums>,
+    truth: Sums,
+    stored: Sums,
     scanned: &'a AtomicU64,
     read: u64,
+    recheck: Option<(&'a Shared, &'a dyn Backend)>,
 }
 
 #[async_trait]
 impl SnapshotSink for CompareSink<'_> {
     async fn page(&mut self, entries: SnapshotPage) -> bunker_storage::Result<()> {
+        let mut rechecks = Vec::new();
         for (key, value) in entries {
             if !is_local(&key) {
                 let (bucket, slot, digest) = locate(&key, &value);
@@ -529,40 +662,56 @@ impl SnapshotSink for CompareSink<'_> {
                 }
                 self.read += 1;
                 self.scanned.fetch_add(1, Ordering::Relaxed);
-            } else if let Some(bucket) = bucket_of_record(&key) {
-                if let Some(slot) = self.stored.get_mut(bucket) {
-                    // A malformed record reads as empty: the correction rewrites it whole.
-                    *slot = BucketSums::decode(&value).unwrap_or_default();
+                rechecks.push((key, None));
+            } else if key.starts_with(LEAF_PREFIX) {
+                match decode_leaf(&key, &value) {
+                    Some((cell, _, digest, name)) => {
+                        count_in(&mut self.stored, cell, digest);
+                        rechecks.push((name, Some((key, value))));
+                    }
+                    // Rechecked under no name: deleted (if still as the snapshot saw it).
+                    None => rechecks.push((String::new(), Some((key, value)))),
                 }
             }
+        }
+        if let Some((shared, backend)) = self.recheck {
+            shared.rechecks().extend(rechecks);
+            flush_rechecks(backend, shared, RECHECKS_PER_COMMIT)
+                .await
+                .map_err(|MerkleError::Storage { source, .. }| source)?;
         }
         Ok(())
     }
 }
 
 impl CommitIndex for MerkleIndex {
-    /// Replicated keys, the WAL index, and the index's own records (written by anyone else,
+    /// Replicated keys, the WAL index, and the index's own entries (written by anyone else,
     /// they can no longer be trusted).
     fn watches(&self, key: &str) -> bool {
-        !is_local(key) || key == WAL_LAST_KEY || key.starts_with(BUCKET_PREFIX)
+        !is_local(key) || key == WAL_LAST_KEY || key.starts_with(LEAF_PREFIX)
     }
 
     fn begin(&self) -> Box<dyn IndexUpdate> {
         let (load, complete) = match *self.shared.state() {
-            State::Building => (false, false),
+            State::Building | State::Rebuilding => (false, false),
             State::Load => (true, true),
             State::Ready(_) => (false, true),
         };
-        let correction = std::mem::take(&mut *self.shared.pending());
+        let rechecks = {
+            let mut queue = self.shared.rechecks();
+            let take = queue.len().min(RECHECKS_PER_COMMIT);
+            queue.drain(..take).collect()
+        };
         Box::new(Update {
             shared: self.shared.clone(),
             load,
             complete,
             tampered: false,
-            deltas: correction.clone(),
-            correction,
+            deltas: BTreeMap::new(),
             wal_index: None,
-            written: Vec::new(),
+            leaves: BTreeMap::new(),
+            rechecks,
+            loaded: None,
         })
     }
 }
@@ -570,58 +719,77 @@ impl CommitIndex for MerkleIndex {
 /// One commit's update.
 struct Update {
     shared: Arc<Shared>,
-    /// Read every record and install the mirror at the commit.
+    /// Sum every entry (as the commit leaves them) into a new mirror.
     load: bool,
-    /// The records are complete: the commit also records the WAL index it writes in the index
-    /// state, so an open can tell whether writes happened without the index.
+    /// The entries are complete: the commit records the WAL index it saw in the index state,
+    /// so an open can tell whether writes happened without the index.
     complete: bool,
-    /// The commit writes the index's records itself: the index is no longer exact.
+    /// The commit writes the index's entries itself: the index is no longer exact.
     tampered: bool,
-    /// Per bucket: the commit's writes, plus the correction.
+    /// Per bucket: the change the commit's writes make to the sums.
     deltas: BTreeMap<usize, BucketSums>,
-    /// The correction this commit carries, handed back if it does not commit.
-    correction: BTreeMap<usize, BucketSums>,
-    /// The WAL index the commit writes, if it writes one.
+    /// The WAL index the commit writes (or, loading, the one it leaves).
     wal_index: Option<u64>,
-    /// The records after the commit: the buckets it touched (all of them when loading).
-    written: Vec<(usize, BucketSums)>,
+    /// Leaf entries to write (`None`: delete), by entry key.
+    leaves: BTreeMap<String, Option<Vec<u8>>>,
+    /// Keys (with the entry found for each) whose entries this commit rewrites from their
+    /// values, handed back if it does not commit.
+    rechecks: Vec<Recheck>,
+    /// Loading: the sums of every entry.
+    loaded: Option<Sums>,
 }
 
 impl IndexUpdate for Update {
     fn change(&mut self, key: &str, old: Option<&[u8]>, new: Option<&[u8]>) {
         if key == WAL_LAST_KEY {
             // Deleted (a wipe): no WAL, index 0.
-            self.wal_index = Some(
-                new.and_then(|v| <[u8; 8]>::try_from(v).ok())
-                    .map_or(0, u64::from_be_bytes),
-            );
+            self.wal_index = Some(decode_wal_index(new));
             return;
         }
-        if key.starts_with(BUCKET_PREFIX) {
+        if key.starts_with(LEAF_PREFIX) {
             tracing::error!(
-                record = key,
-                "a Merkle index record was written outside the index"
+                entry = key,
+                "a Merkle index entry was written outside the index"
             );
             self.tampered = true;
             return;
         }
+        let key_hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let cell = cell_of_hash(&key_hash);
+        let (bucket, slot) = (
+            cell as usize / CELLS_PER_BUCKET,
+            cell as usize % CELLS_PER_BUCKET,
+        );
+        let mut id = [0u8; 16];
+        id.copy_from_slice(key_hash.get(..16).unwrap_or(&[0; 16]));
+        let mut leaf = None;
         for (value, sign) in [(old, false), (new, true)] {
             if let Some(value) = value {
-                let (bucket, slot, digest) = locate(key, value);
+                let digest = digest_of_leaf(&leaf_hash(key, value));
                 self.deltas
                     .entry(bucket)
                     .or_default()
                     .count(slot, digest, sign);
+                if sign {
+                    leaf = Some(encode_leaf(digest, key));
+                }
             }
         }
+        self.leaves.insert(leaf_key(cell, &id), leaf);
     }
 
+    /// Per recheck: its key (if named) and the entry found (if any); then, loading, the WAL
+    /// index.
     fn reads(&self) -> Vec<String> {
-        let mut keys: Vec<String> = if self.load {
-            (0..BUCKETS).map(record_key).collect()
-        } else {
-            self.deltas.keys().map(|&b| record_key(b)).collect()
-        };
+        let mut keys: Vec<String> = Vec::new();
+        for (name, found) in &self.rechecks {
+            if !name.is_empty() {
+                keys.push(name.clone());
+            }
+            if let Some((found, _)) = found {
+                keys.push(found.clone());
+            }
+        }
         if self.load && self.wal_index.is_none() {
             keys.push(WAL_LAST_KEY.into());
         }
@@ -629,46 +797,47 @@ impl IndexUpdate for Update {
     }
 
     fn finish(&mut self, records: Vec<Option<Vec<u8>>>) -> bunker_storage::Result<Vec<Op>> {
-        let buckets: Vec<usize> = if self.load {
-            (0..BUCKETS).collect()
-        } else {
-            self.deltas.keys().copied().collect()
-        };
-        let mut ops = Vec::new();
         let mut records = records.into_iter();
-        for bucket in buckets {
-            let key = record_key(bucket);
-            let mut sums = match records.next().flatten() {
-                Some(value) => BucketSums::decode(&value).unwrap_or_else(|| {
-                    tracing::error!(record = %key, "malformed Merkle index record; run reindex");
-                    self.shared.corrupt.store(true, Ordering::Relaxed);
-                    BucketSums::default()
-                }),
-                None => BucketSums::default(),
-            };
-            if let Some(delta) = self.deltas.get(&bucket).filter(|d| !d.is_zero()) {
-                sums.add(delta);
-                ops.push(if sums.is_zero() {
-                    Op::Delete { key }
-                } else {
-                    Op::Put {
-                        key,
-                        value: sums.encode(),
-                    }
-                });
-            }
-            self.written.push((bucket, sums));
-        }
-        if self.load && self.wal_index.is_none() {
-            self.wal_index = Some(
-                records
+        // Rechecks: each key's entry from its value as this commit leaves it (the reads see
+        // the commit's own writes, so a key it also wrote gets the same entry).
+        for (name, found) in &self.rechecks {
+            let right = if name.is_empty() {
+                None
+            } else {
+                let (cell, id) = super::cell_and_id(name);
+                let entry = records
                     .next()
                     .flatten()
-                    .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-                    .map_or(0, u64::from_be_bytes),
-            );
+                    .map(|value| encode_leaf(digest_of_leaf(&leaf_hash(name, &value)), name));
+                let right = leaf_key(cell, &id);
+                self.leaves.entry(right.clone()).or_insert(entry);
+                Some(right)
+            };
+            if let Some((found, seen)) = found {
+                let now = records.next().flatten();
+                // Not the entry of its name: deleted, unless it changed since the snapshot (a
+                // commit since wrote it for the key whose place it is).
+                if Some(found) != right.as_ref() && now.as_ref() == Some(seen) {
+                    self.leaves.entry(found.clone()).or_insert(None);
+                }
+            }
         }
-        if let (true, false, Some(wal_index)) = (self.complete, self.tampered, self.wal_index) {
+        if self.load && self.wal_index.is_none() {
+            self.wal_index = Some(decode_wal_index(records.next().flatten().as_deref()));
+        }
+        let mut ops: Vec<Op> = std::mem::take(&mut self.leaves)
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => Op::Put { key, value },
+                None => Op::Delete { key },
+            })
+            .collect();
+        if self.tampered {
+            // Not to be trusted at the next open either.
+            ops.push(Op::Delete {
+                key: INDEX_STATE_KEY.into(),
+            });
+        } else if let (true, Some(wal_index)) = (self.complete, self.wal_index) {
             let mut state = vec![INDEX_FORMAT];
             state.extend_from_slice(&wal_index.to_be_bytes());
             ops.push(Op::Put {
@@ -676,51 +845,52 @@ impl IndexUpdate for Update {
                 value: state,
             });
         }
+        if self.load {
+            self.loaded = Some(empty_sums());
+        }
         Ok(ops)
     }
 
+    fn scan_prefix(&self) -> Option<&str> {
+        self.load.then_some(LEAF_PREFIX)
+    }
+
+    fn scanned(&mut self, key: &str, value: &[u8]) {
+        let Some(sums) = self.loaded.as_mut() else {
+            return;
+        };
+        match decode_leaf(key, value) {
+            Some((cell, _, digest, _)) => count_in(sums, cell, digest),
+            None => {
+                tracing::error!(entry = key, "malformed Merkle index entry; run reindex");
+                self.shared.corrupt.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn committed(mut self: Box<Self>) {
-        self.correction.clear();
+        self.rechecks.clear();
         let mut state = self.shared.state();
         if self.tampered {
             self.shared.corrupt.store(true, Ordering::Relaxed);
             *state = State::Building;
             return;
         }
-        let changed = self.deltas.values().any(|d| !d.is_zero());
         match &mut *state {
-            State::Building => {}
-            State::Load if !self.load => {}
+            State::Building | State::Rebuilding => {}
             State::Load => {
-                let mut buckets = vec![BucketSums::default(); BUCKETS];
-                for (bucket, sums) in self.written.drain(..) {
-                    if let Some(slot) = buckets.get_mut(bucket) {
-                        *slot = sums;
-                    }
+                if let Some(sums) = self.loaded.take() {
+                    *state = State::Ready(Mirror::new(sums, self.wal_index.unwrap_or(0)));
                 }
-                *state = State::Ready(Mirror::new(buckets, self.wal_index.unwrap_or(0)));
             }
             State::Ready(mirror) => {
-                for (bucket, sums) in self.written.drain(..) {
-                    let (Some(slot), Some(hash)) = (
-                        mirror.buckets.get_mut(bucket),
-                        mirror.hashes.get_mut(bucket),
-                    ) else {
-                        continue;
-                    };
-                    if *slot != sums {
-                        mirror.keys = mirror.keys.wrapping_sub(slot.keys).wrapping_add(sums.keys);
-                        *slot = sums;
-                        *hash = sums.hash();
-                        mirror.root = None;
-                    }
-                }
+                mirror.apply(&self.deltas);
                 match self.wal_index {
                     Some(index) => {
                         mirror.wal_index = index;
                         mirror.exact = true;
                     }
-                    None if changed => mirror.exact = false,
+                    None if self.deltas.values().any(|d| !d.is_zero()) => mirror.exact = false,
                     None => {}
                 }
             }
@@ -730,13 +900,11 @@ impl IndexUpdate for Update {
 
 impl Drop for Update {
     fn drop(&mut self) {
-        // Not committed: the correction waits for the next commit.
-        if self.correction.is_empty() {
-            return;
-        }
-        let mut pending = self.shared.pending();
-        for (bucket, correction) in std::mem::take(&mut self.correction) {
-            pending.entry(bucket).or_default().add(&correction);
+        // Not committed: the rechecks wait for the next commit.
+        if !self.rechecks.is_empty() {
+            self.shared
+                .rechecks()
+                .extend(std::mem::take(&mut self.rechecks));
         }
     }
 }

@@ -607,6 +607,20 @@ async fn an_apply_cancelled_after_its_commit_is_settled_before_the_next() {
 }
 
 #[tokio::test]
+async fn a_staged_commit_larger_than_a_batch_is_one_commit() {
+    let backend = inmem();
+    let wal = open(&backend).await;
+    let ops: Vec<Op> = (0..25_000)
+        .map(|i| put(&format!("logical/{i:05}"), b"v"))
+        .collect();
+    wal.commit_staged(ops, 7)
+        .await
+        .expect("a large stage commits");
+    assert_eq!(wal.last_index(), 7);
+    assert_eq!(replicated_state(backend.as_ref()).await.len(), 25_000);
+}
+
+#[tokio::test]
 async fn a_staged_commit_cancelled_mid_reset_is_finished_before_the_next_apply() {
     let backend = stalling();
     let wal = open(&backend).await;

@@ -67,7 +67,29 @@ async fn assert_index_exact(wal: &Wal, backend: &dyn Backend) {
         .check(backend, &AtomicU64::new(0))
         .await
         .expect("check");
-    assert_eq!(check.differing_cells, 0, "the stored records are exact");
+    assert_eq!(
+        check.differing_cells, 0,
+        "the leaf entries sum to the keyspace"
+    );
+    // One leaf entry per replicated key, with its digest and name, and no other.
+    let mut expected: Vec<(String, Vec<u8>)> = backend
+        .scan("", None, usize::MAX)
+        .await
+        .expect("scan")
+        .into_iter()
+        .filter(|(key, _)| !is_local(key))
+        .map(|(key, value)| {
+            let (cell, id) = crate::merkle::cell_and_id(&key);
+            let digest = crate::merkle::leaf_digest(&key, &value);
+            (leaf_key(cell, &id), encode_leaf(digest, &key))
+        })
+        .collect();
+    expected.sort();
+    let leaves = backend
+        .scan(LEAF_PREFIX, None, usize::MAX)
+        .await
+        .expect("leaves");
+    assert!(leaves == expected, "the leaf entries are exact");
 }
 
 /// Concurrent writers (sharing group commits, hitting the same keys) keep the index exact.
@@ -212,11 +234,11 @@ async fn deleting_everything_but_the_records_leaves_an_empty_exact_index() {
     );
     assert!(
         backend
-            .scan(BUCKET_PREFIX, None, 10)
+            .scan(LEAF_PREFIX, None, 10)
             .await
             .unwrap()
             .is_empty(),
-        "empty buckets keep no record"
+        "no key, no entry"
     );
 }
 
@@ -227,8 +249,8 @@ async fn records_written_outside_the_index_make_it_rebuild() {
     let index = wal.merkle_index().expect("index").clone();
     backend.batch(vec![put("logical/a", b"1")]).await.unwrap();
     assert!(index.is_ready() && !index.needs_rebuild());
-    let records = backend.scan(BUCKET_PREFIX, None, 1).await.unwrap();
-    assert_eq!(records.len(), 1, "logical/a's bucket has a record");
+    let records = backend.scan(LEAF_PREFIX, None, 1).await.unwrap();
+    assert_eq!(records.len(), 1, "logical/a has its entry");
     backend
         .batch(vec![delete(&records[0].0), put("logical/b", b"2")])
         .await
@@ -273,7 +295,7 @@ async fn an_unbounded_batch_is_indexed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rebuild_repairs_damaged_records_while_writes_go_on() {
+async fn a_rebuild_repairs_damaged_entries_while_writes_go_on() {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = Arc::new(EmbeddedBackend::open(dir.path()).expect("open"));
     let wal = Wal::open(backend.clone()).await.expect("open");
@@ -285,22 +307,31 @@ async fn a_rebuild_repairs_damaged_records_while_writes_go_on() {
             .expect("batch");
     }
     let index = wal.merkle_index().expect("index").clone();
-    // Damage: one record overwritten with wrong sums, one with garbage, one removed.
-    let records = backend.scan(BUCKET_PREFIX, None, 3).await.expect("records");
-    assert_eq!(records.len(), 3, "the writes filled several buckets");
+    // Damage: one entry with a wrong digest, one with garbage, one removed, one for no key.
+    let leaves = backend.scan(LEAF_PREFIX, None, 3).await.expect("entries");
+    assert_eq!(leaves.len(), 3, "the writes made entries");
+    let (_, _, _, name) = decode_leaf(&leaves[0].0, &leaves[0].1).expect("an entry");
     backend
         .batch(vec![
-            put(&records[0].0, &BucketSums::default().encode()[..]),
-            put(&records[1].0, b"garbage"),
-            delete(&records[2].0),
+            put(&leaves[0].0, &encode_leaf(12345, &name)),
+            put(&leaves[1].0, b"garbage"),
+            delete(&leaves[2].0),
+            put(
+                &format!("{LEAF_PREFIX}00000/{}", "ab".repeat(16)),
+                &encode_leaf(1, "logical/none"),
+            ),
         ])
         .await
         .expect("damaging");
+    assert!(
+        index.needs_rebuild() && index.is_corrupt(),
+        "written outside the index"
+    );
     let check = index
         .check(backend.as_ref(), &AtomicU64::new(0))
         .await
         .expect("check");
-    assert_eq!(check.differing_buckets, 3, "{check:?}");
+    assert!(check.differing_cells >= 3, "{check:?}");
     // The repair runs while writers keep changing the keyspace.
     let writers: Vec<_> = (0..4u64)
         .map(|task| {
@@ -321,7 +352,7 @@ async fn a_rebuild_repairs_damaged_records_while_writes_go_on() {
         .rebuild(backend.as_ref(), &scanned)
         .await
         .expect("rebuild");
-    assert_eq!(rebuilt.differing_buckets, 3);
+    assert!(rebuilt.differing_cells >= 3, "{rebuilt:?}");
     assert!(
         scanned.load(Ordering::Relaxed) > 0,
         "the rebuild reports its progress"
@@ -329,8 +360,7 @@ async fn a_rebuild_repairs_damaged_records_while_writes_go_on() {
     for writer in writers {
         writer.await.expect("writer");
     }
-    // The stored records are exact again; the mirror, kept with them, too. A reopen reads the
-    // repaired records.
+    assert!(!index.is_corrupt());
     assert_index_exact(&wal, backend.as_ref()).await;
     drop(wal);
     let wal = Wal::open(backend.clone()).await.expect("reopen");
@@ -338,41 +368,86 @@ async fn a_rebuild_repairs_damaged_records_while_writes_go_on() {
 }
 
 #[tokio::test]
-async fn a_correction_that_does_not_commit_waits_for_the_next_commit() {
+async fn rechecks_that_do_not_commit_wait_for_the_next_commit() {
     let index = MerkleIndex::new();
-    let mut correction = BucketSums::default();
-    correction.count(3, 42, true);
-    index.shared.pending().insert(5, correction);
+    index.shared.rechecks().push(("logical/a".into(), None));
     let update = index.begin();
-    assert!(index.shared.pending().is_empty(), "the commit carries it");
+    assert!(index.shared.rechecks().is_empty(), "the commit carries it");
     drop(update);
-    assert_eq!(
-        index.shared.pending().get(&5),
-        Some(&correction),
-        "an update dropped without committing hands its correction back"
-    );
+    assert_eq!(index.shared.rechecks().len(), 1, "handed back");
     let mut update = index.begin();
-    assert_eq!(update.reads(), vec![record_key(5)]);
-    let ops = update.finish(vec![None]).expect("finish");
-    assert_eq!(ops, vec![put(&record_key(5), &correction.encode())]);
+    assert_eq!(update.reads(), vec!["logical/a".to_owned()]);
+    let ops = update.finish(vec![Some(b"v".to_vec())]).expect("finish");
+    let (cell, id) = crate::merkle::cell_and_id("logical/a");
+    let digest = crate::merkle::leaf_digest("logical/a", b"v");
+    assert_eq!(
+        ops,
+        vec![put(&leaf_key(cell, &id), &encode_leaf(digest, "logical/a"))]
+    );
     update.committed();
-    assert!(index.shared.pending().is_empty(), "a commit consumes it");
+    assert!(index.shared.rechecks().is_empty(), "a commit consumes it");
+}
+
+#[tokio::test]
+async fn a_cell_lists_its_keys_from_the_leaf_entries() {
+    let backend = Arc::new(InmemBackend::new());
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    let index = wal.merkle_index().expect("index");
+    let keys: Vec<String> = (0..50).map(|i| format!("logical/{i}")).collect();
+    backend
+        .batch(keys.iter().map(|k| put(k, k.as_bytes())).collect())
+        .await
+        .unwrap();
+    backend.batch(vec![delete("logical/7")]).await.unwrap();
+    let cells = [
+        crate::merkle::cell_and_id("logical/3").0,
+        crate::merkle::cell_and_id("logical/7").0,
+    ];
+    let listed = index
+        .list_cells(backend.as_ref(), &cells)
+        .await
+        .unwrap()
+        .expect("ready");
+    let names: Vec<&str> = listed.iter().map(|(_, _, name)| name.as_str()).collect();
+    assert!(names.contains(&"logical/3"), "{names:?}");
+    assert!(
+        !names.contains(&"logical/7"),
+        "a deleted key is not listed: {names:?}"
+    );
+    for (id, digest, name) in &listed {
+        assert_eq!(
+            (*id, *digest),
+            (
+                crate::merkle::cell_and_id(name).1,
+                crate::merkle::leaf_digest(name, name.as_bytes())
+            )
+        );
+    }
+    let expected = keys
+        .iter()
+        .filter(|k| *k != "logical/7")
+        .filter(|k| cells.contains(&crate::merkle::cell_and_id(k).0))
+        .count();
+    assert_eq!(listed.len(), expected);
 }
 
 #[test]
-fn records_round_trip_and_refuse_other_lengths() {
-    let mut sums = BucketSums::default();
-    sums.count(0, 1, true);
-    sums.count(63, u64::MAX, true);
-    assert_eq!(BucketSums::decode(&sums.encode()), Some(sums));
-    assert_eq!(BucketSums::decode(&sums.encode()[1..]), None);
+fn leaf_entries_round_trip_and_refuse_malformed_ones() {
+    let (cell, id) = crate::merkle::cell_and_id("logical/x");
+    let entry = leaf_key(cell, &id);
     assert_eq!(
-        BucketSums::default().hash(),
-        [0; 32],
-        "an empty bucket hashes to zero"
+        decode_leaf(&entry, &encode_leaf(7, "logical/x")),
+        Some((cell, id, 7, "logical/x".to_owned()))
     );
+    assert_eq!(decode_leaf(&entry, b"short"), None);
+    let too_far = format!("{LEAF_PREFIX}fffff/{}", "00".repeat(16));
+    assert_eq!(decode_leaf(&too_far, &[0; 9]), None);
+    assert_eq!(
+        decode_leaf(&format!("{LEAF_PREFIX}00000/abc"), &[0; 9]),
+        None
+    );
+    let mut sums = BucketSums::default();
+    assert_eq!(sums.hash(), [0; 32], "an empty bucket hashes to zero");
+    sums.count(3, 9, true);
     assert_ne!(sums.hash(), [0; 32]);
-    assert_eq!(bucket_of_record(&record_key(4095)), Some(4095));
-    assert_eq!(bucket_of_record(&format!("{BUCKET_PREFIX}1000")), None);
-    assert_eq!(bucket_of_record(&format!("{BUCKET_PREFIX}fff0")), None);
 }
