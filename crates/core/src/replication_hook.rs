@@ -189,27 +189,20 @@ impl Core {
         Ok(acl.allows(path, Capability::Update))
     }
 
-    /// Wipe every key of the physical storage (DR secondary activation), except the Merkle
-    /// index's records: the index keeps them itself as the data goes (they end empty), and
-    /// deleting them under it would leave it wrong.
+    /// Wipe every key of the physical storage (DR secondary activation).
     pub async fn wipe_storage(&self) -> Result<()> {
         self.seal_core();
         let backend = self.barrier.backend().clone();
-        let mut after: Option<String> = None;
         loop {
-            let page = backend.scan("", after.as_deref(), 1000).await?;
-            let Some((last, _)) = page.last() else {
+            let page = backend.scan("", None, 1000).await?;
+            if page.is_empty() {
                 return Ok(());
-            };
-            after = Some(last.clone());
-            let ops: Vec<_> = page
+            }
+            let ops = page
                 .into_iter()
-                .filter(|(key, _)| !key.starts_with(bunker_wal::merkle::index::INDEX_PREFIX))
                 .map(|(key, _)| bunker_storage::Op::Delete { key })
                 .collect();
-            if !ops.is_empty() {
-                backend.batch(ops).await?;
-            }
+            backend.batch(ops).await?;
         }
     }
 }

@@ -437,21 +437,6 @@ async fn refresh_merkle_root(inner: Weak<Inner>) {
         };
         // An HA standby serves no status that needs it; the active node computes its own. A
         // backend that keeps the Merkle index needs no refresher: status reads the index.
-        if let Some(index) = inner.wal.merkle_index() {
-            if index.needs_rebuild() {
-                // Its records were written outside it: rebuild, as a `reindex` would.
-                tracing::warn!("rebuilding the Merkle index");
-                if let Err(e) = index
-                    .rebuild(
-                        inner.backend.as_ref(),
-                        &std::sync::atomic::AtomicU64::new(0),
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %e, "rebuilding the Merkle index failed");
-                }
-            }
-        }
         let indexed = inner.wal.merkle_index().is_some_and(|i| i.is_ready());
         if inner.mode() == Mode::Disabled || !inner.active_node() || indexed {
             continue;

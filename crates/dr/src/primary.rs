@@ -360,7 +360,6 @@ where
 
     // Reconciliation requests until the secondary asks to stream.
     let mut reconciler = Reconciler::default();
-    reconciler.use_index(inner.wal.merkle_index().cloned());
     let mut full_scans = 0usize;
     let mut renewed = false;
     let after = loop {

@@ -388,10 +388,7 @@ where
         stage: Some(Stage::with_limit(wal_index, inner.stage_limit())),
     };
     let pushed = reconcile_cells(
-        Keyspace {
-            backend: inner.backend(),
-            index: inner.wal().merkle_index(),
-        },
+        inner.backend(),
         &mut sink,
         rd,
         wr,
@@ -449,7 +446,7 @@ struct Pushed {
 /// sums), then the differing cells' keys in chunks of at most `chunk_cells` cells; applies
 /// what the primary pushes.
 async fn reconcile_cells<R, W>(
-    keyspace: Keyspace<'_>,
+    backend: &dyn Backend,
     sink: &mut impl Sink,
     rd: &mut R,
     wr: &mut W,
@@ -475,7 +472,7 @@ where
     for chunk in chunks {
         let before = (pushed.keys, pushed.bytes);
         let fetch = Timed::start(rpc_metrics::CLIENT_FETCH_KEYS);
-        sync_chunk(keyspace, sink, rd, wr, chunk, &mut pushed).await?;
+        sync_chunk(backend, sink, rd, wr, chunk, &mut pushed).await?;
         drop(fetch);
         sink.chunk_done(pushed.keys - before.0, pushed.bytes - before.1);
     }
@@ -515,17 +512,9 @@ where
     }
 }
 
-/// This cluster's replicated keys: the store, and its Merkle index if it keeps one (a cell's
-/// keys are then listed from the index's leaf entries rather than by a scan).
-#[derive(Clone, Copy)]
-struct Keyspace<'a> {
-    backend: &'a dyn Backend,
-    index: Option<&'a merkle::MerkleIndex>,
-}
-
 /// Lists this cluster's keys in `cells` to the primary and applies what it pushes back.
 async fn sync_chunk<R, W>(
-    Keyspace { backend, index }: Keyspace<'_>,
+    backend: &dyn Backend,
     sink: &mut impl Sink,
     rd: &mut R,
     wr: &mut W,
@@ -543,40 +532,21 @@ where
         },
     )
     .await?;
+    let set = merkle::CellSet::new(cells);
     // The chunk's keys by id, to turn the primary's deletions back into keys.
     let mut keys: HashMap<merkle::KeyId, String> = HashMap::new();
     let mut listing = Vec::new();
-    let indexed = match index {
-        Some(index) => index.list_cells(backend, cells).await?,
-        None => None,
-    };
-    // From the Merkle index's leaf entries (a seek per cell), else by a full scan.
-    let mut pages = match indexed {
-        Some(listed) => {
-            for (id, digest, key) in listed {
-                listing.push((id, digest));
+    let mut pages = merkle::ReplicatedPages::new(backend);
+    while let Some(page) = pages.next_page().await? {
+        for (key, value) in page {
+            let (cell, id) = merkle::cell_and_id(&key);
+            if set.contains(cell) {
+                listing.push((id, merkle::leaf_digest(&key, &value)));
                 keys.insert(id, key);
             }
-            None
         }
-        None => Some(merkle::ReplicatedPages::new(backend)),
-    };
-    let set = merkle::CellSet::new(cells);
-    loop {
-        let more = match pages.as_mut() {
-            Some(pages) => pages.next_page().await?,
-            None => None,
-        };
-        for (key, value) in more.iter().flatten() {
-            let (cell, id) = merkle::cell_and_id(key);
-            if set.contains(cell) {
-                listing.push((id, merkle::leaf_digest(key, value)));
-                keys.insert(id, key.clone());
-            }
-        }
-        while listing.len() >= LISTING_PAGE {
-            let rest = listing.split_off(LISTING_PAGE);
-            let entries = std::mem::replace(&mut listing, rest);
+        if listing.len() >= LISTING_PAGE {
+            let entries = std::mem::take(&mut listing);
             write_frame(
                 wr,
                 &ToPrimary::Listing {
@@ -585,9 +555,6 @@ where
                 },
             )
             .await?;
-        }
-        if more.is_none() {
-            break;
         }
     }
     write_frame(

@@ -577,7 +577,6 @@ async fn primary_session(
     write_frame(&mut wr, &welcome).await?;
     let backend: &dyn Backend = node.disk.as_ref();
     let mut reconciler = Reconciler::default();
-    reconciler.use_index(node.wal.merkle_index().cloned());
     let after = loop {
         let (msg, _) = rd.read_frame::<ToPrimary>().await?;
         let Some(msg) = reconciler.handle(backend, &mut wr, msg).await? else {

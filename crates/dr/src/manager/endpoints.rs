@@ -246,9 +246,9 @@ fn status_response(v: Value) -> Result<Response> {
     Ok(resp)
 }
 
-/// `reindex`: where the backend keeps the Merkle index, the stored index compared with one
-/// snapshot of the keyspace and repaired (writes go on); otherwise the tree recomputed by a
-/// full scan. Its progress is in status while it runs (`reindex_in_progress`,
+/// `reindex`: where the backend keeps the Merkle index, its sums compared with the keyspace
+/// summed inside one commit and replaced by them; otherwise the tree recomputed by a full
+/// scan. Its progress is in status while it runs (`reindex_in_progress`,
 /// `reindex_building_progress` of `reindex_building_total`), and `last_reindex_epoch` once it
 /// is done. One at a time.
 async fn reindex(inner: &Arc<Inner>) -> Result<Response> {
@@ -269,11 +269,28 @@ async fn reindex(inner: &Arc<Inner>) -> Result<Response> {
     inner.reindex.total.store(expected, Ordering::Relaxed);
     inner.reindex.scanned.store(0, Ordering::Relaxed);
     let result = match inner.wal.merkle_index() {
-        Some(index) => index
-            .rebuild(inner.backend.as_ref(), &inner.reindex.scanned)
-            .await
-            .map_err(|e| LogicalError::Internal(format!("reindex: {e}")))
-            .map(|check| index_report(inner, &check, true)),
+        Some(index) => {
+            // The sum runs inside a commit on the storage writer: its progress is copied to
+            // status while it runs.
+            let rebuild = index.rebuild(inner.backend.as_ref());
+            tokio::pin!(rebuild);
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            let result = loop {
+                tokio::select! {
+                    result = &mut rebuild => break result,
+                    _ = tick.tick() => {
+                        inner.reindex.scanned.store(index.progress(), Ordering::Relaxed);
+                    }
+                }
+            };
+            inner
+                .reindex
+                .scanned
+                .store(index.progress(), Ordering::Relaxed);
+            result
+                .map_err(|e| LogicalError::Internal(format!("reindex: {e}")))
+                .map(|check| index_report(inner, &check, true))
+        }
         None => merkle_check(inner).await,
     };
     if result.is_ok() {
@@ -284,16 +301,13 @@ async fn reindex(inner: &Arc<Inner>) -> Result<Response> {
     result
 }
 
-/// `merkle-check`: where the backend keeps the Merkle index, the stored index compared with
-/// one snapshot of the keyspace (nothing changed; `corrupted_merkle_tree` says whether they
-/// differ, `reindex` repairs); otherwise the tree recomputed by a full scan.
+/// `merkle-check`: where the backend keeps the Merkle index, its sums compared with the
+/// keyspace summed inside one commit (nothing changed; `corrupted_merkle_tree` says whether
+/// they differ, `reindex` repairs); otherwise the tree recomputed by a full scan.
 async fn merkle_check(inner: &Arc<Inner>) -> Result<Response> {
     if let Some(index) = inner.wal.merkle_index() {
         let check = index
-            .check(
-                inner.backend.as_ref(),
-                &std::sync::atomic::AtomicU64::new(0),
-            )
+            .check(inner.backend.as_ref())
             .await
             .map_err(|e| LogicalError::Internal(format!("merkle-check: {e}")))?;
         return Ok(index_report(inner, &check, false));

@@ -44,10 +44,6 @@ pub(crate) struct Reconciler {
     /// `conflicting_pages_request` and `fetch_keys_request`).
     comparing: Option<Timed>,
     fetching: Option<Timed>,
-    /// The cells of the chunk being listed, in order.
-    chunk_cells: Vec<u32>,
-    /// The Merkle index, to list a chunk's keys from its leaf entries instead of a scan.
-    index: Option<merkle::MerkleIndex>,
 }
 
 impl Reconciler {
@@ -128,11 +124,6 @@ impl Reconciler {
         self.our_sums = Some(sums);
     }
 
-    /// List chunks from `index` (when it is ready) rather than by scanning.
-    pub(crate) fn use_index(&mut self, index: Option<merkle::MerkleIndex>) {
-        self.index = index;
-    }
-
     /// The secondary is about to list the keys of `cells` (at most [`MAX_CHUNK_CELLS`], each
     /// a cell that exists).
     fn chunk_request(&mut self, cells: &[u32]) -> Result<(), ReplError> {
@@ -144,9 +135,6 @@ impl Reconciler {
         }
         self.fetching = Some(Timed::start(rpc_metrics::DR_SERVER_FETCH_KEYS));
         self.chunk = Some(CellSet::new(cells));
-        self.chunk_cells = cells.to_vec();
-        self.chunk_cells.sort_unstable();
-        self.chunk_cells.dedup();
         self.listing.clear();
         Ok(())
     }
@@ -174,40 +162,10 @@ impl Reconciler {
             return Ok(());
         }
         let cells = self.chunk.take().unwrap_or_else(|| CellSet::new(&[]));
-        let chunk_cells = std::mem::take(&mut self.chunk_cells);
         let mut theirs = std::mem::take(&mut self.listing);
         let mut out = ValuesPager::default();
-        // From the leaf entries, a cell at a time (a seek each; memory: one cell): only what
-        // differs is read. A cell the index cannot list (not ready, or it met a damaged entry
-        // and is no longer trusted) makes it scan the whole chunk instead (what was already
-        // sent may be sent again: applying a value twice is harmless).
-        let mut indexed = self.index.is_some();
-        for &cell in chunk_cells.iter().take_while(|_| indexed) {
-            let Some(index) = &self.index else { break };
-            let Some(listed) = index.list_cells(backend, &[cell]).await? else {
-                indexed = false;
-                break;
-            };
-            for (id, digest, key) in listed {
-                if theirs.get(&id) == Some(&digest) {
-                    theirs.remove(&id);
-                    continue;
-                }
-                // Gone since it was listed: the secondary's copy (if any) is deleted below.
-                if let Some(value) = backend.get(&key).await? {
-                    theirs.remove(&id);
-                    out.push(wr, key, Some(value)).await?;
-                }
-            }
-        }
-        let mut pages = None;
-        if !indexed {
-            pages = Some(ReplicatedPages::new(backend));
-        }
-        while let Some(page) = match pages.as_mut() {
-            Some(pages) => pages.next_page().await?,
-            None => None,
-        } {
+        let mut pages = ReplicatedPages::new(backend);
+        while let Some(page) = pages.next_page().await? {
             for (key, value) in page {
                 let (cell, id) = merkle::cell_and_id(&key);
                 if !cells.contains(cell) {

@@ -36,14 +36,9 @@ async fn replicated(backend: &dyn Backend) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// The primary's end: answers reconciliation requests from `backend` until the stream ends.
-async fn serve(
-    backend: Arc<InmemBackend>,
-    stream: tokio::io::DuplexStream,
-    index: Option<crate::merkle::MerkleIndex>,
-) {
+async fn serve(backend: Arc<InmemBackend>, stream: tokio::io::DuplexStream) {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut reconciler = Reconciler::default();
-    reconciler.use_index(index);
     while let Ok((msg, _)) = read_frame::<_, ToPrimary>(&mut rd).await {
         let unhandled = reconciler
             .handle(backend.as_ref(), &mut wr, msg)
@@ -78,57 +73,22 @@ async fn diverged_pair() -> (Arc<InmemBackend>, Arc<InmemBackend>) {
     (primary, secondary)
 }
 
-/// Both sides' Merkle indexes, kept by their commits from here on (listings then come from
-/// the leaf entries, not scans).
-async fn indexes(
-    primary: &Arc<InmemBackend>,
-    secondary: &Arc<InmemBackend>,
-) -> (
-    Vec<Arc<crate::wal::Wal>>,
-    Option<crate::merkle::MerkleIndex>,
-    Option<crate::merkle::MerkleIndex>,
-) {
-    let p = crate::wal::Wal::open(primary.clone())
-        .await
-        .expect("primary WAL");
-    let s = crate::wal::Wal::open(secondary.clone())
-        .await
-        .expect("secondary WAL");
-    let (pi, si) = (p.merkle_index().cloned(), s.merkle_index().cloned());
-    assert!(pi.as_ref().is_some_and(|i| i.is_ready()) && si.as_ref().is_some_and(|i| i.is_ready()));
-    (vec![p, s], pi, si)
-}
-
 #[tokio::test]
 async fn a_diverged_secondary_converges_in_one_chunk_or_many() {
-    for (indexed, chunk_cells) in [
-        (false, CHUNK_CELLS),
-        (false, 7),
-        (false, 1),
-        (true, CHUNK_CELLS),
-        (true, 7),
-    ] {
+    for chunk_cells in [CHUNK_CELLS, 7, 1] {
         let (primary, secondary) = diverged_pair().await;
-        let (_wals, primary_index, secondary_index) = if indexed {
-            indexes(&primary, &secondary).await
-        } else {
-            (Vec::new(), None, None)
-        };
         let theirs = compute(primary.as_ref()).await.expect("primary tree");
         let ours = compute(secondary.as_ref()).await.expect("secondary tree");
         let buckets = ours.diff(&theirs);
         assert!(!buckets.is_empty());
 
         let (near, far) = tokio::io::duplex(64 * 1024);
-        let server = tokio::spawn(serve(primary.clone(), far, primary_index));
+        let server = tokio::spawn(serve(primary.clone(), far));
         let (mut rd, mut wr) = tokio::io::split(near);
         let sums = cell_sums(secondary.as_ref()).await.expect("sums");
         let mut sink: &dyn Backend = secondary.as_ref();
         let pushed = reconcile_cells(
-            Keyspace {
-                backend: secondary.as_ref(),
-                index: secondary_index.as_ref(),
-            },
+            secondary.as_ref(),
             &mut sink,
             &mut rd,
             &mut wr,
@@ -144,7 +104,7 @@ async fn a_diverged_secondary_converges_in_one_chunk_or_many() {
         assert_eq!(
             replicated(secondary.as_ref()).await,
             replicated(primary.as_ref()).await,
-            "chunks of {chunk_cells} cells (indexed: {indexed})"
+            "chunks of {chunk_cells} cells"
         );
         let changed = (0..KEYS).filter(|i| i % 30 == 0).count() as u64;
         let missing = (0..KEYS).filter(|i| i % 75 == 1 && i % 30 != 0).count() as u64;
@@ -183,10 +143,7 @@ async fn identical_stores_exchange_nothing() {
     let (mut rd, mut wr) = tokio::io::split(near);
     let mut sink: &dyn Backend = copy.as_ref();
     let pushed = reconcile_cells(
-        Keyspace {
-            backend: copy.as_ref(),
-            index: None,
-        },
+        copy.as_ref(),
         &mut sink,
         &mut rd,
         &mut wr,

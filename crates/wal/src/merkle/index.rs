@@ -1,70 +1,46 @@
-//! The Merkle index: one leaf entry per replicated key, by cell, kept by the commits that write
-//! the keys, and the tree's sums in memory, so neither the tree nor a cell's listing costs a
-//! scan of the keyspace.
+//! The Merkle index: the tree's sums in memory, kept current by every commit, so status, a
+//! primary answering a secondary's tree request and a secondary comparing its own tree never
+//! scan the keyspace.
 //!
 //! Design:
-//! - **Same transaction as the data.** The backend feeds each commit's writes of replicated keys,
-//!   with the values they replace, to a [`CommitIndex`] update; the update writes each key's
-//!   leaf entry in that transaction. A crash can never leave data and index apart.
-//! - **One leaf entry per key, by cell** (`repl/merkle/leaf/{cell:05x}/{key id}`: the key's
-//!   leaf digest and its name), local to the cluster like the WAL. A Merkle sync lists the keys
-//!   of a differing cell with one seek instead of a scan of the keyspace.
-//! - **Sums in memory.** Cell sums are additive, so the writer keeps every bucket's key count
-//!   and cell sums in a mirror, changed by `+ new - old` after each durable commit, with the
-//!   bucket hashes and the WAL index written by the same commit. The tree, the root and the
-//!   cell sums are read from it without touching storage: O(buckets), never O(keys). Opening
-//!   the index sums the leaf entries once (they are small: about 60 bytes and the key's name),
-//!   instead of keeping 2 MiB of sums in storage rewritten by every commit.
-//! - **Rebuilt while writes go on.** A rebuild reads one consistent snapshot and queues every
-//!   key and every leaf entry in it; commits (a thousand keys each, as the snapshot goes)
-//!   rewrite each key's entry from its value as the commit reads it and delete entries that
-//!   name no key. Keys written meanwhile got their entries from their own commits, so the
-//!   entries end exact whatever was written. A last commit then sums them into a new mirror.
-//!   `merkle-check` compares the snapshot's keys with its leaf entries without changing
-//!   anything.
-//! - **Built once.** [`INDEX_STATE_KEY`] holds the format and the WAL index of the last commit
-//!   the index saw. A store without it (an older version's data, a first start), or whose WAL
-//!   moved since (a version without the index recorded writes), is rebuilt when the index is
-//!   opened; until then callers fall back to scanning. Only backends that feed indexes keep one
-//!   (PostgreSQL does not: the replaced values would cost a read round trip in every group
-//!   commit).
+//! - **Fed by the commit itself.** The backend hands each commit's writes of replicated keys,
+//!   with the values they replace (redb's `insert`/`remove` return them inside the writer's
+//!   transaction), to a [`CommitIndex`] update. Cell sums are additive, so the update's
+//!   `+ new - old` per cell is added to the sums once the commit is durable, in commit order
+//!   (the writer runs one commit at a time). The WAL index the same commit writes is kept with
+//!   them, so a root is always reported with the exact index it describes.
+//! - **Nothing stored.** Keeping sums or per-key entries in storage was built and measured
+//!   (`bench/README.md`, "The Merkle index"): every commit then rewrites pages at random places
+//!   in the B-tree (index keys are ordered by hash, data keys by path), which cost 35–55 % of
+//!   the write throughput at 64 connections. Memory costs 2 MiB and no write.
+//! - **Summed once at open.** Opening scans the replicated keyspace once (before the server
+//!   serves writes); afterwards only commits change the sums. A restart pays that scan again.
+//! - **Checked and rebuilt inside a commit.** `merkle-check` and `reindex` have the next commit
+//!   sum the whole keyspace inside its own transaction, after its writes: the recomputation and
+//!   the sums describe the same point, exactly, whatever is written around it. Writes wait for
+//!   that one commit (a scan of the keyspace); `reindex` then replaces the sums with it.
 //!
-//! The index is only exact if every commit since it was built went through it: the hook is
-//! installed when the WAL is opened, before the server serves writes. Entries written by
-//! anything but the index (seen by the commit that writes them) put it back to `Building`,
-//! and the replication task rebuilds it.
+//! Only backends that feed indexes keep one (PostgreSQL does not: the replaced values would
+//! cost a read round trip in every group commit). The sums are only exact if every commit
+//! since the open went through the index: the hook is installed when the WAL is opened, before
+//! the server serves writes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use async_trait::async_trait;
-use bunker_storage::{
-    Backend, CommitIndex, IndexUpdate, Op, SnapshotPage, SnapshotSink, StorageError,
-};
+use bunker_storage::{Backend, CommitIndex, IndexUpdate, Op, StorageError};
 use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
 
 use super::{
-    cell_of_hash, digest_of_leaf, leaf_hash, root_of, KeyId, MerkleError, MerkleTree, BUCKETS,
-    CELLS, CELLS_PER_BUCKET,
+    cell_of_hash, digest_of_leaf, leaf_hash, root_of, MerkleError, MerkleTree, BUCKETS,
+    CELLS_PER_BUCKET,
 };
 use crate::wal::{is_local, WAL_LAST_KEY};
 
-/// Everything of the index lives under this prefix (local: never replicated).
-pub const INDEX_PREFIX: &str = "repl/merkle/";
-/// One entry per replicated key: `repl/merkle/leaf/{cell:05x}/{key id, hex}`.
-pub const LEAF_PREFIX: &str = "repl/merkle/leaf/";
-/// The format byte and the WAL index (u64 BE) of the last commit the index saw; present once
-/// the leaf entries are complete.
-pub const INDEX_STATE_KEY: &str = "repl/merkle/state";
-/// 2: leaf entries (1 kept bucket records: rebuilt).
-const INDEX_FORMAT: u8 = 2;
-/// Written by the commits a rebuild makes to carry its queued work (never read).
-const INDEX_BARRIER_KEY: &str = "repl/merkle/barrier";
-/// Keys whose leaf entries one commit rewrites during a rebuild.
-const RECHECKS_PER_COMMIT: usize = 1024;
-/// Entries read per page when summing the leaf entries or listing a cell.
-const PAGE: usize = 1024;
+/// Written by the commit that carries a check or a rebuild (never read).
+const INDEX_BARRIER_KEY: &str = "repl/merkle-barrier";
 
 /// One bucket's key count and cell sums (wrapping: a delta is a sum like any other).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,17 +99,17 @@ impl BucketSums {
 }
 
 /// Every bucket's sums, indexed by bucket.
-type Sums = Vec<BucketSums>;
+pub(crate) type Sums = Vec<BucketSums>;
 
-fn empty_sums() -> Sums {
+pub(crate) fn empty_sums() -> Sums {
     vec![BucketSums::default(); BUCKETS]
 }
 
-/// Adds one key (its cell and leaf digest) to `sums`.
-fn count_in(sums: &mut Sums, cell: u32, digest: u64) {
-    let cell = cell as usize;
-    if let Some(bucket) = sums.get_mut(cell / CELLS_PER_BUCKET) {
-        bucket.count(cell % CELLS_PER_BUCKET, digest, true);
+/// Adds one replicated entry to `sums`.
+pub(crate) fn add_entry(sums: &mut Sums, key: &str, value: &[u8]) {
+    let (bucket, slot, digest) = locate(key, value);
+    if let Some(sums) = sums.get_mut(bucket) {
+        sums.count(slot, digest, true);
     }
 }
 
@@ -161,58 +137,18 @@ pub(crate) fn locate(key: &str, value: &[u8]) -> (usize, usize, u64) {
     (cell / CELLS_PER_BUCKET, cell % CELLS_PER_BUCKET, digest)
 }
 
-/// The leaf entry of a key in `cell` whose id is `id`.
-pub fn leaf_key(cell: u32, id: &KeyId) -> String {
-    format!("{LEAF_PREFIX}{cell:05x}/{}", hex::encode(id))
-}
-
-/// The prefix of every leaf entry of `cell`.
-fn cell_prefix(cell: u32) -> String {
-    format!("{LEAF_PREFIX}{cell:05x}/")
-}
-
-fn encode_leaf(digest: u64, key: &str) -> Vec<u8> {
-    let mut value = Vec::with_capacity(8 + key.len());
-    value.extend_from_slice(&digest.to_be_bytes());
-    value.extend_from_slice(key.as_bytes());
-    value
-}
-
-/// A leaf entry's cell and id (from its key), digest and key name (from its value).
-fn decode_leaf(entry_key: &str, value: &[u8]) -> Option<(u32, KeyId, u64, String)> {
-    let rest = entry_key.strip_prefix(LEAF_PREFIX)?;
-    let (cell_hex, id_hex) = (rest.get(..5)?, rest.get(6..)?);
-    if rest.get(5..6)? != "/" || id_hex.len() != 32 {
-        return None;
-    }
-    let cell = u32::from_str_radix(cell_hex, 16)
-        .ok()
-        .filter(|&c| (c as usize) < CELLS)?;
-    let mut id = [0u8; 16];
-    hex::decode_to_slice(id_hex, &mut id).ok()?;
-    let (digest, name) = value.split_at_checked(8)?;
-    let digest = u64::from_be_bytes(<[u8; 8]>::try_from(digest).ok()?);
-    let name = String::from_utf8(name.to_vec()).ok()?;
-    // The name must be the key the entry's place says: a listing turns ids back into names
-    // (a deletion by id deletes that name).
-    if super::cell_and_id(&name) != (cell, id) {
-        return None;
-    }
-    Some((cell, id, digest, name))
-}
-
 fn decode_wal_index(value: Option<&[u8]>) -> u64 {
     value
         .and_then(|v| <[u8; 8]>::try_from(v).ok())
         .map_or(0, u64::from_be_bytes)
 }
 
-/// The sums as the writer keeps them in memory.
+/// The sums as the writer keeps them.
 struct Mirror {
     buckets: Sums,
     hashes: Vec<[u8; 32]>,
     keys: u64,
-    /// The WAL index written by the last commit the mirror includes...
+    /// The WAL index written by the last commit the sums include...
     wal_index: u64,
     /// ...and whether the data is exactly as of that index: false after a commit that changed
     /// replicated data without writing the WAL index (a Merkle or snapshot sync's pages, a
@@ -260,52 +196,58 @@ impl Mirror {
             self.root = None;
         }
     }
+
+    /// Buckets and cells whose sums differ from `truth`.
+    fn compare(&self, truth: &Sums) -> (u64, u64) {
+        let (mut buckets, mut cells) = (0, 0);
+        for (ours, theirs) in self.buckets.iter().zip(truth.iter()) {
+            if ours != theirs {
+                buckets += 1;
+                cells += ours
+                    .cells
+                    .iter()
+                    .zip(theirs.cells.iter())
+                    .filter(|(a, b)| a != b)
+                    .count() as u64;
+            }
+        }
+        (buckets, cells)
+    }
 }
 
-enum State {
-    /// The leaf entries are incomplete or untrusted; commits keep them all the same.
-    Building,
-    /// As `Building`, while a rebuild makes them exact.
-    Rebuilding,
-    /// The entries are exact; the next commit sums them into the mirror.
-    Load,
-    Ready(Mirror),
+/// A check (and, `repair`, a rebuild) waiting for the commit that carries it.
+struct Verify {
+    repair: bool,
+    reply: oneshot::Sender<IndexCheck>,
 }
-
-/// A key whose leaf entry a rebuild rewrites from its value (an empty name: none), and the
-/// entry the snapshot held in its place, if any, with the value it had.
-type Recheck = (String, Option<(String, Vec<u8>)>);
 
 struct Shared {
-    state: Mutex<State>,
-    /// Keys whose leaf entries a rebuild has the next commits rewrite from their values then,
-    /// with the entry found for each (if any), deleted if it is not the right one. An empty
-    /// name: an undecodable entry, deleted.
-    rechecks: Mutex<Vec<Recheck>>,
-    /// An entry was malformed or written by something other than the index; `merkle-check`
-    /// and status report it until a rebuild.
+    /// `None` until opened (or after a failed open): callers fall back to scanning.
+    mirror: Mutex<Option<Mirror>>,
+    verify: Mutex<Option<Verify>>,
+    /// Entries a check's commit has summed so far (progress for status).
+    progress: AtomicU64,
+    /// The last check found the sums wrong (and did not repair them).
     corrupt: AtomicBool,
-    /// `open` finished: a `Building` state from then on means the entries need a rebuild.
-    opened: AtomicBool,
 }
 
 impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn mirror(&self) -> MutexGuard<'_, Option<Mirror>> {
         // Nothing panics while holding these locks; the data is consistent at every unlock.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.mirror.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn rechecks(&self) -> MutexGuard<'_, Vec<Recheck>> {
-        self.rechecks.lock().unwrap_or_else(PoisonError::into_inner)
+    fn verify(&self) -> MutexGuard<'_, Option<Verify>> {
+        self.verify.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// What a comparison of the leaf entries with the keyspace found.
+/// What a comparison of the sums with the keyspace found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexCheck {
     /// The tree recomputed from the keyspace.
     pub tree: Option<MerkleTree>,
-    /// Buckets and cells whose leaf entries did not sum to the keyspace's.
+    /// Buckets and cells whose sums differed from the recomputed ones.
     pub differing_buckets: u64,
     pub differing_cells: u64,
     /// Replicated entries read.
@@ -316,8 +258,8 @@ pub struct IndexCheck {
 #[derive(Clone)]
 pub struct MerkleIndex {
     shared: Arc<Shared>,
-    /// One rebuild or check at a time.
-    rebuilding: Arc<tokio::sync::Mutex<()>>,
+    /// One check or rebuild at a time.
+    checking: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for MerkleIndex {
@@ -342,114 +284,50 @@ fn storage(context: &str) -> impl FnOnce(StorageError) -> MerkleError + '_ {
 }
 
 impl MerkleIndex {
-    /// An index not yet opened: commits keep its entries, nothing is read from it.
+    /// An index not yet opened: it answers nothing.
     pub fn new() -> MerkleIndex {
         MerkleIndex {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::Building),
-                rechecks: Mutex::new(Vec::new()),
+                mirror: Mutex::new(None),
+                verify: Mutex::new(None),
+                progress: AtomicU64::new(0),
                 corrupt: AtomicBool::new(false),
-                opened: AtomicBool::new(false),
             }),
-            rebuilding: Arc::new(tokio::sync::Mutex::new(())),
+            checking: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
-    /// Sums the leaf entries if they are complete, else builds them (one snapshot of the
-    /// store). Call with the index installed in the backend's hook, before the backend serves
-    /// writes.
+    /// Sums the replicated keyspace, inside one commit (exact whatever is written around
+    /// it). Call with the index installed in the backend's hook.
     pub async fn open(&self, backend: &dyn Backend) -> Result<(), MerkleError> {
-        let result = self.load_or_build(backend).await;
-        self.shared.opened.store(true, Ordering::Release);
-        result
-    }
-
-    async fn load_or_build(&self, backend: &dyn Backend) -> Result<(), MerkleError> {
-        let state = backend
-            .get(INDEX_STATE_KEY)
-            .await
-            .map_err(storage("reading the Merkle index state"))?;
-        let wal_index = decode_wal_index(
-            backend
-                .get(WAL_LAST_KEY)
-                .await
-                .map_err(storage("reading the WAL index"))?
-                .as_deref(),
+        let check = self.rebuild(backend).await?;
+        tracing::info!(
+            keys = check.tree.map_or(0, |t| t.keys),
+            "Merkle index summed"
         );
-        let usable = match state.as_deref() {
-            // The WAL index the index last saw: another one means a version without the index
-            // recorded writes since.
-            Some([INDEX_FORMAT, seen @ ..]) if seen.len() == 8 => {
-                decode_wal_index(Some(seen)) == wal_index
-            }
-            _ => false,
-        };
-        if !usable {
-            tracing::info!("building the Merkle index (one pass over the store)");
-            let check = self.rebuild(backend, &AtomicU64::new(0)).await?;
-            tracing::info!(
-                keys = check.tree.map_or(0, |t| t.keys),
-                "Merkle index built"
-            );
-            return Ok(());
-        }
-        let mut sums = empty_sums();
-        let mut after: Option<String> = None;
-        loop {
-            let page = backend
-                .scan(LEAF_PREFIX, after.as_deref(), PAGE)
-                .await
-                .map_err(storage("summing the Merkle index"))?;
-            for (key, value) in &page {
-                match decode_leaf(key, value) {
-                    Some((cell, _, digest, _)) => count_in(&mut sums, cell, digest),
-                    None => {
-                        self.malformed(key);
-                        tracing::info!("rebuilding the Merkle index");
-                        self.rebuild(backend, &AtomicU64::new(0)).await?;
-                        return Ok(());
-                    }
-                }
-            }
-            match page.last() {
-                Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
-                _ => break,
-            }
-        }
-        *self.shared.state() = State::Ready(Mirror::new(sums, wal_index));
         Ok(())
-    }
-
-    fn malformed(&self, entry: &str) {
-        tracing::error!(entry, "malformed Merkle index entry; run reindex");
-        self.shared.corrupt.store(true, Ordering::Relaxed);
     }
 
     /// Whether the tree can be read from the index (no scan).
     pub fn is_ready(&self) -> bool {
-        matches!(*self.shared.state(), State::Ready(_))
+        self.shared.mirror().is_some()
     }
 
-    /// Whether a malformed entry, or one written outside the index, was met since the last
-    /// rebuild.
+    /// Whether the last check found the sums wrong.
     pub fn is_corrupt(&self) -> bool {
         self.shared.corrupt.load(Ordering::Relaxed)
     }
 
-    /// Whether the index was opened and found (or made) inconsistent: its entries were
-    /// written by something other than the index, or a rebuild failed. A rebuild repairs it.
-    pub fn needs_rebuild(&self) -> bool {
-        self.shared.opened.load(Ordering::Acquire)
-            && matches!(*self.shared.state(), State::Building)
+    /// Entries the running check or rebuild has summed so far.
+    pub fn progress(&self) -> u64 {
+        self.shared.progress.load(Ordering::Relaxed)
     }
 
     /// The root (hex), the number of keys, and the WAL index they are exact for (`None` while
     /// the data holds changes the WAL index does not show).
     pub fn root(&self) -> Option<(String, u64, Option<u64>)> {
-        let mut state = self.shared.state();
-        let State::Ready(mirror) = &mut *state else {
-            return None;
-        };
+        let mut mirror = self.shared.mirror();
+        let mirror = mirror.as_mut()?;
         let root = mirror.root();
         let exact_at = mirror.exact.then_some(mirror.wal_index);
         Some((hex::encode(root), mirror.keys, exact_at))
@@ -457,19 +335,15 @@ impl MerkleIndex {
 
     /// The tree and the WAL index it is exact for.
     pub fn tree(&self) -> Option<(MerkleTree, u64)> {
-        let mut state = self.shared.state();
-        let State::Ready(mirror) = &mut *state else {
-            return None;
-        };
+        let mut mirror = self.shared.mirror();
+        let mirror = mirror.as_mut()?;
         Some((mirror.tree(), mirror.wal_index))
     }
 
     /// The tree, every cell's sum, and the WAL index both are exact for.
     pub fn fingerprint(&self) -> Option<(MerkleTree, Vec<u64>, u64)> {
-        let mut state = self.shared.state();
-        let State::Ready(mirror) = &mut *state else {
-            return None;
-        };
+        let mut mirror = self.shared.mirror();
+        let mirror = mirror.as_mut()?;
         Some((mirror.tree(), cells_of(&mirror.buckets), mirror.wal_index))
     }
 
@@ -477,241 +351,60 @@ impl MerkleIndex {
     /// this where changes made outside the WAL become a new starting point (a mode change, a
     /// restore, the end of a sync).
     pub fn mark_exact(&self) {
-        if let State::Ready(mirror) = &mut *self.shared.state() {
+        if let Some(mirror) = self.shared.mirror().as_mut() {
             mirror.exact = true;
         }
     }
 
-    /// The replicated keys of `cells`, with their ids and leaf digests, read from the leaf
-    /// entries (a seek per cell, no scan of the keyspace); `None` while the index is not ready.
-    /// Not a snapshot: a write between two cells' reads shows as written.
-    pub async fn list_cells(
-        &self,
-        backend: &dyn Backend,
-        cells: &[u32],
-    ) -> Result<Option<Vec<(KeyId, u64, String)>>, MerkleError> {
-        if !self.is_ready() {
-            return Ok(None);
-        }
-        let mut listed = Vec::new();
-        for &cell in cells {
-            let prefix = cell_prefix(cell);
-            let mut after: Option<String> = None;
-            loop {
-                let page = backend
-                    .scan(&prefix, after.as_deref(), PAGE)
-                    .await
-                    .map_err(storage("listing a cell's leaf entries"))?;
-                for (key, value) in &page {
-                    match decode_leaf(key, value) {
-                        Some((_, id, digest, name)) => listed.push((id, digest, name)),
-                        None => {
-                            // A listing missing a key would delete it on the other side: the
-                            // index is not trusted until rebuilt.
-                            self.malformed(key);
-                            *self.shared.state() = State::Building;
-                            return Ok(None);
-                        }
-                    }
-                }
-                match page.last() {
-                    Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
-                    _ => break,
-                }
-            }
-        }
-        Ok(Some(listed))
+    /// Compares the sums with the keyspace, summed inside one commit (see the module
+    /// documentation); changes nothing.
+    pub async fn check(&self, backend: &dyn Backend) -> Result<IndexCheck, MerkleError> {
+        self.verify(backend, false).await
     }
 
-    /// Compares the leaf entries with the keyspace, as of one snapshot; changes nothing.
-    pub async fn check(
-        &self,
-        backend: &dyn Backend,
-        scanned: &AtomicU64,
-    ) -> Result<IndexCheck, MerkleError> {
-        let _one = self.rebuilding.lock().await;
-        compare(backend, scanned, None).await
+    /// As [`MerkleIndex::check`], then replaces the sums with the recomputed ones (and makes
+    /// an index whose open failed ready). Returns what the comparison found.
+    pub async fn rebuild(&self, backend: &dyn Backend) -> Result<IndexCheck, MerkleError> {
+        self.verify(backend, true).await
     }
 
-    /// Makes the leaf entries exact and sums them into a new mirror, while writes go on (see
-    /// the module documentation). Returns what the comparison found before the repair.
-    pub async fn rebuild(
-        &self,
-        backend: &dyn Backend,
-        scanned: &AtomicU64,
-    ) -> Result<IndexCheck, MerkleError> {
-        let _one = self.rebuilding.lock().await;
-        *self.shared.state() = State::Rebuilding;
-        let result = self.rebuild_entries(backend, scanned).await;
-        {
-            let mut state = self.shared.state();
-            match (&result, &*state) {
-                // Entries written outside the index meanwhile (back to `Building`) leave it for
-                // another rebuild.
-                (Ok(_), State::Rebuilding) => *state = State::Load,
-                (Ok(_), _) => {}
-                (Err(_), _) => *state = State::Building,
-            }
-        }
-        let check = result?;
-        // The commit that sums the entries into the mirror and records the state.
-        barrier(backend).await?;
-        if self.is_ready() {
-            self.shared.corrupt.store(false, Ordering::Relaxed);
-        }
-        Ok(check)
-    }
-
-    async fn rebuild_entries(
-        &self,
-        backend: &dyn Backend,
-        scanned: &AtomicU64,
-    ) -> Result<IndexCheck, MerkleError> {
-        // Incomplete from here until the Load commit records the state again: a rebuild cut
-        // short is redone at the next open.
-        backend
-            .delete(INDEX_STATE_KEY)
-            .await
-            .map_err(storage("clearing the Merkle index state"))?;
-        let check = compare(backend, scanned, Some(&self.shared)).await?;
-        flush_rechecks(backend, &self.shared, 0).await?;
-        Ok(check)
-    }
-}
-
-/// Commits until at most `keep` rechecks are queued (each commit takes
-/// [`RECHECKS_PER_COMMIT`] of them).
-async fn flush_rechecks(
-    backend: &dyn Backend,
-    shared: &Shared,
-    keep: usize,
-) -> Result<(), MerkleError> {
-    while shared.rechecks().len() > keep {
-        barrier(backend).await?;
-    }
-    Ok(())
-}
-
-/// A commit of its own: it carries whatever the index has queued.
-async fn barrier(backend: &dyn Backend) -> Result<(), MerkleError> {
-    backend
-        .batch(vec![Op::Put {
-            key: INDEX_BARRIER_KEY.into(),
-            value: vec![INDEX_FORMAT],
-        }])
-        .await
-        .map_err(storage("committing the Merkle index"))
-}
-
-/// The keyspace's sums against its leaf entries' sums, from one snapshot. With `recheck`,
-/// every key and every leaf entry of the snapshot is also queued for a recheck, and the queue
-/// is worked off by commits as the snapshot goes.
-async fn compare(
-    backend: &dyn Backend,
-    scanned: &AtomicU64,
-    recheck: Option<&Shared>,
-) -> Result<IndexCheck, MerkleError> {
-    let mut sink = CompareSink {
-        truth: empty_sums(),
-        stored: empty_sums(),
-        scanned,
-        read: 0,
-        recheck: recheck.map(|shared| (shared, backend)),
-    };
-    backend
-        .snapshot(&mut sink)
-        .await
-        .map_err(storage("reading a snapshot for the Merkle index"))?;
-    let mut check = IndexCheck {
-        scanned: sink.read,
-        ..IndexCheck::default()
-    };
-    for (truth, stored) in sink.truth.iter().zip(sink.stored.iter()) {
-        if truth == stored {
-            continue;
-        }
-        check.differing_buckets += 1;
-        check.differing_cells += truth
-            .cells
-            .iter()
-            .zip(stored.cells.iter())
-            .filter(|(a, b)| a != b)
-            .count() as u64;
-    }
-    check.tree = Some(tree_of(&sink.truth));
-    Ok(check)
-}
-
-struct CompareSink<'a> {
-    truth: Sums,
-    stored: Sums,
-    scanned: &'a AtomicU64,
-    read: u64,
-    recheck: Option<(&'a Shared, &'a dyn Backend)>,
-}
-
-#[async_trait]
-impl SnapshotSink for CompareSink<'_> {
-    async fn page(&mut self, entries: SnapshotPage) -> bunker_storage::Result<()> {
-        let mut rechecks = Vec::new();
-        for (key, value) in entries {
-            if !is_local(&key) {
-                let (bucket, slot, digest) = locate(&key, &value);
-                if let Some(sums) = self.truth.get_mut(bucket) {
-                    sums.count(slot, digest, true);
-                }
-                self.read += 1;
-                self.scanned.fetch_add(1, Ordering::Relaxed);
-                rechecks.push((key, None));
-            } else if key.starts_with(LEAF_PREFIX) {
-                match decode_leaf(&key, &value) {
-                    Some((cell, _, digest, name)) => {
-                        count_in(&mut self.stored, cell, digest);
-                        rechecks.push((name, Some((key, value))));
-                    }
-                    // Rechecked under no name: deleted (if still as the snapshot saw it).
-                    None => rechecks.push((String::new(), Some((key, value)))),
-                }
-            }
-        }
-        if let Some((shared, backend)) = self.recheck {
-            shared.rechecks().extend(rechecks);
-            flush_rechecks(backend, shared, RECHECKS_PER_COMMIT)
-                .await
-                .map_err(|MerkleError::Storage { source, .. }| source)?;
-        }
-        Ok(())
+    async fn verify(&self, backend: &dyn Backend, repair: bool) -> Result<IndexCheck, MerkleError> {
+        let _one = self.checking.lock().await;
+        let (reply, answer) = oneshot::channel();
+        *self.shared.verify() = Some(Verify { repair, reply });
+        self.shared.progress.store(0, Ordering::Relaxed);
+        let committed = backend
+            .batch(vec![Op::Put {
+                key: INDEX_BARRIER_KEY.into(),
+                value: vec![1],
+            }])
+            .await;
+        // A request no commit took (the batch failed before its commit) must not linger.
+        self.shared.verify().take();
+        committed.map_err(storage("committing the Merkle index check"))?;
+        answer.await.map_err(|_| MerkleError::Storage {
+            context: "checking the Merkle index".into(),
+            source: StorageError::Engine {
+                context: "checking the Merkle index".into(),
+                message: "the commit that carried the check did not complete".into(),
+            },
+        })
     }
 }
 
 impl CommitIndex for MerkleIndex {
-    /// Replicated keys, the WAL index, and the index's own entries (written by anyone else,
-    /// they can no longer be trusted).
+    /// Replicated keys and the WAL index.
     fn watches(&self, key: &str) -> bool {
-        !is_local(key) || key == WAL_LAST_KEY || key.starts_with(LEAF_PREFIX)
+        !is_local(key) || key == WAL_LAST_KEY
     }
 
     fn begin(&self) -> Box<dyn IndexUpdate> {
-        let (load, complete) = match *self.shared.state() {
-            State::Building | State::Rebuilding => (false, false),
-            State::Load => (true, true),
-            State::Ready(_) => (false, true),
-        };
-        let rechecks = {
-            let mut queue = self.shared.rechecks();
-            let take = queue.len().min(RECHECKS_PER_COMMIT);
-            queue.drain(..take).collect()
-        };
         Box::new(Update {
             shared: self.shared.clone(),
-            load,
-            complete,
-            tampered: false,
             deltas: BTreeMap::new(),
             wal_index: None,
-            leaves: BTreeMap::new(),
-            rechecks,
-            loaded: None,
+            verify: self.shared.verify().take(),
+            truth: None,
         })
     }
 }
@@ -719,24 +412,14 @@ impl CommitIndex for MerkleIndex {
 /// One commit's update.
 struct Update {
     shared: Arc<Shared>,
-    /// Sum every entry (as the commit leaves them) into a new mirror.
-    load: bool,
-    /// The entries are complete: the commit records the WAL index it saw in the index state,
-    /// so an open can tell whether writes happened without the index.
-    complete: bool,
-    /// The commit writes the index's entries itself: the index is no longer exact.
-    tampered: bool,
     /// Per bucket: the change the commit's writes make to the sums.
     deltas: BTreeMap<usize, BucketSums>,
-    /// The WAL index the commit writes (or, loading, the one it leaves).
+    /// The WAL index the commit writes, if it writes one.
     wal_index: Option<u64>,
-    /// Leaf entries to write (`None`: delete), by entry key.
-    leaves: BTreeMap<String, Option<Vec<u8>>>,
-    /// Keys (with the entry found for each) whose entries this commit rewrites from their
-    /// values, handed back if it does not commit.
-    rechecks: Vec<Recheck>,
-    /// Loading: the sums of every entry.
-    loaded: Option<Sums>,
+    /// A check this commit carries: it sums the keyspace as the commit leaves it.
+    verify: Option<Verify>,
+    /// The sums of the keyspace as the commit leaves it, the entries read, the WAL index.
+    truth: Option<(Sums, u64, u64)>,
 }
 
 impl IndexUpdate for Update {
@@ -746,166 +429,93 @@ impl IndexUpdate for Update {
             self.wal_index = Some(decode_wal_index(new));
             return;
         }
-        if key.starts_with(LEAF_PREFIX) {
-            tracing::error!(
-                entry = key,
-                "a Merkle index entry was written outside the index"
-            );
-            self.tampered = true;
-            return;
-        }
-        let key_hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let cell = cell_of_hash(&key_hash);
-        let (bucket, slot) = (
-            cell as usize / CELLS_PER_BUCKET,
-            cell as usize % CELLS_PER_BUCKET,
-        );
-        let mut id = [0u8; 16];
-        id.copy_from_slice(key_hash.get(..16).unwrap_or(&[0; 16]));
-        let mut leaf = None;
         for (value, sign) in [(old, false), (new, true)] {
             if let Some(value) = value {
-                let digest = digest_of_leaf(&leaf_hash(key, value));
+                let (bucket, slot, digest) = locate(key, value);
                 self.deltas
                     .entry(bucket)
                     .or_default()
                     .count(slot, digest, sign);
-                if sign {
-                    leaf = Some(encode_leaf(digest, key));
-                }
             }
         }
-        self.leaves.insert(leaf_key(cell, &id), leaf);
     }
 
-    /// Per recheck: its key (if named) and the entry found (if any); then, loading, the WAL
-    /// index.
+    /// A check reads the WAL index the commit leaves.
     fn reads(&self) -> Vec<String> {
-        let mut keys: Vec<String> = Vec::new();
-        for (name, found) in &self.rechecks {
-            if !name.is_empty() {
-                keys.push(name.clone());
-            }
-            if let Some((found, _)) = found {
-                keys.push(found.clone());
-            }
+        match self.verify {
+            Some(_) => vec![WAL_LAST_KEY.into()],
+            None => Vec::new(),
         }
-        if self.load && self.wal_index.is_none() {
-            keys.push(WAL_LAST_KEY.into());
-        }
-        keys
     }
 
     fn finish(&mut self, records: Vec<Option<Vec<u8>>>) -> bunker_storage::Result<Vec<Op>> {
-        let mut records = records.into_iter();
-        // Rechecks: each key's entry from its value as this commit leaves it (the reads see
-        // the commit's own writes, so a key it also wrote gets the same entry).
-        for (name, found) in &self.rechecks {
-            let right = if name.is_empty() {
-                None
-            } else {
-                let (cell, id) = super::cell_and_id(name);
-                let entry = records
-                    .next()
-                    .flatten()
-                    .map(|value| encode_leaf(digest_of_leaf(&leaf_hash(name, &value)), name));
-                let right = leaf_key(cell, &id);
-                self.leaves.entry(right.clone()).or_insert(entry);
-                Some(right)
-            };
-            if let Some((found, seen)) = found {
-                let now = records.next().flatten();
-                // Not the entry of its name: deleted, unless it changed since the snapshot (a
-                // commit since wrote it for the key whose place it is).
-                if Some(found) != right.as_ref() && now.as_ref() == Some(seen) {
-                    self.leaves.entry(found.clone()).or_insert(None);
-                }
-            }
+        if self.verify.is_some() {
+            let wal_index = decode_wal_index(records.into_iter().next().flatten().as_deref());
+            self.truth = Some((empty_sums(), 0, wal_index));
         }
-        if self.load && self.wal_index.is_none() {
-            self.wal_index = Some(decode_wal_index(records.next().flatten().as_deref()));
-        }
-        let mut ops: Vec<Op> = std::mem::take(&mut self.leaves)
-            .into_iter()
-            .map(|(key, value)| match value {
-                Some(value) => Op::Put { key, value },
-                None => Op::Delete { key },
-            })
-            .collect();
-        if self.tampered {
-            // Not to be trusted at the next open either.
-            ops.push(Op::Delete {
-                key: INDEX_STATE_KEY.into(),
-            });
-        } else if let (true, Some(wal_index)) = (self.complete, self.wal_index) {
-            let mut state = vec![INDEX_FORMAT];
-            state.extend_from_slice(&wal_index.to_be_bytes());
-            ops.push(Op::Put {
-                key: INDEX_STATE_KEY.into(),
-                value: state,
-            });
-        }
-        if self.load {
-            self.loaded = Some(empty_sums());
-        }
-        Ok(ops)
+        Ok(Vec::new())
     }
 
     fn scan_prefix(&self) -> Option<&str> {
-        self.load.then_some(LEAF_PREFIX)
+        self.verify.as_ref().map(|_| "")
     }
 
     fn scanned(&mut self, key: &str, value: &[u8]) {
-        let Some(sums) = self.loaded.as_mut() else {
+        if is_local(key) {
             return;
-        };
-        match decode_leaf(key, value) {
-            Some((cell, _, digest, _)) => count_in(sums, cell, digest),
-            None => {
-                tracing::error!(entry = key, "malformed Merkle index entry; run reindex");
-                self.shared.corrupt.store(true, Ordering::Relaxed);
-            }
+        }
+        if let Some((sums, read, _)) = self.truth.as_mut() {
+            add_entry(sums, key, value);
+            *read += 1;
+            self.shared.progress.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn committed(mut self: Box<Self>) {
-        self.rechecks.clear();
-        let mut state = self.shared.state();
-        if self.tampered {
-            self.shared.corrupt.store(true, Ordering::Relaxed);
-            *state = State::Building;
+        let mut mirror = self.shared.mirror();
+        if let Some(mirror) = mirror.as_mut() {
+            mirror.apply(&self.deltas);
+            match self.wal_index {
+                Some(index) => {
+                    mirror.wal_index = index;
+                    mirror.exact = true;
+                }
+                None if self.deltas.values().any(|d| !d.is_zero()) => mirror.exact = false,
+                None => {}
+            }
+        }
+        let (Some(verify), Some((truth, scanned, wal_index))) =
+            (self.verify.take(), self.truth.take())
+        else {
             return;
+        };
+        let (differing_buckets, differing_cells) = match mirror.as_ref() {
+            Some(current) => current.compare(&truth),
+            None => (0, 0),
+        };
+        let check = IndexCheck {
+            tree: Some(tree_of(&truth)),
+            differing_buckets,
+            differing_cells,
+            scanned,
+        };
+        let wrong = differing_buckets > 0;
+        if verify.repair {
+            let exact = mirror.as_ref().is_none_or(|current| current.exact);
+            let mut repaired = Mirror::new(truth, wal_index);
+            repaired.exact = exact;
+            *mirror = Some(repaired);
+            self.shared.corrupt.store(false, Ordering::Relaxed);
+        } else if wrong {
+            tracing::error!(
+                differing_buckets,
+                differing_cells,
+                "the Merkle index differs from the keyspace; run reindex"
+            );
+            self.shared.corrupt.store(true, Ordering::Relaxed);
         }
-        match &mut *state {
-            State::Building | State::Rebuilding => {}
-            State::Load => {
-                if let Some(sums) = self.loaded.take() {
-                    *state = State::Ready(Mirror::new(sums, self.wal_index.unwrap_or(0)));
-                }
-            }
-            State::Ready(mirror) => {
-                mirror.apply(&self.deltas);
-                match self.wal_index {
-                    Some(index) => {
-                        mirror.wal_index = index;
-                        mirror.exact = true;
-                    }
-                    None if self.deltas.values().any(|d| !d.is_zero()) => mirror.exact = false,
-                    None => {}
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Update {
-    fn drop(&mut self) {
-        // Not committed: the rechecks wait for the next commit.
-        if !self.rechecks.is_empty() {
-            self.shared
-                .rechecks()
-                .extend(std::mem::take(&mut self.rechecks));
-        }
+        // The caller may have gone (a dropped request): the result is still applied.
+        let _ = verify.reply.send(check);
     }
 }
 
