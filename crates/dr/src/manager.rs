@@ -139,6 +139,11 @@ impl DrManager {
         let wal = Wal::open(hooked.clone()).await?;
         let backend: Arc<dyn Backend> = hooked;
         let state = ReplState::load(backend.as_ref()).await?;
+        if let Some(index) = wal.merkle_index() {
+            // A secondary stopped mid-sync holds data its WAL index does not describe.
+            let torn = state.mode == Mode::Secondary && state.consistent_after.is_none();
+            index.set_exact(!torn);
+        }
         let inner = Arc::new(Inner {
             config,
             backend,
@@ -336,6 +341,7 @@ impl ReplicationHandler for DrManager {
             )
             .await;
         inner.invalidate_merkle();
+        inner.mark_merkle_exact();
         // Once the storage was replaced, the restore succeeded: the caller must reload what it
         // caches from the new storage whatever else failed here (the new generation was
         // persisted before; recording resumed with the guard).
@@ -496,12 +502,16 @@ impl Inner {
     }
 
     /// Note a change of the replicated keyspace that the WAL index does not show.
-    /// The Merkle index needs no recomputation, but the WAL index its root is exact for starts
-    /// again from here.
+    /// (The Merkle index needs no recomputation: it sees every write.)
     pub fn invalidate_merkle(&self) {
         self.merkle_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The data as it stands is the state at the last WAL index written (a new primary's
+    /// history starts here: a mode change into primary, a restore on a primary).
+    fn mark_merkle_exact(&self) {
         if let Some(index) = self.wal.merkle_index() {
-            index.mark_exact();
+            index.set_exact(true);
         }
     }
 
@@ -640,6 +650,9 @@ impl Inner {
                         }
                         next.save(self.backend.as_ref()).await?;
                         self.invalidate_merkle();
+                        if next.mode == Mode::Primary && state.mode != Mode::Primary {
+                            self.mark_merkle_exact();
+                        }
                         **state = next;
                         self.mode.store(mode_to_u8(state.mode), Ordering::Release);
                     }

@@ -37,6 +37,9 @@ pub trait CommitHook: Send + Sync + 'static {
     fn index(&self) -> Option<Arc<dyn CommitIndex>> {
         None
     }
+
+    /// Another hook replaced this one: it sees no commit from now on.
+    fn retired(&self) {}
 }
 
 /// An index kept inside the transaction it describes, from each write's value before and
@@ -92,7 +95,13 @@ impl HookSlot {
     }
 
     pub(crate) fn set(&self, hook: Option<Arc<dyn CommitHook>>) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = hook;
+        let old = std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(PoisonError::into_inner),
+            hook,
+        );
+        if let Some(old) = old {
+            old.retired();
+        }
     }
 }
 

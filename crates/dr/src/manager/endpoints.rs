@@ -289,7 +289,7 @@ async fn reindex(inner: &Arc<Inner>) -> Result<Response> {
                 .store(index.progress(), Ordering::Relaxed);
             result
                 .map_err(|e| LogicalError::Internal(format!("reindex: {e}")))
-                .map(|check| index_report(inner, &check, true))
+                .map(|check| index_report(&check, true))
         }
         None => merkle_check(inner).await,
     };
@@ -310,7 +310,7 @@ async fn merkle_check(inner: &Arc<Inner>) -> Result<Response> {
             .check(inner.backend.as_ref())
             .await
             .map_err(|e| LogicalError::Internal(format!("merkle-check: {e}")))?;
-        return Ok(index_report(inner, &check, false));
+        return Ok(index_report(&check, false));
     }
     inner.invalidate_merkle();
     let tree = inner.merkle_tree().await?;
@@ -327,7 +327,7 @@ async fn merkle_check(inner: &Arc<Inner>) -> Result<Response> {
 
 /// What `merkle-check` and `reindex` found: the recomputed tree, and how far the stored index
 /// was from it (`repaired`: and that it has been corrected).
-fn index_report(inner: &Inner, check: &crate::merkle::IndexCheck, repaired: bool) -> Response {
+fn index_report(check: &crate::merkle::IndexCheck, repaired: bool) -> Response {
     let mut data = Data::new();
     let (root, keys) = check
         .tree
@@ -341,7 +341,8 @@ fn index_report(inner: &Inner, check: &crate::merkle::IndexCheck, repaired: bool
     data.insert("differing_buckets".into(), json!(check.differing_buckets));
     data.insert("differing_cells".into(), json!(check.differing_cells));
     data.insert("repaired".into(), json!(differs && repaired));
-    data.insert("last_wal".into(), json!(inner.wal.last_index()));
+    // The WAL index the recomputed root is exact for.
+    data.insert("last_wal".into(), json!(check.wal_index));
     let response = Response::data(data);
     match (differs, repaired) {
         (true, false) => response.with_warning(

@@ -41,6 +41,17 @@ use crate::wal::{is_local, WAL_LAST_KEY};
 
 /// Written by the commit that carries a check or a rebuild (never read).
 const INDEX_BARRIER_KEY: &str = "repl/merkle-barrier";
+/// Commits a check asks for before it gives up.
+const VERIFY_ATTEMPTS: usize = 3;
+
+/// Takes a check request back from the index when dropped.
+struct Pending<'a>(&'a Shared);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.verify().take();
+    }
+}
 
 /// One bucket's key count and cell sums (wrapping: a delta is a sum like any other).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,6 +263,8 @@ pub struct IndexCheck {
     pub differing_cells: u64,
     /// Replicated entries read.
     pub scanned: u64,
+    /// The WAL index the recomputed tree is exact for (the one its commit left).
+    pub wal_index: u64,
 }
 
 /// Replication's Merkle index over one backend (see the module documentation).
@@ -347,13 +360,20 @@ impl MerkleIndex {
         Some((mirror.tree(), cells_of(&mirror.buckets), mirror.wal_index))
     }
 
-    /// Declares the data exactly the state at the last WAL index written: replication calls
-    /// this where changes made outside the WAL become a new starting point (a mode change, a
-    /// restore, the end of a sync).
-    pub fn mark_exact(&self) {
+    /// Declares whether the data is exactly the state at the last WAL index written:
+    /// replication says so where changes made outside the WAL become a new starting point (a
+    /// mode change into primary, a restore), and says not where it knows the data torn (a
+    /// secondary stopped mid-sync).
+    pub fn set_exact(&self, exact: bool) {
         if let Some(mirror) = self.shared.mirror().as_mut() {
-            mirror.exact = true;
+            mirror.exact = exact;
         }
+    }
+
+    /// This index is no longer fed (another was installed on the backend): it answers nothing
+    /// from now on, rather than sums that no longer move.
+    pub fn retire(&self) {
+        *self.shared.mirror() = None;
     }
 
     /// Compares the sums with the keyspace, summed inside one commit (see the module
@@ -370,23 +390,31 @@ impl MerkleIndex {
 
     async fn verify(&self, backend: &dyn Backend, repair: bool) -> Result<IndexCheck, MerkleError> {
         let _one = self.checking.lock().await;
-        let (reply, answer) = oneshot::channel();
-        *self.shared.verify() = Some(Verify { repair, reply });
-        self.shared.progress.store(0, Ordering::Relaxed);
-        let committed = backend
-            .batch(vec![Op::Put {
-                key: INDEX_BARRIER_KEY.into(),
-                value: vec![1],
-            }])
-            .await;
-        // A request no commit took (the batch failed before its commit) must not linger.
-        self.shared.verify().take();
-        committed.map_err(storage("committing the Merkle index check"))?;
-        answer.await.map_err(|_| MerkleError::Storage {
+        // A group commit that failed drops the request with it (its batches are retried one
+        // by one, without it): ask again, a few times.
+        for _ in 0..VERIFY_ATTEMPTS {
+            let (reply, answer) = oneshot::channel();
+            *self.shared.verify() = Some(Verify { repair, reply });
+            // Taken back however this ends (also if the caller stops waiting): a request no
+            // commit took must not ride on a later, unrelated commit.
+            let _pending = Pending(&self.shared);
+            self.shared.progress.store(0, Ordering::Relaxed);
+            backend
+                .batch(vec![Op::Put {
+                    key: INDEX_BARRIER_KEY.into(),
+                    value: vec![1],
+                }])
+                .await
+                .map_err(storage("committing the Merkle index check"))?;
+            if let Ok(check) = answer.await {
+                return Ok(check);
+            }
+        }
+        Err(MerkleError::Storage {
             context: "checking the Merkle index".into(),
             source: StorageError::Engine {
                 context: "checking the Merkle index".into(),
-                message: "the commit that carried the check did not complete".into(),
+                message: "no commit carried the check to its end".into(),
             },
         })
     }
@@ -498,6 +526,7 @@ impl IndexUpdate for Update {
             differing_buckets,
             differing_cells,
             scanned,
+            wal_index,
         };
         let wrong = differing_buckets > 0;
         if verify.repair {

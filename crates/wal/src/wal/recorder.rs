@@ -147,6 +147,12 @@ impl CommitHook for Recorder {
         extra
     }
 
+    fn retired(&self) {
+        if let Some(index) = &self.index {
+            index.retire();
+        }
+    }
+
     fn index(&self) -> Option<std::sync::Arc<dyn bunker_storage::CommitIndex>> {
         self.index.clone().map(|index| {
             std::sync::Arc::new(index) as std::sync::Arc<dyn bunker_storage::CommitIndex>

@@ -191,7 +191,7 @@ async fn a_root_changed_outside_the_wal_is_not_exact_for_any_index() {
     wal.set_recording(false);
     backend.batch(vec![put("logical/b", b"2")]).await.unwrap();
     assert_eq!(index.root().unwrap().2, None);
-    index.mark_exact();
+    index.set_exact(true);
     assert_eq!(index.root().unwrap().2, Some(wal.last_index()));
     wal.set_recording(true);
     backend.batch(vec![put("logical/c", b"3")]).await.unwrap();
@@ -264,4 +264,66 @@ fn an_empty_bucket_hashes_to_zero() {
         [0; 32],
         "adding and removing a key leaves it empty"
     );
+}
+
+#[tokio::test]
+async fn an_index_replaced_by_another_answers_nothing() {
+    let backend = Arc::new(InmemBackend::new());
+    let first = Wal::open(backend.clone()).await.expect("open");
+    backend.batch(vec![put("logical/a", b"1")]).await.unwrap();
+    let second = Wal::open(backend.clone()).await.expect("reopen");
+    backend.batch(vec![put("logical/b", b"2")]).await.unwrap();
+    assert!(
+        !first.merkle_index().expect("index").is_ready(),
+        "no longer fed: no frozen sums"
+    );
+    assert_index_exact(&second, backend.as_ref()).await;
+}
+
+/// Holds every batch until released.
+#[derive(Default)]
+struct Held(tokio::sync::Notify, std::sync::atomic::AtomicBool);
+
+#[async_trait::async_trait]
+impl bunker_storage::hooked_store::StoreHooks for Held {
+    async fn before_batch(&self) -> bunker_storage::Result<()> {
+        while self.1.load(Ordering::SeqCst) {
+            self.0.notified().await;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_check_whose_caller_stops_waiting_leaves_no_request_behind() {
+    let backend = Arc::new(bunker_storage::hooked_store::HookedStore::new(
+        Held::default(),
+    ));
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    let index = wal.merkle_index().expect("index").clone();
+    backend.hooks.1.store(true, Ordering::SeqCst);
+    {
+        let check = index.check(backend.as_ref());
+        tokio::pin!(check);
+        assert!(
+            !poll_once(check.as_mut()).await,
+            "the check waits for its commit"
+        );
+        assert!(index.shared.verify().is_some(), "its request is set");
+    }
+    assert!(index.shared.verify().is_none(), "taken back when dropped");
+    backend.hooks.1.store(false, Ordering::SeqCst);
+    backend.hooks.0.notify_waiters();
+    backend.batch(vec![put("logical/a", b"1")]).await.unwrap();
+    assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+/// Polls `future` once; whether it finished.
+async fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
+    let mut future = Some(future);
+    std::future::poll_fn(|cx| {
+        let done = future.take().is_some_and(|f| f.poll(cx).is_ready());
+        std::task::Poll::Ready(done)
+    })
+    .await
 }
