@@ -441,6 +441,13 @@ async fn refresh_merkle_root(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        // An index whose summing failed (the store could not write then) is summed again.
+        let unsummed = |i: &&crate::merkle::MerkleIndex| !i.is_ready() && !i.is_retired();
+        if let Some(index) = inner.wal.merkle_index().filter(unsummed) {
+            if let Err(error) = index.rebuild(inner.backend.as_ref()).await {
+                tracing::debug!(%error, "summing the Merkle index failed again");
+            }
+        }
         // An HA standby serves no status that needs it; the active node computes its own. A
         // backend that keeps the Merkle index needs no refresher: status reads the index.
         let indexed = inner.wal.merkle_index().is_some_and(|i| i.is_ready());

@@ -130,11 +130,11 @@ impl Wal {
         let recorder = Arc::new(Recorder::new(last_index, index.clone()));
         hooked.set_commit_hook(Some(recorder.clone()));
         if let Some(index) = &index {
-            index.open(backend.as_ref()).await.map_err(|e| match e {
-                crate::merkle::MerkleError::Storage { context, source } => {
-                    WalError::Storage { context, source }
-                }
-            })?;
+            // Summing needs a commit: a store that cannot write now (a full disk) still opens,
+            // and replication computes trees by scanning until a later rebuild succeeds.
+            if let Err(error) = index.open(backend.as_ref()).await {
+                tracing::warn!(%error, "the Merkle index could not be summed; trees are scanned until it is");
+            }
         }
         tracing::info!(wal_index = last_index, "WAL opened");
         Ok(Arc::new(Wal {

@@ -240,6 +240,8 @@ struct Shared {
     progress: AtomicU64,
     /// The last check found the sums wrong (and did not repair them).
     corrupt: AtomicBool,
+    /// Another index replaced this one on the backend: it is fed no more.
+    retired: AtomicBool,
 }
 
 impl Shared {
@@ -305,6 +307,7 @@ impl MerkleIndex {
                 verify: Mutex::new(None),
                 progress: AtomicU64::new(0),
                 corrupt: AtomicBool::new(false),
+                retired: AtomicBool::new(false),
             }),
             checking: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -373,7 +376,13 @@ impl MerkleIndex {
     /// This index is no longer fed (another was installed on the backend): it answers nothing
     /// from now on, rather than sums that no longer move.
     pub fn retire(&self) {
+        self.shared.retired.store(true, Ordering::SeqCst);
         *self.shared.mirror() = None;
+    }
+
+    /// Whether another index replaced this one (see [`MerkleIndex::retire`]).
+    pub fn is_retired(&self) -> bool {
+        self.shared.retired.load(Ordering::SeqCst)
     }
 
     /// Compares the sums with the keyspace, summed inside one commit (see the module
@@ -390,6 +399,15 @@ impl MerkleIndex {
 
     async fn verify(&self, backend: &dyn Backend, repair: bool) -> Result<IndexCheck, MerkleError> {
         let _one = self.checking.lock().await;
+        if self.is_retired() {
+            return Err(MerkleError::Storage {
+                context: "checking the Merkle index".into(),
+                source: StorageError::Engine {
+                    context: "checking the Merkle index".into(),
+                    message: "this index was replaced and is fed no more".into(),
+                },
+            });
+        }
         // A group commit that failed drops the request with it (its batches are retried one
         // by one, without it): ask again, a few times.
         for _ in 0..VERIFY_ATTEMPTS {
@@ -406,6 +424,10 @@ impl MerkleIndex {
                 }])
                 .await
                 .map_err(storage("committing the Merkle index check"))?;
+            // Still there: no commit took it (none fed this index); try again.
+            if self.shared.verify().take().is_some() {
+                continue;
+            }
             if let Ok(check) = answer.await {
                 return Ok(check);
             }

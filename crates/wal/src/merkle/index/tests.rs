@@ -327,3 +327,56 @@ async fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> boo
     })
     .await
 }
+
+/// Refuses every batch while set.
+#[derive(Default)]
+struct ReadOnly(std::sync::atomic::AtomicBool);
+
+#[async_trait::async_trait]
+impl bunker_storage::hooked_store::StoreHooks for ReadOnly {
+    async fn before_batch(&self) -> bunker_storage::Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(bunker_storage::StorageError::Unavailable(
+                "read-only".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_write_at_open_is_summed_later() {
+    let backend = Arc::new(bunker_storage::hooked_store::HookedStore::new(
+        ReadOnly::default(),
+    ));
+    backend.batch(vec![put("logical/a", b"1")]).await.unwrap();
+    backend.hooks.0.store(true, Ordering::SeqCst);
+    let wal = Wal::open(backend.clone())
+        .await
+        .expect("opens all the same");
+    let index = wal.merkle_index().expect("index").clone();
+    assert!(!index.is_ready(), "not summed: callers scan");
+    backend.hooks.0.store(false, Ordering::SeqCst);
+    index.rebuild(backend.as_ref()).await.expect("summed now");
+    assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+#[tokio::test]
+async fn a_check_of_an_index_no_commit_feeds_ends() {
+    let backend = Arc::new(InmemBackend::new());
+    let first = Wal::open(backend.clone()).await.expect("open");
+    let _second = Wal::open(backend.clone()).await.expect("reopen");
+    let index = first.merkle_index().expect("index");
+    assert!(index.is_retired());
+    assert!(
+        index.check(backend.as_ref()).await.is_err(),
+        "an error, not a hang"
+    );
+    // An index installed nowhere: its check's commits never take the request.
+    let stray = MerkleIndex::new();
+    assert!(
+        stray.check(backend.as_ref()).await.is_err(),
+        "an error, not a hang"
+    );
+    assert!(stray.shared.verify().is_none());
+}
