@@ -297,14 +297,6 @@ impl TxnTable for RedbTable<'_> {
         Ok(())
     }
 
-    fn read(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .0
-            .get(key)
-            .map_err(|e| engine_error(format!("reading key {key:?}"), e))?
-            .map(|guard| guard.value().to_vec()))
-    }
-
     fn for_each(&mut self, prefix: &str, visit: &mut dyn FnMut(&str, &[u8])) -> Result<()> {
         let range = self
             .0

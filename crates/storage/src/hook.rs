@@ -47,9 +47,9 @@ pub trait CommitHook: Send + Sync + 'static {
 ///
 /// For every commit the backend calls [`CommitIndex::begin`], feeds the update every write of a
 /// watched key in commit order with the value it replaces (as seen inside the transaction, so
-/// an earlier batch of the same group counts), reads the records the update names, and writes
-/// what [`IndexUpdate::finish`] returns in the same transaction. Only a durable commit calls
-/// [`IndexUpdate::committed`]; an update dropped without it was not committed.
+/// an earlier batch of the same group counts), then shows it the entries it asks to see as the
+/// transaction leaves them. Only a durable commit calls [`IndexUpdate::committed`]; an update
+/// dropped without it was not committed. An index writes nothing to the store.
 pub trait CommitIndex: Send + Sync + 'static {
     /// Whether writes of `key` are fed to the index.
     fn watches(&self, key: &str) -> bool;
@@ -63,19 +63,14 @@ pub trait IndexUpdate: Send {
     /// A write of a watched key, in commit order: `old` is the value it replaces, `new` the
     /// value written (`None`: absent, deleted).
     fn change(&mut self, key: &str, old: Option<&[u8]>, new: Option<&[u8]>);
-    /// The index records to read (inside the transaction) before [`IndexUpdate::finish`].
-    fn reads(&self) -> Vec<String>;
-    /// The ops that rewrite the index, given the records named by `reads`, in that order.
-    /// Their keys are not watched.
-    fn finish(&mut self, records: Vec<Option<Vec<u8>>>) -> Result<Vec<Op>>;
-    /// A prefix whose entries, as the transaction leaves them (`finish`'s ops written), the
-    /// update wants to see through [`IndexUpdate::scanned`]; `None` (the default): none.
+    /// A prefix whose entries, as the transaction leaves them, the update wants to see through
+    /// [`IndexUpdate::scanned`]; `None` (the default): none.
     fn scan_prefix(&self) -> Option<&str> {
         None
     }
     /// One entry under [`IndexUpdate::scan_prefix`], in key order.
     fn scanned(&mut self, _key: &str, _value: &[u8]) {}
-    /// The transaction, with the ops `finish` returned, is durable.
+    /// The transaction is durable.
     fn committed(self: Box<Self>);
 }
 
@@ -142,7 +137,7 @@ pub(crate) fn checked_extra_ops_within(
 }
 
 /// A transaction's table as [`apply_indexed`] uses it: writes that hand over the value they
-/// replace, and reads that see the transaction's own writes.
+/// replace, and a scan that sees the transaction's own writes.
 pub(crate) trait TxnTable {
     fn put(
         &mut self,
@@ -151,13 +146,12 @@ pub(crate) trait TxnTable {
         replaced: &mut dyn FnMut(Option<&[u8]>),
     ) -> Result<()>;
     fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()>;
-    fn read(&mut self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Every entry under `prefix`, in key order, as the transaction leaves them.
     fn for_each(&mut self, prefix: &str, visit: &mut dyn FnMut(&str, &[u8])) -> Result<()>;
 }
 
-/// Applies `ops` to `table` in order, feeding `index` (if any) each watched write, then writes
-/// the index's own ops. Returns the update, to be told once the transaction is durable.
+/// Applies `ops` to `table` in order, feeding `index` (if any) each watched write, then the
+/// entries it asks to see. Returns the update, to be told once the transaction is durable.
 pub(crate) fn apply_indexed<'a>(
     table: &mut impl TxnTable,
     ops: impl Iterator<Item = &'a Op>,
@@ -185,17 +179,6 @@ pub(crate) fn apply_indexed<'a>(
                     update.change(key, old, None);
                 }
             })?,
-            Op::Put { key, value } => table.put(key, value, &mut |_| {})?,
-            Op::Delete { key } => table.delete(key, &mut |_| {})?,
-        }
-    }
-    let reads = update.reads();
-    let records = reads
-        .iter()
-        .map(|key| table.read(key))
-        .collect::<Result<Vec<_>>>()?;
-    for op in update.finish(records)? {
-        match &op {
             Op::Put { key, value } => table.put(key, value, &mut |_| {})?,
             Op::Delete { key } => table.delete(key, &mut |_| {})?,
         }

@@ -54,18 +54,11 @@ impl InmemBackend {
         let op_count = (ops.len() + extra.len()) as u64;
         let notify = !extra.is_empty();
         let index = hook.as_ref().and_then(|hook| hook.index());
-        let mut table = MapTable {
-            entries: &mut entries,
-            undo: Vec::new(),
-        };
-        let update =
-            match apply_indexed(&mut table, ops.iter().chain(extra.iter()), index.as_deref()) {
-                Ok(update) => update,
-                Err(error) => {
-                    table.roll_back();
-                    return Err(error);
-                }
-            };
+        let update = apply_indexed(
+            &mut MapTable(&mut entries),
+            ops.iter().chain(extra.iter()),
+            index.as_deref(),
+        )?;
         if let Some(update) = update {
             update.committed();
         }
@@ -160,23 +153,9 @@ impl crate::HookedBackend for InmemBackend {
     }
 }
 
-/// The map under the write lock, as a transaction's table: it keeps what each write replaced,
-/// so a commit that fails half way (an index that refuses) is rolled back whole.
-struct MapTable<'a> {
-    entries: &'a mut BTreeMap<String, Vec<u8>>,
-    undo: Vec<(String, Option<Vec<u8>>)>,
-}
-
-impl MapTable<'_> {
-    fn roll_back(&mut self) {
-        while let Some((key, old)) = self.undo.pop() {
-            match old {
-                Some(value) => self.entries.insert(key, value),
-                None => self.entries.remove(&key),
-            };
-        }
-    }
-}
+/// The map under the write lock, as a transaction's table (nothing in it can fail, so a commit
+/// is never left half applied).
+struct MapTable<'a>(&'a mut BTreeMap<String, Vec<u8>>);
 
 impl TxnTable for MapTable<'_> {
     fn put(
@@ -185,26 +164,20 @@ impl TxnTable for MapTable<'_> {
         value: &[u8],
         replaced: &mut dyn FnMut(Option<&[u8]>),
     ) -> Result<()> {
-        let old = self.entries.insert(key.to_owned(), value.to_vec());
+        let old = self.0.insert(key.to_owned(), value.to_vec());
         replaced(old.as_deref());
-        self.undo.push((key.to_owned(), old));
         Ok(())
     }
 
     fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
-        let old = self.entries.remove(key);
+        let old = self.0.remove(key);
         replaced(old.as_deref());
-        self.undo.push((key.to_owned(), old));
         Ok(())
-    }
-
-    fn read(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.entries.get(key).cloned())
     }
 
     fn for_each(&mut self, prefix: &str, visit: &mut dyn FnMut(&str, &[u8])) -> Result<()> {
         for (key, value) in self
-            .entries
+            .0
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(prefix))
         {

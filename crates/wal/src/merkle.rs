@@ -192,10 +192,7 @@ impl TreeBuilder {
         if is_local(key) {
             return;
         }
-        let (bucket, slot, digest) = index::locate(key, value);
-        if let Some(sums) = self.buckets.get_mut(bucket) {
-            sums.count(slot, digest, true);
-        }
+        index::add_entry(&mut self.buckets, key, value);
     }
 
     /// The tree and every cell's sum.

@@ -126,7 +126,9 @@ impl Wal {
         let last_index = read_index(backend.as_ref(), WAL_LAST_KEY)
             .await?
             .unwrap_or(0);
-        let index = hooked.feeds_indexes().then(crate::merkle::MerkleIndex::new);
+        let index = hooked
+            .feeds_indexes()
+            .then(|| Arc::new(crate::merkle::MerkleIndex::new()));
         let recorder = Arc::new(Recorder::new(last_index, index.clone()));
         hooked.set_commit_hook(Some(recorder.clone()));
         if let Some(index) = &index {
@@ -213,7 +215,7 @@ impl Wal {
     /// Last committed index (0 = none).
     /// The Merkle index kept by every commit, if the backend feeds one.
     pub fn merkle_index(&self) -> Option<&crate::merkle::MerkleIndex> {
-        self.recorder.index.as_ref()
+        self.recorder.index.as_deref()
     }
 
     pub fn last_index(&self) -> u64 {

@@ -329,10 +329,7 @@ async fn merkle_check(inner: &Arc<Inner>) -> Result<Response> {
 /// was from it (`repaired`: and that it has been corrected).
 fn index_report(check: &crate::merkle::IndexCheck, repaired: bool) -> Response {
     let mut data = Data::new();
-    let (root, keys) = check
-        .tree
-        .as_ref()
-        .map_or((String::new(), 0), |t| (t.root_hex(), t.keys));
+    let (root, keys) = (check.tree.root_hex(), check.tree.keys);
     let differs = check.differing_cells > 0 || check.differing_buckets > 0;
     data.insert("merkle_root".into(), json!(root));
     data.insert("keys".into(), json!(keys));

@@ -256,10 +256,10 @@ impl Shared {
 }
 
 /// What a comparison of the sums with the keyspace found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexCheck {
     /// The tree recomputed from the keyspace.
-    pub tree: Option<MerkleTree>,
+    pub tree: MerkleTree,
     /// Buckets and cells whose sums differed from the recomputed ones.
     pub differing_buckets: u64,
     pub differing_cells: u64,
@@ -317,10 +317,7 @@ impl MerkleIndex {
     /// it). Call with the index installed in the backend's hook.
     pub async fn open(&self, backend: &dyn Backend) -> Result<(), MerkleError> {
         let check = self.rebuild(backend).await?;
-        tracing::info!(
-            keys = check.tree.map_or(0, |t| t.keys),
-            "Merkle index summed"
-        );
+        tracing::info!(keys = check.tree.keys, "Merkle index summed");
         Ok(())
     }
 
@@ -449,12 +446,14 @@ impl CommitIndex for MerkleIndex {
     }
 
     fn begin(&self) -> Box<dyn IndexUpdate> {
+        let verify = self.shared.verify().take();
+        let truth = verify.as_ref().map(|_| (empty_sums(), 0, 0));
         Box::new(Update {
             shared: self.shared.clone(),
             deltas: BTreeMap::new(),
             wal_index: None,
-            verify: self.shared.verify().take(),
-            truth: None,
+            verify,
+            truth,
         })
     }
 }
@@ -468,7 +467,8 @@ struct Update {
     wal_index: Option<u64>,
     /// A check this commit carries: it sums the keyspace as the commit leaves it.
     verify: Option<Verify>,
-    /// The sums of the keyspace as the commit leaves it, the entries read, the WAL index.
+    /// The sums of the keyspace as the commit leaves it, the entries read, the WAL index
+    /// (0 if the commit leaves none).
     truth: Option<(Sums, u64, u64)>,
 }
 
@@ -490,31 +490,19 @@ impl IndexUpdate for Update {
         }
     }
 
-    /// A check reads the WAL index the commit leaves.
-    fn reads(&self) -> Vec<String> {
-        match self.verify {
-            Some(_) => vec![WAL_LAST_KEY.into()],
-            None => Vec::new(),
-        }
-    }
-
-    fn finish(&mut self, records: Vec<Option<Vec<u8>>>) -> bunker_storage::Result<Vec<Op>> {
-        if self.verify.is_some() {
-            let wal_index = decode_wal_index(records.into_iter().next().flatten().as_deref());
-            self.truth = Some((empty_sums(), 0, wal_index));
-        }
-        Ok(Vec::new())
-    }
-
     fn scan_prefix(&self) -> Option<&str> {
         self.verify.as_ref().map(|_| "")
     }
 
+    /// Every entry as the commit leaves them: the replicated ones are summed, and the WAL
+    /// index is the one the recomputed tree is exact for.
     fn scanned(&mut self, key: &str, value: &[u8]) {
-        if is_local(key) {
+        let Some((sums, read, wal_index)) = self.truth.as_mut() else {
             return;
-        }
-        if let Some((sums, read, _)) = self.truth.as_mut() {
+        };
+        if key == WAL_LAST_KEY {
+            *wal_index = decode_wal_index(Some(value));
+        } else if !is_local(key) {
             add_entry(sums, key, value);
             *read += 1;
             self.shared.progress.fetch_add(1, Ordering::Relaxed);
@@ -544,7 +532,7 @@ impl IndexUpdate for Update {
             None => (0, 0),
         };
         let check = IndexCheck {
-            tree: Some(tree_of(&truth)),
+            tree: tree_of(&truth),
             differing_buckets,
             differing_cells,
             scanned,

@@ -33,11 +33,14 @@ pub(super) struct Recorder {
     /// Last committed index, for `last_index()` and subscribers.
     committed: watch::Sender<u64>,
     /// The Merkle index the backend keeps in each commit, if it feeds one.
-    pub(super) index: Option<crate::merkle::MerkleIndex>,
+    pub(super) index: Option<std::sync::Arc<crate::merkle::MerkleIndex>>,
 }
 
 impl Recorder {
-    pub(super) fn new(last_index: u64, index: Option<crate::merkle::MerkleIndex>) -> Self {
+    pub(super) fn new(
+        last_index: u64,
+        index: Option<std::sync::Arc<crate::merkle::MerkleIndex>>,
+    ) -> Self {
         Self {
             recording: AtomicBool::new(false),
             assigned: Mutex::new(last_index),
@@ -154,9 +157,9 @@ impl CommitHook for Recorder {
     }
 
     fn index(&self) -> Option<std::sync::Arc<dyn bunker_storage::CommitIndex>> {
-        self.index.clone().map(|index| {
-            std::sync::Arc::new(index) as std::sync::Arc<dyn bunker_storage::CommitIndex>
-        })
+        self.index
+            .clone()
+            .map(|index| index as std::sync::Arc<dyn bunker_storage::CommitIndex>)
     }
 
     fn after_commit(&self) {

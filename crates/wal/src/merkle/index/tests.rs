@@ -65,7 +65,7 @@ async fn assert_index_exact(wal: &Wal, backend: &dyn Backend) {
     assert_eq!((root, keys), (scanned.root_hex(), scanned.keys));
     let check = index.check(backend).await.expect("check");
     assert_eq!(check.differing_cells, 0, "{check:?}");
-    assert_eq!(check.tree.as_ref(), Some(&scanned));
+    assert_eq!(check.tree, scanned);
     assert!(!index.is_corrupt());
 }
 
