@@ -110,6 +110,40 @@ impl Keyring {
         })
     }
 
+    /// The keyring a snapshot restore installs: the snapshot's terms (`self`), plus every term
+    /// of `current` above the snapshot's newest. A restore thus never forgets a key that
+    /// encrypted something still stored or written meanwhile (the DR primary's sealed keys, a
+    /// write racing the restore), and never makes an older term active again after a rotation.
+    /// `None` when `current` has no such term: the snapshot's record is installed as it is.
+    ///
+    /// The second value says whether `current`'s active term is lost anyway: the snapshot holds
+    /// that term number with another key (histories that diverged after an earlier restore).
+    pub(crate) fn restored_over(&self, current: &Keyring) -> (Option<Keyring>, bool) {
+        let newest = self.active.term();
+        let current_active = &current.active;
+        let forgets_active = current_active.term() <= newest
+            && self
+                .term(current_active.term())
+                .is_none_or(|t| *t.key != *current_active.key);
+        let mut newer: Vec<Arc<Term>> = current
+            .previous
+            .iter()
+            .chain(std::iter::once(&current.active))
+            .filter(|t| t.term() > newest)
+            .cloned()
+            .collect();
+        if newer.is_empty() {
+            return (None, forgets_active);
+        }
+        newer.sort_by_key(|t| t.term());
+        let mut previous = self.previous.clone();
+        previous.push(Arc::clone(&self.active));
+        let active = newer.pop();
+        previous.extend(newer);
+        let merged = active.map(|active| Keyring { active, previous });
+        (merged, forgets_active)
+    }
+
     /// Decrypt a barrier value with the term named in its envelope.
     pub(crate) fn decrypt(&self, aad: &str, stored: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         let envelope = envelope::parse(stored).map_err(|r| BarrierError::corrupt(aad, r))?;

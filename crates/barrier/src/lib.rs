@@ -56,6 +56,24 @@ pub struct KeyStatus {
     pub encryptions: u64,
 }
 
+/// Proof that the caller holds the keyring still ([`Barrier::hold_keyring`]).
+pub struct KeyringHeld<'a> {
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+/// The keyring a snapshot restore writes ([`Barrier::keyring_for_restore`]).
+pub struct RestoredKeyring {
+    /// The record to store at [`KEYRING_PATH`] with the snapshot's data: the snapshot's own
+    /// bytes when nothing was added.
+    pub record: Vec<u8>,
+    /// Terms of this keyring newer than the snapshot's, kept (their keys may have encrypted
+    /// values that outlive the restore); the newest of them stays active.
+    pub kept_terms: Vec<u32>,
+    /// This keyring's active term is lost anyway: the snapshot holds that term number with
+    /// another key (histories that diverged after an earlier restore).
+    pub forgets_active_term: bool,
+}
+
 /// Keys held while unsealed.
 struct Unsealed {
     /// Encrypts the keyring record; kept so `rotate` can persist without the operator.
@@ -207,6 +225,43 @@ impl Barrier {
     pub fn check_keyring(&self, stored: &[u8]) -> Result<()> {
         let state = self.unsealed()?;
         Keyring::open_with_root(&state.root, stored).map(|_| ())
+    }
+
+    /// Hold off every other change of the keyring (rotate, rekey, reload) while a snapshot
+    /// restore computes the keyring it installs and commits it.
+    pub async fn hold_keyring(&self) -> KeyringHeld<'_> {
+        KeyringHeld {
+            _guard: self.keyring_change.lock().await,
+        }
+    }
+
+    /// The keyring record a restore of this cluster's snapshot writes, given the snapshot's
+    /// (`stored`): the snapshot's terms plus this keyring's newer ones (see
+    /// [`RestoredKeyring`]). `InvalidRootKey` when `stored` does not open with the root key in
+    /// memory, `Sealed` while sealed.
+    pub fn keyring_for_restore(
+        &self,
+        _held: &KeyringHeld<'_>,
+        stored: &[u8],
+    ) -> Result<RestoredKeyring> {
+        let state = self.unsealed()?;
+        let snapshot = Keyring::open_with_root(&state.root, stored)?;
+        let (merged, forgets_active_term) = snapshot.restored_over(&state.keyring);
+        let (record, kept_terms) = match merged {
+            None => (stored.to_vec(), Vec::new()),
+            Some(merged) => {
+                let newest = snapshot.active().term();
+                let kept = (newest + 1..=merged.active().term())
+                    .filter(|t| merged.term(*t).is_some())
+                    .collect();
+                (merged.seal_with_root(&state.root)?, kept)
+            }
+        };
+        Ok(RestoredKeyring {
+            record,
+            kept_terms,
+            forgets_active_term,
+        })
     }
 
     /// Drop every key from memory.

@@ -418,3 +418,64 @@ async fn reload_after_a_rekey_elsewhere_seals() {
     barrier.unseal(&new_root).await.unwrap();
     assert_eq!(barrier.get("a").await.unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+#[tokio::test]
+async fn a_restored_keyring_keeps_the_terms_newer_than_the_snapshots() {
+    let (barrier, root, backend) = unsealed().await;
+    barrier.put("old", b"term 1").await.unwrap();
+    let snapshot_keyring = backend.raw(KEYRING_PATH).await.unwrap();
+
+    // Same keyring: the snapshot's record is installed byte for byte.
+    let held = barrier.hold_keyring().await;
+    let same = barrier
+        .keyring_for_restore(&held, &snapshot_keyring)
+        .unwrap();
+    assert_eq!(same.record, snapshot_keyring);
+    assert!(same.kept_terms.is_empty() && !same.forgets_active_term);
+    drop(held);
+
+    // Rotated twice since the snapshot: both newer terms are kept and the newest stays active,
+    // so what they encrypted (here "new") still opens once the record is installed.
+    barrier.rotate().await.unwrap();
+    barrier.rotate().await.unwrap();
+    barrier.put("new", b"term 3").await.unwrap();
+    let held = barrier.hold_keyring().await;
+    let restored = barrier
+        .keyring_for_restore(&held, &snapshot_keyring)
+        .unwrap();
+    assert_eq!(restored.kept_terms, vec![2, 3]);
+    assert!(!restored.forgets_active_term);
+    drop(held);
+    backend
+        .batch(vec![Op::Put {
+            key: KEYRING_PATH.into(),
+            value: restored.record,
+        }])
+        .await
+        .unwrap();
+    barrier.seal();
+    barrier.unseal(&root).await.unwrap();
+    assert_eq!(barrier.key_status().unwrap().term, 3);
+    for (key, value) in [("old", &b"term 1"[..]), ("new", &b"term 3"[..])] {
+        assert_eq!(barrier.get(key).await.unwrap().as_deref(), Some(value));
+    }
+
+    // Another history under the same root key (as after an earlier restore and rotations on
+    // both sides): term 3 exists in both with different keys, so the active term is lost.
+    let other = Barrier::new(Arc::new(InmemBackend::new()));
+    other.initialize(&root).await.unwrap();
+    other.unseal(&root).await.unwrap();
+    other.rotate().await.unwrap();
+    other.rotate().await.unwrap();
+    other.rotate().await.unwrap();
+    let diverged = other.backend().get(KEYRING_PATH).await.unwrap().unwrap();
+    other.seal();
+    let held = barrier.hold_keyring().await;
+    let clash = barrier.keyring_for_restore(&held, &diverged).unwrap();
+    assert!(clash.kept_terms.is_empty());
+    assert!(clash.forgets_active_term);
+    assert!(matches!(
+        barrier.keyring_for_restore(&held, b"not a keyring"),
+        Err(BarrierError::Corrupt { .. })
+    ));
+}

@@ -396,3 +396,46 @@ fn a_restore_larger_than_a_storage_batch_is_one_transaction() {
         assert_eq!(a.kv_get(&format!("extra/{i}")).0, 404, "extra/{i}");
     }
 }
+
+#[test]
+fn a_snapshot_from_before_a_rotation_restores_on_a_dr_primary_and_its_keys_survive() {
+    use common::dr::{
+        activation_token, adopt_credentials, dr_server, dr_status, enable_primary,
+        enable_secondary, wait_converged,
+    };
+    let mut p = dr_server();
+    p.mount_kv2();
+    p.kv_put("kept", json!({"v": "before"}));
+    let file = save(&p);
+    // Rotated, then made a DR primary: its own keys (CA, server key) are sealed under term 2,
+    // which the snapshot's keyring lacks.
+    let (code, body) = p.post("sys/rotate", p.root(), json!({}));
+    assert_eq!(code, 204, "{body}");
+    enable_primary(&p);
+    let mut s = dr_server();
+    enable_secondary(&s, &activation_token(&p, "site-b"));
+    adopt_credentials(&mut s, &p);
+    p.kv_put("undone", json!({"v": "after the rotation"}));
+    wait_converged(&p, &s);
+
+    let (status, body) = restore(&p, SNAPSHOT, Some(&p.root_token), &file);
+    assert_eq!(status, 204, "{body}");
+    assert!(!sealed(&p));
+    assert_eq!(p.kv_get("undone").0, 404);
+    // The rotation is not undone: term 2 stays the active term.
+    let (_, key_status) = p.get("sys/key-status", p.root());
+    assert_eq!(key_status["data"]["term"], json!(2), "{key_status}");
+    p.kv_put("written-after", json!({"v": "term 2"}));
+    wait_converged(&p, &s);
+
+    // After a restart the primary's own keys (sealed under term 2) still open: it issues
+    // activation tokens and its secondary streams again.
+    p.restart();
+    p.unseal();
+    activation_token(&p, "site-d");
+    p.kv_put("after-restart", json!({"v": "streamed"}));
+    wait_converged(&p, &s);
+    assert_eq!(p.kv_get("kept").1["v"], json!("before"));
+    assert_eq!(p.kv_get("written-after").1["v"], json!("term 2"));
+    assert_eq!(dr_status(&s)["state"], json!("stream-wals"));
+}

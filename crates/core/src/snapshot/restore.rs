@@ -5,6 +5,11 @@
 //! snapshot's keyring opens with this server's root key unless forced; then replace the
 //! storage's contents with the snapshot's.
 //!
+//! The keyring written is the snapshot's plus the current keyring's newer terms
+//! ([`bunker_barrier::Barrier::keyring_for_restore`]): a snapshot from before a `sys/rotate`
+//! must not make a retired key active again, nor strand what the newer terms encrypted (a DR
+//! primary's own keys, writes racing the restore).
+//!
 //! On a DR primary the replacement runs inside replication's restore window
 //! ([`crate::replication_hook::ReplicationHandler::restore_on_primary`]): a new history
 //! (generation) starts, so every secondary resyncs by Merkle diff instead of resuming.
@@ -94,7 +99,8 @@ impl Core {
         };
         let manifest = bunker_snapshot::verify(file).map_err(snapshot_error)?;
         let plan = self.plan(file).await?;
-        let keyring = plan.puts.iter().find_map(|op| match op {
+        let mut plan = plan;
+        let keyring = plan.puts.iter_mut().find_map(|op| match op {
             Op::Put { key, value } if key == bunker_barrier::KEYRING_PATH => Some(value),
             _ => None,
         });
@@ -108,14 +114,41 @@ impl Core {
         if initialized && permit.uninitialised_only {
             return Err(LogicalError::PermissionDenied);
         }
-        if initialized && !force && self.barrier.check_keyring(keyring).is_err() {
-            return Err(LogicalError::InvalidRequest(
-                "the snapshot's keyring does not open with this server's root key (a snapshot \
-                 of another cluster, or from before a rekey); use snapshot-force to restore it \
-                 anyway, then unseal with the snapshot's keys"
-                    .into(),
-            ));
-        }
+        // Held from computing the keyring written to reloading it: no rotation in between.
+        let held_keyring = if initialized && !force {
+            let held = self.barrier.hold_keyring().await;
+            let restored = match self.barrier.keyring_for_restore(&held, keyring) {
+                Ok(restored) => restored,
+                Err(bunker_barrier::BarrierError::InvalidRootKey) => {
+                    return Err(LogicalError::InvalidRequest(
+                        "the snapshot's keyring does not open with this server's root key (a \
+                         snapshot of another cluster, or from before a rekey); use \
+                         snapshot-force to restore it anyway, then unseal with the snapshot's \
+                         keys"
+                            .into(),
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if restored.forgets_active_term && self.dr_mode() == DrMode::Primary {
+                return Err(LogicalError::InvalidRequest(
+                    "the snapshot's keyring holds this cluster's active key term with another \
+                     key (a history that diverged after an earlier restore): the DR primary's \
+                     own keys could not be opened after it; disable replication to restore it"
+                        .into(),
+                ));
+            }
+            if !restored.kept_terms.is_empty() {
+                tracing::info!(
+                    kept_terms = ?restored.kept_terms,
+                    "the snapshot predates key rotations: their terms are kept"
+                );
+            }
+            *keyring = restored.record;
+            Some(held)
+        } else {
+            None
+        };
         tracing::info!(
             entries = manifest.entries,
             snapshot_cluster_id = %manifest.meta.cluster_id,
@@ -147,6 +180,7 @@ impl Core {
                 ))
             }
         }
+        drop(held_keyring);
         if !initialized || force {
             self.seal_core();
             tracing::info!("snapshot restored; sealed: unseal with the snapshot's keys");
