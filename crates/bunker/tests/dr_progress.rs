@@ -42,18 +42,10 @@ fn secondary_enable_wait_shows_the_sync_progress_until_it_streams() {
     // The CLI runs in the background with its output in a file, so the test can see each
     // line it prints while the sync is held.
     let out_path = s.dir().join("wait.out");
-    let mut waiting = std::process::Command::new(env!("CARGO_BIN_EXE_bunker"))
-        .args(["operator", "replication", "secondary", "enable"])
-        .arg(format!("-token={token}"))
-        .arg("-wait")
-        .env("VAULT_ADDR", s.addr())
-        .env("HOME", s.dir().join("cli-home"))
-        .env_remove("VAULT_TOKEN")
-        .env_remove("VAULT_FORMAT")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .spawn()
-        .unwrap();
+    let enable = ["operator", "replication", "secondary", "enable"];
+    let token_flag = format!("-token={token}");
+    let args = [&enable[..], &[token_flag.as_str(), "-wait"]].concat();
+    let mut waiting = common::cli_background(&s, &args, &out_path, &s.dir().join("wait.err"));
     // Held after the first batch of the snapshot: the status shows how far it got...
     s.wait_held(SYNC_BATCH_APPLIED, CONVERGE);
     let st = dr_status(&s);
@@ -85,4 +77,39 @@ fn secondary_enable_wait_shows_the_sync_progress_until_it_streams() {
     common::dr::adopt_credentials(&mut s, &a);
     wait_converged(&a, &s);
     assert!(dr_status(&s)["sync_progress"].is_null());
+}
+
+#[test]
+fn reindex_shows_its_progress_then_its_report() {
+    let a = dr_server();
+    a.mount_kv2();
+    bulk_put(&a, "app/", 0..500, "a");
+    enable_primary(&a);
+    let (code, _, err) = cli(&a, &["login", &a.root_token]);
+    assert_eq!(code, 0, "{err}");
+    a.hold_at("reindex-before-scan");
+    let (out_path, err_path) = (a.dir().join("reindex.out"), a.dir().join("reindex.err"));
+    let args = ["operator", "replication", "reindex"];
+    let mut running = common::cli_background(&a, &args, &out_path, &err_path);
+    // Held with the reindex begun: the status says so, and the CLI shows it on stderr.
+    a.wait_held("reindex-before-scan", CONVERGE);
+    let st = dr_status(&a);
+    assert_eq!(st["reindex_in_progress"], json!(true), "{st}");
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    let shown = common::poll_until(CONVERGE, || read(&err_path).contains("reindex: 0 of "));
+    assert!(shown, "{}", read(&err_path));
+    a.release("reindex-before-scan");
+    let code = running.wait().unwrap();
+    let (out, err) = (read(&out_path), read(&err_path));
+    assert!(code.success(), "{out}{err}");
+    // The report, as a table: the recomputed root is the one status shows.
+    let root = dr_status(&a)["merkle_root"].as_str().unwrap().to_owned();
+    assert!(out.contains(&root), "{out}");
+    assert!(out.contains("corrupted_merkle_tree"), "{out}");
+    assert_eq!(dr_status(&a)["reindex_in_progress"], json!(false));
+
+    // merkle-check answers the same way, and changes nothing.
+    let (code, out, err) = cli(&a, &["operator", "replication", "merkle-check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&root), "{out}");
 }

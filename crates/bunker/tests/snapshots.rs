@@ -439,3 +439,75 @@ fn a_snapshot_from_before_a_rotation_restores_on_a_dr_primary_and_its_keys_survi
     assert_eq!(p.kv_get("written-after").1["v"], json!("term 2"));
     assert_eq!(dr_status(&s)["state"], json!("stream-wals"));
 }
+
+const RESTORE_STATUS: &str = "sys/storage/raft/snapshot-restore-status";
+const BEFORE_APPLY: &str = "snapshot-restore-before-apply";
+
+#[test]
+fn a_restore_shows_its_progress_in_its_status_and_in_the_cli() {
+    let s = server_with_data();
+    let file = save(&s);
+    let path = s.dir().join("backup.snap");
+    std::fs::write(&path, &file).unwrap();
+    let (code, idle) = s.get(RESTORE_STATUS, s.root());
+    assert_eq!(code, 200, "{idle}");
+    assert_eq!(idle["data"]["state"], json!("idle"), "{idle}");
+    // Root-protected as the restore itself.
+    let plain = s.create_token(json!({"policies": ["default"]}));
+    assert_eq!(s.get(RESTORE_STATUS, Some(&plain)).0, 403);
+
+    let (code, _, err) = cli(&s, &["login", &s.root_token]);
+    assert_eq!(code, 0, "{err}");
+    s.hold_at(BEFORE_APPLY);
+    let (out_path, err_path) = (s.dir().join("restore.out"), s.dir().join("restore.err"));
+    let args = [
+        "operator",
+        "raft",
+        "snapshot",
+        "restore",
+        path.to_str().unwrap(),
+    ];
+    let mut restoring = common::cli_background(&s, &args, &out_path, &err_path);
+    s.wait_held(BEFORE_APPLY, Duration::from_secs(30));
+    // Held before the commit: the status names the stage and its size.
+    let (_, status) = s.get(RESTORE_STATUS, s.root());
+    let data = &status["data"];
+    assert_eq!(data["state"], json!("applying"), "{status}");
+    assert_eq!(data["in_progress"], json!(true), "{status}");
+    assert_eq!(data["file_bytes"], json!(file.len()), "{status}");
+    assert!(data["entries"].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(data["stage_unit"], json!("operations"), "{status}");
+    assert!(data["stage_total"].as_u64().unwrap() > 0, "{status}");
+    // The CLI, past the upload, shows the server's stage (stderr: stdout keeps the result).
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    let shown = poll_until(Duration::from_secs(30), || {
+        read(&err_path).contains("server: applying, ")
+    });
+    assert!(shown, "{}", read(&err_path));
+    s.release(BEFORE_APPLY);
+    let code = restoring.wait().unwrap();
+    assert!(code.success(), "{}{}", read(&out_path), read(&err_path));
+    assert!(read(&out_path).contains("Success! Snapshot restored"));
+    let (_, done) = s.get(RESTORE_STATUS, s.root());
+    assert_eq!(done["data"]["state"], json!("complete"), "{done}");
+    assert!(done["data"].get("stage_done").is_none(), "{done}");
+
+    // A refused restore ends as failed, with the error the client was given.
+    let (code, _) = restore(&s, SNAPSHOT, Some(&s.root_token), &file[..file.len() - 7]);
+    assert_eq!(code, 400);
+    let (_, failed) = s.get(RESTORE_STATUS, s.root());
+    assert_eq!(failed["data"]["state"], json!("failed"), "{failed}");
+    assert!(
+        failed["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid snapshot"),
+        "{failed}"
+    );
+
+    // On a server that is not initialised anyone may restore, and so read how it goes.
+    let fresh = TestServer::with_config(ServerOptions::default());
+    let (code, anonymous) = fresh.get(RESTORE_STATUS, None);
+    assert_eq!(code, 200, "{anonymous}");
+    assert_eq!(anonymous["data"]["state"], json!("idle"), "{anonymous}");
+}

@@ -88,6 +88,8 @@ pub struct Core {
     pub(crate) migrations: crate::sys::Migrations,
     /// One snapshot restore at a time (each holds a whole file in memory).
     pub(crate) snapshot_restore_lock: tokio::sync::Mutex<()>,
+    /// The current or last restore, for `sys/storage/raft/snapshot-restore-status`.
+    pub(crate) restore_progress: crate::snapshot::RestoreProgress,
 }
 
 impl Core {
@@ -114,6 +116,7 @@ impl Core {
             ha: std::sync::OnceLock::new(),
             migrations: crate::sys::Migrations::default(),
             snapshot_restore_lock: tokio::sync::Mutex::new(()),
+            restore_progress: crate::snapshot::RestoreProgress::default(),
             barrier,
         })
     }

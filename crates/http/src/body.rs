@@ -26,7 +26,7 @@ pub(crate) enum BodyError {
     Broken,
 }
 
-fn content_length(headers: &HeaderMap) -> Option<usize> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<usize> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -39,10 +39,22 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
 /// Read the whole body, refusing it once it passes `limit` bytes or takes longer than
 /// `timeout` (zero: no time limit).
 pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, BodyError> {
+    read_body_counted(body, headers, limit, timeout, None).await
+}
+
+/// [`read_body`], adding the bytes read so far to `received` as they come (a restore's
+/// progress).
+pub(crate) async fn read_body_counted(
     mut body: Body,
     headers: &HeaderMap,
     limit: usize,
     timeout: Duration,
+    received: Option<&std::sync::atomic::AtomicU64>,
 ) -> Result<Vec<u8>, BodyError> {
     let declared = content_length(headers);
     if declared.is_some_and(|n| n > limit) {
@@ -57,6 +69,9 @@ pub(crate) async fn read_body(
                     return Err(BodyError::TooLarge);
                 }
                 buf.extend_from_slice(&data);
+                if let Some(received) = received {
+                    received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
         Ok(buf)

@@ -34,6 +34,7 @@ pub(crate) fn is_snapshot_path(path: &str) -> bool {
         path.trim_end_matches('/'),
         "sys/storage/raft/snapshot" | "sys/storage/raft/snapshot-force"
     )
+    // `snapshot-restore-status` is an ordinary JSON endpoint: it takes the usual path.
 }
 
 /// The bounds of a restore upload.
@@ -65,11 +66,28 @@ pub(crate) async fn handle(
                     "a snapshot upload is already in progress".into(),
                 ));
             };
-            let file =
-                match body::read_body(body, headers, limits.max_bytes, limits.read_timeout).await {
-                    Ok(file) => file,
-                    Err(e) => return status::body_error(e),
-                };
+            let progress = core.restore_progress();
+            let declared = body::content_length(headers).map(|n| n as u64);
+            progress.begin(force, declared);
+            let read = body::read_body_counted(
+                body,
+                headers,
+                limits.max_bytes,
+                limits.read_timeout,
+                Some(progress.counter()),
+            );
+            let file = match read.await {
+                Ok(file) => file,
+                Err(e) => {
+                    progress.finish(Err(match e {
+                        body::BodyError::TooLarge => "the upload is over max_snapshot_size",
+                        body::BodyError::TimedOut => "the upload timed out",
+                        body::BodyError::Broken => "the upload broke off",
+                    }
+                    .into()));
+                    return status::body_error(e);
+                }
+            };
             // Its own task: a client that hangs up does not cut a restore in the middle (on a
             // DR primary that would end the restore window at an arbitrary point). The upload
             // slot is held until it is over.

@@ -625,21 +625,35 @@ pub fn errors(body: &Value) -> Vec<String> {
 /// Run the `bunker` CLI against `s`, with `s.dir()/cli-home` as its home (where `bunker login`
 /// stores its token) and no token in the environment; returns (exit code, stdout, stderr).
 pub fn cli(s: &TestServer, args: &[&str]) -> (i32, String, String) {
+    let out = cli_command(s, args).output().expect("run the bunker CLI");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cli_command(s: &TestServer, args: &[&str]) -> Command {
     let home = s.dir().join("cli-home");
     std::fs::create_dir_all(&home).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bunker"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bunker"));
+    command
         .args(args)
         .env("VAULT_ADDR", s.addr())
         .env("HOME", &home)
         .env_remove("VAULT_TOKEN")
         .env_remove("VAULT_FORMAT")
         .env_remove("VAULT_WRAP_TTL")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the bunker CLI");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .stdin(Stdio::null());
+    command
+}
+
+/// Start the CLI as [`cli`] does, in the background, its stdout and stderr going to the files
+/// `out` and `err`, so a test can read each line it prints while the server is held.
+pub fn cli_background(s: &TestServer, args: &[&str], out: &Path, err: &Path) -> Child {
+    cli_command(s, args)
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(std::fs::File::create(err).unwrap())
+        .spawn()
+        .expect("start the bunker CLI")
 }

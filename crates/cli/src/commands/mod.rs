@@ -10,6 +10,7 @@ use crate::token_helper;
 
 pub(crate) mod audit;
 pub(crate) mod auth;
+mod follow;
 pub(crate) mod generate_root;
 pub(crate) mod generic;
 mod key_shares;

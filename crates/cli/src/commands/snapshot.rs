@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Subcommand};
 
+use serde_json::Value;
+
+use super::follow::{self, Follow};
 use super::{emit_json_or_table, success, CmdResult, Ctx};
 use crate::client::{ApiRequest, Verb};
 use crate::error::{CliError, Doing};
@@ -179,6 +182,8 @@ fn restore(ctx: &Ctx, args: &RestoreArgs) -> CmdResult {
     // On a terminal the line is rewritten in place as the upload goes; otherwise one plain
     // line says when the upload is over and the server's work begins.
     let mut shown: Option<std::time::Instant> = None;
+    let uploaded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let begun = std::sync::Arc::clone(&uploaded);
     request = request.on_sent(move |sent| {
         let done = sent == size;
         let due = shown.is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(250));
@@ -198,10 +203,17 @@ fn restore(ctx: &Ctx, args: &RestoreArgs) -> CmdResult {
                 "{end}{line}{}Uploaded: the server checks the whole file, then restores...",
                 if terminal { "" } else { "; " }
             );
+            begun.store(true, std::sync::atomic::Ordering::Release);
         }
     });
-    ctx.client()?
-        .send(request)
+    // Then the server's side, from its restore status, until the restore answers.
+    let client = ctx.client()?;
+    let follow = Follow {
+        status_path: "sys/storage/raft/snapshot-restore-status",
+        line: restore_line,
+        begun: &uploaded,
+    };
+    follow::while_running(ctx.client()?, follow, || client.send(request))
         .doing("restoring the snapshot")?;
     success(
         ctx,
@@ -211,6 +223,49 @@ fn restore(ctx: &Ctx, args: &RestoreArgs) -> CmdResult {
             started.elapsed().as_secs_f64()
         ),
     )
+}
+
+/// The server's side of a restore, from `sys/storage/raft/snapshot-restore-status`:
+/// `server: checking, 40.0 MiB of 120.0 MiB (33%)`; `None` once the restore is over. No
+/// elapsed time: off a terminal a line is printed each time it changes.
+fn restore_line(status: &Value) -> Option<String> {
+    if status.get("in_progress") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    let state = status.get("state").and_then(Value::as_str)?;
+    let unit = status
+        .get("stage_unit")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let done = status
+        .get("stage_done")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let total = status.get("stage_total").and_then(Value::as_u64);
+    let amount = |n: u64| match unit {
+        "bytes" => output::human_bytes(n),
+        _ => format!("{n} {unit}"),
+    };
+    let mut line = format!("server: {state}");
+    match (state, total) {
+        ("reloading", _) => {}
+        ("applying", Some(total)) => {
+            line.push_str(&format!(", {} in one transaction", amount(total)));
+        }
+        (_, Some(total)) => {
+            let percent = status
+                .get("stage_percent")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            line.push_str(&format!(
+                ", {} of {} ({percent}%)",
+                amount(done),
+                amount(total)
+            ));
+        }
+        (_, None) => line.push_str(&format!(", {}", amount(done))),
+    }
+    Some(line)
 }
 
 /// `12.0 MiB of 40.0 MiB sent (30%, 6.0 MiB/s, ETA 5s)`.
@@ -278,5 +333,36 @@ mod tests {
             "2.0 MiB of 8.0 MiB sent (25%, 2.0 MiB/s, ETA 3s)"
         );
         assert_eq!(upload_line(0, 0, second), "0 B of 0 B sent (100%, 0 B/s)");
+    }
+
+    #[test]
+    fn the_servers_side_of_a_restore_is_one_line_per_stage() {
+        use serde_json::json;
+        let at = |state: &str, unit: &str, done: u64, total: Value| {
+            json!({"state": state, "in_progress": true, "stage_unit": unit, "stage_done": done,
+                   "stage_total": total, "stage_percent": total.as_u64().map(|t| done * 100 / t),
+                   "elapsed_ms": 1500})
+        };
+        assert_eq!(
+            restore_line(&at(
+                "checking",
+                "bytes",
+                1024 * 1024,
+                json!(4 * 1024 * 1024)
+            )),
+            Some("server: checking, 1.0 MiB of 4.0 MiB (25%)".into())
+        );
+        assert_eq!(
+            restore_line(&at("listing", "keys", 5000, Value::Null)),
+            Some("server: listing, 5000 keys".into())
+        );
+        assert_eq!(
+            restore_line(&at("applying", "operations", 0, json!(9000))),
+            Some("server: applying, 9000 operations in one transaction".into())
+        );
+        assert_eq!(
+            restore_line(&json!({"state": "complete", "in_progress": false})),
+            None
+        );
     }
 }

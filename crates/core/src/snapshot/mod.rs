@@ -7,6 +7,7 @@
 //! the request pipeline (token, ACL with sudo, audit) on the request without its body, before
 //! the body is read, and hands out the [`SnapshotPermit`] that save and restore require.
 
+mod progress;
 mod restore;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,11 +21,14 @@ use crate::core::Core;
 use crate::logical::{LogicalError, Operation, Request, Response, Result};
 use crate::replication_hook::DrMode;
 
+pub use progress::{RestoreProgress, RestoreStage};
 pub use restore::RESTORE_MARKER_PATH;
 
 /// Vault's paths (relative to `sys/`).
 pub const SNAPSHOT_PATH: &str = "storage/raft/snapshot";
 pub const SNAPSHOT_FORCE_PATH: &str = "storage/raft/snapshot-force";
+/// Bunker's: what the current or last restore is doing (Vault has no such endpoint).
+pub const RESTORE_STATUS_PATH: &str = "storage/raft/snapshot-restore-status";
 
 /// Replication's keys: this cluster's WAL and DR state. Saved as everything else, never
 /// restored: a restore starts a new history.
@@ -89,10 +93,27 @@ impl Core {
     /// caller, with the body the pipeline never sees.
     pub(crate) fn sys_storage(&self, req: &Request, rest: &str) -> Result<Response> {
         match (rest, req.operation) {
+            ("raft/snapshot-restore-status", Operation::Read) => self.restore_status(),
             ("raft/snapshot", Operation::Read | Operation::Update)
             | ("raft/snapshot-force", Operation::Update) => Ok(Response::empty()),
             _ => Err(LogicalError::UnsupportedPath(req.path.clone())),
         }
+    }
+
+    /// What the current or last restore is doing (sudo, as the restore; open to anyone on a
+    /// server that is not initialised, where anyone may restore).
+    pub(crate) fn restore_status(&self) -> Result<Response> {
+        match self.restore_progress.to_json() {
+            serde_json::Value::Object(data) => Ok(Response::data(data)),
+            _ => Err(LogicalError::Internal(
+                "restore status is not an object".into(),
+            )),
+        }
+    }
+
+    /// The record the HTTP layer updates while it reads a restore's upload.
+    pub fn restore_progress(&self) -> &RestoreProgress {
+        &self.restore_progress
     }
 
     /// Streams a snapshot of the whole storage into `out`, a frame at a time. Memory holds a

@@ -32,7 +32,10 @@ use std::collections::BTreeSet;
 
 use bunker_storage::Op;
 
-use super::{snapshot_error, SnapshotPermit, REPLICATION_PREFIX};
+use std::sync::atomic::Ordering;
+
+use super::progress::Counting;
+use super::{snapshot_error, RestoreStage, SnapshotPermit, REPLICATION_PREFIX};
 use crate::core::Core;
 use crate::logical::{LogicalError, Result};
 use crate::replication_hook::DrMode;
@@ -59,13 +62,17 @@ impl Core {
         file: &[u8],
         force: bool,
     ) -> Result<()> {
-        match self.ha() {
+        let progress = &self.restore_progress;
+        progress.received(file.len() as u64);
+        let result = match self.ha() {
             Some(ha) => {
                 self.handle_gated(ha, self.restore_ungated(permit, file, force))
                     .await
             }
             None => self.restore_ungated(permit, file, force).await,
-        }
+        };
+        progress.finish(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+        result
     }
 
     async fn restore_ungated(
@@ -97,7 +104,14 @@ impl Core {
                 "a snapshot restore is already running".into(),
             ));
         };
-        let manifest = bunker_snapshot::verify(file).map_err(snapshot_error)?;
+        let progress = &self.restore_progress;
+        progress.stage(RestoreStage::Checking, Some(file.len() as u64));
+        let manifest = bunker_snapshot::verify(Counting {
+            inner: file,
+            read: progress.counter(),
+        })
+        .map_err(snapshot_error)?;
+        progress.entries(manifest.entries);
         let plan = self.plan(file).await?;
         let mut plan = plan;
         let keyring = plan.puts.iter_mut().find_map(|op| match op {
@@ -158,6 +172,9 @@ impl Core {
             bytes = plan.bytes,
             "restoring a snapshot"
         );
+        let operations = (plan.puts.len() + plan.deletes.len() + 1) as u64;
+        progress.stage(RestoreStage::Applying, Some(operations));
+        crate::failpoint::hold("snapshot-restore-before-apply").await;
         let apply = async move {
             let mut all = plan.puts;
             all.extend(plan.deletes);
@@ -166,6 +183,7 @@ impl Core {
                 key: RESTORE_MARKER_PATH.into(),
             });
             self.barrier.backend().batch_unbounded(all).await?;
+            progress.counter().store(operations, Ordering::Relaxed);
             Ok(())
         };
         // The mode again, as it is now: replication re-checks it under its own lock.
@@ -186,6 +204,7 @@ impl Core {
             tracing::info!("snapshot restored; sealed: unseal with the snapshot's keys");
             return Ok(());
         }
+        progress.stage(RestoreStage::Reloading, None);
         self.teardown();
         let reloaded = self.reload_tables().await;
         if let Err(e) = reloaded {
@@ -204,7 +223,13 @@ impl Core {
         let mut puts = Vec::new();
         let mut bytes = 0usize;
         let mut keys = BTreeSet::new();
-        bunker_snapshot::read_snapshot(file, |part| {
+        let progress = &self.restore_progress;
+        progress.stage(RestoreStage::Reading, Some(file.len() as u64));
+        let counted = Counting {
+            inner: file,
+            read: progress.counter(),
+        };
+        bunker_snapshot::read_snapshot(counted, |part| {
             for (key, value) in part {
                 if key.starts_with(REPLICATION_PREFIX) || key == RESTORE_MARKER_PATH {
                     continue;
@@ -219,8 +244,12 @@ impl Core {
         let backend = self.barrier.backend();
         let mut deletes = Vec::new();
         let mut after: Option<String> = None;
+        progress.stage(RestoreStage::Listing, None);
         loop {
             let page = backend.scan("", after.as_deref(), SCAN_PAGE).await?;
+            progress
+                .counter()
+                .fetch_add(page.len() as u64, Ordering::Relaxed);
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             for (key, _) in page {

@@ -33,6 +33,7 @@ pub(crate) const SPECIAL_PATHS: bunker_sdk::SpecialPaths = bunker_sdk::SpecialPa
         "step-down",
         "storage/raft/snapshot",
         "storage/raft/snapshot-force",
+        "storage/raft/snapshot-restore-status",
     ],
     unauthenticated: &[],
 };
@@ -56,6 +57,12 @@ impl Core {
                 self.sys_health(req).await?
             }
             "sys/leader" => self.sys_leader(op).await?,
+            // Anyone may restore a server that is not initialised: anyone may follow it.
+            "sys/storage/raft/snapshot-restore-status"
+                if op == Operation::Read && !self.is_initialized().await? =>
+            {
+                self.restore_status()?
+            }
             "sys/generate-root/attempt" => self.sys_generate_root_attempt(req).await?,
             "sys/generate-root/update" => self.sys_generate_root_update(req).await?,
             "sys/decode-token" => self.sys_decode_token(req)?,

@@ -268,6 +268,7 @@ async fn reindex(inner: &Arc<Inner>) -> Result<Response> {
     let expected = inner.cached_key_count().await;
     inner.reindex.total.store(expected, Ordering::Relaxed);
     inner.reindex.scanned.store(0, Ordering::Relaxed);
+    crate::failpoint::hold("reindex-before-scan").await;
     let result = match inner.wal.merkle_index() {
         Some(index) => {
             // The sum runs inside a commit on the storage writer: its progress is copied to

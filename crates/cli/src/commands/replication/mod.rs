@@ -2,8 +2,10 @@
 //!
 //! Vault has no CLI for replication (operators use `vault write sys/replication/dr/...`, which
 //! keeps working here too); these commands are readable wrappers over the same endpoints:
-//! `status`, `primary ...` on the cluster that serves clients, `secondary ...` on its standby.
+//! `status`, `primary ...` on the cluster that serves clients, `secondary ...` on its standby,
+//! `reindex` and `merkle-check` on either.
 
+mod index;
 mod primary;
 mod secondary;
 mod status;
@@ -27,6 +29,11 @@ pub(crate) enum ReplicationCommand {
     /// Run this cluster as a DR secondary: enable, promote, re-point, operation tokens.
     #[command(subcommand)]
     Secondary(secondary::SecondaryCommand),
+    /// Recompute the Merkle index from the whole keyspace and replace it, showing progress
+    /// (sudo on a primary; a DR operation token on a secondary).
+    Reindex(index::IndexArgs),
+    /// Compare the Merkle index with the whole keyspace, changing nothing.
+    MerkleCheck(index::IndexArgs),
 }
 
 pub(crate) fn run(ctx: &Ctx, command: ReplicationCommand) -> CmdResult {
@@ -34,6 +41,10 @@ pub(crate) fn run(ctx: &Ctx, command: ReplicationCommand) -> CmdResult {
         ReplicationCommand::Status => status::run(ctx),
         ReplicationCommand::Primary(command) => primary::run(ctx, command),
         ReplicationCommand::Secondary(command) => secondary::run(ctx, command),
+        ReplicationCommand::Reindex(args) => index::run(ctx, index::IndexCommand::Reindex, &args),
+        ReplicationCommand::MerkleCheck(args) => {
+            index::run(ctx, index::IndexCommand::MerkleCheck, &args)
+        }
     }
 }
 
