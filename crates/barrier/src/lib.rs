@@ -427,6 +427,16 @@ impl Barrier {
     /// `InvalidRootKey`; the new key shares open it again.
     pub async fn reload_keyring(&self) -> Result<()> {
         let _change = self.keyring_change.lock().await;
+        self.reload_keyring_locked().await
+    }
+
+    /// [`Barrier::reload_keyring`] by the holder of the keyring (a restore, right after it
+    /// committed the keyring it computed, before any rotation may run).
+    pub async fn reload_keyring_held(&self, _held: &KeyringHeld<'_>) -> Result<()> {
+        self.reload_keyring_locked().await
+    }
+
+    async fn reload_keyring_locked(&self) -> Result<()> {
         let state = self.unsealed()?;
         let keyring = match self.load_keyring(&state.root).await {
             Ok(keyring) => keyring,

@@ -455,6 +455,11 @@ fn a_restore_shows_its_progress_in_its_status_and_in_the_cli() {
     // Root-protected as the restore itself.
     let plain = s.create_token(json!({"policies": ["default"]}));
     assert_eq!(s.get(RESTORE_STATUS, Some(&plain)).0, 403);
+    assert_eq!(
+        s.get(RESTORE_STATUS, None).0,
+        403,
+        "anonymous, once initialised"
+    );
 
     let (code, _, err) = cli(&s, &["login", &s.root_token]);
     assert_eq!(code, 0, "{err}");

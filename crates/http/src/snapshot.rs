@@ -69,6 +69,9 @@ pub(crate) async fn handle(
             let progress = core.restore_progress();
             let declared = body::content_length(headers).map(|n| n as u64);
             progress.begin(force, declared);
+            // Whatever ends this restore (a client gone mid-upload, a timeout, a panic), its
+            // record ends too.
+            let unfinished = Unfinished(Arc::clone(&core));
             let read = body::read_body_counted(
                 body,
                 headers,
@@ -93,6 +96,7 @@ pub(crate) async fn handle(
             // slot is held until it is over.
             let restore = tokio::spawn(async move {
                 let result = core.snapshot_restore(&permit, &file, force).await;
+                drop(unfinished);
                 drop(upload);
                 result
             });
@@ -104,6 +108,17 @@ pub(crate) async fn handle(
                 ))),
             }
         }
+    }
+}
+
+/// Ends the restore record as abandoned when dropped before the restore ended it.
+struct Unfinished(Arc<Core>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        self.0.restore_progress().finish(Err(
+            "the restore was abandoned (the upload or the server's task stopped)".into(),
+        ));
     }
 }
 

@@ -211,7 +211,7 @@ fn restore(ctx: &Ctx, args: &RestoreArgs) -> CmdResult {
     let follow = Follow {
         status_path: "sys/storage/raft/snapshot-restore-status",
         line: restore_line,
-        begun: &uploaded,
+        begun: uploaded,
     };
     follow::while_running(ctx.client()?, follow, || client.send(request))
         .doing("restoring the snapshot")?;

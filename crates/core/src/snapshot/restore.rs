@@ -128,7 +128,9 @@ impl Core {
         if initialized && permit.uninitialised_only {
             return Err(LogicalError::PermissionDenied);
         }
-        // Held from computing the keyring written to reloading it: no rotation in between.
+        // Held from computing the keyring written until it is loaded: no rotation between.
+        // Lock order: this, then replication's state lock (taken by `restore_on_primary`);
+        // nothing that holds the state lock waits for the keyring.
         let held_keyring = if initialized && !force {
             let held = self.barrier.hold_keyring().await;
             let restored = match self.barrier.keyring_for_restore(&held, keyring) {
@@ -141,6 +143,11 @@ impl Core {
                          keys"
                             .into(),
                     ))
+                }
+                Err(e @ bunker_barrier::BarrierError::Corrupt { .. }) => {
+                    return Err(LogicalError::InvalidRequest(format!(
+                        "invalid snapshot: {e}"
+                    )))
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -196,6 +203,18 @@ impl Core {
                 return Err(LogicalError::InvalidRequest(
                     "the DR mode changed while the snapshot was read: nothing was restored".into(),
                 ))
+            }
+        }
+        // The keyring in memory becomes the one just committed while it is still held: a
+        // rotation or rekey queued meanwhile starts from it, never from the one replaced.
+        if let Some(held) = &held_keyring {
+            if let Err(e) = self.barrier.reload_keyring_held(held).await {
+                drop(held_keyring);
+                self.seal_core();
+                return Err(LogicalError::Internal(format!(
+                    "snapshot restored, but loading its keyring failed and the server is \
+                     sealed: {e}"
+                )));
             }
         }
         drop(held_keyring);

@@ -59,7 +59,9 @@ impl Core {
             "sys/leader" => self.sys_leader(op).await?,
             // Anyone may restore a server that is not initialised: anyone may follow it.
             "sys/storage/raft/snapshot-restore-status"
-                if op == Operation::Read && !self.is_initialized().await? =>
+                if op == Operation::Read
+                    && self.dr_mode() == crate::replication_hook::DrMode::Disabled
+                    && !self.is_initialized().await? =>
             {
                 self.restore_status()?
             }

@@ -14,7 +14,16 @@ impl Inner {
     pub(crate) async fn status_json(&self, with_merkle_root: bool) -> Value {
         let state = self.state_snapshot().await;
         if state.mode == Mode::Disabled {
-            return json!({"mode": "disabled"});
+            // A reindex may run without DR (it checks the local index): its progress shows.
+            let mut status = json!({"mode": "disabled"});
+            if let (Some(fields), Value::Object(reindex)) =
+                (status.as_object_mut(), self.reindex.to_json())
+            {
+                if reindex.get("reindex_in_progress") == Some(&Value::Bool(true)) {
+                    fields.extend(reindex);
+                }
+            }
+            return status;
         }
         let (merkle_root, merkle_root_wal) = if with_merkle_root {
             self.published_merkle_root().unwrap_or_default()

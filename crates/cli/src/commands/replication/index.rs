@@ -7,6 +7,7 @@
 //! `reindex_building_total`).
 
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use clap::Args;
 use serde_json::{Map, Value};
@@ -65,11 +66,10 @@ pub(super) fn run(ctx: &Ctx, command: IndexCommand, args: &IndexArgs) -> CmdResu
         IndexCommand::Reindex => "reindexing the Merkle tree",
         IndexCommand::MerkleCheck => "checking the Merkle index",
     };
-    let begun = AtomicBool::new(true);
     let follow = Follow {
         status_path: "sys/replication/dr/status",
         line: reindex_line,
-        begun: &begun,
+        begun: Arc::new(AtomicBool::new(true)),
     };
     let answer = follow::while_running(ctx.client()?, follow, || client.send(request))
         .doing(doing)?
