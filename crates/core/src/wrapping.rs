@@ -33,6 +33,21 @@ struct Wrapped {
     creation_time: u64,
 }
 
+impl Wrapped {
+    /// The response it wraps, as unwrapping hands it back.
+    fn into_response(self) -> Response {
+        Response {
+            data: self.data,
+            auth: self.auth,
+            warnings: self.warnings,
+            lease_duration: self.lease_duration,
+            lease_id: self.lease_id,
+            renewable: self.renewable,
+            ..Default::default()
+        }
+    }
+}
+
 /// Where DR activation tokens are wrapped (`sys/replication/dr/primary/secondary-token`).
 pub const ACTIVATION_TOKEN_PATH: &str = "sys/replication/dr/primary/secondary-token";
 
@@ -140,15 +155,7 @@ impl Core {
         expect_op(req.operation, &[Operation::Create, Operation::Update])?;
         let token = req.client_token.clone().unwrap_or_default();
         let wrapped = self.take_wrapped(&token).await?;
-        Ok(Response {
-            data: wrapped.data,
-            auth: wrapped.auth,
-            warnings: wrapped.warnings,
-            lease_duration: wrapped.lease_duration,
-            lease_id: wrapped.lease_id,
-            renewable: wrapped.renewable,
-            ..Default::default()
-        })
+        Ok(wrapped.into_response())
     }
 
     pub(crate) async fn sys_wrapping_lookup(&self, req: &Request) -> Result<Response> {
@@ -196,15 +203,7 @@ impl Core {
                     None => caller.token.clone(),
                 };
                 let wrapped = self.take_wrapped(&token).await?;
-                Ok(Response {
-                    data: wrapped.data,
-                    auth: wrapped.auth,
-                    warnings: wrapped.warnings,
-                    lease_duration: wrapped.lease_duration,
-                    lease_id: wrapped.lease_id,
-                    renewable: wrapped.renewable,
-                    ..Default::default()
-                })
+                Ok(wrapped.into_response())
             }
             "rewrap" => {
                 expect_op(req.operation, &[Operation::Create, Operation::Update])?;
