@@ -9,7 +9,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};

@@ -13,7 +13,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,6 +1,6 @@
 //! DR replication end to end: activation, convergence and revocation, with two (or more) real
 //! `bunker` processes on loopback. Failover, failback and fault tests are in `dr_failover.rs`;
-//! the helpers both use are in `common/dr.rs`.
+//! the helpers both use are in `crates/testkit/src/dr.rs`.
 //!
 //! Every wait polls `sys/replication/dr/status` against a deadline; nothing sleeps.
 
@@ -11,7 +11,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use std::time::Duration;
 

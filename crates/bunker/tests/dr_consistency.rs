@@ -16,7 +16,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use common::dr::{dr_status, promote_attempt, proxied_pair, wait_status, CONVERGE};
 use common::writers::{check_prefix, seed_from_env, Writers};

@@ -11,7 +11,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;

@@ -1,6 +1,6 @@
 //! DR failover and faults end to end: planned failover and failback, kill -9 of either side,
 //! a lagging secondary, two secondaries, and promotion or sync against a frozen primary.
-//! Activation and convergence tests are in `dr.rs`; shared helpers in `common/dr.rs`.
+//! Activation and convergence tests are in `dr.rs`; shared helpers in `crates/testkit/src/dr.rs`.
 //!
 //! Every wait polls `sys/replication/dr/status` against a deadline; nothing sleeps.
 
@@ -11,7 +11,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use common::dr::{
     activation_token, adopt_credentials, assert_dr_refused, assert_kv, bulk_put, demote,

@@ -13,7 +13,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use std::time::Instant;
 

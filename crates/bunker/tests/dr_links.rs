@@ -8,7 +8,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use common::dr::{
     activation_token, cluster_port, dr_server, dr_status, enable_primary_at, enable_secondary,

@@ -9,7 +9,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use common::cli;
 use common::dr::{

@@ -8,7 +8,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -12,7 +12,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use std::process::Command;
 use std::time::Duration;

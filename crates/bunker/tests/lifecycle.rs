@@ -8,7 +8,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use common::{errors, ServerOptions, TestServer};
 use serde_json::{json, Value};

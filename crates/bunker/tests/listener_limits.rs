@@ -10,7 +10,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;

@@ -10,7 +10,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use common::dr::{
     activation_token, bulk_put, enable_primary, enable_secondary, wait_converged,

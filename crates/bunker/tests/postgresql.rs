@@ -10,7 +10,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use common::dr::{
     activation_token, adopt_credentials, enable_primary, enable_secondary, promote_with_keys,

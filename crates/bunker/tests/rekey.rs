@@ -9,7 +9,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use common::dr::{
     activation_token, adopt_credentials, assert_dr_refused, dr_server, enable_primary,

@@ -10,7 +10,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use common::{cli, errors, TestServer};
 use serde_json::{json, Value};

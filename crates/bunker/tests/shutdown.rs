@@ -8,7 +8,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use std::time::Duration;
 

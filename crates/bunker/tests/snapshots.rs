@@ -7,7 +7,7 @@
 //! Snapshots through the real binary: save, restore into a fresh server, refusal of damaged
 //! files, forced restore of another cluster's snapshot, scheduled snapshots and pruning.
 
-mod common;
+use bunker_testkit as common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -9,7 +9,7 @@
     clippy::panic
 )]
 
-mod common;
+use bunker_testkit as common;
 
 use common::{errors, TestServer};
 use serde_json::{json, Value};

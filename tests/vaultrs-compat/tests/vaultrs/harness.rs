@@ -1,5 +1,5 @@
-//! Runs the real `bunker` binary as a separate process on a free loopback port, with its
-//! data and logs in a temporary directory, and hands out `vaultrs` clients for it.
+//! The testkit's `bunker` process (crates/testkit), with an async client for setup requests,
+//! handing out `vaultrs` clients for it.
 //!
 //! Readiness is decided by polling `GET /v1/sys/health` against a deadline, never by a fixed
 //! sleep. The process is killed when the [`Server`] is dropped; if that happens because a test
@@ -13,59 +13,17 @@
     clippy::panic
 )]
 
-use std::fs::File;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bunker_testkit::{free_port, ServerOptions, ServerProcess, DEV_ROOT_TOKEN, READY_DEADLINE};
 use serde_json::{json, Value};
-use tempfile::TempDir;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
-/// Root token of every dev-mode server started here.
-pub const DEV_ROOT_TOKEN: &str = "root";
-/// How long a freshly spawned server may take to answer on its port.
-pub const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// Per-request timeout for both the vaultrs client and the raw setup client.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Interval between two polls of a condition that has a deadline.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// The server binary: `$BUNKER_BIN`, else `<target dir>/debug/bunker` of this workspace.
-pub fn bunker_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BUNKER_BIN") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "BUNKER_BIN={} does not exist; build it with `cargo build -p bunker`",
-            p.display()
-        );
-        return p;
-    }
-    let workspace_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => workspace_root.join(dir),
-        None => workspace_root.join("target"),
-    };
-    let p = target_dir.join("debug").join("bunker");
-    assert!(
-        p.is_file(),
-        "the bunker binary is missing at {}: run `cargo build -p bunker` first \
-         (./scripts/test does), or point BUNKER_BIN at a built binary",
-        p.display()
-    );
-    p
-}
-
-/// A port that is free right now (bind port 0, read it, release it).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
-    l.local_addr()
-        .expect("local addr of ephemeral socket")
-        .port()
-}
 
 /// A vaultrs client for `addr` using `token`; every setting that could otherwise come
 /// from `VAULT_*` environment variables is set explicitly.
@@ -111,16 +69,9 @@ pub fn expect_status<T: std::fmt::Debug>(res: Result<T, ClientError>, code: u16)
     }
 }
 
-enum Mode {
-    Dev,
-    Config(PathBuf),
-}
-
-/// One `bunker server` process.
+/// One `bunker server` process (the testkit's), with an async client for setup requests.
 pub struct Server {
-    dir: TempDir,
-    port: u16,
-    child: Option<Child>,
+    process: ServerProcess,
     http: reqwest::Client,
     /// Root token: `root` in dev mode, from `sys/init` otherwise.
     pub root_token: String,
@@ -131,34 +82,18 @@ pub struct Server {
 impl Server {
     /// `bunker server -dev`: in-memory, unsealed, root token `root`, KV v2 at `secret/`.
     pub async fn dev() -> Server {
-        let port = free_port();
-        let mut s = Server::new(port, DEV_ROOT_TOKEN.to_owned());
-        s.spawn(Mode::Dev);
-        s.wait_ready().await;
-        s
+        Server::started(ServerProcess::dev(), DEV_ROOT_TOKEN.to_owned()).await
     }
 
     /// A config-file server on embedded storage with a cluster port; listening but
     /// uninitialised.
     pub async fn with_config() -> Server {
-        let port = free_port();
-        let cluster_port = free_port();
-        let mut s = Server::new(port, String::new());
-        let data = s.dir.path().join("data");
-        std::fs::create_dir_all(&data).expect("create data dir");
-        let config = format!(
-            "storage \"embedded\" {{\n  path = \"{data}\"\n}}\n\
-             listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  \
-             cluster_address = \"127.0.0.1:{cluster_port}\"\n  tls_disable = true\n}}\n\
-             api_addr = \"http://127.0.0.1:{port}\"\n\
-             replication {{\n  activation_allow_http = true\n}}\n",
-            data = data.display(),
-        );
-        let path = s.dir.path().join("bunker.hcl");
-        std::fs::write(&path, config).expect("write server config");
-        s.spawn(Mode::Config(path));
-        s.wait_ready().await;
-        s
+        let options = ServerOptions {
+            listener_extra: format!("  cluster_address = \"127.0.0.1:{}\"", free_port()),
+            config_extra: "replication {\n  activation_allow_http = true\n}".into(),
+            ..Default::default()
+        };
+        Server::started(ServerProcess::with_config(&options), String::new()).await
     }
 
     /// [`Server::with_config`], then initialised with one key share and unsealed.
@@ -194,57 +129,32 @@ impl Server {
         s
     }
 
-    fn new(port: u16, root_token: String) -> Server {
+    async fn started(mut process: ServerProcess, root_token: String) -> Server {
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("build raw HTTP client");
-        Server {
-            dir: tempfile::tempdir().expect("tempdir"),
-            port,
-            child: None,
+        process.start();
+        let mut s = Server {
+            process,
             http,
             root_token,
             unseal_key: String::new(),
-        }
-    }
-
-    fn spawn(&mut self, mode: Mode) {
-        let mut cmd = Command::new(bunker_bin());
-        cmd.arg("server");
-        match mode {
-            Mode::Dev => {
-                cmd.arg("-dev")
-                    .arg(format!("-dev-root-token-id={DEV_ROOT_TOKEN}"))
-                    .arg(format!("-dev-listen-address=127.0.0.1:{}", self.port));
-            }
-            Mode::Config(path) => {
-                cmd.arg("-config").arg(path);
-            }
-        }
-        let log = |name: &str| File::create(self.dir.path().join(name)).expect("create log file");
-        cmd.env_remove("VAULT_ADDR")
-            .env_remove("VAULT_TOKEN")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log("stdout.log"))
-            .stderr(log("stderr.log"));
-        self.child = Some(cmd.spawn().expect("spawn bunker server"));
+        };
+        s.wait_ready().await;
+        s
     }
 
     /// Poll `GET /v1/sys/health` until the server answers at all (any status).
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                self.dump_logs();
-                panic!("bunker server exited before it was ready: {status}");
-            }
+            self.process.assert_running();
             let probe = self
                 .http
-                .get(self.url("sys/health"))
+                .get(self.process.url("sys/health"))
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
@@ -252,7 +162,7 @@ impl Server {
                 return;
             }
             if Instant::now() > deadline {
-                self.dump_logs();
+                self.process.dump_logs();
                 panic!(
                     "bunker server not answering on {} after {READY_DEADLINE:?}",
                     self.addr()
@@ -263,11 +173,7 @@ impl Server {
     }
 
     pub fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}/v1/{}", self.addr(), path.trim_start_matches('/'))
+        self.process.addr()
     }
 
     /// A vaultrs client with the root token.
@@ -290,7 +196,7 @@ impl Server {
         body: Option<Value>,
     ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
-        let mut req = self.http.request(method.clone(), self.url(path));
+        let mut req = self.http.request(method.clone(), self.process.url(path));
         if let Some(t) = token {
             req = req.header("X-Vault-Token", t);
         }
@@ -304,27 +210,6 @@ impl Server {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    fn dump_logs(&self) {
-        for name in ["stdout.log", "stderr.log"] {
-            let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-            let start = text.len().saturating_sub(20_000);
-            let tail = text.get(start..).unwrap_or(&text);
-            eprintln!("===== bunker {name} (port {}) =====\n{tail}", self.port);
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump_logs();
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

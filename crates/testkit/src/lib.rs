@@ -1,8 +1,11 @@
-//! Shared harness for the integration tests: runs the real `bunker` binary as a separate
-//! process on loopback, with its data, config and logs in a temporary directory.
+//! The one harness of the Rust integration tests (`crates/bunker/tests`, and the process
+//! management of `tests/vaultrs-compat`): runs the real `bunker` binary as a separate process
+//! on loopback, with its data, config and logs in a temporary directory.
 //!
 //! Readiness is decided by polling `GET /v1/sys/health` against a deadline, never by sleeping.
 //! When a test panics while a server is alive, the server's stdout/stderr are printed.
+//! [`ServerProcess`] is the process alone (no HTTP client); [`TestServer`] adds a blocking
+//! client and the request helpers the tests use.
 
 // Test helpers fail by panicking, like the tests they serve.
 #![allow(
@@ -11,92 +14,52 @@
     clippy::indexing_slicing,
     clippy::panic
 )]
-#![allow(dead_code)]
 
-use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
 use reqwest::Method;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
 pub mod dr;
 pub mod postgres;
+mod process;
 pub mod proxy;
 pub mod writers;
+
+pub use process::{bunker_bin, free_port, ServerOptions, ServerProcess, TlsFiles, DEV_ROOT_TOKEN};
 
 /// How long a server may take to start listening.
 pub const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// Per-request timeout of the test client.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The root token of every dev-mode server started here.
-pub const DEV_ROOT_TOKEN: &str = "root";
-
-/// Pick a port that is free right now (bind port 0, read it, drop the socket).
-/// A free loopback port, never one handed out before in this test process: a server restarted
-/// on its port must not find it taken by another test's new server (tests of one binary run in
-/// parallel, and the kernel may hand a just-freed port out again).
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = l.local_addr().expect("local addr").port();
-        let mut given = GIVEN
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-/// TLS material for an HTTPS listener.
-pub struct TlsFiles {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    /// PEM of the certificate, for the client to trust.
-    pub cert_pem: String,
-}
-
-/// How a server is started. Build with `..Default::default()` so new fields need no edits
-/// elsewhere.
-#[derive(Default)]
-pub struct ServerOptions {
-    /// Extra lines inside the `listener "tcp" { ... }` block.
-    pub listener_extra: String,
-    /// Extra top-level HCL lines appended to the generated config file.
-    pub config_extra: String,
-    pub tls: Option<TlsFiles>,
-    /// The whole `storage "..." { ... }` block; embedded storage in the server's temporary
-    /// directory when empty.
-    pub storage: String,
-}
-
-enum Mode {
-    Dev,
-    Config(PathBuf),
-}
-
-/// One `bunker server` process under test.
+/// One `bunker server` process under test, with a blocking client. The process's own
+/// methods (`kill9`, `hold_at`, `dir`, ...) are reached through `Deref`.
 pub struct TestServer {
-    dir: TempDir,
-    port: u16,
-    mode: Mode,
-    child: Option<Child>,
-    https: bool,
+    process: ServerProcess,
     client: Client,
-    /// How many times the process has been started (names the log files).
-    starts: u32,
     /// Unseal keys (hex) and root token, once known.
     pub keys: Vec<String>,
     pub root_token: String,
+}
+
+impl Deref for TestServer {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.process
+    }
+}
+
+impl DerefMut for TestServer {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.process
+    }
 }
 
 fn build_client(tls: Option<&TlsFiles>) -> Client {
@@ -114,15 +77,9 @@ fn build_client(tls: Option<&TlsFiles>) -> Client {
 impl TestServer {
     /// A dev-mode server: in-memory, unsealed, root token `root`, KV v2 at `secret/`.
     pub fn dev() -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
         let mut s = TestServer {
-            dir,
-            port: free_port(),
-            mode: Mode::Dev,
-            child: None,
-            https: false,
+            process: ServerProcess::dev(),
             client: build_client(None),
-            starts: 0,
             keys: Vec::new(),
             root_token: DEV_ROOT_TOKEN.to_owned(),
         };
@@ -133,46 +90,9 @@ impl TestServer {
 
     /// A config-file server on embedded storage, started and listening but uninitialised.
     pub fn with_config(opts: ServerOptions) -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).expect("create data dir");
-        let listener_tls = match &opts.tls {
-            None => "  tls_disable = true".to_owned(),
-            Some(t) => format!(
-                "  tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"",
-                t.cert_file.display(),
-                t.key_file.display()
-            ),
-        };
-        let scheme = if opts.tls.is_some() { "https" } else { "http" };
-        let storage = if opts.storage.is_empty() {
-            format!(
-                "storage \"embedded\" {{\n  path = \"{}\"\n}}",
-                data.display()
-            )
-        } else {
-            opts.storage
-        };
-        let config = format!(
-            "{storage}\n\
-             listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n{listener_tls}\n{extra}\n}}\n\
-             api_addr = \"{scheme}://127.0.0.1:{port}\"\n\
-             log_level = \"debug\"\n\
-             {config_extra}\n",
-            extra = opts.listener_extra,
-            config_extra = opts.config_extra,
-        );
-        let config_path = dir.path().join("bunker.hcl");
-        std::fs::write(&config_path, config).expect("write config");
         let mut s = TestServer {
-            dir,
-            port,
-            mode: Mode::Config(config_path),
-            child: None,
-            https: opts.tls.is_some(),
+            process: ServerProcess::with_config(&opts),
             client: build_client(opts.tls.as_ref()),
-            starts: 0,
             keys: Vec::new(),
             root_token: String::new(),
         };
@@ -192,104 +112,15 @@ impl TestServer {
         s
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn addr(&self) -> String {
-        format!(
-            "{}://127.0.0.1:{}",
-            if self.https { "https" } else { "http" },
-            self.port
-        )
-    }
-
     pub fn client(&self) -> &Client {
         &self.client
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}/v1/{}", self.addr(), path.trim_start_matches('/'))
-    }
-
-    fn log_paths(&self) -> (PathBuf, PathBuf) {
-        (
-            self.dir.path().join(format!("stdout-{}.log", self.starts)),
-            self.dir.path().join(format!("stderr-{}.log", self.starts)),
-        )
-    }
-
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "server already running");
-        self.starts += 1;
-        let (out, err) = self.log_paths();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bunker"));
-        cmd.arg("server");
-        match &self.mode {
-            Mode::Dev => {
-                cmd.arg("-dev")
-                    .arg(format!("-dev-root-token-id={DEV_ROOT_TOKEN}"))
-                    .arg(format!("-dev-listen-address=127.0.0.1:{}", self.port));
-            }
-            Mode::Config(path) => {
-                cmd.arg("-config").arg(path);
-            }
-        }
-        cmd.env_remove("VAULT_ADDR")
-            .env("BUNKER_FAILPOINTS_DIR", self.failpoints_dir())
-            .env_remove("VAULT_TOKEN")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(File::create(out).expect("create stdout log"))
-            .stderr(File::create(err).expect("create stderr log"));
-        self.child = Some(cmd.spawn().expect("spawn bunker server"));
-    }
-
-    /// Where this server looks for failpoint gates (crates/dr/src/failpoint.rs).
-    fn failpoints_dir(&self) -> PathBuf {
-        self.dir.path().join("failpoints")
-    }
-
-    /// Close the gate of failpoint `name`: the server's task stops there when it arrives, until
-    /// [`TestServer::release`]. Needs a binary built with `--features bunker/failpoints`
-    /// (`./scripts/test` builds it so).
-    pub fn hold_at(&self, name: &str) {
-        let dir = self.failpoints_dir();
-        std::fs::create_dir_all(&dir).expect("failpoints dir");
-        let _ = std::fs::remove_file(dir.join(format!("{name}.reached")));
-        std::fs::write(dir.join(name), b"").expect("close failpoint gate");
-    }
-
-    /// Wait until a task of the server is held at failpoint `name`.
-    pub fn wait_held(&self, name: &str, timeout: Duration) {
-        let dir = self.failpoints_dir();
-        assert!(
-            dir.join("enabled").exists(),
-            "this test needs a server built with failpoints: cargo test --features bunker/failpoints (./scripts/test does)"
-        );
-        let held = poll_until(timeout, || dir.join(format!("{name}.reached")).exists());
-        assert!(held, "the server never reached failpoint {name}");
-    }
-
-    /// Open the gate of failpoint `name`: a held task goes on.
-    pub fn release(&self, name: &str) {
-        let _ = std::fs::remove_file(self.failpoints_dir().join(name));
     }
 
     /// Poll `GET /v1/sys/health` until any HTTP response arrives (30 s deadline).
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.dump_logs();
-                    panic!("bunker server exited before becoming ready: {status}");
-                }
-            }
+            self.process.assert_running();
             let r = self
                 .client
                 .get(self.url("sys/health"))
@@ -307,6 +138,13 @@ impl TestServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Start again on the same data directory and port, and wait until listening.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+        self.wait_ready();
     }
 
     /// Initialise with `shares`/`threshold`, unseal with the first `threshold` keys; records
@@ -352,64 +190,6 @@ impl TestServer {
         let (_, status) = self.get("sys/seal-status", None);
         let t = status["t"].as_u64().expect("threshold") as usize;
         self.unseal_with(&self.keys[..t]);
-    }
-
-    /// SIGKILL the process and reap it.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill(); // SIGKILL on Unix
-            let _ = child.wait();
-        }
-    }
-
-    /// Send SIGTERM and wait (up to `timeout`) for the process to exit; returns its status,
-    /// or `None` if it is still running at the deadline (it is then killed).
-    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(exit)) = child.try_wait() {
-                return Some(exit);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Start again on the same data directory and port, and wait until listening.
-    pub fn restart(&mut self) {
-        self.kill9();
-        self.start();
-        self.wait_ready();
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Print the server's logs (used on failure).
-    pub fn dump_logs(&self) {
-        for n in 1..=self.starts {
-            for stream in ["stdout", "stderr"] {
-                let p = self.dir.path().join(format!("{stream}-{n}.log"));
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                let tail: String = if text.len() > 20_000 {
-                    text[text.len() - 20_000..].to_owned()
-                } else {
-                    text
-                };
-                eprintln!("===== bunker {stream} (start #{n}) =====\n{tail}");
-            }
-        }
     }
 
     // ----- JSON request helpers, returning (status, body). A non-JSON or empty body is
@@ -550,19 +330,6 @@ impl TestServer {
         let (s, b) = self.get("sys/health", None);
         assert_eq!(s, 200, "sys/health: {b}");
         assert_eq!(b["sealed"], json!(false), "sys/health: {b}");
-        if let Some(child) = self.child.as_ref() {
-            // A child that exited would also fail the request above; this is belt and braces.
-            let _ = child.id();
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump_logs();
-        }
-        self.kill9();
     }
 }
 
@@ -636,7 +403,7 @@ pub fn cli(s: &TestServer, args: &[&str]) -> (i32, String, String) {
 fn cli_command(s: &TestServer, args: &[&str]) -> Command {
     let home = s.dir().join("cli-home");
     std::fs::create_dir_all(&home).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bunker"));
+    let mut command = Command::new(bunker_bin());
     command
         .args(args)
         .env("VAULT_ADDR", s.addr())
