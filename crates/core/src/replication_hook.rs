@@ -9,7 +9,7 @@ use bunker_policy::Capability;
 
 use crate::core::Core;
 use crate::logical::{LogicalError, Request, Response, Result};
-use crate::request_handling::Caller;
+use bunker_sdk::Caller;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DrMode {

@@ -11,10 +11,10 @@ use crate::core::Core;
 use crate::logical::fields::get_str;
 use crate::logical::{Auth, Data, LogicalError, Operation, Request, Response, Result, WrapInfo};
 use crate::policy_store::RESPONSE_WRAPPING_POLICY;
-use crate::request_handling::Caller;
-use crate::sys::expect_op;
 use crate::time_util::{now_unix, rfc3339};
 use crate::token::{TokenEntry, TokenType};
+use bunker_sdk::expect_op;
+use bunker_sdk::Caller;
 
 const WRAPPED_KEY: &str = "response";
 /// Vault's bounds on wrapping TTLs.

@@ -23,7 +23,7 @@ pub use caller::{capability_for, Caller};
 pub use error::LogicalError;
 pub use help::{BackendHelp, PathHelp};
 pub use login::{LoginAuth, TokenParams};
-pub use request::{Operation, Request};
+pub use request::{expect_op, Operation, Request, WRITE};
 pub use response::{Auth, RawResponse, Response, WrapInfo};
 pub use special_paths::SpecialPaths;
 pub use storage_view::StorageView;

@@ -1,6 +1,18 @@
 use std::time::Duration;
 
-use super::Data;
+use super::{Data, LogicalError};
+
+/// The operations that write a path: create and update.
+pub const WRITE: &[Operation] = &[Operation::Create, Operation::Update];
+
+/// `UnsupportedOperation` unless `op` is one of `allowed` (Vault's 405).
+pub fn expect_op(op: Operation, allowed: &[Operation]) -> Result<(), LogicalError> {
+    if allowed.contains(&op) {
+        Ok(())
+    } else {
+        Err(LogicalError::UnsupportedOperation)
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {

@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use super::hashing::{hash_map, hash_value, hmac_str};
 use super::AuditEntry;
 use crate::logical::{LogicalError, Request, Response, Result};
-use crate::request_handling::Caller;
 use crate::token::{secret_in_path, PathSecret};
+use bunker_sdk::Caller;
 
 /// Lines waiting for the writer thread, and where each one's result goes.
 type Job = (Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>);

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::logical::{LogicalError, Request, Response, Result};
-use crate::request_handling::Caller;
 use crate::time_util::now_rfc3339;
+use bunker_sdk::Caller;
 pub use device::FileDevice;
 pub use hashing::hash_value;
 

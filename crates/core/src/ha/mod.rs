@@ -717,7 +717,7 @@ impl Core {
 
     /// `sys/leader`.
     pub(crate) async fn sys_leader(&self, op: Operation) -> Result<Response> {
-        crate::sys::expect_op(op, &[Operation::Read])?;
+        bunker_sdk::expect_op(op, &[Operation::Read])?;
         let Some(ha) = self.ha() else {
             return Ok(Response::raw(
                 200,
@@ -761,7 +761,7 @@ impl Core {
 
     /// `sys/ha-status`: the nodes that sent a heartbeat recently, the active one marked.
     pub(crate) async fn sys_ha_status(&self, req: &Request) -> Result<Response> {
-        crate::sys::expect_op(req.operation, &[Operation::Read])?;
+        bunker_sdk::expect_op(req.operation, &[Operation::Read])?;
         let Some(ha) = self.ha() else {
             // As Vault: a node without HA lists itself, active.
             let version = env!("CARGO_PKG_VERSION");
@@ -807,7 +807,7 @@ impl Core {
 
     /// `sys/step-down` (sudo): the active node gives the lock up; a no-op without HA, as Vault.
     pub(crate) async fn sys_step_down(&self, op: Operation) -> Result<Response> {
-        crate::sys::expect_op(op, &[Operation::Update])?;
+        bunker_sdk::expect_op(op, &[Operation::Update])?;
         if let Some(ha) = self.ha() {
             ha.request_step_down();
         }

@@ -2,12 +2,12 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{expect_op, WRITE};
 use crate::audit::AuditEntry;
 use crate::core::Core;
 use crate::logical::fields::{get_bool, get_str, warn_unknown};
 use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
 use crate::mounts::normalize_mount_path;
+use bunker_sdk::{expect_op, WRITE};
 
 impl Core {
     pub(crate) async fn sys_audit(&self, req: &Request, rest: &str) -> Result<Response> {

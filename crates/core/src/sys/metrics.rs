@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::expect_op;
 use crate::core::Core;
 use crate::logical::fields::get_str;
 use crate::logical::{Operation, RawResponse, Request, Response, Result};
+use bunker_sdk::expect_op;
 
 /// Renders every recorded metric in the Prometheus text exposition format.
 pub trait MetricsRenderer: Send + Sync {

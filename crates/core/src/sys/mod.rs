@@ -17,7 +17,7 @@ mod seal;
 
 use crate::core::Core;
 use crate::logical::{LogicalError, Operation, Request, Response, Result};
-use crate::request_handling::Caller;
+use bunker_sdk::{expect_op, Caller};
 
 /// The system backend's root-protected paths (relative to `sys/`), as Vault's.
 pub(crate) const SPECIAL_PATHS: bunker_sdk::SpecialPaths = bunker_sdk::SpecialPaths {
@@ -156,14 +156,3 @@ impl Core {
         }
     }
 }
-
-/// Require one of the given operations.
-pub(crate) fn expect_op(op: Operation, allowed: &[Operation]) -> Result<()> {
-    if allowed.contains(&op) {
-        Ok(())
-    } else {
-        Err(LogicalError::UnsupportedOperation)
-    }
-}
-
-pub(crate) const WRITE: &[Operation] = &[Operation::Create, Operation::Update];

@@ -3,14 +3,14 @@
 
 use serde_json::{json, Map, Value};
 
-use super::expect_op;
 use crate::core::Core;
 use crate::logical::fields::{get_duration, get_str, warn_unknown};
 use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
 use crate::mounts::{
     is_reserved_mount, normalize_mount_path, MountEntry, SystemTtls, AUTH_MOUNT_PREFIX,
 };
-use crate::request_handling::Caller;
+use bunker_sdk::expect_op;
+use bunker_sdk::Caller;
 
 fn sys_mount_json() -> Value {
     json!({

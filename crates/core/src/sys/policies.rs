@@ -3,11 +3,11 @@
 use bunker_policy::Acl;
 use serde_json::json;
 
-use super::{expect_op, WRITE};
 use crate::core::Core;
 use crate::logical::fields::{get_str, get_str_list};
 use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
-use crate::request_handling::Caller;
+use bunker_sdk::Caller;
+use bunker_sdk::{expect_op, WRITE};
 
 impl Core {
     pub(crate) async fn sys_policies(

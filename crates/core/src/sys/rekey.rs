@@ -9,11 +9,11 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::{expect_op, WRITE};
 use crate::core::{seal_err, Core};
 use crate::logical::fields::{get_bool, get_str, get_u64, ignore_unknown};
 use crate::logical::{LogicalError, Operation, Request, Response, Result};
 use crate::replication_hook::DrMode;
+use bunker_sdk::{expect_op, WRITE};
 use bunker_seal::{RekeyStatus, RekeyUpdate, VerificationStatus, VerifyUpdate};
 
 impl Core {

@@ -12,11 +12,11 @@ use std::sync::Mutex;
 
 use serde_json::json;
 
-use super::{expect_op, WRITE};
 use crate::core::Core;
 use crate::logical::fields::get_str;
 use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
 use crate::mounts::{is_reserved_mount, normalize_mount_path, AUTH_MOUNT_PREFIX};
+use bunker_sdk::{expect_op, WRITE};
 
 /// How many finished migrations `sys/remount/status` remembers (Vault keeps them in memory
 /// too); the oldest are forgotten first.

@@ -3,11 +3,11 @@
 
 use bunker_seal::{AttemptRequest, OtpTokenCeremony};
 
-use super::{expect_op, WRITE};
 use crate::core::{seal_err, Core};
 use crate::logical::fields::{get_str, ignore_unknown};
 use crate::logical::{LogicalError, Operation, Request, Response, Result};
 use crate::token::TokenEntry;
+use bunker_sdk::{expect_op, WRITE};
 
 /// What a request to a key-share ceremony's `attempt` endpoint asks (generate-root, the DR
 /// operation token): read the status, start (with an `otp` or `pgp_key`), or cancel.

@@ -3,11 +3,11 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::{expect_op, WRITE};
 use crate::core::{seal_err, Core};
 use crate::logical::fields::{get_bool, get_str, get_u64, ignore_unknown};
 use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
 use crate::time_util::rfc3339;
+use bunker_sdk::{expect_op, WRITE};
 
 pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 

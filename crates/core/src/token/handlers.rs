@@ -6,8 +6,8 @@ use super::{TokenEntry, TokenRole};
 use crate::core::Core;
 use crate::logical::fields::{get_duration, get_str};
 use crate::logical::{Auth, LogicalError, Operation, Request, Response, Result};
-use crate::request_handling::Caller;
-use crate::sys::{expect_op, WRITE};
+use bunker_sdk::Caller;
+use bunker_sdk::{expect_op, WRITE};
 
 impl Core {
     pub(crate) async fn handle_token(&self, req: &Request, caller: &Caller) -> Result<Response> {
