@@ -78,7 +78,7 @@ pub struct Core {
     /// Makes read-then-revoke of a wrapping token atomic (single use).
     pub(crate) wrapping_lock: tokio::sync::Mutex<()>,
     pub(crate) cluster: RwLock<ClusterInfo>,
-    pub(crate) replication: RwLock<Option<Arc<dyn crate::replication_hook::ReplicationHandler>>>,
+    pub(crate) replication: RwLock<Arc<dyn crate::replication_hook::ReplicationHandler>>,
     pub(crate) requests_total: std::sync::atomic::AtomicU64,
     pub(crate) metrics_renderer: RwLock<Option<Arc<dyn crate::sys::MetricsRenderer>>>,
     pub(crate) token_count_cache: Mutex<Option<(std::time::Instant, u64)>>,
@@ -109,7 +109,7 @@ impl Core {
             table_lock: tokio::sync::Mutex::new(()),
             wrapping_lock: tokio::sync::Mutex::new(()),
             cluster: RwLock::new(ClusterInfo::default()),
-            replication: RwLock::new(None),
+            replication: RwLock::new(Arc::new(crate::replication_hook::NoReplication)),
             requests_total: std::sync::atomic::AtomicU64::new(0),
             metrics_renderer: RwLock::new(None),
             token_count_cache: Mutex::new(None),
@@ -272,9 +272,7 @@ impl Core {
                 self.seal_core();
                 return Err(e);
             }
-            if let Some(handler) = self.replication_handler() {
-                handler.unsealed().await;
-            }
+            self.replication_handler().unsealed().await;
             tracing::info!("vault is unsealed");
         }
         Ok(status)
@@ -307,9 +305,7 @@ impl Core {
     pub fn seal_core(&self) {
         self.teardown();
         self.seal.seal();
-        if let Some(handler) = self.replication_handler() {
-            handler.sealed();
-        }
+        self.replication_handler().sealed();
     }
 
     /// Drop the live tables and caches (at seal, and when an HA node steps down).

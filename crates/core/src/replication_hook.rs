@@ -46,6 +46,10 @@ pub trait ReplicationHandler: Send + Sync {
     async fn handle(&self, core: &Core, req: &Request, caller: Option<&Caller>)
         -> Result<Response>;
 
+    /// Whether an HA standby answers `path` (under `sys/replication/`) itself: the status
+    /// reads, which are anyone's. Every other replication request runs on the active node.
+    fn answers_on_standby(&self, path: &str) -> bool;
+
     /// The barrier was opened with key shares (`sys/unseal`): load what lives under it.
     async fn unsealed(&self) {}
 
@@ -93,37 +97,77 @@ pub trait ReplicationHandler: Send + Sync {
     }
 }
 
+/// The handler of a core that no replication was wired into (unit tests; the binary starts
+/// DR before it serves): DR is disabled, and `sys/replication/*` answers the status reads as
+/// Vault does on a cluster without replication.
+pub struct NoReplication;
+
+#[async_trait]
+impl ReplicationHandler for NoReplication {
+    fn dr_mode(&self) -> DrMode {
+        DrMode::Disabled
+    }
+
+    fn answers_on_standby(&self, path: &str) -> bool {
+        matches!(path, "sys/replication/status" | "sys/replication/dr/status")
+    }
+
+    async fn handle(
+        &self,
+        _core: &Core,
+        req: &Request,
+        _caller: Option<&Caller>,
+    ) -> Result<Response> {
+        let rest = req.path.strip_prefix("sys/replication/").unwrap_or("");
+        if req.operation != bunker_sdk::Operation::Read {
+            return Err(LogicalError::UnsupportedPath(req.path.clone()));
+        }
+        let disabled = serde_json::json!({"mode": "disabled"});
+        match rest {
+            "status" => {
+                let mut data = crate::logical::Data::new();
+                data.insert("dr".into(), disabled.clone());
+                data.insert("performance".into(), disabled);
+                Ok(Response::data(data))
+            }
+            "dr/status" | "performance/status" => {
+                let mut resp = Response::from_serialize(&disabled)?;
+                resp.data_at_top_level = true;
+                Ok(resp)
+            }
+            _ => Err(LogicalError::UnsupportedPath(req.path.clone())),
+        }
+    }
+}
+
 /// What [`ReplicationHandler::restore_on_primary`] runs.
 pub type RestoreFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
 
 impl Core {
     pub fn set_replication(&self, handler: Arc<dyn ReplicationHandler>) {
-        {
-            let mut r = self
-                .replication
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            *r = Some(handler);
-        }
+        *self
+            .replication
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = handler;
     }
 
-    pub(crate) fn replication_handler(&self) -> Option<Arc<dyn ReplicationHandler>> {
-        self.replication
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    pub(crate) fn replication_handler(&self) -> Arc<dyn ReplicationHandler> {
+        Arc::clone(
+            &self
+                .replication
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// See [`ReplicationHandler::wal_index`].
     pub fn replication_wal_index(&self) -> Option<u64> {
-        self.replication_handler().and_then(|h| h.wal_index())
+        self.replication_handler().wal_index()
     }
 
     pub fn dr_mode(&self) -> DrMode {
-        self.replication_handler()
-            .map(|h| h.dr_mode())
-            .unwrap_or(DrMode::Disabled)
+        self.replication_handler().dr_mode()
     }
 
     /// Unseal directly with a reconstructed root key (DR promotion) and load the tables.
@@ -204,5 +248,42 @@ impl Core {
                 .collect();
             backend.batch(ops).await?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use bunker_sdk::Operation;
+    use bunker_storage::InmemBackend;
+
+    /// A core nothing was wired into answers replication status as a cluster without it, to
+    /// anyone (as the DR handler does), even sealed and uninitialised; it refuses the rest.
+    #[tokio::test]
+    async fn without_replication_the_status_says_disabled() {
+        let core = Core::new(Arc::new(InmemBackend::new()), Default::default());
+        assert_eq!(core.dr_mode(), DrMode::Disabled);
+        let status = core
+            .handle(Request::new(Operation::Read, "sys/replication/status"))
+            .await
+            .unwrap();
+        let data = status.data.unwrap();
+        assert_eq!(data["dr"]["mode"], "disabled");
+        assert_eq!(data["performance"]["mode"], "disabled");
+        let dr = core
+            .handle(Request::new(Operation::Read, "sys/replication/dr/status"))
+            .await
+            .unwrap();
+        assert!(dr.data_at_top_level);
+        let enable = Request::new(Operation::Update, "sys/replication/dr/primary/enable");
+        assert!(matches!(
+            core.handle(enable).await,
+            Err(LogicalError::UnsupportedPath(_))
+        ));
+        assert!(core
+            .replication_handler()
+            .answers_on_standby("sys/replication/dr/status"));
     }
 }

@@ -54,20 +54,16 @@ impl Core {
         if let Some(ha) = self.ha() {
             // A node of an HA cluster that is not active may have run since before another
             // node changed the DR mode in the shared storage: what is stored decides.
-            if init_write && !self.is_active_node() {
-                if let Some(handler) = self.replication_handler() {
-                    if handler.stored_dr_mode().await == DrMode::Secondary {
-                        return Err(LogicalError::DrSecondary);
-                    }
-                }
+            if init_write
+                && !self.is_active_node()
+                && self.replication_handler().stored_dr_mode().await == DrMode::Secondary
+            {
+                return Err(LogicalError::DrSecondary);
             }
             // DR operations run only on the active node (a sealed standby of a DR secondary
             // would run them on its stale view of the replication state); status reads are
             // anyone's.
-            let dr_status = matches!(
-                req.path.as_str(),
-                "sys/replication/status" | "sys/replication/dr/status"
-            );
+            let dr_status = self.replication_handler().answers_on_standby(&req.path);
             if req.path.starts_with("sys/replication/") && !dr_status && !self.is_active_node() {
                 return Err(self.standby_error(ha).await);
             }
@@ -91,9 +87,8 @@ impl Core {
             return Ok(resp);
         }
         if req.path.starts_with("sys/replication/") {
-            if let Some(handler) = self.replication_handler() {
-                return self.handle_replication(handler.as_ref(), &req).await;
-            }
+            let handler = self.replication_handler();
+            return self.handle_replication(handler.as_ref(), &req).await;
         } else if mode == DrMode::Secondary {
             return Err(LogicalError::DrSecondary);
         }

@@ -302,6 +302,14 @@ impl ReplicationHandler for DrManager {
         (self.dr_mode() == DrMode::Primary).then(|| self.inner.wal.last_index())
     }
 
+    fn answers_on_standby(&self, path: &str) -> bool {
+        use crate::control::Endpoint;
+        let endpoint = path
+            .strip_prefix("sys/replication/")
+            .and_then(Endpoint::parse);
+        matches!(endpoint, Some(Endpoint::Status | Endpoint::DrStatus))
+    }
+
     /// The restore runs under the replication state's lock: no secondary is admitted until it
     /// is over, and the new generation is persisted before the storage changes, so a crash in
     /// the middle still makes every secondary resync (from whatever the restore left, which is

@@ -308,12 +308,13 @@ impl Ha {
         // A sealed standby may have run since before the cluster became a DR secondary: ask
         // the storage (one read per tick, only while sealed and standing by).
         let mut facts = facts;
-        facts.dr_secondary = match core.replication_handler() {
-            Some(h) if h.holds_lock_sealed() => true,
-            Some(h) if facts.sealed && facts.role == Role::Standby => {
-                h.stored_dr_mode().await == crate::DrMode::Secondary
-            }
-            _ => false,
+        let replication = core.replication_handler();
+        facts.dr_secondary = if replication.holds_lock_sealed() {
+            true
+        } else if facts.sealed && facts.role == Role::Standby {
+            replication.stored_dr_mode().await == crate::DrMode::Secondary
+        } else {
+            false
         };
         match decide::decide(&facts) {
             Step::Idle => {}
@@ -321,10 +322,7 @@ impl Ha {
                 // A DR secondary's storage holds no seal configuration until its first sync
                 // ends, and its nodes may be sealed: it needs the lock to sync at all.
                 let secondary = facts.dr_secondary
-                    || match core.replication_handler() {
-                        Some(h) => h.stored_dr_mode().await == crate::DrMode::Secondary,
-                        None => false,
-                    };
+                    || replication.stored_dr_mode().await == crate::DrMode::Secondary;
                 if !secondary && !core.is_initialized().await.unwrap_or(false) {
                     return;
                 }
@@ -532,13 +530,12 @@ impl Core {
         // A DR secondary's storage is its primary's: it serves nothing behind the barrier, so
         // it loads nothing and needs no open barrier; its follower resumes from the position
         // the cluster's previous active node stored.
-        if let Some(handler) = self.replication_handler() {
-            if handler.reload().await? == crate::DrMode::Secondary {
-                // A failure gives the lock back (the runner backs off and another node tries):
-                // a lock holder that does not follow would stall the secondary for good.
-                handler.activated().await?;
-                return Ok(());
-            }
+        let replication = self.replication_handler();
+        if replication.reload().await? == crate::DrMode::Secondary {
+            // A failure gives the lock back (the runner backs off and another node tries):
+            // a lock holder that does not follow would stall the secondary for good.
+            replication.activated().await?;
+            return Ok(());
         }
         self.barrier.reload_keyring().await?;
         if let Err(e) = self.post_unseal().await {
@@ -547,10 +544,8 @@ impl Core {
         }
         // Replication first: it resumes recording the WAL, so every write from here on (the
         // advertisement below included) reaches DR secondaries.
-        if let Some(handler) = self.replication_handler() {
-            if let Err(e) = handler.activated().await {
-                tracing::error!(error = %e, "DR replication could not resume on this node after it took the HA lock");
-            }
+        if let Err(e) = replication.activated().await {
+            tracing::error!(error = %e, "DR replication could not resume on this node after it took the HA lock");
         }
         if let Some(ha) = self.ha() {
             if let Err(e) = self.advertise(ha).await {
@@ -565,9 +560,7 @@ impl Core {
     /// open.
     pub(crate) fn become_standby(&self) {
         self.teardown();
-        if let Some(handler) = self.replication_handler() {
-            handler.deactivated();
-        }
+        self.replication_handler().deactivated();
     }
 
     /// The cluster addresses of every node of an HA cluster (those heard from recently, and

@@ -194,12 +194,13 @@ impl Core {
             Ok(())
         };
         // The mode again, as it is now: replication re-checks it under its own lock.
-        match (self.dr_mode(), self.replication_handler()) {
-            (DrMode::Disabled, _) => apply.await?,
-            (DrMode::Primary, Some(replication)) => {
+        match self.dr_mode() {
+            DrMode::Disabled => apply.await?,
+            DrMode::Primary => {
+                let replication = self.replication_handler();
                 replication.restore_on_primary(Box::pin(apply)).await?
             }
-            _ => {
+            DrMode::Secondary => {
                 return Err(LogicalError::InvalidRequest(
                     "the DR mode changed while the snapshot was read: nothing was restored".into(),
                 ))

@@ -76,9 +76,7 @@ impl Core {
                 metrics::gauge!("vault_token_count").set(count as f64);
             }
         }
-        if let Some(handler) = self.replication_handler() {
-            handler.record_metrics();
-        }
+        self.replication_handler().record_metrics();
     }
 
     /// The number of tokens, recomputed at most once a `usage_gauge_period` (it lists every

@@ -121,37 +121,11 @@ impl Core {
             "wrapping" => self.sys_wrapping(req, rest, caller).await,
             "audit" => self.sys_audit(req, rest).await,
             "audit-hash" => self.sys_audit_hash(req, rest).await,
-            "replication" => match self.replication_handler() {
-                Some(handler) => handler.handle(self, req, Some(caller)).await,
-                None => self.sys_replication_disabled(req, rest),
-            },
             "metrics" => self.sys_metrics(req).await,
             "storage" => self.sys_storage(req, rest),
             "step-down" => self.sys_step_down(op).await,
             "ha-status" => self.sys_ha_status(req).await,
             "host-info" | "config" | "raw" => Err(LogicalError::UnsupportedPath(req.path.clone())),
-            _ => Err(LogicalError::UnsupportedPath(req.path.clone())),
-        }
-    }
-
-    /// Replication status on a cluster where replication is not enabled.
-    fn sys_replication_disabled(&self, req: &Request, rest: &str) -> Result<Response> {
-        if req.operation != Operation::Read {
-            return Err(LogicalError::UnsupportedPath(req.path.clone()));
-        }
-        let disabled = serde_json::json!({"mode": "disabled"});
-        match rest {
-            "status" => {
-                let mut data = crate::logical::Data::new();
-                data.insert("dr".into(), disabled.clone());
-                data.insert("performance".into(), disabled);
-                Ok(Response::data(data))
-            }
-            "dr/status" | "performance/status" => {
-                let mut resp = Response::from_serialize(&disabled)?;
-                resp.data_at_top_level = true;
-                Ok(resp)
-            }
             _ => Err(LogicalError::UnsupportedPath(req.path.clone())),
         }
     }
