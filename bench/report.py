@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turn bench/run's raw measurements (one JSON object a line) into the report: a Markdown page
 and a JSON file with every figure, its median/min/max over the repetitions, its ratio to the peer
-measured in the same run, and whether the issue's target is met. Standard library only."""
+measured in the same run, and whether the issue's target is met; and, with matplotlib, the
+pictures of bench/plots.py next to the report. Otherwise standard library only."""
 
 import argparse
 import json
@@ -343,6 +344,22 @@ def figure_ha(raw, out, targets):
     return md
 
 
+def pictures(raw, md_path):
+    """Draw the figures next to the report (bench/plots.py) and link them; without matplotlib
+    the report says so and has none."""
+    import os
+    stem = md_path[:-3] if md_path.endswith(".md") else md_path
+    try:
+        import plots
+    except ImportError as e:
+        return ["## Pictures", "", f"Not drawn: {e} (bench/run installs matplotlib into bench/.venv)."]
+    drawn = plots.draw(raw, stem)
+    md = ["## Pictures", ""]
+    for title, path in drawn:
+        md += [f"![{title}]({os.path.basename(path)})", ""]
+    return md if drawn else []
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--raw", required=True)
@@ -364,6 +381,7 @@ def main():
     body += figure_promote(raw, out, targets) + [""]
     body += figure_ha(raw, out, targets) + [""]
     body += figure_memory(raw, out) + [""]
+    body += pictures(raw, args.md) + [""]
     notes = [f"- {r['figure']} ({r['system']}): {r['note']}" for r in raw if r.get("note")]
     if notes:
         body += ["## Notes", ""] + notes + [""]

@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::http::{Conn, Req};
-use crate::stats::{quantile_ms, r3, summary};
+use crate::stats::{quantile_ms, r3, slice_max, summary};
 use crate::target::{value_of, Target};
 
 pub struct LagPlan {
@@ -158,6 +158,7 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
 
     let acks = std::mem::take(&mut *shared.acks.lock().map_err(|_| anyhow!("lock poisoned"))?);
     let mut lags_us = Vec::with_capacity(acks.len());
+    let mut over_time = Vec::with_capacity(acks.len());
     let mut header_bounds = 0u64;
     for (t_ack, bound) in &acks {
         let bound = match *bound {
@@ -174,7 +175,16 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
             .get(j)
             .ok_or_else(|| anyhow!("no sample shows WAL index {bound} applied"))?;
         lags_us.push(t_seen - t_ack);
+        over_time.push((*t_ack, t_seen - t_ack));
     }
+    // Lag over time for the report's picture: [seconds since the first write, the largest lag
+    // of the writes acknowledged in that 1/600th of the run, ms].
+    over_time.sort_unstable();
+    let first = over_time.first().map_or(0, |(t, _)| *t);
+    let series: Vec<Value> = slice_max(&over_time, 600)
+        .iter()
+        .map(|(t, lag)| json!([r3((t - first) as f64 / 1e6), r3(*lag as f64 / 1000.0)]))
+        .collect();
     let mut poll_sorted = poll_us;
     poll_sorted.sort_unstable();
     let gaps: Vec<u64> = samples
@@ -199,6 +209,7 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
         "sample_interval_p50_ms": r3(quantile_ms(&gaps_sorted, 0.5)),
         "sample_interval_p99_ms": r3(quantile_ms(&gaps_sorted, 0.99)),
         "status_request_p50_ms": r3(quantile_ms(&poll_sorted, 0.5)),
+        "series": series,
     });
     if let (Some(obj), Value::Object(s)) = (report.as_object_mut(), summary(&mut lags_us)) {
         obj.extend(s);
