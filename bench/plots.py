@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 BUNKER, PEER = "#1f6feb", "#8c8c8c"
 # Identical bytes for identical data: no timestamp or random ids in the SVG.
@@ -52,6 +53,13 @@ def write_throughput(raw, path):
     return _save(fig, path)
 
 
+def _log_x(ax, label):
+    """A log-scale x axis labelled at the decades only (minor labels crowd small panels)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(label)
+
+
 def _cdf(ax, points, color, label, **style):
     if not points:
         return
@@ -68,9 +76,8 @@ def write_latency(raw, path):
         for system, color, label in (("bunker", BUNKER, "Bunker"), ("etcd", PEER, "etcd")):
             for i, r in enumerate(_rows(raw, "write", system, conns=c)):
                 _cdf(ax, r.get("cdf_ms"), color, label if i == 0 else None, alpha=0.9 if i == 0 else 0.4)
-        ax.set_xscale("log")
+        _log_x(ax, "latency, ms (log)")
         ax.set_title(f"{c} connection{'s' if c > 1 else ''}")
-        ax.set_xlabel("latency, ms (log)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("requests at or below, %")
     axes[0][0].legend(loc="lower right")
@@ -97,8 +104,7 @@ def lag(raw, path_time, path_cdf):
     for rows, color, label in ((bunker, BUNKER, "Bunker"), (pg, PEER, "PostgreSQL")):
         for i, r in enumerate(rows):
             _cdf(ax, r.get("cdf_ms"), color, label if i == 0 else None, alpha=0.9 if i == 0 else 0.4)
-    ax.set_xscale("log")
-    ax.set_xlabel("replication lag, ms (log)")
+    _log_x(ax, "replication lag, ms (log)")
     ax.set_ylabel("writes at or below, %")
     ax.set_title("Replication lag distribution")
     ax.grid(alpha=0.3)
