@@ -84,8 +84,12 @@ def write_latency(raw, path):
     return _save(fig, path)
 
 
+def _lag_rows(raw, system, load):
+    return [r for r in _rows(raw, "lag", system) if r.get("load", "half") == load]
+
+
 def lag(raw, path_time, path_cdf):
-    bunker, pg = _rows(raw, "lag", "bunker"), _rows(raw, "lag", "postgres")
+    bunker, pg = _lag_rows(raw, "bunker", "half"), _lag_rows(raw, "postgres", "half")
     if not (bunker or pg):
         return None, None
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
@@ -101,9 +105,11 @@ def lag(raw, path_time, path_cdf):
     ax.legend()
     drawn_time = _save(fig, path_time)
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    for rows, color, label in ((bunker, BUNKER, "Bunker"), (pg, PEER, "PostgreSQL")):
-        for i, r in enumerate(rows):
-            _cdf(ax, r.get("cdf_ms"), color, label if i == 0 else None, alpha=0.9 if i == 0 else 0.4)
+    for load, style, suffix in (("half", "-", "half capacity"), ("high", "--", "90 % of capacity")):
+        for system, color, name in (("bunker", BUNKER, "Bunker"), ("postgres", PEER, "PostgreSQL")):
+            for i, r in enumerate(_lag_rows(raw, system, load)):
+                _cdf(ax, r.get("cdf_ms"), color, f"{name}, {suffix}" if i == 0 else None,
+                     linestyle=style, alpha=0.9 if i == 0 else 0.4)
     _log_x(ax, "replication lag, ms (log)")
     ax.set_ylabel("writes at or below, %")
     ax.set_title("Replication lag distribution")

@@ -109,9 +109,14 @@ def figure_reads(raw, out, targets):
             f"| p99 ms | {fmt(res['bunker_p99_ms'], 2)} | {fmt(res['etcd_p99_ms'], 2)} | |"]
 
 
+def lag_rows(raw, system, load):
+    """Lag runs at one load: `half` or `high` (90 % of capacity); older runs have no `load`."""
+    return [r for r in pick(raw, "lag", system) if r.get("load", "half") == load]
+
+
 def figure_lag(raw, out, targets):
-    b = pick(raw, "lag", "bunker")
-    p = pick(raw, "lag", "postgres")
+    b = lag_rows(raw, "bunker", "half")
+    p = lag_rows(raw, "postgres", "half")
     res = {}
     for name, rows in (("bunker", b), ("postgres", p)):
         res[name] = {k: spread([r.get(k) for r in rows]) for k in
@@ -147,6 +152,28 @@ def figure_lag(raw, out, targets):
             f"| status request p50 ms | {fmt(res['bunker']['status_request_p50_ms'], 2)} | |",
             f"| secondary apply rate, WAL entries/s | {fmt(res['bunker']['secondary_apply_entries_per_sec'], 0)} "
             f"({fmt(res['bunker']['wal_entries_per_write'] and res['bunker']['wal_entries_per_write']['median'], 0)} entries per write) | |"]
+
+
+def figure_lag_high(raw, out, targets):
+    b, p = lag_rows(raw, "bunker", "high"), lag_rows(raw, "postgres", "high")
+    if not (b or p):
+        return []
+    res = {name: {k: spread([r.get(k) for r in rows]) for k in
+                  ("rate_target", "rate_achieved", "p50_ms", "p99_ms", "max_ms")}
+           for name, rows in (("bunker", b), ("postgres", p))}
+    out["lag_high"] = res
+    bp99, pp99 = res["bunker"]["p99_ms"], res["postgres"]["p99_ms"]
+    targets.append({"figure": "4b. replication lag p99 at 90 % of capacity", "target": "<= PostgreSQL's p99 at the same rate",
+                    "value": bp99 and bp99["median"], "unit": "ms",
+                    "pass": None if not (bp99 and pp99) else bp99["median"] <= pp99["median"]})
+    return ["## 4b. Replication lag at 90 % of the primary's write capacity", "",
+            "As figure 4, at 90 % of the capacity measured there, both systems at the same rate.", "",
+            "| | Bunker | PostgreSQL |", "|---|---:|---:|",
+            f"| writes/s asked | {fmt(res['bunker']['rate_target'], 0)} | {fmt(res['postgres']['rate_target'], 0)} |",
+            f"| writes/s achieved | {fmt(res['bunker']['rate_achieved'], 0)} | {fmt(res['postgres']['rate_achieved'], 0)} |",
+            f"| p50 ms | {fmt(res['bunker']['p50_ms'], 2)} | {fmt(res['postgres']['p50_ms'], 2)} |",
+            f"| p99 ms | {fmt(res['bunker']['p99_ms'], 2)} | {fmt(res['postgres']['p99_ms'], 2)} |",
+            f"| max ms | {fmt(res['bunker']['max_ms'], 2)} | {fmt(res['postgres']['max_ms'], 2)} |"]
 
 
 def figure_sync(raw, machine, out, targets):
@@ -375,6 +402,7 @@ def main():
     body += figure_writes(raw, out, targets) + [""]
     body += figure_reads(raw, out, targets) + [""]
     body += figure_lag(raw, out, targets) + [""]
+    body += figure_lag_high(raw, out, targets) + [""]
     body += figure_sync(raw, machine, out, targets) + [""]
     body += figure_catchup(raw, out, targets) + [""]
     body += figure_status(raw, out, targets) + [""]
