@@ -13,7 +13,7 @@ use bunker_testkit as common;
 
 use common::dr::{
     activation_token, adopt_credentials, assert_dr_refused, dr_server, enable_primary,
-    enable_secondary, wait_converged, CONVERGE,
+    enable_secondary, promote_with_keys, wait_converged, CONVERGE,
 };
 use common::{cli, errors, poll_until, ServerOptions, TestServer};
 use reqwest::Method;
@@ -473,16 +473,7 @@ fn rekeyed_dr_primary_secondary_unseals_and_promotes_with_the_new_shares() {
     wait_converged(&p, &s);
 
     // Promote the secondary with the new shares: the data is all there.
-    let mut last = Value::Null;
-    for k in &new[..2] {
-        let (code, body) = s.post(
-            "sys/replication/dr/secondary/promote",
-            None,
-            json!({ "key": k }),
-        );
-        assert_eq!(code, 200, "promote: {body}");
-        last = body;
-    }
+    let last = promote_with_keys(&s, &new[..2]);
     assert_eq!(last["data"]["complete"], json!(true), "{last}");
     assert_secret_readable(&s);
     let (code, data) = s.kv_get("app/after");
