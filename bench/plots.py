@@ -92,6 +92,8 @@ def lag(raw, path_time, path_cdf):
     bunker, pg = _lag_rows(raw, "bunker", "half"), _lag_rows(raw, "postgres", "half")
     if not (bunker or pg):
         return None, None
+    if not any(r.get("series") or r.get("cdf_ms") for r in bunker + pg):
+        return None, None  # a run from before the distributions were recorded
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     for rows, color, label in ((bunker, BUNKER, "Bunker (per write)"), (pg, PEER, "PostgreSQL (replay_lag samples)")):
         series = rows[0].get("series") if rows else None

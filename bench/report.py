@@ -380,7 +380,10 @@ def pictures(raw, md_path):
         import plots
     except ImportError as e:
         return ["## Pictures", "", f"Not drawn: {e} (bench/run installs matplotlib into bench/.venv)."]
-    drawn = plots.draw(raw, stem)
+    try:
+        drawn = plots.draw(raw, stem)
+    except Exception as e:  # a picture is never worth failing the report over
+        return ["## Pictures", "", f"Not drawn: {e!r}."]
     md = ["## Pictures", ""]
     for title, path in drawn:
         md += [f"![{title}]({os.path.basename(path)})", ""]
@@ -414,7 +417,16 @@ def main():
     if notes:
         body += ["## Notes", ""] + notes + [""]
     out["targets"] = targets
-    out["raw"] = raw
+    # The distributions go to their own file, a compact line per run: the report's JSON keeps
+    # the figures readable.
+    dist_keys = ("cdf_ms", "series")
+    out["raw"] = [{k: v for k, v in r.items() if k not in dist_keys} for r in raw]
+    dists = [r for r in raw if any(k in r for k in dist_keys)]
+    if dists:
+        stem = args.md[:-3] if args.md.endswith(".md") else args.md
+        with open(f"{stem}-distributions.jsonl", "w") as f:
+            for r in dists:
+                f.write(json.dumps(r, separators=(",", ":")) + "\n")
     smoke = machine["mode"] == "smoke"
     head = [f"# Bunker benchmark — {machine['mode']} run", ""]
     if smoke:

@@ -16,12 +16,15 @@ use crate::poll_until;
 /// The root token of every dev-mode server started here.
 pub const DEV_ROOT_TOKEN: &str = "root";
 
-/// The server binary: `$BUNKER_BIN`, else `bunker` in the target directory of the running test
-/// (`target/debug/deps/<test>` → `target/debug/bunker`; cargo builds it for the `bunker`
-/// package's tests, `./scripts/test` builds it before the others).
+/// The server binary: the one cargo built for the running test when it says so
+/// (`CARGO_BIN_EXE_bunker`, set at run time for the `bunker` package's tests), else
+/// `$BUNKER_BIN`, else `bunker` in the target directory of the running test
+/// (`target/debug/deps/<test>` → `target/debug/bunker`; `./scripts/test` builds it first).
 pub fn bunker_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("BUNKER_BIN") {
-        return PathBuf::from(path);
+    for var in ["CARGO_BIN_EXE_bunker", "BUNKER_BIN"] {
+        if let Some(path) = std::env::var_os(var) {
+            return PathBuf::from(path);
+        }
     }
     let exe = std::env::current_exe().expect("the test's own path");
     let profile_dir = exe
