@@ -64,7 +64,13 @@ fn the_readme_crate_table_matches_the_cargo_files() {
     let crates: BTreeSet<String> = std::fs::read_dir(repo().join("crates"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| repo().join("crates").join(name).join("Cargo.toml").is_file())
+        .filter(|name| {
+            repo()
+                .join("crates")
+                .join(name)
+                .join("Cargo.toml")
+                .is_file()
+        })
         .collect();
     assert_eq!(
         table.keys().cloned().collect::<BTreeSet<_>>(),

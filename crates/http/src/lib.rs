@@ -72,15 +72,6 @@ pub fn router_forwarding(
     })
 }
 
-/// Go's `strconv.ParseBool`, which Vault uses for `?list=`.
-fn parse_go_bool(v: &str) -> Option<bool> {
-    match v {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
-
 /// The operation of a request. As in Vault, a non-empty `help` query parameter (`?help=1`) or
 /// the `HELP` method asks for the path's help, whatever the method.
 fn operation_for(method: &Method, query: &Data) -> Option<Operation> {
@@ -94,7 +85,7 @@ fn operation_for(method: &Method, query: &Data) -> Option<Operation> {
     let list = query
         .get("list")
         .and_then(Value::as_str)
-        .and_then(parse_go_bool)
+        .and_then(bunker_sdk::fields::parse_go_bool)
         .unwrap_or(false);
     match method.as_str() {
         "GET" | "HEAD" if list => Some(Operation::List),
@@ -207,7 +198,7 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
     };
     let query = parse_query(&uri);
     if let Some(list) = query.get("list").and_then(Value::as_str) {
-        if parse_go_bool(list).is_none() {
+        if bunker_sdk::fields::parse_go_bool(list).is_none() {
             return status::from_error(&bunker_core::logical::LogicalError::InvalidRequest(
                 format!("invalid value for \"list\": {list:?} is not a boolean"),
             ));

@@ -25,9 +25,18 @@ pub fn get_str(data: &Data, name: &str) -> Result<Option<String>> {
     }
 }
 
-/// A boolean: JSON `true`/`false`, a number (non-zero is true), or exactly the strings Go's
-/// `strconv.ParseBool` takes (`1 t T TRUE true True`, `0 f F FALSE false False`; not `tRuE`);
-/// `""` is false.
+/// Go's `strconv.ParseBool`, which Vault uses for booleans in strings: exactly
+/// `1 t T TRUE true True` and `0 f F FALSE false False` (not `tRuE`, not `yes`).
+pub fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// A boolean: JSON `true`/`false`, a number (non-zero is true), or a string Go's
+/// `strconv.ParseBool` takes ([`parse_go_bool`], around spaces); `""` is false.
 pub fn get_bool(data: &Data, name: &str) -> Result<Option<bool>> {
     let Some(value) = present(data, name) else {
         return Ok(None);
@@ -36,9 +45,8 @@ pub fn get_bool(data: &Data, name: &str) -> Result<Option<bool>> {
         Value::Bool(b) => Some(*b),
         Value::Number(n) => n.as_f64().map(|f| f != 0.0),
         Value::String(s) => match s.trim() {
-            "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-            "" | "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-            _ => None,
+            "" => Some(false),
+            s => parse_go_bool(s),
         },
         _ => None,
     };
