@@ -112,8 +112,7 @@ impl Core {
         })
         .map_err(snapshot_error)?;
         progress.entries(manifest.entries);
-        let plan = self.plan(file).await?;
-        let mut plan = plan;
+        let mut plan = self.plan(file).await?;
         let keyring = plan.puts.iter_mut().find_map(|op| match op {
             Op::Put { key, value } if key == bunker_barrier::KEYRING_PATH => Some(value),
             _ => None,
