@@ -163,9 +163,13 @@ def figure_lag_high(raw, out, targets):
            for name, rows in (("bunker", b), ("postgres", p))}
     out["lag_high"] = res
     bp99, pp99 = res["bunker"]["p99_ms"], res["postgres"]["p99_ms"]
-    targets.append({"figure": "4b. replication lag p99 at 90 % of capacity", "target": "<= PostgreSQL's p99 at the same rate",
+    # "At the same rate": a Bunker that fell short of the rate asked did not carry the load.
+    asked, achieved = res["bunker"]["rate_target"], res["bunker"]["rate_achieved"]
+    kept_up = bool(asked and achieved) and achieved["median"] >= 0.98 * asked["median"]
+    targets.append({"figure": "4b. replication lag p99 at 90 % of capacity",
+                    "target": "<= PostgreSQL's p99 at the same rate, with >= 98 % of the rate achieved",
                     "value": bp99 and bp99["median"], "unit": "ms",
-                    "pass": None if not (bp99 and pp99) else bp99["median"] <= pp99["median"]})
+                    "pass": None if not (bp99 and pp99) else kept_up and bp99["median"] <= pp99["median"]})
     return ["## 4b. Replication lag at 90 % of the primary's write capacity", "",
             "As figure 4, at 90 % of the capacity measured there, both systems at the same rate.", "",
             "| | Bunker | PostgreSQL |", "|---|---:|---:|",
@@ -371,11 +375,16 @@ def figure_ha(raw, out, targets):
     return md
 
 
+def stem_of(md_path):
+    """Where the files beside the report start: its path without `.md`."""
+    return md_path[:-3] if md_path.endswith(".md") else md_path
+
+
 def pictures(raw, md_path):
     """Draw the figures next to the report (bench/plots.py) and link them; without matplotlib
     the report says so and has none."""
     import os
-    stem = md_path[:-3] if md_path.endswith(".md") else md_path
+    stem = stem_of(md_path)
     try:
         import plots
     except ImportError as e:
@@ -423,8 +432,7 @@ def main():
     out["raw"] = [{k: v for k, v in r.items() if k not in dist_keys} for r in raw]
     dists = [r for r in raw if any(k in r for k in dist_keys)]
     if dists:
-        stem = args.md[:-3] if args.md.endswith(".md") else args.md
-        with open(f"{stem}-distributions.jsonl", "w") as f:
+        with open(f"{stem_of(args.md)}-distributions.jsonl", "w") as f:
             for r in dists:
                 f.write(json.dumps(r, separators=(",", ":")) + "\n")
     smoke = machine["mode"] == "smoke"
