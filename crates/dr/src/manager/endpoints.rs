@@ -307,6 +307,15 @@ async fn reindex(inner: &Arc<Inner>) -> Result<Response> {
 /// they differ, `reindex` repairs); otherwise the tree recomputed by a full scan.
 async fn merkle_check(inner: &Arc<Inner>) -> Result<Response> {
     if let Some(index) = inner.wal.merkle_index() {
+        // No sums yet to compare (summing at open failed; the refresher retries): saying
+        // "no difference" would be a lie.
+        if !index.is_ready() {
+            return Err(LogicalError::Unavailable(
+                "the Merkle index is not summed yet (it is summed again in the background); \
+                 try again, or run reindex"
+                    .into(),
+            ));
+        }
         let check = index
             .check(inner.backend.as_ref())
             .await

@@ -240,8 +240,13 @@ struct Shared {
     progress: AtomicU64,
     /// The last check found the sums wrong (and did not repair them).
     corrupt: AtomicBool,
-    /// Another index replaced this one on the backend: it is fed no more.
+    /// Another index replaced this one on the backend: it is fed no more. Set under the
+    /// mirror's lock, so no commit in flight installs sums after it.
     retired: AtomicBool,
+    /// Whether the data is exact at its last WAL index while there are no sums (before the
+    /// first summing, or after a failed one): what `set_exact` and the commits since said, for
+    /// the sums a rebuild installs.
+    exact_unsummed: AtomicBool,
 }
 
 impl Shared {
@@ -308,6 +313,7 @@ impl MerkleIndex {
                 progress: AtomicU64::new(0),
                 corrupt: AtomicBool::new(false),
                 retired: AtomicBool::new(false),
+                exact_unsummed: AtomicBool::new(true),
             }),
             checking: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -365,16 +371,19 @@ impl MerkleIndex {
     /// mode change into primary, a restore), and says not where it knows the data torn (a
     /// secondary stopped mid-sync).
     pub fn set_exact(&self, exact: bool) {
-        if let Some(mirror) = self.shared.mirror().as_mut() {
-            mirror.exact = exact;
+        let mut mirror = self.shared.mirror();
+        match mirror.as_mut() {
+            Some(mirror) => mirror.exact = exact,
+            None => self.shared.exact_unsummed.store(exact, Ordering::SeqCst),
         }
     }
 
     /// This index is no longer fed (another was installed on the backend): it answers nothing
     /// from now on, rather than sums that no longer move.
     pub fn retire(&self) {
+        let mut mirror = self.shared.mirror();
         self.shared.retired.store(true, Ordering::SeqCst);
-        *self.shared.mirror() = None;
+        *mirror = None;
     }
 
     /// Whether another index replaced this one (see [`MerkleIndex::retire`]).
@@ -397,13 +406,7 @@ impl MerkleIndex {
     async fn verify(&self, backend: &dyn Backend, repair: bool) -> Result<IndexCheck, MerkleError> {
         let _one = self.checking.lock().await;
         if self.is_retired() {
-            return Err(MerkleError::Storage {
-                context: "checking the Merkle index".into(),
-                source: StorageError::Engine {
-                    context: "checking the Merkle index".into(),
-                    message: "this index was replaced and is fed no more".into(),
-                },
-            });
+            return Err(check_failed("this index was replaced and is fed no more"));
         }
         // A group commit that failed drops the request with it (its batches are retried one
         // by one, without it): ask again, a few times.
@@ -429,13 +432,17 @@ impl MerkleIndex {
                 return Ok(check);
             }
         }
-        Err(MerkleError::Storage {
+        Err(check_failed("no commit carried the check to its end"))
+    }
+}
+
+fn check_failed(message: &str) -> MerkleError {
+    MerkleError::Storage {
+        context: "checking the Merkle index".into(),
+        source: StorageError::Engine {
             context: "checking the Merkle index".into(),
-            source: StorageError::Engine {
-                context: "checking the Merkle index".into(),
-                message: "no commit carried the check to its end".into(),
-            },
-        })
+            message: message.into(),
+        },
     }
 }
 
@@ -511,15 +518,25 @@ impl IndexUpdate for Update {
 
     fn committed(mut self: Box<Self>) {
         let mut mirror = self.shared.mirror();
-        if let Some(mirror) = mirror.as_mut() {
-            mirror.apply(&self.deltas);
-            match self.wal_index {
-                Some(index) => {
+        let exact = match self.wal_index {
+            Some(_) => Some(true),
+            None if self.deltas.values().any(|d| !d.is_zero()) => Some(false),
+            None => None,
+        };
+        match mirror.as_mut() {
+            Some(mirror) => {
+                mirror.apply(&self.deltas);
+                if let Some(index) = self.wal_index {
                     mirror.wal_index = index;
-                    mirror.exact = true;
                 }
-                None if self.deltas.values().any(|d| !d.is_zero()) => mirror.exact = false,
-                None => {}
+                if let Some(exact) = exact {
+                    mirror.exact = exact;
+                }
+            }
+            None => {
+                if let Some(exact) = exact {
+                    self.shared.exact_unsummed.store(exact, Ordering::SeqCst);
+                }
             }
         }
         let (Some(verify), Some((truth, scanned, wal_index))) =
@@ -539,8 +556,12 @@ impl IndexUpdate for Update {
             wal_index,
         };
         let wrong = differing_buckets > 0;
-        if verify.repair {
-            let exact = mirror.as_ref().is_none_or(|current| current.exact);
+        // A retired index installs nothing: no commit feeds it any more.
+        if verify.repair && !self.shared.retired.load(Ordering::SeqCst) {
+            let exact = match mirror.as_ref() {
+                Some(current) => current.exact,
+                None => self.shared.exact_unsummed.load(Ordering::SeqCst),
+            };
             let mut repaired = Mirror::new(truth, wal_index);
             repaired.exact = exact;
             *mirror = Some(repaired);

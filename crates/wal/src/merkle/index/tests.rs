@@ -380,3 +380,37 @@ async fn a_check_of_an_index_no_commit_feeds_ends() {
     );
     assert!(stray.shared.verify().is_none());
 }
+
+/// Torn data declared before the sums exist (a secondary stopped mid-sync whose store could
+/// not be summed at open) stays not exact in the sums a later rebuild installs.
+#[tokio::test]
+async fn data_declared_torn_before_summing_is_not_exact_once_summed() {
+    let backend = Arc::new(bunker_storage::hooked_store::HookedStore::new(
+        ReadOnly::default(),
+    ));
+    backend.batch(vec![put("logical/a", b"1")]).await.unwrap();
+    backend.hooks.0.store(true, Ordering::SeqCst);
+    let wal = Wal::open(backend.clone())
+        .await
+        .expect("opens all the same");
+    let index = wal.merkle_index().expect("index").clone();
+    assert!(!index.is_ready());
+    index.set_exact(false);
+    backend.hooks.0.store(false, Ordering::SeqCst);
+    index.rebuild(backend.as_ref()).await.expect("summed now");
+    let (_, _, exact_at) = index.root().expect("ready");
+    assert_eq!(exact_at, None, "still torn: no exact root");
+}
+
+/// A rebuild of an index that another replaced installs no sums: the retired index keeps
+/// answering nothing.
+#[tokio::test]
+async fn a_retired_index_installs_no_sums() {
+    let backend = Arc::new(InmemBackend::new());
+    let first = Wal::open(backend.clone()).await.expect("open");
+    let retired = first.merkle_index().expect("index").clone();
+    let _second = Wal::open(backend.clone()).await.expect("reopen");
+    assert!(retired.is_retired());
+    assert!(retired.rebuild(backend.as_ref()).await.is_err());
+    assert!(!retired.is_ready());
+}
