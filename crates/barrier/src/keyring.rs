@@ -115,33 +115,30 @@ impl Keyring {
     /// encrypted something still stored or written meanwhile (the DR primary's sealed keys, a
     /// write racing the restore), and never makes an older term active again after a rotation.
     /// `None` when `current` has no such term: the snapshot's record is installed as it is.
-    ///
-    /// The second value says whether `current`'s active term is lost anyway: the snapshot holds
-    /// that term number with another key (histories that diverged after an earlier restore).
-    pub(crate) fn restored_over(&self, current: &Keyring) -> (Option<Keyring>, bool) {
+    /// Also returns the terms kept, and whether a term of `current` at or below the
+    /// snapshot's newest is lost anyway: the snapshot lacks it or holds that number with
+    /// another key (histories that diverged after an earlier restore).
+    pub(crate) fn restored_over(&self, current: &Keyring) -> (Option<Keyring>, Vec<u32>, bool) {
         let newest = self.active.term();
-        let current_active = &current.active;
-        let forgets_active = current_active.term() <= newest
-            && self
-                .term(current_active.term())
-                .is_none_or(|t| *t.key != *current_active.key);
-        let mut newer: Vec<Arc<Term>> = current
-            .previous
-            .iter()
-            .chain(std::iter::once(&current.active))
-            .filter(|t| t.term() > newest)
-            .cloned()
-            .collect();
-        if newer.is_empty() {
-            return (None, forgets_active);
-        }
+        let all = || {
+            current
+                .previous
+                .iter()
+                .chain(std::iter::once(&current.active))
+        };
+        let forgets = all()
+            .filter(|t| t.term() <= newest)
+            .any(|t| self.term(t.term()).is_none_or(|s| *s.key != *t.key));
+        let mut newer: Vec<Arc<Term>> = all().filter(|t| t.term() > newest).cloned().collect();
         newer.sort_by_key(|t| t.term());
+        let kept = newer.iter().map(|t| t.term()).collect();
+        let Some(active) = newer.pop() else {
+            return (None, kept, forgets);
+        };
         let mut previous = self.previous.clone();
         previous.push(Arc::clone(&self.active));
-        let active = newer.pop();
         previous.extend(newer);
-        let merged = active.map(|active| Keyring { active, previous });
-        (merged, forgets_active)
+        (Some(Keyring { active, previous }), kept, forgets)
     }
 
     /// Decrypt a barrier value with the term named in its envelope.

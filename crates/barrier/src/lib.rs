@@ -69,9 +69,9 @@ pub struct RestoredKeyring {
     /// Terms of this keyring newer than the snapshot's, kept (their keys may have encrypted
     /// values that outlive the restore); the newest of them stays active.
     pub kept_terms: Vec<u32>,
-    /// This keyring's active term is lost anyway: the snapshot holds that term number with
-    /// another key (histories that diverged after an earlier restore).
-    pub forgets_active_term: bool,
+    /// A term of this keyring is lost anyway: the snapshot lacks it or holds that term number
+    /// with another key (histories that diverged after an earlier restore).
+    pub forgets_term: bool,
 }
 
 /// Keys held while unsealed.
@@ -246,21 +246,15 @@ impl Barrier {
     ) -> Result<RestoredKeyring> {
         let state = self.unsealed()?;
         let snapshot = Keyring::open_with_root(&state.root, stored)?;
-        let (merged, forgets_active_term) = snapshot.restored_over(&state.keyring);
-        let (record, kept_terms) = match merged {
-            None => (stored.to_vec(), Vec::new()),
-            Some(merged) => {
-                let newest = snapshot.active().term();
-                let kept = (newest + 1..=merged.active().term())
-                    .filter(|t| merged.term(*t).is_some())
-                    .collect();
-                (merged.seal_with_root(&state.root)?, kept)
-            }
+        let (merged, kept_terms, forgets_term) = snapshot.restored_over(&state.keyring);
+        let record = match merged {
+            None => stored.to_vec(),
+            Some(merged) => merged.seal_with_root(&state.root)?,
         };
         Ok(RestoredKeyring {
             record,
             kept_terms,
-            forgets_active_term,
+            forgets_term,
         })
     }
 

@@ -431,7 +431,7 @@ async fn a_restored_keyring_keeps_the_terms_newer_than_the_snapshots() {
         .keyring_for_restore(&held, &snapshot_keyring)
         .unwrap();
     assert_eq!(same.record, snapshot_keyring);
-    assert!(same.kept_terms.is_empty() && !same.forgets_active_term);
+    assert!(same.kept_terms.is_empty() && !same.forgets_term);
     drop(held);
 
     // Rotated twice since the snapshot: both newer terms are kept and the newest stays active,
@@ -444,7 +444,7 @@ async fn a_restored_keyring_keeps_the_terms_newer_than_the_snapshots() {
         .keyring_for_restore(&held, &snapshot_keyring)
         .unwrap();
     assert_eq!(restored.kept_terms, vec![2, 3]);
-    assert!(!restored.forgets_active_term);
+    assert!(!restored.forgets_term);
     drop(held);
     backend
         .batch(vec![Op::Put {
@@ -473,7 +473,7 @@ async fn a_restored_keyring_keeps_the_terms_newer_than_the_snapshots() {
     let held = barrier.hold_keyring().await;
     let clash = barrier.keyring_for_restore(&held, &diverged).unwrap();
     assert!(clash.kept_terms.is_empty());
-    assert!(clash.forgets_active_term);
+    assert!(clash.forgets_term);
     assert!(matches!(
         barrier.keyring_for_restore(&held, b"not a keyring"),
         Err(BarrierError::Corrupt { .. })

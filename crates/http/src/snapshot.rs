@@ -67,7 +67,10 @@ pub(crate) async fn handle(
                 ));
             };
             let progress = core.restore_progress();
-            let declared = body::content_length(headers).map(|n| n as u64);
+            // A declared length over the bound is refused below: never recorded as the size.
+            let declared = body::content_length(headers)
+                .filter(|n| *n <= limits.max_bytes)
+                .map(|n| n as u64);
             progress.begin(force, declared);
             // Whatever ends this restore (a client gone mid-upload, a timeout, a panic), its
             // record ends too.

@@ -127,12 +127,17 @@ impl Core {
         if initialized && permit.uninitialised_only {
             return Err(LogicalError::PermissionDenied);
         }
-        // Held from computing the keyring written until it is loaded: no rotation between.
-        // Lock order: this, then replication's state lock (taken by `restore_on_primary`);
-        // nothing that holds the state lock waits for the keyring.
-        let held_keyring = if initialized && !force {
-            let held = self.barrier.hold_keyring().await;
-            let restored = match self.barrier.keyring_for_restore(&held, keyring) {
+        // Held from computing the keyring written until it is loaded (or, for a forced restore,
+        // until the server sealed): no rotation or rekey writes a keyring between. Lock order:
+        // this, then replication's state lock (taken by `restore_on_primary`); nothing that
+        // holds the state lock waits for the keyring.
+        let held_keyring = if initialized {
+            Some(self.barrier.hold_keyring().await)
+        } else {
+            None
+        };
+        if let (Some(held), false) = (&held_keyring, force) {
+            let restored = match self.barrier.keyring_for_restore(held, keyring) {
                 Ok(restored) => restored,
                 Err(bunker_barrier::BarrierError::InvalidRootKey) => {
                     return Err(LogicalError::InvalidRequest(
@@ -150,13 +155,20 @@ impl Core {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if restored.forgets_active_term && self.dr_mode() == DrMode::Primary {
-                return Err(LogicalError::InvalidRequest(
-                    "the snapshot's keyring holds this cluster's active key term with another \
-                     key (a history that diverged after an earlier restore): the DR primary's \
-                     own keys could not be opened after it; disable replication to restore it"
-                        .into(),
-                ));
+            if restored.forgets_term {
+                if self.dr_mode() == DrMode::Primary {
+                    return Err(LogicalError::InvalidRequest(
+                        "the snapshot's keyring holds one of this cluster's key terms with \
+                         another key, or lacks it (a history that diverged after an earlier \
+                         restore): the DR primary's own keys could not be opened after it; \
+                         disable replication to restore it"
+                            .into(),
+                    ));
+                }
+                tracing::warn!(
+                    "the snapshot's keyring lacks one of this cluster's key terms or holds it \
+                     with another key: what only that key encrypted will not open"
+                );
             }
             if !restored.kept_terms.is_empty() {
                 tracing::info!(
@@ -165,10 +177,7 @@ impl Core {
                 );
             }
             *keyring = restored.record;
-            Some(held)
-        } else {
-            None
-        };
+        }
         tracing::info!(
             entries = manifest.entries,
             snapshot_cluster_id = %manifest.meta.cluster_id,
@@ -205,12 +214,19 @@ impl Core {
                 ))
             }
         }
+        if !initialized || force {
+            // Sealed before the keyring is let go: nothing rotates the replaced keyring.
+            self.seal_core();
+            drop(held_keyring);
+            tracing::info!("snapshot restored; sealed: unseal with the snapshot's keys");
+            return Ok(());
+        }
         // The keyring in memory becomes the one just committed while it is still held: a
         // rotation or rekey queued meanwhile starts from it, never from the one replaced.
         if let Some(held) = &held_keyring {
             if let Err(e) = self.barrier.reload_keyring_held(held).await {
-                drop(held_keyring);
                 self.seal_core();
+                drop(held_keyring);
                 return Err(LogicalError::Internal(format!(
                     "snapshot restored, but loading its keyring failed and the server is \
                      sealed: {e}"
@@ -218,11 +234,6 @@ impl Core {
             }
         }
         drop(held_keyring);
-        if !initialized || force {
-            self.seal_core();
-            tracing::info!("snapshot restored; sealed: unseal with the snapshot's keys");
-            return Ok(());
-        }
         progress.stage(RestoreStage::Reloading, None);
         self.teardown();
         let reloaded = self.reload_tables().await;
