@@ -474,6 +474,19 @@ async fn a_restored_keyring_keeps_the_terms_newer_than_the_snapshots() {
     let clash = barrier.keyring_for_restore(&held, &diverged).unwrap();
     assert!(clash.kept_terms.is_empty());
     assert!(clash.forgets_term);
+    // An older diverged snapshot (terms 1 and 2 of the other history): term 3 is kept, but
+    // this cluster's terms 1 and 2 are lost, and that is said too.
+    let older = Barrier::new(Arc::new(InmemBackend::new()));
+    older.initialize(&root).await.unwrap();
+    older.unseal(&root).await.unwrap();
+    older.rotate().await.unwrap();
+    let older_keyring = older.backend().get(KEYRING_PATH).await.unwrap().unwrap();
+    let partial = barrier.keyring_for_restore(&held, &older_keyring).unwrap();
+    assert_eq!(partial.kept_terms, vec![3]);
+    assert!(
+        partial.forgets_term,
+        "terms below the snapshot's newest differ"
+    );
     assert!(matches!(
         barrier.keyring_for_restore(&held, b"not a keyring"),
         Err(BarrierError::Corrupt { .. })
