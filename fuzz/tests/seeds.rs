@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bunker_dr::activation::{ActivationToken, Bundle};
 use bunker_dr::frame::write_frame;
-use bunker_dr::merkle::MerkleTree;
+use bunker_dr::merkle::CellSums;
 use bunker_dr::messages::{Position, ToPrimary, ToSecondary};
 use bunker_dr::sealed_activation;
 use bunker_dr::tls::{new_client_key, ReplicationCa};
@@ -98,10 +98,11 @@ fn to_secondary() -> Vec<(&'static str, ToSecondary)> {
             "tree",
             ToSecondary::Tree {
                 wal_index: 44,
-                tree: MerkleTree {
-                    buckets: vec![[1; 32], [0; 32], [9; 32]],
-                    root: [5; 32],
-                    keys: 2,
+                tree: {
+                    let mut sums = CellSums::new();
+                    sums.add_entry("logical/a", b"1");
+                    sums.add_entry("logical/b", b"2");
+                    sums.tree()
                 },
             },
         ),

@@ -108,7 +108,7 @@ pub(crate) struct CachedTree {
     wal_index: u64,
     epoch: u64,
     tree: crate::merkle::MerkleTree,
-    cells: Arc<Vec<u64>>,
+    cells: Arc<crate::merkle::CellSums>,
 }
 
 fn mode_to_u8(m: Mode) -> u8 {
@@ -539,13 +539,13 @@ impl Inner {
     }
 
     /// The tree and the cell sums of the replicated keyspace, computed by one scan and cached
-    /// together (the sums are 2 MiB), so a reconciliation that starts from the tree does not
+    /// together (the sums are up to 2 MiB), so a reconciliation that starts from the tree does not
     /// scan again for the cells. A status read always gets the exact tree: reusing a recent one
     /// under write load was tried, and a root that lags the WAL index misleads anyone comparing
     /// two clusters' roots.
     pub async fn merkle_fingerprint(
         &self,
-    ) -> Result<(crate::merkle::MerkleTree, Arc<Vec<u64>>), ReplError> {
+    ) -> Result<(crate::merkle::MerkleTree, Arc<crate::merkle::CellSums>), ReplError> {
         let (tree, cells, _) = self.merkle_fingerprint_at().await?;
         Ok((tree, cells))
     }
@@ -555,7 +555,7 @@ impl Inner {
     /// the WAL index read before it.
     pub async fn merkle_fingerprint_at(
         &self,
-    ) -> Result<(crate::merkle::MerkleTree, Arc<Vec<u64>>, u64), ReplError> {
+    ) -> Result<(crate::merkle::MerkleTree, Arc<crate::merkle::CellSums>, u64), ReplError> {
         if let Some((tree, cells, wal_index)) = self
             .wal
             .merkle_index()
@@ -572,7 +572,7 @@ impl Inner {
     /// epoch moved.
     async fn scanned_fingerprint(
         &self,
-    ) -> Result<(crate::merkle::MerkleTree, Arc<Vec<u64>>), ReplError> {
+    ) -> Result<(crate::merkle::MerkleTree, Arc<crate::merkle::CellSums>), ReplError> {
         let mut cache = self.merkle_cache.lock().await;
         let epoch = self.merkle_epoch.load(Ordering::Acquire);
         let index = self.wal.last_index();

@@ -378,6 +378,11 @@ where
         ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
         _ => return Err(ReplError::Refused("expected a Merkle tree".into())),
     };
+    if !theirs.is_consistent() {
+        return Err(ReplError::Refused(
+            "the primary's Merkle tree is malformed (its buckets or root do not add up)".into(),
+        ));
+    }
     let buckets = ours.diff(&theirs);
     inner.set_sync_state(SyncState::MerkleSync, "ready");
     inner.progress_start("merkle", 0);
@@ -451,7 +456,7 @@ async fn reconcile_cells<R, W>(
     rd: &mut R,
     wr: &mut W,
     buckets: &[u32],
-    our_sums: &[u64],
+    our_sums: &merkle::CellSums,
     chunk_cells: usize,
 ) -> Result<Pushed, ReplError>
 where
@@ -482,7 +487,7 @@ where
 /// Sends this cluster's cell sums for `buckets` and returns the cells the primary found
 /// differing.
 async fn differing_cells<R, W>(
-    sums: &[u64],
+    sums: &merkle::CellSums,
     rd: &mut R,
     wr: &mut W,
     buckets: &[u32],
@@ -496,7 +501,7 @@ where
     for (i, page) in pages.enumerate() {
         let page_sums = merkle::cells_of_buckets(page)
             .into_iter()
-            .map(|cell| sums.get(cell as usize).copied().unwrap_or(0))
+            .map(|cell| sums.cell(cell))
             .collect();
         let msg = ToPrimary::CellSums {
             buckets: page.to_vec(),

@@ -389,7 +389,7 @@ impl SecondaryHost for Arc<SecondaryNode> {
         })
     }
 
-    async fn merkle_fingerprint(&self) -> Result<(MerkleTree, Arc<Vec<u64>>), ReplError> {
+    async fn merkle_fingerprint(&self) -> Result<(MerkleTree, Arc<merkle::CellSums>), ReplError> {
         if let Some((tree, cells, _)) = self.wal.merkle_index().and_then(|i| i.fingerprint()) {
             return Ok((tree, Arc::new(cells)));
         }
@@ -905,7 +905,9 @@ impl Schedule {
             }
         }
         let state = self.secondary_disk.state.lock().unwrap().clone();
-        let copy = Arc::new(InmemBackend::new());
+        // The check needs the WAL's recovery, not a Merkle index (summing one is most of an
+        // open's cost).
+        let copy = Arc::new(InmemBackend::unindexed());
         for chunk in contents(&self.secondary_disk.disk).chunks(500) {
             let ops = chunk
                 .iter()
@@ -1223,23 +1225,61 @@ fn describe_difference(
 
 /// Play `schedules` schedules from `first_seed` on; the first anomaly stops the run.
 pub(crate) fn simulate(first_seed: u64, schedules: u64) -> (Arc<Stats>, Result<(), Anomaly>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime for the timers the code under test sets");
-    // Timers are registered, never driven: nothing in a schedule waits for time.
-    let _context = runtime.enter();
-    TRACE.with(|t| t.set(std::env::var_os("BUNKER_SIM_TRACE").is_some()));
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    simulate_on(first_seed, schedules, threads as u64)
+}
+
+/// As [`simulate`], on `threads` threads: thread `t` plays schedules `t`, `t + threads`, ...
+/// Each schedule depends on its seed alone, so the split changes no schedule; the first
+/// anomaly stops every thread at its next schedule.
+fn simulate_on(first_seed: u64, schedules: u64, threads: u64) -> (Arc<Stats>, Result<(), Anomaly>) {
     let stats = Arc::new(Stats::default());
-    for i in 0..schedules {
-        let seed = first_seed.wrapping_add(i);
-        let steps = StdRng::seed_from_u64(seed ^ 0x5eed).gen_range(50..400);
-        stats.schedules.fetch_add(1, Ordering::Relaxed);
-        if let Err(anomaly) = Schedule::new(seed, stats.clone()).play(steps) {
-            return (stats, Err(anomaly));
-        }
+    let stop = AtomicBool::new(false);
+    let threads = threads.clamp(1, schedules.max(1));
+    let failures: Vec<Anomaly> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| {
+                let (stats, stop) = (stats.clone(), &stop);
+                scope.spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .expect("a runtime for the timers the code under test sets");
+                    // Timers are registered, never driven: nothing in a schedule waits for time.
+                    let _context = runtime.enter();
+                    TRACE.with(|t| t.set(std::env::var_os("BUNKER_SIM_TRACE").is_some()));
+                    let mut i = thread;
+                    while i < schedules && !stop.load(Ordering::Relaxed) {
+                        let seed = first_seed.wrapping_add(i);
+                        let steps = StdRng::seed_from_u64(seed ^ 0x5eed).gen_range(50..400);
+                        stats.schedules.fetch_add(1, Ordering::Relaxed);
+                        if let Err(anomaly) = Schedule::new(seed, stats.clone()).play(steps) {
+                            stop.store(true, Ordering::Relaxed);
+                            return Some(anomaly);
+                        }
+                        i += threads;
+                    }
+                    None
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    // The first schedule (by seed) among those that failed.
+    match failures
+        .into_iter()
+        .min_by_key(|a| a.seed.wrapping_sub(first_seed))
+    {
+        Some(anomaly) => (stats, Err(anomaly)),
+        None => (stats, Ok(())),
     }
-    (stats, Ok(()))
 }
 
 #[cfg(test)]
@@ -1248,6 +1288,26 @@ mod tests {
 
     fn env_u64(name: &str) -> Option<u64> {
         std::env::var(name).ok().and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn splitting_schedules_over_threads_changes_none_of_them() {
+        let figures = |threads| {
+            let (stats, result) = simulate_on(7, 12, threads);
+            result.expect("no anomaly");
+            let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            [
+                n(&stats.schedules),
+                n(&stats.steps),
+                n(&stats.writes),
+                n(&stats.faults),
+                n(&stats.syncs),
+                n(&stats.promotable_checks),
+            ]
+        };
+        let one = figures(1);
+        assert_eq!(one[0], 12);
+        assert_eq!(figures(3), one);
     }
 
     /// `BUNKER_SIM_SCHEDULES` schedules (200 by default; `scripts/dr-sim` runs 100,000),

@@ -27,11 +27,22 @@ pub struct InmemBackend {
     batches: AtomicU64,
     ops: AtomicU64,
     hook: HookSlot,
+    /// Feeds no commit index (as PostgreSQL): see [`InmemBackend::unindexed`].
+    unindexed: bool,
 }
 
 impl InmemBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store that feeds no commit index, as PostgreSQL does: a WAL opened on it keeps no
+    /// Merkle index (nothing is summed at open). For tests that only need the WAL's recovery.
+    pub fn unindexed() -> Self {
+        Self {
+            unindexed: true,
+            ..Self::default()
+        }
     }
 
     // No code path panics while holding the lock, so a poisoned map is still consistent.
@@ -53,7 +64,10 @@ impl InmemBackend {
         };
         let op_count = (ops.len() + extra.len()) as u64;
         let notify = !extra.is_empty();
-        let index = hook.as_ref().and_then(|hook| hook.index());
+        let index = hook
+            .as_ref()
+            .filter(|_| !self.unindexed)
+            .and_then(|hook| hook.index());
         let update = apply_indexed(
             &mut MapTable(&mut entries),
             ops.iter().chain(extra.iter()),
@@ -149,7 +163,7 @@ impl crate::HookedBackend for InmemBackend {
     }
 
     fn feeds_indexes(&self) -> bool {
-        true
+        !self.unindexed
     }
 }
 

@@ -25,8 +25,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Version of the frame layout and of the message encoding inside it.
-pub const FRAME_VERSION: u8 = 2;
+/// Version of the frame layout and of the message encoding inside it (3: the Merkle tree lists
+/// only the buckets that hold keys, as `(bucket, hash)` pairs).
+pub const FRAME_VERSION: u8 = 3;
 /// Largest accepted payload.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 /// Longest a frame write may take: a peer that stops reading cannot hold a sender (and what

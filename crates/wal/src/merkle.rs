@@ -5,28 +5,32 @@
 //! - **Two levels, fixed shape.** Every replicated key falls in one of [`CELLS`] cells by the
 //!   first 18 bits of `sha256(key)`; the first 12 of those bits are its bucket ([`BUCKETS`]), so
 //!   keys spread evenly whatever their paths look like. Two clusters compare roots, then the
-//!   4096 bucket hashes (128 KiB), then the 64 cell sums of each differing bucket (512 bytes a
-//!   bucket), and only then list keys, and only those of differing cells. With a million keys
-//!   and ten thousand scattered changes every bucket differs, but only a few percent of cells
-//!   do: listing whole buckets would ship the keyspace, listing cells ships little more than
-//!   what changed.
+//!   hashes of the buckets that hold keys (at most 4096, 144 KiB), then the 64 cell sums of
+//!   each differing bucket (512 bytes a bucket), and only then list keys, and only those of
+//!   differing cells. With a million keys and ten thousand scattered changes every bucket
+//!   differs, but only a few percent of cells do: listing whole buckets would ship the
+//!   keyspace, listing cells ships little more than what changed.
 //! - **Cell sums are additive.** A cell's fingerprint is the wrapping sum of its keys' 64-bit
-//!   leaf digests ([`leaf_digest`]), so all 262,144 cells come out of one scan in 2 MiB, in any
-//!   order, and a future incremental index can update a cell with `+ new - old`. 64 bits are
+//!   leaf digests ([`leaf_digest`]), so all 262,144 cells come out of one scan in at most
+//!   2 MiB, in any order, and the [`index`] updates a cell with `+ new - old`. 64 bits are
 //!   enough to find accidental differences (a changed cell that sums the same: 2^-64); the
 //!   bucket and root hashes stay full SHA-256.
-//! - **Bucket hashes from cell sums.** A bucket's hash is sha256 over its key count and its 64
-//!   cell sums, so it depends only on the set of `(key, value)` pairs, not on insertion history
-//!   or order, and a commit can keep it current from the cells it changed. Leaf hashes are
-//!   length-prefixed (`len(key) BE u32 || key || sha256(value)`), so no two different pairs can
-//!   produce the same hashed bytes.
+//! - **Bucket hashes from cell sums.** A bucket's hash is sha256 over its key count and the
+//!   slot and sum of each of its cells whose sum is not zero, so it depends only on the set of
+//!   `(key, value)` pairs, not on insertion history or order, and a commit can keep it current
+//!   from the cells it changed. Leaf hashes are length-prefixed (`len(key) BE u32 || key ||
+//!   sha256(value)`), so no two different pairs can produce the same hashed bytes.
+//! - **Sparse.** Empty buckets are left out of the sums, the tree and its root, and empty
+//!   cells out of a bucket's hash, so all of them cost in proportion to the keys present, not
+//!   to the 4096 buckets or the 262,144 cells ([`sums`]). At a million keys every bucket and
+//!   cell holds keys and the cost is the same as a dense form's.
 //! - **Ciphertext only.** Values are hashed as stored (barrier ciphertext); nothing is
 //!   decrypted. Local keys (under [`LOCAL_PREFIX`]: the WAL and replication state) are skipped,
 //!   so two clusters with the same replicated data have the same root.
 //! - **Kept by every commit, or computed by a scan.** Where the backend feeds indexes, the
-//!   [`index`] keeps every bucket's sums in storage, updated in each commit's transaction, so
-//!   the tree costs no scan. Otherwise (and to check the index) [`compute`] walks the keyspace
-//!   in pages of 1024 and adds each key to its cell: memory is the 2 MiB of sums and one page.
+//!   [`index`] keeps every bucket's sums in memory, updated by each commit, so the tree costs
+//!   no scan. Otherwise (and to check the index) [`compute`] walks the keyspace in pages of
+//!   1024 and adds each key to its cell: memory is the sums (at most 2 MiB) and one page.
 //!   A scan costs a read and a hash of every value; at 1M keys, seconds.
 //! - **Not a snapshot.** Pages are separate reads, so writes during a scan can be half seen.
 //!   Callers compare trees computed while the data is quiet (a secondary pauses applying), or
@@ -38,6 +42,8 @@
 
 use bunker_storage::limits::MAX_KEY_BYTES;
 use bunker_storage::{Backend, StorageError};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -45,8 +51,10 @@ use thiserror::Error;
 use crate::wal::{is_local, LOCAL_PREFIX};
 
 pub mod index;
+pub mod sums;
 
-pub use index::{BucketSums, IndexCheck, MerkleIndex};
+pub use index::{IndexCheck, MerkleIndex};
+pub use sums::{BucketSums, CellSums};
 
 /// Number of buckets: the first 12 bits of a key's hash.
 pub const BUCKETS: usize = 4096;
@@ -124,9 +132,10 @@ pub fn leaf_hash(key: &str, value: &[u8]) -> [u8; 32] {
 /// The hash tree of one cluster's replicated keyspace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MerkleTree {
-    /// [`BUCKETS`] entries; an empty bucket is all zero.
-    pub buckets: Vec<[u8; 32]>,
-    /// sha256 of the bucket hashes concatenated.
+    /// The hash of every bucket that holds keys, by bucket ascending; an empty bucket is
+    /// absent (its hash would be all zero).
+    pub buckets: Vec<(u32, [u8; 32])>,
+    /// sha256 over each listed bucket's number (big-endian u32) and hash, in order.
     pub root: [u8; 32],
     /// Number of replicated keys.
     pub keys: u64,
@@ -137,52 +146,74 @@ impl MerkleTree {
         hex::encode(self.root)
     }
 
-    /// Buckets whose hashes differ, ascending. A bucket missing from one side (a malformed tree
-    /// from a peer) counts as differing.
+    /// Buckets whose hashes differ (present on one side only, or with different hashes),
+    /// ascending. Meant for consistent trees; on a malformed one (unordered, repeated) it
+    /// still ends and names no bucket twice.
     pub fn diff(&self, other: &MerkleTree) -> Vec<u32> {
-        let len = self.buckets.len().max(other.buckets.len());
-        (0..len)
-            .filter(|&i| self.buckets.get(i) != other.buckets.get(i))
-            .filter_map(|i| u32::try_from(i).ok())
-            .collect()
+        let ours: BTreeMap<u32, [u8; 32]> = self.buckets.iter().copied().collect();
+        let theirs: BTreeMap<u32, [u8; 32]> = other.buckets.iter().copied().collect();
+        let mut differing: Vec<u32> = ours
+            .iter()
+            .filter(|(bucket, hash)| theirs.get(bucket) != Some(hash))
+            .map(|(&bucket, _)| bucket)
+            .chain(
+                theirs
+                    .keys()
+                    .filter(|bucket| !ours.contains_key(bucket))
+                    .copied(),
+            )
+            .collect();
+        differing.sort_unstable();
+        differing
     }
 
-    /// Whether the tree has [`BUCKETS`] buckets and its root matches them; check this on a tree
-    /// received from a peer before trusting its root.
+    /// Whether the buckets are strictly ascending, each below [`BUCKETS`] with a hash that is
+    /// not all zero, and the root matches them; check this on a tree received from a peer
+    /// before trusting it.
     pub fn is_consistent(&self) -> bool {
-        self.buckets.len() == BUCKETS && self.root == root_of(&self.buckets)
+        self.buckets.len() <= BUCKETS
+            && self
+                .buckets
+                .iter()
+                .all(|&(bucket, hash)| (bucket as usize) < BUCKETS && hash != [0; 32])
+            && self.buckets.windows(2).all(|pair| match pair {
+                [(a, _), (b, _)] => a < b,
+                _ => true,
+            })
+            && self.root == root_of(&self.buckets)
     }
 }
 
-fn root_of(buckets: &[[u8; 32]]) -> [u8; 32] {
+fn root_of(buckets: &[(u32, [u8; 32])]) -> [u8; 32] {
     buckets
         .iter()
-        .fold(Sha256::new(), |hasher, bucket| hasher.chain_update(bucket))
+        .fold(Sha256::new(), |hasher, (bucket, hash)| {
+            hasher.chain_update(bucket.to_be_bytes()).chain_update(hash)
+        })
         .finalize()
         .into()
 }
 
 /// Full scan (pages of 1024 via `Backend::scan("", after, 1024)`), skipping local keys. Bucket
-/// hash = sha256 over its key count and 64 cell sums ([`BucketSums::hash`]); empty bucket = all
-/// zero; root = sha256 of the bucket hashes concatenated.
+/// hash = sha256 over its key count and non-zero cell sums ([`BucketSums::hash`]); an empty bucket is
+/// left out; root = sha256 over each present bucket's number and hash ([`MerkleTree`]).
 pub async fn compute(backend: &dyn Backend) -> Result<MerkleTree> {
     Ok(compute_with_cells(backend).await?.0)
 }
 
 /// Builds the tree and the cell sums from entries given in any order, local keys skipped:
 /// the scans below, and a snapshot's pages as they are written.
+#[derive(Default)]
 pub struct TreeBuilder {
-    buckets: Vec<BucketSums>,
+    sums: CellSums,
 }
 
 impl TreeBuilder {
     pub fn new() -> TreeBuilder {
-        TreeBuilder {
-            buckets: vec![BucketSums::default(); BUCKETS],
-        }
+        TreeBuilder::default()
     }
 
-    /// The same as [`TreeBuilder::new`] (every builder keeps the cell sums, 2 MiB).
+    /// The same as [`TreeBuilder::new`] (every builder keeps the cell sums).
     pub fn with_cells() -> TreeBuilder {
         TreeBuilder::new()
     }
@@ -192,27 +223,18 @@ impl TreeBuilder {
         if is_local(key) {
             return;
         }
-        index::add_entry(&mut self.buckets, key, value);
+        self.sums.add_entry(key, value);
     }
 
-    /// The tree and every cell's sum.
-    pub fn finish(self) -> (MerkleTree, Vec<u64>) {
-        (
-            index::tree_of(&self.buckets),
-            index::cells_of(&self.buckets),
-        )
-    }
-}
-
-impl Default for TreeBuilder {
-    fn default() -> Self {
-        TreeBuilder::new()
+    /// The tree and the cell sums.
+    pub fn finish(self) -> (MerkleTree, CellSums) {
+        (self.sums.tree(), self.sums)
     }
 }
 
 /// The tree and every cell's sum (see [`cell_sums`]) from the same single scan: each key's
 /// hash and leaf hash serve both.
-pub async fn compute_with_cells(backend: &dyn Backend) -> Result<(MerkleTree, Vec<u64>)> {
+pub async fn compute_with_cells(backend: &dyn Backend) -> Result<(MerkleTree, CellSums)> {
     compute_with_cells_counting(backend, &std::sync::atomic::AtomicU64::new(0)).await
 }
 
@@ -221,7 +243,7 @@ pub async fn compute_with_cells(backend: &dyn Backend) -> Result<(MerkleTree, Ve
 pub async fn compute_with_cells_counting(
     backend: &dyn Backend,
     scanned: &std::sync::atomic::AtomicU64,
-) -> Result<(MerkleTree, Vec<u64>)> {
+) -> Result<(MerkleTree, CellSums)> {
     let mut builder = TreeBuilder::with_cells();
     for_each_replicated(backend, |key, value| {
         builder.add(key, value);
@@ -233,9 +255,9 @@ pub async fn compute_with_cells_counting(
     Ok((tree, cells))
 }
 
-/// Every cell's sum of leaf digests (one full scan); [`CELLS`] entries, an empty cell is 0.
+/// Every cell's sum of leaf digests (one full scan); an empty cell sums to 0.
 /// The same scan as [`compute_with_cells`], whose tree is dropped.
-pub async fn cell_sums(backend: &dyn Backend) -> Result<Vec<u64>> {
+pub async fn cell_sums(backend: &dyn Backend) -> Result<CellSums> {
     Ok(compute_with_cells(backend).await?.1)
 }
 

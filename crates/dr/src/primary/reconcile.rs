@@ -1,7 +1,7 @@
 //! The primary's half of reconciliation: Merkle tree, cell comparison, and pushing the values
 //! of differing cells (or a whole snapshot to an empty secondary).
 //!
-//! The primary holds per session at most: its own cell sums (2 MiB), the list of differing
+//! The primary holds per session at most: its own cell sums (up to 2 MiB), the list of differing
 //! cells, and the secondary's listing of one chunk of cells (the secondary sizes chunks so a
 //! listing is a bounded share of the keyspace; [`MAX_CHUNK_LISTING`] refuses more).
 
@@ -34,7 +34,7 @@ const VALUES_PAGE_BYTES: usize = 4 * 1024 * 1024;
 pub(crate) struct Reconciler {
     /// This cluster's cell sums: from the scan that made the tree the secondary compares
     /// against, or computed on the first `CellSums` page.
-    our_sums: Option<Arc<Vec<u64>>>,
+    our_sums: Option<Arc<merkle::CellSums>>,
     /// Differing cells found so far.
     differing: Vec<u32>,
     /// The chunk being listed, and the secondary's listing of it.
@@ -90,15 +90,13 @@ impl Reconciler {
         if self.our_sums.is_none() {
             self.our_sums = Some(Arc::new(merkle::cell_sums(backend).await?));
         }
-        let ours_all: &[u64] = self.our_sums.as_deref().map_or(&[], Vec::as_slice);
+        let empty = merkle::CellSums::new();
+        let ours_all = self.our_sums.as_deref().unwrap_or(&empty);
         let cells = merkle::cells_of_buckets(&buckets);
         if cells.len() != theirs.len() {
             return Err(ReplError::Refused("cell sums name unknown buckets".into()));
         }
-        let ours: Vec<u64> = cells
-            .iter()
-            .map(|&cell| ours_all.get(cell as usize).copied().unwrap_or(0))
-            .collect();
+        let ours: Vec<u64> = cells.iter().map(|&cell| ours_all.cell(cell)).collect();
         self.differing
             .extend(merkle::differing_cells(&cells, &ours, &theirs));
         if self.differing.len() > merkle::CELLS {
@@ -120,7 +118,7 @@ impl Reconciler {
 
     /// The cell sums computed with the tree just sent (the same scan), so the cell comparison
     /// needs no scan of its own.
-    pub(crate) fn use_cell_sums(&mut self, sums: Arc<Vec<u64>>) {
+    pub(crate) fn use_cell_sums(&mut self, sums: Arc<merkle::CellSums>) {
         self.our_sums = Some(sums);
     }
 

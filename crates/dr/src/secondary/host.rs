@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bunker_storage::Backend;
 
-use crate::merkle::MerkleTree;
+use crate::merkle::{CellSums, MerkleTree};
 use crate::status::SyncState;
 use crate::wal::Wal;
 use crate::ReplError;
@@ -31,7 +31,7 @@ pub(crate) trait SecondaryHost {
         consistent_at: Option<u64>,
     ) -> Result<(), ReplError>;
     /// The Merkle tree and cell sums of the local replicated keyspace.
-    async fn merkle_fingerprint(&self) -> Result<(MerkleTree, Arc<Vec<u64>>), ReplError>;
+    async fn merkle_fingerprint(&self) -> Result<(MerkleTree, Arc<CellSums>), ReplError>;
     /// The replicated keyspace changed in a way the WAL index does not show.
     fn invalidate_merkle(&self);
     /// The primary's keyring was replicated: reopen it.
@@ -73,7 +73,7 @@ impl SecondaryHost for Arc<crate::manager::Inner> {
         crate::manager::Inner::mark_synced(self, cluster_id, generation, consistent_at).await
     }
 
-    async fn merkle_fingerprint(&self) -> Result<(MerkleTree, Arc<Vec<u64>>), ReplError> {
+    async fn merkle_fingerprint(&self) -> Result<(MerkleTree, Arc<CellSums>), ReplError> {
         crate::manager::Inner::merkle_fingerprint(self).await
     }
 

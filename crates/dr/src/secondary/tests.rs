@@ -148,7 +148,7 @@ async fn identical_stores_exchange_nothing() {
         &mut rd,
         &mut wr,
         &buckets,
-        &[],
+        &merkle::CellSums::new(),
         CHUNK_CELLS,
     )
     .await

@@ -12,7 +12,8 @@
 //! - **Nothing stored.** Keeping sums or per-key entries in storage was built and measured
 //!   (`bench/README.md`, "The Merkle index"): every commit then rewrites pages at random places
 //!   in the B-tree (index keys are ordered by hash, data keys by path), which cost 35–55 % of
-//!   the write throughput at 64 connections. Memory costs 2 MiB and no write.
+//!   the write throughput at 64 connections. Memory costs at most 2 MiB (the sums of the
+//!   buckets that hold keys) and no write.
 //! - **Summed once at open.** Opening scans the replicated keyspace once (before the server
 //!   serves writes); afterwards only commits change the sums. A restart pays that scan again.
 //! - **Checked and rebuilt inside a commit.** `merkle-check` and `reindex` have the next commit
@@ -30,13 +31,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bunker_storage::{Backend, CommitIndex, IndexUpdate, Op, StorageError};
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use super::{
-    cell_of_hash, digest_of_leaf, leaf_hash, root_of, MerkleError, MerkleTree, BUCKETS,
-    CELLS_PER_BUCKET,
-};
+use super::sums::{locate, BucketSums, CellSums};
+use super::{root_of, MerkleError, MerkleTree};
 use crate::wal::{is_local, WAL_LAST_KEY};
 
 /// Written by the commit that carries a check or a rebuild (never read).
@@ -53,101 +51,6 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// One bucket's key count and cell sums (wrapping: a delta is a sum like any other).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BucketSums {
-    pub keys: u64,
-    pub cells: [u64; CELLS_PER_BUCKET],
-}
-
-impl Default for BucketSums {
-    fn default() -> Self {
-        BucketSums {
-            keys: 0,
-            cells: [0; CELLS_PER_BUCKET],
-        }
-    }
-}
-
-impl BucketSums {
-    pub fn is_zero(&self) -> bool {
-        self.keys == 0 && self.cells.iter().all(|&sum| sum == 0)
-    }
-
-    fn add(&mut self, other: &BucketSums) {
-        self.keys = self.keys.wrapping_add(other.keys);
-        for (sum, more) in self.cells.iter_mut().zip(other.cells.iter()) {
-            *sum = sum.wrapping_add(*more);
-        }
-    }
-
-    /// Adds (`sign` true) or removes one key whose cell slot is `slot` and leaf digest `digest`.
-    pub(crate) fn count(&mut self, slot: usize, digest: u64, sign: bool) {
-        if let Some(sum) = self.cells.get_mut(slot) {
-            if sign {
-                self.keys = self.keys.wrapping_add(1);
-                *sum = sum.wrapping_add(digest);
-            } else {
-                self.keys = self.keys.wrapping_sub(1);
-                *sum = sum.wrapping_sub(digest);
-            }
-        }
-    }
-
-    /// The bucket's hash: all zero for an empty bucket, else sha256 over the key count and the
-    /// 64 cell sums (big-endian). It depends only on the bucket's `(key, value)` pairs.
-    pub fn hash(&self) -> [u8; 32] {
-        if self.is_zero() {
-            return [0; 32];
-        }
-        let mut hasher = Sha256::new();
-        hasher.update(self.keys.to_be_bytes());
-        for sum in &self.cells {
-            hasher.update(sum.to_be_bytes());
-        }
-        hasher.finalize().into()
-    }
-}
-
-/// Every bucket's sums, indexed by bucket.
-pub(crate) type Sums = Vec<BucketSums>;
-
-pub(crate) fn empty_sums() -> Sums {
-    vec![BucketSums::default(); BUCKETS]
-}
-
-/// Adds one replicated entry to `sums`.
-pub(crate) fn add_entry(sums: &mut Sums, key: &str, value: &[u8]) {
-    let (bucket, slot, digest) = locate(key, value);
-    if let Some(sums) = sums.get_mut(bucket) {
-        sums.count(slot, digest, true);
-    }
-}
-
-/// The tree of a keyspace given every bucket's sums ([`BUCKETS`] of them).
-pub fn tree_of(buckets: &[BucketSums]) -> MerkleTree {
-    let hashes: Vec<[u8; 32]> = buckets.iter().map(BucketSums::hash).collect();
-    let root = root_of(&hashes);
-    MerkleTree {
-        keys: buckets.iter().fold(0u64, |n, b| n.wrapping_add(b.keys)),
-        buckets: hashes,
-        root,
-    }
-}
-
-/// Every cell's sum, in cell order, from the buckets' sums.
-pub fn cells_of(buckets: &[BucketSums]) -> Vec<u64> {
-    buckets.iter().flat_map(|b| b.cells).collect()
-}
-
-/// The bucket, the slot in it and the leaf digest of one replicated entry.
-pub(crate) fn locate(key: &str, value: &[u8]) -> (usize, usize, u64) {
-    let key_hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-    let cell = cell_of_hash(&key_hash) as usize;
-    let digest = digest_of_leaf(&leaf_hash(key, value));
-    (cell / CELLS_PER_BUCKET, cell % CELLS_PER_BUCKET, digest)
-}
-
 fn decode_wal_index(value: Option<&[u8]>) -> u64 {
     value
         .and_then(|v| <[u8; 8]>::try_from(v).ok())
@@ -156,8 +59,9 @@ fn decode_wal_index(value: Option<&[u8]>) -> u64 {
 
 /// The sums as the writer keeps them.
 struct Mirror {
-    buckets: Sums,
-    hashes: Vec<[u8; 32]>,
+    sums: CellSums,
+    /// The hash of every non-empty bucket, kept with its sums.
+    hashes: BTreeMap<u32, [u8; 32]>,
     keys: u64,
     /// The WAL index written by the last commit the sums include...
     wal_index: u64,
@@ -169,11 +73,11 @@ struct Mirror {
 }
 
 impl Mirror {
-    fn new(buckets: Sums, wal_index: u64) -> Mirror {
-        let hashes = buckets.iter().map(BucketSums::hash).collect();
-        let keys = buckets.iter().fold(0u64, |n, b| n.wrapping_add(b.keys));
+    fn new(sums: CellSums, wal_index: u64) -> Mirror {
+        let hashes = sums.iter().map(|(b, bucket)| (b, bucket.hash())).collect();
+        let keys = sums.keys();
         Mirror {
-            buckets,
+            sums,
             hashes,
             keys,
             wal_index,
@@ -182,47 +86,37 @@ impl Mirror {
         }
     }
 
+    fn buckets(&self) -> Vec<(u32, [u8; 32])> {
+        self.hashes.iter().map(|(&b, &hash)| (b, hash)).collect()
+    }
+
     fn root(&mut self) -> [u8; 32] {
-        *self.root.get_or_insert_with(|| root_of(&self.hashes))
+        if let Some(root) = self.root {
+            return root;
+        }
+        let root = root_of(&self.buckets());
+        self.root = Some(root);
+        root
     }
 
     fn tree(&mut self) -> MerkleTree {
         MerkleTree {
             root: self.root(),
-            buckets: self.hashes.clone(),
+            buckets: self.buckets(),
             keys: self.keys,
         }
     }
 
-    fn apply(&mut self, deltas: &BTreeMap<usize, BucketSums>) {
+    fn apply(&mut self, deltas: &BTreeMap<u32, BucketSums>) {
         for (&bucket, delta) in deltas.iter().filter(|(_, d)| !d.is_zero()) {
-            let (Some(sums), Some(hash)) =
-                (self.buckets.get_mut(bucket), self.hashes.get_mut(bucket))
-            else {
-                continue;
+            self.sums.add(bucket, delta);
+            match self.sums.bucket(bucket) {
+                Some(sums) => self.hashes.insert(bucket, sums.hash()),
+                None => self.hashes.remove(&bucket),
             };
-            sums.add(delta);
             self.keys = self.keys.wrapping_add(delta.keys);
-            *hash = sums.hash();
             self.root = None;
         }
-    }
-
-    /// Buckets and cells whose sums differ from `truth`.
-    fn compare(&self, truth: &Sums) -> (u64, u64) {
-        let (mut buckets, mut cells) = (0, 0);
-        for (ours, theirs) in self.buckets.iter().zip(truth.iter()) {
-            if ours != theirs {
-                buckets += 1;
-                cells += ours
-                    .cells
-                    .iter()
-                    .zip(theirs.cells.iter())
-                    .filter(|(a, b)| a != b)
-                    .count() as u64;
-            }
-        }
-        (buckets, cells)
     }
 }
 
@@ -359,11 +253,11 @@ impl MerkleIndex {
         Some((mirror.tree(), mirror.wal_index))
     }
 
-    /// The tree, every cell's sum, and the WAL index both are exact for.
-    pub fn fingerprint(&self) -> Option<(MerkleTree, Vec<u64>, u64)> {
+    /// The tree, the cell sums, and the WAL index both are exact for.
+    pub fn fingerprint(&self) -> Option<(MerkleTree, CellSums, u64)> {
         let mut mirror = self.shared.mirror();
         let mirror = mirror.as_mut()?;
-        Some((mirror.tree(), cells_of(&mirror.buckets), mirror.wal_index))
+        Some((mirror.tree(), mirror.sums.clone(), mirror.wal_index))
     }
 
     /// Declares whether the data is exactly the state at the last WAL index written:
@@ -454,7 +348,7 @@ impl CommitIndex for MerkleIndex {
 
     fn begin(&self) -> Box<dyn IndexUpdate> {
         let verify = self.shared.verify().take();
-        let truth = verify.as_ref().map(|_| (empty_sums(), 0, 0));
+        let truth = verify.as_ref().map(|_| (CellSums::new(), 0, 0));
         Box::new(Update {
             shared: self.shared.clone(),
             deltas: BTreeMap::new(),
@@ -469,14 +363,14 @@ impl CommitIndex for MerkleIndex {
 struct Update {
     shared: Arc<Shared>,
     /// Per bucket: the change the commit's writes make to the sums.
-    deltas: BTreeMap<usize, BucketSums>,
+    deltas: BTreeMap<u32, BucketSums>,
     /// The WAL index the commit writes, if it writes one.
     wal_index: Option<u64>,
     /// A check this commit carries: it sums the keyspace as the commit leaves it.
     verify: Option<Verify>,
     /// The sums of the keyspace as the commit leaves it, the entries read, the WAL index
     /// (0 if the commit leaves none).
-    truth: Option<(Sums, u64, u64)>,
+    truth: Option<(CellSums, u64, u64)>,
 }
 
 impl IndexUpdate for Update {
@@ -510,7 +404,7 @@ impl IndexUpdate for Update {
         if key == WAL_LAST_KEY {
             *wal_index = decode_wal_index(Some(value));
         } else if !is_local(key) {
-            add_entry(sums, key, value);
+            sums.add_entry(key, value);
             *read += 1;
             self.shared.progress.fetch_add(1, Ordering::Relaxed);
         }
@@ -545,11 +439,11 @@ impl IndexUpdate for Update {
             return;
         };
         let (differing_buckets, differing_cells) = match mirror.as_ref() {
-            Some(current) => current.compare(&truth),
+            Some(current) => current.sums.compare(&truth),
             None => (0, 0),
         };
         let check = IndexCheck {
-            tree: tree_of(&truth),
+            tree: truth.tree(),
             differing_buckets,
             differing_cells,
             scanned,

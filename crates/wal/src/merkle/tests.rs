@@ -17,41 +17,56 @@ fn put(key: &str, value: &[u8]) -> Op {
 }
 
 /// The tree computed the obvious way, from all pairs in memory: per bucket, its key count and
-/// the 64 sums of its cells' leaf digests (first 8 bytes of each leaf hash), hashed big-endian.
+/// the slot and sum of each cell whose sum of leaf digests (first 8 bytes of each leaf hash) is
+/// not zero, hashed big-endian; the root over each non-empty bucket's number and hash.
 fn reference_tree(pairs: &BTreeMap<String, Vec<u8>>) -> MerkleTree {
     let mut counts = vec![0u64; BUCKETS];
-    let mut sums = vec![0u64; CELLS];
+    let sums = reference_cells(pairs);
     let mut keys = 0;
-    for (key, value) in pairs.iter().filter(|(key, _)| !is_local(key)) {
-        let cell = cell_of(key) as usize;
-        counts[cell / CELLS_PER_BUCKET] += 1;
-        let leaf = leaf_hash(key, value);
-        let digest = u64::from_be_bytes(leaf[..8].try_into().unwrap());
-        sums[cell] = sums[cell].wrapping_add(digest);
+    for key in pairs.keys().filter(|key| !is_local(key)) {
+        counts[cell_of(key) as usize / CELLS_PER_BUCKET] += 1;
         keys += 1;
     }
-    let buckets: Vec<[u8; 32]> = (0..BUCKETS)
+    let buckets: Vec<(u32, [u8; 32])> = (0..BUCKETS)
+        .filter(|&bucket| counts[bucket] > 0)
         .map(|bucket| {
-            if counts[bucket] == 0 {
-                return [0; 32];
-            }
             let mut hasher = Sha256::new();
             hasher.update(counts[bucket].to_be_bytes());
-            for sum in &sums[bucket * CELLS_PER_BUCKET..(bucket + 1) * CELLS_PER_BUCKET] {
-                hasher.update(sum.to_be_bytes());
+            let cells = &sums[bucket * CELLS_PER_BUCKET..(bucket + 1) * CELLS_PER_BUCKET];
+            for (slot, sum) in cells.iter().enumerate() {
+                if *sum != 0 {
+                    hasher.update([slot as u8]);
+                    hasher.update(sum.to_be_bytes());
+                }
             }
-            hasher.finalize().into()
+            (bucket as u32, hasher.finalize().into())
         })
         .collect();
     let mut root = Sha256::new();
-    for bucket in &buckets {
-        root.update(bucket);
+    for (bucket, hash) in &buckets {
+        root.update(bucket.to_be_bytes());
+        root.update(hash);
     }
     MerkleTree {
         buckets,
         root: root.finalize().into(),
         keys,
     }
+}
+
+/// Every cell's sum, dense, the obvious way.
+fn reference_cells(pairs: &BTreeMap<String, Vec<u8>>) -> Vec<u64> {
+    let mut sums = vec![0u64; CELLS];
+    for (key, value) in pairs.iter().filter(|(key, _)| !is_local(key)) {
+        let cell = cell_of(key) as usize;
+        sums[cell] = sums[cell].wrapping_add(leaf_digest(key, value));
+    }
+    sums
+}
+
+/// The sparse sums, every cell read out.
+fn dense(sums: &CellSums) -> Vec<u64> {
+    (0..CELLS as u32).map(|cell| sums.cell(cell)).collect()
 }
 
 /// Replicated keys, including ones that sort right around the local range.
@@ -125,7 +140,7 @@ async fn empty_keyspace() {
     let backend = InmemBackend::new();
     let tree = tree(&backend).await;
     assert_eq!(tree.keys, 0);
-    assert!(tree.buckets.iter().all(|bucket| *bucket == [0; 32]));
+    assert!(tree.buckets.is_empty(), "an empty bucket is left out");
     assert_eq!(tree, reference_tree(&BTreeMap::new()));
     assert!(tree.is_consistent());
     assert_eq!(tree.root_hex().len(), 64);
@@ -215,11 +230,26 @@ async fn diff_finds_exactly_the_changed_buckets() {
     );
     assert_eq!(tree_b.diff(&tree_a), tree_a.diff(&tree_b));
 
+    // A bucket missing on one side differs; a malformed tree is seen as such.
     let mut truncated = tree_b.clone();
-    truncated.buckets.truncate(BUCKETS - 2);
-    assert!(!truncated.is_consistent());
-    let tail = tree_a.diff(&truncated);
-    assert!(tail.ends_with(&[BUCKETS as u32 - 2, BUCKETS as u32 - 1]));
+    let (last, _) = truncated.buckets.pop().expect("buckets");
+    assert!(!truncated.is_consistent(), "the root no longer adds up");
+    assert_eq!(tree_b.diff(&truncated), vec![last]);
+    let mut unordered = tree_b.clone();
+    unordered.buckets.swap(0, 1);
+    assert!(!unordered.is_consistent());
+    let mut repeated = tree_b.clone();
+    repeated.buckets.push(repeated.buckets[0]);
+    assert!(!repeated.is_consistent());
+    let mut zero = tree_b.clone();
+    zero.buckets[0].1 = [0; 32];
+    zero.root = root_of(&zero.buckets);
+    assert!(!zero.is_consistent(), "an empty bucket is never listed");
+    let mut outside = tree_b.clone();
+    outside.buckets.push((BUCKETS as u32, [1; 32]));
+    outside.root = root_of(&outside.buckets);
+    assert!(!outside.is_consistent(), "no such bucket");
+    assert!(tree_b.is_consistent());
 }
 
 #[test]
@@ -249,14 +279,13 @@ async fn cell_sums_match_the_reference_and_skip_local_keys() {
     let pairs = replicated_pairs(2500);
     let backend = backend_with(&pairs).await;
     backend.put("repl/local", b"x".to_vec()).await.expect("put");
-    let mut expected = vec![0u64; CELLS];
-    for (key, value) in &pairs {
-        let cell = cell_of(key) as usize;
-        expected[cell] = expected[cell].wrapping_add(leaf_digest(key, value));
-    }
-    assert_eq!(cell_sums(backend.as_ref()).await.expect("sums"), expected);
+    let expected = reference_cells(&pairs);
+    assert_eq!(
+        dense(&cell_sums(backend.as_ref()).await.expect("sums")),
+        expected
+    );
     let (tree, cells) = compute_with_cells(backend.as_ref()).await.expect("both");
-    assert_eq!(cells, expected, "one scan gives the same sums");
+    assert_eq!(dense(&cells), expected, "one scan gives the same sums");
     assert_eq!(tree, reference_tree(&pairs), "and the same tree");
 }
 
@@ -274,7 +303,7 @@ async fn changed_keys_show_up_in_their_cells_only() {
         cell_sums(a.as_ref()).await.expect("sums"),
         cell_sums(b.as_ref()).await.expect("sums"),
     );
-    let pick = |sums: &[u64]| -> Vec<u64> { cells.iter().map(|&c| sums[c as usize]).collect() };
+    let pick = |sums: &CellSums| -> Vec<u64> { cells.iter().map(|&c| sums.cell(c)).collect() };
     let found = differing_cells(&cells, &pick(&sums_a), &pick(&sums_b));
     let mut wanted: Vec<u32> = [changed[0], changed[1], "logical/added"]
         .into_iter()
@@ -320,4 +349,26 @@ impl StoreHooks for CountLocal {
         let local = page.iter().filter(|(key, _)| is_local(key)).count();
         self.0.fetch_add(local, Ordering::SeqCst);
     }
+}
+
+#[test]
+fn sums_hold_only_the_buckets_that_hold_keys() {
+    let mut sums = CellSums::new();
+    assert_eq!(sums.tree().buckets, Vec::new());
+    sums.add_entry("a", b"1");
+    sums.add_entry("b", b"2");
+    let tree = sums.tree();
+    assert_eq!(tree.keys, 2);
+    assert_eq!(tree.buckets.len(), 2);
+    assert!(tree.is_consistent());
+    // Taking both keys out again leaves no trace: equal to sums that never held them.
+    for (key, value) in [("a", b"1"), ("b", b"2")] {
+        let (bucket, slot, digest) = sums::locate(key, value);
+        let mut delta = BucketSums::default();
+        delta.count(slot, digest, false);
+        sums.add(bucket, &delta);
+    }
+    assert_eq!(sums, CellSums::new());
+    assert_eq!(sums.tree(), CellSums::new().tree());
+    assert_eq!(sums.cell(u32::MAX), 0, "a cell past the last sums to 0");
 }

@@ -1,0 +1,179 @@
+//! Cell sums and the tree they make, held sparse: only buckets that hold keys take memory or
+//! time.
+//!
+//! Design (measured in `bench/README.md`, "Sparse sums"): the sums were once a dense array of
+//! all 262,144 cells (2 MiB) and the tree a dense list of 4,096 bucket hashes. At a million
+//! keys every bucket holds keys and both forms cost the same, but a small keyspace (a new
+//! cluster, a test, the deterministic simulation with its tens of keys) paid for zeroing,
+//! copying and hashing 2 MiB and 128 KiB on every tree. Held by bucket in a `BTreeMap`, a tree
+//! costs in proportion to the buckets present, and a lookup stays O(log 4096).
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use super::{cell_of_hash, digest_of_leaf, leaf_hash, root_of, MerkleTree, CELLS_PER_BUCKET};
+
+/// One bucket's key count and cell sums (wrapping: a delta is a sum like any other).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketSums {
+    pub keys: u64,
+    pub cells: [u64; CELLS_PER_BUCKET],
+}
+
+impl Default for BucketSums {
+    fn default() -> Self {
+        BucketSums {
+            keys: 0,
+            cells: [0; CELLS_PER_BUCKET],
+        }
+    }
+}
+
+impl BucketSums {
+    pub fn is_zero(&self) -> bool {
+        self.keys == 0 && self.cells.iter().all(|&sum| sum == 0)
+    }
+
+    fn add(&mut self, other: &BucketSums) {
+        self.keys = self.keys.wrapping_add(other.keys);
+        for (sum, more) in self.cells.iter_mut().zip(other.cells.iter()) {
+            *sum = sum.wrapping_add(*more);
+        }
+    }
+
+    /// Adds (`sign` true) or removes one key whose cell slot is `slot` and leaf digest `digest`.
+    pub(crate) fn count(&mut self, slot: usize, digest: u64, sign: bool) {
+        if let Some(sum) = self.cells.get_mut(slot) {
+            if sign {
+                self.keys = self.keys.wrapping_add(1);
+                *sum = sum.wrapping_add(digest);
+            } else {
+                self.keys = self.keys.wrapping_sub(1);
+                *sum = sum.wrapping_sub(digest);
+            }
+        }
+    }
+
+    /// The bucket's hash: all zero for an empty bucket, else sha256 over the key count
+    /// (big-endian) and, for each cell whose sum is not zero, its slot (one byte) and sum
+    /// (big-endian), in slot order. It depends only on the bucket's `(key, value)` pairs, and
+    /// a bucket with few keys hashes few bytes.
+    pub fn hash(&self) -> [u8; 32] {
+        if self.is_zero() {
+            return [0; 32];
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(self.keys.to_be_bytes());
+        for (slot, sum) in self.cells.iter().enumerate().filter(|(_, sum)| **sum != 0) {
+            // Fewer than 256 slots: the slot fits in one byte.
+            hasher.update([slot as u8]);
+            hasher.update(sum.to_be_bytes());
+        }
+        hasher.finalize().into()
+    }
+}
+
+/// The sums of every bucket that holds keys, by bucket; a bucket absent is empty (all zero).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CellSums {
+    /// Never holds an all-zero bucket, so two equal keyspaces have equal maps.
+    buckets: BTreeMap<u32, BucketSums>,
+}
+
+impl CellSums {
+    pub fn new() -> CellSums {
+        CellSums::default()
+    }
+
+    /// Adds one replicated entry.
+    pub fn add_entry(&mut self, key: &str, value: &[u8]) {
+        let (bucket, slot, digest) = locate(key, value);
+        let mut delta = BucketSums::default();
+        delta.count(slot, digest, true);
+        self.add(bucket, &delta);
+    }
+
+    /// Adds `delta` to `bucket`'s sums; a bucket that becomes empty is dropped.
+    pub fn add(&mut self, bucket: u32, delta: &BucketSums) {
+        let sums = self.buckets.entry(bucket).or_default();
+        sums.add(delta);
+        if sums.is_zero() {
+            self.buckets.remove(&bucket);
+        }
+    }
+
+    /// `bucket`'s sums, `None` when it is empty.
+    pub fn bucket(&self, bucket: u32) -> Option<&BucketSums> {
+        self.buckets.get(&bucket)
+    }
+
+    /// One cell's sum (0 for an empty cell or one past the last).
+    pub fn cell(&self, cell: u32) -> u64 {
+        let per_bucket = CELLS_PER_BUCKET as u32;
+        self.bucket(cell / per_bucket)
+            .and_then(|sums| sums.cells.get((cell % per_bucket) as usize))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The number of keys summed.
+    pub fn keys(&self) -> u64 {
+        self.buckets
+            .values()
+            .fold(0u64, |n, sums| n.wrapping_add(sums.keys))
+    }
+
+    /// The non-empty buckets, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &BucketSums)> {
+        self.buckets.iter().map(|(&bucket, sums)| (bucket, sums))
+    }
+
+    /// The tree these sums make.
+    pub fn tree(&self) -> MerkleTree {
+        let buckets: Vec<(u32, [u8; 32])> = self
+            .iter()
+            .map(|(bucket, sums)| (bucket, sums.hash()))
+            .collect();
+        MerkleTree {
+            root: root_of(&buckets),
+            buckets,
+            keys: self.keys(),
+        }
+    }
+
+    /// The buckets, and the cells in them, whose sums differ from `other`'s.
+    pub fn compare(&self, other: &CellSums) -> (u64, u64) {
+        let empty = BucketSums::default();
+        let mut differing = (0, 0);
+        let buckets: std::collections::BTreeSet<u32> = self
+            .buckets
+            .keys()
+            .chain(other.buckets.keys())
+            .copied()
+            .collect();
+        for bucket in buckets {
+            let ours = self.bucket(bucket).unwrap_or(&empty);
+            let theirs = other.bucket(bucket).unwrap_or(&empty);
+            if ours != theirs {
+                differing.0 += 1;
+                differing.1 += ours
+                    .cells
+                    .iter()
+                    .zip(theirs.cells.iter())
+                    .filter(|(a, b)| a != b)
+                    .count() as u64;
+            }
+        }
+        differing
+    }
+}
+
+/// The bucket, the slot in it and the leaf digest of one replicated entry.
+pub(crate) fn locate(key: &str, value: &[u8]) -> (u32, usize, u64) {
+    let key_hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let cell = cell_of_hash(&key_hash);
+    let digest = digest_of_leaf(&leaf_hash(key, value));
+    let per_bucket = CELLS_PER_BUCKET as u32;
+    (cell / per_bucket, (cell % per_bucket) as usize, digest)
+}
