@@ -373,16 +373,7 @@ where
     write_frame(wr, &ToPrimary::MerkleRequest).await?;
     let reply = sync_reply(rd).await?.0;
     drop(tree_fetch);
-    let (wal_index, theirs) = match reply {
-        ToSecondary::Tree { wal_index, tree } => (wal_index, tree),
-        ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
-        _ => return Err(ReplError::Refused("expected a Merkle tree".into())),
-    };
-    if !theirs.is_consistent() {
-        return Err(ReplError::Refused(
-            "the primary's Merkle tree is malformed (its buckets or root do not add up)".into(),
-        ));
-    }
+    let (wal_index, theirs) = received_tree(reply)?;
     let buckets = ours.diff(&theirs);
     inner.set_sync_state(SyncState::MerkleSync, "ready");
     inner.progress_start("merkle", 0);
@@ -436,6 +427,19 @@ where
             );
             Ok(Synced::InPlace)
         }
+    }
+}
+
+/// The primary's answer to `MerkleRequest`: its tree and the WAL index it is exact for. A
+/// tree whose buckets or root do not add up is refused before anything is compared with it.
+fn received_tree(reply: ToSecondary) -> Result<(u64, merkle::MerkleTree), ReplError> {
+    match reply {
+        ToSecondary::Tree { wal_index, tree } if tree.is_consistent() => Ok((wal_index, tree)),
+        ToSecondary::Tree { .. } => Err(ReplError::Refused(
+            "the primary's Merkle tree is malformed (its buckets or root do not add up)".into(),
+        )),
+        ToSecondary::Refused { reason } => Err(ReplError::Refused(reason)),
+        _ => Err(ReplError::Refused("expected a Merkle tree".into())),
     }
 }
 

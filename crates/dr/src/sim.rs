@@ -12,8 +12,9 @@
 //! glue a session together (hello, welcome, dispatch) are the runtime's, restated.
 //!
 //! Every future is polled by hand with a no-op waker, one at a time, in an order drawn from
-//! the seed; nothing runs on threads or timers. So a schedule is a function of its seed, and a
-//! failing seed replays exactly: `BUNKER_SIM_SEED=<seed> BUNKER_SIM_SCHEDULES=1`.
+//! the seed; nothing within a schedule runs on threads or timers. So a schedule is a function
+//! of its seed, and a failing seed replays exactly: `BUNKER_SIM_SEED=<seed>
+//! BUNKER_SIM_SCHEDULES=1`. Separate schedules run on separate threads (one per core).
 //!
 //! After every step it checks what `docs/reliability.md` promises, on the secondary's durable
 //! state (what a restart would find: the WAL reopened, an interrupted reset finished):
@@ -1230,8 +1231,8 @@ pub(crate) fn simulate(first_seed: u64, schedules: u64) -> (Arc<Stats>, Result<(
 }
 
 /// As [`simulate`], on `threads` threads: thread `t` plays schedules `t`, `t + threads`, ...
-/// Each schedule depends on its seed alone, so the split changes no schedule; the first
-/// anomaly stops every thread at its next schedule.
+/// Each schedule depends on its seed alone, so the split changes no schedule; an anomaly (or
+/// a panic inside a schedule, reported with its seed) stops every thread at its next schedule.
 fn simulate_on(first_seed: u64, schedules: u64, threads: u64) -> (Arc<Stats>, Result<(), Anomaly>) {
     let stats = Arc::new(Stats::default());
     let stop = AtomicBool::new(false);
@@ -1253,7 +1254,21 @@ fn simulate_on(first_seed: u64, schedules: u64, threads: u64) -> (Arc<Stats>, Re
                         let seed = first_seed.wrapping_add(i);
                         let steps = StdRng::seed_from_u64(seed ^ 0x5eed).gen_range(50..400);
                         stats.schedules.fetch_add(1, Ordering::Relaxed);
-                        if let Err(anomaly) = Schedule::new(seed, stats.clone()).play(steps) {
+                        // An assertion inside a schedule is an anomaly of that seed too.
+                        let played = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            Schedule::new(seed, stats.clone()).play(steps)
+                        }));
+                        let result = played.unwrap_or_else(|panic| {
+                            Err(Anomaly {
+                                seed,
+                                step: 0,
+                                what: format!(
+                                    "panicked (the step is not known): {}",
+                                    panic_message(panic.as_ref())
+                                ),
+                            })
+                        });
+                        if let Err(anomaly) = result {
                             stop.store(true, Ordering::Relaxed);
                             return Some(anomaly);
                         }
@@ -1272,7 +1287,8 @@ fn simulate_on(first_seed: u64, schedules: u64, threads: u64) -> (Arc<Stats>, Re
             })
             .collect()
     });
-    // The first schedule (by seed) among those that failed.
+    // Of the schedules that failed before every thread stopped, the first by seed (not
+    // necessarily the first failing seed overall: threads stop at their next schedule).
     match failures
         .into_iter()
         .min_by_key(|a| a.seed.wrapping_sub(first_seed))
@@ -1280,6 +1296,15 @@ fn simulate_on(first_seed: u64, schedules: u64, threads: u64) -> (Arc<Stats>, Re
         Some(anomaly) => (stats, Err(anomaly)),
         None => (stats, Ok(())),
     }
+}
+
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)")
 }
 
 #[cfg(test)]

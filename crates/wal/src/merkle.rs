@@ -5,7 +5,7 @@
 //! - **Two levels, fixed shape.** Every replicated key falls in one of [`CELLS`] cells by the
 //!   first 18 bits of `sha256(key)`; the first 12 of those bits are its bucket ([`BUCKETS`]), so
 //!   keys spread evenly whatever their paths look like. Two clusters compare roots, then the
-//!   hashes of the buckets that hold keys (at most 4096, 144 KiB), then the 64 cell sums of
+//!   hashes of the buckets that hold keys (at most 4096, about 140 KiB), then the 64 cell sums of
 //!   each differing bucket (512 bytes a bucket), and only then list keys, and only those of
 //!   differing cells. With a million keys and ten thousand scattered changes every bucket
 //!   differs, but only a few percent of cells do: listing whole buckets would ship the
@@ -23,7 +23,8 @@
 //! - **Sparse.** Empty buckets are left out of the sums, the tree and its root, and empty
 //!   cells out of a bucket's hash, so all of them cost in proportion to the keys present, not
 //!   to the 4096 buckets or the 262,144 cells ([`sums`]). At a million keys every bucket and
-//!   cell holds keys and the cost is the same as a dense form's.
+//!   cell holds keys and the cost is about a dense form's (`bench/README.md`, "Sparse Merkle
+//!   sums").
 //! - **Ciphertext only.** Values are hashed as stored (barrier ciphertext); nothing is
 //!   decrypted. Local keys (under [`LOCAL_PREFIX`]: the WAL and replication state) are skipped,
 //!   so two clusters with the same replicated data have the same root.

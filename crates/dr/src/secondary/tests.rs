@@ -199,3 +199,36 @@ async fn a_primary_refuses_chunks_of_unknown_or_too_many_cells() {
         assert!(matches!(refused, Err(ReplError::Refused(_))), "{refused:?}");
     }
 }
+
+#[test]
+fn a_malformed_tree_from_the_primary_is_refused_before_any_comparison() {
+    let mut sums = merkle::CellSums::new();
+    sums.add_entry("logical/a", b"1");
+    sums.add_entry("logical/b", b"2");
+    let tree = sums.tree();
+    let (wal_index, accepted) = received_tree(ToSecondary::Tree {
+        wal_index: 9,
+        tree: tree.clone(),
+    })
+    .expect("a consistent tree");
+    assert_eq!((wal_index, &accepted), (9, &tree));
+
+    let mut wrong_root = tree.clone();
+    wrong_root.root = [7; 32];
+    let mut reordered = tree.clone();
+    reordered.buckets.reverse();
+    for malformed in [wrong_root, reordered] {
+        let refused = received_tree(ToSecondary::Tree {
+            wal_index: 9,
+            tree: malformed,
+        });
+        assert!(
+            matches!(&refused, Err(ReplError::Refused(reason)) if reason.contains("malformed")),
+            "{refused:?}"
+        );
+    }
+    assert!(matches!(
+        received_tree(ToSecondary::ChunkDone),
+        Err(ReplError::Refused(_))
+    ));
+}

@@ -1,18 +1,19 @@
 //! Cell sums and the tree they make, held sparse: only buckets that hold keys take memory or
 //! time.
 //!
-//! Design (measured in `bench/README.md`, "Sparse sums"): the sums were once a dense array of
-//! all 262,144 cells (2 MiB) and the tree a dense list of 4,096 bucket hashes. At a million
-//! keys every bucket holds keys and both forms cost the same, but a small keyspace (a new
-//! cluster, a test, the deterministic simulation with its tens of keys) paid for zeroing,
-//! copying and hashing 2 MiB and 128 KiB on every tree. Held by bucket in a `BTreeMap`, a tree
-//! costs in proportion to the buckets present, and a lookup stays O(log 4096).
-
-use std::collections::BTreeMap;
+//! Design (measured in `bench/README.md`, "Sparse Merkle sums"): the sums were a dense array
+//! of all 262,144 cells (2 MiB) and the tree a dense list of 4,096 bucket hashes. At a million
+//! keys every bucket holds keys and both forms cost about the same, but a small keyspace (a
+//! new cluster, a test, the deterministic simulation with its tens of keys) paid for zeroing,
+//! copying and hashing 2 MiB and 128 KiB for every tree. Now a bucket's sums are boxed behind
+//! one pointer per bucket (32 KiB, allocated with the first key): lookups stay O(1), a full
+//! index is 2 MiB plus the pointers, and a small one costs in proportion to its buckets.
 
 use sha2::{Digest, Sha256};
 
-use super::{cell_of_hash, digest_of_leaf, leaf_hash, root_of, MerkleTree, CELLS_PER_BUCKET};
+use super::{
+    cell_of_hash, digest_of_leaf, leaf_hash, root_of, MerkleTree, BUCKETS, CELLS_PER_BUCKET,
+};
 
 /// One bucket's key count and cell sums (wrapping: a delta is a sum like any other).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,11 +76,21 @@ impl BucketSums {
 }
 
 /// The sums of every bucket that holds keys, by bucket; a bucket absent is empty (all zero).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct CellSums {
-    /// Never holds an all-zero bucket, so two equal keyspaces have equal maps.
-    buckets: BTreeMap<u32, BucketSums>,
+    /// Empty until the first key, then one slot per bucket ([`BUCKETS`]: 32 KiB of pointers),
+    /// each a bucket's sums or `None`; never an all-zero bucket, so equal keyspaces compare
+    /// equal.
+    buckets: Vec<Option<Box<BucketSums>>>,
 }
+
+impl PartialEq for CellSums {
+    fn eq(&self, other: &CellSums) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for CellSums {}
 
 impl CellSums {
     pub fn new() -> CellSums {
@@ -94,18 +105,25 @@ impl CellSums {
         self.add(bucket, &delta);
     }
 
-    /// Adds `delta` to `bucket`'s sums; a bucket that becomes empty is dropped.
+    /// Adds `delta` to `bucket`'s sums; a bucket that becomes empty is dropped. A bucket past
+    /// the last is ignored.
     pub fn add(&mut self, bucket: u32, delta: &BucketSums) {
-        let sums = self.buckets.entry(bucket).or_default();
+        if self.buckets.is_empty() {
+            self.buckets.resize_with(BUCKETS, || None);
+        }
+        let Some(entry) = self.buckets.get_mut(bucket as usize) else {
+            return;
+        };
+        let sums = entry.get_or_insert_with(Box::default);
         sums.add(delta);
         if sums.is_zero() {
-            self.buckets.remove(&bucket);
+            *entry = None;
         }
     }
 
     /// `bucket`'s sums, `None` when it is empty.
     pub fn bucket(&self, bucket: u32) -> Option<&BucketSums> {
-        self.buckets.get(&bucket)
+        self.buckets.get(bucket as usize).and_then(Option::as_deref)
     }
 
     /// One cell's sum (0 for an empty cell or one past the last).
@@ -119,14 +137,16 @@ impl CellSums {
 
     /// The number of keys summed.
     pub fn keys(&self) -> u64 {
-        self.buckets
-            .values()
-            .fold(0u64, |n, sums| n.wrapping_add(sums.keys))
+        self.iter()
+            .fold(0u64, |n, (_, sums)| n.wrapping_add(sums.keys))
     }
 
     /// The non-empty buckets, ascending.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &BucketSums)> {
-        self.buckets.iter().map(|(&bucket, sums)| (bucket, sums))
+        self.buckets
+            .iter()
+            .zip(0u32..)
+            .filter_map(|(sums, bucket)| Some((bucket, sums.as_deref()?)))
     }
 
     /// The tree these sums make.
@@ -146,13 +166,7 @@ impl CellSums {
     pub fn compare(&self, other: &CellSums) -> (u64, u64) {
         let empty = BucketSums::default();
         let mut differing = (0, 0);
-        let buckets: std::collections::BTreeSet<u32> = self
-            .buckets
-            .keys()
-            .chain(other.buckets.keys())
-            .copied()
-            .collect();
-        for bucket in buckets {
+        for bucket in 0..BUCKETS as u32 {
             let ours = self.bucket(bucket).unwrap_or(&empty);
             let theirs = other.bucket(bucket).unwrap_or(&empty);
             if ours != theirs {
