@@ -223,7 +223,10 @@ def figure_sync(raw, machine, out, targets):
                     "value": r, "unit": "x", "pass": None if r is None else r >= 30})
     md += [f"Data set: {b['total_keys']:,} secrets (256-byte values). Bunker's time runs from "
            f"`secondary/enable` to the secondary's `{b.get('kind', 'Merkle')} sync complete` log line; bytes are the "
-           "primary's TCP `bytes_sent` on the replication connection.", "",
+           "primary's TCP `bytes_sent` on the replication connection."
+           + (f" etcd's source holds {res['etcd']['total_keys']:,} keys (its make-mirror rate is measured "
+              "on at most a million)." if res.get("etcd", {}).get("total_keys", b["total_keys"]) < b["total_keys"]
+              else ""), "",
            "| | Bunker | etcd make-mirror |", "|---|---:|---:|",
            f"| secrets (keys) copied | {res['secrets']:,} ({res['storage_entries']:,} storage entries) | {res.get('etcd', {}).get('keys', 0):,}"
            f"{'' if res.get('etcd', {}).get('complete', True) else ' (capped: partial)'} |",
