@@ -46,6 +46,12 @@ pub type Result<T> = std::result::Result<T, BarrierError>;
 /// Physical key of the encrypted keyring (written by the barrier only).
 pub const KEYRING_PATH: &str = "core/keyring";
 
+/// Physical key of the root key a rekey installed, encrypted with the keyring's active term
+/// (written by the barrier only, with the rekeyed keyring). An HA standby holds the keyring
+/// terms but a root key the rekey replaced; this is how it follows (as Vault's standbys reload
+/// `core/master`). Whoever holds a term key can already read everything it encrypted.
+pub const ROOT_KEY_UPGRADE_PATH: &str = "core/root-key-upgrade";
+
 /// Length in bytes of the root key (AES-256).
 pub const ROOT_KEY_LEN: usize = KEY_LEN;
 
@@ -114,7 +120,7 @@ fn root_cipher(root_key: &[u8]) -> Result<TermCipher> {
 }
 
 fn refuse_reserved(key: &str) -> Result<()> {
-    if key == KEYRING_PATH {
+    if key == KEYRING_PATH || key == ROOT_KEY_UPGRADE_PATH {
         return Err(BarrierError::ReservedPath(key.to_owned()));
     }
     Ok(())
@@ -366,6 +372,10 @@ impl Barrier {
             key: KEYRING_PATH.to_owned(),
             value: state.keyring.seal_with_root(&root)?,
         });
+        ops.push(Op::Put {
+            key: ROOT_KEY_UPGRADE_PATH.to_owned(),
+            value: self.encrypt_with(&state, ROOT_KEY_UPGRADE_PATH, new_root_key)?,
+        });
         self.backend.batch(ops).await?;
         let next = Arc::new(Unsealed {
             root: Arc::new(root),
@@ -421,37 +431,84 @@ impl Barrier {
     /// `InvalidRootKey`; the new key shares open it again.
     pub async fn reload_keyring(&self) -> Result<()> {
         let _change = self.keyring_change.lock().await;
-        self.reload_keyring_locked().await
+        self.reload_keyring_locked(false).await
+    }
+
+    /// [`Barrier::reload_keyring`] for a node that shares its storage with others (an HA
+    /// standby taking the lock): when another node rekeyed, the new root key is read from
+    /// [`ROOT_KEY_UPGRADE_PATH`] with the terms in memory and kept if it opens the stored
+    /// keyring. A node that cannot follow (the record is under a term it never loaded: a
+    /// rotation came between its unseal and the rekey) seals itself as `reload_keyring` does.
+    pub async fn reload_keyring_following_rekey(&self) -> Result<()> {
+        let _change = self.keyring_change.lock().await;
+        self.reload_keyring_locked(true).await
+    }
+
+    /// The unsealed state under the root key in [`ROOT_KEY_UPGRADE_PATH`], read with the
+    /// terms of `previous`.
+    async fn adopt_rekeyed_root(&self, previous: &Unsealed) -> Result<Unsealed> {
+        let sealed = self
+            .backend
+            .get(ROOT_KEY_UPGRADE_PATH)
+            .await?
+            .ok_or(BarrierError::InvalidRootKey)?;
+        let root_key = previous
+            .keyring
+            .decrypt(ROOT_KEY_UPGRADE_PATH, &sealed)
+            .map_err(|_| BarrierError::InvalidRootKey)?;
+        let root = root_cipher(&root_key)?;
+        let keyring = self.load_keyring(&root).await?;
+        Ok(Unsealed {
+            root: Arc::new(root),
+            root_key: Arc::new(root_key),
+            keyring,
+        })
     }
 
     /// [`Barrier::reload_keyring`] by the holder of the keyring (a restore, right after it
     /// committed the keyring it computed, before any rotation may run).
     pub async fn reload_keyring_held(&self, _held: &KeyringHeld<'_>) -> Result<()> {
-        self.reload_keyring_locked().await
+        self.reload_keyring_locked(false).await
     }
 
-    async fn reload_keyring_locked(&self) -> Result<()> {
+    async fn reload_keyring_locked(&self, follow_rekey: bool) -> Result<()> {
         let state = self.unsealed()?;
-        let keyring = match self.load_keyring(&state.root).await {
-            Ok(keyring) => keyring,
+        let next = match self.load_keyring(&state.root).await {
+            Ok(keyring) => Unsealed {
+                root: Arc::clone(&state.root),
+                root_key: Arc::clone(&state.root_key),
+                keyring,
+            },
             Err(BarrierError::InvalidRootKey) => {
-                drop(state);
-                self.replace_state(None);
-                tracing::warn!(
-                    "the stored keyring is under a new root key (rekeyed); barrier sealed"
-                );
-                return Err(BarrierError::InvalidRootKey);
+                let adopted = match follow_rekey {
+                    true => self.adopt_rekeyed_root(&state).await.map_err(|e| {
+                        tracing::warn!(error = %e, "the root key of a rekey made on another node could not be read");
+                        BarrierError::InvalidRootKey
+                    }),
+                    false => Err(BarrierError::InvalidRootKey),
+                };
+                match adopted {
+                    Ok(next) => {
+                        tracing::info!(
+                            "the stored keyring is under a new root key (rekeyed on another node); following it"
+                        );
+                        next
+                    }
+                    Err(e) => {
+                        drop(state);
+                        self.replace_state(None);
+                        tracing::warn!(
+                            "the stored keyring is under a new root key (rekeyed); barrier sealed"
+                        );
+                        return Err(e);
+                    }
+                }
             }
             Err(e) => return Err(e),
         };
-        let next = Arc::new(Unsealed {
-            root: Arc::clone(&state.root),
-            root_key: Arc::clone(&state.root_key),
-            keyring,
-        });
         let mut current = self.state.write().unwrap_or_else(PoisonError::into_inner);
         if current.is_some() {
-            *current = Some(next);
+            *current = Some(Arc::new(next));
         }
         Ok(())
     }

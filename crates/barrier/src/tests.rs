@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bunker_storage::{Backend, InmemBackend, Op};
 
 use crate::envelope::{HEADER_LEN, TAG_LEN};
-use crate::{Barrier, BarrierError, KEYRING_PATH};
+use crate::{Barrier, BarrierError, KEYRING_PATH, ROOT_KEY_UPGRADE_PATH};
 
 /// Raw (ciphertext) access to the backend under the barrier.
 #[async_trait]
@@ -491,4 +491,55 @@ async fn a_restored_keyring_keeps_the_terms_newer_than_the_snapshots() {
         barrier.keyring_for_restore(&held, b"not a keyring"),
         Err(BarrierError::Corrupt { .. })
     ));
+}
+
+#[tokio::test]
+async fn a_node_sharing_the_storage_follows_a_rekey_made_on_another() {
+    let (standby, old_root, backend) = unsealed().await;
+    standby.put("a", b"v").await.unwrap();
+    // The active node (another barrier over the same storage) rekeys.
+    let active = Barrier::new(backend.clone());
+    active.unseal(&old_root).await.unwrap();
+    let new_root = Barrier::generate_root_key();
+    active.rekey_root(&new_root, Vec::new()).await.unwrap();
+    // Nothing outside the barrier may write or read the record.
+    assert!(matches!(
+        standby.put(ROOT_KEY_UPGRADE_PATH, b"x").await,
+        Err(BarrierError::ReservedPath(_))
+    ));
+    assert!(matches!(
+        standby.get(ROOT_KEY_UPGRADE_PATH).await,
+        Err(BarrierError::ReservedPath(_))
+    ));
+
+    standby.reload_keyring_following_rekey().await.unwrap();
+    assert!(!standby.is_sealed());
+    assert_eq!(standby.root_key().unwrap().as_slice(), new_root.as_slice());
+    assert_eq!(standby.get("a").await.unwrap().as_deref(), Some(&b"v"[..]));
+    // What it writes now opens on the active node, and a fresh unseal needs the new key.
+    standby.put("b", b"w").await.unwrap();
+    assert_eq!(active.get("b").await.unwrap().as_deref(), Some(&b"w"[..]));
+    let fresh = Barrier::new(backend.clone());
+    assert!(matches!(
+        fresh.unseal(&old_root).await,
+        Err(BarrierError::InvalidRootKey)
+    ));
+    fresh.unseal(&new_root).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_that_never_loaded_the_term_of_a_rekey_seals() {
+    let (standby, old_root, backend) = unsealed().await;
+    let active = Barrier::new(backend.clone());
+    active.unseal(&old_root).await.unwrap();
+    // A rotation the standby never loaded, then a rekey: the record is under the new term.
+    active.rotate().await.unwrap();
+    let new_root = Barrier::generate_root_key();
+    active.rekey_root(&new_root, Vec::new()).await.unwrap();
+    assert!(matches!(
+        standby.reload_keyring_following_rekey().await,
+        Err(BarrierError::InvalidRootKey)
+    ));
+    assert!(standby.is_sealed());
+    standby.unseal(&new_root).await.unwrap();
 }

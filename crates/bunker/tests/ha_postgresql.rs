@@ -655,6 +655,41 @@ fn dr_between_two_ha_clusters_follows_failovers_on_both_sides() {
 }
 
 #[test]
+fn a_standby_follows_a_rekey_made_on_the_active_node_when_it_takes_over() {
+    let pg = Postgres::start();
+    let mut nodes = cluster(&pg, 2);
+    nodes[0].mount_kv2();
+    nodes[0].kv_put("app/config", json!({"password": "before-rekey"}));
+    // The active node replaces the root key; the standby still holds the old one.
+    let new = nodes[0].rekey(3, 2);
+    nodes[1].keys = new.clone();
+
+    let (code, body) = nodes[0].put("sys/step-down", nodes[0].root(), json!({}));
+    assert_eq!(code, 204, "{body}");
+    wait_health(&nodes[1], 200);
+    let (code, data) = nodes[1].kv_get("app/config");
+    assert_eq!(
+        (code, &data["password"]),
+        (200, &json!("before-rekey")),
+        "{data}"
+    );
+    nodes[1].kv_put("app/after", json!({"n": "1"}));
+    let (_, seal) = nodes[1].get("sys/seal-status", None);
+    assert_eq!((&seal["n"], &seal["t"]), (&json!(3), &json!(2)), "{seal}");
+
+    // The former active node stands by with the new root key, and a restarted node takes
+    // only the new shares.
+    wait_health(&nodes[0], 429);
+    nodes[0].restart();
+    nodes[0].unseal_with(&new[1..]);
+    wait_health(&nodes[0], 429);
+    let (code, body) = nodes[1].put("sys/step-down", nodes[1].root(), json!({}));
+    assert_eq!(code, 204, "{body}");
+    wait_health(&nodes[0], 200);
+    assert_eq!(nodes[0].kv_get("app/after").1["n"], json!("1"));
+}
+
+#[test]
 fn a_node_without_ha_answers_the_ha_endpoints_as_vault() {
     let s = TestServer::dev();
     let (_, leader) = s.get("sys/leader", None);

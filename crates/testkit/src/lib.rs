@@ -185,6 +185,40 @@ impl TestServer {
         );
     }
 
+    /// Rekey to `shares`/`threshold` with the recorded keys (no verification); records and
+    /// returns the new keys.
+    pub fn rekey(&mut self, shares: u32, threshold: u32) -> Vec<String> {
+        let (status, body) = self.put(
+            "sys/rekey/init",
+            None,
+            json!({"secret_shares": shares, "secret_threshold": threshold}),
+        );
+        assert_eq!(status, 200, "rekey init failed: {body}");
+        let nonce = body["nonce"].as_str().expect("nonce").to_owned();
+        let (_, seal) = self.get("sys/seal-status", None);
+        let t = seal["t"].as_u64().expect("threshold") as usize;
+        let mut last = Value::Null;
+        for k in self.keys.iter().take(t) {
+            let (status, body) =
+                self.put("sys/rekey/update", None, json!({"key": k, "nonce": nonce}));
+            assert_eq!(status, 200, "rekey update failed: {body}");
+            last = body;
+        }
+        assert_eq!(
+            last["complete"],
+            json!(true),
+            "rekey did not complete: {last}"
+        );
+        let keys: Vec<String> = last["keys"]
+            .as_array()
+            .expect("keys array")
+            .iter()
+            .map(|k| k.as_str().expect("key string").to_owned())
+            .collect();
+        self.keys = keys.clone();
+        keys
+    }
+
     /// Unseal with the recorded keys (first `threshold`).
     pub fn unseal(&self) {
         let (_, status) = self.get("sys/seal-status", None);

@@ -525,7 +525,8 @@ impl Core {
     }
 
     /// The lock is ours: load what lives behind the barrier, as at unseal. The keyring is read
-    /// again first (the previous active node may have rotated it).
+    /// again first (the previous active node may have rotated it, or rekeyed: then the new
+    /// root key is followed, see `Barrier::reload_keyring_following_rekey`).
     pub(crate) async fn become_active(&self) -> Result<()> {
         // A DR secondary's storage is its primary's: it serves nothing behind the barrier, so
         // it loads nothing and needs no open barrier; its follower resumes from the position
@@ -537,7 +538,7 @@ impl Core {
             replication.activated().await?;
             return Ok(());
         }
-        self.barrier.reload_keyring().await?;
+        self.barrier.reload_keyring_following_rekey().await?;
         if let Err(e) = self.post_unseal().await {
             self.teardown();
             return Err(e);
