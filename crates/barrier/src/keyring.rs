@@ -4,7 +4,8 @@
 //! keyring (stored at [`crate::KEYRING_PATH`]) and the keyring's terms encrypt data. This is
 //! Vault's design and it buys two things: rotating the data key (`rotate`) is cheap because
 //! old values keep decrypting under their old term, and changing the root key (rekey) only
-//! re-encrypts one small record. The root key itself is never stored anywhere.
+//! re-encrypts one small record. The root key itself is stored only after a rekey, under a
+//! term, for HA standbys (see [`crate::ROOT_KEY_UPGRADE_PATH`]).
 //!
 //! The keyring record uses the same envelope as every other value, with term
 //! [`ROOT_TERM`] (0) naming the root key and the path as associated data.

@@ -10,7 +10,8 @@
 //!   the untrusted store, as in Vault.
 //! - **Keyring under the root key.** Data is encrypted with keyring terms; only the keyring is
 //!   encrypted with the root key (see `keyring`). Rotation adds a term without re-encrypting
-//!   data, and the root key is never persisted.
+//!   data. The root key is persisted only after a rekey, encrypted under the active term at a
+//!   cluster-local path, for HA standbys to follow ([`ROOT_KEY_UPGRADE_PATH`]).
 //! - **Sealed = no keys in memory.** The unsealed state (root-key cipher + keyring) lives in an
 //!   `Arc` behind a std `RwLock` that is held only long enough to clone the `Arc`, never across
 //!   an `.await`. `seal()` drops it; key bytes are in `Zeroizing` and AWS-LC cleanses its
@@ -47,10 +48,13 @@ pub type Result<T> = std::result::Result<T, BarrierError>;
 pub const KEYRING_PATH: &str = "core/keyring";
 
 /// Physical key of the root key a rekey installed, encrypted with the keyring's active term
-/// (written by the barrier only, with the rekeyed keyring). An HA standby holds the keyring
-/// terms but a root key the rekey replaced; this is how it follows (as Vault's standbys reload
-/// `core/master`). Whoever holds a term key can already read everything it encrypted.
-pub const ROOT_KEY_UPGRADE_PATH: &str = "core/root-key-upgrade";
+/// (written by the barrier only: with the rekeyed keyring, and again under each new term a
+/// rotation adds, so a rotation shuts out whoever held only older terms). An HA standby holds
+/// the keyring terms but a root key the rekey replaced; this is how it follows, as Vault's
+/// standbys reload `core/master`. It lives under the prefix the storage keeps local to one
+/// cluster (`repl/`, see `bunker_wal::wal::LOCAL_PREFIX`): never replicated to a DR secondary
+/// (whose site a rekey is meant to shut out) and never restored from a snapshot.
+pub const ROOT_KEY_UPGRADE_PATH: &str = "repl/barrier/root-key";
 
 /// Length in bytes of the root key (AES-256).
 pub const ROOT_KEY_LEN: usize = KEY_LEN;
@@ -117,6 +121,19 @@ fn now_unix() -> u64 {
 
 fn root_cipher(root_key: &[u8]) -> Result<TermCipher> {
     TermCipher::new(ROOT_TERM, root_key).ok_or(BarrierError::InvalidRootKey)
+}
+
+/// The op that stores `root_key` at [`ROOT_KEY_UPGRADE_PATH`] under `keyring`'s active term.
+fn root_key_record(keyring: &Keyring, root_key: &[u8]) -> Result<Op> {
+    let value = keyring
+        .active()
+        .cipher()
+        .seal(ROOT_KEY_UPGRADE_PATH.as_bytes(), root_key)
+        .map_err(|what| BarrierError::Internal(format!("{what} sealing the root key record")))?;
+    Ok(Op::Put {
+        key: ROOT_KEY_UPGRADE_PATH.to_owned(),
+        value,
+    })
 }
 
 fn refuse_reserved(key: &str) -> Result<()> {
@@ -330,8 +347,15 @@ impl Barrier {
         let _change = self.keyring_change.lock().await;
         let state = self.unsealed()?;
         let keyring = state.keyring.rotated(now_unix())?;
-        let record = keyring.seal_with_root(&state.root)?;
-        self.backend.put(KEYRING_PATH, record).await?;
+        let mut ops = vec![Op::Put {
+            key: KEYRING_PATH.to_owned(),
+            value: keyring.seal_with_root(&state.root)?,
+        }];
+        // A rekey's record moves to the new term with the keyring, in the same batch.
+        if self.backend.get(ROOT_KEY_UPGRADE_PATH).await?.is_some() {
+            ops.push(root_key_record(&keyring, &state.root_key)?);
+        }
+        self.backend.batch(ops).await?;
         let active = keyring.active();
         let status = KeyStatus {
             term: active.term(),
@@ -355,8 +379,9 @@ impl Barrier {
     }
 
     /// Replace the root key (rekey): re-encrypt the current keyring under `new_root_key` and
-    /// commit it together with the `extra` plaintext physical ops in one atomic backend batch
-    /// (the seal adds its new configuration), then keep using the new root key in memory.
+    /// commit it together with the `extra` plaintext physical ops (the seal adds its new
+    /// configuration) and the new root key under the active term ([`ROOT_KEY_UPGRADE_PATH`])
+    /// in one atomic backend batch, then keep using the new root key in memory.
     ///
     /// The keyring terms are unchanged, so no data is re-encrypted. A crash leaves either the
     /// old keyring and ops or the new ones on disk, never a mix. Needs the barrier unsealed.
@@ -372,10 +397,7 @@ impl Barrier {
             key: KEYRING_PATH.to_owned(),
             value: state.keyring.seal_with_root(&root)?,
         });
-        ops.push(Op::Put {
-            key: ROOT_KEY_UPGRADE_PATH.to_owned(),
-            value: self.encrypt_with(&state, ROOT_KEY_UPGRADE_PATH, new_root_key)?,
-        });
+        ops.push(root_key_record(&state.keyring, new_root_key)?);
         self.backend.batch(ops).await?;
         let next = Arc::new(Unsealed {
             root: Arc::new(root),
@@ -412,12 +434,14 @@ impl Barrier {
 
     /// Encrypt a standalone blob (e.g. a batch token) in the barrier format.
     pub fn encrypt(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
+        refuse_reserved(aad)?;
         let state = self.unsealed()?;
         self.encrypt_with(&state, aad, plaintext)
     }
 
     /// Decrypt a blob made by [`Barrier::encrypt`] with the same `aad`.
     pub fn decrypt(&self, aad: &str, ciphertext: &[u8]) -> Result<Vec<u8>> {
+        refuse_reserved(aad)?;
         let state = self.unsealed()?;
         let mut plaintext = state.keyring.decrypt(aad, ciphertext)?;
         Ok(std::mem::take(&mut *plaintext))
@@ -481,10 +505,14 @@ impl Barrier {
             },
             Err(BarrierError::InvalidRootKey) => {
                 let adopted = match follow_rekey {
-                    true => self.adopt_rekeyed_root(&state).await.map_err(|e| {
-                        tracing::warn!(error = %e, "the root key of a rekey made on another node could not be read");
-                        BarrierError::InvalidRootKey
-                    }),
+                    true => match self.adopt_rekeyed_root(&state).await {
+                        // The storage failed, not the keys: nothing to conclude yet.
+                        Err(e @ BarrierError::Storage(_)) => return Err(e),
+                        other => other.map_err(|e| {
+                            tracing::warn!(error = %e, "the root key of a rekey made on another node could not be read");
+                            BarrierError::InvalidRootKey
+                        }),
+                    },
                     false => Err(BarrierError::InvalidRootKey),
                 };
                 match adopted {

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use bunker_storage::{Backend, InmemBackend, Op};
 
 use crate::envelope::{HEADER_LEN, TAG_LEN};
-use crate::{Barrier, BarrierError, KEYRING_PATH, ROOT_KEY_UPGRADE_PATH};
+use crate::keyring::Keyring;
+use crate::{root_cipher, Barrier, BarrierError, KEYRING_PATH, ROOT_KEY_UPGRADE_PATH};
 
 /// Raw (ciphertext) access to the backend under the barrier.
 #[async_trait]
@@ -542,4 +543,71 @@ async fn a_node_that_never_loaded_the_term_of_a_rekey_seals() {
     ));
     assert!(standby.is_sealed());
     standby.unseal(&new_root).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_root_key_record_moves_to_each_new_term_and_only_after_a_rekey() {
+    let (barrier, old_root, backend) = unsealed().await;
+    barrier.rotate().await.unwrap();
+    assert_eq!(
+        backend.raw(ROOT_KEY_UPGRADE_PATH).await,
+        None,
+        "no rekey, no record"
+    );
+    // Someone copies the keyring record and keeps the old shares; then a rekey.
+    let copied = backend.raw(KEYRING_PATH).await.unwrap();
+    let new_root = Barrier::generate_root_key();
+    barrier.rekey_root(&new_root, Vec::new()).await.unwrap();
+    let old_terms = Keyring::open_with_root(&root_cipher(&old_root).unwrap(), &copied).unwrap();
+    let record = backend.raw(ROOT_KEY_UPGRADE_PATH).await.unwrap();
+    assert_eq!(term_of(&record), 2, "under the active term");
+    assert_eq!(
+        old_terms
+            .decrypt(ROOT_KEY_UPGRADE_PATH, &record)
+            .unwrap()
+            .as_slice(),
+        new_root.as_slice(),
+        "the terms the copy holds open it (as Vault's core/master): rekey, then rotate"
+    );
+    // The rotation moves it to term 3, which the copy never had.
+    barrier.rotate().await.unwrap();
+    let record = backend.raw(ROOT_KEY_UPGRADE_PATH).await.unwrap();
+    assert_eq!(term_of(&record), 3);
+    assert!(old_terms.decrypt(ROOT_KEY_UPGRADE_PATH, &record).is_err());
+    // Nothing through the barrier reads or writes it, nor uses its associated data.
+    assert!(matches!(
+        barrier.encrypt(ROOT_KEY_UPGRADE_PATH, b"x"),
+        Err(BarrierError::ReservedPath(_))
+    ));
+    assert!(matches!(
+        barrier.decrypt(ROOT_KEY_UPGRADE_PATH, &record),
+        Err(BarrierError::ReservedPath(_))
+    ));
+    assert!(matches!(
+        barrier.delete(ROOT_KEY_UPGRADE_PATH).await,
+        Err(BarrierError::ReservedPath(_))
+    ));
+    assert!(matches!(
+        barrier
+            .batch(vec![Op::Delete {
+                key: ROOT_KEY_UPGRADE_PATH.into()
+            }])
+            .await,
+        Err(BarrierError::ReservedPath(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_node_that_reloaded_after_a_rotation_follows_the_rekey_after_it() {
+    let (standby, old_root, backend) = unsealed().await;
+    let active = Barrier::new(backend.clone());
+    active.unseal(&old_root).await.unwrap();
+    active.rotate().await.unwrap();
+    // The standby's periodic reload picks up term 2 under the root key it holds.
+    standby.reload_keyring_following_rekey().await.unwrap();
+    let new_root = Barrier::generate_root_key();
+    active.rekey_root(&new_root, Vec::new()).await.unwrap();
+    standby.reload_keyring_following_rekey().await.unwrap();
+    assert_eq!(standby.root_key().unwrap().as_slice(), new_root.as_slice());
+    assert_eq!(standby.key_status().unwrap().term, 2);
 }

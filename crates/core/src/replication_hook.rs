@@ -259,6 +259,15 @@ mod tests {
     use bunker_sdk::Operation;
     use bunker_storage::InmemBackend;
 
+    /// The root key record a rekey writes for HA standbys never leaves the cluster: it is
+    /// under the prefix replication keeps local (not replicated, not restored).
+    #[test]
+    fn the_root_key_record_is_local_to_the_cluster() {
+        assert!(bunker_wal::wal::is_local(
+            bunker_barrier::ROOT_KEY_UPGRADE_PATH
+        ));
+    }
+
     /// A core nothing was wired into answers replication status as a cluster without it, to
     /// anyone (as the DR handler does), even sealed and uninitialised; it refuses the rest.
     #[tokio::test]

@@ -28,6 +28,8 @@ use decide::{Facts, Role, Step};
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(15);
 /// How often a standby tries the lock, and the runner's tick.
 const TICK: Duration = Duration::from_millis(250);
+/// How often a standby reads the keyring again (see [`run`]).
+const KEYRING_REFRESH: Duration = Duration::from_secs(5);
 /// After a step-down, this node leaves the lock to the others this long.
 pub const STEP_DOWN_BACKOFF: Duration = Duration::from_secs(5);
 /// `active_time` of a node that is not active, as Vault shows it.
@@ -485,8 +487,21 @@ impl Ha {
 pub async fn run(core: Arc<Core>, ha: Arc<Ha>) {
     let heartbeat_age = ha.config.lock_ttl.max(Duration::from_secs(3));
     let mut last_heartbeat: Option<Instant> = None;
+    let mut last_keyring: Option<Instant> = None;
     loop {
         ha.step(&core).await;
+        // A standby keeps its keyring current (rotations, and a rekey's root key), so a
+        // rekey right after a rotation does not strand it. A DR secondary's keyring is its
+        // primary's and follows the replicated one instead.
+        if core.is_standby()
+            && core.dr_mode() != crate::DrMode::Secondary
+            && last_keyring.is_none_or(|t| t.elapsed() >= KEYRING_REFRESH)
+        {
+            if let Err(e) = core.barrier.reload_keyring_following_rekey().await {
+                tracing::warn!(error = %e, "a standby could not read the keyring again");
+            }
+            last_keyring = Some(Instant::now());
+        }
         if !core.is_sealed() && last_heartbeat.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
             let beat = ha.backend.heartbeat(&ha.config.node, heartbeat_age);
