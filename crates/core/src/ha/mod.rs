@@ -497,8 +497,15 @@ pub async fn run(core: Arc<Core>, ha: Arc<Ha>) {
             && core.dr_mode() != crate::DrMode::Secondary
             && last_keyring.is_none_or(|t| t.elapsed() >= KEYRING_REFRESH)
         {
-            if let Err(e) = core.barrier.reload_keyring_following_rekey().await {
-                tracing::warn!(error = %e, "a standby could not read the keyring again");
+            // Bounded as every database call of the runner, so a hung read cannot hold up the
+            // heartbeat and the lock.
+            let reload = core.barrier.reload_keyring_following_rekey();
+            match tokio::time::timeout(ha.config.lock_ttl / 3, reload).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "a standby could not read the keyring again")
+                }
+                Err(_) => tracing::warn!("a standby's keyring read timed out"),
             }
             last_keyring = Some(Instant::now());
         }

@@ -178,7 +178,13 @@ impl FrameSink {
 
 #[async_trait]
 impl SnapshotSink for FrameSink {
-    async fn page(&mut self, entries: SnapshotPage) -> std::result::Result<(), StorageError> {
+    async fn page(&mut self, mut entries: SnapshotPage) -> std::result::Result<(), StorageError> {
+        // The rekey record (the root key under a term, for HA standbys) stays in the cluster:
+        // a snapshot file outlives the rotation that retires the term it is under.
+        entries.retain(|(key, _)| key != bunker_barrier::ROOT_KEY_UPGRADE_PATH);
+        if entries.is_empty() {
+            return Ok(());
+        }
         for (key, value) in entries.iter() {
             self.tree.add(key, value);
         }

@@ -197,6 +197,14 @@ impl Core {
             all.push(Op::Delete {
                 key: RESTORE_MARKER_PATH.into(),
             });
+            // Another cluster's keyring (forced, or onto a new server): this cluster's rekey
+            // record names a root key that no longer opens anything, and a later rotation
+            // must not write the restored cluster's root key into one.
+            if force || !initialized {
+                all.push(Op::Delete {
+                    key: bunker_barrier::ROOT_KEY_UPGRADE_PATH.into(),
+                });
+            }
             self.barrier.backend().batch_unbounded(all).await?;
             progress.counter().store(operations, Ordering::Relaxed);
             Ok(())
