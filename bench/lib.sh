@@ -167,7 +167,7 @@ cluster_bytes() {
         awk '{for (i = 1; i <= NF; i++) {
                  if ($i ~ /^bytes_sent:/) {split($i, a, ":"); s += a[2]}
                  if ($i ~ /^bytes_received:/) {split($i, b, ":"); r += b[2]}}}
-             END {printf "%d %d\n", s, r}'
+             END {printf "%.0f %.0f\n", s, r}'
 }
 
 # A secondary logs one of these per completed sync: "snapshot sync complete" when it started
