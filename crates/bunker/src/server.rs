@@ -373,7 +373,16 @@ async fn shutdown_signal() {
 /// The Prometheus recorder behind `sys/metrics` (metrics-exporter-prometheus, without its
 /// HTTP listener: the API port serves the text). `prometheus_retention_time = 0` disables it,
 /// as in Vault.
+///
+/// Without its listener the exporter runs no upkeep of its own: every histogram sample is
+/// buffered until the next upkeep, so a server nobody scrapes grew by every request it timed
+/// (about 120 bytes a write: 1.6 GiB after ten million, `bench/README.md`). A task runs it
+/// every [`METRICS_UPKEEP`], as the exporter's listener would.
 struct Prometheus(metrics_exporter_prometheus::PrometheusHandle);
+
+/// How often the recorder folds buffered histogram samples into its summaries (the
+/// exporter's own default upkeep interval).
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 impl bunker_core::MetricsRenderer for Prometheus {
     fn render(&self) -> String {
@@ -391,7 +400,17 @@ fn install_metrics(core: &bunker_core::Core, telemetry: &config::TelemetryConfig
         Some(telemetry.prometheus_retention_time),
     );
     match builder.install_recorder() {
-        Ok(handle) => core.set_metrics_renderer(Arc::new(Prometheus(handle))),
+        Ok(handle) => {
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(METRICS_UPKEEP);
+                loop {
+                    tick.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            core.set_metrics_renderer(Arc::new(Prometheus(handle)));
+        }
         Err(e) => tracing::warn!(error = %e, "metrics recorder not installed"),
     }
 }
