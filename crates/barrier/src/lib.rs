@@ -125,15 +125,19 @@ fn root_cipher(root_key: &[u8]) -> Result<TermCipher> {
 
 /// The op that stores `root_key` at [`ROOT_KEY_UPGRADE_PATH`] under `keyring`'s active term.
 fn root_key_record(keyring: &Keyring, root_key: &[u8]) -> Result<Op> {
-    let value = keyring
-        .active()
-        .cipher()
-        .seal(ROOT_KEY_UPGRADE_PATH.as_bytes(), root_key)
-        .map_err(|what| BarrierError::Internal(format!("{what} sealing the root key record")))?;
     Ok(Op::Put {
         key: ROOT_KEY_UPGRADE_PATH.to_owned(),
-        value,
+        value: seal_active(keyring, ROOT_KEY_UPGRADE_PATH, root_key)?,
     })
+}
+
+/// `plaintext` sealed under `keyring`'s active term, with `aad` as associated data.
+fn seal_active(keyring: &Keyring, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
+    keyring
+        .active()
+        .cipher()
+        .seal(aad.as_bytes(), plaintext)
+        .map_err(|what| BarrierError::Internal(format!("{what} at {aad:?}")))
 }
 
 fn refuse_reserved(key: &str) -> Result<()> {
@@ -542,12 +546,7 @@ impl Barrier {
     }
 
     fn encrypt_with(&self, state: &Unsealed, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let sealed = state
-            .keyring
-            .active()
-            .cipher()
-            .seal(aad.as_bytes(), plaintext)
-            .map_err(|what| BarrierError::Internal(format!("{what} at {aad:?}")))?;
+        let sealed = seal_active(&state.keyring, aad, plaintext)?;
         self.encryptions.fetch_add(1, Ordering::Relaxed);
         Ok(sealed)
     }

@@ -91,18 +91,28 @@ impl Mirror {
     }
 
     fn root(&mut self) -> [u8; 32] {
-        if let Some(root) = self.root {
-            return root;
+        match self.root {
+            Some(root) => root,
+            None => self.cache_root(&self.buckets()),
         }
-        let root = root_of(&self.buckets());
+    }
+
+    /// The root of `buckets` (this mirror's), cached.
+    fn cache_root(&mut self, buckets: &[(u32, [u8; 32])]) -> [u8; 32] {
+        let root = root_of(buckets);
         self.root = Some(root);
         root
     }
 
     fn tree(&mut self) -> MerkleTree {
+        let buckets = self.buckets();
+        let root = match self.root {
+            Some(root) => root,
+            None => self.cache_root(&buckets),
+        };
         MerkleTree {
-            root: self.root(),
-            buckets: self.buckets(),
+            root,
+            buckets,
             keys: self.keys,
         }
     }
