@@ -503,10 +503,7 @@ where
     let pages = buckets.chunks(CELL_SUMS_PAGE_BUCKETS);
     let count = pages.len();
     for (i, page) in pages.enumerate() {
-        let page_sums = merkle::cells_of_buckets(page)
-            .into_iter()
-            .map(|cell| sums.cell(cell))
-            .collect();
+        let page_sums = sums.cells(&merkle::cells_of_buckets(page));
         let msg = ToPrimary::CellSums {
             buckets: page.to_vec(),
             sums: page_sums,

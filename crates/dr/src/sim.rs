@@ -46,14 +46,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::control::{caught_up, transition, Command};
 use crate::frame::{write_frame, FrameReader};
-use crate::merkle::{self, MerkleTree, ReplicatedPages};
+use crate::merkle::{self, MerkleTree};
 use crate::messages::{Position, ToPrimary, ToSecondary};
 use crate::primary::reconcile::{send_snapshot, Reconciler};
 use crate::primary::{next_batch, resumable, Next};
 use crate::secondary::{self, join_arrived, Frame, SecondaryHost, Streamer};
 use crate::state::{Mode, PrimaryState, ReplState};
 use crate::status::SyncState;
-use crate::wal::Wal;
+use crate::wal::{is_local, Wal};
 use crate::ReplError;
 
 const CLUSTER: &str = "sim";
@@ -130,11 +130,6 @@ type Disk = HookedStore<Faults>;
 
 fn disk(seed: u64, yield_percent: u32) -> Arc<Disk> {
     Arc::new(HookedStore::new(Faults::new(seed, yield_percent)))
-}
-
-/// Everything on `disk`, as a restarted node would find it.
-fn contents(disk: &Disk) -> Vec<(String, Vec<u8>)> {
-    run(disk.store.scan("", None, usize::MAX)).unwrap()
 }
 
 /// What a [`Disk`] does around its store's calls.
@@ -223,13 +218,11 @@ impl StoreHooks for Faults {
     }
 }
 
-/// The replicated keyspace of `backend` (what DR copies; local keys excluded).
-async fn replicated(backend: &dyn Backend) -> BTreeMap<String, Vec<u8>> {
-    let mut all = BTreeMap::new();
-    let mut pages = ReplicatedPages::new(backend);
-    while let Some(page) = pages.next_page().await.unwrap() {
-        all.extend(page);
-    }
+/// The replicated keyspace of `store` (what DR copies; local keys excluded), read straight
+/// from the map rather than through the scans under test.
+fn replicated(store: &InmemBackend) -> BTreeMap<String, Vec<u8>> {
+    let mut all = store.entries();
+    all.retain(|key, _| !is_local(key));
     all
 }
 
@@ -305,6 +298,8 @@ fn connection(chunk: usize) -> ((PipeEnd, PipeEnd), (PipeEnd, PipeEnd)) {
 struct SecondaryDisk {
     disk: Arc<Disk>,
     state: Mutex<ReplState>,
+    /// How many times `state` changed (keys the checks' memo of the promotion gate).
+    state_changes: AtomicU64,
 }
 
 impl SecondaryDisk {
@@ -314,6 +309,7 @@ impl SecondaryDisk {
         let step = transition(&state, command).map_err(|r| ReplError::Refused(r.0))?;
         self.disk.hooks.write_allowed()?;
         *state = step.state;
+        self.state_changes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -728,7 +724,14 @@ struct Schedule {
     session: Option<Session>,
     /// The secondary disk's write count at the last durable check, and what it found.
     last_check: std::cell::Cell<Option<(u64, u64, bool)>>,
+    /// The promotion gate's last inputs and answer: it is a pure function of them, and asked
+    /// after every step (most steps change none of them).
+    last_gate: std::cell::Cell<Option<(GateInputs, bool)>>,
 }
+
+/// What the promotion gate reads: the control state (by its change count), the WAL index
+/// applied, and what the follower observed.
+type GateInputs = (u64, u64, SyncState, u64);
 
 /// Why a schedule failed, with what to replay it.
 #[derive(Debug)]
@@ -757,6 +760,7 @@ impl Schedule {
         let secondary_disk = Arc::new(SecondaryDisk {
             disk: disk(rng.gen(), yield_percent),
             state: Mutex::new(state),
+            state_changes: AtomicU64::new(0),
         });
         let secondary = SecondaryNode::start(secondary_disk.clone(), stage_limit, stats.clone());
         Schedule {
@@ -773,6 +777,7 @@ impl Schedule {
             secondary,
             session: None,
             last_check: std::cell::Cell::new(None),
+            last_gate: std::cell::Cell::new(None),
         }
     }
 
@@ -908,21 +913,11 @@ impl Schedule {
         let state = self.secondary_disk.state.lock().unwrap().clone();
         // The check needs the WAL's recovery, not a Merkle index (summing one is most of an
         // open's cost).
-        let copy = Arc::new(InmemBackend::unindexed());
-        for chunk in contents(&self.secondary_disk.disk).chunks(500) {
-            let ops = chunk
-                .iter()
-                .map(|(key, value)| Op::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect();
-            run(copy.batch(ops)).unwrap();
-        }
+        let copy = Arc::new(self.secondary_disk.disk.store.unindexed_copy());
         let wal =
             run(Wal::open(copy.clone())).map_err(|e| format!("the WAL does not reopen: {e}"))?;
         let durable_index = wal.last_index();
-        let store = run(replicated(copy.as_ref()));
+        let store = replicated(&copy);
         let consistent = state.consistent_after.is_some_and(|b| durable_index >= b);
         if consistent {
             let Some(expected) = self.primary_at(durable_index) else {
@@ -947,14 +942,13 @@ impl Schedule {
     /// The invariants after a step.
     fn check(&self) -> Result<(), String> {
         let (durable_index, consistent) = self.check_durable()?;
-        let state = self.secondary_disk.state.lock().unwrap().clone();
-        if self.gate_passes(&state) {
+        if self.gate_passes() {
             self.stats.promotable_checks.fetch_add(1, Ordering::Relaxed);
             if !consistent {
                 return Err(format!(
                     "promotion without force is allowed on a state that is not a consistent \
                      prefix (durable WAL index {durable_index}, consistent_after {:?})",
-                    state.consistent_after
+                    self.secondary_disk.state.lock().unwrap().consistent_after
                 ));
             }
         } else {
@@ -965,20 +959,29 @@ impl Schedule {
 
     /// Whether the promotion endpoint would promote without force now: the real gate, on the
     /// inputs the runtime gives it.
-    fn gate_passes(&self, state: &ReplState) -> bool {
+    fn gate_passes(&self) -> bool {
+        let state = self.secondary_disk.state.lock().unwrap();
         let observed = self.secondary.observed.lock().unwrap();
-        let gate = caught_up(
-            state,
+        let inputs = (
+            self.secondary_disk.state_changes.load(Ordering::SeqCst),
             self.secondary.wal.last_index(),
             observed.sync_state,
             observed.primary_last_wal,
         );
+        if let Some((last, passes)) = self.last_gate.get() {
+            if last == inputs {
+                return passes;
+            }
+        }
+        let gate = caught_up(&state, inputs.1, inputs.2, inputs.3);
         let promote = Command::Promote {
             primary: dummy_primary(),
             caught_up: gate,
             force: false,
         };
-        transition(state, promote).is_ok()
+        let passes = transition(&state, promote).is_ok();
+        self.last_gate.set(Some((inputs, passes)));
+        passes
     }
 
     /// What a promotion does when the gate lets it, up to the mode change: stop the follower
@@ -986,8 +989,7 @@ impl Schedule {
     /// take the store at the index it then reports. That store must be the primary's at that
     /// index. The follower then starts again: the simulation keeps one primary.
     fn rehearse_promotion(&mut self) -> Result<(), String> {
-        let state = self.secondary_disk.state.lock().unwrap().clone();
-        if !self.gate_passes(&state) {
+        if !self.gate_passes() {
             return Ok(());
         }
         self.stats.rehearsals.fetch_add(1, Ordering::Relaxed);
@@ -999,7 +1001,7 @@ impl Schedule {
             Some(Ok(())) => {}
         }
         let index = self.secondary.wal.last_index();
-        let store = run(replicated(self.secondary_disk.disk.as_ref()));
+        let store = replicated(&self.secondary_disk.disk.store);
         if self.primary_at(index) != Some(&store) {
             let expected = self.primary_at(index).cloned().unwrap_or_default();
             return Err(format!(
@@ -1013,7 +1015,7 @@ impl Schedule {
 
     /// The primary lost nothing it acknowledged.
     fn check_primary(&self) -> Result<(), String> {
-        let store = run(replicated(self.primary_disk.as_ref()));
+        let store = replicated(&self.primary_disk.store);
         let (index, latest) = self
             .history
             .last()

@@ -297,17 +297,17 @@ impl TxnTable for RedbTable<'_> {
         Ok(())
     }
 
-    fn for_each(&mut self, prefix: &str, visit: &mut dyn FnMut(&str, &[u8])) -> Result<()> {
-        let range = self
+    fn for_each(
+        &mut self,
+        range: (Bound<&str>, Bound<&str>),
+        visit: &mut dyn FnMut(&str, &[u8]),
+    ) -> Result<()> {
+        let entries = self
             .0
-            .range::<&str>(prefix..)
-            .map_err(|e| engine_error(format!("scanning {prefix:?}"), e))?;
-        for entry in range {
-            let (key, value) =
-                entry.map_err(|e| engine_error(format!("scanning {prefix:?}"), e))?;
-            if !key.value().starts_with(prefix) {
-                break;
-            }
+            .range::<&str>(range)
+            .map_err(|e| engine_error(format!("scanning {range:?}"), e))?;
+        for entry in entries {
+            let (key, value) = entry.map_err(|e| engine_error(format!("scanning {range:?}"), e))?;
             visit(key.value(), value.value());
         }
         Ok(())

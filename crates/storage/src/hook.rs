@@ -11,6 +11,7 @@
 //! ops must be a valid batch (see [`crate::limits`]), otherwise the caller's batch is rejected
 //! whole. A hook that wants to veto a batch can therefore return an invalid op.
 
+use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::limits::validate_batch;
@@ -58,17 +59,20 @@ pub trait CommitIndex: Send + Sync + 'static {
     fn begin(&self) -> Box<dyn IndexUpdate>;
 }
 
+/// A range of keys: its lower and upper bound.
+pub type KeyRange = (Bound<String>, Bound<String>);
+
 /// One transaction's update of a [`CommitIndex`].
 pub trait IndexUpdate: Send {
     /// A write of a watched key, in commit order: `old` is the value it replaces, `new` the
     /// value written (`None`: absent, deleted).
     fn change(&mut self, key: &str, old: Option<&[u8]>, new: Option<&[u8]>);
-    /// A prefix whose entries, as the transaction leaves them, the update wants to see through
-    /// [`IndexUpdate::scanned`]; `None` (the default): none.
-    fn scan_prefix(&self) -> Option<&str> {
-        None
+    /// Key ranges whose entries, as the transaction leaves them, the update wants to see
+    /// through [`IndexUpdate::scanned`], in this order; none (the default): no scan.
+    fn scan_ranges(&self) -> Vec<KeyRange> {
+        Vec::new()
     }
-    /// One entry under [`IndexUpdate::scan_prefix`], in key order.
+    /// One entry in one of [`IndexUpdate::scan_ranges`], in key order within its range.
     fn scanned(&mut self, _key: &str, _value: &[u8]) {}
     /// The transaction is durable.
     fn committed(self: Box<Self>);
@@ -146,8 +150,12 @@ pub(crate) trait TxnTable {
         replaced: &mut dyn FnMut(Option<&[u8]>),
     ) -> Result<()>;
     fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()>;
-    /// Every entry under `prefix`, in key order, as the transaction leaves them.
-    fn for_each(&mut self, prefix: &str, visit: &mut dyn FnMut(&str, &[u8])) -> Result<()>;
+    /// Every entry in `range`, in key order, as the transaction leaves them.
+    fn for_each(
+        &mut self,
+        range: (Bound<&str>, Bound<&str>),
+        visit: &mut dyn FnMut(&str, &[u8]),
+    ) -> Result<()>;
 }
 
 /// Applies `ops` to `table` in order, feeding `index` (if any) each watched write, then the
@@ -183,10 +191,19 @@ pub(crate) fn apply_indexed<'a>(
             Op::Delete { key } => table.delete(key, &mut |_| {})?,
         }
     }
-    if let Some(prefix) = update.scan_prefix().map(str::to_owned) {
-        table.for_each(&prefix, &mut |key, value| update.scanned(key, value))?;
+    for (from, to) in update.scan_ranges() {
+        let range = (bound_str(&from), bound_str(&to));
+        table.for_each(range, &mut |key, value| update.scanned(key, value))?;
     }
     Ok(Some(update))
+}
+
+fn bound_str(bound: &Bound<String>) -> Bound<&str> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key),
+        Bound::Excluded(key) => Bound::Excluded(key),
+        Bound::Unbounded => Bound::Unbounded,
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,21 @@ impl InmemBackend {
         }
     }
 
+    /// A copy of this store's entries in a store that feeds no commit index: what a restart
+    /// would find, for tests that reopen it without disturbing this one.
+    pub fn unindexed_copy(&self) -> Self {
+        Self {
+            entries: RwLock::new(self.read().clone()),
+            unindexed: true,
+            ..Self::default()
+        }
+    }
+
+    /// A copy of every entry (tests: the store as a restart would find it).
+    pub fn entries(&self) -> BTreeMap<String, Vec<u8>> {
+        self.read().clone()
+    }
+
     // No code path panics while holding the lock, so a poisoned map is still consistent.
     fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Vec<u8>>> {
         self.entries.read().unwrap_or_else(PoisonError::into_inner)
@@ -189,12 +204,12 @@ impl TxnTable for MapTable<'_> {
         Ok(())
     }
 
-    fn for_each(&mut self, prefix: &str, visit: &mut dyn FnMut(&str, &[u8])) -> Result<()> {
-        for (key, value) in self
-            .0
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(prefix))
-        {
+    fn for_each(
+        &mut self,
+        range: (Bound<&str>, Bound<&str>),
+        visit: &mut dyn FnMut(&str, &[u8]),
+    ) -> Result<()> {
+        for (key, value) in self.0.range::<str, _>(range) {
             visit(key, value);
         }
         Ok(())

@@ -43,7 +43,7 @@ pub mod timed;
 pub use embedded::EmbeddedBackend;
 pub use error::StorageError;
 pub use ha::{Fence, FenceCell, HaBackend, HaNode, ReadScope};
-pub use hook::{CommitHook, CommitIndex, IndexUpdate};
+pub use hook::{CommitHook, CommitIndex, IndexUpdate, KeyRange};
 pub use inmem::InmemBackend;
 pub use postgresql::{PostgresBackend, PostgresConfig};
 pub use snapshot::{SnapshotPage, SnapshotSink, SNAPSHOT_PAGE_BYTES, SNAPSHOT_PAGE_ENTRIES};

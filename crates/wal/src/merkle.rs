@@ -327,7 +327,7 @@ impl CellSet {
 /// callers that must await between pages (to send them).
 pub struct ReplicatedPages<'a> {
     backend: &'a dyn Backend,
-    after: Option<String>,
+    after: Option<std::borrow::Cow<'static, str>>,
     done: bool,
 }
 
@@ -368,11 +368,11 @@ impl<'a> ReplicatedPages<'a> {
         if let Some(local) = page.iter().position(|(key, _)| is_local(key)) {
             // Keys past the local range in this page are read again by the next scan.
             page.truncate(local);
-            self.after = Some(past_local_keys());
+            self.after = Some(std::borrow::Cow::Borrowed(PAST_LOCAL_KEYS.as_str()));
             return Ok(Some(page));
         }
         match page.last() {
-            Some((last, _)) if full => self.after = Some(last.clone()),
+            Some((last, _)) if full => self.after = Some(last.clone().into()),
             _ => self.done = true,
         }
         Ok(Some(page))
@@ -398,7 +398,9 @@ async fn for_each_replicated(
 /// every key past that range: the prefix followed by `char::MAX` repeated beyond
 /// `MAX_KEY_BYTES`. UTF-8 byte order is code point order and no key is longer than
 /// `MAX_KEY_BYTES`, so every local key is either a proper prefix of it or smaller at its first
-/// differing character.
+/// differing character. Built once (4 KiB).
+static PAST_LOCAL_KEYS: std::sync::LazyLock<String> = std::sync::LazyLock::new(past_local_keys);
+
 fn past_local_keys() -> String {
     let mut bound = String::with_capacity(LOCAL_PREFIX.len() + MAX_KEY_BYTES + 4);
     bound.push_str(LOCAL_PREFIX);

@@ -96,7 +96,7 @@ impl Reconciler {
         if cells.len() != theirs.len() {
             return Err(ReplError::Refused("cell sums name unknown buckets".into()));
         }
-        let ours: Vec<u64> = cells.iter().map(|&cell| ours_all.cell(cell)).collect();
+        let ours = ours_all.cells(&cells);
         self.differing
             .extend(merkle::differing_cells(&cells, &ours, &theirs));
         if self.differing.len() > merkle::CELLS {

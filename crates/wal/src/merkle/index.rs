@@ -27,15 +27,16 @@
 //! the server serves writes.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use bunker_storage::{Backend, CommitIndex, IndexUpdate, Op, StorageError};
+use bunker_storage::{Backend, CommitIndex, IndexUpdate, KeyRange, Op, StorageError};
 use tokio::sync::oneshot;
 
-use super::sums::{locate, BucketSums, CellSums};
-use super::{root_of, MerkleError, MerkleTree};
-use crate::wal::{is_local, WAL_LAST_KEY};
+use super::sums::{locate_key, BucketSums, CellSums};
+use super::{leaf_digest, root_of, MerkleError, MerkleTree, PAST_LOCAL_KEYS};
+use crate::wal::{is_local, LOCAL_PREFIX, WAL_LAST_KEY};
 
 /// Written by the commit that carries a check or a rebuild (never read).
 const INDEX_BARRIER_KEY: &str = "repl/merkle-barrier";
@@ -73,16 +74,15 @@ struct Mirror {
 }
 
 impl Mirror {
-    fn new(sums: CellSums, wal_index: u64) -> Mirror {
-        let hashes = sums.iter().map(|(b, bucket)| (b, bucket.hash())).collect();
-        let keys = sums.keys();
+    /// The mirror of `sums`, whose tree (computed from them) is `tree`.
+    fn new(sums: CellSums, tree: &MerkleTree, wal_index: u64) -> Mirror {
         Mirror {
             sums,
-            hashes,
-            keys,
+            hashes: tree.buckets.iter().copied().collect(),
+            keys: tree.keys,
             wal_index,
             exact: true,
-            root: None,
+            root: Some(tree.root),
         }
     }
 
@@ -390,23 +390,37 @@ impl IndexUpdate for Update {
             self.wal_index = Some(decode_wal_index(new));
             return;
         }
+        if old == new {
+            // Rewritten with the same value: the sums do not move.
+            return;
+        }
+        let (bucket, slot) = locate_key(key);
+        let delta = self.deltas.entry(bucket).or_default();
         for (value, sign) in [(old, false), (new, true)] {
             if let Some(value) = value {
-                let (bucket, slot, digest) = locate(key, value);
-                self.deltas
-                    .entry(bucket)
-                    .or_default()
-                    .count(slot, digest, sign);
+                delta.count(slot, leaf_digest(key, value), sign);
             }
         }
     }
 
-    fn scan_prefix(&self) -> Option<&str> {
-        self.verify.as_ref().map(|_| "")
+    /// The replicated keys and the WAL index, jumping over the rest of the local range (the
+    /// WAL's entries, staged pages): a summing costs the keyspace, not the retained WAL.
+    fn scan_ranges(&self) -> Vec<KeyRange> {
+        if self.verify.is_none() {
+            return Vec::new();
+        }
+        vec![
+            (Bound::Unbounded, Bound::Excluded(LOCAL_PREFIX.to_owned())),
+            (
+                Bound::Included(WAL_LAST_KEY.to_owned()),
+                Bound::Included(WAL_LAST_KEY.to_owned()),
+            ),
+            (Bound::Excluded(PAST_LOCAL_KEYS.clone()), Bound::Unbounded),
+        ]
     }
 
-    /// Every entry as the commit leaves them: the replicated ones are summed, and the WAL
-    /// index is the one the recomputed tree is exact for.
+    /// Every entry of the scan ranges as the commit leaves them: the replicated ones are
+    /// summed, and the WAL index is the one the recomputed tree is exact for.
     fn scanned(&mut self, key: &str, value: &[u8]) {
         let Some((sums, read, wal_index)) = self.truth.as_mut() else {
             return;
@@ -466,7 +480,7 @@ impl IndexUpdate for Update {
                 Some(current) => current.exact,
                 None => self.shared.exact_unsummed.load(Ordering::SeqCst),
             };
-            let mut repaired = Mirror::new(truth, wal_index);
+            let mut repaired = Mirror::new(truth, &check.tree, wal_index);
             repaired.exact = exact;
             *mirror = Some(repaired);
             self.shared.corrupt.store(false, Ordering::Relaxed);

@@ -5,15 +5,17 @@
 //! of all 262,144 cells (2 MiB) and the tree a dense list of 4,096 bucket hashes. At a million
 //! keys every bucket holds keys and both forms cost about the same, but a small keyspace (a
 //! new cluster, a test, the deterministic simulation with its tens of keys) paid for zeroing,
-//! copying and hashing 2 MiB and 128 KiB for every tree. Now a bucket's sums are boxed behind
-//! one pointer per bucket (32 KiB, allocated with the first key): lookups stay O(1), a full
-//! index is 2 MiB plus the pointers, and a small one costs in proportion to its buckets.
+//! copying and hashing 2 MiB and 128 KiB for every tree. Now the buckets that hold keys are
+//! kept in an ordered map, each boxed (520 bytes, allocated with its first key): a full index
+//! is 2 MiB plus the map's nodes, a lookup is a dozen comparisons, and a small index costs in
+//! proportion to its buckets (an earlier form kept one pointer for every bucket, 32 KiB that
+//! every open, tree and comparison walked whatever the keyspace held).
+
+use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use super::{
-    cell_of_hash, digest_of_leaf, leaf_hash, root_of, MerkleTree, BUCKETS, CELLS_PER_BUCKET,
-};
+use super::{cell_of_hash, leaf_digest, root_of, MerkleTree, BUCKETS, CELLS_PER_BUCKET};
 
 /// One bucket's key count and cell sums (wrapping: a delta is a sum like any other).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,21 +78,12 @@ impl BucketSums {
 }
 
 /// The sums of every bucket that holds keys, by bucket; a bucket absent is empty (all zero).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CellSums {
-    /// Empty until the first key, then one slot per bucket ([`BUCKETS`]: 32 KiB of pointers),
-    /// each a bucket's sums or `None`; never an all-zero bucket, so equal keyspaces compare
-    /// equal.
-    buckets: Vec<Option<Box<BucketSums>>>,
+    /// Never an all-zero bucket, so equal keyspaces compare equal; never a bucket past the
+    /// last ([`BUCKETS`]).
+    buckets: BTreeMap<u32, Box<BucketSums>>,
 }
-
-impl PartialEq for CellSums {
-    fn eq(&self, other: &CellSums) -> bool {
-        self.iter().eq(other.iter())
-    }
-}
-
-impl Eq for CellSums {}
 
 impl CellSums {
     pub fn new() -> CellSums {
@@ -100,30 +93,29 @@ impl CellSums {
     /// Adds one replicated entry.
     pub fn add_entry(&mut self, key: &str, value: &[u8]) {
         let (bucket, slot, digest) = locate(key, value);
-        let mut delta = BucketSums::default();
-        delta.count(slot, digest, true);
-        self.add(bucket, &delta);
+        let sums = self.buckets.entry(bucket).or_default();
+        sums.count(slot, digest, true);
+        if sums.is_zero() {
+            self.buckets.remove(&bucket);
+        }
     }
 
     /// Adds `delta` to `bucket`'s sums; a bucket that becomes empty is dropped. A bucket past
     /// the last is ignored.
     pub fn add(&mut self, bucket: u32, delta: &BucketSums) {
-        if self.buckets.is_empty() {
-            self.buckets.resize_with(BUCKETS, || None);
-        }
-        let Some(entry) = self.buckets.get_mut(bucket as usize) else {
+        if bucket as usize >= BUCKETS {
             return;
-        };
-        let sums = entry.get_or_insert_with(Box::default);
+        }
+        let sums = self.buckets.entry(bucket).or_default();
         sums.add(delta);
         if sums.is_zero() {
-            *entry = None;
+            self.buckets.remove(&bucket);
         }
     }
 
     /// `bucket`'s sums, `None` when it is empty.
     pub fn bucket(&self, bucket: u32) -> Option<&BucketSums> {
-        self.buckets.get(bucket as usize).and_then(Option::as_deref)
+        self.buckets.get(&bucket).map(|sums| &**sums)
     }
 
     /// One cell's sum (0 for an empty cell or one past the last).
@@ -135,6 +127,30 @@ impl CellSums {
             .unwrap_or(0)
     }
 
+    /// The sums of `cells`, in order: one lookup per run of cells in the same bucket (the
+    /// cells of a bucket list come bucket by bucket).
+    pub fn cells(&self, cells: &[u32]) -> Vec<u64> {
+        let per_bucket = CELLS_PER_BUCKET as u32;
+        let mut current: Option<(u32, Option<&BucketSums>)> = None;
+        cells
+            .iter()
+            .map(|&cell| {
+                let bucket = cell / per_bucket;
+                let sums = match current {
+                    Some((b, sums)) if b == bucket => sums,
+                    _ => {
+                        let sums = self.bucket(bucket);
+                        current = Some((bucket, sums));
+                        sums
+                    }
+                };
+                sums.and_then(|sums| sums.cells.get((cell % per_bucket) as usize))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
     /// The number of keys summed.
     pub fn keys(&self) -> u64 {
         self.iter()
@@ -143,10 +159,7 @@ impl CellSums {
 
     /// The non-empty buckets, ascending.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &BucketSums)> {
-        self.buckets
-            .iter()
-            .zip(0u32..)
-            .filter_map(|(sums, bucket)| Some((bucket, sums.as_deref()?)))
+        self.buckets.iter().map(|(&bucket, sums)| (bucket, &**sums))
     }
 
     /// The tree these sums make.
@@ -166,7 +179,13 @@ impl CellSums {
     pub fn compare(&self, other: &CellSums) -> (u64, u64) {
         let empty = BucketSums::default();
         let mut differing = (0, 0);
-        for bucket in 0..BUCKETS as u32 {
+        let buckets: std::collections::BTreeSet<u32> = self
+            .buckets
+            .keys()
+            .chain(other.buckets.keys())
+            .copied()
+            .collect();
+        for bucket in buckets {
             let ours = self.bucket(bucket).unwrap_or(&empty);
             let theirs = other.bucket(bucket).unwrap_or(&empty);
             if ours != theirs {
@@ -185,9 +204,14 @@ impl CellSums {
 
 /// The bucket, the slot in it and the leaf digest of one replicated entry.
 pub(crate) fn locate(key: &str, value: &[u8]) -> (u32, usize, u64) {
+    let (bucket, slot) = locate_key(key);
+    (bucket, slot, leaf_digest(key, value))
+}
+
+/// The bucket and the slot in it of one replicated key (one hash, whatever its values).
+pub(crate) fn locate_key(key: &str) -> (u32, usize) {
     let key_hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     let cell = cell_of_hash(&key_hash);
-    let digest = digest_of_leaf(&leaf_hash(key, value));
     let per_bucket = CELLS_PER_BUCKET as u32;
-    (cell / per_bucket, (cell % per_bucket) as usize, digest)
+    (cell / per_bucket, (cell % per_bucket) as usize)
 }

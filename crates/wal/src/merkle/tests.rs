@@ -374,6 +374,22 @@ fn sums_hold_only_the_buckets_that_hold_keys() {
 }
 
 #[test]
+fn the_sums_of_many_cells_are_each_cells_sum() {
+    let mut sums = CellSums::new();
+    for i in 0..200 {
+        sums.add_entry(&format!("key/{i}"), b"v");
+    }
+    // Whole buckets in order, a bucket repeated, cells out of order and one past the last.
+    let buckets: Vec<u32> = sums.iter().map(|(b, _)| b).take(5).collect();
+    let mut cells = super::cells_of_buckets(&buckets);
+    cells.extend(super::cells_of_buckets(&buckets[..1]));
+    cells.extend([7, 3, 70_000, u32::MAX]);
+    let one_by_one: Vec<u64> = cells.iter().map(|&c| sums.cell(c)).collect();
+    assert_eq!(sums.cells(&cells), one_by_one);
+    assert!(one_by_one.iter().any(|&sum| sum != 0));
+}
+
+#[test]
 fn a_bucket_whose_cells_cancel_out_but_holds_keys_is_kept() {
     // Two keys whose digests sum to zero in one cell (a 2^-64 event, made by hand).
     let mut delta = BucketSums::default();
