@@ -11,12 +11,12 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod commands;
 mod error;
+mod flags;
 mod input;
 mod output;
 mod settings;
@@ -39,15 +39,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Start an in-memory, unsealed development server.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     pub dev: bool,
     /// Root token id for the dev server.
     #[arg(long, env = "VAULT_DEV_ROOT_TOKEN_ID", hide_env_values = true)]
@@ -108,15 +100,7 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, value_name = "PATH")]
     pub ca_cert: Option<PathBuf>,
     /// Do not verify the server's TLS certificate (insecure) [env: VAULT_SKIP_VERIFY].
-    #[arg(
-        long,
-        global = true,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long, global = true)]
     pub tls_skip_verify: Option<bool>,
     /// Ask the server to response-wrap the answer with this TTL [env: VAULT_WRAP_TTL].
     #[arg(long, global = true, value_parser = input::duration_flag)]
@@ -183,7 +167,7 @@ enum Command {
 /// Parses argv (including argv\[0\]) and runs the command. `server` is called for
 /// `bunker server ...`.
 pub fn run(args: Vec<OsString>, server: impl FnOnce(ServerArgs) -> anyhow::Result<()>) -> ExitCode {
-    let cli = match Cli::try_parse_from(normalize_args(args)) {
+    let cli = match flags::parse::<Cli, _, _>(normalize_args(args)) {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
@@ -288,7 +272,7 @@ mod tests {
     }
 
     fn parse(list: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(normalize_args(os(list)))
+        flags::parse::<Cli, _, _>(normalize_args(os(list)))
     }
 
     #[test]
@@ -377,8 +361,10 @@ mod tests {
             "-format=json",
             "-address=http://127.0.0.1:8200",
             "-wrap-ttl=5m",
+            "-tls-skip-verify",
             "secret/foo",
         ])?;
+        assert_eq!(cli.global.tls_skip_verify, Some(true));
         assert_eq!(cli.global.format, Some(Format::Json));
         assert_eq!(cli.global.address.as_deref(), Some("http://127.0.0.1:8200"));
         assert_eq!(cli.global.wrap_ttl.as_deref(), Some("5m"));

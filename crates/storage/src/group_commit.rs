@@ -422,24 +422,44 @@ mod tests {
         )
     }
 
-    /// Queues `requests` before the writer starts, so they are all waiting when it drains.
-    fn run_queued(store: &RecordingStore, requests: Vec<WriteRequest>) -> Counters {
-        run_queued_hooked(store, requests, &HookSlot::default())
+    /// What the writer did with queued batches: whether each succeeded, the commits the store
+    /// saw (keys in order), and the counters.
+    struct Played {
+        ok: Vec<bool>,
+        commits: Vec<Vec<String>>,
+        counters: Counters,
     }
 
-    fn run_queued_hooked(
-        store: &RecordingStore,
-        requests: Vec<WriteRequest>,
-        hook: &HookSlot,
-    ) -> Counters {
+    /// Queues one batch per key (a put of `value_len` bytes) before the writer starts, so they
+    /// are all waiting when it drains, and runs the writer with `hook` until the queue closes.
+    fn play<K: AsRef<str>>(keys: &[K], value_len: usize, hook: &HookSlot) -> Played {
+        let store = RecordingStore::default();
+        let (requests, replies): (Vec<_>, Vec<_>) = keys
+            .iter()
+            .map(|key| request(key.as_ref(), value_len))
+            .unzip();
         let (sender, queue) = mpsc::channel(requests.len().max(1));
         for request in requests {
             assert!(sender.try_send(request).is_ok(), "queue has room");
         }
         drop(sender);
         let counters = Counters::default();
-        run(store, queue, &counters, hook);
-        counters
+        run(&store, queue, &counters, hook);
+        let ok = replies
+            .into_iter()
+            .map(|mut reply| matches!(reply.try_recv(), Ok(Ok(()))))
+            .collect();
+        let commits = std::mem::take(
+            &mut *store
+                .commits
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        Played {
+            ok,
+            commits,
+            counters,
+        }
     }
 
     /// Numbers every batch it sees with a `hook/<n>` key and counts `after_commit` calls.
@@ -477,22 +497,11 @@ mod tests {
 
     #[test]
     fn queued_batches_share_one_commit() {
-        let store = RecordingStore::default();
-        let (requests, replies): (Vec<_>, Vec<_>) = ["a", "b", "c"]
-            .into_iter()
-            .map(|key| request(key, 1))
-            .unzip();
-        let counters = run_queued(&store, requests);
-        for mut reply in replies {
-            assert!(matches!(reply.try_recv(), Ok(Ok(()))));
-        }
-        let commits = store
-            .commits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        assert_eq!(*commits, vec![vec!["a", "b", "c"]]);
+        let played = play(&["a", "b", "c"], 1, &HookSlot::default());
+        assert_eq!(played.ok, [true, true, true]);
+        assert_eq!(played.commits, vec![vec!["a", "b", "c"]]);
         assert_eq!(
-            counters.snapshot(),
+            played.counters.snapshot(),
             StorageMetrics {
                 fsyncs: 1,
                 batches: 3,
@@ -503,123 +512,64 @@ mod tests {
 
     #[test]
     fn a_failing_batch_fails_only_its_own_caller() {
-        let store = RecordingStore::default();
-        let (requests, replies): (Vec<_>, Vec<_>) = ["a", "poison", "c"]
-            .into_iter()
-            .map(|key| request(key, 1))
-            .unzip();
-        let counters = run_queued(&store, requests);
-        let results: Vec<bool> = replies
-            .into_iter()
-            .map(|mut reply| matches!(reply.try_recv(), Ok(Ok(()))))
-            .collect();
-        assert_eq!(results, [true, false, true]);
-        let commits = store
-            .commits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        assert_eq!(*commits, vec![vec!["a"], vec!["c"]]);
-        assert_eq!(counters.snapshot().batches, 2);
+        let played = play(&["a", "poison", "c"], 1, &HookSlot::default());
+        assert_eq!(played.ok, [true, false, true]);
+        assert_eq!(played.commits, vec![vec!["a"], vec!["c"]]);
+        assert_eq!(played.counters.snapshot().batches, 2);
     }
 
     #[test]
     fn group_bytes_are_bounded() {
-        let store = RecordingStore::default();
-        let third = MAX_GROUP_BYTES / 3;
-        let (requests, _replies): (Vec<_>, Vec<_>) = ["a", "b", "c", "d"]
-            .into_iter()
-            .map(|key| request(key, third))
-            .unzip();
-        run_queued(&store, requests);
-        let commits = store
-            .commits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let played = play(
+            &["a", "b", "c", "d"],
+            MAX_GROUP_BYTES / 3,
+            &HookSlot::default(),
+        );
         // Three values plus their keys cross the bound, so each group holds two.
-        assert_eq!(*commits, vec![vec!["a", "b"], vec!["c", "d"]]);
+        assert_eq!(played.commits, vec![vec!["a", "b"], vec!["c", "d"]]);
     }
 
     #[test]
     fn group_batch_count_is_bounded() {
-        let store = RecordingStore::default();
         let keys: Vec<String> = (0..MAX_GROUP_BATCHES + 5)
             .map(|i| format!("k{i}"))
             .collect();
-        let (requests, _replies): (Vec<_>, Vec<_>) = keys.iter().map(|key| request(key, 0)).unzip();
-        run_queued(&store, requests);
-        let commits = store
-            .commits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let group_sizes: Vec<usize> = commits.iter().map(Vec::len).collect();
+        let played = play(&keys, 0, &HookSlot::default());
+        let group_sizes: Vec<usize> = played.commits.iter().map(Vec::len).collect();
         assert_eq!(group_sizes, [MAX_GROUP_BATCHES, 5]);
     }
 
     #[test]
     fn the_hook_adds_ops_after_each_batch_of_the_group() {
-        let store = RecordingStore::default();
         let hook = Arc::new(NumberingHook::default());
-        let (requests, replies): (Vec<_>, Vec<_>) = ["a", "unhooked", "c"]
-            .into_iter()
-            .map(|key| request(key, 1))
-            .unzip();
-        let counters = run_queued_hooked(&store, requests, &hooked(&hook));
-        for mut reply in replies {
-            assert!(matches!(reply.try_recv(), Ok(Ok(()))));
-        }
-        let commits = store
-            .commits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let played = play(&["a", "unhooked", "c"], 1, &hooked(&hook));
+        assert_eq!(played.ok, [true, true, true]);
         assert_eq!(
-            *commits,
+            played.commits,
             vec![vec!["a", "hook/1", "unhooked", "c", "hook/3"]]
         );
         assert_eq!(hook.after_commits.load(Ordering::SeqCst), 1);
-        assert_eq!(counters.snapshot().ops, 5, "extra ops are counted");
+        assert_eq!(played.counters.snapshot().ops, 5, "extra ops are counted");
     }
 
     #[test]
     fn a_retried_batch_asks_the_hook_again_in_order() {
-        let store = RecordingStore::default();
         let hook = Arc::new(NumberingHook::default());
-        let (requests, replies): (Vec<_>, Vec<_>) = ["a", "poison", "c"]
-            .into_iter()
-            .map(|key| request(key, 1))
-            .unzip();
-        run_queued_hooked(&store, requests, &hooked(&hook));
-        let results: Vec<bool> = replies
-            .into_iter()
-            .map(|mut reply| matches!(reply.try_recv(), Ok(Ok(()))))
-            .collect();
-        assert_eq!(results, [true, false, true]);
-        let commits = store
-            .commits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let played = play(&["a", "poison", "c"], 1, &hooked(&hook));
+        assert_eq!(played.ok, [true, false, true]);
         // 1..=3 went to the failed group transaction; the retries got 4, 5 (failed) and 6.
-        assert_eq!(*commits, vec![vec!["a", "hook/4"], vec!["c", "hook/6"]]);
+        assert_eq!(
+            played.commits,
+            vec![vec!["a", "hook/4"], vec!["c", "hook/6"]]
+        );
         assert_eq!(hook.after_commits.load(Ordering::SeqCst), 2);
     }
 
     #[test]
     fn invalid_extra_ops_reject_only_their_batch() {
-        let store = RecordingStore::default();
         let hook = Arc::new(NumberingHook::default());
-        let (requests, replies): (Vec<_>, Vec<_>) = ["a", "bad-extra", "c"]
-            .into_iter()
-            .map(|key| request(key, 1))
-            .unzip();
-        run_queued_hooked(&store, requests, &hooked(&hook));
-        let results: Vec<bool> = replies
-            .into_iter()
-            .map(|mut reply| matches!(reply.try_recv(), Ok(Ok(()))))
-            .collect();
-        assert_eq!(results, [true, false, true]);
-        let commits = store
-            .commits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        assert_eq!(*commits, vec![vec!["a", "hook/1", "c", "hook/3"]]);
+        let played = play(&["a", "bad-extra", "c"], 1, &hooked(&hook));
+        assert_eq!(played.ok, [true, false, true]);
+        assert_eq!(played.commits, vec![vec!["a", "hook/1", "c", "hook/3"]]);
     }
 }

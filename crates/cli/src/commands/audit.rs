@@ -1,7 +1,6 @@
 //! `bunker audit ...`: enable, disable and list audit devices (`sys/audit`).
 
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Subcommand};
+use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
 use super::mount_table::{
@@ -32,15 +31,7 @@ pub(crate) struct EnableArgs {
     #[arg(long)]
     description: Option<String>,
     /// Do not replicate this device.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     local: bool,
     /// Device type, e.g. `file`.
     device_type: String,
@@ -57,15 +48,7 @@ pub(crate) struct PathArgs {
 #[derive(Args, Debug)]
 pub(crate) struct ListArgs {
     /// Show replication and options too.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     detailed: bool,
 }
 

@@ -8,8 +8,7 @@
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine;
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args};
+use clap::Args;
 use rand::distributions::Alphanumeric;
 use rand::rngs::OsRng;
 use rand::Rng;
@@ -55,15 +54,7 @@ pub(crate) const DR_OPERATION_TOKEN: Ceremony = Ceremony {
 #[derive(Args, Debug)]
 pub(crate) struct GenerateRootArgs {
     /// Generate a DR operation token on a DR secondary instead of a root token.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     dr_token: bool,
     #[command(flatten)]
     ceremony: CeremonyArgs,
@@ -73,48 +64,16 @@ pub(crate) struct GenerateRootArgs {
 #[derive(Args, Debug)]
 pub(crate) struct CeremonyArgs {
     /// Start a token generation (prints the nonce and, if generated, the OTP).
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     init: bool,
     /// Print the status of the current attempt.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     status: bool,
     /// Cancel the current attempt.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     cancel: bool,
     /// Print a random OTP suitable for `-init -otp=...`.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     generate_otp: bool,
     /// Decode this encoded token (`-` reads it from stdin); needs `-otp`.
     #[arg(long, value_name = "ENCODED")]
@@ -441,7 +400,7 @@ mod tests {
         }
         let mut argv = vec!["generate-root"];
         argv.extend_from_slice(flags);
-        Ok(Wrapper::try_parse_from(argv)?.inner)
+        Ok(crate::flags::parse::<Wrapper, _, _>(argv)?.inner)
     }
 
     fn mode_of(flags: &[&str]) -> Result<Option<Mode>, clap::Error> {

@@ -1,7 +1,6 @@
 //! `bunker kv ...`: the key/value engine, v1 and v2, with `-mount=M PATH` or `M/PATH`.
 
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Subcommand};
+use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
 use super::kv_path::{self, KvTarget};
@@ -105,14 +104,7 @@ pub(crate) struct MetadataPutArgs {
     #[arg(long)]
     max_versions: Option<u64>,
     /// Require check-and-set on every write.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     cas_required: Option<bool>,
     /// Delete versions this long after they are written (`0s` disables).
     #[arg(long, value_parser = duration_flag)]

@@ -3,8 +3,7 @@
 //! and `-method=approle role_id=... secret_id=...` log in to the auth method at `-path`
 //! (default: the method's name) and store the token it issues.
 
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args};
+use clap::Args;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
@@ -24,15 +23,7 @@ pub(crate) struct LoginArgs {
     #[arg(long)]
     path: Option<String>,
     /// Do not store the token in the token helper.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     no_store: bool,
     /// Print only this field (e.g. `-field=token_policies`).
     #[arg(long)]

@@ -1,8 +1,7 @@
 //! `bunker operator ...`: init, unseal, seal, rotate, key-status, generate-root, rekey,
 //! replication.
 
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Subcommand};
+use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::generate_root::{self, GenerateRootArgs};
@@ -57,15 +56,7 @@ pub(crate) struct InitArgs {
     #[arg(long, default_value_t = 3)]
     key_threshold: u32,
     /// Only report whether the server is initialized (exit 0 yes, 2 no).
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     status: bool,
 }
 
@@ -73,15 +64,7 @@ pub(crate) struct InitArgs {
 #[derive(Args, Debug)]
 pub(crate) struct UnsealArgs {
     /// Discard the unseal keys provided so far.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     reset: bool,
     /// The unseal key share (base64 or hex); read from stdin when absent or `-`.
     key: Option<String>,

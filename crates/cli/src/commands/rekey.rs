@@ -6,8 +6,7 @@
 //! current unseal key is provided (or, with `-verify`, a new one). When the last current key is
 //! in, the new keys are printed once.
 
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args};
+use clap::Args;
 use serde_json::{json, Value};
 
 use super::key_shares::{check_threshold, key_share_lines, one_mode, share_request};
@@ -24,49 +23,17 @@ const VERIFY_PATH: &str = "sys/rekey/verify";
 #[derive(Args, Debug)]
 pub(crate) struct RekeyArgs {
     /// Start a rekey; the new key count and threshold come from -key-shares and -key-threshold.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     init: bool,
     /// Cancel the rekey (with -verify: restart the verification only).
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     cancel: bool,
     /// Print the status of the rekey (with -verify: of its verification).
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     status: bool,
     /// With -init: require the new shares to be verified before they are used. Otherwise: act
     /// on the verification (provide a new key, -status, -cancel).
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     verify: bool,
     /// Number of new key shares.
     #[arg(long, default_value_t = 5)]
@@ -81,15 +48,7 @@ pub(crate) struct RekeyArgs {
     #[arg(long, value_delimiter = ',')]
     pgp_keys: Vec<String>,
     /// Back up PGP-encrypted shares: not supported, the server refuses it.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     backup: bool,
     /// Which keys to rekey: only `barrier` (the unseal keys); Bunker has no recovery keys.
     #[arg(long, default_value = "barrier")]
@@ -324,7 +283,7 @@ mod tests {
         }
         let mut argv = vec!["rekey"];
         argv.extend_from_slice(flags);
-        Ok(Wrapper::try_parse_from(argv)?.inner)
+        Ok(crate::flags::parse::<Wrapper, _, _>(argv)?.inner)
     }
 
     fn mode_of(flags: &[&str]) -> Result<Option<Mode>, clap::Error> {

@@ -2,8 +2,7 @@
 //! engines (`sys/mounts`, `sys/remount`). The same commands manage auth methods (`sys/auth`,
 //! see `auth.rs`) through [`MountKind`].
 
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Subcommand};
+use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
 pub(crate) use super::mount_move::{move_mount, MoveArgs};
@@ -56,15 +55,7 @@ pub(crate) struct EnableArgs {
     #[arg(long)]
     path: Option<String>,
     /// Do not replicate this mount to performance secondaries.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     local: bool,
     #[command(flatten)]
     config: MountConfigArgs,
@@ -81,15 +72,7 @@ pub(crate) struct PathArgs {
 #[derive(Args, Debug)]
 pub(crate) struct ListArgs {
     /// Show TTLs, options, replication and UUIDs too.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     detailed: bool,
 }
 

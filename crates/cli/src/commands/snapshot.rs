@@ -3,8 +3,7 @@
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Subcommand};
+use clap::{Args, Subcommand};
 
 use serde_json::Value;
 
@@ -34,15 +33,7 @@ pub(crate) enum RaftSnapshotCommand {
 pub(crate) struct RestoreArgs {
     /// Restore a snapshot whose keyring this server's root key does not open (another
     /// cluster's); the server seals and needs the snapshot's unseal keys.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     force: bool,
     file: PathBuf,
 }

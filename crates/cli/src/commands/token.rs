@@ -1,7 +1,6 @@
 //! `bunker token ...`: create, lookup, renew, revoke, capabilities.
 
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Subcommand};
+use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
 use super::{print_json_or_table, send_for_body, success, CmdResult, Ctx};
@@ -39,26 +38,10 @@ pub(crate) struct CreateArgs {
     #[arg(long, value_parser = duration_flag)]
     period: Option<String>,
     /// Create a token with no parent.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     orphan: bool,
     /// Do not attach the `default` policy.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     no_default_policy: bool,
     /// Name shown in audit logs and lookups.
     #[arg(long)]
@@ -73,14 +56,7 @@ pub(crate) struct CreateArgs {
     #[arg(long)]
     role: Option<String>,
     /// Whether the token may be renewed.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     renewable: Option<bool>,
     /// Metadata as `k=v`; repeatable.
     #[arg(long)]
@@ -96,15 +72,7 @@ pub(crate) struct CreateArgs {
 #[derive(Args, Debug)]
 pub(crate) struct LookupArgs {
     /// Treat the argument as an accessor.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     accessor: bool,
     /// Print only this field.
     #[arg(long)]
@@ -128,26 +96,10 @@ pub(crate) struct RenewArgs {
 #[derive(Args, Debug, Default)]
 pub(crate) struct RevokeArgs {
     /// Revoke the current token.
-    #[arg(
-        long = "self",
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long = "self")]
     revoke_self: bool,
     /// Treat the argument as an accessor.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     accessor: bool,
     /// `orphan`: keep the children; `path`: revoke tokens created under this path prefix.
     #[arg(long, value_parser = ["orphan", "path"])]

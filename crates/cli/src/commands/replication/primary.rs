@@ -158,7 +158,7 @@ mod tests {
     fn parse(argv: &[&str]) -> Result<PrimaryCommand, clap::Error> {
         let mut full = vec!["primary"];
         full.extend_from_slice(argv);
-        Ok(Wrapper::try_parse_from(full)?.command)
+        Ok(crate::flags::parse::<Wrapper, _, _>(full)?.command)
     }
 
     #[test]

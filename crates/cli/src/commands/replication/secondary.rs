@@ -3,8 +3,7 @@
 //! A DR secondary refuses ordinary requests, so apart from `enable` these commands
 //! authenticate with the primary's key shares or a DR operation token, not a client token.
 
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Subcommand};
+use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 
 use super::{insert_given, put, response_data};
@@ -53,15 +52,7 @@ pub(crate) struct ActivationArgs {
     ca_path: Option<String>,
     /// Follow the secondary until it streams WALs, showing the sync's progress (keys and
     /// bytes synced, rate, ETA).
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     wait: bool,
 }
 
@@ -98,27 +89,10 @@ pub(crate) struct PromoteArgs {
     #[arg(long)]
     dr_operation_token: Option<String>,
     /// Promote even if the secondary has not caught up (unreplicated writes are lost).
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
+    #[arg(long)]
     force: bool,
     /// Discard the key shares submitted so far.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new(),
-        conflicts_with_all = ["keys", "key", "dr_operation_token"]
-    )]
+    #[arg(long, conflicts_with_all = ["keys", "key", "dr_operation_token"])]
     reset: bool,
     /// Cluster address the promoted primary gives its secondaries (default: its own).
     #[arg(long, value_name = "ADDR")]
@@ -338,7 +312,7 @@ mod tests {
     fn parse(argv: &[&str]) -> Result<SecondaryCommand, clap::Error> {
         let mut full = vec!["secondary"];
         full.extend_from_slice(argv);
-        Ok(Wrapper::try_parse_from(full)?.command)
+        Ok(crate::flags::parse::<Wrapper, _, _>(full)?.command)
     }
 
     fn promote_args(argv: &[&str]) -> Result<PromoteArgs, clap::Error> {
