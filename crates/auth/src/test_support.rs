@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bunker_barrier::Barrier;
-use bunker_sdk::{BackendRequest, Data, LogicalBackend, Operation, Response, Result, StorageView};
+use bunker_sdk::{BackendRequest, LogicalBackend, Operation, Response, Result, StorageView};
 use bunker_storage::InmemBackend;
 use serde_json::{Map, Value};
 
@@ -15,12 +15,7 @@ pub(crate) async fn view(prefix: &str) -> StorageView {
     StorageView::new(barrier, prefix)
 }
 
-pub(crate) fn obj(v: Value) -> Data {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
+pub(crate) use bunker_sdk::data_of as obj;
 
 /// One request to `backend` at `path` from `remote_addr`.
 pub(crate) async fn call(

@@ -121,12 +121,7 @@ mod tests {
     use super::*;
     use crate::store::mem::MemStore;
 
-    fn obj(v: Value) -> Data {
-        match v {
-            Value::Object(m) => m,
-            _ => Data::new(),
-        }
-    }
+    use bunker_sdk::data_of as obj;
 
     async fn run(
         store: &MemStore,

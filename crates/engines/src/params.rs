@@ -137,12 +137,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn data(v: Value) -> Data {
-        match v {
-            Value::Object(m) => m,
-            _ => Data::new(),
-        }
-    }
+    use bunker_sdk::data_of as data;
 
     #[test]
     fn integers_from_numbers_and_strings() {

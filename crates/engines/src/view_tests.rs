@@ -22,12 +22,7 @@ async fn unsealed_barrier() -> (Arc<Barrier>, Arc<InmemBackend>) {
     (barrier, physical)
 }
 
-fn obj(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
+use bunker_sdk::data_of as obj;
 
 struct Mount {
     backend: Arc<dyn LogicalBackend>,

@@ -190,12 +190,7 @@ mod tests {
         assert_eq!(get_duration(&d, "micro").ok().flatten(), Some(0));
     }
 
-    fn data(v: Value) -> Data {
-        match v {
-            Value::Object(m) => m,
-            _ => Data::new(),
-        }
-    }
+    use crate::data_of as data;
 
     #[test]
     fn lenient_decoding() {

@@ -37,6 +37,14 @@ pub type Result<T> = std::result::Result<T, LogicalError>;
 /// JSON object used for request and response data.
 pub type Data = Map<String, Value>;
 
+/// `value` as request or response data: its fields if it is an object, else no data.
+pub fn data_of(value: Value) -> Data {
+    match value {
+        Value::Object(fields) => fields,
+        _ => Data::new(),
+    }
+}
+
 /// What a mounted backend receives: the operation, the path relative to its mount, the request
 /// data, and a storage view confined to the mount.
 pub struct BackendRequest<'a> {

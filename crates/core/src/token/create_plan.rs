@@ -195,12 +195,7 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    fn data(v: Value) -> Data {
-        match v {
-            Value::Object(m) => m,
-            _ => Data::new(),
-        }
-    }
+    use bunker_sdk::data_of as data;
 
     fn parent(policies: &[&str]) -> TokenEntry {
         TokenEntry {

@@ -62,12 +62,7 @@ mod tests {
     use super::*;
     use crate::store::mem::MemStore;
 
-    fn obj(v: Value) -> Data {
-        match v {
-            Value::Object(m) => m,
-            _ => Data::new(),
-        }
-    }
+    use bunker_sdk::data_of as obj;
 
     async fn run(store: &MemStore, op: Operation, path: &str, body: Value) -> Result<Response> {
         let data = obj(body);

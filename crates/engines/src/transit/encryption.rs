@@ -215,9 +215,4 @@ pub(crate) async fn datakey(
     Ok(Response::data(data))
 }
 
-pub(crate) fn obj(v: Value) -> Data {
-    match v {
-        Value::Object(m) => m,
-        _ => Data::new(),
-    }
-}
+pub(crate) use bunker_sdk::data_of as obj;

@@ -29,12 +29,7 @@ fn env() -> Env {
     }
 }
 
-fn obj(v: Value) -> Data {
-    match v {
-        Value::Object(m) => m,
-        _ => Data::new(),
-    }
-}
+use bunker_sdk::data_of as obj;
 
 fn b64(s: &[u8]) -> String {
     STANDARD.encode(s)
