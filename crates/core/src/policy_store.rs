@@ -50,14 +50,16 @@ impl PolicyStore {
         }
     }
 
+    // Every change to the cache is one map operation under the lock, so a poisoned lock still
+    // guards a consistent map.
+    fn cache_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Policy>> {
+        self.cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn clear_cache(&self) {
-        {
-            let mut cache = self
-                .cache
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            cache.clear();
-        }
+        self.cache_mut().clear();
     }
 
     /// Create the `default` policy if it does not exist (done at init).
@@ -82,13 +84,13 @@ impl PolicyStore {
     }
 
     pub async fn get(&self, name: &str) -> Result<Option<Policy>> {
-        if let Some(p) = self
+        let cached = self
             .cache
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
-            .cloned()
-        {
+            .cloned();
+        if let Some(p) = cached {
             return Ok(Some(p));
         }
         let Some(raw) = self.get_raw(name).await? else {
@@ -96,13 +98,7 @@ impl PolicyStore {
         };
         let policy = Policy::parse(name, &raw)
             .map_err(|e| LogicalError::Internal(format!("stored policy {name:?}: {e}")))?;
-        {
-            let mut cache = self
-                .cache
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            cache.insert(name.to_owned(), policy.clone());
-        }
+        self.cache_mut().insert(name.to_owned(), policy.clone());
         Ok(Some(policy))
     }
 
@@ -124,13 +120,7 @@ impl PolicyStore {
                 &serde_json::to_vec(&stored)?,
             )
             .await?;
-        {
-            let mut cache = self
-                .cache
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            cache.remove(&name);
-        }
+        self.cache_mut().remove(&name);
         Ok(())
     }
 
@@ -144,13 +134,7 @@ impl PolicyStore {
         self.barrier
             .delete(&format!("{POLICY_PREFIX}{name}"))
             .await?;
-        {
-            let mut cache = self
-                .cache
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            cache.remove(&name);
-        }
+        self.cache_mut().remove(&name);
         Ok(())
     }
 

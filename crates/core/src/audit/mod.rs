@@ -85,30 +85,16 @@ impl AuditBroker {
                 }
             }
         }
-        {
-            let mut d = self
-                .devices
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            *d = devices;
-        }
+        *self.devices_mut() = devices;
         Ok(())
     }
 
     pub fn unload(&self) {
-        {
-            let mut d = self
-                .devices
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            d.clear();
-        }
+        self.devices_mut().clear();
     }
 
     pub fn entries(&self) -> Vec<AuditEntry> {
-        self.devices
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.devices_ref()
             .iter()
             .map(|dev| dev.entry().clone())
             .collect()
@@ -141,49 +127,49 @@ impl AuditBroker {
             }))
             .await?;
         table.entries.push(entry);
-        self.barrier
-            .put(AUDIT_TABLE_PATH, &serde_json::to_vec(&table)?)
-            .await?;
-        {
-            let mut d = self
-                .devices
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            d.push(Arc::new(device));
-        }
+        self.save_table(&table).await?;
+        self.devices_mut().push(Arc::new(device));
         Ok(())
     }
 
     pub async fn disable(&self, path: &str) -> Result<()> {
         let mut table = self.table().await?;
         table.entries.retain(|e| e.path != path);
-        self.barrier
-            .put(AUDIT_TABLE_PATH, &serde_json::to_vec(&table)?)
-            .await?;
-        {
-            let mut d = self
-                .devices
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            d.retain(|dev| dev.entry().path != path);
-        }
+        self.save_table(&table).await?;
+        self.devices_mut().retain(|dev| dev.entry().path != path);
         Ok(())
     }
 
     pub fn hash_for(&self, path: &str, input: &str) -> Option<String> {
-        self.devices
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.devices_ref()
             .iter()
             .find(|dev| dev.entry().path == path)
             .map(|dev| dev.hash_str(input))
     }
 
     fn devices(&self) -> Vec<Arc<FileDevice>> {
+        self.devices_ref().clone()
+    }
+
+    // The device list is replaced or edited in one statement under the lock: a panic elsewhere
+    // cannot leave it half changed, so a poisoned lock still guards a consistent list.
+    fn devices_ref(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<FileDevice>>> {
         self.devices
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    }
+
+    fn devices_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<FileDevice>>> {
+        self.devices
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn save_table(&self, table: &AuditTable) -> Result<()> {
+        self.barrier
+            .put(AUDIT_TABLE_PATH, &serde_json::to_vec(table)?)
+            .await?;
+        Ok(())
     }
 
     pub(crate) async fn log_request(&self, req: &Request, caller: Option<&Caller>) -> Result<()> {
