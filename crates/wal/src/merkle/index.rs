@@ -226,8 +226,13 @@ impl MerkleIndex {
     /// Sums the replicated keyspace, inside one commit (exact whatever is written around
     /// it). Call with the index installed in the backend's hook.
     pub async fn open(&self, backend: &dyn Backend) -> Result<(), MerkleError> {
+        let started = std::time::Instant::now();
         let check = self.rebuild(backend).await?;
-        tracing::info!(keys = check.tree.keys, "Merkle index summed");
+        tracing::info!(
+            keys = check.tree.keys,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Merkle index summed"
+        );
         Ok(())
     }
 
