@@ -22,13 +22,7 @@ fn audit_hash(s: &TestServer, input: &str) -> String {
 #[test]
 fn tokens_and_accessors_in_paths_are_hmacd_in_the_audit_log() {
     let s = TestServer::initialized();
-    let log = s.dir().join("audit.log");
-    let (st, b) = s.put(
-        "sys/audit/file",
-        s.root(),
-        json!({"type": "file", "options": {"file_path": log.to_str().unwrap()}}),
-    );
-    assert!(st == 200 || st == 204, "enable audit: {st} {b}");
+    let log = s.enable_file_audit();
 
     let (st, b) = s.post(
         "auth/token/create",

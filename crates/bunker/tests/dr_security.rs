@@ -146,8 +146,7 @@ fn anonymous_requests_racing_promotions_never_run_primary_operations() {
 fn activation_token_holder_gets_no_key_and_cannot_extend_it() {
     let p = dr_server();
     enable_primary(&p);
-    let audit = p.dir().join("audit.log");
-    enable_audit(&p, &audit);
+    let audit = p.enable_file_audit();
 
     // The attacker unwraps a stolen activation token.
     let stolen = inner_wrapping_token(&activation_token(&p, "site-stolen"));
@@ -357,8 +356,7 @@ fn dr_operation_tokens_are_the_only_credential_and_die_with_the_mode() {
     );
     assert_eq!(code, 204, "{body}");
     let service = a.create_token(json!({"policies": ["dr-ops"], "ttl": "1h"}));
-    let audit = a.dir().join("audit.log");
-    enable_audit(&a, &audit);
+    let audit = a.enable_file_audit();
     enable_primary(&a);
     let mut b = dr_server();
     enable_secondary(&b, &activation_token(&a, "site-b"));
@@ -441,15 +439,6 @@ fn ca_file_is_bounded_and_errors_are_generic() {
         "the errors tell files apart: {answers:?}"
     );
     s.assert_healthy();
-}
-
-fn enable_audit(s: &TestServer, path: &Path) {
-    let (code, body) = s.put(
-        "sys/audit/file",
-        s.root(),
-        json!({"type": "file", "options": {"file_path": path.to_str().unwrap()}}),
-    );
-    assert_eq!(code, 204, "enable audit: {body}");
 }
 
 /// How many audit records name `path`.

@@ -288,13 +288,7 @@ fn standbys_forward_requests_to_the_active_node_over_the_cluster_port() {
     ]);
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     a.mount_kv2();
-    let log = a.dir().join("audit.log");
-    let (code, body) = a.put(
-        "sys/audit/file",
-        a.root(),
-        json!({"type": "file", "options": {"file_path": log.to_str().unwrap()}}),
-    );
-    assert_eq!(code, 204, "{body}");
+    let log = a.enable_file_audit();
 
     // A write sent to one standby and a read sent to another: answered by the active node,
     // not redirected. The client's forged forwarded-for header is not believed.

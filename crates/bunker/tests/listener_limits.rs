@@ -176,13 +176,7 @@ fn audit_records(path: &std::path::Path) -> Vec<(usize, Value)> {
 #[test]
 fn anonymous_large_body_is_audited_without_its_body() {
     let s = TestServer::dev();
-    let log = s.dir().join("audit.log");
-    let (st, b) = s.put(
-        "sys/audit/file",
-        s.root(),
-        json!({"type": "file", "options": {"file_path": log.to_str().unwrap()}}),
-    );
-    assert!(st == 200 || st == 204, "enable audit: {st} {b}");
+    let log = s.enable_file_audit();
 
     // Keys and numbers are logged as they are (only strings are HMAC'd), so a body made of
     // them is what could fill the log. About 2 MiB, well within the node budget.

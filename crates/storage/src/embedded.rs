@@ -17,7 +17,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::{
@@ -52,9 +52,6 @@ pub struct EmbeddedBackend {
 /// over a GiB resident; hot paths (tokens, policies, recent secrets) fit comfortably in far
 /// less, and the OS page cache still serves the rest. `storage "embedded" { cache_size }`.
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
-
-/// How often a repair at open says how far it got.
-const REPAIR_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The data directory is the server's alone (0700) and the database file too (0600): it holds
 /// ciphertext, but also what must work while sealed (the cluster port's TLS keys). Tightened on
@@ -102,20 +99,17 @@ impl EmbeddedBackend {
         let started = std::time::Instant::now();
         // After an unclean stop (kill -9, power loss) redb walks the whole file to check it and
         // rebuild its allocator state before the open returns: seconds at a million keys, with
-        // nothing else to show for it. Say so, and how far it got, at most every few seconds.
-        let last_report: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
-        let reported = last_report.clone();
+        // nothing else to show for it. Say so, at each step redb reports (a few per repair).
+        let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reported = repaired.clone();
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
             .set_repair_callback(move |session| {
-                let mut last = reported.lock().unwrap_or_else(PoisonError::into_inner);
-                if last.is_none_or(|at| at.elapsed() >= REPAIR_REPORT_EVERY) {
-                    tracing::warn!(
-                        progress_percent = (session.progress() * 100.0).round(),
-                        "repairing the database after an unclean shutdown (it walks the whole file)"
-                    );
-                    *last = Some(std::time::Instant::now());
-                }
+                reported.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    progress_percent = (session.progress() * 100.0).round(),
+                    "repairing the database after an unclean shutdown (it walks the whole file)"
+                );
             })
             .create(&path)
             .map_err(|e| engine_error(format!("opening database {}", path.display()), e))?;
@@ -123,10 +117,7 @@ impl EmbeddedBackend {
         sync_dir(dir)?;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
-            repaired = last_report
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_some(),
+            repaired = repaired.load(std::sync::atomic::Ordering::Relaxed),
             "embedded storage opened"
         );
 
@@ -332,9 +323,10 @@ impl TxnTable for RedbTable<'_> {
         let entries = self
             .0
             .range::<&str>(range)
-            .map_err(|e| engine_error(format!("scanning {range:?}"), e))?;
+            .map_err(|e| engine_error("scanning for the commit index".into(), e))?;
         for entry in entries {
-            let (key, value) = entry.map_err(|e| engine_error(format!("scanning {range:?}"), e))?;
+            let (key, value) =
+                entry.map_err(|e| engine_error("scanning for the commit index".into(), e))?;
             visit(key.value(), value.value());
         }
         Ok(())

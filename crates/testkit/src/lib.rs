@@ -322,6 +322,19 @@ impl TestServer {
 
     // ----- common operations -----
 
+    /// Enable a file audit device at `sys/audit/file` writing to `audit.log` in the server's
+    /// directory, with the root token; asserts 204 and returns the log's path.
+    pub fn enable_file_audit(&self) -> std::path::PathBuf {
+        let log = self.dir().join("audit.log");
+        let (code, body) = self.put(
+            "sys/audit/file",
+            self.root(),
+            json!({"type": "file", "options": {"file_path": log.to_string_lossy()}}),
+        );
+        assert_eq!(code, 204, "enable audit: {body}");
+        log
+    }
+
     /// Write a KV v2 secret at `secret/data/<name>` with the root token; asserts 200.
     pub fn kv_put(&self, name: &str, data: Value) -> Value {
         let (s, b) = self.put(
