@@ -16,6 +16,7 @@ pub use bunker_sdk as logical;
 mod mounts;
 mod policy_store;
 mod replication_hook;
+mod replication_port;
 mod request_handling;
 pub mod snapshot;
 pub use request_handling::{capability_for, Caller};
@@ -26,7 +27,7 @@ mod wrapping;
 
 pub use crate::core::{Core, CoreConfig};
 pub use mounts::{MountEntry, SystemTtls};
-pub use replication_hook::{DrMode, ReplicationHandler, RestoreFuture};
+pub use replication_hook::{DrCore, DrMode, ReplicationHandler, RestoreFuture};
 pub use sys::{
     attempt_request, prometheus_to_vault_json, MetricsRenderer, DEFAULT_USAGE_GAUGE_PERIOD,
 };

@@ -1,14 +1,15 @@
-//! The seam between the core and DR replication. Replication lives in its own crate beside the
-//! barrier; the core only knows this trait: which DR mode the cluster is in, and who answers
-//! `sys/replication/*`.
+//! The seam between the core and DR replication, both ways. Replication lives in its own crate
+//! beside the barrier; the core knows only [`ReplicationHandler`] (which DR mode the cluster is
+//! in, and who answers `sys/replication/*`), and replication knows only [`DrCore`], the few
+//! things it may ask of the core. Neither trait names the core's type: this file imports
+//! nothing of the core, and `replication_port.rs` implements [`DrCore`] for it.
 
-use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use bunker_policy::Capability;
+use zeroize::Zeroizing;
 
-use crate::core::Core;
-use crate::logical::{LogicalError, Request, Response, Result};
+use crate::logical::{Data, LogicalError, Request, Response, Result};
 use bunker_sdk::Caller;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +44,12 @@ pub trait ReplicationHandler: Send + Sync {
     /// handler authorizes the request itself, on the state that executes it: status reads are
     /// open, DR-secondary endpoints take key shares or a DR operation token, the others a
     /// token whose policy allows the path.
-    async fn handle(&self, core: &Core, req: &Request, caller: Option<&Caller>)
-        -> Result<Response>;
+    async fn handle(
+        &self,
+        core: &dyn DrCore,
+        req: &Request,
+        caller: Option<&Caller>,
+    ) -> Result<Response>;
 
     /// Whether an HA standby answers `path` (under `sys/replication/`) itself: the status
     /// reads, which are anyone's. Every other replication request runs on the active node.
@@ -114,7 +119,7 @@ impl ReplicationHandler for NoReplication {
 
     async fn handle(
         &self,
-        _core: &Core,
+        _core: &dyn DrCore,
         req: &Request,
         _caller: Option<&Caller>,
     ) -> Result<Response> {
@@ -144,155 +149,43 @@ impl ReplicationHandler for NoReplication {
 pub type RestoreFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
 
-impl Core {
-    pub fn set_replication(&self, handler: Arc<dyn ReplicationHandler>) {
-        *self
-            .replication
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = handler;
-    }
-
-    pub(crate) fn replication_handler(&self) -> Arc<dyn ReplicationHandler> {
-        Arc::clone(
-            &self
-                .replication
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-    }
-
-    /// See [`ReplicationHandler::wal_index`].
-    pub fn replication_wal_index(&self) -> Option<u64> {
-        self.replication_handler().wal_index()
-    }
-
-    pub fn dr_mode(&self) -> DrMode {
-        self.replication_handler().dr_mode()
-    }
-
-    /// Unseal directly with a reconstructed root key (DR promotion) and load the tables.
-    pub async fn unseal_with_root_key(&self, root_key: &[u8]) -> Result<()> {
-        if !self.is_sealed() && self.barrier.reload_keyring().await.is_err() {
-            // Open with another cluster's key: an HA standby of a cluster that became a DR
-            // secondary (the keyring in storage is the primary's now). Open it again with this.
-            self.seal_core();
-        }
-        if self.is_sealed() {
-            self.barrier.unseal(root_key).await?;
-        }
-        self.reload_tables().await
-    }
-
-    /// Reload everything cached from storage (after replication changed it underneath).
-    pub async fn reload_tables(&self) -> Result<()> {
-        if self.is_sealed() {
-            return Ok(());
-        }
-        self.barrier.reload_keyring().await?;
-        self.post_unseal().await
-    }
-
-    pub async fn verify_root_key(&self, root_key: &[u8]) -> Result<()> {
-        self.barrier.verify_root_key(root_key).await.map_err(|_| {
-            LogicalError::InvalidRequest("the key shares do not reconstruct the root key".into())
-        })
-    }
-
-    pub fn barrier(&self) -> &Arc<bunker_barrier::Barrier> {
-        &self.barrier
-    }
-
-    /// Unseal threshold of the stored seal configuration (0 when uninitialised).
-    pub async fn seal_threshold(&self) -> Result<u8> {
-        Ok(self
-            .seal
-            .config()
-            .await
-            .map_err(crate::core::seal_err)?
-            .map(|c| c.secret_threshold)
-            .unwrap_or(0))
-    }
-
-    /// Whether `token` is a DR operation batch token (Vault's "batch DR operation token"
-    /// strategy): a batch token with a TTL, made on the primary and replicated here, whose
-    /// policies grant `update` on `path`. Service tokens, and tokens without a TTL such as the
-    /// root token, never are. Policies are read afresh: on a DR secondary they change by
-    /// replication, underneath the policy cache.
-    pub async fn dr_batch_token_allows(&self, token: &str, path: &str) -> Result<bool> {
-        if self.is_sealed() || !token.starts_with(crate::token::BATCH_TOKEN_PREFIX) {
-            return Ok(false);
-        }
-        let Some(entry) = self.tokens.lookup(token).await? else {
-            return Ok(false);
-        };
-        if entry.token_type != crate::token::TokenType::Batch || entry.expire_time == 0 {
-            return Ok(false);
-        }
-        self.policies.clear_cache();
-        let acl = self.policies.acl(&entry.policies).await?;
-        Ok(acl.allows(path, Capability::Update))
-    }
-
-    /// Wipe every key of the physical storage (DR secondary activation).
-    pub async fn wipe_storage(&self) -> Result<()> {
-        self.seal_core();
-        let backend = self.barrier.backend().clone();
-        loop {
-            let page = backend.scan("", None, 1000).await?;
-            if page.is_empty() {
-                return Ok(());
-            }
-            let ops = page
-                .into_iter()
-                .map(|(key, _)| bunker_storage::Op::Delete { key })
-                .collect();
-            backend.batch(ops).await?;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
-
-    use super::*;
-    use bunker_sdk::Operation;
-    use bunker_storage::InmemBackend;
-
-    /// The root key record a rekey writes for HA standbys never leaves the cluster: it is
-    /// under the prefix replication keeps local (not replicated, not restored).
-    #[test]
-    fn the_root_key_record_is_local_to_the_cluster() {
-        assert!(bunker_wal::wal::is_local(
-            bunker_barrier::ROOT_KEY_UPGRADE_PATH
-        ));
-    }
-
-    /// A core nothing was wired into answers replication status as a cluster without it, to
-    /// anyone (as the DR handler does), even sealed and uninitialised; it refuses the rest.
-    #[tokio::test]
-    async fn without_replication_the_status_says_disabled() {
-        let core = Core::new(Arc::new(InmemBackend::new()), Default::default());
-        assert_eq!(core.dr_mode(), DrMode::Disabled);
-        let status = core
-            .handle(Request::new(Operation::Read, "sys/replication/status"))
-            .await
-            .unwrap();
-        let data = status.data.unwrap();
-        assert_eq!(data["dr"]["mode"], "disabled");
-        assert_eq!(data["performance"]["mode"], "disabled");
-        let dr = core
-            .handle(Request::new(Operation::Read, "sys/replication/dr/status"))
-            .await
-            .unwrap();
-        assert!(dr.data_at_top_level);
-        let enable = Request::new(Operation::Update, "sys/replication/dr/primary/enable");
-        assert!(matches!(
-            core.handle(enable).await,
-            Err(LogicalError::UnsupportedPath(_))
-        ));
-        assert!(core
-            .replication_handler()
-            .answers_on_standby("sys/replication/dr/status"));
-    }
+/// The few things DR asks of the core, as one narrow trait: everything else of the core is out
+/// of DR's reach. The DR runtime holds a `dyn DrCore`; the only implementation is the core's
+/// (`replication_port.rs`).
+#[async_trait]
+pub trait DrCore: Send + Sync {
+    fn is_sealed(&self) -> bool;
+    /// Whether this node serves: always without HA; only while it holds the lock with it.
+    fn is_active_node(&self) -> bool;
+    /// With HA, the epoch of the lock this node holds, also while it is becoming active
+    /// (`None` without HA, or when it holds none).
+    fn held_epoch(&self) -> Option<u64>;
+    /// Whether this node may write: always without HA; while it holds the lock with it.
+    fn holds_lock(&self) -> bool;
+    /// With HA, write this node's advertisement again (after a mode change made it serve).
+    async fn readvertise(&self);
+    /// The cluster addresses of this cluster's nodes (all HA nodes), for secondaries.
+    async fn cluster_addrs(&self) -> Vec<String>;
+    /// Unseal threshold of the (replicated) seal configuration; 0 when uninitialised.
+    async fn seal_threshold(&self) -> Result<u8>;
+    /// Whether `root_key` opens the stored keyring (a key-share ceremony's result).
+    async fn verify_root_key(&self, root_key: &[u8]) -> Result<()>;
+    /// Open the barrier with a root key (promotion, an encrypted activation bundle).
+    async fn unseal_with_root_key(&self, root_key: &[u8]) -> Result<()>;
+    /// Reload everything cached from storage after replication changed it underneath.
+    async fn reload_tables(&self) -> Result<()>;
+    /// Reload the barrier keyring (the primary rotated its key).
+    async fn reload_keyring(&self) -> Result<()>;
+    /// Delete every key of the physical storage (a cluster becoming a secondary).
+    async fn wipe_storage(&self) -> Result<()>;
+    /// The root key of an unsealed barrier, for a bundle encrypted to a secondary's own key.
+    fn root_key(&self) -> Result<Zeroizing<Vec<u8>>>;
+    /// Encrypt a standalone blob with the barrier (fails while sealed).
+    fn barrier_encrypt(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>>;
+    /// Decrypt a blob made by [`DrCore::barrier_encrypt`] with the same `aad`.
+    fn barrier_decrypt(&self, aad: &str, ciphertext: &[u8]) -> Result<Vec<u8>>;
+    /// Store `data` in a single-use response-wrapping token.
+    async fn wrap_data(&self, data: Data, ttl: Duration, creation_path: &str) -> Result<Response>;
+    /// Whether `token` is a batch DR operation token allowed on `path`.
+    async fn dr_batch_token_allows(&self, token: &str, path: &str) -> Result<bool>;
 }

@@ -365,7 +365,7 @@ impl ReplicationHandler for DrManager {
 
     async fn handle(
         &self,
-        core: &Core,
+        core: &dyn DrCore,
         req: &Request,
         caller: Option<&Caller>,
     ) -> LResult<Response> {

@@ -12,6 +12,7 @@
 //! protocol between a primary and a secondary.
 
 pub mod frame;
+pub mod keys;
 pub mod merkle;
 pub mod messages;
 pub mod tls;

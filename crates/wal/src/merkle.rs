@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::wal::{is_local, LOCAL_PREFIX};
+use crate::keys::{is_local, LOCAL_PREFIX};
 
 pub mod index;
 pub mod sums;

@@ -37,12 +37,7 @@ pub use record::{decode_entry, encode_entry, entry_key, WalEntry, ENTRY_VERSION}
 use record::{decode_index, decode_stored, encode_index, parse_entry_key};
 use recorder::Recorder;
 
-/// Keys under this prefix belong to this cluster only and are never replicated.
-pub const LOCAL_PREFIX: &str = "repl/";
-/// Entries live at `repl/wal/{index:020}`.
-pub const WAL_PREFIX: &str = "repl/wal/";
-/// u64 BE of the last index, written in the same batch as each entry.
-pub const WAL_LAST_KEY: &str = "repl/wal-last";
+pub use crate::keys::{is_local, LOCAL_PREFIX, WAL_LAST_KEY, WAL_PREFIX};
 /// Present (u64 BE target index) while a [`Wal::reset_to`] is deleting the old history; a reset
 /// interrupted by a crash is finished by [`Wal::open`].
 pub const WAL_RESET_KEY: &str = "repl/wal-reset";
@@ -56,11 +51,6 @@ const DELETE_PAGE: usize = 256;
 /// layer's 10,000-op batch limit).
 const APPLY_GROUP_MAX_OPS: usize = 8_000;
 const APPLY_GROUP_MAX_BYTES: usize = 32 * 1024 * 1024;
-
-/// Whether `key` is local to this cluster (never replicated).
-pub fn is_local(key: &str) -> bool {
-    key.starts_with(LOCAL_PREFIX)
-}
 
 #[derive(Debug, Error)]
 pub enum WalError {

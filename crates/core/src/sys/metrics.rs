@@ -13,7 +13,7 @@
 //! (docs/monitoring.md lists them all).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
@@ -22,13 +22,7 @@ use crate::logical::fields::get_str;
 use crate::logical::{Operation, RawResponse, Request, Response, Result};
 use bunker_sdk::expect_op;
 
-/// Renders every recorded metric in the Prometheus text exposition format.
-pub trait MetricsRenderer: Send + Sync {
-    fn render(&self) -> String;
-}
-
-/// Vault's default `usage_gauge_period`: how often the token count is recomputed.
-pub const DEFAULT_USAGE_GAUGE_PERIOD: Duration = Duration::from_secs(10 * 60);
+use super::metrics_renderer::MetricsRenderer;
 
 impl Core {
     /// Serve `sys/metrics` from `renderer` (installed by the binary).

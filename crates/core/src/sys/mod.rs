@@ -5,12 +5,15 @@
 mod audit;
 mod health;
 mod metrics;
-pub use metrics::{prometheus_to_vault_json, MetricsRenderer, DEFAULT_USAGE_GAUGE_PERIOD};
+mod metrics_renderer;
+mod migrations;
+pub use metrics::prometheus_to_vault_json;
+pub use metrics_renderer::{MetricsRenderer, DEFAULT_USAGE_GAUGE_PERIOD};
 mod mounts;
 mod policies;
 mod rekey;
 mod remount;
-pub(crate) use remount::Migrations;
+pub(crate) use migrations::Migrations;
 mod root_generation;
 pub use root_generation::attempt_request;
 mod seal;

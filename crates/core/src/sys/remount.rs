@@ -7,58 +7,17 @@
 //! the leases of the source mount. Vault runs the move in the background and reports it by
 //! migration id; here it is done before the answer, so its status is at once `success`.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
-
 use serde_json::json;
 
+use super::migrations::Migration;
 use crate::core::Core;
 use crate::logical::fields::get_str;
 use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
 use crate::mounts::{is_reserved_mount, normalize_mount_path, AUTH_MOUNT_PREFIX};
 use bunker_sdk::{expect_op, WRITE};
 
-/// How many finished migrations `sys/remount/status` remembers (Vault keeps them in memory
-/// too); the oldest are forgotten first.
-const MIGRATIONS_KEPT: usize = 256;
-
 /// The token method's mount, which cannot move.
 const TOKEN_AUTH_MOUNT: &str = "auth/token/";
-
-#[derive(Clone, Debug)]
-struct Migration {
-    id: String,
-    source_mount: String,
-    target_mount: String,
-}
-
-/// The migrations this server ran since it started, newest last.
-#[derive(Default)]
-pub(crate) struct Migrations {
-    recent: Mutex<VecDeque<Migration>>,
-}
-
-impl Migrations {
-    fn record(&self, migration: Migration) {
-        let mut recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if recent.len() >= MIGRATIONS_KEPT {
-            recent.pop_front();
-        }
-        recent.push_back(migration);
-    }
-
-    fn find(&self, id: &str) -> Option<Migration> {
-        self.recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .find(|m| m.id == id)
-            .cloned()
-    }
-}
 
 fn invalid(message: String) -> LogicalError {
     LogicalError::InvalidRequest(message)

@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 
 use super::sums::{locate_key, BucketSums, CellSums};
 use super::{leaf_digest, root_of, MerkleError, MerkleTree, PAST_LOCAL_KEYS};
-use crate::wal::{is_local, LOCAL_PREFIX, WAL_LAST_KEY};
+use crate::keys::{is_local, LOCAL_PREFIX, WAL_LAST_KEY};
 
 /// Written by the commit that carries a check or a rebuild (never read).
 const INDEX_BARRIER_KEY: &str = "repl/merkle-barrier";
