@@ -32,15 +32,6 @@ fn denied() -> Value {
     json!({"errors": ["permission denied"]})
 }
 
-fn write_policy(s: &TestServer, name: &str, text: &str) {
-    let (st, b) = s.put(
-        &format!("sys/policies/acl/{name}"),
-        s.root(),
-        json!({ "policy": text }),
-    );
-    assert!(st == 200 || st == 204, "write policy {name}: {st} {b}");
-}
-
 fn lookup_self(s: &TestServer, token: &str) -> (u16, Value) {
     s.get("auth/token/lookup-self", Some(token))
 }
@@ -48,7 +39,7 @@ fn lookup_self(s: &TestServer, token: &str) -> (u16, Value) {
 #[test]
 fn path_policy_allows_only_its_paths() {
     let s = TestServer::dev();
-    write_policy(&s, "app", APP_POLICY);
+    s.write_policy("app", APP_POLICY);
     s.kv_put("other/secret", json!({"v": "not-yours"}));
     let t = s.create_token(json!({"policies": ["app"]}));
     let tok = Some(t.as_str());
@@ -151,7 +142,7 @@ fn renew_self_extends_a_renewable_token() {
 #[test]
 fn use_limited_token_works_exactly_num_uses_times() {
     let s = TestServer::dev();
-    write_policy(&s, "app", APP_POLICY);
+    s.write_policy("app", APP_POLICY);
     s.kv_put("app/x", json!({"v": 1}));
     let t = s.create_token(json!({"policies": ["app"], "num_uses": 2}));
     let (st, b) = s.get("secret/data/app/x", Some(&t));
@@ -168,7 +159,7 @@ fn use_limited_token_works_exactly_num_uses_times() {
 #[test]
 fn revoking_a_parent_revokes_children_but_revoke_orphan_keeps_them() {
     let s = TestServer::dev();
-    write_policy(&s, "creator", CREATOR_POLICY);
+    s.write_policy("creator", CREATOR_POLICY);
 
     // revoke: the whole tree goes.
     let parent = s.create_token(json!({"policies": ["creator"]}));
@@ -233,8 +224,8 @@ fn revoking_a_parent_revokes_children_but_revoke_orphan_keeps_them() {
 #[test]
 fn batch_token_reads_but_cannot_create_tokens() {
     let s = TestServer::dev();
-    write_policy(&s, "app", APP_POLICY);
-    write_policy(&s, "creator", CREATOR_POLICY);
+    s.write_policy("app", APP_POLICY);
+    s.write_policy("creator", CREATOR_POLICY);
     s.kv_put("app/b", json!({"v": "batch-readable"}));
     let (st, b) = s.post(
         "auth/token/create",
@@ -271,8 +262,8 @@ fn batch_token_reads_but_cannot_create_tokens() {
 #[test]
 fn token_role_restricts_policies() {
     let s = TestServer::dev();
-    write_policy(&s, "app", APP_POLICY);
-    write_policy(&s, "admin", "path \"*\" { capabilities = [\"read\"] }");
+    s.write_policy("app", APP_POLICY);
+    s.write_policy("admin", "path \"*\" { capabilities = [\"read\"] }");
     let (st, b) = s.post(
         "auth/token/roles/limited",
         s.root(),
@@ -322,13 +313,11 @@ fn token_role_restricts_policies() {
 #[test]
 fn sudo_paths_need_sudo() {
     let s = TestServer::dev();
-    write_policy(
-        &s,
+    s.write_policy(
         "rotate-no-sudo",
         "path \"sys/rotate\" { capabilities = [\"update\"] }",
     );
-    write_policy(
-        &s,
+    s.write_policy(
         "rotate-sudo",
         "path \"sys/rotate\" { capabilities = [\"update\", \"sudo\"] }",
     );

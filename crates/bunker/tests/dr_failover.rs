@@ -16,9 +16,9 @@ use bunker_testkit as common;
 use common::dr::{
     activation_token, adopt_credentials, assert_dr_refused, assert_kv, bulk_put, demote,
     dr_operation_token_by_ceremony, dr_server, dr_server_with_config, dr_status, enable_primary,
-    enable_secondary, last_keys_fetched, merkle_syncs, promote_attempt, promote_with_keys,
-    replicated_key_count, secondary_held_in_merkle_sync, signal, update_primary, wait_converged,
-    wait_status, wait_wal_truncated, CONVERGE, SYNC_BATCH_APPLIED,
+    enable_secondary, fail_over, last_keys_fetched, merkle_syncs, primary_holding, promote_attempt,
+    promote_with_keys, replicated_key_count, secondary_held_in_merkle_sync, signal, update_primary,
+    wait_converged, wait_status, wait_wal_truncated, CONVERGE, SYNC_BATCH_APPLIED,
 };
 use common::{errors, poll_until};
 use serde_json::{json, Value};
@@ -48,9 +48,7 @@ fn planned_failover_and_failback() {
     let total_keys = replicated_key_count(&a);
 
     // Fail over: demote A, promote B with A's unseal keys (B's own were wiped).
-    demote(&a);
-    let done = promote_with_keys(&b, &a.keys);
-    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+    fail_over(&a, &b);
     let bs = dr_status(&b);
     assert_eq!(bs["mode"], "primary", "{bs}");
     assert_eq!(
@@ -235,10 +233,7 @@ fn kill9_primary_during_streaming_resumes() {
 #[test]
 fn kill9_secondary_during_merkle_sync_then_converges() {
     const TOTAL: usize = 3000;
-    let a = dr_server();
-    a.mount_kv2();
-    bulk_put(&a, "app/", 0..TOTAL, "a");
-    enable_primary(&a);
+    let a = primary_holding(TOTAL);
     // Kill B while keys are being copied: held after its first applied batch.
     let mut b = secondary_held_in_merkle_sync(&a);
     b.kill9();
@@ -255,9 +250,7 @@ fn kill9_secondary_during_merkle_sync_then_converges() {
     wait_converged(&a, &b);
 
     // What B holds is usable: fail over to it and read.
-    demote(&a);
-    let done = promote_with_keys(&b, &a.keys);
-    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+    fail_over(&a, &b);
     for i in (0..TOTAL).step_by(97).chain([TOTAL - 1]) {
         assert_kv(&b, &format!("app/{i}"), i, "a");
     }
@@ -321,9 +314,7 @@ fn lagging_secondary_catches_up_by_merkle_diff() {
         "streams after the catch-up"
     );
 
-    demote(&a);
-    let done = promote_with_keys(&b, &a.keys);
-    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+    fail_over(&a, &b);
     for i in (0..CHANGED).step_by(13) {
         assert_kv(&b, &format!("app/{i}"), i, "changed");
     }
@@ -418,10 +409,7 @@ fn two_secondaries_and_new_cluster_id_after_disable() {
 #[test]
 fn promote_refuses_while_catching_up_without_force() {
     const TOTAL: usize = 5000;
-    let a = dr_server();
-    a.mount_kv2();
-    bulk_put(&a, "app/", 0..TOTAL, "a");
-    enable_primary(&a);
+    let a = primary_holding(TOTAL);
     let s = secondary_held_in_merkle_sync(&a);
 
     // Without force: 503, and the secondary stays a secondary. Its first sync is unfinished,
@@ -453,10 +441,7 @@ fn promote_refuses_while_catching_up_without_force() {
 #[test]
 fn secondary_gives_up_on_a_hung_primary_during_merkle_sync() {
     const TOTAL: usize = 5000;
-    let a = dr_server();
-    a.mount_kv2();
-    bulk_put(&a, "app/", 0..TOTAL, "a");
-    enable_primary(&a);
+    let a = primary_holding(TOTAL);
     let s = secondary_held_in_merkle_sync(&a);
     // Freeze the primary, then let the secondary ask it for the rest.
     signal(&a, "STOP");
@@ -485,10 +470,7 @@ fn secondary_gives_up_on_a_hung_primary_during_merkle_sync() {
 #[test]
 fn a_secondary_torn_by_a_sync_is_not_promoted_without_force() {
     const TOTAL: usize = 500;
-    let mut a = dr_server();
-    a.mount_kv2();
-    bulk_put(&a, "app/", 0..TOTAL, "a");
-    enable_primary(&a);
+    let mut a = primary_holding(TOTAL);
     let mut b = dr_server();
     b.hold_at("secondary-before-stream");
     enable_secondary(&b, &activation_token(&a, "site-b"));

@@ -302,8 +302,8 @@ fn the_manifest_carries_the_dr_merkle_root_of_the_saved_state() {
 #[test]
 fn a_restore_on_a_dr_primary_starts_a_new_history_that_its_secondary_follows() {
     use common::dr::{
-        activation_token, adopt_credentials, demote, dr_server, dr_status, enable_primary,
-        enable_secondary, merkle_syncs, promote_with_keys, wait_converged,
+        activation_token, adopt_credentials, dr_server, dr_status, enable_primary,
+        enable_secondary, fail_over, merkle_syncs, wait_converged,
     };
     let p = dr_server();
     p.mount_kv2();
@@ -361,9 +361,7 @@ fn a_restore_on_a_dr_primary_starts_a_new_history_that_its_secondary_follows() {
     wait_converged(&p, &s);
 
     // Promoted, it holds the restored history and what followed, nothing of the old one.
-    demote(&p);
-    let done = promote_with_keys(&s, &p.keys);
-    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+    fail_over(&p, &s);
     assert_eq!(s.kv_get("added").0, 404);
     assert_eq!(s.kv_get("changed").1["v"], json!("before"));
     assert_eq!(s.kv_get("kept").1["v"], json!("before"));

@@ -172,8 +172,8 @@ fn accessors_are_not_storage_keys_and_every_accessor_endpoint_works() {
 #[test]
 fn a_promoted_dr_secondary_serves_accessors() {
     use common::dr::{
-        activation_token, adopt_credentials, demote, dr_server, enable_primary, enable_secondary,
-        promote_with_keys, wait_converged,
+        activation_token, adopt_credentials, dr_server, enable_primary, enable_secondary,
+        fail_over, wait_converged,
     };
     let a = dr_server();
     let (_, kept) = create(&a, json!({"policies": ["default"], "display_name": "kept"}));
@@ -184,9 +184,7 @@ fn a_promoted_dr_secondary_serves_accessors() {
     enable_secondary(&b, &activation_token(&a, "site-b"));
     adopt_credentials(&mut b, &a);
     wait_converged(&a, &b);
-    demote(&a);
-    let done = promote_with_keys(&b, &a.keys);
-    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+    fail_over(&a, &b);
 
     assert_eq!(listed_accessors(&b, b.root()), on_a);
     let (code, body) = lookup_accessor(&b, &kept);

@@ -23,15 +23,6 @@ path "auth/token/create/denyadmin" { capabilities = ["update"] }
 path "auth/token/create" { capabilities = ["update"] }
 "#;
 
-fn write_policy(s: &TestServer, name: &str, text: &str) {
-    let (st, b) = s.put(
-        &format!("sys/policies/acl/{name}"),
-        s.root(),
-        json!({ "policy": text }),
-    );
-    assert!(st == 200 || st == 204, "write policy {name}: {st} {b}");
-}
-
 fn write_role(s: &TestServer, name: &str, body: Value) {
     let (st, b) = s.post(&format!("auth/token/roles/{name}"), s.root(), body);
     assert!(st == 200 || st == 204, "write role {name}: {st} {b}");
@@ -43,9 +34,9 @@ fn policies_of(body: &Value) -> Value {
 
 fn setup() -> (TestServer, String) {
     let s = TestServer::dev();
-    write_policy(&s, "app", APP_POLICY);
-    write_policy(&s, "admin", ADMIN_POLICY);
-    write_policy(&s, "role-user", ROLE_USER_POLICY);
+    s.write_policy("app", APP_POLICY);
+    s.write_policy("admin", ADMIN_POLICY);
+    s.write_policy("role-user", ROLE_USER_POLICY);
     // A role with no allowed_policies, exactly the shape that used to mint any policy.
     write_role(&s, "myrole", json!({"orphan": false}));
     let caller = s.create_token(json!({"policies": ["role-user", "app"]}));

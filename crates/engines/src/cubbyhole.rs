@@ -142,36 +142,19 @@ mod tests {
         Cubbyhole::new().handle_call(&call).await
     }
 
+    /// A write that must succeed.
+    async fn write(store: &MemStore, ns: &str, path: &str, body: Value) {
+        run(store, ns, Operation::Create, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("writing {path} in {ns}: {e:?}"));
+    }
+
     #[tokio::test]
     async fn namespaces_are_isolated() {
         let store = MemStore::new();
-        run(
-            &store,
-            "tokA",
-            Operation::Create,
-            "secret",
-            json!({"v": "a"}),
-        )
-        .await
-        .unwrap();
-        run(
-            &store,
-            "tokB",
-            Operation::Create,
-            "secret",
-            json!({"v": "b"}),
-        )
-        .await
-        .unwrap();
-        run(
-            &store,
-            "tokA",
-            Operation::Create,
-            "dir/only-a",
-            json!({"v": 1}),
-        )
-        .await
-        .unwrap();
+        write(&store, "tokA", "secret", json!({"v": "a"})).await;
+        write(&store, "tokB", "secret", json!({"v": "b"})).await;
+        write(&store, "tokA", "dir/only-a", json!({"v": 1})).await;
 
         let read_a = run(&store, "tokA", Operation::Read, "secret", json!({}))
             .await
@@ -214,15 +197,7 @@ mod tests {
     #[tokio::test]
     async fn escaping_the_namespace_is_refused() {
         let store = MemStore::new();
-        run(
-            &store,
-            "tokA",
-            Operation::Create,
-            "secret",
-            json!({"v": "a"}),
-        )
-        .await
-        .unwrap();
+        write(&store, "tokA", "secret", json!({"v": "a"})).await;
         for path in ["../tokA/secret", "x/../../tokA/secret", "/tokA/secret"] {
             assert!(
                 matches!(

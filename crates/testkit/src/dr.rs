@@ -186,6 +186,15 @@ pub fn assert_kv(s: &TestServer, name: &str, n: usize, round: &str) {
     assert_eq!(data["round"], json!(round), "{name}: {data}");
 }
 
+/// Fail over from `p` to its secondary `s`: demote `p`, then promote `s` with `p`'s unseal keys;
+/// asserts the promotion completed and returns its answer.
+pub fn fail_over(p: &TestServer, s: &TestServer) -> Value {
+    demote(p);
+    let done = promote_with_keys(s, &p.keys);
+    assert_eq!(done["data"]["complete"], json!(true), "{done}");
+    done
+}
+
 pub fn demote(p: &TestServer) {
     let (code, body) = p.post("sys/replication/dr/primary/demote", p.root(), json!({}));
     assert_eq!(code, 204, "demote: {body}");
@@ -325,6 +334,16 @@ pub const SYNC_BATCH_APPLIED: &str = "secondary-sync-batch-applied";
 /// Enable a fresh secondary of `a` and hold it in merkle-sync (a failpoint after its first
 /// applied batch, which holds the primary's seal configuration). Release it with
 /// `s.release(SYNC_BATCH_APPLIED)`.
+/// A DR primary holding `total` KV v2 secrets `secret/data/app/<i>` (round "a", 200-byte
+/// padding): what a sync has to copy.
+pub fn primary_holding(total: usize) -> TestServer {
+    let a = dr_server();
+    a.mount_kv2();
+    bulk_put(&a, "app/", 0..total, "a");
+    enable_primary(&a);
+    a
+}
+
 pub fn secondary_held_in_merkle_sync(a: &TestServer) -> TestServer {
     let mut s = dr_server();
     s.hold_at(SYNC_BATCH_APPLIED);

@@ -362,6 +362,16 @@ impl TestServer {
         assert!(s == 200 || s == 204, "mount secret/: {s} {b}");
     }
 
+    /// Write the ACL policy `name` with the root token; asserts success.
+    pub fn write_policy(&self, name: &str, text: &str) {
+        let (st, b) = self.put(
+            &format!("sys/policies/acl/{name}"),
+            self.root(),
+            json!({ "policy": text }),
+        );
+        assert!(st == 200 || st == 204, "write policy {name}: {st} {b}");
+    }
+
     /// Create a token with `body` using the root token; returns auth.client_token.
     pub fn create_token(&self, body: Value) -> String {
         let (s, b) = self.post("auth/token/create", self.root(), body);

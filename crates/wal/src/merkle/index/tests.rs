@@ -350,8 +350,13 @@ impl bunker_storage::hooked_store::StoreHooks for ReadOnly {
     }
 }
 
-#[tokio::test]
-async fn a_store_that_cannot_write_at_open_is_summed_later() {
+/// A store holding one key, whose WAL was opened while it refused every write (so its index
+/// could not be summed); writes are refused still.
+async fn opened_read_only() -> (
+    Arc<bunker_storage::hooked_store::HookedStore<ReadOnly>>,
+    Arc<Wal>,
+    MerkleIndex,
+) {
     let backend = Arc::new(bunker_storage::hooked_store::HookedStore::new(
         ReadOnly::default(),
     ));
@@ -361,6 +366,12 @@ async fn a_store_that_cannot_write_at_open_is_summed_later() {
         .await
         .expect("opens all the same");
     let index = wal.merkle_index().expect("index").clone();
+    (backend, wal, index)
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_write_at_open_is_summed_later() {
+    let (backend, wal, index) = opened_read_only().await;
     assert!(!index.is_ready(), "not summed: callers scan");
     backend.hooks.0.store(false, Ordering::SeqCst);
     index.rebuild(backend.as_ref()).await.expect("summed now");
@@ -391,15 +402,7 @@ async fn a_check_of_an_index_no_commit_feeds_ends() {
 /// not be summed at open) stays not exact in the sums a later rebuild installs.
 #[tokio::test]
 async fn data_declared_torn_before_summing_is_not_exact_once_summed() {
-    let backend = Arc::new(bunker_storage::hooked_store::HookedStore::new(
-        ReadOnly::default(),
-    ));
-    backend.batch(vec![put("logical/a", b"1")]).await.unwrap();
-    backend.hooks.0.store(true, Ordering::SeqCst);
-    let wal = Wal::open(backend.clone())
-        .await
-        .expect("opens all the same");
-    let index = wal.merkle_index().expect("index").clone();
+    let (backend, _wal, index) = opened_read_only().await;
     assert!(!index.is_ready());
     index.set_exact(false);
     backend.hooks.0.store(false, Ordering::SeqCst);
