@@ -621,6 +621,12 @@ fn dr_between_two_ha_clusters_follows_failovers_on_both_sides() {
     a[1].kv_put("after-a-failover", json!({"n": "3"}));
     wait_converged(&a[1], &b[1]);
 
+    // B's other node comes back while site B is still a DR secondary, and is unsealed with A's
+    // key shares: it stands by with the secondary's view of the DR mode.
+    b[0].restart();
+    b[0].unseal();
+    assert_eq!(b[0].get("sys/seal-status", None).1["sealed"], json!(false));
+
     // Site A is lost: site B is promoted at its active node with A's key shares, and serves
     // everything A acknowledged.
     a[1].kill9();
@@ -637,15 +643,31 @@ fn dr_between_two_ha_clusters_follows_failovers_on_both_sides() {
         assert_eq!(b[1].kv_get(key), (200, json!({"n": n})), "{key}");
     }
     b[1].kv_put("on-b", json!({"n": "4"}));
-    // B's other node comes back, is unsealed with A's key shares, and stands by: it knows the
-    // promoted node as its leader and forwards to it.
-    b[0].restart();
-    b[0].unseal();
+    // B's other node stands by: it knows the promoted node as its leader and forwards to it.
     wait_health(&b[0], 429);
     let (_, leader) = b[0].get("sys/leader", None);
     assert_eq!(leader["leader_address"], json!(b[1].addr()), "{leader}");
     let (code, text) = raw(&b[0], "GET", "secret/data/on-b", "", None);
     assert_eq!(code, 200, "{text}");
+
+    // The promoted node is rekeyed. The standby, unsealed while site B was a secondary, reads
+    // the new root key all the same (what is stored decides its mode, not what it saw when it
+    // started), so after the rotation docs/rekey.md asks for it takes over and serves.
+    let new = b[1].rekey(3, 2);
+    b[0].keys = new;
+    let followed = poll_until(TAKEOVER, || {
+        common::dr::log_count(&b[0], "rekeyed on another node); following it") > 0
+    });
+    if !followed {
+        b[0].dump_logs();
+    }
+    assert!(followed, "the standby never read the new root key");
+    let (code, body) = b[1].put("sys/rotate", b[1].root(), json!({}));
+    assert_eq!(code, 204, "rotate: {body}");
+    let (code, body) = b[1].put("sys/step-down", b[1].root(), json!({}));
+    assert_eq!(code, 204, "step-down: {body}");
+    wait_health(&b[0], 200);
+    assert_eq!(b[0].kv_get("on-b"), (200, json!({"n": "4"})));
 }
 
 #[test]

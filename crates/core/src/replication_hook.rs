@@ -72,6 +72,14 @@ pub trait ReplicationHandler: Send + Sync {
         self.dr_mode()
     }
 
+    /// An HA standby: the active node may have changed the DR mode in the shared storage (a
+    /// promotion, a demotion). Take the stored state as what this node reports, and return
+    /// the mode. Must start and stop nothing: a standby serves no replication (taking the
+    /// lock runs [`ReplicationHandler::reload`] and [`ReplicationHandler::activated`]).
+    async fn refresh_standby(&self) -> DrMode {
+        self.stored_dr_mode().await
+    }
+
     /// Whether this node may hold the HA lock with its barrier sealed: a DR secondary (or one
     /// becoming it) replicates ciphertext and serves nothing behind the barrier.
     fn holds_lock_sealed(&self) -> bool {

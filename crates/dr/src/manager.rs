@@ -387,6 +387,13 @@ impl ReplicationHandler for DrManager {
         Ok(self.dr_mode())
     }
 
+    async fn refresh_standby(&self) -> DrMode {
+        if let Err(e) = self.inner.refresh_standby_state().await {
+            tracing::debug!(error = %e, "a standby could not read the DR state");
+        }
+        self.dr_mode()
+    }
+
     async fn stored_dr_mode(&self) -> DrMode {
         match ReplState::load(self.inner.backend.as_ref()).await {
             Ok(state) => match state.mode {
@@ -816,6 +823,26 @@ impl Inner {
             "DR replication reloaded: this node is active"
         );
         Ok(self.mode())
+    }
+
+    /// On an HA standby: take the stored state when the active node changed the mode (a
+    /// promotion or demotion made there), so this node's status and health report the
+    /// cluster's mode. The WAL and the sessions are left alone: a standby runs neither, and
+    /// taking the lock reloads everything ([`Inner::reload_state`]).
+    pub(crate) async fn refresh_standby_state(&self) -> Result<(), ReplError> {
+        let loaded = ReplState::load(self.backend.as_ref()).await?;
+        let mut state = self.state.lock().await;
+        if state.mode == loaded.mode && state.generation == loaded.generation {
+            return Ok(());
+        }
+        tracing::info!(
+            mode = ?loaded.mode,
+            generation = loaded.generation,
+            "the active node changed the DR mode; this standby follows it"
+        );
+        *state = loaded;
+        self.mode.store(mode_to_u8(state.mode), Ordering::Release);
+        Ok(())
     }
 
     /// Whether this node writes: always without HA, only the active node of an HA cluster.

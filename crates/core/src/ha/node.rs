@@ -208,14 +208,20 @@ pub async fn run(core: Arc<Core>, ha: Arc<Ha>) {
         ha.step(&core).await;
         // A standby keeps its keyring current (rotations, and a rekey's root key), so a
         // rekey right after a rotation does not strand it. A DR secondary's keyring is its
-        // primary's and follows the replicated one instead.
-        if core.is_standby()
-            && core.dr_mode() != crate::DrMode::Secondary
-            && last_keyring.is_none_or(|t| t.elapsed() >= KEYRING_REFRESH)
-        {
+        // primary's and follows the replicated one instead. The mode is the stored one, which
+        // the standby takes as its own: it may predate a promotion the active node made (a
+        // standby unsealed while its cluster was a DR secondary would otherwise report itself
+        // a secondary and never follow a rekey).
+        if core.is_standby() && last_keyring.is_none_or(|t| t.elapsed() >= KEYRING_REFRESH) {
             // Bounded as every database call of the runner, so a hung read cannot hold up the
             // heartbeat and the lock.
-            let reload = core.barrier.reload_keyring_following_rekey();
+            let reload = async {
+                let mode = core.replication_handler().refresh_standby().await;
+                if mode == crate::DrMode::Secondary {
+                    return Ok(());
+                }
+                core.barrier.reload_keyring_following_rekey().await
+            };
             match tokio::time::timeout(ha.config.lock_ttl / 3, reload).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
