@@ -825,23 +825,38 @@ impl Inner {
         Ok(self.mode())
     }
 
-    /// On an HA standby: take the stored state when the active node changed the mode (a
-    /// promotion or demotion made there), so this node's status and health report the
-    /// cluster's mode. The WAL and the sessions are left alone: a standby runs neither, and
-    /// taking the lock reloads everything ([`Inner::reload_state`]).
+    /// On an HA standby: take the stored state when the active node changed it (a promotion,
+    /// a demotion, `update-primary`, a new activation), so this node's status and health report
+    /// the cluster's. The WAL and the sessions are left alone: a standby runs neither, and
+    /// taking the lock reloads everything ([`Inner::reload_state`]). A standby holds no opened
+    /// keys (they are opened by the active node only), so nothing is lost by the replacement;
+    /// what was computed from the old view (the Merkle cache, the published root) is dropped.
     pub(crate) async fn refresh_standby_state(&self) -> Result<(), ReplError> {
         let loaded = ReplState::load(self.backend.as_ref()).await?;
+        let stored = serde_json::to_value(&loaded)
+            .map_err(|e| ReplError::Corrupt(format!("replication state: {e}")))?;
         let mut state = self.state.lock().await;
-        if state.mode == loaded.mode && state.generation == loaded.generation {
+        let held = serde_json::to_value(&*state)
+            .map_err(|e| ReplError::Corrupt(format!("replication state: {e}")))?;
+        if held == stored {
             return Ok(());
         }
-        tracing::info!(
-            mode = ?loaded.mode,
-            generation = loaded.generation,
-            "the active node changed the DR mode; this standby follows it"
-        );
+        if state.mode != loaded.mode || state.generation != loaded.generation {
+            tracing::info!(
+                mode = ?loaded.mode,
+                generation = loaded.generation,
+                "the active node changed the DR mode; this standby follows it"
+            );
+        }
         *state = loaded;
         self.mode.store(mode_to_u8(state.mode), Ordering::Release);
+        drop(state);
+        self.merkle_epoch.fetch_add(1, Ordering::SeqCst);
+        *self.merkle_cache.lock().await = None;
+        *self
+            .published_root
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         Ok(())
     }
 

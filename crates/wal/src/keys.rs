@@ -1,6 +1,7 @@
-//! Where replication keeps its own keys in the storage: the layout the WAL writes and the
-//! Merkle code skips. A leaf module, so that the WAL (which installs the Merkle index) and the
-//! Merkle code (which must skip the WAL's keys) both read it without importing each other.
+//! The keys of replication's storage layout that both the WAL and the Merkle code read: the
+//! local prefix (never replicated) and the WAL's entries and index. A leaf module, so that the
+//! WAL (which installs the Merkle index) and the Merkle code (which skips the local keys and
+//! reads the WAL index) do not import each other. Keys only one of them uses stay with it.
 
 /// Keys under this prefix belong to this cluster only and are never replicated.
 pub const LOCAL_PREFIX: &str = "repl/";

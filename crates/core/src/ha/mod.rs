@@ -29,7 +29,7 @@ use decide::Role;
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(15);
 /// How often a standby tries the lock, and the runner's tick.
 const TICK: Duration = Duration::from_millis(250);
-/// How often a standby reads the keyring again (see [`run`]).
+/// How often a standby reads the stored DR state and the keyring again (see [`run`]).
 const KEYRING_REFRESH: Duration = Duration::from_secs(5);
 /// After a step-down, this node leaves the lock to the others this long.
 pub const STEP_DOWN_BACKOFF: Duration = Duration::from_secs(5);

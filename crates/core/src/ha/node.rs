@@ -39,16 +39,16 @@ impl Ha {
                 lock_ttl: self.config.lock_ttl,
             }
         };
-        // A sealed standby may have run since before the cluster became a DR secondary: ask
-        // the storage (one read per tick, only while sealed and standing by).
+        // A sealed standby may have run since before the cluster became a DR secondary, or
+        // stopped being one: ask the storage (one read per tick, only while sealed and standing
+        // by).
         let mut facts = facts;
         let replication = core.replication_handler();
-        facts.dr_secondary = if replication.holds_lock_sealed() {
-            true
-        } else if facts.sealed && facts.role == Role::Standby {
+        facts.dr_secondary = if facts.sealed && facts.role == Role::Standby {
+            // What is stored decides, also after a promotion made on another node.
             replication.stored_dr_mode().await == crate::DrMode::Secondary
         } else {
-            false
+            replication.holds_lock_sealed()
         };
         match decide::decide(&facts) {
             Step::Idle => {}
@@ -212,12 +212,13 @@ pub async fn run(core: Arc<Core>, ha: Arc<Ha>) {
         // the standby takes as its own: it may predate a promotion the active node made (a
         // standby unsealed while its cluster was a DR secondary would otherwise report itself
         // a secondary and never follow a rekey).
-        if core.is_standby() && last_keyring.is_none_or(|t| t.elapsed() >= KEYRING_REFRESH) {
+        if !core.is_active_node() && last_keyring.is_none_or(|t| t.elapsed() >= KEYRING_REFRESH) {
             // Bounded as every database call of the runner, so a hung read cannot hold up the
-            // heartbeat and the lock.
+            // heartbeat and the lock. Sealed standbys refresh the mode too (they decide by it
+            // whether they may take the lock sealed); only an open barrier has a keyring.
             let reload = async {
                 let mode = core.replication_handler().refresh_standby().await;
-                if mode == crate::DrMode::Secondary {
+                if mode == crate::DrMode::Secondary || !core.is_standby() {
                     return Ok(());
                 }
                 core.barrier.reload_keyring_following_rekey().await
