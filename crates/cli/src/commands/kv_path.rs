@@ -132,41 +132,42 @@ mod tests {
     }
 
     #[test]
-    fn v2_inserts_the_operation_after_the_mount() {
-        assert_eq!(
-            kv_api_path("secret/", "secret/foo", 2, "data"),
-            "secret/data/foo"
-        );
-        assert_eq!(
-            kv_api_path("secret/", "secret/a/b", 2, "metadata"),
-            "secret/metadata/a/b"
-        );
-        assert_eq!(
-            kv_api_path("secret/", "secret/", 2, "metadata"),
-            "secret/metadata/"
-        );
-        assert_eq!(
-            kv_api_path("secret/", "secret", 2, "metadata"),
-            "secret/metadata/"
-        );
-        assert_eq!(
-            kv_api_path("team/kv/", "team/kv/app/db", 2, "destroy"),
-            "team/kv/destroy/app/db"
-        );
-    }
-
-    #[test]
-    fn v2_does_not_confuse_similar_mount_names() {
-        assert_eq!(
-            kv_api_path("secret/", "secrets/foo", 2, "data"),
-            "secret/data/secrets/foo"
-        );
-    }
-
-    #[test]
-    fn v1_uses_the_path_as_is() {
-        assert_eq!(kv_api_path("kv/", "kv/foo", 1, "data"), "kv/foo");
-        assert_eq!(kv_api_path("", "kv/foo", 1, "metadata"), "kv/foo");
+    fn the_operation_goes_after_a_v2_mount_and_nowhere_in_v1() {
+        for (mount, path, version, operation, api) in [
+            ("secret/", "secret/foo", 2, "data", "secret/data/foo"),
+            (
+                "secret/",
+                "secret/a/b",
+                2,
+                "metadata",
+                "secret/metadata/a/b",
+            ),
+            ("secret/", "secret/", 2, "metadata", "secret/metadata/"),
+            ("secret/", "secret", 2, "metadata", "secret/metadata/"),
+            (
+                "team/kv/",
+                "team/kv/app/db",
+                2,
+                "destroy",
+                "team/kv/destroy/app/db",
+            ),
+            // A similar mount name is not the mount.
+            (
+                "secret/",
+                "secrets/foo",
+                2,
+                "data",
+                "secret/data/secrets/foo",
+            ),
+            ("kv/", "kv/foo", 1, "data", "kv/foo"),
+            ("", "kv/foo", 1, "metadata", "kv/foo"),
+        ] {
+            assert_eq!(
+                kv_api_path(mount, path, version, operation),
+                api,
+                "{mount} {path} v{version} {operation}"
+            );
+        }
     }
 
     #[test]

@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use vaultrs::api::sys::requests::ReadHealthRequest;
-use vaultrs::api::sys::responses::ReadHealthResponse;
-use vaultrs::error::ClientError;
 use vaultrs::sys::ServerStatus;
 
-use crate::harness::{expect_status, poll_until, Server};
+use crate::harness::{health_document, poll_until, Server};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -115,19 +113,7 @@ async fn health_on_a_dr_secondary_is_472_and_status_is_recovery() {
     // checks "not initialised" (501) and "sealed" (503) before "DR secondary" (472)).
     // vaultrs::sys::health itself surfaces the 472 as a server response carrying the
     // health document, which parses as vaultrs's type.
-    let err = expect_status(vaultrs::sys::health(&client).await, 472);
-    let ClientError::RestClientError {
-        source:
-            rustify::errors::ClientError::ServerResponseError {
-                content: Some(body),
-                ..
-            },
-    } = &err
-    else {
-        panic!("472 without the health document: {err:?}");
-    };
-    let health: ReadHealthResponse =
-        serde_json::from_str(body).expect("DR secondary health parses as ReadHealthResponse");
+    let health = health_document(vaultrs::sys::health(&client).await, 472);
     assert_eq!(health.replication_dr_mode, "secondary", "{health:?}");
 
     // With drsecondarycode=200 the same document comes back as a success.

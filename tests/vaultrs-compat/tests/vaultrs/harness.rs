@@ -69,6 +69,28 @@ pub fn expect_status<T: std::fmt::Debug>(res: Result<T, ClientError>, code: u16)
     }
 }
 
+/// `sys/health` answered `code` with the health document as its body (Vault does not send an
+/// `{"errors"}` body there): vaultrs reports it as a raw server response, and the document
+/// still parses as vaultrs's own type.
+#[track_caller]
+pub fn health_document(
+    res: Result<vaultrs::api::sys::responses::ReadHealthResponse, ClientError>,
+    code: u16,
+) -> vaultrs::api::sys::responses::ReadHealthResponse {
+    let err = expect_status(res, code);
+    let ClientError::RestClientError {
+        source:
+            rustify::errors::ClientError::ServerResponseError {
+                content: Some(body),
+                ..
+            },
+    } = &err
+    else {
+        panic!("health {code} without the health document: {err:?}");
+    };
+    serde_json::from_str(body).expect("the health document parses as ReadHealthResponse")
+}
+
 /// One `bunker server` process (the testkit's), with an async client for setup requests.
 pub struct Server {
     process: ServerProcess,

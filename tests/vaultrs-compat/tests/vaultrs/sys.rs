@@ -3,10 +3,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use vaultrs::api::sys::responses::ReadHealthResponse;
-use vaultrs::error::ClientError;
 use vaultrs::sys::ServerStatus;
 
-use crate::harness::{expect_status, Server};
+use crate::harness::{expect_status, health_document, Server};
 
 #[tokio::test]
 async fn health_parses_and_reports_an_initialized_unsealed_active_node() {
@@ -71,19 +70,7 @@ async fn seal_makes_status_sealed_and_refuses_requests() {
 
     // health answers 503 with the health document (not an {"errors"} body), so vaultrs
     // reports the raw server response; the document still parses as vaultrs's type.
-    let err = expect_status(vaultrs::sys::health(&client).await, 503);
-    let ClientError::RestClientError {
-        source:
-            rustify::errors::ClientError::ServerResponseError {
-                content: Some(body),
-                ..
-            },
-    } = &err
-    else {
-        panic!("sealed health must carry the health document, got {err:?}");
-    };
-    let health: ReadHealthResponse =
-        serde_json::from_str(body).expect("sealed health body parses as ReadHealthResponse");
+    let health = health_document(vaultrs::sys::health(&client).await, 503);
     assert!(health.sealed && health.initialized, "{health:?}");
 
     // Any logical request is refused with 503 while sealed.
