@@ -811,13 +811,7 @@ impl Inner {
                 self.wal.set_recording(false);
             }
         }
-        // Whatever was computed from the old view of storage is stale.
-        self.merkle_epoch.fetch_add(1, Ordering::SeqCst);
-        *self.merkle_cache.lock().await = None;
-        *self
-            .published_root
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.forget_derived().await;
         tracing::info!(
             wal_index = self.wal.last_index(),
             "DR replication reloaded: this node is active"
@@ -851,13 +845,19 @@ impl Inner {
         *state = loaded;
         self.mode.store(mode_to_u8(state.mode), Ordering::Release);
         drop(state);
+        self.forget_derived().await;
+        Ok(())
+    }
+
+    /// The state was replaced from storage: whatever was computed from the old view of it (the
+    /// Merkle cache, the published root) is stale.
+    async fn forget_derived(&self) {
         self.merkle_epoch.fetch_add(1, Ordering::SeqCst);
         *self.merkle_cache.lock().await = None;
         *self
             .published_root
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        Ok(())
     }
 
     /// Whether this node writes: always without HA, only the active node of an HA cluster.

@@ -192,18 +192,13 @@ pub(crate) fn apply_indexed<'a>(
         }
     }
     for (from, to) in update.scan_ranges() {
-        let range = (bound_str(&from), bound_str(&to));
+        let range = (
+            from.as_ref().map(String::as_str),
+            to.as_ref().map(String::as_str),
+        );
         table.for_each(range, &mut |key, value| update.scanned(key, value))?;
     }
     Ok(Some(update))
-}
-
-fn bound_str(bound: &Bound<String>) -> Bound<&str> {
-    match bound {
-        Bound::Included(key) => Bound::Included(key),
-        Bound::Excluded(key) => Bound::Excluded(key),
-        Bound::Unbounded => Bound::Unbounded,
-    }
 }
 
 #[cfg(test)]

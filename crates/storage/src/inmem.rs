@@ -49,7 +49,7 @@ impl InmemBackend {
     /// would find, for tests that reopen it without disturbing this one.
     pub fn unindexed_copy(&self) -> Self {
         Self {
-            entries: RwLock::new(self.read().clone()),
+            entries: RwLock::new(self.entries()),
             unindexed: true,
             ..Self::default()
         }

@@ -39,17 +39,12 @@ impl Ha {
                 lock_ttl: self.config.lock_ttl,
             }
         };
-        // A sealed standby may have run since before the cluster became a DR secondary, or
-        // stopped being one: ask the storage (one read per tick, only while sealed and standing
-        // by).
+        // A standby's view of the DR mode is the stored one, read again every
+        // `KEYRING_REFRESH` by the runner (`run`): a sealed standby started before the cluster
+        // became a DR secondary, or before it was promoted, decides by the current mode.
         let mut facts = facts;
         let replication = core.replication_handler();
-        facts.dr_secondary = if facts.sealed && facts.role == Role::Standby {
-            // What is stored decides, also after a promotion made on another node.
-            replication.stored_dr_mode().await == crate::DrMode::Secondary
-        } else {
-            replication.holds_lock_sealed()
-        };
+        facts.dr_secondary = replication.holds_lock_sealed();
         match decide::decide(&facts) {
             Step::Idle => {}
             Step::Acquire => {

@@ -93,11 +93,7 @@ impl CellSums {
     /// Adds one replicated entry.
     pub fn add_entry(&mut self, key: &str, value: &[u8]) {
         let (bucket, slot, digest) = locate(key, value);
-        let sums = self.buckets.entry(bucket).or_default();
-        sums.count(slot, digest, true);
-        if sums.is_zero() {
-            self.buckets.remove(&bucket);
-        }
+        self.change(bucket, |sums| sums.count(slot, digest, true));
     }
 
     /// Adds `delta` to `bucket`'s sums; a bucket that becomes empty is dropped. A bucket past
@@ -106,8 +102,13 @@ impl CellSums {
         if bucket as usize >= BUCKETS {
             return;
         }
+        self.change(bucket, |sums| sums.add(delta));
+    }
+
+    /// Applies `change` to `bucket`'s sums (empty if absent), keeping no all-zero bucket.
+    fn change(&mut self, bucket: u32, change: impl FnOnce(&mut BucketSums)) {
         let sums = self.buckets.entry(bucket).or_default();
-        sums.add(delta);
+        change(sums);
         if sums.is_zero() {
             self.buckets.remove(&bucket);
         }
