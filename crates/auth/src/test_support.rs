@@ -39,6 +39,7 @@ pub(crate) async fn call(
             mount_options: &options,
             default_lease_ttl_secs: 0,
             remote_addr,
+            caller: None,
         })
         .await
 }

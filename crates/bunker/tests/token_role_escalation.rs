@@ -148,3 +148,29 @@ fn plain_create_is_bounded_by_the_callers_policies() {
     assert_eq!(st, 200, "{b}");
     assert_eq!(policies_of(&b), json!(["app", "default"]), "{b}");
 }
+
+/// As in Vault, `auth/token/roles/<name>` has an existence check: writing a new role needs
+/// `create`, changing one needs `update`.
+#[test]
+fn writing_a_role_needs_create_for_a_new_one_and_update_for_an_existing_one() {
+    let s = TestServer::dev();
+    s.write_policy(
+        "role-editor",
+        r#"path "auth/token/roles/*" { capabilities = ["update", "read"] }"#,
+    );
+    s.write_policy(
+        "role-creator",
+        r#"path "auth/token/roles/*" { capabilities = ["create", "read"] }"#,
+    );
+    let editor = s.create_token(json!({"policies": ["role-editor"]}));
+    let creator = s.create_token(json!({"policies": ["role-creator"]}));
+    let role = json!({"allowed_policies": ["app"]});
+    let (st, b) = s.post("auth/token/roles/fresh", Some(&editor), role.clone());
+    assert_eq!(st, 403, "update alone creates a role: {b}");
+    let (st, b) = s.post("auth/token/roles/fresh", Some(&creator), role.clone());
+    assert!(st == 200 || st == 204, "create makes a role: {st} {b}");
+    let (st, b) = s.post("auth/token/roles/fresh", Some(&creator), role.clone());
+    assert_eq!(st, 403, "create alone changes a role: {b}");
+    let (st, b) = s.post("auth/token/roles/fresh", Some(&editor), role);
+    assert!(st == 200 || st == 204, "update changes a role: {st} {b}");
+}

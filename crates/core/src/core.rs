@@ -17,7 +17,7 @@ use crate::mounts::{
     MountEntry, Mounted, Router, StoredMountTable, SystemTtls, AUTH_TABLE_PATH, MOUNT_TABLE_PATH,
 };
 use crate::policy_store::PolicyStore;
-use crate::token::{TokenEntry, TokenStore};
+use crate::token::{Revoker, TokenBackend, TokenEntry, TokenStore};
 use bunker_seal::OtpTokenCeremony;
 
 const CLUSTER_INFO_PATH: &str = "core/cluster-info";
@@ -66,9 +66,16 @@ pub struct Core {
     pub(crate) barrier: Arc<Barrier>,
     pub(crate) seal: Seal,
     pub(crate) policies: PolicyStore,
-    pub(crate) tokens: TokenStore,
+    pub(crate) tokens: Arc<TokenStore>,
+    /// Revokes tokens with their cubbyholes (shared with the token backend).
+    pub(crate) revoker: Revoker,
     pub(crate) audit: AuditBroker,
-    pub(crate) router: RwLock<Router>,
+    /// The mounts of the mount tables. Shared with the revoker, which finds the cubbyhole
+    /// mount in it.
+    pub(crate) router: Arc<RwLock<Router>>,
+    /// The mounts built into the core (the token auth method at `auth/token/`): routed like any
+    /// mount, but not in the mount tables, so seal, load, persist and remount never touch them.
+    pub(crate) builtin_mounts: Vec<Mounted>,
     pub(crate) factories: RwLock<HashMap<String, Arc<dyn BackendFactory>>>,
     /// Factories of auth method types (`userpass`, `approle`), mounted under `auth/`.
     pub(crate) auth_factories: RwLock<HashMap<String, Arc<dyn BackendFactory>>>,
@@ -96,13 +103,27 @@ impl Core {
     pub fn new(backend: Arc<dyn Backend>, config: CoreConfig) -> Arc<Core> {
         let barrier = Arc::new(Barrier::new(backend));
         let lease_ttls = config.lease_ttls;
+        let tokens = Arc::new(TokenStore::new(barrier.clone(), lease_ttls));
+        let router = Arc::new(RwLock::new(Router::default()));
+        let revoker = Revoker::new(tokens.clone(), router.clone());
+        let token_mount = Mounted {
+            entry: MountEntry::builtin("auth/token/", "token", "token based credentials"),
+            backend: Arc::new(TokenBackend::new(
+                tokens.clone(),
+                revoker.clone(),
+                lease_ttls,
+            )),
+            view: StorageView::new(barrier.clone(), crate::token::STORAGE_PREFIX),
+        };
         Arc::new(Core {
             config,
             seal: Seal::new(barrier.clone()),
             policies: PolicyStore::new(barrier.clone()),
-            tokens: TokenStore::new(barrier.clone(), lease_ttls),
+            tokens,
+            revoker,
             audit: AuditBroker::new(barrier.clone()),
-            router: RwLock::new(Router::default()),
+            router,
+            builtin_mounts: vec![token_mount],
             factories: RwLock::new(HashMap::new()),
             auth_factories: RwLock::new(HashMap::new()),
             root_generation: Mutex::new(None),
@@ -456,31 +477,11 @@ impl Core {
 
     /// Revoke every token logged in through the auth method mounted at `path` (`auth/x/`).
     pub(crate) async fn revoke_tokens_of_auth_mount(&self, path: &str) -> Result<()> {
-        let revoked = self.tokens.revoke_by_path_prefix(path).await?;
-        self.destroy_cubbyholes(&revoked).await
-    }
-
-    pub(crate) fn cubbyhole_view(&self) -> Option<StorageView> {
-        self.router
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .first_of_kind("cubbyhole")
-            .map(|m| m.view.clone())
-    }
-
-    /// Revoke tokens' cubbyholes after the token store revoked them.
-    pub(crate) async fn destroy_cubbyholes(&self, hashes: &[String]) -> Result<()> {
-        if let Some(view) = self.cubbyhole_view() {
-            for h in hashes {
-                view.delete_prefix(&format!("{h}/")).await?;
-            }
-        }
-        Ok(())
+        self.revoker.revoke_by_path_prefix(path).await
     }
 
     pub(crate) async fn revoke_token_tree(&self, hash: &str) -> Result<()> {
-        let revoked = self.tokens.revoke_tree(hash).await?;
-        self.destroy_cubbyholes(&revoked).await
+        self.revoker.revoke_tree(hash).await
     }
 
     /// Background tidy of expired tokens (the server calls this periodically).
@@ -488,9 +489,7 @@ impl Core {
         if self.is_sealed() {
             return Ok(0);
         }
-        let revoked = self.tokens.tidy().await?;
-        self.destroy_cubbyholes(&revoked).await?;
-        Ok(revoked.len())
+        self.revoker.tidy().await
     }
 }
 

@@ -54,32 +54,6 @@ const SYS: BackendHelp = BackendHelp {
     ],
 };
 
-/// The built-in token auth method.
-const TOKEN: BackendHelp = BackendHelp {
-    description: "The token auth method is built in at auth/token/: it creates tokens, looks \
-        them up, renews and revokes them (with their children), by token or by accessor, and \
-        manages token roles.",
-    paths: &[
-        path("create", "Create a token (POST policies, ttl, explicit_max_ttl, period, num_uses, type, meta, ...)."),
-        path("create-orphan", "Create a token with no parent."),
-        path("create/:role_name", "Create a token from a token role."),
-        path("lookup", "Look a token up (POST token)."),
-        path("lookup-self", "Look the caller's token up."),
-        path("lookup-accessor", "Look a token up by its accessor."),
-        path("renew", "Renew a token (POST token, increment)."),
-        path("renew-self", "Renew the caller's token."),
-        path("renew-accessor", "Renew a token by its accessor."),
-        path("revoke", "Revoke a token and its children (POST token)."),
-        path("revoke-self", "Revoke the caller's token and its children."),
-        path("revoke-accessor", "Revoke a token by its accessor."),
-        path("revoke-orphan", "Revoke a token, leaving its children as orphans (needs sudo)."),
-        path("accessors", "List the accessors of all tokens (LIST; needs sudo)."),
-        path("roles", "List the token roles."),
-        path("roles/:role_name", "Create, read or delete a token role."),
-        path("tidy", "Remove expired tokens and their indexes."),
-    ],
-};
-
 /// The `help` text: the matching path's synopsis, or the backend's description and paths.
 fn help_text(help: &BackendHelp, rel: &str, matched: Option<&PathHelp>) -> String {
     let description = if help.description.is_empty() {
@@ -153,16 +127,10 @@ impl Core {
     }
 
     fn help_for(&self, path: &str) -> Result<Response> {
-        let (mount, rel, help) = if let Some(rel) = strip_mount(path, "sys/") {
+        let (mount, rel, help) = if let Some(rel) = crate::mounts::relative_to(path, "sys/") {
             ("sys/".to_owned(), rel, SYS)
-        } else if let Some(rel) = strip_mount(path, "auth/token/") {
-            ("auth/token/".to_owned(), rel, TOKEN)
         } else {
-            let router = self
-                .router
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (mounted, rel) = router
+            let (mounted, rel) = self
                 .route(path)
                 .ok_or_else(|| LogicalError::UnsupportedPath(path.to_owned()))?;
             (mounted.entry.path.clone(), rel, mounted.backend.help())
@@ -179,21 +147,13 @@ impl Core {
     }
 }
 
-/// `path` relative to the built-in mount `mount` (`sys/`), the mount itself included.
-fn strip_mount(path: &str, mount: &str) -> Option<String> {
-    if path == mount.trim_end_matches('/') {
-        return Some(String::new());
-    }
-    path.strip_prefix(mount).map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_core_path_has_a_synopsis_and_paths_match() {
-        for help in [SYS, TOKEN] {
+        for help in [SYS, crate::token::HELP] {
             assert!(!help.description.is_empty());
             assert!(help.paths.iter().all(|p| !p.synopsis.is_empty()));
         }
@@ -205,14 +165,21 @@ mod tests {
             SYS.path_for("mounts/secret/tune").map(|p| p.pattern),
             Some("mounts/*")
         );
-        let text = help_text(&TOKEN, "", None);
+        let text = help_text(&crate::token::HELP, "", None);
         assert!(text.contains("## PATHS") && text.contains("lookup-self"));
-        let doc = openapi("auth/token/", &TOKEN, TOKEN.path_for("roles/x"));
+        let doc = openapi(
+            "auth/token/",
+            &crate::token::HELP,
+            crate::token::HELP.path_for("roles/x"),
+        );
         assert_eq!(
             doc["paths"]["/auth/token/roles/{role_name}"]["description"],
             "Create, read or delete a token role."
         );
-        assert_eq!(strip_mount("sys", "sys/").as_deref(), Some(""));
-        assert_eq!(strip_mount("sysx/a", "sys/"), None);
+        assert_eq!(
+            crate::mounts::relative_to("sys", "sys/").as_deref(),
+            Some("")
+        );
+        assert_eq!(crate::mounts::relative_to("sysx/a", "sys/"), None);
     }
 }

@@ -117,6 +117,27 @@ impl MountEntry {
         }
     }
 
+    /// A mount built into the core (`auth/token/`): no uuid, as Vault shows its built-in ones,
+    /// and no mount-table entry.
+    pub(crate) fn builtin(path: &str, kind: &str, description: &str) -> Self {
+        let accessor = if path.starts_with(AUTH_MOUNT_PREFIX) {
+            format!("auth_{kind}_bunker")
+        } else {
+            format!("{kind}_bunker")
+        };
+        MountEntry {
+            path: path.to_owned(),
+            kind: kind.to_owned(),
+            description: description.to_owned(),
+            uuid: String::new(),
+            accessor,
+            config: MountConfig::default(),
+            options: Map::new(),
+            local: false,
+            seal_wrap: false,
+        }
+    }
+
     /// The mount's default lease TTL (the system default when the mount sets none).
     pub fn default_lease_ttl_secs(&self, system: &SystemTtls) -> u64 {
         if self.config.default_lease_ttl > 0 {
@@ -208,12 +229,9 @@ impl Router {
         // Longest matching prefix. Also match the mount point itself without its slash.
         self.by_path
             .iter()
-            .rev()
-            .filter(|(mount, _)| {
-                path.starts_with(mount.as_str()) || format!("{path}/") == mount.as_str()
-            })
-            .max_by_key(|(mount, _)| mount.len())
-            .map(|(mount, m)| (m, path.get(mount.len()..).unwrap_or("").to_owned()))
+            .filter_map(|(mount, m)| Some((mount.len(), m, relative_to(path, mount)?)))
+            .max_by_key(|(len, _, _)| *len)
+            .map(|(_, m, rel)| (m, rel))
     }
 
     /// Whether a mount at `path` would overlap one already there (one is a prefix of the other).
@@ -234,6 +252,15 @@ impl Router {
     pub fn clear(&mut self) {
         self.by_path.clear();
     }
+}
+
+/// `path` relative to the mount point `mount` (`secret/`), the mount point without its slash
+/// included.
+pub(crate) fn relative_to(path: &str, mount: &str) -> Option<String> {
+    if Some(path) == mount.strip_suffix('/') {
+        return Some(String::new());
+    }
+    path.strip_prefix(mount).map(str::to_owned)
 }
 
 /// Normalise a user-supplied mount path: no leading slash, exactly one trailing slash.

@@ -201,16 +201,28 @@ impl Core {
 
     /// The mount and relative path of a request to a path its backend serves without a token.
     fn unauthenticated_route(&self, req: &Request) -> Option<(Mounted, String)> {
-        let router = self
-            .router
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (mounted, rel) = router.route(&req.path)?;
+        let (mounted, rel) = self.route(&req.path)?;
         mounted
             .backend
             .special_paths()
             .is_unauthenticated(&rel)
-            .then(|| (mounted.clone(), rel))
+            .then_some((mounted, rel))
+    }
+
+    /// The mount serving `path` (a built-in one first, then the mount tables'), and the path
+    /// relative to it.
+    pub(crate) fn route(&self, path: &str) -> Option<(Mounted, String)> {
+        let builtin = self.builtin_mounts.iter().find_map(|m| {
+            let rel = crate::mounts::relative_to(path, &m.entry.path)?;
+            Some((m.clone(), rel))
+        });
+        builtin.or_else(|| {
+            self.router
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .route(path)
+                .map(|(m, rel)| (m.clone(), rel))
+        })
     }
 
     /// A login: the backend checks the credentials, the core issues the token, and the answer
@@ -273,20 +285,12 @@ impl Core {
         if req.path == "sys" || req.path.starts_with("sys/") {
             return Ok(Route::System);
         }
-        if req.path == "auth/token" || req.path.starts_with("auth/token/") {
-            return Ok(Route::Token);
-        }
-        let mounted = self
-            .router
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .route(&req.path)
-            .map(|(m, rel)| (m.clone(), rel));
-        let Some((mounted, rel)) = mounted else {
+        let Some((mounted, rel)) = self.route(&req.path) else {
             return Err(LogicalError::UnsupportedPath(req.path.clone()));
         };
         if matches!(req.operation, Operation::Create | Operation::Update) {
             let breq = backend_request(req, &mounted, rel.clone(), namespace, self.lease_ttls());
+            // The existence check runs before the ACL check: it gets no caller.
             req.operation = match mounted.backend.exists(&breq).await? {
                 Some(false) => Operation::Create,
                 _ => Operation::Update,
@@ -298,10 +302,10 @@ impl Core {
     async fn dispatch(&self, req: &Request, caller: &Caller, route: Route) -> Result<Response> {
         match route {
             Route::System => self.handle_sys(req, caller).await,
-            Route::Token => self.handle_token(req, caller).await,
             Route::Mount(mounted, rel) => {
                 let namespace = caller.entry.cubbyhole_namespace().to_owned();
-                let breq = backend_request(req, &mounted, rel, &namespace, self.lease_ttls());
+                let mut breq = backend_request(req, &mounted, rel, &namespace, self.lease_ttls());
+                breq.caller = Some(caller);
                 let resp = mounted.backend.handle(breq).await?;
                 if resp.login.is_some() {
                     return Err(LogicalError::Internal(
@@ -332,12 +336,12 @@ fn backend_request<'a>(
         mount_options: &mounted.entry.options,
         default_lease_ttl_secs: mounted.entry.default_lease_ttl_secs(system_ttls),
         remote_addr: req.remote_addr.as_deref(),
+        caller: None,
     }
 }
 
 enum Route {
     System,
-    Token,
     Mount(Box<Mounted>, String),
 }
 
@@ -360,9 +364,6 @@ impl Route {
             Route::System => {
                 crate::sys::SPECIAL_PATHS.is_root(path.strip_prefix("sys/").unwrap_or(""))
             }
-            Route::Token => {
-                crate::token::SPECIAL_PATHS.is_root(path.strip_prefix("auth/token/").unwrap_or(""))
-            }
             Route::Mount(mounted, rel) => mounted.backend.special_paths().is_root(rel),
         }
     }
@@ -383,9 +384,6 @@ mod tests {
         assert!(!Route::System.needs_sudo_at("sys/remount/status/x"));
         assert!(Route::System.needs_sudo_at("sys/auth/userpass"));
         assert!(!Route::System.needs_sudo_at("sys/auth"));
-        assert!(Route::Token.needs_sudo_at("auth/token/accessors/"));
-        assert!(Route::Token.needs_sudo_at("auth/token/revoke-orphan"));
-        assert!(!Route::Token.needs_sudo_at("auth/token/create"));
     }
 
     fn caller(policy: &str) -> Caller {

@@ -66,6 +66,7 @@ impl Core {
             ));
         }
         let view = self
+            .revoker
             .cubbyhole_view()
             .ok_or_else(|| LogicalError::Internal("no cubbyhole mount for wrapping".into()))?;
         let entry = TokenEntry {
@@ -128,6 +129,7 @@ impl Core {
             return Err(invalid());
         }
         let view = self
+            .revoker
             .cubbyhole_view()
             .ok_or_else(|| LogicalError::Internal("no cubbyhole mount for wrapping".into()))?;
         let wrapped: Wrapped = view

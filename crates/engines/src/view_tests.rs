@@ -65,6 +65,7 @@ impl Mount {
             mount_options: &self.options,
             default_lease_ttl_secs: 0,
             remote_addr: None,
+            caller: None,
         }
     }
 

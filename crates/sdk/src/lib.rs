@@ -63,6 +63,10 @@ pub struct BackendRequest<'a> {
     pub default_lease_ttl_secs: u64,
     /// The client's IP address, when the request came over the network.
     pub remote_addr: Option<&'a str>,
+    /// Who is calling, once the core has authenticated the request (`None` on a backend's
+    /// unauthenticated paths, such as a login). What a backend may check itself, e.g. the
+    /// token backend's `lookup-self` or whether the caller has `sudo` on the path.
+    pub caller: Option<&'a Caller>,
 }
 
 /// A secrets engine mounted at a path.

@@ -2,8 +2,8 @@
 //! `token_*` parameters ([`LoginAuth`]); the core decides the token within the mount's TTLs,
 //! as Vault's `handleLoginRequest` and `framework.CalculateTTL` do, and stores it.
 
+use super::backend::auth_for;
 use super::create_policies::sanitize;
-use super::handlers::auth_for;
 use super::{TokenEntry, TokenType};
 use crate::core::Core;
 use crate::logical::{LogicalError, LoginAuth, Response, Result};

@@ -8,12 +8,18 @@
 //! Vault does, so creating one is free.
 
 mod accessor;
+mod backend;
 mod create_plan;
 mod create_policies;
-mod handlers;
 mod login;
 mod path_secret;
+mod revoker;
 mod roles;
+
+#[cfg(test)]
+pub(crate) use backend::HELP;
+pub(crate) use backend::{TokenBackend, STORAGE_PREFIX};
+pub(crate) use revoker::Revoker;
 
 pub use bunker_sdk::{TokenEntry, TokenType};
 pub use path_secret::{redact_path, secret_in_path, PathSecret};
@@ -36,16 +42,6 @@ const PARENT_PREFIX: &str = "sys/token/parent/";
 const BATCH_AAD: &str = "token/batch";
 pub const SERVICE_TOKEN_PREFIX: &str = "hvs.";
 pub const BATCH_TOKEN_PREFIX: &str = "hvb.";
-/// The token backend's root-protected paths (relative to `auth/token/`), as Vault's.
-pub(crate) const SPECIAL_PATHS: bunker_sdk::SpecialPaths = bunker_sdk::SpecialPaths {
-    root: &[
-        "accessors",
-        "accessors/",
-        "revoke-orphan",
-        "revoke-orphan/*",
-    ],
-    unauthenticated: &[],
-};
 
 /// Upper bound of children revoked in one tree walk, so a hostile tree cannot loop forever.
 const MAX_REVOKE: usize = 1_000_000;

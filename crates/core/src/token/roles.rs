@@ -7,8 +7,6 @@ use serde_json::json;
 use crate::logical::fields::{get_bool, get_duration, get_str, get_str_list};
 use crate::logical::{Data, LogicalError, Result};
 
-pub(crate) const ROLE_PREFIX: &str = "sys/token/role/";
-
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TokenRole {
     pub name: String,
