@@ -1,10 +1,7 @@
 //! What `?help=1` shows for the auth methods' paths (see `bunker_sdk::BackendHelp`).
 
-use bunker_sdk::{BackendHelp, PathHelp};
-
-const fn path(pattern: &'static str, synopsis: &'static str) -> PathHelp {
-    PathHelp { pattern, synopsis }
-}
+use bunker_sdk::path_help as path;
+use bunker_sdk::BackendHelp;
 
 pub(crate) const USERPASS: BackendHelp = BackendHelp {
     description: "The userpass auth method lets people log in with a username and password. \

@@ -40,6 +40,7 @@ pub(crate) async fn call(
             default_lease_ttl_secs: 0,
             remote_addr,
             caller: None,
+            wrap_ttl: None,
         })
         .await
 }

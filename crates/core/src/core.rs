@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bunker_barrier::Barrier;
 use bunker_seal::Seal;
-use bunker_storage::{Backend, StorageMetrics};
+use bunker_storage::StorageMetrics;
 use serde::{Deserialize, Serialize};
 use serde_json::Map;
 use zeroize::Zeroizing;
@@ -17,7 +17,7 @@ use crate::mounts::{
     MountEntry, Mounted, Router, StoredMountTable, SystemTtls, AUTH_TABLE_PATH, MOUNT_TABLE_PATH,
 };
 use crate::policy_store::PolicyStore;
-use crate::token::{Revoker, TokenBackend, TokenEntry, TokenStore};
+use crate::token::{Revoker, TokenEntry, TokenStore};
 use bunker_seal::OtpTokenCeremony;
 
 const CLUSTER_INFO_PATH: &str = "core/cluster-info";
@@ -100,48 +100,6 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(backend: Arc<dyn Backend>, config: CoreConfig) -> Arc<Core> {
-        let barrier = Arc::new(Barrier::new(backend));
-        let lease_ttls = config.lease_ttls;
-        let tokens = Arc::new(TokenStore::new(barrier.clone(), lease_ttls));
-        let router = Arc::new(RwLock::new(Router::default()));
-        let revoker = Revoker::new(tokens.clone(), router.clone());
-        let token_mount = Mounted {
-            entry: MountEntry::builtin("auth/token/", "token", "token based credentials"),
-            backend: Arc::new(TokenBackend::new(
-                tokens.clone(),
-                revoker.clone(),
-                lease_ttls,
-            )),
-            view: StorageView::new(barrier.clone(), crate::token::STORAGE_PREFIX),
-        };
-        Arc::new(Core {
-            config,
-            seal: Seal::new(barrier.clone()),
-            policies: PolicyStore::new(barrier.clone()),
-            tokens,
-            revoker,
-            audit: AuditBroker::new(barrier.clone()),
-            router,
-            builtin_mounts: vec![token_mount],
-            factories: RwLock::new(HashMap::new()),
-            auth_factories: RwLock::new(HashMap::new()),
-            root_generation: Mutex::new(None),
-            table_lock: tokio::sync::Mutex::new(()),
-            wrapping_lock: tokio::sync::Mutex::new(()),
-            cluster: RwLock::new(ClusterInfo::default()),
-            replication: RwLock::new(Arc::new(crate::replication_hook::NoReplication)),
-            requests_total: std::sync::atomic::AtomicU64::new(0),
-            metrics_renderer: RwLock::new(None),
-            token_count_cache: Mutex::new(None),
-            ha: std::sync::OnceLock::new(),
-            migrations: crate::sys::Migrations::default(),
-            snapshot_restore_lock: tokio::sync::Mutex::new(()),
-            restore_progress: crate::snapshot::RestoreProgress::default(),
-            barrier,
-        })
-    }
-
     pub fn config(&self) -> &CoreConfig {
         &self.config
     }

@@ -10,50 +10,6 @@ use crate::core::Core;
 use crate::logical::{LogicalError, Request, Response, Result};
 use crate::replication_hook::DrMode;
 
-const fn path(pattern: &'static str, synopsis: &'static str) -> PathHelp {
-    PathHelp { pattern, synopsis }
-}
-
-/// The system backend.
-const SYS: BackendHelp = BackendHelp {
-    description: "The system backend is built in at sys/: it controls the server (seal, \
-        unseal, init, key rotation, rekey, generate-root), its mount tables (secrets engines and \
-        auth methods), ACL policies, response wrapping, audit devices and DR replication.",
-    paths: &[
-        path("init", "Initialise the server (PUT secret_shares, secret_threshold) or read whether it is."),
-        path("seal-status", "The seal status: sealed, threshold, shares, unseal progress."),
-        path("unseal", "Submit one unseal key share (PUT key), or reset the progress (reset=true)."),
-        path("seal", "Seal the server (needs sudo)."),
-        path("health", "Health of the server, with Vault's status codes."),
-        path("leader", "The active node's address."),
-        path("rotate", "Add a new key term to the keyring (needs sudo)."),
-        path("key-status", "The keyring's current term and when it was installed."),
-        path("rekey/*", "New unseal key shares: init, update with the current shares, verify."),
-        path("generate-root/*", "Generate a root token from a quorum of unseal key shares."),
-        path("mounts", "List the secrets engines."),
-        path("mounts/*", "Enable (POST type, config, options), read or disable (DELETE) the secrets engine at a path; <path>/tune reads or sets its TTLs and description."),
-        path("auth", "List the auth methods."),
-        path("auth/*", "Enable (POST type, config), read or disable (DELETE) the auth method at a path (needs sudo); <path>/tune reads or sets its TTLs."),
-        path("remount", "Move a secrets engine or auth method to a new path with its data (POST from, to; needs sudo)."),
-        path("remount/status/:migration_id", "The status of a mount move."),
-        path("policy", "List the ACL policies."),
-        path("policy/*", "Read, write (PUT rules) or delete an ACL policy."),
-        path("policies/acl", "List the ACL policies."),
-        path("policies/acl/*", "Read, write (PUT policy) or delete an ACL policy."),
-        path("capabilities", "The capabilities of a token on paths (POST token, paths)."),
-        path("capabilities-self", "The capabilities of the caller's token on paths (POST paths)."),
-        path("capabilities-accessor", "The capabilities of the token of an accessor on paths."),
-        path("wrapping/*", "Response wrapping: wrap, unwrap, lookup and rewrap."),
-        path("audit", "List the audit devices (needs sudo)."),
-        path("audit/*", "Enable (PUT type, options) or disable an audit device (needs sudo)."),
-        path("audit-hash/*", "The HMAC an audit device would log for an input."),
-        path("replication/*", "DR replication: status, primary and secondary operations."),
-        path("metrics", "Server metrics, in Prometheus or Vault's JSON format."),
-        path("internal/ui/mounts/*", "The mount serving a path, for clients (kv version discovery)."),
-        path("decode-token", "Decode an OTP-encoded root token."),
-    ],
-};
-
 /// The `help` text: the matching path's synopsis, or the backend's description and paths.
 fn help_text(help: &BackendHelp, rel: &str, matched: Option<&PathHelp>) -> String {
     let description = if help.description.is_empty() {
@@ -127,14 +83,10 @@ impl Core {
     }
 
     fn help_for(&self, path: &str) -> Result<Response> {
-        let (mount, rel, help) = if let Some(rel) = crate::mounts::relative_to(path, "sys/") {
-            ("sys/".to_owned(), rel, SYS)
-        } else {
-            let (mounted, rel) = self
-                .route(path)
-                .ok_or_else(|| LogicalError::UnsupportedPath(path.to_owned()))?;
-            (mounted.entry.path.clone(), rel, mounted.backend.help())
-        };
+        let (mounted, rel) = self
+            .route(path)
+            .ok_or_else(|| LogicalError::UnsupportedPath(path.to_owned()))?;
+        let (mount, help) = (mounted.entry.path, mounted.backend.help());
         let matched = help.path_for(&rel);
         Ok(Response::raw(
             200,
@@ -153,16 +105,20 @@ mod tests {
 
     #[test]
     fn every_core_path_has_a_synopsis_and_paths_match() {
-        for help in [SYS, crate::token::HELP] {
+        for help in [crate::sys::HELP, crate::token::HELP] {
             assert!(!help.description.is_empty());
             assert!(help.paths.iter().all(|p| !p.synopsis.is_empty()));
         }
         assert_eq!(
-            SYS.path_for("remount/status/abc").map(|p| p.pattern),
+            crate::sys::HELP
+                .path_for("remount/status/abc")
+                .map(|p| p.pattern),
             Some("remount/status/:migration_id")
         );
         assert_eq!(
-            SYS.path_for("mounts/secret/tune").map(|p| p.pattern),
+            crate::sys::HELP
+                .path_for("mounts/secret/tune")
+                .map(|p| p.pattern),
             Some("mounts/*")
         );
         let text = help_text(&crate::token::HELP, "", None);

@@ -1,16 +1,19 @@
-//! Bunker's core: the logical router, system backend, token store, policy store, response
-//! wrapping and audit. The core never sees HTTP: the HTTP layer hands it a [`logical::Request`]
-//! and turns the [`logical::Response`] or [`logical::LogicalError`] into Vault's envelope.
+//! Bunker's core: the request pipeline and logical router, the built-in system (`sys/`) and
+//! token (`auth/token/`) backends, the token and policy stores, response wrapping and audit.
+//! The core never sees HTTP: the HTTP layer hands it a [`logical::Request`] and turns the
+//! [`logical::Response`] or [`logical::LogicalError`] into Vault's envelope.
 //!
 //! May see: the SDK, policies, the barrier, the seal and the storage below it. May not see:
 //! HTTP (the `http` crate translates), the engines' code (they are mounted through the SDK's
 //! backend trait) or replication's (it is a `ReplicationHandler` registered by the binary).
 
+mod assemble;
 pub mod audit;
 mod core;
 pub mod failpoint;
 pub mod ha;
 mod help;
+mod lifecycle;
 /// The SDK types, re-exported under their old path for the core's own modules.
 pub use bunker_sdk as logical;
 mod mounts;

@@ -256,14 +256,7 @@ impl Core {
         self.audit.log_request(req, Some(caller)).await?;
         // A wrapping token presented to unwrap itself is its own authorisation.
         let self_unwrap = req.path == "sys/wrapping/unwrap" && !req.data.contains_key("token");
-        if !self_unwrap
-            && !acl_allows(
-                caller,
-                req.operation,
-                &req.path,
-                route.needs_sudo_at(&req.path),
-            )
-        {
+        if !self_unwrap && !acl_allows(caller, req.operation, &req.path, needs_sudo(&route)) {
             return Err(LogicalError::PermissionDenied);
         }
         let last_use = self.tokens.use_token(&mut caller.entry).await?;
@@ -282,9 +275,6 @@ impl Core {
 
     /// Decide where the request goes; for writes to mounts, settle create vs update.
     async fn resolve_route(&self, req: &mut Request, namespace: &str) -> Result<Route> {
-        if req.path == "sys" || req.path.starts_with("sys/") {
-            return Ok(Route::System);
-        }
         let Some((mounted, rel)) = self.route(&req.path) else {
             return Err(LogicalError::UnsupportedPath(req.path.clone()));
         };
@@ -296,25 +286,21 @@ impl Core {
                 _ => Operation::Update,
             };
         }
-        Ok(Route::Mount(Box::new(mounted), rel))
+        Ok((mounted, rel))
     }
 
     async fn dispatch(&self, req: &Request, caller: &Caller, route: Route) -> Result<Response> {
-        match route {
-            Route::System => self.handle_sys(req, caller).await,
-            Route::Mount(mounted, rel) => {
-                let namespace = caller.entry.cubbyhole_namespace().to_owned();
-                let mut breq = backend_request(req, &mounted, rel, &namespace, self.lease_ttls());
-                breq.caller = Some(caller);
-                let resp = mounted.backend.handle(breq).await?;
-                if resp.login.is_some() {
-                    return Err(LogicalError::Internal(
-                        "a login answer from a path that needs a token".into(),
-                    ));
-                }
-                Ok(resp)
-            }
+        let (mounted, rel) = route;
+        let namespace = caller.entry.cubbyhole_namespace().to_owned();
+        let mut breq = backend_request(req, &mounted, rel, &namespace, self.lease_ttls());
+        breq.caller = Some(caller);
+        let resp = mounted.backend.handle(breq).await?;
+        if resp.login.is_some() {
+            return Err(LogicalError::Internal(
+                "a login answer from a path that needs a token".into(),
+            ));
         }
+        Ok(resp)
     }
 }
 
@@ -337,12 +323,16 @@ fn backend_request<'a>(
         default_lease_ttl_secs: mounted.entry.default_lease_ttl_secs(system_ttls),
         remote_addr: req.remote_addr.as_deref(),
         caller: None,
+        wrap_ttl: req.wrap_ttl,
     }
 }
 
-enum Route {
-    System,
-    Mount(Box<Mounted>, String),
+/// The mount a request goes to, and its path relative to the mount.
+type Route = (Mounted, String);
+
+/// Whether the request's path is root-protected, as the backend it routes to declares.
+fn needs_sudo((mounted, rel): &Route) -> bool {
+    mounted.backend.special_paths().is_root(rel)
 }
 
 /// Whether the caller's ACL allows `op` on `path`, with `sudo` too when the path is
@@ -357,34 +347,9 @@ fn acl_allows(caller: &Caller, op: Operation, path: &str, needs_sudo: bool) -> b
     governing.any(|p| caller.has(p, cap) && (!needs_sudo || caller.is_sudo(p)))
 }
 
-impl Route {
-    /// Whether the request's path is root-protected, as the backend it routes to declares.
-    fn needs_sudo_at(&self, path: &str) -> bool {
-        match self {
-            Route::System => {
-                crate::sys::SPECIAL_PATHS.is_root(path.strip_prefix("sys/").unwrap_or(""))
-            }
-            Route::Mount(mounted, rel) => mounted.backend.special_paths().is_root(rel),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sudo_paths_come_from_the_backend_routed_to() {
-        assert!(Route::System.needs_sudo_at("sys/audit"));
-        assert!(Route::System.needs_sudo_at("sys/audit/file"));
-        assert!(Route::System.needs_sudo_at("sys/rotate"));
-        assert!(!Route::System.needs_sudo_at("sys/audit-hash/file"));
-        assert!(!Route::System.needs_sudo_at("sys/mounts"));
-        assert!(Route::System.needs_sudo_at("sys/remount"));
-        assert!(!Route::System.needs_sudo_at("sys/remount/status/x"));
-        assert!(Route::System.needs_sudo_at("sys/auth/userpass"));
-        assert!(!Route::System.needs_sudo_at("sys/auth"));
-    }
 
     fn caller(policy: &str) -> Caller {
         let policy = bunker_policy::Policy::parse("p", policy).unwrap();

@@ -9,7 +9,9 @@ use serde_json::json;
 
 use crate::core::Core;
 use crate::logical::fields::get_str;
-use crate::logical::{Auth, Data, LogicalError, Operation, Request, Response, Result, WrapInfo};
+use crate::logical::{
+    Auth, BackendRequest, Data, LogicalError, Operation, Request, Response, Result, WrapInfo,
+};
 use crate::policy_store::RESPONSE_WRAPPING_POLICY;
 use crate::time_util::{now_unix, rfc3339};
 use crate::token::{TokenEntry, TokenType};
@@ -180,14 +182,15 @@ impl Core {
         Ok(Response::data(data))
     }
 
+    /// `sys/wrapping/*` reached through the system backend (`lookup`, and `unwrap` of the
+    /// client token itself, are answered before routing: `lifecycle.rs`).
     pub(crate) async fn sys_wrapping(
         &self,
-        req: &Request,
+        req: &BackendRequest<'_>,
         rest: &str,
         caller: &Caller,
     ) -> Result<Response> {
         match rest {
-            "lookup" => self.sys_wrapping_lookup(req).await,
             "wrap" => {
                 expect_op(req.operation, &[Operation::Create, Operation::Update])?;
                 if req.wrap_ttl.is_none() {
@@ -200,7 +203,7 @@ impl Core {
             }
             "unwrap" => {
                 expect_op(req.operation, &[Operation::Create, Operation::Update])?;
-                let token = match get_str(&req.data, "token")?.filter(|t| !t.is_empty()) {
+                let token = match get_str(req.data, "token")?.filter(|t| !t.is_empty()) {
                     Some(t) => t,
                     None => caller.token.clone(),
                 };
@@ -209,7 +212,7 @@ impl Core {
             }
             "rewrap" => {
                 expect_op(req.operation, &[Operation::Create, Operation::Update])?;
-                let token = get_str(&req.data, "token")?
+                let token = get_str(req.data, "token")?
                     .filter(|t| !t.is_empty())
                     .ok_or_else(|| LogicalError::InvalidRequest("missing token".into()))?;
                 let wrapped = self.take_wrapped(&token).await?;
@@ -238,7 +241,7 @@ impl Core {
                 };
                 self.wrap_response(resp, ttl, &path).await
             }
-            _ => Err(LogicalError::UnsupportedPath(req.path.clone())),
+            _ => Err(LogicalError::UnsupportedPath(req.full_path())),
         }
     }
 }

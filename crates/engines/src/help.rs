@@ -1,10 +1,7 @@
 //! What `?help=1` shows for the secrets engines' paths (see `bunker_sdk::BackendHelp`).
 
-use bunker_sdk::{BackendHelp, PathHelp};
-
-const fn path(pattern: &'static str, synopsis: &'static str) -> PathHelp {
-    PathHelp { pattern, synopsis }
-}
+use bunker_sdk::path_help as path;
+use bunker_sdk::BackendHelp;
 
 pub(crate) const KV_V1: BackendHelp = BackendHelp {
     description: "The kv backend (version 1) reads and writes arbitrary secrets to the \

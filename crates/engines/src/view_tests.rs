@@ -66,6 +66,7 @@ impl Mount {
             default_lease_ttl_secs: 0,
             remote_addr: None,
             caller: None,
+            wrap_ttl: None,
         }
     }
 

@@ -21,6 +21,11 @@ pub struct PathHelp {
     pub synopsis: &'static str,
 }
 
+/// One path's help, in a backend's `const` table of paths.
+pub const fn path_help(pattern: &'static str, synopsis: &'static str) -> PathHelp {
+    PathHelp { pattern, synopsis }
+}
+
 impl BackendHelp {
     /// Help that says nothing but that the backend has none.
     pub const NONE: BackendHelp = BackendHelp {

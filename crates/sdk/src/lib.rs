@@ -21,7 +21,7 @@ mod token_entry;
 
 pub use caller::{capability_for, Caller};
 pub use error::LogicalError;
-pub use help::{BackendHelp, PathHelp};
+pub use help::{path_help, BackendHelp, PathHelp};
 pub use login::{LoginAuth, TokenParams};
 pub use request::{expect_op, Operation, Request, WRITE};
 pub use response::{Auth, RawResponse, Response, WrapInfo};
@@ -67,6 +67,16 @@ pub struct BackendRequest<'a> {
     /// unauthenticated paths, such as a login). What a backend may check itself, e.g. the
     /// token backend's `lookup-self` or whether the caller has `sudo` on the path.
     pub caller: Option<&'a Caller>,
+    /// The wrap TTL the client asked for (`X-Vault-Wrap-TTL`); the core wraps the answer, a
+    /// backend only reads it (`sys/wrapping/wrap` needs one).
+    pub wrap_ttl: Option<std::time::Duration>,
+}
+
+impl BackendRequest<'_> {
+    /// The request's path with its mount point, as the client sent it (`secret/data/foo`).
+    pub fn full_path(&self) -> String {
+        format!("{}{}", self.mount_point, self.path)
+    }
 }
 
 /// A secrets engine mounted at a path.

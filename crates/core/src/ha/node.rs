@@ -10,7 +10,7 @@ use serde_json::json;
 use super::decide::{self, Facts, Role, Step};
 use super::*;
 use crate::core::Core;
-use crate::logical::{LogicalError, Operation, Request, Response, Result};
+use crate::logical::{LogicalError, Operation, Response, Result};
 
 impl Ha {
     /// One decision of the runner, and its effects.
@@ -494,8 +494,8 @@ impl Core {
     }
 
     /// `sys/ha-status`: the nodes that sent a heartbeat recently, the active one marked.
-    pub(crate) async fn sys_ha_status(&self, req: &Request) -> Result<Response> {
-        bunker_sdk::expect_op(req.operation, &[Operation::Read])?;
+    pub(crate) async fn sys_ha_status(&self, op: Operation) -> Result<Response> {
+        bunker_sdk::expect_op(op, &[Operation::Read])?;
         let Some(ha) = self.ha() else {
             // As Vault: a node without HA lists itself, active.
             let version = env!("CARGO_PKG_VERSION");

@@ -18,7 +18,7 @@ use bunker_storage::{SnapshotPage, SnapshotSink, StorageError};
 use tokio::sync::mpsc;
 
 use crate::core::Core;
-use crate::logical::{LogicalError, Operation, Request, Response, Result};
+use crate::logical::{BackendRequest, LogicalError, Operation, Request, Response, Result};
 use crate::replication_hook::DrMode;
 
 pub use progress::{RestoreProgress, RestoreStage};
@@ -91,12 +91,12 @@ impl Core {
     /// `sys/storage/raft/snapshot*` reached through the request pipeline: only from
     /// [`Core::authorize_snapshot`], which has checked the token; the work is done by the
     /// caller, with the body the pipeline never sees.
-    pub(crate) fn sys_storage(&self, req: &Request, rest: &str) -> Result<Response> {
+    pub(crate) fn sys_storage(&self, req: &BackendRequest<'_>, rest: &str) -> Result<Response> {
         match (rest, req.operation) {
             ("raft/snapshot-restore-status", Operation::Read) => self.restore_status(),
             ("raft/snapshot", Operation::Read | Operation::Update)
             | ("raft/snapshot-force", Operation::Update) => Ok(Response::empty()),
-            _ => Err(LogicalError::UnsupportedPath(req.path.clone())),
+            _ => Err(LogicalError::UnsupportedPath(req.full_path())),
         }
     }
 

@@ -5,12 +5,12 @@ use serde_json::{json, Map, Value};
 use crate::audit::AuditEntry;
 use crate::core::Core;
 use crate::logical::fields::{get_bool, get_str, warn_unknown};
-use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
+use crate::logical::{BackendRequest, Data, LogicalError, Operation, Response, Result};
 use crate::mounts::normalize_mount_path;
 use bunker_sdk::{expect_op, WRITE};
 
 impl Core {
-    pub(crate) async fn sys_audit(&self, req: &Request, rest: &str) -> Result<Response> {
+    pub(crate) async fn sys_audit(&self, req: &BackendRequest<'_>, rest: &str) -> Result<Response> {
         if rest.is_empty() {
             expect_op(req.operation, &[Operation::Read])?;
             let mut data = Data::new();
@@ -25,7 +25,7 @@ impl Core {
         let _guard = self.table_lock.lock().await;
         match req.operation {
             Operation::Create | Operation::Update => {
-                let kind = get_str(&req.data, "type")?
+                let kind = get_str(req.data, "type")?
                     .filter(|s| !s.is_empty())
                     .ok_or_else(|| LogicalError::InvalidRequest("type is required".into()))?;
                 let options: Map<String, Value> = match req.data.get("options") {
@@ -38,15 +38,15 @@ impl Core {
                 let entry = AuditEntry {
                     path: path.clone(),
                     kind,
-                    description: get_str(&req.data, "description")?.unwrap_or_default(),
+                    description: get_str(req.data, "description")?.unwrap_or_default(),
                     options,
-                    local: get_bool(&req.data, "local")?.unwrap_or(false),
+                    local: get_bool(req.data, "local")?.unwrap_or(false),
                     salt: String::new(),
                 };
                 self.audit.enable(entry).await?;
                 tracing::info!(path = %path, "audit device enabled");
                 let known = ["type", "description", "options", "local"];
-                Ok(warn_unknown(Response::empty(), &req.data, &known))
+                Ok(warn_unknown(Response::empty(), req.data, &known))
             }
             Operation::Delete => {
                 self.audit.disable(&path).await?;
@@ -56,9 +56,13 @@ impl Core {
         }
     }
 
-    pub(crate) async fn sys_audit_hash(&self, req: &Request, rest: &str) -> Result<Response> {
+    pub(crate) async fn sys_audit_hash(
+        &self,
+        req: &BackendRequest<'_>,
+        rest: &str,
+    ) -> Result<Response> {
         expect_op(req.operation, WRITE)?;
-        let input = get_str(&req.data, "input")?.unwrap_or_default();
+        let input = get_str(req.data, "input")?.unwrap_or_default();
         let path = normalize_mount_path(rest);
         let hash = self
             .audit

@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 
 use crate::core::Core;
 use crate::logical::fields::get_str;
-use crate::logical::{Operation, RawResponse, Request, Response, Result};
+use crate::logical::{BackendRequest, Data, Operation, RawResponse, Request, Response, Result};
 use bunker_sdk::expect_op;
 
 use super::metrics_renderer::MetricsRenderer;
@@ -97,8 +97,8 @@ impl Core {
         Some(count)
     }
 
-    async fn render_metrics(&self, req: &Request) -> Result<Response> {
-        expect_op(req.operation, &[Operation::Read])?;
+    async fn render_metrics(&self, op: Operation, data: &Data) -> Result<Response> {
+        expect_op(op, &[Operation::Read])?;
         self.record_gauges().await;
         let renderer = self
             .metrics_renderer
@@ -106,7 +106,7 @@ impl Core {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let text = renderer.map(|r| r.render()).unwrap_or_default();
-        if get_str(&req.data, "format")?.as_deref() == Some("prometheus") {
+        if get_str(data, "format")?.as_deref() == Some("prometheus") {
             return Ok(Response {
                 raw: Some(RawResponse {
                     status: 200,
@@ -119,8 +119,8 @@ impl Core {
         Ok(Response::raw(200, prometheus_to_vault_json(&text)))
     }
 
-    pub(crate) async fn sys_metrics(&self, req: &Request) -> Result<Response> {
-        self.render_metrics(req).await
+    pub(crate) async fn sys_metrics(&self, req: &BackendRequest<'_>) -> Result<Response> {
+        self.render_metrics(req.operation, req.data).await
     }
 
     /// `sys/metrics` on a listener with `telemetry { unauthenticated_metrics_access = true }`:
@@ -128,7 +128,7 @@ impl Core {
     /// loaded (the node is unsealed).
     pub async fn handle_metrics_unauthenticated(&self, req: Request) -> Result<Response> {
         let started = Instant::now();
-        let result = self.render_metrics(&req).await;
+        let result = self.render_metrics(req.operation, &req.data).await;
         if !self.is_sealed() {
             self.audit.log_request(&req, None).await?;
             self.audit.log_response(&req, None, &result).await?;

@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use crate::core::Core;
 use crate::logical::fields::{get_duration, get_str, warn_unknown};
-use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
+use crate::logical::{BackendRequest, Data, LogicalError, Operation, Response, Result};
 use crate::mounts::{
     is_reserved_mount, normalize_mount_path, MountEntry, SystemTtls, AUTH_MOUNT_PREFIX,
 };
@@ -112,7 +112,7 @@ impl Core {
     /// `sys/mounts[/<path>[/tune]]` and `sys/auth[/<path>[/tune]]`.
     pub(crate) async fn sys_mount_table(
         &self,
-        req: &Request,
+        req: &BackendRequest<'_>,
         rest: &str,
         table: Table,
     ) -> Result<Response> {
@@ -166,7 +166,12 @@ impl Core {
         }
     }
 
-    async fn sys_mount_enable(&self, req: &Request, path: &str, table: Table) -> Result<Response> {
+    async fn sys_mount_enable(
+        &self,
+        req: &BackendRequest<'_>,
+        path: &str,
+        table: Table,
+    ) -> Result<Response> {
         const KNOWN: &[&str] = &[
             "type",
             "description",
@@ -181,7 +186,7 @@ impl Core {
         if path == "/" || path.ends_with("//") || path.len() > 256 {
             return Err(LogicalError::InvalidRequest("invalid mount path".into()));
         }
-        let mut kind = get_str(&req.data, "type")?
+        let mut kind = get_str(req.data, "type")?
             .filter(|s| !s.is_empty())
             .ok_or_else(|| LogicalError::InvalidRequest("backend type must be specified".into()))?;
         let mut options: Map<String, Value> = match req.data.get("options") {
@@ -207,7 +212,7 @@ impl Core {
                 "cannot mount a second {kind} backend"
             )));
         }
-        let description = get_str(&req.data, "description")?.unwrap_or_default();
+        let description = get_str(req.data, "description")?.unwrap_or_default();
         let mut entry = MountEntry::new(path, &kind, &description, options);
         if let Some(Value::Object(config)) = req.data.get("config") {
             let config: Data = config.clone();
@@ -216,18 +221,22 @@ impl Core {
             entry.config.max_lease_ttl = get_duration(&config, "max_lease_ttl")?.unwrap_or(0);
             check_lease_ttls(&entry, self.lease_ttls())?;
         }
-        entry.local = crate::logical::fields::get_bool(&req.data, "local")?.unwrap_or(false);
-        entry.seal_wrap =
-            crate::logical::fields::get_bool(&req.data, "seal_wrap")?.unwrap_or(false);
+        entry.local = crate::logical::fields::get_bool(req.data, "local")?.unwrap_or(false);
+        entry.seal_wrap = crate::logical::fields::get_bool(req.data, "seal_wrap")?.unwrap_or(false);
         self.mount(entry).await?;
         match table {
             Table::Secrets => tracing::info!(path, kind, "secrets engine enabled"),
             Table::Auth => tracing::info!(path, kind, "auth method enabled"),
         }
-        Ok(warn_unknown(Response::empty(), &req.data, KNOWN))
+        Ok(warn_unknown(Response::empty(), req.data, KNOWN))
     }
 
-    async fn sys_mount_tune(&self, req: &Request, path: &str, table: Table) -> Result<Response> {
+    async fn sys_mount_tune(
+        &self,
+        req: &BackendRequest<'_>,
+        path: &str,
+        table: Table,
+    ) -> Result<Response> {
         if table == Table::Auth && path == "auth/token/" {
             return self.token_mount_tune(req);
         }
@@ -264,14 +273,14 @@ impl Core {
             }
             Operation::Create | Operation::Update => {
                 let mut updated = entry.clone();
-                if let Some(ttl) = get_duration(&req.data, "default_lease_ttl")? {
+                if let Some(ttl) = get_duration(req.data, "default_lease_ttl")? {
                     updated.config.default_lease_ttl = ttl;
                 }
-                if let Some(ttl) = get_duration(&req.data, "max_lease_ttl")? {
+                if let Some(ttl) = get_duration(req.data, "max_lease_ttl")? {
                     updated.config.max_lease_ttl = ttl;
                 }
                 check_lease_ttls(&updated, self.lease_ttls())?;
-                if let Some(d) = get_str(&req.data, "description")? {
+                if let Some(d) = get_str(req.data, "description")? {
                     updated.description = d;
                 }
                 if let Some(Value::Object(opts)) = req.data.get("options") {
@@ -302,7 +311,7 @@ impl Core {
 
     /// `sys/auth/token/tune`: the built-in token method uses the system's TTLs, which the
     /// server configuration sets; they are shown, not tuned.
-    fn token_mount_tune(&self, req: &Request) -> Result<Response> {
+    fn token_mount_tune(&self, req: &BackendRequest<'_>) -> Result<Response> {
         expect_op(req.operation, &[Operation::Read]).map_err(|_| {
             LogicalError::InvalidRequest(
                 "the token auth method takes the server's default_lease_ttl and max_lease_ttl; \
@@ -322,13 +331,13 @@ impl Core {
 
     pub(crate) async fn sys_internal(
         &self,
-        req: &Request,
+        req: &BackendRequest<'_>,
         rest: &str,
         caller: &Caller,
     ) -> Result<Response> {
         expect_op(req.operation, &[Operation::Read])?;
         let Some(path) = rest.strip_prefix("ui/mounts") else {
-            return Err(LogicalError::UnsupportedPath(req.path.clone()));
+            return Err(LogicalError::UnsupportedPath(req.full_path()));
         };
         let path = path.trim_start_matches('/');
         if path.is_empty() {

@@ -5,14 +5,14 @@ use serde_json::json;
 
 use crate::core::Core;
 use crate::logical::fields::{get_str, get_str_list};
-use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
+use crate::logical::{BackendRequest, Data, LogicalError, Operation, Response, Result};
 use bunker_sdk::Caller;
 use bunker_sdk::{expect_op, WRITE};
 
 impl Core {
     pub(crate) async fn sys_policies(
         &self,
-        req: &Request,
+        req: &BackendRequest<'_>,
         name: &str,
         legacy: bool,
     ) -> Result<Response> {
@@ -45,9 +45,9 @@ impl Core {
                 Ok(resp)
             }
             Operation::Create | Operation::Update => {
-                let raw = match get_str(&req.data, "policy")? {
+                let raw = match get_str(req.data, "policy")? {
                     Some(p) => p,
-                    None => get_str(&req.data, "rules")?.ok_or_else(|| {
+                    None => get_str(req.data, "rules")?.ok_or_else(|| {
                         LogicalError::InvalidRequest(
                             "'policy' parameter not supplied or empty".into(),
                         )
@@ -67,16 +67,16 @@ impl Core {
 
     pub(crate) async fn sys_capabilities(
         &self,
-        req: &Request,
+        req: &BackendRequest<'_>,
         caller: &Caller,
         is_self: bool,
     ) -> Result<Response> {
         expect_op(req.operation, WRITE)?;
-        let paths = requested_paths(&req.data)?;
+        let paths = requested_paths(req.data)?;
         if is_self {
             return Ok(capabilities_response(&caller.acl, &paths));
         }
-        let token = get_str(&req.data, "token")?
+        let token = get_str(req.data, "token")?
             .filter(|t| !t.is_empty())
             .ok_or_else(|| LogicalError::InvalidRequest("'token' not specified".into()))?;
         let entry = self
@@ -88,10 +88,13 @@ impl Core {
         Ok(capabilities_response(&acl, &paths))
     }
 
-    pub(crate) async fn sys_capabilities_accessor(&self, req: &Request) -> Result<Response> {
+    pub(crate) async fn sys_capabilities_accessor(
+        &self,
+        req: &BackendRequest<'_>,
+    ) -> Result<Response> {
         expect_op(req.operation, WRITE)?;
-        let paths = requested_paths(&req.data)?;
-        let accessor = get_str(&req.data, "accessor")?.unwrap_or_default();
+        let paths = requested_paths(req.data)?;
+        let accessor = get_str(req.data, "accessor")?.unwrap_or_default();
         let entry = self
             .tokens
             .lookup_accessor(&accessor)

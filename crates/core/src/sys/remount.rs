@@ -12,7 +12,7 @@ use serde_json::json;
 use super::migrations::Migration;
 use crate::core::Core;
 use crate::logical::fields::get_str;
-use crate::logical::{Data, LogicalError, Operation, Request, Response, Result};
+use crate::logical::{BackendRequest, Data, LogicalError, Operation, Response, Result};
 use crate::mounts::{is_reserved_mount, normalize_mount_path, AUTH_MOUNT_PREFIX};
 use bunker_sdk::{expect_op, WRITE};
 
@@ -68,7 +68,11 @@ fn remount_paths(from: &str, to: &str) -> Result<(String, String)> {
 
 impl Core {
     /// `sys/remount` (POST `from`, `to`) and `sys/remount/status/<migration_id>` (GET).
-    pub(crate) async fn sys_remount(&self, req: &Request, rest: &str) -> Result<Response> {
+    pub(crate) async fn sys_remount(
+        &self,
+        req: &BackendRequest<'_>,
+        rest: &str,
+    ) -> Result<Response> {
         if let Some(id) = rest.strip_prefix("status/") {
             expect_op(req.operation, &[Operation::Read])?;
             // An unknown id is a 404 without errors, as Vault answers.
@@ -89,11 +93,11 @@ impl Core {
             return Ok(Response::data(data));
         }
         if !rest.is_empty() {
-            return Err(LogicalError::UnsupportedPath(req.path.clone()));
+            return Err(LogicalError::UnsupportedPath(req.full_path()));
         }
         expect_op(req.operation, WRITE)?;
-        let from = get_str(&req.data, "from")?.unwrap_or_default();
-        let to = get_str(&req.data, "to")?.unwrap_or_default();
+        let from = get_str(req.data, "from")?.unwrap_or_default();
+        let to = get_str(req.data, "to")?.unwrap_or_default();
         let (source, target) = remount_paths(&from, &to)?;
         self.remount(&source, &target).await?;
         let migration = Migration {

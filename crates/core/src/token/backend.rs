@@ -5,7 +5,8 @@
 //! [`Revoker`], so a revoked token's cubbyhole goes with it.
 
 use async_trait::async_trait;
-use bunker_sdk::{expect_op, BackendHelp, PathHelp, SpecialPaths, WRITE};
+use bunker_sdk::path_help as path;
+use bunker_sdk::{expect_op, BackendHelp, SpecialPaths, WRITE};
 
 use super::create_plan::{plan, CreateContext, CreatePlan};
 use super::revoker::Revoker;
@@ -33,10 +34,6 @@ const SPECIAL_PATHS: SpecialPaths = SpecialPaths {
     ],
     unauthenticated: &[],
 };
-
-const fn path(pattern: &'static str, synopsis: &'static str) -> PathHelp {
-    PathHelp { pattern, synopsis }
-}
 
 pub(crate) const HELP: BackendHelp = BackendHelp {
     description: "The token auth method is built in at auth/token/: it creates tokens, looks \
@@ -179,10 +176,7 @@ impl LogicalBackend for TokenBackend {
                 let n = self.revoker.tidy().await?;
                 Ok(Response::empty().with_warning(format!("tidied {n} expired tokens")))
             }
-            _ => Err(LogicalError::UnsupportedPath(format!(
-                "{}{}",
-                req.mount_point, req.path
-            ))),
+            _ => Err(LogicalError::UnsupportedPath(req.full_path())),
         }
     }
 
@@ -247,10 +241,9 @@ impl TokenBackend {
         orphan_endpoint: bool,
         role: Option<TokenRole>,
     ) -> Result<Response> {
-        let path = format!("{}{}", req.mount_point, req.path);
         let ctx = CreateContext {
             parent: &caller.entry,
-            privileged: caller.entry.is_root() || caller.is_sudo(&path),
+            privileged: caller.entry.is_root() || caller.is_sudo(&req.full_path()),
             orphan_endpoint,
             role: role.as_ref(),
             system: self.ttls,

@@ -92,6 +92,7 @@ impl Fixture {
             default_lease_ttl_secs: 0,
             remote_addr: None,
             caller,
+            wrap_ttl: None,
         };
         if operation == Operation::Create || operation == Operation::Update {
             if let Some(exists) = self.backend.exists(&req).await? {
