@@ -12,7 +12,7 @@ use base64::Engine as _;
 use bunker_dr::activation::{ActivationToken, Bundle};
 use bunker_dr::frame::write_frame;
 use bunker_dr::merkle::CellSums;
-use bunker_dr::messages::{Position, ToPrimary, ToSecondary};
+use bunker_dr::messages::{Hello, Position, ToPrimary, ToSecondary};
 use bunker_dr::sealed_activation;
 use bunker_dr::tls::{new_client_key, ReplicationCa};
 use bunker_dr::wal::{encode_entry, WalEntry};
@@ -23,7 +23,7 @@ fn to_primary() -> Vec<(&'static str, ToPrimary)> {
     vec![
         (
             "hello",
-            ToPrimary::Hello {
+            ToPrimary::Hello(Hello {
                 cluster_id: "cluster-1".into(),
                 secondary_id: "dr-east".into(),
                 generation: 3,
@@ -33,7 +33,7 @@ fn to_primary() -> Vec<(&'static str, ToPrimary)> {
                 }),
                 api_addr: "https://10.0.0.2:8200".into(),
                 cluster_addr: "https://10.0.0.2:8201".into(),
-            },
+            }),
         ),
         ("merkle-request", ToPrimary::MerkleRequest),
         (

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::frame::{read_frame, read_frame_limited, write_frame};
 use crate::manager::Inner;
-use crate::messages::{now_ms, Position, ToPrimary, ToSecondary};
+use crate::messages::{now_ms, Hello, Position, ToPrimary, ToSecondary};
 use crate::rpc_metrics::{self, Timed};
 use crate::state::{Mode, ReplState};
 use crate::status::PeerStatus;
@@ -249,16 +249,6 @@ async fn admit(
     Ok((state.clone(), cancel))
 }
 
-/// The fields of a [`ToPrimary::Hello`].
-struct Hello {
-    cluster_id: String,
-    secondary_id: String,
-    generation: u64,
-    position: Option<Position>,
-    api_addr: String,
-    cluster_addr: String,
-}
-
 /// Resolves once the session was told to stop (or its handle is gone).
 async fn cancelled(cancel: &mut watch::Receiver<bool>) {
     loop {
@@ -288,24 +278,8 @@ where
     )
     .await
     .map_err(|_| ReplError::Refused("no hello".into()))??;
-    let ToPrimary::Hello {
-        cluster_id,
-        secondary_id,
-        generation,
-        position,
-        api_addr,
-        cluster_addr,
-    } = hello
-    else {
+    let ToPrimary::Hello(hello) = hello else {
         return refuse(&mut wr, "expected hello").await;
-    };
-    let hello = Hello {
-        cluster_id,
-        secondary_id,
-        generation,
-        position,
-        api_addr,
-        cluster_addr,
     };
     let (snapshot, mut cancel) = match admit(inner, &hello, peer_cn, peer_cert).await {
         Ok(admitted) => admitted,
@@ -414,7 +388,7 @@ where
                 write_frame(&mut wr, &ToSecondary::Certificate { cert_pem }).await?;
             }
             ToPrimary::StreamFrom { after } => break after,
-            ToPrimary::Hello { .. } => return refuse(&mut wr, "unexpected hello").await,
+            ToPrimary::Hello(_) => return refuse(&mut wr, "unexpected hello").await,
             ToPrimary::CellSums { .. }
             | ToPrimary::ChunkRequest { .. }
             | ToPrimary::Listing { .. } => {}

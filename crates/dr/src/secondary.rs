@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::frame::{read_frame, write_frame, FrameReader};
 use crate::manager::Inner;
 use crate::merkle;
-use crate::messages::{now_ms, Position, ToPrimary, ToSecondary};
+use crate::messages::{now_ms, Hello, Position, ToPrimary, ToSecondary};
 use crate::rpc_metrics::{self, Timed};
 use crate::status::SyncState;
 use crate::wal::WalEntry;
@@ -98,14 +98,14 @@ async fn follow_once(inner: &Arc<Inner>, attempt: usize) -> Result<(), ReplError
     });
     write_frame(
         &mut wr,
-        &ToPrimary::Hello {
+        &ToPrimary::Hello(Hello {
             cluster_id: snapshot.cluster_id.clone(),
             secondary_id: secondary.secondary_id.clone(),
             generation: snapshot.generation,
             position,
             api_addr: inner.config.api_addr.clone(),
             cluster_addr: inner.config.cluster_addr.clone(),
-        },
+        }),
     )
     .await?;
     let (welcome, _) = tokio::time::timeout(

@@ -47,7 +47,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::control::{caught_up, transition, Command};
 use crate::frame::{write_frame, FrameReader};
 use crate::merkle::{self, MerkleTree};
-use crate::messages::{Position, ToPrimary, ToSecondary};
+use crate::messages::{Hello, Position, ToPrimary, ToSecondary};
 use crate::primary::reconcile::{send_snapshot, Reconciler};
 use crate::primary::{next_batch, resumable, Next};
 use crate::secondary::{self, join_arrived, Frame, SecondaryHost, Streamer};
@@ -447,14 +447,14 @@ async fn secondary_session(
     });
     write_frame(
         &mut wr,
-        &ToPrimary::Hello {
+        &ToPrimary::Hello(Hello {
             cluster_id: CLUSTER.into(),
             secondary_id: "secondary".into(),
             generation: state.generation,
             position,
             api_addr: String::new(),
             cluster_addr: String::new(),
-        },
+        }),
     )
     .await?;
     let mut rd = FrameReader::new(rd);
@@ -559,7 +559,7 @@ async fn primary_session(
 ) -> Result<(), ReplError> {
     let mut rd = FrameReader::new(rd);
     let position = match rd.read_frame::<ToPrimary>().await?.0 {
-        ToPrimary::Hello { position, .. } => position,
+        ToPrimary::Hello(hello) => hello.position,
         other => return Err(ReplError::Refused(format!("unexpected {other:?}"))),
     };
     let last_wal = node.wal.last_index();

@@ -30,18 +30,23 @@ pub struct Position {
     pub wal_index: u64,
 }
 
+/// A secondary's first message on a connection. (A newtype variant of [`ToPrimary`]:
+/// postcard encodes it exactly as the struct variant it was, so the wire is unchanged.)
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub cluster_id: String,
+    pub secondary_id: String,
+    /// Highest generation this secondary has followed (it refuses older primaries).
+    pub generation: u64,
+    /// `None` until a first full sync completed.
+    pub position: Option<Position>,
+    pub api_addr: String,
+    pub cluster_addr: String,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToPrimary {
-    Hello {
-        cluster_id: String,
-        secondary_id: String,
-        /// Highest generation this secondary has followed (it refuses older primaries).
-        generation: u64,
-        /// `None` until a first full sync completed.
-        position: Option<Position>,
-        api_addr: String,
-        cluster_addr: String,
-    },
+    Hello(Hello),
     MerkleRequest,
     /// The secondary's cell sums for buckets whose hashes differ: 64 per bucket, in order.
     CellSums {

@@ -145,16 +145,20 @@ fn decode_string(input: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn cert_with_cn(cn: &str) -> (Vec<u8>, Vec<u8>) {
+    /// A self-signed certificate of organisation "Bunker" with common name `cn` (or none),
+    /// and its public key.
+    fn cert_with(cn: Option<&str>) -> (Vec<u8>, Vec<u8>) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(rcgen::DnType::OrganizationName, "Bunker");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
+        if let Some(cn) = cn {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
         let cert = params.self_signed(&key).unwrap();
         (
             cert.der().to_vec(),
@@ -164,7 +168,7 @@ mod tests {
 
     #[test]
     fn reads_common_name_and_public_key() {
-        let (der, public_key) = cert_with_cn("secondary-ä-1");
+        let (der, public_key) = cert_with(Some("secondary-ä-1"));
         let fields = CertFields::parse(&der).unwrap();
         assert_eq!(fields.common_name().as_deref(), Some("secondary-ä-1"));
         assert_eq!(fields.public_key, public_key.as_slice());
@@ -172,20 +176,14 @@ mod tests {
 
     #[test]
     fn subject_without_common_name_is_none() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "Bunker");
-        let cert = params.self_signed(&key).unwrap();
-        let fields = CertFields::parse(cert.der()).unwrap();
+        let (der, _) = cert_with(None);
+        let fields = CertFields::parse(&der).unwrap();
         assert_eq!(fields.common_name(), None);
     }
 
     #[test]
     fn every_truncation_and_garbage_is_rejected_without_panic() {
-        let (der, _) = cert_with_cn("node-1");
+        let (der, _) = cert_with(Some("node-1"));
         for len in 0..der.len() {
             let truncated = &der[..len];
             assert!(CertFields::parse(truncated).is_none(), "prefix {len}");

@@ -52,6 +52,34 @@ fn raw_client(
     Arc::new(config)
 }
 
+/// A handshake of a client with `config` against a primary of `ca`: the client's end, and the
+/// server's task.
+async fn handshake(
+    ca: &ReplicationCa,
+    config: Arc<ClientConfig>,
+) -> (
+    Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError>,
+    JoinHandle<Accepted>,
+) {
+    let (addr, server) = serve_once(primary(ca)).await;
+    (connect(&addr, config, TIMEOUT).await, server)
+}
+
+/// A handshake of a misbehaving client ([`raw_client`]), with a valid client certificate of
+/// `secondary-1` when `with_cert`.
+async fn raw_handshake(
+    with_cert: bool,
+    version: &'static rustls::SupportedProtocolVersion,
+    alpn: &[&[u8]],
+) -> (
+    Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError>,
+    JoinHandle<Accepted>,
+) {
+    let ca = ReplicationCa::generate("cluster-a").unwrap();
+    let pair = with_cert.then(|| ca.issue_client_cert("secondary-1", HOUR).unwrap());
+    handshake(&ca, raw_client(&ca, version, pair.as_ref(), alpn)).await
+}
+
 /// Asserts that the server refused the handshake.
 async fn assert_server_refused(server: JoinHandle<Accepted>, reason: &str) {
     match server.await.unwrap() {
@@ -124,24 +152,20 @@ async fn mutual_handshake_carries_data_and_server_sees_client_cn() {
 async fn client_cert_from_another_ca_is_refused() {
     let ca = ReplicationCa::generate("cluster-a").unwrap();
     let other = ReplicationCa::generate("cluster-b").unwrap();
-    let (addr, server) = serve_once(primary(&ca)).await;
     // Trusts the right CA but presents a certificate from the other one.
     let config = client_config(
         &ca.cert_pem,
         &other.issue_client_cert("secondary-1", HOUR).unwrap(),
     )
     .unwrap();
-    let client = connect(&addr, config, TIMEOUT).await;
+    let (client, server) = handshake(&ca, config).await;
     assert_server_refused(server, "UnknownIssuer").await;
     assert_client_refused(client, "UnknownCA").await;
 }
 
 #[tokio::test]
 async fn client_without_cert_is_refused() {
-    let ca = ReplicationCa::generate("cluster-a").unwrap();
-    let (addr, server) = serve_once(primary(&ca)).await;
-    let config = raw_client(&ca, &rustls::version::TLS13, None, &[ALPN_DR]);
-    let client = connect(&addr, config, TIMEOUT).await;
+    let (client, server) = raw_handshake(false, &rustls::version::TLS13, &[ALPN_DR]).await;
     assert_server_refused(server, "no certificates").await;
     assert_client_refused(client, "CertificateRequired").await;
 }
@@ -149,21 +173,16 @@ async fn client_without_cert_is_refused() {
 #[tokio::test]
 async fn server_cert_cannot_be_used_as_client_cert() {
     let ca = ReplicationCa::generate("cluster-a").unwrap();
-    let (addr, server) = serve_once(primary(&ca)).await;
     let server_pair = ca.issue_server_cert().unwrap();
     let config = client_config(&ca.cert_pem, &server_pair).unwrap();
-    let client = connect(&addr, config, TIMEOUT).await;
+    let (client, server) = handshake(&ca, config).await;
     assert_server_refused(server, "extended key usage for client authentication").await;
     assert_client_refused(client, "alert").await;
 }
 
 #[tokio::test]
 async fn tls12_only_client_is_refused() {
-    let ca = ReplicationCa::generate("cluster-a").unwrap();
-    let (addr, server) = serve_once(primary(&ca)).await;
-    let pair = ca.issue_client_cert("secondary-1", HOUR).unwrap();
-    let config = raw_client(&ca, &rustls::version::TLS12, Some(&pair), &[ALPN_DR]);
-    let client = connect(&addr, config, TIMEOUT).await;
+    let (client, server) = raw_handshake(true, &rustls::version::TLS12, &[ALPN_DR]).await;
     assert_server_refused(server, "").await;
     match client {
         Err(TlsError::Handshake { source, .. }) => {
@@ -175,22 +194,14 @@ async fn tls12_only_client_is_refused() {
 
 #[tokio::test]
 async fn wrong_alpn_is_refused() {
-    let ca = ReplicationCa::generate("cluster-a").unwrap();
-    let (addr, server) = serve_once(primary(&ca)).await;
-    let pair = ca.issue_client_cert("secondary-1", HOUR).unwrap();
-    let config = raw_client(&ca, &rustls::version::TLS13, Some(&pair), &[b"h2"]);
-    let client = connect(&addr, config, TIMEOUT).await;
+    let (client, server) = raw_handshake(true, &rustls::version::TLS13, &[b"h2"]).await;
     assert_server_refused(server, "support any known protocol").await;
     assert_client_refused(client, "NoApplicationProtocol").await;
 }
 
 #[tokio::test]
 async fn missing_alpn_is_refused_on_both_sides() {
-    let ca = ReplicationCa::generate("cluster-a").unwrap();
-    let (addr, server) = serve_once(primary(&ca)).await;
-    let pair = ca.issue_client_cert("secondary-1", HOUR).unwrap();
-    let config = raw_client(&ca, &rustls::version::TLS13, Some(&pair), &[]);
-    let client = connect(&addr, config, TIMEOUT).await;
+    let (client, server) = raw_handshake(true, &rustls::version::TLS13, &[]).await;
     match client {
         Err(TlsError::Alpn { negotiated, .. }) => assert_eq!(negotiated, None),
         other => panic!("client without ALPN got {other:?}"),
