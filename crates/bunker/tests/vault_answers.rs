@@ -304,3 +304,69 @@ fn help_answers_with_vaults_shape_and_needs_a_valid_token() {
     let (st, body) = s.get("nowhere/x?help=1", s.root());
     assert_eq!(st, 404, "{body}");
 }
+
+/// The built-in mounts (`sys/`, `auth/token/`) are listed like any mount and cannot be mounted
+/// under or over, as in Vault ("path is already in use").
+#[test]
+fn built_in_mounts_are_listed_and_nothing_mounts_over_them() {
+    let s = TestServer::initialized();
+    let (code, body) = s.get("sys/mounts", s.root());
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["sys/"]["type"], json!("system"), "{body}");
+    assert_eq!(body["sys/"]["seal_wrap"], json!(true), "{body}");
+    let (code, body) = s.get("sys/auth", s.root());
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["token/"]["type"], json!("token"), "{body}");
+    assert_eq!(body["token/"]["accessor"], json!("auth_token_bunker"));
+    assert_eq!(
+        body["token/"]["config"]["token_type"],
+        json!("default-service")
+    );
+
+    let (code, body) = s.post("sys/auth/token/x", s.root(), json!({"type": "userpass"}));
+    assert_eq!(code, 400, "an auth method under auth/token/: {body}");
+    assert!(errors(&body)[0].contains("already in use"), "{body}");
+    let (code, body) = s.post("sys/auth/token2", s.root(), json!({"type": "userpass"}));
+    assert!(
+        code == 200 || code == 204,
+        "a path beside auth/token/: {body}"
+    );
+    let (code, body) = s.post(
+        "sys/remount",
+        s.root(),
+        json!({"from": "auth/token2", "to": "auth/token/y"}),
+    );
+    assert_eq!(code, 400, "a remount under auth/token/: {body}");
+}
+
+/// `sys/internal/ui/mounts` lists only the mounts the caller has some access below, as Vault.
+#[test]
+fn the_ui_mount_listing_shows_what_the_caller_may_reach() {
+    let s = TestServer::initialized();
+    s.mount_kv2();
+    let (code, body) = s.post("sys/mounts/hidden", s.root(), json!({"type": "kv"}));
+    assert!(code == 200 || code == 204, "{body}");
+    s.write_policy(
+        "app",
+        r#"path "secret/data/app/*" { capabilities = ["read"] }"#,
+    );
+    let app = s.create_token(json!({"policies": ["app"]}));
+    let (code, body) = s.get("sys/internal/ui/mounts", Some(&app));
+    assert_eq!(code, 200, "{body}");
+    let secret = body["data"]["secret"].as_object().unwrap();
+    assert!(secret.contains_key("secret/"), "{body}");
+    assert!(
+        !secret.contains_key("hidden/"),
+        "a mount the caller cannot reach: {body}"
+    );
+    let (_, body) = s.get("sys/internal/ui/mounts", s.root());
+    let secret = body["data"]["secret"].as_object().unwrap();
+    assert!(
+        secret.contains_key("hidden/") && secret.contains_key("sys/"),
+        "{body}"
+    );
+    assert!(body["data"]["auth"]["token/"].is_object(), "{body}");
+    let (code, body) = s.get("sys/internal/ui/mounts/auth/token/lookup-self", s.root());
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["data"]["type"], json!("token"), "{body}");
+}

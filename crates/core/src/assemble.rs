@@ -35,14 +35,19 @@ impl Core {
         };
         Arc::new_cyclic(|core| {
             let sys_mount = Mounted {
-                entry: MountEntry::builtin(
-                    "sys/",
-                    "system",
-                    "system endpoints used for control, policy and debugging",
-                ),
+                entry: MountEntry {
+                    // As Vault's system mount.
+                    seal_wrap: true,
+                    ..MountEntry::builtin(
+                        "sys/",
+                        "system",
+                        "system endpoints used for control, policy and debugging",
+                    )
+                },
                 backend: Arc::new(SysBackend::new(core.clone())),
-                // Vault's system view; the endpoints act on the core's own stores.
-                view: StorageView::new(barrier.clone(), "sys/"),
+                // The endpoints act on the core's own stores: the view is confined to a prefix
+                // that holds nothing, so the backend's storage handle reaches nothing.
+                view: StorageView::new(barrier.clone(), "sys/system-backend/"),
             };
             Core {
                 config,

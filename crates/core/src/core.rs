@@ -73,8 +73,9 @@ pub struct Core {
     /// The mounts of the mount tables. Shared with the revoker, which finds the cubbyhole
     /// mount in it.
     pub(crate) router: Arc<RwLock<Router>>,
-    /// The mounts built into the core (the token auth method at `auth/token/`): routed like any
-    /// mount, but not in the mount tables, so seal, load, persist and remount never touch them.
+    /// The mounts built into the core (the system backend at `sys/`, the token auth method at
+    /// `auth/token/`): routed like any mount, but not in the mount tables, so seal, load,
+    /// persist and remount never touch them.
     pub(crate) builtin_mounts: Vec<Mounted>,
     pub(crate) factories: RwLock<HashMap<String, Arc<dyn BackendFactory>>>,
     /// Factories of auth method types (`userpass`, `approle`), mounted under `auth/`.
@@ -377,6 +378,22 @@ impl Core {
         Ok(())
     }
 
+    /// Whether a mount at `path` would overlap a built-in mount (`auth/token/x/` would never be
+    /// routed to: the built-in mounts are routed first).
+    pub(crate) fn overlaps_builtin(&self, path: &str) -> bool {
+        self.builtin_mounts.iter().any(|m| {
+            let builtin = m.entry.path.as_str();
+            builtin.starts_with(path) || path.starts_with(builtin)
+        })
+    }
+
+    /// Whether `mounted` is one of the built-in mounts.
+    pub(crate) fn is_builtin(&self, mounted: &Mounted) -> bool {
+        self.builtin_mounts
+            .iter()
+            .any(|m| m.entry.path == mounted.entry.path)
+    }
+
     /// Mount an engine (used by `sys/mounts` and by dev mode for `secret/`).
     pub async fn mount(&self, entry: MountEntry) -> Result<()> {
         let _guard = self.table_lock.lock().await;
@@ -385,7 +402,7 @@ impl Core {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .overlaps(&entry.path);
-        if exists {
+        if exists || self.overlaps_builtin(&entry.path) {
             return Err(LogicalError::InvalidRequest(format!(
                 "path is already in use at {}",
                 entry.path

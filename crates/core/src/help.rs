@@ -1,7 +1,7 @@
 //! `?help=1` on any path: Vault's `{"help": ..., "openapi": ..., "see_also": ...}` answer,
-//! from the help the backend serving the path declares (`sys/` and `auth/token/` are the
-//! core's own, below). As in Vault, help needs a valid token and no capability on the path, and
-//! is audited like any request.
+//! from the help the backend serving the path declares (the built-in `sys/` and `auth/token/`
+//! declare theirs like any backend). As in Vault, help needs a valid token and no capability
+//! on the path, and is audited like any request.
 
 use bunker_sdk::{BackendHelp, PathHelp};
 use serde_json::{json, Map, Value};

@@ -117,8 +117,8 @@ impl MountEntry {
         }
     }
 
-    /// A mount built into the core (`auth/token/`): no uuid, as Vault shows its built-in ones,
-    /// and no mount-table entry.
+    /// A mount built into the core (`sys/`, `auth/token/`): no uuid, as Vault shows its
+    /// built-in ones, and no mount-table entry.
     pub(crate) fn builtin(path: &str, kind: &str, description: &str) -> Self {
         let accessor = if path.starts_with(AUTH_MOUNT_PREFIX) {
             format!("auth_{kind}_bunker")

@@ -254,9 +254,9 @@ impl Core {
         let namespace = caller.entry.cubbyhole_namespace().to_owned();
         let route = self.resolve_route(req, &namespace).await?;
         self.audit.log_request(req, Some(caller)).await?;
-        // A wrapping token presented to unwrap itself is its own authorisation.
-        let self_unwrap = req.path == "sys/wrapping/unwrap" && !req.data.contains_key("token");
-        if !self_unwrap && !acl_allows(caller, req.operation, &req.path, needs_sudo(&route)) {
+        // (A wrapping token presented to unwrap itself never gets here: it is its own
+        // authorisation, answered before authentication in `lifecycle.rs`.)
+        if !acl_allows(caller, req.operation, &req.path, needs_sudo(&route)) {
             return Err(LogicalError::PermissionDenied);
         }
         let last_use = self.tokens.use_token(&mut caller.entry).await?;
@@ -293,7 +293,11 @@ impl Core {
         let (mounted, rel) = route;
         let namespace = caller.entry.cubbyhole_namespace().to_owned();
         let mut breq = backend_request(req, &mounted, rel, &namespace, self.lease_ttls());
-        breq.caller = Some(caller);
+        // As Vault's router: only the built-in backends see the caller's token; the others
+        // get a per-token namespace (`token_namespace`), never the token.
+        if self.is_builtin(&mounted) {
+            breq.caller = Some(caller);
+        }
         let resp = mounted.backend.handle(breq).await?;
         if resp.login.is_some() {
             return Err(LogicalError::Internal(

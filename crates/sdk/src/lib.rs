@@ -63,9 +63,9 @@ pub struct BackendRequest<'a> {
     pub default_lease_ttl_secs: u64,
     /// The client's IP address, when the request came over the network.
     pub remote_addr: Option<&'a str>,
-    /// Who is calling, once the core has authenticated the request (`None` on a backend's
-    /// unauthenticated paths, such as a login). What a backend may check itself, e.g. the
-    /// token backend's `lookup-self` or whether the caller has `sudo` on the path.
+    /// Who is calling, token included, for the core's built-in backends (`sys/`,
+    /// `auth/token/`: `lookup-self`, whether the caller has `sudo` on the path). As in Vault,
+    /// other backends never see the token: `None` for them, and on unauthenticated paths.
     pub caller: Option<&'a Caller>,
     /// The wrap TTL the client asked for (`X-Vault-Wrap-TTL`); the core wraps the answer, a
     /// backend only reads it (`sys/wrapping/wrap` needs one).

@@ -12,32 +12,16 @@ use crate::mounts::{
 use bunker_sdk::expect_op;
 use bunker_sdk::Caller;
 
-fn sys_mount_json() -> Value {
-    json!({
-        "type": "system",
-        "description": "system endpoints used for control, policy and debugging",
-        "accessor": "system_bunker",
-        "uuid": "",
-        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false},
-        "options": null,
-        "local": false,
-        "seal_wrap": true,
-        "external_entropy_access": false,
-    })
-}
-
-fn token_auth_json() -> Value {
-    json!({
-        "type": "token",
-        "description": "token based credentials",
-        "accessor": "auth_token_bunker",
-        "uuid": "",
-        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false, "token_type": "default-service"},
-        "options": null,
-        "local": false,
-        "seal_wrap": false,
-        "external_entropy_access": false,
-    })
+/// How `sys/mounts`, `sys/auth` and `sys/internal/ui/mounts` show a built-in mount: as any
+/// entry, and the token method with Vault's token type.
+fn builtin_json(entry: &MountEntry) -> Value {
+    let mut json = entry.to_json();
+    if entry.kind == "token" {
+        if let Some(config) = json.get_mut("config").and_then(Value::as_object_mut) {
+            config.insert("token_type".into(), json!("default-service"));
+        }
+    }
+    json
 }
 
 /// Which of the two mount tables a `sys/mounts` or `sys/auth` request is about. Both go
@@ -84,19 +68,16 @@ impl Table {
             _ => None,
         }
     }
-
-    /// The built-in mount listed beside the table's entries.
-    fn builtin(self) -> (&'static str, Value) {
-        match self {
-            Table::Secrets => ("sys/", sys_mount_json()),
-            Table::Auth => ("token/", token_auth_json()),
-        }
-    }
 }
 
 impl Core {
-    fn mount_entries(&self) -> Vec<MountEntry> {
-        self.table_entries(Table::Secrets)
+    /// The built-in mounts of `table`, as `sys/mounts` and `sys/auth` show them.
+    fn builtin_listing(&self, table: Table) -> impl Iterator<Item = (String, &MountEntry)> {
+        self.builtin_mounts
+            .iter()
+            .map(|m| &m.entry)
+            .filter(move |e| table.holds(e))
+            .map(move |e| (table.shown_path(&e.path), e))
     }
 
     fn table_entries(&self, table: Table) -> Vec<MountEntry> {
@@ -122,8 +103,9 @@ impl Core {
             for e in self.table_entries(table) {
                 data.insert(table.shown_path(&e.path), e.to_json());
             }
-            let (name, builtin) = table.builtin();
-            data.insert(name.into(), builtin);
+            for (shown, entry) in self.builtin_listing(table) {
+                data.insert(shown, builtin_json(entry));
+            }
             let mut resp = Response::data(data);
             resp.data_at_top_level = true;
             return Ok(resp);
@@ -341,27 +323,25 @@ impl Core {
         };
         let path = path.trim_start_matches('/');
         if path.is_empty() {
-            let mut secret = Map::new();
-            for e in self.mount_entries() {
-                secret.insert(e.path.clone(), e.to_json());
-            }
-            let mut auth = Map::new();
-            for e in self.table_entries(Table::Auth) {
-                auth.insert(Table::Auth.shown_path(&e.path), e.to_json());
-            }
-            auth.insert("token/".into(), token_auth_json());
+            // As Vault: each table's mounts the caller has some access below.
             let mut data = Data::new();
-            data.insert("secret".into(), Value::Object(secret));
-            data.insert("auth".into(), Value::Object(auth));
+            for (name, table) in [("secret", Table::Secrets), ("auth", Table::Auth)] {
+                let mut shown = Map::new();
+                for e in self.table_entries(table) {
+                    if caller.acl.has_access_under(&e.path) {
+                        shown.insert(table.shown_path(&e.path), e.to_json());
+                    }
+                }
+                for (path, e) in self.builtin_listing(table) {
+                    if caller.acl.has_access_under(&e.path) {
+                        shown.insert(path, builtin_json(e));
+                    }
+                }
+                data.insert(name.into(), Value::Object(shown));
+            }
             return Ok(Response::data(data));
         }
-        let found = self
-            .router
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .route(path)
-            .map(|(m, _)| m.entry.clone());
-        let Some(entry) = found else {
+        let Some(entry) = self.route(path).map(|(m, _)| m.entry) else {
             return Err(LogicalError::InvalidRequest(format!(
                 "preflight capability check returned 403, please ensure client's policies grant access to path \"{path}\""
             )));
@@ -370,7 +350,7 @@ impl Core {
         if !caller.acl.has_access_under(&entry.path) {
             return Err(LogicalError::PermissionDenied);
         }
-        let mut data = match entry.to_json() {
+        let mut data = match builtin_json(&entry) {
             Value::Object(m) => m,
             _ => Map::new(),
         };

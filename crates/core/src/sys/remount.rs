@@ -129,7 +129,7 @@ impl Core {
             if !router.entries().any(|e| e.path == source) {
                 return Err(invalid(format!("no matching mount at {source:?}")));
             }
-            if router.overlaps(target) {
+            if router.overlaps(target) || self.overlaps_builtin(target) {
                 return Err(invalid(format!("path already in use at {target:?}")));
             }
             let mut moved = router

@@ -1,7 +1,7 @@
 //! The token auth method, built in at `auth/token/`: an ordinary [`LogicalBackend`] over the
 //! token store. It is served through the same pipeline as any mount (ACL with the sudo paths it
 //! declares, audit, wrapping); what it needs besides the store is the caller (from the
-//! request), its roles (its storage view, `sys/token/`), the system's TTLs and the
+//! request), its roles (its storage view, `sys/token/role/`), the system's TTLs and the
 //! [`Revoker`], so a revoked token's cubbyhole goes with it.
 
 use async_trait::async_trait;
@@ -18,11 +18,10 @@ use crate::logical::{
 use crate::mounts::SystemTtls;
 use std::sync::Arc;
 
-/// Where the backend keeps a role, relative to its storage view (`sys/token/role/<name>` in the
-/// barrier, as before the backend existed).
-const ROLE_PREFIX: &str = "role/";
-/// The backend's storage view in the barrier.
-pub(crate) const STORAGE_PREFIX: &str = "sys/token/";
+/// The backend's storage view in the barrier: its roles, one key per name, where they were
+/// before the backend existed. (Token entries, accessors and parent links, also under
+/// `sys/token/`, are the token store's and out of the view's reach.)
+pub(crate) const STORAGE_PREFIX: &str = "sys/token/role/";
 
 /// The token backend's root-protected paths, as Vault's.
 const SPECIAL_PATHS: SpecialPaths = SpecialPaths {
@@ -265,18 +264,17 @@ async fn read_role(req: &BackendRequest<'_>, name: &str) -> Result<Option<TokenR
     if !valid_role_name(name) {
         return Ok(None);
     }
-    req.storage.get_json(&format!("{ROLE_PREFIX}{name}")).await
+    req.storage.get_json(name).await
 }
 
 async fn roles(req: &BackendRequest<'_>, name: &str) -> Result<Response> {
     if name.is_empty() {
         expect_op(req.operation, &[Operation::List, Operation::Read])?;
-        return Ok(Response::list(req.storage.list(ROLE_PREFIX).await?));
+        return Ok(Response::list(req.storage.list("").await?));
     }
     if !valid_role_name(name) {
         return Err(LogicalError::InvalidRequest("invalid role name".into()));
     }
-    let key = format!("{ROLE_PREFIX}{name}");
     match req.operation {
         Operation::Read => {
             let role = read_role(req, name)
@@ -291,11 +289,11 @@ async fn roles(req: &BackendRequest<'_>, name: &str) -> Result<Response> {
                 ..Default::default()
             });
             role.update_from(req.data)?;
-            req.storage.put_json(&key, &role).await?;
+            req.storage.put_json(name, &role).await?;
             Ok(Response::empty())
         }
         Operation::Delete => {
-            req.storage.delete(&key).await?;
+            req.storage.delete(name).await?;
             Ok(Response::empty())
         }
         _ => Err(LogicalError::UnsupportedOperation),
