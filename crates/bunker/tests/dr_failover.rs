@@ -17,8 +17,8 @@ use common::dr::{
     activation_token, adopt_credentials, assert_dr_refused, assert_kv, bulk_put, demote,
     dr_operation_token_by_ceremony, dr_server, dr_server_with_config, dr_status, enable_primary,
     enable_secondary, fail_over, last_keys_fetched, merkle_syncs, primary_holding, promote_attempt,
-    promote_with_keys, replicated_key_count, secondary_held_in_merkle_sync, signal, update_primary,
-    wait_converged, wait_status, wait_wal_truncated, CONVERGE, SYNC_BATCH_APPLIED,
+    promote_with_keys, replicated_key_count, secondary_held_in_merkle_sync, secondary_of, signal,
+    update_primary, wait_converged, wait_status, wait_wal_truncated, CONVERGE, SYNC_BATCH_APPLIED,
 };
 use common::{errors, poll_until};
 use serde_json::{json, Value};
@@ -41,10 +41,7 @@ fn planned_failover_and_failback() {
     let batch_op_token =
         a.create_token(json!({"type": "batch", "policies": ["dr-ops"], "ttl": "1h"}));
     enable_primary(&a);
-    let mut b = dr_server();
-    enable_secondary(&b, &activation_token(&a, "site-b"));
-    adopt_credentials(&mut b, &a);
-    wait_converged(&a, &b);
+    let b = secondary_of(&a, "site-b");
     let total_keys = replicated_key_count(&a);
 
     // Fail over: demote A, promote B with A's unseal keys (B's own were wiped).
@@ -145,10 +142,7 @@ fn kill9_primary_during_streaming_resumes() {
     a.mount_kv2();
     bulk_put(&a, "base/", 0..200, "a");
     enable_primary(&a);
-    let mut b = dr_server();
-    enable_secondary(&b, &activation_token(&a, "site-b"));
-    adopt_credentials(&mut b, &a);
-    wait_converged(&a, &b);
+    let b = secondary_of(&a, "site-b");
     let before = dr_status(&b);
     let syncs_before = merkle_syncs(&before);
     let streamed_before = before["sync"]["wal_entries_streamed"].as_u64().unwrap();
@@ -268,10 +262,7 @@ fn lagging_secondary_catches_up_by_merkle_diff() {
     a.mount_kv2();
     bulk_put(&a, "app/", 0..TOTAL, "a");
     enable_primary(&a);
-    let mut b = dr_server();
-    enable_secondary(&b, &activation_token(&a, "site-b"));
-    adopt_credentials(&mut b, &a);
-    wait_converged(&a, &b);
+    let mut b = secondary_of(&a, "site-b");
     let total_keys = replicated_key_count(&a);
 
     // B is down while A moves far past what it retains.

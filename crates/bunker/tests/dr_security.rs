@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use common::dr::{
     activation_token, adopt_credentials, demote, dr_operation_token_by_ceremony, dr_server,
-    dr_status, enable_primary, enable_secondary, inner_wrapping_token, promote_with_keys, signal,
-    wait_converged, wait_status, CONVERGE,
+    dr_status, enable_primary, enable_secondary, inner_wrapping_token, promote_with_keys,
+    secondary_of, signal, wait_converged, wait_status, CONVERGE,
 };
 use common::{errors, poll_until, ServerOptions, TestServer};
 use reqwest::Method;
@@ -52,10 +52,7 @@ fn anonymous_requests_racing_promotions_never_run_primary_operations() {
     const SPRAYERS: usize = 6;
     let a = dr_server();
     enable_primary(&a);
-    let mut b = dr_server();
-    enable_secondary(&b, &activation_token(&a, "site-b"));
-    adopt_credentials(&mut b, &a);
-    wait_converged(&a, &b);
+    let b = secondary_of(&a, "site-b");
     let stop = AtomicBool::new(false);
     let leaked: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let sent = std::sync::atomic::AtomicUsize::new(0);
@@ -358,10 +355,7 @@ fn dr_operation_tokens_are_the_only_credential_and_die_with_the_mode() {
     let service = a.create_token(json!({"policies": ["dr-ops"], "ttl": "1h"}));
     let audit = a.enable_file_audit();
     enable_primary(&a);
-    let mut b = dr_server();
-    enable_secondary(&b, &activation_token(&a, "site-b"));
-    adopt_credentials(&mut b, &a);
-    wait_converged(&a, &b);
+    let b = secondary_of(&a, "site-b");
     b.unseal();
 
     let recover = |token: &str| {

@@ -171,19 +171,13 @@ fn accessors_are_not_storage_keys_and_every_accessor_endpoint_works() {
 /// lists and revokes tokens by accessor as the primary did.
 #[test]
 fn a_promoted_dr_secondary_serves_accessors() {
-    use common::dr::{
-        activation_token, adopt_credentials, dr_server, enable_primary, enable_secondary,
-        fail_over, wait_converged,
-    };
+    use common::dr::{dr_server, enable_primary, fail_over, secondary_of};
     let a = dr_server();
     let (_, kept) = create(&a, json!({"policies": ["default"], "display_name": "kept"}));
     let (revoked_token, revoked) = create(&a, json!({"policies": ["default"]}));
     let on_a = listed_accessors(&a, a.root());
     enable_primary(&a);
-    let mut b = dr_server();
-    enable_secondary(&b, &activation_token(&a, "site-b"));
-    adopt_credentials(&mut b, &a);
-    wait_converged(&a, &b);
+    let b = secondary_of(&a, "site-b");
     fail_over(&a, &b);
 
     assert_eq!(listed_accessors(&b, b.root()), on_a);

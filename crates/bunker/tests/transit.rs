@@ -14,10 +14,7 @@ use bunker_testkit as common;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use common::dr::{
-    activation_token, adopt_credentials, dr_server, enable_primary, enable_secondary, fail_over,
-    wait_converged,
-};
+use common::dr::{dr_server, enable_primary, fail_over, secondary_of};
 use common::{errors, TestServer};
 use serde_json::{json, Value};
 
@@ -338,10 +335,7 @@ fn transit_keys_fail_over_to_a_promoted_dr_secondary() {
         .clone();
 
     enable_primary(&a);
-    let mut b = dr_server();
-    enable_secondary(&b, &activation_token(&a, "site-b"));
-    adopt_credentials(&mut b, &a);
-    wait_converged(&a, &b);
+    let b = secondary_of(&a, "site-b");
 
     fail_over(&a, &b);
 

@@ -142,6 +142,16 @@ pub fn adopt_credentials(s: &mut TestServer, p: &TestServer) {
     s.root_token = p.root_token.clone();
 }
 
+/// A new DR server made secondary `id` of the primary `p`, with `p`'s credentials, once it
+/// has converged with `p`.
+pub fn secondary_of(p: &TestServer, id: &str) -> TestServer {
+    let mut s = dr_server();
+    enable_secondary(&s, &activation_token(p, id));
+    adopt_credentials(&mut s, p);
+    wait_converged(p, &s);
+    s
+}
+
 pub fn merkle_syncs(st: &Value) -> u64 {
     st["sync"]["merkle_syncs"]
         .as_u64()
