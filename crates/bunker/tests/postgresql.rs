@@ -51,6 +51,48 @@ fn postgresql_backend_passes_the_conformance_suite() {
     assert_eq!(pg.sql("SELECT count(*) FROM conformance_kv"), "0");
 }
 
+/// Point reads that miss the cache are coalesced into shared queries: hundreds at once, of
+/// present, absent and repeated keys, each get exactly its own key's value.
+#[test]
+fn concurrent_reads_each_get_their_own_keys_value() {
+    use bunker_storage::Backend;
+    let pg = Postgres::start();
+    let mut config = pg_config(&pg, "coalesced_reads");
+    config.read_cache = false;
+    runtime().block_on(async {
+        let backend = std::sync::Arc::new(
+            bunker_storage::PostgresBackend::connect(&config)
+                .await
+                .expect("connect"),
+        );
+        let ops = (0..200)
+            .map(|i| bunker_storage::Op::Put {
+                key: format!("k/{i}"),
+                value: format!("value-{i}").into_bytes(),
+            })
+            .collect();
+        backend.batch(ops).await.expect("seed");
+        let mut reads = tokio::task::JoinSet::new();
+        for round in 0..3 {
+            for i in 0..400 {
+                let backend = backend.clone();
+                reads.spawn(async move {
+                    let key = format!("k/{i}");
+                    (round, i, backend.get(&key).await.expect("get"))
+                });
+            }
+        }
+        let mut answered = 0;
+        while let Some(joined) = reads.join_next().await {
+            let (round, i, value) = joined.expect("read task");
+            let expected = (i < 200).then(|| format!("value-{i}").into_bytes());
+            assert_eq!(value, expected, "round {round}, key k/{i}");
+            answered += 1;
+        }
+        assert_eq!(answered, 1200);
+    });
+}
+
 #[test]
 fn postgresql_backend_passes_the_conformance_suite_as_an_ha_lock_holder() {
     use bunker_storage::ha::{Acquire, Fence, HaBackend, HaNode};

@@ -15,6 +15,8 @@
 //!   node recovers by itself when the database is back; meanwhile writes fail with an error
 //!   and nothing unacknowledged is reported as written.
 //! - **Reads use a pool** (deadpool-postgres, `max_parallel` connections, Vault's default 128).
+//!   Point reads that miss the read cache are coalesced: those waiting at one moment go as one
+//!   `key = ANY(...)` query (`postgresql/reads.rs`), never waiting to form a batch.
 //! - **TLS with rustls**, as everywhere in Bunker. libpq's `sslmode=verify-full|verify-ca` and
 //!   `sslrootcert=FILE` are understood: the CA file (PEM) is the only trust anchor when given,
 //!   the Mozilla roots (webpki-roots) otherwise. Certificates are always verified: `require`
@@ -26,6 +28,8 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+
+mod reads;
 
 use crate::group_commit::{GroupStore, Writer};
 use crate::ha::{
@@ -121,6 +125,8 @@ impl std::fmt::Debug for PostgresConfig {
 
 pub struct PostgresBackend {
     pool: deadpool_postgres::Pool,
+    /// Point reads that miss the cache, coalesced into one query per moment.
+    reads: Arc<reads::ReadBatcher>,
     table: String,
     writer: Writer,
     /// The quoted HA table, when HA is on.
@@ -341,6 +347,7 @@ impl PostgresBackend {
         };
         let writer = Writer::spawn(store, "bunker-pg-writer")?;
         Ok(PostgresBackend {
+            reads: reads::ReadBatcher::new(pool.clone(), &backend_table),
             pool,
             table: backend_table,
             writer,
@@ -409,9 +416,7 @@ impl Backend for PostgresBackend {
             Some(Lookup::Bypass) | None => None,
         };
         let _timed = Timed::start("vault_postgres_get");
-        let sql = format!("SELECT value FROM {} WHERE key = $1", self.table);
-        let rows = self.rows("reading", &sql, &[&key]).await?;
-        let value = rows.first().map(|r| r.get::<_, Vec<u8>>(0));
+        let value = self.reads.get(key).await?;
         if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
             cache.fill(key, value.as_deref(), ticket);
         }
