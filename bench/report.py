@@ -353,6 +353,8 @@ def figure_ha(raw, out, targets):
     res["read_ratio"] = ratio(res["read_ops_per_sec"], res["etcd_read_ops_per_sec"])
     failovers = pick(raw, "failover", "bunker")
     res["failover"] = failovers
+    memory = pick(raw, "pg-memory", "bunker")
+    res["memory"] = [{"keys": m["keys"], "rss_mib": m["rss_kb"] / 1024} for m in memory]
     out["ha"] = res
     if not w and not failovers:
         return ["## 9-10. HA on PostgreSQL", "", "not run"]
@@ -367,8 +369,13 @@ def figure_ha(raw, out, targets):
           f"| writes/s | {fmt(res['write_ops_per_sec'], 0)} | {fmt(res['etcd_write_ops_per_sec'], 0)} | {fmt(res['write_ratio'], 2)} |",
           f"| reads/s | {fmt(res['read_ops_per_sec'], 0)} | {fmt(res['etcd_read_ops_per_sec'], 0)} | {fmt(res['read_ratio'], 2)} |",
           f"| write p99 ms | {fmt(res['write_p99_ms'], 2)} | | |",
-          f"| read p99 ms | {fmt(res['read_p99_ms'], 2)} | | |", "",
-          "## 10. HA failover (event to the first write a surviving node accepts)", "",
+          f"| read p99 ms | {fmt(res['read_p99_ms'], 2)} | | |", ""]
+    if res["memory"]:
+        md += ["The active node's resident set after each write run (every write a new key; the read "
+               "cache is bounded at 64 MiB):", "", "| keys written | RSS MiB |", "|---:|---:|"]
+        md += [f"| {m['keys']:,} | {fmt(m['rss_mib'], 1)} |" for m in res["memory"]]
+        md.append("")
+    md += ["## 10. HA failover (event to the first write a surviving node accepts)", "",
           "| event | lock_ttl s | first write accepted ms | target |", "|---|---:|---:|---|"]
     for f in failovers:
         limit = (f["lock_ttl_s"] + 2) * 1000 if f["kind"] == "kill9" else 1000
