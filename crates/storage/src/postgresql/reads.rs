@@ -4,19 +4,24 @@
 //!
 //! Why: a KV v2 write must read the key's metadata first, and a new key is never in the cache,
 //! so under 64 writers every write cost a query of its own; PostgreSQL's per-statement work
-//! (and the client's), not the data, was what the CPU went to. A read is never delayed to form
-//! a batch: when no query runs, it runs at once. While one runs, the reads that arrive wait
-//! for it and go together in the next one (up to [`MAX_KEYS`]); a further query starts at once
-//! only for a full batch, up to [`MAX_QUERIES`] at a time. (Measured on 2 cores, 64 writers
-//! of new keys: allowing 4 queries at once from the first read formed almost no batches and
-//! gained little; one at a time took the writes from about 6,300/s to 9,600/s.)
+//! (and the client's), not the data, was what the CPU went to. When no query runs, a read goes
+//! at once. While one runs, the reads that arrive wait for it and go together in the next one
+//! (up to [`MAX_KEYS`]). Another query starts beside it only for a full batch, or when the
+//! running one has taken longer than [`STALL`] (so one slow query does not hold every read on
+//! the node), up to [`MAX_QUERIES`]; such an extra task stops once one task suffices again.
+//! (Measured on 2 cores, 64 writers of new keys: allowing 4 queries at once from the first read
+//! formed almost no batches and gained little; one at a time took the writes from about
+//! 6,300/s to 9,600/s.)
 //!
-//! Each query runs in a task of its own, so a request that gives up (its client gone) never
-//! abandons the reads that rode with it.
+//! Bounds: a query takes at most [`QUERY_TIMEOUT`]; a batch the server refuses as a whole (one
+//! key it cannot take) is retried key by key, so one bad key fails only its own read; reads
+//! whose caller has gone are left out; values are moved, not copied, to their reader. Query
+//! tasks are spawned, so a request that gives up never strands the reads that rode with it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -26,6 +31,17 @@ use crate::{Result, StorageError};
 pub(super) const MAX_QUERIES: usize = 4;
 /// Keys one query carries at most; this many waiting start another query.
 pub(super) const MAX_KEYS: usize = 64;
+/// A query running longer than this lets the next reads start a query of their own.
+pub(super) const STALL: Duration = Duration::from_millis(20);
+/// Longest a read query may take (the single-key reads before had only the pool's wait).
+pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The clock the query start times count from.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_us() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
 
 type Answer = std::result::Result<Option<Vec<u8>>, Arc<StorageError>>;
 type Waiting = (String, oneshot::Sender<Answer>);
@@ -37,6 +53,17 @@ pub(super) struct ReadBatcher {
     queue: Mutex<VecDeque<Waiting>>,
     /// Query tasks running.
     running: AtomicUsize,
+    /// When the last query started ([`now_us`]), to see a stalled one.
+    query_started_us: AtomicU64,
+}
+
+/// Counts a query task as running for as long as it lives, panics and cancellation included.
+struct Running(Arc<ReadBatcher>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl ReadBatcher {
@@ -46,6 +73,7 @@ impl ReadBatcher {
             sql: format!("SELECT key, value FROM {table} WHERE key = ANY($1::text[])"),
             queue: Mutex::new(VecDeque::new()),
             running: AtomicUsize::new(0),
+            query_started_us: AtomicU64::new(0),
         })
     }
 
@@ -67,13 +95,17 @@ impl ReadBatcher {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts a query task when none runs, or when a full batch waits and fewer than
-    /// [`MAX_QUERIES`] run; otherwise a running task takes what is queued.
+    /// Starts a query task when none runs, or beside running ones (fewer than
+    /// [`MAX_QUERIES`]) when a full batch waits or the last query started over [`STALL`] ago;
+    /// otherwise a running task takes what is queued.
     fn drive(self: &Arc<Self>) {
         loop {
             let running = self.running.load(Ordering::SeqCst);
             let queued = self.queue().len();
-            if queued == 0 || (running > 0 && (queued < MAX_KEYS || running >= MAX_QUERIES)) {
+            let stalled = now_us().saturating_sub(self.query_started_us.load(Ordering::SeqCst))
+                > STALL.as_micros() as u64;
+            let wanted = running == 0 || (running < MAX_QUERIES && (queued >= MAX_KEYS || stalled));
+            if queued == 0 || !wanted {
                 return;
             }
             if self
@@ -84,16 +116,19 @@ impl ReadBatcher {
                 break;
             }
         }
-        let this = self.clone();
+        let running = Running(self.clone());
         tokio::spawn(async move {
+            let this = running.0.clone();
             loop {
                 let batch: Vec<Waiting> = {
                     let mut queue = this.queue();
-                    let n = queue.len().min(MAX_KEYS);
+                    // A task beside others stops once one task suffices again.
+                    let extra = this.running.load(Ordering::SeqCst) > 1 && queue.len() < MAX_KEYS;
+                    let n = if extra { 0 } else { queue.len().min(MAX_KEYS) };
                     queue.drain(..n).collect()
                 };
                 if batch.is_empty() {
-                    this.running.fetch_sub(1, Ordering::SeqCst);
+                    drop(running);
                     // A read queued after the look above saw this task running and left its
                     // read to it: start a task for it.
                     this.drive();
@@ -105,11 +140,28 @@ impl ReadBatcher {
     }
 
     async fn answer(&self, batch: Vec<Waiting>) {
+        // Reads whose caller has gone are not asked for.
+        let batch: Vec<Waiting> = batch
+            .into_iter()
+            .filter(|(_, tx)| !tx.is_closed())
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
         let keys: Vec<&str> = batch.iter().map(|(k, _)| k.as_str()).collect();
+        self.query_started_us.store(now_us(), Ordering::SeqCst);
         match self.query(&keys).await {
-            Ok(found) => {
+            Ok(found) => deliver(batch, found),
+            // The server refused the statement (not the connection): maybe one key it cannot
+            // take. Each read alone, so only that one fails.
+            Err(StorageError::Engine { .. }) if batch.len() > 1 => {
                 for (key, tx) in batch {
-                    let _ = tx.send(Ok(found.get(&key).cloned()));
+                    let answer = self
+                        .query(&[key.as_str()])
+                        .await
+                        .map(|mut found| found.remove(&key))
+                        .map_err(Arc::new);
+                    let _ = tx.send(answer);
                 }
             }
             Err(e) => {
@@ -122,6 +174,17 @@ impl ReadBatcher {
     }
 
     async fn query(&self, keys: &[&str]) -> Result<HashMap<String, Vec<u8>>> {
+        tokio::time::timeout(QUERY_TIMEOUT, self.query_unbounded(keys))
+            .await
+            .map_err(|_| {
+                StorageError::Unavailable(format!(
+                    "PostgreSQL: a read took longer than {} s",
+                    QUERY_TIMEOUT.as_secs()
+                ))
+            })?
+    }
+
+    async fn query_unbounded(&self, keys: &[&str]) -> Result<HashMap<String, Vec<u8>>> {
         let client = self
             .pool
             .get()
@@ -135,13 +198,32 @@ impl ReadBatcher {
             .query(&statement, &[&keys])
             .await
             .map_err(|e| super::pg_error("reading", e))?;
-        rows.iter()
+        // Row by row, so each row's bytes are freed once copied out.
+        rows.into_iter()
             .map(|row| {
                 let key: String = row.try_get(0).map_err(|e| super::pg_error("reading", e))?;
                 let value: Vec<u8> = row.try_get(1).map_err(|e| super::pg_error("reading", e))?;
                 Ok((key, value))
             })
             .collect()
+    }
+}
+
+/// Each read its key's value: moved to the last reader of a key, copied for the ones before
+/// (a key asked twice in one batch).
+fn deliver(batch: Vec<Waiting>, mut found: HashMap<String, Vec<u8>>) {
+    let last: Vec<bool> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, (key, _))| !batch.iter().skip(i + 1).any(|(k, _)| k == key))
+        .collect();
+    for ((key, tx), last) in batch.into_iter().zip(last) {
+        let value = if last {
+            found.remove(&key)
+        } else {
+            found.get(&key).cloned()
+        };
+        let _ = tx.send(Ok(value));
     }
 }
 
