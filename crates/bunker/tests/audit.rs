@@ -180,6 +180,28 @@ fn denied_requests_are_audited() {
     }
 }
 
+/// A request that routes nowhere (no mount at its path) is audited like any other: its
+/// request entry as well as its error.
+#[test]
+fn unrouted_requests_are_audited_in_both_entries() {
+    let s = TestServer::dev();
+    let log = s.dir().join("audit.log");
+    let (st, b) = enable_file_audit(&s, "file", &log);
+    assert!(st == 204 || st == 200, "enable audit: {st} {b}");
+    let (st, b) = s.get("nowhere/probe-unrouted", s.root());
+    assert_eq!(st, 404, "{b}");
+    let types: Vec<String> = records(&log)
+        .iter()
+        .filter(|r| r["request"]["path"] == "nowhere/probe-unrouted")
+        .map(|r| r["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        ["request", "response"],
+        "audit entries of the request"
+    );
+}
+
 #[test]
 fn audit_device_on_unwritable_path_is_refused() {
     let s = TestServer::dev();

@@ -252,8 +252,11 @@ impl Core {
         caller: &mut Caller,
     ) -> Result<Response> {
         let namespace = caller.entry.cubbyhole_namespace().to_owned();
-        let route = self.resolve_route(req, &namespace).await?;
+        let route = self.resolve_route(req, &namespace).await;
+        // Audited whether it routes or not (no mount at the path, a failed existence check),
+        // as Vault audits a request whose checks fail.
         self.audit.log_request(req, Some(caller)).await?;
+        let route = route?;
         // (A wrapping token presented to unwrap itself never gets here: it is its own
         // authorisation, answered before authentication in `lifecycle.rs`.)
         if !acl_allows(caller, req.operation, &req.path, needs_sudo(&route)) {
