@@ -381,10 +381,9 @@ impl Core {
     /// Whether a mount at `path` would overlap a built-in mount (`auth/token/x/` would never be
     /// routed to: the built-in mounts are routed first).
     pub(crate) fn overlaps_builtin(&self, path: &str) -> bool {
-        self.builtin_mounts.iter().any(|m| {
-            let builtin = m.entry.path.as_str();
-            builtin.starts_with(path) || path.starts_with(builtin)
-        })
+        self.builtin_mounts
+            .iter()
+            .any(|m| crate::mounts::paths_overlap(&m.entry.path, path))
     }
 
     /// Whether `mounted` is one of the built-in mounts.

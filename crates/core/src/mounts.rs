@@ -238,7 +238,7 @@ impl Router {
     pub fn overlaps(&self, path: &str) -> bool {
         self.by_path
             .keys()
-            .any(|mounted| mounted.starts_with(path) || path.starts_with(mounted.as_str()))
+            .any(|mounted| paths_overlap(mounted, path))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &MountEntry> {
@@ -252,6 +252,11 @@ impl Router {
     pub fn clear(&mut self) {
         self.by_path.clear();
     }
+}
+
+/// Whether mounts at `a` and `b` would overlap: one is a prefix of the other.
+pub(crate) fn paths_overlap(a: &str, b: &str) -> bool {
+    a.starts_with(b) || b.starts_with(a)
 }
 
 /// `path` relative to the mount point `mount` (`secret/`), the mount point without its slash
