@@ -171,13 +171,14 @@ cluster_bytes() {
 }
 
 # A secondary logs one of these per completed sync: "snapshot sync complete" when it started
-# empty (initial sync), "Merkle sync complete" when it reconciled existing data by Merkle diff.
-SYNC_DONE='(Merkle|snapshot) sync complete'
+# empty (initial sync), "journal sync complete" when it caught up from the primary's key
+# journal, "Merkle sync complete" when it reconciled existing data by Merkle diff.
+SYNC_DONE='(Merkle|snapshot|journal) sync complete'
 
 # Count of completed syncs in NAME's log.
 merkle_syncs_logged() { grep -cE "$SYNC_DONE" "$SCRATCH/$1/server.log" || true; }
 
-# Which kind the last completed sync was: "Merkle" or "snapshot".
+# Which kind the last completed sync was: "Merkle", "journal" or "snapshot".
 last_sync_kind() { grep -oE "$SYNC_DONE" "$SCRATCH/$1/server.log" | tail -1 | cut -d' ' -f1; }
 
 stream_failures_logged() { grep -c 'replication stream from primary failed' "$SCRATCH/$1/server.log" || true; }

@@ -191,7 +191,8 @@ fn on_to_primary(msg: &ToPrimary) {
         | ToPrimary::MerkleRequest
         | ToPrimary::StreamFrom { .. }
         | ToPrimary::Ack { .. }
-        | ToPrimary::SnapshotRequest => {}
+        | ToPrimary::SnapshotRequest
+        | ToPrimary::JournalRequest => {}
     }
 }
 
@@ -254,7 +255,9 @@ fn on_to_secondary(msg: &ToSecondary) {
         | ToSecondary::ChunkDone
         | ToSecondary::Heartbeat { .. }
         | ToSecondary::SnapshotDone { .. }
-        | ToSecondary::SnapshotStart { .. } => {}
+        | ToSecondary::SnapshotStart { .. }
+        | ToSecondary::JournalDone { .. }
+        | ToSecondary::JournalUnavailable { .. } => {}
     }
 }
 

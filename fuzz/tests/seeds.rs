@@ -67,6 +67,7 @@ fn to_primary() -> Vec<(&'static str, ToPrimary)> {
         ),
         ("snapshot-request", ToPrimary::SnapshotRequest),
         ("renew", ToPrimary::RenewCertificate { public_key }),
+        ("journal-request", ToPrimary::JournalRequest),
     ]
 }
 
@@ -154,6 +155,19 @@ fn to_secondary() -> Vec<(&'static str, ToSecondary)> {
             "snapshot-start",
             ToSecondary::SnapshotStart {
                 keys_estimate: 1_000_000,
+            },
+        ),
+        (
+            "journal-done",
+            ToSecondary::JournalDone {
+                wal_index: 44,
+                keys: 20_000,
+            },
+        ),
+        (
+            "journal-unavailable",
+            ToSecondary::JournalUnavailable {
+                reason: "the key journal does not cover the secondary's position".into(),
             },
         ),
     ]

@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub log_level: Option<String>,
     /// WAL entries a DR primary keeps for secondaries to resume from.
     pub wal_retention: u64,
+    /// WAL indices whose keys the key journal keeps (`replication { key_journal_retention }`;
+    /// 0 turns the journal off).
+    pub key_journal_retention: u64,
     /// `replication { activation_allow_http }`: a secondary may unwrap its activation token
     /// over plain http:// on loopback. For test setups; never in production.
     pub activation_allow_http: bool,
@@ -194,8 +197,12 @@ fn parse_snapshot(
     })
 }
 
-/// Default WAL retention: enough for minutes of heavy writes; older gaps resync by Merkle diff.
+/// Default WAL retention: enough for minutes of heavy writes; older gaps catch up from the key
+/// journal, and beyond it by Merkle diff.
 pub const DEFAULT_WAL_RETENTION: u64 = 100_000;
+/// Default key journal retention: ten times the WAL's reach, for about what the WAL's values
+/// cost on disk (a write's keys are about a tenth of its values).
+pub const DEFAULT_KEY_JOURNAL_RETENTION: u64 = 1_000_000;
 
 fn expr_string(key: &str, e: &Expression) -> Result<String> {
     match e {
@@ -315,6 +322,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
         cluster_name: String::new(),
         log_level: None,
         wal_retention: DEFAULT_WAL_RETENTION,
+        key_journal_retention: DEFAULT_KEY_JOURNAL_RETENTION,
         activation_allow_http: false,
         telemetry: TelemetryConfig::default(),
         ha_lock_ttl: bunker_core::ha::DEFAULT_LOCK_TTL,
@@ -393,6 +401,16 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                             if cfg.wal_retention == 0 {
                                 bail!("wal_retention must be a positive integer");
                             }
+                        }
+                        "key_journal_retention" => {
+                            cfg.key_journal_retention =
+                                expr_string("key_journal_retention", attr.expr())?
+                                    .parse()
+                                    .map_err(|_| {
+                                        anyhow!(
+                                            "key_journal_retention must be a non-negative integer"
+                                        )
+                                    })?;
                         }
                         "activation_allow_http" => {
                             cfg.activation_allow_http = match attr.expr() {
@@ -585,7 +603,10 @@ mod tests {
             api_addr = "http://127.0.0.1:8300"
             log_level = "debug"
             ui = true
-            replication { wal_retention = 50 }
+            replication {
+              wal_retention = 50
+              key_journal_retention = 0
+            }
             "#,
             Path::new("/tmp/x"),
         )
@@ -602,6 +623,7 @@ mod tests {
         assert_eq!(cfg.cluster_addr, "https://127.0.0.1:8301");
         assert_eq!(cfg.log_level.as_deref(), Some("debug"));
         assert_eq!(cfg.wal_retention, 50);
+        assert_eq!(cfg.key_journal_retention, 0);
         assert_eq!(cfg.listener.limits, bunker_http::ListenerLimits::default());
         // `ui` is Vault's and does nothing here: accepted, and reported so the server warns.
         assert_eq!(cfg.ignored, vec!["setting \"ui\"".to_owned()]);

@@ -62,6 +62,7 @@ fn dev_config(args: &ServerArgs) -> ServerConfig {
         cluster_name: String::new(),
         log_level: None,
         wal_retention: config::DEFAULT_WAL_RETENTION,
+        key_journal_retention: config::DEFAULT_KEY_JOURNAL_RETENTION,
         activation_allow_http: false,
         telemetry: config::TelemetryConfig::default(),
         ha_lock_ttl: bunker_core::ha::DEFAULT_LOCK_TTL,
@@ -186,6 +187,7 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
             cluster_addr: cfg.cluster_addr.clone(),
             api_addr: cfg.api_addr.clone(),
             wal_retention: cfg.wal_retention,
+            key_journal_retention: cfg.key_journal_retention,
             activation_allow_http: cfg.activation_allow_http,
         },
     )

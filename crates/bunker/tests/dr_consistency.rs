@@ -24,11 +24,13 @@ use serde_json::json;
 
 const RETENTION: u64 = 30;
 
-/// The scenario, with the secondary held at failpoint `hold` while the primary is killed.
-fn primary_killed_during_merkle_sync(hold: &str) {
+/// The scenario, with the secondary held at failpoint `hold` of a Merkle sync (`journal`
+/// false: the primary keeps no key journal) or of a catch-up from the key journal while the
+/// primary is killed.
+fn primary_killed_during_sync(hold: &str, journal: bool) {
     eprintln!("hold at {hold}");
     let seed = seed_from_env("BUNKER_CONSISTENCY_SEED");
-    let (mut a, b, proxy) = proxied_pair(RETENTION);
+    let (mut a, b, proxy) = proxied_pair(RETENTION, if journal { 100_000 } else { 0 });
 
     let writers = Writers::start(&a, seed);
     wait_status(&b, CONVERGE, "B consistent while streaming", |st| {
@@ -88,18 +90,31 @@ fn primary_killed_during_merkle_sync(hold: &str) {
 /// last consistent point (before the cut).
 #[test]
 fn primary_killed_at_the_start_of_a_merkle_sync() {
-    primary_killed_during_merkle_sync("secondary-merkle-sync");
+    primary_killed_during_sync("secondary-merkle-sync", false);
 }
 
 /// The primary dies while B fetches the values that differ (after the first batch).
 #[test]
 fn primary_killed_while_a_merkle_sync_fetches() {
-    primary_killed_during_merkle_sync("secondary-merkle-values-fetched");
+    primary_killed_during_sync("secondary-merkle-values-fetched", false);
 }
 
 /// The primary dies after B replayed past the bound, before B committed: B commits what it
 /// holds, the primary's state at the stage's position.
 #[test]
 fn primary_killed_before_a_staged_sync_commits() {
-    primary_killed_during_merkle_sync("secondary-before-stage-commit");
+    primary_killed_during_sync("secondary-before-stage-commit", false);
+}
+
+/// The primary dies while B fetches the values of the keys its journal names (after the
+/// first batch): B stays at its last consistent point.
+#[test]
+fn primary_killed_while_a_journal_catch_up_fetches() {
+    primary_killed_during_sync("secondary-journal-values-fetched", true);
+}
+
+/// As `primary_killed_before_a_staged_sync_commits`, for a catch-up from the key journal.
+#[test]
+fn primary_killed_before_a_journal_catch_up_commits() {
+    primary_killed_during_sync("secondary-before-stage-commit", true);
 }

@@ -253,11 +253,25 @@ fn kill9_secondary_during_merkle_sync_then_converges() {
 
 #[test]
 fn lagging_secondary_catches_up_by_merkle_diff() {
+    lagging_secondary_catches_up(false);
+}
+
+/// As above with the key journal on (the default): the catch-up fetches the keys written
+/// since B's position, by name, with no Merkle diff.
+#[test]
+fn lagging_secondary_catches_up_from_the_key_journal() {
+    lagging_secondary_catches_up(true);
+}
+
+/// Past the WAL's retention, B catches up from the key journal (`journal`) or else by Merkle
+/// diff, fetching only what changed.
+fn lagging_secondary_catches_up(journal: bool) {
     const TOTAL: usize = 2000;
     const CHANGED: usize = 200;
     const RETENTION: u64 = 20;
+    let journal_retention = if journal { 1_000_000 } else { 0 };
     let a = dr_server_with_config(&format!(
-        "replication {{\n  wal_retention = {RETENTION}\n}}"
+        "replication {{\n  wal_retention = {RETENTION}\n  key_journal_retention = {journal_retention}\n}}"
     ));
     a.mount_kv2();
     bulk_put(&a, "app/", 0..TOTAL, "a");
@@ -276,18 +290,33 @@ fn lagging_secondary_catches_up_by_merkle_diff() {
     );
     wait_wal_truncated(&a);
 
-    // B comes back (sealed), cannot resume by WAL, reconciles by Merkle diff and streams.
+    // B comes back (sealed), cannot resume by WAL, catches up and streams.
     b.restart();
     wait_converged(&a, &b);
     let st = dr_status(&b);
-    let fetched = last_keys_fetched(&st);
+    let (fetched, syncs) = if journal {
+        let sync = &st["sync"];
+        assert_eq!(merkle_syncs(&st), 0, "no Merkle diff: {st}");
+        let fetched = sync["last_journal_sync"]["keys_fetched"].as_u64();
+        (
+            fetched.expect("keys fetched"),
+            sync["journal_syncs"].as_u64(),
+        )
+    } else {
+        (last_keys_fetched(&st), Some(merkle_syncs(&st)))
+    };
     eprintln!(
         "B caught up: fetched {fetched} of {total_keys} keys; sync {}",
         st["sync"]
     );
     assert!(
-        merkle_syncs(&st) >= 1,
-        "B must have reconciled by Merkle diff: {st}"
+        syncs >= Some(1),
+        "B must have caught up by {}: {st}",
+        if journal {
+            "the key journal"
+        } else {
+            "Merkle diff"
+        }
     );
     assert!(
         fetched >= CHANGED as u64,

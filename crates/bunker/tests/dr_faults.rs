@@ -31,6 +31,9 @@ use serde_json::json;
 
 /// Small, so that long cuts push the secondary past retention and into Merkle syncs.
 const RETENTION: u64 = 200;
+/// Key journal retention: a secondary the WAL no longer reaches catches up from the journal
+/// unless it is further behind than this (then by Merkle diff).
+const JOURNAL: u64 = 2_000;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -162,7 +165,7 @@ fn seeded_fault_schedule_keeps_the_secondary_a_consistent_prefix() {
     let seed = seed_from_env("BUNKER_FAULT_SEED");
     let rounds = env_u64("BUNKER_FAULT_ROUNDS", 8);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let (mut a, mut b, proxy) = proxied_pair(RETENTION);
+    let (mut a, mut b, proxy) = proxied_pair(RETENTION, JOURNAL);
     let writers = Writers::start(&a, seed);
     let started = Instant::now();
     let mut injected = std::collections::BTreeMap::<String, u64>::new();
@@ -203,7 +206,7 @@ fn kill9_loop_loses_no_acknowledged_write() {
     let seed = seed_from_env("BUNKER_KILL_SEED");
     let cycles = env_u64("BUNKER_KILL_CYCLES", 6);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let (mut a, mut b, _proxy) = proxied_pair(RETENTION);
+    let (mut a, mut b, _proxy) = proxied_pair(RETENTION, JOURNAL);
     let writers = Writers::start(&a, seed);
     let started = Instant::now();
     let (mut primary_kills, mut secondary_kills) = (0u64, 0u64);

@@ -192,7 +192,8 @@ fn count(text: &str, name: &str) -> f64 {
 
 #[test]
 fn vault_replication_rpc_timings_across_a_merkle_reconciliation() {
-    let p = dr_server_open_metrics_with("wal_retention = 20");
+    // Without the key journal, the Merkle diff is the only catch-up past the WAL.
+    let p = dr_server_open_metrics_with("wal_retention = 20\n  key_journal_retention = 0");
     p.mount_kv2();
     bulk_put(&p, "app/", 0..100, "a");
     enable_primary(&p);

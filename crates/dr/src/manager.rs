@@ -46,6 +46,9 @@ pub struct DrConfig {
     pub api_addr: String,
     /// WAL entries kept for secondaries to resume from.
     pub wal_retention: u64,
+    /// WAL indices whose keys the key journal keeps, for secondaries the WAL no longer
+    /// reaches to catch up without a Merkle diff (0: no journal).
+    pub key_journal_retention: u64,
     /// Unwrap activation tokens over plain `http://` on loopback (test setups only).
     pub activation_allow_http: bool,
 }
@@ -205,7 +208,14 @@ impl DrManager {
                     continue;
                 }
                 let gc = crate::rpc_metrics::Timed::start(crate::rpc_metrics::WAL_GC);
-                match inner.wal.truncate(inner.config.wal_retention).await {
+                match inner
+                    .wal
+                    .truncate(
+                        inner.config.wal_retention,
+                        inner.config.key_journal_retention,
+                    )
+                    .await
+                {
                     Ok(deleted) => {
                         drop(gc);
                         metrics::gauge!(crate::rpc_metrics::WAL_GC_DELETED).set(deleted as f64);
@@ -1224,16 +1234,13 @@ impl Inner {
 
     pub fn record_merkle_sync(&self, buckets: u64, keys: u64, deleted: u64, bytes: u64) {
         self.with_status(|s| {
-            let c = &mut s.counters;
-            c.merkle_syncs += 1;
-            c.last_merkle_buckets_differing = buckets;
-            c.last_merkle_keys_fetched = keys;
-            c.last_merkle_keys_deleted = deleted;
-            c.last_merkle_bytes_fetched = bytes;
-            c.merkle_keys_fetched += keys;
-            c.merkle_keys_deleted += deleted;
-            c.merkle_bytes_fetched += bytes;
+            s.counters.merkle.record(keys, deleted, bytes);
+            s.counters.last_merkle_buckets_differing = buckets;
         });
+    }
+
+    pub fn record_journal_sync(&self, keys: u64, deleted: u64, bytes: u64) {
+        self.with_status(|s| s.counters.journal.record(keys, deleted, bytes));
     }
 
     /// The primary announced its cluster's addresses: remember them for the next connection.

@@ -336,6 +336,7 @@ where
     let mut reconciler = Reconciler::default();
     let mut full_scans = 0usize;
     let mut renewed = false;
+    let mut journal_served = false;
     let after = loop {
         let msg = tokio::time::timeout(
             PEER_SILENCE_TIMEOUT * 8,
@@ -362,6 +363,20 @@ where
                 let (tree, cells, wal_index) = inner.merkle_fingerprint_at().await?;
                 reconciler.use_cell_sums(cells);
                 write_frame(&mut wr, &ToSecondary::Tree { wal_index, tree }).await?;
+            }
+            ToPrimary::JournalRequest if journal_served => {
+                return refuse(&mut wr, "one journal catch-up per session").await;
+            }
+            ToPrimary::JournalRequest => {
+                journal_served = true;
+                reconcile::send_journal(
+                    &inner.wal,
+                    inner.backend.as_ref(),
+                    hello.position,
+                    snapshot.generation,
+                    &mut wr,
+                )
+                .await?;
             }
             ToPrimary::SnapshotRequest => {
                 full_scans += 1;

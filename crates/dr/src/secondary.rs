@@ -148,6 +148,7 @@ async fn follow_once(inner: &Arc<Inner>, attempt: usize) -> Result<(), ReplError
         &snapshot.cluster_id,
         generation,
         resume,
+        position.is_some(),
         &mut rd,
         &mut wr,
     )
@@ -256,13 +257,16 @@ enum Synced {
     Staged(Stage),
 }
 
-/// After the primary's welcome: reconcile unless the stream resumes. Returns the stage of a
-/// staged sync (nothing of it visible yet) and the WAL index to stream from.
+/// After the primary's welcome: reconcile unless the stream resumes, from the primary's key
+/// journal first if `journal` (this secondary has a position to catch up from), else or if the
+/// journal cannot serve it by Merkle diff. Returns the stage of a staged sync (nothing of it
+/// visible yet) and the WAL index to stream from.
 pub(crate) async fn reconcile<H, R, W>(
     host: &H,
     cluster_id: &str,
     generation: u64,
     resume: bool,
+    journal: bool,
     rd: &mut R,
     wr: &mut W,
 ) -> Result<(Option<Stage>, u64), ReplError>
@@ -273,7 +277,15 @@ where
 {
     let mut staged = None;
     if !resume {
-        match merkle_sync(host, cluster_id, rd, wr).await? {
+        let journaled = match journal {
+            true => journal_sync(host, cluster_id, rd, wr).await?,
+            false => None,
+        };
+        let synced = match journaled {
+            Some(synced) => synced,
+            None => merkle_sync(host, cluster_id, rd, wr).await?,
+        };
+        match synced {
             Synced::Staged(stage) => staged = Some(stage),
             Synced::InPlace => host.mark_synced(cluster_id, generation, None).await?,
         }
@@ -393,24 +405,54 @@ where
         CHUNK_CELLS,
     )
     .await?;
+    finish_sync(
+        inner,
+        sink,
+        wal_index,
+        buckets.len() as u64,
+        pushed,
+        SyncKind::Merkle,
+    )
+    .await
+}
+
+/// The end of a sync that fetched `pushed` (by `kind`, Merkle or journal) for the primary's
+/// `wal_index`: its stage, to be replayed and committed, or the in-place writes' reset.
+async fn finish_sync<H: SecondaryHost>(
+    inner: &H,
+    sink: StagingSink<'_, H>,
+    wal_index: u64,
+    buckets: u64,
+    pushed: Pushed,
+    kind: SyncKind,
+) -> Result<Synced, ReplError> {
     let Pushed {
         keys: fetched_keys,
         deleted,
         bytes: fetched_bytes,
     } = pushed;
-    inner.record_merkle_sync(buckets.len() as u64, fetched_keys, deleted, fetched_bytes);
+    match kind {
+        SyncKind::Merkle => {
+            inner.record_merkle_sync(buckets, fetched_keys, deleted, fetched_bytes);
+        }
+        SyncKind::Journal => inner.record_journal_sync(fetched_keys, deleted, fetched_bytes),
+    }
     tracing::info!(
-        buckets = buckets.len(),
+        buckets,
         fetched_keys,
         deleted,
         fetched_bytes,
         wal_index,
         staged = sink.stage.is_some(),
-        "Merkle sync fetched what differs"
+        "{} sync fetched what differs",
+        kind.name()
     );
     match sink.stage {
         Some(mut stage) => {
-            stage.fetched = [buckets.len() as u64, fetched_keys, deleted, fetched_bytes];
+            stage.fetched = [buckets, fetched_keys, deleted, fetched_bytes];
+            stage.kind = kind;
+            stage.base = wal_index;
+            stage.position = wal_index;
             Ok(Synced::Staged(stage))
         }
         None => {
@@ -418,14 +460,77 @@ where
             inner.invalidate_merkle();
             // `bench/` reads this line (and its fields) to time a catch-up.
             tracing::info!(
-                buckets = buckets.len(),
+                buckets,
                 fetched_keys,
                 deleted,
                 fetched_bytes,
                 wal_index,
-                "Merkle sync complete (written in place)"
+                "{} sync complete (written in place)",
+                kind.name()
             );
             Ok(Synced::InPlace)
+        }
+    }
+}
+
+/// Catch-up from the primary's key journal (`wal::journal`): the current values of the keys
+/// written since this secondary's position, staged as a Merkle sync's are. No scan on either
+/// side: the work is in the writes missed, not in the keyspace. `None` when the primary cannot
+/// serve it; then the Merkle diff runs on the same connection.
+async fn journal_sync<H, R, W>(
+    inner: &H,
+    cluster_id: &str,
+    rd: &mut R,
+    wr: &mut W,
+) -> Result<Option<Synced>, ReplError>
+where
+    H: SecondaryHost,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let _sync = Timed::start(rpc_metrics::MERKLE_SYNC);
+    write_frame(wr, &ToPrimary::JournalRequest).await?;
+    let mut sink = StagingSink {
+        inner,
+        cluster_id,
+        stage: Some(Stage::with_limit(0, inner.stage_limit())),
+    };
+    let mut pushed = Pushed::default();
+    loop {
+        let (msg, bytes) = sync_reply(rd).await?;
+        match msg {
+            ToSecondary::Values { entries } => {
+                if pushed.bytes == 0 {
+                    inner.set_sync_state(SyncState::MerkleSync, "ready");
+                    inner.progress_start("journal", 0);
+                }
+                let ops = values_to_ops(entries);
+                let keys = ops.len() as u64;
+                pushed.keys += keys;
+                pushed.deleted += ops
+                    .iter()
+                    .filter(|op| matches!(op, Op::Delete { .. }))
+                    .count() as u64;
+                pushed.bytes += bytes as u64;
+                inner.progress_add(keys, bytes as u64, keys);
+                sink.apply(ops).await?;
+                crate::failpoint::hold("secondary-journal-values-fetched").await;
+            }
+            ToSecondary::JournalDone { wal_index, .. } => {
+                return finish_sync(inner, sink, wal_index, 0, pushed, SyncKind::Journal)
+                    .await
+                    .map(Some);
+            }
+            ToSecondary::JournalUnavailable { reason } if pushed.bytes == 0 => {
+                tracing::info!(%reason, "no catch-up from the key journal: reconciling by Merkle diff");
+                return Ok(None);
+            }
+            ToSecondary::Refused { reason } => return Err(ReplError::Refused(reason)),
+            _ => {
+                return Err(ReplError::Refused(
+                    "expected values from the key journal".into(),
+                ))
+            }
         }
     }
 }
@@ -895,6 +1000,7 @@ async fn commit_stage<H: SecondaryHost>(
     let keys = stage.len();
     let touches_keyring = stage.writes("core/keyring");
     let fetched = stage.fetched;
+    let kind = stage.kind;
     crate::failpoint::hold("secondary-before-stage-commit").await;
     inner
         .wal()
@@ -916,13 +1022,16 @@ async fn commit_stage<H: SecondaryHost>(
         fetched_bytes,
         wal_index = position,
         keys,
-        "Merkle sync complete (staged, committed)"
+        "{} sync complete (staged, committed)",
+        kind.name()
     );
     Ok(())
 }
 
 mod host;
 pub(crate) mod stage;
+
+use stage::SyncKind;
 #[cfg(test)]
 mod tests;
 

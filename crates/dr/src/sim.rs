@@ -48,7 +48,7 @@ use crate::control::{caught_up, transition, Command};
 use crate::frame::{write_frame, FrameReader};
 use crate::merkle::{self, MerkleTree};
 use crate::messages::{Hello, Position, ToPrimary, ToSecondary};
-use crate::primary::reconcile::{send_snapshot, Reconciler};
+use crate::primary::reconcile::{send_journal, send_snapshot, Reconciler};
 use crate::primary::{next_batch, resumable, Next};
 use crate::secondary::{self, join_arrived, Frame, SecondaryHost, Streamer};
 use crate::state::{Mode, PrimaryState, ReplState};
@@ -471,8 +471,16 @@ async fn secondary_session(
     trace!("  secondary: welcome, primary at {last_wal}, resume {resume}");
     node.observed.lock().unwrap().primary_last_wal = last_wal;
     let mut raw = rd.into_inner();
-    let (staged, after) =
-        secondary::reconcile(&node, CLUSTER, generation, resume, &mut raw, &mut wr).await?;
+    let (staged, after) = secondary::reconcile(
+        &node,
+        CLUSTER,
+        generation,
+        resume,
+        position.is_some(),
+        &mut raw,
+        &mut wr,
+    )
+    .await?;
     trace!(
         "  secondary: stream from {after}, staged {}",
         staged.is_some()
@@ -556,15 +564,16 @@ async fn primary_session(
     rd: PipeEnd,
     mut wr: PipeEnd,
     rng: Rand,
+    stats: Arc<Stats>,
 ) -> Result<(), ReplError> {
     let mut rd = FrameReader::new(rd);
-    let position = match rd.read_frame::<ToPrimary>().await?.0 {
+    let hello_position = match rd.read_frame::<ToPrimary>().await?.0 {
         ToPrimary::Hello(hello) => hello.position,
         other => return Err(ReplError::Refused(format!("unexpected {other:?}"))),
     };
     let last_wal = node.wal.last_index();
     let oldest = node.wal.oldest_index().await?;
-    let resume = resumable(position, GENERATION, last_wal, oldest);
+    let resume = resumable(hello_position, GENERATION, last_wal, oldest);
     let welcome = ToSecondary::Welcome {
         generation: GENERATION,
         last_wal,
@@ -593,6 +602,12 @@ async fn primary_session(
                 };
                 reconciler.use_cell_sums(Arc::new(cells));
                 write_frame(&mut wr, &ToSecondary::Tree { wal_index, tree }).await?;
+            }
+            ToPrimary::JournalRequest => {
+                trace!("  primary: journal after {hello_position:?}");
+                if send_journal(&node.wal, backend, hello_position, GENERATION, &mut wr).await? {
+                    stats.journal_syncs.fetch_add(1, Ordering::Relaxed);
+                }
             }
             ToPrimary::SnapshotRequest => {
                 trace!("  primary: snapshot at {}", node.wal.last_index());
@@ -645,6 +660,8 @@ pub(crate) struct Stats {
     writes: AtomicU64,
     faults: AtomicU64,
     syncs: AtomicU64,
+    /// Catch-ups the primary served from its key journal.
+    journal_syncs: AtomicU64,
     torn: AtomicU64,
     staged_commits: AtomicU64,
     promotable_checks: AtomicU64,
@@ -781,6 +798,16 @@ impl Schedule {
         }
     }
 
+    /// A truncation's WAL retention and key journal retention (none a third of the time).
+    fn retention(&self) -> (u64, u64) {
+        let keep = u64::from(self.gen_range(0..6));
+        let journal = match self.gen_range(0..3) {
+            0 => 0,
+            _ => keep + u64::from(self.gen_range(0..24)),
+        };
+        (keep, journal)
+    }
+
     fn gen_range(&self, range: std::ops::Range<u32>) -> u32 {
         draw(&self.rng, |r| r.gen_range(range))
     }
@@ -802,6 +829,7 @@ impl Schedule {
                 p_rd,
                 p_wr,
                 rng,
+                self.stats.clone(),
             ))),
         });
     }
@@ -1069,9 +1097,9 @@ impl Schedule {
             70..=86 => self.client_write(),
             87..=88 => {
                 self.fault();
-                let keep = u64::from(self.gen_range(0..6));
-                trace!("  primary: truncate keeping {keep}");
-                if let Some(Err(e)) = try_run(self.primary.wal.truncate(keep)) {
+                let (keep, journal) = self.retention();
+                trace!("  primary: truncate keeping {keep}, keys of {journal}");
+                if let Some(Err(e)) = try_run(self.primary.wal.truncate(keep, journal)) {
                     if !self.primary_disk.hooks.is_crashed() {
                         return Err(format!("truncating the primary's WAL: {e}"));
                     }
@@ -1079,9 +1107,9 @@ impl Schedule {
             }
             89 => {
                 self.fault();
-                let keep = u64::from(self.gen_range(0..6));
+                let (keep, journal) = self.retention();
                 // A crashed disk refuses it; the restart follows at the next poll.
-                let _ = try_run(self.secondary.wal.truncate(keep));
+                let _ = try_run(self.secondary.wal.truncate(keep, journal));
             }
             90..=92 => {
                 self.fault();
@@ -1351,13 +1379,15 @@ mod tests {
         let played = n(&stats.schedules);
         println!(
             "simulation from seed {seed}: {played} schedules in {secs:.1} s ({:.0}/s), {} steps, \
-             {} client writes, {} faults, {} syncs, {} torn syncs, {} staged commits, \
-             promotion gate passed {} times and refused {} times, {} promotions rehearsed",
+             {} client writes, {} faults, {} syncs ({} from the key journal), {} torn syncs, \
+             {} staged commits, promotion gate passed {} times and refused {} times, \
+             {} promotions rehearsed",
             played as f64 / secs.max(1e-9),
             n(&stats.steps),
             n(&stats.writes),
             n(&stats.faults),
             n(&stats.syncs),
+            n(&stats.journal_syncs),
             n(&stats.torn),
             n(&stats.staged_commits),
             n(&stats.promotable_checks),
@@ -1373,14 +1403,15 @@ mod tests {
         }
         // Not vacuous: the schedules reached what the invariants are about.
         assert!(
-            n(&stats.syncs) > 0
+            n(&stats.syncs) > n(&stats.journal_syncs)
+                && n(&stats.journal_syncs) > 0
                 && n(&stats.staged_commits) > 0
                 && n(&stats.torn) > 0
                 && n(&stats.promotable_checks) > 0
                 && n(&stats.refused_checks) > 0
                 && n(&stats.rehearsals) > 0,
-            "the schedules reached syncs, staged commits, torn states, and both answers of the \
-             promotion gate"
+            "the schedules reached syncs from the key journal and by Merkle diff, staged \
+             commits, torn states, and both answers of the promotion gate"
         );
     }
 }

@@ -80,33 +80,65 @@ impl SyncState {
     }
 }
 
+/// What the syncs of one kind (Merkle diff, key journal) fetched.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncTally {
+    pub syncs: u64,
+    pub keys_fetched: u64,
+    pub keys_deleted: u64,
+    pub bytes_fetched: u64,
+    pub last_keys_fetched: u64,
+    pub last_keys_deleted: u64,
+    pub last_bytes_fetched: u64,
+}
+
+impl SyncTally {
+    /// One more sync, which fetched `keys` (of which `deleted` deletions) in `bytes`.
+    pub fn record(&mut self, keys: u64, deleted: u64, bytes: u64) {
+        self.syncs += 1;
+        self.last_keys_fetched = keys;
+        self.last_keys_deleted = deleted;
+        self.last_bytes_fetched = bytes;
+        self.keys_fetched += keys;
+        self.keys_deleted += deleted;
+        self.bytes_fetched += bytes;
+    }
+
+    fn last_json(&self) -> serde_json::Map<String, Value> {
+        let mut last = serde_json::Map::new();
+        last.insert("keys_fetched".into(), json!(self.last_keys_fetched));
+        last.insert("keys_deleted".into(), json!(self.last_keys_deleted));
+        last.insert("bytes_fetched".into(), json!(self.last_bytes_fetched));
+        last
+    }
+}
+
 /// Counters of what syncing cost, for operators (`sync` in status).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyncCounters {
-    pub merkle_syncs: u64,
-    pub merkle_keys_fetched: u64,
-    pub merkle_keys_deleted: u64,
-    pub merkle_bytes_fetched: u64,
-    pub last_merkle_keys_fetched: u64,
-    pub last_merkle_keys_deleted: u64,
-    pub last_merkle_bytes_fetched: u64,
+    pub merkle: SyncTally,
     pub last_merkle_buckets_differing: u64,
+    pub journal: SyncTally,
     pub wal_entries_streamed: u64,
     pub wal_bytes_streamed: u64,
 }
 
 impl SyncCounters {
     pub fn to_json(self) -> Value {
+        let mut last_merkle = self.merkle.last_json();
+        last_merkle.insert(
+            "buckets_differing".into(),
+            json!(self.last_merkle_buckets_differing),
+        );
         json!({
-            "merkle_syncs": self.merkle_syncs,
-            "last_merkle_sync": {
-                "buckets_differing": self.last_merkle_buckets_differing,
-                "keys_fetched": self.last_merkle_keys_fetched,
-                "keys_deleted": self.last_merkle_keys_deleted,
-                "bytes_fetched": self.last_merkle_bytes_fetched,
-            },
-            "merkle_keys_fetched_total": self.merkle_keys_fetched,
-            "merkle_bytes_fetched_total": self.merkle_bytes_fetched,
+            "merkle_syncs": self.merkle.syncs,
+            "last_merkle_sync": last_merkle,
+            "merkle_keys_fetched_total": self.merkle.keys_fetched,
+            "merkle_bytes_fetched_total": self.merkle.bytes_fetched,
+            "journal_syncs": self.journal.syncs,
+            "last_journal_sync": self.journal.last_json(),
+            "journal_keys_fetched_total": self.journal.keys_fetched,
+            "journal_bytes_fetched_total": self.journal.bytes_fetched,
             "wal_entries_streamed": self.wal_entries_streamed,
             "wal_bytes_streamed": self.wal_bytes_streamed,
         })

@@ -394,12 +394,16 @@ pub fn enable_primary_at(p: &TestServer, cluster_addr: &str) {
     assert_eq!(code, 204, "primary enable: {body}");
 }
 
-/// A primary with KV v2 at `secret/` and WAL retention `retention`, whose cluster port is
-/// reached through a fault proxy, and secondary `site-b` streaming from it through the proxy
-/// (operated with the primary's credentials).
-pub fn proxied_pair(retention: u64) -> (TestServer, TestServer, super::proxy::FaultProxy) {
+/// A primary with KV v2 at `secret/`, WAL retention `retention` and key journal retention
+/// `journal` (0: none, so a secondary past the WAL reconciles by Merkle diff), whose cluster
+/// port is reached through a fault proxy, and secondary `site-b` streaming from it through the
+/// proxy (operated with the primary's credentials).
+pub fn proxied_pair(
+    retention: u64,
+    journal: u64,
+) -> (TestServer, TestServer, super::proxy::FaultProxy) {
     let a = dr_server_with_config(&format!(
-        "replication {{\n  wal_retention = {retention}\n}}"
+        "replication {{\n  wal_retention = {retention}\n  key_journal_retention = {journal}\n}}"
     ));
     a.mount_kv2();
     let proxy = super::proxy::FaultProxy::start(

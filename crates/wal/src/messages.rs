@@ -12,6 +12,9 @@
 //!               P -> S Values* Deletions* ChunkDone
 //!             S -> P StreamFrom { after: wal_index } ...                       (stream-wals)
 //! empty S:    S -> P SnapshotRequest; P -> S Values* SnapshotDone { wal_index } (merkle-sync)
+//! journal:    S -> P JournalRequest (first, when S has a position);
+//!             P -> S Values* JournalDone { wal_index }, or JournalUnavailable { reason }
+//!             (then the merkle-diff above)
 //! renewal:    S -> P RenewCertificate { public_key }; P -> S Certificate { cert_pem }
 //!             (after Welcome, before StreamFrom; at most once a session)
 //! ```
@@ -81,6 +84,9 @@ pub enum ToPrimary {
     RenewCertificate {
         public_key: Vec<u8>,
     },
+    /// A secondary whose position the WAL no longer holds asks for the current values of the
+    /// keys written since (its position is the one in its hello), from the key journal.
+    JournalRequest,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -135,6 +141,17 @@ pub enum ToSecondary {
     /// First frame of a snapshot: about how many keys follow (0 = unknown), for progress.
     SnapshotStart {
         keys_estimate: u64,
+    },
+    /// End of a journal catch-up: the current values of every key written after the
+    /// secondary's position through `wal_index` were sent; stream from `wal_index` next.
+    JournalDone {
+        wal_index: u64,
+        keys: u64,
+    },
+    /// The journal cannot serve this secondary (its history is not all kept, or is too
+    /// large): reconcile by Merkle diff instead.
+    JournalUnavailable {
+        reason: String,
     },
 }
 

@@ -22,6 +22,7 @@
 //! Open one [`Wal`] per backend, once: it installs its recorder as the backend's only hook, and
 //! the hook stays installed for the life of the backend.
 
+mod journal;
 mod record;
 mod recorder;
 
@@ -32,6 +33,7 @@ use bunker_storage::{Backend, HookedBackend, Op, StorageError};
 use thiserror::Error;
 use tokio::sync::{watch, Mutex};
 
+pub use journal::{ChangedKeys, JOURNAL_EPOCH_KEY, JOURNAL_PREFIX};
 pub use record::{decode_entry, encode_entry, entry_key, WalEntry, ENTRY_VERSION};
 
 use record::{decode_index, decode_stored, encode_index, parse_entry_key};
@@ -268,25 +270,107 @@ impl Wal {
     }
 
     /// Delete entries older than (last_index - keep) in bounded batches, keeping the newest
-    /// `keep` indices. Returns the number of entries deleted.
-    pub async fn truncate(&self, keep: u64) -> Result<u64> {
+    /// `keep` indices, and move their keys to the key journal (`journal.rs`), which keeps the
+    /// newest `journal_keep` indices (0: no journal). Returns the number of WAL entries deleted.
+    pub async fn truncate(&self, keep: u64, journal_keep: u64) -> Result<u64> {
         // The maintenance lock is taken per page, not for the whole truncation: a secondary
         // applying streamed entries waits for at most one page's commit, never for all of them.
+        let backend = self.backend.as_ref();
         let mut deleted = 0u64;
         let mut cutoff;
         loop {
             let _maintenance = self.maintenance().await?;
             cutoff = self.last_index().saturating_sub(keep);
-            let (count, more) = delete_page_through(self.backend.as_ref(), cutoff).await?;
+            let epoch = journal::epoch(backend).await?;
+            let journaling = if journal_keep > keep {
+                Journaling::Into(epoch)
+            } else if journal::oldest(backend, epoch).await?.is_some() {
+                // Entries deleted without their keys would leave a hole in the journal's
+                // history: the same batch starts a new epoch, disowning it.
+                Journaling::Disown
+            } else {
+                Journaling::Off
+            };
+            let (count, more) = delete_page_through(backend, cutoff, journaling).await?;
             deleted += count;
             if !more {
                 break;
             }
         }
-        if deleted > 0 {
-            tracing::debug!(wal_index = cutoff, deleted, "WAL truncated");
+        let mut dropped = 0u64;
+        loop {
+            let _maintenance = self.maintenance().await?;
+            let epoch = journal::epoch(backend).await?;
+            let journal_cutoff = self.last_index().saturating_sub(journal_keep.max(keep));
+            let (count, more) =
+                journal::delete_page(backend, epoch, journal_cutoff, DELETE_PAGE).await?;
+            dropped += count;
+            if !more {
+                break;
+            }
+        }
+        if deleted > 0 || dropped > 0 {
+            tracing::debug!(wal_index = cutoff, deleted, dropped, "WAL truncated");
         }
         Ok(deleted)
+    }
+
+    /// Every key written after `after` through the last index, from the key journal and the
+    /// WAL, with that last index: what a secondary at `after` must fetch to catch up. `None`
+    /// when the history after `after` is not all here (truncated from the journal too, or of
+    /// another epoch) or holds more than `max_keys` keys or `max_bytes` bytes of keys.
+    pub async fn changed_keys_after(
+        &self,
+        after: u64,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> Result<Option<(ChangedKeys, u64)>> {
+        // Under the maintenance lock, truncation cannot move entries from the WAL to the
+        // journal between the two reads below.
+        let _maintenance = self.maintenance().await?;
+        let backend = self.backend.as_ref();
+        let last = self.last_index();
+        let mut changed = ChangedKeys::default();
+        if after > last {
+            return Ok(None);
+        }
+        if after == last {
+            return Ok(Some((changed, last)));
+        }
+        let epoch = journal::epoch(backend).await?;
+        // Truncation moves entries oldest first, so the journal's entries all precede the
+        // WAL's: the history is whole after `after` if the oldest of either reaches it.
+        let oldest = match journal::oldest(backend, epoch).await? {
+            Some(oldest) => Some(oldest),
+            None => self.oldest_index().await?,
+        };
+        if oldest.is_none_or(|oldest| oldest > after + 1) {
+            return Ok(None);
+        }
+        let bound = (max_keys, max_bytes);
+        if !journal::collect(backend, epoch, after, last, &mut changed, bound).await? {
+            return Ok(None);
+        }
+        let mut position = after;
+        loop {
+            let entries = self.read_after(position, READ_PAGE, usize::MAX).await?;
+            let Some(newest) = entries.last().map(|e| e.index) else {
+                break;
+            };
+            for entry in entries.into_iter().take_while(|e| e.index <= last) {
+                let keys = entry.ops.into_iter().map(|op| match op {
+                    Op::Put { key, .. } | Op::Delete { key } => key,
+                });
+                if !changed.add(keys, max_keys, max_bytes) {
+                    return Ok(None);
+                }
+            }
+            if newest >= last {
+                break;
+            }
+            position = newest;
+        }
+        Ok(Some((changed, last)))
     }
 
     /// Secondary side: apply entries IN ORDER, each atomically: its ops + its own record at
@@ -480,6 +564,8 @@ async fn read_index(backend: &dyn Backend, key: &str) -> Result<Option<u64>> {
 /// batch. Idempotent, so it can be rerun after a crash.
 async fn finish_reset(backend: &dyn Backend, index: u64) -> Result<()> {
     delete_entries_through(backend, u64::MAX).await?;
+    // The journal describes the history being replaced: a new epoch disowns it at once.
+    let next_epoch = journal::next_epoch_op(backend).await?;
     backend
         .batch(vec![
             Op::Put {
@@ -489,6 +575,7 @@ async fn finish_reset(backend: &dyn Backend, index: u64) -> Result<()> {
             Op::Delete {
                 key: WAL_RESET_KEY.to_owned(),
             },
+            next_epoch,
         ])
         .await
         .map_err(storage(format!("setting the WAL's last index to {index}")))
@@ -499,7 +586,7 @@ async fn finish_reset(backend: &dyn Backend, index: u64) -> Result<()> {
 async fn delete_entries_through(backend: &dyn Backend, cutoff: u64) -> Result<u64> {
     let mut deleted = 0u64;
     loop {
-        let (count, more) = delete_page_through(backend, cutoff).await?;
+        let (count, more) = delete_page_through(backend, cutoff, Journaling::Off).await?;
         deleted += count;
         if !more {
             return Ok(deleted);
@@ -507,24 +594,49 @@ async fn delete_entries_through(backend: &dyn Backend, cutoff: u64) -> Result<u6
     }
 }
 
-/// Deletes the oldest entries up to `cutoff`, at most [`DELETE_PAGE`] in one batch. Returns
-/// how many, and whether more may remain.
-async fn delete_page_through(backend: &dyn Backend, cutoff: u64) -> Result<(u64, bool)> {
+/// What deleting WAL entries does to the key journal.
+enum Journaling {
+    /// Nothing (no journal, or a reset, which starts a new epoch itself).
+    Off,
+    /// Their keys go to the journal of this epoch, in the same batch.
+    Into(u64),
+    /// The batch starts a new epoch (the journal is off but still holds entries).
+    Disown,
+}
+
+/// Deletes the oldest entries up to `cutoff`, at most [`DELETE_PAGE`] in one batch, and does
+/// `journaling` in the same batch. Returns how many were deleted, and whether more may remain.
+async fn delete_page_through(
+    backend: &dyn Backend,
+    cutoff: u64,
+    journaling: Journaling,
+) -> Result<(u64, bool)> {
     let rows = backend
         .scan(WAL_PREFIX, None, DELETE_PAGE)
         .await
         .map_err(storage("scanning WAL entries to delete"))?;
     let page_full = rows.len() == DELETE_PAGE;
     let mut deletes = Vec::with_capacity(rows.len());
-    for (key, _) in rows {
-        if parse_entry_key(&key)? > cutoff {
+    let mut count = 0usize;
+    for (key, value) in rows {
+        let index = parse_entry_key(&key)?;
+        if index > cutoff {
             break;
         }
+        if let Journaling::Into(epoch) = journaling {
+            deletes.push(Op::Put {
+                key: journal::journal_key(epoch, index),
+                value: journal::encode_keys(&decode_stored(&key, &value)?),
+            });
+        }
         deletes.push(Op::Delete { key });
+        count += 1;
     }
-    let count = deletes.len();
     if count == 0 {
         return Ok((0, false));
+    }
+    if let Journaling::Disown = journaling {
+        deletes.push(journal::next_epoch_op(backend).await?);
     }
     backend
         .batch(deletes)

@@ -179,11 +179,14 @@ impl Inner {
                     .absolute(c.wal_entries_streamed);
                 counter!("bunker_replication_wal_bytes_streamed_total")
                     .absolute(c.wal_bytes_streamed);
-                counter!("bunker_replication_merkle_syncs_total").absolute(c.merkle_syncs);
-                counter!("bunker_replication_merkle_keys_fetched_total")
-                    .absolute(c.merkle_keys_fetched);
-                counter!("bunker_replication_merkle_bytes_fetched_total")
-                    .absolute(c.merkle_bytes_fetched);
+                for (kind, tally) in [("merkle", c.merkle), ("journal", c.journal)] {
+                    counter!(format!("bunker_replication_{kind}_syncs_total"))
+                        .absolute(tally.syncs);
+                    counter!(format!("bunker_replication_{kind}_keys_fetched_total"))
+                        .absolute(tally.keys_fetched);
+                    counter!(format!("bunker_replication_{kind}_bytes_fetched_total"))
+                        .absolute(tally.bytes_fetched);
+                }
             }
         }
     }

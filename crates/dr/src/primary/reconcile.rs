@@ -14,7 +14,7 @@ use bunker_storage::Backend;
 
 use crate::frame::write_frame;
 use crate::merkle::{self, CellSet, KeyId, ReplicatedPages, CELLS_PER_BUCKET};
-use crate::messages::{ToPrimary, ToSecondary};
+use crate::messages::{Position, ToPrimary, ToSecondary};
 use crate::rpc_metrics::{self, Timed};
 use crate::ReplError;
 
@@ -223,6 +223,57 @@ impl ValuesPager {
         write_frame(wr, &ToSecondary::Values { entries }).await?;
         Ok(())
     }
+}
+
+/// Most keys one journal catch-up fetches; a secondary further behind reconciles by Merkle
+/// diff. (Its stage holds at most 64 MiB, and so does this set of keys.)
+const MAX_JOURNAL_KEYS: usize = 1_000_000;
+const MAX_JOURNAL_KEY_BYTES: usize = 64 << 20;
+
+/// Answer a `JournalRequest` from a secondary at `position`: the current value (or absence) of
+/// every key written after it, from the key journal and the WAL, then `JournalDone` with the
+/// last index they cover, or `JournalUnavailable`. The values are read after that index was
+/// taken, so, as with a snapshot, replaying the WAL from it converges. Returns whether the
+/// journal served it.
+pub(crate) async fn send_journal<W: AsyncWrite + Unpin>(
+    wal: &crate::wal::Wal,
+    backend: &dyn Backend,
+    position: Option<Position>,
+    generation: u64,
+    wr: &mut W,
+) -> Result<bool, ReplError> {
+    let unavailable = |reason: &str| ToSecondary::JournalUnavailable {
+        reason: reason.to_owned(),
+    };
+    let Some(position) = position.filter(|p| p.generation == generation) else {
+        let reason = "the secondary follows another history";
+        write_frame(wr, &unavailable(reason)).await?;
+        return Ok(false);
+    };
+    let _fetch = Timed::start(rpc_metrics::DR_SERVER_FETCH_KEYS);
+    let changed = wal
+        .changed_keys_after(position.wal_index, MAX_JOURNAL_KEYS, MAX_JOURNAL_KEY_BYTES)
+        .await?;
+    let Some((changed, wal_index)) = changed else {
+        let reason = "the key journal does not cover the secondary's position";
+        write_frame(wr, &unavailable(reason)).await?;
+        return Ok(false);
+    };
+    let mut out = ValuesPager::default();
+    for key in changed.keys {
+        let value = backend.get(&key).await?;
+        out.push(wr, key, value).await?;
+    }
+    out.flush(wr).await?;
+    let keys = out.sent;
+    write_frame(wr, &ToSecondary::JournalDone { wal_index, keys }).await?;
+    tracing::info!(
+        keys,
+        after = position.wal_index,
+        wal_index,
+        "journal catch-up sent to secondary"
+    );
+    Ok(true)
 }
 
 /// Send every replicated key and value to an empty secondary, in bounded pages, then the WAL

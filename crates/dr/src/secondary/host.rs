@@ -43,6 +43,7 @@ pub(crate) trait SecondaryHost {
     fn progress_total(&self, _total: u64) {}
     fn progress_add(&self, _keys: u64, _bytes: u64, _units: u64) {}
     fn record_merkle_sync(&self, _buckets: u64, _keys: u64, _deleted: u64, _bytes: u64) {}
+    fn record_journal_sync(&self, _keys: u64, _deleted: u64, _bytes: u64) {}
     fn record_applied(&self, _entries: u64, _bytes: u64, _last_wal: u64, _newest_ms: u64) {}
     fn primary_heartbeat(&self, _last_wal: u64, _time_ms: u64) {}
 }
@@ -103,6 +104,10 @@ impl SecondaryHost for Arc<crate::manager::Inner> {
 
     fn record_merkle_sync(&self, buckets: u64, keys: u64, deleted: u64, bytes: u64) {
         crate::manager::Inner::record_merkle_sync(self, buckets, keys, deleted, bytes);
+    }
+
+    fn record_journal_sync(&self, keys: u64, deleted: u64, bytes: u64) {
+        crate::manager::Inner::record_journal_sync(self, keys, deleted, bytes);
     }
 
     fn record_applied(&self, entries: u64, bytes: u64, last_wal: u64, newest_ms: u64) {

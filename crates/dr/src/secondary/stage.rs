@@ -41,6 +41,28 @@ pub(crate) struct Stage {
     /// What the sync fetched, for the log line at its commit: buckets differing, keys
     /// fetched, keys deleted, bytes fetched.
     pub(crate) fetched: [u64; 4],
+    /// What filled it, for the log line at its commit.
+    pub(crate) kind: SyncKind,
+}
+
+/// How a sync found what to fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SyncKind {
+    /// By comparing Merkle trees and cell sums, then listing the differing cells.
+    Merkle,
+    /// From the primary's key journal: the keys written since the secondary's position.
+    Journal,
+}
+
+impl SyncKind {
+    /// As it appears in log lines (`bench/` reads "Merkle sync complete" and "journal sync
+    /// complete").
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SyncKind::Merkle => "Merkle",
+            SyncKind::Journal => "journal",
+        }
+    }
 }
 
 impl Stage {
@@ -57,6 +79,7 @@ impl Stage {
             base,
             position: base,
             fetched: [0; 4],
+            kind: SyncKind::Merkle,
         }
     }
 

@@ -59,11 +59,16 @@ pub(super) fn encode_parts(index: u64, time_ms: u64, ops: &[&Op]) -> Result<Vec<
         ops,
     };
     let payload = postcard::to_allocvec(&entry).map_err(|e| e.to_string())?;
+    Ok(seal(&payload))
+}
+
+/// `payload` with the record header: version and checksum.
+pub(super) fn seal(payload: &[u8]) -> Vec<u8> {
     let mut record = Vec::with_capacity(HEADER_BYTES + payload.len());
     record.push(ENTRY_VERSION);
-    record.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
-    record.extend_from_slice(&payload);
-    Ok(record)
+    record.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
+    record.extend_from_slice(payload);
+    record
 }
 
 /// Decodes a record, checking its length, version and checksum, and that the payload holds
@@ -76,6 +81,17 @@ pub fn decode_entry(bytes: &[u8]) -> Result<WalEntry, WalError> {
 }
 
 fn decode(bytes: &[u8]) -> Result<WalEntry, String> {
+    let payload = unseal(bytes)?;
+    let (entry, trailing) = postcard::take_from_bytes::<WalEntry>(payload)
+        .map_err(|e| format!("undecodable payload: {e}"))?;
+    if !trailing.is_empty() {
+        return Err(format!("{} trailing bytes after the entry", trailing.len()));
+    }
+    Ok(entry)
+}
+
+/// The payload of a record made by [`seal`], its version and checksum checked.
+pub(super) fn unseal(bytes: &[u8]) -> Result<&[u8], String> {
     let Some((&version, rest)) = bytes.split_first() else {
         return Err("record is empty".into());
     };
@@ -97,12 +113,7 @@ fn decode(bytes: &[u8]) -> Result<WalEntry, String> {
             "checksum mismatch: stored {expected:08x}, computed {actual:08x}"
         ));
     }
-    let (entry, trailing) = postcard::take_from_bytes::<WalEntry>(payload)
-        .map_err(|e| format!("undecodable payload: {e}"))?;
-    if !trailing.is_empty() {
-        return Err(format!("{} trailing bytes after the entry", trailing.len()));
-    }
-    Ok(entry)
+    Ok(payload)
 }
 
 /// Decodes the record stored at `key`, checking that the index inside matches the key.

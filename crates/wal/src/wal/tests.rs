@@ -343,20 +343,169 @@ async fn read_after_reports_corruption() {
     );
 }
 
+// ---- key journal ----
+
+/// The keys `changed_keys_after(after)` reports, and the index they run to.
+async fn changed(wal: &Wal, after: u64) -> Option<(Vec<String>, u64)> {
+    wal.changed_keys_after(after, usize::MAX, usize::MAX)
+        .await
+        .expect("reading the journal")
+        .map(|(changed, last)| (changed.keys.into_iter().collect(), last))
+}
+
+fn names(range: std::ops::Range<u8>) -> Vec<String> {
+    range.map(|i| format!("sys/{i:03}")).collect()
+}
+
+#[tokio::test]
+async fn truncation_moves_keys_to_the_journal_and_catch_up_reads_both() {
+    // 150 entries, one key each (sys/000 is entry 1).
+    let (backend, wal) = wal_with_entries(150, 1).await;
+    assert_eq!(wal.truncate(20, 100).await.expect("truncate"), 130);
+    assert_eq!(wal.oldest_index().await.expect("oldest"), Some(131));
+    // Entries 51..=130 moved to the journal; 1..=50 were beyond its reach.
+    let journal = backend
+        .scan(JOURNAL_PREFIX, None, usize::MAX)
+        .await
+        .expect("scan");
+    assert_eq!(journal.len(), 80);
+    // After 60: keys of entries 61..=150, from the journal (61..=130) and the WAL.
+    assert_eq!(changed(&wal, 60).await, Some((names(60..150), 150)));
+    // The journal's oldest is 51: a secondary at 50 is covered, one at 49 is not.
+    assert_eq!(changed(&wal, 50).await, Some((names(50..150), 150)));
+    assert_eq!(changed(&wal, 49).await, None);
+    assert_eq!(
+        changed(&wal, 150).await,
+        Some((Vec::new(), 150)),
+        "nothing missed"
+    );
+    assert_eq!(changed(&wal, 151).await, None, "ahead of this history");
+    // Rewriting one key shows it once.
+    backend.put("sys/070", vec![9]).await.expect("put");
+    let (keys, last) = changed(&wal, 60).await.expect("covered");
+    assert_eq!((keys.len(), last), (90, 151));
+
+    // The journal keeps the newest 100 indices (of 151 now): 52..=131 after this pass.
+    wal.truncate(20, 100).await.expect("truncate");
+    assert_eq!(changed(&wal, 50).await, None);
+    assert!(changed(&wal, 51).await.is_some());
+    // Bounds: more keys than allowed is "not covered", not a partial answer.
+    let capped = wal
+        .changed_keys_after(60, 10, usize::MAX)
+        .await
+        .expect("read");
+    assert!(capped.is_none());
+    // Without a journal (retention 0), truncation leaves none behind.
+    wal.truncate(20, 0).await.expect("truncate");
+    let journal = backend
+        .scan(JOURNAL_PREFIX, None, usize::MAX)
+        .await
+        .expect("scan");
+    assert!(journal.is_empty(), "left {journal:?}");
+    let mut expected = names(131..150);
+    expected.insert(0, "sys/070".to_owned());
+    assert_eq!(changed(&wal, 131).await, Some((expected, 151)));
+    assert_eq!(changed(&wal, 130).await, None);
+}
+
+#[tokio::test]
+async fn a_reset_disowns_the_journal_of_the_history_it_replaces() {
+    let (backend, wal) = wal_with_entries(40, 1).await;
+    wal.truncate(5, 1000).await.expect("truncate");
+    assert!(changed(&wal, 0).await.is_some());
+    // A sync replaces this store's history at index 500 (as a secondary would).
+    wal.set_recording(false);
+    wal.reset_to(500).await.expect("reset");
+    assert_eq!(
+        changed(&wal, 10).await,
+        None,
+        "old history no longer answers"
+    );
+    assert_eq!(changed(&wal, 500).await, Some((Vec::new(), 500)));
+    // The old epoch's entries are deleted by the next truncation pass.
+    wal.truncate(5, 1000).await.expect("truncate");
+    let journal = backend
+        .scan(JOURNAL_PREFIX, None, usize::MAX)
+        .await
+        .expect("scan");
+    assert!(journal.is_empty(), "left {} entries", journal.len());
+    // The new history journals under the new epoch.
+    let applied: Vec<WalEntry> = (501..=530)
+        .map(|i| entry(i, vec![put(&format!("app/{i}"), b"v")]))
+        .collect();
+    wal.apply_replicated(&applied).await.expect("apply");
+    wal.truncate(5, 1000).await.expect("truncate");
+    let (keys, last) = changed(&wal, 500).await.expect("covered");
+    assert_eq!((keys.len(), last), (30, 530));
+    let journal = backend
+        .scan(JOURNAL_PREFIX, None, usize::MAX)
+        .await
+        .expect("scan");
+    assert!(journal
+        .iter()
+        .all(|(k, _)| k.starts_with("repl/journal/00000000000000000001-")));
+}
+
+/// Found by the simulation: with the journal turned off, truncation deleted WAL entries
+/// without their keys while older journal entries were still there, and a catch-up in between
+/// read the journal and the WAL across the hole (it skipped the keys of the deleted entries).
+#[tokio::test]
+async fn deleting_entries_without_their_keys_disowns_the_journal_in_the_same_batch() {
+    let (backend, wal) = wal_with_entries(40, 1).await;
+    wal.truncate(30, 1000).await.expect("truncate"); // journal 1..=10, WAL 11..=40
+    assert!(changed(&wal, 0).await.is_some());
+    // The journal is turned off: the first page that deletes entries 11..=35 disowns it.
+    let backend_dyn: &dyn Backend = backend.as_ref();
+    delete_page_through(backend_dyn, 35, Journaling::Disown)
+        .await
+        .expect("delete");
+    assert_eq!(changed(&wal, 0).await, None, "no catch-up across the hole");
+    assert_eq!(changed(&wal, 35).await.map(|(k, _)| k.len()), Some(5));
+    wal.truncate(5, 0).await.expect("truncate");
+    let journal = backend
+        .scan(JOURNAL_PREFIX, None, usize::MAX)
+        .await
+        .expect("scan");
+    assert!(journal.is_empty(), "left {} entries", journal.len());
+}
+
+#[tokio::test]
+async fn a_damaged_journal_record_fails_the_catch_up_instead_of_skipping_keys() {
+    let (backend, wal) = wal_with_entries(30, 1).await;
+    wal.truncate(5, 1000).await.expect("truncate");
+    let journal = backend
+        .scan(JOURNAL_PREFIX, None, usize::MAX)
+        .await
+        .expect("scan");
+    let (key, mut value) = journal[3].clone();
+    let last = value.len() - 1;
+    value[last] ^= 0xff;
+    backend.put(&key, value).await.expect("damage");
+    let result = wal.changed_keys_after(0, usize::MAX, usize::MAX).await;
+    assert!(
+        matches!(&result, Err(WalError::Corrupt { record, .. }) if *record == key),
+        "got {result:?}"
+    );
+}
+
 #[tokio::test]
 async fn truncate_keeps_the_newest_entries() {
     let (_backend, wal) = wal_with_entries(150, 1).await;
     assert_eq!(wal.oldest_index().await.expect("oldest"), Some(1));
-    assert_eq!(wal.truncate(200).await.expect("truncate"), 0);
-    assert_eq!(wal.truncate(20).await.expect("truncate"), 130);
+    assert_eq!(wal.truncate(200, 0).await.expect("truncate"), 0);
+    assert_eq!(wal.truncate(20, 0).await.expect("truncate"), 130);
     assert_eq!(wal.oldest_index().await.expect("oldest"), Some(131));
     assert_eq!(
         indices(&all_entries(&wal).await),
         (131..=150).collect::<Vec<u64>>()
     );
-    assert_eq!(wal.truncate(20).await.expect("truncate"), 0, "idempotent");
+    assert_eq!(
+        wal.truncate(20, 0).await.expect("truncate"),
+        0,
+        "idempotent"
+    );
     assert_eq!(wal.last_index(), 150, "truncation is not recorded");
-    assert_eq!(wal.truncate(0).await.expect("truncate"), 20);
+    assert_eq!(wal.truncate(0, 0).await.expect("truncate"), 20);
     assert_eq!(wal.oldest_index().await.expect("oldest"), None);
     assert_eq!(
         wal.last_index(),
