@@ -225,10 +225,12 @@ impl ValuesPager {
     }
 }
 
-/// Most keys one journal catch-up fetches; a secondary further behind reconciles by Merkle
-/// diff. (Its stage holds at most 64 MiB, and so does this set of keys.)
-const MAX_JOURNAL_KEYS: usize = 1_000_000;
-const MAX_JOURNAL_KEY_BYTES: usize = 64 << 20;
+/// Most keys one journal catch-up fetches, and most bytes of their names; a secondary further
+/// behind reconciles by Merkle diff. The set is held in memory while the values are read
+/// (about 100 bytes a key with the set's overhead: 25 MiB at most), and a secondary's stage
+/// (64 MiB) would spill past about a hundred thousand KV values anyway.
+const MAX_JOURNAL_KEYS: usize = 250_000;
+const MAX_JOURNAL_KEY_BYTES: usize = 16 << 20;
 
 /// Answer a `JournalRequest` from a secondary at `position`: the current value (or absence) of
 /// every key written after it, from the key journal and the WAL, then `JournalDone` with the
