@@ -270,7 +270,7 @@ def figure_catchup(raw, out, targets):
              ["catch-up once ready"], ["buckets differing"], ["keys fetched"], ["bytes sent by the primary"],
              ["bytes sent by the secondary"], ["bytes changed"], ["ratio (primary's bytes / bytes changed)"],
              ["ratio counting both directions"]]
-    header = ["|"]
+    header = ["| |"]
     for variant, title in CATCHUP_VARIANTS:
         c = by_variant.get(variant)
         if c is None:

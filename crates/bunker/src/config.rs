@@ -200,9 +200,11 @@ fn parse_snapshot(
 /// Default WAL retention: enough for minutes of heavy writes; older gaps catch up from the key
 /// journal, and beyond it by Merkle diff.
 pub const DEFAULT_WAL_RETENTION: u64 = 100_000;
-/// Default key journal retention: ten times the WAL's reach, for about what the WAL's values
-/// cost on disk (a write's keys are about a tenth of its values).
-pub const DEFAULT_KEY_JOURNAL_RETENTION: u64 = 1_000_000;
+/// Default key journal retention, in multiples of the WAL's: ten times its reach, for about
+/// what the WAL's values cost on disk (a write's keys are about a tenth of its values).
+pub const KEY_JOURNAL_REACH: u64 = 10;
+/// The default key journal retention with the default WAL retention.
+pub const DEFAULT_KEY_JOURNAL_RETENTION: u64 = DEFAULT_WAL_RETENTION * KEY_JOURNAL_REACH;
 
 fn expr_string(key: &str, e: &Expression) -> Result<String> {
     match e {
@@ -309,6 +311,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
     let body = hcl::parse(text).context("parsing configuration")?;
     let mut storage = None;
     let mut listener = None;
+    let mut journal = None;
     let mut cfg = ServerConfig {
         storage: StorageConfig::Inmem,
         listener: parse_listener(
@@ -403,14 +406,15 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
                             }
                         }
                         "key_journal_retention" => {
-                            cfg.key_journal_retention =
+                            journal = Some(
                                 expr_string("key_journal_retention", attr.expr())?
                                     .parse()
                                     .map_err(|_| {
                                         anyhow!(
                                             "key_journal_retention must be a non-negative integer"
                                         )
-                                    })?;
+                                    })?,
+                            );
                         }
                         "activation_allow_http" => {
                             cfg.activation_allow_http = match attr.expr() {
@@ -475,6 +479,15 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ServerConfig> {
     if cfg.cluster_addr.is_empty() && !cfg.listener.cluster_address.is_empty() {
         cfg.cluster_addr = format!("https://{}", cfg.listener.cluster_address);
     }
+    cfg.key_journal_retention = match journal {
+        None => cfg.wal_retention.saturating_mul(KEY_JOURNAL_REACH),
+        Some(j) if j == 0 || j > cfg.wal_retention => j,
+        Some(j) => bail!(
+            "key_journal_retention ({j}) must be 0 (no journal) or more than wal_retention ({}): \
+             the journal keeps the keys of entries older than the WAL keeps",
+            cfg.wal_retention
+        ),
+    };
     Ok(cfg)
 }
 
@@ -624,6 +637,24 @@ mod tests {
         assert_eq!(cfg.log_level.as_deref(), Some("debug"));
         assert_eq!(cfg.wal_retention, 50);
         assert_eq!(cfg.key_journal_retention, 0);
+        let journal = |replication: &str| {
+            let text = format!("storage \"inmem\" {{}}\nlistener \"tcp\" {{\naddress = \"127.0.0.1:8200\"\ntls_disable = true\n}}\nreplication {{\n{replication}\n}}");
+            parse(&text, Path::new("/tmp/x")).map(|c| c.key_journal_retention)
+        };
+        assert_eq!(
+            journal("wal_retention = 50").unwrap(),
+            500,
+            "ten times the WAL by default"
+        );
+        assert_eq!(
+            journal("wal_retention = 50\nkey_journal_retention = 51").unwrap(),
+            51
+        );
+        let err = journal("wal_retention = 50\nkey_journal_retention = 50").unwrap_err();
+        assert!(
+            err.to_string().contains("more than wal_retention (50)"),
+            "{err}"
+        );
         assert_eq!(cfg.listener.limits, bunker_http::ListenerLimits::default());
         // `ui` is Vault's and does nothing here: accepted, and reported so the server warns.
         assert_eq!(cfg.ignored, vec!["setting \"ui\"".to_owned()]);

@@ -104,6 +104,10 @@ pub(crate) struct Inner {
     replicated_root_key: Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
     /// Private half of `generate-public-key`, consumed by `secondary/enable`.
     pub(crate) activation_key: Mutex<Option<aws_lc_rs::agreement::PrivateKey>>,
+    /// The WAL position (u64::MAX: none) at which a session that asked for a journal
+    /// catch-up failed: the next session from the same position goes straight to the Merkle
+    /// diff, so a primary that cannot serve the journal never holds the secondary in a loop.
+    pub(crate) journal_failed_at: std::sync::atomic::AtomicU64,
 }
 
 /// A computed Merkle tree and cell sums, and what they are valid for.
@@ -163,6 +167,7 @@ impl DrManager {
             sec_status: Mutex::new(SecondaryStatus::default()),
             ceremonies: ceremony::Ceremonies::default(),
             activation_key: Mutex::new(None),
+            journal_failed_at: std::sync::atomic::AtomicU64::new(u64::MAX),
             replicated_root_key: Mutex::new(None),
             merkle_cache: tokio::sync::Mutex::new(None),
             merkle_epoch: std::sync::atomic::AtomicU64::new(0),

@@ -45,6 +45,8 @@ pub(crate) const CLIENT_FETCH_KEYS: &str = "vault_replication_rpc_client_fetch_k
 /// Secondary: a whole Merkle (or snapshot) sync, and its comparison part.
 pub(crate) const MERKLE_SYNC: &str = "vault_replication_merkleSync";
 pub(crate) const MERKLE_DIFF: &str = "vault_replication_merkleDiff";
+/// Secondary: a catch-up from the primary's key journal (Bunker's own; Vault has none).
+pub(crate) const JOURNAL_SYNC: &str = "bunker_replication_journal_sync";
 /// Secondary: the highest WAL index received from the primary (applied or not yet).
 pub(crate) const LAST_UPSTREAM_REMOTE_WAL: &str = "vault_replication_fsm_last_upstream_remote_wal";
 

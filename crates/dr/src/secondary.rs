@@ -2,6 +2,7 @@
 //! be resumed, then apply streamed WAL entries in order, acknowledging as it goes.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -143,16 +144,26 @@ async fn follow_once(inner: &Arc<Inner>, attempt: usize) -> Result<(), ReplError
     if Inner::client_renewal_due(&link) {
         link.client = renew_client_certificate(inner, &link.secondary_id, &mut rd, &mut wr).await?;
     }
-    let (staged, after) = reconcile(
+    let journal = position.is_some() && inner.journal_failed_at.load(Ordering::SeqCst) != wal_index;
+    let reconciled = reconcile(
         inner,
         &snapshot.cluster_id,
         generation,
         resume,
-        position.is_some(),
+        journal,
         &mut rd,
         &mut wr,
     )
-    .await?;
+    .await;
+    let (staged, after) = match reconciled {
+        Ok(reconciled) => reconciled,
+        Err(error) => {
+            if journal && !resume {
+                inner.journal_failed_at.store(wal_index, Ordering::SeqCst);
+            }
+            return Err(error);
+        }
+    };
     crate::failpoint::hold("secondary-before-stream").await;
     write_frame(&mut wr, &ToPrimary::StreamFrom { after }).await?;
     inner.set_sync_state(SyncState::StreamWals, "ready");
@@ -488,7 +499,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let _sync = Timed::start(rpc_metrics::MERKLE_SYNC);
+    let _sync = Timed::start(rpc_metrics::JOURNAL_SYNC);
     write_frame(wr, &ToPrimary::JournalRequest).await?;
     let mut sink = StagingSink {
         inner,

@@ -319,15 +319,19 @@ impl Wal {
     /// WAL, with that last index: what a secondary at `after` must fetch to catch up. `None`
     /// when the history after `after` is not all here (truncated from the journal too, or of
     /// another epoch) or holds more than `max_keys` keys or `max_bytes` bytes of keys.
+    ///
+    /// Takes no lock, so it holds up neither truncation nor a secondary's applies, and it is
+    /// right even when another process truncates (an HA node that just lost its lock): the WAL
+    /// is read first, then the journal. Truncation moves entries from the WAL to the journal in
+    /// one batch, oldest first, so an entry moved between the two reads is found in the
+    /// journal; what the reads cannot see is an entry dropped from the journal's old end or a
+    /// new epoch (a reset, entries deleted without their keys), and both are checked after.
     pub async fn changed_keys_after(
         &self,
         after: u64,
         max_keys: usize,
         max_bytes: usize,
     ) -> Result<Option<(ChangedKeys, u64)>> {
-        // Under the maintenance lock, truncation cannot move entries from the WAL to the
-        // journal between the two reads below.
-        let _maintenance = self.maintenance().await?;
         let backend = self.backend.as_ref();
         let last = self.last_index();
         let mut changed = ChangedKeys::default();
@@ -338,19 +342,6 @@ impl Wal {
             return Ok(Some((changed, last)));
         }
         let epoch = journal::epoch(backend).await?;
-        // Truncation moves entries oldest first, so the journal's entries all precede the
-        // WAL's: the history is whole after `after` if the oldest of either reaches it.
-        let oldest = match journal::oldest(backend, epoch).await? {
-            Some(oldest) => Some(oldest),
-            None => self.oldest_index().await?,
-        };
-        if oldest.is_none_or(|oldest| oldest > after + 1) {
-            return Ok(None);
-        }
-        let bound = (max_keys, max_bytes);
-        if !journal::collect(backend, epoch, after, last, &mut changed, bound).await? {
-            return Ok(None);
-        }
         let mut position = after;
         loop {
             let entries = self.read_after(position, READ_PAGE, usize::MAX).await?;
@@ -369,6 +360,22 @@ impl Wal {
                 break;
             }
             position = newest;
+        }
+        let bound = (max_keys, max_bytes);
+        if !journal::collect(backend, epoch, after, last, &mut changed, bound).await? {
+            return Ok(None);
+        }
+        // Whole if nothing after `after` left the journal (it drops its oldest first) and no
+        // epoch began; with an empty journal, the WAL alone must reach back to `after`.
+        if journal::epoch(backend).await? != epoch {
+            return Ok(None);
+        }
+        let oldest = match journal::oldest(backend, epoch).await? {
+            Some(oldest) => Some(oldest),
+            None => self.oldest_index().await?,
+        };
+        if oldest.is_none_or(|oldest| oldest > after + 1) {
+            return Ok(None);
         }
         Ok(Some((changed, last)))
     }
@@ -595,6 +602,7 @@ async fn delete_entries_through(backend: &dyn Backend, cutoff: u64) -> Result<u6
 }
 
 /// What deleting WAL entries does to the key journal.
+#[derive(Clone, Copy)]
 enum Journaling {
     /// Nothing (no journal, or a reset, which starts a new epoch itself).
     Off,
@@ -609,7 +617,7 @@ enum Journaling {
 async fn delete_page_through(
     backend: &dyn Backend,
     cutoff: u64,
-    journaling: Journaling,
+    mut journaling: Journaling,
 ) -> Result<(u64, bool)> {
     let rows = backend
         .scan(WAL_PREFIX, None, DELETE_PAGE)
@@ -624,10 +632,18 @@ async fn delete_page_through(
             break;
         }
         if let Journaling::Into(epoch) = journaling {
-            deletes.push(Op::Put {
-                key: journal::journal_key(epoch, index),
-                value: journal::encode_keys(&decode_stored(&key, &value)?),
-            });
+            match decode_stored(&key, &value) {
+                Ok(entry) => deletes.push(Op::Put {
+                    key: journal::journal_key(epoch, index),
+                    value: journal::encode_keys(&entry),
+                }),
+                // A record whose keys cannot be read leaves a hole in the journal: this batch
+                // disowns it instead (failing would stop truncation for good).
+                Err(error) => {
+                    tracing::warn!(%error, "a WAL record being truncated is damaged: starting a new key journal epoch");
+                    journaling = Journaling::Disown;
+                }
+            }
         }
         deletes.push(Op::Delete { key });
         count += 1;
@@ -636,6 +652,9 @@ async fn delete_page_through(
         return Ok((0, false));
     }
     if let Journaling::Disown = journaling {
+        // The journal's entries of this page (if any went in before a damaged record) are
+        // disowned with the rest.
+        deletes.retain(|op| matches!(op, Op::Delete { .. }));
         deletes.push(journal::next_epoch_op(backend).await?);
     }
     backend

@@ -255,11 +255,21 @@ pub(crate) async fn send_journal<W: AsyncWrite + Unpin>(
     let _fetch = Timed::start(rpc_metrics::DR_SERVER_FETCH_KEYS);
     let changed = wal
         .changed_keys_after(position.wal_index, MAX_JOURNAL_KEYS, MAX_JOURNAL_KEY_BYTES)
-        .await?;
-    let Some((changed, wal_index)) = changed else {
-        let reason = "the key journal does not cover the secondary's position";
-        write_frame(wr, &unavailable(reason)).await?;
-        return Ok(false);
+        .await;
+    let (changed, wal_index) = match changed {
+        Ok(Some(changed)) => changed,
+        Ok(None) => {
+            let reason = "the key journal does not cover the secondary's position";
+            write_frame(wr, &unavailable(reason)).await?;
+            return Ok(false);
+        }
+        // Nothing was sent yet: a journal that cannot be read (a damaged record) must not
+        // end the session, or the secondary would ask again forever instead of reconciling.
+        Err(error) => {
+            tracing::warn!(%error, "the key journal could not be read: answering with a Merkle diff");
+            write_frame(wr, &unavailable("the key journal could not be read")).await?;
+            return Ok(false);
+        }
     };
     let mut out = ValuesPager::default();
     for key in changed.keys {

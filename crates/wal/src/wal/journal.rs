@@ -64,8 +64,8 @@ pub(super) fn encode_keys(entry: &WalEntry) -> Vec<u8> {
     let keys: BTreeSet<&str> = entry.ops.iter().map(Op::key).collect();
     match postcard::to_allocvec(&keys) {
         Ok(payload) => seal(&payload),
-        // Serializing strings into a Vec cannot fail; an empty record fails to decode, so a
-        // catch-up that meets it falls back to the Merkle diff.
+        // Serializing strings into a Vec cannot fail; an empty record fails to decode, so the
+        // primary answers a catch-up that meets it with `JournalUnavailable` (a Merkle diff).
         Err(reason) => {
             tracing::error!(wal_index = entry.index, %reason, "encoding a journal record failed");
             Vec::new()

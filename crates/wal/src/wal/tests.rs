@@ -801,3 +801,64 @@ async fn a_staged_commit_cancelled_mid_reset_is_finished_before_the_next_apply()
         ]
     );
 }
+
+// ---- key journal: truncation by another process during a catch-up's reads ----
+
+/// After the first page of WAL entries a read handed out, the next scan first moves the WAL's
+/// entries through `cutoff` to the journal, as a truncation of another process (an HA node
+/// that just lost its lock) does between two pages of a catch-up's reads.
+#[derive(Default)]
+struct TruncatedBetweenPages {
+    cutoff: std::sync::Mutex<Option<u64>>,
+    wal_page_seen: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for TruncatedBetweenPages {
+    fn scanned(&self, page: &[(String, Vec<u8>)]) {
+        if page.iter().any(|(key, _)| key.starts_with(WAL_PREFIX)) {
+            self.wal_page_seen.store(true, Ordering::SeqCst);
+        }
+    }
+
+    async fn before_scan(&self, store: &InmemBackend) -> bunker_storage::Result<()> {
+        if !self.wal_page_seen.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let cutoff = self.cutoff.lock().unwrap().take();
+        if let Some(cutoff) = cutoff {
+            let backend: &dyn Backend = store;
+            delete_page_through(backend, cutoff, Journaling::Into(0))
+                .await
+                .expect("moving entries to the journal");
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_truncation_between_the_catch_ups_reads_loses_no_key() {
+    let backend = Arc::new(HookedStore::new(TruncatedBetweenPages::default()));
+    let wal = recording(&backend).await;
+    for i in 0..100u8 {
+        backend
+            .put(&format!("sys/{i:03}"), vec![i])
+            .await
+            .expect("put");
+    }
+    wal.truncate(60, 1000).await.expect("truncate"); // journal 1..=40, WAL 41..=100
+    backend.hooks.wal_page_seen.store(false, Ordering::SeqCst);
+    *backend.hooks.cutoff.lock().unwrap() = Some(70);
+    let (changed, last) = wal
+        .changed_keys_after(30, usize::MAX, usize::MAX)
+        .await
+        .expect("read")
+        .expect("covered");
+    assert!(
+        backend.hooks.cutoff.lock().unwrap().is_none(),
+        "the truncation ran during the reads"
+    );
+    assert_eq!(last, 100);
+    let keys: Vec<String> = changed.keys.into_iter().collect();
+    assert_eq!(keys, names(30..100), "entries 31..=100, each key once");
+}
