@@ -31,9 +31,10 @@ use serde_json::json;
 
 /// Small, so that long cuts push the secondary past retention and into Merkle syncs.
 const RETENTION: u64 = 200;
-/// Key journal retention: a secondary the WAL no longer reaches catches up from the journal
-/// unless it is further behind than this (then by Merkle diff).
-const JOURNAL: u64 = 2_000;
+/// Key journal retention of the primary, when the schedule gives it one (half of the seeds):
+/// far beyond what a fault lets the secondary miss, so a secondary the WAL no longer reaches
+/// catches up from the journal; without one, by Merkle diff.
+const JOURNAL: u64 = 1_000_000;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -75,8 +76,10 @@ fn restart_primary(a: &mut TestServer) {
     a.unseal();
 }
 
+/// Injects `fault` into the pair (`journal`: its primary keeps a key journal).
 fn inject(
     fault: Fault,
+    journal: bool,
     rng: &mut rand::rngs::StdRng,
     a: &mut TestServer,
     b: &mut TestServer,
@@ -126,17 +129,23 @@ fn inject(
             signal(a, "CONT");
         }
         Fault::Kill9SecondaryMidSync => {
+            // The sync is a catch-up from the key journal if the primary keeps one.
+            let hold = if journal {
+                "secondary-journal-values-fetched"
+            } else {
+                "secondary-merkle-values-fetched"
+            };
             proxy.cut();
             let behind = dr_status(b)["last_remote_wal"].as_u64().unwrap_or(0);
             wait_status(a, CONVERGE, "the primary past retention", |st| {
                 st["last_wal"].as_u64() > Some(behind + 2 * RETENTION)
             });
             common::dr::wait_wal_truncated(a);
-            b.hold_at("secondary-merkle-values-fetched");
+            b.hold_at(hold);
             proxy.restore();
-            b.wait_held("secondary-merkle-values-fetched", CONVERGE);
+            b.wait_held(hold, CONVERGE);
             b.kill9();
-            b.release("secondary-merkle-values-fetched");
+            b.release(hold);
             b.restart();
         }
     }
@@ -165,14 +174,16 @@ fn seeded_fault_schedule_keeps_the_secondary_a_consistent_prefix() {
     let seed = seed_from_env("BUNKER_FAULT_SEED");
     let rounds = env_u64("BUNKER_FAULT_ROUNDS", 8);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let (mut a, mut b, proxy) = proxied_pair(RETENTION, JOURNAL);
+    let journal = rng.gen_bool(0.5);
+    eprintln!("the primary keeps a key journal: {journal}");
+    let (mut a, mut b, proxy) = proxied_pair(RETENTION, if journal { JOURNAL } else { 0 });
     let writers = Writers::start(&a, seed);
     let started = Instant::now();
     let mut injected = std::collections::BTreeMap::<String, u64>::new();
     for round in 0..rounds {
         let fault = FAULTS[rng.gen_range(0..FAULTS.len())];
         eprintln!("round {round}: {fault:?}");
-        inject(fault, &mut rng, &mut a, &mut b, &proxy, &writers);
+        inject(fault, journal, &mut rng, &mut a, &mut b, &proxy, &writers);
         check_round(&a, &b, &writers);
         *injected.entry(format!("{fault:?}")).or_default() += 1;
     }

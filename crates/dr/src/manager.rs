@@ -143,13 +143,21 @@ impl DrManager {
         hooked: Arc<dyn HookedBackend>,
         config: DrConfig,
     ) -> Result<Arc<DrManager>, ReplError> {
-        let wal = Wal::open(hooked.clone()).await?;
+        // The Merkle index sums the keyspace in the background, in steps, while the server
+        // serves (a restart after a crash otherwise waited for a scan of every key).
+        let wal = Wal::open_deferred(hooked.clone()).await?;
         let backend: Arc<dyn Backend> = hooked;
         let state = ReplState::load(backend.as_ref()).await?;
         if let Some(index) = wal.merkle_index() {
             // A secondary stopped mid-sync holds data its WAL index does not describe.
             let torn = state.mode == Mode::Secondary && state.consistent_after.is_none();
             index.set_exact(!torn);
+            let (index, backend) = (index.clone(), backend.clone());
+            tokio::spawn(async move {
+                if let Err(error) = index.build(backend.as_ref()).await {
+                    tracing::warn!(%error, "the Merkle index could not be summed; trees are scanned until it is");
+                }
+            });
         }
         let inner = Arc::new(Inner {
             config,
@@ -472,15 +480,22 @@ async fn refresh_merkle_root(inner: Weak<Inner>) {
             return;
         };
         // An index whose summing failed (the store could not write then) is summed again.
-        let unsummed = |i: &&crate::merkle::MerkleIndex| !i.is_ready() && !i.is_retired();
+        // (Not while the summing at start runs: it would only sum again.)
+        let unsummed =
+            |i: &&crate::merkle::MerkleIndex| !i.is_ready() && !i.is_retired() && !i.is_building();
         if let Some(index) = inner.wal.merkle_index().filter(unsummed) {
-            if let Err(error) = index.rebuild(inner.backend.as_ref()).await {
+            index.start_build();
+            if let Err(error) = index.build(inner.backend.as_ref()).await {
                 tracing::debug!(%error, "summing the Merkle index failed again");
             }
         }
         // An HA standby serves no status that needs it; the active node computes its own. A
-        // backend that keeps the Merkle index needs no refresher: status reads the index.
-        let indexed = inner.wal.merkle_index().is_some_and(|i| i.is_ready());
+        // backend that keeps the Merkle index needs no refresher: status reads the index (once
+        // it is summed).
+        let indexed = inner
+            .wal
+            .merkle_index()
+            .is_some_and(|i| i.is_ready() || i.is_building());
         if inner.mode() == Mode::Disabled || !inner.active_node() || indexed {
             continue;
         }
@@ -578,6 +593,10 @@ impl Inner {
     pub async fn merkle_fingerprint_at(
         &self,
     ) -> Result<(crate::merkle::MerkleTree, Arc<crate::merkle::CellSums>, u64), ReplError> {
+        // While the index sums at start, waiting for it costs less than a scan of our own.
+        if let Some(index) = self.wal.merkle_index().filter(|i| i.is_building()) {
+            index.wait_ready().await;
+        }
         if let Some((tree, cells, wal_index)) = self
             .wal
             .merkle_index()

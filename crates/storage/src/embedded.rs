@@ -318,7 +318,7 @@ impl TxnTable for RedbTable<'_> {
     fn for_each(
         &mut self,
         range: (Bound<&str>, Bound<&str>),
-        visit: &mut dyn FnMut(&str, &[u8]),
+        visit: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<()> {
         let entries = self
             .0
@@ -327,7 +327,9 @@ impl TxnTable for RedbTable<'_> {
         for entry in entries {
             let (key, value) =
                 entry.map_err(|e| engine_error("scanning for the commit index".into(), e))?;
-            visit(key.value(), value.value());
+            if !visit(key.value(), value.value()) {
+                break;
+            }
         }
         Ok(())
     }

@@ -72,6 +72,11 @@ pub trait IndexUpdate: Send {
     fn scan_ranges(&self) -> Vec<KeyRange> {
         Vec::new()
     }
+    /// Most entries of [`IndexUpdate::scan_ranges`] to show, over all of them (the scan stops
+    /// there: a summing in steps bounds what each commit reads).
+    fn scan_limit(&self) -> usize {
+        usize::MAX
+    }
     /// One entry in one of [`IndexUpdate::scan_ranges`], in key order within its range.
     fn scanned(&mut self, _key: &str, _value: &[u8]) {}
     /// The transaction is durable.
@@ -150,11 +155,12 @@ pub(crate) trait TxnTable {
         replaced: &mut dyn FnMut(Option<&[u8]>),
     ) -> Result<()>;
     fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()>;
-    /// Every entry in `range`, in key order, as the transaction leaves them.
+    /// Every entry in `range`, in key order, as the transaction leaves them, until `visit`
+    /// returns false.
     fn for_each(
         &mut self,
         range: (Bound<&str>, Bound<&str>),
-        visit: &mut dyn FnMut(&str, &[u8]),
+        visit: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<()>;
 }
 
@@ -191,12 +197,20 @@ pub(crate) fn apply_indexed<'a>(
             Op::Delete { key } => table.delete(key, &mut |_| {})?,
         }
     }
+    let mut budget = update.scan_limit();
     for (from, to) in update.scan_ranges() {
+        if budget == 0 {
+            break;
+        }
         let range = (
             from.as_ref().map(String::as_str),
             to.as_ref().map(String::as_str),
         );
-        table.for_each(range, &mut |key, value| update.scanned(key, value))?;
+        table.for_each(range, &mut |key, value| {
+            update.scanned(key, value);
+            budget -= 1;
+            budget > 0
+        })?;
     }
     Ok(Some(update))
 }

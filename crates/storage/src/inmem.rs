@@ -207,10 +207,12 @@ impl TxnTable for MapTable<'_> {
     fn for_each(
         &mut self,
         range: (Bound<&str>, Bound<&str>),
-        visit: &mut dyn FnMut(&str, &[u8]),
+        visit: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<()> {
         for (key, value) in self.0.range::<str, _>(range) {
-            visit(key, value);
+            if !visit(key, value) {
+                break;
+            }
         }
         Ok(())
     }

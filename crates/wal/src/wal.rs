@@ -108,8 +108,20 @@ impl std::fmt::Debug for Wal {
 
 impl Wal {
     /// Install the recorder hook on `backend` and recover the last index from WAL_LAST_KEY.
-    /// Recording starts off. A reset interrupted by a crash is finished first.
+    /// Recording starts off. A reset interrupted by a crash is finished first. The Merkle index
+    /// (if the backend feeds one) is summed before this returns.
     pub async fn open(hooked: Arc<dyn HookedBackend>) -> Result<Arc<Wal>> {
+        Wal::open_with(hooked, true).await
+    }
+
+    /// As [`Wal::open`], but the Merkle index is only marked as being summed: the caller runs
+    /// [`crate::merkle::MerkleIndex::build`] (a server, in the background, so that it serves
+    /// while it sums).
+    pub async fn open_deferred(hooked: Arc<dyn HookedBackend>) -> Result<Arc<Wal>> {
+        Wal::open_with(hooked, false).await
+    }
+
+    async fn open_with(hooked: Arc<dyn HookedBackend>, sum_now: bool) -> Result<Arc<Wal>> {
         let backend: Arc<dyn Backend> = hooked.clone();
         if let Some(target) = read_index(backend.as_ref(), WAL_RESET_KEY).await? {
             tracing::warn!(wal_index = target, "finishing an interrupted WAL reset");
@@ -124,10 +136,13 @@ impl Wal {
         let recorder = Arc::new(Recorder::new(last_index, index.clone()));
         hooked.set_commit_hook(Some(recorder.clone()));
         if let Some(index) = &index {
-            // Summing needs a commit: a store that cannot write now (a full disk) still opens,
+            // Summing needs commits: a store that cannot write now (a full disk) still opens,
             // and replication computes trees by scanning until a later rebuild succeeds.
-            if let Err(error) = index.open(backend.as_ref()).await {
-                tracing::warn!(%error, "the Merkle index could not be summed; trees are scanned until it is");
+            index.start_build();
+            if sum_now {
+                if let Err(error) = index.build(backend.as_ref()).await {
+                    tracing::warn!(%error, "the Merkle index could not be summed; trees are scanned until it is");
+                }
             }
         }
         tracing::info!(wal_index = last_index, "WAL opened");

@@ -14,8 +14,11 @@
 //!   in the B-tree (index keys are ordered by hash, data keys by path), which cost 35–55 % of
 //!   the write throughput at 64 connections. Memory costs at most 2 MiB (the sums of the
 //!   buckets that hold keys) and no write.
-//! - **Summed once at open.** Opening scans the replicated keyspace once (before the server
-//!   serves writes); afterwards only commits change the sums. A restart pays that scan again.
+//! - **Summed once at open, in steps.** Opening sums the replicated keyspace once; afterwards
+//!   only commits change the sums. The summing reads the keyspace in steps of [`STEP_ENTRIES`]
+//!   entries, each inside a commit, while every commit adds its own writes of the keys already
+//!   summed, so a server serves while its index is summed (`MerkleIndex::build`) and no write
+//!   waits for more than a step. A restart pays that scan again, in the background.
 //! - **Checked and rebuilt inside a commit.** `merkle-check` and `reindex` have the next commit
 //!   sum the whole keyspace inside its own transaction, after its writes: the recomputation and
 //!   the sums describe the same point, exactly, whatever is written around it. Writes wait for
@@ -38,8 +41,11 @@ use super::sums::{locate_key, BucketSums, CellSums};
 use super::{leaf_digest, root_of, MerkleError, MerkleTree, PAST_LOCAL_KEYS};
 use crate::keys::{is_local, LOCAL_PREFIX, WAL_LAST_KEY};
 
-/// Written by the commit that carries a check or a rebuild (never read).
+/// Written by the commit that carries a check, a rebuild or a summing step (never read).
 const INDEX_BARRIER_KEY: &str = "repl/merkle-barrier";
+/// Entries one summing step reads inside its commit: about 0.1 s of a writer's time, so the
+/// writes queued behind a step wait that long at most.
+const STEP_ENTRIES: usize = 50_000;
 /// Commits a check asks for before it gives up.
 const VERIFY_ATTEMPTS: usize = 3;
 
@@ -151,6 +157,63 @@ struct Shared {
     /// first summing, or after a failed one): what `set_exact` and the commits since said, for
     /// the sums a rebuild installs.
     exact_unsummed: AtomicBool,
+    /// A summing in steps under way (see [`MerkleIndex::build`]); never while `mirror` is set.
+    build: Mutex<Option<Build>>,
+    /// A summing step is wanted: the next commit carries it.
+    step_wanted: AtomicBool,
+    /// Entries per step ([`STEP_ENTRIES`]; tests take fewer).
+    step_entries: std::sync::atomic::AtomicUsize,
+    /// Whether `mirror` holds sums, for [`MerkleIndex::wait_ready`].
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+/// The state of a summing in steps: the sums of every replicated key up to `through`, kept
+/// current by every commit since (a commit's writes of keys past `through` are left for the
+/// step that reaches them, which reads them as they are then).
+#[derive(Default)]
+struct Build {
+    sums: CellSums,
+    /// The last key summed (`None`: none yet).
+    through: Option<String>,
+    /// The WAL index the sums are exact for.
+    wal_index: u64,
+}
+
+/// What one summing step read inside its commit.
+#[derive(Default)]
+struct Step {
+    sums: CellSums,
+    /// The last replicated key read.
+    last: Option<String>,
+    /// The WAL index, read with the keys.
+    wal_index: Option<u64>,
+    /// Entries shown, against `limit`: fewer means the keyspace is done.
+    visited: usize,
+    limit: usize,
+}
+
+/// The key ranges a step after `through` reads: the replicated keys below the local prefix,
+/// the WAL index, the replicated keys past the local range.
+fn step_ranges(through: Option<&str>) -> Vec<KeyRange> {
+    let mut ranges = Vec::with_capacity(3);
+    match through {
+        None => ranges.push((Bound::Unbounded, Bound::Excluded(LOCAL_PREFIX.to_owned()))),
+        Some(t) if t < LOCAL_PREFIX => ranges.push((
+            Bound::Excluded(t.to_owned()),
+            Bound::Excluded(LOCAL_PREFIX.to_owned()),
+        )),
+        Some(_) => {}
+    }
+    ranges.push((
+        Bound::Included(WAL_LAST_KEY.to_owned()),
+        Bound::Included(WAL_LAST_KEY.to_owned()),
+    ));
+    let past_local = match through {
+        Some(t) if t > PAST_LOCAL_KEYS.as_str() => t,
+        _ => PAST_LOCAL_KEYS.as_str(),
+    };
+    ranges.push((Bound::Excluded(past_local.to_owned()), Bound::Unbounded));
+    ranges
 }
 
 impl Shared {
@@ -161,6 +224,18 @@ impl Shared {
 
     fn verify(&self) -> MutexGuard<'_, Option<Verify>> {
         self.verify.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Taken after `mirror` when both are held.
+    fn build(&self) -> MutexGuard<'_, Option<Build>> {
+        self.build.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Installs `mirror` (sums now ready) and ends any summing under way.
+    fn install(&self, slot: &mut Option<Mirror>, mirror: Mirror) {
+        *slot = Some(mirror);
+        *self.build() = None;
+        self.ready.send_replace(true);
     }
 }
 
@@ -218,22 +293,103 @@ impl MerkleIndex {
                 corrupt: AtomicBool::new(false),
                 retired: AtomicBool::new(false),
                 exact_unsummed: AtomicBool::new(true),
+                build: Mutex::new(None),
+                step_wanted: AtomicBool::new(false),
+                step_entries: std::sync::atomic::AtomicUsize::new(STEP_ENTRIES),
+                ready: tokio::sync::watch::Sender::new(false),
             }),
             checking: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
-    /// Sums the replicated keyspace, inside one commit (exact whatever is written around
-    /// it). Call with the index installed in the backend's hook.
+    /// Sums the replicated keyspace in steps (see [`MerkleIndex::build`]) and waits for the
+    /// sums. Call with the index installed in the backend's hook.
     pub async fn open(&self, backend: &dyn Backend) -> Result<(), MerkleError> {
+        self.start_build();
+        self.build(backend).await
+    }
+
+    /// Marks a summing in steps as under way (if the index has no sums), so that the commits
+    /// from now on keep what the steps sum current; [`MerkleIndex::build`] then runs it.
+    pub fn start_build(&self) {
+        let mirror = self.shared.mirror();
+        if mirror.is_none() && !self.is_retired() {
+            let mut build = self.shared.build();
+            if build.is_none() {
+                *build = Some(Build::default());
+            }
+        }
+    }
+
+    /// Runs the summing [`MerkleIndex::start_build`] began: one commit after another carries a
+    /// step that reads the next [`STEP_ENTRIES`] replicated entries after the last one summed,
+    /// as that commit leaves them, while every commit adds its own writes of keys already
+    /// summed. So the sums are exact when the last step ends, and writes are never held for
+    /// more than a step: a restarted server serves while it sums (design reason: at ten million
+    /// keys one summing commit held writes for most of a minute).
+    pub async fn build(&self, backend: &dyn Backend) -> Result<(), MerkleError> {
         let started = std::time::Instant::now();
-        let check = self.rebuild(backend).await?;
+        let mut untaken = 0;
+        let mut steps = 0u64;
+        self.shared.progress.store(0, Ordering::Relaxed);
+        while self.is_building() {
+            self.shared.step_wanted.store(true, Ordering::SeqCst);
+            backend
+                .batch(vec![Op::Put {
+                    key: INDEX_BARRIER_KEY.into(),
+                    value: vec![1],
+                }])
+                .await
+                .map_err(storage("committing a Merkle index summing step"))?;
+            steps += 1;
+            // Still wanted: no commit took it (none fed this index).
+            if self.shared.step_wanted.load(Ordering::SeqCst) {
+                untaken += 1;
+                if untaken >= VERIFY_ATTEMPTS {
+                    self.shared.step_wanted.store(false, Ordering::SeqCst);
+                    return Err(check_failed("no commit carried the summing step"));
+                }
+            } else {
+                untaken = 0;
+            }
+        }
+        if !self.is_ready() {
+            return Err(check_failed("the summing stopped (the index was replaced)"));
+        }
         tracing::info!(
-            keys = check.tree.keys,
+            keys = self.root().map_or(0, |(_, keys, _)| keys),
+            entries = self.progress(),
+            steps,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Merkle index summed"
         );
         Ok(())
+    }
+
+    /// Entries each summing step reads (tests take a few, to cut small keyspaces in steps).
+    #[cfg(test)]
+    pub(crate) fn set_step_entries(&self, entries: usize) {
+        self.shared
+            .step_entries
+            .store(entries.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a summing in steps is under way.
+    pub fn is_building(&self) -> bool {
+        self.shared.build().is_some()
+    }
+
+    /// Waits until the sums are ready; false if no summing is under way to make them so.
+    pub async fn wait_ready(&self) -> bool {
+        let mut ready = self.shared.ready.subscribe();
+        loop {
+            if self.is_ready() {
+                return true;
+            }
+            if !self.is_building() || ready.changed().await.is_err() {
+                return self.is_ready();
+            }
+        }
     }
 
     /// Whether the tree can be read from the index (no scan).
@@ -293,6 +449,8 @@ impl MerkleIndex {
         let mut mirror = self.shared.mirror();
         self.shared.retired.store(true, Ordering::SeqCst);
         *mirror = None;
+        *self.shared.build() = None;
+        self.shared.ready.send_replace(false);
     }
 
     /// Whether another index replaced this one (see [`MerkleIndex::retire`]).
@@ -364,12 +522,24 @@ impl CommitIndex for MerkleIndex {
     fn begin(&self) -> Box<dyn IndexUpdate> {
         let verify = self.shared.verify().take();
         let truth = verify.as_ref().map(|_| (CellSums::new(), 0, 0));
+        let build_through = self.shared.build().as_ref().map(|b| b.through.clone());
+        // A check reads everything already; a step waits for the next commit.
+        let step = (verify.is_none()
+            && build_through.is_some()
+            && self.shared.step_wanted.swap(false, Ordering::SeqCst))
+        .then(|| Step {
+            limit: self.shared.step_entries.load(Ordering::Relaxed),
+            ..Step::default()
+        });
         Box::new(Update {
             shared: self.shared.clone(),
             deltas: BTreeMap::new(),
             wal_index: None,
             verify,
             truth,
+            build_through,
+            step,
+            touched: false,
         })
     }
 }
@@ -386,6 +556,13 @@ struct Update {
     /// The sums of the keyspace as the commit leaves it, the entries read, the WAL index
     /// (0 if the commit leaves none).
     truth: Option<(CellSums, u64, u64)>,
+    /// While a summing in steps is under way: the last key it summed when this commit began.
+    /// Writes of keys past it do not count (the step that reaches them reads them).
+    build_through: Option<Option<String>>,
+    /// The summing step this commit carries.
+    step: Option<Step>,
+    /// Whether the commit changed a replicated value (whatever the sums count of it).
+    touched: bool,
 }
 
 impl IndexUpdate for Update {
@@ -398,6 +575,12 @@ impl IndexUpdate for Update {
         if old == new {
             // Rewritten with the same value: the sums do not move.
             return;
+        }
+        self.touched = true;
+        if let Some(through) = &self.build_through {
+            if through.as_deref().is_none_or(|through| key > through) {
+                return;
+            }
         }
         let (bucket, slot) = locate_key(key);
         let delta = self.deltas.entry(bucket).or_default();
@@ -412,7 +595,10 @@ impl IndexUpdate for Update {
     /// WAL's entries, staged pages): a summing costs the keyspace, not the retained WAL.
     fn scan_ranges(&self) -> Vec<KeyRange> {
         if self.verify.is_none() {
-            return Vec::new();
+            return match (&self.step, &self.build_through) {
+                (Some(_), Some(through)) => step_ranges(through.as_deref()),
+                _ => Vec::new(),
+            };
         }
         vec![
             (Bound::Unbounded, Bound::Excluded(LOCAL_PREFIX.to_owned())),
@@ -424,9 +610,33 @@ impl IndexUpdate for Update {
         ]
     }
 
+    fn scan_limit(&self) -> usize {
+        match (&self.verify, &self.step) {
+            (None, Some(step)) => step.limit,
+            _ => usize::MAX,
+        }
+    }
+
     /// Every entry of the scan ranges as the commit leaves them: the replicated ones are
     /// summed, and the WAL index is the one the recomputed tree is exact for.
     fn scanned(&mut self, key: &str, value: &[u8]) {
+        if let (None, Some(step)) = (&self.truth, self.step.as_mut()) {
+            step.visited += 1;
+            if key == WAL_LAST_KEY {
+                step.wal_index = Some(decode_wal_index(Some(value)));
+            } else if !is_local(key) {
+                step.sums.add_entry(key, value);
+                match step.last.as_mut() {
+                    Some(last) => {
+                        last.clear();
+                        last.push_str(key);
+                    }
+                    None => step.last = Some(key.to_owned()),
+                }
+                self.shared.progress.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         let Some((sums, read, wal_index)) = self.truth.as_mut() else {
             return;
         };
@@ -440,10 +650,11 @@ impl IndexUpdate for Update {
     }
 
     fn committed(mut self: Box<Self>) {
-        let mut mirror = self.shared.mirror();
+        let shared = Arc::clone(&self.shared);
+        let mut mirror = shared.mirror();
         let exact = match self.wal_index {
             Some(_) => Some(true),
-            None if self.deltas.values().any(|d| !d.is_zero()) => Some(false),
+            None if self.touched => Some(false),
             None => None,
         };
         match mirror.as_mut() {
@@ -459,6 +670,12 @@ impl IndexUpdate for Update {
             None => {
                 if let Some(exact) = exact {
                     self.shared.exact_unsummed.store(exact, Ordering::SeqCst);
+                }
+                if let Some(done) = self.advance_build() {
+                    let tree = done.sums.tree();
+                    let mut summed = Mirror::new(done.sums, &tree, done.wal_index);
+                    summed.exact = self.shared.exact_unsummed.load(Ordering::SeqCst);
+                    self.shared.install(&mut mirror, summed);
                 }
             }
         }
@@ -487,7 +704,7 @@ impl IndexUpdate for Update {
             };
             let mut repaired = Mirror::new(truth, &check.tree, wal_index);
             repaired.exact = exact;
-            *mirror = Some(repaired);
+            self.shared.install(&mut mirror, repaired);
             self.shared.corrupt.store(false, Ordering::Relaxed);
         } else if wrong {
             tracing::error!(
@@ -499,6 +716,32 @@ impl IndexUpdate for Update {
         }
         // The caller may have gone (a dropped request): the result is still applied.
         let _ = verify.reply.send(check);
+    }
+}
+
+impl Update {
+    /// Adds this commit to a summing under way: its writes of keys already summed, and the
+    /// step it carried. Returns the summing once its last step is done.
+    fn advance_build(&mut self) -> Option<Build> {
+        let mut slot = self.shared.build();
+        let build = slot.as_mut()?;
+        for (&bucket, delta) in &self.deltas {
+            build.sums.add(bucket, delta);
+        }
+        if let Some(index) = self.wal_index {
+            build.wal_index = index;
+        }
+        let step = self.step.take()?;
+        for (bucket, sums) in step.sums.iter() {
+            build.sums.add(bucket, sums);
+        }
+        if let Some(index) = step.wal_index {
+            build.wal_index = index;
+        }
+        if step.last.is_some() {
+            build.through = step.last;
+        }
+        (step.visited < step.limit).then(|| slot.take()).flatten()
     }
 }
 

@@ -79,24 +79,32 @@ async fn assert_index_exact(wal: &Wal, backend: &dyn Backend) {
 async fn concurrent_writes_keep_the_index_exact(backend: Arc<dyn HookedBackend>) {
     let wal = Wal::open(backend.clone()).await.expect("open");
     wal.set_recording(true);
-    let tasks: Vec<_> = (0..16u64)
+    for task in spawn_writers(&backend, 0x9e37_79b9_7f4a_7c15, 50) {
+        task.await.expect("writer");
+    }
+    assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+/// Sixteen tasks writing forty random batches each over `keys` hot keys (seeds from `seed`).
+fn spawn_writers(
+    backend: &Arc<dyn HookedBackend>,
+    seed: u64,
+    keys: u64,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..16u64)
         .map(|task| {
             let backend = backend.clone();
             tokio::spawn(async move {
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (task + 1));
+                let mut rng = Rng(seed ^ (task + 1));
                 for _ in 0..40 {
                     backend
-                        .batch(random_batch(&mut rng, 50))
+                        .batch(random_batch(&mut rng, keys))
                         .await
                         .expect("batch");
                 }
             })
         })
-        .collect();
-    for task in tasks {
-        task.await.expect("writer");
-    }
-    assert_index_exact(&wal, backend.as_ref()).await;
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -422,4 +430,84 @@ async fn a_retired_index_installs_no_sums() {
     assert!(retired.is_retired());
     assert!(retired.rebuild(backend.as_ref()).await.is_err());
     assert!(!retired.is_ready());
+}
+
+/// The store of a restarted server: keys written before any index (no hook), then a WAL
+/// opened without summing (`open_deferred`), with steps of `step` entries.
+async fn restarted(backend: Arc<dyn HookedBackend>, step: usize) -> Arc<Wal> {
+    let mut rng = Rng(0x5eed);
+    for _ in 0..60 {
+        backend
+            .batch(random_batch(&mut rng, 200))
+            .await
+            .expect("batch");
+    }
+    let wal = Wal::open_deferred(backend.clone()).await.expect("open");
+    wal.set_recording(true);
+    let index = wal.merkle_index().expect("index");
+    index.set_step_entries(step);
+    assert!(index.is_building() && !index.is_ready());
+    wal
+}
+
+/// One step after another, with writes between them (before, inside and past the step's
+/// cursor, deletes and rewrites of summed keys included): the sums end exact.
+#[tokio::test]
+async fn summing_in_steps_between_writes_ends_exact() {
+    for embedded in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend: Arc<dyn HookedBackend> = if embedded {
+            Arc::new(EmbeddedBackend::open(dir.path()).expect("open"))
+        } else {
+            Arc::new(InmemBackend::new())
+        };
+        let wal = restarted(backend.clone(), 7).await;
+        let index = wal.merkle_index().expect("index").clone();
+        let mut rng = Rng(0xb0b);
+        let mut steps = 0;
+        while index.is_building() {
+            for _ in 0..rng.below(3) {
+                backend
+                    .batch(random_batch(&mut rng, 200))
+                    .await
+                    .expect("batch");
+            }
+            index.shared.step_wanted.store(true, Ordering::SeqCst);
+            backend
+                .batch(random_batch(&mut rng, 200))
+                .await
+                .expect("a write carrying a step");
+            steps += 1;
+            assert!(steps < 10_000, "the summing ends");
+        }
+        assert!(
+            steps > 20,
+            "the keyspace was summed in many steps ({steps})"
+        );
+        assert_index_exact(&wal, backend.as_ref()).await;
+    }
+}
+
+/// `build` running while sixteen writers hit the same keys ends exact, and its waiters wake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn summing_in_the_background_under_concurrent_writes_ends_exact() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend: Arc<dyn HookedBackend> =
+        Arc::new(EmbeddedBackend::open(dir.path()).expect("open"));
+    let wal = restarted(backend.clone(), 5).await;
+    let index = wal.merkle_index().expect("index").clone();
+    let waiter = {
+        let index = index.clone();
+        tokio::spawn(async move { index.wait_ready().await })
+    };
+    let writers = spawn_writers(&backend, 0x1234_5678, 200);
+    index.build(backend.as_ref()).await.expect("summed");
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    assert!(
+        waiter.await.expect("waiter"),
+        "the waiter saw the sums ready"
+    );
+    assert_index_exact(&wal, backend.as_ref()).await;
 }
