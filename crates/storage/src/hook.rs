@@ -72,13 +72,12 @@ pub trait IndexUpdate: Send {
     fn scan_ranges(&self) -> Vec<KeyRange> {
         Vec::new()
     }
-    /// Most entries of [`IndexUpdate::scan_ranges`] to show, over all of them (the scan stops
-    /// there: a summing in steps bounds what each commit reads).
-    fn scan_limit(&self) -> usize {
-        usize::MAX
-    }
     /// One entry in one of [`IndexUpdate::scan_ranges`], in key order within its range.
-    fn scanned(&mut self, _key: &str, _value: &[u8]) {}
+    /// Returns whether to go on: false ends the scan (a summing in steps bounds what each
+    /// commit reads).
+    fn scanned(&mut self, _key: &str, _value: &[u8]) -> bool {
+        true
+    }
     /// The transaction is durable.
     fn committed(self: Box<Self>);
 }
@@ -197,9 +196,9 @@ pub(crate) fn apply_indexed<'a>(
             Op::Delete { key } => table.delete(key, &mut |_| {})?,
         }
     }
-    let mut budget = update.scan_limit();
+    let mut more = true;
     for (from, to) in update.scan_ranges() {
-        if budget == 0 {
+        if !more {
             break;
         }
         let range = (
@@ -207,9 +206,8 @@ pub(crate) fn apply_indexed<'a>(
             to.as_ref().map(String::as_str),
         );
         table.for_each(range, &mut |key, value| {
-            update.scanned(key, value);
-            budget -= 1;
-            budget > 0
+            more = update.scanned(key, value);
+            more
         })?;
     }
     Ok(Some(update))

@@ -109,7 +109,8 @@ impl std::fmt::Debug for Wal {
 impl Wal {
     /// Install the recorder hook on `backend` and recover the last index from WAL_LAST_KEY.
     /// Recording starts off. A reset interrupted by a crash is finished first. The Merkle index
-    /// (if the backend feeds one) is summed before this returns.
+    /// (if the backend feeds one) is summed before this returns, unless the store cannot write
+    /// (then it is summed later, by [`crate::merkle::MerkleIndex::build`]).
     pub async fn open(hooked: Arc<dyn HookedBackend>) -> Result<Arc<Wal>> {
         Wal::open_with(hooked, true).await
     }
@@ -133,16 +134,18 @@ impl Wal {
         let index = hooked
             .feeds_indexes()
             .then(|| Arc::new(crate::merkle::MerkleIndex::new()));
+        // The summing starts before the hook is installed, so every commit the index sees
+        // belongs to it.
+        if let Some(index) = &index {
+            index.start_build();
+        }
         let recorder = Arc::new(Recorder::new(last_index, index.clone()));
         hooked.set_commit_hook(Some(recorder.clone()));
-        if let Some(index) = &index {
-            // Summing needs commits: a store that cannot write now (a full disk) still opens,
-            // and replication computes trees by scanning until a later rebuild succeeds.
-            index.start_build();
-            if sum_now {
-                if let Err(error) = index.build(backend.as_ref()).await {
-                    tracing::warn!(%error, "the Merkle index could not be summed; trees are scanned until it is");
-                }
+        if let Some(index) = index.as_ref().filter(|_| sum_now) {
+            // Summing needs commits: a store that cannot write now (a full disk) still opens;
+            // trees are then scanned until the summing is run again (replication's refresher).
+            if let Err(error) = index.build(backend.as_ref()).await {
+                tracing::warn!(%error, "the Merkle index could not be summed; trees are scanned until it is");
             }
         }
         tracing::info!(wal_index = last_index, "WAL opened");

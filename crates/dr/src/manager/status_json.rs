@@ -37,7 +37,9 @@ impl Inner {
         let corrupted = index.is_some_and(|i| i.is_corrupt());
         let merkle_index = match index {
             Some(i) if i.is_ready() => "ready",
-            Some(_) => "building",
+            Some(i) if i.is_building() => "building",
+            // Its summing failed (the store could not write); the refresher runs it again.
+            Some(_) => "unsummed",
             None => "unsupported",
         };
         let mut status = match state.mode {

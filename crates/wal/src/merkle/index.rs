@@ -43,9 +43,11 @@ use crate::keys::{is_local, LOCAL_PREFIX, WAL_LAST_KEY};
 
 /// Written by the commit that carries a check, a rebuild or a summing step (never read).
 const INDEX_BARRIER_KEY: &str = "repl/merkle-barrier";
-/// Entries one summing step reads inside its commit: about 0.1 s of a writer's time, so the
-/// writes queued behind a step wait that long at most.
+/// Replicated entries one summing step reads inside its commit (about 0.1 s of a writer's
+/// time, so the writes queued behind a step wait that long at most)...
 const STEP_ENTRIES: usize = 50_000;
+/// ...and bytes of keys and values (values may be large).
+const STEP_BYTES: usize = 32 << 20;
 /// Commits a check asks for before it gives up.
 const VERIFY_ATTEMPTS: usize = 3;
 
@@ -161,6 +163,8 @@ struct Shared {
     build: Mutex<Option<Build>>,
     /// A summing step is wanted: the next commit carries it.
     step_wanted: AtomicBool,
+    /// The generation of the last summing started.
+    builds: AtomicU64,
     /// Entries per step ([`STEP_ENTRIES`]; tests take fewer).
     step_entries: std::sync::atomic::AtomicUsize,
     /// Whether `mirror` holds sums, for [`MerkleIndex::wait_ready`].
@@ -172,6 +176,8 @@ struct Shared {
 /// step that reaches them, which reads them as they are then).
 #[derive(Default)]
 struct Build {
+    /// Which summing this is: an update that began under another (or none) adds nothing.
+    generation: u64,
     sums: CellSums,
     /// The last key summed (`None`: none yet).
     through: Option<String>,
@@ -187,9 +193,12 @@ struct Step {
     last: Option<String>,
     /// The WAL index, read with the keys.
     wal_index: Option<u64>,
-    /// Entries shown, against `limit`: fewer means the keyspace is done.
-    visited: usize,
+    /// Replicated entries and their bytes read, against `limit` and [`STEP_BYTES`].
+    entries: usize,
+    bytes: usize,
     limit: usize,
+    /// The step ended the scan at a bound (false: the keyspace is done).
+    stopped: bool,
 }
 
 /// The key ranges a step after `through` reads: the replicated keys below the local prefix,
@@ -295,6 +304,7 @@ impl MerkleIndex {
                 exact_unsummed: AtomicBool::new(true),
                 build: Mutex::new(None),
                 step_wanted: AtomicBool::new(false),
+                builds: AtomicU64::new(0),
                 step_entries: std::sync::atomic::AtomicUsize::new(STEP_ENTRIES),
                 ready: tokio::sync::watch::Sender::new(false),
             }),
@@ -316,9 +326,23 @@ impl MerkleIndex {
         if mirror.is_none() && !self.is_retired() {
             let mut build = self.shared.build();
             if build.is_none() {
-                *build = Some(Build::default());
+                *build = Some(Build {
+                    generation: self.shared.builds.fetch_add(1, Ordering::SeqCst) + 1,
+                    ..Build::default()
+                });
             }
         }
+    }
+
+    /// Ends a summing that failed, so that status says so, waiters stop waiting (and scan),
+    /// and the refresher starts another.
+    fn abandon_build(&self) {
+        let mirror = self.shared.mirror();
+        if mirror.is_none() {
+            *self.shared.build() = None;
+        }
+        drop(mirror);
+        self.shared.ready.send_replace(self.is_ready());
     }
 
     /// Runs the summing [`MerkleIndex::start_build`] began: one commit after another carries a
@@ -329,29 +353,11 @@ impl MerkleIndex {
     /// keys one summing commit held writes for most of a minute).
     pub async fn build(&self, backend: &dyn Backend) -> Result<(), MerkleError> {
         let started = std::time::Instant::now();
-        let mut untaken = 0;
-        let mut steps = 0u64;
-        self.shared.progress.store(0, Ordering::Relaxed);
-        while self.is_building() {
-            self.shared.step_wanted.store(true, Ordering::SeqCst);
-            backend
-                .batch(vec![Op::Put {
-                    key: INDEX_BARRIER_KEY.into(),
-                    value: vec![1],
-                }])
-                .await
-                .map_err(storage("committing a Merkle index summing step"))?;
-            steps += 1;
-            // Still wanted: no commit took it (none fed this index).
-            if self.shared.step_wanted.load(Ordering::SeqCst) {
-                untaken += 1;
-                if untaken >= VERIFY_ATTEMPTS {
-                    self.shared.step_wanted.store(false, Ordering::SeqCst);
-                    return Err(check_failed("no commit carried the summing step"));
-                }
-            } else {
-                untaken = 0;
-            }
+        let result = self.run_steps(backend).await;
+        if let Err(error) = result {
+            self.shared.step_wanted.store(false, Ordering::SeqCst);
+            self.abandon_build();
+            return Err(error);
         }
         if !self.is_ready() {
             return Err(check_failed("the summing stopped (the index was replaced)"));
@@ -359,10 +365,40 @@ impl MerkleIndex {
         tracing::info!(
             keys = self.root().map_or(0, |(_, keys, _)| keys),
             entries = self.progress(),
-            steps,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Merkle index summed"
         );
+        Ok(())
+    }
+
+    /// The steps of [`MerkleIndex::build`], until the summing is no longer under way. Between
+    /// two steps the writer gets half a step's time to itself.
+    async fn run_steps(&self, backend: &dyn Backend) -> Result<(), MerkleError> {
+        let mut untaken = 0;
+        self.shared.progress.store(0, Ordering::Relaxed);
+        while self.is_building() {
+            self.shared.step_wanted.store(true, Ordering::SeqCst);
+            let step = std::time::Instant::now();
+            backend
+                .batch(vec![Op::Put {
+                    key: INDEX_BARRIER_KEY.into(),
+                    value: vec![1],
+                }])
+                .await
+                .map_err(storage("committing a Merkle index summing step"))?;
+            // Still wanted: no commit took it (none fed this index).
+            if self.shared.step_wanted.load(Ordering::SeqCst) {
+                untaken += 1;
+                if untaken >= VERIFY_ATTEMPTS {
+                    return Err(check_failed("no commit carried the summing step"));
+                }
+                continue;
+            }
+            untaken = 0;
+            if self.is_building() {
+                tokio::time::sleep(step.elapsed() / 2).await;
+            }
+        }
         Ok(())
     }
 
@@ -522,7 +558,10 @@ impl CommitIndex for MerkleIndex {
     fn begin(&self) -> Box<dyn IndexUpdate> {
         let verify = self.shared.verify().take();
         let truth = verify.as_ref().map(|_| (CellSums::new(), 0, 0));
-        let build_through = self.shared.build().as_ref().map(|b| b.through.clone());
+        let (build_generation, build_through) = match self.shared.build().as_ref() {
+            Some(build) => (Some(build.generation), Some(build.through.clone())),
+            None => (None, None),
+        };
         // A check reads everything already; a step waits for the next commit.
         let step = (verify.is_none()
             && build_through.is_some()
@@ -537,6 +576,7 @@ impl CommitIndex for MerkleIndex {
             wal_index: None,
             verify,
             truth,
+            build_generation,
             build_through,
             step,
             touched: false,
@@ -559,6 +599,8 @@ struct Update {
     /// While a summing in steps is under way: the last key it summed when this commit began.
     /// Writes of keys past it do not count (the step that reaches them reads them).
     build_through: Option<Option<String>>,
+    /// The summing under way when this commit began, if any.
+    build_generation: Option<u64>,
     /// The summing step this commit carries.
     step: Option<Step>,
     /// Whether the commit changed a replicated value (whatever the sums count of it).
@@ -610,22 +652,20 @@ impl IndexUpdate for Update {
         ]
     }
 
-    fn scan_limit(&self) -> usize {
-        match (&self.verify, &self.step) {
-            (None, Some(step)) => step.limit,
-            _ => usize::MAX,
-        }
-    }
-
     /// Every entry of the scan ranges as the commit leaves them: the replicated ones are
     /// summed, and the WAL index is the one the recomputed tree is exact for.
-    fn scanned(&mut self, key: &str, value: &[u8]) {
+    fn scanned(&mut self, key: &str, value: &[u8]) -> bool {
         if let (None, Some(step)) = (&self.truth, self.step.as_mut()) {
-            step.visited += 1;
             if key == WAL_LAST_KEY {
                 step.wal_index = Some(decode_wal_index(Some(value)));
             } else if !is_local(key) {
+                if step.entries >= step.limit || step.bytes >= STEP_BYTES {
+                    step.stopped = true;
+                    return false;
+                }
                 step.sums.add_entry(key, value);
+                step.entries += 1;
+                step.bytes += key.len() + value.len();
                 match step.last.as_mut() {
                     Some(last) => {
                         last.clear();
@@ -635,10 +675,10 @@ impl IndexUpdate for Update {
                 }
                 self.shared.progress.fetch_add(1, Ordering::Relaxed);
             }
-            return;
+            return true;
         }
         let Some((sums, read, wal_index)) = self.truth.as_mut() else {
-            return;
+            return true;
         };
         if key == WAL_LAST_KEY {
             *wal_index = decode_wal_index(Some(value));
@@ -647,6 +687,7 @@ impl IndexUpdate for Update {
             *read += 1;
             self.shared.progress.fetch_add(1, Ordering::Relaxed);
         }
+        true
     }
 
     fn committed(mut self: Box<Self>) {
@@ -724,7 +765,11 @@ impl Update {
     /// step it carried. Returns the summing once its last step is done.
     fn advance_build(&mut self) -> Option<Build> {
         let mut slot = self.shared.build();
-        let build = slot.as_mut()?;
+        // A commit that began before this summing (or under an abandoned one) adds nothing:
+        // its writes were not filtered by this cursor; the steps read what it left.
+        let build = slot
+            .as_mut()
+            .filter(|build| Some(build.generation) == self.build_generation)?;
         for (&bucket, delta) in &self.deltas {
             build.sums.add(bucket, delta);
         }
@@ -741,7 +786,7 @@ impl Update {
         if step.last.is_some() {
             build.through = step.last;
         }
-        (step.visited < step.limit).then(|| slot.take()).flatten()
+        (!step.stopped).then(|| slot.take()).flatten()
     }
 }
 

@@ -381,8 +381,52 @@ async fn opened_read_only() -> (
 async fn a_store_that_cannot_write_at_open_is_summed_later() {
     let (backend, wal, index) = opened_read_only().await;
     assert!(!index.is_ready(), "not summed: callers scan");
+    // The failed summing is over: nobody waits for it, and another can start.
+    assert!(
+        !index.is_building(),
+        "a failed summing is not left under way"
+    );
+    assert!(!index.wait_ready().await, "waiters do not hang");
     backend.hooks.0.store(false, Ordering::SeqCst);
     index.rebuild(backend.as_ref()).await.expect("summed now");
+    assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+/// As the refresher does after a failed open: a summing in steps started again later.
+#[tokio::test]
+async fn a_summing_that_failed_at_open_runs_again_in_steps() {
+    let (backend, wal, index) = opened_read_only().await;
+    backend.hooks.0.store(false, Ordering::SeqCst);
+    index.start_build();
+    index.build(backend.as_ref()).await.expect("summed now");
+    assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+/// A commit that began before a summing started adds nothing to it (its writes were not
+/// filtered by the cursor: the steps read what it left), and the summing ends exact.
+#[tokio::test]
+async fn a_commit_begun_before_the_summing_adds_nothing_to_it() {
+    let backend = Arc::new(InmemBackend::new());
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    wal.set_recording(true);
+    let index = wal.merkle_index().expect("index").clone();
+    backend
+        .batch(vec![put("logical/a", b"1")])
+        .await
+        .expect("put");
+    // The sums are dropped as a retire would not (a test-only way to be unsummed again).
+    *index.shared.mirror() = None;
+    let early = index.begin();
+    index.start_build();
+    let mut early = early;
+    early.change("logical/b", None, Some(b"2"));
+    backend
+        .batch(vec![put("logical/b", b"2")])
+        .await
+        .expect("put");
+    early.committed();
+    index.set_step_entries(1);
+    index.build(backend.as_ref()).await.expect("summed");
     assert_index_exact(&wal, backend.as_ref()).await;
 }
 
