@@ -477,8 +477,17 @@ impl Wal {
             });
         }
         self.unsettled.store(true, Ordering::SeqCst);
+        // The marker starts a new journal epoch in the same batch: while the reset deletes the
+        // old entries page by page, no catch-up reads the old history across its holes.
+        let next_epoch = journal::next_epoch_op(self.backend.as_ref()).await?;
         self.backend
-            .put(WAL_RESET_KEY, encode_index(index))
+            .batch(vec![
+                Op::Put {
+                    key: WAL_RESET_KEY.to_owned(),
+                    value: encode_index(index),
+                },
+                next_epoch,
+            ])
             .await
             .map_err(storage(format!("starting WAL reset to {index}")))?;
         if let Err(error) = finish_reset(self.backend.as_ref(), index).await {
@@ -514,6 +523,8 @@ impl Wal {
             key: WAL_RESET_KEY.to_owned(),
             value: encode_index(index),
         });
+        // As in `reset_to`: the old history's journal is disowned with the marker.
+        ops.push(journal::next_epoch_op(self.backend.as_ref()).await?);
         self.unsettled.store(true, Ordering::SeqCst);
         // Unbounded: a stage is bounded by its bytes, and ten thousand missed KV v2 writes
         // already stage twenty thousand keys. Nothing records it (a secondary does not record).
@@ -588,9 +599,9 @@ async fn read_index(backend: &dyn Backend, key: &str) -> Result<Option<u64>> {
 /// Deletes every entry, then sets the last index to `index` and clears the reset marker in one
 /// batch. Idempotent, so it can be rerun after a crash.
 async fn finish_reset(backend: &dyn Backend, index: u64) -> Result<()> {
+    // The journal of the history being replaced was disowned by the batch that wrote the
+    // reset marker (a new epoch), before any entry was deleted.
     delete_entries_through(backend, u64::MAX).await?;
-    // The journal describes the history being replaced: a new epoch disowns it at once.
-    let next_epoch = journal::next_epoch_op(backend).await?;
     backend
         .batch(vec![
             Op::Put {
@@ -600,7 +611,6 @@ async fn finish_reset(backend: &dyn Backend, index: u64) -> Result<()> {
             Op::Delete {
                 key: WAL_RESET_KEY.to_owned(),
             },
-            next_epoch,
         ])
         .await
         .map_err(storage(format!("setting the WAL's last index to {index}")))

@@ -14,7 +14,7 @@
 //!   rewritten per commit is what the stored Merkle forms cost); moving a page of 256 entries
 //!   is one background batch.
 //! - **Epochs instead of deletions at a reset.** A reset (a sync that replaced this store's
-//!   history) bumps the epoch in the batch that sets the new last index; entries of older
+//!   history) bumps the epoch in the batch that writes its marker, before it deletes any entry; older
 //!   epochs are ignored at once and deleted by later truncation passes, so a reset never waits
 //!   for a million journal deletions.
 
