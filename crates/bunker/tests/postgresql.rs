@@ -51,6 +51,25 @@ fn postgresql_backend_passes_the_conformance_suite() {
     assert_eq!(pg.sql("SELECT count(*) FROM conformance_kv"), "0");
 }
 
+/// A backend holding `k/0..n` = `value-0..n`.
+async fn seeded_backend(
+    config: &bunker_storage::PostgresConfig,
+    n: usize,
+) -> std::sync::Arc<bunker_storage::PostgresBackend> {
+    use bunker_storage::Backend;
+    let backend = bunker_storage::PostgresBackend::connect(config)
+        .await
+        .expect("connect");
+    let ops = (0..n)
+        .map(|i| bunker_storage::Op::Put {
+            key: format!("k/{i}"),
+            value: format!("value-{i}").into_bytes(),
+        })
+        .collect();
+    backend.batch(ops).await.expect("seed");
+    std::sync::Arc::new(backend)
+}
+
 /// Point reads that miss the cache are coalesced into shared queries: hundreds at once, of
 /// present, absent and repeated keys, each get exactly its own key's value.
 #[test]
@@ -60,18 +79,7 @@ fn concurrent_reads_each_get_their_own_keys_value() {
     let mut config = pg_config(&pg, "coalesced_reads");
     config.read_cache = false;
     runtime().block_on(async {
-        let backend = std::sync::Arc::new(
-            bunker_storage::PostgresBackend::connect(&config)
-                .await
-                .expect("connect"),
-        );
-        let ops = (0..200)
-            .map(|i| bunker_storage::Op::Put {
-                key: format!("k/{i}"),
-                value: format!("value-{i}").into_bytes(),
-            })
-            .collect();
-        backend.batch(ops).await.expect("seed");
+        let backend = seeded_backend(&config, 200).await;
         let mut reads = tokio::task::JoinSet::new();
         for round in 0..3 {
             for i in 0..400 {
@@ -98,6 +106,53 @@ fn concurrent_reads_each_get_their_own_keys_value() {
         }
         assert_eq!(answered, 1200);
         assert!(refused.await.expect("read task").is_err());
+    });
+}
+
+/// Pooled connections that died while idle (the database restarted behind a NAT, a proxy
+/// dropped idle sessions) are found out by the next read, which goes again on another
+/// connection and answers instead of failing; with every pooled connection dead, the last try
+/// opens a new one.
+#[test]
+fn reads_survive_pooled_connections_that_died_while_idle() {
+    use bunker_storage::Backend;
+    let pg = Postgres::start();
+    let proxy = common::proxy::FaultProxy::start(pg.addr().parse().unwrap());
+    let mut config = pg_config(&pg, "dead_pool");
+    config.connection_url = pg.url().replace(&pg.addr(), &proxy.addr());
+    config.read_cache = false;
+    runtime().block_on(async {
+        let backend = seeded_backend(&config, 8).await;
+        // Listings at once each take a pooled connection, so the pool holds several.
+        let mut lists = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let backend = backend.clone();
+            lists.spawn(async move { backend.list("k/").await });
+        }
+        while let Some(listed) = lists.join_next().await {
+            assert_eq!(listed.expect("list task").expect("list").len(), 8);
+        }
+        // The writer's connection and at least three pooled ones (more than a read tries
+        // before it opens a new one).
+        let before = proxy.accepted();
+        assert!(before >= 4, "the pool holds {} connections", before - 1);
+        proxy.break_silently();
+        assert_eq!(
+            backend
+                .get("k/3")
+                .await
+                .expect("a read after the pool died"),
+            Some(b"value-3".to_vec())
+        );
+        assert_eq!(backend.list("k/").await.expect("a listing").len(), 8);
+        for i in 0..8 {
+            let value = backend.get(&format!("k/{i}")).await.expect("read");
+            assert_eq!(value, Some(format!("value-{i}").into_bytes()));
+        }
+        assert!(
+            proxy.accepted() > before,
+            "the reads went to new connections"
+        );
     });
 }
 

@@ -16,7 +16,11 @@
 //!   and nothing unacknowledged is reported as written.
 //! - **Reads use a pool** (deadpool-postgres, `max_parallel` connections, Vault's default 128).
 //!   Point reads that miss the read cache are coalesced: those waiting at one moment go as one
-//!   `key = ANY(...)` query (`postgresql/reads.rs`), never waiting to form a batch.
+//!   `key = ANY(...)` query (`postgresql/reads.rs`), never waiting to form a batch. A read that
+//!   finds its pooled connection closed (the database restarted, a proxy or NAT dropped idle
+//!   sessions) goes again on another, the last time on a new one ([`on_live_connection`]), as
+//!   Go's `database/sql` under Vault retries a bad connection: reads change nothing, so going
+//!   again is safe, and a client no longer gets a 503 for a session nobody was using.
 //! - **TLS with rustls**, as everywhere in Bunker. libpq's `sslmode=verify-full|verify-ca` and
 //!   `sslrootcert=FILE` are understood: the CA file (PEM) is the only trust anchor when given,
 //!   the Mozilla roots (webpki-roots) otherwise. Certificates are always verified: `require`
@@ -358,10 +362,7 @@ impl PostgresBackend {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StorageError::Unavailable(format!("PostgreSQL: {e}")))
+        pooled(&self.pool).await
     }
 
     /// Keys `>= start` (or `> start` when `exclusive`), in order, at most `limit`.
@@ -383,15 +384,50 @@ impl PostgresBackend {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| pg_error(what, e))?;
-        client
-            .query(&statement, params)
-            .await
-            .map_err(|e| pg_error(what, e))
+        on_live_connection(&self.pool, what, |client| async move {
+            let statement = client.prepare_cached(sql).await?;
+            client.query(&statement, params).await
+        })
+        .await
+    }
+}
+
+async fn pooled(pool: &deadpool_postgres::Pool) -> Result<deadpool_postgres::Object> {
+    pool.get()
+        .await
+        .map_err(|e| StorageError::Unavailable(format!("PostgreSQL: {e}")))
+}
+
+/// Tries a read may make when it finds its connection closed.
+const READ_ATTEMPTS: usize = 3;
+
+/// Runs the read `run` on a pooled connection; when the connection turns out closed (no answer
+/// came, so the read did nothing), again on another, up to [`READ_ATTEMPTS`]. Before the last
+/// try the idle connections opened before this read began are dropped: a cut that closed two
+/// likely closed them all, and the last try then opens a new one. Only for reads: a write
+/// without an answer may have committed (`PgStore`'s orphan handling).
+async fn on_live_connection<T, F, Fut>(
+    pool: &deadpool_postgres::Pool,
+    what: &str,
+    mut run: F,
+) -> Result<T>
+where
+    F: FnMut(deadpool_postgres::Object) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+{
+    let started = std::time::Instant::now();
+    let mut attempt = 1;
+    loop {
+        if attempt == READ_ATTEMPTS {
+            drop(pool.retain(|_, metrics| metrics.created > started));
+        }
+        match run(pooled(pool).await?).await {
+            Err(e) if e.is_closed() && attempt < READ_ATTEMPTS => {
+                tracing::debug!("PostgreSQL {what}: connection closed, trying another");
+                attempt += 1;
+            }
+            result => return result.map_err(|e| pg_error(what, e)),
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -55,6 +55,8 @@ pub struct FaultProxy {
     link: Link,
     /// Every connection ever made (both halves), so a cut can close them.
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    /// One flag per connection: set, its next bytes close it ([`FaultProxy::break_silently`]).
+    broken: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     accepted: Arc<AtomicUsize>,
 }
 
@@ -64,13 +66,20 @@ impl FaultProxy {
         let addr = listener.local_addr().expect("proxy addr");
         let link = Link(Arc::new((Mutex::new(Mode::Pass), Condvar::new())));
         let conns = Arc::new(Mutex::new(Vec::new()));
+        let broken = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (l, c, a) = (link.clone(), conns.clone(), accepted.clone());
-        thread::spawn(move || accept_loop(listener, target, l, c, a));
+        let (l, c, b, a) = (
+            link.clone(),
+            conns.clone(),
+            broken.clone(),
+            accepted.clone(),
+        );
+        thread::spawn(move || accept_loop(listener, target, l, c, b, a));
         FaultProxy {
             addr,
             link,
             conns,
+            broken,
             accepted,
         }
     }
@@ -98,6 +107,15 @@ impl FaultProxy {
         self.link.set(Mode::Stall);
     }
 
+    /// Break every open connection without telling either end: each stays open until one side
+    /// sends, and then closes unanswered (a database restarted behind a NAT or a load balancer
+    /// that dropped idle sessions: a client learns on its next query). New connections pass.
+    pub fn break_silently(&self) {
+        for flag in self.broken.lock().expect("broken").iter() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Pass bytes and accept connections again.
     pub fn restore(&self) {
         self.link.set(Mode::Pass);
@@ -118,6 +136,7 @@ fn accept_loop(
     target: SocketAddr,
     link: Link,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    broken: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     accepted: Arc<AtomicUsize>,
 ) {
     for client in listener.incoming() {
@@ -138,19 +157,22 @@ fn accept_loop(
             }
         }
         drop(list);
+        let flag = Arc::new(AtomicBool::new(false));
+        broken.lock().expect("broken").push(flag.clone());
         for (from, to) in [(&client, &server), (&server, &client)] {
             let (from, to) = (
                 from.try_clone().expect("clone"),
                 to.try_clone().expect("clone"),
             );
-            let link = link.clone();
-            thread::spawn(move || pump(from, to, &link));
+            let (link, flag) = (link.clone(), flag.clone());
+            thread::spawn(move || pump(from, to, &link, &flag));
         }
     }
 }
 
-/// Copy bytes from `from` to `to` while the link passes them; hold them while stalled.
-fn pump(mut from: TcpStream, mut to: TcpStream, link: &Link) {
+/// Copy bytes from `from` to `to` while the link passes them; hold them while stalled. Bytes
+/// read on a connection marked broken are dropped and the connection closed both ways.
+fn pump(mut from: TcpStream, mut to: TcpStream, link: &Link, broken: &AtomicBool) {
     let _ = from.set_read_timeout(Some(READ_SLICE));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -161,6 +183,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, link: &Link) {
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                if broken.load(Ordering::SeqCst) {
+                    let _ = from.shutdown(Shutdown::Both);
+                    break;
+                }
                 if link.wait_unstalled() != Mode::Pass {
                     break;
                 }

@@ -185,19 +185,12 @@ impl ReadBatcher {
     }
 
     async fn query_unbounded(&self, keys: &[&str]) -> Result<HashMap<String, Vec<u8>>> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StorageError::Unavailable(format!("PostgreSQL: {e}")))?;
-        let statement = client
-            .prepare_cached(&self.sql)
-            .await
-            .map_err(|e| super::pg_error("reading", e))?;
-        let rows = client
-            .query(&statement, &[&keys])
-            .await
-            .map_err(|e| super::pg_error("reading", e))?;
+        let sql = self.sql.as_str();
+        let rows = super::on_live_connection(&self.pool, "reading", |client| async move {
+            let statement = client.prepare_cached(sql).await?;
+            client.query(&statement, &[&keys]).await
+        })
+        .await?;
         // Row by row, so each row's bytes are freed once copied out.
         rows.into_iter()
             .map(|row| {
