@@ -1,9 +1,9 @@
 //! Replication lag (figure 4): open-loop writes at a fixed rate to a DR primary while one
 //! connection samples the secondary's applied WAL index (`last_remote_wal`) every millisecond.
 //!
-//! Which WAL index a write got is bounded from above by the primary's `X-Bunker-Wal-Index`
-//! response header: its last committed WAL index, read right after the write was acknowledged.
-//! Against a server without the header it falls back to a looser bound: each KV v2 write
+//! Which WAL index a write got is the primary's `X-Bunker-Wal-Index` response header: the
+//! index of the write's own entry (since `stamp.rs`; before, the last committed index read
+//! right after the write was acknowledged, an upper bound). Against a server without the header it falls back to a looser bound: each KV v2 write
 //! appends exactly `k` WAL entries (calibrated first, and checked at the end against the
 //! primary's `last_wal`), and a write acknowledged when `started` writes had been sent cannot
 //! have committed after more than `started` writes, so its entries end at or below

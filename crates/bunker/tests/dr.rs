@@ -315,6 +315,28 @@ fn primary_writes_carry_a_wal_index_bound() {
         read.headers().get("x-bunker-wal-index").is_none(),
         "reads carry none"
     );
+    // Under concurrent writers, each write names its own entry, not the last one committed
+    // when it was acknowledged (writes committed in one group would all name the group's last).
+    let indices: Vec<u64> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let write = &write;
+                scope.spawn(move || {
+                    (0..25)
+                        .map(|i| write(&format!("w{w}-{i}")).expect("a WAL index"))
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let distinct: std::collections::BTreeSet<u64> = indices.iter().copied().collect();
+    assert_eq!(distinct.len(), indices.len(), "each write its own index");
+    assert!(distinct.iter().all(|&i| i > second));
+    let second = *distinct.last().unwrap();
 
     let s = dr_server();
     enable_secondary(&s, &activation_token(&p, "site-b"));

@@ -16,6 +16,8 @@ mod help;
 mod lifecycle;
 /// The SDK types, re-exported under their old path for the core's own modules.
 pub use bunker_sdk as logical;
+/// The WAL index of the writes one request made (`X-Bunker-Wal-Index`).
+pub use bunker_storage::stamp as storage_stamp;
 mod mounts;
 mod policy_store;
 mod replication_hook;

@@ -266,24 +266,30 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
         op = operation.as_str(),
         path = %bunker_core::token::redact_path(&req.path),
     );
-    let result = if open_metrics {
-        tracing::Instrument::instrument(state.core.handle_metrics_unauthenticated(req), span).await
+    let (result, stamp) = if open_metrics {
+        let answer =
+            tracing::Instrument::instrument(state.core.handle_metrics_unauthenticated(req), span);
+        (answer.await, None)
     } else {
-        tracing::Instrument::instrument(state.core.handle(req), span).await
+        // The WAL index of the request's own writes, from the storage writer.
+        let answer = tracing::Instrument::instrument(state.core.handle(req), span);
+        bunker_core::storage_stamp::collect(answer).await
     };
     if let Err(LogicalError::Standby(Some(leader))) = &result {
         return standby_redirect(leader, &uri);
     }
     let wal_index = match (&result, operation) {
-        (Ok(_), Operation::Create | Operation::Update | Operation::Delete) => {
-            state.core.replication_wal_index()
-        }
+        (Ok(_), Operation::Create | Operation::Update | Operation::Delete) => state
+            .core
+            .replication_wal_index()
+            .map(|last| stamp.map_or(last, |own| own.min(last))),
         _ => None,
     };
     let mut resp = envelope::to_http(&request_id, operation, result);
     if let Some(index) = wal_index {
-        // Read after the write was acknowledged: an upper bound on the write's own WAL index,
-        // so a client can wait for a DR secondary to reach it (docs/replication.md).
+        // The WAL index of the request's own last write (a secondary holding it holds the
+        // write), or, for a request whose writes were not recorded, the last index committed
+        // after it was acknowledged: an upper bound (docs/replication.md).
         resp.headers_mut().insert(WAL_INDEX_HEADER, index.into());
     }
     if method == Method::HEAD {

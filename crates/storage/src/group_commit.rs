@@ -105,7 +105,9 @@ impl Writer {
             })
             .await
             .map_err(|_| StorageError::Closed)?;
-        committed.await.map_err(|_| StorageError::Closed)?
+        let stamp = committed.await.map_err(|_| StorageError::Closed)??;
+        crate::stamp::note(stamp);
+        Ok(())
     }
 }
 
@@ -133,7 +135,8 @@ pub(crate) struct WriteRequest {
     pub(crate) ops: Vec<Op>,
     /// Key and value bytes in `ops`.
     pub(crate) bytes: usize,
-    pub(crate) reply: oneshot::Sender<Result<()>>,
+    /// Answered once the batch is durable (with the hook's stamp of it) or failed.
+    pub(crate) reply: oneshot::Sender<Result<Option<u64>>>,
     /// The HA lock epoch the request was admitted under, if any.
     pub(crate) epoch: Option<u64>,
     /// Exempt from the limit on the number of ops ([`Writer::submit_unbounded`]).
@@ -262,6 +265,8 @@ fn drain_group(
 struct Prepared {
     request: WriteRequest,
     extra: Vec<Op>,
+    /// The hook's stamp of this batch ([`CommitHook::stamp`]).
+    stamp: Option<u64>,
 }
 
 impl Prepared {
@@ -277,6 +282,7 @@ fn prepare(request: WriteRequest, hook: Option<&dyn CommitHook>) -> Option<Prepa
         return Some(Prepared {
             request,
             extra: Vec::new(),
+            stamp: None,
         });
     };
     let limit = if request.unbounded {
@@ -285,7 +291,14 @@ fn prepare(request: WriteRequest, hook: Option<&dyn CommitHook>) -> Option<Prepa
         MAX_BATCH_OPS
     };
     match checked_extra_ops_within(hook, &request.ops, limit) {
-        Ok(extra) => Some(Prepared { request, extra }),
+        Ok(extra) => {
+            let stamp = hook.stamp(&extra);
+            Some(Prepared {
+                request,
+                extra,
+                stamp,
+            })
+        }
         Err(error) => {
             let _ = request.reply.send(Err(error));
             None
@@ -342,7 +355,7 @@ fn commit_group(
         Ok(()) => {
             for prepared in group {
                 // The caller may have stopped waiting; its batch is committed regardless.
-                let _ = prepared.request.reply.send(Ok(()));
+                let _ = prepared.request.reply.send(Ok(prepared.stamp));
             }
         }
         Err(error) if group.len() == 1 => {
@@ -364,7 +377,7 @@ fn commit_group(
                 let single = [retry];
                 let result = commit_prepared(store, &single, counters, hook);
                 let [retry] = single;
-                let _ = retry.request.reply.send(result);
+                let _ = retry.request.reply.send(result.map(|()| retry.stamp));
             }
         }
     }
@@ -403,7 +416,10 @@ mod tests {
         }
     }
 
-    fn request(key: &str, value_len: usize) -> (WriteRequest, oneshot::Receiver<Result<()>>) {
+    fn request(
+        key: &str,
+        value_len: usize,
+    ) -> (WriteRequest, oneshot::Receiver<Result<Option<u64>>>) {
         let (reply, receiver) = oneshot::channel();
         let ops = vec![Op::Put {
             key: key.to_owned(),
@@ -447,7 +463,7 @@ mod tests {
         run(&store, queue, &counters, hook);
         let ok = replies
             .into_iter()
-            .map(|mut reply| matches!(reply.try_recv(), Ok(Ok(()))))
+            .map(|mut reply| matches!(reply.try_recv(), Ok(Ok(_))))
             .collect();
         let commits = std::mem::take(
             &mut *store

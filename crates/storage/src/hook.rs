@@ -33,6 +33,12 @@ pub trait CommitHook: Send + Sync + 'static {
     /// Called after a commit containing batches that got extra ops is durable.
     fn after_commit(&self);
 
+    /// What the batch whose extra ops are `extra` is stamped with, handed back to the task
+    /// that wrote it once durable ([`crate::stamp`]): replication's WAL index of its entry.
+    fn stamp(&self, _extra: &[Op]) -> Option<u64> {
+        None
+    }
+
     /// An index the backend keeps in each commit's own transaction, if the hook has one and
     /// the backend can feed it ([`crate::HookedBackend::feeds_indexes`]).
     fn index(&self) -> Option<Arc<dyn CommitIndex>> {

@@ -79,6 +79,7 @@ impl InmemBackend {
         };
         let op_count = (ops.len() + extra.len()) as u64;
         let notify = !extra.is_empty();
+        let stamp = hook.as_ref().and_then(|hook| hook.stamp(&extra));
         let index = hook
             .as_ref()
             .filter(|_| !self.unindexed)
@@ -97,6 +98,7 @@ impl InmemBackend {
         drop(entries);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.ops.fetch_add(op_count, Ordering::Relaxed);
+        crate::stamp::note(stamp);
         Ok(())
     }
 

@@ -38,6 +38,7 @@ mod listing;
 pub mod postgresql;
 mod read_cache;
 mod snapshot;
+pub mod stamp;
 pub mod timed;
 
 pub use embedded::EmbeddedBackend;

@@ -150,6 +150,11 @@ impl CommitHook for Recorder {
         extra
     }
 
+    /// A recorded batch's entry index, from the [`WAL_LAST_KEY`] op of its record.
+    fn stamp(&self, extra: &[Op]) -> Option<u64> {
+        written_last_index(extra)
+    }
+
     fn retired(&self) {
         if let Some(index) = &self.index {
             index.retire();
