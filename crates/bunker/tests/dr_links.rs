@@ -39,6 +39,15 @@ fn proxied_pair() -> (common::TestServer, common::TestServer, FaultProxy) {
     (p, s, proxy)
 }
 
+/// The primary's view of its one secondary: `replication_primary_canary_age_ms` (a string of
+/// digits, as Vault sends it).
+fn canary_age_ms(primary_status: &serde_json::Value) -> u64 {
+    let age = &primary_status["secondaries"][0]["replication_primary_canary_age_ms"];
+    age.as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no canary age in {primary_status}"))
+}
+
 /// A cut link: the secondary reports it at once, and once the link is back it resumes from
 /// its WAL position (no new Merkle sync) with what was written meanwhile.
 #[test]
@@ -54,8 +63,21 @@ fn a_cut_link_resumes_from_the_wal() {
     }
     let behind = dr_status(&s)["last_remote_wal"].as_u64().unwrap();
     assert!(behind < dr_status(&p)["last_wal"].as_u64().unwrap());
+    // The primary tells how stale the cut-off secondary is, and it grows while the link is
+    // down (Vault's replication_primary_canary_age_ms).
+    wait_status(&p, CONVERGE, "the secondary's data to age", |st| {
+        canary_age_ms(st) >= 200
+    });
     proxy.restore();
     wait_converged(&p, &s);
+    wait_status(&p, CONVERGE, "the secondary to be current again", |st| {
+        canary_age_ms(st) == 0
+    });
+    let replay_lag = dr_status(&p)["secondaries"][0]["replay_lag_ms"].clone();
+    assert!(
+        replay_lag.as_f64().is_some_and(|ms| ms >= 0.0),
+        "a replay lag was measured: {replay_lag}"
+    );
     let st = dr_status(&s);
     assert_eq!(
         merkle_syncs(&st),

@@ -1040,19 +1040,36 @@ impl Inner {
     }
 
     pub fn peer_ack(&self, id: &str, applied: u64, time_ms: u64) {
-        {
+        let received = std::time::Instant::now();
+        let lag = {
             let mut p = self
                 .peers
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(peer) = p.get_mut(id) {
-                let now = now_ms();
-                peer.acked_wal = applied;
-                peer.last_heartbeat_ms = now;
-                peer.clock_skew_ms =
-                    i64::try_from(time_ms).unwrap_or(0) - i64::try_from(now).unwrap_or(0);
-            }
+            let Some(peer) = p.get_mut(id) else {
+                return;
+            };
+            let now = now_ms();
+            peer.last_heartbeat_ms = now;
+            peer.clock_skew_ms =
+                i64::try_from(time_ms).unwrap_or(0) - i64::try_from(now).unwrap_or(0);
+            peer.acked(applied, |i| self.wal.committed_at(i), received)
+        };
+        if let Some(lag) = lag {
+            metrics::histogram!(crate::rpc_metrics::REPLAY_LAG, "secondary" => id.to_owned())
+                .record(lag.as_secs_f64() * 1000.0);
         }
+    }
+
+    /// How stale a secondary that acknowledged `acked` is, in ms: 0 when it holds every entry
+    /// committed (`last_wal`), else the age of the oldest entry it lacks (at least).
+    pub(crate) fn staleness_ms(&self, acked: u64, last_wal: u64) -> u64 {
+        if acked >= last_wal {
+            return 0;
+        }
+        self.wal.committed_by(acked + 1).map_or(0, |at| {
+            u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)
+        })
     }
 
     pub(crate) fn peers(&self) -> Vec<PeerStatus> {

@@ -243,7 +243,7 @@ async fn admit(
             connected: true,
             last_heartbeat_ms: now_ms(),
             acked_wal: hello.position.map(|p| p.wal_index).unwrap_or(0),
-            clock_skew_ms: 0,
+            ..PeerStatus::default()
         },
     );
     Ok((state.clone(), cancel))

@@ -25,6 +25,9 @@ pub(crate) const SERVER_CONFLICTING_PAGES: &str =
 pub(crate) const DR_SERVER_FETCH_KEYS: &str = "vault_replication_rpc_dr_server_fetch_keys_request";
 /// Primary: epoch seconds of the last acknowledgement a secondary sent (label `secondary`).
 pub(crate) const SERVER_LAST_HEARTBEAT: &str = "vault_replication_rpc_server_last_heartbeat";
+/// Primary: replay lag, ms from this node's commit of the newest entry a secondary applied to
+/// its acknowledgement (label `secondary`; as PostgreSQL's `replay_lag`; Bunker's own).
+pub(crate) const REPLAY_LAG: &str = "bunker_replication_replay_lag";
 /// Primary: a secondary's position was found in the WAL (it resumes streaming) or not (it
 /// reconciles first).
 pub(crate) const GUARD_FOUND: &str = "vault_logshipper_streamWALs_guard_found";

@@ -25,10 +25,36 @@ pub struct PeerStatus {
     pub last_heartbeat_ms: u64,
     pub acked_wal: u64,
     pub clock_skew_ms: i64,
+    /// The last replay lag measured ([`PeerStatus::acked`]), in µs.
+    pub replay_lag_us: Option<u64>,
+    /// The highest acknowledged index a replay lag was measured for.
+    pub replay_lag_through: u64,
 }
 
 impl PeerStatus {
-    pub fn to_json(&self, with_node_id: bool, last_wal: u64) -> Value {
+    /// The secondary acknowledged `applied` at `now`. When that is past the last index
+    /// measured, returns the replay lag as PostgreSQL's walsender measures `replay_lag`: from
+    /// this node's commit of entry `applied` (`committed_at`) until now. An index whose commit
+    /// time is unknown (older than the commit clock) gives no measurement.
+    pub fn acked(
+        &mut self,
+        applied: u64,
+        committed_at: impl FnOnce(u64) -> Option<std::time::Instant>,
+        now: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        self.acked_wal = applied;
+        if applied <= self.replay_lag_through {
+            return None;
+        }
+        self.replay_lag_through = applied;
+        let lag = now.saturating_duration_since(committed_at(applied)?);
+        self.replay_lag_us = Some(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
+        Some(lag)
+    }
+
+    /// `canary_age_ms`: how stale the peer's data is (Vault's
+    /// `replication_primary_canary_age_ms`).
+    pub fn to_json(&self, with_node_id: bool, last_wal: u64, canary_age_ms: u64) -> Value {
         let since = if self.last_heartbeat_ms == 0 {
             0
         } else {
@@ -41,11 +67,16 @@ impl PeerStatus {
             "last_heartbeat": if self.last_heartbeat_ms == 0 { String::new() } else { rfc3339_ms(self.last_heartbeat_ms) },
             "last_heartbeat_duration_ms": since.to_string(),
             "clock_skew_ms": self.clock_skew_ms.to_string(),
-            "replication_primary_canary_age_ms": "0",
+            "replication_primary_canary_age_ms": canary_age_ms.to_string(),
         });
         if let Value::Object(m) = &mut v {
             if with_node_id {
                 m.insert("node_id".into(), json!(self.node_id));
+                // Milliseconds with microseconds, as pg_stat_replication's interval has them.
+                m.insert(
+                    "replay_lag_ms".into(),
+                    json!(self.replay_lag_us.map(|us| us as f64 / 1000.0)),
+                );
                 m.insert("last_acked_wal".into(), json!(self.acked_wal));
                 m.insert(
                     "lag_wal_entries".into(),
@@ -228,4 +259,36 @@ pub struct SecondaryStatus {
     pub counters: SyncCounters,
     /// The sync running now, if any.
     pub progress: Option<SyncProgress>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn replay_lag_is_measured_once_per_new_index_from_its_commit() {
+        let mut peer = PeerStatus::default();
+        let t0 = Instant::now();
+        let commit = |i: u64| (i <= 10).then(|| t0 + Duration::from_micros(i * 100));
+        // Entry 4 committed at 400 µs, acknowledged at 1,400 µs: 1 ms.
+        let lag = peer.acked(4, commit, t0 + Duration::from_micros(1_400));
+        assert_eq!(lag, Some(Duration::from_millis(1)));
+        assert_eq!(peer.replay_lag_us, Some(1_000));
+        assert_eq!(peer.acked_wal, 4);
+        // The same index again (a heartbeat ack while idle) measures nothing: the last value
+        // stays, it does not grow with idle time.
+        assert_eq!(peer.acked(4, commit, t0 + Duration::from_secs(5)), None);
+        assert_eq!(peer.replay_lag_us, Some(1_000));
+        // An index whose commit time is unknown measures nothing and keeps the last value.
+        assert_eq!(peer.acked(12, commit, t0 + Duration::from_secs(6)), None);
+        assert_eq!((peer.acked_wal, peer.replay_lag_us), (12, Some(1_000)));
+        let json = peer.to_json(true, 20, 37);
+        assert_eq!(json["replay_lag_ms"], json!(1.0));
+        assert_eq!(json["replication_primary_canary_age_ms"], json!("37"));
+        assert_eq!(json["lag_wal_entries"], json!(8));
+    }
 }

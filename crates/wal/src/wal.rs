@@ -22,6 +22,7 @@
 //! Open one [`Wal`] per backend, once: it installs its recorder as the backend's only hook, and
 //! the hook stays installed for the life of the backend.
 
+mod commit_clock;
 mod journal;
 mod record;
 mod recorder;
@@ -230,6 +231,18 @@ impl Wal {
 
     pub fn last_index(&self) -> u64 {
         self.recorder.committed()
+    }
+
+    /// When the commit holding entry `index` became durable on this node, if it is among the
+    /// last few thousand commits this process recorded (`commit_clock.rs`).
+    pub fn committed_at(&self, index: u64) -> Option<std::time::Instant> {
+        self.recorder.clock.committed_at(index)
+    }
+
+    /// For a committed entry `index`: [`Wal::committed_at`] if known, else the latest its
+    /// commit can have been, so its age is at least that (`commit_clock.rs`).
+    pub fn committed_by(&self, index: u64) -> Option<std::time::Instant> {
+        self.recorder.clock.committed_by(index)
     }
 
     /// Bumped after each commit with new entries (and after applies and resets).

@@ -58,7 +58,7 @@ impl Inner {
                 let secondaries: Vec<Value> = self
                     .peers()
                     .iter()
-                    .map(|p| p.to_json(true, last_wal))
+                    .map(|p| p.to_json(true, last_wal, self.staleness_ms(p.acked_wal, last_wal)))
                     .collect();
                 json!({
                     "mode": "primary",
@@ -86,7 +86,7 @@ impl Inner {
                 let lag_ms = s.lag_ms(last_wal);
                 let primaries: Vec<Value> =
                     if secondary.is_some() && s.primary.last_heartbeat_ms > 0 {
-                        vec![s.primary.to_json(false, 0)]
+                        vec![s.primary.to_json(false, 0, lag_ms)]
                     } else {
                         vec![]
                     };

@@ -34,6 +34,8 @@ pub(super) struct Recorder {
     committed: watch::Sender<u64>,
     /// The Merkle index the backend keeps in each commit, if it feeds one.
     pub(super) index: Option<std::sync::Arc<crate::merkle::MerkleIndex>>,
+    /// When recent recorded commits became durable.
+    pub(super) clock: super::commit_clock::CommitClock,
 }
 
 impl Recorder {
@@ -46,6 +48,7 @@ impl Recorder {
             assigned: Mutex::new(last_index),
             committed: watch::Sender::new(last_index),
             index,
+            clock: super::commit_clock::CommitClock::default(),
         }
     }
 
@@ -77,6 +80,7 @@ impl Recorder {
     /// Continue from `index` as the last committed and assigned index (a reload from storage).
     pub(super) fn reset_to(&self, index: u64) {
         *self.assigned() = index;
+        self.clock.clear();
         self.publish(index);
     }
 
@@ -169,6 +173,7 @@ impl CommitHook for Recorder {
 
     fn after_commit(&self) {
         let assigned = *self.assigned();
+        self.clock.record(assigned, std::time::Instant::now());
         self.publish(assigned);
     }
 }
