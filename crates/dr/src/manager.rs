@@ -1039,8 +1039,8 @@ impl Inner {
         }
     }
 
-    pub fn peer_ack(&self, id: &str, applied: u64, time_ms: u64) {
-        let received = std::time::Instant::now();
+    /// A secondary's acknowledgement of `applied`, which arrived at `received`.
+    pub fn peer_ack(&self, id: &str, applied: u64, time_ms: u64, received: std::time::Instant) {
         let lag = {
             let mut p = self
                 .peers

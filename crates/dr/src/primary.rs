@@ -384,7 +384,9 @@ where
                 reconcile::send_snapshot(&inner.wal, inner.backend.as_ref(), keys_estimate, &mut wr)
                     .await?
             }
-            ToPrimary::Ack { applied, time_ms } => inner.peer_ack(&secondary_id, applied, time_ms),
+            ToPrimary::Ack { applied, time_ms } => {
+                inner.peer_ack(&secondary_id, applied, time_ms, Instant::now())
+            }
             ToPrimary::RenewCertificate { .. } if renewed => {
                 return refuse(&mut wr, "one certificate renewal per session").await;
             }
@@ -507,14 +509,20 @@ where
 {
     let _session = Timed::start(rpc_metrics::SERVER_STREAM_WALS);
     // Acks arrive on their own task so a slow reader never stalls the sender.
-    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<(u64, u64)>(64);
+    // Each with when it arrived, so the replay lag counts to its arrival, not to when this
+    // loop, busy sending, gets to it.
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<(u64, u64, Instant)>(64);
     let reader = AbortOnDrop(tokio::spawn(async move {
         loop {
             match tokio::time::timeout(PEER_SILENCE_TIMEOUT, read_frame::<_, ToPrimary>(&mut rd))
                 .await
             {
                 Ok(Ok((ToPrimary::Ack { applied, time_ms }, _))) => {
-                    if ack_tx.send((applied, time_ms)).await.is_err() {
+                    if ack_tx
+                        .send((applied, time_ms, Instant::now()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -531,6 +539,10 @@ where
             Next::Entries(frame, next) => {
                 position = next;
                 write_frame(&mut wr, &frame).await?;
+                // Under steady writes this loop may not reach the select below for a while.
+                while let Ok((applied, time_ms, received)) = ack_rx.try_recv() {
+                    inner.peer_ack(secondary_id, applied, time_ms, received);
+                }
                 continue;
             }
             Next::NotRetained => {
@@ -549,7 +561,7 @@ where
                 write_frame(&mut wr, &msg).await?;
             }
             ack = ack_rx.recv() => match ack {
-                Some((applied, time_ms)) => inner.peer_ack(secondary_id, applied, time_ms),
+                Some((applied, time_ms, received)) => inner.peer_ack(secondary_id, applied, time_ms, received),
                 None => break Err(ReplError::Refused("secondary connection lost".into())),
             },
         }
