@@ -106,6 +106,8 @@ struct Shared {
     started: AtomicU64,
     next: AtomicU64,
     stop: AtomicBool,
+    /// The writers are done (the replay-lag sampler stops).
+    load_done: AtomicBool,
     /// (microseconds since t0 when acknowledged, header bound or writes started at that moment)
     acks: Mutex<Vec<(u64, Bound)>>,
     errors: AtomicU64,
@@ -127,10 +129,12 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
         started: AtomicU64::new(0),
         next: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        load_done: AtomicBool::new(false),
         acks: Mutex::new(Vec::new()),
         errors: AtomicU64::new(0),
     });
     let sampler = spawn_sampler(plan.secondary.clone(), t0, shared.clone())?;
+    let replay_sampler = spawn_replay_sampler(plan.primary.clone(), shared.clone())?;
     let interval = Duration::from_secs_f64(1.0 / plan.rate.max(0.001));
     let value = Arc::new(value_of(plan.value_bytes));
     let plan = Arc::new(plan);
@@ -146,6 +150,11 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
         w.await?;
     }
     let load_secs = t0.elapsed().as_secs_f64();
+    // PostgreSQL's replay_lag is sampled while its load runs; so is ours.
+    shared.load_done.store(true, Ordering::SeqCst);
+    let mut replay_us = replay_sampler
+        .join()
+        .map_err(|_| anyhow!("the replay-lag sampler thread panicked"))??;
     let total_started = shared.started.load(Ordering::SeqCst);
     let w_end = status_wal(&mut pri, "last_wal").await?;
     let expected_end = w0 + k * total_started;
@@ -213,6 +222,12 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
     });
     if let (Some(obj), Value::Object(s)) = (report.as_object_mut(), summary(&mut lags_us)) {
         obj.extend(s);
+    }
+    if let (Some(obj), Value::Object(s)) = (report.as_object_mut(), summary(&mut replay_us)) {
+        obj.insert("replay_lag_samples".into(), json!(replay_us.len()));
+        for (k, v) in s {
+            obj.insert(format!("replay_lag_{k}"), v);
+        }
     }
     Ok(report)
 }
@@ -310,4 +325,48 @@ async fn sample(secondary: String, t0: Instant, shared: Arc<Shared>) -> Result<S
         }
     }
     Ok((samples, poll_us))
+}
+
+/// How often the primary's replay lag is sampled: as `pg_stat_replication.replay_lag` is.
+const REPLAY_SAMPLE_EVERY: Duration = Duration::from_millis(5);
+
+/// Samples the primary's own measure of its secondary's replay lag
+/// (`secondaries[0].replay_lag_ms`, computed as PostgreSQL computes `replay_lag`) every
+/// [`REPLAY_SAMPLE_EVERY`] while the load runs, on its own thread as [`spawn_sampler`] does;
+/// returns the samples in µs (`null`, not measured yet, is no sample).
+fn spawn_replay_sampler(
+    primary: String,
+    shared: Arc<Shared>,
+) -> Result<std::thread::JoinHandle<Result<Vec<u64>>>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(std::thread::Builder::new()
+        .name("replay-lag-sampler".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let mut conn = Conn::new(&primary);
+                let mut samples = Vec::new();
+                while !shared.load_done.load(Ordering::SeqCst) {
+                    let sent = Instant::now();
+                    let v = conn
+                        .send(&Req::get(STATUS))
+                        .await
+                        .context("sampling the primary's status")?
+                        .json()?;
+                    let lag = v
+                        .get("data")
+                        .unwrap_or(&v)
+                        .pointer("/secondaries/0/replay_lag_ms")
+                        .and_then(Value::as_f64);
+                    if let Some(ms) = lag {
+                        samples.push((ms * 1000.0).round() as u64);
+                    }
+                    if let Some(rest) = REPLAY_SAMPLE_EVERY.checked_sub(sent.elapsed()) {
+                        std::thread::sleep(rest);
+                    }
+                }
+                Ok(samples)
+            })
+        })?)
 }
