@@ -89,6 +89,8 @@ listener "tcp" {
   address         = "127.0.0.1:$port"
   cluster_address = "127.0.0.1:$cport"
   tls_disable     = true
+  # The lag figure reads both nodes' replication timings (a DR secondary takes no token).
+  telemetry { unauthenticated_metrics_access = true }
 }
 api_addr     = "http://127.0.0.1:$port"
 cluster_addr = "https://127.0.0.1:$cport"

@@ -123,6 +123,8 @@ def figure_lag(raw, out, targets):
                      ("rate_achieved", "p50_ms", "p99_ms", "max_ms")}
     for k in ("replay_lag_p50_ms", "replay_lag_p99_ms", "replay_lag_max_ms", "replay_lag_samples"):
         res["bunker"][k] = spread([r.get(k) for r in b])
+    for k in ("send_delay_mean_ms", "apply_mean_ms", "replay_lag_mean_ms"):
+        res["bunker"][k] = spread([(r.get("stages") or {}).get(k) for r in b])
     res["bunker"]["sample_interval_p50_ms"] = spread([r.get("sample_interval_p50_ms") for r in b])
     res["bunker"]["status_request_p50_ms"] = spread([r.get("status_request_p50_ms") for r in b])
     res["bunker"]["secondary_apply_entries_per_sec"] = spread([r.get("secondary_apply_entries_per_sec") for r in b])
@@ -170,7 +172,14 @@ def figure_lag(raw, out, targets):
             f"| sampling interval p50 ms | {fmt(res['bunker']['sample_interval_p50_ms'], 2)} | 5 (requested) | 5 (requested) |",
             f"| status request p50 ms | {fmt(res['bunker']['status_request_p50_ms'], 2)} | | |",
             f"| secondary apply rate, WAL entries/s | {fmt(res['bunker']['secondary_apply_entries_per_sec'], 0)} "
-            f"({fmt(res['bunker']['wal_entries_per_write'] and res['bunker']['wal_entries_per_write']['median'], 0)} entries per write) | | |"]
+            f"({fmt(res['bunker']['wal_entries_per_write'] and res['bunker']['wal_entries_per_write']['median'], 0)} entries per write) | | |",
+            "",
+            "Where Bunker's replay lag goes, means over the load from the servers' own timings "
+            "(`docs/monitoring.md`): the primary's commit to the frame written "
+            f"(`send_delay`) {fmt(res['bunker']['send_delay_mean_ms'], 2)} ms; the secondary's apply and "
+            f"acknowledgement of what it took off its queue (`apply`) {fmt(res['bunker']['apply_mean_ms'], 2)} ms; "
+            f"the whole replay lag (every acknowledgement) {fmt(res['bunker']['replay_lag_mean_ms'], 2)} ms. The rest is "
+            "transit and queueing between them (the secondary's read-ahead queue, the acknowledgement's way back)."]
 
 
 def figure_lag_high(raw, out, targets):

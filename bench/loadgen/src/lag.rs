@@ -124,6 +124,7 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
     let w0 = status_wal(&mut pri, "last_wal").await?;
     wait_applied(&mut sec, w0).await?;
 
+    let stages_before = (stage_sums(&mut pri).await, stage_sums(&mut sec).await);
     let t0 = Instant::now();
     let shared = Arc::new(Shared {
         started: AtomicU64::new(0),
@@ -155,6 +156,7 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
     let mut replay_us = replay_sampler
         .join()
         .map_err(|_| anyhow!("the replay-lag sampler thread panicked"))??;
+    let stages_after = (stage_sums(&mut pri).await, stage_sums(&mut sec).await);
     let total_started = shared.started.load(Ordering::SeqCst);
     let w_end = status_wal(&mut pri, "last_wal").await?;
     let expected_end = w0 + k * total_started;
@@ -219,6 +221,7 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
         "sample_interval_p99_ms": r3(quantile_ms(&gaps_sorted, 0.99)),
         "status_request_p50_ms": r3(quantile_ms(&poll_sorted, 0.5)),
         "series": series,
+        "stages": stage_means(&stages_before, &stages_after),
     });
     if let (Some(obj), Value::Object(s)) = (report.as_object_mut(), summary(&mut lags_us)) {
         obj.extend(s);
@@ -369,4 +372,57 @@ fn spawn_replay_sampler(
                 Ok(samples)
             })
         })?)
+}
+
+/// Where the replay lag goes: the servers' own timings (`docs/monitoring.md`).
+const STAGES: [&str; 3] = [
+    "bunker_replication_send_delay",
+    "bunker_replication_apply",
+    "bunker_replication_replay_lag",
+];
+
+/// `(count, sum in ms)` of each of [`STAGES`] a node reports (`sys/metrics`, open on the
+/// benchmark's listeners); empty when it answers none (an older server).
+async fn stage_sums(conn: &mut Conn) -> Vec<(String, f64, f64)> {
+    let Ok(v) = async { conn.send(&Req::get("/v1/sys/metrics")).await?.json() }.await else {
+        return Vec::new();
+    };
+    let samples = v
+        .get("data")
+        .unwrap_or(&v)
+        .get("Samples")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    samples
+        .iter()
+        .filter_map(|s| {
+            let name = s.get("Name")?.as_str()?;
+            STAGES.contains(&name).then(|| {
+                let n = |k: &str| s.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+                (name.to_owned(), n("Count"), n("Sum"))
+            })
+        })
+        .collect()
+}
+
+type NodeSums = Vec<(String, f64, f64)>;
+
+/// The mean of each stage over the load (its sums after minus before), in ms, by name.
+fn stage_means(before: &(NodeSums, NodeSums), after: &(NodeSums, NodeSums)) -> Value {
+    let mut out = serde_json::Map::new();
+    for (b, a) in [(&before.0, &after.0), (&before.1, &after.1)] {
+        for (name, count, sum) in a {
+            let (c0, s0) = b
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map_or((0.0, 0.0), |(_, c, s)| (*c, *s));
+            if count - c0 > 0.0 {
+                let short = name.trim_start_matches("bunker_replication_");
+                out.insert(format!("{short}_mean_ms"), json!(r3((sum - s0) / (count - c0))));
+                out.insert(format!("{short}_count"), json!(count - c0));
+            }
+        }
+    }
+    Value::Object(out)
 }

@@ -537,8 +537,16 @@ where
     let result = loop {
         match next_batch(&inner.wal, position, WAL_BATCH_ENTRIES).await? {
             Next::Entries(frame, next) => {
+                let first = match &frame {
+                    ToSecondary::Wal { entries, .. } => entries.first().map(|e| e.index),
+                    _ => None,
+                };
                 position = next;
                 write_frame(&mut wr, &frame).await?;
+                if let Some(at) = first.and_then(|i| inner.wal.committed_at(i)) {
+                    metrics::histogram!(rpc_metrics::SEND_DELAY)
+                        .record(at.elapsed().as_secs_f64() * 1000.0);
+                }
                 // Under steady writes this loop may not reach the select below for a while.
                 while let Ok((applied, time_ms, received)) = ack_rx.try_recv() {
                     inner.peer_ack(secondary_id, applied, time_ms, received);

@@ -28,6 +28,12 @@ pub(crate) const SERVER_LAST_HEARTBEAT: &str = "vault_replication_rpc_server_las
 /// Primary: replay lag, ms from this node's commit of the newest entry a secondary applied to
 /// its acknowledgement (label `secondary`; as PostgreSQL's `replay_lag`; Bunker's own).
 pub(crate) const REPLAY_LAG: &str = "bunker_replication_replay_lag";
+/// Primary: ms from this node's commit of a frame's first entry until the frame was written to
+/// the secondary's connection (the sender's part of the replay lag; Bunker's own).
+pub(crate) const SEND_DELAY: &str = "bunker_replication_send_delay";
+/// Secondary: ms from taking a batch of received frames off the queue until it was applied
+/// durably and acknowledged (the secondary's part of the replay lag; Bunker's own).
+pub(crate) const APPLY: &str = "bunker_replication_apply";
 /// Primary: a secondary's position was found in the WAL (it resumes streaming) or not (it
 /// reconciles first).
 pub(crate) const GUARD_FOUND: &str = "vault_logshipper_streamWALs_guard_found";

@@ -852,6 +852,7 @@ where
             },
         };
         let (msg, bytes) = frame?;
+        let taken = std::time::Instant::now();
         let (mut entries, mut last_wal, mut bytes) = match msg {
             ToSecondary::Wal { entries, last_wal } => (entries, last_wal, bytes),
             ToSecondary::Heartbeat { last_wal, time_ms } => {
@@ -882,6 +883,7 @@ where
                 },
             )
             .await?;
+            metrics::histogram!(rpc_metrics::APPLY).record(taken.elapsed().as_secs_f64() * 1000.0);
         }
     }
 }
