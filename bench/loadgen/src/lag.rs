@@ -31,6 +31,8 @@ pub struct LagPlan {
     pub conns: usize,
     pub value_bytes: usize,
     pub prefix: String,
+    /// Interval of the secondary's status samples.
+    pub sample_every: Duration,
 }
 
 /// Lag sampling skips the Merkle root, which costs a full scan per request.
@@ -134,7 +136,12 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
         acks: Mutex::new(Vec::new()),
         errors: AtomicU64::new(0),
     });
-    let sampler = spawn_sampler(plan.secondary.clone(), t0, shared.clone())?;
+    let sampler = spawn_sampler(
+        plan.secondary.clone(),
+        plan.sample_every,
+        t0,
+        shared.clone(),
+    )?;
     let replay_sampler = spawn_replay_sampler(plan.primary.clone(), shared.clone())?;
     let interval = Duration::from_secs_f64(1.0 / plan.rate.max(0.001));
     let value = Arc::new(value_of(plan.value_bytes));
@@ -298,6 +305,7 @@ type Samples = (Vec<(u64, u64)>, Vec<u64>);
 /// took a share of the two cores from the servers being measured.
 fn spawn_sampler(
     secondary: String,
+    every: Duration,
     t0: Instant,
     shared: Arc<Shared>,
 ) -> Result<std::thread::JoinHandle<Result<Samples>>> {
@@ -306,12 +314,17 @@ fn spawn_sampler(
         .build()?;
     Ok(std::thread::Builder::new()
         .name("lag-sampler".into())
-        .spawn(move || rt.block_on(sample(secondary, t0, shared)))?)
+        .spawn(move || rt.block_on(sample(secondary, every, t0, shared)))?)
 }
 
-/// Poll the secondary's applied WAL index every millisecond (or back to back when a request
+/// Poll the secondary's applied WAL index every `every` (1 ms in the report; back to back when a request
 /// takes longer); samples are (µs since t0 when received, index).
-async fn sample(secondary: String, t0: Instant, shared: Arc<Shared>) -> Result<Samples> {
+async fn sample(
+    secondary: String,
+    every: Duration,
+    t0: Instant,
+    shared: Arc<Shared>,
+) -> Result<Samples> {
     let mut conn = Conn::new(&secondary);
     let mut samples = Vec::new();
     let mut poll_us = Vec::new();
@@ -323,7 +336,7 @@ async fn sample(secondary: String, t0: Instant, shared: Arc<Shared>) -> Result<S
         poll_us.push(sent.elapsed().as_micros() as u64);
         samples.push((t0.elapsed().as_micros() as u64, wal));
         // Blocking is fine: this runtime runs only the sampler (and its idle connection).
-        if let Some(rest) = Duration::from_millis(1).checked_sub(sent.elapsed()) {
+        if let Some(rest) = every.checked_sub(sent.elapsed()) {
             std::thread::sleep(rest);
         }
     }
@@ -419,7 +432,10 @@ fn stage_means(before: &(NodeSums, NodeSums), after: &(NodeSums, NodeSums)) -> V
                 .map_or((0.0, 0.0), |(_, c, s)| (*c, *s));
             if count - c0 > 0.0 {
                 let short = name.trim_start_matches("bunker_replication_");
-                out.insert(format!("{short}_mean_ms"), json!(r3((sum - s0) / (count - c0))));
+                out.insert(
+                    format!("{short}_mean_ms"),
+                    json!(r3((sum - s0) / (count - c0))),
+                );
                 out.insert(format!("{short}_count"), json!(count - c0));
             }
         }

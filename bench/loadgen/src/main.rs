@@ -96,6 +96,10 @@ enum Cmd {
         value_bytes: usize,
         #[arg(long, default_value = "lag")]
         prefix: String,
+        /// How often the secondary's applied index is sampled, ms (each sample is a status
+        /// request the secondary answers, CPU it does not spend applying)
+        #[arg(long, default_value_t = 1.0)]
+        sample_ms: f64,
     },
     /// Promote a DR secondary and time the first accepted write (figure 7)
     Promote {
@@ -183,8 +187,10 @@ fn main() -> Result<()> {
                 conns,
                 value_bytes,
                 prefix,
+                sample_ms,
             } => {
                 lag::run(lag::LagPlan {
+                    sample_every: Duration::from_secs_f64(sample_ms.max(0.0) / 1000.0),
                     primary,
                     secondary,
                     token,
