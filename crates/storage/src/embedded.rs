@@ -266,10 +266,6 @@ struct RedbStore {
 }
 
 impl GroupStore for RedbStore {
-    fn commits_inline(&self) -> bool {
-        true
-    }
-
     fn commit(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()> {
         let txn = begin_durable_write(&self.db)?;
         let update = {

@@ -22,7 +22,7 @@
 //! attempts that failed). The byte bound counts callers' bytes only; extra ops come on top.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -40,46 +40,21 @@ pub(crate) struct Writer {
     pub(crate) counters: Arc<Counters>,
     pub(crate) hook: Arc<HookSlot>,
     name: &'static str,
-    /// Held by whoever commits, the thread or a caller committing its own batch.
-    commit_lock: Arc<Mutex<()>>,
-    /// For stores that allow it ([`GroupStore::commits_inline`]): commits one request on the
-    /// caller's thread, the commit lock held.
-    inline: Option<InlineCommit>,
 }
-
-type InlineCommit = Arc<dyn Fn(WriteRequest) + Send + Sync>;
 
 impl Writer {
     /// Start the writer thread `name` over `store`.
     pub(crate) fn spawn(
-        store: impl GroupStore + Send + Sync + 'static,
+        store: impl GroupStore + Send + 'static,
         name: &'static str,
     ) -> Result<Writer> {
-        let store = Arc::new(store);
         let counters = Arc::new(Counters::default());
         let hook = Arc::new(HookSlot::default());
-        let commit_lock = Arc::new(Mutex::new(()));
         let (queue, requests) = mpsc::channel(QUEUE_CAPACITY);
-        let inline = store.commits_inline().then(|| {
-            let (store, counters, hook) = (store.clone(), counters.clone(), hook.clone());
-            Arc::new(move |request: WriteRequest| {
-                let hook = hook.get();
-                commit_group(&*store, vec![request], &counters, hook.as_deref());
-            }) as InlineCommit
-        });
-        let (thread_counters, thread_hook, thread_lock) =
-            (counters.clone(), hook.clone(), commit_lock.clone());
+        let (thread_counters, thread_hook) = (counters.clone(), hook.clone());
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || {
-                run(
-                    &*store,
-                    requests,
-                    &thread_counters,
-                    &thread_hook,
-                    &thread_lock,
-                )
-            })
+            .spawn(move || run(store, requests, &thread_counters, &thread_hook))
             .map_err(|source| StorageError::Io {
                 context: format!("starting the {name} thread"),
                 source,
@@ -90,42 +65,7 @@ impl Writer {
             counters,
             hook,
             name,
-            commit_lock,
-            inline,
         })
-    }
-
-    /// Commits `request` on this thread when nothing else is waiting to commit and the store
-    /// allows it; otherwise hands it back, for the queue. Why: handing a lone batch to the
-    /// writer thread and its answer back costs two thread wake-ups per commit, which on a busy
-    /// machine each wait for a core (the replication lag's path has several in a row, and a
-    /// lone write pays them on top of its fsync). A caller that finds the queue empty and the
-    /// commit lock free is the group's only member, so it commits itself (the leader of a
-    /// group of one, as in leader-based group commit); batches arriving meanwhile queue and go
-    /// together once it is done. Only on tokio's multi-threaded runtime, through
-    /// `block_in_place`, so the worker's other tasks move to another thread meanwhile.
-    fn commit_inline(&self, request: WriteRequest) -> Option<WriteRequest> {
-        let Some(inline) = &self.inline else {
-            return Some(request);
-        };
-        let queued = self
-            .queue
-            .as_ref()
-            .is_some_and(|q| q.capacity() < q.max_capacity());
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if queued || !multi_thread {
-            return Some(request);
-        }
-        let guard = match self.commit_lock.try_lock() {
-            Ok(guard) => guard,
-            // A commit panicked while holding it; the store is as its transaction left it.
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return Some(request),
-        };
-        tokio::task::block_in_place(|| inline(request));
-        drop(guard);
-        None
     }
 
     /// Validate `ops`, queue them, and wait until they are durable (or failed).
@@ -155,19 +95,16 @@ impl Writer {
         let queue = self.queue.as_ref().ok_or(StorageError::Closed)?;
         let (reply, committed) = oneshot::channel();
         let bytes = batch_bytes(&ops);
-        let request = WriteRequest {
-            ops,
-            bytes,
-            reply,
-            epoch,
-            unbounded,
-        };
-        if let Some(request) = self.commit_inline(request) {
-            queue
-                .send(request)
-                .await
-                .map_err(|_| StorageError::Closed)?;
-        }
+        queue
+            .send(WriteRequest {
+                ops,
+                bytes,
+                reply,
+                epoch,
+                unbounded,
+            })
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let stamp = committed.await.map_err(|_| StorageError::Closed)??;
         crate::stamp::note(stamp);
         Ok(())
@@ -211,13 +148,6 @@ pub(crate) trait GroupStore {
     /// Commits `batches` in one durable transaction, feeding `index` if the store keeps one.
     fn commit(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()>;
 
-    /// Whether a caller may commit its own batch on its thread when the writer is idle
-    /// ([`Writer::commit_inline`]): for a local store, whose commit is bounded by the disk; not
-    /// for one behind a network round trip, which would hold a runtime thread for it.
-    fn commits_inline(&self) -> bool {
-        false
-    }
-
     /// Whether a request admitted under HA lock `epoch` may still commit (checked on the
     /// writer thread just before its transaction). Stores without HA admit everything.
     fn admits(&self, _epoch: Option<u64>) -> Result<()> {
@@ -255,11 +185,10 @@ impl Counters {
 /// Runs until every sender of `queue` is dropped and the queue is empty. Each group is
 /// committed with the hook installed in `hook` when the group starts.
 pub(crate) fn run(
-    store: &impl GroupStore,
+    store: impl GroupStore,
     mut queue: mpsc::Receiver<WriteRequest>,
     counters: &Counters,
     hook: &HookSlot,
-    commit_lock: &Mutex<()>,
 ) {
     let mut carried = None;
     let mut last_group_len = 0usize;
@@ -289,9 +218,8 @@ pub(crate) fn run(
         carried = next;
         last_group_len = group.len();
         let hook = hook.get();
-        let _committing = commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let started = Instant::now();
-        commit_group(store, group, counters, hook.as_deref());
+        commit_group(&store, group, counters, hook.as_deref());
         last_commit = started.elapsed();
     }
 }
@@ -532,7 +460,7 @@ mod tests {
         }
         drop(sender);
         let counters = Counters::default();
-        run(&&store, queue, &counters, hook, &Mutex::new(()));
+        run(&store, queue, &counters, hook);
         let ok = replies
             .into_iter()
             .map(|mut reply| matches!(reply.try_recv(), Ok(Ok(_))))
@@ -659,124 +587,5 @@ mod tests {
         let played = play(&["a", "bad-extra", "c"], 1, &hooked(&hook));
         assert_eq!(played.ok, [true, false, true]);
         assert_eq!(played.commits, vec![vec!["a", "hook/1", "c", "hook/3"]]);
-    }
-
-    /// A store that allows inline commits, records the thread of each commit and takes
-    /// `commit_time` per commit (an fsync).
-    struct ThreadStore {
-        threads: Arc<Mutex<Vec<String>>>,
-        commit_time: Duration,
-    }
-
-    impl GroupStore for ThreadStore {
-        fn commits_inline(&self) -> bool {
-            true
-        }
-
-        fn commit(&self, _batches: &[&[Op]], _index: Option<&dyn CommitIndex>) -> Result<()> {
-            std::thread::sleep(self.commit_time);
-            let name = std::thread::current().name().unwrap_or("").to_owned();
-            self.threads
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(name);
-            Ok(())
-        }
-    }
-
-    fn thread_writer(commit_time: Duration) -> (Writer, Arc<Mutex<Vec<String>>>) {
-        let threads = Arc::new(Mutex::new(Vec::new()));
-        let store = ThreadStore {
-            threads: threads.clone(),
-            commit_time,
-        };
-        let writer = Writer::spawn(store, "test-writer").unwrap_or_else(|e| panic!("{e}"));
-        (writer, threads)
-    }
-
-    fn put(key: &str) -> Vec<Op> {
-        vec![Op::Put {
-            key: key.to_owned(),
-            value: vec![1],
-        }]
-    }
-
-    #[test]
-    fn a_lone_batch_commits_on_the_callers_thread() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("caller")
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (writer, threads) = thread_writer(Duration::ZERO);
-        runtime.block_on(async {
-            tokio::spawn(async move {
-                writer
-                    .submit(put("a"))
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                writer
-                    .submit(put("b"))
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        });
-        let threads = threads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        assert_eq!(*threads, vec!["caller".to_owned(), "caller".to_owned()]);
-    }
-
-    #[test]
-    fn on_a_current_thread_runtime_the_writer_thread_commits() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (writer, threads) = thread_writer(Duration::ZERO);
-        runtime.block_on(async {
-            writer
-                .submit(put("a"))
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-        });
-        let threads = threads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        assert_eq!(*threads, vec!["test-writer".to_owned()]);
-    }
-
-    /// While one caller commits its own batch, the others queue and share the writer thread's
-    /// commits: contention still groups.
-    #[test]
-    fn batches_arriving_during_an_inline_commit_are_grouped() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("caller")
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (writer, threads) = thread_writer(Duration::from_millis(5));
-        let writer = Arc::new(writer);
-        runtime.block_on(async {
-            let mut tasks = tokio::task::JoinSet::new();
-            for i in 0..64 {
-                let writer = writer.clone();
-                tasks.spawn(async move { writer.submit(put(&format!("k{i}"))).await });
-            }
-            while let Some(done) = tasks.join_next().await {
-                done.unwrap_or_else(|e| panic!("{e}"))
-                    .unwrap_or_else(|e| panic!("{e}"));
-            }
-        });
-        let threads = threads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        assert!(
-            threads.len() <= 16,
-            "64 batches took {} commits: {threads:?}",
-            threads.len()
-        );
-        assert!(threads.iter().any(|t| t == "test-writer"), "{threads:?}");
     }
 }
