@@ -235,13 +235,20 @@ fn scheduled_snapshots_are_written_and_pruned() {
     let mut seen = BTreeSet::new();
     let done = poll_until(Duration::from_secs(60), || {
         let names = snapshot_files(&dir);
-        assert!(names.len() <= 2, "pruning keeps retain = 2: {names:?}");
+        // A new snapshot is renamed into place before the oldest goes (a crash between the two
+        // leaves one too many, never one too few): retain + 1 at most, for that moment.
+        assert!(names.len() <= 3, "pruning keeps retain = 2: {names:?}");
         seen.extend(names);
         seen.len() >= 4
     });
     assert!(done, "four scheduled snapshots within a minute: {seen:?}");
-    let names = snapshot_files(&dir);
-    assert!(!names.is_empty());
+    // Once a round has pruned, retain = 2 are left.
+    let mut names = Vec::new();
+    let pruned = poll_until(Duration::from_secs(10), || {
+        names = snapshot_files(&dir);
+        names.len() == 2
+    });
+    assert!(pruned, "pruning keeps retain = 2: {names:?}");
     for name in &names {
         let path = dir.join(name);
         let (code, out, err) = cli(
