@@ -306,7 +306,8 @@ def figure_catchup(raw, out, targets):
     table = [["how it caught up"], ["time from restart to sync complete"], ["of which the restart (process ready)"],
              ["catch-up once ready"], ["buckets differing"], ["keys fetched"], ["bytes sent by the primary"],
              ["bytes sent by the secondary"], ["bytes changed"], ["ratio (primary's bytes / bytes changed)"],
-             ["ratio counting both directions"]]
+             ["ratio counting both directions"],
+             ["secondary's peak RSS, MiB (VmHWM; a restarted process: this variant's own)"]]
     header = ["| |"]
     for variant, title in CATCHUP_VARIANTS:
         c = by_variant.get(variant)
@@ -352,7 +353,8 @@ def figure_catchup(raw, out, targets):
                 f"{c.get('wire_bytes_received', 0):,}",
                 f"{changed:,}",
                 fmt(r, 2),
-                fmt(res["ratio_both_directions"], 2)]):
+                fmt(res["ratio_both_directions"], 2),
+                fmt(c["secondary_peak_rss_kb"] / 1024, 1) if c.get("secondary_peak_rss_kb") else "n/a"]):
             row.append(value)
     md += ["".join(header), "|---" + "|---:" * (len(header) - 1) + "|"]
     md += ["| " + row[0] + " | " + " | ".join(row[1:]) + " |" for row in table]
@@ -412,7 +414,7 @@ def figure_memory(raw, out):
                  f"| primary holding {m['keys']:,} secrets, after loading them | {fmt(res['primary_peak_rss_mib_after_load'], 1)} (current {fmt(res['primary_rss_mib_after_load'], 1)}) |",
                  f"| same primary at the end (after serving the sync and catch-up) | {fmt(res['primary_peak_rss_mib_end'], 1)} |",
                  f"| secondary during initial sync | {fmt(res['secondary_peak_rss_mib_initial_sync'], 1)} |",
-                 f"| secondary during catch-up (restarted process) | {fmt(res['secondary_peak_rss_mib_catchup'], 1)} |"]
+                 f"| secondary during catch-up (restarted process; the last variant run, per variant in figure 6) | {fmt(res['secondary_peak_rss_mib_catchup'], 1)} |"]
 
 
 def figure_ha(raw, out, targets):
