@@ -243,6 +243,9 @@ async fn admit(
             connected: true,
             last_heartbeat_ms: now_ms(),
             acked_wal: hello.position.map(|p| p.wal_index).unwrap_or(0),
+            // What it held before this session is not this session's lag (PostgreSQL's
+            // walsender too measures only what it sent).
+            replay_lag_through: hello.position.map(|p| p.wal_index).unwrap_or(0),
             ..PeerStatus::default()
         },
     );

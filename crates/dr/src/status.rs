@@ -286,6 +286,15 @@ mod tests {
         // An index whose commit time is unknown measures nothing and keeps the last value.
         assert_eq!(peer.acked(12, commit, t0 + Duration::from_secs(6)), None);
         assert_eq!((peer.acked_wal, peer.replay_lag_us), (12, Some(1_000)));
+        // A new session starts from the position the secondary held: acknowledging it again
+        // measures nothing (it was applied before the session; primary.rs `admit`).
+        let mut resumed = PeerStatus {
+            acked_wal: 12,
+            replay_lag_through: 12,
+            ..PeerStatus::default()
+        };
+        assert_eq!(resumed.acked(12, commit, t0 + Duration::from_secs(9)), None);
+        assert_eq!(resumed.replay_lag_us, None);
         let json = peer.to_json(true, 20, 37);
         assert_eq!(json["replay_lag_ms"], json!(1.0));
         assert_eq!(json["replication_primary_canary_age_ms"], json!("37"));

@@ -16,18 +16,24 @@ use std::time::Instant;
 /// Commits remembered.
 pub(super) const CAPACITY: usize = 8192;
 
+#[derive(Default)]
 pub(super) struct CommitClock {
+    ring: Mutex<Ring>,
+}
+
+struct Ring {
     /// `(last index of a commit, when it was durable)`, indices increasing.
-    commits: Mutex<VecDeque<(u64, Instant)>>,
-    /// When recording started: every entry older than the ring was committed before its
-    /// front, or before this.
+    commits: VecDeque<(u64, Instant)>,
+    /// When recording started (the process opened the WAL, or its history was replaced or
+    /// reloaded: a promotion, an HA takeover): every entry older than the ring was committed
+    /// before its front, or before this.
     started: Instant,
 }
 
-impl Default for CommitClock {
+impl Default for Ring {
     fn default() -> Self {
-        CommitClock {
-            commits: Mutex::new(VecDeque::new()),
+        Ring {
+            commits: VecDeque::new(),
             started: Instant::now(),
         }
     }
@@ -37,7 +43,8 @@ impl CommitClock {
     /// A commit ending at `index` became durable at `at`. An index at or below the last one
     /// recorded (the history was reset) starts the ring again.
     pub(super) fn record(&self, index: u64, at: Instant) {
-        let mut commits = self.lock();
+        let mut ring = self.lock();
+        let commits = &mut ring.commits;
         if commits.back().is_some_and(|&(last, _)| last >= index) {
             commits.clear();
         }
@@ -47,15 +54,17 @@ impl CommitClock {
         commits.push_back((index, at));
     }
 
-    /// Forget every commit (the history was replaced).
+    /// Forget every commit (the history was replaced or reloaded): what is stored now was
+    /// committed before this moment.
     pub(super) fn clear(&self) {
-        self.lock().clear();
+        *self.lock() = Ring::default();
     }
 
     /// When the commit holding entry `index` became durable: `None` if that commit is older
     /// than the ring (or `index` not committed here yet).
     pub(super) fn committed_at(&self, index: u64) -> Option<Instant> {
-        let commits = self.lock();
+        let ring = self.lock();
+        let commits = &ring.commits;
         let k = commits.partition_point(|&(last, _)| last < index);
         let &(last, at) = commits.get(k)?;
         // The first commit kept may also hold indices below its last: known only for its last.
@@ -66,18 +75,19 @@ impl CommitClock {
     /// else the latest it can have been (the oldest commit kept, or when recording started),
     /// so its age is at least that. `None` for an index above every commit recorded.
     pub(super) fn committed_by(&self, index: u64) -> Option<Instant> {
-        let commits = self.lock();
+        let ring = self.lock();
+        let commits = &ring.commits;
         let k = commits.partition_point(|&(last, _)| last < index);
         match commits.get(k) {
             Some(&(_, at)) => Some(at),
-            None if commits.is_empty() => Some(self.started),
+            None if commits.is_empty() => Some(ring.started),
             None => None,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
         // Nothing panics while holding it: a poisoned ring is still ordered.
-        self.commits.lock().unwrap_or_else(PoisonError::into_inner)
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -125,8 +135,11 @@ mod tests {
         clock.record(3, t0);
         assert_eq!(clock.committed_at(3), Some(t0));
         assert_eq!(clock.committed_at(12), None);
+        let before_clear = Instant::now();
         clock.clear();
-        // Nothing recorded since: an entry was committed before recording started.
-        assert_eq!(clock.committed_by(1), Some(clock.started));
+        // Nothing recorded since: an entry was committed before the clear (a promotion, an HA
+        // takeover), not merely before the process started.
+        let by = clock.committed_by(1).unwrap();
+        assert!(by >= before_clear, "the bound moved to the clear");
     }
 }
