@@ -41,13 +41,13 @@ impl Default for Ring {
 
 impl CommitClock {
     /// A commit ending at `index` became durable at `at`. An index at or below the last one
-    /// recorded (the history was reset) starts the ring again.
+    /// recorded (the history was reset) starts the ring again, as [`CommitClock::clear`] does.
     pub(super) fn record(&self, index: u64, at: Instant) {
         let mut ring = self.lock();
-        let commits = &mut ring.commits;
-        if commits.back().is_some_and(|&(last, _)| last >= index) {
-            commits.clear();
+        if ring.commits.back().is_some_and(|&(last, _)| last >= index) {
+            *ring = Ring::default();
         }
+        let commits = &mut ring.commits;
         if commits.len() == CAPACITY {
             commits.pop_front();
         }
