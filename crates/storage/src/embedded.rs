@@ -4,10 +4,11 @@
 //! Reads open a redb read transaction directly in the async fn: they are MVCC snapshots that
 //! never wait for the writer, and a B-tree lookup is fast enough not to need a blocking pool.
 //!
-//! Writes go through a single writer thread that group-commits (see `writer.rs`): `batch()`
-//! queues its ops on a bounded channel and waits for the reply, which arrives only after the
-//! transaction holding them has committed with [`Durability::Immediate`] (fsync). So an
-//! acknowledged batch survives a crash, and concurrent batches share fsyncs.
+//! Writes go through a single writer thread that group-commits (see `group_commit.rs`):
+//! `batch()` queues its ops on a bounded channel and waits for the reply, which arrives only
+//! after the group holding them is durable: appended to the commit log and synced (`log.rs`),
+//! or committed by redb with [`Durability::Immediate`] at a checkpoint. So an acknowledged
+//! batch survives a crash, and concurrent batches share fsyncs.
 //!
 //! A [`crate::CommitHook`] installed with `set_commit_hook` runs on the writer thread, in commit
 //! order (see `writer.rs`).
@@ -17,7 +18,8 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use redb::{
@@ -39,6 +41,9 @@ use crate::{
 pub(crate) const DATABASE_FILE: &str = "bunker.redb";
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+/// The commit log's number of the last record a durable commit holds (`log.rs`).
+const LOG_TABLE: TableDefinition<&str, u64> = TableDefinition::new("log");
+const CHECKPOINT_KEY: &str = "checkpoint";
 
 /// Durable ordered key-value store on redb with group commit.
 pub struct EmbeddedBackend {
@@ -58,22 +63,29 @@ pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 /// every open, so a directory created by hand with a laxer umask is fixed too.
 #[cfg(unix)]
 fn restrict_permissions(dir: &Path, db_file: &Path) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let io = |context: String| move |source| StorageError::Io { context, source };
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io(format!("restricting data directory {}", dir.display())))?;
-    std::fs::OpenOptions::new()
+    open_private(db_file, "database file").map(drop)
+}
+
+/// Opens (creating if missing) a file of the data directory, readable by the server alone.
+#[cfg(unix)]
+fn open_private(path: &Path, what: &str) -> Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |context: String| move |source| StorageError::Io { context, source };
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(db_file)
-        .map_err(io(format!("creating database file {}", db_file.display())))?;
-    std::fs::set_permissions(db_file, std::fs::Permissions::from_mode(0o600)).map_err(io(format!(
-        "restricting database file {}",
-        db_file.display()
-    )))
+        .open(path)
+        .map_err(io(format!("opening {what} {}", path.display())))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io(format!("restricting {what} {}", path.display())))?;
+    Ok(file)
 }
 
 #[cfg(not(unix))]
@@ -115,14 +127,27 @@ impl EmbeddedBackend {
             .map_err(|e| engine_error(format!("opening database {}", path.display()), e))?;
         create_table(&db)?;
         sync_dir(dir)?;
+        let mut log = CommitLog::open(dir)?;
+        let (seq, replayed) = replay_log(&db, &log)?;
+        log.restart();
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             repaired = repaired.load(std::sync::atomic::Ordering::Relaxed),
+            replayed_commits = replayed,
             "embedded storage opened"
         );
 
         let db = Arc::new(db);
-        let writer = Writer::spawn(RedbStore { db: db.clone() }, "bunker-storage-writer")?;
+        let store = RedbStore {
+            db: db.clone(),
+            log: Mutex::new(LogState {
+                log,
+                seq,
+                last_checkpoint: Instant::now(),
+                logged: 0,
+            }),
+        };
+        let writer = Writer::spawn(store, "bunker-storage-writer")?;
         Ok(Self { db, path, writer })
     }
 
@@ -223,6 +248,7 @@ impl Backend for EmbeddedBackend {
         }
     }
 
+    /// A group commit syncs once: its log record, or redb's commit at a checkpoint.
     fn metrics(&self) -> StorageMetrics {
         self.writer.counters.snapshot()
     }
@@ -263,11 +289,27 @@ impl crate::HookedBackend for EmbeddedBackend {
 /// The writer's side of the database.
 struct RedbStore {
     db: Arc<Database>,
+    /// Only the writer thread locks it.
+    log: Mutex<LogState>,
+}
+
+struct LogState {
+    log: CommitLog,
+    /// The number of the last record appended or checkpointed.
+    seq: u64,
+    last_checkpoint: Instant,
+    /// Commits logged since the last checkpoint: redb has not made them durable itself, and
+    /// each left pages that the next checkpoint writes.
+    logged: usize,
 }
 
 impl GroupStore for RedbStore {
     fn commit(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()> {
-        let txn = begin_durable_write(&self.db)?;
+        let mut state = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(engine("starting write transaction"))?;
         let update = {
             let mut table = RedbTable(
                 txn.open_table(ENTRIES)
@@ -279,13 +321,102 @@ impl GroupStore for RedbStore {
                 index,
             )?
         };
-        txn.commit()
-            .map_err(engine("committing write transaction"))?;
+        let seq = state.seq + 1;
+        let ops = || batches.iter().flat_map(|batch| batch.iter());
+        if batches.len() > log::MAX_SLICES
+            || state.logged >= log::CHECKPOINT_COMMITS
+            || state.last_checkpoint.elapsed() >= log::CHECKPOINT_INTERVAL
+            || !state.log.fits(log::encoded_len(ops()))
+            || state.log.is_broken()
+        {
+            checkpoint(txn, seq)?;
+            state.log.restart();
+            state.last_checkpoint = Instant::now();
+            state.logged = 0;
+        } else {
+            let record = log::encode(seq, ops());
+            state.log.append(&record)?;
+            let committed = txn
+                .set_durability(Durability::None)
+                .map_err(engine("setting commit durability"))
+                .and_then(|()| txn.commit().map_err(engine("committing write transaction")));
+            if let Err(error) = committed {
+                state.log.unappend(record.len());
+                return Err(error);
+            }
+            state.logged += 1;
+        }
+        state.seq = seq;
         if let Some(update) = update {
             update.committed();
         }
         Ok(())
     }
+
+    /// The writer is stopping: make what the log holds durable in redb, so a clean stop leaves
+    /// nothing to replay.
+    fn close(&self) {
+        let state = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.logged == 0 {
+            return;
+        }
+        let done = self
+            .db
+            .begin_write()
+            .map_err(engine("starting the closing checkpoint"))
+            .and_then(|txn| checkpoint(txn, state.seq));
+        if let Err(error) = done {
+            tracing::warn!(%error, "closing checkpoint failed; the next start replays the commit log");
+        }
+    }
+}
+
+/// Commits `txn` durably (redb's one-sync commit) as the checkpoint of log record `seq`: every
+/// record up to it is in redb, and the log starts over. Not with redb's quick repair (a faster
+/// open after a crash): it adds a second sync to every durable commit.
+fn checkpoint(mut txn: WriteTransaction, seq: u64) -> Result<()> {
+    txn.set_durability(Durability::Immediate)
+        .map_err(engine("setting commit durability"))?;
+    txn.open_table(LOG_TABLE)
+        .map_err(engine("opening the log table"))?
+        .insert(CHECKPOINT_KEY, seq)
+        .map_err(engine("recording the checkpoint"))?;
+    txn.commit().map_err(engine("committing a checkpoint"))
+}
+
+/// Applies the log's records after the last checkpoint (a crash came first) in one durable
+/// commit. Returns the number of the last record and how many were replayed.
+fn replay_log(db: &Database, log: &CommitLog) -> Result<(u64, usize)> {
+    let checkpoint_seq = db
+        .begin_read()
+        .map_err(engine("starting read transaction"))?
+        .open_table(LOG_TABLE)
+        .map_err(engine("opening the log table"))?
+        .get(CHECKPOINT_KEY)
+        .map_err(engine("reading the checkpoint"))?
+        .map_or(0, |guard| guard.value());
+    let records = log.replay(checkpoint_seq)?;
+    let Some(&(last, _)) = records.last() else {
+        return Ok((checkpoint_seq, 0));
+    };
+    let txn = db
+        .begin_write()
+        .map_err(engine("starting write transaction"))?;
+    {
+        let mut table = RedbTable(
+            txn.open_table(ENTRIES)
+                .map_err(engine("opening entries table for writing"))?,
+        );
+        let ops = records.iter().flat_map(|(_, ops)| ops.iter());
+        apply_indexed(&mut table, ops, None)?;
+    }
+    checkpoint(txn, last)?;
+    tracing::info!(
+        from = checkpoint_seq + 1,
+        to = last,
+        "replayed the commit log after an unclean stop"
+    );
+    Ok((last, records.len()))
 }
 
 /// The writer's open table; what a write replaces is read from the same B-tree operation.
@@ -344,12 +475,15 @@ fn begin_durable_write(db: &Database) -> Result<WriteTransaction> {
     Ok(txn)
 }
 
-/// Makes sure the entries table exists, so readers can always open it.
+/// Makes sure the entries and log tables exist, so readers can always open them.
 fn create_table(db: &Database) -> Result<()> {
     let txn = begin_durable_write(db)?;
     txn.open_table(ENTRIES)
         .map(drop)
         .map_err(engine("creating entries table"))?;
+    txn.open_table(LOG_TABLE)
+        .map(drop)
+        .map_err(engine("creating the log table"))?;
     txn.commit().map_err(engine("committing entries table"))
 }
 
@@ -381,5 +515,8 @@ fn engine_error(context: String, error: impl std::fmt::Display) -> StorageError 
     }
 }
 
+mod log;
 #[cfg(test)]
 mod tests;
+
+use log::CommitLog;

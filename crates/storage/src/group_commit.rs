@@ -153,6 +153,9 @@ pub(crate) trait GroupStore {
     fn admits(&self, _epoch: Option<u64>) -> Result<()> {
         Ok(())
     }
+
+    /// The writer is stopping (its queue closed and drained).
+    fn close(&self) {}
 }
 
 /// Durability counters, updated by the writer and read by `metrics()`.
@@ -198,7 +201,10 @@ pub(crate) fn run(
             Some(request) => request,
             None => match queue.blocking_recv() {
                 Some(request) => request,
-                None => return,
+                None => {
+                    store.close();
+                    return;
+                }
             },
         };
         let (mut group, mut next) = drain_group(first, &mut queue);

@@ -271,5 +271,11 @@ fn data_directory_and_file_are_private_to_the_server() {
     let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join(DATABASE_FILE)), 0o600);
+    let log = dir.join(super::log::LOG_FILE);
+    assert_eq!(mode(&log), 0o600);
     drop(backend);
+    // A log loosened by hand is tightened at the next open.
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    drop(open(&dir));
+    assert_eq!(mode(&log), 0o600);
 }
