@@ -1,5 +1,6 @@
-//! The durable default backend: one redb file, `<dir>/bunker.redb`, holding one table of
-//! `&str -> &[u8]`.
+//! The durable default backend: a redb file, `<dir>/bunker.redb`, holding one table of
+//! `&str -> &[u8]`, and its commit log `<dir>/bunker.log` (`log.rs`). The two make up the
+//! database: copy the directory, not the file, and only while the server is stopped.
 //!
 //! Reads open a redb read transaction directly in the async fn: they are MVCC snapshots that
 //! never wait for the writer, and a B-tree lookup is fast enough not to need a blocking pool.
@@ -335,13 +336,18 @@ impl GroupStore for RedbStore {
             state.logged = 0;
         } else {
             let record = log::encode(seq, ops());
-            state.log.append(&record)?;
-            let committed = txn
-                .set_durability(Durability::None)
-                .map_err(engine("setting commit durability"))
-                .and_then(|()| txn.commit().map_err(engine("committing write transaction")));
+            let committed = state.log.append(&record).and_then(|()| {
+                txn.set_durability(Durability::None)
+                    .map_err(engine("setting commit durability"))?;
+                txn.commit().map_err(engine("committing write transaction"))
+            });
             if let Err(error) = committed {
-                state.log.unappend(record.len());
+                // Record `seq` may be in the file, and redb may have applied the commit before
+                // failing (its documented contract): the outcome is unknown, as with any I/O
+                // error. The number is spent and the next commit is a durable checkpoint past
+                // it, so a restart never applies it on top of anything newer.
+                state.seq = seq;
+                state.log.mark_broken();
                 return Err(error);
             }
             state.logged += 1;
@@ -357,7 +363,7 @@ impl GroupStore for RedbStore {
     /// nothing to replay.
     fn close(&self) {
         let state = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.logged == 0 {
+        if state.logged == 0 && !state.log.is_broken() {
             return;
         }
         let done = self
