@@ -324,35 +324,38 @@ impl GroupStore for RedbStore {
         };
         let seq = state.seq + 1;
         let ops = || batches.iter().flat_map(|batch| batch.iter());
-        if batches.len() > log::MAX_SLICES
+        let checkpointed = batches.len() > log::MAX_SLICES
             || state.logged >= log::CHECKPOINT_COMMITS
             || state.last_checkpoint.elapsed() >= log::CHECKPOINT_INTERVAL
             || !state.log.fits(log::encoded_len(ops()))
-            || state.log.is_broken()
-        {
-            checkpoint(txn, seq)?;
+            || state.log.is_broken();
+        let committed = if checkpointed {
+            checkpoint(txn, seq)
+        } else {
+            let record = log::encode(seq, ops());
+            state.log.append(&record).and_then(|()| {
+                txn.set_durability(Durability::None)
+                    .map_err(engine("setting commit durability"))?;
+                txn.commit().map_err(engine("committing write transaction"))
+            })
+        };
+        // Spent whatever the outcome: a failed commit may still have become durable (redb's
+        // documented contract), with record `seq` in the log or `seq` as the checkpoint. So no
+        // later record may reuse the number, and the log stops (every later commit is a
+        // durable checkpoint past it): a restart never applies a failed group on top of newer
+        // ones, nor skips a newer one as already checkpointed.
+        state.seq = seq;
+        if let Err(error) = committed {
+            state.log.mark_broken();
+            return Err(error);
+        }
+        if checkpointed {
             state.log.restart();
             state.last_checkpoint = Instant::now();
             state.logged = 0;
         } else {
-            let record = log::encode(seq, ops());
-            let committed = state.log.append(&record).and_then(|()| {
-                txn.set_durability(Durability::None)
-                    .map_err(engine("setting commit durability"))?;
-                txn.commit().map_err(engine("committing write transaction"))
-            });
-            if let Err(error) = committed {
-                // Record `seq` may be in the file, and redb may have applied the commit before
-                // failing (its documented contract): the outcome is unknown, as with any I/O
-                // error. The number is spent and the next commit is a durable checkpoint past
-                // it, so a restart never applies it on top of anything newer.
-                state.seq = seq;
-                state.log.mark_broken();
-                return Err(error);
-            }
             state.logged += 1;
         }
-        state.seq = seq;
         if let Some(update) = update {
             update.committed();
         }

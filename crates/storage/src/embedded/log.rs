@@ -53,7 +53,7 @@ pub(crate) struct CommitLog {
     path: PathBuf,
     /// Offset of the next record.
     end: u64,
-    /// A sync or a commit failed with a record in the file: what the file holds is unknown (the
+    /// An append, a commit or a checkpoint failed: what the file or redb holds is unknown (the
     /// kernel may have dropped the pages it could not write), so the store stops logging and
     /// commits every group durably in redb (each a checkpoint) until a restart.
     broken: bool,
@@ -126,8 +126,8 @@ impl CommitLog {
         Ok(())
     }
 
-    /// A record may be in the file while its commit's outcome is unknown (its append or its
-    /// redb commit failed): from now on every commit is a checkpoint, numbered past it.
+    /// A commit's outcome is unknown (its append, its redb commit or a checkpoint failed): from
+    /// now on every commit is a checkpoint, numbered past it.
     pub(crate) fn mark_broken(&mut self) {
         self.broken = true;
     }
