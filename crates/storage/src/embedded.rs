@@ -33,6 +33,7 @@ use crate::hook::{apply_indexed, TxnTable};
 use crate::limits::validate_key;
 use crate::listing::{list_children, scan_prefix};
 use crate::snapshot::PageBuilder;
+use crate::timed::Timed;
 use crate::{
     Backend, CommitHook, CommitIndex, Op, Result, SnapshotPage, SnapshotSink, StorageError,
     StorageMetrics,
@@ -146,6 +147,7 @@ impl EmbeddedBackend {
                 seq,
                 last_checkpoint: Instant::now(),
                 logged: 0,
+                record: Vec::new(),
             }),
         };
         let writer = Writer::spawn(store, "bunker-storage-writer")?;
@@ -287,6 +289,12 @@ impl crate::HookedBackend for EmbeddedBackend {
     }
 }
 
+/// How long a group commit took, by kind (`docs/monitoring.md`): one made durable by its
+/// commit-log record, or a checkpoint (redb writes every page dirtied since the last one, and
+/// syncs). Checkpoints hold the writer, so they set the tail of write and replication latency.
+const LOGGED_METRIC: &str = "bunker_storage_commit_logged";
+const CHECKPOINT_METRIC: &str = "bunker_storage_commit_checkpoint";
+
 /// The writer's side of the database.
 struct RedbStore {
     db: Arc<Database>,
@@ -302,6 +310,8 @@ struct LogState {
     /// Commits logged since the last checkpoint: redb has not made them durable itself, and
     /// each left pages that the next checkpoint writes.
     logged: usize,
+    /// The buffer records are made in.
+    record: Vec<u8>,
 }
 
 impl GroupStore for RedbStore {
@@ -329,11 +339,21 @@ impl GroupStore for RedbStore {
             || state.last_checkpoint.elapsed() >= log::CHECKPOINT_INTERVAL
             || !state.log.fits(log::encoded_len(ops()))
             || state.log.is_broken();
+        let _timed = Timed::start(if checkpointed {
+            CHECKPOINT_METRIC
+        } else {
+            LOGGED_METRIC
+        });
         let committed = if checkpointed {
             checkpoint(txn, seq)
         } else {
-            let record = log::encode(seq, ops());
-            state.log.append(&record).and_then(|()| {
+            let mut record = std::mem::take(&mut state.record);
+            log::encode_into(&mut record, seq, ops());
+            let appended = state.log.append(&record);
+            // Kept for the next record, unless a rare large group grew it.
+            record.shrink_to(log::KEPT_RECORD_BYTES);
+            state.record = record;
+            appended.and_then(|()| {
                 txn.set_durability(Durability::None)
                     .map_err(engine("setting commit durability"))?;
                 txn.commit().map_err(engine("committing write transaction"))

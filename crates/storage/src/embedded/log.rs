@@ -43,6 +43,8 @@ pub(crate) const CHECKPOINT_COMMITS: usize = 8;
 /// checkpoint, a stall that every writer queued behind waits for (measured: same throughput
 /// from 16 connections up, a higher p99). The log is for the lone and the few.
 pub(crate) const MAX_SLICES: usize = 8;
+/// The writer's record buffer is trimmed back to this after a larger record.
+pub(crate) const KEPT_RECORD_BYTES: usize = 1 << 20;
 /// Bytes before a record's ops: length, CRC, sequence number.
 const HEADER: usize = 16;
 
@@ -143,27 +145,44 @@ impl CommitLog {
 }
 
 /// One record holding `ops`, numbered `seq`.
-pub(crate) fn encode<'a>(seq: u64, ops: impl Iterator<Item = &'a Op>) -> Vec<u8> {
-    let mut body = seq.to_le_bytes().to_vec();
+#[cfg(test)]
+pub(crate) fn encode<'a>(seq: u64, ops: impl Iterator<Item = &'a Op> + Clone) -> Vec<u8> {
+    let mut record = Vec::new();
+    encode_into(&mut record, seq, ops);
+    record
+}
+
+/// Makes in `record` (cleared first) the record holding `ops`, numbered `seq`. The writer keeps
+/// one buffer for all its records: a fresh one per commit cost allocations and page faults
+/// (4 % of a secondary's CPU under load).
+pub(crate) fn encode_into<'a>(
+    record: &mut Vec<u8>,
+    seq: u64,
+    ops: impl Iterator<Item = &'a Op> + Clone,
+) {
+    record.clear();
+    record.reserve(encoded_len(ops.clone()));
+    // Length and checksum are filled in once the body is there.
+    record.extend_from_slice(&[0; 8]);
+    record.extend_from_slice(&seq.to_le_bytes());
     for op in ops {
         match op {
             Op::Put { key, value } => {
-                body.push(0);
-                put_bytes(&mut body, key.as_bytes());
-                put_bytes(&mut body, value);
+                record.push(0);
+                put_bytes(record, key.as_bytes());
+                put_bytes(record, value);
             }
             Op::Delete { key } => {
-                body.push(1);
-                put_bytes(&mut body, key.as_bytes());
+                record.push(1);
+                put_bytes(record, key.as_bytes());
             }
         }
     }
-    let len = (body.len() + 8) as u32;
-    let mut record = Vec::with_capacity(body.len() + 8);
-    record.extend_from_slice(&len.to_le_bytes());
-    record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    record.extend_from_slice(&body);
-    record
+    let len = record.len() as u32;
+    let (len_field, rest) = record.split_at_mut(4);
+    let (crc_field, body) = rest.split_at_mut(4);
+    len_field.copy_from_slice(&len.to_le_bytes());
+    crc_field.copy_from_slice(&crc32fast::hash(body).to_le_bytes());
 }
 
 /// The length of the record [`encode`] makes of `ops`, without making it.
