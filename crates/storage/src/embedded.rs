@@ -413,8 +413,9 @@ fn checkpoint(mut txn: WriteTransaction, seq: u64) -> Result<()> {
     txn.commit().map_err(engine("committing a checkpoint"))
 }
 
-/// Applies the log's records after the last checkpoint (a crash came first) in one durable
-/// commit. Returns the number of the last record and how many were replayed.
+/// Applies the log's records after the last checkpoint (a crash came first) and starts this
+/// run's numbering ([`run_base`]), in one durable commit. Returns the number the run's first
+/// record follows and how many records were replayed.
 fn replay_log(db: &Database, log: &CommitLog) -> Result<(u64, usize)> {
     let checkpoint_seq = db
         .begin_read()
@@ -425,9 +426,8 @@ fn replay_log(db: &Database, log: &CommitLog) -> Result<(u64, usize)> {
         .map_err(engine("reading the checkpoint"))?
         .map_or(0, |guard| guard.value());
     let records = log.replay(checkpoint_seq)?;
-    let Some(&(last, _)) = records.last() else {
-        return Ok((checkpoint_seq, 0));
-    };
+    let last = records.last().map_or(checkpoint_seq, |&(seq, _)| seq);
+    let base = run_base(last);
     let txn = db
         .begin_write()
         .map_err(engine("starting write transaction"))?;
@@ -439,13 +439,30 @@ fn replay_log(db: &Database, log: &CommitLog) -> Result<(u64, usize)> {
         let ops = records.iter().flat_map(|(_, ops)| ops.iter());
         apply_indexed(&mut table, ops, None)?;
     }
-    checkpoint(txn, last)?;
-    tracing::info!(
-        from = checkpoint_seq + 1,
-        to = last,
-        "replayed the commit log after an unclean stop"
-    );
-    Ok((last, records.len()))
+    checkpoint(txn, base)?;
+    if !records.is_empty() {
+        tracing::info!(
+            from = checkpoint_seq + 1,
+            to = last,
+            "replayed the commit log after an unclean stop"
+        );
+    }
+    Ok((base, records.len()))
+}
+
+/// Where a run's record numbers start: the clock in nanoseconds, past the last number used.
+/// A log replays only records numbered from its database's checkpoint on, so numbers that
+/// differ from run to run tie a log to the run of the database it was written for: a log left
+/// next to a database file restored from a backup, or copied from another server, holds
+/// numbers that database never checkpointed (with numbers counted from zero in every
+/// database, two young databases would share them and one would replay the other's writes).
+fn run_base(last: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX / 2)
+        });
+    now.max(last.saturating_add(1))
 }
 
 /// The writer's open table; what a write replaces is read from the same B-tree operation.

@@ -8,7 +8,9 @@
 //! next durable commit). Every [`CHECKPOINT_INTERVAL`], or when the log is full, a group's
 //! transaction is committed durably instead (a *checkpoint*, numbered in redb's own `log`
 //! table) and the log starts over. Opening replays, in order, the records numbered after the
-//! last checkpoint. Design reason: PostgreSQL's and etcd's split (a sequential log for
+//! last checkpoint. Each run numbers its records from a base of its own, recorded as a
+//! checkpoint when the database opens (`run_base` in `embedded.rs`), so a log is only ever
+//! replayed into the database it was written for. Design reason: PostgreSQL's and etcd's split (a sequential log for
 //! durability, pages written in the background), kept inside the storage layer so nothing above
 //! it changes; redb stays the only thing readers see.
 //!

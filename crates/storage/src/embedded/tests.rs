@@ -279,3 +279,62 @@ fn data_directory_and_file_are_private_to_the_server() {
     drop(open(&dir));
     assert_eq!(mode(&log), 0o600);
 }
+
+/// The checkpoint number a (closed) data directory's database holds.
+fn checkpoint_of(dir: &Path) -> u64 {
+    let db = Database::open(dir.join(DATABASE_FILE)).expect("opening the database file");
+    let txn = db.begin_read().expect("read transaction");
+    let table = txn.open_table(LOG_TABLE).expect("log table");
+    let seq = table
+        .get(CHECKPOINT_KEY)
+        .expect("reading")
+        .expect("a checkpoint");
+    seq.value()
+}
+
+/// Appends to `dir`'s commit log, as a crash right after acknowledging it would leave it, the
+/// record numbered after the database's checkpoint that puts `key`.
+fn log_unreplayed_put(dir: &Path, key: &str) {
+    let seq = checkpoint_of(dir) + 1;
+    let mut log = CommitLog::open(dir).expect("opening the log");
+    let ops = [Op::Put {
+        key: key.to_owned(),
+        value: b"from the log".to_vec(),
+    }];
+    log.append(&log::encode(seq, ops.iter()))
+        .expect("appending");
+}
+
+/// Two databases with the same history, and a log crafted as one of them would have left it.
+/// Replayed into its own database; ignored next to the other (a copied or restored file),
+/// whose run numbered its records differently.
+#[tokio::test]
+async fn a_log_is_replayed_only_into_the_database_it_was_written_for() {
+    let (own, other) = (temp_dir(), temp_dir());
+    for dir in [own.path(), other.path()] {
+        let db = open(dir);
+        db.put("a", b"1".to_vec()).await.expect("put");
+        drop(db);
+    }
+    log_unreplayed_put(own.path(), "logged");
+    std::fs::copy(
+        own.path().join(log::LOG_FILE),
+        other.path().join(log::LOG_FILE),
+    )
+    .expect("copying the log");
+
+    let db = open(own.path());
+    assert_eq!(
+        db.get("logged").await.expect("get"),
+        Some(b"from the log".to_vec()),
+        "the log's own database replays it"
+    );
+    let foreign = open(other.path());
+    assert_eq!(foreign.get("logged").await.expect("get"), None);
+    assert_eq!(foreign.get("a").await.expect("get"), Some(b"1".to_vec()));
+    drop((db, foreign));
+    // Every open starts a run past the numbers used before.
+    let before = checkpoint_of(own.path());
+    drop(open(own.path()));
+    assert!(checkpoint_of(own.path()) > before);
+}
