@@ -332,14 +332,20 @@ impl GroupStore for RedbStore {
                 index,
             )?
         };
-        let seq = state.seq + 1;
+        // Only a damaged checkpoint number gets here; refuse rather than wrap to reused numbers.
+        let seq = state.seq.checked_add(1).ok_or_else(|| {
+            engine_error(
+                "numbering a commit-log record".into(),
+                "record numbers exhausted",
+            )
+        })?;
         let ops = || batches.iter().flat_map(|batch| batch.iter());
         let checkpointed = batches.len() > log::MAX_SLICES
             || state.logged >= log::CHECKPOINT_COMMITS
             || state.last_checkpoint.elapsed() >= log::CHECKPOINT_INTERVAL
             || !state.log.fits(log::encoded_len(ops()))
             || state.log.is_broken();
-        let _timed = Timed::start(if checkpointed {
+        let timed = Timed::start(if checkpointed {
             CHECKPOINT_METRIC
         } else {
             LOGGED_METRIC
@@ -359,6 +365,7 @@ impl GroupStore for RedbStore {
                 txn.commit().map_err(engine("committing write transaction"))
             })
         };
+        drop(timed);
         // Spent whatever the outcome: a failed commit may still have become durable (redb's
         // documented contract), with record `seq` in the log or `seq` as the checkpoint. So no
         // later record may reuse the number, and the log stops (every later commit is a

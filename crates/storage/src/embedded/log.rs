@@ -9,8 +9,9 @@
 //! transaction is committed durably instead (a *checkpoint*, numbered in redb's own `log`
 //! table) and the log starts over. Opening replays, in order, the records numbered after the
 //! last checkpoint. Each run numbers its records from a base of its own, recorded as a
-//! checkpoint when the database opens (`run_base` in `embedded.rs`), so a log is only ever
-//! replayed into the database it was written for. Design reason: PostgreSQL's and etcd's split (a sequential log for
+//! checkpoint when the database opens (`run_base` in `embedded.rs`), so a log is replayed only
+//! into the database it was written for (unless the clock was wrong by centuries), and a log
+//! that is not is reported. Design reason: PostgreSQL's and etcd's split (a sequential log for
 //! durability, pages written in the background), kept inside the storage layer so nothing above
 //! it changes; redb stays the only thing readers see.
 //!
@@ -106,7 +107,17 @@ impl CommitLog {
         self.file
             .read_exact_at(&mut bytes, 0)
             .map_err(io(format!("reading {}", self.path.display())))?;
-        Ok(parse(&bytes, checkpoint))
+        let (records, unmatched) = parse_checked(&bytes, checkpoint);
+        if let Some(seq) = unmatched {
+            tracing::warn!(
+                path = %self.path.display(),
+                checkpoint,
+                record = seq,
+                "the commit log holds records of another database or of another run of this one \
+                 (a database file restored or copied without its log?); they are not replayed"
+            );
+        }
+        Ok(records)
     }
 
     /// Whether a record of `len` bytes fits after the last one.
@@ -114,7 +125,7 @@ impl CommitLog {
         self.end + len as u64 <= LOG_BYTES
     }
 
-    /// Appends `record` (from [`encode`]) and syncs it: once this returns, the record survives
+    /// Appends `record` (from [`encode_into`]) and syncs it: once this returns, the record survives
     /// a crash.
     pub(crate) fn append(&mut self, record: &[u8]) -> Result<()> {
         let at = self.end;
@@ -187,7 +198,7 @@ pub(crate) fn encode_into<'a>(
     crc_field.copy_from_slice(&crc32fast::hash(body).to_le_bytes());
 }
 
-/// The length of the record [`encode`] makes of `ops`, without making it.
+/// The length of the record [`encode_into`] makes of `ops`, without making it.
 pub(crate) fn encoded_len<'a>(ops: impl Iterator<Item = &'a Op>) -> usize {
     ops.map(|op| match op {
         Op::Put { key, value } => 9 + key.len() + value.len(),
@@ -203,20 +214,29 @@ fn put_bytes(record: &mut Vec<u8>, bytes: &[u8]) {
 
 /// The records of `log` numbered `checkpoint + 1`, `+ 2`, … in order, skipping those at or
 /// below `checkpoint` that come first (a restart before the checkpoint's log was rewritten).
+#[cfg(test)]
 fn parse(log: &[u8], checkpoint: u64) -> Vec<(u64, Vec<Op>)> {
+    parse_checked(log, checkpoint).0
+}
+
+/// [`parse`], and the number of a valid record above the next one expected where the records
+/// stop, if they stop at one. No crash leaves that (after a checkpoint the log starts over
+/// with the number after it): the log was written for another database or another run of it
+/// (a database file restored without its log, or copied next to another's).
+fn parse_checked(log: &[u8], checkpoint: u64) -> (Vec<(u64, Vec<Op>)>, Option<u64>) {
     let mut records = Vec::new();
     let mut rest = log;
-    let mut expected = checkpoint + 1;
+    let mut expected = checkpoint.saturating_add(1);
     while let Some((seq, ops, after)) = record_at(rest) {
         if seq == expected {
             records.push((seq, ops));
-            expected += 1;
+            expected = expected.saturating_add(1);
         } else if !(records.is_empty() && seq <= checkpoint) {
-            break;
+            return (records, (seq > expected).then_some(seq));
         }
         rest = after;
     }
-    records
+    (records, None)
 }
 
 /// The valid record at the start of `bytes`, and what follows it.
@@ -335,6 +355,11 @@ mod tests {
         long[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(parse(&long, 0).is_empty());
         assert!(parse(&[0u8; 64], 0).is_empty());
+        // Records above the next number expected: another run's (or database's) log.
+        let foreign = log_of(&[encode(9, [].iter()), encode(10, [].iter())]);
+        assert_eq!(parse_checked(&foreign, 2), (vec![], Some(9)));
+        assert_eq!(parse_checked(&rewritten, 2).1, None);
+        assert_eq!(parse_checked(&gap, 0).1, Some(3));
     }
 
     #[test]

@@ -305,7 +305,7 @@ fn log_unreplayed_put(dir: &Path, key: &str) {
         .expect("appending");
 }
 
-/// Two databases with the same history, and a log crafted as one of them would have left it.
+/// Two databases given the same writes, and a log crafted as one of them would have left it.
 /// Replayed into its own database; ignored next to the other (a copied or restored file),
 /// whose run numbered its records differently.
 #[tokio::test]
