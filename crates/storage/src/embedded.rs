@@ -127,7 +127,6 @@ impl EmbeddedBackend {
             })
             .create(&path)
             .map_err(|e| engine_error(format!("opening database {}", path.display()), e))?;
-        create_table(&db)?;
         sync_dir(dir)?;
         let mut log = CommitLog::open(dir)?;
         let (seq, replayed) = replay_log(&db, &log)?;
@@ -421,12 +420,14 @@ fn checkpoint(mut txn: WriteTransaction, seq: u64) -> Result<()> {
 }
 
 /// Applies the log's records after the last checkpoint (a crash came first) and starts this
-/// run's numbering ([`run_base`]), in one durable commit. Returns the number the run's first
+/// run's numbering ([`run_base`]), in the open's one durable commit. Returns the number the run's first
 /// record follows and how many records were replayed.
 fn replay_log(db: &Database, log: &CommitLog) -> Result<(u64, usize)> {
-    let checkpoint_seq = db
-        .begin_read()
-        .map_err(engine("starting read transaction"))?
+    // Also creates both tables on a new database, so readers can always open them.
+    let txn = db
+        .begin_write()
+        .map_err(engine("starting write transaction"))?;
+    let checkpoint_seq = txn
         .open_table(LOG_TABLE)
         .map_err(engine("opening the log table"))?
         .get(CHECKPOINT_KEY)
@@ -435,9 +436,6 @@ fn replay_log(db: &Database, log: &CommitLog) -> Result<(u64, usize)> {
     let records = log.replay(checkpoint_seq)?;
     let last = records.last().map_or(checkpoint_seq, |&(seq, _)| seq);
     let base = run_base(last);
-    let txn = db
-        .begin_write()
-        .map_err(engine("starting write transaction"))?;
     {
         let mut table = RedbTable(
             txn.open_table(ENTRIES)
@@ -517,27 +515,6 @@ impl TxnTable for RedbTable<'_> {
         }
         Ok(())
     }
-}
-
-fn begin_durable_write(db: &Database) -> Result<WriteTransaction> {
-    let mut txn = db
-        .begin_write()
-        .map_err(engine("starting write transaction"))?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(engine("setting commit durability"))?;
-    Ok(txn)
-}
-
-/// Makes sure the entries and log tables exist, so readers can always open them.
-fn create_table(db: &Database) -> Result<()> {
-    let txn = begin_durable_write(db)?;
-    txn.open_table(ENTRIES)
-        .map(drop)
-        .map_err(engine("creating entries table"))?;
-    txn.open_table(LOG_TABLE)
-        .map(drop)
-        .map_err(engine("creating the log table"))?;
-    txn.commit().map_err(engine("committing entries table"))
 }
 
 /// Fsyncs the directory so a newly created database file's name survives a crash.

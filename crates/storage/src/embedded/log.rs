@@ -226,11 +226,17 @@ fn parse(log: &[u8], checkpoint: u64) -> Vec<(u64, Vec<Op>)> {
 fn parse_checked(log: &[u8], checkpoint: u64) -> (Vec<(u64, Vec<Op>)>, Option<u64>) {
     let mut records = Vec::new();
     let mut rest = log;
-    let mut expected = checkpoint.saturating_add(1);
+    // No number follows the last one: nothing after such a checkpoint is replayed.
+    let Some(mut expected) = checkpoint.checked_add(1) else {
+        return (records, None);
+    };
     while let Some((seq, ops, after)) = record_at(rest) {
         if seq == expected {
             records.push((seq, ops));
-            expected = expected.saturating_add(1);
+            let Some(next) = expected.checked_add(1) else {
+                break;
+            };
+            expected = next;
         } else if !(records.is_empty() && seq <= checkpoint) {
             return (records, (seq > expected).then_some(seq));
         }
@@ -360,6 +366,9 @@ mod tests {
         assert_eq!(parse_checked(&foreign, 2), (vec![], Some(9)));
         assert_eq!(parse_checked(&rewritten, 2).1, None);
         assert_eq!(parse_checked(&gap, 0).1, Some(3));
+        // A damaged checkpoint at the last number: nothing follows it, nothing is replayed.
+        let last = log_of(&[encode(u64::MAX, [put("a", "1")].iter())]);
+        assert_eq!(parse_checked(&last, u64::MAX), (vec![], None));
     }
 
     #[test]
