@@ -4,12 +4,15 @@
 //!
 //! Reads open a redb read transaction directly in the async fn: they are MVCC snapshots that
 //! never wait for the writer, and a B-tree lookup is fast enough not to need a blocking pool.
+//! While a checkpoint runs, the groups committed meanwhile are laid over that snapshot
+//! (`embedded/overlay.rs`).
 //!
 //! Writes go through a single writer thread that group-commits (see `group_commit.rs`):
 //! `batch()` queues its ops on a bounded channel and waits for the reply, which arrives only
 //! after the group holding them is durable: appended to the commit log and synced (`log.rs`),
-//! or committed by redb with [`Durability::Immediate`] at a checkpoint. So an acknowledged
-//! batch survives a crash, and concurrent batches share fsyncs.
+//! or committed by redb with `Durability::Immediate`. So an acknowledged batch survives a
+//! crash, and concurrent batches share fsyncs. Checkpoints run beside the writer
+//! (`embedded/writer.rs`).
 //!
 //! A [`crate::CommitHook`] installed with `set_commit_hook` runs on the writer thread, in commit
 //! order (see `writer.rs`).
@@ -19,24 +22,19 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{
-    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition,
-    WriteTransaction,
-};
+use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::group_commit::{GroupStore, Writer};
-use crate::hook::{apply_indexed, TxnTable};
+use crate::group_commit::Writer;
+use crate::hook::apply_indexed;
 use crate::limits::validate_key;
 use crate::listing::{list_children, scan_prefix};
 use crate::snapshot::PageBuilder;
-use crate::timed::Timed;
 use crate::{
-    Backend, CommitHook, CommitIndex, Op, Result, SnapshotPage, SnapshotSink, StorageError,
-    StorageMetrics,
+    Backend, CommitHook, Op, Result, SnapshotPage, SnapshotSink, StorageError, StorageMetrics,
 };
 
 /// File name of the database inside the data directory.
@@ -50,6 +48,10 @@ const CHECKPOINT_KEY: &str = "checkpoint";
 /// Durable ordered key-value store on redb with group commit.
 pub struct EmbeddedBackend {
     db: Arc<Database>,
+    /// The overlay readers lay over redb while a checkpoint runs.
+    shared: Arc<Shared>,
+    /// Syncs of checkpoints run beside the writer (the writer counts its own).
+    checkpoint_syncs: Arc<AtomicU64>,
     path: PathBuf,
     /// The group-commit writer thread; dropping the backend waits for it to finish.
     writer: Writer,
@@ -104,6 +106,22 @@ impl EmbeddedBackend {
 
     /// [`EmbeddedBackend::open`] with a page cache of `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self> {
+        Self::open_tuned(dir, cache_bytes, Tuning::default())
+    }
+
+    /// For tests of what runs on the store: a checkpoint starts after every group commit, and
+    /// each is held open until `groups` more groups were committed during it (or the writer
+    /// cannot go on without it), so writes meet running checkpoints all the time.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn open_holding_checkpoints(dir: &Path, groups: usize) -> Result<Self> {
+        let tuning = Tuning {
+            checkpoint_commits: 1,
+            hold: Some(writer::Hold::for_groups(groups)),
+        };
+        Self::open_tuned(dir, DEFAULT_CACHE_BYTES, tuning)
+    }
+
+    fn open_tuned(dir: &Path, cache_bytes: usize, tuning: Tuning) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
             context: format!("creating data directory {}", dir.display()),
             source,
@@ -139,31 +157,33 @@ impl EmbeddedBackend {
         );
 
         let db = Arc::new(db);
-        let store = RedbStore {
-            db: db.clone(),
-            log: Mutex::new(LogState {
-                log,
-                seq,
-                last_checkpoint: Instant::now(),
-                logged: 0,
-                record: Vec::new(),
-            }),
-        };
+        let shared = Arc::new(Shared::default());
+        let checkpoint_syncs = Arc::new(AtomicU64::new(0));
+        let store = RedbStore::new(
+            db.clone(),
+            shared.clone(),
+            log,
+            seq,
+            checkpoint_syncs.clone(),
+            tuning,
+        )?;
         let writer = Writer::spawn(store, "bunker-storage-writer")?;
-        Ok(Self { db, path, writer })
+        Ok(Self {
+            db,
+            shared,
+            checkpoint_syncs,
+            path,
+            writer,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn entries(&self) -> Result<ReadOnlyTable<&'static str, &'static [u8]>> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(engine("starting read transaction"))?;
-        txn.open_table(ENTRIES)
-            .map_err(engine("opening entries table for reading"))
+    /// What a read sees: redb's latest commit, with the overlay that goes with it.
+    fn view(&self) -> Result<View> {
+        self.shared.view(&self.db)
     }
 }
 
@@ -179,16 +199,7 @@ impl std::fmt::Debug for EmbeddedBackend {
 impl Backend for EmbeddedBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         validate_key(key)?;
-        // The table (which holds the read transaction) must outlive the guard: the guard
-        // borrows a page of the snapshot, and once the transaction is gone the writer may free
-        // and reuse that page (redb's debug builds assert on exactly this).
-        let table = self.entries()?;
-        let value = table
-            .get(key)
-            .map_err(|e| engine_error(format!("reading key {key:?}"), e))?
-            .map(|guard| guard.value().to_vec());
-        drop(table);
-        Ok(value)
+        self.view()?.get(key)
     }
 
     /// If the returned future is dropped after the batch was queued, the batch is still
@@ -202,16 +213,11 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let entries = self.entries()?;
+        let view = self.view()?;
+        let context = format!("listing {prefix:?}");
         list_children(prefix, |start| {
-            let range = entries
-                .range::<&str>((Bound::Included(start), Bound::Unbounded))
-                .map_err(|e| engine_error(format!("listing {prefix:?}"), e))?;
-            Ok(range.map(|entry| {
-                entry
-                    .map(|(key, _)| key.value().to_owned())
-                    .map_err(|e| engine_error(format!("listing {prefix:?}"), e))
-            }))
+            let range = view.range(Bound::Included(start), |_| (), &context)?;
+            Ok(range.map(|entry| entry.map(|(key, ())| key)))
         })
     }
 
@@ -221,24 +227,18 @@ impl Backend for EmbeddedBackend {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>> {
-        let entries = self.entries()?;
+        let view = self.view()?;
+        let context = format!("scanning {prefix:?}");
         scan_prefix(prefix, after, limit, |start| {
-            let range = entries
-                .range::<&str>((start, Bound::Unbounded))
-                .map_err(|e| engine_error(format!("scanning {prefix:?}"), e))?;
-            Ok(range.map(|entry| {
-                entry
-                    .map(|(key, value)| (key.value().to_owned(), value.value().to_vec()))
-                    .map_err(|e| engine_error(format!("scanning {prefix:?}"), e))
-            }))
+            view.range(start, <[u8]>::to_vec, &context)
         })
     }
 
-    /// One read transaction for the whole snapshot (redb's MVCC view: writers go on, the pages
-    /// they free are kept until it ends); each page is read by a fresh range from after the
-    /// last key, so no iterator is held across the sink's awaits.
+    /// One view for the whole snapshot (redb's MVCC snapshot, and the overlay that went with
+    /// it: writers go on, the pages they free are kept until it ends); each page is read by a
+    /// fresh range from after the last key, so no iterator is held across the sink's awaits.
     async fn snapshot(&self, sink: &mut dyn SnapshotSink) -> Result<()> {
-        let entries = self.entries()?;
+        let entries = self.view()?;
         let mut after: Option<String> = None;
         loop {
             let page = read_page(&entries, after.as_deref())?;
@@ -250,28 +250,25 @@ impl Backend for EmbeddedBackend {
         }
     }
 
-    /// A group commit syncs once: its log record, or redb's commit at a checkpoint.
+    /// A group commit syncs once (its log record, or redb's commit when it is too large for the
+    /// log), and so does each checkpoint run beside the writer.
     fn metrics(&self) -> StorageMetrics {
-        self.writer.counters.snapshot()
+        let mut metrics = self.writer.counters.snapshot();
+        metrics.fsyncs += self.checkpoint_syncs.load(Ordering::Relaxed);
+        metrics
     }
 }
 
-/// The next snapshot page of `entries`: keys strictly after `after`.
-fn read_page(
-    entries: &ReadOnlyTable<&'static str, &'static [u8]>,
-    after: Option<&str>,
-) -> Result<SnapshotPage> {
+/// The next snapshot page of `view`: keys strictly after `after`.
+fn read_page(view: &View, after: Option<&str>) -> Result<SnapshotPage> {
     let start = match after {
         Some(key) => Bound::Excluded(key),
         None => Bound::Unbounded,
     };
-    let range = entries
-        .range::<&str>((start, Bound::Unbounded))
-        .map_err(engine("reading a snapshot page"))?;
     let mut pages = PageBuilder::default();
-    for entry in range {
-        let (key, value) = entry.map_err(engine("reading a snapshot page"))?;
-        if let Some(page) = pages.push(key.value().to_owned(), value.value().to_vec()) {
+    for entry in view.range(start, <[u8]>::to_vec, "reading a snapshot page")? {
+        let (key, value) = entry?;
+        if let Some(page) = pages.push(key, value) {
             return Ok(page);
         }
     }
@@ -286,137 +283,6 @@ impl crate::HookedBackend for EmbeddedBackend {
     fn feeds_indexes(&self) -> bool {
         true
     }
-}
-
-/// How long a group commit took, by kind (`docs/monitoring.md`): one made durable by its
-/// commit-log record, or a checkpoint (redb writes every page dirtied since the last one, and
-/// syncs). Checkpoints hold the writer, so they set the tail of write and replication latency.
-const LOGGED_METRIC: &str = "bunker_storage_commit_logged";
-const CHECKPOINT_METRIC: &str = "bunker_storage_commit_checkpoint";
-
-/// The writer's side of the database.
-struct RedbStore {
-    db: Arc<Database>,
-    /// Only the writer thread locks it.
-    log: Mutex<LogState>,
-}
-
-struct LogState {
-    log: CommitLog,
-    /// The number of the last record appended or checkpointed.
-    seq: u64,
-    last_checkpoint: Instant,
-    /// Commits logged since the last checkpoint: redb has not made them durable itself, and
-    /// each left pages that the next checkpoint writes.
-    logged: usize,
-    /// The buffer records are made in.
-    record: Vec<u8>,
-}
-
-impl GroupStore for RedbStore {
-    fn commit(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()> {
-        let mut state = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(engine("starting write transaction"))?;
-        let update = {
-            let mut table = RedbTable(
-                txn.open_table(ENTRIES)
-                    .map_err(engine("opening entries table for writing"))?,
-            );
-            apply_indexed(
-                &mut table,
-                batches.iter().flat_map(|batch| batch.iter()),
-                index,
-            )?
-        };
-        // Only a damaged checkpoint number gets here; refuse rather than wrap to reused numbers.
-        let seq = state.seq.checked_add(1).ok_or_else(|| {
-            engine_error(
-                "numbering a commit-log record".into(),
-                "record numbers exhausted",
-            )
-        })?;
-        let ops = || batches.iter().flat_map(|batch| batch.iter());
-        let checkpointed = batches.len() > log::MAX_SLICES
-            || state.logged >= log::CHECKPOINT_COMMITS
-            || state.last_checkpoint.elapsed() >= log::CHECKPOINT_INTERVAL
-            || !state.log.fits(log::encoded_len(ops()))
-            || state.log.is_broken();
-        let timed = Timed::start(if checkpointed {
-            CHECKPOINT_METRIC
-        } else {
-            LOGGED_METRIC
-        });
-        let committed = if checkpointed {
-            checkpoint(txn, seq)
-        } else {
-            let mut record = std::mem::take(&mut state.record);
-            log::encode_into(&mut record, seq, ops());
-            let appended = state.log.append(&record);
-            // Kept for the next record, unless a rare large group grew it.
-            record.shrink_to(log::KEPT_RECORD_BYTES);
-            state.record = record;
-            appended.and_then(|()| {
-                txn.set_durability(Durability::None)
-                    .map_err(engine("setting commit durability"))?;
-                txn.commit().map_err(engine("committing write transaction"))
-            })
-        };
-        drop(timed);
-        // Spent whatever the outcome: a failed commit may still have become durable (redb's
-        // documented contract), with record `seq` in the log or `seq` as the checkpoint. So no
-        // later record may reuse the number, and the log stops (every later commit is a
-        // durable checkpoint past it): a restart never applies a failed group on top of newer
-        // ones, nor skips a newer one as already checkpointed.
-        state.seq = seq;
-        if let Err(error) = committed {
-            state.log.mark_broken();
-            return Err(error);
-        }
-        if checkpointed {
-            state.log.restart();
-            state.last_checkpoint = Instant::now();
-            state.logged = 0;
-        } else {
-            state.logged += 1;
-        }
-        if let Some(update) = update {
-            update.committed();
-        }
-        Ok(())
-    }
-
-    /// The writer is stopping: make what the log holds durable in redb, so a clean stop leaves
-    /// nothing to replay.
-    fn close(&self) {
-        let state = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.logged == 0 && !state.log.is_broken() {
-            return;
-        }
-        let done = self
-            .db
-            .begin_write()
-            .map_err(engine("starting the closing checkpoint"))
-            .and_then(|txn| checkpoint(txn, state.seq));
-        if let Err(error) = done {
-            tracing::warn!(%error, "closing checkpoint failed; the next start replays the commit log");
-        }
-    }
-}
-
-/// Commits `txn` durably (redb's one-sync commit) as the checkpoint of log record `seq`: every
-/// record up to it is in redb, and the log starts over. Not with redb's quick repair (a faster
-/// open after a crash): it adds a second sync to every durable commit.
-fn checkpoint(mut txn: WriteTransaction, seq: u64) -> Result<()> {
-    txn.set_durability(Durability::Immediate)
-        .map_err(engine("setting commit durability"))?;
-    txn.open_table(LOG_TABLE)
-        .map_err(engine("opening the log table"))?
-        .insert(CHECKPOINT_KEY, seq)
-        .map_err(engine("recording the checkpoint"))?;
-    txn.commit().map_err(engine("committing a checkpoint"))
 }
 
 /// Applies the log's records after the last checkpoint (a crash came first) and starts this
@@ -470,53 +336,6 @@ fn run_base(last: u64) -> u64 {
     now.max(last.saturating_add(1))
 }
 
-/// The writer's open table; what a write replaces is read from the same B-tree operation.
-struct RedbTable<'txn>(redb::Table<'txn, &'static str, &'static [u8]>);
-
-impl TxnTable for RedbTable<'_> {
-    fn put(
-        &mut self,
-        key: &str,
-        value: &[u8],
-        replaced: &mut dyn FnMut(Option<&[u8]>),
-    ) -> Result<()> {
-        let old = self
-            .0
-            .insert(key, value)
-            .map_err(|e| engine_error(format!("writing key {key:?}"), e))?;
-        replaced(old.as_ref().map(|guard| guard.value()));
-        Ok(())
-    }
-
-    fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
-        let old = self
-            .0
-            .remove(key)
-            .map_err(|e| engine_error(format!("deleting key {key:?}"), e))?;
-        replaced(old.as_ref().map(|guard| guard.value()));
-        Ok(())
-    }
-
-    fn for_each(
-        &mut self,
-        range: (Bound<&str>, Bound<&str>),
-        visit: &mut dyn FnMut(&str, &[u8]) -> bool,
-    ) -> Result<()> {
-        let entries = self
-            .0
-            .range::<&str>(range)
-            .map_err(|e| engine_error("scanning for the commit index".into(), e))?;
-        for entry in entries {
-            let (key, value) =
-                entry.map_err(|e| engine_error("scanning for the commit index".into(), e))?;
-            if !visit(key.value(), value.value()) {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Fsyncs the directory so a newly created database file's name survives a crash.
 #[cfg(unix)]
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -546,7 +365,11 @@ fn engine_error(context: String, error: impl std::fmt::Display) -> StorageError 
 }
 
 mod log;
+mod overlay;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use log::CommitLog;
+use overlay::{Shared, View};
+use writer::{checkpoint, RedbStore, RedbTable, Tuning};

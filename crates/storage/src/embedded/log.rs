@@ -5,22 +5,25 @@
 //! was 0.8 ms, two to three times one small sequential sync. So each group commit instead
 //! appends one record (its ops, numbered) to this file and syncs it; redb commits the same
 //! transaction without syncing ([`redb::Durability::None`]: visible at once, persisted by the
-//! next durable commit). Every [`CHECKPOINT_INTERVAL`], or when the log is full, a group's
-//! transaction is committed durably instead (a *checkpoint*, numbered in redb's own `log`
-//! table) and the log starts over. Opening replays, in order, the records numbered after the
-//! last checkpoint. Each run numbers its records from a base of its own, recorded as a
-//! checkpoint when the database opens (`run_base` in `embedded.rs`), so a log is replayed only
-//! into the database it was written for (unless the clock was wrong by centuries), and a log
-//! that is not is reported. Design reason: PostgreSQL's and etcd's split (a sequential log for
-//! durability, pages written in the background), kept inside the storage layer so nothing above
-//! it changes; redb stays the only thing readers see.
+//! next durable commit). Every few commits, every [`CHECKPOINT_INTERVAL`], or when a region of
+//! the log is full, redb makes everything so far durable (a *checkpoint*, numbered in redb's
+//! own `log` table) on a thread of its own while the writer goes on logging into the other
+//! region (`embedded.rs`, `overlay.rs`). Opening replays, in order, the records numbered after
+//! the last checkpoint, following them from one region into the other. Each run numbers its
+//! records from a base of its own, recorded as a checkpoint when the database opens
+//! (`run_base` in `embedded.rs`), so a log is replayed only into the database it was written
+//! for (unless the clock was wrong by centuries), and a log that is not is reported. Design
+//! reason: PostgreSQL's and etcd's split (a sequential log for durability, pages written in
+//! the background), kept inside the storage layer so nothing above it changes.
 //!
-//! The file is zero-filled to [`LOG_BYTES`] once and then rewritten in place from the start
-//! after each checkpoint, so an append never changes the file's size (no inode write per
-//! sync). A record is `len u32 | crc32 u32 | seq u64 | ops`, the CRC over `seq` and `ops`.
-//! Replay stops at the first record that is short, fails its CRC, or is not the next number:
-//! a record torn by a crash was never acknowledged, and what follows the newest record (zeros,
-//! or older records from before the last restart) is numbered below it.
+//! The file is two regions of [`REGION_BYTES`], zero-filled once; the writer appends to one,
+//! and moves to the start of the other when it starts a checkpoint (the other's records are
+//! all in the checkpoint before that one, which has ended: there is one checkpoint at a time).
+//! An append never changes the file's size (no inode write per sync). A record is
+//! `len u32 | crc32 u32 | seq u64 | ops`, the CRC over `seq` and `ops`. Replay stops at the
+//! first record that is short, fails its CRC, or is not the next number: a record torn by a
+//! crash was never acknowledged, and what follows the newest record of a region (zeros, or
+//! older records from before it was last rewritten) is numbered below it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -30,22 +33,20 @@ use crate::{Op, Result, StorageError};
 
 /// File name of the commit log inside the data directory.
 pub(crate) const LOG_FILE: &str = "bunker.log";
-/// Size of the log: a checkpoint comes at the latest when the next record would not fit.
-pub(crate) const LOG_BYTES: u64 = 16 << 20;
+/// Size of one region of the log: a checkpoint comes at the latest when the next record would
+/// not fit, and a group that does not fit an empty one is made durable by redb itself.
+pub(crate) const REGION_BYTES: u64 = 16 << 20;
+/// Size of the log file: two regions (a log of one region, from before checkpoints ran in the
+/// background, is its first region and grows in place).
+pub(crate) const LOG_BYTES: u64 = 2 * REGION_BYTES;
 /// A group commit at least this long after the last checkpoint is the next checkpoint. Bounds
 /// the replay at open and how long redb holds pages it cannot reuse until a durable commit.
 pub(crate) const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 /// ...and so is the group commit after this many logged ones: the pages they dirtied are written
-/// by the checkpoint, which every write queued behind it waits for, so it must stay short
-/// (measured with the replication lag figure: 8, 32 and 128 alike on average; 32 and 128 had
-/// the longest stalls, p99 and max twice 8's).
+/// by the checkpoint, so it stays short (measured with the replication lag figure when
+/// checkpoints still held the writer: 8, 32 and 128 alike on average; 32 and 128 had the longest
+/// stalls, p99 and max twice 8's).
 pub(crate) const CHECKPOINT_COMMITS: usize = 8;
-/// A group of more slices of ops (a caller's batch, or the ops a commit hook added to one) is
-/// committed by redb durably, as a checkpoint. A busy writer's large groups already share one
-/// sync among many writers; logging them too only moved their page writes into the next
-/// checkpoint, a stall that every writer queued behind waits for (measured: same throughput
-/// from 16 connections up, a higher p99). The log is for the lone and the few.
-pub(crate) const MAX_SLICES: usize = 8;
 /// The writer's record buffer is trimmed back to this after a larger record.
 pub(crate) const KEPT_RECORD_BYTES: usize = 1 << 20;
 /// Bytes before a record's ops: length, CRC, sequence number.
@@ -56,7 +57,9 @@ const HEADER: usize = 16;
 pub(crate) struct CommitLog {
     file: File,
     path: PathBuf,
-    /// Offset of the next record.
+    /// The region records are appended to (0 or 1).
+    region: u64,
+    /// Offset of the next record within the region.
     end: u64,
     /// An append, a commit or a checkpoint failed: what the file or redb holds is unknown (the
     /// kernel may have dropped the pages it could not write), so the store stops logging and
@@ -90,6 +93,7 @@ impl CommitLog {
         Ok(CommitLog {
             file,
             path,
+            region: 0,
             end: 0,
             broken: false,
         })
@@ -107,7 +111,8 @@ impl CommitLog {
         self.file
             .read_exact_at(&mut bytes, 0)
             .map_err(io(format!("reading {}", self.path.display())))?;
-        let (records, unmatched) = parse_checked(&bytes, checkpoint);
+        let (first, second) = bytes.split_at(bytes.len().min(REGION_BYTES as usize));
+        let (records, unmatched) = parse_regions([first, second], checkpoint);
         if let Some(seq) = unmatched {
             tracing::warn!(
                 path = %self.path.display(),
@@ -122,13 +127,18 @@ impl CommitLog {
 
     /// Whether a record of `len` bytes fits after the last one.
     pub(crate) fn fits(&self, len: usize) -> bool {
-        self.end + len as u64 <= LOG_BYTES
+        self.end + len as u64 <= REGION_BYTES
+    }
+
+    /// Whether a record of `len` bytes fits an empty region.
+    pub(crate) fn fits_a_region(len: usize) -> bool {
+        len as u64 <= REGION_BYTES
     }
 
     /// Appends `record` (from [`encode_into`]) and syncs it: once this returns, the record survives
     /// a crash.
     pub(crate) fn append(&mut self, record: &[u8]) -> Result<()> {
-        let at = self.end;
+        let at = self.region * REGION_BYTES + self.end;
         let written = self.file.write_all_at(record, at);
         if let Err(source) = written.and_then(|()| self.file.sync_data()) {
             self.broken = true;
@@ -147,8 +157,15 @@ impl CommitLog {
         self.broken = true;
     }
 
-    /// Everything logged so far is in a durable redb commit: start over from the beginning.
+    /// Everything logged so far is in a durable redb commit: start the region over.
     pub(crate) fn restart(&mut self) {
+        self.end = 0;
+    }
+
+    /// A checkpoint of everything logged so far has started: append to the start of the other
+    /// region, whose records the checkpoint before it (which has ended) holds.
+    pub(crate) fn switch(&mut self) {
+        self.region ^= 1;
         self.end = 0;
     }
 
@@ -243,6 +260,26 @@ fn parse_checked(log: &[u8], checkpoint: u64) -> (Vec<(u64, Vec<Op>)>, Option<u6
         rest = after;
     }
     (records, None)
+}
+
+/// [`parse_checked`] over the two regions: the records after `checkpoint` start in one of them
+/// and may go on in the other (a crash while a checkpoint ran: the records it was making
+/// durable, then those logged meanwhile). A region whose records start past the next number
+/// expected is reported only if it does not follow on from the other.
+fn parse_regions(regions: [&[u8]; 2], checkpoint: u64) -> (Vec<(u64, Vec<Op>)>, Option<u64>) {
+    let [a, b] = regions;
+    let (in_a, in_b) = (parse_checked(a, checkpoint), parse_checked(b, checkpoint));
+    let ((mut records, unmatched), other) = if !in_a.0.is_empty() {
+        (in_a, b)
+    } else if !in_b.0.is_empty() {
+        (in_b, a)
+    } else {
+        return (Vec::new(), in_a.1.or(in_b.1));
+    };
+    let last = records.last().map_or(checkpoint, |&(seq, _)| seq);
+    let (more, unmatched_after) = parse_checked(other, last);
+    records.extend(more);
+    (records, unmatched.or(unmatched_after))
 }
 
 /// The valid record at the start of `bytes`, and what follows it.
@@ -372,6 +409,38 @@ mod tests {
     }
 
     #[test]
+    fn replay_follows_the_records_from_one_region_into_the_other() {
+        // Checkpoint at 2 still running when the crash came: region 1 holds 3 and 4 (made
+        // durable by it), region 0 was rewritten with 5 and 6, logged meanwhile, over an older
+        // round (1, 2).
+        let older = [encode(1, [].iter()), encode(2, [].iter())];
+        let mut zero = log_of(&[
+            encode(5, [put("e", "5")].iter()),
+            encode(6, [put("f", "6")].iter()),
+        ]);
+        zero.extend(older.concat());
+        let one = log_of(&[
+            encode(3, [put("c", "3")].iter()),
+            encode(4, [put("d", "4")].iter()),
+        ]);
+        let seqs = |(records, unmatched): (Vec<(u64, Vec<Op>)>, Option<u64>)| {
+            assert_eq!(unmatched, None);
+            records.iter().map(|r| r.0).collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(parse_regions([&zero, &one], 2)), vec![3, 4, 5, 6]);
+        // The checkpoint at 4 had ended: only region 0 is replayed.
+        assert_eq!(seqs(parse_regions([&zero, &one], 4)), vec![5, 6]);
+        assert_eq!(seqs(parse_regions([&zero, &one], 6)), Vec::<u64>::new());
+        // Either region may come first.
+        assert_eq!(seqs(parse_regions([&one, &zero], 2)), vec![3, 4, 5, 6]);
+        // A region that does not follow on from the other is not replayed, and is reported.
+        let far = log_of(&[encode(9, [].iter())]);
+        assert_eq!(parse_regions([&one, &far], 2).1, Some(9));
+        assert_eq!(parse_regions([&one, &far], 2).0.len(), 2);
+        assert_eq!(parse_regions([&far, &[0; 64]], 2), (vec![], Some(9)));
+    }
+
+    #[test]
     fn a_log_file_appends_in_place_and_replays_what_it_holds() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = CommitLog::open(dir.path()).expect("open");
@@ -386,6 +455,12 @@ mod tests {
             .expect("append");
         let records = log.replay(2).expect("replay");
         assert_eq!(records, vec![(3, vec![put("c", "3")])]);
+        // A checkpoint at 3 starts: the next records go to the other region.
+        log.switch();
+        log.append(&encode(4, [put("d", "4")].iter()))
+            .expect("append");
+        assert_eq!(log.replay(2).expect("replay").len(), 2);
+        assert_eq!(log.replay(3).expect("replay").len(), 1);
         assert_eq!(
             std::fs::metadata(dir.path().join(LOG_FILE))
                 .expect("stat")

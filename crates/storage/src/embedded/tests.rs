@@ -20,6 +20,65 @@ async fn embedded_passes_conformance() {
     crate::conformance::exercise_backend(&backend).await;
 }
 
+/// Every write after the first meets a running checkpoint (held until the writer cannot go
+/// on without it): reads are served from the overlay laid over redb.
+#[tokio::test]
+async fn embedded_passes_conformance_with_writes_during_checkpoints() {
+    let dir = temp_dir();
+    let backend = EmbeddedBackend::open_holding_checkpoints(dir.path(), usize::MAX).expect("open");
+    crate::conformance::exercise_backend(&backend).await;
+    let (overlaid, batches) = (backend.shared.overlaid_groups(), backend.metrics().batches);
+    assert!(
+        overlaid * 2 > batches,
+        "most groups must have met a running checkpoint: {overlaid} of {batches}"
+    );
+}
+
+/// Checkpoints end, and their overlays are applied to redb, every second write, including
+/// while the suite's snapshot is being read.
+#[tokio::test]
+async fn embedded_passes_conformance_with_checkpoints_ending_between_writes() {
+    let dir = temp_dir();
+    let backend = EmbeddedBackend::open_holding_checkpoints(dir.path(), 2).expect("open");
+    crate::conformance::exercise_backend(&backend).await;
+    assert!(backend.shared.overlaid_groups() > 10);
+}
+
+/// Writes committed while a checkpoint is held open are read back, deleted keys included, and
+/// are all in redb, durably, after a clean stop: nothing is left to replay.
+#[tokio::test]
+async fn writes_during_a_checkpoint_are_read_and_survive_a_clean_stop() {
+    let dir = temp_dir();
+    {
+        let backend =
+            EmbeddedBackend::open_holding_checkpoints(dir.path(), usize::MAX).expect("open");
+        backend.put("k/a", b"1".to_vec()).await.expect("put");
+        // The checkpoint of the first write starts; these go into the overlay.
+        backend.put("k/b", b"2".to_vec()).await.expect("put");
+        backend.delete("k/a").await.expect("delete");
+        backend.put("k/c/d", Vec::new()).await.expect("put");
+        assert_eq!(backend.shared.overlaid_groups(), 3);
+        assert_eq!(backend.get("k/a").await.expect("get"), None);
+        assert_eq!(backend.get("k/c/d").await.expect("get"), Some(Vec::new()));
+        assert_eq!(backend.list("k/").await.expect("list"), ["b", "c/"]);
+        let scanned = backend.scan("k/", None, 10).await.expect("scan");
+        assert_eq!(
+            scanned,
+            [
+                ("k/b".to_owned(), b"2".to_vec()),
+                ("k/c/d".to_owned(), Vec::new())
+            ]
+        );
+    }
+    let checkpoint = checkpoint_of(dir.path());
+    let log = CommitLog::open(dir.path()).expect("log");
+    assert!(log.replay(checkpoint).expect("replay").is_empty());
+    drop(log);
+    let backend = open(dir.path());
+    assert_eq!(backend.list("k/").await.expect("list"), ["b", "c/"]);
+    assert_eq!(backend.get("k/b").await.expect("get"), Some(b"2".to_vec()));
+}
+
 #[tokio::test]
 async fn writes_survive_reopen() {
     let dir = temp_dir();
@@ -162,6 +221,10 @@ async fn reads_racing_overwrites_see_whole_values() {
 
 /// Environment variable that makes [`crash_writer_child`] write into the given directory.
 const CRASH_DIR_ENV: &str = "BUNKER_STORAGE_CRASH_DIR";
+/// ...and, when set, hold each checkpoint for this many writes: the kill lands while one runs
+/// (records in both regions of the log, some of the acknowledged writes only in the overlay)
+/// as often as not.
+const CRASH_HOLD_ENV: &str = "BUNKER_STORAGE_CRASH_HOLD";
 /// Full test name of the child, for re-executing this test binary.
 const CRASH_CHILD_TEST: &str = "embedded::tests::crash_writer_child";
 /// Marker the child prints before the index of each acknowledged write.
@@ -194,7 +257,14 @@ async fn crash_writer_child() {
     let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
         return;
     };
-    let backend = open(Path::new(&dir));
+    let backend = match std::env::var(CRASH_HOLD_ENV) {
+        Ok(groups) => EmbeddedBackend::open_holding_checkpoints(
+            Path::new(&dir),
+            groups.parse().expect("a number of groups"),
+        )
+        .expect("open"),
+        Err(_) => open(Path::new(&dir)),
+    };
     let mut stdout = std::io::stdout();
     for index in 0..CHILD_MAX_WRITES {
         backend
@@ -208,9 +278,26 @@ async fn crash_writer_child() {
 
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
+    kill_9_loses_no_acknowledged_write(None).await;
+}
+
+/// The same while checkpoints run: one held from the second write to the kill (every later
+/// write is only in the log's other region and the overlay), then checkpoints started after
+/// every write and held for three (the kill lands at any point of their cycle).
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9_during_checkpoints() {
+    kill_9_loses_no_acknowledged_write(Some(usize::MAX)).await;
+    kill_9_loses_no_acknowledged_write(Some(3)).await;
+}
+
+async fn kill_9_loses_no_acknowledged_write(hold: Option<usize>) {
     let dir = temp_dir();
     let exe = std::env::current_exe().expect("locating test binary");
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if let Some(groups) = hold {
+        command.env(CRASH_HOLD_ENV, groups.to_string());
+    }
+    let mut child = command
         .args([CRASH_CHILD_TEST, "--exact", "--ignored", "--nocapture"])
         .args(["--test-threads", "1"])
         .env(CRASH_DIR_ENV, dir.path())
@@ -282,6 +369,7 @@ fn data_directory_and_file_are_private_to_the_server() {
 
 /// The checkpoint number a (closed) data directory's database holds.
 fn checkpoint_of(dir: &Path) -> u64 {
+    use redb::ReadableDatabase;
     let db = Database::open(dir.join(DATABASE_FILE)).expect("opening the database file");
     let txn = db.begin_read().expect("read transaction");
     let table = txn.open_table(LOG_TABLE).expect("log table");

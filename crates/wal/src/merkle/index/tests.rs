@@ -114,6 +114,15 @@ async fn concurrent_writes_keep_the_embedded_index_exact() {
     concurrent_writes_keep_the_index_exact(backend).await;
 }
 
+/// Groups committed while a checkpoint runs are indexed against redb and the overlay laid over
+/// it (checkpoints after every group, each held for four).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_during_checkpoints_keep_the_embedded_index_exact() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = Arc::new(EmbeddedBackend::open_holding_checkpoints(dir.path(), 4).expect("open"));
+    concurrent_writes_keep_the_index_exact(backend).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_keep_the_inmem_index_exact() {
     concurrent_writes_keep_the_index_exact(Arc::new(InmemBackend::new())).await;
@@ -215,7 +224,9 @@ async fn a_root_changed_outside_the_wal_is_not_exact_for_any_index() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_check_finds_wrong_sums_and_a_rebuild_repairs_them_while_writes_go_on() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let backend = Arc::new(EmbeddedBackend::open(dir.path()).expect("open"));
+    // Checkpoints run beside most commits: the check's and the rebuild's scans inside a commit
+    // read redb and the overlay.
+    let backend = Arc::new(EmbeddedBackend::open_holding_checkpoints(dir.path(), 4).expect("open"));
     let wal = Wal::open(backend.clone()).await.expect("open");
     let mut rng = Rng(11);
     for _ in 0..100 {
@@ -498,12 +509,13 @@ async fn restarted(backend: Arc<dyn HookedBackend>, step: usize) -> Arc<Wal> {
 /// cursor, deletes and rewrites of summed keys included): the sums end exact.
 #[tokio::test]
 async fn summing_in_steps_between_writes_ends_exact() {
-    for embedded in [false, true] {
+    // In memory, embedded, and embedded with checkpoints running beside most commits.
+    for store in 0..3 {
         let dir = tempfile::tempdir().expect("temp dir");
-        let backend: Arc<dyn HookedBackend> = if embedded {
-            Arc::new(EmbeddedBackend::open(dir.path()).expect("open"))
-        } else {
-            Arc::new(InmemBackend::new())
+        let backend: Arc<dyn HookedBackend> = match store {
+            0 => Arc::new(InmemBackend::new()),
+            1 => Arc::new(EmbeddedBackend::open(dir.path()).expect("open")),
+            _ => Arc::new(EmbeddedBackend::open_holding_checkpoints(dir.path(), 3).expect("open")),
         };
         let wal = restarted(backend.clone(), 7).await;
         let index = wal.merkle_index().expect("index").clone();
@@ -537,7 +549,7 @@ async fn summing_in_steps_between_writes_ends_exact() {
 async fn summing_in_the_background_under_concurrent_writes_ends_exact() {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend: Arc<dyn HookedBackend> =
-        Arc::new(EmbeddedBackend::open(dir.path()).expect("open"));
+        Arc::new(EmbeddedBackend::open_holding_checkpoints(dir.path(), 4).expect("open"));
     let wal = restarted(backend.clone(), 5).await;
     let index = wal.merkle_index().expect("index").clone();
     let waiter = {

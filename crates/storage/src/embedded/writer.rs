@@ -1,0 +1,570 @@
+//! The writer's side of the embedded store: each group commit logged (`log.rs`) and applied to
+//! redb, and checkpoints that do not hold the writer.
+//!
+//! A group is normally applied in a redb write transaction, appended to the commit log and
+//! synced, and committed without a sync. Every few groups a *checkpoint* starts: the checkpoint
+//! thread commits an otherwise empty redb transaction durably (redb writes and syncs every
+//! page dirtied since the last one), numbered as the last record logged. Until it ends the
+//! writer cannot open a write transaction, so it logs the next groups into the log's other
+//! region and lays them over redb for readers (`overlay.rs`); the first group after the
+//! checkpoint ends applies the overlay to redb. Each group's commit index update is computed
+//! and committed as it is logged, against redb and the overlay, so hooks, replies and the
+//! replication sender see what they see with every other commit (`docs/checkpoint-design.md`).
+//!
+//! The writer waits for a running checkpoint only when a group does not fit the log's region
+//! or the overlay's bound, or the log is broken. A checkpoint or an overlay application that
+//! fails stops the store taking writes until a restart (what redb holds is unknown; the log
+//! still holds every acknowledged group, and the overlay keeps them readable), as PostgreSQL
+//! stops on a failed fsync.
+
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+
+use super::log::{self, CommitLog};
+use super::overlay::{Entries, Overlay, OverlayTable, Shared, OVERLAY_BYTES};
+use super::{engine, engine_error, CHECKPOINT_KEY, ENTRIES, LOG_TABLE};
+use crate::group_commit::GroupStore;
+use crate::hook::{apply_indexed, TxnTable};
+use crate::timed::Timed;
+use crate::{CommitIndex, Op, Result, StorageError};
+
+/// How long a group commit took, by kind (`docs/monitoring.md`): one made durable by its
+/// commit-log record, or by redb itself (a checkpoint, on the checkpoint thread or, for a
+/// group too large for the log, on the writer). And how long the writer waited for a running
+/// checkpoint (only when it could not go on without it).
+const LOGGED_METRIC: &str = "bunker_storage_commit_logged";
+const CHECKPOINT_METRIC: &str = "bunker_storage_commit_checkpoint";
+const WAIT_METRIC: &str = "bunker_storage_checkpoint_wait";
+
+/// What tests change about the writer.
+#[derive(Debug, Clone)]
+pub(crate) struct Tuning {
+    /// A checkpoint starts after this many logged group commits.
+    pub(crate) checkpoint_commits: usize,
+    /// Test-only: keeps each checkpoint from committing until released ([`Hold`]).
+    pub(crate) hold: Option<Arc<Hold>>,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            checkpoint_commits: log::CHECKPOINT_COMMITS,
+            hold: None,
+        }
+    }
+}
+
+/// Test-only: holds each checkpoint open (before it opens its transaction) until the writer has
+/// logged `groups` groups during it, or must wait for it. The suites are sequential and fast:
+/// without it their writes would rarely meet a running checkpoint.
+#[derive(Debug)]
+pub(crate) struct Hold {
+    groups: usize,
+    released: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Hold {
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn for_groups(groups: usize) -> Arc<Hold> {
+        Arc::new(Hold {
+            groups,
+            released: Mutex::new(true),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn set(&self, released: bool) {
+        *self.released.lock().unwrap_or_else(PoisonError::into_inner) = released;
+        self.changed.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut released = self.released.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*released {
+            released = self
+                .changed
+                .wait(released)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// The writer's side of the database.
+pub(super) struct RedbStore {
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+    /// Only the writer thread locks it.
+    state: Mutex<LogState>,
+}
+
+struct LogState {
+    log: CommitLog,
+    /// The number of the last record appended or checkpointed.
+    seq: u64,
+    last_checkpoint: Instant,
+    /// Groups logged into the current region of the log.
+    logged: usize,
+    /// The buffer records are made in.
+    record: Vec<u8>,
+    checkpointer: Checkpointer,
+    running: Option<Running>,
+    /// Why the store takes no more writes: a checkpoint or an overlay application failed.
+    poisoned: Option<String>,
+    tuning: Tuning,
+}
+
+/// A checkpoint on the checkpoint thread.
+struct Running {
+    /// The redb state it makes durable, which the groups committed meanwhile are laid over.
+    base: Entries,
+    /// Those groups' net effect, as published.
+    overlay: Arc<Overlay>,
+    /// How many there were.
+    groups: usize,
+}
+
+impl RedbStore {
+    pub(super) fn new(
+        db: Arc<Database>,
+        shared: Arc<Shared>,
+        log: CommitLog,
+        seq: u64,
+        syncs: Arc<AtomicU64>,
+        tuning: Tuning,
+    ) -> Result<RedbStore> {
+        let checkpointer = Checkpointer::spawn(db.clone(), tuning.hold.clone(), syncs)?;
+        Ok(RedbStore {
+            db,
+            shared,
+            state: Mutex::new(LogState {
+                log,
+                seq,
+                last_checkpoint: Instant::now(),
+                logged: 0,
+                record: Vec::new(),
+                checkpointer,
+                running: None,
+                poisoned: None,
+                tuning,
+            }),
+        })
+    }
+
+    /// Starts the checkpoint of every record so far on the checkpoint thread; the next records
+    /// go to the other region of the log.
+    fn start_checkpoint(&self, state: &mut LogState) -> Result<()> {
+        let base = self
+            .db
+            .begin_read()
+            .map_err(engine("starting read transaction"))?
+            .open_table(ENTRIES)
+            .map_err(engine("opening entries table for reading"))?;
+        if let Some(hold) = &state.tuning.hold {
+            hold.set(false);
+        }
+        state.checkpointer.start(state.seq)?;
+        state.running = Some(Running {
+            base,
+            overlay: Arc::default(),
+            groups: 0,
+        });
+        state.log.switch();
+        state.logged = 0;
+        state.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// If a checkpoint is running and has ended (or, with `wait`, once it ends), applies the
+    /// overlay to redb. A failure of either poisons the store.
+    fn finish_checkpoint(&self, state: &mut LogState, wait: bool) -> Result<()> {
+        let Some(running) = &state.running else {
+            return Ok(());
+        };
+        let outcome = if wait {
+            if let Some(hold) = &state.tuning.hold {
+                hold.set(true);
+            }
+            let _timed = Timed::start(WAIT_METRIC);
+            state.checkpointer.wait()
+        } else {
+            match state.checkpointer.try_wait() {
+                Some(outcome) => outcome,
+                None => return Ok(()),
+            }
+        };
+        let applied = outcome.and_then(|()| self.apply_overlay(&running.overlay));
+        if let Err(error) = &applied {
+            state.poisoned = Some(error.to_string());
+        } else {
+            state.running = None;
+        }
+        applied
+    }
+
+    /// Puts the overlay's entries in redb (not durably: the log holds them until the next
+    /// checkpoint) and empties it, with no reader in between.
+    fn apply_overlay(&self, overlay: &Overlay) -> Result<()> {
+        if overlay.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(engine("starting write transaction"))?;
+        {
+            let mut table = txn
+                .open_table(ENTRIES)
+                .map_err(engine("opening entries table for writing"))?;
+            for (key, value) in overlay.entries() {
+                match value {
+                    Some(value) => table.insert(key, value).map(drop),
+                    None => table.remove(key).map(drop),
+                }
+                .map_err(|e| engine_error(format!("applying key {key:?}"), e))?;
+            }
+        }
+        txn.set_durability(Durability::None)
+            .map_err(engine("setting commit durability"))?;
+        self.shared
+            .clear_after(|| txn.commit().map_err(engine("applying the overlay")))
+    }
+
+    /// A group while a checkpoint runs: logged, and laid over redb for readers.
+    fn commit_overlaid(
+        &self,
+        state: &mut LogState,
+        batches: &[&[Op]],
+        index: Option<&dyn CommitIndex>,
+    ) -> Result<()> {
+        let ops = || batches.iter().flat_map(|batch| batch.iter());
+        let Some(running) = &state.running else {
+            return Err(engine_error(
+                "committing into the overlay".into(),
+                "no checkpoint is running",
+            ));
+        };
+        let mut work = Overlay::clone(&running.overlay);
+        let update = apply_indexed(
+            &mut OverlayTable {
+                base: &running.base,
+                work: &mut work,
+            },
+            ops(),
+            index,
+        )?;
+        let seq = next_seq(state.seq)?;
+        let timed = Timed::start(LOGGED_METRIC);
+        let appended = append(state, seq, batches);
+        drop(timed);
+        state.seq = seq;
+        appended?;
+        let work = Arc::new(work);
+        self.shared.publish(work.clone());
+        state.logged += 1;
+        if let Some(running) = &mut state.running {
+            running.overlay = work;
+            running.groups += 1;
+            if let Some(hold) = &state.tuning.hold {
+                if running.groups >= hold.groups {
+                    hold.set(true);
+                }
+            }
+        }
+        if let Some(update) = update {
+            update.committed();
+        }
+        Ok(())
+    }
+
+    /// A group with no checkpoint running: applied in a redb write transaction, and logged, or
+    /// (too large for the log, or the log is broken) committed durably by redb itself.
+    fn commit_direct(
+        &self,
+        state: &mut LogState,
+        batches: &[&[Op]],
+        index: Option<&dyn CommitIndex>,
+    ) -> Result<()> {
+        let ops = || batches.iter().flat_map(|batch| batch.iter());
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(engine("starting write transaction"))?;
+        let update = {
+            let mut table = RedbTable(
+                txn.open_table(ENTRIES)
+                    .map_err(engine("opening entries table for writing"))?,
+            );
+            apply_indexed(&mut table, ops(), index)?
+        };
+        let seq = next_seq(state.seq)?;
+        let checkpointed = !state.log.fits(log::encoded_len(ops())) || state.log.is_broken();
+        let timed = Timed::start(if checkpointed {
+            CHECKPOINT_METRIC
+        } else {
+            LOGGED_METRIC
+        });
+        let committed = if checkpointed {
+            checkpoint(txn, seq)
+        } else {
+            append(state, seq, batches).and_then(|()| {
+                txn.set_durability(Durability::None)
+                    .map_err(engine("setting commit durability"))?;
+                txn.commit().map_err(engine("committing write transaction"))
+            })
+        };
+        drop(timed);
+        // Spent whatever the outcome: a failed commit may still have become durable (redb's
+        // documented contract), with record `seq` in the log or `seq` as the checkpoint. So no
+        // later record may reuse the number, and the log stops (every later commit is a
+        // durable checkpoint past it): a restart never applies a failed group on top of newer
+        // ones, nor skips a newer one as already checkpointed.
+        state.seq = seq;
+        if let Err(error) = committed {
+            state.log.mark_broken();
+            return Err(error);
+        }
+        if checkpointed {
+            state.log.restart();
+            state.last_checkpoint = Instant::now();
+            state.logged = 0;
+        } else {
+            state.logged += 1;
+        }
+        if let Some(update) = update {
+            update.committed();
+        }
+        Ok(())
+    }
+}
+
+/// The number after `seq`. Only a damaged checkpoint number runs out: refuse rather than wrap
+/// to reused numbers.
+fn next_seq(seq: u64) -> Result<u64> {
+    seq.checked_add(1).ok_or_else(|| {
+        engine_error(
+            "numbering a commit-log record".into(),
+            "record numbers exhausted",
+        )
+    })
+}
+
+/// Appends the record of `batches`, numbered `seq`, to the log and syncs it. A failure marks
+/// the log broken (the record may be there, whole or not).
+fn append(state: &mut LogState, seq: u64, batches: &[&[Op]]) -> Result<()> {
+    let mut record = std::mem::take(&mut state.record);
+    log::encode_into(
+        &mut record,
+        seq,
+        batches.iter().flat_map(|batch| batch.iter()),
+    );
+    let appended = state.log.append(&record);
+    // Kept for the next record, unless a rare large group grew it.
+    record.shrink_to(log::KEPT_RECORD_BYTES);
+    state.record = record;
+    appended
+}
+
+impl GroupStore for RedbStore {
+    fn commit(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()> {
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *guard;
+        if let Some(reason) = &state.poisoned {
+            return Err(poisoned(reason));
+        }
+        self.finish_checkpoint(state, false)?;
+        let len = log::encoded_len(batches.iter().flat_map(|batch| batch.iter()));
+        // A group too large for any region is made durable by redb itself, on the writer:
+        // starting a checkpoint first would only add a second one to wait for.
+        let due = state.logged >= state.tuning.checkpoint_commits
+            || state.last_checkpoint.elapsed() >= log::CHECKPOINT_INTERVAL
+            || (!state.log.fits(len) && CommitLog::fits_a_region(len));
+        if state.running.is_none() && state.logged > 0 && !state.log.is_broken() && due {
+            self.start_checkpoint(state)?;
+        }
+        if let Some(running) = &state.running {
+            if !state.log.is_broken()
+                && state.log.fits(len)
+                && running.overlay.bytes().saturating_add(len) <= OVERLAY_BYTES
+            {
+                return self.commit_overlaid(state, batches, index);
+            }
+            self.finish_checkpoint(state, true)?;
+        }
+        self.commit_direct(state, batches, index)
+    }
+
+    /// The writer is stopping: make what the log holds durable in redb, so a clean stop leaves
+    /// nothing to replay.
+    fn close(&self) {
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *guard;
+        let finished = match &state.poisoned {
+            Some(reason) => Err(poisoned(reason)),
+            None => self.finish_checkpoint(state, true),
+        };
+        let done = finished.and_then(|()| {
+            if state.logged == 0 && !state.log.is_broken() {
+                return Ok(());
+            }
+            self.db
+                .begin_write()
+                .map_err(engine("starting the closing checkpoint"))
+                .and_then(|txn| checkpoint(txn, state.seq))
+        });
+        if let Err(error) = done {
+            tracing::warn!(%error, "closing checkpoint failed; the next start replays the commit log");
+        }
+    }
+}
+
+fn poisoned(reason: &str) -> StorageError {
+    engine_error(
+        "writing".into(),
+        format!("the store takes no writes until it is restarted: {reason}"),
+    )
+}
+
+/// The checkpoint thread: commits one checkpoint at a time, numbered as asked.
+struct Checkpointer {
+    start: Option<mpsc::Sender<u64>>,
+    done: mpsc::Receiver<Result<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn spawn(
+        db: Arc<Database>,
+        hold: Option<Arc<Hold>>,
+        syncs: Arc<AtomicU64>,
+    ) -> Result<Checkpointer> {
+        let (start, started) = mpsc::channel::<u64>();
+        let (report, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("bunker-storage-checkpoint".into())
+            .spawn(move || {
+                for seq in started {
+                    if let Some(hold) = &hold {
+                        hold.wait();
+                    }
+                    let timed = Timed::start(CHECKPOINT_METRIC);
+                    let outcome = db
+                        .begin_write()
+                        .map_err(engine("starting a checkpoint"))
+                        .and_then(|txn| checkpoint(txn, seq));
+                    drop(timed);
+                    syncs.fetch_add(1, Ordering::Relaxed);
+                    if report.send(outcome).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|source| StorageError::Io {
+                context: "starting the checkpoint thread".into(),
+                source,
+            })?;
+        Ok(Checkpointer {
+            start: Some(start),
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    fn start(&self, seq: u64) -> Result<()> {
+        self.start
+            .as_ref()
+            .and_then(|start| start.send(seq).ok())
+            .ok_or_else(gone)
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.done.recv().unwrap_or_else(|_| Err(gone()))
+    }
+
+    fn try_wait(&self) -> Option<Result<()>> {
+        match self.done.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(Err(gone())),
+        }
+    }
+}
+
+fn gone() -> StorageError {
+    engine_error("checkpointing".into(), "the checkpoint thread has stopped")
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.start.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Commits `txn` durably (redb's one-sync commit) as the checkpoint of log record `seq`: every
+/// record up to it is in redb. Not with redb's quick repair (a faster open after a crash): it
+/// adds a second sync to every durable commit.
+pub(super) fn checkpoint(mut txn: WriteTransaction, seq: u64) -> Result<()> {
+    txn.set_durability(Durability::Immediate)
+        .map_err(engine("setting commit durability"))?;
+    txn.open_table(LOG_TABLE)
+        .map_err(engine("opening the log table"))?
+        .insert(CHECKPOINT_KEY, seq)
+        .map_err(engine("recording the checkpoint"))?;
+    txn.commit().map_err(engine("committing a checkpoint"))
+}
+
+/// The writer's open table; what a write replaces is read from the same B-tree operation.
+pub(super) struct RedbTable<'txn>(pub(super) redb::Table<'txn, &'static str, &'static [u8]>);
+
+impl TxnTable for RedbTable<'_> {
+    fn put(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        replaced: &mut dyn FnMut(Option<&[u8]>),
+    ) -> Result<()> {
+        let old = self
+            .0
+            .insert(key, value)
+            .map_err(|e| engine_error(format!("writing key {key:?}"), e))?;
+        replaced(old.as_ref().map(|guard| guard.value()));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+        let old = self
+            .0
+            .remove(key)
+            .map_err(|e| engine_error(format!("deleting key {key:?}"), e))?;
+        replaced(old.as_ref().map(|guard| guard.value()));
+        Ok(())
+    }
+
+    fn for_each(
+        &mut self,
+        range: (Bound<&str>, Bound<&str>),
+        visit: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<()> {
+        let entries = self
+            .0
+            .range::<&str>(range)
+            .map_err(|e| engine_error("scanning for the commit index".into(), e))?;
+        for entry in entries {
+            let (key, value) =
+                entry.map_err(|e| engine_error("scanning for the commit index".into(), e))?;
+            if !visit(key.value(), value.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
