@@ -117,6 +117,7 @@ impl EmbeddedBackend {
         let tuning = Tuning {
             checkpoint_commits: 1,
             hold: Some(writer::Hold::for_groups(groups)),
+            fail_checkpoints: false,
         };
         Self::open_tuned(dir, DEFAULT_CACHE_BYTES, tuning)
     }

@@ -150,16 +150,15 @@ pub(crate) fn checked_extra_ops_within(
     Ok(extra)
 }
 
+/// What a write hands the value it replaces to, when someone wants it (`None`: nobody does,
+/// and a table need not look it up).
+pub(crate) type Replaced<'r> = Option<&'r mut dyn FnMut(Option<&[u8]>)>;
+
 /// A transaction's table as [`apply_indexed`] uses it: writes that hand over the value they
 /// replace, and a scan that sees the transaction's own writes.
 pub(crate) trait TxnTable {
-    fn put(
-        &mut self,
-        key: &str,
-        value: &[u8],
-        replaced: &mut dyn FnMut(Option<&[u8]>),
-    ) -> Result<()>;
-    fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()>;
+    fn put(&mut self, key: &str, value: &[u8], replaced: Replaced<'_>) -> Result<()>;
+    fn delete(&mut self, key: &str, replaced: Replaced<'_>) -> Result<()>;
     /// Every entry in `range`, in key order, as the transaction leaves them, until `visit`
     /// returns false.
     fn for_each(
@@ -167,6 +166,17 @@ pub(crate) trait TxnTable {
         range: (Bound<&str>, Bound<&str>),
         visit: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<()>;
+}
+
+/// Whether `range` is one `BTreeMap::range` accepts (it panics on a start past the end, and on
+/// a start equal to an excluded end); a range that is not holds no keys.
+pub(crate) fn is_valid_range((start, end): (Bound<&str>, Bound<&str>)) -> bool {
+    match (start, end) {
+        (Bound::Included(a), Bound::Included(b)) => a <= b,
+        (Bound::Included(a) | Bound::Excluded(a), Bound::Excluded(b))
+        | (Bound::Excluded(a), Bound::Included(b)) => a < b,
+        _ => true,
+    }
 }
 
 /// Applies `ops` to `table` in order, feeding `index` (if any) each watched write, then the
@@ -179,8 +189,8 @@ pub(crate) fn apply_indexed<'a>(
     let Some(index) = index else {
         for op in ops {
             match op {
-                Op::Put { key, value } => table.put(key, value, &mut |_| {})?,
-                Op::Delete { key } => table.delete(key, &mut |_| {})?,
+                Op::Put { key, value } => table.put(key, value, None)?,
+                Op::Delete { key } => table.delete(key, None)?,
             }
         }
         return Ok(None);
@@ -190,16 +200,21 @@ pub(crate) fn apply_indexed<'a>(
         let key = op.key();
         let watched = index.watches(key);
         match op {
-            Op::Put { key, value } if watched => table.put(key, value, &mut |old| {
-                update.change(key, old, Some(value));
-            })?,
-            Op::Delete { key } if watched => table.delete(key, &mut |old| {
-                if old.is_some() {
-                    update.change(key, old, None);
-                }
-            })?,
-            Op::Put { key, value } => table.put(key, value, &mut |_| {})?,
-            Op::Delete { key } => table.delete(key, &mut |_| {})?,
+            Op::Put { key, value } if watched => table.put(
+                key,
+                value,
+                Some(&mut |old| update.change(key, old, Some(value))),
+            )?,
+            Op::Delete { key } if watched => table.delete(
+                key,
+                Some(&mut |old| {
+                    if old.is_some() {
+                        update.change(key, old, None);
+                    }
+                }),
+            )?,
+            Op::Put { key, value } => table.put(key, value, None)?,
+            Op::Delete { key } => table.delete(key, None)?,
         }
     }
     let mut more = true;

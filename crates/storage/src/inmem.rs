@@ -14,7 +14,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use crate::hook::{apply_indexed, checked_extra_ops_within, HookSlot, TxnTable};
+use crate::hook::{apply_indexed, checked_extra_ops_within, HookSlot, Replaced, TxnTable};
 use crate::limits::{validate_batch, validate_key, validate_ops, MAX_BATCH_OPS};
 use crate::listing::{list_children, scan_prefix};
 use crate::snapshot::PageBuilder;
@@ -189,20 +189,19 @@ impl crate::HookedBackend for InmemBackend {
 struct MapTable<'a>(&'a mut BTreeMap<String, Vec<u8>>);
 
 impl TxnTable for MapTable<'_> {
-    fn put(
-        &mut self,
-        key: &str,
-        value: &[u8],
-        replaced: &mut dyn FnMut(Option<&[u8]>),
-    ) -> Result<()> {
+    fn put(&mut self, key: &str, value: &[u8], replaced: Replaced<'_>) -> Result<()> {
         let old = self.0.insert(key.to_owned(), value.to_vec());
-        replaced(old.as_deref());
+        if let Some(replaced) = replaced {
+            replaced(old.as_deref());
+        }
         Ok(())
     }
 
-    fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+    fn delete(&mut self, key: &str, replaced: Replaced<'_>) -> Result<()> {
         let old = self.0.remove(key);
-        replaced(old.as_deref());
+        if let Some(replaced) = replaced {
+            replaced(old.as_deref());
+        }
         Ok(())
     }
 
@@ -211,6 +210,9 @@ impl TxnTable for MapTable<'_> {
         range: (Bound<&str>, Bound<&str>),
         visit: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<()> {
+        if !crate::hook::is_valid_range(range) {
+            return Ok(());
+        }
         for (key, value) in self.0.range::<str, _>(range) {
             if !visit(key, value) {
                 break;

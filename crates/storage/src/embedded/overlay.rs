@@ -26,7 +26,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
 use super::{engine, engine_error, ENTRIES};
-use crate::hook::TxnTable;
+use crate::hook::{is_valid_range, Replaced, TxnTable};
 use crate::Result;
 
 /// The entries table of a read transaction.
@@ -73,8 +73,10 @@ impl Overlay {
 #[derive(Debug, Default)]
 pub(super) struct Shared {
     current: RwLock<Arc<Overlay>>,
-    /// Groups committed into an overlay (tests check that they reached it).
+    /// Groups committed into an overlay, and overlays applied to redb (tests check that they
+    /// reached both).
     overlaid: std::sync::atomic::AtomicU64,
+    applied: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -103,12 +105,19 @@ impl Shared {
         let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
         apply()?;
         *guard = Arc::default();
+        self.applied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
     #[cfg(test)]
     pub(super) fn overlaid_groups(&self) -> u64 {
         self.overlaid.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(super) fn applied_overlays(&self) -> u64 {
+        self.applied.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -212,7 +221,10 @@ pub(super) struct OverlayTable<'a> {
 }
 
 impl OverlayTable<'_> {
-    fn replaced(&self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+    fn replaced(&self, key: &str, replaced: Replaced<'_>) -> Result<()> {
+        let Some(replaced) = replaced else {
+            return Ok(());
+        };
         match self.work.entries.get(key) {
             Some(value) => replaced(value.as_deref()),
             None => {
@@ -228,18 +240,13 @@ impl OverlayTable<'_> {
 }
 
 impl TxnTable for OverlayTable<'_> {
-    fn put(
-        &mut self,
-        key: &str,
-        value: &[u8],
-        replaced: &mut dyn FnMut(Option<&[u8]>),
-    ) -> Result<()> {
+    fn put(&mut self, key: &str, value: &[u8], replaced: Replaced<'_>) -> Result<()> {
         self.replaced(key, replaced)?;
         self.work.set(key, Some(value));
         Ok(())
     }
 
-    fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+    fn delete(&mut self, key: &str, replaced: Replaced<'_>) -> Result<()> {
         self.replaced(key, replaced)?;
         self.work.set(key, None);
         Ok(())
@@ -250,6 +257,9 @@ impl TxnTable for OverlayTable<'_> {
         range: (Bound<&str>, Bound<&str>),
         visit: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<()> {
+        if !is_valid_range(range) {
+            return Ok(());
+        }
         let context = "scanning for the commit index";
         let base = self
             .base

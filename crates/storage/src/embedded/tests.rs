@@ -3,7 +3,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use async_trait::async_trait;
+
 use super::*;
+use crate::SnapshotSink;
 
 fn open(dir: &Path) -> EmbeddedBackend {
     EmbeddedBackend::open(dir).expect("opening embedded backend")
@@ -42,6 +45,218 @@ async fn embedded_passes_conformance_with_checkpoints_ending_between_writes() {
     let backend = EmbeddedBackend::open_holding_checkpoints(dir.path(), 2).expect("open");
     crate::conformance::exercise_backend(&backend).await;
     assert!(backend.shared.overlaid_groups() > 10);
+    assert!(backend.shared.applied_overlays() > 5);
+}
+
+/// Readers racing a writer whose every write (round `r` puts `r` into key `r % KEYS`) meets a
+/// checkpoint that ends a write later: overlays are published and applied to redb all the
+/// time. No read may go back to an older round (an acknowledged write vanishing while the
+/// overlay is applied), and every scan must see the last `KEYS` rounds exactly (a scan mixing
+/// an older overlay with a newer redb state, or the reverse, would miss one). Mutation-checked:
+/// emptying the overlay outside the fence fails it; opening redb's snapshot outside the fence
+/// (after taking the overlay) needs two checkpoints to end in between, too narrow to hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_racing_overlay_applications_see_one_point_in_time() {
+    const KEYS: u32 = 8;
+    const ROUNDS: u32 = 600;
+    let dir = temp_dir();
+    let backend = Arc::new(EmbeddedBackend::open_holding_checkpoints(dir.path(), 1).expect("open"));
+    let round_of = |value: &[u8]| u32::from_le_bytes(value.try_into().expect("a round"));
+    let write = |round: u32| {
+        let backend = backend.clone();
+        async move {
+            let key = format!("r/{}", round % KEYS);
+            backend
+                .put(&key, round.to_le_bytes().to_vec())
+                .await
+                .expect("write");
+            key
+        }
+    };
+    for round in 0..KEYS {
+        write(round).await;
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|reader| {
+            let (backend, done) = (backend.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut seen = 0u32;
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let newest = if reader == 0 {
+                        let value = backend.get("r/3").await.expect("get").expect("present");
+                        round_of(&value)
+                    } else {
+                        let all = backend.scan("r/", None, 100).await.expect("scan");
+                        let mut rounds: Vec<u32> = all.iter().map(|(_, v)| round_of(v)).collect();
+                        rounds.sort_unstable();
+                        let newest = rounds.last().copied().unwrap_or_default();
+                        let want: Vec<u32> = (newest + 1 - KEYS..=newest).collect();
+                        assert_eq!(rounds, want, "a scan saw rounds {rounds:?}");
+                        newest
+                    };
+                    assert!(
+                        newest >= seen,
+                        "reads went back from round {seen} to {newest}"
+                    );
+                    seen = newest;
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        })
+        .collect();
+    for round in KEYS..ROUNDS {
+        let key = write(round).await;
+        let value = backend.get(&key).await.expect("get").expect("present");
+        assert_eq!(
+            round_of(&value),
+            round,
+            "a write is read back once acknowledged"
+        );
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        assert!(reader.await.expect("reader") > 0);
+    }
+    let (overlaid, applied) = (
+        backend.shared.overlaid_groups(),
+        backend.shared.applied_overlays(),
+    );
+    assert!(
+        overlaid > u64::from(ROUNDS) / 2 && applied > u64::from(ROUNDS) / 4,
+        "writes met running checkpoints ({overlaid}) that ended ({applied})"
+    );
+}
+
+/// A snapshot taken while a checkpoint runs, read while later checkpoints end and their
+/// overlays are applied to redb, holds the keys as they were when it started.
+#[tokio::test]
+async fn a_snapshot_spanning_overlay_applications_is_one_point_in_time() {
+    struct Sink<'a> {
+        backend: &'a EmbeddedBackend,
+        pages: Vec<SnapshotPage>,
+    }
+    #[async_trait]
+    impl SnapshotSink for Sink<'_> {
+        async fn page(&mut self, entries: SnapshotPage) -> Result<()> {
+            if self.pages.is_empty() {
+                // Write (rewriting keys the snapshot has yet to deliver, and deleting one)
+                // until an overlay has been applied to redb.
+                let applied = self.backend.shared.applied_overlays();
+                let mut writes = 0;
+                while self.backend.shared.applied_overlays() == applied {
+                    writes += 1;
+                    assert!(writes < 10_000, "no checkpoint ended");
+                    self.backend
+                        .batch(vec![
+                            Op::Put {
+                                key: "s/1500".into(),
+                                value: b"new".to_vec(),
+                            },
+                            Op::Delete {
+                                key: "s/2000".into(),
+                            },
+                            Op::Put {
+                                key: format!("s/late/{writes}"),
+                                value: Vec::new(),
+                            },
+                        ])
+                        .await?;
+                }
+            }
+            self.pages.push(entries);
+            Ok(())
+        }
+    }
+    let dir = temp_dir();
+    let backend = EmbeddedBackend::open_holding_checkpoints(dir.path(), 1).expect("open");
+    for chunk in 0..3 {
+        let ops = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|i| Op::Put {
+                key: format!("s/{i:04}"),
+                value: b"old".to_vec(),
+            })
+            .collect();
+        backend.batch(ops).await.expect("seed");
+    }
+    // The seed's last batch went into an overlay: the snapshot starts over one.
+    assert!(backend.shared.overlaid_groups() > 0);
+    let mut sink = Sink {
+        backend: &backend,
+        pages: Vec::new(),
+    };
+    backend.snapshot(&mut sink).await.expect("snapshot");
+    let entries: Vec<(String, Vec<u8>)> = sink.pages.into_iter().flatten().collect();
+    assert_eq!(entries.len(), 3000);
+    assert!(entries.iter().all(|(_, value)| value == b"old"));
+    assert_eq!(
+        backend.get("s/1500").await.expect("get"),
+        Some(b"new".to_vec())
+    );
+    assert_eq!(backend.get("s/2000").await.expect("get"), None);
+}
+
+/// A checkpoint that fails stops the store taking writes (what redb holds is unknown), while
+/// every acknowledged write stays readable, and all of them are there after a restart (the
+/// log still holds them).
+#[tokio::test]
+async fn a_failed_checkpoint_stops_writes_and_loses_no_acknowledged_one() {
+    let dir = temp_dir();
+    let mut acked = 0u32;
+    {
+        let tuning = Tuning {
+            checkpoint_commits: 1,
+            hold: None,
+            fail_checkpoints: true,
+        };
+        let backend =
+            EmbeddedBackend::open_tuned(dir.path(), DEFAULT_CACHE_BYTES, tuning).expect("open");
+        let error = loop {
+            assert!(acked < 1000, "no write saw the failed checkpoint");
+            match backend.put(&format!("f/{acked:04}"), b"v".to_vec()).await {
+                Ok(()) => acked += 1,
+                Err(error) => break error,
+            }
+        };
+        assert!(acked >= 1, "the first write needs no checkpoint");
+        assert!(error.to_string().contains("injected failure"), "{error}");
+        let again = backend
+            .put("f/after", b"v".to_vec())
+            .await
+            .expect_err("poisoned");
+        assert!(
+            again
+                .to_string()
+                .contains("no writes until it is restarted"),
+            "{again}"
+        );
+        for i in 0..acked {
+            assert!(backend
+                .get(&format!("f/{i:04}"))
+                .await
+                .expect("get")
+                .is_some());
+        }
+    }
+    let backend = open(dir.path());
+    for i in 0..acked {
+        assert!(
+            backend
+                .get(&format!("f/{i:04}"))
+                .await
+                .expect("get")
+                .is_some(),
+            "acknowledged write {i} of {acked} lost"
+        );
+    }
+    assert_eq!(backend.get("f/after").await.expect("get"), None);
+    backend
+        .put("f/after", b"v".to_vec())
+        .await
+        .expect("writes again");
 }
 
 /// Writes committed while a checkpoint is held open are read back, deleted keys included, and

@@ -30,7 +30,7 @@ use super::log::{self, CommitLog};
 use super::overlay::{Entries, Overlay, OverlayTable, Shared, OVERLAY_BYTES};
 use super::{engine, engine_error, CHECKPOINT_KEY, ENTRIES, LOG_TABLE};
 use crate::group_commit::GroupStore;
-use crate::hook::{apply_indexed, TxnTable};
+use crate::hook::{apply_indexed, Replaced, TxnTable};
 use crate::timed::Timed;
 use crate::{CommitIndex, Op, Result, StorageError};
 
@@ -49,6 +49,8 @@ pub(crate) struct Tuning {
     pub(crate) checkpoint_commits: usize,
     /// Test-only: keeps each checkpoint from committing until released ([`Hold`]).
     pub(crate) hold: Option<Arc<Hold>>,
+    /// Test-only: checkpoints fail (after opening their transaction) instead of committing.
+    pub(crate) fail_checkpoints: bool,
 }
 
 impl Default for Tuning {
@@ -56,13 +58,15 @@ impl Default for Tuning {
         Tuning {
             checkpoint_commits: log::CHECKPOINT_COMMITS,
             hold: None,
+            fail_checkpoints: false,
         }
     }
 }
 
-/// Test-only: holds each checkpoint open (before it opens its transaction) until the writer has
-/// logged `groups` groups during it, or must wait for it. The suites are sequential and fast:
-/// without it their writes would rarely meet a running checkpoint.
+/// Test-only: holds each checkpoint open (its write transaction begun, so redb's one writer is
+/// taken: a writer that tried to open another would hang the test) until the writer has logged
+/// `groups` groups during it, or must wait for it. The suites are sequential and fast: without
+/// it their writes would rarely meet a running checkpoint.
 #[derive(Debug)]
 pub(crate) struct Hold {
     groups: usize,
@@ -139,7 +143,7 @@ impl RedbStore {
         syncs: Arc<AtomicU64>,
         tuning: Tuning,
     ) -> Result<RedbStore> {
-        let checkpointer = Checkpointer::spawn(db.clone(), tuning.hold.clone(), syncs)?;
+        let checkpointer = Checkpointer::spawn(db.clone(), &tuning, syncs)?;
         Ok(RedbStore {
             db,
             shared,
@@ -169,7 +173,12 @@ impl RedbStore {
         if let Some(hold) = &state.tuning.hold {
             hold.set(false);
         }
-        state.checkpointer.start(state.seq)?;
+        if let Err(error) = state.checkpointer.start(state.seq) {
+            if let Some(hold) = &state.tuning.hold {
+                hold.set(true);
+            }
+            return Err(error);
+        }
         state.running = Some(Running {
             base,
             overlay: Arc::default(),
@@ -380,12 +389,17 @@ impl GroupStore for RedbStore {
         }
         self.finish_checkpoint(state, false)?;
         let len = log::encoded_len(batches.iter().flat_map(|batch| batch.iter()));
-        // A group too large for any region is made durable by redb itself, on the writer:
-        // starting a checkpoint first would only add a second one to wait for.
         let due = state.logged >= state.tuning.checkpoint_commits
             || state.last_checkpoint.elapsed() >= log::CHECKPOINT_INTERVAL
-            || (!state.log.fits(len) && CommitLog::fits_a_region(len));
-        if state.running.is_none() && state.logged > 0 && !state.log.is_broken() && due {
+            || !state.log.fits(len);
+        // A group too large for any region is made durable by redb itself, on the writer:
+        // starting a checkpoint first would only add a second durable commit to wait for.
+        if state.running.is_none()
+            && state.logged > 0
+            && !state.log.is_broken()
+            && CommitLog::fits_a_region(len)
+            && due
+        {
             self.start_checkpoint(state)?;
         }
         if let Some(running) = &state.running {
@@ -439,27 +453,34 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn spawn(
-        db: Arc<Database>,
-        hold: Option<Arc<Hold>>,
-        syncs: Arc<AtomicU64>,
-    ) -> Result<Checkpointer> {
+    fn spawn(db: Arc<Database>, tuning: &Tuning, syncs: Arc<AtomicU64>) -> Result<Checkpointer> {
         let (start, started) = mpsc::channel::<u64>();
         let (report, done) = mpsc::channel();
+        let (hold, fail) = (tuning.hold.clone(), tuning.fail_checkpoints);
         let thread = std::thread::Builder::new()
             .name("bunker-storage-checkpoint".into())
             .spawn(move || {
                 for seq in started {
-                    if let Some(hold) = &hold {
-                        hold.wait();
-                    }
                     let timed = Timed::start(CHECKPOINT_METRIC);
                     let outcome = db
                         .begin_write()
                         .map_err(engine("starting a checkpoint"))
-                        .and_then(|txn| checkpoint(txn, seq));
+                        .and_then(|txn| {
+                            if let Some(hold) = &hold {
+                                hold.wait();
+                            }
+                            if fail {
+                                return Err(engine_error(
+                                    "committing a checkpoint".into(),
+                                    "injected failure",
+                                ));
+                            }
+                            checkpoint(txn, seq)
+                        });
                     drop(timed);
-                    syncs.fetch_add(1, Ordering::Relaxed);
+                    if outcome.is_ok() {
+                        syncs.fetch_add(1, Ordering::Relaxed);
+                    }
                     if report.send(outcome).is_err() {
                         return;
                     }
@@ -526,26 +547,25 @@ pub(super) fn checkpoint(mut txn: WriteTransaction, seq: u64) -> Result<()> {
 pub(super) struct RedbTable<'txn>(pub(super) redb::Table<'txn, &'static str, &'static [u8]>);
 
 impl TxnTable for RedbTable<'_> {
-    fn put(
-        &mut self,
-        key: &str,
-        value: &[u8],
-        replaced: &mut dyn FnMut(Option<&[u8]>),
-    ) -> Result<()> {
+    fn put(&mut self, key: &str, value: &[u8], replaced: Replaced<'_>) -> Result<()> {
         let old = self
             .0
             .insert(key, value)
             .map_err(|e| engine_error(format!("writing key {key:?}"), e))?;
-        replaced(old.as_ref().map(|guard| guard.value()));
+        if let Some(replaced) = replaced {
+            replaced(old.as_ref().map(|guard| guard.value()));
+        }
         Ok(())
     }
 
-    fn delete(&mut self, key: &str, replaced: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+    fn delete(&mut self, key: &str, replaced: Replaced<'_>) -> Result<()> {
         let old = self
             .0
             .remove(key)
             .map_err(|e| engine_error(format!("deleting key {key:?}"), e))?;
-        replaced(old.as_ref().map(|guard| guard.value()));
+        if let Some(replaced) = replaced {
+            replaced(old.as_ref().map(|guard| guard.value()));
+        }
         Ok(())
     }
 
