@@ -209,6 +209,10 @@ impl Backend for EmbeddedBackend {
         self.writer.submit(ops).await
     }
 
+    async fn drain(&self) -> Result<()> {
+        self.writer.drain().await
+    }
+
     async fn batch_unbounded(&self, ops: Vec<Op>) -> Result<()> {
         self.writer.submit_unbounded(ops, None).await
     }

@@ -88,10 +88,21 @@ impl Writer {
         self.enqueue(ops, epoch, true).await
     }
 
+    /// Waits until every batch queued before this call is committed or failed (whether or not
+    /// its caller still waits for it): a caller that dropped a batch's future can then read
+    /// what the store holds after it.
+    pub(crate) async fn drain(&self) -> Result<()> {
+        self.send(Vec::new(), None, false).await
+    }
+
     async fn enqueue(&self, ops: Vec<Op>, epoch: Option<u64>, unbounded: bool) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
+        self.send(ops, epoch, unbounded).await
+    }
+
+    async fn send(&self, ops: Vec<Op>, epoch: Option<u64>, unbounded: bool) -> Result<()> {
         let queue = self.queue.as_ref().ok_or(StorageError::Closed)?;
         let (reply, committed) = oneshot::channel();
         let bytes = batch_bytes(&ops);
@@ -342,6 +353,23 @@ fn commit_group(
     counters: &Counters,
     hook: Option<&dyn CommitHook>,
 ) {
+    // Empty requests are drains ([`Writer::drain`]): answered once the rest of the group (and
+    // every group before it) is committed or failed.
+    let (drains, group): (Vec<_>, Vec<_>) = group
+        .into_iter()
+        .partition(|request| request.ops.is_empty());
+    commit_requests(store, group, counters, hook);
+    for drain in drains {
+        let _ = drain.reply.send(Ok(None));
+    }
+}
+
+fn commit_requests(
+    store: &impl GroupStore,
+    group: Vec<WriteRequest>,
+    counters: &Counters,
+    hook: Option<&dyn CommitHook>,
+) {
     // In queue order, so the hook sees batches in the order they are committed. A request
     // admitted under an HA epoch that is no longer this node's is refused here.
     let group: Vec<Prepared> = group
@@ -515,6 +543,69 @@ mod tests {
         let slot = HookSlot::default();
         slot.set(Some(hook.clone()));
         slot
+    }
+
+    /// Commits only when the test opens its gate, once per commit.
+    struct GatedStore {
+        gate: Mutex<std::sync::mpsc::Receiver<()>>,
+        commits: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl GroupStore for GatedStore {
+        fn commit(&self, _batches: &[&[Op]], _index: Option<&dyn CommitIndex>) -> Result<()> {
+            let gate = self
+                .gate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            gate.recv().map_err(|_| StorageError::Closed)?;
+            self.commits
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// A batch whose caller stopped waiting once it was queued is still committed, and a
+    /// drain returns only after it was: what a replication follower stopped mid-commit relies
+    /// on before it reads its position back.
+    #[tokio::test]
+    async fn a_drain_waits_for_batches_whose_callers_stopped_waiting() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let poll_once = |future: std::pin::Pin<&mut dyn Future<Output = Result<()>>>| {
+            future.poll(&mut Context::from_waker(Waker::noop()))
+        };
+        let (open, gate) = std::sync::mpsc::channel();
+        let commits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let writer = Writer::spawn(
+            GatedStore {
+                gate: Mutex::new(gate),
+                commits: commits.clone(),
+            },
+            "test-writer",
+        )
+        .expect("writer");
+        // Dropped before the writer if an assertion fails, so its thread is not left waiting.
+        let open = open;
+        let mut abandoned = Box::pin(writer.submit(vec![Op::Put {
+            key: "k".into(),
+            value: b"v".to_vec(),
+        }]));
+        assert!(
+            poll_once(abandoned.as_mut()).is_pending(),
+            "queued, not committed"
+        );
+        drop(abandoned);
+        let mut drain = Box::pin(writer.drain());
+        assert!(
+            matches!(poll_once(drain.as_mut()), Poll::Pending),
+            "the drain waits while the abandoned batch is uncommitted"
+        );
+        open.send(()).expect("opening the gate");
+        drain.await.expect("drained");
+        assert_eq!(commits.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A drain with nothing queued returns at once (no commit).
+        writer.drain().await.expect("drained");
+        assert_eq!(commits.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -94,6 +94,13 @@ pub trait Backend: Send + Sync + 'static {
     /// store at once (a snapshot restore); it holds the batch in memory, so callers bound it.
     /// The default refuses what does not fit a batch: a backend that cannot commit more says
     /// so.
+    /// Waits until every batch queued before this call is committed or failed, including
+    /// batches whose callers stopped waiting (a dropped `batch` future). The default is for
+    /// backends that commit within the call.
+    async fn drain(&self) -> Result<()> {
+        Ok(())
+    }
+
     async fn batch_unbounded(&self, ops: Vec<Op>) -> Result<()> {
         if ops.len() > limits::MAX_BATCH_OPS {
             return Err(StorageError::BatchTooLarge {

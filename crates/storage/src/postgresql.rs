@@ -465,6 +465,10 @@ impl Backend for PostgresBackend {
         self.writer.submit_tagged(ops, epoch).await
     }
 
+    async fn drain(&self) -> Result<()> {
+        self.writer.drain().await
+    }
+
     async fn batch_unbounded(&self, ops: Vec<Op>) -> Result<()> {
         let epoch = crate::ha::current_write_epoch();
         self.writer.submit_unbounded(ops, epoch).await

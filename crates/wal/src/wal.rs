@@ -162,6 +162,12 @@ impl Wal {
     /// the WAL since this one opened it. Recording is left as it was.
     pub async fn reload(&self) -> Result<()> {
         let _maintenance = self.maintenance.lock().await;
+        // A batch of an apply whose caller was dropped (a stopped follower) may still be in
+        // the storage writer's queue: read the position after it, not before.
+        self.backend
+            .drain()
+            .await
+            .map_err(storage("waiting for queued writes"))?;
         if let Some(target) = read_index(self.backend.as_ref(), WAL_RESET_KEY).await? {
             tracing::warn!(wal_index = target, "finishing an interrupted WAL reset");
             finish_reset(self.backend.as_ref(), target).await?;
@@ -195,6 +201,11 @@ impl Wal {
     /// Read the position back from storage (finishing a reset left half-done) and publish it.
     /// The caller holds the maintenance lock.
     async fn settle(&self) -> Result<()> {
+        // The write that left the WAL unsettled may still be queued (see `reload`).
+        self.backend
+            .drain()
+            .await
+            .map_err(storage("waiting for queued writes"))?;
         if let Some(target) = read_index(self.backend.as_ref(), WAL_RESET_KEY).await? {
             tracing::warn!(wal_index = target, "finishing an interrupted WAL reset");
             finish_reset(self.backend.as_ref(), target).await?;
