@@ -71,12 +71,24 @@ fn vault_metric_names_in_prometheus_and_json_behind_a_token() {
             "{name} missing:\n{text}"
         );
     }
-    // Embedded storage times its group commits by kind: the lone puts above went through the
-    // commit log, and a checkpoint came at the latest with the 9th logged commit or 0.5 s after
-    // the last one (the open's own is not a group commit).
+    // Embedded storage times its group commits by kind and how long batches queued for the
+    // writer: the lone puts above went through the commit log, and a checkpoint started at the
+    // latest with the 9th logged commit or 0.5 s after the last one (the open's own is not one).
+    // Checkpoints run beside the writer and are timed when they end: wait for one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let (_, text) = prometheus(&s, s.root());
+        if value(&text, "bunker_storage_commit_checkpoint_count").unwrap_or(0.0) >= 1.0
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        s.kv_put("m/more", json!({"v": "x"}));
+    };
     for name in [
         "bunker_storage_commit_logged_count",
         "bunker_storage_commit_checkpoint_count",
+        "bunker_storage_queue_wait_count",
     ] {
         assert!(value(&text, name).unwrap_or(0.0) >= 1.0, "{name}:\n{text}");
     }

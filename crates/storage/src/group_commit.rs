@@ -113,6 +113,7 @@ impl Writer {
                 reply,
                 epoch,
                 unbounded,
+                queued: Instant::now(),
             })
             .await
             .map_err(|_| StorageError::Closed)?;
@@ -152,7 +153,13 @@ pub(crate) struct WriteRequest {
     pub(crate) epoch: Option<u64>,
     /// Exempt from the limit on the number of ops ([`Writer::submit_unbounded`]).
     pub(crate) unbounded: bool,
+    /// When it was queued.
+    pub(crate) queued: Instant,
 }
+
+/// How long a batch waited in the writer's queue before its group commit began
+/// (`docs/monitoring.md`): the writer busy with earlier groups, or the commit delay.
+const QUEUE_WAIT_METRIC: &str = "bunker_storage_queue_wait";
 
 /// Where the writer commits: applies a group of batches in one durable transaction.
 pub(crate) trait GroupStore {
@@ -358,6 +365,11 @@ fn commit_group(
     let (drains, group): (Vec<_>, Vec<_>) = group
         .into_iter()
         .partition(|request| request.ops.is_empty());
+    let started = Instant::now();
+    for request in &group {
+        metrics::histogram!(QUEUE_WAIT_METRIC)
+            .record(started.duration_since(request.queued).as_secs_f64() * 1000.0);
+    }
     commit_requests(store, group, counters, hook);
     for drain in drains {
         let _ = drain.reply.send(Ok(None));
@@ -467,6 +479,7 @@ mod tests {
                 reply,
                 epoch: None,
                 unbounded: false,
+                queued: Instant::now(),
             },
             receiver,
         )
