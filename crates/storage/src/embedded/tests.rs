@@ -37,7 +37,7 @@ async fn embedded_passes_conformance_with_writes_during_checkpoints() {
     );
 }
 
-/// Checkpoints end, and their overlays are applied to redb, every second write, including
+/// Checkpoints end, and their overlays are applied to redb, every third write, including
 /// while the suite's snapshot is being read.
 #[tokio::test]
 async fn embedded_passes_conformance_with_checkpoints_ending_between_writes() {

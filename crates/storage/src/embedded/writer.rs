@@ -65,8 +65,9 @@ impl Default for Tuning {
 
 /// Test-only: holds each checkpoint open (its write transaction begun, so redb's one writer is
 /// taken: a writer that tried to open another would hang the test) until the writer has logged
-/// `groups` groups during it, or must wait for it. The suites are sequential and fast: without
-/// it their writes would rarely meet a running checkpoint.
+/// `groups` groups during it, or must wait for it; the group after those waits for it to end,
+/// so checkpoints end at known points. The suites are sequential and fast: without it their
+/// writes would rarely meet a running checkpoint.
 #[derive(Debug)]
 pub(crate) struct Hold {
     groups: usize,
@@ -403,7 +404,10 @@ impl GroupStore for RedbStore {
             self.start_checkpoint(state)?;
         }
         if let Some(running) = &state.running {
-            if !state.log.is_broken()
+            let held_long_enough =
+                (state.tuning.hold.as_ref()).is_some_and(|hold| running.groups >= hold.groups);
+            if !held_long_enough
+                && !state.log.is_broken()
                 && state.log.fits(len)
                 && running.overlay.bytes().saturating_add(len) <= OVERLAY_BYTES
             {
