@@ -366,9 +366,9 @@ fn commit_group(
         .into_iter()
         .partition(|request| request.ops.is_empty());
     let started = Instant::now();
+    let queue_wait = metrics::histogram!(QUEUE_WAIT_METRIC);
     for request in &group {
-        metrics::histogram!(QUEUE_WAIT_METRIC)
-            .record(started.duration_since(request.queued).as_secs_f64() * 1000.0);
+        queue_wait.record(started.duration_since(request.queued).as_secs_f64() * 1000.0);
     }
     commit_requests(store, group, counters, hook);
     for drain in drains {

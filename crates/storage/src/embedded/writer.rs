@@ -294,12 +294,14 @@ impl RedbStore {
     }
 
     /// A group with no checkpoint running: applied in a redb write transaction, and logged, or
-    /// (too large for the log, or the log is broken) committed durably by redb itself.
+    /// (too large for the log, or the log is broken) committed durably by redb itself. `len`
+    /// is the length of its log record.
     fn commit_direct(
         &self,
         state: &mut LogState,
         batches: &[&[Op]],
         index: Option<&dyn CommitIndex>,
+        len: usize,
     ) -> Result<()> {
         let ops = || batches.iter().flat_map(|batch| batch.iter());
         let mut txn = self
@@ -314,7 +316,7 @@ impl RedbStore {
             apply_indexed(&mut table, ops(), index)?
         };
         let seq = next_seq(state.seq)?;
-        let checkpointed = !state.log.fits(log::encoded_len(ops())) || state.log.is_broken();
+        let checkpointed = !state.log.fits(len) || state.log.is_broken();
         let timed = Timed::start(if checkpointed {
             CHECKPOINT_METRIC
         } else {
@@ -415,7 +417,7 @@ impl GroupStore for RedbStore {
             }
             self.finish_checkpoint(state, true)?;
         }
-        self.commit_direct(state, batches, index)
+        self.commit_direct(state, batches, index, len)
     }
 
     /// The writer is stopping: make what the log holds durable in redb, so a clean stop leaves
