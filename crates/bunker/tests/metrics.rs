@@ -73,7 +73,7 @@ fn vault_metric_names_in_prometheus_and_json_behind_a_token() {
     }
     // Embedded storage times its group commits by kind and how long batches queued for the
     // writer: the lone puts above went through the commit log, and a checkpoint started at the
-    // latest with the 9th logged commit or 0.5 s after the last one (the open's own is not one).
+    // latest with the 65th logged commit or 0.5 s after the last one (the open's own is not one).
     // Checkpoints run beside the writer and are timed when they end: wait for one.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let text = loop {
