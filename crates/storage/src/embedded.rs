@@ -183,7 +183,7 @@ impl EmbeddedBackend {
     }
 
     /// What a read sees: redb's latest commit, with the overlay that goes with it.
-    fn view(&self) -> Result<View> {
+    fn view(&self) -> Result<Arc<View>> {
         self.shared.view(&self.db)
     }
 }

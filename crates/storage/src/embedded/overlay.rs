@@ -16,12 +16,19 @@
 //! Design reason: the smallest change that keeps redb's MVCC snapshots as the only read path
 //! and readers out of the writer's way; an overlay is bounded ([`OVERLAY_BYTES`]), so copying
 //! it per group stays cheap.
+//!
+//! Reads between two changes share one view: taking a view (a redb read transaction and its
+//! table) was about a fifth of a read's cost, and a KV write reads twice (its token, its
+//! metadata). The writer drops the shared view after every commit, before the commit is
+//! acknowledged ([`Shared::changed`]), under the lock a reader takes and fills it under, so a
+//! view is shared only by reads that began after the last acknowledged write it holds, and no
+//! snapshot outlives the next write for long (redb keeps the pages a live snapshot can see).
 
 use std::collections::btree_map;
 use std::collections::BTreeMap;
 use std::iter::Peekable;
 use std::ops::Bound;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
@@ -70,18 +77,52 @@ impl Overlay {
 }
 
 /// The published overlay, and the lock that pairs it with redb's state.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Shared {
     current: RwLock<Arc<Overlay>>,
+    /// The view reads share until the writer's next commit.
+    latest: Mutex<Option<Arc<View>>>,
     /// Groups committed into an overlay, and overlays applied to redb (tests check that they
     /// reached both).
     overlaid: std::sync::atomic::AtomicU64,
     applied: std::sync::atomic::AtomicU64,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
 impl Shared {
-    /// A consistent view: redb's latest commit and the overlay that goes with it.
-    pub(super) fn view(&self, db: &Database) -> Result<View> {
+    /// A consistent view holding every acknowledged write: the one shared since the last
+    /// commit, or a new one (then shared). Taken and stored under `latest`, which
+    /// [`Shared::changed`] empties after each commit, so a stored view is never older than
+    /// the last commit acknowledged.
+    pub(super) fn view(&self, db: &Database) -> Result<Arc<View>> {
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(view) = &*latest {
+            return Ok(view.clone());
+        }
+        let view = Arc::new(self.fresh_view(db)?);
+        *latest = Some(view.clone());
+        Ok(view)
+    }
+
+    /// Called by the writer after every commit (whatever its outcome) and before it is
+    /// acknowledged: later reads take a new view. The old one is dropped by its last reader
+    /// (here if none holds it).
+    pub(super) fn changed(&self) {
+        let old = self
+            .latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(old);
+    }
+
+    /// redb's latest commit and the overlay that goes with it.
+    fn fresh_view(&self, db: &Database) -> Result<View> {
         let guard = self.current.read().unwrap_or_else(PoisonError::into_inner);
         let overlay = guard.clone();
         let txn = db.begin_read().map_err(engine("starting read transaction"));

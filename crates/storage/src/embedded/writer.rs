@@ -384,7 +384,23 @@ fn append(state: &mut LogState, seq: u64, batches: &[&[Op]]) -> Result<()> {
 }
 
 impl GroupStore for RedbStore {
+    /// Whatever the outcome, reads after it take a new view (`overlay.rs`).
     fn commit(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()> {
+        let outcome = self.commit_group(batches, index);
+        self.shared.changed();
+        outcome
+    }
+
+    /// The writer is stopping: make what the log holds durable in redb, so a clean stop leaves
+    /// nothing to replay, and let go of the readers' shared view.
+    fn close(&self) {
+        self.close_log();
+        self.shared.changed();
+    }
+}
+
+impl RedbStore {
+    fn commit_group(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()> {
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let state = &mut *guard;
         if let Some(reason) = &state.poisoned {
@@ -420,9 +436,7 @@ impl GroupStore for RedbStore {
         self.commit_direct(state, batches, index, len)
     }
 
-    /// The writer is stopping: make what the log holds durable in redb, so a clean stop leaves
-    /// nothing to replay.
-    fn close(&self) {
+    fn close_log(&self) {
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let state = &mut *guard;
         let finished = match &state.poisoned {
