@@ -31,12 +31,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bunker_storage::{Backend, Op};
 use zeroize::Zeroizing;
 
+mod decoded;
 mod envelope;
 mod error;
 mod keyring;
 #[cfg(test)]
 mod tests;
 
+pub use decoded::DecodedCache;
 pub use error::BarrierError;
 
 use envelope::{TermCipher, KEY_LEN};
@@ -301,6 +303,33 @@ impl Barrier {
         };
         let mut plaintext = state.keyring.decrypt(key, &stored)?;
         Ok(Some(std::mem::take(&mut *plaintext)))
+    }
+
+    /// [`Barrier::get`], decoded by `decode`, through `cache`: the stored ciphertext is read
+    /// every time, and decrypted and decoded only when it is not the one the cached value was
+    /// decoded from (`decoded.rs`).
+    pub async fn get_decoded<T, E>(
+        &self,
+        key: &str,
+        cache: &DecodedCache<T>,
+        decode: impl FnOnce(&[u8]) -> std::result::Result<T, E>,
+    ) -> std::result::Result<Option<Arc<T>>, E>
+    where
+        E: From<BarrierError>,
+    {
+        let _timer = Timed::start("vault_barrier_get");
+        refuse_reserved(key)?;
+        let state = self.unsealed()?;
+        let Some(stored) = self.backend.get(key).await.map_err(BarrierError::from)? else {
+            return Ok(None);
+        };
+        if let Some(value) = cache.hit(key, &stored) {
+            return Ok(Some(value));
+        }
+        let plaintext = state.keyring.decrypt(key, &stored)?;
+        let value = Arc::new(decode(&plaintext)?);
+        cache.insert(key, stored, value.clone());
+        Ok(Some(value))
     }
 
     pub async fn put(&self, key: &str, value: &[u8]) -> Result<()> {

@@ -611,3 +611,74 @@ async fn a_node_that_reloaded_after_a_rotation_follows_the_rekey_after_it() {
     assert_eq!(standby.root_key().unwrap().as_slice(), new_root.as_slice());
     assert_eq!(standby.key_status().unwrap().term, 2);
 }
+
+/// `get_decoded` decodes only ciphertext it has not decoded before, whoever wrote the value:
+/// through the barrier, or straight into the backend below it (a replayed or restored write),
+/// where a value copied from another path still fails to decrypt rather than hitting the cache.
+#[tokio::test]
+async fn decoded_reads_follow_every_change_of_the_ciphertext() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (barrier, _, backend) = unsealed().await;
+    let cache = crate::DecodedCache::<String>::new(8);
+    let decodes = AtomicUsize::new(0);
+    let read = |key: &'static str| {
+        let (barrier, cache, decodes) = (&barrier, &cache, &decodes);
+        async move {
+            barrier
+                .get_decoded(key, cache, |bytes| {
+                    decodes.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, BarrierError>(String::from_utf8(bytes.to_vec()).unwrap())
+                })
+                .await
+                .map(|value| value.map(|value| String::clone(&value)))
+        }
+    };
+    assert_eq!(read("t/a").await.unwrap(), None);
+    barrier.put("t/a", b"one").await.unwrap();
+    assert_eq!(read("t/a").await.unwrap().as_deref(), Some("one"));
+    assert_eq!(read("t/a").await.unwrap().as_deref(), Some("one"));
+    assert_eq!(decodes.load(Ordering::SeqCst), 1, "the second read hits");
+
+    // The same plaintext written again is new ciphertext (a fresh nonce): decoded again.
+    barrier.put("t/a", b"one").await.unwrap();
+    assert_eq!(read("t/a").await.unwrap().as_deref(), Some("one"));
+    assert_eq!(decodes.load(Ordering::SeqCst), 2);
+
+    // Written below the barrier (as DR replay or a snapshot restore does).
+    barrier.put("t/b", b"two").await.unwrap();
+    let from_b = backend.raw("t/b").await.unwrap();
+    let earlier = backend.raw("t/a").await.unwrap();
+    barrier.put("t/a", b"three").await.unwrap();
+    assert_eq!(read("t/a").await.unwrap().as_deref(), Some("three"));
+    backend.set_raw("t/a", earlier).await;
+    assert_eq!(read("t/a").await.unwrap().as_deref(), Some("one"));
+    backend.set_raw("t/a", from_b).await;
+    assert_corrupt(read("t/a").await);
+    backend.delete("t/a").await.unwrap();
+    assert_eq!(read("t/a").await.unwrap(), None);
+
+    // Sealed: refused before the cache is consulted.
+    barrier.put("t/c", b"four").await.unwrap();
+    assert_eq!(read("t/c").await.unwrap().as_deref(), Some("four"));
+    barrier.seal();
+    assert!(matches!(read("t/c").await, Err(BarrierError::Sealed)));
+}
+
+#[tokio::test]
+async fn the_decoded_cache_holds_at_most_its_capacity() {
+    let (barrier, _, _) = unsealed().await;
+    let cache = crate::DecodedCache::<Vec<u8>>::new(3);
+    for i in 0..10 {
+        let key = format!("t/{i}");
+        barrier.put(&key, &[i]).await.unwrap();
+        let value = barrier
+            .get_decoded(&key, &cache, |bytes| Ok::<_, BarrierError>(bytes.to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(value.as_deref(), Some(&vec![i]));
+        assert!(cache.len() <= 3);
+    }
+    assert_eq!(cache.len(), 3);
+    cache.clear();
+    assert!(cache.is_empty());
+}

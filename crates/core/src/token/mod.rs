@@ -28,7 +28,7 @@ pub use roles::TokenRole;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use bunker_barrier::Barrier;
+use bunker_barrier::{Barrier, DecodedCache};
 use bunker_storage::Op;
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -77,6 +77,10 @@ fn token_storage_id(salt: Option<&[u8]>, token: &str) -> String {
 /// Stripes of the per-token locks that serialise read-modify-write of a stored entry.
 const ENTRY_LOCK_STRIPES: usize = 64;
 
+/// Token entries kept decoded, checked against their stored ciphertext on every lookup
+/// (`bunker_barrier::DecodedCache`): about 1.5 KiB each at most.
+const DECODED_ENTRIES: usize = 4096;
+
 pub struct TokenStore {
     barrier: Arc<Barrier>,
     /// The salt of token storage ids, loaded when the barrier opens; `None` while sealed or for
@@ -87,6 +91,9 @@ pub struct TokenStore {
     entry_locks: Vec<tokio::sync::Mutex<()>>,
     /// The system's lease TTLs: no token renews past the maximum unless it says otherwise.
     ttls: SystemTtls,
+    /// Entries as decoded from their ciphertext, so a lookup whose entry did not change since
+    /// the last one neither decrypts nor parses it.
+    decoded: DecodedCache<TokenEntry>,
 }
 
 impl TokenStore {
@@ -99,6 +106,7 @@ impl TokenStore {
         TokenStore {
             barrier,
             ttls,
+            decoded: DecodedCache::new(DECODED_ENTRIES),
             salt: std::sync::RwLock::new(None),
             entry_locks: (0..ENTRY_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -137,8 +145,9 @@ impl TokenStore {
         Ok(())
     }
 
-    /// Seal: the salt leaves memory with the keys.
+    /// Seal: the salt and the decoded entries leave memory with the keys.
     pub(crate) fn forget_salt(&self) {
+        self.decoded.clear();
         *self
             .salt
             .write()
@@ -228,10 +237,13 @@ impl TokenStore {
     }
 
     async fn get_by_hash(&self, hash: &str) -> Result<Option<TokenEntry>> {
-        match self.barrier.get(&format!("{ID_PREFIX}{hash}")).await? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-        }
+        let entry = self
+            .barrier
+            .get_decoded(&format!("{ID_PREFIX}{hash}"), &self.decoded, |bytes| {
+                serde_json::from_slice::<TokenEntry>(bytes).map_err(LogicalError::from)
+            })
+            .await?;
+        Ok(entry.map(|entry| TokenEntry::clone(&entry)))
     }
 
     fn decode_batch(&self, token: &str) -> Option<TokenEntry> {
