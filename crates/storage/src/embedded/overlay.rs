@@ -23,6 +23,8 @@
 //! acknowledged ([`Shared::changed`]), under the lock a reader takes and fills it under, so a
 //! view is shared only by reads that began after the last acknowledged write it holds, and no
 //! snapshot outlives the next write for long (redb keeps the pages a live snapshot can see).
+//! A view also remembers what its point reads found (bounded, [`MEMO_BYTES`]): the keys every
+//! request reads (its token, its mount's configuration) then cost one B-tree lookup per commit.
 
 use std::collections::btree_map;
 use std::collections::BTreeMap;
@@ -130,7 +132,11 @@ impl Shared {
         let entries = txn?
             .open_table(ENTRIES)
             .map_err(engine("opening entries table for reading"))?;
-        Ok(View { entries, overlay })
+        Ok(View {
+            entries,
+            overlay,
+            memo: Mutex::default(),
+        })
     }
 
     /// Makes a group's `overlay` what readers see.
@@ -166,10 +172,50 @@ impl Shared {
 pub(super) struct View {
     entries: Entries,
     overlay: Arc<Overlay>,
+    /// What reads through this view found, for the reads after them (see [`Memo`]).
+    memo: Mutex<Memo>,
+}
+
+/// Above this many bytes of keys and values a view remembers no more reads.
+const MEMO_BYTES: usize = 256 << 10;
+/// Values larger than this are not remembered (they would cost a copy more than they save).
+const MEMO_VALUE_BYTES: usize = 4 << 10;
+
+/// Keys read through a view and what each held (`None`: absent). A view is one point in
+/// time, so what one read found is what every later read of the key finds; views are shared
+/// between commits, so the keys every request reads (its token, its mount's config) are looked
+/// up in redb's B-tree once per commit instead of once per request.
+#[derive(Default)]
+struct Memo {
+    found: std::collections::HashMap<String, Option<Vec<u8>>>,
+    bytes: usize,
 }
 
 impl View {
     pub(super) fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(found) = self.memo().found.get(key) {
+            return Ok(found.clone());
+        }
+        let found = self.read(key)?;
+        let size = key.len() + found.as_ref().map_or(0, Vec::len);
+        if found
+            .as_ref()
+            .is_none_or(|value| value.len() <= MEMO_VALUE_BYTES)
+        {
+            let mut memo = self.memo();
+            if memo.bytes.saturating_add(size) <= MEMO_BYTES {
+                memo.bytes += size;
+                memo.found.insert(key.to_owned(), found.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.memo.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
         if let Some(value) = self.overlay.entries.get(key) {
             return Ok(value.clone());
         }
