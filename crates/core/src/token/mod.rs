@@ -239,7 +239,7 @@ impl TokenStore {
     async fn get_by_hash(&self, hash: &str) -> Result<Option<TokenEntry>> {
         let entry = self
             .barrier
-            .get_decoded(&format!("{ID_PREFIX}{hash}"), &self.decoded, |bytes| {
+            .get_decoded(&[ID_PREFIX, hash].concat(), &self.decoded, |bytes| {
                 serde_json::from_slice::<TokenEntry>(bytes).map_err(LogicalError::from)
             })
             .await?;

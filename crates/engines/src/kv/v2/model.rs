@@ -168,7 +168,7 @@ impl VersionRecord {
 }
 
 pub(crate) fn metadata_key(path: &str) -> String {
-    format!("{METADATA_PREFIX}{path}")
+    [METADATA_PREFIX, path].concat()
 }
 
 /// The version number is the last segment, so distinct (path, version) pairs never share a
