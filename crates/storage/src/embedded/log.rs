@@ -24,6 +24,14 @@
 //! first record that is short, fails its CRC, or is not the next number: a record torn by a
 //! crash was never acknowledged, and what follows the newest record of a region (zeros, or
 //! older records from before it was last rewritten) is numbered below it.
+//!
+//! A record is written only after the one before it was synced, so a valid record numbered
+//! one past a missing or damaged one (right behind it, or at the start of the other region)
+//! means a record that was acknowledged was damaged afterwards (the disk, or someone editing
+//! the file). Opening then fails and names the record, as etcd refuses a WAL whose CRC does
+//! not match: replaying up to it would silently drop that write and every later one. The way
+//! out is the operator's: restore from a backup, or move the log aside to open at the last
+//! checkpoint, losing what came after it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -102,7 +110,8 @@ impl CommitLog {
         })
     }
 
-    /// The records after `checkpoint`, in order, up to the first that is missing or torn.
+    /// The records after `checkpoint`, in order, up to the first that is missing or torn; an
+    /// error if a record after that one shows it had been written whole (see the module doc).
     pub(crate) fn replay(&self, checkpoint: u64) -> Result<Vec<(u64, Vec<Op>)>> {
         let len = self
             .file
@@ -115,15 +124,32 @@ impl CommitLog {
             .read_exact_at(&mut bytes, 0)
             .map_err(io(format!("reading {}", self.path.display())))?;
         let (first, second) = bytes.split_at(bytes.len().min(REGION_BYTES as usize));
-        let (records, unmatched) = parse_regions([first, second], checkpoint);
-        if let Some(seq) = unmatched {
-            tracing::warn!(
+        let Parsed { records, end, gap } = parse_regions([first, second], checkpoint);
+        match gap {
+            Some(gap) if gap.is_damage() => {
+                return Err(StorageError::Engine {
+                    context: format!("replaying the commit log {}", self.path.display()),
+                    message: format!(
+                        "record {} (at byte {}) is damaged or missing, yet record {} after it \
+                         is intact: a write that was acknowledged was lost after it reached \
+                         the disk. Restore the data directory from a backup, or move {} aside \
+                         to open at the last checkpoint (record {checkpoint}), losing every \
+                         write logged after it",
+                        gap.missing,
+                        end,
+                        gap.found,
+                        self.path.display(),
+                    ),
+                });
+            }
+            Some(gap) => tracing::warn!(
                 path = %self.path.display(),
                 checkpoint,
-                record = seq,
+                record = gap.found,
                 "the commit log holds records of another database or of another run of this one \
                  (a database file restored or copied without its log?); they are not replayed"
-            );
+            ),
+            None => {}
         }
         Ok(records)
     }
@@ -236,53 +262,121 @@ fn put_bytes(record: &mut Vec<u8>, bytes: &[u8]) {
 /// below `checkpoint` that come first (a restart before the checkpoint's log was rewritten).
 #[cfg(test)]
 fn parse(log: &[u8], checkpoint: u64) -> Vec<(u64, Vec<Op>)> {
-    parse_checked(log, checkpoint).0
+    parse_checked(log, checkpoint).records
 }
 
-/// [`parse`], and the number of a valid record above the next one expected where the records
-/// stop, if they stop at one. No crash leaves that (after a checkpoint the log starts over
-/// with the number after it): the log was written for another database or another run of it
-/// (a database file restored without its log, or copied next to another's).
-fn parse_checked(log: &[u8], checkpoint: u64) -> (Vec<(u64, Vec<Op>)>, Option<u64>) {
+/// Where the records after a checkpoint stop at a valid record numbered above the next one
+/// expected. No crash leaves that (after a checkpoint the log starts over with the number
+/// after it, and a record is written only after the one before it was synced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Gap {
+    /// The number expected next.
+    missing: u64,
+    /// The valid record's number.
+    found: u64,
+}
+
+impl Gap {
+    /// Exactly one record is missing: it was damaged after it was acknowledged. Any other gap
+    /// is a log written for another database or another run of it (a database file restored
+    /// without its log, or copied next to another's), whose numbers start far from ours.
+    fn is_damage(&self) -> bool {
+        self.found == self.missing.wrapping_add(1)
+    }
+}
+
+/// The records after a checkpoint in one region or in both.
+#[derive(Debug, PartialEq, Eq)]
+struct Parsed {
+    records: Vec<(u64, Vec<Op>)>,
+    /// Byte offset where they stop (in the region; in the file for [`parse_regions`]).
+    end: usize,
+    /// The valid record numbered above the next one expected found there, if any.
+    gap: Option<Gap>,
+}
+
+/// [`parse`], where the records stop, and the [`Gap`] there if they stop at one. A record
+/// that is not valid counts as a gap only if the record its length points past is the one
+/// after it.
+fn parse_checked(log: &[u8], checkpoint: u64) -> Parsed {
     let mut records = Vec::new();
     let mut rest = log;
+    let stop = |records, rest: &[u8], gap| Parsed {
+        records,
+        end: log.len() - rest.len(),
+        gap,
+    };
     // No number follows the last one: nothing after such a checkpoint is replayed.
     let Some(mut expected) = checkpoint.checked_add(1) else {
-        return (records, None);
+        return stop(records, rest, None);
     };
-    while let Some((seq, ops, after)) = record_at(rest) {
+    loop {
+        let Some((seq, ops, after)) = record_at(rest) else {
+            let behind = declared_len(rest).and_then(|len| record_at(rest.get(len..)?));
+            let found = behind.map(|(seq, _, _)| seq);
+            let gap = (found.is_some() && found == expected.checked_add(1)).then(|| Gap {
+                missing: expected,
+                found: expected + 1,
+            });
+            return stop(records, rest, gap);
+        };
         if seq == expected {
             records.push((seq, ops));
             let Some(next) = expected.checked_add(1) else {
-                break;
+                return stop(records, after, None);
             };
             expected = next;
         } else if !(records.is_empty() && seq <= checkpoint) {
-            return (records, (seq > expected).then_some(seq));
+            let gap = (seq > expected).then_some(Gap {
+                missing: expected,
+                found: seq,
+            });
+            return stop(records, rest, gap);
         }
         rest = after;
     }
-    (records, None)
+}
+
+/// The length a record at the start of `bytes` declares, if it could be one.
+fn declared_len(bytes: &[u8]) -> Option<usize> {
+    let (len, _) = take_u32(bytes)?;
+    let len = len as usize;
+    (len >= HEADER && len <= bytes.len()).then_some(len)
 }
 
 /// [`parse_checked`] over the two regions: the records after `checkpoint` start in one of them
 /// and may go on in the other (a crash while a checkpoint ran: the records it was making
 /// durable, then those logged meanwhile). A region whose records start past the next number
 /// expected is reported only if it does not follow on from the other.
-fn parse_regions(regions: [&[u8]; 2], checkpoint: u64) -> (Vec<(u64, Vec<Op>)>, Option<u64>) {
+fn parse_regions(regions: [&[u8]; 2], checkpoint: u64) -> Parsed {
     let [a, b] = regions;
-    let (in_a, in_b) = (parse_checked(a, checkpoint), parse_checked(b, checkpoint));
-    let ((mut records, unmatched), other) = if !in_a.0.is_empty() {
-        (in_a, b)
-    } else if !in_b.0.is_empty() {
-        (in_b, a)
+    // Offsets in the file: the second region starts where the first ends.
+    let (in_a, mut in_b) = (parse_checked(a, checkpoint), parse_checked(b, checkpoint));
+    in_b.end += a.len();
+    let (mut first, other, other_base) = if !in_a.records.is_empty() {
+        (in_a, b, a.len())
+    } else if !in_b.records.is_empty() {
+        (in_b, a, 0)
     } else {
-        return (Vec::new(), in_a.1.or(in_b.1));
+        return if in_a.gap.is_some() || in_b.gap.is_none() {
+            in_a
+        } else {
+            in_b
+        };
     };
-    let last = records.last().map_or(checkpoint, |&(seq, _)| seq);
-    let (more, unmatched_after) = parse_checked(other, last);
-    records.extend(more);
-    (records, unmatched.or(unmatched_after))
+    if first.gap.is_some() {
+        return first;
+    }
+    let last = first.records.last().map_or(checkpoint, |&(seq, _)| seq);
+    let mut more = parse_checked(other, last);
+    // Nothing follows on in the other region: the records (and a gap found there, which is
+    // missing what should have come next) stop where they stopped in the first.
+    if !more.records.is_empty() {
+        first.end = more.end + other_base;
+    }
+    first.records.append(&mut more.records);
+    first.gap = more.gap;
+    first
 }
 
 /// The valid record at the start of `bytes`, and what follows it.
@@ -403,12 +497,30 @@ mod tests {
         assert!(parse(&[0u8; 64], 0).is_empty());
         // Records above the next number expected: another run's (or database's) log.
         let foreign = log_of(&[encode(9, [].iter()), encode(10, [].iter())]);
-        assert_eq!(parse_checked(&foreign, 2), (vec![], Some(9)));
-        assert_eq!(parse_checked(&rewritten, 2).1, None);
-        assert_eq!(parse_checked(&gap, 0).1, Some(3));
+        let foreign_gap = Gap {
+            missing: 3,
+            found: 9,
+        };
+        let parsed = parse_checked(&foreign, 2);
+        assert_eq!((parsed.records, parsed.end), (vec![], 0));
+        assert_eq!(parsed.gap, Some(foreign_gap));
+        assert!(!foreign_gap.is_damage());
+        assert_eq!(parse_checked(&rewritten, 2).gap, None);
+        // One record missing between two that are there: it was lost after it was written.
+        let missing = Gap {
+            missing: 2,
+            found: 3,
+        };
+        assert_eq!(parse_checked(&gap, 0).gap, Some(missing));
+        assert_eq!(parse_checked(&gap, 0).end, first.len());
+        assert!(missing.is_damage());
+        // Torn and cut-short records end the log: no gap.
+        assert_eq!(parse_checked(&torn, 0).gap, None);
+        assert_eq!(parse_checked(&short, 0).gap, None);
         // A damaged checkpoint at the last number: nothing follows it, nothing is replayed.
         let last = log_of(&[encode(u64::MAX, [put("a", "1")].iter())]);
-        assert_eq!(parse_checked(&last, u64::MAX), (vec![], None));
+        let parsed = parse_checked(&last, u64::MAX);
+        assert_eq!((parsed.records, parsed.gap), (vec![], None));
     }
 
     #[test]
@@ -426,9 +538,9 @@ mod tests {
             encode(3, [put("c", "3")].iter()),
             encode(4, [put("d", "4")].iter()),
         ]);
-        let seqs = |(records, unmatched): (Vec<(u64, Vec<Op>)>, Option<u64>)| {
-            assert_eq!(unmatched, None);
-            records.iter().map(|r| r.0).collect::<Vec<_>>()
+        let seqs = |parsed: Parsed| {
+            assert_eq!(parsed.gap, None);
+            parsed.records.iter().map(|r| r.0).collect::<Vec<_>>()
         };
         assert_eq!(seqs(parse_regions([&zero, &one], 2)), vec![3, 4, 5, 6]);
         // The checkpoint at 4 had ended: only region 0 is replayed.
@@ -438,9 +550,56 @@ mod tests {
         assert_eq!(seqs(parse_regions([&one, &zero], 2)), vec![3, 4, 5, 6]);
         // A region that does not follow on from the other is not replayed, and is reported.
         let far = log_of(&[encode(9, [].iter())]);
-        assert_eq!(parse_regions([&one, &far], 2).1, Some(9));
-        assert_eq!(parse_regions([&one, &far], 2).0.len(), 2);
-        assert_eq!(parse_regions([&far, &[0; 64]], 2), (vec![], Some(9)));
+        let found = |parsed: Parsed| parsed.gap.map(|gap| gap.found);
+        assert_eq!(found(parse_regions([&one, &far], 2)), Some(9));
+        assert_eq!(parse_regions([&one, &far], 2).records.len(), 2);
+        assert_eq!(found(parse_regions([&far, &[0; 64]], 2)), Some(9));
+    }
+
+    #[test]
+    fn a_record_damaged_after_it_was_synced_is_reported_not_skipped() {
+        let records = [
+            encode(1, [put("a", "1")].iter()),
+            encode(2, [put("b", "2")].iter()),
+            encode(3, [put("c", "3")].iter()),
+        ];
+        // A flipped bit in the middle record's value (its CRC no longer matches), in its CRC,
+        // or in its number: record 3 behind it proves it had been written whole.
+        let value_at = records[0].len() + records[1].len() - 1;
+        let crc_at = records[0].len() + 4;
+        let seq_at = records[0].len() + 8;
+        for at in [value_at, crc_at, seq_at] {
+            let mut damaged = log_of(&records);
+            damaged[at] ^= 0x10;
+            let parsed = parse_checked(&damaged, 0);
+            assert_eq!(parsed.records.len(), 1, "byte {at}");
+            assert_eq!(parsed.end, records[0].len());
+            let gap =
+                (parsed.gap).unwrap_or_else(|| panic!("byte {at}: the damage went unnoticed"));
+            assert_eq!((gap.missing, gap.found), (2, 3));
+            assert!(gap.is_damage());
+        }
+        // The last record damaged: nothing proves it was ever whole (a torn write looks the
+        // same), so replay ends before it, as after a crash.
+        let mut last = log_of(&records);
+        let end = records.concat().len();
+        last[end - 1] ^= 0x10;
+        assert_eq!(parse_checked(&last, 0).records.len(), 2);
+        assert_eq!(parse_checked(&last, 0).gap, None);
+        // The last record of one region damaged while the next is the first of the other: the
+        // gap is found across regions, at the damaged record's offset in the file.
+        let mut zero = log_of(&records[..2]);
+        zero[value_at] ^= 0x10;
+        let one = log_of(&records[2..]);
+        let parsed = parse_regions([&zero, &one], 0);
+        assert_eq!(parsed.records.len(), 1);
+        assert_eq!(parsed.gap.map(|gap| gap.found), Some(3));
+        assert_eq!(parsed.end, records[0].len());
+        // The same with the regions the other way round.
+        let parsed = parse_regions([&one, &zero], 0);
+        assert_eq!(parsed.records.len(), 1);
+        assert_eq!(parsed.gap.map(|gap| gap.found), Some(3));
+        assert_eq!(parsed.end, one.len() + records[0].len());
     }
 
     #[test]

@@ -641,14 +641,73 @@ fn checkpoint_of(dir: &Path) -> u64 {
 /// Appends to `dir`'s commit log, as a crash right after acknowledging it would leave it, the
 /// record numbered after the database's checkpoint that puts `key`.
 fn log_unreplayed_put(dir: &Path, key: &str) {
-    let seq = checkpoint_of(dir) + 1;
+    log_unreplayed_puts(dir, &[key]);
+}
+
+/// [`log_unreplayed_put`] for each of `keys` in turn, one record each; returns the records'
+/// offsets in the log file.
+fn log_unreplayed_puts(dir: &Path, keys: &[&str]) -> Vec<usize> {
+    let checkpoint = checkpoint_of(dir);
     let mut log = CommitLog::open(dir).expect("opening the log");
-    let ops = [Op::Put {
-        key: key.to_owned(),
-        value: b"from the log".to_vec(),
-    }];
-    log.append(&log::encode(seq, ops.iter()))
-        .expect("appending");
+    let mut offsets = Vec::new();
+    let mut at = 0;
+    for (seq, key) in (checkpoint + 1..).zip(keys) {
+        let ops = [Op::Put {
+            key: (*key).to_owned(),
+            value: b"from the log".to_vec(),
+        }];
+        let record = log::encode(seq, ops.iter());
+        log.append(&record).expect("appending");
+        offsets.push(at);
+        at += record.len();
+    }
+    offsets
+}
+
+/// A record that was synced (the one after it is intact) and then damaged on disk stops the
+/// open with an error that names it, instead of silently dropping it and every write after
+/// it; moving the log aside opens the database at its last checkpoint.
+#[tokio::test]
+async fn a_record_damaged_after_it_was_synced_stops_the_open() {
+    let dir = temp_dir();
+    let db = open(dir.path());
+    db.put("a", b"1".to_vec()).await.expect("put");
+    drop(db);
+    let offsets = log_unreplayed_puts(dir.path(), &["first", "second", "third"]);
+    let path = dir.path().join(log::LOG_FILE);
+    let mut bytes = std::fs::read(&path).expect("reading the log");
+    // The last byte of the second record's value.
+    bytes[offsets[2] - 1] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("writing the log");
+
+    let Err(error) = EmbeddedBackend::open(dir.path()) else {
+        panic!("the damaged log must stop the open");
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains(&format!("at byte {}", offsets[1])) && error.contains("is intact"),
+        "{error}"
+    );
+    // Nothing was replayed or checkpointed past the damage: the same error again.
+    assert!(EmbeddedBackend::open(dir.path()).is_err());
+
+    std::fs::rename(&path, dir.path().join("bunker.log.damaged")).expect("moving the log aside");
+    let db = open(dir.path());
+    assert_eq!(db.get("a").await.expect("get"), Some(b"1".to_vec()));
+    assert_eq!(db.get("first").await.expect("get"), None);
+    drop(db);
+
+    // The same log undamaged replays all three: the error above was the damage's doing.
+    let whole = temp_dir();
+    drop(open(whole.path()));
+    log_unreplayed_puts(whole.path(), &["first", "second", "third"]);
+    let db = open(whole.path());
+    for key in ["first", "second", "third"] {
+        assert_eq!(
+            db.get(key).await.expect("get"),
+            Some(b"from the log".to_vec())
+        );
+    }
 }
 
 /// Two databases given the same writes, and a log crafted as one of them would have left it.
