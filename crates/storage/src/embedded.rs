@@ -304,9 +304,10 @@ fn replay_log(db: &Database, log: &CommitLog) -> Result<(u64, usize)> {
         .get(CHECKPOINT_KEY)
         .map_err(engine("reading the checkpoint"))?
         .map_or(0, |guard| guard.value());
-    let records = log.replay(checkpoint_seq)?;
+    let (records, highest) = log.replay(checkpoint_seq)?;
     let last = records.last().map_or(checkpoint_seq, |&(seq, _)| seq);
-    let base = run_base(last);
+    // Past the records of another run left in the log too, whatever the clock says.
+    let base = run_base(highest);
     {
         let mut table = RedbTable(
             txn.open_table(ENTRIES)

@@ -25,13 +25,16 @@
 //! crash was never acknowledged, and what follows the newest record of a region (zeros, or
 //! older records from before it was last rewritten) is numbered below it.
 //!
-//! A record is written only after the one before it was synced, so a valid record numbered
-//! one past a missing or damaged one (right behind it, or at the start of the other region)
-//! means a record that was acknowledged was damaged afterwards (the disk, or someone editing
-//! the file). Opening then fails and names the record, as etcd refuses a WAL whose CRC does
-//! not match: replaying up to it would silently drop that write and every later one. The way
-//! out is the operator's: restore from a backup, or move the log aside to open at the last
-//! checkpoint, losing what came after it.
+//! A record is written only after the one before it was synced, so a valid record of this
+//! run numbered past a missing one (where an invalid record's length points, or where the
+//! records stop, or first in the other region) means a record that was synced was damaged
+//! since (the disk, a power loss on a device that does not protect written sectors, an
+//! edit), or the database file is older than its log. Opening then fails and names the
+//! record (etcd, too, refuses a WAL record whose CRC fails unless it looks torn): replaying up
+//! to it would silently drop that write and every later one. The way out is the operator's:
+//! restore from a backup, or move the log aside to open at the last checkpoint, losing what
+//! came after it. Not caught: a damaged length field with nothing valid behind it, or a
+//! damaged last record (a torn write looks the same).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -62,6 +65,9 @@ pub(crate) const CHECKPOINT_COMMITS: usize = 64;
 pub(crate) const KEPT_RECORD_BYTES: usize = 1 << 20;
 /// Bytes before a record's ops: length, CRC, sequence number.
 const HEADER: usize = 16;
+
+/// Numbered records, each a group's ops.
+pub(crate) type Records = Vec<(u64, Vec<Op>)>;
 
 /// The open log file and where the next record goes.
 #[derive(Debug)]
@@ -111,8 +117,9 @@ impl CommitLog {
     }
 
     /// The records after `checkpoint`, in order, up to the first that is missing or torn; an
-    /// error if a record after that one shows it had been written whole (see the module doc).
-    pub(crate) fn replay(&self, checkpoint: u64) -> Result<Vec<(u64, Vec<Op>)>> {
+    /// error if a record after that one shows it had been synced (see the module doc). Also
+    /// the highest number the log was seen to hold, which the next run must number past.
+    pub(crate) fn replay(&self, checkpoint: u64) -> Result<(Records, u64)> {
         let len = self
             .file
             .metadata()
@@ -125,33 +132,38 @@ impl CommitLog {
             .map_err(io(format!("reading {}", self.path.display())))?;
         let (first, second) = bytes.split_at(bytes.len().min(REGION_BYTES as usize));
         let Parsed { records, end, gap } = parse_regions([first, second], checkpoint);
+        let last = records.last().map_or(checkpoint, |&(seq, _)| seq);
         match gap {
-            Some(gap) if gap.is_damage() => {
-                return Err(StorageError::Engine {
-                    context: format!("replaying the commit log {}", self.path.display()),
-                    message: format!(
-                        "record {} (at byte {}) is damaged or missing, yet record {} after it \
-                         is intact: a write that was acknowledged was lost after it reached \
-                         the disk. Restore the data directory from a backup, or move {} aside \
-                         to open at the last checkpoint (record {checkpoint}), losing every \
-                         write logged after it",
-                        gap.missing,
-                        end,
-                        gap.found,
-                        self.path.display(),
-                    ),
-                });
+            Some(gap) if gap.is_damage() => Err(StorageError::Engine {
+                context: format!("replaying the commit log {}", self.path.display()),
+                message: format!(
+                    "record {} (at byte {end}) is damaged or missing, yet record {} after \
+                         it is intact: a record that was synced, and its write acknowledged, \
+                         was damaged since (by the disk, a power loss on a device that does \
+                         not protect written sectors, or an edit), or the database file is \
+                         older than this log (restored without it). Restore the data \
+                         directory from a backup, or move {} aside to open at checkpoint \
+                         {checkpoint}, losing every write logged after it ({} intact records \
+                         before the damaged one, and all after it)",
+                    gap.missing,
+                    gap.found,
+                    self.path.display(),
+                    records.len(),
+                ),
+            }),
+            Some(gap) => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    checkpoint,
+                    record = gap.found,
+                    "the commit log holds records of another database or of another run of \
+                     this one (a database file restored or copied without its log?); they are \
+                     not replayed"
+                );
+                Ok((records, last.max(gap.found)))
             }
-            Some(gap) => tracing::warn!(
-                path = %self.path.display(),
-                checkpoint,
-                record = gap.found,
-                "the commit log holds records of another database or of another run of this one \
-                 (a database file restored or copied without its log?); they are not replayed"
-            ),
-            None => {}
+            None => Ok((records, last)),
         }
-        Ok(records)
     }
 
     /// Whether a record of `len` bytes fits after the last one.
@@ -276,12 +288,18 @@ struct Gap {
     found: u64,
 }
 
+/// Most records one region can hold: a gap no wider than this is records of this log that
+/// are missing. Runs number from the clock in nanoseconds, so another run's records (or
+/// another database's) are millions of numbers away.
+const RECORDS_PER_REGION: u64 = REGION_BYTES / HEADER as u64;
+
 impl Gap {
-    /// Exactly one record is missing: it was damaged after it was acknowledged. Any other gap
-    /// is a log written for another database or another run of it (a database file restored
-    /// without its log, or copied next to another's), whose numbers start far from ours.
+    /// Records of this run are missing: synced, then damaged (a record is written only after
+    /// the one before it was synced). A wider gap is a log written for another database or
+    /// another run of it (a database file restored without its log, or copied next to
+    /// another's).
     fn is_damage(&self) -> bool {
-        self.found == self.missing.wrapping_add(1)
+        self.found.saturating_sub(self.missing) < RECORDS_PER_REGION
     }
 }
 
@@ -312,12 +330,14 @@ fn parse_checked(log: &[u8], checkpoint: u64) -> Parsed {
     };
     loop {
         let Some((seq, ops, after)) = record_at(rest) else {
+            // What follows a torn record is older (zeros, or an earlier round's records).
             let behind = declared_len(rest).and_then(|len| record_at(rest.get(len..)?));
-            let found = behind.map(|(seq, _, _)| seq);
-            let gap = (found.is_some() && found == expected.checked_add(1)).then(|| Gap {
-                missing: expected,
-                found: expected + 1,
-            });
+            let gap = behind
+                .map(|(found, _, _)| Gap {
+                    missing: expected,
+                    found,
+                })
+                .filter(|gap| gap.found > expected && gap.is_damage());
             return stop(records, rest, gap);
         };
         if seq == expected {
@@ -358,10 +378,12 @@ fn parse_regions(regions: [&[u8]; 2], checkpoint: u64) -> Parsed {
     } else if !in_b.records.is_empty() {
         (in_b, a, 0)
     } else {
-        return if in_a.gap.is_some() || in_b.gap.is_none() {
-            in_a
-        } else {
+        // Damage in either region outweighs another run's records in the other.
+        let rank = |parsed: &Parsed| parsed.gap.map(|gap| gap.is_damage());
+        return if rank(&in_b) > rank(&in_a) {
             in_b
+        } else {
+            in_a
         };
     };
     if first.gap.is_some() {
@@ -369,9 +391,12 @@ fn parse_regions(regions: [&[u8]; 2], checkpoint: u64) -> Parsed {
     }
     let last = first.records.last().map_or(checkpoint, |&(seq, _)| seq);
     let mut more = parse_checked(other, last);
-    // Nothing follows on in the other region: the records (and a gap found there, which is
-    // missing what should have come next) stop where they stopped in the first.
-    if !more.records.is_empty() {
+    // The records stop in the other region if any follow on there or the gap is there (a
+    // record at its start that is not valid, with the next one behind it); else they stop
+    // where they stopped in the first, and a gap at the other's start is what should have
+    // come next.
+    let at_other_start = more.gap.is_some() && more.end == 0 && record_at(other).is_some();
+    if !more.records.is_empty() || (more.gap.is_some() && !at_other_start) {
         first.end = more.end + other_base;
     }
     first.records.append(&mut more.records);
@@ -495,11 +520,12 @@ mod tests {
         long[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(parse(&long, 0).is_empty());
         assert!(parse(&[0u8; 64], 0).is_empty());
-        // Records above the next number expected: another run's (or database's) log.
-        let foreign = log_of(&[encode(9, [].iter()), encode(10, [].iter())]);
+        // Records far above the next number expected: another run's (or database's) log.
+        let run = 1 << 40;
+        let foreign = log_of(&[encode(run, [].iter()), encode(run + 1, [].iter())]);
         let foreign_gap = Gap {
             missing: 3,
-            found: 9,
+            found: run,
         };
         let parsed = parse_checked(&foreign, 2);
         assert_eq!((parsed.records, parsed.end), (vec![], 0));
@@ -514,6 +540,16 @@ mod tests {
         assert_eq!(parse_checked(&gap, 0).gap, Some(missing));
         assert_eq!(parse_checked(&gap, 0).end, first.len());
         assert!(missing.is_damage());
+        // Several records missing (a damaged page holds many): damage too, up to what one
+        // region can hold.
+        let wide = log_of(&[first.clone(), encode(40, [].iter())]);
+        let wide_gap = parse_checked(&wide, 0).gap.expect("a gap");
+        assert!(wide_gap.is_damage());
+        assert!(!Gap {
+            missing: 2,
+            found: 2 + RECORDS_PER_REGION
+        }
+        .is_damage());
         // Torn and cut-short records end the log: no gap.
         assert_eq!(parse_checked(&torn, 0).gap, None);
         assert_eq!(parse_checked(&short, 0).gap, None);
@@ -549,11 +585,12 @@ mod tests {
         // Either region may come first.
         assert_eq!(seqs(parse_regions([&one, &zero], 2)), vec![3, 4, 5, 6]);
         // A region that does not follow on from the other is not replayed, and is reported.
-        let far = log_of(&[encode(9, [].iter())]);
+        let run = 1 << 40;
+        let far = log_of(&[encode(run, [].iter())]);
         let found = |parsed: Parsed| parsed.gap.map(|gap| gap.found);
-        assert_eq!(found(parse_regions([&one, &far], 2)), Some(9));
+        assert_eq!(found(parse_regions([&one, &far], 2)), Some(run));
         assert_eq!(parse_regions([&one, &far], 2).records.len(), 2);
-        assert_eq!(found(parse_regions([&far, &[0; 64]], 2)), Some(9));
+        assert_eq!(found(parse_regions([&far, &[0; 64]], 2)), Some(run));
     }
 
     #[test]
@@ -600,6 +637,26 @@ mod tests {
         assert_eq!(parsed.records.len(), 1);
         assert_eq!(parsed.gap.map(|gap| gap.found), Some(3));
         assert_eq!(parsed.end, one.len() + records[0].len());
+        // The damaged record first in the other region, the next behind it: the offset is the
+        // damaged record's, in the other region.
+        let zero = log_of(&records[..1]);
+        let mut one = log_of(&records[1..]);
+        one[records[1].len() - 1] ^= 0x10;
+        let parsed = parse_regions([&zero, &one], 0);
+        assert_eq!(parsed.records.len(), 1);
+        assert_eq!(parsed.gap.map(|gap| gap.found), Some(3));
+        assert_eq!(parsed.end, zero.len());
+        // Neither region has records after the checkpoint: damage in one outweighs another
+        // run's records in the other. Record 1 (the checkpoint's next) damaged in region 1,
+        // region 0 rewritten since with a later run's records.
+        let later = log_of(&[encode(1 << 40, [].iter())]);
+        let mut damaged = log_of(&records);
+        damaged[records[0].len() - 1] ^= 0x10;
+        for regions in [[&later[..], &damaged[..]], [&damaged[..], &later[..]]] {
+            let parsed = parse_regions(regions, 0);
+            assert!(parsed.records.is_empty());
+            assert_eq!(parsed.gap.map(|gap| gap.is_damage()), Some(true));
+        }
     }
 
     #[test]
@@ -610,19 +667,19 @@ mod tests {
             .expect("append");
         log.append(&encode(2, [put("b", "2")].iter()))
             .expect("append");
-        assert_eq!(log.replay(0).expect("replay").len(), 2);
+        assert_eq!(log.replay(0).expect("replay").0.len(), 2);
         // After a checkpoint at 2 the log is rewritten from its start.
         log.restart();
         log.append(&encode(3, [put("c", "3")].iter()))
             .expect("append");
-        let records = log.replay(2).expect("replay");
+        let (records, _) = log.replay(2).expect("replay");
         assert_eq!(records, vec![(3, vec![put("c", "3")])]);
         // A checkpoint at 3 starts: the next records go to the other region.
         log.switch();
         log.append(&encode(4, [put("d", "4")].iter()))
             .expect("append");
-        assert_eq!(log.replay(2).expect("replay").len(), 2);
-        assert_eq!(log.replay(3).expect("replay").len(), 1);
+        assert_eq!(log.replay(2).expect("replay").0.len(), 2);
+        assert_eq!(log.replay(3).expect("replay").0.len(), 1);
         assert_eq!(
             std::fs::metadata(dir.path().join(LOG_FILE))
                 .expect("stat")

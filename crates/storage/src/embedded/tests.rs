@@ -289,7 +289,7 @@ async fn writes_during_a_checkpoint_are_read_and_survive_a_clean_stop() {
     }
     let checkpoint = checkpoint_of(dir.path());
     let log = CommitLog::open(dir.path()).expect("log");
-    assert!(log.replay(checkpoint).expect("replay").is_empty());
+    assert!(log.replay(checkpoint).expect("replay").0.is_empty());
     drop(log);
     let backend = open(dir.path());
     assert_eq!(backend.list("k/").await.expect("list"), ["b", "c/"]);
