@@ -664,6 +664,32 @@ fn log_unreplayed_puts(dir: &Path, keys: &[&str]) -> Vec<usize> {
     offsets
 }
 
+/// Records of another run left in the log, numbered ahead of this run's clock, are not
+/// replayed, and the next run numbers its records past them: its own records could otherwise
+/// fall among them (a clock running behind) and one run's log would replay another's.
+#[tokio::test]
+async fn the_next_run_numbers_past_records_of_another_run() {
+    let dir = temp_dir();
+    let db = open(dir.path());
+    db.put("a", b"1".to_vec()).await.expect("put");
+    drop(db);
+    let ahead = checkpoint_of(dir.path()) + (1 << 40);
+    let mut log = CommitLog::open(dir.path()).expect("opening the log");
+    let ops = [Op::Put {
+        key: "foreign".to_owned(),
+        value: b"from another run".to_vec(),
+    }];
+    log.append(&log::encode(ahead, ops.iter()))
+        .expect("appending");
+    drop(log);
+
+    let db = open(dir.path());
+    assert_eq!(db.get("foreign").await.expect("get"), None);
+    assert_eq!(db.get("a").await.expect("get"), Some(b"1".to_vec()));
+    drop(db);
+    assert!(checkpoint_of(dir.path()) > ahead);
+}
+
 /// A record that was synced (the one after it is intact) and then damaged on disk stops the
 /// open with an error that names it, instead of silently dropping it and every write after
 /// it; moving the log aside opens the database at its last checkpoint.
