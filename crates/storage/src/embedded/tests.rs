@@ -647,11 +647,16 @@ fn log_unreplayed_put(dir: &Path, key: &str) {
 /// [`log_unreplayed_put`] for each of `keys` in turn, one record each; returns the records'
 /// offsets in the log file.
 fn log_unreplayed_puts(dir: &Path, keys: &[&str]) -> Vec<usize> {
-    let checkpoint = checkpoint_of(dir);
+    log_puts_from(dir, checkpoint_of(dir) + 1, keys)
+}
+
+/// Appends to `dir`'s commit log one record per key, numbered from `seq`, each putting its key
+/// to "from the log"; returns the records' offsets in the log file.
+fn log_puts_from(dir: &Path, seq: u64, keys: &[&str]) -> Vec<usize> {
     let mut log = CommitLog::open(dir).expect("opening the log");
     let mut offsets = Vec::new();
     let mut at = 0;
-    for (seq, key) in (checkpoint + 1..).zip(keys) {
+    for (seq, key) in (seq..).zip(keys) {
         let ops = [Op::Put {
             key: (*key).to_owned(),
             value: b"from the log".to_vec(),
@@ -674,14 +679,7 @@ async fn the_next_run_numbers_past_records_of_another_run() {
     db.put("a", b"1".to_vec()).await.expect("put");
     drop(db);
     let ahead = checkpoint_of(dir.path()) + (1 << 40);
-    let mut log = CommitLog::open(dir.path()).expect("opening the log");
-    let ops = [Op::Put {
-        key: "foreign".to_owned(),
-        value: b"from another run".to_vec(),
-    }];
-    log.append(&log::encode(ahead, ops.iter()))
-        .expect("appending");
-    drop(log);
+    log_puts_from(dir.path(), ahead, &["foreign"]);
 
     let db = open(dir.path());
     assert_eq!(db.get("foreign").await.expect("get"), None);
