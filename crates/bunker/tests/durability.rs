@@ -203,3 +203,90 @@ fn lone_writes_acknowledged_from_the_commit_log_survive_kill_9() {
     assert_eq!(common::dr::log_count(&s, REPLAYED), replays);
     assert_eq!(s.kv_get(&acked[0].0).0, 200);
 }
+
+/// The commit log's valid records, region by region, as the embedded store lays them out
+/// (`crates/storage/src/embedded/log.rs`: two regions of 16 MiB, each a run of records
+/// `len u32 | crc32 u32 | seq u64 | ops` from its start): (offset, length, number).
+fn log_records(log: &[u8]) -> Vec<(usize, usize, u64)> {
+    const REGION: usize = 16 << 20;
+    let u32_at = |at: usize| u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize;
+    let mut records = Vec::new();
+    for base in [0, REGION] {
+        let end = (base + REGION).min(log.len());
+        let mut at = base;
+        while at + 16 <= end {
+            let len = u32_at(at);
+            if len < 16 || at + len > end {
+                break;
+            }
+            let body = &log[at + 8..at + len];
+            if crc32fast::hash(body) as usize != u32_at(at + 4) {
+                break;
+            }
+            records.push((at, len, u64::from_le_bytes(body[..8].try_into().unwrap())));
+            at += len;
+        }
+    }
+    records
+}
+
+/// A commit-log record damaged on disk after it was synced, while the record after it is
+/// intact, stops the real server: it exits non-zero naming the record on stderr, and again on
+/// the next try, instead of opening without that acknowledged write and every later one.
+/// With the log moved aside it starts at its last checkpoint. Each round writes, kills -9 and
+/// damages the newest record but one; a round whose damage a checkpoint had already covered
+/// (so nothing replays it) starts normally and the next round tries again.
+#[test]
+fn a_damaged_commit_log_record_stops_the_server_until_the_log_is_moved_aside() {
+    let mut s = TestServer::initialized();
+    s.mount_kv2();
+    s.kv_put("kept", json!({"v": "checkpointed"}));
+    let status = s.terminate(Duration::from_secs(30)).expect("clean stop");
+    assert!(status.success(), "server exited with {status}");
+    let log_path = s.dir().join("data").join("bunker.log");
+    let mut refused = None;
+    for round in 1..=5 {
+        s.start();
+        s.wait_ready();
+        s.unseal();
+        for n in 0..10 {
+            s.kv_put(&format!("logged/{round}-{n}"), json!({"v": n}));
+        }
+        s.kill9();
+        let mut log = std::fs::read(&log_path).expect("reading the log");
+        let records = log_records(&log);
+        let newest = records
+            .iter()
+            .map(|r| r.2)
+            .max()
+            .expect("records in the log");
+        let &(at, len, _) = records
+            .iter()
+            .find(|r| r.2 == newest - 1)
+            .expect("the record before the newest");
+        log[at + len - 1] ^= 0x01;
+        std::fs::write(&log_path, &log).expect("writing the log");
+        if let Some(status) = s.start_or_exit() {
+            refused = Some((status, at, newest));
+            break;
+        }
+        s.kill9();
+    }
+    let (status, at, newest) = refused.expect("no round left a damaged record to replay");
+    assert!(!status.success(), "exited with {status}");
+    let stderr = s.log_text("stderr");
+    assert!(
+        stderr.contains(&format!("record {} (at byte {at}) is damaged", newest - 1))
+            && stderr.contains(&format!("record {newest} after it is intact")),
+        "{stderr}"
+    );
+    // Nothing was replayed or checkpointed past the damage: refused again.
+    assert!(s.start_or_exit().is_some_and(|status| !status.success()));
+
+    std::fs::rename(&log_path, s.dir().join("bunker.log.damaged")).expect("moving the log aside");
+    assert_eq!(s.start_or_exit(), None, "starts without the log");
+    s.unseal();
+    assert_eq!(s.kv_get("kept"), (200, json!({"v": "checkpointed"})));
+    s.kv_put("after", json!({"v": 1}));
+    assert_eq!(s.kv_get("after"), (200, json!({"v": 1})));
+}

@@ -121,12 +121,7 @@ impl TestServer {
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
             self.process.assert_running();
-            let r = self
-                .client
-                .get(self.url("sys/health"))
-                .timeout(Duration::from_secs(2))
-                .send();
-            if r.is_ok() {
+            if self.listening() {
                 return;
             }
             if Instant::now() > deadline {
@@ -135,6 +130,35 @@ impl TestServer {
                     "bunker server not listening on {} after {READY_DEADLINE:?}",
                     self.addr()
                 );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the server answers `GET /v1/sys/health` (any HTTP response).
+    fn listening(&self) -> bool {
+        self.client
+            .get(self.url("sys/health"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .is_ok()
+    }
+
+    /// Start the process and wait until it listens (`None`) or exits first (its status): for
+    /// a server that may refuse to start.
+    pub fn start_or_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.start();
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some(status) = self.process.exit_status() {
+                return Some(status);
+            }
+            if self.listening() {
+                return None;
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("bunker server neither listening nor exited after {READY_DEADLINE:?}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -277,6 +277,19 @@ impl ServerProcess {
         }
     }
 
+    /// The exit status if the process has exited (it is then reaped and counts as stopped).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
+    /// What the current (or last) start wrote to `stream` ("stdout" or "stderr").
+    pub fn log_text(&self, stream: &str) -> String {
+        let path = self.dir().join(format!("{stream}-{}.log", self.starts));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
