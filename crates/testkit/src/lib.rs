@@ -118,20 +118,9 @@ impl TestServer {
 
     /// Poll `GET /v1/sys/health` until any HTTP response arrives (30 s deadline).
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            self.process.assert_running();
-            if self.listening() {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.dump_logs();
-                panic!(
-                    "bunker server not listening on {} after {READY_DEADLINE:?}",
-                    self.addr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(status) = self.listening_or_exited() {
+            self.dump_logs();
+            panic!("bunker server exited before becoming ready: {status}");
         }
     }
 
@@ -148,6 +137,12 @@ impl TestServer {
     /// a server that may refuse to start.
     pub fn start_or_exit(&mut self) -> Option<std::process::ExitStatus> {
         self.process.start();
+        self.listening_or_exited()
+    }
+
+    /// Wait until the server listens (`None`) or its process exits (its status); panics after
+    /// [`READY_DEADLINE`].
+    fn listening_or_exited(&mut self) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
             if let Some(status) = self.process.exit_status() {
@@ -158,7 +153,10 @@ impl TestServer {
             }
             if Instant::now() > deadline {
                 self.dump_logs();
-                panic!("bunker server neither listening nor exited after {READY_DEADLINE:?}");
+                panic!(
+                    "bunker server not listening on {} after {READY_DEADLINE:?}",
+                    self.addr()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -391,12 +391,11 @@ fn parse_regions(regions: [&[u8]; 2], checkpoint: u64) -> Parsed {
     }
     let last = first.records.last().map_or(checkpoint, |&(seq, _)| seq);
     let mut more = parse_checked(other, last);
-    // The records stop in the other region if any follow on there or the gap is there (a
-    // record at its start that is not valid, with the next one behind it); else they stop
-    // where they stopped in the first, and a gap at the other's start is what should have
-    // come next.
-    let at_other_start = more.gap.is_some() && more.end == 0 && record_at(other).is_some();
-    if !more.records.is_empty() || (more.gap.is_some() && !at_other_start) {
+    // The records stop in the other region if any follow on there, or if they stop there at a
+    // record that is not valid (the damaged one, the next behind it); else they stop where
+    // they stopped in the first, and a valid record beyond is what should have come next.
+    let damaged_there = more.gap.is_some() && other.get(more.end..).and_then(record_at).is_none();
+    if !more.records.is_empty() || damaged_there {
         first.end = more.end + other_base;
     }
     first.records.append(&mut more.records);

@@ -669,15 +669,21 @@ fn log_puts_from(dir: &Path, seq: u64, keys: &[&str]) -> Vec<usize> {
     offsets
 }
 
+/// A data directory whose database holds `a` = `1`, closed cleanly (nothing left to replay).
+async fn closed_database_holding_a() -> tempfile::TempDir {
+    let dir = temp_dir();
+    let db = open(dir.path());
+    db.put("a", b"1".to_vec()).await.expect("put");
+    drop(db);
+    dir
+}
+
 /// Records of another run left in the log, numbered ahead of this run's clock, are not
 /// replayed, and the next run numbers its records past them: its own records could otherwise
 /// fall among them (a clock running behind) and one run's log would replay another's.
 #[tokio::test]
 async fn the_next_run_numbers_past_records_of_another_run() {
-    let dir = temp_dir();
-    let db = open(dir.path());
-    db.put("a", b"1".to_vec()).await.expect("put");
-    drop(db);
+    let dir = closed_database_holding_a().await;
     let ahead = checkpoint_of(dir.path()) + (1 << 40);
     log_puts_from(dir.path(), ahead, &["foreign"]);
 
@@ -693,10 +699,7 @@ async fn the_next_run_numbers_past_records_of_another_run() {
 /// it; moving the log aside opens the database at its last checkpoint.
 #[tokio::test]
 async fn a_record_damaged_after_it_was_synced_stops_the_open() {
-    let dir = temp_dir();
-    let db = open(dir.path());
-    db.put("a", b"1".to_vec()).await.expect("put");
-    drop(db);
+    let dir = closed_database_holding_a().await;
     let offsets = log_unreplayed_puts(dir.path(), &["first", "second", "third"]);
     let path = dir.path().join(log::LOG_FILE);
     let mut bytes = std::fs::read(&path).expect("reading the log");
