@@ -87,6 +87,8 @@ fn vault_metric_names_in_prometheus_and_json_behind_a_token() {
     };
     for name in [
         "bunker_storage_commit_logged_count",
+        "bunker_storage_commit_apply_count",
+        "bunker_storage_log_append_count",
         "bunker_storage_commit_checkpoint_count",
         "bunker_storage_queue_wait_count",
     ] {

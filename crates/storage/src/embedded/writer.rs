@@ -41,6 +41,11 @@ use crate::{CommitIndex, Op, Result, StorageError};
 const LOGGED_METRIC: &str = "bunker_storage_commit_logged";
 const CHECKPOINT_METRIC: &str = "bunker_storage_commit_checkpoint";
 const WAIT_METRIC: &str = "bunker_storage_checkpoint_wait";
+/// Parts of a logged group commit (`docs/monitoring.md`): its B-tree inserts and commit-index
+/// updates before the record is written, and the record's write and sync alone (the rest of
+/// `LOGGED_METRIC` is redb's non-durable commit).
+const APPLY_METRIC: &str = "bunker_storage_commit_apply";
+const APPEND_METRIC: &str = "bunker_storage_log_append";
 
 /// What tests change about the writer.
 #[derive(Debug, Clone)]
@@ -260,6 +265,7 @@ impl RedbStore {
                 "no checkpoint is running",
             ));
         };
+        let applying = Timed::start(APPLY_METRIC);
         let mut work = Overlay::clone(&running.overlay);
         let update = apply_indexed(
             &mut OverlayTable {
@@ -269,6 +275,7 @@ impl RedbStore {
             ops(),
             index,
         )?;
+        drop(applying);
         let seq = next_seq(state.seq)?;
         let timed = Timed::start(LOGGED_METRIC);
         let appended = append(state, seq, batches);
@@ -304,6 +311,7 @@ impl RedbStore {
         len: usize,
     ) -> Result<()> {
         let ops = || batches.iter().flat_map(|batch| batch.iter());
+        let applying = Timed::start(APPLY_METRIC);
         let mut txn = self
             .db
             .begin_write()
@@ -315,6 +323,7 @@ impl RedbStore {
             );
             apply_indexed(&mut table, ops(), index)?
         };
+        drop(applying);
         let seq = next_seq(state.seq)?;
         let checkpointed = !state.log.fits(len) || state.log.is_broken();
         let timed = Timed::start(if checkpointed {
@@ -376,7 +385,9 @@ fn append(state: &mut LogState, seq: u64, batches: &[&[Op]]) -> Result<()> {
         seq,
         batches.iter().flat_map(|batch| batch.iter()),
     );
+    let timed = Timed::start(APPEND_METRIC);
     let appended = state.log.append(&record);
+    drop(timed);
     // Kept for the next record, unless a rare large group grew it.
     record.shrink_to(log::KEPT_RECORD_BYTES);
     state.record = record;
