@@ -126,7 +126,11 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
     let w0 = status_wal(&mut pri, "last_wal").await?;
     wait_applied(&mut sec, w0).await?;
 
-    let stages_before = (stage_sums(&mut pri).await, stage_sums(&mut sec).await);
+    let secondary_stages = [&STAGES[..], &SECONDARY_STORAGE[..]].concat();
+    let stages_before = (
+        stage_sums(&mut pri, &STAGES).await,
+        stage_sums(&mut sec, &secondary_stages).await,
+    );
     let t0 = Instant::now();
     let shared = Arc::new(Shared {
         started: AtomicU64::new(0),
@@ -163,7 +167,10 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
     let mut replay_us = replay_sampler
         .join()
         .map_err(|_| anyhow!("the replay-lag sampler thread panicked"))??;
-    let stages_after = (stage_sums(&mut pri).await, stage_sums(&mut sec).await);
+    let stages_after = (
+        stage_sums(&mut pri, &STAGES).await,
+        stage_sums(&mut sec, &secondary_stages).await,
+    );
     let total_started = shared.started.load(Ordering::SeqCst);
     let w_end = status_wal(&mut pri, "last_wal").await?;
     let expected_end = w0 + k * total_started;
@@ -394,9 +401,18 @@ const STAGES: [&str; 3] = [
     "bunker_replication_replay_lag",
 ];
 
-/// `(count, sum in ms)` of each of [`STAGES`] a node reports (`sys/metrics`, open on the
+/// The secondary's storage timings, which split its `apply` (`docs/monitoring.md`): queued for
+/// its writer, the inserts, the log record's write and sync, and the whole logged commit.
+const SECONDARY_STORAGE: [&str; 4] = [
+    "bunker_storage_queue_wait",
+    "bunker_storage_commit_apply",
+    "bunker_storage_log_append",
+    "bunker_storage_commit_logged",
+];
+
+/// `(count, sum in ms)` of each of `names` a node reports (`sys/metrics`, open on the
 /// benchmark's listeners); empty when it answers none (an older server).
-async fn stage_sums(conn: &mut Conn) -> Vec<(String, f64, f64)> {
+async fn stage_sums(conn: &mut Conn, names: &[&str]) -> Vec<(String, f64, f64)> {
     let Ok(v) = async { conn.send(&Req::get("/v1/sys/metrics")).await?.json() }.await else {
         return Vec::new();
     };
@@ -411,7 +427,7 @@ async fn stage_sums(conn: &mut Conn) -> Vec<(String, f64, f64)> {
         .iter()
         .filter_map(|s| {
             let name = s.get("Name")?.as_str()?;
-            STAGES.contains(&name).then(|| {
+            names.contains(&name).then(|| {
                 let n = |k: &str| s.get(k).and_then(Value::as_f64).unwrap_or(0.0);
                 (name.to_owned(), n("Count"), n("Sum"))
             })
@@ -431,7 +447,10 @@ fn stage_means(before: &(NodeSums, NodeSums), after: &(NodeSums, NodeSums)) -> V
                 .find(|(n, _, _)| n == name)
                 .map_or((0.0, 0.0), |(_, c, s)| (*c, *s));
             if count - c0 > 0.0 {
-                let short = name.trim_start_matches("bunker_replication_");
+                let short = match name.strip_prefix("bunker_storage_") {
+                    Some(rest) => format!("secondary_{rest}"),
+                    None => name.trim_start_matches("bunker_replication_").to_owned(),
+                };
                 out.insert(
                     format!("{short}_mean_ms"),
                     json!(r3((sum - s0) / (count - c0))),
