@@ -119,8 +119,7 @@ impl TestServer {
     /// Poll `GET /v1/sys/health` until any HTTP response arrives (30 s deadline).
     pub fn wait_ready(&mut self) {
         if let Some(status) = self.listening_or_exited() {
-            self.dump_logs();
-            panic!("bunker server exited before becoming ready: {status}");
+            self.process.panic_exited(status);
         }
     }
 

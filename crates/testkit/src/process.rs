@@ -181,8 +181,7 @@ impl ServerProcess {
         assert!(self.child.is_none(), "server already running");
         self.starts += 1;
         let log = |stream: &str| {
-            let path = self.dir().join(format!("{stream}-{}.log", self.starts));
-            File::create(path).expect("create a log file")
+            File::create(self.log_path(stream, self.starts)).expect("create a log file")
         };
         let mut cmd = Command::new(bunker_bin());
         cmd.arg("server");
@@ -209,10 +208,15 @@ impl ServerProcess {
     /// Panics (after printing the logs) if the process has exited: a server that dies while
     /// a test waits for it to listen.
     pub fn assert_running(&mut self) {
-        if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-            self.dump_logs();
-            panic!("bunker server exited before becoming ready: {status}");
+        if let Some(status) = self.exit_status() {
+            self.panic_exited(status);
         }
+    }
+
+    /// Panics, after printing the logs: the server exited with `status` before it listened.
+    pub fn panic_exited(&self, status: ExitStatus) -> ! {
+        self.dump_logs();
+        panic!("bunker server exited before becoming ready: {status}");
     }
 
     /// Where this server looks for failpoint gates (crates/core/src/failpoint.rs).
@@ -286,8 +290,17 @@ impl ServerProcess {
 
     /// What the current (or last) start wrote to `stream` ("stdout" or "stderr").
     pub fn log_text(&self, stream: &str) -> String {
-        let path = self.dir().join(format!("{stream}-{}.log", self.starts));
-        std::fs::read_to_string(path).unwrap_or_default()
+        self.start_log(stream, self.starts)
+    }
+
+    /// What start number `n` wrote to `stream`.
+    fn start_log(&self, stream: &str, n: u32) -> String {
+        std::fs::read_to_string(self.log_path(stream, n)).unwrap_or_default()
+    }
+
+    /// Where start number `n` writes `stream` ("stdout" or "stderr").
+    fn log_path(&self, stream: &str, n: u32) -> PathBuf {
+        self.dir().join(format!("{stream}-{n}.log"))
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -298,8 +311,7 @@ impl ServerProcess {
     pub fn dump_logs(&self) {
         for n in 1..=self.starts {
             for stream in ["stdout", "stderr"] {
-                let p = self.dir().join(format!("{stream}-{n}.log"));
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let text = self.start_log(stream, n);
                 let start = text.len().saturating_sub(20_000);
                 let tail = text.get(start..).unwrap_or(&text);
                 eprintln!(
