@@ -301,6 +301,7 @@ async fn serve(cfg: ServerConfig, args: ServerArgs) -> Result<()> {
     bunker_http::serve(listener, tls, app, limits, shutdown)
         .await
         .context("serving the API")?;
+    dr.shutdown().await;
     drop(dr);
     tracing::info!("shutdown complete");
     Ok(())

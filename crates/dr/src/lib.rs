@@ -19,6 +19,7 @@ pub use bunker_core::failpoint;
 pub mod manager;
 mod primary;
 mod rpc_metrics;
+mod runtime;
 pub mod sealed_activation;
 mod secondary;
 #[cfg(test)]

@@ -108,6 +108,8 @@ pub(crate) struct Inner {
     /// catch-up failed: the next session from the same position goes straight to the Merkle
     /// diff, so a primary that cannot serve the journal never holds the secondary in a loop.
     pub(crate) journal_failed_at: std::sync::atomic::AtomicU64,
+    /// The replication thread (the cluster port, the follower) and the request runtime.
+    runtimes: crate::runtime::Runtimes,
 }
 
 /// A computed Merkle tree and cell sums, and what they are valid for.
@@ -145,6 +147,7 @@ impl DrManager {
     ) -> Result<Arc<DrManager>, ReplError> {
         // The Merkle index sums the keyspace in the background, in steps, while the server
         // serves (a restart after a crash otherwise waited for a scan of every key).
+        let runtimes = crate::runtime::Runtimes::start()?;
         let wal = Wal::open_deferred(hooked.clone()).await?;
         let backend: Arc<dyn Backend> = hooked;
         let state = ReplState::load(backend.as_ref()).await?;
@@ -181,13 +184,24 @@ impl DrManager {
             merkle_epoch: std::sync::atomic::AtomicU64::new(0),
             published_root: Mutex::new(None),
             reindex: ReindexProgress::default(),
+            runtimes,
         });
         if let Some(addr) = inner.config.cluster_listen_addr.clone() {
             let listener = TcpListener::bind(&addr).await.map_err(|e| {
                 ReplError::Internal(format!("binding the cluster listener to {addr}: {e}"))
             })?;
             tracing::info!(address = %addr, "cluster listener started");
-            tokio::spawn(crate::primary::run_listener(inner.clone(), listener));
+            // Its connections belong to the replication thread's reactor.
+            let listener = listener.into_std().map_err(|e| {
+                ReplError::Internal(format!("moving the cluster listener to its thread: {e}"))
+            })?;
+            let listener_inner = inner.clone();
+            inner.runtimes.streams.spawn(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => crate::primary::run_listener(listener_inner, listener).await,
+                    Err(error) => tracing::error!(%error, "the cluster listener could not start"),
+                }
+            });
         }
         match state.mode {
             Mode::Primary => {
@@ -264,6 +278,19 @@ impl DrManager {
 
     pub fn wal(&self) -> &Arc<Wal> {
         &self.inner.wal
+    }
+
+    /// Stop the secondary's follower and wait for it (bounded) before the process exits: it
+    /// runs on the replication thread, which the request runtime's end does not stop.
+    pub async fn shutdown(&self) {
+        if let Some(task) = self.inner.stop_follower() {
+            if tokio::time::timeout(FOLLOWER_STOP_TIMEOUT, task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(timeout = ?FOLLOWER_STOP_TIMEOUT, "the replication follower did not stop in time");
+            }
+        }
     }
 }
 
@@ -1072,6 +1099,11 @@ impl Inner {
         })
     }
 
+    /// The runtime client requests run on (see [`crate::runtime`]).
+    pub(crate) fn requests_runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtimes.requests
+    }
+
     pub(crate) fn peers(&self) -> Vec<PeerStatus> {
         self.peers
             .lock()
@@ -1106,8 +1138,10 @@ impl Inner {
         let follow = crate::secondary::run(self.clone(), rx);
         let epoch = self.core.upgrade().and_then(|core| core.held_epoch());
         let task = match epoch {
-            Some(epoch) => tokio::spawn(bunker_storage::ha::WRITE_EPOCH.scope(epoch, follow)),
-            None => tokio::spawn(follow),
+            Some(epoch) => {
+                (self.runtimes.streams).spawn(bunker_storage::ha::WRITE_EPOCH.scope(epoch, follow))
+            }
+            None => self.runtimes.streams.spawn(follow),
         };
         let mut f = self
             .follower

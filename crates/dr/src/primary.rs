@@ -134,6 +134,9 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
                 match crate::tls::accept_started(start, &peer, config, alpn, rest).await {
                     Ok((tls, _)) => {
                         drop(permit);
+                        // Forwarded requests are served by the request runtime; only this
+                        // socket's readiness comes from the replication thread's reactor.
+                        let _requests = inner.requests_runtime().enter();
                         forwarding.serve(tls, remote);
                     }
                     Err(e) => tracing::info!(%remote, error = %e, "forwarding handshake refused"),

@@ -1,0 +1,99 @@
+//! The replication streams' own thread: a current-thread tokio runtime that runs the cluster
+//! port (its listener and the primary's sessions) and the secondary's follower, and nothing
+//! else.
+//!
+//! Why: on the request runtime a stream's tasks queued behind the client requests of every
+//! connection. At half the primary's capacity the primary's next frame went out ~0.45 ms
+//! after its commit and the acknowledgement waited as long again on its way back; on a thread
+//! of their own, which uses little CPU, the OS scheduler runs them as soon as they wake
+//! (bench/README.md, "The replication streams on a thread of their own").
+//!
+//! One per process (a server is one process); started by [`crate::DrManager::start`], so a
+//! failure to create it is a start-up error. The request runtime's handle is kept beside it:
+//! a standby's forwarded requests arrive on the cluster port but are served with the API's.
+
+use std::sync::Mutex;
+
+use tokio::runtime::Handle;
+
+use crate::ReplError;
+
+/// The handles of both runtimes.
+#[derive(Clone)]
+pub(crate) struct Runtimes {
+    /// Where the streams run.
+    pub streams: Handle,
+    /// Where requests run (the runtime that started the manager).
+    pub requests: Handle,
+}
+
+impl Runtimes {
+    /// The streams' thread (started on first use), and the caller's runtime for requests.
+    /// Must be called from within a tokio runtime.
+    pub(crate) fn start() -> Result<Self, ReplError> {
+        static STREAMS: Mutex<Option<Handle>> = Mutex::new(None);
+        let mut streams = STREAMS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let handle = match &*streams {
+            Some(handle) => handle.clone(),
+            None => streams.insert(spawn_thread()?).clone(),
+        };
+        Ok(Self {
+            streams: handle,
+            requests: Handle::current(),
+        })
+    }
+}
+
+fn spawn_thread() -> Result<Handle, ReplError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ReplError::Internal(format!("creating the replication runtime: {e}")))?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("bunker-replication".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .map_err(|e| ReplError::Internal(format!("starting the replication thread: {e}")))?;
+    Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Runtimes;
+
+    #[tokio::test]
+    async fn streams_run_on_their_own_thread_and_requests_where_they_were() {
+        let rt = Runtimes::start().unwrap();
+        let caller = std::thread::current().id();
+        let on_streams = rt
+            .streams
+            .spawn(async { std::thread::current().name().map(str::to_owned) })
+            .await
+            .unwrap();
+        assert_eq!(on_streams.as_deref(), Some("bunker-replication"));
+        let on_requests = rt
+            .requests
+            .spawn(async { std::thread::current().id() })
+            .await
+            .unwrap();
+        assert_eq!(
+            on_requests, caller,
+            "a current-thread test runtime runs here"
+        );
+        // One thread per process, however many managers start.
+        let again = Runtimes::start().unwrap();
+        let name = again
+            .streams
+            .spawn(async { std::thread::current().id() })
+            .await
+            .unwrap();
+        let first = rt
+            .streams
+            .spawn(async { std::thread::current().id() })
+            .await
+            .unwrap();
+        assert_eq!(name, first);
+    }
+}
