@@ -191,17 +191,20 @@ impl DrManager {
                 ReplError::Internal(format!("binding the cluster listener to {addr}: {e}"))
             })?;
             tracing::info!(address = %addr, "cluster listener started");
-            // Its connections belong to the replication thread's reactor.
-            let listener = listener.into_std().map_err(|e| {
-                ReplError::Internal(format!("moving the cluster listener to its thread: {e}"))
-            })?;
-            let listener_inner = inner.clone();
-            inner.runtimes.streams.spawn(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => crate::primary::run_listener(listener_inner, listener).await,
-                    Err(error) => tracing::error!(%error, "the cluster listener could not start"),
-                }
-            });
+            // Registered with the replication thread's reactor, so its connections are too; a
+            // failure here is a start-up error like the bind's.
+            let listener = {
+                let _streams = inner.runtimes.streams.enter();
+                listener
+                    .into_std()
+                    .and_then(TcpListener::from_std)
+                    .map_err(|e| {
+                        ReplError::Internal(format!(
+                            "moving the cluster listener to the replication thread: {e}"
+                        ))
+                    })?
+            };
+            (inner.runtimes.streams).spawn(crate::primary::run_listener(inner.clone(), listener));
         }
         match state.mode {
             Mode::Primary => {
@@ -1137,11 +1140,10 @@ impl Inner {
         // loses the lock, even to take it again, the fence refuses every write of this one.
         let follow = crate::secondary::run(self.clone(), rx);
         let epoch = self.core.upgrade().and_then(|core| core.held_epoch());
+        let streams = &self.runtimes.streams;
         let task = match epoch {
-            Some(epoch) => {
-                (self.runtimes.streams).spawn(bunker_storage::ha::WRITE_EPOCH.scope(epoch, follow))
-            }
-            None => self.runtimes.streams.spawn(follow),
+            Some(epoch) => streams.spawn(bunker_storage::ha::WRITE_EPOCH.scope(epoch, follow)),
+            None => streams.spawn(follow),
         };
         let mut f = self
             .follower

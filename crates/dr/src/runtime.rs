@@ -19,7 +19,6 @@ use tokio::runtime::Handle;
 use crate::ReplError;
 
 /// The handles of both runtimes.
-#[derive(Clone)]
 pub(crate) struct Runtimes {
     /// Where the streams run.
     pub streams: Handle,
@@ -83,17 +82,11 @@ mod tests {
             "a current-thread test runtime runs here"
         );
         // One thread per process, however many managers start.
+        let thread_of = |rt: &Runtimes| rt.streams.spawn(async { std::thread::current().id() });
         let again = Runtimes::start().unwrap();
-        let name = again
-            .streams
-            .spawn(async { std::thread::current().id() })
-            .await
-            .unwrap();
-        let first = rt
-            .streams
-            .spawn(async { std::thread::current().id() })
-            .await
-            .unwrap();
-        assert_eq!(name, first);
+        assert_eq!(
+            thread_of(&again).await.unwrap(),
+            thread_of(&rt).await.unwrap()
+        );
     }
 }
