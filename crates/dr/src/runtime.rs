@@ -11,6 +11,11 @@
 //! One per process (a server is one process); started by [`crate::DrManager::start`], so a
 //! failure to create it is a start-up error. The request runtime's handle is kept beside it:
 //! a standby's forwarded requests arrive on the cluster port but are served with the API's.
+//!
+//! Batches written on this thread (the secondary's applies) may be committed on it when the
+//! embedded store's writer is idle (`bunker_storage::commit_inline_on_this_thread`), which
+//! saves the two hand-offs to the writer thread and back (bench/README.md, "The follower
+//! commits on its own thread").
 
 use std::sync::Mutex;
 
@@ -53,7 +58,12 @@ fn spawn_thread() -> Result<Handle, ReplError> {
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
         .name("bunker-replication".into())
-        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .spawn(move || {
+            // The follower's applies commit here when the storage writer is idle: blocking
+            // this thread holds only the streams, whose frames wait in their sockets.
+            bunker_storage::commit_inline_on_this_thread();
+            runtime.block_on(std::future::pending::<()>())
+        })
         .map_err(|e| ReplError::Internal(format!("starting the replication thread: {e}")))?;
     Ok(handle)
 }

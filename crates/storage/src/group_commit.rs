@@ -20,9 +20,21 @@
 //! and once the transaction is durable the hook hears `after_commit`. A retried batch asks the
 //! hook again, so what the hook numbers always follows commit order (possibly with gaps for
 //! attempts that failed). The byte bound counts callers' bytes only; extra ops come on top.
+//!
+//! **Committing on the caller's thread.** A writer that opts in ([`Writer::spawn_inline`]) lets
+//! a caller on a thread that allows it ([`commit_inline_on_this_thread`]) commit its batch
+//! itself when the writer thread waits with nothing queued and no commit runs: the batch then
+//! skips two thread hand-offs (waking the writer, waking the caller back). Only a thread whose
+//! blocking holds nobody else's work may allow it: the DR secondary's follower, alone on the
+//! replication thread, whose next frames wait in the socket meanwhile. (The same on the
+//! request runtime, through `block_in_place`, cost more than it saved: bench/README.md,
+//! "Tried, not kept".) The store sits behind one lock taken by whoever commits, so commits
+//! never overlap, the hook still sees them in commit order, and a drain queued meanwhile waits
+//! for the inline commit; a batch committed this way is a group of one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,22 +51,48 @@ pub(crate) struct Writer {
     thread: Option<JoinHandle<()>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) hook: Arc<HookSlot>,
+    /// Set when callers may commit on their own thread ([`Writer::spawn_inline`]).
+    inline: Option<Arc<dyn CommitNow>>,
     name: &'static str,
 }
 
 impl Writer {
-    /// Start the writer thread `name` over `store`.
+    /// Start the writer thread `name` over `store`; every batch is committed on that thread.
     pub(crate) fn spawn(
         store: impl GroupStore + Send + 'static,
         name: &'static str,
     ) -> Result<Writer> {
+        Self::start(store, name, false)
+    }
+
+    /// As [`Writer::spawn`], and a caller on a thread that allows it commits its batch itself
+    /// when the writer is idle (see the module documentation). For stores whose commit is
+    /// local work (a file and its sync), not a network round trip.
+    pub(crate) fn spawn_inline(
+        store: impl GroupStore + Send + 'static,
+        name: &'static str,
+    ) -> Result<Writer> {
+        Self::start(store, name, true)
+    }
+
+    fn start(
+        store: impl GroupStore + Send + 'static,
+        name: &'static str,
+        inline: bool,
+    ) -> Result<Writer> {
         let counters = Arc::new(Counters::default());
         let hook = Arc::new(HookSlot::default());
+        let committer = Arc::new(Committer {
+            store: Mutex::new(store),
+            counters: counters.clone(),
+            hook: hook.clone(),
+            writer_idle: AtomicBool::new(false),
+        });
         let (queue, requests) = mpsc::channel(QUEUE_CAPACITY);
-        let (thread_counters, thread_hook) = (counters.clone(), hook.clone());
+        let on_thread = committer.clone();
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || run(store, requests, &thread_counters, &thread_hook))
+            .spawn(move || run(&on_thread, requests))
             .map_err(|source| StorageError::Io {
                 context: format!("starting the {name} thread"),
                 source,
@@ -64,6 +102,7 @@ impl Writer {
             thread: Some(thread),
             counters,
             hook,
+            inline: inline.then_some(committer as Arc<dyn CommitNow>),
             name,
         })
     }
@@ -104,17 +143,36 @@ impl Writer {
 
     async fn send(&self, ops: Vec<Op>, epoch: Option<u64>, unbounded: bool) -> Result<()> {
         let queue = self.queue.as_ref().ok_or(StorageError::Closed)?;
-        let (reply, committed) = oneshot::channel();
+        let (reply, mut committed) = oneshot::channel();
         let bytes = batch_bytes(&ops);
+        let mut request = WriteRequest {
+            ops,
+            bytes,
+            reply,
+            epoch,
+            unbounded,
+            queued: Instant::now(),
+        };
+        // Nothing queued (a drain, which has no ops, always goes through the queue): commit
+        // here if this thread allows it and no commit runs. All of it happens within this
+        // poll, so a caller that drops the future cannot leave it half done.
+        if let Some(inline) = &self.inline {
+            if !request.ops.is_empty()
+                && COMMIT_HERE.get()
+                && queue.capacity() == queue.max_capacity()
+            {
+                match inline.commit_now(request) {
+                    Ok(()) => {
+                        let stamp = committed.try_recv().map_err(|_| StorageError::Closed)??;
+                        crate::stamp::note(stamp);
+                        return Ok(());
+                    }
+                    Err(busy) => request = busy,
+                }
+            }
+        }
         queue
-            .send(WriteRequest {
-                ops,
-                bytes,
-                reply,
-                epoch,
-                unbounded,
-                queued: Instant::now(),
-            })
+            .send(request)
             .await
             .map_err(|_| StorageError::Closed)?;
         let stamp = committed.await.map_err(|_| StorageError::Closed)??;
@@ -156,6 +214,79 @@ pub(crate) struct WriteRequest {
     /// When it was queued.
     pub(crate) queued: Instant,
 }
+
+thread_local! {
+    /// Whether batches submitted on this thread may be committed on it.
+    static COMMIT_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Lets the calling thread commit its own batches to an idle embedded store's writer instead of
+/// handing them to the writer thread (module documentation). Call it only on a thread whose
+/// blocking for a commit (a log write and its sync) delays nobody else's work.
+pub fn commit_inline_on_this_thread() {
+    COMMIT_HERE.set(true);
+}
+
+/// The store and what every commit of it needs, shared by the writer thread and the callers
+/// that commit on their own thread. Whoever holds `store` is the one committing.
+struct Committer<S> {
+    store: Mutex<S>,
+    counters: Arc<Counters>,
+    hook: Arc<HookSlot>,
+    /// The writer thread waits for a request with none in hand: only then may a caller
+    /// commit on its own thread (a busy writer is forming groups, which a caller committing
+    /// alone would only make smaller).
+    writer_idle: AtomicBool,
+}
+
+impl<S: GroupStore> Committer<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, S> {
+        // A panic mid-commit poisons the lock; the store's own state (its broken flag, the
+        // log) is what decides whether it still takes writes, as on the writer thread.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits `group` (in queue order) holding the store.
+    fn commit(&self, store: &S, group: Vec<WriteRequest>) {
+        let hook = self.hook.get();
+        commit_group(store, group, &self.counters, hook.as_deref());
+    }
+}
+
+/// A caller's way to commit on its own thread, without knowing the store's type.
+trait CommitNow: Send + Sync {
+    /// Commits `request` alone and answers its reply, if the writer thread is idle and no
+    /// other caller is committing; otherwise gives `request` back.
+    fn commit_now(&self, request: WriteRequest) -> std::result::Result<(), WriteRequest>;
+
+    /// Whether the writer thread waits for a request.
+    #[cfg(test)]
+    fn writer_idle(&self) -> bool;
+}
+
+impl<S: GroupStore + Send> CommitNow for Committer<S> {
+    #[cfg(test)]
+    fn writer_idle(&self) -> bool {
+        self.writer_idle.load(Ordering::Acquire)
+    }
+
+    fn commit_now(&self, request: WriteRequest) -> std::result::Result<(), WriteRequest> {
+        if !self.writer_idle.load(Ordering::Acquire) {
+            return Err(request);
+        }
+        let store = match self.store.try_lock() {
+            Ok(store) => store,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(request),
+        };
+        self.commit(&store, vec![request]);
+        metrics::counter!(INLINE_METRIC).increment(1);
+        Ok(())
+    }
+}
+
+/// Batches committed on their caller's thread (`docs/monitoring.md`).
+const INLINE_METRIC: &str = "bunker_storage_commits_inline_total";
 
 /// How long a batch waited in the writer's queue before its group commit began
 /// (`docs/monitoring.md`): the writer busy with earlier groups, or the commit delay.
@@ -204,23 +335,23 @@ impl Counters {
 }
 
 /// Runs until every sender of `queue` is dropped and the queue is empty. Each group is
-/// committed with the hook installed in `hook` when the group starts.
-pub(crate) fn run(
-    store: impl GroupStore,
-    mut queue: mpsc::Receiver<WriteRequest>,
-    counters: &Counters,
-    hook: &HookSlot,
-) {
+/// committed with the hook installed in the committer's slot when the group starts.
+fn run<S: GroupStore>(committer: &Committer<S>, mut queue: mpsc::Receiver<WriteRequest>) {
     let mut carried = None;
     let mut last_group_len = 0usize;
     let mut last_commit = Duration::ZERO;
     loop {
         let first = match carried.take() {
             Some(request) => request,
-            None => match queue.blocking_recv() {
+            None => match queue.try_recv().ok().or_else(|| {
+                committer.writer_idle.store(true, Ordering::Release);
+                let next = queue.blocking_recv();
+                committer.writer_idle.store(false, Ordering::Release);
+                next
+            }) {
                 Some(request) => request,
                 None => {
-                    store.close();
+                    committer.lock().close();
                     return;
                 }
             },
@@ -241,9 +372,11 @@ pub(crate) fn run(
         }
         carried = next;
         last_group_len = group.len();
-        let hook = hook.get();
+        // Waits here for a caller's inline commit, if one runs.
+        let store = committer.lock();
         let started = Instant::now();
-        commit_group(&store, group, counters, hook.as_deref());
+        committer.commit(&store, group);
+        drop(store);
         last_commit = started.elapsed();
     }
 }
@@ -495,7 +628,7 @@ mod tests {
 
     /// Queues one batch per key (a put of `value_len` bytes) before the writer starts, so they
     /// are all waiting when it drains, and runs the writer with `hook` until the queue closes.
-    fn play<K: AsRef<str>>(keys: &[K], value_len: usize, hook: &HookSlot) -> Played {
+    fn play<K: AsRef<str>>(keys: &[K], value_len: usize, hook: HookSlot) -> Played {
         let store = RecordingStore::default();
         let (requests, replies): (Vec<_>, Vec<_>) = keys
             .iter()
@@ -506,8 +639,14 @@ mod tests {
             assert!(sender.try_send(request).is_ok(), "queue has room");
         }
         drop(sender);
-        let counters = Counters::default();
-        run(&store, queue, &counters, hook);
+        let committer = Committer {
+            store: Mutex::new(&store),
+            counters: Arc::new(Counters::default()),
+            hook: Arc::new(hook),
+            writer_idle: AtomicBool::new(false),
+        };
+        run(&committer, queue);
+        let counters = Arc::into_inner(committer.counters).expect("the only owner");
         let ok = replies
             .into_iter()
             .map(|mut reply| matches!(reply.try_recv(), Ok(Ok(_))))
@@ -577,6 +716,176 @@ mod tests {
         }
     }
 
+    /// Each commit made: the thread that made it and its keys.
+    type Commits = Arc<Mutex<Vec<(String, Vec<String>)>>>;
+
+    /// Records which thread made each commit, of which keys. Each commit first says it began
+    /// (on `began`), then takes a token from `gate`: send tokens ahead to let commits through.
+    struct ThreadStore {
+        began: Mutex<std::sync::mpsc::Sender<String>>,
+        gate: Mutex<std::sync::mpsc::Receiver<()>>,
+        commits: Commits,
+    }
+
+    impl GroupStore for ThreadStore {
+        fn commit(&self, batches: &[&[Op]], _index: Option<&dyn CommitIndex>) -> Result<()> {
+            let thread = std::thread::current().name().unwrap_or("?").to_owned();
+            let _ = locked(&self.began).send(thread.clone());
+            locked(&self.gate)
+                .recv()
+                .map_err(|_| StorageError::Closed)?;
+            let keys = batches
+                .iter()
+                .flat_map(|batch| batch.iter().map(|op| op.key().to_owned()))
+                .collect();
+            locked(&self.commits).push((thread, keys));
+            Ok(())
+        }
+    }
+
+    fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A writer over a [`ThreadStore`] that lets callers commit inline, the gate's sender, the
+    /// receiver of commits beginning, and the commits made.
+    fn inline_writer() -> (
+        Arc<Writer>,
+        std::sync::mpsc::Sender<()>,
+        std::sync::mpsc::Receiver<String>,
+        Commits,
+    ) {
+        let (open, gate) = std::sync::mpsc::channel();
+        let (began_tx, began) = std::sync::mpsc::channel();
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let store = ThreadStore {
+            began: Mutex::new(began_tx),
+            gate: Mutex::new(gate),
+            commits: commits.clone(),
+        };
+        let writer = Writer::spawn_inline(store, "test-writer").expect("writer");
+        (Arc::new(writer), open, began, commits)
+    }
+
+    /// Submits a put of `key` from a new thread named `name`, which allows inline commits
+    /// when `inline` says so.
+    fn submit_from(
+        writer: &Arc<Writer>,
+        name: &str,
+        key: &str,
+        inline: bool,
+    ) -> std::thread::JoinHandle<Result<()>> {
+        let (writer, key) = (writer.clone(), key.to_owned());
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                if inline {
+                    commit_inline_on_this_thread();
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(writer.submit(vec![Op::Put {
+                    key,
+                    value: b"v".to_vec(),
+                }]))
+            })
+            .expect("thread")
+    }
+
+    /// Waits until the writer thread is (or is not) waiting for a request.
+    fn until_writer_idle(writer: &Writer, idle: bool) {
+        let inline = writer.inline.as_ref().expect("an inline writer");
+        while inline.writer_idle() != idle {
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn an_idle_writer_lets_a_thread_that_allows_it_commit_on_that_thread() {
+        let (writer, open, _began, commits) = inline_writer();
+        for _ in 0..3 {
+            open.send(()).expect("gate");
+        }
+        until_writer_idle(&writer, true);
+        submit_from(&writer, "plain", "a", false)
+            .join()
+            .expect("thread")
+            .expect("committed");
+        until_writer_idle(&writer, true);
+        submit_from(&writer, "replication", "b", true)
+            .join()
+            .expect("thread")
+            .expect("committed");
+        let thread_of = |key: &str| {
+            let commits = locked(&commits);
+            let commit = commits.iter().find(|(_, keys)| keys == &[key]);
+            commit.map(|(thread, _)| thread.clone())
+        };
+        assert_eq!(thread_of("a").as_deref(), Some("test-writer"));
+        assert_eq!(thread_of("b").as_deref(), Some("replication"));
+        assert_eq!(writer.counters.snapshot().batches, 2);
+        // Without the opt-in, no caller ever commits.
+        let (open, gate) = std::sync::mpsc::channel();
+        let (began_tx, _began) = std::sync::mpsc::channel();
+        let plain = Arc::new(
+            Writer::spawn(
+                ThreadStore {
+                    began: Mutex::new(began_tx),
+                    gate: Mutex::new(gate),
+                    commits: commits.clone(),
+                },
+                "plain-writer",
+            )
+            .expect("writer"),
+        );
+        open.send(()).expect("gate");
+        submit_from(&plain, "replication", "c", true)
+            .join()
+            .expect("thread")
+            .expect("committed");
+        assert_eq!(thread_of("c").as_deref(), Some("plain-writer"));
+    }
+
+    /// While a caller commits inline, the writer thread's next group (a batch, a drain) waits
+    /// for it, so commits never overlap and a drain still sees everything before it.
+    #[tokio::test]
+    async fn the_writer_and_drains_wait_for_an_inline_commit() {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+        let (writer, open, began, commits) = inline_writer();
+        until_writer_idle(&writer, true);
+        let first = submit_from(&writer, "replication", "a", true);
+        assert_eq!(began.recv().expect("began"), "replication");
+        // The inline commit holds the store: this batch goes through the queue and waits.
+        let second = submit_from(&writer, "replication-2", "b", true);
+        until_writer_idle(&writer, false);
+        let mut drain = Box::pin(writer.drain());
+        assert!(
+            drain
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_pending(),
+            "the drain waits for the inline commit"
+        );
+        open.send(()).expect("gate");
+        assert_eq!(began.recv().expect("began"), "test-writer");
+        open.send(()).expect("gate");
+        first.join().expect("thread").expect("committed");
+        second.join().expect("thread").expect("committed");
+        drain.await.expect("drained");
+        let commits = locked(&commits).clone();
+        assert_eq!(
+            commits,
+            [
+                ("replication".to_owned(), vec!["a".to_owned()]),
+                ("test-writer".to_owned(), vec!["b".to_owned()]),
+            ]
+        );
+    }
+
     /// A batch whose caller stopped waiting once it was queued is still committed, and a
     /// drain returns only after it was: what a replication follower stopped mid-commit relies
     /// on before it reads its position back.
@@ -623,7 +932,7 @@ mod tests {
 
     #[test]
     fn queued_batches_share_one_commit() {
-        let played = play(&["a", "b", "c"], 1, &HookSlot::default());
+        let played = play(&["a", "b", "c"], 1, HookSlot::default());
         assert_eq!(played.ok, [true, true, true]);
         assert_eq!(played.commits, vec![vec!["a", "b", "c"]]);
         assert_eq!(
@@ -638,7 +947,7 @@ mod tests {
 
     #[test]
     fn a_failing_batch_fails_only_its_own_caller() {
-        let played = play(&["a", "poison", "c"], 1, &HookSlot::default());
+        let played = play(&["a", "poison", "c"], 1, HookSlot::default());
         assert_eq!(played.ok, [true, false, true]);
         assert_eq!(played.commits, vec![vec!["a"], vec!["c"]]);
         assert_eq!(played.counters.snapshot().batches, 2);
@@ -649,7 +958,7 @@ mod tests {
         let played = play(
             &["a", "b", "c", "d"],
             MAX_GROUP_BYTES / 3,
-            &HookSlot::default(),
+            HookSlot::default(),
         );
         // Three values plus their keys cross the bound, so each group holds two.
         assert_eq!(played.commits, vec![vec!["a", "b"], vec!["c", "d"]]);
@@ -660,7 +969,7 @@ mod tests {
         let keys: Vec<String> = (0..MAX_GROUP_BATCHES + 5)
             .map(|i| format!("k{i}"))
             .collect();
-        let played = play(&keys, 0, &HookSlot::default());
+        let played = play(&keys, 0, HookSlot::default());
         let group_sizes: Vec<usize> = played.commits.iter().map(Vec::len).collect();
         assert_eq!(group_sizes, [MAX_GROUP_BATCHES, 5]);
     }
@@ -668,7 +977,7 @@ mod tests {
     #[test]
     fn the_hook_adds_ops_after_each_batch_of_the_group() {
         let hook = Arc::new(NumberingHook::default());
-        let played = play(&["a", "unhooked", "c"], 1, &hooked(&hook));
+        let played = play(&["a", "unhooked", "c"], 1, hooked(&hook));
         assert_eq!(played.ok, [true, true, true]);
         assert_eq!(
             played.commits,
@@ -681,7 +990,7 @@ mod tests {
     #[test]
     fn a_retried_batch_asks_the_hook_again_in_order() {
         let hook = Arc::new(NumberingHook::default());
-        let played = play(&["a", "poison", "c"], 1, &hooked(&hook));
+        let played = play(&["a", "poison", "c"], 1, hooked(&hook));
         assert_eq!(played.ok, [true, false, true]);
         // 1..=3 went to the failed group transaction; the retries got 4, 5 (failed) and 6.
         assert_eq!(
@@ -694,7 +1003,7 @@ mod tests {
     #[test]
     fn invalid_extra_ops_reject_only_their_batch() {
         let hook = Arc::new(NumberingHook::default());
-        let played = play(&["a", "bad-extra", "c"], 1, &hooked(&hook));
+        let played = play(&["a", "bad-extra", "c"], 1, hooked(&hook));
         assert_eq!(played.ok, [true, false, true]);
         assert_eq!(played.commits, vec![vec!["a", "hook/1", "c", "hook/3"]]);
     }

@@ -43,6 +43,7 @@ pub mod timed;
 
 pub use embedded::EmbeddedBackend;
 pub use error::StorageError;
+pub use group_commit::commit_inline_on_this_thread;
 pub use ha::{Fence, FenceCell, HaBackend, HaNode, ReadScope};
 pub use hook::{CommitHook, CommitIndex, IndexUpdate, KeyRange};
 pub use inmem::InmemBackend;

@@ -110,7 +110,8 @@ impl Hold {
 pub(super) struct RedbStore {
     db: Arc<Database>,
     shared: Arc<Shared>,
-    /// Only the writer thread locks it.
+    /// Only the committer locks it (the writer thread, or a caller committing inline while
+    /// holding the writer's store: `group_commit.rs`).
     state: Mutex<LogState>,
 }
 
