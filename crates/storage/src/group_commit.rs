@@ -30,11 +30,15 @@
 //! request runtime, through `block_in_place`, cost more than it saved: bench/README.md,
 //! "Tried, not kept".) The store sits behind one lock taken by whoever commits, so commits
 //! never overlap, the hook still sees them in commit order, and a drain queued meanwhile waits
-//! for the inline commit; a batch committed this way is a group of one.
+//! for the inline commit; a batch committed this way is a group of one. Only batches up to
+//! [`INLINE_MAX_BYTES`] are committed inline. A request the writer has just taken off the
+//! queue, before it marks itself busy, may be overtaken by an inline commit: both callers are
+//! still waiting for their answers, so neither has seen the other's outcome, and drains always
+//! go through the queue.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -158,6 +162,8 @@ impl Writer {
         // poll, so a caller that drops the future cannot leave it half done.
         if let Some(inline) = &self.inline {
             if !request.ops.is_empty()
+                && !request.unbounded
+                && request.bytes <= INLINE_MAX_BYTES
                 && COMMIT_HERE.get()
                 && queue.capacity() == queue.max_capacity()
             {
@@ -215,6 +221,11 @@ pub(crate) struct WriteRequest {
     pub(crate) queued: Instant,
 }
 
+/// Largest batch (key and value bytes) committed on its caller's thread. A larger one (a
+/// staged sync's commit, a snapshot's values) may wait for a checkpoint or be synced by redb
+/// itself, and would hold the caller's thread, and the streams on it, for as long.
+const INLINE_MAX_BYTES: usize = 1024 * 1024;
+
 thread_local! {
     /// Whether batches submitted on this thread may be committed on it.
     static COMMIT_HERE: Cell<bool> = const { Cell::new(false) };
@@ -240,10 +251,11 @@ struct Committer<S> {
 }
 
 impl<S: GroupStore> Committer<S> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, S> {
-        // A panic mid-commit poisons the lock; the store's own state (its broken flag, the
-        // log) is what decides whether it still takes writes, as on the writer thread.
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The store, or `None` once a commit panicked holding it: what that commit left is
+    /// unknown (a record logged, an index not updated), so nothing commits after it, as when
+    /// the writer thread itself died.
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, S>> {
+        self.store.lock().ok()
     }
 
     /// Commits `group` (in queue order) holding the store.
@@ -276,8 +288,12 @@ impl<S: GroupStore + Send> CommitNow for Committer<S> {
         }
         let store = match self.store.try_lock() {
             Ok(store) => store,
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return Err(request),
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                // A commit panicked holding the store ([`Committer::lock`]).
+                let _ = request.reply.send(Err(StorageError::Closed));
+                return Ok(());
+            }
         };
         self.commit(&store, vec![request]);
         metrics::counter!(INLINE_METRIC).increment(1);
@@ -285,7 +301,7 @@ impl<S: GroupStore + Send> CommitNow for Committer<S> {
     }
 }
 
-/// Batches committed on their caller's thread (`docs/monitoring.md`).
+/// Batches committed (or failed) on their caller's thread (`docs/monitoring.md`).
 const INLINE_METRIC: &str = "bunker_storage_commits_inline_total";
 
 /// How long a batch waited in the writer's queue before its group commit began
@@ -351,7 +367,9 @@ fn run<S: GroupStore>(committer: &Committer<S>, mut queue: mpsc::Receiver<WriteR
             }) {
                 Some(request) => request,
                 None => {
-                    committer.lock().close();
+                    if let Some(store) = committer.lock() {
+                        store.close();
+                    }
                     return;
                 }
             },
@@ -373,7 +391,11 @@ fn run<S: GroupStore>(committer: &Committer<S>, mut queue: mpsc::Receiver<WriteR
         carried = next;
         last_group_len = group.len();
         // Waits here for a caller's inline commit, if one runs.
-        let store = committer.lock();
+        let Some(store) = committer.lock() else {
+            // The queue closes with this thread, so every caller hears `Closed`.
+            tracing::error!("a storage commit panicked: no more writes until a restart");
+            return;
+        };
         let started = Instant::now();
         committer.commit(&store, group);
         drop(store);
@@ -719,26 +741,55 @@ mod tests {
     /// Each commit made: the thread that made it and its keys.
     type Commits = Arc<Mutex<Vec<(String, Vec<String>)>>>;
 
-    /// Records which thread made each commit, of which keys. Each commit first says it began
-    /// (on `began`), then takes a token from `gate`: send tokens ahead to let commits through.
+    /// Lets commits through one token at a time; a commit waiting for one holds no lock.
+    #[derive(Default)]
+    struct Gate {
+        tokens: Mutex<usize>,
+        opened: std::sync::Condvar,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            *locked(&self.tokens) += 1;
+            self.opened.notify_all();
+        }
+
+        fn pass(&self) {
+            let mut tokens = locked(&self.tokens);
+            while *tokens == 0 {
+                tokens = self
+                    .opened
+                    .wait(tokens)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            *tokens -= 1;
+        }
+    }
+
+    /// Records which thread made each commit, of which keys, and the most commits that ran at
+    /// once. Each commit first says it began (on `began`), then passes the gate.
     struct ThreadStore {
         began: Mutex<std::sync::mpsc::Sender<String>>,
-        gate: Mutex<std::sync::mpsc::Receiver<()>>,
+        gate: Arc<Gate>,
         commits: Commits,
+        in_flight: AtomicU64,
+        most_in_flight: Arc<AtomicU64>,
     }
 
     impl GroupStore for ThreadStore {
         fn commit(&self, batches: &[&[Op]], _index: Option<&dyn CommitIndex>) -> Result<()> {
+            let running = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(running, Ordering::SeqCst);
             let thread = std::thread::current().name().unwrap_or("?").to_owned();
             let _ = locked(&self.began).send(thread.clone());
-            locked(&self.gate)
-                .recv()
-                .map_err(|_| StorageError::Closed)?;
-            let keys = batches
+            self.gate.pass();
+            let keys: Vec<String> = batches
                 .iter()
                 .flat_map(|batch| batch.iter().map(|op| op.key().to_owned()))
                 .collect();
+            assert!(!keys.iter().any(|key| key == "panic"), "a commit panicked");
             locked(&self.commits).push((thread, keys));
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             Ok(())
         }
     }
@@ -749,24 +800,39 @@ mod tests {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A writer over a [`ThreadStore`] that lets callers commit inline, the gate's sender, the
-    /// receiver of commits beginning, and the commits made.
-    fn inline_writer() -> (
-        Arc<Writer>,
-        std::sync::mpsc::Sender<()>,
-        std::sync::mpsc::Receiver<String>,
-        Commits,
-    ) {
-        let (open, gate) = std::sync::mpsc::channel();
+    /// A writer over a [`ThreadStore`] and the store's handles.
+    struct Fixture {
+        writer: Arc<Writer>,
+        gate: Arc<Gate>,
+        began: std::sync::mpsc::Receiver<String>,
+        commits: Commits,
+        most_in_flight: Arc<AtomicU64>,
+    }
+
+    /// A writer named `name`, letting callers commit inline when `inline` says so.
+    fn fixture(name: &'static str, inline: bool) -> Fixture {
         let (began_tx, began) = std::sync::mpsc::channel();
-        let commits = Arc::new(Mutex::new(Vec::new()));
+        let (gate, commits) = (Arc::new(Gate::default()), Commits::default());
+        let most_in_flight = Arc::new(AtomicU64::new(0));
         let store = ThreadStore {
             began: Mutex::new(began_tx),
-            gate: Mutex::new(gate),
+            gate: gate.clone(),
             commits: commits.clone(),
+            in_flight: AtomicU64::new(0),
+            most_in_flight: most_in_flight.clone(),
         };
-        let writer = Writer::spawn_inline(store, "test-writer").expect("writer");
-        (Arc::new(writer), open, began, commits)
+        let writer = if inline {
+            Writer::spawn_inline(store, name)
+        } else {
+            Writer::spawn(store, name)
+        };
+        Fixture {
+            writer: Arc::new(writer.expect("writer")),
+            gate,
+            began,
+            commits,
+            most_in_flight,
+        }
     }
 
     /// Submits a put of `key` from a new thread named `name`, which allows inline commits
@@ -775,6 +841,16 @@ mod tests {
         writer: &Arc<Writer>,
         name: &str,
         key: &str,
+        inline: bool,
+    ) -> std::thread::JoinHandle<Result<()>> {
+        submit_value_from(writer, name, key, b"v".to_vec(), inline)
+    }
+
+    fn submit_value_from(
+        writer: &Arc<Writer>,
+        name: &str,
+        key: &str,
+        value: Vec<u8>,
         inline: bool,
     ) -> std::thread::JoinHandle<Result<()>> {
         let (writer, key) = (writer.clone(), key.to_owned());
@@ -787,10 +863,7 @@ mod tests {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .build()
                     .expect("runtime");
-                runtime.block_on(writer.submit(vec![Op::Put {
-                    key,
-                    value: b"v".to_vec(),
-                }]))
+                runtime.block_on(writer.submit(vec![Op::Put { key, value }]))
             })
             .expect("thread")
     }
@@ -805,48 +878,33 @@ mod tests {
 
     #[test]
     fn an_idle_writer_lets_a_thread_that_allows_it_commit_on_that_thread() {
-        let (writer, open, _began, commits) = inline_writer();
-        for _ in 0..3 {
-            open.send(()).expect("gate");
-        }
-        until_writer_idle(&writer, true);
-        submit_from(&writer, "plain", "a", false)
-            .join()
-            .expect("thread")
-            .expect("committed");
-        until_writer_idle(&writer, true);
-        submit_from(&writer, "replication", "b", true)
-            .join()
-            .expect("thread")
-            .expect("committed");
-        let thread_of = |key: &str| {
-            let commits = locked(&commits);
-            let commit = commits.iter().find(|(_, keys)| keys == &[key]);
-            commit.map(|(thread, _)| thread.clone())
+        let f = fixture("test-writer", true);
+        let commit = |name, key, inline| {
+            until_writer_idle(&f.writer, true);
+            f.gate.open();
+            submit_from(&f.writer, name, key, inline)
+                .join()
+                .expect("thread")
+                .expect("committed");
         };
-        assert_eq!(thread_of("a").as_deref(), Some("test-writer"));
-        assert_eq!(thread_of("b").as_deref(), Some("replication"));
-        assert_eq!(writer.counters.snapshot().batches, 2);
-        // Without the opt-in, no caller ever commits.
-        let (open, gate) = std::sync::mpsc::channel();
-        let (began_tx, _began) = std::sync::mpsc::channel();
-        let plain = Arc::new(
-            Writer::spawn(
-                ThreadStore {
-                    began: Mutex::new(began_tx),
-                    gate: Mutex::new(gate),
-                    commits: commits.clone(),
-                },
-                "plain-writer",
-            )
-            .expect("writer"),
+        commit("plain", "a", false);
+        commit("replication", "b", true);
+        assert_eq!(
+            *locked(&f.commits),
+            [
+                ("test-writer".to_owned(), vec!["a".to_owned()]),
+                ("replication".to_owned(), vec!["b".to_owned()]),
+            ]
         );
-        open.send(()).expect("gate");
-        submit_from(&plain, "replication", "c", true)
+        assert_eq!(f.writer.counters.snapshot().batches, 2);
+        // Without the opt-in, no caller ever commits.
+        let plain = fixture("plain-writer", false);
+        plain.gate.open();
+        submit_from(&plain.writer, "replication", "c", true)
             .join()
             .expect("thread")
             .expect("committed");
-        assert_eq!(thread_of("c").as_deref(), Some("plain-writer"));
+        assert_eq!(locked(&plain.commits)[0].0, "plain-writer");
     }
 
     /// While a caller commits inline, the writer thread's next group (a batch, a drain) waits
@@ -855,14 +913,14 @@ mod tests {
     async fn the_writer_and_drains_wait_for_an_inline_commit() {
         use std::future::Future;
         use std::task::{Context, Waker};
-        let (writer, open, began, commits) = inline_writer();
-        until_writer_idle(&writer, true);
-        let first = submit_from(&writer, "replication", "a", true);
-        assert_eq!(began.recv().expect("began"), "replication");
+        let f = fixture("test-writer", true);
+        until_writer_idle(&f.writer, true);
+        let first = submit_from(&f.writer, "replication", "a", true);
+        assert_eq!(f.began.recv().expect("began"), "replication");
         // The inline commit holds the store: this batch goes through the queue and waits.
-        let second = submit_from(&writer, "replication-2", "b", true);
-        until_writer_idle(&writer, false);
-        let mut drain = Box::pin(writer.drain());
+        let second = submit_from(&f.writer, "replication-2", "b", true);
+        until_writer_idle(&f.writer, false);
+        let mut drain = Box::pin(f.writer.drain());
         assert!(
             drain
                 .as_mut()
@@ -870,20 +928,59 @@ mod tests {
                 .is_pending(),
             "the drain waits for the inline commit"
         );
-        open.send(()).expect("gate");
-        assert_eq!(began.recv().expect("began"), "test-writer");
-        open.send(()).expect("gate");
+        // The writer thread holds "b" and must not start its commit before "a" ends (a store
+        // that did not serialise commits itself would show it here at once).
+        assert!(f.began.recv_timeout(Duration::from_millis(100)).is_err());
+        f.gate.open();
+        assert_eq!(f.began.recv().expect("began"), "test-writer");
+        f.gate.open();
         first.join().expect("thread").expect("committed");
         second.join().expect("thread").expect("committed");
         drain.await.expect("drained");
-        let commits = locked(&commits).clone();
         assert_eq!(
-            commits,
+            *locked(&f.commits),
             [
                 ("replication".to_owned(), vec!["a".to_owned()]),
                 ("test-writer".to_owned(), vec!["b".to_owned()]),
             ]
         );
+        assert_eq!(f.most_in_flight.load(Ordering::SeqCst), 1);
+    }
+
+    /// Large batches and those exempt from the op limit (a staged sync's commit) go to the
+    /// writer thread even from a thread that allows inline commits.
+    #[test]
+    fn large_batches_are_not_committed_inline() {
+        let f = fixture("test-writer", true);
+        until_writer_idle(&f.writer, true);
+        f.gate.open();
+        let big = vec![0; INLINE_MAX_BYTES + 1];
+        submit_value_from(&f.writer, "replication", "big", big, true)
+            .join()
+            .expect("thread")
+            .expect("committed");
+        assert_eq!(locked(&f.commits)[0].0, "test-writer");
+    }
+
+    /// A commit that panicked on its caller's thread left the store in an unknown state: as
+    /// when the writer thread itself dies, no write is committed after it.
+    #[tokio::test]
+    async fn after_an_inline_commit_panicked_nothing_commits() {
+        let f = fixture("test-writer", true);
+        for _ in 0..3 {
+            f.gate.open();
+        }
+        until_writer_idle(&f.writer, true);
+        let panicked = submit_from(&f.writer, "replication", "panic", true).join();
+        assert!(panicked.is_err(), "the caller's thread panicked");
+        let inline = submit_from(&f.writer, "replication", "a", true).join();
+        assert!(matches!(inline.expect("thread"), Err(StorageError::Closed)));
+        let queued = f.writer.submit(vec![Op::Put {
+            key: "b".into(),
+            value: b"v".to_vec(),
+        }]);
+        assert!(matches!(queued.await, Err(StorageError::Closed)));
+        assert!(locked(&f.commits).is_empty());
     }
 
     /// A batch whose caller stopped waiting once it was queued is still committed, and a
