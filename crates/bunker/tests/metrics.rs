@@ -196,7 +196,12 @@ fn replication_gauges_on_a_primary_and_its_secondary() {
     assert!(value(&st, "bunker_replication_wal_entries_streamed_total").unwrap() >= 1.0);
     // The secondary's follower commits its applies on the replication thread while the storage
     // writer is idle (a few writes, in case one met the writer busy); client requests never do.
-    let inline = |server| value(&prometheus(server, None).1, "bunker_storage_commits_inline_total");
+    let inline = |server| {
+        value(
+            &prometheus(server, None).1,
+            "bunker_storage_commits_inline_total",
+        )
+    };
     let (on_primary, on_secondary) = (inline(&p), inline(&s).unwrap_or(0.0));
     for i in 0..3 {
         p.kv_put(&format!("inline-{i}"), json!({"v": "1"}));

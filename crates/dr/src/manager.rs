@@ -1107,6 +1107,11 @@ impl Inner {
         &self.runtimes.requests
     }
 
+    /// The replication streams' runtime (see [`crate::runtime`]).
+    pub(crate) fn streams_runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtimes.streams
+    }
+
     pub(crate) fn peers(&self) -> Vec<PeerStatus> {
         self.peers
             .lock()

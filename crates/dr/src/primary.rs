@@ -111,7 +111,13 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
         };
         let permit = (permit, peer_slot);
         let inner = inner.clone();
-        tokio::spawn(async move {
+        // The handshake, before anything is authenticated, runs on the request runtime: a
+        // flood of handshakes (bounded above, but each costs a signature) competes with client
+        // requests, as it did before the streams had a thread, and not with the streams. An
+        // admitted secondary's session is handed to the replication thread below.
+        let requests = inner.requests_runtime().clone();
+        requests.spawn(async move {
+            debug_assert!(!crate::runtime::on_streams_thread());
             let started = Instant::now();
             let start = match crate::tls::client_hello(stream, HANDSHAKE_TIMEOUT).await {
                 Ok(start) => start,
@@ -134,9 +140,8 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
                 match crate::tls::accept_started(start, &peer, config, alpn, rest).await {
                     Ok((tls, _)) => {
                         drop(permit);
-                        // Forwarded requests are served by the request runtime; only this
+                        // Served on the request runtime, where this task runs; only this
                         // socket's readiness comes from the replication thread's reactor.
-                        let _requests = inner.requests_runtime().enter();
                         forwarding.serve(tls, remote);
                     }
                     Err(e) => tracing::info!(%remote, error = %e, "forwarding handshake refused"),
@@ -157,14 +162,18 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
                         .map(crate::tls::cert_fingerprint)
                         .unwrap_or_default();
                     let span = tracing::info_span!("dr_session", peer = %peer_cn);
-                    let session = tracing::Instrument::instrument(
-                        run_session(&inner, tls, &peer_cn, fingerprint, permit),
-                        span,
-                    );
-                    if let Err(e) = session.await {
-                        tracing::info!(peer = %peer_cn, error = %e, "secondary session ended");
-                    }
-                    inner.mark_peer_disconnected(&peer_cn);
+                    let streams = inner.streams_runtime().clone();
+                    streams.spawn(async move {
+                        debug_assert!(crate::runtime::on_streams_thread());
+                        let session = tracing::Instrument::instrument(
+                            run_session(&inner, tls, &peer_cn, fingerprint, permit),
+                            span,
+                        );
+                        if let Err(e) = session.await {
+                            tracing::info!(peer = %peer_cn, error = %e, "secondary session ended");
+                        }
+                        inner.mark_peer_disconnected(&peer_cn);
+                    });
                 }
                 Err(e) => tracing::info!(%remote, error = %e, "cluster handshake refused"),
             }

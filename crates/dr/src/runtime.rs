@@ -1,6 +1,8 @@
 //! The replication streams' own thread: a current-thread tokio runtime that runs the cluster
-//! port (its listener and the primary's sessions) and the secondary's follower, and nothing
-//! else.
+//! port's listener, the primary's sessions and the secondary's follower, and nothing else.
+//! Each incoming connection's TLS handshake runs on the request runtime, so work done for a
+//! peer not yet authenticated never holds the streams; an admitted secondary's session is
+//! then spawned here (`primary::run_listener`).
 //!
 //! Why: on the request runtime a stream's tasks queued behind the client requests of every
 //! connection. At half the primary's capacity the primary's next frame went out ~0.45 ms
@@ -10,7 +12,8 @@
 //!
 //! One per process (a server is one process); started by [`crate::DrManager::start`], so a
 //! failure to create it is a start-up error. The request runtime's handle is kept beside it:
-//! a standby's forwarded requests arrive on the cluster port but are served with the API's.
+//! handshakes and a standby's forwarded requests arrive on the cluster port but run with the
+//! API's requests.
 //!
 //! Batches written on this thread (the secondary's applies) may be committed on it when the
 //! embedded store's writer is idle (`bunker_storage::commit_inline_on_this_thread`), which
@@ -50,6 +53,15 @@ impl Runtimes {
     }
 }
 
+/// The replication thread's name.
+const THREAD_NAME: &str = "bunker-replication";
+
+/// Whether the caller runs on the replication thread (placement checks in debug builds, which
+/// every DR test then exercises).
+pub(crate) fn on_streams_thread() -> bool {
+    std::thread::current().name() == Some(THREAD_NAME)
+}
+
 fn spawn_thread() -> Result<Handle, ReplError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -57,7 +69,7 @@ fn spawn_thread() -> Result<Handle, ReplError> {
         .map_err(|e| ReplError::Internal(format!("creating the replication runtime: {e}")))?;
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
-        .name("bunker-replication".into())
+        .name(THREAD_NAME.into())
         .spawn(move || {
             // The follower's applies commit here when the storage writer is idle: blocking
             // this thread holds only the streams, whose frames wait in their sockets.
