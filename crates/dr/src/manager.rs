@@ -83,7 +83,7 @@ pub(crate) struct Inner {
     /// The other protocol of the cluster port (HA request forwarding), when the node has one.
     forwarding: RwLock<Option<Arc<dyn ForwardedConnections>>>,
     peers: Mutex<BTreeMap<String, PeerStatus>>,
-    sessions: Mutex<HashMap<String, watch::Sender<bool>>>,
+    sessions: Mutex<sessions::Sessions>,
     /// A `secondary/enable` is under way (see `holds_lock_sealed`).
     pub(crate) becoming_secondary: std::sync::atomic::AtomicBool,
     /// The running follower: its stop signal and its task.
@@ -932,7 +932,7 @@ impl Inner {
     }
 
     /// Whether this node may serve the cluster port: unsealed and active.
-    fn serving(&self) -> bool {
+    pub(crate) fn serving(&self) -> bool {
         self.core
             .upgrade()
             .is_some_and(|core| !core.is_sealed() && core.is_active_node())
@@ -997,24 +997,27 @@ impl Inner {
     /// Register a secondary's live session. Call with the state lock held, after checking the
     /// secondary against that state, so a revocation cannot slip between check and register.
     pub fn register_session(&self, id: &str, status: PeerStatus) -> watch::Receiver<bool> {
-        let (tx, rx) = watch::channel(false);
-        {
-            let mut s = self
-                .sessions
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(old) = s.insert(id.to_owned(), tx) {
-                let _ = old.send(true);
-            }
-        }
-        {
-            let mut p = self
-                .peers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            p.insert(id.to_owned(), status);
-        }
-        rx
+        let (mut s, mut p) = self.sessions_and_peers();
+        sessions::register(&mut s, &mut p, id, status)
+    }
+
+    /// Both maps, always locked in this order (sessions, then peers), so a session's
+    /// registration and its end are each seen whole.
+    fn sessions_and_peers(
+        &self,
+    ) -> (
+        std::sync::MutexGuard<'_, sessions::Sessions>,
+        std::sync::MutexGuard<'_, BTreeMap<String, PeerStatus>>,
+    ) {
+        let s = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let p = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (s, p)
     }
 
     /// Close one secondary's live session (revocation) or all of them (`None`), and wait until
@@ -1057,16 +1060,12 @@ impl Inner {
         }
     }
 
-    pub fn mark_peer_disconnected(&self, id: &str) {
-        {
-            let mut p = self
-                .peers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(peer) = p.get_mut(id) {
-                peer.connected = false;
-            }
-        }
+    /// The session registered for `id` with `session` ([`Inner::register_session`]'s receiver)
+    /// ended: the secondary shows disconnected, unless a newer session replaced this one (that
+    /// one is connected, and ends on its own).
+    pub fn session_ended(&self, id: &str, session: &watch::Receiver<bool>) {
+        let (mut s, mut p) = self.sessions_and_peers();
+        sessions::ended(&mut s, &mut p, id, session);
     }
 
     /// A secondary's acknowledgement of `applied`, which arrived at `received`.
@@ -1431,6 +1430,93 @@ impl Inner {
                     tracing::warn!(error = %e, "reloading the replicated keyring failed");
                 }
             }
+        }
+    }
+}
+
+/// The primary's registry of live secondary sessions and what its status shows of them,
+/// without the locks (which `Inner` holds around each call).
+mod sessions {
+    use std::collections::{BTreeMap, HashMap};
+
+    use tokio::sync::watch;
+
+    use crate::status::PeerStatus;
+
+    /// The live session of each secondary, by id: sending `true` closes it.
+    pub(super) type Sessions = HashMap<String, watch::Sender<bool>>;
+
+    /// Registers `id`'s new session (closing the one it replaces) with `status`; the session
+    /// watches the returned receiver.
+    pub(super) fn register(
+        sessions: &mut Sessions,
+        peers: &mut BTreeMap<String, PeerStatus>,
+        id: &str,
+        status: PeerStatus,
+    ) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        if let Some(old) = sessions.insert(id.to_owned(), tx) {
+            let _ = old.send(true);
+        }
+        peers.insert(id.to_owned(), status);
+        rx
+    }
+
+    /// `id`'s session watching `session` ended: unless a newer session replaced it, it is
+    /// forgotten and the secondary shows disconnected.
+    pub(super) fn ended(
+        sessions: &mut Sessions,
+        peers: &mut BTreeMap<String, PeerStatus>,
+        id: &str,
+        session: &watch::Receiver<bool>,
+    ) {
+        match sessions.get(id) {
+            Some(current) if !current.subscribe().same_channel(session) => return,
+            Some(_) => {
+                sessions.remove(id);
+            }
+            None => {}
+        }
+        if let Some(peer) = peers.get_mut(id) {
+            peer.connected = false;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn connected() -> PeerStatus {
+            PeerStatus {
+                connected: true,
+                ..PeerStatus::default()
+            }
+        }
+
+        #[test]
+        fn a_replaced_session_ending_leaves_the_new_one_connected() {
+            let (mut sessions, mut peers) = (Sessions::new(), BTreeMap::new());
+            let old = register(&mut sessions, &mut peers, "b", connected());
+            let new = register(&mut sessions, &mut peers, "b", connected());
+            assert!(*old.borrow(), "the replaced session is told to stop");
+            ended(&mut sessions, &mut peers, "b", &old);
+            assert!(peers["b"].connected);
+            assert!(
+                sessions.contains_key("b"),
+                "the new session stays registered"
+            );
+            ended(&mut sessions, &mut peers, "b", &new);
+            assert!(!peers["b"].connected);
+            assert!(sessions.is_empty());
+        }
+
+        #[test]
+        fn a_session_closed_by_revocation_shows_disconnected() {
+            let (mut sessions, mut peers) = (Sessions::new(), BTreeMap::new());
+            let session = register(&mut sessions, &mut peers, "b", connected());
+            sessions.remove("b");
+            ended(&mut sessions, &mut peers, "b", &session);
+            assert!(!peers["b"].connected);
         }
     }
 }

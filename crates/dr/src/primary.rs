@@ -116,9 +116,10 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
         // requests, as it did before the streams had a thread, and not with the streams. An
         // admitted secondary's session is handed to the replication thread below.
         let requests = inner.requests_runtime().clone();
+        // The deadline counts from the accept, however long the task waits for a worker.
+        let started = Instant::now();
         requests.spawn(async move {
             debug_assert!(!crate::runtime::on_streams_thread());
-            let started = Instant::now();
             let start = match crate::tls::client_hello(stream, HANDSHAKE_TIMEOUT).await {
                 Ok(start) => start,
                 Err(e) => {
@@ -172,7 +173,6 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
                         if let Err(e) = session.await {
                             tracing::info!(peer = %peer_cn, error = %e, "secondary session ended");
                         }
-                        inner.mark_peer_disconnected(&peer_cn);
                     });
                 }
                 Err(e) => tracing::info!(%remote, error = %e, "cluster handshake refused"),
@@ -203,6 +203,11 @@ async fn admit(
     let mut state = inner.state.lock().await;
     if state.mode != Mode::Primary {
         return Err("this cluster is not a DR primary");
+    }
+    // Sealed or stepped down since this connection's handshake: the keys it was served with
+    // are gone, and the sessions were closed under this lock.
+    if !inner.serving() || inner.server_tls().is_none() {
+        return Err("this cluster does not serve secondaries now (sealed or standby)");
     }
     if hello.secondary_id != peer_cn {
         return Err("certificate does not match secondary id");
@@ -301,13 +306,16 @@ where
         Err(reason) => return refuse(&mut wr, reason).await,
     };
     drop(handshake_permit);
+    let registered = cancel.clone();
     // Everything from here races the session's cancellation: revocation returns only once the
     // session stopped, whatever it was waiting on.
-    tokio::select! {
+    let ended = tokio::select! {
         biased;
         () = cancelled(&mut cancel) => Err(ReplError::Refused("secondary revoked or replication stopped".into())),
         r = serve(inner, &snapshot, hello, peer_cert, rd, wr) => r,
-    }
+    };
+    inner.session_ended(peer_cn, &registered);
+    ended
 }
 
 async fn serve<R, W>(

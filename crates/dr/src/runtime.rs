@@ -1,8 +1,9 @@
 //! The replication streams' own thread: a current-thread tokio runtime that runs the cluster
 //! port's listener, the primary's sessions and the secondary's follower, and nothing else.
-//! Each incoming connection's TLS handshake runs on the request runtime, so work done for a
-//! peer not yet authenticated never holds the streams; an admitted secondary's session is
-//! then spawned here (`primary::run_listener`).
+//! Each incoming connection's TLS handshake is computed on the request runtime, so the costly
+//! work done for a peer not yet authenticated does not hold the streams (accepting and the
+//! sockets' readiness still come from this thread's reactor); a connection whose client
+//! certificate was accepted then has its DR session spawned here (`primary::run_listener`).
 //!
 //! Why: on the request runtime a stream's tasks queued behind the client requests of every
 //! connection. At half the primary's capacity the primary's next frame went out ~0.45 ms

@@ -57,6 +57,8 @@ pub struct FaultProxy {
     conns: Arc<Mutex<Vec<TcpStream>>>,
     /// One flag per connection: set, its next bytes close it ([`FaultProxy::break_silently`]).
     broken: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// One flag per connection: set, it moves no bytes ([`FaultProxy::stall_open`]).
+    held: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     accepted: Arc<AtomicUsize>,
 }
 
@@ -67,19 +69,20 @@ impl FaultProxy {
         let link = Link(Arc::new((Mutex::new(Mode::Pass), Condvar::new())));
         let conns = Arc::new(Mutex::new(Vec::new()));
         let broken = Arc::new(Mutex::new(Vec::new()));
+        let held = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (l, c, b, a) = (
-            link.clone(),
-            conns.clone(),
-            broken.clone(),
-            accepted.clone(),
-        );
-        thread::spawn(move || accept_loop(listener, target, l, c, b, a));
+        let flags = Flags {
+            broken: broken.clone(),
+            held: held.clone(),
+        };
+        let (l, c, a) = (link.clone(), conns.clone(), accepted.clone());
+        thread::spawn(move || accept_loop(listener, target, l, c, flags, a));
         FaultProxy {
             addr,
             link,
             conns,
             broken,
+            held,
             accepted,
         }
     }
@@ -116,8 +119,20 @@ impl FaultProxy {
         }
     }
 
+    /// Stall the connections open now (bytes stop both ways, both ends keep them open), while
+    /// new connections pass: a peer that gave up on a hung connection and reconnected, while
+    /// the other end still holds the old one.
+    pub fn stall_open(&self) {
+        for flag in self.held.lock().expect("held").iter() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Pass bytes and accept connections again.
     pub fn restore(&self) {
+        for flag in self.held.lock().expect("held").iter() {
+            flag.store(false, Ordering::SeqCst);
+        }
         self.link.set(Mode::Pass);
     }
 }
@@ -131,12 +146,18 @@ impl Drop for FaultProxy {
     }
 }
 
+/// The per-connection flags, as the accept loop registers them.
+struct Flags {
+    broken: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    held: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+}
+
 fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
     link: Link,
     conns: Arc<Mutex<Vec<TcpStream>>>,
-    broken: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    flags: Flags,
     accepted: Arc<AtomicUsize>,
 ) {
     for client in listener.incoming() {
@@ -158,27 +179,40 @@ fn accept_loop(
         }
         drop(list);
         let flag = Arc::new(AtomicBool::new(false));
-        broken.lock().expect("broken").push(flag.clone());
+        flags.broken.lock().expect("broken").push(flag.clone());
+        let held = Arc::new(AtomicBool::new(false));
+        flags.held.lock().expect("held").push(held.clone());
         for (from, to) in [(&client, &server), (&server, &client)] {
             let (from, to) = (
                 from.try_clone().expect("clone"),
                 to.try_clone().expect("clone"),
             );
-            let (link, flag) = (link.clone(), flag.clone());
-            thread::spawn(move || pump(from, to, &link, &flag));
+            let (link, flag, held) = (link.clone(), flag.clone(), held.clone());
+            thread::spawn(move || pump(from, to, &link, &flag, &held));
         }
     }
 }
 
-/// Copy bytes from `from` to `to` while the link passes them; hold them while stalled. Bytes
-/// read on a connection marked broken are dropped and the connection closed both ways.
-fn pump(mut from: TcpStream, mut to: TcpStream, link: &Link, broken: &AtomicBool) {
+/// Copy bytes from `from` to `to` while the link passes them; hold them while stalled (the
+/// link, or this connection: `held`). Bytes read on a connection marked broken are dropped
+/// and the connection closed both ways.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    link: &Link,
+    broken: &AtomicBool,
+    held: &AtomicBool,
+) {
     let _ = from.set_read_timeout(Some(READ_SLICE));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // A stall holds the pump here (and what it read last) until restored or cut.
         if link.wait_unstalled() != Mode::Pass {
             break;
+        }
+        if held.load(Ordering::SeqCst) {
+            thread::sleep(READ_SLICE);
+            continue;
         }
         match from.read(&mut buf) {
             Ok(0) => break,
@@ -188,6 +222,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, link: &Link, broken: &AtomicBool
                     break;
                 }
                 if link.wait_unstalled() != Mode::Pass {
+                    break;
+                }
+                // Bytes read after the connection was held wait with it.
+                while held.load(Ordering::SeqCst) && link.get() == Mode::Pass {
+                    thread::sleep(READ_SLICE);
+                }
+                if link.get() != Mode::Pass {
                     break;
                 }
                 if to.write_all(buf.get(..n).unwrap_or_default()).is_err() {
