@@ -57,6 +57,28 @@ impl Runtimes {
 /// The replication thread's name.
 const THREAD_NAME: &str = "bunker-replication";
 
+/// The replication thread's nice value (the process keeps its own, usually 0). On a busy
+/// machine a thread that wakes for each commit and each acknowledgement waits for a core; a
+/// higher priority lets it run first. It uses little CPU while it streams (a frame, an
+/// acknowledgement), so the requests lose little; during a full sync it takes more of a core
+/// than they do. Measured: bench/README.md, "The replication thread's priority".
+const STREAMS_NICE: i32 = -10;
+
+/// Gives the calling thread [`STREAMS_NICE`], if the process may (root, `CAP_SYS_NICE`, or a
+/// `RLIMIT_NICE` that allows it, e.g. systemd's `LimitNICE=`); otherwise says so once and
+/// runs at the process's priority.
+fn raise_priority() {
+    let this_thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(this_thread), STREAMS_NICE) {
+        tracing::info!(
+            %error,
+            nice = STREAMS_NICE,
+            "the replication thread keeps the process's priority (raising it needs CAP_SYS_NICE \
+             or LimitNICE=; docs/replication.md, \"Threads\")"
+        );
+    }
+}
+
 /// Whether the caller runs on the replication thread (placement checks in debug builds, which
 /// every DR test then exercises).
 pub(crate) fn on_streams_thread() -> bool {
@@ -72,6 +94,7 @@ fn spawn_thread() -> Result<Handle, ReplError> {
     std::thread::Builder::new()
         .name(THREAD_NAME.into())
         .spawn(move || {
+            raise_priority();
             // The follower's applies commit here when the storage writer is idle: blocking
             // this thread holds only the streams, whose frames wait in their sockets.
             bunker_storage::commit_inline_on_this_thread();
@@ -110,6 +133,28 @@ mod tests {
         assert_eq!(
             thread_of(&again).await.unwrap(),
             thread_of(&rt).await.unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_streams_thread_runs_at_a_higher_priority_when_allowed() {
+        let rt = Runtimes::start().unwrap();
+        let nice_of_this_thread =
+            || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let on_streams = rt.streams.spawn(async move { nice_of_this_thread() });
+        let on_streams = on_streams.await.unwrap();
+        let here = nice_of_this_thread();
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(on_streams, super::STREAMS_NICE);
+        } else {
+            // Without the privilege it keeps the process's priority.
+            assert!(on_streams == here || on_streams == super::STREAMS_NICE);
+        }
+        let main_thread = rustix::process::getpriority_process(Some(rustix::process::getpid()));
+        assert_eq!(
+            Ok(here),
+            main_thread,
+            "the rest of the process keeps its priority"
         );
     }
 }
