@@ -111,10 +111,12 @@ pub(crate) async fn run_listener(inner: Arc<Inner>, listener: TcpListener) {
         };
         let permit = (permit, peer_slot);
         let inner = inner.clone();
-        // The handshake, before anything is authenticated, runs on the request runtime: a
-        // flood of handshakes (bounded above, but each costs a signature) competes with client
-        // requests, as it did before the streams had a thread, and not with the streams. An
-        // admitted secondary's session is handed to the replication thread below.
+        // The handshake, before anything is authenticated, is computed on the request runtime:
+        // the costly part of a flood of handshakes (bounded above, but each costs a signature)
+        // competes with client requests, as before the streams had a thread, not with the
+        // streams (the socket's readiness still comes from this thread's reactor). A
+        // connection whose client certificate was accepted has its session (hello, admission,
+        // stream) handed to the replication thread below.
         let requests = inner.requests_runtime().clone();
         // The deadline counts from the accept, however long the task waits for a worker.
         let started = Instant::now();

@@ -843,17 +843,30 @@ mod tests {
         key: &str,
         inline: bool,
     ) -> std::thread::JoinHandle<Result<()>> {
-        submit_value_from(writer, name, key, b"v".to_vec(), inline)
+        let put = Op::Put {
+            key: key.to_owned(),
+            value: b"v".to_vec(),
+        };
+        submit_ops_from(writer, name, vec![put], Limit::Bounded, inline)
     }
 
-    fn submit_value_from(
+    /// Which submission a test makes: [`Writer::submit`] or [`Writer::submit_unbounded`].
+    #[derive(Clone, Copy)]
+    enum Limit {
+        Bounded,
+        Unbounded,
+    }
+
+    /// Submits `ops` from a new thread named `name`, which allows inline commits when `inline`
+    /// says so, and returns that thread (joined: the outcome).
+    fn submit_ops_from(
         writer: &Arc<Writer>,
         name: &str,
-        key: &str,
-        value: Vec<u8>,
+        ops: Vec<Op>,
+        limit: Limit,
         inline: bool,
     ) -> std::thread::JoinHandle<Result<()>> {
-        let (writer, key) = (writer.clone(), key.to_owned());
+        let writer = writer.clone();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
@@ -863,7 +876,12 @@ mod tests {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .build()
                     .expect("runtime");
-                runtime.block_on(writer.submit(vec![Op::Put { key, value }]))
+                runtime.block_on(async {
+                    match limit {
+                        Limit::Bounded => writer.submit(ops).await,
+                        Limit::Unbounded => writer.submit_unbounded(ops, None).await,
+                    }
+                })
             })
             .expect("thread")
     }
@@ -952,14 +970,24 @@ mod tests {
     #[test]
     fn large_batches_are_not_committed_inline() {
         let f = fixture("test-writer", true);
-        until_writer_idle(&f.writer, true);
-        f.gate.open();
-        let big = vec![0; INLINE_MAX_BYTES + 1];
-        submit_value_from(&f.writer, "replication", "big", big, true)
-            .join()
-            .expect("thread")
-            .expect("committed");
-        assert_eq!(locked(&f.commits)[0].0, "test-writer");
+        let big = Op::Put {
+            key: "big".into(),
+            value: vec![0; INLINE_MAX_BYTES + 1],
+        };
+        let unbounded = Op::Put {
+            key: "unbounded".into(),
+            value: b"v".to_vec(),
+        };
+        for (op, limit) in [(big, Limit::Bounded), (unbounded, Limit::Unbounded)] {
+            until_writer_idle(&f.writer, true);
+            f.gate.open();
+            submit_ops_from(&f.writer, "replication", vec![op], limit, true)
+                .join()
+                .expect("thread")
+                .expect("committed");
+        }
+        let threads: Vec<String> = locked(&f.commits).iter().map(|c| c.0.clone()).collect();
+        assert_eq!(threads, ["test-writer", "test-writer"]);
     }
 
     /// A commit that panicked on its caller's thread left the store in an unknown state: as

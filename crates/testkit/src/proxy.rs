@@ -221,14 +221,13 @@ fn pump(
                     let _ = from.shutdown(Shutdown::Both);
                     break;
                 }
-                if link.wait_unstalled() != Mode::Pass {
-                    break;
-                }
-                // Bytes read after the connection was held wait with it.
-                while held.load(Ordering::SeqCst) && link.get() == Mode::Pass {
+                // Bytes read after the connection was held wait with it (a stall of the whole
+                // link meanwhile holds them too; a cut ends the pump).
+                while held.load(Ordering::SeqCst) && matches!(link.get(), Mode::Pass | Mode::Stall)
+                {
                     thread::sleep(READ_SLICE);
                 }
-                if link.get() != Mode::Pass {
+                if link.wait_unstalled() != Mode::Pass {
                     break;
                 }
                 if to.write_all(buf.get(..n).unwrap_or_default()).is_err() {
