@@ -37,6 +37,9 @@ impl Core {
         result
     }
 
+    /// Rare paths (help, replication, logins, standby answers, wrapping, revoking a used-up
+    /// token) are awaited boxed: inline, their futures made every request's future larger, and
+    /// it is copied whole a few times per request (`bunker-http`'s `a_request_future_stays_small`).
     async fn handle_timed(&self, mut req: Request) -> Result<Response> {
         req.path = normalize_path(&req.path)?;
         // Vault checks and routes every LIST on the folder form of the path.
@@ -67,7 +70,7 @@ impl Core {
             // anyone's.
             let dr_status = self.replication_handler().answers_on_standby(&req.path);
             if req.path.starts_with("sys/replication/") && !dr_status && !self.is_active_node() {
-                return Err(self.standby_error(ha).await);
+                return Err(Box::pin(self.standby_error(ha)).await);
             }
             // A standby serves only its own status and the unseal endpoints.
             let local = crate::ha::standby_answers(&req.path) && req.path != "sys/seal";
@@ -79,18 +82,18 @@ impl Core {
                         "vault cannot seal when in standby mode; please restart instead".into(),
                     ));
                 }
-                return Err(self.standby_error(ha).await);
+                return Err(Box::pin(self.standby_error(ha)).await);
             }
         }
         if req.operation == Operation::Help {
-            return self.handle_help(req, mode).await;
+            return Box::pin(self.handle_help(req, mode)).await;
         }
         if let Some(resp) = self.handle_unsealed_not_required(&req).await? {
             return Ok(resp);
         }
         if req.path.starts_with("sys/replication/") {
             let handler = self.replication_handler();
-            return self.handle_replication(handler.as_ref(), &req).await;
+            return Box::pin(self.handle_replication(handler.as_ref(), &req)).await;
         } else if mode == DrMode::Secondary {
             return Err(LogicalError::DrSecondary);
         }
@@ -111,7 +114,7 @@ impl Core {
         // An auth method's login paths (declared by the backend) take no token.
         if let Some((mounted, rel)) = self.unauthenticated_route(&req) {
             self.audit.log_request(&req, None).await?;
-            let result = self.handle_login(&req, &mounted, rel).await;
+            let result = Box::pin(self.handle_login(&req, &mounted, rel)).await;
             self.audit.log_response(&req, None, &result).await?;
             return result;
         }
@@ -267,12 +270,12 @@ impl Core {
         let last_use = self.tokens.use_token(&mut caller.entry).await?;
         let result = self.dispatch(req, caller, route).await;
         if last_use {
-            self.revoke_token_tree(&caller.entry.id_hash).await?;
+            Box::pin(self.revoke_token_tree(&caller.entry.id_hash)).await?;
         }
         let mut resp = result?;
         if let Some(ttl) = req.wrap_ttl {
             if resp.raw.is_none() && (resp.data.is_some() || resp.auth.is_some()) {
-                resp = self.wrap_response(resp, ttl, &req.path).await?;
+                resp = Box::pin(self.wrap_response(resp, ttl, &req.path)).await?;
             }
         }
         Ok(resp)
