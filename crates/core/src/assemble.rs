@@ -25,7 +25,11 @@ impl Core {
         let router = Arc::new(RwLock::new(Router::default()));
         let revoker = Revoker::new(tokens.clone(), router.clone());
         let token_mount = Mounted {
-            entry: MountEntry::builtin("auth/token/", "token", "token based credentials"),
+            entry: Arc::new(MountEntry::builtin(
+                "auth/token/",
+                "token",
+                "token based credentials",
+            )),
             backend: Arc::new(TokenBackend::new(
                 tokens.clone(),
                 revoker.clone(),
@@ -35,7 +39,7 @@ impl Core {
         };
         Arc::new_cyclic(|core| {
             let sys_mount = Mounted {
-                entry: MountEntry {
+                entry: Arc::new(MountEntry {
                     // As Vault's system mount.
                     seal_wrap: true,
                     ..MountEntry::builtin(
@@ -43,7 +47,7 @@ impl Core {
                         "system",
                         "system endpoints used for control, policy and debugging",
                     )
-                },
+                }),
                 backend: Arc::new(SysBackend::new(core.clone())),
                 // The endpoints act on the core's own stores: the view is confined to a prefix
                 // that holds nothing, so the backend's storage handle reaches nothing.

@@ -351,7 +351,7 @@ impl Core {
         let backend = factory.create(&entry.options)?;
         let view = StorageView::new(self.barrier.clone(), entry.storage_prefix());
         Ok(Mounted {
-            entry,
+            entry: Arc::new(entry),
             backend,
             view,
         })

@@ -86,7 +86,7 @@ impl Core {
         let (mounted, rel) = self
             .route(path)
             .ok_or_else(|| LogicalError::UnsupportedPath(path.to_owned()))?;
-        let (mount, help) = (mounted.entry.path, mounted.backend.help());
+        let (mount, help) = (mounted.entry.path.clone(), mounted.backend.help());
         let matched = help.path_for(&rel);
         Ok(Response::raw(
             200,

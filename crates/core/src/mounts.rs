@@ -204,7 +204,9 @@ pub struct StoredMountTable {
 /// A mounted engine, ready to serve.
 #[derive(Clone)]
 pub struct Mounted {
-    pub entry: MountEntry,
+    /// Shared: every request clones the `Mounted` it routes to, and a clone of the entry (its
+    /// strings and options) was a dozen allocations per request.
+    pub entry: Arc<MountEntry>,
     pub backend: Arc<dyn LogicalBackend>,
     pub view: StorageView,
 }
@@ -242,7 +244,7 @@ impl Router {
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &MountEntry> {
-        self.by_path.values().map(|m| &m.entry)
+        self.by_path.values().map(|m| &*m.entry)
     }
 
     pub fn first_of_kind(&self, kind: &str) -> Option<&Mounted> {

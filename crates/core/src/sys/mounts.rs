@@ -75,7 +75,7 @@ impl Core {
     fn builtin_listing(&self, table: Table) -> impl Iterator<Item = (String, &MountEntry)> {
         self.builtin_mounts
             .iter()
-            .map(|m| &m.entry)
+            .map(|m| &*m.entry)
             .filter(move |e| table.holds(e))
             .map(move |e| (table.shown_path(&e.path), e))
     }

@@ -135,7 +135,7 @@ impl Core {
             let mut moved = router
                 .remove(source)
                 .ok_or_else(|| invalid(format!("no matching mount at {source:?}")))?;
-            moved.entry.path = target.to_owned();
+            std::sync::Arc::make_mut(&mut moved.entry).path = target.to_owned();
             router.insert(moved);
         }
         if let Err(e) = self.persist_mounts().await {
@@ -145,7 +145,7 @@ impl Core {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(mut back) = router.remove(target) {
-                back.entry.path = source.to_owned();
+                std::sync::Arc::make_mut(&mut back.entry).path = source.to_owned();
                 router.insert(back);
             }
             return Err(e);

@@ -40,7 +40,7 @@ async fn fixture() -> Fixture {
     let cubbyhole = StorageView::new(barrier.clone(), entry.storage_prefix());
     let mut router = Router::default();
     router.insert(Mounted {
-        entry,
+        entry: Arc::new(entry),
         backend: Arc::new(NoBackend),
         view: cubbyhole.clone(),
     });
