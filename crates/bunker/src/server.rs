@@ -404,13 +404,16 @@ async fn shutdown_signal() {
 ///
 /// Without its listener the exporter runs no upkeep of its own: every histogram sample is
 /// buffered until the next upkeep, so a server nobody scrapes grew by every request it timed
-/// (about 120 bytes a write: 1.6 GiB after ten million, `bench/README.md`). A task runs it
-/// every [`METRICS_UPKEEP`], as the exporter's listener would.
+/// (about 120 bytes a write: 1.6 GiB after ten million, `bench/README.md`). A thread of its
+/// own runs it every [`METRICS_UPKEEP`], as the exporter's listener would.
 struct Prometheus(metrics_exporter_prometheus::PrometheusHandle);
 
-/// How often the recorder folds buffered histogram samples into its summaries (the
-/// exporter's own default upkeep interval).
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+/// How often the recorder folds buffered histogram samples into its summaries. The fold costs
+/// about half a microsecond per sample buffered; every 5 s (the exporter's default) it ran for
+/// tens of milliseconds at a time under load (ten-odd samples per write), and on the request
+/// runtime it held a worker that long: the tail of every request's latency. So it runs every
+/// second, on a thread of its own (`bench/README.md`, "The metrics fold").
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
 impl bunker_core::MetricsRenderer for Prometheus {
     fn render(&self) -> String {
@@ -430,13 +433,16 @@ fn install_metrics(core: &bunker_core::Core, telemetry: &config::TelemetryConfig
     match builder.install_recorder() {
         Ok(handle) => {
             let upkeep = handle.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(METRICS_UPKEEP);
-                loop {
-                    tick.tick().await;
+            let spawned = std::thread::Builder::new()
+                .name("bunker-metrics".into())
+                .spawn(move || loop {
+                    std::thread::sleep(METRICS_UPKEEP);
                     upkeep.run_upkeep();
-                }
-            });
+                });
+            if let Err(e) = spawned {
+                // Scrapes still fold what is buffered (`Prometheus::render`).
+                tracing::warn!(error = %e, "metrics upkeep thread not started");
+            }
             core.set_metrics_renderer(Arc::new(Prometheus(handle)));
         }
         Err(e) => tracing::warn!(error = %e, "metrics recorder not installed"),

@@ -301,3 +301,36 @@ fn vault_replication_rpc_timings_across_a_merkle_reconciliation() {
         .as_secs_f64();
     assert!((now - heartbeat).abs() < 120.0, "{heartbeat} vs {now}");
 }
+
+/// The names of `pid`'s threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+/// The recorder folds its buffered timings on a thread of its own, every second: on the request
+/// runtime, every five seconds, the fold held a worker for tens of milliseconds under load.
+#[test]
+fn the_metrics_fold_runs_on_a_thread_of_its_own() {
+    let s = TestServer::initialized();
+    let pid = s.pid().expect("the server runs");
+    let names = thread_names(pid);
+    assert!(
+        names.iter().any(|n| n == "bunker-metrics"),
+        "threads of the server: {names:?}"
+    );
+    // The summaries still answer, with what was timed.
+    s.mount_kv2();
+    s.kv_put("fold/a", json!({"v": "x"}));
+    let (code, text) = prometheus(&s, s.root());
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        value(&text, "vault_core_handle_request_count").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+}
