@@ -433,15 +433,16 @@ fn install_metrics(core: &bunker_core::Core, telemetry: &config::TelemetryConfig
     match builder.install_recorder() {
         Ok(handle) => {
             let upkeep = handle.clone();
-            let spawned = std::thread::Builder::new()
-                .name("bunker-metrics".into())
-                .spawn(move || loop {
-                    std::thread::sleep(METRICS_UPKEEP);
-                    upkeep.run_upkeep();
-                });
-            if let Err(e) = spawned {
-                // Scrapes still fold what is buffered (`Prometheus::render`).
-                tracing::warn!(error = %e, "metrics upkeep thread not started");
+            if let Err(e) = spawn_periodic("bunker-metrics", METRICS_UPKEEP, move || {
+                upkeep.run_upkeep();
+            }) {
+                // Scrapes still fold what is buffered (`Prometheus::render`), but a server
+                // nobody scrapes keeps every timing it records.
+                tracing::warn!(
+                    error = %e,
+                    "metrics upkeep thread not started: timings are folded only when scraped, \
+                     and memory grows with every request until then"
+                );
             }
             core.set_metrics_renderer(Arc::new(Prometheus(handle)));
         }
@@ -449,9 +450,23 @@ fn install_metrics(core: &bunker_core::Core, telemetry: &config::TelemetryConfig
     }
 }
 
+/// Runs `work` every `period` on a thread of its own named `name`, for the process's life.
+fn spawn_periodic(
+    name: &str,
+    period: Duration,
+    mut work: impl FnMut() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            work();
+        })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::worker_threads;
+    use super::{spawn_periodic, worker_threads};
 
     #[test]
     fn one_core_is_left_to_the_storage_writer_unless_the_operator_chose() {
@@ -467,6 +482,27 @@ mod tests {
         for bad in ["0", "", "two", "-1", "1.5"] {
             let error = worker_threads(Some(bad), 2).unwrap_err().to_string();
             assert!(error.contains("TOKIO_WORKER_THREADS"), "{bad:?}: {error}");
+        }
+    }
+
+    /// The metrics fold's loop: the work runs again and again, on the named thread.
+    #[test]
+    fn periodic_work_runs_repeatedly_on_its_own_thread() {
+        let (sender, runs) = std::sync::mpsc::channel();
+        spawn_periodic(
+            "periodic-test",
+            std::time::Duration::from_millis(1),
+            move || {
+                let name = std::thread::current().name().map(str::to_owned);
+                let _ = sender.send(name);
+            },
+        )
+        .unwrap();
+        for _ in 0..3 {
+            let name = runs
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("the work ran");
+            assert_eq!(name.as_deref(), Some("periodic-test"));
         }
     }
 }

@@ -314,7 +314,9 @@ fn thread_names(pid: u32) -> Vec<String> {
 }
 
 /// The recorder folds its buffered timings on a thread of its own, every second: on the request
-/// runtime, every five seconds, the fold held a worker for tens of milliseconds under load.
+/// runtime, every five seconds, the fold held a worker for tens of milliseconds under load. (That
+/// the thread's loop runs its work repeatedly is `server::tests::periodic_work_runs_repeatedly_on_its_own_thread`;
+/// a scrape folds too, so a scrape cannot tell whether the thread did.)
 #[test]
 fn the_metrics_fold_runs_on_a_thread_of_its_own() {
     let s = TestServer::initialized();

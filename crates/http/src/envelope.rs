@@ -169,11 +169,42 @@ mod tests {
         let answer = to_http("req-2", Operation::Read, Ok(Response::data(data)));
         let body = body_of(answer).await;
         for absent in ["wrap_info", "warnings", "auth"] {
-            assert_eq!(body[absent], Value::Null, "{absent}");
+            // Present, as `null` (Vault sends every part of the envelope).
+            assert_eq!(body.get(absent), Some(&Value::Null), "{absent}");
         }
         assert_eq!(body["data"], json!({"k": "v"}));
         assert_eq!(body["lease_id"], "");
         assert_eq!(body["renewable"], false);
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_data_has_data_null() {
+        let resp = Response {
+            warnings: vec!["only this".into()],
+            ..Response::default()
+        };
+        let body = body_of(to_http("req-4", Operation::Update, Ok(resp))).await;
+        assert_eq!(body.get("data"), Some(&Value::Null));
+        assert_eq!(body["warnings"], json!(["only this"]));
+        let keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected = vec![
+            "auth",
+            "data",
+            "lease_duration",
+            "lease_id",
+            "mount_type",
+            "renewable",
+            "request_id",
+            "warnings",
+            "wrap_info",
+        ];
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
     }
 
     #[tokio::test]
