@@ -325,7 +325,10 @@ impl Wal {
             cutoff = self.last_index().saturating_sub(keep);
             let epoch = journal::epoch(backend).await?;
             let journaling = if journal_keep > keep {
-                Journaling::Into(epoch)
+                Journaling::Into {
+                    epoch,
+                    reach_cutoff: self.last_index().saturating_sub(journal_keep),
+                }
             } else if journal::oldest(backend, epoch).await?.is_some() {
                 // Entries deleted without their keys would leave a hole in the journal's
                 // history: the same batch starts a new epoch, disowning it.
@@ -658,8 +661,10 @@ async fn delete_entries_through(backend: &dyn Backend, cutoff: u64) -> Result<u6
 enum Journaling {
     /// Nothing (no journal, or a reset, which starts a new epoch itself).
     Off,
-    /// Their keys go to the journal of this epoch, in the same batch.
-    Into(u64),
+    /// Their keys go to the journal of `epoch`, in the same batch, as spans (`journal.rs`);
+    /// entries at or below `reach_cutoff` are past the journal's reach and get spans of
+    /// their own, which trimming drops whole.
+    Into { epoch: u64, reach_cutoff: u64 },
     /// The batch starts a new epoch (the journal is off but still holds entries).
     Disown,
 }
@@ -676,24 +681,29 @@ async fn delete_page_through(
         .await
         .map_err(storage("scanning WAL entries to delete"))?;
     let page_full = rows.len() == DELETE_PAGE;
-    let mut deletes = Vec::with_capacity(rows.len());
+    let mut deletes = Vec::with_capacity(rows.len() + 1);
+    let mut spans = match journaling {
+        Journaling::Into {
+            epoch,
+            reach_cutoff,
+        } => Some(journal::SpanWriter::new(epoch, reach_cutoff)),
+        Journaling::Off | Journaling::Disown => None,
+    };
     let mut count = 0usize;
     for (key, value) in rows {
         let index = parse_entry_key(&key)?;
         if index > cutoff {
             break;
         }
-        if let Journaling::Into(epoch) = journaling {
+        if let Some(writer) = spans.as_mut() {
             match decode_stored(&key, &value) {
-                Ok(entry) => deletes.push(Op::Put {
-                    key: journal::journal_key(epoch, index),
-                    value: journal::encode_keys(&entry),
-                }),
+                Ok(entry) => writer.add(&entry),
                 // A record whose keys cannot be read leaves a hole in the journal: this batch
                 // disowns it instead (failing would stop truncation for good).
                 Err(error) => {
                     tracing::warn!(%error, "a WAL record being truncated is damaged: starting a new key journal epoch");
                     journaling = Journaling::Disown;
+                    spans = None;
                 }
             }
         }
@@ -703,11 +713,10 @@ async fn delete_page_through(
     if count == 0 {
         return Ok((0, false));
     }
-    if let Journaling::Disown = journaling {
-        // The journal's entries of this page (if any went in before a damaged record) are
-        // disowned with the rest.
-        deletes.retain(|op| matches!(op, Op::Delete { .. }));
-        deletes.push(journal::next_epoch_op(backend).await?);
+    match (journaling, spans) {
+        (Journaling::Disown, _) => deletes.push(journal::next_epoch_op(backend).await?),
+        (_, Some(writer)) => deletes.extend(writer.finish()),
+        (_, None) => {}
     }
     backend
         .batch(deletes)

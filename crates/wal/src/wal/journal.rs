@@ -1,7 +1,9 @@
 //! The key journal: which keys each WAL entry wrote, kept after the entry's values are gone.
 //!
-//! Truncation moves an entry out of the WAL into the journal, in the same batch: its record is
-//! deleted and the keys it wrote are stored at `repl/journal/{epoch:020}-{index:020}`. So for
+//! Truncation moves entries out of the WAL into the journal, in the same batch: their records
+//! are deleted and the keys they wrote are stored as one *span* record at
+//! `repl/journal/{epoch:020}-{last:020}`, `last` being the newest index it covers; the record
+//! holds the oldest (`first`) and the distinct keys of every entry in `first..=last`. So for
 //! every index after the journal's oldest, the WAL (values) or the journal (keys) says what
 //! changed, and a secondary whose position the WAL no longer holds can catch up by fetching the
 //! current values of those keys: work in the number of writes it missed, not in the keyspace
@@ -13,16 +15,26 @@
 //! - **Written by truncation, not by commits.** The commit path stays as it was (a second table
 //!   rewritten per commit is what the stored Merkle forms cost); moving a page of 256 entries
 //!   is one background batch.
+//! - **A span per page, not a record per entry.** A record per entry made each page's batch
+//!   256 deletes and 256 puts, and the journal's own trimming 256 more deletes: at 6,500
+//!   writes/s a DR pair's storage writers spent milliseconds per page on them, and client
+//!   commits queued behind (bench/README.md, "Known problems"). A span is one put, and
+//!   trimming drops a span once all of it has passed the retention, so the journal keeps up to
+//!   a span more than asked. A span is cut at [`SPAN_KEY_BYTES`] of keys, and where the
+//!   journal's retention ends, so that what truncation moves past the reach is dropped whole.
+//!   Each key carries the newest index of the span that wrote it, so a catch-up from inside a
+//!   span fetches only what was written after its position. Records of one entry each
+//!   (version 1, from before spans) are read as spans of one.
 //! - **Epochs instead of deletions at a reset.** A reset (a sync that replaced this store's
 //!   history) bumps the epoch in the batch that writes its marker, before it deletes any entry; older
 //!   epochs are ignored at once and deleted by later truncation passes, so a reset never waits
 //!   for a million journal deletions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bunker_storage::{Backend, Op};
 
-use super::record::{decode_index, encode_index, seal, unseal};
+use super::record::{decode_index, encode_index, seal, unseal, ENTRY_VERSION};
 use super::{storage, Result, WalEntry, WalError};
 use crate::keys::LOCAL_PREFIX;
 
@@ -58,37 +70,148 @@ pub(super) fn parse_journal_key(key: &str) -> Result<(u64, u64)> {
     Ok((number(epoch)?, number(index)?))
 }
 
-/// The stored journal record of `entry`: the distinct keys it wrote, checksummed like a WAL
-/// record.
-pub(super) fn encode_keys(entry: &WalEntry) -> Vec<u8> {
-    let keys: BTreeSet<&str> = entry.ops.iter().map(Op::key).collect();
-    match postcard::to_allocvec(&keys) {
-        Ok(payload) => seal(&payload),
-        // Serializing strings into a Vec cannot fail; an empty record fails to decode, so the
-        // primary answers a catch-up that meets it with `JournalUnavailable` (a Merkle diff).
+/// Version of a span record (`[2][crc32][postcard (first, keys)]`, as WAL records are sealed).
+const SPAN_VERSION: u8 = 2;
+/// Keys of at most about this many bytes go into one span; the next entry starts another.
+pub(super) const SPAN_KEY_BYTES: usize = 256 * 1024;
+
+/// The keys of a run of consecutive WAL entries: what one journal record holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Span {
+    /// The oldest index it covers (its key names the newest).
+    pub first: u64,
+    /// The distinct keys the entries in `first..=last` wrote, each with the newest index that
+    /// wrote it, so that a catch-up from inside the span gets only what was written after.
+    pub keys: Vec<(String, u64)>,
+}
+
+/// Gathers the keys of entries being truncated, oldest first, into the puts of their span
+/// records in one epoch.
+pub(super) struct SpanWriter {
+    epoch: u64,
+    /// Entries at or below this index are past the journal's reach: they close a span of
+    /// their own, which trimming drops whole.
+    reach_cutoff: u64,
+    /// The open span: its first and last index, its keys and their bytes.
+    open: Option<(u64, u64)>,
+    keys: BTreeMap<String, u64>,
+    key_bytes: usize,
+    puts: Vec<Op>,
+}
+
+impl SpanWriter {
+    pub(super) fn new(epoch: u64, reach_cutoff: u64) -> SpanWriter {
+        SpanWriter {
+            epoch,
+            reach_cutoff,
+            open: None,
+            keys: BTreeMap::new(),
+            key_bytes: 0,
+            puts: Vec::new(),
+        }
+    }
+
+    /// Adds the keys of `entry`, which is newer than every entry added before.
+    pub(super) fn add(&mut self, entry: &WalEntry) {
+        if let Some((_, last)) = self.open {
+            let crosses_reach = last <= self.reach_cutoff && entry.index > self.reach_cutoff;
+            if crosses_reach || self.key_bytes >= SPAN_KEY_BYTES {
+                self.close();
+            }
+        }
+        let first = self.open.map_or(entry.index, |(first, _)| first);
+        self.open = Some((first, entry.index));
+        for op in &entry.ops {
+            match self.keys.get_mut(op.key()) {
+                Some(newest) => *newest = entry.index,
+                None => {
+                    self.key_bytes += op.key().len();
+                    self.keys.insert(op.key().to_owned(), entry.index);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        let Some((first, last)) = self.open.take() else {
+            return;
+        };
+        let keys = std::mem::take(&mut self.keys);
+        self.key_bytes = 0;
+        self.puts.push(Op::Put {
+            key: journal_key(self.epoch, last),
+            value: encode_span(first, last, &keys),
+        });
+    }
+
+    /// The puts of every span, the last one closed.
+    pub(super) fn finish(mut self) -> Vec<Op> {
+        self.close();
+        self.puts
+    }
+}
+
+/// The stored record of the span `first..=last` that wrote `keys` (each with its newest index).
+fn encode_span(first: u64, last: u64, keys: &BTreeMap<String, u64>) -> Vec<u8> {
+    match postcard::to_allocvec(&(first, keys)) {
+        Ok(payload) => seal(SPAN_VERSION, &payload),
+        // Serializing integers and strings into a Vec cannot fail; an empty record fails to
+        // decode, so the primary answers a catch-up that meets it with `JournalUnavailable`
+        // (a Merkle diff).
         Err(reason) => {
-            tracing::error!(wal_index = entry.index, %reason, "encoding a journal record failed");
+            tracing::error!(wal_index = last, %reason, "encoding a journal record failed");
             Vec::new()
         }
     }
 }
 
-/// The keys of the journal record stored at `key`.
-pub(super) fn decode_keys(key: &str, bytes: &[u8]) -> Result<Vec<String>> {
+/// The span stored at `key` (a record of version 1 is the span of the one entry it names).
+pub(super) fn decode_span(key: &str, bytes: &[u8]) -> Result<Span> {
     let corrupt = |reason: String| WalError::Corrupt {
         record: key.to_owned(),
         reason,
     };
-    let payload = unseal(bytes).map_err(corrupt)?;
-    let (keys, trailing) = postcard::take_from_bytes::<Vec<String>>(payload)
-        .map_err(|e| corrupt(format!("undecodable payload: {e}")))?;
+    let (_, last) = parse_journal_key(key)?;
+    let (version, payload) = unseal(bytes).map_err(corrupt)?;
+    let undecodable = |e: postcard::Error| corrupt(format!("undecodable payload: {e}"));
+    let (span, trailing) = match version {
+        ENTRY_VERSION => {
+            let (keys, trailing) =
+                postcard::take_from_bytes::<Vec<String>>(payload).map_err(undecodable)?;
+            let keys = keys.into_iter().map(|key| (key, last)).collect();
+            (Span { first: last, keys }, trailing)
+        }
+        SPAN_VERSION => {
+            let ((first, keys), trailing) =
+                postcard::take_from_bytes::<(u64, BTreeMap<String, u64>)>(payload)
+                    .map_err(undecodable)?;
+            if let Some((key, index)) = keys.iter().find(|(_, i)| !(first..=last).contains(*i)) {
+                return Err(corrupt(format!(
+                    "names {key:?} at {index}, outside its span {first}..={last}"
+                )));
+            }
+            let keys = keys.into_iter().collect();
+            (Span { first, keys }, trailing)
+        }
+        other => {
+            return Err(corrupt(format!(
+                "unsupported record version {other} (expected {ENTRY_VERSION} or {SPAN_VERSION})"
+            )))
+        }
+    };
     if !trailing.is_empty() {
         return Err(corrupt(format!("{} trailing bytes", trailing.len())));
     }
-    if let Some(local) = keys.iter().find(|k| k.starts_with(LOCAL_PREFIX)) {
+    if span.first > last {
+        return Err(corrupt(format!(
+            "a span from {} cannot end at {last}",
+            span.first
+        )));
+    }
+    if let Some((local, _)) = span.keys.iter().find(|(k, _)| k.starts_with(LOCAL_PREFIX)) {
         return Err(corrupt(format!("names the local key {local:?}")));
     }
-    Ok(keys)
+    Ok(span)
 }
 
 /// The current epoch.
@@ -112,20 +235,20 @@ pub(super) async fn next_epoch_op(backend: &dyn Backend) -> Result<Op> {
     })
 }
 
-/// The oldest index the journal holds in `epoch`, if any.
+/// The oldest index the journal holds in `epoch` (the first of its oldest span), if any.
 pub(super) async fn oldest(backend: &dyn Backend, epoch: u64) -> Result<Option<u64>> {
     let first = backend
         .scan(&epoch_prefix(epoch), None, 1)
         .await
         .map_err(storage("reading the oldest journal entry"))?;
     match first.first() {
-        Some((key, _)) => Ok(Some(parse_journal_key(key)?.1)),
+        Some((key, value)) => Ok(Some(decode_span(key, value)?.first)),
         None => Ok(None),
     }
 }
 
-/// Journal entries read per scan.
-const READ_PAGE: usize = 256;
+/// Journal records read per scan (spans of up to [`SPAN_KEY_BYTES`] each).
+const READ_PAGE: usize = 16;
 
 /// What the journal and the WAL say was written after a position.
 #[derive(Debug, Default)]
@@ -154,8 +277,8 @@ impl ChangedKeys {
     }
 }
 
-/// Adds the keys of journal entries of `epoch` in `(after, through]`; false if the bound was
-/// passed.
+/// Adds the keys that spans of `epoch` say were written in `(after, through]` (and maybe some
+/// written later in the last span read); false if the bound was passed.
 pub(super) async fn collect(
     backend: &dyn Backend,
     epoch: u64,
@@ -173,10 +296,12 @@ pub(super) async fn collect(
             .map_err(storage(format!("reading journal entries after {cursor}")))?;
         let full = rows.len() == READ_PAGE;
         for (key, value) in rows {
-            if parse_journal_key(&key)?.1 > through {
+            let span = decode_span(&key, &value)?;
+            if span.first > through {
                 return Ok(true);
             }
-            if !changed.add(decode_keys(&key, &value)?, max_keys, max_bytes) {
+            let written_after = span.keys.into_iter().filter(|(_, i)| *i > after);
+            if !changed.add(written_after.map(|(key, _)| key), max_keys, max_bytes) {
                 return Ok(false);
             }
             cursor = key;
@@ -187,8 +312,8 @@ pub(super) async fn collect(
     }
 }
 
-/// Deletes the oldest journal entries that are of an older epoch than `epoch` or at or below
-/// `cutoff`, at most `page` in one batch. Returns how many, and whether more may remain.
+/// Deletes the oldest journal records that are of an older epoch than `epoch` or whose span
+/// ends at or below `cutoff`, at most `page` in one batch. Returns how many, and whether more may remain.
 pub(super) async fn delete_page(
     backend: &dyn Backend,
     epoch: u64,

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{WalError, WAL_PREFIX};
 
-/// Format version written in the first byte of every record.
+/// Format version written in the first byte of every entry record (and of the key journal's
+/// older per-entry records, `journal.rs`).
 pub const ENTRY_VERSION: u8 = 1;
 /// Version byte plus checksum.
 const HEADER_BYTES: usize = 5;
@@ -59,13 +60,13 @@ pub(super) fn encode_parts(index: u64, time_ms: u64, ops: &[&Op]) -> Result<Vec<
         ops,
     };
     let payload = postcard::to_allocvec(&entry).map_err(|e| e.to_string())?;
-    Ok(seal(&payload))
+    Ok(seal(ENTRY_VERSION, &payload))
 }
 
-/// `payload` with the record header: version and checksum.
-pub(super) fn seal(payload: &[u8]) -> Vec<u8> {
+/// `payload` with the record header: `version` and checksum.
+pub(super) fn seal(version: u8, payload: &[u8]) -> Vec<u8> {
     let mut record = Vec::with_capacity(HEADER_BYTES + payload.len());
-    record.push(ENTRY_VERSION);
+    record.push(version);
     record.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
     record.extend_from_slice(payload);
     record
@@ -81,7 +82,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<WalEntry, WalError> {
 }
 
 fn decode(bytes: &[u8]) -> Result<WalEntry, String> {
-    let payload = unseal(bytes)?;
+    let payload = unseal_version(bytes, ENTRY_VERSION)?;
     let (entry, trailing) = postcard::take_from_bytes::<WalEntry>(payload)
         .map_err(|e| format!("undecodable payload: {e}"))?;
     if !trailing.is_empty() {
@@ -90,16 +91,23 @@ fn decode(bytes: &[u8]) -> Result<WalEntry, String> {
     Ok(entry)
 }
 
-/// The payload of a record made by [`seal`], its version and checksum checked.
-pub(super) fn unseal(bytes: &[u8]) -> Result<&[u8], String> {
+/// The payload of a record made by [`seal`] with `expected` as its version, its checksum
+/// checked.
+fn unseal_version(bytes: &[u8], expected: u8) -> Result<&[u8], String> {
+    let (version, payload) = unseal(bytes)?;
+    if version != expected {
+        return Err(format!(
+            "unsupported record version {version} (expected {expected})"
+        ));
+    }
+    Ok(payload)
+}
+
+/// The version and payload of a record made by [`seal`], its checksum checked.
+pub(super) fn unseal(bytes: &[u8]) -> Result<(u8, &[u8]), String> {
     let Some((&version, rest)) = bytes.split_first() else {
         return Err("record is empty".into());
     };
-    if version != ENTRY_VERSION {
-        return Err(format!(
-            "unsupported record version {version} (expected {ENTRY_VERSION})"
-        ));
-    }
     let Some((crc, payload)) = rest.split_first_chunk::<4>() else {
         return Err(format!(
             "record of {} bytes is shorter than its {HEADER_BYTES}-byte header",
@@ -113,7 +121,7 @@ pub(super) fn unseal(bytes: &[u8]) -> Result<&[u8], String> {
             "checksum mismatch: stored {expected:08x}, computed {actual:08x}"
         ));
     }
-    Ok(payload)
+    Ok((version, payload))
 }
 
 /// Decodes the record stored at `key`, checking that the index inside matches the key.

@@ -363,12 +363,17 @@ async fn truncation_moves_keys_to_the_journal_and_catch_up_reads_both() {
     let (backend, wal) = wal_with_entries(150, 1).await;
     assert_eq!(wal.truncate(20, 100).await.expect("truncate"), 130);
     assert_eq!(wal.oldest_index().await.expect("oldest"), Some(131));
-    // Entries 51..=130 moved to the journal; 1..=50 were beyond its reach.
+    // Entries 51..=130 moved to the journal, as one span; 1..=50 were beyond its reach (a
+    // span of their own, dropped whole).
     let journal = backend
         .scan(JOURNAL_PREFIX, None, usize::MAX)
         .await
         .expect("scan");
-    assert_eq!(journal.len(), 80);
+    assert_eq!(journal.len(), 1);
+    let span = journal::decode_span(&journal[0].0, &journal[0].1).expect("span");
+    assert_eq!(journal[0].0, journal::journal_key(0, 130));
+    let expected: Vec<(String, u64)> = names(50..130).into_iter().zip(51..).collect();
+    assert_eq!((span.first, span.keys), (51, expected));
     // After 60: keys of entries 61..=150, from the journal (61..=130) and the WAL.
     assert_eq!(changed(&wal, 60).await, Some((names(60..150), 150)));
     // The journal's oldest is 51: a secondary at 50 is covered, one at 49 is not.
@@ -385,10 +390,11 @@ async fn truncation_moves_keys_to_the_journal_and_catch_up_reads_both() {
     let (keys, last) = changed(&wal, 60).await.expect("covered");
     assert_eq!((keys.len(), last), (90, 151));
 
-    // The journal keeps the newest 100 indices (of 151 now): 52..=131 after this pass.
+    // The journal keeps at least the newest 100 indices (of 151 now, 52..=151): the span
+    // 51..=130 stays whole until all of it is past the reach.
     wal.truncate(20, 100).await.expect("truncate");
-    assert_eq!(changed(&wal, 50).await, None);
-    assert!(changed(&wal, 51).await.is_some());
+    assert!(changed(&wal, 50).await.is_some());
+    assert_eq!(changed(&wal, 49).await, None);
     // Bounds: more keys than allowed is "not covered", not a partial answer.
     let capped = wal
         .changed_keys_after(60, 10, usize::MAX)
@@ -406,6 +412,68 @@ async fn truncation_moves_keys_to_the_journal_and_catch_up_reads_both() {
     expected.insert(0, "sys/070".to_owned());
     assert_eq!(changed(&wal, 131).await, Some((expected, 151)));
     assert_eq!(changed(&wal, 130).await, None);
+}
+
+#[tokio::test]
+async fn the_journal_holds_one_span_per_page_and_drops_it_once_past_the_reach() {
+    let (backend, wal) = wal_with_entries(150, 1).await;
+    wal.truncate(20, 100).await.expect("truncate"); // spans 1..=50 (dropped) and 51..=130
+    for i in 0..80u8 {
+        backend
+            .put(&format!("app/{i:03}"), vec![i])
+            .await
+            .expect("put");
+    }
+    // Last 230: the reach starts at 131, so the span 51..=130 is dropped and the WAL's
+    // entries 131..=210 become one span.
+    wal.truncate(20, 100).await.expect("truncate");
+    let journal = backend
+        .scan(JOURNAL_PREFIX, None, usize::MAX)
+        .await
+        .expect("scan");
+    let keys: Vec<&str> = journal.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, [journal::journal_key(0, 210)]);
+    assert_eq!(changed(&wal, 129).await, None);
+    let (keys, last) = changed(&wal, 130).await.expect("covered");
+    assert_eq!((keys.len(), last), (100, 230));
+    // A position inside the span gets the keys written after it only.
+    let (keys, _) = changed(&wal, 200).await.expect("covered");
+    assert_eq!(keys.len(), 30);
+}
+
+/// Stores written before spans hold one record per entry (version 1): they are read as spans
+/// of one, beside newer spans.
+#[tokio::test]
+async fn journal_records_of_one_entry_each_are_read_as_spans() {
+    let (backend, wal) = wal_with_entries(30, 1).await;
+    // Entries 1..=10 as records of one entry each, as truncation wrote them before spans.
+    let old_entries = wal.read_after(0, 10, usize::MAX).await.expect("read");
+    let mut ops = Vec::new();
+    for entry in &old_entries {
+        let keys: Vec<&str> = entry.ops.iter().map(Op::key).collect();
+        let payload = postcard::to_allocvec(&keys).expect("encode");
+        ops.push(Op::Put {
+            key: journal::journal_key(0, entry.index),
+            value: record::seal(ENTRY_VERSION, &payload),
+        });
+        ops.push(Op::Delete {
+            key: entry_key(entry.index),
+        });
+    }
+    backend.batch(ops).await.expect("old journal");
+    let journal = backend
+        .scan(JOURNAL_PREFIX, None, usize::MAX)
+        .await
+        .expect("scan");
+    let (key, value) = &journal[3];
+    let span = journal::decode_span(key, value).expect("a record of one entry");
+    assert_eq!(
+        (span.first, span.keys),
+        (4, vec![("sys/003".to_owned(), 4)])
+    );
+    wal.truncate(5, 1000).await.expect("truncate"); // span 11..=25
+    assert_eq!(changed(&wal, 0).await.map(|(k, _)| k), Some(names(0..30)));
+    assert_eq!(changed(&wal, 6).await.map(|(k, _)| k), Some(names(6..30)));
 }
 
 #[tokio::test]
@@ -477,7 +545,7 @@ async fn a_damaged_journal_record_fails_the_catch_up_instead_of_skipping_keys() 
         .scan(JOURNAL_PREFIX, None, usize::MAX)
         .await
         .expect("scan");
-    let (key, mut value) = journal[3].clone();
+    let (key, mut value) = journal[0].clone();
     let last = value.len() - 1;
     value[last] ^= 0xff;
     backend.put(&key, value).await.expect("damage");
@@ -828,7 +896,11 @@ impl StoreHooks for TruncatedBetweenPages {
         let cutoff = self.cutoff.lock().unwrap().take();
         if let Some(cutoff) = cutoff {
             let backend: &dyn Backend = store;
-            delete_page_through(backend, cutoff, Journaling::Into(0))
+            let journaling = Journaling::Into {
+                epoch: 0,
+                reach_cutoff: 0,
+            };
+            delete_page_through(backend, cutoff, journaling)
                 .await
                 .expect("moving entries to the journal");
         }
