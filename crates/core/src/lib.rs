@@ -13,6 +13,7 @@ mod core;
 pub mod failpoint;
 pub mod ha;
 mod help;
+mod hex_text;
 mod lifecycle;
 /// The SDK types, re-exported under their old path for the core's own modules.
 pub use bunker_sdk as logical;

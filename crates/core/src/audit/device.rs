@@ -10,7 +10,7 @@ use std::io::Write;
 
 use serde_json::{json, Value};
 
-use super::hashing::{hash_map, hash_value, hmac_str};
+use super::hashing::AuditHasher;
 use super::AuditEntry;
 use crate::logical::{LogicalError, Request, Response, Result};
 use crate::token::{secret_in_path, PathSecret};
@@ -63,6 +63,8 @@ fn spawn_writer(mut out: Box<dyn Write + Send>) -> std::io::Result<tokio::sync::
 
 pub struct FileDevice {
     entry: AuditEntry,
+    /// The HMAC of the entry's salt, keyed once.
+    hasher: AuditHasher,
     sink: Sink,
     log_raw: bool,
     hmac_accessor: bool,
@@ -99,6 +101,7 @@ impl FileDevice {
                 return Ok(FileDevice {
                     log_raw: opt_bool(&entry, "log_raw", false),
                     hmac_accessor: opt_bool(&entry, "hmac_accessor", true),
+                    hasher: AuditHasher::new(&entry.salt),
                     entry,
                     sink: Sink::Discard,
                 })
@@ -134,6 +137,7 @@ impl FileDevice {
         Ok(FileDevice {
             log_raw: opt_bool(&entry, "log_raw", false),
             hmac_accessor: opt_bool(&entry, "hmac_accessor", true),
+            hasher: AuditHasher::new(&entry.salt),
             entry,
             sink,
         })
@@ -144,7 +148,7 @@ impl FileDevice {
     }
 
     pub fn hash_str(&self, input: &str) -> String {
-        hmac_str(&self.entry.salt, input)
+        self.hasher.hash_str(input)
     }
 
     fn h(&self, s: &str) -> Value {
@@ -168,7 +172,7 @@ impl FileDevice {
         if self.log_raw {
             Value::Object(m.clone())
         } else {
-            hash_map(&self.entry.salt, m)
+            self.hasher.hash_map(m)
         }
     }
 
@@ -176,7 +180,7 @@ impl FileDevice {
         if self.log_raw {
             v.clone()
         } else {
-            hash_value(&self.entry.salt, v)
+            self.hasher.hash_value(v)
         }
     }
 

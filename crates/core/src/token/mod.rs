@@ -68,9 +68,9 @@ fn token_storage_id(salt: Option<&[u8]>, token: &str) -> String {
     match salt.and_then(|s| hmac::Hmac::<Sha256>::new_from_slice(s).ok()) {
         Some(mut mac) => {
             mac.update(token.as_bytes());
-            hex::encode(mac.finalize().into_bytes())
+            crate::hex_text::hex_lower(&mac.finalize().into_bytes())
         }
-        None => hex::encode(Sha256::digest(token.as_bytes())),
+        None => crate::hex_text::hex_lower(&Sha256::digest(token.as_bytes())),
     }
 }
 
