@@ -94,6 +94,9 @@ fn file_audit_logs_hmacs_not_secrets() {
         .find(|r| r["type"] == "response" && r["request"]["id"] == id)
         .unwrap_or_else(|| panic!("no response record for request {id}"));
     assert!(write_resp["response"].is_object(), "{write_resp}");
+    // The response entry repeats the request entry's request and auth, hashed alike.
+    assert_eq!(write_resp["request"], write_req["request"], "{write_resp}");
+    assert_eq!(write_resp["auth"], write_req["auth"], "{write_resp}");
 
     // The logged value is the HMAC that sys/audit-hash gives for the plaintext.
     let (st, b) = s.post(
@@ -138,6 +141,36 @@ fn file_audit_logs_hmacs_not_secrets() {
     let before = std::fs::read_to_string(&log).unwrap().len();
     s.kv_put("after-disable", json!({"v": 1}));
     assert_eq!(std::fs::read_to_string(&log).unwrap().len(), before);
+}
+
+/// A device enabled by a request logs that request's response (its broker has it by then), and
+/// a device disabled by a request logs only its request entry, as Vault's broker does.
+#[test]
+fn devices_added_or_removed_by_a_request_log_what_the_broker_has_then() {
+    let s = TestServer::dev();
+    let log_a = s.dir().join("a.log");
+    let log_b = s.dir().join("b.log");
+    let (st, b) = enable_file_audit(&s, "a", &log_a);
+    assert!(st == 204 || st == 200, "enable a: {st} {b}");
+    let (st, b) = enable_file_audit(&s, "b", &log_b);
+    assert!(st == 204 || st == 200, "enable b: {st} {b}");
+    let entries = |log: &Path, path: &str| -> Vec<String> {
+        records(log)
+            .iter()
+            .filter(|r| r["request"]["path"] == path)
+            .map(|r| r["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    // b's own enabling: a logged both entries, b only the response.
+    assert_eq!(entries(&log_a, "sys/audit/b"), ["request", "response"]);
+    assert_eq!(entries(&log_b, "sys/audit/b"), ["response"]);
+    let (st, _) = s.delete("sys/audit/b", s.root());
+    assert!(st == 204 || st == 200);
+    assert_eq!(
+        entries(&log_a, "sys/audit/b"),
+        ["request", "response", "request", "response"]
+    );
+    assert_eq!(entries(&log_b, "sys/audit/b"), ["response", "request"]);
 }
 
 /// Vault audits requests it refuses: a bad token and an ACL denial both leave a record with

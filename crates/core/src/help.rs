@@ -74,10 +74,10 @@ impl Core {
             return Err(LogicalError::Sealed);
         }
         let caller = self.authenticate_audited(&mut req).await?;
-        self.audit.log_request(&req, Some(&caller)).await?;
+        let logged = self.audit.log_request(&req, Some(&caller)).await?;
         let result = self.help_for(&req.path);
         self.audit
-            .log_response(&req, Some(&caller), &result)
+            .log_response(Some(logged), &req, Some(&caller), &result)
             .await?;
         result
     }

@@ -106,22 +106,29 @@ impl Core {
             Ok(None) => {}
             result => {
                 let result = result.map(|r| r.unwrap_or_default());
-                self.audit.log_request(&req, None).await?;
-                self.audit.log_response(&req, None, &result).await?;
+                let logged = self.audit.log_request(&req, None).await?;
+                self.audit
+                    .log_response(Some(logged), &req, None, &result)
+                    .await?;
                 return result;
             }
         }
         // An auth method's login paths (declared by the backend) take no token.
         if let Some((mounted, rel)) = self.unauthenticated_route(&req) {
-            self.audit.log_request(&req, None).await?;
+            let logged = self.audit.log_request(&req, None).await?;
             let result = Box::pin(self.handle_login(&req, &mounted, rel)).await;
-            self.audit.log_response(&req, None, &result).await?;
+            self.audit
+                .log_response(Some(logged), &req, None, &result)
+                .await?;
             return result;
         }
         let mut caller = self.authenticate_audited(&mut req).await?;
-        let result = self.handle_authenticated(&mut req, &mut caller).await;
+        let mut logged = None;
+        let result = self
+            .handle_authenticated(&mut req, &mut caller, &mut logged)
+            .await;
         self.audit
-            .log_response(&req, Some(&caller), &result)
+            .log_response(logged, &req, Some(&caller), &result)
             .await?;
         result
     }
@@ -158,10 +165,10 @@ impl Core {
         } else {
             req
         };
-        self.audit.log_request(audited_req, caller.as_ref()).await?;
+        let logged = self.audit.log_request(audited_req, caller.as_ref()).await?;
         let result = handler.handle(self, req, caller.as_ref()).await;
         self.audit
-            .log_response(audited_req, caller.as_ref(), &result)
+            .log_response(Some(logged), audited_req, caller.as_ref(), &result)
             .await?;
         result
     }
@@ -175,8 +182,10 @@ impl Core {
             Err(e) => {
                 req.data = Default::default();
                 let result: Result<Response> = Err(e);
-                self.audit.log_request(req, None).await?;
-                self.audit.log_response(req, None, &result).await?;
+                let logged = self.audit.log_request(req, None).await?;
+                self.audit
+                    .log_response(Some(logged), req, None, &result)
+                    .await?;
                 match result {
                     Err(e) => Err(e),
                     Ok(_) => Err(LogicalError::PermissionDenied),
@@ -251,16 +260,18 @@ impl Core {
         }
     }
 
+    /// `logged` receives what the request's audit entry wrote, for its response entry.
     async fn handle_authenticated(
         &self,
         req: &mut Request,
         caller: &mut Caller,
+        logged: &mut Option<crate::audit::LoggedRequest>,
     ) -> Result<Response> {
         let namespace = caller.entry.cubbyhole_namespace().to_owned();
         let route = self.resolve_route(req, &namespace).await;
         // Audited whether it routes or not (no mount at the path, a failed existence check),
         // as Vault audits a request whose checks fail.
-        self.audit.log_request(req, Some(caller)).await?;
+        *logged = Some(self.audit.log_request(req, Some(caller)).await?);
         let route = route?;
         // (A wrapping token presented to unwrap itself never gets here: it is its own
         // authorisation, answered before authentication in `lifecycle.rs`.)

@@ -130,8 +130,10 @@ impl Core {
         let started = Instant::now();
         let result = self.render_metrics(req.operation, &req.data).await;
         if !self.is_sealed() {
-            self.audit.log_request(&req, None).await?;
-            self.audit.log_response(&req, None, &result).await?;
+            let logged = self.audit.log_request(&req, None).await?;
+            self.audit
+                .log_response(Some(logged), &req, None, &result)
+                .await?;
         }
         Self::record_request_time(&req.path, started);
         result
