@@ -167,20 +167,12 @@ impl FileDevice {
         }
     }
 
-    /// An object hashed like [`Self::hv`], without copying it first unless it is logged raw.
-    fn hm(&self, m: &serde_json::Map<String, Value>) -> Value {
-        if self.log_raw {
-            Value::Object(m.clone())
-        } else {
-            self.hasher.hash_map(m)
-        }
-    }
-
-    fn hv(&self, v: &Value) -> Value {
-        if self.log_raw {
-            v.clone()
-        } else {
-            self.hasher.hash_value(v)
+    /// `value` as it is logged: every string in it hashed, unless the device logs raw. Hashed
+    /// as it is encoded, so no hashed copy of the value is built first.
+    fn logged<'a>(&'a self, value: Plain<'a>) -> Logged<'a> {
+        Logged {
+            value,
+            hasher: (!self.log_raw).then_some(&self.hasher),
         }
     }
 
@@ -215,63 +207,68 @@ impl FileDevice {
         }
     }
 
-    pub fn request_json(&self, req: &Request, caller: Option<&Caller>) -> Value {
-        let data = if req.data.is_empty() {
-            Value::Null
-        } else {
-            self.hm(&req.data)
+    /// The `auth` object of an entry, encoded.
+    pub fn auth_part(&self, caller: Option<&Caller>) -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec(&self.auth_json(caller))?)
+    }
+
+    /// The `request` object of an entry, encoded.
+    pub fn request_part(&self, req: &Request, caller: Option<&Caller>) -> Result<Vec<u8>> {
+        let part = RequestPart {
+            id: &req.id,
+            operation: req.operation.as_str(),
+            client_token: caller.map_or(json!(""), |c| self.h(&c.token)),
+            client_token_accessor: caller.map_or(json!(""), |c| self.h_accessor(&c.entry.accessor)),
+            namespace: Namespace { id: "root" },
+            path: self.path_json(&req.path),
+            data: (!req.data.is_empty()).then(|| self.logged(Plain::Map(&req.data))),
+            remote_address: req.remote_addr.as_deref().unwrap_or_default(),
+            wrap_ttl: req.wrap_ttl.map_or(0, |d| d.as_secs()),
         };
-        json!({
-            "id": req.id,
-            "operation": req.operation.as_str(),
-            "client_token": caller.map(|c| self.h(&c.token)).unwrap_or(json!("")),
-            "client_token_accessor": caller.map(|c| self.h_accessor(&c.entry.accessor)).unwrap_or(json!("")),
-            "namespace": {"id": "root"},
-            "path": self.path_json(&req.path),
-            "data": data,
-            "remote_address": req.remote_addr.clone().unwrap_or_default(),
-            "wrap_ttl": req.wrap_ttl.map(|d| d.as_secs()).unwrap_or(0),
-        })
+        Ok(serde_json::to_vec(&part)?)
     }
 
-    pub fn response_json(&self, resp: &Response) -> Value {
-        let mut out = serde_json::Map::new();
-        if let Some(data) = &resp.data {
-            out.insert("data".into(), self.hm(data));
-        }
-        if let Some(raw) = &resp.raw {
-            out.insert("data".into(), self.hv(&raw.body));
-        }
-        if let Some(auth) = &resp.auth {
-            out.insert(
-                "auth".into(),
-                json!({
-                    "client_token": self.h(&auth.client_token),
-                    "accessor": self.h_accessor(&auth.accessor),
-                    "policies": auth.policies,
-                    "token_type": auth.token_type,
-                    "lease_duration": auth.lease_duration,
-                }),
-            );
-        }
-        if let Some(w) = &resp.wrap_info {
-            out.insert(
-                "wrap_info".into(),
-                json!({
-                    "token": self.h(&w.token),
-                    "accessor": self.h_accessor(&w.accessor),
-                    "ttl": w.ttl,
-                    "creation_time": w.creation_time,
-                    "creation_path": w.creation_path,
-                }),
-            );
-        }
-        Value::Object(out)
+    /// The `response` object of an entry, encoded.
+    pub fn response_part(&self, resp: &Response) -> Result<Vec<u8>> {
+        let data = match (&resp.raw, &resp.data) {
+            (Some(raw), _) => Some(self.logged(Plain::Value(&raw.body))),
+            (None, Some(data)) => Some(self.logged(Plain::Map(data))),
+            (None, None) => None,
+        };
+        let auth = resp.auth.as_ref().map(|auth| {
+            json!({
+                "client_token": self.h(&auth.client_token),
+                "accessor": self.h_accessor(&auth.accessor),
+                "policies": auth.policies,
+                "token_type": auth.token_type,
+                "lease_duration": auth.lease_duration,
+            })
+        });
+        let wrap_info = resp.wrap_info.as_ref().map(|w| {
+            json!({
+                "token": self.h(&w.token),
+                "accessor": self.h_accessor(&w.accessor),
+                "ttl": w.ttl,
+                "creation_time": w.creation_time,
+                "creation_path": w.creation_path,
+            })
+        });
+        Ok(serde_json::to_vec(&ResponsePart {
+            auth,
+            data,
+            wrap_info,
+        })?)
     }
 
-    /// Append one JSON line; returns once it was written (or failed to be).
-    pub async fn write_line(&self, record: &Value) -> Result<()> {
-        let mut line = serde_json::to_vec(record)?;
+    /// Append one JSON line (a record without its newline); returns once it was written (or
+    /// failed to be).
+    pub async fn write_record(&self, record: &Value) -> Result<()> {
+        self.write_line(serde_json::to_vec(record)?).await
+    }
+
+    /// Append `line` (an encoded record) and a newline; returns once it was written (or
+    /// failed to be).
+    pub async fn write_line(&self, mut line: Vec<u8>) -> Result<()> {
         line.push(b'\n');
         let fail = |e: &dyn std::fmt::Display| {
             LogicalError::AuditFailed(format!("device {:?}: {e}", self.entry.path))
@@ -290,5 +287,172 @@ impl FileDevice {
                     .map_err(|e| fail(&e))
             }
         }
+    }
+}
+
+/// An object of an entry, encoded alike whatever the device: the request's.
+#[derive(serde::Serialize)]
+struct RequestPart<'a> {
+    id: &'a str,
+    operation: &'static str,
+    client_token: Value,
+    client_token_accessor: Value,
+    namespace: Namespace,
+    path: Value,
+    /// `null` when the request has no data.
+    data: Option<Logged<'a>>,
+    remote_address: &'a str,
+    wrap_ttl: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Namespace {
+    id: &'static str,
+}
+
+/// The response's object: only the parts the response has.
+#[derive(serde::Serialize)]
+struct ResponsePart<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Logged<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wrap_info: Option<Value>,
+}
+
+/// A value of the request or response as logged.
+#[derive(Clone, Copy)]
+enum Plain<'a> {
+    Value(&'a Value),
+    Map(&'a serde_json::Map<String, Value>),
+}
+
+/// `value` encoded with every string in it hashed by `hasher` (as
+/// [`AuditHasher::hash_value`] would make it), or as it is without one.
+#[derive(Clone, Copy)]
+struct Logged<'a> {
+    value: Plain<'a>,
+    hasher: Option<&'a AuditHasher>,
+}
+
+impl serde::Serialize for Logged<'_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let Some(hasher) = self.hasher else {
+            return match self.value {
+                Plain::Value(value) => value.serialize(serializer),
+                Plain::Map(map) => map.serialize(serializer),
+            };
+        };
+        let nested = |value| Logged {
+            value: Plain::Value(value),
+            hasher: Some(hasher),
+        };
+        let map = match self.value {
+            Plain::Map(map) | Plain::Value(Value::Object(map)) => map,
+            Plain::Value(Value::String(text)) => {
+                return serializer.serialize_str(&hasher.hash_str(text))
+            }
+            Plain::Value(Value::Array(items)) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&nested(item))?;
+                }
+                return seq.end();
+            }
+            Plain::Value(other) => return other.serialize(serializer),
+        };
+        let mut out = serializer.serialize_map(Some(map.len()))?;
+        for (key, value) in map {
+            out.serialize_entry(key, &nested(value))?;
+        }
+        out.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logical::{Operation, RawResponse};
+
+    async fn device(log_raw: bool) -> FileDevice {
+        let mut options = serde_json::Map::new();
+        options.insert("file_path".into(), json!("discard"));
+        options.insert("log_raw".into(), json!(log_raw));
+        FileDevice::open(AuditEntry {
+            path: "test/".into(),
+            kind: "file".into(),
+            description: String::new(),
+            options,
+            local: false,
+            salt: "salt".into(),
+        })
+        .await
+        .expect("a discarding device")
+    }
+
+    fn data() -> serde_json::Map<String, Value> {
+        let value = json!({
+            "s": "secret", "n": 3, "f": 1.5, "b": true, "z": null, "e": "",
+            "l": ["x", 1, {"deep": "y"}, []], "o": {"inner": "z", "k": {}}
+        });
+        match value {
+            Value::Object(map) => map,
+            _ => unreachable!("an object literal"),
+        }
+    }
+
+    fn decoded(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).expect("a part is JSON")
+    }
+
+    /// The parts are encoded while being hashed; they must say what hashing the data first
+    /// (`AuditHasher::hash_value`) and encoding the result said.
+    #[tokio::test]
+    async fn parts_hash_every_string_as_the_value_form_did() {
+        let hashed = device(false).await;
+        let mut req = Request::new(Operation::Update, "secret/data/x");
+        req.data = data();
+        let hasher = AuditHasher::new("salt");
+        let request = decoded(&hashed.request_part(&req, None).expect("request part"));
+        assert_eq!(request["data"], hasher.hash_map(&data()), "{request}");
+        assert_eq!(request["path"], json!("secret/data/x"));
+        assert_eq!(request["client_token"], json!(""));
+        assert_eq!(request["namespace"], json!({"id": "root"}));
+        assert!(!request.to_string().contains("secret\""), "{request}");
+
+        let resp = Response {
+            data: Some(data()),
+            ..Response::default()
+        };
+        let response = decoded(&hashed.response_part(&resp).expect("response part"));
+        assert_eq!(response, json!({"data": hasher.hash_map(&data())}));
+        let raw = Response {
+            raw: Some(RawResponse {
+                status: 200,
+                body: json!(["a", {"b": "c"}]),
+                content_type: None,
+            }),
+            ..Response::default()
+        };
+        let response = decoded(&hashed.response_part(&raw).expect("raw part"));
+        assert_eq!(
+            response,
+            json!({"data": hasher.hash_value(&json!(["a", {"b": "c"}]))})
+        );
+        let empty = decoded(&hashed.response_part(&Response::default()).expect("empty"));
+        assert_eq!(empty, json!({}));
+
+        // A request without data logs `data: null`; a device logging raw logs it as it is.
+        let bare = Request::new(Operation::Read, "secret/data/x");
+        let request = decoded(&hashed.request_part(&bare, None).expect("bare"));
+        assert_eq!(request["data"], Value::Null);
+        let raw_device = device(true).await;
+        let request = decoded(&raw_device.request_part(&req, None).expect("raw request"));
+        assert_eq!(request["data"], Value::Object(data()));
     }
 }

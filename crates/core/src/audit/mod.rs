@@ -113,7 +113,7 @@ impl AuditBroker {
         let device = FileDevice::open(entry.clone()).await?;
         // Like Vault, prove the device with an ordinary request entry.
         device
-            .write_line(&json!({
+            .write_record(&json!({
                 "time": now_rfc3339(),
                 "type": "request",
                 "auth": {},
@@ -172,7 +172,7 @@ impl AuditBroker {
         Ok(())
     }
 
-    /// Writes the request entry to every device. What it wrote (each device's hashed `auth`
+    /// Writes the request entry to every device. What it wrote (each device's encoded `auth`
     /// and `request` objects) is handed back for [`AuditBroker::log_response`]: the response
     /// entry repeats them, and hashing them again was a fifth of an audited write's work
     /// (bench/README.md, "Audit"). Nothing in the request or in the audited parts of the caller
@@ -185,18 +185,10 @@ impl AuditBroker {
         let devices = self.devices();
         let mut logged = Vec::with_capacity(devices.len());
         for dev in devices {
-            let mut record = Map::new();
-            record.insert("time".into(), json!(now_rfc3339()));
-            record.insert("type".into(), json!("request"));
-            record.insert("auth".into(), dev.auth_json(caller));
-            record.insert("request".into(), dev.request_json(req, caller));
-            let mut record = Value::Object(record);
-            dev.write_line(&record).await?;
-            let mut part = |key: &str| match &mut record {
-                Value::Object(m) => m.remove(key).unwrap_or_default(),
-                _ => Value::Null,
-            };
-            let (auth, request) = (part("auth"), part("request"));
+            let auth = dev.auth_part(caller)?;
+            let request = dev.request_part(req, caller)?;
+            dev.write_line(entry_line(&auth, None, &request, "request")?)
+                .await?;
             logged.push(LoggedParts { dev, auth, request });
         }
         Ok(LoggedRequest(logged))
@@ -222,29 +214,87 @@ impl AuditBroker {
                 .map(|at| logged.swap_remove(at));
             let (auth, request) = match cached {
                 Some(LoggedParts { auth, request, .. }) => (auth, request),
-                None => (dev.auth_json(caller), dev.request_json(req, caller)),
+                None => (dev.auth_part(caller)?, dev.request_part(req, caller)?),
             };
-            let mut record = Map::new();
-            record.insert("time".into(), json!(now_rfc3339()));
-            record.insert("type".into(), json!("response"));
-            record.insert("auth".into(), auth);
-            record.insert("request".into(), request);
-            match result {
-                Ok(resp) => record.insert("response".into(), dev.response_json(resp)),
-                Err(e) => record.insert("error".into(), json!(e.to_string())),
+            let (key, value) = match result {
+                Ok(resp) => ("response", dev.response_part(resp)?),
+                Err(e) => ("error", serde_json::to_vec(&e.to_string())?),
             };
-            dev.write_line(&Value::Object(record)).await?;
+            dev.write_line(entry_line(
+                &auth,
+                Some((key, &value)),
+                &request,
+                "response",
+            )?)
+            .await?;
         }
         Ok(())
     }
 }
 
+/// An entry's line from its encoded parts, keys in the order they had as a `serde_json` map:
+/// `{"auth":…,["error"|"response":…,]"request":…,"time":…,"type":…}`.
+fn entry_line(
+    auth: &[u8],
+    outcome: Option<(&str, &[u8])>,
+    request: &[u8],
+    kind: &str,
+) -> Result<Vec<u8>> {
+    let time = serde_json::to_vec(&now_rfc3339())?;
+    let kind = serde_json::to_vec(kind)?;
+    let outcome_len = outcome.map_or(0, |(key, value)| key.len() + value.len() + 4);
+    let mut line = Vec::with_capacity(auth.len() + request.len() + outcome_len + time.len() + 48);
+    let mut field = |key: &str, value: &[u8]| {
+        line.push(if line.is_empty() { b'{' } else { b',' });
+        line.push(b'"');
+        line.extend_from_slice(key.as_bytes());
+        line.extend_from_slice(b"\":");
+        line.extend_from_slice(value);
+    };
+    field("auth", auth);
+    if let Some((key, value)) = outcome {
+        field(key, value);
+    }
+    field("request", request);
+    field("time", &time);
+    field("type", &kind);
+    line.push(b'}');
+    Ok(line)
+}
+
 /// What [`AuditBroker::log_request`] wrote, for the same request's response entry.
 pub(crate) struct LoggedRequest(Vec<LoggedParts>);
 
-/// One device's hashed `auth` and `request` objects of a request entry.
+/// One device's `auth` and `request` objects of a request entry, hashed and encoded.
 struct LoggedParts {
     dev: Arc<FileDevice>,
-    auth: Value,
-    request: Value,
+    auth: Vec<u8>,
+    request: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_line_is_one_json_object_of_its_parts() {
+        let line = entry_line(
+            br#"{"client_token":"hmac-sha256:ab"}"#,
+            Some(("error", br#""permission denied""#)),
+            br#"{"path":"x"}"#,
+            "response",
+        )
+        .expect("line");
+        let record: Value = serde_json::from_slice(&line).expect("JSON");
+        assert_eq!(record["auth"]["client_token"], json!("hmac-sha256:ab"));
+        assert_eq!(record["error"], json!("permission denied"));
+        assert_eq!(record["request"]["path"], json!("x"));
+        assert_eq!(record["type"], json!("response"));
+        assert!(record["time"].as_str().is_some_and(|t| t.contains('T')));
+        let keys: Vec<&String> = record.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["auth", "error", "request", "time", "type"]);
+        let bare = entry_line(b"{}", None, b"{}", "request").expect("line");
+        let record: Value = serde_json::from_slice(&bare).expect("JSON");
+        assert_eq!(record.as_object().map(|o| o.len()), Some(4));
+    }
 }
