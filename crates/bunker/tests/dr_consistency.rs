@@ -22,7 +22,10 @@ use common::dr::{dr_status, promote_attempt, proxied_pair, wait_status, CONVERGE
 use common::writers::{check_prefix, seed_from_env, Writers};
 use serde_json::json;
 
-const RETENTION: u64 = 30;
+/// Small, so that a cut pushes B past A's retention, but not so small that a sync's stream
+/// start is truncated before B reaches it: truncation passes run every 50 ms, and at 30 entries
+/// the writers outran a staged sync's replay again and again (it restarts the sync).
+const RETENTION: u64 = 200;
 
 /// The scenario, with the secondary held at failpoint `hold` of a Merkle sync (`journal`
 /// false: the primary keeps no key journal) or of a catch-up from the key journal while the

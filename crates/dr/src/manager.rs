@@ -30,8 +30,10 @@ use crate::ReplError;
 
 /// How often old WAL entries beyond the retention are deleted. Often, so each pass is small:
 /// a pass every 2 s under 3k writes/s deleted 6k entries at once and showed up as a spike in
-/// a secondary's apply latency.
-const TRUNCATE_INTERVAL: Duration = Duration::from_millis(250);
+/// a secondary's apply latency, and every 250 ms instead of 50 ms put 10-15 ms on figure 4's
+/// per-write p99 at 6,500 writes/s (bench/README.md, "Known problems"): the deletes of a pass
+/// land in the next checkpoint, which the writes committed meanwhile wait behind.
+const TRUNCATE_INTERVAL: Duration = Duration::from_millis(50);
 /// How often a primary checks whether its server certificate is due for renewal.
 const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(600);
 

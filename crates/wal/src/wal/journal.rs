@@ -43,7 +43,7 @@ pub const JOURNAL_PREFIX: &str = "repl/journal/";
 /// u64 BE of the current epoch (absent: 0); bumped by every reset.
 pub const JOURNAL_EPOCH_KEY: &str = "repl/journal-epoch";
 
-/// The storage key of the journal entry of `index` in `epoch`.
+/// The storage key of the journal span of `epoch` that ends at `index`.
 pub(super) fn journal_key(epoch: u64, index: u64) -> String {
     format!("{JOURNAL_PREFIX}{epoch:020}-{index:020}")
 }
@@ -241,9 +241,19 @@ pub(super) async fn oldest(backend: &dyn Backend, epoch: u64) -> Result<Option<u
         .scan(&epoch_prefix(epoch), None, 1)
         .await
         .map_err(storage("reading the oldest journal entry"))?;
-    match first.first() {
-        Some((key, value)) => Ok(Some(decode_span(key, value)?.first)),
-        None => Ok(None),
+    let Some((key, value)) = first.first() else {
+        return Ok(None);
+    };
+    match decode_span(key, value) {
+        Ok(span) => Ok(Some(span.first)),
+        // A damaged oldest span must neither stop truncation (which asks whether the journal
+        // holds anything) nor end every catch-up: its key's index, the span's last, reaches
+        // less far back than its first did, so positions before it are refused (a Merkle
+        // diff), and a catch-up that reads it fails on it.
+        Err(error) => {
+            tracing::warn!(%error, "the oldest key journal record is damaged");
+            Ok(Some(parse_journal_key(key)?.1))
+        }
     }
 }
 
@@ -320,6 +330,17 @@ pub(super) async fn delete_page(
     cutoff: u64,
     page: usize,
 ) -> Result<(u64, bool)> {
+    // Spans are large (up to 256 KiB of keys) and a pass usually has nothing to drop: look at
+    // the oldest one before reading a page of them.
+    let first = backend
+        .scan(JOURNAL_PREFIX, None, 1)
+        .await
+        .map_err(storage("reading the oldest journal entry"))?;
+    let kept =
+        |key: &str| parse_journal_key(key).map_or(true, |(e, index)| e >= epoch && index > cutoff);
+    if first.first().is_none_or(|(key, _)| kept(key)) {
+        return Ok((0, false));
+    }
     let rows = backend
         .scan(JOURNAL_PREFIX, None, page)
         .await
@@ -328,10 +349,7 @@ pub(super) async fn delete_page(
     let mut deletes = Vec::with_capacity(rows.len());
     for (key, _) in rows {
         // A key that does not parse was not written by this module: leave it.
-        let Ok((e, index)) = parse_journal_key(&key) else {
-            break;
-        };
-        if e >= epoch && index > cutoff {
+        if kept(&key) {
             break;
         }
         deletes.push(Op::Delete { key });

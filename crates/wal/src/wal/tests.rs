@@ -537,23 +537,43 @@ async fn deleting_entries_without_their_keys_disowns_the_journal_in_the_same_bat
     assert!(journal.is_empty(), "left {} entries", journal.len());
 }
 
+/// Flips a bit of the oldest journal record's checksummed payload; returns its key.
+async fn damage_oldest_journal_record(backend: &InmemBackend) -> String {
+    let journal = backend.scan(JOURNAL_PREFIX, None, 1).await.expect("scan");
+    let (key, mut value) = journal.first().cloned().expect("a journal record");
+    let last = value.len() - 1;
+    value[last] ^= 0xff;
+    backend.put(&key, value).await.expect("damage");
+    key
+}
+
 #[tokio::test]
 async fn a_damaged_journal_record_fails_the_catch_up_instead_of_skipping_keys() {
     let (backend, wal) = wal_with_entries(30, 1).await;
     wal.truncate(5, 1000).await.expect("truncate");
-    let journal = backend
-        .scan(JOURNAL_PREFIX, None, usize::MAX)
-        .await
-        .expect("scan");
-    let (key, mut value) = journal[0].clone();
-    let last = value.len() - 1;
-    value[last] ^= 0xff;
-    backend.put(&key, value).await.expect("damage");
+    let key = damage_oldest_journal_record(&backend).await;
     let result = wal.changed_keys_after(0, usize::MAX, usize::MAX).await;
     assert!(
         matches!(&result, Err(WalError::Corrupt { record, .. }) if *record == key),
         "got {result:?}"
     );
+}
+
+/// Found in review: `oldest` decoded the oldest span, so a damaged one stopped truncation with
+/// the journal off (it asks whether the journal still holds anything) and refused every
+/// catch-up from the journal.
+#[tokio::test]
+async fn a_damaged_oldest_span_stops_neither_truncation_nor_later_catch_ups() {
+    let (backend, wal) = wal_with_entries(60, 1).await;
+    wal.truncate(20, 1000).await.expect("truncate"); // span 1..=40, WAL 41..=60
+    damage_oldest_journal_record(&backend).await;
+    // A position past the damaged span still catches up from the journal and the WAL.
+    assert_eq!(changed(&wal, 45).await.map(|(k, _)| k), Some(names(45..60)));
+    // One that needs it is refused, never answered without its keys.
+    let inside = wal.changed_keys_after(10, usize::MAX, usize::MAX).await;
+    assert!(!matches!(inside, Ok(Some(_))), "got {inside:?}");
+    // Truncation with the journal turned off disowns it instead of failing.
+    assert_eq!(wal.truncate(10, 0).await.expect("truncate"), 10);
 }
 
 #[tokio::test]
