@@ -290,17 +290,17 @@ impl FileDevice {
     }
 }
 
-/// An object of an entry, encoded alike whatever the device: the request's.
+/// The request's object of an entry. Fields in sorted order, as when it was a `serde_json` map.
 #[derive(serde::Serialize)]
 struct RequestPart<'a> {
-    id: &'a str,
-    operation: &'static str,
     client_token: Value,
     client_token_accessor: Value,
-    namespace: Namespace,
-    path: Value,
     /// `null` when the request has no data.
     data: Option<Logged<'a>>,
+    id: &'a str,
+    namespace: Namespace,
+    operation: &'static str,
+    path: Value,
     remote_address: &'a str,
     wrap_ttl: u64,
 }
@@ -310,7 +310,7 @@ struct Namespace {
     id: &'static str,
 }
 
-/// The response's object: only the parts the response has.
+/// The response's object: only the parts the response has (fields sorted, as above).
 #[derive(serde::Serialize)]
 struct ResponsePart<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -424,6 +424,25 @@ mod tests {
         assert_eq!(request["client_token"], json!(""));
         assert_eq!(request["namespace"], json!({"id": "root"}));
         assert!(!request.to_string().contains("secret\""), "{request}");
+        // Fields in the sorted order they had as a `serde_json` map.
+        let part = hashed.request_part(&req, None).expect("request part");
+        let text = String::from_utf8(part).expect("UTF-8");
+        let keys = [
+            "\"client_token\"",
+            "\"client_token_accessor\"",
+            "\"data\"",
+            "\"id\"",
+            "\"namespace\"",
+            "\"operation\"",
+            "\"path\"",
+            "\"remote_address\"",
+            "\"wrap_ttl\"",
+        ];
+        let at: Vec<usize> = keys.iter().map(|k| text.find(k).expect("key")).collect();
+        assert!(
+            at.windows(2).all(|w| w[0] < w[1]),
+            "keys out of order: {text}"
+        );
 
         let resp = Response {
             data: Some(data()),

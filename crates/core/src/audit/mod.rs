@@ -232,8 +232,8 @@ impl AuditBroker {
     }
 }
 
-/// An entry's line from its encoded parts, keys in the order they had as a `serde_json` map:
-/// `{"auth":…,["error"|"response":…,]"request":…,"time":…,"type":…}`.
+/// An entry's line from its encoded parts, keys in the sorted order they had when entries were
+/// `serde_json` maps: `auth`, `error`, `request`, `response`, `time`, `type`.
 fn entry_line(
     auth: &[u8],
     outcome: Option<(&str, &[u8])>,
@@ -252,10 +252,15 @@ fn entry_line(
         line.extend_from_slice(value);
     };
     field("auth", auth);
-    if let Some((key, value)) = outcome {
+    let before_request = outcome.filter(|(key, _)| *key < "request");
+    let after_request = outcome.filter(|(key, _)| *key > "request");
+    if let Some((key, value)) = before_request {
         field(key, value);
     }
     field("request", request);
+    if let Some((key, value)) = after_request {
+        field(key, value);
+    }
     field("time", &time);
     field("type", &kind);
     line.push(b'}');
@@ -293,6 +298,11 @@ mod tests {
         assert!(record["time"].as_str().is_some_and(|t| t.contains('T')));
         let keys: Vec<&String> = record.as_object().expect("object").keys().collect();
         assert_eq!(keys, ["auth", "error", "request", "time", "type"]);
+        let line = entry_line(b"{}", Some(("response", b"{}")), b"{}", "response").expect("line");
+        let text = String::from_utf8(line).expect("UTF-8");
+        let at = |key: &str| text.find(&format!("\"{key}\":")).expect("key");
+        assert!(at("auth") < at("request") && at("request") < at("response"));
+        assert!(at("response") < at("time") && at("time") < at("type"));
         let bare = entry_line(b"{}", None, b"{}", "request").expect("line");
         let record: Value = serde_json::from_slice(&bare).expect("JSON");
         assert_eq!(record.as_object().map(|o| o.len()), Some(4));
