@@ -658,6 +658,29 @@ async fn delete_entries_through(backend: &dyn Backend, cutoff: u64) -> Result<u6
     }
 }
 
+/// The oldest `page` rows under `prefix` if the oldest of them is `due` for deletion, else
+/// none. A truncation pass runs every 50 ms and, once it caught up (always, on an idle server),
+/// finds nothing due: it looks at one row, not a page of them (`Backend::scan` reads values too,
+/// and journal spans are large).
+pub(super) async fn oldest_page_if_due(
+    backend: &dyn Backend,
+    prefix: &str,
+    page: usize,
+    due: impl Fn(&str) -> Result<bool>,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let oldest = backend
+        .scan(prefix, None, 1)
+        .await
+        .map_err(storage(format!("reading the oldest row of {prefix}")))?;
+    match oldest.first() {
+        Some((key, _)) if due(key)? => backend
+            .scan(prefix, None, page)
+            .await
+            .map_err(storage(format!("scanning {prefix} for rows to delete"))),
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// What deleting WAL entries does to the key journal.
 #[derive(Clone, Copy)]
 enum Journaling {
@@ -678,21 +701,10 @@ async fn delete_page_through(
     cutoff: u64,
     mut journaling: Journaling,
 ) -> Result<(u64, bool)> {
-    // A pass runs every 50 ms and usually starts with nothing past the cutoff once it caught
-    // up (always, on an idle server): look at the oldest entry before reading a page of them.
-    let first = backend
-        .scan(WAL_PREFIX, None, 1)
-        .await
-        .map_err(storage("reading the oldest WAL entry"))?;
-    match first.first() {
-        None => return Ok((0, false)),
-        Some((key, _)) if parse_entry_key(key)? > cutoff => return Ok((0, false)),
-        Some(_) => {}
-    }
-    let rows = backend
-        .scan(WAL_PREFIX, None, DELETE_PAGE)
-        .await
-        .map_err(storage("scanning WAL entries to delete"))?;
+    let rows = oldest_page_if_due(backend, WAL_PREFIX, DELETE_PAGE, |key| {
+        Ok(parse_entry_key(key)? <= cutoff)
+    })
+    .await?;
     let page_full = rows.len() == DELETE_PAGE;
     let mut deletes = Vec::with_capacity(rows.len() + 1);
     let mut spans = match journaling {

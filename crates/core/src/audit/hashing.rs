@@ -4,6 +4,7 @@
 //! the work of hashing a short string, and an audited request hashes dozens of them.
 
 use hmac::{Hmac, Mac};
+#[cfg(test)]
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
@@ -27,7 +28,10 @@ impl AuditHasher {
         format!("hmac-sha256:{}", digest.unwrap_or_default())
     }
 
-    /// Every string in a JSON value hashed, recursively (numbers and booleans are kept).
+    /// Every string in a JSON value hashed, recursively (numbers and booleans are kept), as
+    /// a hashed copy: the reference the devices' streaming form (`device.rs`, `Logged`) is
+    /// tested against.
+    #[cfg(test)]
     pub fn hash_value(&self, value: &Value) -> Value {
         match value {
             Value::String(s) => Value::String(self.hash_str(s)),
@@ -37,7 +41,8 @@ impl AuditHasher {
         }
     }
 
-    /// [`Self::hash_value`] of an object, read in place (no copy of the plain values is made).
+    /// [`Self::hash_value`] of an object.
+    #[cfg(test)]
     pub fn hash_map(&self, map: &Map<String, Value>) -> Value {
         Value::Object(
             map.iter()
@@ -45,11 +50,6 @@ impl AuditHasher {
                 .collect(),
         )
     }
-}
-
-/// Hash every string in a JSON value, recursively (numbers and booleans are kept).
-pub fn hash_value(salt: &str, value: &Value) -> Value {
-    AuditHasher::new(salt).hash_value(value)
 }
 
 #[cfg(test)]
@@ -63,10 +63,8 @@ mod tests {
 
     #[test]
     fn hashes_strings_only() {
-        let v = hash_value(
-            "salt",
-            &json!({"a": "secret", "n": 3, "l": ["x"], "o": {"b": true}}),
-        );
+        let v = AuditHasher::new("salt")
+            .hash_value(&json!({"a": "secret", "n": 3, "l": ["x"], "o": {"b": true}}));
         let a = v["a"].as_str().unwrap_or_default();
         assert!(a.starts_with("hmac-sha256:"));
         assert!(!a.contains("secret"));

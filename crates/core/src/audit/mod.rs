@@ -16,7 +16,6 @@ use crate::logical::{LogicalError, Request, Response, Result};
 use crate::time_util::now_rfc3339;
 use bunker_sdk::Caller;
 pub use device::FileDevice;
-pub use hashing::hash_value;
 
 const AUDIT_TABLE_PATH: &str = "core/audit";
 

@@ -73,7 +73,7 @@ pub(super) fn parse_journal_key(key: &str) -> Result<(u64, u64)> {
 /// Version of a span record (`[2][crc32][postcard (first, keys)]`, as WAL records are sealed).
 const SPAN_VERSION: u8 = 2;
 /// Keys of at most about this many bytes go into one span; the next entry starts another.
-pub(super) const SPAN_KEY_BYTES: usize = 256 * 1024;
+const SPAN_KEY_BYTES: usize = 256 * 1024;
 
 /// The keys of a run of consecutive WAL entries: what one journal record holds.
 #[derive(Debug, PartialEq, Eq)]
@@ -330,25 +330,14 @@ pub(super) async fn delete_page(
     cutoff: u64,
     page: usize,
 ) -> Result<(u64, bool)> {
-    // Spans are large (up to 256 KiB of keys) and a pass usually has nothing to drop: look at
-    // the oldest one before reading a page of them.
-    let first = backend
-        .scan(JOURNAL_PREFIX, None, 1)
-        .await
-        .map_err(storage("reading the oldest journal entry"))?;
+    // A key that does not parse was not written by this module: it and what follows are kept.
     let kept =
         |key: &str| parse_journal_key(key).map_or(true, |(e, index)| e >= epoch && index > cutoff);
-    if first.first().is_none_or(|(key, _)| kept(key)) {
-        return Ok((0, false));
-    }
-    let rows = backend
-        .scan(JOURNAL_PREFIX, None, page)
-        .await
-        .map_err(storage("scanning journal entries to delete"))?;
+    let rows =
+        super::oldest_page_if_due(backend, JOURNAL_PREFIX, page, |key| Ok(!kept(key))).await?;
     let page_full = rows.len() == page;
     let mut deletes = Vec::with_capacity(rows.len());
     for (key, _) in rows {
-        // A key that does not parse was not written by this module: leave it.
         if kept(&key) {
             break;
         }
