@@ -482,6 +482,31 @@ def figure_ha(raw, out, targets):
     return md
 
 
+def host_steal(raw, out):
+    """CPU time the host took from this virtual machine during each timed run (bench/run's
+    `record` measures it from /proc/stat since the record before): a tail that coincides with a
+    high share here was at least partly the host's, whatever the software did."""
+    timed = ("write", "read", "capacity", "capacity_sampled", "lag", "status", "pg-write", "pg-read")
+    rows = {}
+    for r in raw:
+        if r.get("figure") in timed and "host_steal_pct" in r:
+            label = r["figure"] + (f" c={r['conns']}" if "conns" in r else "") + \
+                (f" ({r['load']})" if "load" in r else "")
+            rows.setdefault((label, r["system"]), []).append(r["host_steal_pct"])
+    if not rows:
+        return []
+    out["host_steal_pct"] = {f"{label} / {system}": v for (label, system), v in rows.items()}
+    worst = max(max(v) for v in rows.values())
+    md = ["## Host CPU steal", "",
+          "The share of CPU time the host ran something else while this virtual machine was ready "
+          "(`steal` in /proc/stat), over each timed run, in run order. A run with a high share was "
+          f"slowed by the host, not only by what it measured. Highest: {worst:.1f} %.", "",
+          "| run | system | steal % per repetition |", "|---|---|---|"]
+    for (label, system), values in rows.items():
+        md.append(f"| {label} | {system} | {' / '.join(f'{v:.1f}' for v in values)} |")
+    return md
+
+
 def stem_of(md_path):
     """Where the files beside the report start: its path without `.md`."""
     return md_path[:-3] if md_path.endswith(".md") else md_path
@@ -528,6 +553,7 @@ def main():
     body += figure_promote(raw, out, targets) + [""]
     body += figure_ha(raw, out, targets) + [""]
     body += figure_memory(raw, out) + [""]
+    body += host_steal(raw, out) + [""]
     body += pictures(raw, args.md) + [""]
     notes = [f"- {r['figure']} ({r['system']}): {r['note']}" for r in raw if r.get("note")]
     if notes:
