@@ -168,7 +168,7 @@ impl EmbeddedBackend {
             checkpoint_syncs.clone(),
             tuning,
         )?;
-        let writer = Writer::spawn_inline(store, "bunker-storage-writer")?;
+        let writer = Writer::spawn_inline(store, "bunker-writer")?;
         Ok(Self {
             db,
             shared,

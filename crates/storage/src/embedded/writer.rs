@@ -47,6 +47,10 @@ const WAIT_METRIC: &str = "bunker_storage_checkpoint_wait";
 const APPLY_METRIC: &str = "bunker_storage_commit_apply";
 const APPEND_METRIC: &str = "bunker_storage_log_append";
 
+/// The checkpoint thread's name; at most 15 bytes, the kernel's limit, so `top -H` and `ps -L`
+/// tell it from the writer (`bunker-writer`, `embedded.rs`).
+const CHECKPOINT_THREAD: &str = "bunker-checkpt";
+
 /// What tests change about the writer.
 #[derive(Debug, Clone)]
 pub(crate) struct Tuning {
@@ -490,7 +494,7 @@ impl Checkpointer {
         let (report, done) = mpsc::channel();
         let (hold, fail) = (tuning.hold.clone(), tuning.fail_checkpoints);
         let thread = std::thread::Builder::new()
-            .name("bunker-storage-checkpoint".into())
+            .name(CHECKPOINT_THREAD.into())
             .spawn(move || {
                 for seq in started {
                     let timed = Timed::start(CHECKPOINT_METRIC);
