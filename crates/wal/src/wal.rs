@@ -37,7 +37,7 @@ use tokio::sync::{watch, Mutex};
 pub use journal::{ChangedKeys, JOURNAL_EPOCH_KEY, JOURNAL_PREFIX};
 pub use record::{decode_entry, encode_entry, entry_key, WalEntry, ENTRY_VERSION};
 
-use record::{decode_index, decode_stored, encode_index, parse_entry_key};
+use record::{decode_index, decode_stored, decode_stored_keys, encode_index, parse_entry_key};
 use recorder::Recorder;
 
 pub use crate::keys::{is_local, LOCAL_PREFIX, WAL_LAST_KEY, WAL_PREFIX};
@@ -721,8 +721,9 @@ async fn delete_page_through(
             break;
         }
         if let Some(writer) = spans.as_mut() {
-            match decode_stored(&key, &value) {
-                Ok(entry) => writer.add(&entry),
+            // The keys only: the journal needs nothing else, and the values are most of it.
+            match decode_stored_keys(&key, &value) {
+                Ok(keys) => writer.add(index, keys),
                 // A record whose keys cannot be read leaves a hole in the journal: this batch
                 // disowns it instead (failing would stop truncation for good).
                 Err(error) => {

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bunker_storage::{Backend, Op};
 
 use super::record::{decode_index, encode_index, seal, unseal, ENTRY_VERSION};
-use super::{storage, Result, WalEntry, WalError};
+use super::{storage, Result, WalError};
 use crate::keys::LOCAL_PREFIX;
 
 /// Journal entries live at `repl/journal/{epoch:020}-{index:020}`.
@@ -112,21 +112,22 @@ impl SpanWriter {
     }
 
     /// Adds the keys of `entry`, which is newer than every entry added before.
-    pub(super) fn add(&mut self, entry: &WalEntry) {
+    /// Adds entry `index`, which wrote `keys`.
+    pub(super) fn add<'k>(&mut self, index: u64, keys: impl IntoIterator<Item = &'k str>) {
         if let Some((_, last)) = self.open {
-            let crosses_reach = last <= self.reach_cutoff && entry.index > self.reach_cutoff;
+            let crosses_reach = last <= self.reach_cutoff && index > self.reach_cutoff;
             if crosses_reach || self.key_bytes >= SPAN_KEY_BYTES {
                 self.close();
             }
         }
-        let first = self.open.map_or(entry.index, |(first, _)| first);
-        self.open = Some((first, entry.index));
-        for op in &entry.ops {
-            match self.keys.get_mut(op.key()) {
-                Some(newest) => *newest = entry.index,
+        let first = self.open.map_or(index, |(first, _)| first);
+        self.open = Some((first, index));
+        for key in keys {
+            match self.keys.get_mut(key) {
+                Some(newest) => *newest = index,
                 None => {
-                    self.key_bytes += op.key().len();
-                    self.keys.insert(op.key().to_owned(), entry.index);
+                    self.key_bytes += key.len();
+                    self.keys.insert(key.to_owned(), index);
                 }
             }
         }

@@ -141,6 +141,66 @@ pub(super) fn decode_stored(key: &str, bytes: &[u8]) -> Result<WalEntry, WalErro
     Ok(entry)
 }
 
+/// Borrowed twin of [`WalEntry`] for readers that need each op's key only (the key journal):
+/// keys and values are borrowed from the record, never copied. The wire form is the same:
+/// postcard writes a `Vec<u8>` and a byte string alike (a length, then the bytes), and fields
+/// and variants by position.
+#[derive(Deserialize)]
+#[allow(dead_code)] // `time_ms` and `value` are read past, not used
+struct WalEntryKeys<'a> {
+    index: u64,
+    time_ms: u64,
+    #[serde(borrow)]
+    ops: Vec<OpKey<'a>>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+enum OpKey<'a> {
+    Put {
+        #[serde(borrow)]
+        key: &'a str,
+        #[serde(borrow)]
+        value: &'a [u8],
+    },
+    Delete {
+        #[serde(borrow)]
+        key: &'a str,
+    },
+}
+
+/// The keys the record stored at `key` writes, in order, checked as [`decode_stored`] checks
+/// the whole record (checksum, version, one entry, its index), without copying its values.
+pub(super) fn decode_stored_keys<'a>(key: &str, bytes: &'a [u8]) -> Result<Vec<&'a str>, WalError> {
+    let corrupt = |reason: String| WalError::Corrupt {
+        record: key.to_owned(),
+        reason,
+    };
+    let index = parse_entry_key(key)?;
+    let payload = unseal_version(bytes, ENTRY_VERSION).map_err(corrupt)?;
+    let (entry, trailing) = postcard::take_from_bytes::<WalEntryKeys<'a>>(payload)
+        .map_err(|e| corrupt(format!("undecodable payload: {e}")))?;
+    if !trailing.is_empty() {
+        return Err(corrupt(format!(
+            "{} trailing bytes after the entry",
+            trailing.len()
+        )));
+    }
+    if entry.index != index {
+        return Err(corrupt(format!(
+            "holds entry {} under the key of entry {index}",
+            entry.index
+        )));
+    }
+    Ok(entry
+        .ops
+        .into_iter()
+        .map(|op| match op {
+            OpKey::Put { key, .. } | OpKey::Delete { key } => key,
+        })
+        .collect())
+}
+
 /// The storage key of entry `index`.
 pub fn entry_key(index: u64) -> String {
     format!("{WAL_PREFIX}{index:020}")

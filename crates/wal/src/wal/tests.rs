@@ -954,3 +954,101 @@ async fn a_truncation_between_the_catch_ups_reads_loses_no_key() {
     let keys: Vec<String> = changed.keys.into_iter().collect();
     assert_eq!(keys, names(30..100), "entries 31..=100, each key once");
 }
+
+/// The key journal reads only the keys of the entries it truncates, from the same bytes the
+/// full decoding reads, and refuses what the full decoding refuses.
+#[test]
+fn an_entrys_keys_read_alone_are_the_keys_of_its_full_decoding() {
+    let values = [
+        Vec::new(),
+        vec![0u8; 1],
+        vec![7u8; 300],
+        vec![255u8; 70_000],
+    ];
+    for (index, value) in (1u64..).zip(values) {
+        let entry = WalEntry {
+            index,
+            time_ms: 1_700_000_000_000 + index,
+            ops: vec![
+                Op::Put {
+                    key: format!("secret/data/ünïcode-{index}"),
+                    value: value.clone(),
+                },
+                Op::Delete {
+                    key: "sys/token/id/x".into(),
+                },
+                Op::Put {
+                    key: String::new(),
+                    value,
+                },
+            ],
+        };
+        let key = entry_key(index);
+        let bytes = encode_entry(&entry);
+        let full = record::decode_stored(&key, &bytes).expect("full decoding");
+        let keys = record::decode_stored_keys(&key, &bytes).expect("keys alone");
+        let expected: Vec<&str> = full.ops.iter().map(Op::key).collect();
+        assert_eq!(keys, expected);
+        // Under another entry's key, damaged, cut short or with bytes after it: refused alike.
+        assert!(record::decode_stored_keys(&entry_key(index + 1), &bytes).is_err());
+        let mut damaged = bytes.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(record::decode_stored_keys(&key, &damaged).is_err());
+        assert!(record::decode_stored_keys(&key, &bytes[..bytes.len() - 1]).is_err());
+        let mut trailing = record::seal(ENTRY_VERSION, &{
+            let (_, payload) = record::unseal(&bytes).expect("unseal");
+            let mut payload = payload.to_vec();
+            payload.push(0);
+            payload
+        });
+        assert!(record::decode_stored(&key, &trailing).is_err());
+        assert!(record::decode_stored_keys(&key, &trailing).is_err());
+        trailing.clear();
+        assert!(record::decode_stored_keys(&key, &trailing).is_err());
+    }
+}
+
+/// `Op`'s value is written as one byte string: the bytes postcard writes (records, frames) are
+/// the ones the derived sequence of bytes wrote before, both ways, and JSON is unchanged too.
+#[test]
+fn an_ops_value_encodes_to_the_same_bytes_as_a_sequence_of_bytes() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    enum SequenceOp {
+        Put { key: String, value: Vec<u8> },
+        Delete { key: String },
+    }
+    let values = [
+        Vec::new(),
+        vec![0u8],
+        vec![200u8; 127],
+        vec![1u8; 128],
+        vec![9u8; 70_000],
+    ];
+    for value in values {
+        let op = Op::Put {
+            key: "secret/data/a".into(),
+            value: value.clone(),
+        };
+        let old = SequenceOp::Put {
+            key: "secret/data/a".into(),
+            value,
+        };
+        let bytes = postcard::to_allocvec(&op).expect("encode");
+        assert_eq!(bytes, postcard::to_allocvec(&old).expect("encode"));
+        assert_eq!(postcard::from_bytes::<Op>(&bytes).expect("decode"), op);
+        assert_eq!(
+            postcard::from_bytes::<SequenceOp>(&bytes).expect("decode"),
+            old
+        );
+        let json = serde_json::to_string(&op).expect("json");
+        assert_eq!(json, serde_json::to_string(&old).expect("json"));
+        assert_eq!(serde_json::from_str::<Op>(&json).expect("json"), op);
+    }
+    let delete = Op::Delete { key: "k".into() };
+    let old = SequenceOp::Delete { key: "k".into() };
+    assert_eq!(
+        postcard::to_allocvec(&delete).expect("encode"),
+        postcard::to_allocvec(&old).expect("encode")
+    );
+}
