@@ -111,8 +111,7 @@ impl SpanWriter {
         }
     }
 
-    /// Adds the keys of `entry`, which is newer than every entry added before.
-    /// Adds entry `index`, which wrote `keys`.
+    /// Adds entry `index`, which wrote `keys` and is newer than every entry added before.
     pub(super) fn add<'k>(&mut self, index: u64, keys: impl IntoIterator<Item = &'k str>) {
         if let Some((_, last)) = self.open {
             let crosses_reach = last <= self.reach_cutoff && index > self.reach_cutoff;

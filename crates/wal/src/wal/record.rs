@@ -82,9 +82,15 @@ pub fn decode_entry(bytes: &[u8]) -> Result<WalEntry, WalError> {
 }
 
 fn decode(bytes: &[u8]) -> Result<WalEntry, String> {
+    decode_as(bytes)
+}
+
+/// A record's one entry, read as `T` ([`WalEntry`], or a borrowed twin of it): its version and
+/// checksum checked, and nothing after the entry.
+fn decode_as<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
     let payload = unseal_version(bytes, ENTRY_VERSION)?;
-    let (entry, trailing) = postcard::take_from_bytes::<WalEntry>(payload)
-        .map_err(|e| format!("undecodable payload: {e}"))?;
+    let (entry, trailing) =
+        postcard::take_from_bytes::<T>(payload).map_err(|e| format!("undecodable payload: {e}"))?;
     if !trailing.is_empty() {
         return Err(format!("{} trailing bytes after the entry", trailing.len()));
     }
@@ -126,16 +132,26 @@ pub(super) fn unseal(bytes: &[u8]) -> Result<(u8, &[u8]), String> {
 
 /// Decodes the record stored at `key`, checking that the index inside matches the key.
 pub(super) fn decode_stored(key: &str, bytes: &[u8]) -> Result<WalEntry, WalError> {
+    decode_stored_as(key, bytes, |entry: &WalEntry| entry.index)
+}
+
+/// The record stored at `key` read as `T`, checked as [`decode_as`] checks it and for the
+/// index inside (`index_of`) matching the key's.
+fn decode_stored_as<'a, T: Deserialize<'a>>(
+    key: &str,
+    bytes: &'a [u8],
+    index_of: impl Fn(&T) -> u64,
+) -> Result<T, WalError> {
     let corrupt = |reason: String| WalError::Corrupt {
         record: key.to_owned(),
         reason,
     };
     let index = parse_entry_key(key)?;
-    let entry = decode(bytes).map_err(corrupt)?;
-    if entry.index != index {
+    let entry = decode_as::<T>(bytes).map_err(corrupt)?;
+    let found = index_of(&entry);
+    if found != index {
         return Err(corrupt(format!(
-            "holds entry {} under the key of entry {index}",
-            entry.index
+            "holds entry {found} under the key of entry {index}"
         )));
     }
     Ok(entry)
@@ -146,22 +162,20 @@ pub(super) fn decode_stored(key: &str, bytes: &[u8]) -> Result<WalEntry, WalErro
 /// postcard writes a `Vec<u8>` and a byte string alike (a length, then the bytes), and fields
 /// and variants by position.
 #[derive(Deserialize)]
-#[allow(dead_code)] // `time_ms` and `value` are read past, not used
 struct WalEntryKeys<'a> {
     index: u64,
-    time_ms: u64,
+    _time_ms: u64,
     #[serde(borrow)]
     ops: Vec<OpKey<'a>>,
 }
 
 #[derive(Deserialize)]
-#[allow(dead_code)]
 enum OpKey<'a> {
     Put {
         #[serde(borrow)]
         key: &'a str,
         #[serde(borrow)]
-        value: &'a [u8],
+        _value: &'a [u8],
     },
     Delete {
         #[serde(borrow)]
@@ -172,26 +186,7 @@ enum OpKey<'a> {
 /// The keys the record stored at `key` writes, in order, checked as [`decode_stored`] checks
 /// the whole record (checksum, version, one entry, its index), without copying its values.
 pub(super) fn decode_stored_keys<'a>(key: &str, bytes: &'a [u8]) -> Result<Vec<&'a str>, WalError> {
-    let corrupt = |reason: String| WalError::Corrupt {
-        record: key.to_owned(),
-        reason,
-    };
-    let index = parse_entry_key(key)?;
-    let payload = unseal_version(bytes, ENTRY_VERSION).map_err(corrupt)?;
-    let (entry, trailing) = postcard::take_from_bytes::<WalEntryKeys<'a>>(payload)
-        .map_err(|e| corrupt(format!("undecodable payload: {e}")))?;
-    if !trailing.is_empty() {
-        return Err(corrupt(format!(
-            "{} trailing bytes after the entry",
-            trailing.len()
-        )));
-    }
-    if entry.index != index {
-        return Err(corrupt(format!(
-            "holds entry {} under the key of entry {index}",
-            entry.index
-        )));
-    }
+    let entry = decode_stored_as(key, bytes, |entry: &WalEntryKeys<'a>| entry.index)?;
     Ok(entry
         .ops
         .into_iter()
