@@ -305,6 +305,15 @@ impl Barrier {
         Ok(Some(std::mem::take(&mut *plaintext)))
     }
 
+    /// Whether `key` holds a value, without decrypting it: for existence checks (which pick the
+    /// `create` or `update` capability), where the value itself is not used.
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        let _timer = Timed::start("vault_barrier_get");
+        refuse_reserved(key)?;
+        self.unsealed()?;
+        Ok(self.backend.get(key).await?.is_some())
+    }
+
     /// [`Barrier::get`], decoded by `decode`, through `cache`: the stored ciphertext is read
     /// every time, and decrypted and decoded only when it is not the one the cached value was
     /// decoded from (`decoded.rs`).

@@ -125,6 +125,10 @@ async fn sealed_barrier_refuses_everything() {
     assert!(barrier.is_sealed());
     assert!(matches!(barrier.get("a").await, Err(BarrierError::Sealed)));
     assert!(matches!(
+        barrier.exists("a").await,
+        Err(BarrierError::Sealed)
+    ));
+    assert!(matches!(
         barrier.put("a", b"2").await,
         Err(BarrierError::Sealed)
     ));
@@ -246,6 +250,10 @@ async fn keyring_path_is_reserved() {
     ));
     assert!(matches!(
         barrier.get(KEYRING_PATH).await,
+        Err(BarrierError::ReservedPath(_))
+    ));
+    assert!(matches!(
+        barrier.exists(KEYRING_PATH).await,
         Err(BarrierError::ReservedPath(_))
     ));
     assert_eq!(backend.raw(KEYRING_PATH).await.unwrap(), keyring_before);
@@ -681,4 +689,20 @@ async fn the_decoded_cache_holds_at_most_its_capacity() {
     assert_eq!(cache.len(), 3);
     cache.clear();
     assert!(cache.is_empty());
+}
+
+#[tokio::test]
+async fn exists_answers_presence_without_decrypting() {
+    let (barrier, _, backend) = unsealed().await;
+    assert!(!barrier.exists("a").await.unwrap());
+    barrier.put("a", b"1").await.unwrap();
+    assert!(barrier.exists("a").await.unwrap());
+    // A value that would not decrypt is still present: the check does not read it.
+    backend
+        .set_raw("garbled", b"not a sealed value".to_vec())
+        .await;
+    assert!(barrier.exists("garbled").await.unwrap());
+    assert!(barrier.get("garbled").await.is_err());
+    barrier.delete("a").await.unwrap();
+    assert!(!barrier.exists("a").await.unwrap());
 }

@@ -36,6 +36,57 @@ fn lookup_self(s: &TestServer, token: &str) -> (u16, Value) {
     s.get("auth/token/lookup-self", Some(token))
 }
 
+/// `create` and `update` are told apart by the KV v2 existence check (the secret's metadata
+/// present or not, answered by the barrier without decrypting it): each capability alone
+/// allows only its own kind of write, as in Vault.
+#[test]
+fn create_and_update_capabilities_follow_whether_the_secret_exists() {
+    let s = TestServer::dev();
+    s.write_policy(
+        "creator",
+        r#"path "secret/data/*" { capabilities = ["create"] }"#,
+    );
+    s.write_policy(
+        "updater",
+        r#"path "secret/data/*" { capabilities = ["update"] }"#,
+    );
+    s.kv_put("existing", json!({"v": 1}));
+    let creator = s.create_token(json!({"policies": ["creator"]}));
+    let updater = s.create_token(json!({"policies": ["updater"]}));
+
+    let (st, b) = s.put("secret/data/new", Some(&creator), json!({"data": {"v": 1}}));
+    assert_eq!(st, 200, "create of a new secret: {b}");
+    let (st, b) = s.put("secret/data/new", Some(&creator), json!({"data": {"v": 2}}));
+    assert_eq!((st, b), (403, denied()), "create-only cannot overwrite");
+    let (st, b) = s.put(
+        "secret/data/existing",
+        Some(&creator),
+        json!({"data": {"v": 2}}),
+    );
+    assert_eq!(
+        (st, b),
+        (403, denied()),
+        "create-only on an existing secret"
+    );
+
+    let (st, b) = s.put(
+        "secret/data/other",
+        Some(&updater),
+        json!({"data": {"v": 1}}),
+    );
+    assert_eq!((st, b), (403, denied()), "update-only cannot create");
+    let (st, b) = s.put(
+        "secret/data/existing",
+        Some(&updater),
+        json!({"data": {"v": 2}}),
+    );
+    assert_eq!(st, 200, "update of an existing secret: {b}");
+    let (st, b) = s.get("secret/data/existing", s.root());
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["data"]["data"], json!({"v": 2}));
+    assert_eq!(b["data"]["metadata"]["version"], json!(2));
+}
+
 #[test]
 fn path_policy_allows_only_its_paths() {
     let s = TestServer::dev();

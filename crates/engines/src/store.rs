@@ -17,6 +17,10 @@ use serde::{de::DeserializeOwned, Serialize};
 #[async_trait]
 pub(crate) trait Store: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Whether `key` holds a value; the barrier answers without decrypting it.
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.get(key).await?.is_some())
+    }
     async fn put(&self, key: &str, value: &[u8]) -> Result<()>;
     async fn delete(&self, key: &str) -> Result<()>;
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
@@ -27,6 +31,9 @@ pub(crate) trait Store: Send + Sync {
 impl Store for StorageView {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         StorageView::get(self, key).await
+    }
+    async fn exists(&self, key: &str) -> Result<bool> {
+        StorageView::exists(self, key).await
     }
     async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
         StorageView::put(self, key, value).await

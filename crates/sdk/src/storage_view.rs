@@ -40,6 +40,11 @@ impl StorageView {
         Ok(self.barrier.get(&self.full(key)).await?)
     }
 
+    /// Whether `key` holds a value ([`bunker_barrier::Barrier::exists`]: not decrypted).
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.barrier.exists(&self.full(key)).await?)
+    }
+
     pub async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
         Ok(self.barrier.put(&self.full(key), value).await?)
     }

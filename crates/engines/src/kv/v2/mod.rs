@@ -47,7 +47,7 @@ use tokio::sync::Mutex;
 
 use crate::params::validate_key_path;
 use crate::store::Call;
-use model::{load_metadata, system_clock, Clock};
+use model::{system_clock, Clock};
 use versions::VersionAction;
 
 /// Lock stripes per mount: writes to different secrets proceed in parallel (and so share
@@ -136,7 +136,9 @@ impl KvV2 {
         if !matches!(endpoint, "data" | "metadata") || validate_key_path(key).is_err() {
             return Ok(None);
         }
-        Ok(Some(load_metadata(call.store, key).await?.is_some()))
+        // Presence only: the metadata is neither decrypted nor parsed here (the request that
+        // follows reads it), as Vault's check asks only whether it is there.
+        Ok(Some(call.store.exists(&model::metadata_key(key)).await?))
     }
 }
 
