@@ -60,13 +60,19 @@ pub fn random_base62(len: usize) -> String {
 /// Where the token store's salt lives (under the barrier; it replicates with the data).
 const SALT_PATH: &str = "core/token-salt";
 
+/// The token store's salt keyed into an HMAC-SHA256, once, when the salt loads (see
+/// [`token_storage_id`]). aws-lc cleanses the key's state where it is dropped (not the copies
+/// that moves and each signature's clone leave on the stack; RustCrypto's `Hmac`, used before,
+/// cleansed none).
+fn salt_key(salt: &[u8]) -> aws_lc_rs::hmac::Key {
+    aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, salt)
+}
+
 /// The storage id of a token: HMAC-SHA256 with the store's salt, so storage keys (plaintext on
 /// the physical backend) say nothing about the tokens, guessable custom ids included. Without
 /// a salt (stores initialised before it existed) it is the plain SHA-256 those stores use.
-///
-/// The salt is held as a keyed HMAC ([`aws_lc_rs::hmac::Key`]): keying (hashing the salt's
-/// two padded blocks) is done once when the salt loads, not on every request, so an id costs
-/// two SHA-256 blocks instead of four; the key's state is cleansed when it is dropped.
+/// Keying (hashing the salt's two padded blocks) is done once ([`salt_key`]), not on every
+/// request, so an id costs two SHA-256 blocks instead of four.
 fn token_storage_id(salt: Option<&aws_lc_rs::hmac::Key>, token: &str) -> String {
     match salt {
         Some(key) => {
@@ -140,7 +146,7 @@ impl TokenStore {
             .get(SALT_PATH)
             .await?
             .map(zeroize::Zeroizing::new)
-            .map(|salt| aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &salt));
+            .map(|salt| salt_key(&salt));
         *self
             .salt
             .write()
@@ -507,7 +513,7 @@ mod storage_id_tests {
     fn a_token_keeps_its_storage_id_when_the_salt_is_keyed_once() {
         for salt_len in [0usize, 1, 32, 64, 65, 200] {
             let salt: Vec<u8> = (0..salt_len).map(|i| (i * 7 + 3) as u8).collect();
-            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &salt);
+            let key = salt_key(&salt);
             for token in ["", "hvs.CAESIJ3abc", "root", &"x".repeat(300)] {
                 let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&salt).expect("any length");
                 mac.update(token.as_bytes());
@@ -515,6 +521,12 @@ mod storage_id_tests {
                 assert_eq!(token_storage_id(Some(&key), token), expected);
             }
         }
+        // A known answer from an independent implementation (Python's hmac module).
+        let salt: Vec<u8> = (0u8..32).collect();
+        assert_eq!(
+            token_storage_id(Some(&salt_key(&salt)), "hvs.example"),
+            "24246245895294aef4ca0c85a32631e959884fd92f38a5254d136adb0b388391"
+        );
         assert_eq!(
             token_storage_id(None, "root"),
             crate::hex_text::hex_lower(&Sha256::digest(b"root"))

@@ -136,8 +136,10 @@ impl KvV2 {
         if !matches!(endpoint, "data" | "metadata") || validate_key_path(key).is_err() {
             return Ok(None);
         }
-        // Presence only: the metadata is neither decrypted nor parsed here (the request that
-        // follows reads it), as Vault's check asks only whether it is there.
+        // Presence only: the metadata is neither decrypted nor parsed here; the request that
+        // follows reads and checks it. Vault's check decodes it and fails the request on a
+        // record it cannot read, before the ACL; here such a record counts as present, so the
+        // write needs `update` and fails in the handler (docs/security.md, "Existence checks").
         Ok(Some(call.store.exists(&model::metadata_key(key)).await?))
     }
 }

@@ -105,6 +105,24 @@ async fn exists_reports_key_metadata() {
     }
 }
 
+/// The existence check answers presence only: a metadata record that cannot be read counts
+/// as present (the write then needs `update`), and the write itself still refuses it.
+#[tokio::test]
+async fn exists_does_not_read_the_metadata_record() {
+    use crate::store::Store;
+    let h = Harness::new();
+    h.store
+        .put(&super::super::model::metadata_key("bad"), b"not json")
+        .await
+        .unwrap();
+    assert_eq!(h.exists("data/bad").await, Some(true));
+    assert_eq!(h.exists("metadata/bad").await, Some(true));
+    assert!(h
+        .req(Operation::Update, "data/bad", json!({"data": {"a": 1}}))
+        .await
+        .is_err());
+}
+
 #[tokio::test]
 async fn odd_bodies_never_panic() {
     let h = Harness::new();
