@@ -57,7 +57,13 @@ bunker_revision() {
     local rev dirty
     rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || { echo unknown; return; }
     dirty=$(git -C "$ROOT" status --porcelain -- crates Cargo.lock 2>/dev/null | wc -l)
-    if ((dirty == 0)); then echo "$rev"; else echo "$rev + $dirty uncommitted file(s) under crates/"; fi
+    ((dirty == 0)) || rev="$rev + $dirty uncommitted file(s) under crates/"
+    # A binary given from outside is not the tree's: say so, or the report names the wrong code.
+    if [[ -n ${BENCH_BUNKER_BIN:-} ]]; then
+        echo "the binary $BENCH_BUNKER_BIN (BENCH_BUNKER_BIN; \"$("$BENCH_BUNKER_BIN" version 2>/dev/null | head -1)\"), not the tree at $rev"
+    else
+        echo "$rev"
+    fi
 }
 
 peak_rss_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
