@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// Values of type `T` decoded from ciphertext, by storage key; at most `capacity` of them.
 pub struct DecodedCache<T> {
-    entries: Mutex<HashMap<String, Cached<T>>>,
+    /// foldhash (randomly seeded), as the storage's read memo: SipHash cost more than the map.
+    entries: Mutex<HashMap<String, Cached<T>, foldhash::fast::RandomState>>,
     capacity: usize,
 }
 
@@ -28,7 +29,7 @@ impl<T> DecodedCache<T> {
     /// A cache of at most `capacity` values (at least one).
     pub fn new(capacity: usize) -> Self {
         DecodedCache {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::default()),
             capacity: capacity.max(1),
         }
     }
@@ -67,7 +68,9 @@ impl<T> DecodedCache<T> {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached<T>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Cached<T>, foldhash::fast::RandomState>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
