@@ -77,6 +77,21 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 node_file() { cat "$SCRATCH/$1/$2"; }
 bunker_addr() { echo "127.0.0.1:$(node_file "$1" port)"; }
 
+# log_mark NAME: how many lines NAME's server log holds now (for slow_stages).
+log_mark() { wc -l <"$SCRATCH/$1/server.log"; }
+
+# slow_stages NAME MARK: the slow-stage warnings (docs/monitoring.md) NAME logged after line MARK,
+# as JSON {stage: {warnings, stalls, max_ms}}: stalls counts those each warning left out too.
+slow_stages() {
+    tail -n +"$(($2 + 1))" "$SCRATCH/$1/server.log" | sed 's/\x1b\[[0-9;]*m//g' |
+        sed -n 's/.*slow stage: .*stage="\{0,1\}\([a-z_]*\)"\{0,1\} took_ms=\([0-9]*\) .*left_out=\([0-9]*\).*/\1 \2 \3/p' |
+        jq -Rn '[inputs | split(" ") | {stage: .[0], ms: (.[1] | tonumber), left: (.[2] | tonumber)}]
+            | group_by(.stage)
+            | map({key: .[0].stage, value: {warnings: length, stalls: (map(.left + 1) | add),
+                                            max_ms: (map(.ms) | max)}})
+            | from_entries'
+}
+
 # bunker_start NAME [extra HCL] [log level]: start (or restart) NAME, wait until it answers.
 bunker_start() {
     local name=$1 extra=${2:-} level=${3:-warn}

@@ -101,8 +101,10 @@ fn init_tracing(level: &str, json: bool) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .context("invalid log level")?;
+    // Colours only on a terminal: a log redirected to a file or a journal stays plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = if json {
         builder.json().try_init()

@@ -239,7 +239,12 @@ impl DrManager {
                 if !inner.active_node() {
                     continue;
                 }
-                let gc = crate::rpc_metrics::Timed::start(crate::rpc_metrics::WAL_GC);
+                // A pass's deletes go through the storage writer with clients' writes.
+                let gc = crate::rpc_metrics::Timed::warn_after(
+                    crate::rpc_metrics::WAL_GC,
+                    crate::rpc_metrics::SLOW_WRITE_PATH,
+                );
+                crate::failpoint::hold("wal-truncation-pass").await;
                 match inner
                     .wal
                     .truncate(

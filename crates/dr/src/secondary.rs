@@ -14,7 +14,7 @@ use crate::frame::{read_frame, write_frame, FrameReader};
 use crate::manager::Inner;
 use crate::merkle;
 use crate::messages::{now_ms, Hello, Position, ToPrimary, ToSecondary};
-use crate::rpc_metrics::{self, Timed};
+use crate::rpc_metrics::{self, Timed, SLOW_WRITE_PATH};
 use crate::status::SyncState;
 use crate::wal::WalEntry;
 use crate::ReplError;
@@ -883,7 +883,7 @@ where
                 },
             )
             .await?;
-            metrics::histogram!(rpc_metrics::APPLY).record(taken.elapsed().as_secs_f64() * 1000.0);
+            rpc_metrics::record(rpc_metrics::APPLY, taken.elapsed(), Some(SLOW_WRITE_PATH));
         }
     }
 }

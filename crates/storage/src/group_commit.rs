@@ -522,9 +522,13 @@ fn commit_group(
         .partition(|request| request.ops.is_empty());
     let started = Instant::now();
     let queue_wait = metrics::histogram!(QUEUE_WAIT_METRIC);
+    let mut longest = std::time::Duration::ZERO;
     for request in &group {
-        queue_wait.record(started.duration_since(request.queued).as_secs_f64() * 1000.0);
+        let waited = started.duration_since(request.queued);
+        queue_wait.record(waited.as_secs_f64() * 1000.0);
+        longest = longest.max(waited);
     }
+    crate::timed::warn_if_slow(QUEUE_WAIT_METRIC, longest, crate::timed::SLOW_WRITE_PATH);
     commit_requests(store, group, counters, hook);
     for drain in drains {
         let _ = drain.reply.send(Ok(None));

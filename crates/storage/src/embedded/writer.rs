@@ -31,7 +31,7 @@ use super::overlay::{Entries, Overlay, OverlayTable, Shared, OVERLAY_BYTES};
 use super::{engine, engine_error, CHECKPOINT_KEY, ENTRIES, LOG_TABLE};
 use crate::group_commit::GroupStore;
 use crate::hook::{apply_indexed, Replaced, TxnTable};
-use crate::timed::Timed;
+use crate::timed::{Timed, SLOW_BACKGROUND, SLOW_WRITE_PATH};
 use crate::{CommitIndex, Op, Result, StorageError};
 
 /// How long a group commit took, by kind (`docs/monitoring.md`): one made durable by its
@@ -211,7 +211,7 @@ impl RedbStore {
             if let Some(hold) = &state.tuning.hold {
                 hold.set(true);
             }
-            let _timed = Timed::start(WAIT_METRIC);
+            let _timed = Timed::warn_after(WAIT_METRIC, SLOW_WRITE_PATH);
             state.checkpointer.wait()
         } else {
             match state.checkpointer.try_wait() {
@@ -270,7 +270,7 @@ impl RedbStore {
                 "no checkpoint is running",
             ));
         };
-        let applying = Timed::start(APPLY_METRIC);
+        let applying = Timed::warn_after(APPLY_METRIC, SLOW_WRITE_PATH);
         let mut work = Overlay::clone(&running.overlay);
         let update = apply_indexed(
             &mut OverlayTable {
@@ -282,7 +282,7 @@ impl RedbStore {
         )?;
         drop(applying);
         let seq = next_seq(state.seq)?;
-        let timed = Timed::start(LOGGED_METRIC);
+        let timed = Timed::warn_after(LOGGED_METRIC, SLOW_WRITE_PATH);
         let appended = append(state, seq, batches);
         drop(timed);
         state.seq = seq;
@@ -316,7 +316,7 @@ impl RedbStore {
         len: usize,
     ) -> Result<()> {
         let ops = || batches.iter().flat_map(|batch| batch.iter());
-        let applying = Timed::start(APPLY_METRIC);
+        let applying = Timed::warn_after(APPLY_METRIC, SLOW_WRITE_PATH);
         let mut txn = self
             .db
             .begin_write()
@@ -331,11 +331,15 @@ impl RedbStore {
         drop(applying);
         let seq = next_seq(state.seq)?;
         let checkpointed = !state.log.fits(len) || state.log.is_broken();
-        let timed = Timed::start(if checkpointed {
-            CHECKPOINT_METRIC
-        } else {
-            LOGGED_METRIC
-        });
+        // Either way the group's writers wait for it.
+        let timed = Timed::warn_after(
+            if checkpointed {
+                CHECKPOINT_METRIC
+            } else {
+                LOGGED_METRIC
+            },
+            SLOW_WRITE_PATH,
+        );
         let committed = if checkpointed {
             checkpoint(txn, seq)
         } else {
@@ -390,7 +394,7 @@ fn append(state: &mut LogState, seq: u64, batches: &[&[Op]]) -> Result<()> {
         seq,
         batches.iter().flat_map(|batch| batch.iter()),
     );
-    let timed = Timed::start(APPEND_METRIC);
+    let timed = Timed::warn_after(APPEND_METRIC, SLOW_WRITE_PATH);
     let appended = state.log.append(&record);
     drop(timed);
     // Kept for the next record, unless a rare large group grew it.
@@ -497,7 +501,7 @@ impl Checkpointer {
             .name(CHECKPOINT_THREAD.into())
             .spawn(move || {
                 for seq in started {
-                    let timed = Timed::start(CHECKPOINT_METRIC);
+                    let timed = Timed::warn_after(CHECKPOINT_METRIC, SLOW_BACKGROUND);
                     let outcome = db
                         .begin_write()
                         .map_err(engine("starting a checkpoint"))
