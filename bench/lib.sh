@@ -81,10 +81,13 @@ bunker_addr() { echo "127.0.0.1:$(node_file "$1" port)"; }
 log_mark() { wc -l <"$SCRATCH/$1/server.log"; }
 
 # slow_stages NAME MARK: the slow-stage warnings (docs/monitoring.md) NAME logged after line MARK,
-# as JSON {stage: {warnings, stalls, max_ms}}: stalls counts those each warning left out too.
+# as JSON {stage: {warnings, stalls, max_ms}}. A stage writes at most one line a second and the
+# next line counts what it left out (`left_out`), so `stalls` may include some from just before
+# MARK; `warnings` and `max_ms` are the window's own. Parses the text log format (the servers
+# here are started without -log-format json).
 slow_stages() {
     tail -n +"$(($2 + 1))" "$SCRATCH/$1/server.log" | sed 's/\x1b\[[0-9;]*m//g' |
-        sed -n 's/.*slow stage: .*stage="\{0,1\}\([a-z_]*\)"\{0,1\} took_ms=\([0-9]*\) .*left_out=\([0-9]*\).*/\1 \2 \3/p' |
+        sed -n 's/.*slow stage: .*stage="\{0,1\}\([a-z_]*\)"\{0,1\} took_ms=\([0-9.]*\) .*left_out=\([0-9]*\).*/\1 \2 \3/p' |
         jq -Rn '[inputs | split(" ") | {stage: .[0], ms: (.[1] | tonumber), left: (.[2] | tonumber)}]
             | group_by(.stage)
             | map({key: .[0].stage, value: {warnings: length, stalls: (map(.left + 1) | add),

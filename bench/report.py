@@ -244,12 +244,12 @@ def figure_lag_high(raw, out, targets):
 
 
 def slow_cell(stages):
-    """One server's slow-stage warnings in a run: `stage ×stalls (max ms)`, shortest name."""
+    """One server's slow-stage warnings in a run: `stage ×lines (max ms)`, shortest name."""
     if stages is None:
         return "n/a"
     if not stages:
         return "none"
-    return ", ".join(f"{name.removeprefix('bunker_').removeprefix('vault_')} ×{v['stalls']} ({v['max_ms']} ms)"
+    return ", ".join(f"{name.removeprefix('bunker_').removeprefix('vault_')} ×{v['warnings']} ({v['max_ms']} ms)"
                      for name, v in sorted(stages.items()))
 
 
@@ -260,8 +260,9 @@ def lag_runs(raw):
         return []
     md = ["### Bunker's runs of figures 4 and 4b one by one", "",
           "With each server's slow-stage warnings during the run (stages of the write path or the "
-          "stream over 50 ms, a checkpoint over 1 s: `docs/monitoring.md`), so a run's maximum can be "
-          "told apart from the host's steal and from a stall of Bunker's own.", "",
+          "stream over 50 ms, a checkpoint over 1 s: `docs/monitoring.md`; ×lines written, at most "
+          "one a second per stage, and the longest), so a run's maximum can be told apart from the "
+          "host's steal and from a stall of Bunker's own.", "",
           "| rep | load | writes/s asked / achieved | p99 ms | max ms | host steal % | slow stages, primary | slow stages, secondary |",
           "|---:|---|---:|---:|---:|---:|---|---|"]
     for r in rows:

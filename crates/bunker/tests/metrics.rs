@@ -13,7 +13,7 @@
 use bunker_testkit as common;
 
 use common::dr::{
-    activation_token, bulk_put, enable_primary, enable_secondary, log_count, wait_converged,
+    activation_token, bulk_put, enable_primary, enable_secondary, wait_converged,
     wait_wal_truncated, ALLOW_HTTP_ACTIVATION, CONVERGE,
 };
 use common::{free_port, poll_until, ServerOptions, TestServer};
@@ -340,44 +340,54 @@ fn the_metrics_fold_runs_on_a_thread_of_its_own() {
 
 /// A stage that holds up writes or the stream and stalls past 50 ms is named in the log, with
 /// how long it took (docs/monitoring.md, "Slow stages"): here a WAL truncation pass, held at a
-/// failpoint inside its timing for longer than that. The log, written to a file, has no colour
-/// codes for the operator's tools to trip on.
+/// failpoint inside its timing. It is held for over a second, so the warning is written even
+/// if a pass before it was slow on its own (one warning a second per stage), and the line is
+/// told from such a pass's by its duration. The log, written to a file, has no colour codes.
 #[test]
 fn a_stalled_stage_is_named_in_the_log() {
     const POINT: &str = "wal-truncation-pass";
     const STAGE: &str = "stage=\"vault_replication_wal_gc\"";
+    const HELD: Duration = Duration::from_millis(1100);
     let s = dr_server_open_metrics_with("wal_retention = 20");
     s.mount_kv2();
-    assert_eq!(log_count(&s, STAGE), 0, "{}", s.log_text("stderr"));
     s.hold_at(POINT);
     s.wait_held(POINT, CONVERGE);
     // The stall itself: the pass is kept held past the threshold (not a wait for a state).
     let held = Instant::now();
-    while held.elapsed() < Duration::from_millis(150) {
+    while held.elapsed() < HELD {
         std::thread::sleep(Duration::from_millis(10));
     }
     s.release(POINT);
+    let took = |line: &str| -> Option<f64> {
+        line.split("took_ms=")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    };
+    let held_line = || {
+        s.log_text("stderr")
+            .lines()
+            .find(|l| l.contains(STAGE) && took(l).is_some_and(|ms| ms >= HELD.as_millis() as f64))
+            .map(str::to_owned)
+    };
     assert!(
-        poll_until(CONVERGE, || log_count(&s, STAGE) > 0),
+        poll_until(CONVERGE, || held_line().is_some()),
         "no slow-stage warning for the held pass: {}",
         s.log_text("stderr")
     );
-    let log = s.log_text("stderr");
-    let line = log.lines().find(|l| l.contains(STAGE)).unwrap();
+    let line = held_line().unwrap();
     assert!(line.contains("WARN"), "{line}");
     assert!(
         line.contains("slow stage: took longer than its threshold"),
         "{line}"
     );
     assert!(line.contains("threshold_ms=50"), "{line}");
-    let took: u64 = line
-        .split("took_ms=")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("took_ms in {line}"));
-    assert!(took >= 150, "the pass was held 150 ms: {line}");
-    assert!(!log.contains('\x1b'), "colour codes in a log file: {line}");
+    assert!(
+        !s.log_text("stderr").contains('\x1b'),
+        "colour codes in a log file: {line}"
+    );
     // Truncation goes on after the stall.
     enable_primary(&s);
     bulk_put(&s, "after/", 0..40, "a");

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::frame::{read_frame, read_frame_limited, write_frame};
 use crate::manager::Inner;
 use crate::messages::{now_ms, Hello, Position, ToPrimary, ToSecondary};
-use crate::rpc_metrics::{self, Timed, SLOW_WRITE_PATH};
+use crate::rpc_metrics::{self, Timed};
 use crate::state::{Mode, ReplState};
 use crate::status::PeerStatus;
 use crate::ReplError;
@@ -569,11 +569,9 @@ where
                 position = next;
                 write_frame(&mut wr, &frame).await?;
                 if let Some(at) = first.and_then(|i| inner.wal.committed_at(i)) {
-                    rpc_metrics::record(
-                        rpc_metrics::SEND_DELAY,
-                        at.elapsed(),
-                        Some(SLOW_WRITE_PATH),
-                    );
+                    // No warning: after a reconnection the backlog's first frames carry
+                    // commits from before it, a delay that is no stall of the stream.
+                    rpc_metrics::record(rpc_metrics::SEND_DELAY, at.elapsed(), None);
                 }
                 // Under steady writes this loop may not reach the select below for a while.
                 while let Ok((applied, time_ms, received)) = ack_rx.try_recv() {

@@ -42,10 +42,13 @@ impl Timed {
     }
 
     /// As [`Timed::start`], and warns in the log when the stage takes longer than `after`.
+    // Built whole, not with `..Timed::start(name)`: that would drop a second `Timed` here and
+    // record a sample of nothing in the summary.
     pub fn warn_after(name: &'static str, after: Duration) -> Timed {
         Timed {
+            name,
+            started: Instant::now(),
             slow_after: Some(after),
-            ..Timed::start(name)
         }
     }
 }
@@ -68,7 +71,8 @@ pub fn record(name: &'static str, took: Duration, slow_after: Option<Duration>) 
 /// The process's warnings, for every stage.
 static LIMITER: Mutex<WarnLimiter> = Mutex::new(WarnLimiter::new());
 
-/// Warns (at most once a second per stage) when `stage` took longer than `threshold`.
+/// Warns (at most once a second per stage and threshold) when `stage` took longer than
+/// `threshold`.
 pub fn warn_if_slow(stage: &'static str, took: Duration, threshold: Duration) {
     if took <= threshold {
         return;
@@ -76,24 +80,33 @@ pub fn warn_if_slow(stage: &'static str, took: Duration, threshold: Duration) {
     let left_out = LIMITER
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .admit(stage, Instant::now());
+        .admit((stage, threshold), Instant::now());
     if let Some(left_out) = left_out {
         tracing::warn!(
             stage,
-            took_ms = took.as_millis() as u64,
-            threshold_ms = threshold.as_millis() as u64,
+            took_ms = tenths_of_ms(took),
+            threshold_ms = tenths_of_ms(threshold),
             left_out,
             "slow stage: took longer than its threshold"
         );
     }
 }
 
+/// Milliseconds to a tenth, so a stall just over its threshold does not read as equal to it.
+fn tenths_of_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// A stage and its threshold: one stage may have two (a checkpoint on the writer, which
+/// clients wait for, or beside it), and one must not silence the other.
+type StageKey = (&'static str, Duration);
+
 /// Decides which stalls are written to the log: the first of each stage, then at most one per
 /// stage and [`WARN_EVERY`], each carrying how many it left out since the last.
 #[derive(Debug)]
 struct WarnLimiter {
     /// Per stage: when it last warned, and the stalls left out since. A handful of stages.
-    stages: Vec<(&'static str, Instant, u64)>,
+    stages: Vec<(StageKey, Instant, u64)>,
 }
 
 impl WarnLimiter {
@@ -102,8 +115,8 @@ impl WarnLimiter {
     }
 
     /// `Some(left out since the last warning)` when this stall is to be written.
-    fn admit(&mut self, stage: &'static str, now: Instant) -> Option<u64> {
-        match self.stages.iter_mut().find(|(name, ..)| *name == stage) {
+    fn admit(&mut self, stage: StageKey, now: Instant) -> Option<u64> {
+        match self.stages.iter_mut().find(|(key, ..)| *key == stage) {
             None => {
                 self.stages.push((stage, now, 0));
                 Some(0)
@@ -123,30 +136,35 @@ impl WarnLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const A: StageKey = ("a", SLOW_WRITE_PATH);
 
     #[test]
     fn each_stage_warns_at_most_once_a_second_and_counts_what_it_left_out() {
         let mut limiter = WarnLimiter::new();
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        assert_eq!(limiter.admit("a", ms(0)), Some(0));
-        assert_eq!(limiter.admit("a", ms(10)), None);
-        assert_eq!(limiter.admit("a", ms(999)), None);
-        // Another stage has its own budget.
-        assert_eq!(limiter.admit("b", ms(500)), Some(0));
-        assert_eq!(limiter.admit("a", ms(1000)), Some(2));
-        assert_eq!(limiter.admit("a", ms(1500)), None);
-        assert_eq!(limiter.admit("b", ms(1500)), Some(0));
-        assert_eq!(limiter.admit("a", ms(5000)), Some(1));
-        assert_eq!(limiter.admit("a", ms(6000)), Some(0));
+        assert_eq!(limiter.admit(A, ms(0)), Some(0));
+        assert_eq!(limiter.admit(A, ms(10)), None);
+        assert_eq!(limiter.admit(A, ms(999)), None);
+        // Another stage, or the same stage under another threshold, has its own budget.
+        assert_eq!(limiter.admit(("b", SLOW_WRITE_PATH), ms(500)), Some(0));
+        assert_eq!(limiter.admit(("a", SLOW_BACKGROUND), ms(500)), Some(0));
+        assert_eq!(limiter.admit(A, ms(1000)), Some(2));
+        assert_eq!(limiter.admit(A, ms(1500)), None);
+        assert_eq!(limiter.admit(("b", SLOW_WRITE_PATH), ms(1500)), Some(0));
+        assert_eq!(limiter.admit(A, ms(5000)), Some(1));
+        assert_eq!(limiter.admit(A, ms(6000)), Some(0));
     }
 
-    fn seen(stage: &str) -> Option<u64> {
+    fn seen(stage: &'static str) -> Option<u64> {
         let limiter = LIMITER.lock().unwrap_or_else(PoisonError::into_inner);
         limiter
             .stages
             .iter()
-            .find(|(name, ..)| *name == stage)
+            .find(|(key, ..)| *key == (stage, SLOW_WRITE_PATH))
             .map(|(.., left_out)| *left_out)
     }
 
@@ -169,9 +187,103 @@ mod tests {
             Some(SLOW_WRITE_PATH),
         );
         assert_eq!(seen("timed-test-a"), Some(0));
-        let timed = Timed::warn_after("timed-test-a", Duration::ZERO);
-        std::thread::sleep(Duration::from_millis(1));
+        let timed = Timed::warn_after("timed-test-a", SLOW_WRITE_PATH);
+        std::thread::sleep(SLOW_WRITE_PATH + Duration::from_millis(5));
         drop(timed);
         assert_eq!(seen("timed-test-a"), Some(1));
+    }
+
+    #[test]
+    fn a_stall_just_over_its_threshold_reads_as_over_it() {
+        assert_eq!(tenths_of_ms(Duration::from_micros(50_700)), 50.7);
+        assert_eq!(tenths_of_ms(SLOW_WRITE_PATH), 50.0);
+    }
+
+    /// Counts the samples recorded in each histogram.
+    #[derive(Default)]
+    struct Samples(Mutex<Vec<(String, Arc<AtomicU64>)>>);
+
+    struct Count(Arc<AtomicU64>);
+
+    impl metrics::HistogramFn for Count {
+        fn record(&self, _value: f64) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl metrics::Recorder for Samples {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            key: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = match all.iter().find(|(name, _)| name == key.name()) {
+                Some((_, count)) => count.clone(),
+                None => {
+                    let count = Arc::new(AtomicU64::new(0));
+                    all.push((key.name().to_owned(), count.clone()));
+                    count
+                }
+            };
+            metrics::Histogram::from_arc(Arc::new(Count(count)))
+        }
+    }
+
+    impl Samples {
+        fn of(&self, name: &str) -> u64 {
+            let all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            all.iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, count)| count.load(Ordering::SeqCst))
+        }
+    }
+
+    #[test]
+    fn one_timing_is_one_sample() {
+        let samples = Samples::default();
+        metrics::with_local_recorder(&samples, || {
+            drop(Timed::start("timed-test-start"));
+            drop(Timed::warn_after("timed-test-warn", SLOW_BACKGROUND));
+            record(
+                "timed-test-record",
+                Duration::from_millis(1),
+                Some(SLOW_BACKGROUND),
+            );
+        });
+        assert_eq!(samples.of("timed-test-start"), 1);
+        assert_eq!(samples.of("timed-test-warn"), 1);
+        assert_eq!(samples.of("timed-test-record"), 1);
     }
 }
