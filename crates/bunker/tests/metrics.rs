@@ -39,7 +39,7 @@ fn prometheus(s: &TestServer, token: Option<&str>) -> (u16, String) {
     (status, body)
 }
 
-/// The value of an unlabelled series `name` in Prometheus text.
+/// The value of series `name` in Prometheus text (with its labels as the exporter writes them).
 fn value(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -388,6 +388,14 @@ fn a_stalled_stage_is_named_in_the_log() {
         !s.log_text("stderr").contains('\x1b'),
         "colour codes in a log file: {line}"
     );
+    // Every stall is counted for alerting, written to the log or not.
+    let (code, text) = prometheus(&s, None);
+    assert_eq!(code, 200, "{text}");
+    let stalls = value(
+        &text,
+        "bunker_slow_stages_total{stage=\"vault_replication_wal_gc\"}",
+    );
+    assert!(stalls >= Some(1.0), "{text}");
     // Truncation goes on after the stall.
     enable_primary(&s);
     bulk_put(&s, "after/", 0..40, "a");

@@ -21,6 +21,9 @@ pub const SLOW_WRITE_PATH: Duration = Duration::from_millis(50);
 /// threshold for a slow fdatasync.
 pub const SLOW_BACKGROUND: Duration = Duration::from_secs(1);
 
+/// Stalls over their stage's threshold, by stage (`docs/monitoring.md`).
+pub const SLOW_STAGES_METRIC: &str = "bunker_slow_stages_total";
+
 /// At most one warning per stage in this long.
 const WARN_EVERY: Duration = Duration::from_secs(1);
 
@@ -77,6 +80,8 @@ pub fn warn_if_slow(stage: &'static str, took: Duration, threshold: Duration) {
     if took <= threshold {
         return;
     }
+    // Every stall counts, written to the log or not: what an alert rule watches.
+    metrics::counter!(SLOW_STAGES_METRIC, "stage" => stage).increment(1);
     let left_out = LIMITER
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
