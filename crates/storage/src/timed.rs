@@ -37,21 +37,21 @@ pub struct Timed {
 
 impl Timed {
     pub fn start(name: &'static str) -> Timed {
-        Timed {
-            name,
-            started: Instant::now(),
-            slow_after: None,
-        }
+        Timed::new(name, None)
     }
 
     /// As [`Timed::start`], and warns in the log when the stage takes longer than `after`.
-    // Built whole, not with `..Timed::start(name)`: that would drop a second `Timed` here and
-    // record a sample of nothing in the summary.
     pub fn warn_after(name: &'static str, after: Duration) -> Timed {
+        Timed::new(name, Some(after))
+    }
+
+    // The one constructor: building a `Timed` from another (`..Timed::start(name)`) would drop
+    // that other one and record a sample of nothing in the summary.
+    fn new(name: &'static str, slow_after: Option<Duration>) -> Timed {
         Timed {
             name,
             started: Instant::now(),
-            slow_after: Some(after),
+            slow_after,
         }
     }
 }
@@ -192,8 +192,12 @@ mod tests {
             Some(SLOW_WRITE_PATH),
         );
         assert_eq!(seen("timed-test-a"), Some(0));
-        let timed = Timed::warn_after("timed-test-a", SLOW_WRITE_PATH);
-        std::thread::sleep(SLOW_WRITE_PATH + Duration::from_millis(5));
+        // A timing started longer ago than the threshold, as if its stage had stalled.
+        let mut timed = Timed::warn_after("timed-test-a", SLOW_WRITE_PATH);
+        timed.started = timed
+            .started
+            .checked_sub(SLOW_WRITE_PATH + Duration::from_millis(5))
+            .expect("an instant 55 ms before now");
         drop(timed);
         assert_eq!(seen("timed-test-a"), Some(1));
     }
