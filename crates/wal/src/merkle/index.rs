@@ -29,7 +29,7 @@
 //! since the open went through the index: the hook is installed when the WAL is opened, before
 //! the server serves writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -69,8 +69,14 @@ fn decode_wal_index(value: Option<&[u8]>) -> u64 {
 /// The sums as the writer keeps them.
 struct Mirror {
     sums: CellSums,
-    /// The hash of every non-empty bucket, kept with its sums.
+    /// The hash of every non-empty bucket, as of the last read of the tree: buckets in `stale`
+    /// are hashed again (or dropped) by [`Mirror::refresh`] before the tree or root is read.
+    /// Lazy because the writer changes a bucket far more often than status reads the root:
+    /// hashing a bucket (~600 bytes of SHA-256) on every commit that touches it cost the
+    /// storage writer more than the sums themselves.
     hashes: BTreeMap<u32, [u8; 32]>,
+    /// Buckets whose sums changed since their hash in `hashes` was computed.
+    stale: BTreeSet<u32>,
     keys: u64,
     /// The WAL index written by the last commit the sums include...
     wal_index: u64,
@@ -87,6 +93,7 @@ impl Mirror {
         Mirror {
             sums,
             hashes: tree.buckets.iter().copied().collect(),
+            stale: BTreeSet::new(),
             keys: tree.keys,
             wal_index,
             exact: true,
@@ -94,14 +101,29 @@ impl Mirror {
         }
     }
 
-    fn buckets(&self) -> Vec<(u32, [u8; 32])> {
+    /// Brings `hashes` up to date with the sums: each stale bucket hashed once, however many
+    /// commits changed it since the last read.
+    fn refresh(&mut self) {
+        for bucket in std::mem::take(&mut self.stale) {
+            match self.sums.bucket(bucket) {
+                Some(sums) => self.hashes.insert(bucket, sums.hash()),
+                None => self.hashes.remove(&bucket),
+            };
+        }
+    }
+
+    fn buckets(&mut self) -> Vec<(u32, [u8; 32])> {
+        self.refresh();
         self.hashes.iter().map(|(&b, &hash)| (b, hash)).collect()
     }
 
     fn root(&mut self) -> [u8; 32] {
         match self.root {
             Some(root) => root,
-            None => self.cache_root(&self.buckets()),
+            None => {
+                let buckets = self.buckets();
+                self.cache_root(&buckets)
+            }
         }
     }
 
@@ -128,10 +150,7 @@ impl Mirror {
     fn apply(&mut self, deltas: &BTreeMap<u32, BucketSums>) {
         for (&bucket, delta) in deltas.iter().filter(|(_, d)| !d.is_zero()) {
             self.sums.add(bucket, delta);
-            match self.sums.bucket(bucket) {
-                Some(sums) => self.hashes.insert(bucket, sums.hash()),
-                None => self.hashes.remove(&bucket),
-            };
+            self.stale.insert(bucket);
             self.keys = self.keys.wrapping_add(delta.keys);
             self.root = None;
         }

@@ -128,6 +128,35 @@ async fn concurrent_writes_keep_the_inmem_index_exact() {
     concurrent_writes_keep_the_index_exact(Arc::new(InmemBackend::new())).await;
 }
 
+/// Bucket hashes are computed when the tree is read, not at each commit: reads after one
+/// commit, after several that changed the same buckets, and after a bucket emptied all give
+/// the scan's tree (a bucket left stale, or hashed from older sums, would not).
+#[tokio::test]
+async fn the_tree_read_between_commits_is_always_the_scans() {
+    let backend: Arc<dyn HookedBackend> = Arc::new(InmemBackend::new());
+    let wal = Wal::open(backend.clone()).await.expect("open");
+    wal.set_recording(true);
+    let index = wal.merkle_index().expect("the backend feeds an index");
+    let mut rng = Rng(0x5eed_1e55_0b5e_55ed);
+    let mut reads = 0;
+    for round in 0..300u64 {
+        // Few keys, so commits keep changing (and emptying) the same buckets.
+        backend
+            .batch(random_batch(&mut rng, 12))
+            .await
+            .expect("batch");
+        // Read after 1 to 5 commits, so a read finds between one and several stale changes.
+        if rng.below(5) == 0 || round % 7 == 0 {
+            let (tree, _, _) = index.fingerprint().expect("the index is ready");
+            let (scanned, _) = compute_with_cells(backend.as_ref()).await.expect("scan");
+            assert_eq!(tree, scanned, "after commit {round}");
+            reads += 1;
+        }
+    }
+    assert!(reads > 40, "the tree was read {reads} times");
+    assert_index_exact(&wal, backend.as_ref()).await;
+}
+
 #[tokio::test]
 async fn a_store_is_summed_when_opened_and_again_after_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
