@@ -1253,7 +1253,7 @@ impl Inner {
     /// The primary's key count from its last Merkle scan, without scanning (0 = none yet).
     /// Waits for a scan in progress rather than reporting none while it runs.
     pub(crate) async fn cached_key_count(&self) -> u64 {
-        if let Some((_, keys, _)) = self.wal.merkle_index().and_then(|index| index.root()) {
+        if let Some(keys) = self.wal.merkle_index().and_then(|index| index.keys()) {
             return keys;
         }
         self.merkle_cache

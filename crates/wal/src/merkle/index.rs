@@ -72,8 +72,10 @@ struct Mirror {
     /// The hash of every non-empty bucket, as of the last read of the tree: buckets in `stale`
     /// are hashed again (or dropped) by [`Mirror::refresh`] before the tree or root is read.
     /// Lazy because the writer changes a bucket far more often than status reads the root:
-    /// hashing a bucket (~600 bytes of SHA-256) on every commit that touches it cost the
-    /// storage writer more than the sums themselves.
+    /// hashing a bucket (one to ten SHA-256 blocks, as it fills) on every commit that touched
+    /// it was the storage writer's largest Merkle cost. The reader hashes under the mirror's
+    /// lock, so the writer's next commit may wait for a refresh of every bucket changed since
+    /// the last read; in all, never more hashing than the commits did before.
     hashes: BTreeMap<u32, [u8; 32]>,
     /// Buckets whose sums changed since their hash in `hashes` was computed.
     stale: BTreeSet<u32>,
@@ -470,6 +472,11 @@ impl MerkleIndex {
         let root = mirror.root();
         let exact_at = mirror.exact.then_some(mirror.wal_index);
         Some((hex::encode(root), mirror.keys, exact_at))
+    }
+
+    /// The number of keys the sums hold, without hashing what changed since the last read.
+    pub fn keys(&self) -> Option<u64> {
+        self.shared.mirror().as_ref().map(|mirror| mirror.keys)
     }
 
     /// The tree and the WAL index it is exact for.

@@ -130,7 +130,7 @@ async fn concurrent_writes_keep_the_inmem_index_exact() {
 
 /// Bucket hashes are computed when the tree is read, not at each commit: reads after one
 /// commit, after several that changed the same buckets, and after a bucket emptied all give
-/// the scan's tree (a bucket left stale, or hashed from older sums, would not).
+/// the scan's tree and root (a bucket left stale, or hashed from older sums, would not).
 #[tokio::test]
 async fn the_tree_read_between_commits_is_always_the_scans() {
     let backend: Arc<dyn HookedBackend> = Arc::new(InmemBackend::new());
@@ -145,11 +145,21 @@ async fn the_tree_read_between_commits_is_always_the_scans() {
             .batch(random_batch(&mut rng, 12))
             .await
             .expect("batch");
-        // Read after 1 to 5 commits, so a read finds between one and several stale changes.
+        // Reads after one to seven commits, so a read finds one or several stale changes;
+        // every other read asks for the root first (as status does), the rest for the tree.
         if rng.below(5) == 0 || round % 7 == 0 {
-            let (tree, _, _) = index.fingerprint().expect("the index is ready");
             let (scanned, _) = compute_with_cells(backend.as_ref()).await.expect("scan");
+            if reads % 2 == 0 {
+                let (root, keys, _) = index.root().expect("the index is ready");
+                assert_eq!(
+                    (root, keys),
+                    (scanned.root_hex(), scanned.keys),
+                    "after commit {round}"
+                );
+            }
+            let (tree, _, _) = index.fingerprint().expect("the index is ready");
             assert_eq!(tree, scanned, "after commit {round}");
+            assert_eq!(index.keys(), Some(scanned.keys));
             reads += 1;
         }
     }
