@@ -29,7 +29,7 @@
 //! since the open went through the index: the hook is installed when the WAL is opened, before
 //! the server serves writes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -37,8 +37,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bunker_storage::{Backend, CommitIndex, IndexUpdate, KeyRange, Op, StorageError};
 use tokio::sync::oneshot;
 
-use super::sums::{locate_key, BucketSums, CellSums};
-use super::{leaf_digest, root_of, MerkleError, MerkleTree, PAST_LOCAL_KEYS};
+use super::sums::{locate_key, CellSums};
+use super::{leaf_digest, root_of, MerkleError, MerkleTree, BUCKETS, PAST_LOCAL_KEYS};
 use crate::keys::{is_local, LOCAL_PREFIX, WAL_LAST_KEY};
 
 /// Written by the commit that carries a check, a rebuild or a summing step (never read).
@@ -78,7 +78,7 @@ struct Mirror {
     /// the last read; in all, never more hashing than the commits did before.
     hashes: BTreeMap<u32, [u8; 32]>,
     /// Buckets whose sums changed since their hash in `hashes` was computed.
-    stale: BTreeSet<u32>,
+    stale: StaleBuckets,
     keys: u64,
     /// The WAL index written by the last commit the sums include...
     wal_index: u64,
@@ -95,7 +95,7 @@ impl Mirror {
         Mirror {
             sums,
             hashes: tree.buckets.iter().copied().collect(),
-            stale: BTreeSet::new(),
+            stale: StaleBuckets::default(),
             keys: tree.keys,
             wal_index,
             exact: true,
@@ -106,7 +106,7 @@ impl Mirror {
     /// Brings `hashes` up to date with the sums: each stale bucket hashed once, however many
     /// commits changed it since the last read.
     fn refresh(&mut self) {
-        for bucket in std::mem::take(&mut self.stale) {
+        for bucket in self.stale.take() {
             match self.sums.bucket(bucket) {
                 Some(sums) => self.hashes.insert(bucket, sums.hash()),
                 None => self.hashes.remove(&bucket),
@@ -149,13 +149,65 @@ impl Mirror {
         }
     }
 
-    fn apply(&mut self, deltas: &BTreeMap<u32, BucketSums>) {
-        for (&bucket, delta) in deltas.iter().filter(|(_, d)| !d.is_zero()) {
-            self.sums.add(bucket, delta);
-            self.stale.insert(bucket);
+    fn apply(&mut self, deltas: &[CellDelta]) {
+        for delta in deltas {
+            self.sums
+                .add_cell(delta.bucket, delta.slot, delta.keys, delta.sum);
+            self.stale.insert(delta.bucket);
             self.keys = self.keys.wrapping_add(delta.keys);
             self.root = None;
         }
+    }
+}
+
+/// One replicated value's change to the sums: a key added (`keys` 1, `sum` its leaf digest)
+/// or removed (the negations, wrapping), in cell `slot` of `bucket`.
+///
+/// A commit's changes are kept as a list of these rather than a whole bucket's sums per
+/// bucket touched (520 bytes, zeroed, moved into a map, then added cell by cell to the mirror
+/// and checked for zero): a KV write changes one cell in each of two buckets, and that
+/// building and adding was ~8 % of the storage writer's samples (`perf`, 64 connections;
+/// `bench/README.md`). The sums are additive, so the order of the changes does not matter.
+#[derive(Clone, Copy, Debug)]
+struct CellDelta {
+    bucket: u32,
+    slot: usize,
+    keys: u64,
+    sum: u64,
+}
+
+/// A set of bucket numbers as one bit each (512 bytes): marking a bucket is a bit set in a
+/// line the writer keeps in cache, where a `BTreeSet` insert cost an allocation and a few
+/// cache misses per changed bucket on the storage writer (`bench/README.md`).
+#[derive(Clone)]
+struct StaleBuckets([u64; BUCKETS / 64]);
+
+impl Default for StaleBuckets {
+    fn default() -> Self {
+        StaleBuckets([0; BUCKETS / 64])
+    }
+}
+
+impl StaleBuckets {
+    /// Marks `bucket`; one past the last is ignored.
+    fn insert(&mut self, bucket: u32) {
+        if let Some(word) = self.0.get_mut(bucket as usize / 64) {
+            *word |= 1 << (bucket % 64);
+        }
+    }
+
+    /// The marked buckets, ascending, leaving none marked.
+    fn take(&mut self) -> Vec<u32> {
+        let mut taken = Vec::new();
+        for (at, word) in self.0.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                // Below BUCKETS (4,096): fits a u32.
+                taken.push((at * 64) as u32 + bits.trailing_zeros());
+                bits &= bits - 1;
+            }
+        }
+        taken
     }
 }
 
@@ -598,7 +650,7 @@ impl CommitIndex for MerkleIndex {
         });
         Box::new(Update {
             shared: self.shared.clone(),
-            deltas: BTreeMap::new(),
+            deltas: Vec::new(),
             wal_index: None,
             verify,
             truth,
@@ -613,8 +665,8 @@ impl CommitIndex for MerkleIndex {
 /// One commit's update.
 struct Update {
     shared: Arc<Shared>,
-    /// Per bucket: the change the commit's writes make to the sums.
-    deltas: BTreeMap<u32, BucketSums>,
+    /// The changes the commit's writes make to the sums, one per value added or removed.
+    deltas: Vec<CellDelta>,
     /// The WAL index the commit writes, if it writes one.
     wal_index: Option<u64>,
     /// A check this commit carries: it sums the keyspace as the commit leaves it.
@@ -651,10 +703,20 @@ impl IndexUpdate for Update {
             }
         }
         let (bucket, slot) = locate_key(key);
-        let delta = self.deltas.entry(bucket).or_default();
-        for (value, sign) in [(old, false), (new, true)] {
+        for (value, added) in [(old, false), (new, true)] {
             if let Some(value) = value {
-                delta.count(slot, leaf_digest(key, value), sign);
+                let digest = leaf_digest(key, value);
+                let (keys, sum) = if added {
+                    (1, digest)
+                } else {
+                    (1u64.wrapping_neg(), digest.wrapping_neg())
+                };
+                self.deltas.push(CellDelta {
+                    bucket,
+                    slot,
+                    keys,
+                    sum,
+                });
             }
         }
     }
@@ -796,8 +858,10 @@ impl Update {
         let build = slot
             .as_mut()
             .filter(|build| Some(build.generation) == self.build_generation)?;
-        for (&bucket, delta) in &self.deltas {
-            build.sums.add(bucket, delta);
+        for delta in &self.deltas {
+            build
+                .sums
+                .add_cell(delta.bucket, delta.slot, delta.keys, delta.sum);
         }
         if let Some(index) = self.wal_index {
             build.wal_index = index;

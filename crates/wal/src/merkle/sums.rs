@@ -5,13 +5,18 @@
 //! of all 262,144 cells (2 MiB) and the tree a dense list of 4,096 bucket hashes. At a million
 //! keys every bucket holds keys and both forms cost about the same, but a small keyspace (a
 //! new cluster, a test, the deterministic simulation with its tens of keys) paid for zeroing,
-//! copying and hashing 2 MiB and 128 KiB for every tree. Now the buckets that hold keys are
-//! kept in an ordered map, each boxed (520 bytes, allocated with its first key): a full index
-//! is 2 MiB plus the map's nodes, a lookup is a dozen comparisons, and a small index costs in
-//! proportion to its buckets (an earlier form kept one pointer for every bucket, 32 KiB that
-//! every open, tree and comparison walked whatever the keyspace held).
-
-use std::collections::BTreeMap;
+//! copying and hashing 2 MiB and 128 KiB for every tree. Now only the buckets that hold keys
+//! are allocated, each boxed (520 bytes, with its first key): a full index is 2 MiB plus 33
+//! KiB of pointers, and a small index costs in proportion to its buckets (an earlier form
+//! kept one pointer for every bucket, 32 KiB that every open, tree and comparison walked
+//! whatever the keyspace held).
+//!
+//! The boxes are found through a two-level table (64 groups of 64 buckets, a group allocated
+//! with its first bucket, freed with its last): a small keyspace walks 64 group pointers plus
+//! its few groups, and a lookup is two small arrays deep. It replaced an ordered map, whose
+//! walk over 4,096 boxes was four or five dependent cache misses per lookup: the storage
+//! writer looks up two random buckets per KV write, and that lookup was 7 % of its samples at
+//! 64 connections (`bench/README.md`, the "instructions" table).
 
 use sha2::{Digest, Sha256};
 
@@ -77,12 +82,102 @@ impl BucketSums {
     }
 }
 
+/// Buckets per group of [`BucketTable`], and groups.
+const GROUP: usize = 64;
+const GROUPS: usize = BUCKETS / GROUP;
+
+type Group = [Option<Box<BucketSums>>; GROUP];
+
+/// Boxed bucket sums by bucket number, in two levels: a group of [`GROUP`] buckets is
+/// allocated with its first bucket and freed with its last.
+#[derive(Clone)]
+struct BucketTable {
+    groups: [Option<Box<Group>>; GROUPS],
+}
+
+impl Default for BucketTable {
+    fn default() -> Self {
+        BucketTable {
+            groups: std::array::from_fn(|_| None),
+        }
+    }
+}
+
+impl BucketTable {
+    /// `bucket`'s group and place in it; `None` past the last bucket.
+    fn place(bucket: u32) -> Option<(usize, usize)> {
+        let bucket = bucket as usize;
+        (bucket < BUCKETS).then_some((bucket / GROUP, bucket % GROUP))
+    }
+
+    fn get(&self, bucket: u32) -> Option<&BucketSums> {
+        let (group, at) = Self::place(bucket)?;
+        self.groups.get(group)?.as_ref()?.get(at)?.as_deref()
+    }
+
+    /// `bucket`'s sums, created empty if absent; `None` past the last bucket.
+    fn get_or_insert(&mut self, bucket: u32) -> Option<&mut BucketSums> {
+        let (group, at) = Self::place(bucket)?;
+        let group = self
+            .groups
+            .get_mut(group)?
+            .get_or_insert_with(|| Box::new(std::array::from_fn(|_| None)));
+        Some(group.get_mut(at)?.get_or_insert_with(Box::default))
+    }
+
+    fn remove(&mut self, bucket: u32) {
+        let Some((group, at)) = Self::place(bucket) else {
+            return;
+        };
+        let Some(slot) = self.groups.get_mut(group) else {
+            return;
+        };
+        if let Some(members) = slot {
+            if let Some(member) = members.get_mut(at) {
+                *member = None;
+            }
+            if members.iter().all(Option::is_none) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// The buckets present, ascending.
+    fn iter(&self) -> impl Iterator<Item = (u32, &BucketSums)> {
+        self.groups
+            .iter()
+            .enumerate()
+            .filter_map(|(group, members)| members.as_ref().map(|members| (group, members)))
+            .flat_map(|(group, members)| {
+                members.iter().enumerate().filter_map(move |(at, sums)| {
+                    // Below BUCKETS (4,096): fits a u32.
+                    sums.as_deref()
+                        .map(|sums| ((group * GROUP + at) as u32, sums))
+                })
+            })
+    }
+}
+
+impl PartialEq for BucketTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for BucketTable {}
+
+impl std::fmt::Debug for BucketTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
 /// The sums of every bucket that holds keys, by bucket; a bucket absent is empty (all zero).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CellSums {
     /// Never an all-zero bucket, so equal keyspaces compare equal; never a bucket past the
     /// last ([`BUCKETS`]).
-    buckets: BTreeMap<u32, Box<BucketSums>>,
+    buckets: BucketTable,
 }
 
 impl CellSums {
@@ -105,18 +200,35 @@ impl CellSums {
         self.change(bucket, |sums| sums.add(delta));
     }
 
+    /// Adds one cell's change: `keys` to the bucket's key count and `sum` to the sum of its
+    /// cell `slot` (both wrapping: a removal adds the negation). What a commit's writes do,
+    /// one value at a time, without building a whole bucket's delta (`CellDelta`).
+    pub fn add_cell(&mut self, bucket: u32, slot: usize, keys: u64, sum: u64) {
+        if bucket as usize >= BUCKETS || slot >= CELLS_PER_BUCKET {
+            return;
+        }
+        self.change(bucket, |sums| {
+            sums.keys = sums.keys.wrapping_add(keys);
+            if let Some(cell) = sums.cells.get_mut(slot) {
+                *cell = cell.wrapping_add(sum);
+            }
+        });
+    }
+
     /// Applies `change` to `bucket`'s sums (empty if absent), keeping no all-zero bucket.
     fn change(&mut self, bucket: u32, change: impl FnOnce(&mut BucketSums)) {
-        let sums = self.buckets.entry(bucket).or_default();
+        let Some(sums) = self.buckets.get_or_insert(bucket) else {
+            return;
+        };
         change(sums);
         if sums.is_zero() {
-            self.buckets.remove(&bucket);
+            self.buckets.remove(bucket);
         }
     }
 
     /// `bucket`'s sums, `None` when it is empty.
     pub fn bucket(&self, bucket: u32) -> Option<&BucketSums> {
-        self.buckets.get(&bucket).map(|sums| &**sums)
+        self.buckets.get(bucket)
     }
 
     /// One cell's sum (0 for an empty cell or one past the last).
@@ -160,7 +272,7 @@ impl CellSums {
 
     /// The non-empty buckets, ascending.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &BucketSums)> {
-        self.buckets.iter().map(|(&bucket, sums)| (bucket, &**sums))
+        self.buckets.iter()
     }
 
     /// The tree these sums make.
@@ -181,10 +293,9 @@ impl CellSums {
         let empty = BucketSums::default();
         let mut differing = (0, 0);
         let buckets: std::collections::BTreeSet<u32> = self
-            .buckets
-            .keys()
-            .chain(other.buckets.keys())
-            .copied()
+            .iter()
+            .chain(other.iter())
+            .map(|(bucket, _)| bucket)
             .collect();
         for bucket in buckets {
             let ours = self.bucket(bucket).unwrap_or(&empty);

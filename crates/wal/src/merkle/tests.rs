@@ -373,6 +373,53 @@ fn sums_hold_only_the_buckets_that_hold_keys() {
     assert_eq!(sums.cell(u32::MAX), 0, "a cell past the last sums to 0");
 }
 
+/// The bucket table (two levels of 64): buckets iterate in order across groups, a group
+/// emptied and filled again holds what it should, cell changes undone leave sums equal to
+/// ones that never saw them (whatever groups were allocated on the way), and cells and
+/// buckets past the last are ignored.
+#[test]
+fn cell_changes_in_any_order_give_the_sums_of_what_is_left() {
+    let entries: Vec<(String, Vec<u8>)> = (0..3000)
+        .map(|i| (format!("t/{i}"), format!("v{}", i % 7).into_bytes()))
+        .collect();
+    let mut changed = CellSums::new();
+    // Add everything one cell at a time, then take two thirds out again, backwards.
+    for (key, value) in &entries {
+        let (bucket, slot, digest) = sums::locate(key, value);
+        changed.add_cell(bucket, slot, 1, digest);
+    }
+    for (key, value) in entries.iter().rev().filter(|(k, _)| !k.ends_with('0')) {
+        let (bucket, slot, digest) = sums::locate(key, value);
+        changed.add_cell(bucket, slot, 1u64.wrapping_neg(), digest.wrapping_neg());
+    }
+    let mut fresh = CellSums::new();
+    for (key, value) in entries.iter().filter(|(k, _)| k.ends_with('0')) {
+        fresh.add_entry(key, value);
+    }
+    assert_eq!(changed, fresh);
+    assert_eq!(changed.tree(), fresh.tree());
+    assert_eq!(changed.keys(), 300);
+    let order: Vec<u32> = changed.iter().map(|(b, _)| b).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "ascending");
+    assert!(
+        order.first().is_some_and(|&b| b < 64) && order.last().is_some_and(|&b| b >= 4032),
+        "300 keys spread over the first and last groups: {order:?}"
+    );
+    // Past the last bucket or cell: ignored.
+    changed.add_cell(BUCKETS as u32, 0, 1, 1);
+    changed.add_cell(0, CELLS_PER_BUCKET, 1, 1);
+    assert_eq!(changed, fresh);
+    // Emptied completely, then one key again: one bucket.
+    for (key, value) in entries.iter().filter(|(k, _)| k.ends_with('0')) {
+        let (bucket, slot, digest) = sums::locate(key, value);
+        changed.add_cell(bucket, slot, 1u64.wrapping_neg(), digest.wrapping_neg());
+    }
+    assert_eq!(changed, CellSums::new());
+    assert_eq!(changed.iter().count(), 0);
+    changed.add_entry("t/again", b"v");
+    assert_eq!(changed.iter().count(), 1);
+}
+
 #[test]
 fn the_sums_of_many_cells_are_each_cells_sum() {
     let mut sums = CellSums::new();

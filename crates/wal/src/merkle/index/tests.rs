@@ -4,6 +4,7 @@ use bunker_storage::{Backend, EmbeddedBackend, HookedBackend, InmemBackend, Op};
 
 use super::*;
 use crate::merkle::compute_with_cells;
+use crate::merkle::BucketSums;
 use crate::wal::Wal;
 
 fn put(key: &str, value: &[u8]) -> Op {
@@ -279,11 +280,12 @@ async fn a_check_finds_wrong_sums_and_a_rebuild_repairs_them_while_writes_go_on(
     {
         let mut mirror = index.shared.mirror();
         let mirror = mirror.as_mut().expect("ready");
-        let mut wrong = BTreeMap::new();
-        let mut delta = BucketSums::default();
-        delta.count(5, 77, true);
-        wrong.insert(3, delta);
-        wrong.insert(4000, delta);
+        let wrong = [3, 4000].map(|bucket| CellDelta {
+            bucket,
+            slot: 5,
+            keys: 1,
+            sum: 77,
+        });
         mirror.apply(&wrong);
     }
     let check = index.check(backend.as_ref()).await.expect("check");
@@ -605,4 +607,14 @@ async fn summing_in_the_background_under_concurrent_writes_ends_exact() {
         "the waiter saw the sums ready"
     );
     assert_index_exact(&wal, backend.as_ref()).await;
+}
+
+#[test]
+fn stale_buckets_are_taken_once_in_order() {
+    let mut stale = StaleBuckets::default();
+    for bucket in [4095, 0, 63, 64, 63, 1000, BUCKETS as u32] {
+        stale.insert(bucket);
+    }
+    assert_eq!(stale.take(), vec![0, 63, 64, 1000, 4095]);
+    assert_eq!(stale.take(), Vec::<u32>::new());
 }
