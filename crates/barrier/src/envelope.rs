@@ -12,9 +12,13 @@
 //! The random bits are drawn [`NONCES_PER_DRAW`] nonces at a time into a per-thread pool
 //! ([`next_nonce`]): each draw from AWS-LC's CTR-DRBG costs a fixed ~2,300 instructions (its
 //! reseed checks and state update) however few bytes it returns, which was half of a seal and
-//! ~4 % of a KV write's request CPU (`bench/README.md`). A GCM nonce must be unique, not secret
-//! (it is stored in the clear beside the ciphertext), so holding the next few in memory
-//! reveals nothing; each pooled nonce is handed out once and overwritten as it is taken.
+//! 4.5 % of a KV write's request CPU (`bench/README.md`). A GCM nonce must be unique, not
+//! secret (it is stored in the clear beside the ciphertext), so holding the next few in memory
+//! reveals nothing; each pooled nonce is handed out once and zeroed as it is taken, and an
+//! all-zero slot is refused, so a pool that failed to advance or refill fails the seal rather
+//! than repeat a nonce. The pool assumes the process never forks (Bunker does not: no fork,
+//! no daemonizing): a forked child would inherit and hand out the same pooled nonces, which
+//! AWS-LC's own fork detection cannot see.
 //!
 //! The associated data is supplied by the caller (the storage path for barrier values), so a
 //! ciphertext copied to another path fails authentication instead of decrypting.
@@ -72,7 +76,9 @@ thread_local! {
 }
 
 /// The next 96 random bits for a nonce, from this thread's pool, refilled from AWS-LC's RNG
-/// when it is used up. `None` only if the RNG fails (then nothing is handed out).
+/// when it is used up. `None` (the seal fails, nothing is handed out) if the RNG fails, if
+/// the pool is already borrowed (re-entry: cannot happen, nothing here calls back) or if the
+/// slot is all zero (a slot already taken; a fresh one is all zero once in 2^96).
 fn next_nonce() -> Option<[u8; NONCE_LEN]> {
     NONCE_POOL.with(|pool| {
         let mut pool = pool.try_borrow_mut().ok()?;
@@ -84,10 +90,11 @@ fn next_nonce() -> Option<[u8; NONCE_LEN]> {
         let slot = pool.bytes.get_mut(pool.taken..pool.taken + NONCE_LEN)?;
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(slot);
-        // Taken bytes are cleared, so a nonce cannot be handed out twice even by a bug here.
+        // Taken bytes are zeroed and a zero slot refused: a bug that stopped the pool from
+        // advancing or refilling fails seals instead of repeating a nonce.
         slot.fill(0);
         pool.taken += NONCE_LEN;
-        Some(nonce)
+        (nonce != [0; NONCE_LEN]).then_some(nonce)
     })
 }
 

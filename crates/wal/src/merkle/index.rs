@@ -12,8 +12,8 @@
 //! - **Nothing stored.** Keeping sums or per-key entries in storage was built and measured
 //!   (`bench/README.md`, "The Merkle index"): every commit then rewrites pages at random places
 //!   in the B-tree (index keys are ordered by hash, data keys by path), which cost 35–55 % of
-//!   the write throughput at 64 connections. Memory costs at most 2 MiB (the sums of the
-//!   buckets that hold keys) and no write.
+//!   the write throughput at 64 connections. Memory costs about 2.2 MiB at most (the sums
+//!   of the buckets that hold keys, their table and hashes) and no write.
 //! - **Summed once at open, in steps.** Opening sums the replicated keyspace once; afterwards
 //!   only commits change the sums. The summing reads the keyspace in steps of [`STEP_ENTRIES`]
 //!   entries, each inside a commit, while every commit adds its own writes of the keys already
@@ -165,9 +165,10 @@ impl Mirror {
 ///
 /// A commit's changes are kept as a list of these rather than a whole bucket's sums per
 /// bucket touched (520 bytes, zeroed, moved into a map, then added cell by cell to the mirror
-/// and checked for zero): a KV write changes one cell in each of two buckets, and that
-/// building and adding was ~8 % of the storage writer's samples (`perf`, 64 connections;
-/// `bench/README.md`). The sums are additive, so the order of the changes does not matter.
+/// and checked for zero): a KV write changes one cell in each of two buckets. The sums are
+/// additive, so the order of the changes does not change the result; a value's addition is
+/// recorded before the removal of the one it replaces, so that overwriting a bucket's only
+/// key does not empty the bucket (freeing and allocating it again) in between.
 #[derive(Clone, Copy, Debug)]
 struct CellDelta {
     bucket: u32,
@@ -181,6 +182,8 @@ struct CellDelta {
 /// cache misses per changed bucket on the storage writer (`bench/README.md`).
 #[derive(Clone)]
 struct StaleBuckets([u64; BUCKETS / 64]);
+
+const _: () = assert!(BUCKETS.is_multiple_of(64), "every bucket has its bit");
 
 impl Default for StaleBuckets {
     fn default() -> Self {
@@ -703,7 +706,7 @@ impl IndexUpdate for Update {
             }
         }
         let (bucket, slot) = locate_key(key);
-        for (value, added) in [(old, false), (new, true)] {
+        for (value, added) in [(new, true), (old, false)] {
             if let Some(value) = value {
                 let digest = leaf_digest(key, value);
                 let (keys, sum) = if added {

@@ -85,6 +85,7 @@ impl BucketSums {
 /// Buckets per group of [`BucketTable`], and groups.
 const GROUP: usize = 64;
 const GROUPS: usize = BUCKETS / GROUP;
+const _: () = assert!(BUCKETS.is_multiple_of(GROUP), "every bucket has its group");
 
 type Group = [Option<Box<BucketSums>>; GROUP];
 
@@ -140,6 +141,12 @@ impl BucketTable {
                 *slot = None;
             }
         }
+    }
+
+    /// Groups allocated (for tests: an emptied group must be freed).
+    #[cfg(test)]
+    pub(crate) fn groups_allocated(&self) -> usize {
+        self.groups.iter().filter(|group| group.is_some()).count()
     }
 
     /// The buckets present, ascending.
@@ -262,6 +269,12 @@ impl CellSums {
                     .unwrap_or(0)
             })
             .collect()
+    }
+
+    /// Groups of the bucket table allocated (for tests).
+    #[cfg(test)]
+    pub(crate) fn groups_allocated(&self) -> usize {
+        self.buckets.groups_allocated()
     }
 
     /// The number of keys summed.

@@ -405,6 +405,12 @@ fn cell_changes_in_any_order_give_the_sums_of_what_is_left() {
         order.first().is_some_and(|&b| b < 64) && order.last().is_some_and(|&b| b >= 4032),
         "300 keys spread over the first and last groups: {order:?}"
     );
+    let groups: BTreeSet<u32> = order.iter().map(|bucket| bucket / 64).collect();
+    assert_eq!(
+        changed.groups_allocated(),
+        groups.len(),
+        "a group per group in use"
+    );
     // Past the last bucket or cell: ignored.
     changed.add_cell(BUCKETS as u32, 0, 1, 1);
     changed.add_cell(0, CELLS_PER_BUCKET, 1, 1);
@@ -416,8 +422,10 @@ fn cell_changes_in_any_order_give_the_sums_of_what_is_left() {
     }
     assert_eq!(changed, CellSums::new());
     assert_eq!(changed.iter().count(), 0);
+    assert_eq!(changed.groups_allocated(), 0, "emptied groups are freed");
     changed.add_entry("t/again", b"v");
     assert_eq!(changed.iter().count(), 1);
+    assert_eq!(changed.groups_allocated(), 1);
 }
 
 #[test]
