@@ -58,17 +58,94 @@ impl Timed {
 
 impl Drop for Timed {
     fn drop(&mut self) {
-        record(self.name, self.started.elapsed(), self.slow_after);
+        let now = Instant::now();
+        record_at(
+            self.name,
+            now.saturating_duration_since(self.started),
+            self.slow_after,
+            now,
+        );
     }
 }
 
 /// Records `took` in the summary `name`, in milliseconds, and warns when it is over
 /// `slow_after`: for stages timed from an instant taken elsewhere (a commit, a queueing).
 pub fn record(name: &'static str, took: Duration, slow_after: Option<Duration>) {
-    metrics::histogram!(name).record(took.as_secs_f64() * 1000.0);
+    record_at(name, took, slow_after, Instant::now());
+}
+
+fn record_at(name: &'static str, took: Duration, slow_after: Option<Duration>, now: Instant) {
+    record_ms(name, took.as_secs_f64() * 1000.0, now);
     if let Some(threshold) = slow_after {
         warn_if_slow(name, took, threshold);
     }
+}
+
+/// How long a thread reuses a histogram handle before asking the recorder for it again.
+///
+/// `metrics::histogram!` asks the recorder for a handle on every use: the Prometheus
+/// exporter hashes the name, looks it up in its registry under a lock and allocates the
+/// handle, ~200 instructions before the sample is recorded, and a KV write records six
+/// timings on the request runtime (reusing handles: −1.3 % of its instructions,
+/// `bench/README.md`). A handle is kept per thread, per recorder and per name, and asked for
+/// again after this long: the exporter drops a summary idle for longer than
+/// `prometheus_retention_time`, and a handle kept past that would record into the dropped
+/// one; a summary in use is never idle (recording through a handle marks it used), and one
+/// idle that long is looked up afresh on its next use. The recorder is part of the key, so
+/// a recorder installed later, or set for a scope (a test's), is asked for its own handles.
+const HANDLE_REUSE: Duration = Duration::from_millis(100);
+
+/// At most this many handles per thread (names are static; more would mean many recorders,
+/// as in tests): past it the thread's handles are dropped and asked for again.
+const HANDLES_PER_THREAD: usize = 64;
+
+/// A histogram handle a thread reuses: the recorder it came from (its address), the name, and
+/// when it was asked for.
+struct Handle {
+    recorder: usize,
+    name: &'static str,
+    histogram: metrics::Histogram,
+    asked: Instant,
+}
+
+thread_local! {
+    static HANDLES: std::cell::RefCell<Vec<Handle>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records `ms` in the summary `name` through this thread's handle for it (`now` is the
+/// current instant, which the caller has read anyway to time what it records).
+pub fn record_ms(name: &'static str, ms: f64, now: Instant) {
+    // The current recorder (a scope's, else the global one, else the no-op): its address
+    // tells recorders apart for as long as they live.
+    let recorder = metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize);
+    HANDLES.with(|handles| {
+        let Ok(mut handles) = handles.try_borrow_mut() else {
+            metrics::histogram!(name).record(ms);
+            return;
+        };
+        if let Some(handle) = handles
+            .iter_mut()
+            .find(|h| h.recorder == recorder && h.name == name)
+        {
+            if now.saturating_duration_since(handle.asked) >= HANDLE_REUSE {
+                handle.histogram = metrics::histogram!(name);
+                handle.asked = now;
+            }
+            handle.histogram.record(ms);
+            return;
+        }
+        let histogram = metrics::histogram!(name);
+        histogram.record(ms);
+        if handles.len() >= HANDLES_PER_THREAD {
+            handles.clear();
+        }
+        handles.push(Handle {
+            recorder,
+            name,
+            histogram,
+            asked: now,
+        });
+    });
 }
 
 /// The process's warnings, for every stage.
@@ -208,9 +285,9 @@ mod tests {
         assert_eq!(tenths_of_ms(SLOW_WRITE_PATH), 50.0);
     }
 
-    /// Counts the samples recorded in each histogram.
+    /// Counts the samples recorded in each histogram, and the handles asked for.
     #[derive(Default)]
-    struct Samples(Mutex<Vec<(String, Arc<AtomicU64>)>>);
+    struct Samples(Mutex<Vec<(String, Arc<AtomicU64>)>>, AtomicU64);
 
     struct Count(Arc<AtomicU64>);
 
@@ -257,6 +334,7 @@ mod tests {
             key: &metrics::Key,
             _: &metrics::Metadata<'_>,
         ) -> metrics::Histogram {
+            self.1.fetch_add(1, Ordering::SeqCst);
             let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             let count = match all.iter().find(|(name, _)| name == key.name()) {
                 Some((_, count)) => count.clone(),
@@ -294,5 +372,37 @@ mod tests {
         assert_eq!(samples.of("timed-test-start"), 1);
         assert_eq!(samples.of("timed-test-warn"), 1);
         assert_eq!(samples.of("timed-test-record"), 1);
+    }
+
+    /// A thread reuses its handle for a while, asks again after [`HANDLE_REUSE`], and never
+    /// records into another recorder's handle: every sample lands in the recorder current
+    /// when it is recorded.
+    #[test]
+    fn handles_are_reused_per_recorder_and_asked_for_again_in_time() {
+        let first = Samples::default();
+        let t0 = Instant::now();
+        metrics::with_local_recorder(&first, || {
+            for _ in 0..100 {
+                record_ms("timed-test-reuse", 1.0, t0);
+            }
+        });
+        assert_eq!(first.of("timed-test-reuse"), 100);
+        assert_eq!(
+            first.1.load(Ordering::SeqCst),
+            1,
+            "one handle for 100 samples"
+        );
+        // Another recorder (alive beside the first, so at another address) gets its own.
+        let second = Samples::default();
+        metrics::with_local_recorder(&second, || record_ms("timed-test-reuse", 1.0, t0));
+        assert_eq!(second.of("timed-test-reuse"), 1);
+        assert_eq!(first.of("timed-test-reuse"), 100);
+        // Past the reuse time the recorder is asked again, and the sample still lands.
+        metrics::with_local_recorder(&first, || {
+            record_ms("timed-test-reuse", 1.0, t0 + HANDLE_REUSE / 2);
+            record_ms("timed-test-reuse", 1.0, t0 + HANDLE_REUSE);
+        });
+        assert_eq!(first.1.load(Ordering::SeqCst), 2);
+        assert_eq!(first.of("timed-test-reuse"), 102);
     }
 }

@@ -37,13 +37,16 @@ impl Core {
     /// Time one request: `vault_core_handle_request`, or `vault_core_handle_login_request`
     /// for a login, in milliseconds (Vault's units).
     pub(crate) fn record_request_time(path: &str, started: Instant) {
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let now = Instant::now();
+        let ms = now.saturating_duration_since(started).as_secs_f64() * 1000.0;
         let login = path.starts_with("auth/") && path.split('/').any(|seg| seg == "login");
-        if login {
-            metrics::histogram!("vault_core_handle_login_request").record(ms);
+        let name = if login {
+            "vault_core_handle_login_request"
         } else {
-            metrics::histogram!("vault_core_handle_request").record(ms);
-        }
+            "vault_core_handle_request"
+        };
+        // Through the thread's reused handle (`bunker_storage::timed::record_ms`).
+        bunker_storage::timed::record_ms(name, ms, now);
     }
 
     /// Set the gauges that describe state, read now.
