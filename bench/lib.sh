@@ -66,6 +66,14 @@ bunker_revision() {
     fi
 }
 
+# CPU time (user + system, all threads) PID has used so far, in clock ticks: a server's CPU per
+# operation is the difference over a run divided by its operations (figure 1's table).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# cpu_us_per_op TICKS_BEFORE TICKS_AFTER OPS: microseconds of CPU per operation (null if none).
+cpu_us_per_op() {
+    awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { if (n > 0) printf "%.1f\n", (b - a) / hz * 1e6 / n; else print "null" }'
+}
 peak_rss_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 

@@ -64,6 +64,9 @@ def figure_writes(raw, out, targets):
             "etcd_errors": sum(r["errors"] for r in e),
             "writes_per_fsync": spread([r["ops"] / r["fsyncs"] for r in b if r.get("fsyncs")]),
             "writes_per_batch": spread([r["ops"] / r["batches"] for r in b if r.get("batches")]),
+            # The server process's CPU (all threads, user + system) per write over the run.
+            "bunker_cpu_us_per_op": spread([r.get("cpu_us_per_op") for r in b]),
+            "etcd_cpu_us_per_op": spread([r.get("cpu_us_per_op") for r in e]),
         }
         row["ratio"] = ratio(row["bunker_ops_per_sec"], row["etcd_ops_per_sec"])
         rows.append(row)
@@ -78,15 +81,20 @@ def figure_writes(raw, out, targets):
                             "pass": None if wpf is None else wpf["median"] >= 10})
     out["writes"] = rows
     md = ["## 1. Durable KV v2 writes (256-byte values, unique keys) and 2. group commit", "",
-          "ops/s and latency: median (min–max) over the repetitions; ratio = Bunker median / etcd median.", "",
-          "| conns | Bunker ops/s | etcd ops/s | ratio | Bunker p50 / p99 ms | etcd p50 / p99 ms | writes per fsync | errors (B/e) |",
-          "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "ops/s and latency: median (min–max) over the repetitions; ratio = Bunker median / etcd median. "
+          "CPU µs/write: the server process's CPU time (all threads, user + system) over the run per write, "
+          "median (B / e): on this shared 2-core machine the load generator's CPU comes out of the same cores, "
+          "so this says what each server costs apart from it (`bench/threads` splits Bunker's by thread).", "",
+          "| conns | Bunker ops/s | etcd ops/s | ratio | Bunker p50 / p99 ms | etcd p50 / p99 ms | CPU µs/write (B / e) | writes per fsync | errors (B/e) |",
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         md.append(f"| {r['conns']} | {fmt(r['bunker_ops_per_sec'], 0)} | {fmt(r['etcd_ops_per_sec'], 0)} | "
                   f"{fmt(r['ratio'], 2)} | {fmt(r['bunker_p50_ms'] and r['bunker_p50_ms']['median'], 2)} / "
                   f"{fmt(r['bunker_p99_ms'] and r['bunker_p99_ms']['median'], 2)} | "
                   f"{fmt(r['etcd_p50_ms'] and r['etcd_p50_ms']['median'], 2)} / "
                   f"{fmt(r['etcd_p99_ms'] and r['etcd_p99_ms']['median'], 2)} | "
+                  f"{fmt(r['bunker_cpu_us_per_op'] and r['bunker_cpu_us_per_op']['median'], 1)} / "
+                  f"{fmt(r['etcd_cpu_us_per_op'] and r['etcd_cpu_us_per_op']['median'], 1)} | "
                   f"{fmt(r['writes_per_fsync'], 1)} | {r['bunker_errors']}/{r['etcd_errors']} |")
     return md
 
