@@ -91,8 +91,12 @@ fn record_at(name: &'static str, took: Duration, slow_after: Option<Duration>, n
 /// again after this long: the exporter drops a summary idle for longer than
 /// `prometheus_retention_time`, and a handle kept past that would record into the dropped
 /// one; a summary in use is never idle (recording through a handle marks it used), and one
-/// idle that long is looked up afresh on its next use. The recorder is part of the key, so
-/// a recorder installed later, or set for a scope (a test's), is asked for its own handles.
+/// idle that long is looked up afresh on its next use (the retention is configured in whole
+/// seconds, at least one, far above this; a scrape that drops a summary in the instant a
+/// thread asks for it loses that thread's samples of it for at most this long). The recorder
+/// is part of the key, so a recorder installed later, or set for a scope (a test's), is asked
+/// for its own handles; a scope's recorder dropped and another set at the same address within
+/// this long on one thread would get the first one's handles (no test does that).
 const HANDLE_REUSE: Duration = Duration::from_millis(100);
 
 /// At most this many handles per thread (names are static; more would mean many recorders,
@@ -118,10 +122,11 @@ pub fn record_ms(name: &'static str, ms: f64, now: Instant) {
     // The current recorder (a scope's, else the global one, else the no-op): its address
     // tells recorders apart for as long as they live.
     let recorder = metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize);
-    HANDLES.with(|handles| {
+    // While the thread's handles are being torn down (a timing dropped in another
+    // thread-local's destructor) or already in use, the handle is asked for as before.
+    let cached = HANDLES.try_with(|handles| {
         let Ok(mut handles) = handles.try_borrow_mut() else {
-            metrics::histogram!(name).record(ms);
-            return;
+            return false;
         };
         if let Some(handle) = handles
             .iter_mut()
@@ -132,7 +137,7 @@ pub fn record_ms(name: &'static str, ms: f64, now: Instant) {
                 handle.asked = now;
             }
             handle.histogram.record(ms);
-            return;
+            return true;
         }
         let histogram = metrics::histogram!(name);
         histogram.record(ms);
@@ -145,7 +150,11 @@ pub fn record_ms(name: &'static str, ms: f64, now: Instant) {
             histogram,
             asked: now,
         });
+        true
     });
+    if cached != Ok(true) {
+        metrics::histogram!(name).record(ms);
+    }
 }
 
 /// The process's warnings, for every stage.
