@@ -236,10 +236,16 @@ fn expr_bool(key: &str, e: &Expression) -> Result<bool> {
     }
 }
 
-/// A duration such as `"30s"`, `"5m"` or a number of seconds; zero disables the limit.
+/// A duration such as `"30s"`, `"5m"` or a number of seconds, in whole seconds; zero disables
+/// the limit. A value under a second (`"500ms"`) is refused rather than truncated to zero,
+/// which would silently turn the setting off.
 fn expr_duration(key: &str, e: &Expression) -> Result<Duration> {
+    use bunker_core::logical::duration::{is_under_a_second, parse_duration_secs};
     let text = expr_string(key, e)?;
-    let secs = bunker_core::logical::duration::parse_duration_secs(&text)
+    if is_under_a_second(&text) {
+        bail!("{key} is counted in whole seconds: {text:?} would be 0, which turns it off; use 0 or at least \"1s\"");
+    }
+    let secs = parse_duration_secs(&text)
         .map_err(|_| anyhow!("{key} must be a duration such as \"30s\", not {text:?}"))?;
     Ok(Duration::from_secs(secs))
 }
@@ -688,6 +694,8 @@ mod tests {
         assert_eq!(l.max_request_bytes, 1 << 20);
         for bad in [
             "http_read_timeout = \"soon\"",
+            // Under a second would be truncated to 0 (off): refused instead.
+            "http_idle_timeout = \"500ms\"",
             "max_connections = 0",
             "max_connections = -3",
         ] {

@@ -35,6 +35,16 @@ pub fn parse_duration_secs(input: &str) -> Result<u64> {
     u64::try_from(nanos / NANOS_PER_SEC).map_err(|_| invalid(input))
 }
 
+/// Whether `input` (as [`parse_duration_secs`] takes it) is a duration above zero that whole
+/// seconds truncate to zero (`"500ms"`): for settings where zero means "off", such a value must
+/// be refused rather than silently turn the setting off.
+pub fn is_under_a_second(input: &str) -> bool {
+    let text = input.trim();
+    !text.bytes().all(|b| b.is_ascii_digit())
+        && text.chars().count() <= MAX_DURATION_CHARS
+        && parse_go_duration_nanos(text).is_some_and(|nanos| nanos > 0 && nanos < NANOS_PER_SEC)
+}
+
 /// Parse a duration given as JSON: a non-negative number of seconds or a duration string.
 pub fn parse_duration_value(value: &Value) -> Result<u64> {
     match value {
@@ -152,6 +162,16 @@ fn split_digits(s: &str) -> (&str, &str) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_positive_duration_under_a_second_is_told_apart() {
+        for under in ["500ms", "999ms", "1us", " 0.5s "] {
+            assert!(is_under_a_second(under), "{under}");
+        }
+        for not in ["0", "0s", "", "1s", "1.5s", "1000ms", "30", "soon", "-1ms"] {
+            assert!(!is_under_a_second(not), "{not}");
+        }
+    }
     use serde_json::json;
 
     #[test]
