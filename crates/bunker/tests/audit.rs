@@ -332,3 +332,64 @@ fn failing_audit_device_blocks_requests() {
     let logged = drain(&mut reader);
     assert!(logged.contains("secret/data/during"), "{logged}");
 }
+
+/// Requests that take no token are audited as the rest are: a userpass login (accepted and
+/// refused) and a self-unwrap each leave a request and a response record, and the login's
+/// password is in the log only as an HMAC.
+#[test]
+fn logins_and_unwraps_are_audited() {
+    let s = TestServer::dev();
+    let log = s.dir().join("audit-logins.log");
+    let (st, b) = enable_file_audit(&s, "file", &log);
+    assert!(st == 204 || st == 200, "enable audit: {st} {b}");
+    let (st, b) = s.post("sys/auth/people", s.root(), json!({"type": "userpass"}));
+    assert!(st == 204 || st == 200, "enable userpass: {st} {b}");
+    let (st, b) = s.post(
+        "auth/people/users/alice",
+        s.root(),
+        json!({"password": SECRET_VALUE}),
+    );
+    assert!(st == 204 || st == 200, "create user: {st} {b}");
+    let login = |password: &str| {
+        s.post(
+            "auth/people/login/alice",
+            None,
+            json!({ "password": password }),
+        )
+    };
+    let (st, b) = login(SECRET_VALUE);
+    assert_eq!(st, 200, "{b}");
+    let (st, b) = login("wrong");
+    assert!(
+        st == 400 || st == 403,
+        "a wrong password is refused: {st} {b}"
+    );
+    // A wrapped answer unwrapped with its own wrapping token (no other token).
+    let (st, wrapped) = s.request_with(
+        reqwest::Method::POST,
+        "sys/wrapping/wrap",
+        s.root(),
+        Some(json!({"k": "v"})),
+        &[("X-Vault-Wrap-TTL", "60s")],
+    );
+    assert_eq!(st, 200, "{wrapped}");
+    let wrapping_token = wrapped["wrap_info"]["token"].as_str().unwrap().to_owned();
+    let (st, b) = s.post("sys/wrapping/unwrap", Some(&wrapping_token), json!({}));
+    assert_eq!(st, 200, "{b}");
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains(SECRET_VALUE),
+        "the password is in the audit log"
+    );
+    let recs = records(&log);
+    let count = |kind: &str, path: &str| {
+        recs.iter()
+            .filter(|r| r["type"] == kind && r["request"]["path"] == path)
+            .count()
+    };
+    assert_eq!(count("request", "auth/people/login/alice"), 2, "{recs:#?}");
+    assert_eq!(count("response", "auth/people/login/alice"), 2, "{recs:#?}");
+    assert_eq!(count("request", "sys/wrapping/unwrap"), 1, "{recs:#?}");
+    assert_eq!(count("response", "sys/wrapping/unwrap"), 1, "{recs:#?}");
+}

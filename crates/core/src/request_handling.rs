@@ -105,22 +105,14 @@ impl Core {
         match self.handle_unauthenticated(&req).await {
             Ok(None) => {}
             result => {
-                let result = result.map(|r| r.unwrap_or_default());
-                let logged = self.audit.log_request(&req, None).await?;
-                self.audit
-                    .log_response(Some(logged), &req, None, &result)
-                    .await?;
-                return result;
+                let answer = std::future::ready(result.map(|r| r.unwrap_or_default()));
+                return Box::pin(self.audited_without_token(&req, answer)).await;
             }
         }
         // An auth method's login paths (declared by the backend) take no token.
         if let Some((mounted, rel)) = self.unauthenticated_route(&req) {
-            let logged = self.audit.log_request(&req, None).await?;
-            let result = Box::pin(self.handle_login(&req, &mounted, rel)).await;
-            self.audit
-                .log_response(Some(logged), &req, None, &result)
-                .await?;
-            return result;
+            let answer = self.handle_login(&req, &mounted, rel);
+            return Box::pin(self.audited_without_token(&req, answer)).await;
         }
         let mut caller = self.authenticate_audited(&mut req).await?;
         let mut logged = None;
@@ -237,6 +229,24 @@ impl Core {
                 .route(path)
                 .map(|(m, rel)| (m.clone(), rel))
         })
+    }
+
+    /// Audits a request that takes no token (a wrapping lookup, a self-unwrap, a login): the
+    /// request's entry, then `answer`, then the response's. Its own function, awaited boxed:
+    /// the answer and the audit entry held across the audit's awaits inline would be laid out
+    /// beside the authenticated path's in every request's future (the compiler does not
+    /// overlap locals of different branches that live across awaits: ~1.5 KiB of the 5.5).
+    async fn audited_without_token(
+        &self,
+        req: &Request,
+        answer: impl std::future::Future<Output = Result<Response>>,
+    ) -> Result<Response> {
+        let logged = self.audit.log_request(req, None).await?;
+        let result = answer.await;
+        self.audit
+            .log_response(Some(logged), req, None, &result)
+            .await?;
+        result
     }
 
     /// A login: the backend checks the credentials, the core issues the token, and the answer

@@ -394,7 +394,9 @@ mod tests {
     /// size is CPU per request: 48 KiB once (nested `async` wrappers each held the request's
     /// future again), 4 % of a busy server's CPU in `memmove`. Rare large paths are boxed:
     /// boxing help, login, replication, wrapping and token revocation took the core's from
-    /// 7.9 to 5.9 KiB and the bytes a KV write copies by 41 % (callgrind, bench/README.md).
+    /// 7.9 to 5.9 KiB and the bytes a KV write copies by 41 % (callgrind, bench/README.md);
+    /// auditing the token-less paths in functions of their own took it to 4.0 KiB (the
+    /// compiler laid their results and audit entries beside the authenticated path's).
     #[test]
     fn a_request_future_stays_small() {
         let backend = Arc::new(bunker_storage::InmemBackend::new());
@@ -422,7 +424,7 @@ mod tests {
             "HTTP {http} bytes around the core's {inner}"
         );
         assert!(
-            inner <= 7 * 1024,
+            inner <= 5 * 1024,
             "the core's request future is {inner} bytes"
         );
     }
