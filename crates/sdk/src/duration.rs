@@ -21,17 +21,7 @@ const NANOS_PER_SEC: u128 = 1_000_000_000;
 /// Parse a duration given as a string: whole seconds (`"90"`) or a Go duration (`"1h30m"`).
 /// An empty string is zero, as in Vault.
 pub fn parse_duration_secs(input: &str) -> Result<u64> {
-    let text = input.trim();
-    if text.is_empty() {
-        return Ok(0);
-    }
-    if text.chars().count() > MAX_DURATION_CHARS {
-        return Err(invalid(input));
-    }
-    if text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse::<u64>().map_err(|_| invalid(input));
-    }
-    let nanos = parse_go_duration_nanos(text).ok_or_else(|| invalid(input))?;
+    let nanos = duration_nanos(input).ok_or_else(|| invalid(input))?;
     u64::try_from(nanos / NANOS_PER_SEC).map_err(|_| invalid(input))
 }
 
@@ -39,10 +29,23 @@ pub fn parse_duration_secs(input: &str) -> Result<u64> {
 /// seconds truncate to zero (`"500ms"`): for settings where zero means "off", such a value must
 /// be refused rather than silently turn the setting off.
 pub fn is_under_a_second(input: &str) -> bool {
+    duration_nanos(input).is_some_and(|nanos| nanos > 0 && nanos < NANOS_PER_SEC)
+}
+
+/// `input` in nanoseconds, exactly (`None` if it is no duration): the one parse behind both.
+fn duration_nanos(input: &str) -> Option<u128> {
     let text = input.trim();
-    !text.bytes().all(|b| b.is_ascii_digit())
-        && text.chars().count() <= MAX_DURATION_CHARS
-        && parse_go_duration_nanos(text).is_some_and(|nanos| nanos > 0 && nanos < NANOS_PER_SEC)
+    if text.is_empty() {
+        return Some(0);
+    }
+    if text.chars().count() > MAX_DURATION_CHARS {
+        return None;
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = text.parse::<u64>().ok()?;
+        return Some(u128::from(secs) * NANOS_PER_SEC);
+    }
+    parse_go_duration_nanos(text)
 }
 
 /// Parse a duration given as JSON: a non-negative number of seconds or a duration string.
@@ -162,6 +165,7 @@ fn split_digits(s: &str) -> (&str, &str) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_positive_duration_under_a_second_is_told_apart() {
@@ -172,7 +176,6 @@ mod tests {
             assert!(!is_under_a_second(not), "{not}");
         }
     }
-    use serde_json::json;
 
     #[test]
     fn parses_plain_seconds() {

@@ -50,7 +50,9 @@ impl BucketSums {
         }
     }
 
-    /// Adds (`sign` true) or removes one key whose cell slot is `slot` and leaf digest `digest`.
+    /// Adds (`sign` true) or removes one key whose cell slot is `slot` and leaf digest `digest`
+    /// (tests build deltas with it; commits go through [`CellSums::add_cell`]).
+    #[cfg(test)]
     pub(crate) fn count(&mut self, slot: usize, digest: u64, sign: bool) {
         if let Some(sum) = self.cells.get_mut(slot) {
             if sign {
@@ -195,7 +197,7 @@ impl CellSums {
     /// Adds one replicated entry.
     pub fn add_entry(&mut self, key: &str, value: &[u8]) {
         let (bucket, slot, digest) = locate(key, value);
-        self.change(bucket, |sums| sums.count(slot, digest, true));
+        self.add_cell(bucket, slot, 1, digest);
     }
 
     /// Adds `delta` to `bucket`'s sums; a bucket that becomes empty is dropped. A bucket past
@@ -211,7 +213,9 @@ impl CellSums {
     /// cell `slot` (both wrapping: a removal adds the negation). What a commit's writes do,
     /// one value at a time, without building a whole bucket's delta (`CellDelta`).
     pub fn add_cell(&mut self, bucket: u32, slot: usize, keys: u64, sum: u64) {
-        if bucket as usize >= BUCKETS || slot >= CELLS_PER_BUCKET {
+        // A slot past the last must not count a key either (a bucket past the last is
+        // ignored by `change`).
+        if slot >= CELLS_PER_BUCKET {
             return;
         }
         self.change(bucket, |sums| {
