@@ -250,11 +250,11 @@ async fn login(req: &BackendRequest<'_>, name: &str) -> Result<Response> {
     let mut metadata = BTreeMap::new();
     metadata.insert("username".to_owned(), name.clone());
     Ok(Response {
-        login: Some(LoginAuth {
+        login: Some(Box::new(LoginAuth {
             display_name: name,
             metadata,
             params: user.params,
-        }),
+        })),
         ..Default::default()
     })
 }

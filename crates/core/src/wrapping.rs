@@ -25,7 +25,7 @@ const MAX_WRAP_TTL_SECS: u64 = 768 * 3600;
 #[derive(Serialize, Deserialize)]
 struct Wrapped {
     data: Option<Data>,
-    auth: Option<Auth>,
+    auth: Option<Box<Auth>>,
     warnings: Vec<String>,
     lease_duration: u64,
     lease_id: String,
@@ -100,14 +100,14 @@ impl Core {
         view.put_json(&format!("{}/{WRAPPED_KEY}", entry.id_hash), &wrapped)
             .await?;
         Ok(Response {
-            wrap_info: Some(WrapInfo {
+            wrap_info: Some(Box::new(WrapInfo {
                 token,
                 accessor: entry.accessor,
                 ttl: ttl_secs,
                 creation_time: rfc3339(entry.creation_time),
                 creation_path: creation_path.to_owned(),
                 wrapped_accessor,
-            }),
+            })),
             ..Default::default()
         })
     }

@@ -51,9 +51,9 @@ pub fn to_http(
         renewable: resp.renewable,
         lease_duration: resp.lease_duration,
         data: resp.data.as_ref(),
-        wrap_info: resp.wrap_info.as_ref(),
+        wrap_info: resp.wrap_info.as_deref(),
         warnings: (!resp.warnings.is_empty()).then_some(&resp.warnings),
-        auth: resp.auth.as_ref(),
+        auth: resp.auth.as_deref(),
         mount_type: "",
     };
     if !resp.data_at_top_level {
@@ -105,20 +105,20 @@ mod tests {
         data.insert("nested".into(), json!({"a": [1, 2]}));
         Response {
             data: Some(data),
-            auth: Some(Auth {
+            auth: Some(Box::new(Auth {
                 client_token: "hvs.x".into(),
                 policies: vec!["default".into()],
                 ..Auth::default()
-            }),
+            })),
             warnings: vec!["careful".into()],
-            wrap_info: Some(WrapInfo {
+            wrap_info: Some(Box::new(WrapInfo {
                 token: "hvs.w".into(),
                 accessor: "acc".into(),
                 ttl: 60,
                 creation_time: "2026-12-03T00:00:00Z".into(),
                 creation_path: "secret/data/a".into(),
                 wrapped_accessor: String::new(),
-            }),
+            })),
             lease_duration: 30,
             lease_id: "lease/1".into(),
             renewable: true,

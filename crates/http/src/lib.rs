@@ -396,7 +396,8 @@ mod tests {
     /// boxing help, login, replication, wrapping and token revocation took the core's from
     /// 7.9 to 5.9 KiB and the bytes a KV write copies by 41 % (callgrind, bench/README.md);
     /// auditing the token-less paths in functions of their own took it to 4.0 KiB (the
-    /// compiler laid their results and audit entries beside the authenticated path's).
+    /// compiler laid their results and audit entries beside the authenticated path's), and
+    /// boxing a response's rare parts (`Response` 680 → 128 bytes) to 2.9 KiB.
     #[test]
     fn a_request_future_stays_small() {
         let backend = Arc::new(bunker_storage::InmemBackend::new());
@@ -424,7 +425,7 @@ mod tests {
             "HTTP {http} bytes around the core's {inner}"
         );
         assert!(
-            inner <= 5 * 1024,
+            inner <= 3 * 1024 + 512,
             "the core's request future is {inner} bytes"
         );
     }

@@ -422,11 +422,11 @@ pub(super) async fn login(req: &BackendRequest<'_>) -> Result<Response> {
     let mut params = role.params;
     params.token_bound_cidrs = token_bound_cidrs;
     Ok(Response {
-        login: Some(LoginAuth {
+        login: Some(Box::new(LoginAuth {
             display_name: String::new(),
             metadata,
             params,
-        }),
+        })),
         ..Default::default()
     })
 }

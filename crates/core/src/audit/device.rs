@@ -451,11 +451,11 @@ mod tests {
         let response = decoded(&hashed.response_part(&resp).expect("response part"));
         assert_eq!(response, json!({"data": hasher.hash_map(&data())}));
         let raw = Response {
-            raw: Some(RawResponse {
+            raw: Some(Box::new(RawResponse {
                 status: 200,
                 body: json!(["a", {"b": "c"}]),
                 content_type: None,
-            }),
+            })),
             ..Response::default()
         };
         let response = decoded(&hashed.response_part(&raw).expect("raw part"));

@@ -111,11 +111,11 @@ impl Core {
         let text = renderer.map(|r| r.render()).unwrap_or_default();
         if get_str(data, "format")?.as_deref() == Some("prometheus") {
             return Ok(Response {
-                raw: Some(RawResponse {
+                raw: Some(Box::new(RawResponse {
                     status: 200,
                     body: json!(text),
                     content_type: Some("text/plain; version=0.0.4"),
-                }),
+                })),
                 ..Default::default()
             });
         }

@@ -228,7 +228,7 @@ impl TokenBackend {
         let increment = get_duration(req.data, "increment")?.unwrap_or(0);
         let ttl = self.tokens.renew(entry, increment).await?;
         Ok(Response {
-            auth: Some(auth_for(token, entry, ttl)),
+            auth: Some(Box::new(auth_for(token, entry, ttl))),
             ..Default::default()
         })
     }
@@ -250,7 +250,7 @@ impl TokenBackend {
         let CreatePlan { entry, id, ttl } = plan(req.data, &ctx)?;
         let (token, entry) = self.tokens.create(entry, id).await?;
         Ok(Response {
-            auth: Some(auth_for(&token, &entry, ttl)),
+            auth: Some(Box::new(auth_for(&token, &entry, ttl))),
             ..Default::default()
         })
     }

@@ -121,7 +121,7 @@ impl Core {
             warnings,
         } = plan_login(&login, mount, self.lease_ttls(), path)?;
         let (token, entry) = self.tokens.create(entry, None).await?;
-        resp.auth = Some(auth_for(&token, &entry, ttl));
+        resp.auth = Some(Box::new(auth_for(&token, &entry, ttl)));
         resp.warnings.extend(warnings);
         Ok(resp)
     }
