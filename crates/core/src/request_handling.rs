@@ -195,7 +195,7 @@ impl Core {
             .ok_or(LogicalError::PermissionDenied)?;
         let entry = self
             .tokens
-            .lookup(&token)
+            .lookup_shared(&token)
             .await?
             .ok_or(LogicalError::PermissionDenied)?;
         if !bunker_sdk::cidr::addr_allowed(req.remote_addr.as_deref(), &entry.bound_cidrs) {
@@ -388,7 +388,7 @@ mod tests {
         let policy = bunker_policy::Policy::parse("p", policy).unwrap();
         Caller {
             token: String::new(),
-            entry: crate::token::TokenEntry::default(),
+            entry: std::sync::Arc::default(),
             acl: bunker_policy::Acl::new(&[policy]),
         }
     }

@@ -1,6 +1,8 @@
 //! Who is calling, once the core has authenticated the request: what a backend may check
 //! itself (defence in depth) without reaching into the token store.
 
+use std::sync::Arc;
+
 use bunker_policy::{Acl, Capability};
 
 use crate::token_entry::TokenEntry;
@@ -9,7 +11,9 @@ use crate::Operation;
 /// An authenticated caller: its token, the token's entry and the ACL of its policies.
 pub struct Caller {
     pub token: String,
-    pub entry: TokenEntry,
+    /// Shared with the token store's decoded cache: a request reads its token's entry without
+    /// copying it (six strings, the policies and the metadata).
+    pub entry: Arc<TokenEntry>,
     pub acl: Acl,
 }
 

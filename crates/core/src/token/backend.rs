@@ -121,7 +121,7 @@ impl LogicalBackend for TokenBackend {
             }
             "renew-self" => {
                 expect_op(op, WRITE)?;
-                let mut entry = caller.entry.clone();
+                let mut entry = TokenEntry::clone(&caller.entry);
                 self.renew(&mut entry, &caller.token, &req).await
             }
             "renew" => {

@@ -57,7 +57,7 @@ fn caller_with(entry: TokenEntry, token: &str, policy: &str) -> Caller {
     let policy = Policy::parse("p", policy).unwrap();
     Caller {
         token: token.to_owned(),
-        entry,
+        entry: std::sync::Arc::new(entry),
         acl: Acl::new(&[policy]),
     }
 }
