@@ -210,7 +210,7 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
     if snapshot::is_snapshot_path(path) {
         let mut req = Request::new(operation, path_decode(path));
         req.client_token = client_token(&headers);
-        req.remote_addr = connect.map(|c| c.0.ip().to_string());
+        req.remote_addr = connect.map(|c| ip_text(c.0.ip()));
         // Boxed, as the forwarding below: a rare path's large future would otherwise make every
         // request's future as large, and it is moved (copied) several times per request.
         return Box::pin(snapshot::handle(
@@ -362,9 +362,29 @@ fn client_addr(
         .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<std::net::IpAddr>().ok());
-    relayed
-        .map(|ip| ip.to_string())
-        .or_else(|| connect.map(|c| c.0.ip().to_string()))
+    relayed.or_else(|| connect.map(|c| c.0.ip())).map(ip_text)
+}
+
+/// An address as the request's text: IPv4 digit by digit, since `Ipv4Addr`'s `Display` goes
+/// through the formatting machinery (~1,300 instructions, 1.4 % of a KV write's request).
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
 }
 
 /// A standby's answer: 307 to the same path and query on the active node, as Vault's
@@ -398,6 +418,27 @@ mod tests {
     /// auditing the token-less paths in functions of their own took it to 4.0 KiB (the
     /// compiler laid their results and audit entries beside the authenticated path's), and
     /// boxing a response's rare parts (`Response` 680 → 128 bytes) to 2.9 KiB.
+    #[test]
+    fn addresses_read_as_their_display() {
+        for text in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.9.99.100",
+            "255.255.255.255",
+            "192.168.1.20",
+            "::1",
+            "::ffff:10.0.0.1",
+            "2001:db8::42",
+        ] {
+            let ip: std::net::IpAddr = text.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        for octet in 0..=255u8 {
+            let ip = std::net::IpAddr::from([octet, 1, octet, 10]);
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
+
     #[test]
     fn a_request_future_stays_small() {
         let backend = Arc::new(bunker_storage::InmemBackend::new());
