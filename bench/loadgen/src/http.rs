@@ -140,31 +140,41 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>> {
     };
     let status = resp.code.unwrap_or_default();
     let mut length = None;
-    let mut chunked = false;
+    // The last transfer coding: `Some(true)` when it is chunked.
+    let mut chunked = None;
     let mut close = resp.version == Some(0);
     let mut wal_index = None;
     for h in resp.headers.iter() {
         let value = std::str::from_utf8(h.value).unwrap_or_default().trim();
         if h.name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().context("content-length")?);
+            let n = value.parse::<usize>().context("content-length")?;
+            if length.is_some_and(|m| m != n) {
+                bail!("conflicting content-length headers");
+            }
+            length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = value
                 .rsplit(',')
                 .next()
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+                .map(|last| last.trim().eq_ignore_ascii_case("chunked"));
         } else if h.name.eq_ignore_ascii_case("connection") {
-            close = value
+            close |= value
                 .split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("close"));
         } else if h.name.eq_ignore_ascii_case("x-bunker-wal-index") {
             wal_index = value.parse().ok();
         }
     }
+    // RFC 9112, section 6.3, in its order.
     let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
     {
         Framing::None
-    } else if chunked {
-        Framing::Chunked
+    } else if let Some(chunked) = chunked {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
     } else if let Some(n) = length {
         if n > MAX_BODY {
             bail!("response body of {n} bytes is too large");
@@ -266,65 +276,69 @@ impl Conn {
 
     async fn send_inner(&mut self, req: &Req) -> Result<Resp> {
         req.encode(&self.addr, &mut self.write);
-        if let Some(stream) = self.stream.as_mut() {
-            // A kept-alive connection the server closed while it was idle fails before any
-            // byte of an answer: that request is sent again once, on a new connection.
-            match exchange(stream, &mut self.read, &self.write, req).await {
-                Ok(Some((resp, close))) => {
-                    if close {
-                        self.stream = None;
-                    }
-                    return Ok(resp);
-                }
-                Ok(None) => self.stream = None,
-                Err(e) => return Err(e),
-            }
+        // A kept-alive connection is checked before it is used, never after: a request that
+        // may have reached the server is not sent again (a write applied twice would count
+        // once). A connection the server closed while it was idle reads as ended; one with
+        // bytes nobody asked for is out of step. Either is replaced.
+        if self.stream.as_ref().is_some_and(|s| !still_open(s)) {
+            self.stream = None;
         }
-        let stream = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| anyhow!("connecting to {}: timed out", self.addr))?
-            .with_context(|| format!("connecting to {}", self.addr))?;
-        stream.set_nodelay(true)?;
-        let stream = self.stream.insert(stream);
-        match exchange(stream, &mut self.read, &self.write, req).await? {
-            Some((resp, close)) => {
-                if close {
-                    self.stream = None;
-                }
-                Ok(resp)
+        let stream = match self.stream.as_mut() {
+            Some(stream) => stream,
+            None => {
+                let stream = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(&self.addr))
+                    .await
+                    .map_err(|_| anyhow!("connecting to {}: timed out", self.addr))?
+                    .with_context(|| format!("connecting to {}", self.addr))?;
+                stream.set_nodelay(true)?;
+                self.stream.insert(stream)
             }
-            None => bail!("the server closed the connection without answering"),
+        };
+        let (resp, close) = exchange(stream, &mut self.read, &self.write, req).await?;
+        if close {
+            self.stream = None;
         }
+        Ok(resp)
     }
 }
 
-/// Writes `request` and reads its response: `None` when the connection was closed before any
-/// byte of it; with the response, whether the connection must be closed after it.
+/// Whether an idle kept-alive connection can take a request: nothing to read (no end of
+/// stream, no unasked-for bytes) and no error.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Writes `request` and reads its response; with it, whether the connection must be closed
+/// after it (the server said so, or sent more than the response).
 async fn exchange(
     stream: &mut TcpStream,
     read: &mut BytesMut,
     request: &[u8],
     req: &Req,
-) -> Result<Option<(Resp, bool)>> {
+) -> Result<(Resp, bool)> {
     read.clear();
-    if stream.write_all(request).await.is_err() {
-        return Ok(None);
-    }
+    stream
+        .write_all(request)
+        .await
+        .context("writing the request")?;
     let head = loop {
-        if let Some(head) = parse_head(read, req.method == "HEAD")? {
-            break head;
+        match parse_head(read, req.method == "HEAD")? {
+            // An interim answer (100 Continue, 103 Early Hints) precedes the real one.
+            Some(head) if (100..200).contains(&head.status) && head.status != 101 => {
+                read.advance(head.len);
+                continue;
+            }
+            Some(head) => break head,
+            None => {}
         }
         read.reserve(8 * 1024);
-        let n = match stream.read_buf(read).await {
-            Ok(n) => n,
-            Err(_) if read.is_empty() => return Ok(None),
-            Err(e) => return Err(e).context("reading the response head"),
-        };
+        let n = stream
+            .read_buf(read)
+            .await
+            .context("reading the response head")?;
         if n == 0 {
-            if read.is_empty() {
-                return Ok(None);
-            }
-            bail!("connection closed inside the response head");
+            bail!("the connection closed before the response head ended");
         }
     };
     read.advance(head.len);
@@ -359,7 +373,8 @@ async fn exchange(
         body,
         wal_index: head.wal_index,
     };
-    Ok(Some((resp, head.close)))
+    // Bytes past the response belong to no request: the connection is out of step.
+    Ok((resp, head.close || !read.is_empty()))
 }
 
 pub fn strip_scheme(addr: &str) -> &str {
@@ -409,6 +424,13 @@ mod tests {
         let head = parse_head(chunked, false).unwrap().unwrap();
         assert_eq!(head.framing, Framing::Chunked);
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
+        let twice = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n";
+        assert!(parse_head(twice, false).is_err());
+        let gzip = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n";
+        let head = parse_head(gzip, false).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::UntilClose);
+        let two = b"HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+        assert!(parse_head(two, false).unwrap().unwrap().close);
     }
 
     /// Reads one bodiless request's head from `stream`.
@@ -422,7 +444,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_the_server_closed_is_replaced_and_the_request_sent_again() {
+    async fn a_connection_the_server_closed_while_idle_is_replaced() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let server = tokio::spawn(async move {
@@ -436,13 +458,12 @@ mod tests {
                 .await
                 .unwrap();
             drop(first);
-            // Second connection: a chunked answer, then one that ends at close.
+            // Second connection: an interim answer and a chunked one with a trailer, then one
+            // that ends at close.
             let (mut second, _) = listener.accept().await.unwrap();
             read_request(&mut second).await;
             second
-                .write_all(
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-                )
+                .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-Trailer: y\r\n\r\n")
                 .await
                 .unwrap();
             read_request(&mut second).await;
@@ -455,6 +476,10 @@ mod tests {
         let first = conn.send(&Req::get("/a")).await.unwrap();
         assert_eq!((first.status, &first.body[..]), (200, &b"ok"[..]));
         assert_eq!(first.wal_index, Some(7));
+        // Wait until the server's close has reached the client's socket.
+        let idle = conn.stream.as_ref().unwrap();
+        idle.readable().await.unwrap();
+        assert!(!still_open(idle));
         let second = conn.send(&Req::get("/b")).await.unwrap();
         assert_eq!((second.status, &second.body[..]), (200, &b"abc"[..]));
         assert_eq!(second.wal_index, None);
@@ -466,6 +491,52 @@ mod tests {
             "a close-delimited answer ends the connection"
         );
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_that_reached_the_server_is_not_sent_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut conn = Conn::new(&addr);
+        let client = tokio::spawn(async move { conn.send(&Req::post("/w", "{}")).await });
+        // The request arrives and the connection closes before any answer.
+        let (mut stream, _) = listener.accept().await.unwrap();
+        read_request(&mut stream).await;
+        let mut body = [0u8; 2];
+        stream.read_exact(&mut body).await.unwrap();
+        drop(stream);
+        assert!(client.await.unwrap().is_err());
+        // No second connection is waiting to be accepted: the write was not repeated.
+        let listener = listener.into_std().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let again = listener.accept().map(|_| ());
+        assert_eq!(
+            again.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock)
+        );
+    }
+
+    #[tokio::test]
+    async fn bytes_past_a_response_end_its_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_request(&mut stream).await;
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
+                .await
+                .unwrap();
+            stream
+        });
+        let mut conn = Conn::new(&addr);
+        let resp = conn.send(&Req::get("/a")).await.unwrap();
+        assert_eq!(&resp.body[..], b"ok");
+        assert!(
+            conn.stream.is_none(),
+            "an out-of-step connection is not reused"
+        );
+        drop(server.await.unwrap());
     }
 
     #[test]
