@@ -410,14 +410,6 @@ pub(crate) fn standby_redirect(leader: &str, uri: &Uri) -> HttpResponse {
 mod tests {
     use super::*;
 
-    /// Every request's future is moved (copied whole) a few times before it first runs, so its
-    /// size is CPU per request: 48 KiB once (nested `async` wrappers each held the request's
-    /// future again), 4 % of a busy server's CPU in `memmove`. Rare large paths are boxed:
-    /// boxing help, login, replication, wrapping and token revocation took the core's from
-    /// 7.9 to 5.9 KiB and the bytes a KV write copies by 41 % (callgrind, bench/README.md);
-    /// auditing the token-less paths in functions of their own took it to 4.0 KiB (the
-    /// compiler laid their results and audit entries beside the authenticated path's), and
-    /// boxing a response's rare parts (`Response` 680 → 128 bytes) to 2.9 KiB.
     #[test]
     fn addresses_read_as_their_display() {
         for text in [
@@ -439,6 +431,14 @@ mod tests {
         }
     }
 
+    /// Every request's future is moved (copied whole) a few times before it first runs, so its
+    /// size is CPU per request: 48 KiB once (nested `async` wrappers each held the request's
+    /// future again), 4 % of a busy server's CPU in `memmove`. Rare large paths are boxed:
+    /// boxing help, login, replication, wrapping and token revocation took the core's from
+    /// 7.9 to 5.9 KiB and the bytes a KV write copies by 41 % (callgrind, bench/README.md);
+    /// auditing the token-less paths in functions of their own took it to 4.0 KiB (the
+    /// compiler laid their results and audit entries beside the authenticated path's), and
+    /// boxing a response's rare parts (`Response` 680 → 128 bytes) to 2.9 KiB.
     #[test]
     fn a_request_future_stays_small() {
         let backend = Arc::new(bunker_storage::InmemBackend::new());

@@ -8,7 +8,7 @@ use super::metadata;
 use super::model::{
     add_secs, cas_required, effective_delete_after_secs, effective_max_versions, load_config,
     load_metadata, load_version, metadata_key, trim_versions, version_key, version_metadata,
-    KeyMetadata, MountConfig, VersionMeta, VersionRecord,
+    KeyMetadata, MountConfig, NewVersionRecord, VersionMeta,
 };
 use super::KvV2;
 use crate::params::{field, object_field, u64_field, validate_key_path};
@@ -107,10 +107,10 @@ async fn read(kv: &KvV2, call: &Call<'_>, path: &str) -> Result<Response> {
 }
 
 /// The `data` object of a write or patch.
-fn request_data(call: &Call<'_>) -> Result<Data> {
+fn request_data<'a>(call: &Call<'a>) -> Result<&'a Data> {
     match field(call.data, "data") {
         None => Err(LogicalError::InvalidRequest("no data provided".into())),
-        Some(Value::Object(map)) => Ok(map.clone()),
+        Some(Value::Object(map)) => Ok(map),
         Some(_) => Err(LogicalError::InvalidRequest(
             "field \"data\" must be a JSON object".into(),
         )),
@@ -185,8 +185,8 @@ async fn patch(kv: &KvV2, call: &Call<'_>, path: &str) -> Result<Response> {
         return Err(not_found());
     };
     let mut merged = record.data;
-    merge_patch(&mut merged, &patch);
-    commit_version(kv, call, path, &config, Some(meta), merged).await
+    merge_patch(&mut merged, patch);
+    commit_version(kv, call, path, &config, Some(meta), &merged).await
 }
 
 /// Write `data` as the next version, trimming past `max_versions`, in one atomic batch.
@@ -197,7 +197,7 @@ async fn commit_version(
     path: &str,
     config: &MountConfig,
     meta: Option<KeyMetadata>,
-    data: Data,
+    data: &Data,
 ) -> Result<Response> {
     let now = kv.now_ns();
     let mut meta = meta.unwrap_or_else(|| KeyMetadata::new(now));
@@ -218,7 +218,7 @@ async fn commit_version(
     let mut ops = Vec::with_capacity(dropped.len().saturating_add(2));
     ops.push(put_op(
         version_key(path, version),
-        &VersionRecord::new(data),
+        &NewVersionRecord::new(data),
     )?);
     ops.extend(dropped.into_iter().map(|old| Op::Delete {
         key: version_key(path, old),

@@ -158,9 +158,17 @@ pub(crate) struct VersionRecord {
     pub data: Data,
 }
 
-impl VersionRecord {
-    pub(crate) fn new(data: Data) -> Self {
-        VersionRecord {
+/// A version's record as it is written: [`VersionRecord`]'s fields, the data borrowed (a
+/// write's data is the request's own, serialized without copying it).
+#[derive(Serialize)]
+pub(crate) struct NewVersionRecord<'a> {
+    format: u32,
+    data: &'a Data,
+}
+
+impl<'a> NewVersionRecord<'a> {
+    pub(crate) fn new(data: &'a Data) -> Self {
+        NewVersionRecord {
             format: RECORD_FORMAT,
             data,
         }
@@ -344,6 +352,22 @@ mod tests {
             "2018-03-22T02:24:06.945319214Z"
         );
         assert!(format_time(i64::MAX).is_ok());
+    }
+
+    /// A written record and the record type that reads it are one stored format.
+    #[test]
+    fn a_new_version_record_is_written_as_a_version_record() {
+        let mut data = Data::new();
+        data.insert("v".into(), serde_json::json!("x\"y"));
+        data.insert("n".into(), serde_json::json!({"a": [1, null]}));
+        let written = serde_json::to_vec(&NewVersionRecord::new(&data)).unwrap();
+        let owned = VersionRecord {
+            format: RECORD_FORMAT,
+            data: data.clone(),
+        };
+        assert_eq!(written, serde_json::to_vec(&owned).unwrap());
+        let read: VersionRecord = serde_json::from_slice(&written).unwrap();
+        assert_eq!(read, owned);
     }
 
     #[test]
