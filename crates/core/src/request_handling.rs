@@ -26,14 +26,14 @@ impl Core {
     /// Handle one client request end to end (timed as `vault_core_handle_request`).
     pub async fn handle(&self, req: Request) -> Result<Response> {
         let started = std::time::Instant::now();
-        let path = req.path.clone();
+        let login = Self::is_login_path(&req.path);
         // An HA node's request is boxed: the gate's future holds the request's a few times over,
         // and would make every request's future (moved a few times before it runs) that large.
         let result = match self.ha() {
             Some(ha) => Box::pin(self.handle_gated(ha, self.handle_timed(req))).await,
             None => self.handle_timed(req).await,
         };
-        Self::record_request_time(path.trim_start_matches('/'), started);
+        Self::record_request_time(login, started);
         result
     }
 

@@ -36,10 +36,15 @@ impl Core {
 
     /// Time one request: `vault_core_handle_request`, or `vault_core_handle_login_request`
     /// for a login, in milliseconds (Vault's units).
-    pub(crate) fn record_request_time(path: &str, started: Instant) {
+    /// Whether a request to `path` counts as a login (`vault_core_handle_login_request`).
+    pub(crate) fn is_login_path(path: &str) -> bool {
+        let path = path.trim_start_matches('/');
+        path.starts_with("auth/") && path.split('/').any(|seg| seg == "login")
+    }
+
+    pub(crate) fn record_request_time(login: bool, started: Instant) {
         let now = Instant::now();
         let ms = now.saturating_duration_since(started).as_secs_f64() * 1000.0;
-        let login = path.starts_with("auth/") && path.split('/').any(|seg| seg == "login");
         let name = if login {
             "vault_core_handle_login_request"
         } else {
@@ -138,7 +143,7 @@ impl Core {
                 .log_response(Some(logged), &req, None, &result)
                 .await?;
         }
-        Self::record_request_time(&req.path, started);
+        Self::record_request_time(Self::is_login_path(&req.path), started);
         result
     }
 }
@@ -252,6 +257,25 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
+
+    #[test]
+    fn logins_are_told_apart_by_their_path() {
+        for path in [
+            "auth/userpass/login/alice",
+            "/auth/approle/login",
+            "auth/ldap/login",
+        ] {
+            assert!(Core::is_login_path(path), "{path}");
+        }
+        for path in [
+            "secret/data/login",
+            "auth/token/lookup-self",
+            "auth/userpass/users/login-page",
+            "sys/metrics",
+        ] {
+            assert!(!Core::is_login_path(path), "{path}");
+        }
+    }
 
     #[test]
     fn prometheus_text_becomes_vaults_json() {
