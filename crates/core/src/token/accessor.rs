@@ -210,6 +210,39 @@ mod tests {
             .unwrap();
     }
 
+    /// A request's caller shares the cached entry: never changed in place, and a lookup after
+    /// a spent use or a revocation sees the stored state, not the shared copy.
+    #[tokio::test]
+    async fn a_shared_entry_follows_what_is_stored() {
+        let (tokens, _, _) = store(true).await;
+        let entry = TokenEntry {
+            policies: vec!["default".into()],
+            token_type: TokenType::Service,
+            num_uses: 2,
+            ..Default::default()
+        };
+        let (token, _) = tokens.create(entry, None).await.unwrap();
+        let mut shared = tokens.lookup_shared(&token).await.unwrap().unwrap();
+        let before = tokens.lookup_shared(&token).await.unwrap().unwrap();
+        assert!(
+            Arc::ptr_eq(&shared, &before),
+            "a lookup shares the cached entry"
+        );
+
+        assert!(!tokens.use_token(&mut shared).await.unwrap());
+        assert_eq!(shared.num_uses, 1);
+        assert_eq!(
+            before.num_uses, 2,
+            "the shared entry was not changed in place"
+        );
+        let after = tokens.lookup_shared(&token).await.unwrap().unwrap();
+        assert_eq!(after.num_uses, 1);
+
+        tokens.revoke_tree(&shared.id_hash).await.unwrap();
+        assert!(tokens.lookup_shared(&token).await.unwrap().is_none());
+        assert!(tokens.lookup(&token).await.unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn accessors_are_not_storage_keys_and_still_resolve() {
         for salted in [true, false] {
