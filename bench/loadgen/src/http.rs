@@ -193,9 +193,11 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>> {
 }
 
 /// Takes a whole chunked body from the start of `buf` (its chunks and trailers);
-/// `None` while it is incomplete.
+/// `None` while it is incomplete. Called again after every read, so it walks the chunk
+/// headers only and copies the data once, when the body is whole.
 fn take_chunked(buf: &mut BytesMut) -> Result<Option<Bytes>> {
-    let mut body = Vec::new();
+    let mut chunks = Vec::new();
+    let mut total = 0usize;
     let mut at = 0;
     loop {
         let rest = buf.get(at..).unwrap_or_default();
@@ -206,28 +208,15 @@ fn take_chunked(buf: &mut BytesMut) -> Result<Option<Bytes>> {
             httparse::Status::Partial => return Ok(None),
         };
         let size = usize::try_from(size).context("chunk size")?;
-        if body.len().saturating_add(size) > MAX_BODY {
+        total = total.saturating_add(size);
+        if total > MAX_BODY {
             bail!("chunked response body too large");
         }
         at += skip;
         if size == 0 {
-            // Trailer fields, then an empty line.
-            loop {
-                let rest = buf.get(at..).unwrap_or_default();
-                let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
-                    return Ok(None);
-                };
-                at += end + 2;
-                if end == 0 {
-                    buf.advance(at);
-                    return Ok(Some(body.into()));
-                }
-            }
+            break;
         }
-        let Some(data) = buf.get(at..at + size) else {
-            return Ok(None);
-        };
-        body.extend_from_slice(data);
+        chunks.push(at..at + size);
         at += size;
         match buf.get(at..at + 2) {
             None => return Ok(None),
@@ -235,6 +224,23 @@ fn take_chunked(buf: &mut BytesMut) -> Result<Option<Bytes>> {
             Some(_) => bail!("chunk not followed by CRLF"),
         }
     }
+    // Trailer fields, then an empty line.
+    loop {
+        let rest = buf.get(at..).unwrap_or_default();
+        let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        at += end + 2;
+        if end == 0 {
+            break;
+        }
+    }
+    let mut body = Vec::with_capacity(total);
+    for chunk in chunks {
+        body.extend_from_slice(buf.get(chunk).unwrap_or_default());
+    }
+    buf.advance(at);
+    Ok(Some(body.into()))
 }
 
 pub struct Conn {
@@ -433,6 +439,13 @@ mod tests {
         assert!(parse_head(two, false).unwrap().unwrap().close);
     }
 
+    /// A loopback listener and its address.
+    async fn listen() -> (tokio::net::TcpListener, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        (listener, addr)
+    }
+
     /// Reads one bodiless request's head from `stream`.
     async fn read_request(stream: &mut TcpStream) {
         let mut got = Vec::new();
@@ -445,8 +458,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_server_closed_while_idle_is_replaced() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let (listener, addr) = listen().await;
         let server = tokio::spawn(async move {
             // First connection: one answer, then closed while the client is idle.
             let (mut first, _) = listener.accept().await.unwrap();
@@ -495,8 +507,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_that_reached_the_server_is_not_sent_again() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let (listener, addr) = listen().await;
         let mut conn = Conn::new(&addr);
         let client = tokio::spawn(async move { conn.send(&Req::post("/w", "{}")).await });
         // The request arrives and the connection closes before any answer.
@@ -518,8 +529,7 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_past_a_response_end_its_connection() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let (listener, addr) = listen().await;
         let server = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             read_request(&mut stream).await;
