@@ -47,6 +47,10 @@ def mark(ok):
     return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
 
+# Figure 1's targets: the least Bunker/etcd write ratio, by connections.
+WRITE_RATIO_TARGETS = {1: 1.6, 64: 3, 256: 3}
+
+
 def figure_writes(raw, out, targets):
     rows = []
     for conns in sorted({r["conns"] for r in raw if r["figure"] == "write"}):
@@ -70,10 +74,12 @@ def figure_writes(raw, out, targets):
         }
         row["ratio"] = ratio(row["bunker_ops_per_sec"], row["etcd_ops_per_sec"])
         rows.append(row)
-        if conns in (64, 256):
-            targets.append({"figure": f"1. writes at {conns} connections", "target": ">= 1.5x etcd",
-                            "value": row["ratio"], "unit": "x",
-                            "pass": None if row["ratio"] is None else row["ratio"] >= 1.5})
+        # Issue "Performance, round two": 1.6x etcd for a lone client, 3x under load.
+        least = WRITE_RATIO_TARGETS.get(conns)
+        if least is not None:
+            targets.append({"figure": f"1. writes at {conns} connection{'s' * (conns > 1)}",
+                            "target": f">= {least}x etcd", "value": row["ratio"], "unit": "x",
+                            "pass": None if row["ratio"] is None else row["ratio"] >= least})
         if conns == 64:
             wpf = row["writes_per_fsync"]
             targets.append({"figure": "2. writes per fsync at 64 connections", "target": ">= 10",
