@@ -31,7 +31,7 @@ pub(crate) async fn call(
     backend
         .handle(BackendRequest {
             operation: op,
-            path: path.to_owned(),
+            path,
             data: &data,
             storage,
             mount_point: "auth/test/",

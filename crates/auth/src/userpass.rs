@@ -107,7 +107,7 @@ async fn save_user(storage: &StorageView, name: &str, user: &User) -> Result<()>
 #[async_trait]
 impl LogicalBackend for Userpass {
     async fn handle(&self, req: BackendRequest<'_>) -> Result<Response> {
-        let path = req.path.clone();
+        let path = req.path;
         if path == "users" || path == "users/" {
             return match req.operation {
                 Operation::List | Operation::Read => {

@@ -87,11 +87,11 @@ impl Core {
             .route(path)
             .ok_or_else(|| LogicalError::UnsupportedPath(path.to_owned()))?;
         let (mount, help) = (mounted.entry.path.clone(), mounted.backend.help());
-        let matched = help.path_for(&rel);
+        let matched = help.path_for(rel);
         Ok(Response::raw(
             200,
             json!({
-                "help": help_text(&help, &rel, matched),
+                "help": help_text(&help, rel, matched),
                 "openapi": openapi(&mount, &help, matched),
                 "see_also": null,
             }),
@@ -132,10 +132,7 @@ mod tests {
             doc["paths"]["/auth/token/roles/{role_name}"]["description"],
             "Create, read or delete a token role."
         );
-        assert_eq!(
-            crate::mounts::relative_to("sys", "sys/").as_deref(),
-            Some("")
-        );
+        assert_eq!(crate::mounts::relative_to("sys", "sys/"), Some(""));
         assert_eq!(crate::mounts::relative_to("sysx/a", "sys/"), None);
     }
 }

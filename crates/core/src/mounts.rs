@@ -226,8 +226,8 @@ impl Router {
         self.by_path.remove(path)
     }
 
-    /// The mount serving `path`, and the path relative to it.
-    pub fn route(&self, path: &str) -> Option<(&Mounted, String)> {
+    /// The mount serving `path`, and the path relative to it (a suffix of `path`).
+    pub fn route<'p>(&self, path: &'p str) -> Option<(&Mounted, &'p str)> {
         // Longest matching prefix. Also match the mount point itself without its slash.
         self.by_path
             .iter()
@@ -262,12 +262,12 @@ pub(crate) fn paths_overlap(a: &str, b: &str) -> bool {
 }
 
 /// `path` relative to the mount point `mount` (`secret/`), the mount point without its slash
-/// included.
-pub(crate) fn relative_to(path: &str, mount: &str) -> Option<String> {
+/// included: always a suffix of `path` (borrowed: routing allocates nothing).
+pub(crate) fn relative_to<'p>(path: &'p str, mount: &str) -> Option<&'p str> {
     if Some(path) == mount.strip_suffix('/') {
-        return Some(String::new());
+        return Some(&path[path.len()..]);
     }
-    path.strip_prefix(mount).map(str::to_owned)
+    path.strip_prefix(mount)
 }
 
 /// Normalise a user-supplied mount path: no leading slash, exactly one trailing slash.
@@ -281,4 +281,56 @@ pub fn is_reserved_mount(path: &str) -> bool {
     ["sys/", "auth/", "cubbyhole/", "identity/"]
         .iter()
         .any(|r| path == *r || path.starts_with(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use bunker_barrier::Barrier;
+    use bunker_sdk::{BackendRequest, LogicalBackend, Response, Result, StorageView};
+    use serde_json::Map;
+
+    use super::*;
+
+    struct Nothing;
+
+    #[async_trait]
+    impl LogicalBackend for Nothing {
+        async fn handle(&self, _req: BackendRequest<'_>) -> Result<Response> {
+            Ok(Response::default())
+        }
+    }
+
+    #[test]
+    fn the_longest_mount_wins_and_the_relative_path_is_the_rest_of_the_path() {
+        let barrier = Arc::new(Barrier::new(Arc::new(bunker_storage::InmemBackend::new())));
+        let mut router = Router::default();
+        for path in ["kv/", "kv/team/", "kvx/"] {
+            router.insert(Mounted {
+                entry: Arc::new(MountEntry::new(path, "kv", "", Map::new())),
+                backend: Arc::new(Nothing),
+                view: StorageView::new(barrier.clone(), path),
+            });
+        }
+        let route = |path: &str| {
+            router
+                .route(path)
+                .map(|(m, rel)| (m.entry.path.clone(), rel.to_owned()))
+        };
+        let expect = |mount: &str, rel: &str| Some((mount.to_owned(), rel.to_owned()));
+        assert_eq!(route("kv/team/a/b"), expect("kv/team/", "a/b"));
+        assert_eq!(route("kv/teams"), expect("kv/", "teams"));
+        assert_eq!(route("kv/team"), expect("kv/team/", ""));
+        assert_eq!(route("kv/team/"), expect("kv/team/", ""));
+        assert_eq!(route("kv"), expect("kv/", ""));
+        assert_eq!(route("kvx/a"), expect("kvx/", "a"));
+        assert_eq!(route("kvy/a"), None);
+        assert_eq!(route("k"), None);
+        // The relative path is the request path's own tail (routing borrows, never copies).
+        let path = String::from("kv/team/x");
+        let (_, rel) = router.route(&path).unwrap();
+        assert_eq!(rel.as_ptr(), path[8..].as_ptr());
+    }
 }

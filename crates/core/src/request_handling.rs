@@ -8,8 +8,8 @@ use crate::replication_hook::{DrMode, ReplicationHandler};
 
 pub use bunker_sdk::{capability_for, Caller};
 
-/// Reject paths that could escape a mount or confuse routing.
-fn normalize_path(path: &str) -> Result<String> {
+/// Reject paths that could escape a mount or confuse routing; strip leading slashes in place.
+fn normalize_path(path: &mut String) -> Result<()> {
     let p = path.trim_start_matches('/');
     if p.len() > 4096 {
         return Err(LogicalError::InvalidRequest("path too long".into()));
@@ -19,7 +19,9 @@ fn normalize_path(path: &str) -> Result<String> {
             "invalid path {path:?}"
         )));
     }
-    Ok(p.to_owned())
+    let slashes = path.len() - p.len();
+    path.drain(..slashes);
+    Ok(())
 }
 
 impl Core {
@@ -41,7 +43,7 @@ impl Core {
     /// token) are awaited boxed: inline, their futures made every request's future larger, and
     /// it is copied whole a few times per request (`bunker-http`'s `a_request_future_stays_small`).
     async fn handle_timed(&self, mut req: Request) -> Result<Response> {
-        req.path = normalize_path(&req.path)?;
+        normalize_path(&mut req.path)?;
         // Vault checks and routes every LIST on the folder form of the path.
         if req.operation == Operation::List && !req.path.ends_with('/') {
             req.path.push('/');
@@ -109,15 +111,24 @@ impl Core {
                 return Box::pin(self.audited_without_token(&req, answer)).await;
             }
         }
+        // Routed once: the backend that says whether the path takes a token and whether it is
+        // root-protected is the one that executes the request.
+        let route = self.route(&req.path).map(|(mounted, rel)| Route {
+            rel_at: req.path.len() - rel.len(),
+            mounted,
+        });
         // An auth method's login paths (declared by the backend) take no token.
-        if let Some((mounted, rel)) = self.unauthenticated_route(&req) {
-            let answer = self.handle_login(&req, &mounted, rel);
+        if let Some(route) = route.as_ref().filter(|route| {
+            let special = route.mounted.backend.special_paths();
+            special.is_unauthenticated(route.rel(&req.path))
+        }) {
+            let answer = self.handle_login(&req, route);
             return Box::pin(self.audited_without_token(&req, answer)).await;
         }
         let mut caller = self.authenticate_audited(&mut req).await?;
         let mut logged = None;
         let result = self
-            .handle_authenticated(&mut req, &mut caller, &mut logged)
+            .handle_authenticated(&mut req, &mut caller, route, &mut logged)
             .await;
         self.audit
             .log_response(logged, &req, Some(&caller), &result)
@@ -145,7 +156,7 @@ impl Core {
         let audited;
         let audited_req = if caller.is_none() && !req.data.is_empty() {
             audited = Request {
-                id: req.id.clone(),
+                id: req.id,
                 operation: req.operation,
                 path: req.path.clone(),
                 data: Default::default(),
@@ -205,19 +216,9 @@ impl Core {
         Ok(Caller { token, entry, acl })
     }
 
-    /// The mount and relative path of a request to a path its backend serves without a token.
-    fn unauthenticated_route(&self, req: &Request) -> Option<(Mounted, String)> {
-        let (mounted, rel) = self.route(&req.path)?;
-        mounted
-            .backend
-            .special_paths()
-            .is_unauthenticated(&rel)
-            .then_some((mounted, rel))
-    }
-
     /// The mount serving `path` (a built-in one first, then the mount tables'), and the path
     /// relative to it.
-    pub(crate) fn route(&self, path: &str) -> Option<(Mounted, String)> {
+    pub(crate) fn route<'p>(&self, path: &'p str) -> Option<(Mounted, &'p str)> {
         let builtin = self.builtin_mounts.iter().find_map(|m| {
             let rel = crate::mounts::relative_to(path, &m.entry.path)?;
             Some((m.clone(), rel))
@@ -251,16 +252,10 @@ impl Core {
 
     /// A login: the backend checks the credentials, the core issues the token, and the answer
     /// is wrapped when the client asked.
-    async fn handle_login(
-        &self,
-        req: &Request,
-        mounted: &Mounted,
-        rel: String,
-    ) -> Result<Response> {
-        let resp = mounted
-            .backend
-            .handle(backend_request(req, mounted, rel, "", self.lease_ttls()))
-            .await?;
+    async fn handle_login(&self, req: &Request, route: &Route) -> Result<Response> {
+        let mounted = &route.mounted;
+        let breq = backend_request(req, mounted, route.rel(&req.path), "", self.lease_ttls());
+        let resp = mounted.backend.handle(breq).await?;
         let resp = self.finish_login(resp, &mounted.entry, &req.path).await?;
         match req.wrap_ttl {
             Some(ttl) if resp.raw.is_none() && (resp.data.is_some() || resp.auth.is_some()) => {
@@ -275,17 +270,23 @@ impl Core {
         &self,
         req: &mut Request,
         caller: &mut Caller,
+        route: Option<Route>,
         logged: &mut Option<crate::audit::LoggedRequest>,
     ) -> Result<Response> {
-        let namespace = caller.entry.cubbyhole_namespace().to_owned();
-        let route = self.resolve_route(req, &namespace).await;
+        let namespace = caller.entry.cubbyhole_namespace();
+        let route = self.resolve_route(req, namespace, route).await;
         // Audited whether it routes or not (no mount at the path, a failed existence check),
         // as Vault audits a request whose checks fail.
         *logged = Some(self.audit.log_request(req, Some(caller)).await?);
         let route = route?;
         // (A wrapping token presented to unwrap itself never gets here: it is its own
         // authorisation, answered before authentication in `lifecycle.rs`.)
-        if !acl_allows(caller, req.operation, &req.path, needs_sudo(&route)) {
+        if !acl_allows(
+            caller,
+            req.operation,
+            &req.path,
+            route.needs_sudo(&req.path),
+        ) {
             return Err(LogicalError::PermissionDenied);
         }
         let last_use = self.tokens.use_token(&mut caller.entry).await?;
@@ -302,29 +303,38 @@ impl Core {
         Ok(resp)
     }
 
-    /// Decide where the request goes; for writes to mounts, settle create vs update.
-    async fn resolve_route(&self, req: &mut Request, namespace: &str) -> Result<Route> {
-        let Some((mounted, rel)) = self.route(&req.path) else {
+    /// Where the request goes (`route`, found before authentication); for writes to mounts,
+    /// settle create vs update.
+    async fn resolve_route(
+        &self,
+        req: &mut Request,
+        namespace: &str,
+        route: Option<Route>,
+    ) -> Result<Route> {
+        let Some(route) = route else {
             return Err(LogicalError::UnsupportedPath(req.path.clone()));
         };
         if matches!(req.operation, Operation::Create | Operation::Update) {
-            let breq = backend_request(req, &mounted, rel.clone(), namespace, self.lease_ttls());
+            let rel = route.rel(&req.path);
+            let breq = backend_request(req, &route.mounted, rel, namespace, self.lease_ttls());
             // The existence check runs before the ACL check: it gets no caller.
-            req.operation = match mounted.backend.exists(&breq).await? {
+            let exists = route.mounted.backend.exists(&breq).await?;
+            req.operation = match exists {
                 Some(false) => Operation::Create,
                 _ => Operation::Update,
             };
         }
-        Ok((mounted, rel))
+        Ok(route)
     }
 
     async fn dispatch(&self, req: &Request, caller: &Caller, route: Route) -> Result<Response> {
-        let (mounted, rel) = route;
-        let namespace = caller.entry.cubbyhole_namespace().to_owned();
-        let mut breq = backend_request(req, &mounted, rel, &namespace, self.lease_ttls());
+        let mounted = &route.mounted;
+        let namespace = caller.entry.cubbyhole_namespace();
+        let rel = route.rel(&req.path);
+        let mut breq = backend_request(req, mounted, rel, namespace, self.lease_ttls());
         // As Vault's router: only the built-in backends see the caller's token; the others
         // get a per-token namespace (`token_namespace`), never the token.
-        if self.is_builtin(&mounted) {
+        if self.is_builtin(mounted) {
             breq.caller = Some(caller);
         }
         let resp = mounted.backend.handle(breq).await?;
@@ -341,7 +351,7 @@ impl Core {
 fn backend_request<'a>(
     req: &'a Request,
     mounted: &'a Mounted,
-    rel: String,
+    rel: &'a str,
     namespace: &'a str,
     system_ttls: &SystemTtls,
 ) -> BackendRequest<'a> {
@@ -360,12 +370,24 @@ fn backend_request<'a>(
     }
 }
 
-/// The mount a request goes to, and its path relative to the mount.
-type Route = (Mounted, String);
+/// The mount a request goes to, and where in the request's path (normalised, and not changed
+/// after routing) the path relative to the mount starts: an offset, not a copy, so that routing
+/// allocates nothing and the request stays free to change its operation.
+struct Route {
+    mounted: Mounted,
+    rel_at: usize,
+}
 
-/// Whether the request's path is root-protected, as the backend it routes to declares.
-fn needs_sudo((mounted, rel): &Route) -> bool {
-    mounted.backend.special_paths().is_root(rel)
+impl Route {
+    /// The path relative to the mount, in `path` (the request's, as routed).
+    fn rel<'p>(&self, path: &'p str) -> &'p str {
+        &path[self.rel_at..]
+    }
+
+    /// Whether the request's path is root-protected, as the backend it routes to declares.
+    fn needs_sudo(&self, path: &str) -> bool {
+        self.mounted.backend.special_paths().is_root(self.rel(path))
+    }
 }
 
 /// Whether the caller's ACL allows `op` on `path`, with `sudo` too when the path is
@@ -418,11 +440,18 @@ mod tests {
 
     #[test]
     fn path_normalization() {
+        let normalized = |path: &str| {
+            let mut path = path.to_owned();
+            normalize_path(&mut path).map(|()| path)
+        };
         assert_eq!(
-            normalize_path("/secret/data/a").ok().as_deref(),
+            normalized("/secret/data/a").ok().as_deref(),
             Some("secret/data/a")
         );
-        assert!(normalize_path("secret/../sys").is_err());
-        assert!(normalize_path("secret/./x").is_err());
+        assert_eq!(normalized("//secret/").ok().as_deref(), Some("secret/"));
+        assert_eq!(normalized("sys/health").ok().as_deref(), Some("sys/health"));
+        assert!(normalized("secret/../sys").is_err());
+        assert!(normalized("secret/./x").is_err());
+        assert!(normalized("/secret/\0").is_err());
     }
 }

@@ -91,7 +91,7 @@ impl<'a> Call<'a> {
     pub(crate) fn from_request(req: &'a BackendRequest<'_>) -> Self {
         Call {
             operation: req.operation,
-            path: req.path.as_str(),
+            path: req.path,
             data: req.data,
             store: req.storage,
             mount_point: req.mount_point,

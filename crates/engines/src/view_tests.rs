@@ -51,13 +51,13 @@ impl Mount {
     fn request<'a>(
         &'a self,
         op: Operation,
-        path: &str,
+        path: &'a str,
         data: &'a Data,
         ns: &'a str,
     ) -> BackendRequest<'a> {
         BackendRequest {
             operation: op,
-            path: path.to_owned(),
+            path,
             data,
             storage: &self.view,
             mount_point: self.point,

@@ -261,7 +261,7 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
     req.client_token = client_token(&headers);
     req.wrap_ttl = wrap_ttl;
     req.remote_addr = client_addr(forwarded, &headers, connect);
-    let request_id = req.id.clone();
+    let request_id = req.id;
     let span = tracing::debug_span!(
         "request",
         id = %request_id,
@@ -287,7 +287,7 @@ async fn handle(State(state): State<AppState>, request: axum::extract::Request) 
             .map(|last| stamp.map_or(last, |own| own.min(last))),
         _ => None,
     };
-    let mut resp = envelope::to_http(&request_id, operation, result);
+    let mut resp = envelope::to_http(request_id.as_str(), operation, result);
     if let Some(index) = wal_index {
         // The WAL index of the request's own last write (a secondary holding it holds the
         // write), or, for a request whose writes were not recorded, the last index committed

@@ -23,7 +23,7 @@ pub use caller::{capability_for, Caller};
 pub use error::LogicalError;
 pub use help::{path_help, BackendHelp, PathHelp};
 pub use login::{LoginAuth, TokenParams};
-pub use request::{expect_op, Operation, Request, WRITE};
+pub use request::{expect_op, Operation, Request, RequestId, WRITE};
 pub use response::{Auth, RawResponse, Response, WrapInfo};
 pub use special_paths::SpecialPaths;
 pub use storage_view::StorageView;
@@ -50,7 +50,7 @@ pub fn data_of(value: Value) -> Data {
 pub struct BackendRequest<'a> {
     pub operation: Operation,
     /// Path relative to the mount point (no leading slash), e.g. `data/foo` on a KV v2 mount.
-    pub path: String,
+    pub path: &'a str,
     pub data: &'a Data,
     pub storage: &'a StorageView,
     /// The mount point including its trailing slash, e.g. `secret/`.

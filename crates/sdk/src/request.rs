@@ -44,7 +44,7 @@ impl Operation {
 /// the token nor the data, so a stray `{:?}` cannot log a secret.
 #[derive(Clone)]
 pub struct Request {
-    pub id: String,
+    pub id: RequestId,
     pub operation: Operation,
     /// Full path after `/v1/`, without a leading slash, e.g. `secret/data/foo`.
     pub path: String,
@@ -70,17 +70,44 @@ impl std::fmt::Debug for Request {
 
 /// A request's id: a version-4 UUID drawn from the thread's CSPRNG (`rand::thread_rng`,
 /// seeded from the OS), not one `getrandom` system call per request as `Uuid::new_v4` makes
-/// (about 1 % of a write's CPU). Ids are unique, not secret.
-fn request_id() -> String {
-    uuid::Builder::from_random_bytes(rand::random())
-        .into_uuid()
-        .to_string()
+/// (about 1 % of a write's CPU). Ids are unique, not secret. Kept as its text, inline and
+/// `Copy`: the HTTP layer keeps the id for the response envelope while the core takes the
+/// request, and a `String` cost two allocations per request (the text, the copy).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId([u8; uuid::fmt::Hyphenated::LENGTH]);
+
+impl RequestId {
+    fn random() -> RequestId {
+        let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Builder::from_random_bytes(rand::random())
+            .into_uuid()
+            .hyphenated()
+            .encode_lower(&mut text);
+        RequestId(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever the ASCII text `encode_lower` wrote.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 impl Request {
     pub fn new(operation: Operation, path: impl Into<String>) -> Self {
         Request {
-            id: request_id(),
+            id: RequestId::random(),
             operation,
             path: path.into(),
             data: Data::new(),
@@ -108,7 +135,7 @@ mod tests {
     #[test]
     fn request_ids_are_distinct_version_4_uuids() {
         let ids: std::collections::HashSet<String> = (0..1000)
-            .map(|_| Request::new(Operation::Read, "x").id)
+            .map(|_| Request::new(Operation::Read, "x").id.to_string())
             .collect();
         assert_eq!(ids.len(), 1000);
         for id in ids.iter().take(20) {

@@ -126,8 +126,8 @@ fn unsupported(req: &BackendRequest<'_>) -> LogicalError {
 #[async_trait]
 impl LogicalBackend for AppRole {
     async fn handle(&self, req: BackendRequest<'_>) -> Result<Response> {
-        let path = req.path.clone();
-        match path.as_str() {
+        let path = req.path;
+        match path {
             "login" if is_write(req.operation) => return secret_id::login(&req).await,
             "tidy/secret-id" if is_write(req.operation) => return secret_id::tidy(&req).await,
             "role" | "role/" => {

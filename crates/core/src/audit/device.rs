@@ -215,7 +215,7 @@ impl FileDevice {
     /// The `request` object of an entry, encoded.
     pub fn request_part(&self, req: &Request, caller: Option<&Caller>) -> Result<Vec<u8>> {
         let part = RequestPart {
-            id: &req.id,
+            id: req.id.as_str(),
             operation: req.operation.as_str(),
             client_token: caller.map_or(json!(""), |c| self.h(&c.token)),
             client_token_accessor: caller.map_or(json!(""), |c| self.h_accessor(&c.entry.accessor)),

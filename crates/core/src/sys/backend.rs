@@ -106,7 +106,7 @@ impl Core {
     /// Where the system backend sends a request (`req.path` is relative to `sys/`).
     async fn handle_sys(&self, req: &BackendRequest<'_>, caller: &Caller) -> Result<Response> {
         let op = req.operation;
-        let (head, rest) = req.path.split_once('/').unwrap_or((&req.path, ""));
+        let (head, rest) = req.path.split_once('/').unwrap_or((req.path, ""));
         match head {
             "seal" => self.sys_seal(op).await,
             "rotate" => self.sys_rotate(op).await,

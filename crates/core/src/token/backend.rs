@@ -80,7 +80,7 @@ impl LogicalBackend for TokenBackend {
     async fn handle(&self, req: BackendRequest<'_>) -> Result<Response> {
         // Every path of this backend needs a token: the core authenticated the caller.
         let caller = req.caller.ok_or(LogicalError::PermissionDenied)?;
-        let (head, rest) = req.path.split_once('/').unwrap_or((&req.path, ""));
+        let (head, rest) = req.path.split_once('/').unwrap_or((req.path, ""));
         let op = req.operation;
         match head {
             "create" if rest.is_empty() => {

@@ -83,7 +83,7 @@ impl Fixture {
         let options = Map::new();
         let req = BackendRequest {
             operation,
-            path: path.to_owned(),
+            path,
             data: &data,
             storage: &self.view,
             mount_point: "auth/token/",
