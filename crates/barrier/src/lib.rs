@@ -298,7 +298,7 @@ impl Barrier {
         let _timer = Timed::start("vault_barrier_get");
         refuse_reserved(key)?;
         let state = self.unsealed()?;
-        let Some(stored) = self.backend.get(key).await? else {
+        let Some(stored) = self.stored(key).await? else {
             return Ok(None);
         };
         let mut plaintext = state.keyring.decrypt(key, &stored)?;
@@ -311,7 +311,16 @@ impl Barrier {
         let _timer = Timed::start("vault_barrier_get");
         refuse_reserved(key)?;
         self.unsealed()?;
-        Ok(self.backend.get(key).await?.is_some())
+        Ok(self.stored(key).await?.is_some())
+    }
+
+    /// The stored bytes of `key`: answered within the call when the backend can
+    /// ([`bunker_storage::Backend::get_now`]: no boxed future), else awaited.
+    async fn stored(&self, key: &str) -> bunker_storage::Result<Option<Vec<u8>>> {
+        match self.backend.get_now(key) {
+            Some(found) => found,
+            None => self.backend.get(key).await,
+        }
     }
 
     /// [`Barrier::get`], decoded by `decode`, through `cache`: the stored ciphertext is read
@@ -329,7 +338,7 @@ impl Barrier {
         let _timer = Timed::start("vault_barrier_get");
         refuse_reserved(key)?;
         let state = self.unsealed()?;
-        let Some(stored) = self.backend.get(key).await.map_err(BarrierError::from)? else {
+        let Some(stored) = self.stored(key).await.map_err(BarrierError::from)? else {
             return Ok(None);
         };
         if let Some(value) = cache.hit(key, &stored) {

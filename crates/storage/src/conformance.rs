@@ -47,31 +47,40 @@ pub async fn exercise_backend(backend: &dyn Backend) {
     clear_root(backend).await;
 }
 
+/// `get`, and `get_now` when the backend answers it: the same answer.
+async fn read(b: &dyn Backend, key: &str, what: &str) -> Option<Vec<u8>> {
+    let found = ok(b.get(key).await, what);
+    if let Some(now) = b.get_now(key) {
+        assert_eq!(ok(now, what), found, "get_now answers as get: {what}");
+    }
+    found
+}
+
 async fn crud(b: &dyn Backend) {
     let key = "conformance/crud/key";
     assert_eq!(
-        ok(b.get(key).await, "get missing"),
+        read(b, key, "get missing").await,
         None,
         "a missing key reads as None"
     );
 
     ok(b.put(key, b"one".to_vec()).await, "put");
     assert_eq!(
-        ok(b.get(key).await, "get"),
+        read(b, key, "get").await,
         Some(b"one".to_vec()),
         "put then get"
     );
 
     ok(b.put(key, b"two".to_vec()).await, "overwrite");
     assert_eq!(
-        ok(b.get(key).await, "get"),
+        read(b, key, "get").await,
         Some(b"two".to_vec()),
         "overwrite wins"
     );
 
     ok(b.delete(key).await, "delete");
     assert_eq!(
-        ok(b.get(key).await, "get"),
+        read(b, key, "get").await,
         None,
         "a deleted key reads as None"
     );
@@ -80,7 +89,7 @@ async fn crud(b: &dyn Backend) {
     let unicode = "conformance/crud/ключ/値";
     ok(b.put(unicode, b"u".to_vec()).await, "put unicode key");
     assert_eq!(
-        ok(b.get(unicode).await, "get"),
+        read(b, unicode, "get").await,
         Some(b"u".to_vec()),
         "unicode key"
     );
@@ -94,7 +103,7 @@ async fn binary_values(b: &dyn Backend) {
         "put binary",
     );
     assert_eq!(
-        ok(b.get("conformance/bin/all").await, "get binary"),
+        read(b, "conformance/bin/all", "get binary").await,
         Some(every_byte),
         "every byte value round-trips"
     );
@@ -104,7 +113,7 @@ async fn binary_values(b: &dyn Backend) {
         "put empty value",
     );
     assert_eq!(
-        ok(b.get("conformance/bin/empty").await, "get empty value"),
+        read(b, "conformance/bin/empty", "get empty value").await,
         Some(Vec::new()),
         "an empty value is present, not missing"
     );
@@ -116,19 +125,25 @@ async fn invalid_input(b: &dyn Backend) {
 
     assert_invalid_key(b.put("", b"v".to_vec()).await, "put of an empty key");
     assert_invalid_key(b.get("").await, "get of an empty key");
+    if let Some(now) = b.get_now("") {
+        assert_invalid_key(now, "get_now of an empty key");
+    }
     assert_invalid_key(b.delete("").await, "delete of an empty key");
     assert_invalid_key(
         b.put(&too_long, b"v".to_vec()).await,
         "put of a 4097+ byte key",
     );
     assert_invalid_key(b.get(&too_long).await, "get of a 4097+ byte key");
+    if let Some(now) = b.get_now(&too_long) {
+        assert_invalid_key(now, "get_now of a 4097+ byte key");
+    }
 
     ok(
         b.put(&longest, b"v".to_vec()).await,
         "put of a 4096-byte key",
     );
     assert_eq!(
-        ok(b.get(&longest).await, "get"),
+        read(b, &longest, "get").await,
         Some(b"v".to_vec()),
         "4096-byte key"
     );
@@ -142,7 +157,7 @@ async fn invalid_input(b: &dyn Backend) {
         "a value over 64 MiB must be rejected, got {huge:?}"
     );
     assert_eq!(
-        ok(b.get("conformance/huge").await, "get"),
+        read(b, "conformance/huge", "get").await,
         None,
         "rejected put left a value"
     );

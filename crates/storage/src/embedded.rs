@@ -186,6 +186,12 @@ impl EmbeddedBackend {
     fn view(&self) -> Result<Arc<View>> {
         self.shared.view(&self.db)
     }
+
+    /// One key from the current view ([`Backend::get`] and [`Backend::get_now`]).
+    fn read_now(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        validate_key(key)?;
+        self.view()?.get(key)
+    }
 }
 
 impl std::fmt::Debug for EmbeddedBackend {
@@ -199,8 +205,11 @@ impl std::fmt::Debug for EmbeddedBackend {
 #[async_trait]
 impl Backend for EmbeddedBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        validate_key(key)?;
-        self.view()?.get(key)
+        self.read_now(key)
+    }
+
+    fn get_now(&self, key: &str) -> Option<Result<Option<Vec<u8>>>> {
+        Some(self.read_now(key))
     }
 
     /// If the returned future is dropped after the batch was queued, the batch is still

@@ -114,6 +114,10 @@ impl Backend for InmemBackend {
         Ok(self.read().get(key).cloned())
     }
 
+    fn get_now(&self, key: &str) -> Option<Result<Option<Vec<u8>>>> {
+        Some(validate_key(key).map(|()| self.read().get(key).cloned()))
+    }
+
     async fn batch(&self, ops: Vec<Op>) -> Result<()> {
         validate_batch(&ops)?;
         self.commit(ops, MAX_BATCH_OPS)

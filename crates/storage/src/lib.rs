@@ -137,6 +137,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Read one key.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
 
+    /// [`Backend::get`] answered within the call, by a backend whose reads never wait on
+    /// anything but memory and its own file (the embedded store, the in-memory one): `None`
+    /// when it cannot (a network backend, a test store with hooks), and the caller awaits
+    /// `get`. Callers on the request path ([`Backend::get`] through the barrier) try it
+    /// first: a `get` is a boxed future, one allocation per read.
+    fn get_now(&self, _key: &str) -> Option<Result<Option<Vec<u8>>>> {
+        None
+    }
+
     /// Apply every op atomically and durably: all or none are visible, and when this resolves
     /// `Ok` the batch survives a crash. Concurrent batches may be committed together (group
     /// commit).
