@@ -284,7 +284,7 @@ pub fn is_reserved_mount(path: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use async_trait::async_trait;
@@ -303,16 +303,21 @@ mod tests {
         }
     }
 
+    /// A mount at `path` whose backend answers every request with an empty response.
+    pub(crate) fn mount_of_nothing(barrier: &Arc<Barrier>, path: &str) -> Mounted {
+        Mounted {
+            entry: Arc::new(MountEntry::new(path, "kv", "", Map::new())),
+            backend: Arc::new(Nothing),
+            view: StorageView::new(barrier.clone(), path),
+        }
+    }
+
     #[test]
     fn the_longest_mount_wins_and_the_relative_path_is_the_rest_of_the_path() {
         let barrier = Arc::new(Barrier::new(Arc::new(bunker_storage::InmemBackend::new())));
         let mut router = Router::default();
         for path in ["kv/", "kv/team/", "kvx/"] {
-            router.insert(Mounted {
-                entry: Arc::new(MountEntry::new(path, "kv", "", Map::new())),
-                backend: Arc::new(Nothing),
-                view: StorageView::new(barrier.clone(), path),
-            });
+            router.insert(mount_of_nothing(&barrier, path));
         }
         let route = |path: &str| {
             router

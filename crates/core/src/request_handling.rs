@@ -1,6 +1,8 @@
 //! The request pipeline: sealed-state paths, authentication, routing, ACL, audit, token use
 //! counting and response wrapping — in that order, as Vault's `HandleRequest`.
 
+use std::sync::Arc;
+
 use crate::core::Core;
 use crate::logical::{BackendRequest, LogicalError, Operation, Request, Response, Result};
 use crate::mounts::{Mounted, SystemTtls};
@@ -113,10 +115,7 @@ impl Core {
         }
         // Routed once: the backend that says whether the path takes a token and whether it is
         // root-protected is the one that executes the request.
-        let route = self.route(&req.path).map(|(mounted, rel)| Route {
-            rel_at: req.path.len() - rel.len(),
-            mounted,
-        });
+        let route = self.routed(&req.path);
         // An auth method's login paths (declared by the backend) take no token.
         if let Some(route) = route.as_ref().filter(|route| {
             let special = route.mounted.backend.special_paths();
@@ -232,6 +231,34 @@ impl Core {
         })
     }
 
+    /// [`Core::route`] as a [`Route`] into `path`.
+    fn routed(&self, path: &str) -> Option<Route> {
+        self.route(path).map(|(mounted, rel)| Route {
+            rel_at: path.len() - rel.len(),
+            path_len: path.len(),
+            mounted,
+        })
+    }
+
+    /// `route`, found before authentication, if the mount tables still route `path` to that
+    /// mount, else `path` routed again: a mount unmounted or remounted meanwhile (remounting
+    /// replaces the entry) is not executed on, and the window in which a request can reach a
+    /// mount being removed stays the one from here to its dispatch.
+    fn still_routed(&self, route: Option<Route>, path: &str) -> Option<Route> {
+        let unchanged = route.as_ref().is_some_and(|route| {
+            self.is_builtin(&route.mounted)
+                || (self.router.read())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .route(path)
+                    .is_some_and(|(now, _)| Arc::ptr_eq(&now.entry, &route.mounted.entry))
+        });
+        if unchanged {
+            route
+        } else {
+            self.routed(path)
+        }
+    }
+
     /// Audits a request that takes no token (a wrapping lookup, a self-unwrap, a login): the
     /// request's entry, then `answer`, then the response's. Its own function, awaited boxed:
     /// the answer and the audit entry held across the audit's awaits inline would be laid out
@@ -311,7 +338,7 @@ impl Core {
         namespace: &str,
         route: Option<Route>,
     ) -> Result<Route> {
-        let Some(route) = route else {
+        let Some(route) = self.still_routed(route, &req.path) else {
             return Err(LogicalError::UnsupportedPath(req.path.clone()));
         };
         if matches!(req.operation, Operation::Create | Operation::Update) {
@@ -376,11 +403,18 @@ fn backend_request<'a>(
 struct Route {
     mounted: Mounted,
     rel_at: usize,
+    /// The length of the path routed, to catch a change of the path after routing in tests.
+    path_len: usize,
 }
 
 impl Route {
     /// The path relative to the mount, in `path` (the request's, as routed).
     fn rel<'p>(&self, path: &'p str) -> &'p str {
+        debug_assert_eq!(
+            path.len(),
+            self.path_len,
+            "the request's path changed after routing"
+        );
         &path[self.rel_at..]
     }
 
@@ -413,6 +447,63 @@ mod tests {
             entry: std::sync::Arc::default(),
             acl: bunker_policy::Acl::new(&[policy]),
         }
+    }
+
+    /// A request is routed before authentication; if its mount is unmounted or remounted
+    /// (a new entry at the same path) before it is dispatched, it is routed again.
+    #[test]
+    fn a_route_changed_after_routing_is_routed_again() {
+        use crate::mounts::tests::mount_of_nothing;
+        let core = Core::new(
+            Arc::new(bunker_storage::InmemBackend::new()),
+            Default::default(),
+        );
+        let mount = |path: &str| {
+            let mounted = mount_of_nothing(&core.barrier, path);
+            core.router.write().unwrap().insert(mounted.clone());
+            mounted
+        };
+        let unmount = |path: &str| core.router.write().unwrap().remove(path);
+        let path = "t/a/b";
+        // What a request routed to `mounted` before authentication holds.
+        let held = |mounted: &Mounted| {
+            Some(Route {
+                mounted: mounted.clone(),
+                rel_at: "t/".len(),
+                path_len: path.len(),
+            })
+        };
+        let serves = |route: &Option<Route>, mounted: &Mounted| {
+            (route.as_ref()).is_some_and(|r| Arc::ptr_eq(&r.mounted.entry, &mounted.entry))
+        };
+
+        let first = mount("t/");
+        let routed = core.routed(path);
+        assert!(serves(&routed, &first));
+        assert_eq!(routed.as_ref().map(|r| r.rel(path)), Some("a/b"));
+        assert!(serves(&core.still_routed(routed, path), &first));
+
+        // Remounted: a new entry at the same path.
+        unmount("t/");
+        let second = mount("t/");
+        assert!(serves(&core.still_routed(held(&first), path), &second));
+        assert!(serves(&core.still_routed(held(&second), path), &second));
+
+        // A longer mount added under it now serves the path.
+        let nested = mount("t/a/");
+        let moved = core.still_routed(held(&second), path);
+        assert!(serves(&moved, &nested));
+        assert_eq!(moved.as_ref().map(|r| r.rel(path)), Some("b"));
+
+        // Unmounted: no route any more.
+        unmount("t/a/");
+        unmount("t/");
+        assert!(core.still_routed(held(&second), path).is_none());
+
+        // A built-in mount is kept as routed (its entry never changes).
+        let sys = core.routed("sys/health");
+        assert!(sys.is_some());
+        assert!(core.still_routed(sys, "sys/health").is_some());
     }
 
     #[test]

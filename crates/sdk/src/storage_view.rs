@@ -43,25 +43,25 @@ impl StorageView {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.barrier.get(self.joined(key).as_str()).await?)
+        Ok(self.barrier.get(self.joined(key).as_str()?).await?)
     }
 
     /// Whether `key` holds a value ([`bunker_barrier::Barrier::exists`]: not decrypted).
     pub async fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self.barrier.exists(self.joined(key).as_str()).await?)
+        Ok(self.barrier.exists(self.joined(key).as_str()?).await?)
     }
 
     pub async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
-        Ok(self.barrier.put(self.joined(key).as_str(), value).await?)
+        Ok(self.barrier.put(self.joined(key).as_str()?, value).await?)
     }
 
     pub async fn delete(&self, key: &str) -> Result<()> {
-        Ok(self.barrier.delete(self.joined(key).as_str()).await?)
+        Ok(self.barrier.delete(self.joined(key).as_str()?).await?)
     }
 
     /// Immediate children of `prefix` (relative to this view), Vault LIST semantics.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        Ok(self.barrier.list(self.joined(prefix).as_str()).await?)
+        Ok(self.barrier.list(self.joined(prefix).as_str()?).await?)
     }
 
     /// Atomic batch of keys relative to this view.
@@ -144,15 +144,15 @@ impl JoinedKey {
         }
     }
 
-    fn as_str(&self) -> &str {
+    /// The joined key. Two `str`s one after the other are UTF-8, so this does not fail; were
+    /// it to, the call fails rather than use another key (an empty prefix lists the root).
+    fn as_str(&self) -> Result<&str> {
         match self {
-            // Two `str`s one after the other are UTF-8; were they not, the empty key is refused
-            // by the storage below (an error, not a wrong key).
             JoinedKey::Inline { bytes, len } => bytes
                 .get(..*len)
                 .and_then(|joined| std::str::from_utf8(joined).ok())
-                .unwrap_or(""),
-            JoinedKey::Heap(key) => key,
+                .ok_or_else(|| LogicalError::Internal("joining a storage key".into())),
+            JoinedKey::Heap(key) => Ok(key),
         }
     }
 }
@@ -172,7 +172,10 @@ mod joined_key_tests {
             ("logical/3f0c/", &"k".repeat(4096)),
         ] {
             let joined = JoinedKey::new(prefix, key);
-            assert_eq!(joined.as_str(), format!("{prefix}{key}"));
+            assert_eq!(
+                joined.as_str().ok(),
+                Some(format!("{prefix}{key}").as_str())
+            );
             let fits = prefix.len() + key.len() <= INLINE_KEY_BYTES;
             assert_eq!(matches!(joined, JoinedKey::Inline { .. }), fits, "{key:?}");
         }

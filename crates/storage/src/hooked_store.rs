@@ -95,3 +95,22 @@ impl<H: StoreHooks> HookedBackend for HookedStore<H> {
         self.store.feeds_indexes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoHooks;
+
+    impl StoreHooks for NoHooks {}
+
+    /// A hooked store's reads go through `get`, so that its hooks run: it must never answer
+    /// [`Backend::get_now`] (the barrier tries that first), not even by forwarding it.
+    #[tokio::test]
+    async fn a_hooked_store_answers_reads_only_through_its_hooks() {
+        let store = HookedStore::new(NoHooks);
+        store.put("k", b"v".to_vec()).await.expect("put");
+        assert!(store.get_now("k").is_none());
+        assert_eq!(store.get("k").await.expect("get"), Some(b"v".to_vec()));
+    }
+}
