@@ -152,7 +152,8 @@ fn decode(s: &str, plus_is_space: bool) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    // Valid UTF-8 (every path a client sends in practice) is kept as it is, not copied again.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn client_token(headers: &HeaderMap) -> Option<String> {
@@ -478,6 +479,9 @@ mod tests {
         assert_eq!(pairs[2], ("x".into(), "%zz".into()));
         assert_eq!(pairs[3], ("y".into(), "1 2".into()));
         assert_eq!(path_decode("secret/data/a%20b+c"), "secret/data/a b+c");
+        assert_eq!(path_decode("secret/%E5%80%A4"), "secret/値");
+        // An escape that is not UTF-8 is replaced, not kept as raw bytes.
+        assert_eq!(path_decode("secret/%FFx"), "secret/\u{fffd}x");
     }
 
     #[test]

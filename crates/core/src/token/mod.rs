@@ -74,11 +74,19 @@ fn salt_key(salt: &[u8]) -> aws_lc_rs::hmac::Key {
 /// Keying (hashing the salt's two padded blocks) is done once ([`salt_key`]), not on every
 /// request, so an id costs two SHA-256 blocks instead of four.
 fn token_storage_id(salt: Option<&aws_lc_rs::hmac::Key>, token: &str) -> String {
+    let mut id = String::with_capacity(64);
+    push_token_storage_id(&mut id, salt, token);
+    id
+}
+
+/// Appends [`token_storage_id`] to `out`.
+fn push_token_storage_id(out: &mut String, salt: Option<&aws_lc_rs::hmac::Key>, token: &str) {
     match salt {
-        Some(key) => {
-            crate::hex_text::hex_lower(aws_lc_rs::hmac::sign(key, token.as_bytes()).as_ref())
-        }
-        None => crate::hex_text::hex_lower(&Sha256::digest(token.as_bytes())),
+        Some(key) => crate::hex_text::push_hex_lower(
+            out,
+            aws_lc_rs::hmac::sign(key, token.as_bytes()).as_ref(),
+        ),
+        None => crate::hex_text::push_hex_lower(out, &Sha256::digest(token.as_bytes())),
     }
 }
 
@@ -129,6 +137,18 @@ impl TokenStore {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         token_storage_id(salt.as_ref(), token)
+    }
+
+    /// Where the entry of `token` is stored: `ID_PREFIX` and its storage id, in one allocation.
+    fn storage_key(&self, token: &str) -> String {
+        let mut key = String::with_capacity(ID_PREFIX.len() + 64);
+        key.push_str(ID_PREFIX);
+        let salt = self
+            .salt
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        push_token_storage_id(&mut key, salt.as_ref(), token);
+        key
     }
 
     /// A new store (at init): make its salt before any token exists.
@@ -254,8 +274,13 @@ impl TokenStore {
 
     /// The stored entry as the decoded cache holds it.
     async fn get_shared_by_hash(&self, hash: &str) -> Result<Option<Arc<TokenEntry>>> {
+        self.get_shared_at(&[ID_PREFIX, hash].concat()).await
+    }
+
+    /// The stored entry at `key` (`ID_PREFIX` and a storage id), as the decoded cache holds it.
+    async fn get_shared_at(&self, key: &str) -> Result<Option<Arc<TokenEntry>>> {
         self.barrier
-            .get_decoded(&[ID_PREFIX, hash].concat(), &self.decoded, |bytes| {
+            .get_decoded(key, &self.decoded, |bytes| {
                 serde_json::from_slice::<TokenEntry>(bytes).map_err(LogicalError::from)
             })
             .await
@@ -297,7 +322,7 @@ impl TokenStore {
                 }
             }
         } else {
-            match self.get_shared_by_hash(&self.hash(token)).await? {
+            match self.get_shared_at(&self.storage_key(token)).await? {
                 None => return Ok(None),
                 Some(e) => e,
             }
