@@ -9,6 +9,8 @@ mod server;
 /// made the kernel zero it on the faulting thread, often the storage writer, and that set the
 /// DR lag's tail (bench/README.md, "No transparent huge pages"). Where the kernel gives huge
 /// pages unasked (THP `always`), `MIMALLOC_ALLOW_THP=0` turns them off for the process.
+/// (`--features system-allocator` keeps the system's, for `bench/allocations` only.)
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
