@@ -74,10 +74,10 @@ pub fn cubbyhole_factory() -> impl BackendFactory {
 /// Delete everything a token stored in its cubbyhole. `storage` is the cubbyhole mount's view.
 /// Call when the token is revoked. Deleting an empty namespace is a no-op.
 pub async fn destroy_cubbyhole(storage: &StorageView, token_namespace: &str) -> Result<()> {
-    destroy_namespace(storage, token_namespace).await
+    destroy_namespace(Store::View(storage), token_namespace).await
 }
 
-pub(crate) async fn destroy_namespace(store: &dyn Store, token_namespace: &str) -> Result<()> {
+pub(crate) async fn destroy_namespace(store: Store<'_>, token_namespace: &str) -> Result<()> {
     let prefix = namespace_prefix(token_namespace)?;
     let mut folders = vec![prefix];
     let mut removed = 0usize;
@@ -135,7 +135,7 @@ mod tests {
             operation: op,
             path,
             data: &data,
-            store,
+            store: Store::Double(store),
             mount_point: "cubbyhole/",
             token_namespace: ns,
         };
@@ -232,7 +232,7 @@ mod tests {
             operation: Operation::Create,
             path: "x",
             data: &data,
-            store: &store,
+            store: Store::Double(&store),
             mount_point: "cubbyhole/",
             token_namespace: "",
         };
@@ -279,14 +279,18 @@ mod tests {
         run(&store, "gone2", Operation::Create, "a", json!({"v": 1}))
             .await
             .unwrap();
-        destroy_namespace(&store, "gone").await.unwrap();
+        destroy_namespace(Store::Double(&store), "gone")
+            .await
+            .unwrap();
         assert_eq!(
             store.keys(),
             vec!["gone2/a".to_string(), "kept/a".to_string()]
         );
-        destroy_namespace(&store, "never-used").await.unwrap();
+        destroy_namespace(Store::Double(&store), "never-used")
+            .await
+            .unwrap();
         assert!(matches!(
-            destroy_namespace(&store, "").await,
+            destroy_namespace(Store::Double(&store), "").await,
             Err(LogicalError::PermissionDenied)
         ));
     }

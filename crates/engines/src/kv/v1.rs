@@ -70,7 +70,7 @@ mod tests {
             operation: op,
             path,
             data: &data,
-            store,
+            store: crate::store::Store::Double(store),
             mount_point: "secret/",
             token_namespace: "",
         };
@@ -83,7 +83,7 @@ mod tests {
             operation: Operation::Create,
             path,
             data: &data,
-            store,
+            store: crate::store::Store::Double(store),
             mount_point: "secret/",
             token_namespace: "",
         };

@@ -195,7 +195,7 @@ fn storage_key(name: &str) -> String {
 }
 
 /// Load a key ring; `None` when there is no key of that name.
-pub(crate) async fn load(store: &dyn Store, name: &str) -> Result<Option<KeyPolicy>> {
+pub(crate) async fn load(store: Store<'_>, name: &str) -> Result<Option<KeyPolicy>> {
     validate_key_name(name)?;
     let Some(bytes) = store.get(&storage_key(name)).await? else {
         return Ok(None);
@@ -213,13 +213,13 @@ pub(crate) async fn load(store: &dyn Store, name: &str) -> Result<Option<KeyPoli
 }
 
 /// Load a key ring that must exist.
-pub(crate) async fn load_existing(store: &dyn Store, name: &str) -> Result<KeyPolicy> {
+pub(crate) async fn load_existing(store: Store<'_>, name: &str) -> Result<KeyPolicy> {
     load(store, name)
         .await?
         .ok_or_else(|| LogicalError::InvalidRequest("encryption key not found".into()))
 }
 
-pub(crate) async fn save(store: &dyn Store, policy: &KeyPolicy) -> Result<()> {
+pub(crate) async fn save(store: Store<'_>, policy: &KeyPolicy) -> Result<()> {
     let bytes = to_json_zeroizing(policy).map_err(|e| {
         LogicalError::Internal(format!("encoding transit key {:?}: {e}", policy.name))
     })?;
@@ -249,7 +249,7 @@ pub(crate) fn to_json_zeroizing<T: serde::Serialize>(
 }
 
 /// Load a key for an encrypting use, rotating it first when `auto_rotate_period` says so.
-pub(crate) async fn load_for_use(t: &Transit, store: &dyn Store, name: &str) -> Result<KeyPolicy> {
+pub(crate) async fn load_for_use(t: &Transit, store: Store<'_>, name: &str) -> Result<KeyPolicy> {
     let policy = load_existing(store, name).await?;
     if !policy.rotation_due(t.now()) {
         return Ok(policy);

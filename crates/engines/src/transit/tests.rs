@@ -42,7 +42,7 @@ impl Env {
             operation: op,
             path,
             data: &data,
-            store: &self.store,
+            store: crate::store::Store::Double(&self.store),
             mount_point: "transit/",
             token_namespace: "",
         };
@@ -342,7 +342,7 @@ async fn encrypt_upserts_only_on_create() {
         operation: Operation::Create,
         path: "encrypt/new",
         data: &data,
-        store: &e.store,
+        store: crate::store::Store::Double(&e.store),
         mount_point: "transit/",
         token_namespace: "",
     };
@@ -640,7 +640,10 @@ async fn auto_rotation_happens_at_first_use_after_the_period() {
 async fn stored_record_shows_no_key_in_debug_and_failed_writes_change_nothing() {
     let e = env();
     e.write("keys/k", json!({})).await;
-    let p = super::load(&e.store, "k").await.unwrap().unwrap();
+    let p = super::load(crate::store::Store::Double(&e.store), "k")
+        .await
+        .unwrap()
+        .unwrap();
     let shown = format!("{p:?} {:?}", p.versions.get(&1).unwrap().key);
     assert!(!shown.contains(&b64(p.versions.get(&1).unwrap().key.expose())));
     let before = e.store.snapshot();
@@ -722,7 +725,7 @@ async fn convergent_encryption_is_deterministic_per_context_and_input() {
         operation: Operation::Create,
         path: "encrypt/up",
         data: &data,
-        store: &e.store,
+        store: crate::store::Store::Double(&e.store),
         mount_point: "transit/",
         token_namespace: "",
     };

@@ -187,7 +187,7 @@ pub(crate) fn version_key(path: &str, version: u64) -> String {
     format!("{VERSIONS_PREFIX}{path}/{version}")
 }
 
-pub(crate) async fn load_config(store: &dyn Store) -> Result<MountConfig> {
+pub(crate) async fn load_config(store: Store<'_>) -> Result<MountConfig> {
     let config = get_json::<MountConfig>(store, CONFIG_KEY)
         .await?
         .unwrap_or_default();
@@ -195,7 +195,7 @@ pub(crate) async fn load_config(store: &dyn Store) -> Result<MountConfig> {
     Ok(config)
 }
 
-pub(crate) async fn load_metadata(store: &dyn Store, path: &str) -> Result<Option<KeyMetadata>> {
+pub(crate) async fn load_metadata(store: Store<'_>, path: &str) -> Result<Option<KeyMetadata>> {
     let meta = get_json::<KeyMetadata>(store, &metadata_key(path)).await?;
     if let Some(meta) = &meta {
         check_format(meta.format, "kv key metadata")?;
@@ -204,7 +204,7 @@ pub(crate) async fn load_metadata(store: &dyn Store, path: &str) -> Result<Optio
 }
 
 pub(crate) async fn load_version(
-    store: &dyn Store,
+    store: Store<'_>,
     path: &str,
     version: u64,
 ) -> Result<Option<VersionRecord>> {

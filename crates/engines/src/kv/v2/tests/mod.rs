@@ -80,7 +80,7 @@ impl Harness {
             operation,
             path,
             data: &data,
-            store: &self.store,
+            store: crate::store::Store::Double(&self.store),
             mount_point: "secret/",
             token_namespace: "",
         };
@@ -136,7 +136,7 @@ impl Harness {
             operation: Operation::Create,
             path,
             data: &data,
-            store: &self.store,
+            store: crate::store::Store::Double(&self.store),
             mount_point: "secret/",
             token_namespace: "",
         };

@@ -109,7 +109,7 @@ async fn exists_reports_key_metadata() {
 /// as present (the write then needs `update`), and the write itself still refuses it.
 #[tokio::test]
 async fn exists_does_not_read_the_metadata_record() {
-    use crate::store::Store;
+    use crate::store::StoreDouble;
     let h = Harness::new();
     h.store
         .put(&super::super::model::metadata_key("bad"), b"not json")
