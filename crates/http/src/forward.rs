@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
-use axum::Router;
 use bunker_core::Core;
 use bunker_wal::tls::{self, ReplicationCa, ALPN_FORWARD};
 use hyper::client::conn::http1::SendRequest;
@@ -105,7 +104,7 @@ pub struct Forwarding {
     idle: Pool,
     slots: Arc<Semaphore>,
     /// The router forwarded requests are served with, and its listener's limits.
-    app: RwLock<Option<(Router, ListenerLimits)>>,
+    app: RwLock<Option<(crate::App, ListenerLimits)>>,
 }
 
 impl Forwarding {
@@ -122,7 +121,7 @@ impl Forwarding {
     }
 
     /// Serve forwarded requests with `app` (the API router) under `limits`.
-    pub fn set_router(&self, app: Router, limits: ListenerLimits) {
+    pub fn set_router(&self, app: crate::App, limits: ListenerLimits) {
         *self
             .app
             .write()
@@ -166,7 +165,7 @@ impl tls::ForwardedConnections for Forwarding {
         let stop = async move {
             let _ = generation.changed().await;
         };
-        let marked = app.layer(axum::Extension(Forwarded));
+        let marked = app.forwarded();
         crate::serve::serve_accepted(tls, remote, marked, &limits, stop);
     }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::connect_info::ConnectInfo;
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -17,10 +16,10 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 use crate::activity::{Activity, InFlight, TrackedIo};
 use crate::limits::ListenerLimits;
+use crate::App;
 
 /// TLS settings of an API listener.
 pub type ListenerTls = Arc<rustls::ServerConfig>;
@@ -51,7 +50,7 @@ fn non_zero(d: Duration) -> Option<Duration> {
 pub async fn serve(
     listener: TcpListener,
     tls: Option<ListenerTls>,
-    app: Router,
+    app: App,
     limits: ListenerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -139,7 +138,7 @@ pub async fn serve(
 pub(crate) fn serve_accepted<IO>(
     io: IO,
     remote: SocketAddr,
-    app: Router,
+    app: App,
     limits: &ListenerLimits,
     stop: impl Future<Output = ()> + Send + 'static,
 ) where
@@ -178,7 +177,7 @@ fn log_end(result: Option<ConnResult>, remote: SocketAddr) {
 /// The per-connection service: records the peer address, counts the request as in flight
 /// (so the idle timer leaves it alone) and applies the response deadline.
 fn request_service(
-    app: Router,
+    app: App,
     remote: SocketAddr,
     activity: Arc<Activity>,
     limits: &ListenerLimits,
@@ -196,15 +195,9 @@ fn request_service(
             req.extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(remote));
             let in_flight = InFlight::start(activity.clone());
-            let answer = app.clone().oneshot(req);
+            let answer = app.clone().call(req);
             async move {
                 let _in_flight = in_flight;
-                let answer = async {
-                    match answer.await {
-                        Ok(resp) => resp,
-                        Err(never) => match never {},
-                    }
-                };
                 match deadline {
                     None => Ok(answer.await),
                     Some(limit) => tokio::time::timeout(limit, answer)
