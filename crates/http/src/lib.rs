@@ -48,10 +48,11 @@ struct AppState {
 
 /// The API as a listener serves it: requests under `/v1/` go straight to [`handle`]; the rest
 /// (the dashboard's static files at `/ui/`, and a 404 for anything else) through axum's
-/// router, whose fallback is the same [`handle`]. An API request skips nothing the router did
-/// for it (it matched no route and went to the fallback), only its cost: path matching, a
-/// clone of the boxed method router, a boxed handler future and the extractors, about 4 % of
-/// a KV write's instructions (bench/README.md, "Instructions per write").
+/// router, whose fallback is the same [`handle`]. An API request gets what the router did for
+/// it (it matched no route and went to the fallback; [`finish_as_a_route`] does what axum does
+/// to a route's answer) without its cost: path matching, a clone of the boxed method router, a
+/// boxed handler future and the extractors, about 5 % of a KV write's instructions
+/// (bench/README.md, "Instructions per write").
 #[derive(Clone)]
 pub struct App {
     router: Router,
@@ -71,6 +72,14 @@ impl App {
         }
     }
 
+    /// Marks a request that came from a standby's forwarding connection: it is never forwarded
+    /// again (`forward_from_standby`).
+    fn mark(&self, request: &mut axum::http::Request<Body>) {
+        if self.forwarded {
+            request.extensions_mut().insert(forward::Forwarded);
+        }
+    }
+
     /// Answers one request.
     pub(crate) async fn call<B>(self, request: axum::http::Request<B>) -> HttpResponse
     where
@@ -84,10 +93,30 @@ impl App {
                 Err(never) => match never {},
             };
         }
-        if self.forwarded {
-            request.extensions_mut().insert(forward::Forwarded);
+        self.mark(&mut request);
+        let head = request.method() == Method::HEAD;
+        let mut answer = handle(State(self.state), request).await;
+        finish_as_a_route(&mut answer, head);
+        answer
+    }
+}
+
+/// What axum's router does to every answer of a top-level route (`RouteFuture`), for the
+/// answers of [`App::call`]'s direct path: a `Content-Length` when the body's size is known and
+/// none is set, then no body for a HEAD request, whatever the answer (an error's included):
+/// HTTP/1 would drop it anyway, HTTP/2 would send it.
+fn finish_as_a_route(answer: &mut HttpResponse, head: bool) {
+    use axum::body::HttpBody;
+    let headers = answer.headers();
+    if !headers.contains_key(axum::http::header::CONTENT_LENGTH) {
+        if let Some(size) = answer.body().size_hint().exact() {
+            answer
+                .headers_mut()
+                .insert(axum::http::header::CONTENT_LENGTH, size.into());
         }
-        handle(State(self.state), request).await
+    }
+    if head {
+        *answer.body_mut() = Body::empty();
     }
 }
 
@@ -485,23 +514,20 @@ mod tests {
         }
     }
 
-    /// Every request's future is moved (copied whole) a few times before it first runs, so its
-    /// size is CPU per request: 48 KiB once (nested `async` wrappers each held the request's
-    /// future again), 4 % of a busy server's CPU in `memmove`. Rare large paths are boxed:
-    /// boxing help, login, replication, wrapping and token revocation took the core's from
-    /// 7.9 to 5.9 KiB and the bytes a KV write copies by 41 % (callgrind, bench/README.md);
-    /// auditing the token-less paths in functions of their own took it to 4.0 KiB (the
-    /// compiler laid their results and audit entries beside the authenticated path's), and
-    /// boxing a response's rare parts (`Response` 680 → 128 bytes) to 2.9 KiB.
-    /// The API's requests go straight to `handle`, the rest through the router: the
-    /// dashboard's routes, and the fallback's 404 for what is neither.
-    #[tokio::test]
-    async fn the_app_sends_the_api_to_the_handler_and_the_rest_to_the_router() {
+    /// The API over a new, uninitialised core, as a listener serves it.
+    fn uninitialised_app() -> App {
         let core = Core::new(
             Arc::new(bunker_storage::InmemBackend::new()),
             bunker_core::CoreConfig::default(),
         );
-        let app = router(core, &ListenerLimits::default());
+        router(core, &ListenerLimits::default())
+    }
+
+    /// The API's requests go straight to `handle`, the rest through the router: the
+    /// dashboard's routes, and the fallback's 404 for what is neither.
+    #[tokio::test]
+    async fn the_app_sends_the_api_to_the_handler_and_the_rest_to_the_router() {
+        let app = uninitialised_app();
         let get = |path: &str| {
             axum::http::Request::get(path)
                 .body(Body::empty())
@@ -514,10 +540,65 @@ mod tests {
         assert_eq!(health.status(), StatusCode::NOT_IMPLEMENTED);
         let other = app.clone().call(get("/v2/sys/health")).await;
         assert_eq!(other.status(), StatusCode::NOT_FOUND);
-        let forwarded = app.forwarded().call(get("/v1/sys/health")).await;
-        assert_eq!(forwarded.status(), StatusCode::NOT_IMPLEMENTED);
+        let marked = |app: &App| {
+            let mut request = get("/v1/sys/health");
+            app.mark(&mut request);
+            request.extensions().get::<forward::Forwarded>().is_some()
+        };
+        assert!(!marked(&app));
+        let forwarded = app.forwarded();
+        assert!(marked(&forwarded));
+        let answer = forwarded.call(get("/v1/sys/health")).await;
+        assert_eq!(answer.status(), StatusCode::NOT_IMPLEMENTED);
     }
 
+    /// As through axum's router before: a HEAD answer has no body, whichever way `handle`
+    /// returns (here a refused `list` value, answered before the request reaches the core),
+    /// and keeps the length the body would have had.
+    #[tokio::test]
+    async fn a_head_answer_has_no_body_and_says_its_length() {
+        let app = uninitialised_app();
+        let request = |method: Method| {
+            axum::http::Request::builder()
+                .method(method)
+                .uri("/v1/secret/data/x?list=maybe")
+                .body(Body::empty())
+                .expect("a request")
+        };
+        let get = app.clone().call(request(Method::GET)).await;
+        assert_eq!(get.status(), StatusCode::BAD_REQUEST);
+        let length = get
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .cloned();
+        let body = axum::body::to_bytes(get.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(!body.is_empty());
+        assert_eq!(length, Some(body.len().into()));
+
+        let head = app.call(request(Method::HEAD)).await;
+        assert_eq!(head.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            head.headers()
+                .get(axum::http::header::CONTENT_LENGTH)
+                .cloned(),
+            length
+        );
+        let body = axum::body::to_bytes(head.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(body.is_empty());
+    }
+
+    /// Every request's future is moved (copied whole) a few times before it first runs, so its
+    /// size is CPU per request: 48 KiB once (nested `async` wrappers each held the request's
+    /// future again), 4 % of a busy server's CPU in `memmove`. Rare large paths are boxed:
+    /// boxing help, login, replication, wrapping and token revocation took the core's from
+    /// 7.9 to 5.9 KiB and the bytes a KV write copies by 41 % (callgrind, bench/README.md);
+    /// auditing the token-less paths in functions of their own took it to 4.0 KiB (the
+    /// compiler laid their results and audit entries beside the authenticated path's), and
+    /// boxing a response's rare parts (`Response` 680 → 128 bytes) to 2.9 KiB.
     #[test]
     fn a_request_future_stays_small() {
         let backend = Arc::new(bunker_storage::InmemBackend::new());
