@@ -104,7 +104,7 @@ pub(crate) async fn get_json<T: DeserializeOwned>(
 /// Room for a typical record (a KV v2 secret's metadata is about 300 bytes, a version of a
 /// small secret about as much): `serde_json::to_vec` starts at 128 bytes, and growing to 512
 /// cost two more allocations and copies per record.
-const RECORD_BYTES: usize = 512;
+pub(crate) const RECORD_BYTES: usize = 512;
 
 /// Encode a record as JSON for storage.
 pub(crate) fn encode_json<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>> {

@@ -14,21 +14,17 @@ use crate::status;
 /// per request.
 const ENVELOPE_BYTES: usize = 512;
 
-/// `value` as a 200 JSON answer, as axum's `Json` makes it, from a buffer sized for an envelope.
-fn json_response<T: Serialize>(value: &T) -> HttpResponse {
-    let mut body = Vec::with_capacity(ENVELOPE_BYTES);
-    match serde_json::to_writer(&mut body, value) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response(),
-        Err(e) => status::from_error(&LogicalError::Internal(e.to_string())),
-    }
+/// `body` (JSON text) as a 200 answer, as axum's `Json` makes it.
+fn json_answer(body: Vec<u8>) -> HttpResponse {
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 pub fn to_http(
@@ -67,19 +63,13 @@ pub fn to_http(
     }
     // Serialized straight from the response: building a `Value` of the envelope first cost a
     // copy of the data and a map per request (bench/README.md, "Instructions per write").
-    let envelope = Envelope {
-        request_id,
-        lease_id: &resp.lease_id,
-        renewable: resp.renewable,
-        lease_duration: resp.lease_duration,
-        data: resp.data.as_ref(),
-        wrap_info: resp.wrap_info.as_deref(),
-        warnings: (!resp.warnings.is_empty()).then_some(&resp.warnings),
-        auth: resp.auth.as_deref(),
-        mount_type: "",
-    };
+    let envelope = Envelope::of(request_id, &resp);
     if !resp.data_at_top_level {
-        return json_response(&envelope);
+        let mut body = Vec::with_capacity(ENVELOPE_BYTES);
+        return match envelope.write(&mut body) {
+            Ok(()) => json_answer(body),
+            Err(e) => status::from_error(&LogicalError::Internal(e.to_string())),
+        };
     }
     // An older sys endpoint's answer also repeats its data at the top level, where the
     // envelope's own fields win.
@@ -107,6 +97,54 @@ struct Envelope<'a> {
     warnings: Option<&'a Vec<String>>,
     auth: Option<&'a Auth>,
     mount_type: &'static str,
+}
+
+impl<'a> Envelope<'a> {
+    fn of(request_id: &'a str, resp: &'a Response) -> Envelope<'a> {
+        Envelope {
+            request_id,
+            lease_id: &resp.lease_id,
+            renewable: resp.renewable,
+            lease_duration: resp.lease_duration,
+            data: resp.data.as_ref(),
+            wrap_info: resp.wrap_info.as_deref(),
+            warnings: (!resp.warnings.is_empty()).then_some(&resp.warnings),
+            auth: resp.auth.as_deref(),
+            mount_type: "",
+        }
+    }
+
+    /// Appends the bytes `serde_json::to_writer` writes for the envelope (a test compares
+    /// them): its field names as they are, its strings and data through
+    /// `bunker_sdk::json_text` (serde_json escapes every name and string a byte at a time).
+    fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        use bunker_sdk::json_text::{write_map, write_str};
+        out.extend_from_slice(b"{\"request_id\":");
+        write_str(out, self.request_id);
+        out.extend_from_slice(b",\"lease_id\":");
+        write_str(out, self.lease_id);
+        out.extend_from_slice(if self.renewable {
+            b",\"renewable\":true,\"lease_duration\":"
+        } else {
+            b",\"renewable\":false,\"lease_duration\":"
+        });
+        serde_json::to_writer(&mut *out, &self.lease_duration)?;
+        out.extend_from_slice(b",\"data\":");
+        match self.data {
+            Some(data) => write_map(out, data),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"wrap_info\":");
+        serde_json::to_writer(&mut *out, &self.wrap_info)?;
+        out.extend_from_slice(b",\"warnings\":");
+        serde_json::to_writer(&mut *out, &self.warnings)?;
+        out.extend_from_slice(b",\"auth\":");
+        serde_json::to_writer(&mut *out, &self.auth)?;
+        out.extend_from_slice(b",\"mount_type\":");
+        write_str(out, self.mount_type);
+        out.push(b'}');
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +211,26 @@ mod tests {
             "one content type, JSON's"
         );
         assert_eq!(body_of(answer).await, expected);
+    }
+
+    /// The envelope written by hand is serde_json's text of it, byte for byte.
+    #[test]
+    fn the_envelope_is_written_as_serde_json_writes_it() {
+        let full = full_response();
+        let mut quoted = Data::new();
+        quoted.insert("k\"ey\n".into(), json!("a \\ \"b\" \u{1} é 値"));
+        quoted.insert("n".into(), json!([1.5, -2, null, true, {"x": "y"}]));
+        let bare = Response::data(quoted);
+        let empty = Response::default();
+        for (resp, id) in [(&full, "req-1"), (&bare, "r\"2"), (&empty, "")] {
+            let envelope = Envelope::of(id, resp);
+            let mut written = Vec::new();
+            envelope.write(&mut written).unwrap();
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&envelope).unwrap()
+            );
+        }
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ pub mod duration;
 mod error;
 pub mod fields;
 mod help;
+pub mod json_text;
 mod login;
 mod request;
 mod response;

@@ -6,9 +6,9 @@ use serde_json::{json, Value};
 
 use super::metadata;
 use super::model::{
-    add_secs, cas_required, effective_delete_after_secs, effective_max_versions, load_config,
-    load_metadata, load_version, metadata_key, trim_versions, version_key, version_metadata,
-    KeyMetadata, MountConfig, NewVersionRecord, VersionMeta,
+    add_secs, cas_required, effective_delete_after_secs, effective_max_versions,
+    encode_version_record, load_config, load_metadata, load_version, metadata_key, trim_versions,
+    version_key, version_metadata, KeyMetadata, MountConfig, VersionMeta,
 };
 use super::KvV2;
 use crate::params::{field, object_field, u64_field, validate_key_path};
@@ -216,10 +216,10 @@ async fn commit_version(
     let dropped = trim_versions(&mut meta, max_versions);
 
     let mut ops = Vec::with_capacity(dropped.len().saturating_add(2));
-    ops.push(put_op(
-        version_key(path, version),
-        &NewVersionRecord::new(data),
-    )?);
+    ops.push(Op::Put {
+        key: version_key(path, version),
+        value: encode_version_record(data),
+    });
     ops.extend(dropped.into_iter().map(|old| Op::Delete {
         key: version_key(path, old),
     }));

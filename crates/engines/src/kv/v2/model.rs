@@ -158,21 +158,17 @@ pub(crate) struct VersionRecord {
     pub data: Data,
 }
 
-/// A version's record as it is written: [`VersionRecord`]'s fields, the data borrowed (a
-/// write's data is the request's own, serialized without copying it).
-#[derive(Serialize)]
-pub(crate) struct NewVersionRecord<'a> {
-    format: u32,
-    data: &'a Data,
-}
-
-impl<'a> NewVersionRecord<'a> {
-    pub(crate) fn new(data: &'a Data) -> Self {
-        NewVersionRecord {
-            format: RECORD_FORMAT,
-            data,
-        }
-    }
+/// A version's record as it is written: the bytes serde_json writes for a [`VersionRecord`]
+/// of `data` (a test compares them), the data written from the request's own, not copied, and
+/// its strings through `bunker_sdk::json_text` (a secret's value is most of a write's JSON).
+pub(crate) fn encode_version_record(data: &Data) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(crate::store::RECORD_BYTES);
+    // Writing to a `Vec` does not fail.
+    let _ = write!(out, "{{\"format\":{RECORD_FORMAT},\"data\":");
+    bunker_sdk::json_text::write_map(&mut out, data);
+    out.push(b'}');
+    out
 }
 
 pub(crate) fn metadata_key(path: &str) -> String {
@@ -360,7 +356,9 @@ mod tests {
         let mut data = Data::new();
         data.insert("v".into(), serde_json::json!("x\"y"));
         data.insert("n".into(), serde_json::json!({"a": [1, null]}));
-        let written = serde_json::to_vec(&NewVersionRecord::new(&data)).unwrap();
+        data.insert("s".into(), serde_json::json!("plain text, é 値"));
+        data.insert("f".into(), serde_json::json!(1.5e300));
+        let written = encode_version_record(&data);
         let owned = VersionRecord {
             format: RECORD_FORMAT,
             data: data.clone(),
