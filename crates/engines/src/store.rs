@@ -114,12 +114,6 @@ pub(crate) fn encode_json<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>>
     Ok(out)
 }
 
-/// A put op for a batch.
-pub(crate) fn put_op<T: Serialize>(key: String, value: &T) -> Result<Op> {
-    let value = encode_json(&key, value)?;
-    Ok(Op::Put { key, value })
-}
-
 /// One request as an engine sees it.
 pub(crate) struct Call<'a> {
     pub operation: Operation,

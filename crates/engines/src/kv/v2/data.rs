@@ -7,12 +7,12 @@ use serde_json::{json, Value};
 use super::metadata;
 use super::model::{
     add_secs, cas_required, effective_delete_after_secs, effective_max_versions,
-    encode_version_record, load_config, load_metadata, load_version, metadata_key, trim_versions,
+    encode_version_record, load_config, load_metadata, load_version, metadata_op, trim_versions,
     version_key, version_metadata, KeyMetadata, MountConfig, VersionMeta,
 };
 use super::KvV2;
 use crate::params::{field, object_field, u64_field, validate_key_path};
-use crate::store::{put_op, Call};
+use crate::store::Call;
 
 pub(super) async fn handle(kv: &KvV2, call: &Call<'_>, path: &str) -> Result<Response> {
     match call.operation {
@@ -223,7 +223,7 @@ async fn commit_version(
     ops.extend(dropped.into_iter().map(|old| Op::Delete {
         key: version_key(path, old),
     }));
-    ops.push(put_op(metadata_key(path), &meta)?);
+    ops.push(metadata_op(path, &meta));
     call.store.batch(ops).await?;
 
     Ok(Response::data(version_metadata(
@@ -247,9 +247,7 @@ async fn delete_latest(kv: &KvV2, call: &Call<'_>, path: &str) -> Result<Respons
         Some(vm) if vm.is_readable(now) => vm.deletion_ns = Some(now),
         _ => return Ok(Response::empty()),
     }
-    call.store
-        .batch(vec![put_op(metadata_key(path), &meta)?])
-        .await?;
+    call.store.batch(vec![metadata_op(path, &meta)]).await?;
     Ok(Response::empty())
 }
 

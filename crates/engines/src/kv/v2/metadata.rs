@@ -7,11 +7,12 @@ use bunker_storage::Op;
 use serde_json::Value;
 
 use super::model::{
-    key_metadata, load_metadata, metadata_key, version_key, KeyMetadata, METADATA_PREFIX,
+    key_metadata, load_metadata, metadata_key, metadata_op, version_key, KeyMetadata,
+    METADATA_PREFIX,
 };
 use super::KvV2;
 use crate::params::{bool_field, duration_field, field, list_prefix, u64_field, validate_key_path};
-use crate::store::{put_op, Call};
+use crate::store::Call;
 
 /// Vault's limits on `custom_metadata`.
 const MAX_CUSTOM_METADATA_KEYS: usize = 64;
@@ -130,9 +131,7 @@ async fn write(kv: &KvV2, call: &Call<'_>, path: &str, mode: WriteMode) -> Resul
         (None, WriteMode::Patch) => return Err(LogicalError::NotFound(String::new())),
     };
     update.apply(&mut meta, mode)?;
-    call.store
-        .batch(vec![put_op(metadata_key(path), &meta)?])
-        .await?;
+    call.store.batch(vec![metadata_op(path, &meta)]).await?;
     Ok(Response::empty())
 }
 

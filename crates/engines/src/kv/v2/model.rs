@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 
 use crate::store::{get_json, Store};
 use bunker_sdk::duration::format_duration;
+use bunker_storage::Op;
 
 /// Storage key of the mount configuration.
 pub(crate) const CONFIG_KEY: &str = "config";
@@ -86,6 +87,20 @@ impl Default for MountConfig {
     }
 }
 
+/// Appends `name` (the JSON text before a value) and `value` as serde_json writes it.
+fn field<T: Serialize>(out: &mut Vec<u8>, name: &[u8], value: &T) {
+    out.extend_from_slice(name);
+    number_text(out, value);
+}
+
+/// serde_json's text of a number, a boolean or an optional number (writing one to a `Vec`
+/// does not fail).
+fn number_text<T: Serialize>(out: &mut Vec<u8>, value: &T) {
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
 /// Per-version bookkeeping kept inside the key's metadata.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct VersionMeta {
@@ -134,6 +149,56 @@ pub(crate) struct KeyMetadata {
 }
 
 impl KeyMetadata {
+    /// The bytes serde_json writes for this metadata (a test compares them on generated
+    /// records): its field names as constants, its strings through `bunker_sdk::json_text`
+    /// and its numbers through serde_json. Written on every KV write; serde_json escaped
+    /// each of its dozen field names a byte at a time.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        use bunker_sdk::json_text::write_str;
+        let mut out = Vec::with_capacity(crate::store::RECORD_BYTES);
+        field(&mut out, b"{\"format\":", &self.format);
+        field(&mut out, b",\"created_ns\":", &self.created_ns);
+        field(&mut out, b",\"updated_ns\":", &self.updated_ns);
+        field(&mut out, b",\"current_version\":", &self.current_version);
+        field(&mut out, b",\"oldest_version\":", &self.oldest_version);
+        field(&mut out, b",\"max_versions\":", &self.max_versions);
+        field(&mut out, b",\"cas_required\":", &self.cas_required);
+        let after = &self.delete_version_after_secs;
+        field(&mut out, b",\"delete_version_after_secs\":", after);
+        out.extend_from_slice(b",\"custom_metadata\":");
+        match &self.custom_metadata {
+            None => out.extend_from_slice(b"null"),
+            Some(custom) => {
+                out.push(b'{');
+                for (at, (key, value)) in custom.iter().enumerate() {
+                    if at > 0 {
+                        out.push(b',');
+                    }
+                    write_str(&mut out, key);
+                    out.push(b':');
+                    write_str(&mut out, value);
+                }
+                out.push(b'}');
+            }
+        }
+        out.extend_from_slice(b",\"versions\":{");
+        for (at, (number, version)) in self.versions.iter().enumerate() {
+            if at > 0 {
+                out.push(b',');
+            }
+            // serde_json writes an integer map key as a string.
+            out.push(b'"');
+            number_text(&mut out, number);
+            out.push(b'"');
+            field(&mut out, b":{\"created_ns\":", &version.created_ns);
+            field(&mut out, b",\"deletion_ns\":", &version.deletion_ns);
+            field(&mut out, b",\"destroyed\":", &version.destroyed);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+
     pub(crate) fn new(now_ns: i64) -> Self {
         KeyMetadata {
             format: RECORD_FORMAT,
@@ -169,6 +234,14 @@ pub(crate) fn encode_version_record(data: &Data) -> Vec<u8> {
     bunker_sdk::json_text::write_map(&mut out, data);
     out.push(b'}');
     out
+}
+
+/// The batch op that stores `meta` as the metadata of `path`.
+pub(crate) fn metadata_op(path: &str, meta: &KeyMetadata) -> Op {
+    Op::Put {
+        key: metadata_key(path),
+        value: meta.encode(),
+    }
 }
 
 pub(crate) fn metadata_key(path: &str) -> String {
@@ -366,6 +439,52 @@ mod tests {
         assert_eq!(written, serde_json::to_vec(&owned).unwrap());
         let read: VersionRecord = serde_json::from_slice(&written).unwrap();
         assert_eq!(read, owned);
+    }
+
+    /// Metadata written by hand is serde_json's text of it, byte for byte, and reads back.
+    #[test]
+    fn metadata_is_written_as_serde_json_writes_it() {
+        let check = |meta: &KeyMetadata| {
+            let written = meta.encode();
+            assert_eq!(
+                String::from_utf8(written.clone()).unwrap(),
+                serde_json::to_string(meta).unwrap()
+            );
+            let read: KeyMetadata = serde_json::from_slice(&written).unwrap();
+            assert_eq!(&read, meta);
+        };
+        let mut meta = KeyMetadata::new(1_700_000_000_123_456_789);
+        check(&meta);
+        meta.created_ns = -5;
+        meta.current_version = 3;
+        meta.oldest_version = 2;
+        meta.max_versions = u64::MAX;
+        meta.cas_required = true;
+        meta.delete_version_after_secs = 60;
+        meta.versions.insert(
+            2,
+            VersionMeta {
+                created_ns: 10,
+                deletion_ns: Some(-1),
+                destroyed: true,
+            },
+        );
+        meta.versions.insert(
+            u64::MAX,
+            VersionMeta {
+                created_ns: i64::MAX,
+                deletion_ns: None,
+                destroyed: false,
+            },
+        );
+        check(&meta);
+        meta.custom_metadata = Some(BTreeMap::from([
+            ("owner".to_owned(), "ops \"team\"\n\\".to_owned()),
+            ("é 値".to_owned(), String::new()),
+        ]));
+        check(&meta);
+        meta.custom_metadata = Some(BTreeMap::new());
+        check(&meta);
     }
 
     #[test]

@@ -6,10 +6,10 @@
 use bunker_sdk::{LogicalError, Operation, Response, Result};
 use bunker_storage::Op;
 
-use super::model::{load_metadata, metadata_key, version_key};
+use super::model::{load_metadata, metadata_op, version_key};
 use super::KvV2;
 use crate::params::{validate_key_path, versions_field};
-use crate::store::{put_op, Call};
+use crate::store::Call;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum VersionAction {
@@ -69,7 +69,7 @@ pub(super) async fn handle(
         }
     }
     if changed {
-        ops.push(put_op(metadata_key(path), &meta)?);
+        ops.push(metadata_op(path, &meta));
         call.store.batch(ops).await?;
     }
     Ok(Response::empty())
