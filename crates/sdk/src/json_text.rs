@@ -126,6 +126,32 @@ mod tests {
         assert_eq!(text_of(&unicode), serde_json::to_vec(&unicode).unwrap());
     }
 
+    /// The word-at-a-time check agrees with the byte test for every byte value at every
+    /// position, over backgrounds next to the bytes it tells apart (a borrow from a lower byte
+    /// must not hide or invent one).
+    #[test]
+    fn the_escape_check_is_exact_for_every_byte() {
+        let escaped = |byte: u8| byte < 0x20 || byte == b'"' || byte == b'\\';
+        for background in [0x20u8, 0x21, 0x23, 0x5b, 0x5d, 0x61, 0x7f, 0x80, 0xff] {
+            for byte in 0u8..=0xff {
+                for at in 0..17 {
+                    let mut bytes = [background; 17];
+                    bytes[at] = byte;
+                    assert_eq!(
+                        needs_escaping(&bytes),
+                        escaped(byte),
+                        "byte {byte:#x} at {at} among {background:#x}"
+                    );
+                }
+            }
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let bytes: [u8; 16] = rng.gen();
+            assert_eq!(needs_escaping(&bytes), bytes.iter().any(|&b| escaped(b)));
+        }
+    }
+
     fn generated(rng: &mut rand::rngs::StdRng, depth: u32) -> Value {
         const PIECES: &[&str] = &["a", "value", "\"", "\\", "\n", "\u{1}", "é", "値", " ", "/"];
         let text = |rng: &mut rand::rngs::StdRng| -> String {

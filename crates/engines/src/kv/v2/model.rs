@@ -149,8 +149,8 @@ pub(crate) struct KeyMetadata {
 }
 
 impl KeyMetadata {
-    /// The bytes serde_json writes for this metadata (a test compares them on generated
-    /// records): its field names as constants, its strings through `bunker_sdk::json_text`
+    /// The bytes serde_json writes for this metadata (a test compares them on records with
+    /// every field set and unset, at edge values): its field names as constants, its strings through `bunker_sdk::json_text`
     /// and its numbers through serde_json. Written on every KV write; serde_json escaped
     /// each of its dozen field names a byte at a time.
     pub(crate) fn encode(&self) -> Vec<u8> {
