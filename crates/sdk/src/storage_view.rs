@@ -118,7 +118,8 @@ const INLINE_KEY_BYTES: usize = 160;
 
 /// A view's prefix and a key, joined for a read that only borrows the result: inline when it
 /// fits (a KV v2 write reads three such keys, each an allocation and a free before), else on
-/// the heap. It lives in the read's future, which the engines' `Store` calls box anyway.
+/// the heap. It lives in the read's future, inside the engine's (boxed once, as the
+/// `LogicalBackend` call), not on the request's own.
 enum JoinedKey {
     Inline {
         bytes: [u8; INLINE_KEY_BYTES],

@@ -105,17 +105,22 @@ impl InmemBackend {
     fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Vec<u8>>> {
         self.entries.write().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// One key ([`Backend::get`] and [`Backend::get_now`]).
+    fn read_now(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        validate_key(key)?;
+        Ok(self.read().get(key).cloned())
+    }
 }
 
 #[async_trait]
 impl Backend for InmemBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        validate_key(key)?;
-        Ok(self.read().get(key).cloned())
+        self.read_now(key)
     }
 
     fn get_now(&self, key: &str) -> Option<Result<Option<Vec<u8>>>> {
-        Some(validate_key(key).map(|()| self.read().get(key).cloned()))
+        Some(self.read_now(key))
     }
 
     async fn batch(&self, ops: Vec<Op>) -> Result<()> {

@@ -34,14 +34,14 @@ impl Core {
         *r = Some(renderer);
     }
 
-    /// Time one request: `vault_core_handle_request`, or `vault_core_handle_login_request`
-    /// for a login, in milliseconds (Vault's units).
     /// Whether a request to `path` counts as a login (`vault_core_handle_login_request`).
     pub(crate) fn is_login_path(path: &str) -> bool {
         let path = path.trim_start_matches('/');
         path.starts_with("auth/") && path.split('/').any(|seg| seg == "login")
     }
 
+    /// Time one request: `vault_core_handle_request`, or `vault_core_handle_login_request`
+    /// for a login, in milliseconds (Vault's units).
     pub(crate) fn record_request_time(login: bool, started: Instant) {
         let now = Instant::now();
         let ms = now.saturating_duration_since(started).as_secs_f64() * 1000.0;
