@@ -135,7 +135,9 @@ def figure_lag(raw, out, targets):
     for name, rows in (("bunker", b), ("postgres", p)):
         res[name] = {k: spread([r.get(k) for r in rows]) for k in
                      ("rate_achieved", "p50_ms", "p99_ms", "max_ms")}
-    for k in ("replay_lag_p50_ms", "replay_lag_p99_ms", "replay_lag_max_ms", "replay_lag_samples"):
+    for k in ("replay_lag_p50_ms", "replay_lag_p99_ms", "replay_lag_max_ms", "replay_lag_samples",
+              "probe_p50_ms", "probe_p99_ms", "probe_max_ms", "probe_lower_p50_ms", "probe_lower_p99_ms",
+              "probes"):
         res["bunker"][k] = spread([r.get(k) for r in b])
     for k in ("send_delay_mean_ms", "apply_mean_ms", "replay_lag_mean_ms",
               "secondary_queue_wait_mean_ms", "secondary_commit_apply_mean_ms",
@@ -158,15 +160,23 @@ def figure_lag(raw, out, targets):
     bp50, pp50 = res["bunker"]["p50_ms"], res["postgres"]["p50_ms"]
     bp99, pp99 = res["bunker"]["p99_ms"], res["postgres"]["p99_ms"]
     rp50, rp99 = res["bunker"]["replay_lag_p50_ms"], res["bunker"]["replay_lag_p99_ms"]
+    qp50, qp99 = res["bunker"]["probe_p50_ms"], res["bunker"]["probe_p99_ms"]
     bmax = res["bunker"]["max_ms"]
 
     def at_most(b, p, factor=1.0):
         return None if not (b and p) else b["median"] <= factor * p["median"]
 
     # Issue #12's targets, for both of Bunker's measures: per write (an upper bound, from the
-    # outside) and replay_lag (measured as PostgreSQL measures its own, sampled alike).
-    targets.append({"figure": "4. replication lag p50, per write", "target": "<= PostgreSQL replay_lag p50",
-                    "value": bp50 and bp50["median"], "unit": "ms", "pass": at_most(bp50, pp50)})
+    # outside) and replay_lag (measured as PostgreSQL measures its own, sampled alike). The p50
+    # per write is judged on the probes (bound within one status request) when the run has
+    # them: sampled every millisecond, every write's bound carries ~0.5 ms of sampling on top
+    # of a sub-millisecond lag (both are in the figure's table).
+    if qp50:
+        targets.append({"figure": "4. replication lag p50, per probed write", "target": "<= PostgreSQL replay_lag p50",
+                        "value": qp50["median"], "unit": "ms", "pass": at_most(qp50, pp50)})
+    else:
+        targets.append({"figure": "4. replication lag p50, per write", "target": "<= PostgreSQL replay_lag p50",
+                        "value": bp50 and bp50["median"], "unit": "ms", "pass": at_most(bp50, pp50)})
     targets.append({"figure": "4. replication lag p50, replay_lag", "target": "<= PostgreSQL replay_lag p50",
                     "value": rp50 and rp50["median"], "unit": "ms", "pass": at_most(rp50, pp50)})
     targets.append({"figure": "4. replication lag p99, per write", "target": "<= 0.5x PostgreSQL replay_lag p99",
@@ -188,21 +198,31 @@ def figure_lag(raw, out, targets):
     return ["## 4. Replication lag at half the primary's write capacity", "",
             capacity, "",
             "Bunker, per write: from the primary's acknowledgement to the first status sample of the "
-            "secondary showing it applied (an upper bound, from outside; see README). Bunker, "
-            "replay_lag: the primary's own measure (its commit of the newest entry the secondary "
+            "secondary showing it applied (an upper bound, from outside; see README), the secondary "
+            "sampled every millisecond. Bunker, per probed write: the same for every 100th write, "
+            "from whose acknowledgement the secondary is polled back to back until it shows the write "
+            "(an upper bound within one status request and the sampler's wake-up; the lower bound is "
+            "the send time of the last sample that did not show it). Bunker, replay_lag: the primary's own measure (its commit of the newest entry the secondary "
             "applied, to the secondary's acknowledgement), `secondaries[0].replay_lag_ms` sampled every "
             "5 ms in the same run. PostgreSQL: `replay_lag` of `pg_stat_replication` (the same "
             "measure) sampled every 5 ms under pgbench inserts at the same rate.", "",
-            "| | Bunker per write | Bunker replay_lag | PostgreSQL replay_lag |", "|---|---:|---:|---:|",
-            f"| writes/s achieved | {fmt(res['bunker']['rate_achieved'], 0)} | | {fmt(res['postgres']['rate_achieved'], 0)} |",
-            f"| p50 ms | {fmt(res['bunker']['p50_ms'], 2)} | {fmt(res['bunker']['replay_lag_p50_ms'], 2)} | {fmt(res['postgres']['p50_ms'], 2)} |",
-            f"| p99 ms | {fmt(res['bunker']['p99_ms'], 2)} | {fmt(res['bunker']['replay_lag_p99_ms'], 2)} | {fmt(res['postgres']['p99_ms'], 2)} |",
-            f"| max ms | {fmt(res['bunker']['max_ms'], 2)} | {fmt(res['bunker']['replay_lag_max_ms'], 2)} | {fmt(res['postgres']['max_ms'], 2)} |",
-            f"| samples | every write | {fmt(res['bunker']['replay_lag_samples'], 0)} | {fmt(res['postgres']['samples'], 0)} |",
-            f"| sampling interval p50 ms | {fmt(res['bunker']['sample_interval_p50_ms'], 2)} | 5 (requested) | 5 (requested) |",
-            f"| status request p50 ms | {fmt(res['bunker']['status_request_p50_ms'], 2)} | | |",
+            "| | Bunker per write | Bunker per probed write | Bunker replay_lag | PostgreSQL replay_lag |",
+            "|---|---:|---:|---:|---:|",
+            f"| writes/s achieved | {fmt(res['bunker']['rate_achieved'], 0)} | | | {fmt(res['postgres']['rate_achieved'], 0)} |",
+            f"| p50 ms | {fmt(res['bunker']['p50_ms'], 2)} | {fmt(res['bunker']['probe_p50_ms'], 2)} | "
+            f"{fmt(res['bunker']['replay_lag_p50_ms'], 2)} | {fmt(res['postgres']['p50_ms'], 2)} |",
+            f"| p99 ms | {fmt(res['bunker']['p99_ms'], 2)} | {fmt(res['bunker']['probe_p99_ms'], 2)} | "
+            f"{fmt(res['bunker']['replay_lag_p99_ms'], 2)} | {fmt(res['postgres']['p99_ms'], 2)} |",
+            f"| max ms | {fmt(res['bunker']['max_ms'], 2)} | {fmt(res['bunker']['probe_max_ms'], 2)} | "
+            f"{fmt(res['bunker']['replay_lag_max_ms'], 2)} | {fmt(res['postgres']['max_ms'], 2)} |",
+            f"| lower bound p50 / p99 ms | | {fmt(res['bunker']['probe_lower_p50_ms'], 2)} / "
+            f"{fmt(res['bunker']['probe_lower_p99_ms'], 2)} | | |",
+            f"| samples | every write | {fmt(res['bunker']['probes'], 0)} | {fmt(res['bunker']['replay_lag_samples'], 0)} | "
+            f"{fmt(res['postgres']['samples'], 0)} |",
+            f"| sampling interval p50 ms | {fmt(res['bunker']['sample_interval_p50_ms'], 2)} | back to back | 5 (requested) | 5 (requested) |",
+            f"| status request p50 ms | {fmt(res['bunker']['status_request_p50_ms'], 2)} | | | |",
             f"| secondary apply rate, WAL entries/s | {fmt(res['bunker']['secondary_apply_entries_per_sec'], 0)} "
-            f"({fmt(res['bunker']['wal_entries_per_write'] and res['bunker']['wal_entries_per_write']['median'], 0)} entries per write) | | |",
+            f"({fmt(res['bunker']['wal_entries_per_write'] and res['bunker']['wal_entries_per_write']['median'], 0)} entries per write) | | | |",
             "",
             "Where Bunker's replay lag goes, means over the load from the servers' own timings "
             "(`docs/monitoring.md`): the primary's commit to the frame written "
@@ -223,7 +243,8 @@ def figure_lag_high(raw, out, targets):
         return []
     res = {name: {k: spread([r.get(k) for r in rows]) for k in
                   ("rate_target", "rate_achieved", "p50_ms", "p99_ms", "max_ms",
-                   "replay_lag_p50_ms", "replay_lag_p99_ms", "replay_lag_max_ms")}
+                   "replay_lag_p50_ms", "replay_lag_p99_ms", "replay_lag_max_ms",
+                   "probe_p50_ms", "probe_p99_ms", "probe_max_ms")}
            for name, rows in (("bunker", b), ("postgres", p))}
     res["bunker"]["capacity_before"] = spread(
         [r.get("rate_achieved") for r in pick(raw, "capacity_sampled", "bunker") if "rep" in r])
@@ -254,7 +275,10 @@ def figure_lag_high(raw, out, targets):
             f"| max ms | {fmt(res['bunker']['max_ms'], 2)} | {fmt(res['postgres']['max_ms'], 2)} |",
             f"| Bunker replay_lag p50 / p99 / max ms (as PostgreSQL's, sampled every 5 ms) | "
             f"{fmt(res['bunker']['replay_lag_p50_ms'], 2)} / {fmt(res['bunker']['replay_lag_p99_ms'], 2)} / "
-            f"{fmt(res['bunker']['replay_lag_max_ms'], 2)} | |"]
+            f"{fmt(res['bunker']['replay_lag_max_ms'], 2)} | |",
+            f"| Bunker per probed write p50 / p99 / max ms (every 100th write, polled back to back) | "
+            f"{fmt(res['bunker']['probe_p50_ms'], 2)} / {fmt(res['bunker']['probe_p99_ms'], 2)} / "
+            f"{fmt(res['bunker']['probe_max_ms'], 2)} | |"]
 
 
 def slow_cell(stages):

@@ -10,9 +10,17 @@
 //! `w0 + k * started`. A write counts as applied at the first sample, received after its
 //! acknowledgement, showing the secondary at or past its bound. Both approximations can only
 //! make the reported lag larger, never smaller; the sampling interval is reported too.
+//!
+//! Sampled every millisecond, that bound carries about half the interval (~0.5 ms) on top of
+//! the lag itself. So every `probe_every`-th write (by schedule, so a uniform sample) is also a
+//! *probe*: its writer wakes the sampler when the write is acknowledged, and the sampler polls
+//! back to back, without its pause, until the secondary shows the probe applied. A probe's
+//! lag is then bounded above within one status request, and below by the send time of the
+//! last sample that did not show it (the secondary read its index after that); both are
+//! reported.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -33,6 +41,8 @@ pub struct LagPlan {
     pub prefix: String,
     /// Interval of the secondary's status samples.
     pub sample_every: Duration,
+    /// Every this many writes one is a probe (0: none).
+    pub probe_every: u64,
 }
 
 /// Lag sampling skips the Merkle root, which costs a full scan per request.
@@ -110,9 +120,21 @@ struct Shared {
     stop: AtomicBool,
     /// The writers are done (the replay-lag sampler stops).
     load_done: AtomicBool,
-    /// (microseconds since t0 when acknowledged, header bound or writes started at that moment)
-    acks: Mutex<Vec<(u64, Bound)>>,
+    acks: Mutex<Vec<Ack>>,
     errors: AtomicU64,
+    /// The highest WAL index of an acknowledged probe (0: none yet): the sampler polls back to
+    /// back while the secondary is below it.
+    probe_wal: AtomicU64,
+    /// The sampler's thread, which a probe's writer wakes from its pause.
+    sampler: OnceLock<std::thread::Thread>,
+}
+
+/// An acknowledged write.
+struct Ack {
+    /// Microseconds since t0 when acknowledged.
+    t_ack: u64,
+    bound: Bound,
+    probe: bool,
 }
 
 pub async fn run(plan: LagPlan) -> Result<Value> {
@@ -139,6 +161,8 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
         load_done: AtomicBool::new(false),
         acks: Mutex::new(Vec::new()),
         errors: AtomicU64::new(0),
+        probe_wal: AtomicU64::new(0),
+        sampler: OnceLock::new(),
     });
     let sampler = spawn_sampler(
         plan.secondary.clone(),
@@ -186,23 +210,26 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
     let acks = std::mem::take(&mut *shared.acks.lock().map_err(|_| anyhow!("lock poisoned"))?);
     let mut lags_us = Vec::with_capacity(acks.len());
     let mut over_time = Vec::with_capacity(acks.len());
+    let mut probe_us = Vec::new();
+    let mut probe_lower_us = Vec::new();
     let mut header_bounds = 0u64;
-    for (t_ack, bound) in &acks {
-        let bound = match *bound {
+    for ack in &acks {
+        let t_ack = ack.t_ack;
+        let bound = match ack.bound {
             Bound::Header(index) => {
                 header_bounds += 1;
                 index
             }
             Bound::Started(started) => w0 + k * started,
         };
-        let first_after = samples.partition_point(|(t, _)| t < t_ack);
-        let rest = samples.get(first_after..).unwrap_or(&[]);
-        let j = rest.partition_point(|(_, wal)| *wal < bound);
-        let (t_seen, _) = rest
-            .get(j)
+        let (lag, lower) = bounds(&samples, &poll_us, t_ack, bound)
             .ok_or_else(|| anyhow!("no sample shows WAL index {bound} applied"))?;
-        lags_us.push(t_seen - t_ack);
-        over_time.push((*t_ack, t_seen - t_ack));
+        lags_us.push(lag);
+        over_time.push((t_ack, lag));
+        if ack.probe {
+            probe_us.push(lag);
+            probe_lower_us.push(lower);
+        }
     }
     // Lag over time for the report's picture: [seconds since the first write, the largest lag
     // of the writes acknowledged in that 1/600th of the run, ms].
@@ -212,6 +239,7 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
         .iter()
         .map(|(t, lag)| json!([r3((t - first) as f64 / 1e6), r3(*lag as f64 / 1000.0)]))
         .collect();
+    let probes = probe_us.len();
     let mut poll_sorted = poll_us;
     poll_sorted.sort_unstable();
     let gaps: Vec<u64> = samples
@@ -231,6 +259,7 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
         "rate_achieved": r3(acks.len() as f64 / load_secs),
         "wal_entries_per_write": k,
         "writes_bounded_by_header": header_bounds,
+        "probes": probes,
         "wal_drift_entries": w_end as i64 - expected_end as i64,
         "samples": samples.len(),
         "sample_interval_p50_ms": r3(quantile_ms(&gaps_sorted, 0.5)),
@@ -248,7 +277,38 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
             obj.insert(format!("replay_lag_{k}"), v);
         }
     }
+    if probes > 0 {
+        for (name, lags) in [
+            ("probe", &mut probe_us),
+            ("probe_lower", &mut probe_lower_us),
+        ] {
+            if let (Some(obj), Value::Object(s)) = (report.as_object_mut(), summary(lags)) {
+                for (k, v) in s {
+                    obj.insert(format!("{name}_{k}"), v);
+                }
+            }
+        }
+    }
     Ok(report)
+}
+
+/// A write's lag, acknowledged at `t_ack` with its entries up to WAL index `bound`, from the
+/// samples `(received at, index)` in order and each one's request time (`poll_us`): the upper
+/// bound (the first sample received after the acknowledgement showing the index applied,
+/// minus the acknowledgement), and the lower bound (the last sample that did not show it was
+/// sent at its receipt minus its request time, and the secondary read its index after that;
+/// 0 when it left before the acknowledgement). `None` when no sample shows it.
+fn bounds(samples: &[(u64, u64)], poll_us: &[u64], t_ack: u64, bound: u64) -> Option<(u64, u64)> {
+    let first_after = samples.partition_point(|(t, _)| *t < t_ack);
+    let rest = samples.get(first_after..)?;
+    // The index only grows, so the samples below the bound come first.
+    let seen_at = first_after + rest.partition_point(|(_, wal)| *wal < bound);
+    let (t_seen, _) = samples.get(seen_at)?;
+    let sent_before = seen_at
+        .checked_sub(1)
+        .and_then(|i| Some(samples.get(i)?.0.saturating_sub(*poll_us.get(i)?)))
+        .unwrap_or(0);
+    Some((t_seen - t_ack, sent_before.saturating_sub(t_ack)))
 }
 
 /// Entries per second the secondary applied between its first and last change of index.
@@ -299,8 +359,23 @@ async fn writer(
                     Some(index) => Bound::Header(index),
                     None => Bound::Started(shared.started.load(Ordering::SeqCst)),
                 };
+                // Only a write with its own index is a probe: the sampler must know what to
+                // wait for.
+                let probe = plan.probe_every > 0
+                    && n % plan.probe_every == 0
+                    && matches!(bound, Bound::Header(_));
+                if let (true, Bound::Header(index)) = (probe, bound) {
+                    shared.probe_wal.fetch_max(index, Ordering::SeqCst);
+                    if let Some(sampler) = shared.sampler.get() {
+                        sampler.unpark();
+                    }
+                }
                 if let Ok(mut acks) = shared.acks.lock() {
-                    acks.push((t_ack, bound));
+                    acks.push(Ack {
+                        t_ack,
+                        bound,
+                        probe,
+                    });
                 }
             }
             _ => {
@@ -324,13 +399,18 @@ fn spawn_sampler(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    Ok(std::thread::Builder::new()
+    let thread_shared = shared.clone();
+    let handle = std::thread::Builder::new()
         .name("lag-sampler".into())
-        .spawn(move || rt.block_on(sample(secondary, every, t0, shared)))?)
+        .spawn(move || rt.block_on(sample(secondary, every, t0, thread_shared)))?;
+    // Set once: the sampler of one run.
+    let _ = shared.sampler.set(handle.thread().clone());
+    Ok(handle)
 }
 
 /// Poll the secondary's applied WAL index every `every` (1 ms in the report; back to back when a request
-/// takes longer); samples are (µs since t0 when received, index).
+/// takes longer, or while an acknowledged probe is not yet applied, and at once when a probe's
+/// writer wakes it); samples are (µs since t0 when received, index).
 async fn sample(
     secondary: String,
     every: Duration,
@@ -347,9 +427,13 @@ async fn sample(
             .context("sampling the secondary's status")?;
         poll_us.push(sent.elapsed().as_micros() as u64);
         samples.push((t0.elapsed().as_micros() as u64, wal));
-        // Blocking is fine: this runtime runs only the sampler (and its idle connection).
+        if wal < shared.probe_wal.load(Ordering::SeqCst) {
+            continue;
+        }
+        // Blocking is fine: this runtime runs only the sampler (and its idle connection). A
+        // probe's writer unparks it; an early return from the pause only takes a sample early.
         if let Some(rest) = every.checked_sub(sent.elapsed()) {
-            std::thread::sleep(rest);
+            std::thread::park_timeout(rest);
         }
     }
     Ok((samples, poll_us))
@@ -465,4 +549,27 @@ fn stage_means(before: &(NodeSums, NodeSums), after: &(NodeSums, NodeSums)) -> V
         }
     }
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounds;
+
+    #[test]
+    fn a_write_is_bounded_by_the_samples_around_it() {
+        // (received at µs, applied index), each request 100 µs.
+        let samples = [(1_000, 5), (1_200, 6), (1_400, 8), (1_600, 9)];
+        let poll = [100; 4];
+        // Acknowledged at 1,050 with index 8: seen at 1,400; the sample that missed it left
+        // at 1,100, after the acknowledgement.
+        assert_eq!(bounds(&samples, &poll, 1_050, 8), Some((350, 50)));
+        // Index 6 acknowledged at 1,050: the first sample after already shows it; the one
+        // before it left at 900, before the acknowledgement: no lower bound.
+        assert_eq!(bounds(&samples, &poll, 1_050, 6), Some((150, 0)));
+        // A sample received before the acknowledgement never counts, even showing the index.
+        assert_eq!(bounds(&samples, &poll, 1_250, 6), Some((150, 0)));
+        // Never shown applied, or acknowledged after the last sample.
+        assert_eq!(bounds(&samples, &poll, 1_050, 10), None);
+        assert_eq!(bounds(&samples, &poll, 1_700, 9), None);
+    }
 }

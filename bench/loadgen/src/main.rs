@@ -100,6 +100,10 @@ enum Cmd {
         /// request the secondary answers, CPU it does not spend applying)
         #[arg(long, default_value_t = 1.0)]
         sample_ms: f64,
+        /// Every Nth write is a probe: from its acknowledgement the secondary is polled back to
+        /// back until it shows the write applied (0: no probes)
+        #[arg(long, default_value_t = 100)]
+        probe_every: u64,
     },
     /// Promote a DR secondary and time the first accepted write (figure 7)
     Promote {
@@ -205,9 +209,11 @@ fn main() -> Result<()> {
                 value_bytes,
                 prefix,
                 sample_ms,
+                probe_every,
             } => {
                 lag::run(lag::LagPlan {
                     sample_every: Duration::from_secs_f64(sample_ms.max(0.0) / 1000.0),
+                    probe_every,
                     primary,
                     secondary,
                     token,
