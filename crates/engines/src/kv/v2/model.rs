@@ -227,10 +227,10 @@ pub(crate) struct VersionRecord {
 /// of `data` (a test compares them), the data written from the request's own, not copied, and
 /// its strings through `bunker_sdk::json_text` (a secret's value is most of a write's JSON).
 pub(crate) fn encode_version_record(data: &Data) -> Vec<u8> {
-    use std::io::Write;
     let mut out = Vec::with_capacity(crate::store::RECORD_BYTES);
-    // Writing to a `Vec` does not fail.
-    let _ = write!(out, "{{\"format\":{RECORD_FORMAT},\"data\":");
+    out.extend_from_slice(b"{\"format\":");
+    out.extend_from_slice(itoa::Buffer::new().format(RECORD_FORMAT).as_bytes());
+    out.extend_from_slice(b",\"data\":");
     bunker_sdk::json_text::write_map(&mut out, data);
     out.push(b'}');
     out
@@ -253,7 +253,9 @@ pub(crate) fn metadata_key(path: &str) -> String {
 /// `versions/a/1/1`). Versions are always deleted one by one, never by prefix, for the same
 /// reason.
 pub(crate) fn version_key(path: &str, version: u64) -> String {
-    format!("{VERSIONS_PREFIX}{path}/{version}")
+    // One allocation, no formatting machinery: built on every write and every read.
+    let mut digits = itoa::Buffer::new();
+    [VERSIONS_PREFIX, path, "/", digits.format(version)].concat()
 }
 
 pub(crate) async fn load_config(store: Store<'_>) -> Result<MountConfig> {
@@ -412,6 +414,16 @@ pub(crate) fn config_data(config: &MountConfig) -> Data {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_key_is_the_path_and_the_number() {
+        assert_eq!(version_key("a/b", 12), "versions/a/b/12");
+        assert_eq!(version_key("x", 0), "versions/x/0");
+        assert_eq!(
+            version_key("x", u64::MAX),
+            format!("versions/x/{}", u64::MAX)
+        );
+    }
 
     #[test]
     fn time_format_is_rfc3339_utc_with_nanos() {
