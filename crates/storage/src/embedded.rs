@@ -4,8 +4,8 @@
 //!
 //! Reads open a redb read transaction directly in the async fn: they are MVCC snapshots that
 //! never wait for the writer, and a B-tree lookup is fast enough not to need a blocking pool.
-//! While a checkpoint runs, the groups committed meanwhile are laid over that snapshot
-//! (`embedded/overlay.rs`).
+//! While a checkpoint runs, the groups committed meanwhile are laid over that snapshot, and so
+//! is a lone group until the writer is idle (`embedded/overlay.rs`, `embedded/writer.rs`).
 //!
 //! Writes go through a single writer thread that group-commits (see `group_commit.rs`):
 //! `batch()` queues its ops on a bounded channel and waits for the reply, which arrives only
@@ -48,7 +48,8 @@ const CHECKPOINT_KEY: &str = "checkpoint";
 /// Durable ordered key-value store on redb with group commit.
 pub struct EmbeddedBackend {
     db: Arc<Database>,
-    /// The overlay readers lay over redb while a checkpoint runs.
+    /// The overlay readers lay over redb (while a checkpoint runs, or a lone group's redb
+    /// commit waits).
     shared: Arc<Shared>,
     /// Syncs of checkpoints run beside the writer (the writer counts its own).
     checkpoint_syncs: Arc<AtomicU64>,
@@ -118,6 +119,7 @@ impl EmbeddedBackend {
             checkpoint_commits: 1,
             hold: Some(writer::Hold::for_groups(groups)),
             fail_checkpoints: false,
+            ..Tuning::default()
         };
         Self::open_tuned(dir, DEFAULT_CACHE_BYTES, tuning)
     }

@@ -238,6 +238,12 @@ pub fn commit_inline_on_this_thread() {
     COMMIT_HERE.set(true);
 }
 
+/// Whether a commit running on this thread is a caller's inline commit (the writer thread
+/// never allows them on itself).
+pub(crate) fn committing_inline() -> bool {
+    COMMIT_HERE.get()
+}
+
 /// The store and what every commit of it needs, shared by the writer thread and the callers
 /// that commit on their own thread. Whoever holds `store` is the one committing.
 struct Committer<S> {
@@ -258,10 +264,11 @@ impl<S: GroupStore> Committer<S> {
         self.store.lock().ok()
     }
 
-    /// Commits `group` (in queue order) holding the store.
-    fn commit(&self, store: &S, group: Vec<WriteRequest>) {
+    /// Commits `group` (in queue order) holding the store. `lone`: a group of one request
+    /// with nothing queued behind it ([`GroupStore::commit_lone`]).
+    fn commit(&self, store: &S, group: Vec<WriteRequest>, lone: bool) {
         let hook = self.hook.get();
-        commit_group(store, group, &self.counters, hook.as_deref());
+        commit_group(store, group, &self.counters, hook.as_deref(), lone);
     }
 }
 
@@ -295,7 +302,7 @@ impl<S: GroupStore + Send> CommitNow for Committer<S> {
                 return Ok(());
             }
         };
-        self.commit(&store, vec![request]);
+        self.commit(&store, vec![request], false);
         metrics::counter!(INLINE_METRIC).increment(1);
         Ok(())
     }
@@ -313,11 +320,22 @@ pub(crate) trait GroupStore {
     /// Commits `batches` in one durable transaction, feeding `index` if the store keeps one.
     fn commit(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()>;
 
+    /// [`GroupStore::commit`] of a group of one request (its batch and the hook's extra ops
+    /// for it): nobody else's write was waiting when the group formed. The embedded store
+    /// defers such a group's database commit until the writer is idle.
+    fn commit_lone(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()> {
+        self.commit(batches, index)
+    }
+
     /// Whether a request admitted under HA lock `epoch` may still commit (checked on the
     /// writer thread just before its transaction). Stores without HA admit everything.
     fn admits(&self, _epoch: Option<u64>) -> Result<()> {
         Ok(())
     }
+
+    /// The writer found its queue empty and is about to wait for the next request: work a
+    /// commit deferred is done now (the embedded store's lone groups).
+    fn idle(&self) {}
 
     /// The writer is stopping (its queue closed and drained).
     fn close(&self) {}
@@ -360,6 +378,10 @@ fn run<S: GroupStore>(committer: &Committer<S>, mut queue: mpsc::Receiver<WriteR
         let first = match carried.take() {
             Some(request) => request,
             None => match queue.try_recv().ok().or_else(|| {
+                // Nothing queued: the store's deferred work, before the writer sleeps.
+                if let Some(store) = committer.lock() {
+                    store.idle();
+                }
                 committer.writer_idle.store(true, Ordering::Release);
                 let next = queue.blocking_recv();
                 committer.writer_idle.store(false, Ordering::Release);
@@ -397,7 +419,10 @@ fn run<S: GroupStore>(committer: &Committer<S>, mut queue: mpsc::Receiver<WriteR
             return;
         };
         let started = Instant::now();
-        committer.commit(&store, group);
+        // Nothing waits behind a group of one: the store may finish part of its work once the
+        // writer is idle. Under load a group of one with more queued is committed as any other.
+        let lone = group.len() == 1 && carried.is_none() && queue.is_empty();
+        committer.commit(&store, group, lone);
         drop(store);
         last_commit = started.elapsed();
     }
@@ -492,6 +517,7 @@ fn commit_prepared(
     group: &[Prepared],
     counters: &Counters,
     hook: Option<&dyn CommitHook>,
+    lone: bool,
 ) -> Result<()> {
     let batches: Vec<&[Op]> = group
         .iter()
@@ -499,7 +525,13 @@ fn commit_prepared(
         .filter(|ops| !ops.is_empty())
         .collect();
     let index = hook.and_then(|hook| hook.index());
-    store.commit(&batches, index.as_deref())?;
+    // One request (its ops and the hook's extra ops for it), nothing queued behind it: the
+    // store may treat it as a lone write.
+    if lone && group.len() == 1 {
+        store.commit_lone(&batches, index.as_deref())?;
+    } else {
+        store.commit(&batches, index.as_deref())?;
+    }
     counters.record_commit(group);
     if let Some(hook) = hook {
         if group.iter().any(|prepared| !prepared.extra.is_empty()) {
@@ -514,6 +546,7 @@ fn commit_group(
     group: Vec<WriteRequest>,
     counters: &Counters,
     hook: Option<&dyn CommitHook>,
+    lone: bool,
 ) {
     // Empty requests are drains ([`Writer::drain`]): answered once the rest of the group (and
     // every group before it) is committed or failed.
@@ -529,7 +562,7 @@ fn commit_group(
         longest = longest.max(waited);
     }
     crate::timed::warn_if_slow(QUEUE_WAIT_METRIC, longest, crate::timed::SLOW_WRITE_PATH);
-    commit_requests(store, group, counters, hook);
+    commit_requests(store, group, counters, hook, lone);
     for drain in drains {
         let _ = drain.reply.send(Ok(None));
     }
@@ -540,6 +573,7 @@ fn commit_requests(
     group: Vec<WriteRequest>,
     counters: &Counters,
     hook: Option<&dyn CommitHook>,
+    lone: bool,
 ) {
     // In queue order, so the hook sees batches in the order they are committed. A request
     // admitted under an HA epoch that is no longer this node's is refused here.
@@ -556,7 +590,7 @@ fn commit_requests(
     if group.is_empty() {
         return;
     }
-    match commit_prepared(store, &group, counters, hook) {
+    match commit_prepared(store, &group, counters, hook, lone) {
         Ok(()) => {
             for prepared in group {
                 // The caller may have stopped waiting; its batch is committed regardless.
@@ -580,7 +614,7 @@ fn commit_requests(
                     continue;
                 };
                 let single = [retry];
-                let result = commit_prepared(store, &single, counters, hook);
+                let result = commit_prepared(store, &single, counters, hook, false);
                 let [retry] = single;
                 let _ = retry.request.reply.send(result.map(|()| retry.stamp));
             }

@@ -1,4 +1,5 @@
-//! The writes made durable while a checkpoint runs, laid over redb for every reader.
+//! The writes made durable while a checkpoint runs, or a lone group whose redb commit waits
+//! for the writer to be idle (`writer.rs`), laid over redb for every reader.
 //!
 //! A checkpoint (redb's durable commit) holds redb's single write transaction for milliseconds.
 //! Meanwhile the writer goes on: each group is appended to the commit log and synced as usual,
@@ -84,10 +85,12 @@ pub(super) struct Shared {
     current: RwLock<Arc<Overlay>>,
     /// The view reads share until the writer's next commit.
     latest: Mutex<Option<Arc<View>>>,
-    /// Groups committed into an overlay, and overlays applied to redb (tests check that they
-    /// reached both).
+    /// Groups committed into a checkpoint's overlay, and those overlays applied to redb (tests
+    /// check that they reached both).
     overlaid: std::sync::atomic::AtomicU64,
     applied: std::sync::atomic::AtomicU64,
+    /// Deferred lone groups committed to redb (writer.rs).
+    deferred_applied: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -139,11 +142,16 @@ impl Shared {
         })
     }
 
-    /// Makes a group's `overlay` what readers see.
+    /// Makes a group's `overlay` what readers see, during a checkpoint.
     pub(super) fn publish(&self, overlay: Arc<Overlay>) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = overlay;
+        self.lay_over(overlay);
         self.overlaid
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes `overlay` what readers see (a deferred lone group's, or a checkpoint's).
+    pub(super) fn lay_over(&self, overlay: Arc<Overlay>) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = overlay;
     }
 
     /// Runs `apply` (the commit that puts the overlay in redb) while no reader can take a view,
@@ -157,6 +165,15 @@ impl Shared {
         Ok(())
     }
 
+    /// Empties the overlay of a deferred group that its (already committed) redb commit now
+    /// holds: readers took it with redb before or after that commit, the same values either
+    /// way (writer.rs, `apply_deferred_overlay`).
+    pub(super) fn clear_once_applied(&self) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::default();
+        self.deferred_applied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     #[cfg(test)]
     pub(super) fn overlaid_groups(&self) -> u64 {
         self.overlaid.load(std::sync::atomic::Ordering::Relaxed)
@@ -165,6 +182,22 @@ impl Shared {
     #[cfg(test)]
     pub(super) fn applied_overlays(&self) -> u64 {
         self.applied.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(super) fn applied_deferred(&self) -> u64 {
+        self.deferred_applied
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether readers are served anything over redb (a deferred group or a checkpoint's).
+    #[cfg(test)]
+    pub(super) fn lays_over(&self) -> bool {
+        !self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
     }
 }
 

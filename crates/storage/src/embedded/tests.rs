@@ -213,6 +213,7 @@ async fn a_failed_checkpoint_stops_writes_and_loses_no_acknowledged_one() {
             checkpoint_commits: 1,
             hold: None,
             fail_checkpoints: true,
+            ..Tuning::default()
         };
         let backend =
             EmbeddedBackend::open_tuned(dir.path(), DEFAULT_CACHE_BYTES, tuning).expect("open");
@@ -294,6 +295,80 @@ async fn writes_during_a_checkpoint_are_read_and_survive_a_clean_stop() {
     let backend = open(dir.path());
     assert_eq!(backend.list("k/").await.expect("list"), ["b", "c/"]);
     assert_eq!(backend.get("k/b").await.expect("get"), Some(b"2".to_vec()));
+}
+
+/// A store whose idle writer leaves a deferred lone group laid over redb (the next group
+/// applies it): every read after a write goes through the overlay.
+fn open_keeping_deferred(dir: &Path) -> EmbeddedBackend {
+    let tuning = Tuning {
+        keep_deferred_when_idle: true,
+        ..Tuning::default()
+    };
+    EmbeddedBackend::open_tuned(dir, DEFAULT_CACHE_BYTES, tuning).expect("open")
+}
+
+/// Lone groups committed straight to redb, as before deferral (and as a caller committing
+/// on its own thread still does).
+#[tokio::test]
+async fn embedded_passes_conformance_without_deferral() {
+    let dir = temp_dir();
+    let tuning = Tuning {
+        defer_lone_groups: false,
+        ..Tuning::default()
+    };
+    let backend =
+        EmbeddedBackend::open_tuned(dir.path(), DEFAULT_CACHE_BYTES, tuning).expect("open");
+    crate::conformance::exercise_backend(&backend).await;
+    assert_eq!(backend.shared.applied_deferred(), 0);
+}
+
+/// Every write is a lone group read back through its overlay before it reaches redb (the
+/// next write applies it).
+#[tokio::test]
+async fn embedded_passes_conformance_with_lone_groups_laid_over() {
+    let dir = temp_dir();
+    let backend = open_keeping_deferred(dir.path());
+    crate::conformance::exercise_backend(&backend).await;
+    let (applied, batches) = (backend.shared.applied_deferred(), backend.metrics().batches);
+    assert!(
+        applied * 2 > batches,
+        "most groups must have been deferred: {applied} of {batches}"
+    );
+}
+
+/// A lone write is acknowledged before its redb commit, read from the overlay meanwhile, and
+/// committed to redb once the writer is idle: the overlay empties, the value stays, and a
+/// clean stop leaves nothing to replay.
+#[tokio::test]
+async fn a_lone_write_reaches_redb_when_the_writer_is_idle() {
+    let dir = temp_dir();
+    {
+        let backend = open_keeping_deferred(dir.path());
+        backend.put("d/a", b"1".to_vec()).await.expect("put");
+        assert!(backend.shared.lays_over(), "deferred, and kept");
+        assert_eq!(backend.get("d/a").await.expect("get"), Some(b"1".to_vec()));
+        assert_eq!(backend.list("d/").await.expect("list"), ["a"]);
+        // The next group applies it first, then is deferred itself.
+        backend.delete("d/a").await.expect("delete");
+        assert_eq!(backend.shared.applied_deferred(), 1);
+        assert_eq!(backend.get("d/a").await.expect("get"), None);
+        assert!(backend.list("d/").await.expect("list").is_empty());
+    }
+    let backend = open(dir.path());
+    assert_eq!(backend.get("d/a").await.expect("get"), None);
+    backend.put("d/b", b"2".to_vec()).await.expect("put");
+    // The writer applies it when it finds its queue empty, right after the acknowledgement.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while backend.shared.applied_deferred() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never applied");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert!(!backend.shared.lays_over());
+    assert_eq!(backend.get("d/b").await.expect("get"), Some(b"2".to_vec()));
+    drop(backend);
+    let checkpoint = checkpoint_of(dir.path());
+    let log = CommitLog::open(dir.path()).expect("log");
+    assert!(log.replay(checkpoint).expect("replay").0.is_empty());
 }
 
 #[tokio::test]
@@ -483,6 +558,10 @@ const CRASH_DIR_ENV: &str = "BUNKER_STORAGE_CRASH_DIR";
 /// (records in both regions of the log, some of the acknowledged writes only in the overlay)
 /// as often as not.
 const CRASH_HOLD_ENV: &str = "BUNKER_STORAGE_CRASH_HOLD";
+/// Set (to a number of groups between checkpoints): the child's writer leaves each lone
+/// group's redb commit to the next group, so the last acknowledged write is only in the log
+/// and the overlay when the kill lands, and checkpoints start right after such a group.
+const CRASH_KEEP_DEFERRED_ENV: &str = "BUNKER_STORAGE_CRASH_KEEP_DEFERRED";
 /// Full test name of the child, for re-executing this test binary.
 const CRASH_CHILD_TEST: &str = "embedded::tests::crash_writer_child";
 /// Marker the child prints before the index of each acknowledged write.
@@ -521,6 +600,15 @@ async fn crash_writer_child() {
             groups.parse().expect("a number of groups"),
         )
         .expect("open"),
+        Err(_) if std::env::var_os(CRASH_KEEP_DEFERRED_ENV).is_some() => {
+            let every = std::env::var(CRASH_KEEP_DEFERRED_ENV).expect("a number of groups");
+            let tuning = Tuning {
+                checkpoint_commits: every.parse().expect("a number of groups"),
+                keep_deferred_when_idle: true,
+                ..Tuning::default()
+            };
+            EmbeddedBackend::open_tuned(Path::new(&dir), DEFAULT_CACHE_BYTES, tuning).expect("open")
+        }
         Err(_) => open(Path::new(&dir)),
     };
     let mut stdout = std::io::stdout();
@@ -534,9 +622,21 @@ async fn crash_writer_child() {
     }
 }
 
+/// The child's writes are lone groups: each is logged, laid over redb and acknowledged
+/// before its redb commit, which runs when the writer is idle; the kill lands anywhere in that.
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     kill_9_loses_no_acknowledged_write(None).await;
+}
+
+/// The same with every lone group's redb commit left to the next group: at the kill, the last
+/// acknowledged write is in the log and the overlay only. With the default checkpoint spacing,
+/// then with a checkpoint after every second group (each starts right after a deferred group
+/// was applied, and must hold it).
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9_before_their_deferred_commit() {
+    kill_9_loses_no_acknowledged_write(Some(Crash::KeepDeferred(log::CHECKPOINT_COMMITS))).await;
+    kill_9_loses_no_acknowledged_write(Some(Crash::KeepDeferred(2))).await;
 }
 
 /// The same while checkpoints run: one held from the second write to the kill (every later
@@ -544,16 +644,30 @@ async fn acknowledged_writes_survive_kill_9() {
 /// every write and held for three (the kill lands at any point of their cycle).
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9_during_checkpoints() {
-    kill_9_loses_no_acknowledged_write(Some(usize::MAX)).await;
-    kill_9_loses_no_acknowledged_write(Some(3)).await;
+    kill_9_loses_no_acknowledged_write(Some(Crash::Hold(usize::MAX))).await;
+    kill_9_loses_no_acknowledged_write(Some(Crash::Hold(3))).await;
 }
 
-async fn kill_9_loses_no_acknowledged_write(hold: Option<usize>) {
+/// How the crash child's store is tuned.
+enum Crash {
+    /// Checkpoints held for this many groups.
+    Hold(usize),
+    /// Deferred lone groups left for the next group; a checkpoint every this many groups.
+    KeepDeferred(usize),
+}
+
+async fn kill_9_loses_no_acknowledged_write(tuned: Option<Crash>) {
     let dir = temp_dir();
     let exe = std::env::current_exe().expect("locating test binary");
     let mut command = Command::new(exe);
-    if let Some(groups) = hold {
-        command.env(CRASH_HOLD_ENV, groups.to_string());
+    match tuned {
+        Some(Crash::Hold(groups)) => {
+            command.env(CRASH_HOLD_ENV, groups.to_string());
+        }
+        Some(Crash::KeepDeferred(every)) => {
+            command.env(CRASH_KEEP_DEFERRED_ENV, every.to_string());
+        }
+        None => {}
     }
     let mut child = command
         .args([CRASH_CHILD_TEST, "--exact", "--ignored", "--nocapture"])

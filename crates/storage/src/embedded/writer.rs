@@ -11,6 +11,17 @@
 //! and committed as it is logged, against redb and the overlay, so hooks, replies and the
 //! replication sender see what they see with every other commit (`docs/checkpoint-design.md`).
 //!
+//! **A lone group's redb commit is deferred until the writer is idle.** A group of one request
+//! (no other writer waiting: one client, or a lull) is logged and synced, laid over redb for
+//! readers exactly as a group during a checkpoint is, and acknowledged; its redb transaction
+//! is committed when the writer next finds its queue empty ([`GroupStore::idle`]), or before
+//! the next group if one came first. A lone write's acknowledgement then waits for its inserts
+//! into the overlay, not for redb's B-tree inserts and non-durable commit (about a tenth of a
+//! lone write's time on the reference VM, `bench/README.md`), which happen while the client
+//! reads its answer. Larger groups are busy periods: they are committed to redb as before.
+//! Design reason: the checkpoint's overlay already lays logged groups over redb with one
+//! point in time for readers; a deferred group is an overlay of one group with no checkpoint.
+//!
 //! The writer waits for a running checkpoint only when a group does not fit the log's region
 //! or the overlay's bound, or the log is broken. A checkpoint or an overlay application that
 //! fails stops the store taking writes until a restart (what redb holds is unknown; the log
@@ -46,6 +57,9 @@ const WAIT_METRIC: &str = "bunker_storage_checkpoint_wait";
 /// `LOGGED_METRIC` is redb's non-durable commit).
 const APPLY_METRIC: &str = "bunker_storage_commit_apply";
 const APPEND_METRIC: &str = "bunker_storage_log_append";
+/// A deferred lone group's redb commit (`docs/monitoring.md`), when the writer is idle or
+/// before the next group.
+const DEFERRED_METRIC: &str = "bunker_storage_deferred_apply";
 
 /// The checkpoint thread's name; at most 15 bytes, the kernel's limit, so `top -H` and `ps -L`
 /// tell it from the writer (`bunker-writer`, `embedded.rs`).
@@ -60,6 +74,11 @@ pub(crate) struct Tuning {
     pub(crate) hold: Option<Arc<Hold>>,
     /// Test-only: checkpoints fail (after opening their transaction) instead of committing.
     pub(crate) fail_checkpoints: bool,
+    /// A lone group's redb commit waits for the writer to be idle (module documentation).
+    pub(crate) defer_lone_groups: bool,
+    /// Test-only: an idle writer leaves a deferred group laid over redb; the next group
+    /// applies it, so tests see reads served from it.
+    pub(crate) keep_deferred_when_idle: bool,
 }
 
 impl Default for Tuning {
@@ -68,6 +87,8 @@ impl Default for Tuning {
             checkpoint_commits: log::CHECKPOINT_COMMITS,
             hold: None,
             fail_checkpoints: false,
+            defer_lone_groups: true,
+            keep_deferred_when_idle: false,
         }
     }
 }
@@ -132,8 +153,15 @@ struct LogState {
     running: Option<Running>,
     /// Why the store takes no more writes: a checkpoint or an overlay application failed.
     poisoned: Option<String>,
+    /// A lone group logged and laid over redb, its redb commit deferred (module
+    /// documentation). Never while a checkpoint runs.
+    deferred: Option<Arc<Overlay>>,
     tuning: Tuning,
 }
+
+/// Largest lone group (its log record's bytes) whose redb commit is deferred: its overlay is
+/// built for it alone, so this bounds the memory and the copy.
+const DEFERRED_MAX_BYTES: usize = 64 << 10;
 
 /// A checkpoint on the checkpoint thread.
 struct Running {
@@ -167,6 +195,7 @@ impl RedbStore {
                 checkpointer,
                 running: None,
                 poisoned: None,
+                deferred: None,
                 tuning,
             }),
         })
@@ -234,6 +263,26 @@ impl RedbStore {
         if overlay.is_empty() {
             return Ok(());
         }
+        let txn = self.overlay_transaction(overlay)?;
+        self.shared
+            .clear_after(|| txn.commit().map_err(engine("applying the overlay")))
+    }
+
+    /// Puts a deferred group's overlay in redb (not durably) and stops laying it over redb.
+    /// Unlike a checkpoint's, the commit does not hold readers off: until the overlay is
+    /// emptied (after the commit) it holds the group, and from then redb does, so a reader
+    /// pairs redb with or without the group with the overlay holding it, the same values
+    /// either way, or redb with it with the empty overlay (`Shared::clear_once_applied`).
+    fn apply_deferred_overlay(&self, overlay: &Overlay) -> Result<()> {
+        self.overlay_transaction(overlay)?
+            .commit()
+            .map_err(engine("applying a deferred group"))?;
+        self.shared.clear_once_applied();
+        Ok(())
+    }
+
+    /// A write transaction holding the overlay's entries, to be committed without a sync.
+    fn overlay_transaction(&self, overlay: &Overlay) -> Result<WriteTransaction> {
         let mut txn = self
             .db
             .begin_write()
@@ -252,8 +301,7 @@ impl RedbStore {
         }
         txn.set_durability(Durability::None)
             .map_err(engine("setting commit durability"))?;
-        self.shared
-            .clear_after(|| txn.commit().map_err(engine("applying the overlay")))
+        Ok(txn)
     }
 
     /// A group while a checkpoint runs: logged, and laid over redb for readers.
@@ -263,46 +311,91 @@ impl RedbStore {
         batches: &[&[Op]],
         index: Option<&dyn CommitIndex>,
     ) -> Result<()> {
-        let ops = || batches.iter().flat_map(|batch| batch.iter());
-        let Some(running) = &state.running else {
+        // Out of the state while the group is logged (which needs the rest of it), and back
+        // whatever the outcome.
+        let Some(mut running) = state.running.take() else {
             return Err(engine_error(
                 "committing into the overlay".into(),
                 "no checkpoint is running",
             ));
         };
-        let applying = Timed::warn_after(APPLY_METRIC, SLOW_WRITE_PATH);
-        let mut work = Overlay::clone(&running.overlay);
-        let update = apply_indexed(
-            &mut OverlayTable {
-                base: &running.base,
-                work: &mut work,
-            },
-            ops(),
-            index,
-        )?;
-        drop(applying);
-        let seq = next_seq(state.seq)?;
-        let timed = Timed::warn_after(LOGGED_METRIC, SLOW_WRITE_PATH);
-        let appended = append(state, seq, batches);
-        drop(timed);
-        state.seq = seq;
-        appended?;
-        let work = Arc::new(work);
+        let work = Overlay::clone(&running.overlay);
+        let (work, update) = match log_over(state, &running.base, work, batches, index) {
+            Ok(logged) => logged,
+            Err(error) => {
+                state.running = Some(running);
+                return Err(error);
+            }
+        };
         self.shared.publish(work.clone());
         state.logged += 1;
-        if let Some(running) = &mut state.running {
-            running.overlay = work;
-            running.groups += 1;
-            if let Some(hold) = &state.tuning.hold {
-                if running.groups >= hold.groups {
-                    hold.set(true);
-                }
+        running.overlay = work;
+        running.groups += 1;
+        if let Some(hold) = &state.tuning.hold {
+            if running.groups >= hold.groups {
+                hold.set(true);
             }
         }
+        state.running = Some(running);
         if let Some(update) = update {
             update.committed();
         }
         Ok(())
+    }
+
+    /// Whether a group (`lone`: of one request) whose record is `len` bytes, with no
+    /// checkpoint running, has its redb commit wait for the writer to be idle.
+    fn defers(state: &LogState, lone: bool, len: usize) -> bool {
+        state.tuning.defer_lone_groups
+            && lone
+            // A caller committing on its own thread (the DR secondary's follower) would apply
+            // it on its next commit anyway: the writer thread, idle, never sees it.
+            && !crate::group_commit::committing_inline()
+            && state.running.is_none()
+            && state.deferred.is_none()
+            && len <= DEFERRED_MAX_BYTES
+            && !state.log.is_broken()
+            && state.log.fits(len)
+    }
+
+    /// A lone group: applied into an overlay of its own over redb's latest state, logged and
+    /// synced, and laid over redb for readers; its redb commit waits ([`RedbStore::apply_deferred`]).
+    fn commit_deferred(
+        &self,
+        state: &mut LogState,
+        batches: &[&[Op]],
+        index: Option<&dyn CommitIndex>,
+    ) -> Result<()> {
+        let base = self
+            .db
+            .begin_read()
+            .map_err(engine("starting read transaction"))?
+            .open_table(ENTRIES)
+            .map_err(engine("opening entries table for reading"))?;
+        let (work, update) = log_over(state, &base, Overlay::default(), batches, index)?;
+        drop(base);
+        self.shared.lay_over(work.clone());
+        state.logged += 1;
+        state.deferred = Some(work);
+        if let Some(update) = update {
+            update.committed();
+        }
+        Ok(())
+    }
+
+    /// Commits the deferred group, if any, to redb (not durably: the log holds it until the
+    /// next checkpoint) and stops laying it over redb. A failure poisons the store; the group
+    /// stays laid over redb, so readers still see it, and the log still holds it.
+    fn apply_deferred(&self, state: &mut LogState) -> Result<()> {
+        let Some(overlay) = state.deferred.take() else {
+            return Ok(());
+        };
+        let _timed = Timed::warn_after(DEFERRED_METRIC, SLOW_WRITE_PATH);
+        let applied = self.apply_deferred_overlay(&overlay);
+        if let Err(error) = &applied {
+            state.poisoned = Some(error.to_string());
+        }
+        applied
     }
 
     /// A group with no checkpoint running: applied in a redb write transaction, and logged, or
@@ -374,6 +467,39 @@ impl RedbStore {
     }
 }
 
+/// A group laid over redb, logged: its overlay and its index update, to commit once published.
+type Logged = (Arc<Overlay>, Option<Box<dyn crate::hook::IndexUpdate>>);
+
+/// Applies `batches` into `work` (an overlay over `base`), with the index's updates computed
+/// against both, then logs and syncs their record: a group laid over redb (a checkpoint's, or a
+/// deferred lone one), not yet published. The record's number is spent whatever the outcome
+/// (see `commit_direct`); a failed append marked the log broken.
+fn log_over(
+    state: &mut LogState,
+    base: &Entries,
+    mut work: Overlay,
+    batches: &[&[Op]],
+    index: Option<&dyn CommitIndex>,
+) -> Result<Logged> {
+    let applying = Timed::warn_after(APPLY_METRIC, SLOW_WRITE_PATH);
+    let update = apply_indexed(
+        &mut OverlayTable {
+            base,
+            work: &mut work,
+        },
+        batches.iter().flat_map(|batch| batch.iter()),
+        index,
+    )?;
+    drop(applying);
+    let seq = next_seq(state.seq)?;
+    let timed = Timed::warn_after(LOGGED_METRIC, SLOW_WRITE_PATH);
+    let appended = append(state, seq, batches);
+    drop(timed);
+    state.seq = seq;
+    appended?;
+    Ok((Arc::new(work), update))
+}
+
 /// The number after `seq`. Only a damaged checkpoint number runs out: refuse rather than wrap
 /// to reused numbers.
 fn next_seq(seq: u64) -> Result<u64> {
@@ -406,9 +532,19 @@ fn append(state: &mut LogState, seq: u64, batches: &[&[Op]]) -> Result<()> {
 impl GroupStore for RedbStore {
     /// Whatever the outcome, reads after it take a new view (`overlay.rs`).
     fn commit(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()> {
-        let outcome = self.commit_group(batches, index);
+        let outcome = self.commit_group(batches, false, index);
         self.shared.changed();
         outcome
+    }
+
+    fn commit_lone(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()> {
+        let outcome = self.commit_group(batches, true, index);
+        self.shared.changed();
+        outcome
+    }
+
+    fn idle(&self) {
+        self.apply_when_idle();
     }
 
     /// The writer is stopping: make what the log holds durable in redb, so a clean stop leaves
@@ -420,12 +556,20 @@ impl GroupStore for RedbStore {
 }
 
 impl RedbStore {
-    fn commit_group(&self, batches: &[&[Op]], index: Option<&dyn CommitIndex>) -> Result<()> {
+    fn commit_group(
+        &self,
+        batches: &[&[Op]],
+        lone: bool,
+        index: Option<&dyn CommitIndex>,
+    ) -> Result<()> {
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let state = &mut *guard;
         if let Some(reason) = &state.poisoned {
             return Err(poisoned(reason));
         }
+        // The next group came before the writer was idle: the deferred one goes to redb
+        // first, so no checkpoint starts without it and groups stay in commit order.
+        self.apply_deferred(state)?;
         self.finish_checkpoint(state, false)?;
         let len = log::encoded_len(batches.iter().flat_map(|batch| batch.iter()));
         let due = state.logged >= state.tuning.checkpoint_commits
@@ -453,7 +597,28 @@ impl RedbStore {
             }
             self.finish_checkpoint(state, true)?;
         }
+        if Self::defers(state, lone, len) {
+            return self.commit_deferred(state, batches, index);
+        }
         self.commit_direct(state, batches, index, len)
+    }
+
+    /// The writer found its queue empty: a deferred group goes to redb now.
+    fn apply_when_idle(&self) {
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *guard;
+        if state.deferred.is_none() || state.tuning.keep_deferred_when_idle {
+            return;
+        }
+        if state.poisoned.is_some() {
+            return;
+        }
+        if let Err(error) = self.apply_deferred(state) {
+            tracing::error!(%error, "applying a logged write to the database failed; the store takes no more writes until a restart");
+        }
+        drop(guard);
+        // Later reads take a view of redb without the overlay (the old one stays consistent).
+        self.shared.changed();
     }
 
     fn close_log(&self) {
@@ -461,7 +626,9 @@ impl RedbStore {
         let state = &mut *guard;
         let finished = match &state.poisoned {
             Some(reason) => Err(poisoned(reason)),
-            None => self.finish_checkpoint(state, true),
+            None => self
+                .apply_deferred(state)
+                .and_then(|()| self.finish_checkpoint(state, true)),
         };
         let done = finished.and_then(|()| {
             if state.logged == 0 && !state.log.is_broken() {
