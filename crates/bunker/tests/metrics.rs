@@ -340,14 +340,14 @@ fn the_metrics_fold_runs_on_a_thread_of_its_own() {
 
 /// A stage that holds up writes or the stream and stalls past 50 ms is named in the log, with
 /// how long it took (docs/monitoring.md, "Slow stages"): here a WAL truncation pass, held at a
-/// failpoint inside its timing. It is held for over a second, so the warning is written even
-/// if a pass before it was slow on its own (one warning a second per stage), and the line is
-/// told from such a pass's by its duration. The log, written to a file, has no colour codes.
+/// failpoint inside its timing. It is held past its threshold (1 s: a pass is background
+/// work), and the line is told from an earlier slow pass's by its duration. The log, written
+/// to a file, has no colour codes.
 #[test]
 fn a_stalled_stage_is_named_in_the_log() {
     const POINT: &str = "wal-truncation-pass";
     const STAGE: &str = "stage=\"vault_replication_wal_gc\"";
-    const HELD: Duration = Duration::from_millis(1100);
+    const HELD: Duration = Duration::from_millis(1300);
     let s = dr_server_open_metrics_with("wal_retention = 20");
     s.mount_kv2();
     s.hold_at(POINT);
@@ -387,7 +387,7 @@ fn a_stalled_stage_is_named_in_the_log() {
         line.contains("slow stage: took longer than its threshold"),
         "{line}"
     );
-    assert!(line.contains("threshold_ms=50"), "{line}");
+    assert!(line.contains("threshold_ms=1000"), "{line}");
     assert!(
         !s.log_text("stderr").contains('\x1b'),
         "colour codes in a log file: {line}"

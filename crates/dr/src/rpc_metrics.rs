@@ -59,4 +59,4 @@ pub(crate) const JOURNAL_SYNC: &str = "bunker_replication_journal_sync";
 /// Secondary: the highest WAL index received from the primary (applied or not yet).
 pub(crate) const LAST_UPSTREAM_REMOTE_WAL: &str = "vault_replication_fsm_last_upstream_remote_wal";
 
-pub(crate) use bunker_storage::timed::{record, Timed, SLOW_WRITE_PATH};
+pub(crate) use bunker_storage::timed::{record, Timed, SLOW_BACKGROUND, SLOW_WRITE_PATH};

@@ -12,13 +12,13 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Stages that hold up acknowledgements or the replication stream (a group commit, its log
-/// sync, a wait for a checkpoint, a frame's send or apply, a WAL truncation pass) warn past
+/// sync, a wait for a checkpoint, a frame's send or apply, a deferred group's commit) warn past
 /// this: a hundred times a group commit on this project's reference disk, and what figure 4 of
 /// `bench/` allows a replicated write in all.
 pub const SLOW_WRITE_PATH: Duration = Duration::from_millis(50);
 
-/// Stages nothing waits for (a checkpoint runs beside the writer) warn past this, etcd's
-/// threshold for a slow fdatasync.
+/// Stages nothing waits for (a checkpoint runs beside the writer; a WAL truncation pass shares
+/// the writer a page at a time) warn past this, etcd's threshold for a slow fdatasync.
 pub const SLOW_BACKGROUND: Duration = Duration::from_secs(1);
 
 /// Stalls over their stage's threshold, by stage (`docs/monitoring.md`).
