@@ -128,6 +128,13 @@ def lag_rows(raw, system, load):
     return [r for r in pick(raw, "lag", system) if r.get("load", "half") == load]
 
 
+def probe_nth(res):
+    """Which writes were probes, as the report says it: `100th` (runs before `probe_every` was
+    recorded used the default)."""
+    every = res["bunker"].get("probe_every")
+    return f"{every['median']:.0f}th" if every else "100th"
+
+
 def figure_lag(raw, out, targets):
     b = lag_rows(raw, "bunker", "half")
     p = lag_rows(raw, "postgres", "half")
@@ -137,7 +144,7 @@ def figure_lag(raw, out, targets):
                      ("rate_achieved", "p50_ms", "p99_ms", "max_ms")}
     for k in ("replay_lag_p50_ms", "replay_lag_p99_ms", "replay_lag_max_ms", "replay_lag_samples",
               "probe_p50_ms", "probe_p99_ms", "probe_max_ms", "probe_lower_p50_ms", "probe_lower_p99_ms",
-              "probes"):
+              "probes", "probe_every"):
         res["bunker"][k] = spread([r.get(k) for r in b])
     for k in ("send_delay_mean_ms", "apply_mean_ms", "replay_lag_mean_ms",
               "secondary_queue_wait_mean_ms", "secondary_commit_apply_mean_ms",
@@ -160,7 +167,8 @@ def figure_lag(raw, out, targets):
     bp50, pp50 = res["bunker"]["p50_ms"], res["postgres"]["p50_ms"]
     bp99, pp99 = res["bunker"]["p99_ms"], res["postgres"]["p99_ms"]
     rp50, rp99 = res["bunker"]["replay_lag_p50_ms"], res["bunker"]["replay_lag_p99_ms"]
-    qp50, qp99 = res["bunker"]["probe_p50_ms"], res["bunker"]["probe_p99_ms"]
+    qp50 = res["bunker"]["probe_p50_ms"]
+    nth = probe_nth(res)
     bmax = res["bunker"]["max_ms"]
 
     def at_most(b, p, factor=1.0):
@@ -199,10 +207,11 @@ def figure_lag(raw, out, targets):
             capacity, "",
             "Bunker, per write: from the primary's acknowledgement to the first status sample of the "
             "secondary showing it applied (an upper bound, from outside; see README), the secondary "
-            "sampled every millisecond. Bunker, per probed write: the same for every 100th write, "
-            "from whose acknowledgement the secondary is polled back to back until it shows the write "
-            "(an upper bound within one status request and the sampler's wake-up; the lower bound is "
-            "the send time of the last sample that did not show it). Bunker, replay_lag: the primary's own measure (its commit of the newest entry the secondary "
+            f"sampled every millisecond. Bunker, per probed write: the same for every {nth} write, "
+            "from whose acknowledgement the secondary is polled back to back (for up to 2 ms) until it "
+            "shows the write (an upper bound within about two status requests and the sampler's "
+            "wake-up; the lower bound is the send time of the last sample that did not show it). "
+            "Bunker, replay_lag: the primary's own measure (its commit of the newest entry the secondary "
             "applied, to the secondary's acknowledgement), `secondaries[0].replay_lag_ms` sampled every "
             "5 ms in the same run. PostgreSQL: `replay_lag` of `pg_stat_replication` (the same "
             "measure) sampled every 5 ms under pgbench inserts at the same rate.", "",
@@ -244,7 +253,7 @@ def figure_lag_high(raw, out, targets):
     res = {name: {k: spread([r.get(k) for r in rows]) for k in
                   ("rate_target", "rate_achieved", "p50_ms", "p99_ms", "max_ms",
                    "replay_lag_p50_ms", "replay_lag_p99_ms", "replay_lag_max_ms",
-                   "probe_p50_ms", "probe_p99_ms", "probe_max_ms")}
+                   "probe_p50_ms", "probe_p99_ms", "probe_max_ms", "probe_every")}
            for name, rows in (("bunker", b), ("postgres", p))}
     res["bunker"]["capacity_before"] = spread(
         [r.get("rate_achieved") for r in pick(raw, "capacity_sampled", "bunker") if "rep" in r])
@@ -276,7 +285,7 @@ def figure_lag_high(raw, out, targets):
             f"| Bunker replay_lag p50 / p99 / max ms (as PostgreSQL's, sampled every 5 ms) | "
             f"{fmt(res['bunker']['replay_lag_p50_ms'], 2)} / {fmt(res['bunker']['replay_lag_p99_ms'], 2)} / "
             f"{fmt(res['bunker']['replay_lag_max_ms'], 2)} | |",
-            f"| Bunker per probed write p50 / p99 / max ms (every 100th write, polled back to back) | "
+            f"| Bunker per probed write p50 / p99 / max ms (every {probe_nth(res)} write, polled back to back) | "
             f"{fmt(res['bunker']['probe_p50_ms'], 2)} / {fmt(res['bunker']['probe_p99_ms'], 2)} / "
             f"{fmt(res['bunker']['probe_max_ms'], 2)} | |"]
 
@@ -642,7 +651,7 @@ def main():
     out["targets"] = targets
     # The distributions go to their own file, a compact line per run: the report's JSON keeps
     # the figures readable.
-    dist_keys = ("cdf_ms", "series")
+    dist_keys = ("cdf_ms", "series", "replay_lag_cdf_ms", "probe_cdf_ms", "probe_lower_cdf_ms")
     out["raw"] = [{k: v for k, v in r.items() if k not in dist_keys} for r in raw]
     dists = [r for r in raw if any(k in r for k in dist_keys)]
     if dists:

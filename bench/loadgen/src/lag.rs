@@ -14,9 +14,11 @@
 //! Sampled every millisecond, that bound carries about half the interval (~0.5 ms) on top of
 //! the lag itself. So every `probe_every`-th write (by schedule, so a uniform sample) is also a
 //! *probe*: its writer wakes the sampler when the write is acknowledged, and the sampler polls
-//! back to back, without its pause, until the secondary shows the probe applied. A probe's
-//! lag is then bounded above within one status request, and below by the send time of the
-//! last sample that did not show it (the secondary read its index after that); both are
+//! back to back, without its pause, until the secondary shows the probe applied or
+//! [`PROBE_TIGHT`] has passed (a stall is then sampled at the usual pace, not polled through:
+//! polling takes CPU from the servers on two cores). A probe's lag is then bounded above
+//! within about two status requests and the sampler's wake-up, and below by the send time of
+//! the last sample that did not show it (the secondary read its index after that); both are
 //! reported.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -125,9 +127,14 @@ struct Shared {
     /// The highest WAL index of an acknowledged probe (0: none yet): the sampler polls back to
     /// back while the secondary is below it.
     probe_wal: AtomicU64,
+    /// Until when (µs since t0) the sampler polls back to back for the probes acknowledged.
+    probe_until_us: AtomicU64,
     /// The sampler's thread, which a probe's writer wakes from its pause.
     sampler: OnceLock<std::thread::Thread>,
 }
+
+/// How long after a probe's acknowledgement the sampler polls back to back for it at most.
+const PROBE_TIGHT: Duration = Duration::from_millis(2);
 
 /// An acknowledged write.
 struct Ack {
@@ -162,6 +169,7 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
         acks: Mutex::new(Vec::new()),
         errors: AtomicU64::new(0),
         probe_wal: AtomicU64::new(0),
+        probe_until_us: AtomicU64::new(0),
         sampler: OnceLock::new(),
     });
     let sampler = spawn_sampler(
@@ -260,6 +268,7 @@ pub async fn run(plan: LagPlan) -> Result<Value> {
         "wal_entries_per_write": k,
         "writes_bounded_by_header": header_bounds,
         "probes": probes,
+        "probe_every": plan.probe_every,
         "wal_drift_entries": w_end as i64 - expected_end as i64,
         "samples": samples.len(),
         "sample_interval_p50_ms": r3(quantile_ms(&gaps_sorted, 0.5)),
@@ -366,6 +375,8 @@ async fn writer(
                     && matches!(bound, Bound::Header(_));
                 if let (true, Bound::Header(index)) = (probe, bound) {
                     shared.probe_wal.fetch_max(index, Ordering::SeqCst);
+                    let until = t_ack + PROBE_TIGHT.as_micros() as u64;
+                    shared.probe_until_us.fetch_max(until, Ordering::SeqCst);
                     if let Some(sampler) = shared.sampler.get() {
                         sampler.unpark();
                     }
@@ -427,7 +438,10 @@ async fn sample(
             .context("sampling the secondary's status")?;
         poll_us.push(sent.elapsed().as_micros() as u64);
         samples.push((t0.elapsed().as_micros() as u64, wal));
-        if wal < shared.probe_wal.load(Ordering::SeqCst) {
+        let now_us = t0.elapsed().as_micros() as u64;
+        if wal < shared.probe_wal.load(Ordering::SeqCst)
+            && now_us < shared.probe_until_us.load(Ordering::SeqCst)
+        {
             continue;
         }
         // Blocking is fine: this runtime runs only the sampler (and its idle connection). A

@@ -338,8 +338,8 @@ fn the_metrics_fold_runs_on_a_thread_of_its_own() {
     );
 }
 
-/// A stage that holds up writes or the stream and stalls past 50 ms is named in the log, with
-/// how long it took (docs/monitoring.md, "Slow stages"): here a WAL truncation pass, held at a
+/// A stage that stalls past its threshold is named in the log, with how long it took
+/// (docs/monitoring.md, "Slow stages"): here a WAL truncation pass, held at a
 /// failpoint inside its timing. It is held past its threshold (1 s: a pass is background
 /// work), and the line is told from an earlier slow pass's by its duration. The log, written
 /// to a file, has no colour codes.
