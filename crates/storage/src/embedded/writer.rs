@@ -386,11 +386,13 @@ impl RedbStore {
     /// Commits the deferred group, if any, to redb (not durably: the log holds it until the
     /// next checkpoint) and stops laying it over redb. A failure poisons the store; the group
     /// stays laid over redb, so readers still see it, and the log still holds it.
-    fn apply_deferred(&self, state: &mut LogState) -> Result<()> {
+    /// `slow_after`: its warning threshold, the write path's when a group waits for it, the
+    /// background's when the writer is idle.
+    fn apply_deferred(&self, state: &mut LogState, slow_after: std::time::Duration) -> Result<()> {
         let Some(overlay) = state.deferred.take() else {
             return Ok(());
         };
-        let _timed = Timed::warn_after(DEFERRED_METRIC, SLOW_WRITE_PATH);
+        let _timed = Timed::warn_after(DEFERRED_METRIC, slow_after);
         let applied = self.apply_deferred_overlay(&overlay);
         if let Err(error) = &applied {
             state.poisoned = Some(error.to_string());
@@ -569,7 +571,7 @@ impl RedbStore {
         }
         // The next group came before the writer was idle: the deferred one goes to redb
         // first, so no checkpoint starts without it and groups stay in commit order.
-        self.apply_deferred(state)?;
+        self.apply_deferred(state, SLOW_WRITE_PATH)?;
         self.finish_checkpoint(state, false)?;
         let len = log::encoded_len(batches.iter().flat_map(|batch| batch.iter()));
         let due = state.logged >= state.tuning.checkpoint_commits
@@ -613,7 +615,7 @@ impl RedbStore {
         if state.poisoned.is_some() {
             return;
         }
-        if let Err(error) = self.apply_deferred(state) {
+        if let Err(error) = self.apply_deferred(state, SLOW_BACKGROUND) {
             tracing::error!(%error, "applying a logged write to the database failed; the store takes no more writes until a restart");
         }
         drop(guard);
@@ -627,7 +629,7 @@ impl RedbStore {
         let finished = match &state.poisoned {
             Some(reason) => Err(poisoned(reason)),
             None => self
-                .apply_deferred(state)
+                .apply_deferred(state, SLOW_WRITE_PATH)
                 .and_then(|()| self.finish_checkpoint(state, true)),
         };
         let done = finished.and_then(|()| {
