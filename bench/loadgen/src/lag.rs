@@ -370,10 +370,14 @@ async fn writer(
                 };
                 // Only a write with its own index is a probe: the sampler must know what to
                 // wait for.
-                let probe = plan.probe_every > 0
-                    && n % plan.probe_every == 0
-                    && matches!(bound, Bound::Header(_));
-                if let (true, Bound::Header(index)) = (probe, bound) {
+                let probe_index = match bound {
+                    Bound::Header(index) if plan.probe_every > 0 && n % plan.probe_every == 0 => {
+                        Some(index)
+                    }
+                    _ => None,
+                };
+                let probe = probe_index.is_some();
+                if let Some(index) = probe_index {
                     shared.probe_wal.fetch_max(index, Ordering::SeqCst);
                     let until = t_ack + PROBE_TIGHT.as_micros() as u64;
                     shared.probe_until_us.fetch_max(until, Ordering::SeqCst);

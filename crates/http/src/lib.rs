@@ -66,7 +66,6 @@ impl App {
     /// [`forward::Forwarded`], so it is never forwarded again.
     pub(crate) fn forwarded(self) -> App {
         App {
-            router: self.router.layer(axum::Extension(forward::Forwarded)),
             forwarded: true,
             ..self
         }
@@ -87,13 +86,14 @@ impl App {
         B::Error: Into<axum::BoxError>,
     {
         let mut request = request.map(Body::new);
+        // Marked for both paths (the router's fallback is the same `handle`).
+        self.mark(&mut request);
         if !request.uri().path().starts_with("/v1/") {
             return match tower::ServiceExt::oneshot(self.router, request).await {
                 Ok(answer) => answer,
                 Err(never) => match never {},
             };
         }
-        self.mark(&mut request);
         let head = request.method() == Method::HEAD;
         let mut answer = handle(State(self.state), request).await;
         finish_as_a_route(&mut answer, head);

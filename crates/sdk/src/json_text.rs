@@ -17,7 +17,7 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(number) => with_serde_json(out, number),
+        Value::Number(number) => write_serialized(out, number),
         Value::String(text) => write_str(out, text),
         Value::Array(items) => {
             out.push(b'[');
@@ -50,7 +50,7 @@ pub fn write_map(out: &mut Vec<u8>, map: &Map<String, Value>) {
 /// Appends `text` as a JSON string to `out`.
 pub fn write_str(out: &mut Vec<u8>, text: &str) {
     if needs_escaping(text.as_bytes()) {
-        with_serde_json(out, text);
+        write_serialized(out, text);
     } else {
         out.reserve(text.len() + 2);
         out.push(b'"');
@@ -59,8 +59,9 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// serde_json's text of `value`. Writing a string or a number to a `Vec` cannot fail.
-fn with_serde_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+/// Appends serde_json's text of `value` (a string, a number, a boolean, an option of one:
+/// writing those to a `Vec` cannot fail; `null` if it ever did).
+pub fn write_serialized<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     if serde_json::to_writer(&mut *out, value).is_err() {
         out.extend_from_slice(b"null");
     }

@@ -238,12 +238,6 @@ pub fn commit_inline_on_this_thread() {
     COMMIT_HERE.set(true);
 }
 
-/// Whether a commit running on this thread is a caller's inline commit (the writer thread
-/// never allows them on itself).
-pub(crate) fn committing_inline() -> bool {
-    COMMIT_HERE.get()
-}
-
 /// The store and what every commit of it needs, shared by the writer thread and the callers
 /// that commit on their own thread. Whoever holds `store` is the one committing.
 struct Committer<S> {
@@ -302,6 +296,8 @@ impl<S: GroupStore + Send> CommitNow for Committer<S> {
                 return Ok(());
             }
         };
+        // Never lone: a deferred group waits for the writer thread to find its queue empty,
+        // and that thread, waiting, would not see it (the next commit would apply it).
         self.commit(&store, vec![request], false);
         metrics::counter!(INLINE_METRIC).increment(1);
         Ok(())

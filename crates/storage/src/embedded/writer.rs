@@ -343,16 +343,12 @@ impl RedbStore {
         Ok(())
     }
 
-    /// Whether a group (`lone`: of one request) whose record is `len` bytes, with no
-    /// checkpoint running, has its redb commit wait for the writer to be idle.
+    /// Whether a group (`lone`: of one request, never a caller's inline commit) whose record
+    /// is `len` bytes has its redb commit wait for the writer to be idle. Asked only with no
+    /// checkpoint running and nothing deferred (`commit_group`).
     fn defers(state: &LogState, lone: bool, len: usize) -> bool {
         state.tuning.defer_lone_groups
             && lone
-            // A caller committing on its own thread (the DR secondary's follower) would apply
-            // it on its next commit anyway: the writer thread, idle, never sees it.
-            && !crate::group_commit::committing_inline()
-            && state.running.is_none()
-            && state.deferred.is_none()
             && len <= DEFERRED_MAX_BYTES
             && !state.log.is_broken()
             && state.log.fits(len)
@@ -366,6 +362,7 @@ impl RedbStore {
         batches: &[&[Op]],
         index: Option<&dyn CommitIndex>,
     ) -> Result<()> {
+        debug_assert!(state.running.is_none() && state.deferred.is_none());
         let base = self
             .db
             .begin_read()

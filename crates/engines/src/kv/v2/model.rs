@@ -90,15 +90,7 @@ impl Default for MountConfig {
 /// Appends `name` (the JSON text before a value) and `value` as serde_json writes it.
 fn field<T: Serialize>(out: &mut Vec<u8>, name: &[u8], value: &T) {
     out.extend_from_slice(name);
-    number_text(out, value);
-}
-
-/// serde_json's text of a number, a boolean or an optional number (writing one to a `Vec`
-/// does not fail).
-fn number_text<T: Serialize>(out: &mut Vec<u8>, value: &T) {
-    if serde_json::to_writer(&mut *out, value).is_err() {
-        out.extend_from_slice(b"null");
-    }
+    bunker_sdk::json_text::write_serialized(out, value);
 }
 
 /// Per-version bookkeeping kept inside the key's metadata.
@@ -188,7 +180,7 @@ impl KeyMetadata {
             }
             // serde_json writes an integer map key as a string.
             out.push(b'"');
-            number_text(&mut out, number);
+            bunker_sdk::json_text::write_serialized(&mut out, number);
             out.push(b'"');
             field(&mut out, b":{\"created_ns\":", &version.created_ns);
             field(&mut out, b",\"deletion_ns\":", &version.deletion_ns);
